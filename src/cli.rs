@@ -1,0 +1,398 @@
+//! The phpd-like control CLI: `eventsd [-c CONFIG] COMMAND`.
+//!
+//! Owns argument parsing, what each command prints and its exit code (LSB codes for
+//! `status`). It talks to a running master only through the pidfile (its lock says
+//! whether a master lives), signals, and the control socket; it never touches the
+//! master's state files.
+
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+use daemonize::{Daemonize, Outcome};
+use log::error;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::config::{self, Config};
+use crate::logging::{self, Sink};
+use crate::master::{self, Announcer};
+use crate::pidfile::{self, Probe};
+use crate::status::Status;
+
+/// LSB exit codes of `status`.
+const STATUS_RUNNING: i32 = 0;
+const STATUS_DEAD_WITH_PIDFILE: i32 = 1;
+const STATUS_NOT_RUNNING: i32 = 3;
+const STATUS_UNKNOWN: i32 = 4;
+
+/// How often the CLI looks again while it waits for the master.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+
+#[derive(Parser)]
+#[command(name = "eventsd", version, about = "Events collector daemon")]
+struct Cli {
+    /// Configuration file (TOML); built-in defaults without one.
+    #[arg(short, long, env = "EVENTSD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the master in the foreground (systemd Type=notify).
+    Run,
+    /// Start in the background; returns once the daemon serves.
+    Start(Wait),
+    /// Graceful stop (SIGTERM), waiting for the exit.
+    Stop(Wait),
+    /// Fast stop (SIGQUIT), waiting for the exit.
+    HardStop(Wait),
+    /// Validate the configuration, then reload it (SIGHUP) and wait for the new workers.
+    Reload(Wait),
+    /// stop, then start.
+    Restart(Wait),
+    /// hard-stop, then start.
+    HardRestart(Wait),
+    /// One line: running or not (LSB exit codes 0, 1, 3).
+    Status,
+    /// Status and the worker table.
+    Fullstatus {
+        /// Print the master's status document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Parse and validate the configuration.
+    Configtest,
+}
+
+#[derive(clap::Args)]
+struct Wait {
+    /// Seconds to wait for the daemon (default: enough for the configured timeouts).
+    #[arg(long)]
+    timeout: Option<u64>,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let outcome =
+        config::Source::new(cli.config.as_deref()).and_then(|source| execute(cli.command, &source));
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("eventsd: {e:#}");
+            1
+        }
+    }
+}
+
+fn execute(command: Command, source: &config::Source) -> anyhow::Result<i32> {
+    match command {
+        Command::Configtest => configtest(source),
+        Command::Status => status(source, Report::Summary),
+        Command::Fullstatus { json: false } => status(source, Report::Table),
+        Command::Fullstatus { json: true } => status(source, Report::Json),
+        command => {
+            let config = source.load()?;
+            match command {
+                Command::Run => run(source, config),
+                Command::Start(wait) => start(source, config, &wait),
+                Command::Stop(wait) => stop(&config, Signal::SIGTERM, &wait),
+                Command::HardStop(wait) => stop(&config, Signal::SIGQUIT, &wait),
+                Command::Reload(wait) => reload(&config, &wait),
+                Command::Restart(wait) => restart(source, config, Signal::SIGTERM, &wait),
+                Command::HardRestart(wait) => restart(source, config, Signal::SIGQUIT, &wait),
+                Command::Configtest | Command::Status | Command::Fullstatus { .. } => {
+                    unreachable!("handled above")
+                }
+            }
+        }
+    }
+}
+
+fn configtest(source: &config::Source) -> anyhow::Result<i32> {
+    match source.load() {
+        Ok(_) => {
+            println!("eventsd: configuration {} syntax is ok", source.describe());
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("eventsd: {e:#}");
+            eprintln!("eventsd: configuration test failed");
+            Ok(1)
+        }
+    }
+}
+
+fn run(source: &config::Source, config: Config) -> anyhow::Result<i32> {
+    let sink = Sink::for_target(&config.daemon.log, Sink::Stderr);
+    logging::init(&sink, config.daemon.log_level)?;
+    match master::run(
+        source.clone(),
+        config,
+        Sink::Stderr,
+        Announcer::foreground(),
+    ) {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            error!("{e:#}");
+            if sink != Sink::Stderr {
+                eprintln!("eventsd: {e:#}");
+            }
+            Ok(1)
+        }
+    }
+}
+
+fn start(source: &config::Source, config: Config, wait: &Wait) -> anyhow::Result<i32> {
+    if let Probe::Running(pid) = pidfile::probe(&config.daemon.pidfile)? {
+        eprintln!(
+            "eventsd: already running (pid {pid}, pidfile {})",
+            config.daemon.pidfile.display()
+        );
+        return Ok(1);
+    }
+    let (from_daemon, to_cli) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    match Daemonize::new().working_directory("/").execute() {
+        Outcome::Parent(Ok(_)) => {
+            drop(to_cli);
+            let timeout = wait
+                .timeout
+                .map_or(Duration::from_secs(30), Duration::from_secs);
+            await_start(from_daemon, timeout)
+        }
+        Outcome::Parent(Err(e)) => Err(anyhow!("cannot daemonize: {e}")),
+        Outcome::Child(result) => {
+            drop(from_daemon);
+            let mut announcer = Announcer::pipe(to_cli);
+            let outcome = result
+                .map_err(|e| anyhow!("cannot daemonize: {e}"))
+                .and_then(|_| {
+                    logging::init(
+                        &Sink::for_target(&config.daemon.log, Sink::Syslog),
+                        config.daemon.log_level,
+                    )
+                });
+            if let Err(e) = outcome {
+                announcer.failed(&e);
+                return Ok(1);
+            }
+            match master::run(source.clone(), config, Sink::Syslog, announcer) {
+                Ok(()) => Ok(0),
+                Err(e) => {
+                    error!("{e:#}");
+                    Ok(1)
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the daemon's one-line report on the start pipe.
+fn await_start(pipe: OwnedFd, timeout: Duration) -> anyhow::Result<i32> {
+    let deadline = Instant::now() + timeout;
+    let mut report = Vec::new();
+    let mut pipe = std::fs::File::from(pipe);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            eprintln!(
+                "eventsd: not ready after {}s; see its log",
+                timeout.as_secs()
+            );
+            return Ok(1);
+        }
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(e).context("cannot wait for the daemon"),
+        }
+        let mut chunk = [0u8; 4096];
+        let n = pipe
+            .read(&mut chunk)
+            .context("cannot read the daemon's report")?;
+        report.extend_from_slice(&chunk[..n]);
+        if n == 0 || report.contains(&b'\n') {
+            break;
+        }
+    }
+    let report = String::from_utf8_lossy(&report);
+    let mut words = report.trim().splitn(3, ' ');
+    match (words.next(), words.next(), words.next()) {
+        (Some("ready"), Some(pid), Some(listen)) => {
+            println!("eventsd started (pid {pid}, listening on {listen})");
+            Ok(0)
+        }
+        (Some("error"), _, _) => {
+            eprintln!("eventsd: {}", report.trim().trim_start_matches("error "));
+            Ok(1)
+        }
+        _ => {
+            eprintln!("eventsd: the daemon exited during start-up; see its log");
+            Ok(1)
+        }
+    }
+}
+
+/// Sends `signal` (SIGTERM: graceful, SIGQUIT: fast) and waits for the master to go.
+fn stop(config: &Config, signal: Signal, wait: &Wait) -> anyhow::Result<i32> {
+    let path = &config.daemon.pidfile;
+    let pid = match pidfile::probe(path)? {
+        Probe::Running(pid) => pid,
+        Probe::NotRunning | Probe::Stale(_) => {
+            println!("eventsd is not running");
+            return Ok(0);
+        }
+    };
+    kill(pid, signal).with_context(|| format!("cannot send {signal} to eventsd (pid {pid})"))?;
+    let timeout = wait.timeout.map_or_else(
+        || config.workers.graceful_timeout() + Duration::from_secs(5),
+        Duration::from_secs,
+    );
+    if wait_until(timeout, || Ok(pidfile::probe(path)? != Probe::Running(pid)))? {
+        println!("eventsd stopped (pid {pid})");
+        Ok(0)
+    } else {
+        eprintln!(
+            "eventsd: still running (pid {pid}) {}s after {signal}",
+            timeout.as_secs()
+        );
+        Ok(1)
+    }
+}
+
+fn restart(
+    source: &config::Source,
+    config: Config,
+    signal: Signal,
+    wait: &Wait,
+) -> anyhow::Result<i32> {
+    match stop(&config, signal, wait)? {
+        0 => start(source, config, wait),
+        failed => Ok(failed),
+    }
+}
+
+/// The configuration was validated by `execute` before this runs: a bad one is never sent.
+fn reload(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
+    let Probe::Running(pid) = pidfile::probe(&config.daemon.pidfile)? else {
+        eprintln!("eventsd: not running, nothing to reload");
+        return Ok(1);
+    };
+    let socket = &config.daemon.control_socket;
+    let before = master::query(socket)?.reloads;
+    kill(pid, Signal::SIGHUP)
+        .with_context(|| format!("cannot send SIGHUP to eventsd (pid {pid})"))?;
+    let timeout = wait.timeout.map_or_else(
+        || config.workers.graceful_timeout() + Duration::from_secs(30),
+        Duration::from_secs,
+    );
+    let mut last = None;
+    let done = wait_until(timeout, || {
+        let status = master::query(socket)?;
+        let done = status.reloads > before && !status.reload_in_progress;
+        last = Some(status);
+        Ok(done)
+    })?;
+    match last {
+        Some(status) if done => match &status.last_reload_error {
+            Some(error) => {
+                eprintln!("eventsd: reload refused by the daemon: {error}");
+                Ok(1)
+            }
+            None => {
+                println!(
+                    "eventsd reloaded (pid {pid}, generation {}, {} workers)",
+                    status.generation, status.target_workers
+                );
+                Ok(0)
+            }
+        },
+        _ => {
+            eprintln!(
+                "eventsd: reload not complete after {}s; see `eventsd fullstatus`",
+                timeout.as_secs()
+            );
+            Ok(1)
+        }
+    }
+}
+
+enum Report {
+    Summary,
+    Table,
+    Json,
+}
+
+fn status(source: &config::Source, report: Report) -> anyhow::Result<i32> {
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("eventsd: {e:#}");
+            return Ok(STATUS_UNKNOWN);
+        }
+    };
+    let path = &config.daemon.pidfile;
+    match pidfile::probe(path)? {
+        Probe::NotRunning => {
+            eprintln!("eventsd is not running");
+            Ok(STATUS_NOT_RUNNING)
+        }
+        Probe::Stale(pid) => {
+            let pid = pid.map_or_else(|| "unknown".to_string(), |pid| pid.to_string());
+            eprintln!(
+                "eventsd is dead but its pidfile remains ({}, pid {pid})",
+                path.display()
+            );
+            Ok(STATUS_DEAD_WITH_PIDFILE)
+        }
+        Probe::Running(pid) => {
+            print_running(pid, &config.daemon.control_socket, report)?;
+            Ok(STATUS_RUNNING)
+        }
+    }
+}
+
+fn print_running(pid: Pid, socket: &Path, report: Report) -> anyhow::Result<()> {
+    let status: Status = match master::query(socket) {
+        Ok(status) => status,
+        // The master holds its pidfile lock, so it is alive; it may be starting.
+        Err(e) => {
+            println!("eventsd is running (pid {pid}); its control socket does not answer: {e:#}");
+            return Ok(());
+        }
+    };
+    match report {
+        Report::Summary => println!("{}", status.summary()),
+        Report::Table => print!("{}", status.table()),
+        Report::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+    }
+    Ok(())
+}
+
+/// Polls `done` until it holds or `timeout` passes; tells which.
+fn wait_until(
+    timeout: Duration,
+    mut done: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done()? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}

@@ -1,0 +1,490 @@
+//! Configuration: the TOML file of `process-model.md`, its built-in defaults and its checks.
+//!
+//! Owns parsing, defaults, validation and path resolution. A `Config` that exists has been
+//! validated: every other module may trust its values. This module never touches the
+//! running daemon; it only reads files (and the user database, to resolve
+//! `workers.user`/`workers.group`).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use log::LevelFilter;
+use nix::unistd::{Gid, Group, Uid, User};
+use serde::{Deserialize, Deserializer};
+
+/// The longest path a Unix socket address can hold (`sun_path` minus its NUL).
+const MAX_UNIX_SOCKET_PATH: usize = 107;
+
+/// Where the configuration comes from, kept by the master so that a reload reads the
+/// same file again.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The config file, absolute; `None` means built-in defaults.
+    pub file: Option<PathBuf>,
+    /// The folder that relative paths are resolved against: the config file's folder,
+    /// or the working directory at launch when there is no file.
+    base_dir: PathBuf,
+}
+
+impl Source {
+    /// `file` may be relative to the working directory; it is made absolute now,
+    /// because a daemon changes its working directory to `/`.
+    pub fn new(file: Option<&Path>) -> anyhow::Result<Source> {
+        let cwd = std::env::current_dir().context("cannot read the working directory")?;
+        Ok(match file {
+            Some(file) => {
+                let file = cwd.join(file);
+                let base_dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+                Source {
+                    file: Some(file),
+                    base_dir,
+                }
+            }
+            None => Source {
+                file: None,
+                base_dir: cwd,
+            },
+        })
+    }
+
+    /// A human name for messages: the file, or "built-in defaults".
+    pub fn describe(&self) -> String {
+        match &self.file {
+            Some(file) => file.display().to_string(),
+            None => "built-in defaults".to_string(),
+        }
+    }
+
+    /// Reads, parses and validates the configuration.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let text = match &self.file {
+            Some(file) => std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read config file {}", file.display()))?,
+            None => String::new(),
+        };
+        Config::parse(&text, &self.base_dir)
+            .with_context(|| format!("invalid configuration in {}", self.describe()))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    pub workers: Workers,
+    pub watchers: Watchers,
+    pub daemon: Daemon,
+    pub smtp: Smtp,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "positive_i32")]
+    pub backlog: i32,
+    #[serde(deserialize_with = "positive_u64")]
+    pub max_body_bytes: u64,
+    #[serde(deserialize_with = "positive_u64")]
+    pub read_timeout_secs: u64,
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_connections: usize,
+    pub api_token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workers {
+    #[serde(deserialize_with = "positive_usize")]
+    pub min: usize,
+    #[serde(deserialize_with = "positive_usize")]
+    pub max: usize,
+    #[serde(deserialize_with = "positive_u64")]
+    pub idle_timeout_secs: u64,
+    #[serde(deserialize_with = "heartbeat_timeout")]
+    pub heartbeat_timeout_secs: u64,
+    pub graceful_timeout_secs: u64,
+    pub max_requests: u64,
+    pub user: String,
+    pub group: String,
+    pub chroot: PathBuf,
+    /// What `user`, `group` and `chroot` resolve to; filled in by validation.
+    #[serde(skip)]
+    pub privileges: Privileges,
+}
+
+/// The identity a worker takes after the fork. Empty when workers keep the master's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Privileges {
+    pub uid: Option<Uid>,
+    pub gid: Option<Gid>,
+    pub chroot: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Watchers {
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_keys: usize,
+    #[serde(deserialize_with = "positive_usize")]
+    pub action_queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Daemon {
+    pub state_dir: PathBuf,
+    pub pidfile: PathBuf,
+    pub control_socket: PathBuf,
+    #[serde(deserialize_with = "log_target")]
+    pub log: LogTarget,
+    #[serde(deserialize_with = "log_level")]
+    pub log_level: LevelFilter,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    pub host: String,
+    pub port: u16,
+    pub from: String,
+}
+
+/// `daemon.log`: where log lines go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogTarget {
+    /// Not configured: stderr for `run`, syslog for `start`.
+    Default,
+    Stderr,
+    Syslog,
+    File(PathBuf),
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1234)),
+            backlog: 1024,
+            max_body_bytes: 1024 * 1024,
+            read_timeout_secs: 15,
+            max_connections: 10_000,
+            api_token: String::new(),
+        }
+    }
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers {
+            min: 2,
+            max: 2,
+            idle_timeout_secs: 60,
+            heartbeat_timeout_secs: 30,
+            graceful_timeout_secs: 30,
+            max_requests: 0,
+            user: String::new(),
+            group: String::new(),
+            chroot: PathBuf::new(),
+            privileges: Privileges::default(),
+        }
+    }
+}
+
+impl Default for Watchers {
+    fn default() -> Self {
+        Watchers {
+            max_keys: 100_000,
+            action_queue: 10_000,
+        }
+    }
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            state_dir: PathBuf::from("./eventsd-data"),
+            pidfile: PathBuf::new(),
+            control_socket: PathBuf::new(),
+            log: LogTarget::Default,
+            log_level: LevelFilter::Info,
+        }
+    }
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            host: "127.0.0.1".to_string(),
+            port: 25,
+            from: "eventsd@localhost".to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses `text` (TOML), resolves relative paths against `base_dir` and validates
+    /// what a single key cannot say alone.
+    pub fn parse(text: &str, base_dir: &Path) -> anyhow::Result<Config> {
+        let mut config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.resolve_paths(base_dir);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base_dir: &Path) {
+        let daemon = &mut self.daemon;
+        daemon.state_dir = base_dir.join(&daemon.state_dir);
+        daemon.pidfile = if daemon.pidfile.as_os_str().is_empty() {
+            daemon.state_dir.join("eventsd.pid")
+        } else {
+            base_dir.join(&daemon.pidfile)
+        };
+        daemon.control_socket = if daemon.control_socket.as_os_str().is_empty() {
+            daemon.state_dir.join("eventsd.sock")
+        } else {
+            base_dir.join(&daemon.control_socket)
+        };
+        if let LogTarget::File(path) = &mut daemon.log {
+            *path = base_dir.join(&*path);
+        }
+    }
+
+    fn validate(&mut self) -> anyhow::Result<()> {
+        let workers = &self.workers;
+        if workers.min > workers.max {
+            bail!(
+                "workers.min ({}) is greater than workers.max ({})",
+                workers.min,
+                workers.max
+            );
+        }
+        let socket_len = self.daemon.control_socket.as_os_str().len();
+        if socket_len > MAX_UNIX_SOCKET_PATH {
+            bail!(
+                "daemon.control_socket: {} is {socket_len} bytes long, more than the \
+                 {MAX_UNIX_SOCKET_PATH} a Unix socket path may have",
+                self.daemon.control_socket.display()
+            );
+        }
+        self.workers.privileges = resolve_privileges(&self.workers)?;
+        Ok(())
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.read_timeout_secs)
+    }
+}
+
+impl Workers {
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_timeout_secs)
+    }
+
+    pub fn graceful_timeout(&self) -> Duration {
+        Duration::from_secs(self.graceful_timeout_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+fn resolve_privileges(workers: &Workers) -> anyhow::Result<Privileges> {
+    let mut privileges = Privileges::default();
+    if !workers.user.is_empty() {
+        let user = User::from_name(&workers.user)
+            .with_context(|| format!("workers.user: cannot look up `{}`", workers.user))?
+            .with_context(|| format!("workers.user: no such user `{}`", workers.user))?;
+        privileges.uid = Some(user.uid);
+        privileges.gid = Some(user.gid);
+    }
+    if !workers.group.is_empty() {
+        let group = Group::from_name(&workers.group)
+            .with_context(|| format!("workers.group: cannot look up `{}`", workers.group))?
+            .with_context(|| format!("workers.group: no such group `{}`", workers.group))?;
+        privileges.gid = Some(group.gid);
+    }
+    if !workers.chroot.as_os_str().is_empty() {
+        if !workers.chroot.is_absolute() {
+            bail!(
+                "workers.chroot: `{}` must be an absolute path",
+                workers.chroot.display()
+            );
+        }
+        if !workers.chroot.is_dir() {
+            bail!(
+                "workers.chroot: `{}` is not a directory",
+                workers.chroot.display()
+            );
+        }
+        privileges.chroot = Some(workers.chroot.clone());
+    }
+    Ok(privileges)
+}
+
+impl fmt::Display for LogTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogTarget::Default => f.write_str("default"),
+            LogTarget::Stderr => f.write_str("stderr"),
+            LogTarget::Syslog => f.write_str("syslog"),
+            LogTarget::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+// Value checks live in the deserializers, so that toml reports the key and its line.
+
+fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let value = u64::deserialize(d)?;
+    if value == 0 {
+        return Err(serde::de::Error::custom("must be at least 1"));
+    }
+    Ok(value)
+}
+
+fn positive_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let value = positive_u64(d)?;
+    usize::try_from(value).map_err(|_| serde::de::Error::custom("is too large"))
+}
+
+fn positive_i32<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    let value = positive_u64(d)?;
+    i32::try_from(value).map_err(|_| serde::de::Error::custom("is too large"))
+}
+
+/// A worker sends a heartbeat every half second, so anything under 2 s would kill
+/// healthy workers that were merely scheduled late.
+fn heartbeat_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let value = u64::deserialize(d)?;
+    if value < 2 {
+        return Err(serde::de::Error::custom("must be at least 2 (seconds)"));
+    }
+    Ok(value)
+}
+
+fn log_target<'de, D: Deserializer<'de>>(d: D) -> Result<LogTarget, D::Error> {
+    Ok(match String::deserialize(d)?.as_str() {
+        "" => LogTarget::Default,
+        "stderr" => LogTarget::Stderr,
+        "syslog" => LogTarget::Syslog,
+        path => LogTarget::File(PathBuf::from(path)),
+    })
+}
+
+fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<LevelFilter, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{name}` is not a log level (off, error, warn, info, debug, trace)"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        Config::parse(text, Path::new("/etc/eventsd"))
+    }
+
+    fn error_of(text: &str) -> String {
+        format!("{:#}", parse(text).expect_err("config should be rejected"))
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:1234");
+        assert_eq!((config.workers.min, config.workers.max), (2, 2));
+        assert_eq!(
+            config.daemon.pidfile,
+            Path::new("/etc/eventsd/eventsd-data/eventsd.pid")
+        );
+        assert_eq!(
+            config.daemon.control_socket,
+            Path::new("/etc/eventsd/eventsd-data/eventsd.sock")
+        );
+        assert_eq!(config.daemon.log, LogTarget::Default);
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_config_folder() {
+        let config = parse(
+            "[daemon]\nstate_dir = \"data\"\npidfile = \"/run/e.pid\"\nlog = \"logs/e.log\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.daemon.state_dir, Path::new("/etc/eventsd/data"));
+        assert_eq!(config.daemon.pidfile, Path::new("/run/e.pid"));
+        assert_eq!(
+            config.daemon.log,
+            LogTarget::File("/etc/eventsd/logs/e.log".into())
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_naming_key_and_line() {
+        let message = error_of("[server]\nlisten = \"127.0.0.1:1\"\nbaklog = 5\n");
+        assert!(message.contains("baklog"), "{message}");
+        assert!(message.contains("line 3"), "{message}");
+    }
+
+    #[test]
+    fn unknown_section_is_rejected() {
+        let message = error_of("[sever]\nlisten = \"127.0.0.1:1\"\n");
+        assert!(message.contains("sever"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_naming_key_and_line() {
+        for (text, key, line) in [
+            ("[workers]\nmin = 0\n", "min", "line 2"),
+            ("[server]\nlisten = \"nowhere\"\n", "listen", "line 2"),
+            (
+                "\n[server]\nread_timeout_secs = -3\n",
+                "read_timeout_secs",
+                "line 3",
+            ),
+            ("[daemon]\nlog_level = \"loud\"\n", "log_level", "line 2"),
+            (
+                "[workers]\nheartbeat_timeout_secs = 1\n",
+                "heartbeat_timeout_secs",
+                "line 2",
+            ),
+            ("[smtp]\nport = 70000\n", "port", "line 2"),
+        ] {
+            let message = error_of(text);
+            assert!(message.contains(key), "{text:?}: {message}");
+            assert!(message.contains(line), "{text:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn min_above_max_is_rejected() {
+        let message = error_of("[workers]\nmin = 3\nmax = 2\n");
+        assert!(message.contains("workers.min (3)"), "{message}");
+    }
+
+    #[test]
+    fn unknown_user_is_rejected() {
+        let message = error_of("[workers]\nuser = \"no-such-user-eventsd\"\n");
+        assert!(message.contains("workers.user"), "{message}");
+    }
+
+    #[test]
+    fn relative_chroot_is_rejected() {
+        let message = error_of("[workers]\nchroot = \"jail\"\n");
+        assert!(message.contains("workers.chroot"), "{message}");
+    }
+
+    #[test]
+    fn overlong_control_socket_path_is_rejected() {
+        let long = "x".repeat(120);
+        let message = error_of(&format!("[daemon]\ncontrol_socket = \"/{long}\"\n"));
+        assert!(message.contains("daemon.control_socket"), "{message}");
+    }
+}

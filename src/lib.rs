@@ -1,0 +1,21 @@
+//! eventsd: an events collector daemon.
+//!
+//! Clients register event types over a REST API and post events; a pre-forking master
+//! supervises a pool of HTTP workers. The modules follow the process roles:
+//!
+//! - `master`: the supervisor process (pool, signals, timeouts, control socket);
+//! - `worker`: an HTTP worker process (hyper on one tokio thread);
+//! - `ipc`: the frames and messages between them;
+//! - `api`: what a request means and how replies look;
+//! - `config`, `cli`, `logging`, `pidfile`, `notify`, `status`: the daemon's plumbing.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod ipc;
+pub mod logging;
+pub mod master;
+pub mod notify;
+pub mod pidfile;
+pub mod status;
+pub mod worker;

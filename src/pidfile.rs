@@ -1,0 +1,151 @@
+//! The pidfile and its lock: the one thing that says "a master is running here".
+//!
+//! The master holds an exclusive `flock` on the pidfile for its whole life. The lock, not
+//! the file's existence, is the truth: a pidfile nobody holds is stale (its master was
+//! killed) and is taken over. The CLI only probes; it never signals a pid from a file
+//! that no live master holds.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::Pid;
+
+/// A pidfile whose lock this process holds.
+pub struct Pidfile {
+    path: PathBuf,
+    file: Flock<File>,
+}
+
+/// What the CLI learns from a pidfile without taking it.
+#[derive(Debug, PartialEq)]
+pub enum Probe {
+    /// No pidfile.
+    NotRunning,
+    /// A pidfile that no process holds: its master died without cleaning up.
+    Stale(Option<Pid>),
+    /// A live master holds the lock.
+    Running(Pid),
+}
+
+impl Pidfile {
+    /// Takes the lock and writes our pid; fails with the running master's pid if there is one.
+    pub fn acquire(path: &Path) -> anyhow::Result<Pidfile> {
+        let file = open(path)?;
+        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => locked,
+            Err((mut file, Errno::EWOULDBLOCK)) => {
+                let pid = read_pid(&mut file)
+                    .map(|pid| format!("pid {pid}"))
+                    .unwrap_or_else(|| "unknown pid".to_string());
+                bail!(
+                    "eventsd is already running ({pid}, pidfile {})",
+                    path.display()
+                );
+            }
+            Err((_, errno)) => {
+                return Err(errno)
+                    .with_context(|| format!("cannot lock pidfile {}", path.display()));
+            }
+        };
+        let pid = std::process::id();
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{pid}"))
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write pidfile {}", path.display()))?;
+        Ok(Pidfile {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// The descriptor a forked child must close, or it would keep the lock alive.
+    pub fn raw_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.file.as_raw_fd()
+    }
+
+    /// Removes the file while still holding the lock, so no one sees it half-gone.
+    pub fn remove(self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            log::warn!("cannot remove pidfile {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Tells whether a master holds `path`, without disturbing it.
+pub fn probe(path: &Path) -> anyhow::Result<Probe> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Probe::NotRunning),
+        Err(e) => return Err(e).with_context(|| format!("cannot open pidfile {}", path.display())),
+    };
+    let pid = read_pid(&mut file);
+    // A shared lock succeeds only when no master holds the exclusive one.
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_released_on_drop) => Ok(Probe::Stale(pid)),
+        Err((_, Errno::EWOULDBLOCK)) => match pid {
+            Some(pid) => Ok(Probe::Running(pid)),
+            None => bail!("pidfile {} is locked but holds no pid", path.display()),
+        },
+        Err((_, errno)) => {
+            Err(errno).with_context(|| format!("cannot probe pidfile {}", path.display()))
+        }
+    }
+}
+
+fn open(path: &Path) -> anyhow::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)
+        .with_context(|| format!("cannot open pidfile {}", path.display()))
+}
+
+fn read_pid(file: &mut File) -> Option<Pid> {
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|&pid: &i32| pid > 0)
+        .map(Pid::from_raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_is_exclusive_and_probe_tells_running_from_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/eventsd.pid");
+        assert_eq!(probe(&path).unwrap(), Probe::NotRunning);
+
+        let held = Pidfile::acquire(&path).unwrap();
+        let me = Pid::from_raw(std::process::id() as i32);
+        assert_eq!(probe(&path).unwrap(), Probe::Running(me));
+        let second = Pidfile::acquire(&path)
+            .err()
+            .expect("second lock must fail");
+        assert!(format!("{second}").contains("already running"), "{second}");
+
+        drop(held);
+        assert_eq!(probe(&path).unwrap(), Probe::Stale(Some(me)));
+        let taken_over = Pidfile::acquire(&path).unwrap();
+        taken_over.remove();
+        assert_eq!(probe(&path).unwrap(), Probe::NotRunning);
+    }
+}

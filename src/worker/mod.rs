@@ -1,0 +1,200 @@
+//! A worker process: everything that happens in the child after the master's fork.
+//!
+//! Owns the child's set-up (process name, signal mask, descriptors, privileges), its one
+//! tokio `current_thread` runtime, built only now because a runtime's threads would not
+//! survive a fork, and the order of its shutdown. It never binds, never forks and keeps
+//! no state that the master needs after it exits.
+
+mod link;
+mod server;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::Context;
+use log::{error, info};
+use nix::unistd::{Gid, Uid};
+
+use crate::config::{Config, Privileges};
+use crate::ipc::{self, WorkerMessage};
+use crate::logging;
+use link::{Link, Shutdown};
+use server::Stats;
+
+/// A worker reports at least this often; the master's `heartbeat_timeout_secs` is ≥ 2 s.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What the master hands to a freshly forked worker.
+pub struct Setup {
+    /// The listening socket, inherited from the master.
+    pub listener: RawFd,
+    /// The worker's end of its socketpair with the master.
+    pub channel: UnixStream,
+    /// The master's descriptors, closed at once by the child.
+    pub master_fds: Vec<RawFd>,
+    pub config: Config,
+}
+
+/// Runs the worker until it has drained, then exits the process.
+pub fn run(setup: Setup) -> ! {
+    logging::set_role("worker");
+    let code = match start(setup) {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{e:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn start(setup: Setup) -> anyhow::Result<()> {
+    let Setup {
+        listener,
+        mut channel,
+        master_fds,
+        config,
+    } = setup;
+    for fd in master_fds {
+        // SAFETY: these descriptors belong to the master's objects, which this process
+        // never uses again: `run` exits without returning into the master's code.
+        unsafe { libc::close(fd) };
+    }
+    // SAFETY: same reasoning: the master's socket object is never dropped in this
+    // process, so this is the descriptor's only owner here.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(listener) };
+    let set_up = prepare_process(&config.workers.privileges);
+    let statm = match set_up {
+        Ok(statm) => statm,
+        Err(e) => {
+            let reason = format!("{e:#}");
+            // Best effort: if the master is gone there is no one left to tell.
+            let _ = ipc::encode(&WorkerMessage::StartupFailed { reason })
+                .and_then(|frame| channel.write_all(&frame));
+            return Err(e);
+        }
+    };
+    channel
+        .set_nonblocking(true)
+        .context("cannot make the IPC channel non-blocking")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the tokio runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, serve(listener, channel, config, statm))
+}
+
+/// Names the process, restores signals, opens what must be opened before a chroot, then
+/// drops privileges (chroot, setgroups, setgid, setuid: in this order, or a step would
+/// lack the right to do the next).
+fn prepare_process(privileges: &Privileges) -> anyhow::Result<File> {
+    nix::sys::prctl::set_name(c"eventsd-worker").context("cannot set the process name")?;
+    crate::master::unblock_signals().context("cannot restore the signal mask")?;
+    let statm = File::open("/proc/self/statm").context("cannot open /proc/self/statm")?;
+    if let Some(dir) = &privileges.chroot {
+        nix::unistd::chroot(dir).with_context(|| format!("cannot chroot to {}", dir.display()))?;
+        nix::unistd::chdir("/").context("cannot chdir to / in the chroot")?;
+    }
+    if let Some(gid) = privileges.gid {
+        nix::unistd::setgroups(&[gid]).with_context(|| format!("cannot set groups to [{gid}]"))?;
+        nix::unistd::setgid(gid).with_context(|| format!("cannot set group id {gid}"))?;
+    }
+    if let Some(uid) = privileges.uid {
+        nix::unistd::setuid(uid).with_context(|| format!("cannot set user id {uid}"))?;
+    }
+    check_identity(privileges)?;
+    Ok(statm)
+}
+
+/// Proves the drop took effect: a worker must never keep root by mistake.
+fn check_identity(privileges: &Privileges) -> anyhow::Result<()> {
+    let want_uid = privileges.uid.unwrap_or_else(Uid::current);
+    let want_gid = privileges.gid.unwrap_or_else(Gid::current);
+    if Uid::effective() != want_uid || Gid::effective() != want_gid {
+        anyhow::bail!(
+            "privilege drop failed: running as uid {} gid {}, wanted {want_uid} {want_gid}",
+            Uid::effective(),
+            Gid::effective()
+        );
+    }
+    Ok(())
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    channel: UnixStream,
+    config: Config,
+    statm: File,
+) -> anyhow::Result<()> {
+    listener
+        .set_nonblocking(true)
+        .context("cannot make the listening socket non-blocking")?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .context("cannot register the listening socket")?;
+    let shutdown = Shutdown::new();
+    let (link, link_task) =
+        Link::start(channel, shutdown.clone()).context("cannot start the IPC link")?;
+    let stats = Rc::new(Stats::default());
+    let heartbeat = tokio::task::spawn_local(heartbeat(link.clone(), stats.clone(), statm));
+    watch_sigterm(shutdown.clone())?;
+
+    link.send(WorkerMessage::Ready);
+    info!("worker ready");
+    server::accept_until_shutdown(listener, &config, &stats, &link, &shutdown).await;
+    info!("worker drained: {} requests served", stats.requests());
+
+    // Last words: the final heartbeat, then close the channel so the writer flushes.
+    heartbeat.abort();
+    link.send(WorkerMessage::Heartbeat(stats.sample(0)));
+    drop(link);
+    let _ = link_task.await;
+    Ok(())
+}
+
+/// A SIGTERM sent to the worker itself asks for the same graceful stop as the master's
+/// `Stop` message.
+fn watch_sigterm(shutdown: Shutdown) -> anyhow::Result<()> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    tokio::task::spawn_local(async move {
+        if sigterm.recv().await.is_some() {
+            shutdown.trigger("SIGTERM received");
+        }
+    });
+    Ok(())
+}
+
+async fn heartbeat(link: Link, stats: Rc<Stats>, statm: File) {
+    let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        link.send(WorkerMessage::Heartbeat(
+            stats.sample(resident_bytes(&statm)),
+        ));
+    }
+}
+
+/// Resident set size from `/proc/self/statm` (opened before any chroot).
+fn resident_bytes(statm: &File) -> u64 {
+    let mut buffer = [0u8; 128];
+    let Ok(n) = statm.read_at(&mut buffer, 0) else {
+        return 0;
+    };
+    let pages = std::str::from_utf8(&buffer[..n])
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1))
+        .and_then(|field| field.parse::<u64>().ok())
+        .unwrap_or(0);
+    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096);
+    pages * page_size as u64
+}

@@ -1,0 +1,211 @@
+//! The worker's HTTP/1.1 server: the accept loop on the inherited socket and the limits
+//! a worker enforces by itself.
+//!
+//! Owns connections: the per-worker connection cap, the header deadline (which hyper
+//! also applies while a keep-alive connection waits for its next request), accept errors
+//! survived, graceful draining, and the figures the heartbeat reports. What a request
+//! means is `api`'s business.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use log::{debug, warn};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::link::{Link, Shutdown};
+use crate::api::Api;
+use crate::config::Config;
+use crate::ipc::{Heartbeat, WorkerMessage};
+
+/// How long the accept loop pauses after an accept error (EMFILE...) before retrying.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Accepts and serves connections until `shutdown`, then waits for every connection to
+/// finish its in-flight request.
+pub async fn accept_until_shutdown(
+    listener: TcpListener,
+    config: &Config,
+    stats: &Rc<Stats>,
+    link: &Link,
+    shutdown: &Shutdown,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.read_timeout())
+        .keep_alive(true);
+    let api = Rc::new(Api::new(config));
+    let connections = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(config.server.max_connections));
+    let max_requests = config.workers.max_requests;
+    loop {
+        // At the cap, stop accepting: new clients wait in the shared backlog, where
+        // another worker may take them.
+        let slot = tokio::select! {
+            biased;
+            () = shutdown.wait() => break,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.wait() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(
+                    "accept failed: {e}; retrying in {}ms",
+                    ACCEPT_ERROR_PAUSE.as_millis()
+                );
+                tokio::select! {
+                    () = shutdown.wait() => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = {
+            let (api, stats, link, shutdown) =
+                (api.clone(), stats.clone(), link.clone(), shutdown.clone());
+            service_fn(move |request| {
+                let (api, stats, link, shutdown) =
+                    (api.clone(), stats.clone(), link.clone(), shutdown.clone());
+                async move {
+                    let in_flight = stats.request_started();
+                    let response = api.handle(request).await;
+                    drop(in_flight);
+                    if max_requests > 0
+                        && stats.requests() >= max_requests
+                        && !shutdown.is_triggered()
+                    {
+                        link.send(WorkerMessage::Retiring {
+                            reason: format!(
+                                "served workers.max_requests ({max_requests}) requests"
+                            ),
+                        });
+                        shutdown.trigger("max_requests reached");
+                    }
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        let open = stats.connection_opened();
+        tokio::task::spawn_local(async move {
+            if let Err(e) = connection.await {
+                debug!("connection from {peer}: {e}");
+            }
+            drop(open);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+/// The worker's figures, shared by its connections on one thread.
+#[derive(Default)]
+pub struct Stats {
+    requests: Cell<u64>,
+    in_flight: Cell<u32>,
+    connections: Cell<u32>,
+    busy_since: Cell<Option<Instant>>,
+    busy_time: Cell<Duration>,
+    sampled_at: Cell<Option<Instant>>,
+}
+
+impl Stats {
+    pub fn requests(&self) -> u64 {
+        self.requests.get()
+    }
+
+    /// Counts a request as in flight until the guard drops; tracks the time during which
+    /// at least one request was in flight, which is what "busy" means for a worker that
+    /// multiplexes many connections.
+    pub fn request_started(self: &Rc<Self>) -> InFlight {
+        if self.in_flight.get() == 0 {
+            self.busy_since.set(Some(Instant::now()));
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        InFlight(self.clone())
+    }
+
+    pub fn connection_opened(self: &Rc<Self>) -> OpenConnection {
+        self.connections.set(self.connections.get() + 1);
+        OpenConnection(self.clone())
+    }
+
+    /// The heartbeat: busy if requests were in flight more than half of the time since
+    /// the previous sample.
+    pub fn sample(&self, rss_bytes: u64) -> Heartbeat {
+        let now = Instant::now();
+        let mut busy_time = self.busy_time.replace(Duration::ZERO);
+        if let Some(since) = self.busy_since.get() {
+            busy_time += now.duration_since(since);
+            self.busy_since.set(Some(now));
+        }
+        let interval = self
+            .sampled_at
+            .replace(Some(now))
+            .map_or(Duration::MAX, |at| now.duration_since(at));
+        Heartbeat {
+            busy: busy_time * 2 > interval,
+            requests: self.requests.get(),
+            in_flight: self.in_flight.get(),
+            connections: self.connections.get(),
+            rss_bytes,
+        }
+    }
+}
+
+pub struct InFlight(Rc<Stats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let stats = &self.0;
+        stats.requests.set(stats.requests.get() + 1);
+        stats.in_flight.set(stats.in_flight.get() - 1);
+        if stats.in_flight.get() == 0 {
+            if let Some(since) = stats.busy_since.take() {
+                stats.busy_time.set(stats.busy_time.get() + since.elapsed());
+            }
+        }
+    }
+}
+
+pub struct OpenConnection(Rc<Stats>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_means_requests_in_flight_most_of_the_interval() {
+        let stats = Rc::new(Stats::default());
+        stats.sample(0);
+        assert!(!stats.sample(0).busy, "nothing in flight");
+        let request = stats.request_started();
+        std::thread::sleep(Duration::from_millis(20));
+        let sample = stats.sample(0);
+        assert!(sample.busy);
+        assert_eq!(sample.in_flight, 1);
+        drop(request);
+        let sample = stats.sample(0);
+        assert_eq!((sample.requests, sample.in_flight), (1, 0));
+    }
+}
