@@ -33,7 +33,7 @@ pub enum WorkerMessage {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
-    /// Requests were in flight for more than half of the last heartbeat interval.
+    /// Connections were open for more than half of the last heartbeat interval.
     pub busy: bool,
     pub requests: u64,
     pub in_flight: u32,

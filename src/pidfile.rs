@@ -69,9 +69,12 @@ impl Pidfile {
         use std::os::fd::AsRawFd;
         self.file.as_raw_fd()
     }
+}
 
-    /// Removes the file while still holding the lock, so no one sees it half-gone.
-    pub fn remove(self) {
+/// Dropping the pidfile removes it, while the lock is still held, so that no one sees it
+/// half-gone. A forked child never drops the master's copy: it exits without unwinding.
+impl Drop for Pidfile {
+    fn drop(&mut self) {
         if let Err(e) = std::fs::remove_file(&self.path) {
             log::warn!("cannot remove pidfile {}: {e}", self.path.display());
         }
@@ -129,7 +132,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lock_is_exclusive_and_probe_tells_running_from_stale() {
+    fn lock_is_exclusive_and_the_file_goes_with_its_holder() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/eventsd.pid");
         assert_eq!(probe(&path).unwrap(), Probe::NotRunning);
@@ -143,9 +146,22 @@ mod tests {
         assert!(format!("{second}").contains("already running"), "{second}");
 
         drop(held);
-        assert_eq!(probe(&path).unwrap(), Probe::Stale(Some(me)));
-        let taken_over = Pidfile::acquire(&path).unwrap();
-        taken_over.remove();
         assert_eq!(probe(&path).unwrap(), Probe::NotRunning);
+    }
+
+    #[test]
+    fn a_pidfile_nobody_holds_is_stale_and_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eventsd.pid");
+        std::fs::write(&path, "4242\n").unwrap();
+        assert_eq!(
+            probe(&path).unwrap(),
+            Probe::Stale(Some(Pid::from_raw(4242)))
+        );
+
+        let taken_over = Pidfile::acquire(&path).unwrap();
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(written.trim(), std::process::id().to_string());
+        drop(taken_over);
     }
 }

@@ -71,8 +71,11 @@ impl ControlSocket {
     pub fn raw_fd(&self) -> RawFd {
         self.listener.as_raw_fd()
     }
+}
 
-    pub fn remove(self) {
+/// Dropping the control socket removes its file (see `Pidfile`'s drop for children).
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
         if let Err(e) = std::fs::remove_file(&self.path) {
             log::warn!("cannot remove control socket {}: {e}", self.path.display());
         }

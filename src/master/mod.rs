@@ -119,13 +119,14 @@ pub fn run(
     default_sink: Sink,
     mut announcer: Announcer,
 ) -> anyhow::Result<()> {
-    let mut master = match Master::new(source, config, default_sink, announcer.pipe.take()) {
+    let mut master = match Master::new(source, config, default_sink) {
         Ok(master) => master,
         Err(e) => {
             announcer.failed(&e);
             return Err(e);
         }
     };
+    master.announcer = announcer;
     let outcome = master.run_loop();
     match &outcome {
         Err(e) => {
@@ -143,12 +144,7 @@ pub fn run(
 }
 
 impl Master {
-    fn new(
-        source: config::Source,
-        config: Config,
-        default_sink: Sink,
-        pipe: Option<File>,
-    ) -> anyhow::Result<Master> {
+    fn new(source: config::Source, config: Config, default_sink: Sink) -> anyhow::Result<Master> {
         let daemon = &config.daemon;
         create_state_dir(&daemon.state_dir)?;
         let pidfile = Pidfile::acquire(&daemon.pidfile)?;
@@ -172,7 +168,7 @@ impl Master {
             signals,
             control: Some(control),
             pidfile: Some(pidfile),
-            announcer: Announcer { pipe },
+            announcer: Announcer::foreground(),
             pool,
             phase: Phase::Starting,
             started_at: Instant::now(),
@@ -735,13 +731,10 @@ impl Master {
         }
     }
 
+    /// Removes the control socket, then the pidfile: the last sign of life goes last.
     fn clean_up(&mut self) {
-        if let Some(control) = self.control.take() {
-            control.remove();
-        }
-        if let Some(pidfile) = self.pidfile.take() {
-            pidfile.remove();
-        }
+        drop(self.control.take());
+        drop(self.pidfile.take());
         info!("eventsd stopped");
     }
 

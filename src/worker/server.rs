@@ -128,23 +128,23 @@ impl Stats {
         self.requests.get()
     }
 
-    /// Counts a request as in flight until the guard drops; tracks the time during which
-    /// at least one request was in flight, which is what "busy" means for a worker that
-    /// multiplexes many connections.
     pub fn request_started(self: &Rc<Self>) -> InFlight {
-        if self.in_flight.get() == 0 {
-            self.busy_since.set(Some(Instant::now()));
-        }
         self.in_flight.set(self.in_flight.get() + 1);
         InFlight(self.clone())
     }
 
+    /// Counts a connection as open until the guard drops, and tracks the time during
+    /// which at least one connection was open: what "busy" means for the dynamic pool,
+    /// as in Apache's prefork (a child holding a connection is busy).
     pub fn connection_opened(self: &Rc<Self>) -> OpenConnection {
+        if self.connections.get() == 0 {
+            self.busy_since.set(Some(Instant::now()));
+        }
         self.connections.set(self.connections.get() + 1);
         OpenConnection(self.clone())
     }
 
-    /// The heartbeat: busy if requests were in flight more than half of the time since
+    /// The heartbeat: busy if connections were open more than half of the time since
     /// the previous sample.
     pub fn sample(&self, rss_bytes: u64) -> Heartbeat {
         let now = Instant::now();
@@ -174,11 +174,6 @@ impl Drop for InFlight {
         let stats = &self.0;
         stats.requests.set(stats.requests.get() + 1);
         stats.in_flight.set(stats.in_flight.get() - 1);
-        if stats.in_flight.get() == 0 {
-            if let Some(since) = stats.busy_since.take() {
-                stats.busy_time.set(stats.busy_time.get() + since.elapsed());
-            }
-        }
     }
 }
 
@@ -186,7 +181,13 @@ pub struct OpenConnection(Rc<Stats>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.connections.set(self.0.connections.get() - 1);
+        let stats = &self.0;
+        stats.connections.set(stats.connections.get() - 1);
+        if stats.connections.get() == 0 {
+            if let Some(since) = stats.busy_since.take() {
+                stats.busy_time.set(stats.busy_time.get() + since.elapsed());
+            }
+        }
     }
 }
 
@@ -195,17 +196,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn busy_means_requests_in_flight_most_of_the_interval() {
+    fn busy_means_connections_open_most_of_the_interval() {
         let stats = Rc::new(Stats::default());
         stats.sample(0);
-        assert!(!stats.sample(0).busy, "nothing in flight");
+        assert!(!stats.sample(0).busy, "no connection open");
+        let connection = stats.connection_opened();
         let request = stats.request_started();
         std::thread::sleep(Duration::from_millis(20));
         let sample = stats.sample(0);
         assert!(sample.busy);
-        assert_eq!(sample.in_flight, 1);
+        assert_eq!((sample.connections, sample.in_flight), (1, 1));
         drop(request);
+        drop(connection);
         let sample = stats.sample(0);
-        assert_eq!((sample.requests, sample.in_flight), (1, 0));
+        assert_eq!(
+            (sample.requests, sample.in_flight, sample.connections),
+            (1, 0, 0)
+        );
     }
 }

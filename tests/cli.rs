@@ -1,0 +1,293 @@
+//! The control CLI table of process-model.md, one test per row, against the real binary.
+
+mod common;
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use common::{Daemon, is_gone, stderr, stdout, wait_for};
+use nix::sys::signal::{Signal, kill};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn started(extra: &str) -> Daemon {
+    let mut daemon = Daemon::new(extra);
+    let output = daemon.start();
+    assert!(output.status.success(), "start failed: {}", stderr(&output));
+    daemon
+}
+
+#[test]
+fn start_returns_once_the_daemon_serves() {
+    let daemon = started("");
+    let master = daemon.pidfile_pid().expect("pidfile written");
+    // No polling: `start` promised the daemon serves when it returns.
+    let health = daemon.get("/health").expect("serving right after start");
+    assert_eq!(health.status, 200);
+    let output = daemon.cli(&["status"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(stdout(&output).contains(&format!("eventsd is running (pid {master}")));
+    assert_eq!(daemon.serving_workers().len(), 2);
+}
+
+#[test]
+fn start_while_running_is_refused_and_leaves_the_daemon_untouched() {
+    let mut daemon = started("");
+    let master = daemon.pidfile_pid().unwrap();
+    let workers = daemon.serving_workers();
+
+    let second = daemon.start();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("already running"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(
+        stderr(&second).contains(&master.to_string()),
+        "{}",
+        stderr(&second)
+    );
+
+    assert_eq!(daemon.pidfile_pid(), Some(master));
+    assert_eq!(daemon.serving_workers(), workers);
+    assert_eq!(daemon.get("/health").unwrap().status, 200);
+}
+
+#[test]
+fn start_with_the_port_taken_fails_with_the_reason() {
+    let mut daemon = Daemon::new("");
+    let _taken = TcpListener::bind(daemon.address()).unwrap();
+    let output = daemon.start();
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.contains(&format!("cannot listen on 127.0.0.1:{}", daemon.port)),
+        "{message}"
+    );
+    assert!(message.contains("in use"), "{message}");
+    assert!(!daemon.pidfile().exists(), "pidfile left behind");
+}
+
+#[test]
+fn start_with_an_invalid_config_fails_naming_the_key() {
+    let mut daemon = Daemon::new("[workers]\nmin = 0\n");
+    let output = daemon.start();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("min"), "{}", stderr(&output));
+    assert!(!daemon.pidfile().exists());
+}
+
+#[test]
+fn stop_waits_for_a_graceful_exit_and_is_idempotent() {
+    let daemon = started("");
+    let master = daemon.pidfile_pid().unwrap();
+    let workers = daemon.serving_workers();
+
+    let output = daemon.cli(&["stop"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains("stopped"));
+    assert!(!daemon.pidfile().exists());
+    assert!(workers.iter().all(|pid| is_gone(*pid)));
+    assert!(
+        daemon
+            .log()
+            .contains(&format!("master[{master}]: eventsd stopped"))
+    );
+
+    let again = daemon.cli(&["stop"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(stdout(&again).contains("not running"));
+}
+
+#[test]
+fn hard_stop_kills_the_workers_and_exits() {
+    let daemon = started("");
+    let workers = daemon.serving_workers();
+    let output = daemon.cli(&["hard-stop"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!daemon.pidfile().exists());
+    assert!(workers.iter().all(|pid| is_gone(*pid)));
+    assert!(daemon.log().contains("fast stop (SIGQUIT)"));
+}
+
+#[test]
+fn restart_and_hard_restart_replace_the_master() {
+    let mut daemon = started("");
+    for command in ["restart", "hard-restart"] {
+        let before = daemon.pidfile_pid().unwrap();
+        let output = daemon.cli(&[command]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{command}: {}",
+            stderr(&output)
+        );
+        daemon.track_master();
+        let after = daemon.pidfile_pid().unwrap();
+        assert_ne!(before, after, "{command} kept the master");
+        assert_eq!(daemon.get("/health").unwrap().status, 200, "{command}");
+    }
+}
+
+#[test]
+fn reload_validates_the_config_itself_and_does_not_send_a_bad_one() {
+    let daemon = started("");
+    std::fs::write(&daemon.config, "[workers]\nmni = 2\n").unwrap();
+    let output = daemon.cli(&["reload"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("mni"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("line 2"), "{}", stderr(&output));
+    assert_eq!(
+        daemon.status().unwrap()["reloads"],
+        0,
+        "a bad config was sent"
+    );
+}
+
+#[test]
+fn reload_returns_once_the_new_generation_serves() {
+    let daemon = started("");
+    let old = daemon.serving_workers();
+    let output = daemon.cli(&["reload"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("generation 2"),
+        "{}",
+        stdout(&output)
+    );
+    let new = daemon.serving_workers();
+    assert_eq!(new.len(), 2);
+    assert!(new.iter().all(|pid| !old.contains(pid)));
+}
+
+#[test]
+fn status_uses_the_lsb_exit_codes() {
+    let daemon = Daemon::new("");
+    let output = daemon.cli(&["status"]);
+    assert_eq!(output.status.code(), Some(3), "not running");
+    assert!(stderr(&output).contains("not running"));
+
+    let mut daemon = daemon;
+    assert!(daemon.start().status.success());
+    assert_eq!(daemon.cli(&["status"]).status.code(), Some(0), "running");
+
+    let master = daemon.pidfile_pid().unwrap();
+    kill(master, Signal::SIGKILL).unwrap();
+    wait_for("the master's lock to be released", 5 * SECOND, || {
+        daemon.cli(&["status"]).status.code() == Some(1)
+    });
+    let output = daemon.cli(&["status"]);
+    assert!(
+        stderr(&output).contains("dead but its pidfile remains"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn fullstatus_prints_phpd_totals_and_a_row_per_worker() {
+    let daemon = started("");
+    let workers = daemon.serving_workers();
+    wait_for("idle workers", 5 * SECOND, || {
+        stdout(&daemon.cli(&["fullstatus"]))
+            .contains("Total: 2  Idle: 2  Busy: 0  Shutdown: 0  Init: 0")
+    });
+    let table = stdout(&daemon.cli(&["fullstatus"]));
+    assert!(table.contains("PID"), "{table}");
+    assert!(table.contains("RSS"), "{table}");
+    for pid in &workers {
+        let row = table
+            .lines()
+            .find(|line| line.trim_start().starts_with(&pid.to_string()));
+        let row = row.unwrap_or_else(|| panic!("no row for worker {pid}: {table}"));
+        assert!(row.contains("idle") && row.contains("MiB"), "{row}");
+    }
+
+    let output = daemon.cli(&["fullstatus", "--json"]);
+    assert_eq!(output.status.code(), Some(0));
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = status["workers"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        for field in [
+            "pid",
+            "state",
+            "uptime_secs",
+            "requests",
+            "connections",
+            "rss_bytes",
+        ] {
+            assert!(!row[field].is_null(), "{field} missing: {row}");
+        }
+        assert!(row["rss_bytes"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn the_control_socket_is_private() {
+    let daemon = started("");
+    let mode = std::fs::metadata(daemon.control_socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn configtest_says_ok_or_names_the_key_and_line() {
+    let daemon = Daemon::new("[workers]\nmin = 1\n");
+    let output = daemon.cli(&["configtest"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(stdout(&output).contains("syntax is ok"));
+
+    std::fs::write(
+        &daemon.config,
+        "[server]\nlisten = \"127.0.0.1:8080\"\n\n[workers]\nmaxx = 4\n",
+    )
+    .unwrap();
+    let output = daemon.cli(&["configtest"]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.contains("maxx") && message.contains("line 5"),
+        "{message}"
+    );
+}
+
+#[test]
+fn configtest_without_a_config_file_checks_the_built_in_defaults() {
+    let output = std::process::Command::new(common::BINARY)
+        .arg("configtest")
+        .env_remove("EVENTSD_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(stdout(&output).contains("built-in defaults syntax is ok"));
+}
+
+#[test]
+fn run_tells_systemd_ready_reloading_and_stopping() {
+    let mut daemon = Daemon::new("[workers]\nmin = 1\nmax = 1\n");
+    let socket_path = daemon.path("notify.sock");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd.set_read_timeout(Some(10 * SECOND)).unwrap();
+    let next = || {
+        let mut buffer = [0u8; 256];
+        let n = systemd.recv(&mut buffer).expect("a notification");
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    };
+    daemon.spawn_foreground(&[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+    assert_eq!(next(), "READY=1");
+    // Ready means serving: no retry needed.
+    assert_eq!(daemon.get("/health").unwrap().status, 200);
+
+    daemon.signal(Signal::SIGHUP);
+    assert_eq!(next(), "RELOADING=1");
+    assert_eq!(next(), "READY=1");
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(next(), "STOPPING=1");
+    assert!(daemon.wait_exit(10 * SECOND).success());
+}

@@ -1,0 +1,405 @@
+//! Test harness: starts the real `eventsd` binary with a temporary config and state
+//! folder on a free loopback port, talks HTTP to it, reads its status, and kills every
+//! process it started (by process group) when the test ends, also when it fails.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_eventsd");
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("no free loopback port")
+}
+
+/// A config for tests: `[server] listen`, `[daemon]` state and log in the temp folder,
+/// overlaid section by section with `extra` (TOML).
+pub fn config_text(port: u16, extra: &str) -> String {
+    let mut config: toml::Table = toml::from_str(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [daemon]\nstate_dir = \"state\"\nlog = \"daemon.log\"\nlog_level = \"debug\"\n"
+    ))
+    .unwrap();
+    let extra: toml::Table = toml::from_str(extra).expect("test config overlay is valid TOML");
+    for (section, values) in extra {
+        match (config.get_mut(&section), values) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(values)) => base.extend(values),
+            (_, values) => {
+                config.insert(section, values);
+            }
+        }
+    }
+    toml::to_string(&config).unwrap()
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    /// The foreground `eventsd run`, when the test started it that way.
+    foreground: Option<Child>,
+    /// Every process group started by this test: killed on drop.
+    groups: Vec<Pid>,
+}
+
+impl Daemon {
+    /// A temp folder with a config, nothing started.
+    pub fn new(extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("eventsd.toml");
+        std::fs::write(&config, config_text(port, extra)).unwrap();
+        Daemon {
+            dir,
+            config,
+            port,
+            foreground: None,
+            groups: Vec::new(),
+        }
+    }
+
+    /// `eventsd run` in the foreground, in its own process group, waited for until
+    /// every worker is ready.
+    pub fn run(extra: &str) -> Daemon {
+        let mut daemon = Daemon::new(extra);
+        daemon.spawn_foreground(&[]);
+        daemon.wait_ready();
+        daemon
+    }
+
+    pub fn spawn_foreground(&mut self, env: &[(&str, &str)]) {
+        let stderr = std::fs::File::create(self.dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(BINARY)
+            .arg("-c")
+            .arg(&self.config)
+            .arg("run")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .expect("cannot spawn eventsd");
+        self.groups.push(Pid::from_raw(child.id() as i32));
+        self.foreground = Some(child);
+    }
+
+    /// `eventsd start`; the daemon it leaves behind is tracked for clean-up.
+    pub fn start(&mut self) -> Output {
+        let output = self.cli(&["start"]);
+        if output.status.success() {
+            self.track_master();
+        }
+        output
+    }
+
+    /// Adds the running master's process group to the groups killed on drop.
+    pub fn track_master(&mut self) {
+        if let Some(pid) = self.pidfile_pid() {
+            if let Ok(group) = nix::unistd::getpgid(Some(pid)) {
+                self.groups.push(group);
+            }
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BINARY)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run the eventsd CLI")
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn pidfile(&self) -> PathBuf {
+        self.path("state/eventsd.pid")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.path("state/eventsd.sock")
+    }
+
+    pub fn pidfile_pid(&self) -> Option<Pid> {
+        let text = std::fs::read_to_string(self.pidfile()).ok()?;
+        text.trim().parse().ok().map(Pid::from_raw)
+    }
+
+    pub fn log(&self) -> String {
+        let mut log = std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default();
+        log.push_str(&std::fs::read_to_string(self.path("stderr.log")).unwrap_or_default());
+        log
+    }
+
+    /// The master's status document, read from its control socket.
+    pub fn status(&self) -> Option<Value> {
+        let mut stream = std::os::unix::net::UnixStream::connect(self.control_socket()).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut document = String::new();
+        stream.read_to_string(&mut document).ok()?;
+        serde_json::from_str(&document).ok()
+    }
+
+    pub fn master_pid(&self) -> Pid {
+        let status = self.status().expect("master answers on its control socket");
+        Pid::from_raw(status["pid"].as_i64().unwrap() as i32)
+    }
+
+    /// Workers by state: `("idle", pid)`...
+    pub fn workers(&self) -> Vec<(String, Pid)> {
+        let Some(status) = self.status() else {
+            return Vec::new();
+        };
+        status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["state"].as_str().unwrap().to_string(),
+                    Pid::from_raw(w["pid"].as_i64().unwrap() as i32),
+                )
+            })
+            .collect()
+    }
+
+    /// Pids of the workers that serve (not starting, not draining).
+    pub fn serving_workers(&self) -> Vec<Pid> {
+        self.workers()
+            .into_iter()
+            .filter(|(state, _)| state == "idle" || state == "busy")
+            .map(|(_, pid)| pid)
+            .collect()
+    }
+
+    /// Waits until the pool is exactly its target, every worker serving.
+    pub fn wait_ready(&self) {
+        wait_for("every worker ready", Duration::from_secs(20), || {
+            self.status().is_some_and(|status| {
+                let target = status["target_workers"].as_u64().unwrap() as usize;
+                let workers = status["workers"].as_array().unwrap();
+                workers.len() == target
+                    && workers
+                        .iter()
+                        .all(|w| matches!(w["state"].as_str(), Some("idle" | "busy")))
+            })
+        });
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.master_pid(), signal).expect("cannot signal the master");
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<Response> {
+        request(
+            self.address(),
+            &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+        )
+    }
+
+    /// The exit of the foreground `eventsd run`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.foreground.as_mut().expect("no foreground daemon");
+        let mut status = None;
+        wait_for("eventsd run to exit", timeout, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        for group in &self.groups {
+            let _ = killpg(*group, Signal::SIGKILL);
+        }
+        if let Some(mut child) = self.foreground.take() {
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- eventsd log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped, which the caller may check apart).
+pub fn process_state(pid: Pid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the parenthesised command name, which may contain spaces.
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+}
+
+pub fn is_gone(pid: Pid) -> bool {
+    process_state(pid).is_none()
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
+    }
+}
+
+/// Sends `raw` on a new connection and reads the reply until the server closes.
+pub fn request(address: SocketAddr, raw: &str) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(raw.as_bytes())?;
+    read_response(&mut stream)
+}
+
+pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    parse_response(&reply)
+}
+
+pub fn parse_response(reply: &[u8]) -> std::io::Result<Response> {
+    let reply = String::from_utf8_lossy(reply);
+    let (head, body) = reply.split_once("\r\n\r\n").ok_or_else(|| {
+        std::io::Error::new(
+            ErrorKind::UnexpectedEof,
+            format!("no complete reply: {reply:?}"),
+        )
+    })?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(ErrorKind::InvalidData, format!("bad status line: {head:?}"))
+        })?;
+    Ok(Response {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
+}
+
+/// Clients hammering `GET /health`, one connection per request, recording every outcome.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Tally>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: u64,
+    pub failures: Vec<String>,
+    /// The worker pid of every 200, in order.
+    pub workers: Vec<i32>,
+}
+
+impl Load {
+    pub fn start(address: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut tally = Tally::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        match request(
+                            address,
+                            "GET /health HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n",
+                        ) {
+                            Ok(response) if response.status == 200 => {
+                                tally.ok += 1;
+                                tally
+                                    .workers
+                                    .push(response.json()["worker"].as_i64().unwrap() as i32);
+                            }
+                            Ok(response) => {
+                                tally.failures.push(format!("status {}", response.status))
+                            }
+                            Err(e) => tally.failures.push(e.to_string()),
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    pub fn finish(mut self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = Tally::default();
+        for thread in std::mem::take(&mut self.threads) {
+            let tally = thread.join().expect("load thread panicked");
+            total.ok += tally.ok;
+            total.failures.extend(tally.failures);
+            total.workers.extend(tally.workers);
+        }
+        total
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}

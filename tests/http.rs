@@ -1,0 +1,293 @@
+//! What a worker enforces on its own connections (process-model.md, "Connections and
+//! HTTP"): deadlines, limits, the connection cap, accept errors, recycling, privileges.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, parse_response, read_response, request, wait_for};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Reads until the server closes the connection; fails if it stays open `limit`.
+fn closed_by_server_within(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut received = Vec::new();
+    match stream.read_to_end(&mut received) {
+        Ok(_) => received,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => received,
+        Err(e) => panic!("connection still open after {limit:?}: {e}"),
+    }
+}
+
+#[test]
+fn health_answers_with_the_worker_pid_and_a_trailing_slash_is_optional() {
+    let daemon = Daemon::run("");
+    let workers = daemon.serving_workers();
+    for path in ["/health", "/health/"] {
+        let response = daemon.get(path).unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        let body = response.json();
+        assert_eq!(body["status"], "ok");
+        let worker = nix::unistd::Pid::from_raw(body["worker"].as_i64().unwrap() as i32);
+        assert!(workers.contains(&worker), "{worker} is not a worker");
+    }
+}
+
+#[test]
+fn unknown_paths_and_wrong_methods_get_json_errors() {
+    let daemon = Daemon::run("");
+    let missing = daemon.get("/nowhere").unwrap();
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["status_code"], 404);
+
+    let wrong = request(
+        daemon.address(),
+        "DELETE /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(wrong.status, 405);
+    assert_eq!(wrong.json()["message"], "Method Not Allowed");
+    assert_eq!(wrong.header("allow").as_deref(), Some("GET, HEAD"));
+}
+
+#[test]
+fn a_body_over_the_limit_is_refused_with_413_before_it_is_sent() {
+    let daemon = Daemon::run("[server]\nmax_body_bytes = 1024\n");
+    // Only the head is sent: the reply must come without the 10 MB.
+    let response = request(
+        daemon.address(),
+        "POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 10485760\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(response.status, 413);
+    assert!(
+        response.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_body_bytes")
+    );
+
+    let chunk = "x".repeat(2000);
+    let chunked = request(
+        daemon.address(),
+        &format!(
+            "POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+            chunk.len()
+        ),
+    )
+    .unwrap();
+    assert_eq!(chunked.status, 413, "chunked bodies are limited too");
+}
+
+#[test]
+fn a_body_without_a_length_gets_411() {
+    let daemon = Daemon::run("");
+    let response = request(
+        daemon.address(),
+        "POST /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(response.status, 411);
+    assert_eq!(response.json()["status_code"], 411);
+}
+
+#[test]
+fn a_body_shorter_than_its_length_times_out_with_408() {
+    let daemon = Daemon::run("[server]\nread_timeout_secs = 1\n");
+    let mut stream = TcpStream::connect(daemon.address()).unwrap();
+    stream
+        .write_all(b"POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly a part")
+        .unwrap();
+    let reply = closed_by_server_within(&mut stream, 10 * SECOND);
+    let response = parse_response(&reply).unwrap();
+    assert_eq!(response.status, 408);
+}
+
+#[test]
+fn headers_that_never_end_are_cut_after_the_read_timeout() {
+    let daemon = Daemon::run("[server]\nread_timeout_secs = 1\n");
+    let mut stream = TcpStream::connect(daemon.address()).unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    let started = Instant::now();
+    closed_by_server_within(&mut stream, 10 * SECOND);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "cut too early"
+    );
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_read_timeout() {
+    let daemon = Daemon::run("[server]\nread_timeout_secs = 1\n");
+    let mut stream = TcpStream::connect(daemon.address()).unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 1024];
+    stream.set_read_timeout(Some(10 * SECOND)).unwrap();
+    let n = stream.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    let rest = closed_by_server_within(&mut stream, 10 * SECOND);
+    assert!(rest.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed too early"
+    );
+}
+
+#[test]
+fn the_connection_cap_holds_new_clients_until_a_slot_frees() {
+    let daemon = Daemon::run(
+        "[server]\nmax_connections = 1\nread_timeout_secs = 30\n[workers]\nmin = 1\nmax = 1\n",
+    );
+    let holder = TcpStream::connect(daemon.address()).unwrap();
+    wait_for(
+        "the worker to hold the first connection",
+        5 * SECOND,
+        || daemon.status().unwrap()["workers"][0]["connections"] == 1,
+    );
+
+    let mut waiting = TcpStream::connect(daemon.address()).unwrap();
+    waiting
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = waiting.read(&mut byte);
+    assert!(early.is_err(), "served beyond the cap: {early:?}");
+
+    drop(holder);
+    waiting.set_read_timeout(Some(10 * SECOND)).unwrap();
+    assert_eq!(read_response(&mut waiting).unwrap().status, 200);
+}
+
+#[test]
+fn accept_errors_are_survived_by_the_worker() {
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
+    let worker = daemon.serving_workers()[0];
+    // Leave the worker no free descriptor: every accept fails with EMFILE.
+    let open = std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .count() as u64;
+    set_fd_limit(worker, open);
+    let clients: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(daemon.address()).unwrap())
+        .collect();
+    wait_for("the accept error to be logged", 5 * SECOND, || {
+        daemon.log().contains("accept failed")
+    });
+
+    set_fd_limit(worker, 1024);
+    drop(clients);
+    let response = daemon.get("/health").unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.json()["worker"],
+        worker.as_raw(),
+        "the same worker serves again"
+    );
+}
+
+/// Sets the soft limit of open files of `pid`, keeping its hard limit.
+fn set_fd_limit(pid: nix::unistd::Pid, soft: u64) {
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reading into a valid rlimit, then writing a valid one.
+    let read = unsafe {
+        libc::prlimit(
+            pid.as_raw(),
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut current,
+        )
+    };
+    assert_eq!(read, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let wanted = libc::rlimit {
+        rlim_cur: soft.min(current.rlim_max),
+        rlim_max: current.rlim_max,
+    };
+    let written = unsafe {
+        libc::prlimit(
+            pid.as_raw(),
+            libc::RLIMIT_NOFILE,
+            &wanted,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(written, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_worker_is_recycled_after_max_requests_without_a_failed_request() {
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\nmax_requests = 5\n");
+    let first = daemon.serving_workers()[0];
+    let mut served_by = Vec::new();
+    for _ in 0..12 {
+        let response = daemon
+            .get("/health")
+            .expect("no request fails across a recycle");
+        assert_eq!(response.status, 200);
+        served_by.push(response.json()["worker"].as_i64().unwrap());
+    }
+    assert_eq!(served_by[..5], [first.as_raw() as i64; 5]);
+    assert!(
+        served_by[5..]
+            .iter()
+            .all(|pid| *pid != first.as_raw() as i64),
+        "{served_by:?}"
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("served workers.max_requests (5) requests")
+    );
+}
+
+#[test]
+fn workers_drop_to_the_configured_user_when_started_as_root() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: privilege drop needs root");
+        return;
+    }
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\nuser = \"nobody\"\n");
+    let worker = daemon.serving_workers()[0];
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let uids: Vec<u32> = uid_line
+        .split_whitespace()
+        .skip(1)
+        .map(|u| u.parse().unwrap())
+        .collect();
+    assert!(
+        uids.iter().all(|uid| *uid == nobody.uid.as_raw()),
+        "{uid_line}"
+    );
+    let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert_eq!(
+        groups.split_whitespace().skip(1).count(),
+        1,
+        "supplementary groups kept: {groups}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{worker}/comm"))
+            .unwrap()
+            .trim(),
+        "eventsd-worker"
+    );
+    assert_eq!(daemon.get("/health").unwrap().status, 200);
+}
