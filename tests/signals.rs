@@ -245,6 +245,23 @@ fn sighup_reload_under_load_fails_no_request_and_rolls_every_worker() {
     wait_for("old workers gone", 5 * SECOND, || {
         old.iter().all(|pid| is_gone(*pid))
     });
+    // New before old: both new workers were ready before the first old one was stopped.
+    let log = daemon.log();
+    let last_new_ready = new
+        .iter()
+        .map(|pid| {
+            log.find(&format!("worker {pid} ready (generation 2)"))
+                .expect("new worker ready")
+        })
+        .max()
+        .unwrap();
+    let first_old_stopped = log
+        .find("a newer generation is ready")
+        .expect("old workers retired");
+    assert!(
+        last_new_ready < first_old_stopped,
+        "old workers stopped before the new ones were ready"
+    );
     let last = *tally.workers.last().unwrap();
     assert!(
         new.contains(&Pid::from_raw(last)),
