@@ -7,11 +7,12 @@
 //! - `worker`: an HTTP worker process (hyper on one tokio thread);
 //! - `ipc`: the frames and messages between them;
 //! - `api`: what a request means and how replies look;
-//! - `config`, `cli`, `logging`, `pidfile`, `notify`, `status`: the daemon's plumbing.
+//! - `config`, `cli`, `files`, `logging`, `pidfile`, `notify`, `status`: the daemon's plumbing.
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod ipc;
 pub mod logging;
 pub mod master;

@@ -131,10 +131,7 @@ fn open(sink: &Sink) -> anyhow::Result<Output> {
 }
 
 fn open_file(path: &Path) -> anyhow::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create log folder {}", dir.display()))?;
-    }
+    crate::files::create_parent_dir(path)?;
     OpenOptions::new()
         .create(true)
         .append(true)

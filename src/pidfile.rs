@@ -75,9 +75,7 @@ impl Pidfile {
 /// half-gone. A forked child never drops the master's copy: it exits without unwinding.
 impl Drop for Pidfile {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            log::warn!("cannot remove pidfile {}: {e}", self.path.display());
-        }
+        crate::files::remove_owned(&self.path, "pidfile");
     }
 }
 
@@ -103,10 +101,7 @@ pub fn probe(path: &Path) -> anyhow::Result<Probe> {
 }
 
 fn open(path: &Path) -> anyhow::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create folder {}", dir.display()))?;
-    }
+    crate::files::create_parent_dir(path)?;
     OpenOptions::new()
         .read(true)
         .write(true)

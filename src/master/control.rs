@@ -76,9 +76,7 @@ impl ControlSocket {
 /// Dropping the control socket removes its file (see `Pidfile`'s drop for children).
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            log::warn!("cannot remove control socket {}: {e}", self.path.display());
-        }
+        crate::files::remove_owned(&self.path, "control socket");
     }
 }
 
