@@ -15,6 +15,8 @@ use log::LevelFilter;
 use nix::unistd::{Gid, Group, Uid, User};
 use serde::{Deserialize, Deserializer};
 
+use crate::registry::EventDeclaration;
+
 /// The longest path a Unix socket address can hold (`sun_path` minus its NUL).
 const MAX_UNIX_SOCKET_PATH: usize = 107;
 
@@ -78,6 +80,8 @@ pub struct Config {
     pub watchers: Watchers,
     pub daemon: Daemon,
     pub smtp: Smtp,
+    /// `[[event]]`: event types, collectors and watchers declared by the operator.
+    pub event: Vec<EventDeclaration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -254,6 +258,11 @@ impl Config {
 
     fn validate(&mut self) -> anyhow::Result<()> {
         let workers = &self.workers;
+        let mut names: Vec<&str> = self.event.iter().map(|e| e.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(twice) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            bail!("event type `{}` is declared twice", twice[0]);
+        }
         if workers.min > workers.max {
             bail!(
                 "workers.min ({}) is greater than workers.max ({})",

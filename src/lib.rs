@@ -7,6 +7,7 @@
 //! - `worker`: an HTTP worker process (hyper on one tokio thread);
 //! - `ipc`: the frames and messages between them;
 //! - `api`: what a request means and how replies look;
+//! - `registry`: event types, collectors and watchers, owned by the master;
 //! - `config`, `cli`, `files`, `logging`, `pidfile`, `notify`, `status`: the daemon's plumbing.
 
 pub mod api;
@@ -18,5 +19,6 @@ pub mod logging;
 pub mod master;
 pub mod notify;
 pub mod pidfile;
+pub mod registry;
 pub mod status;
 pub mod worker;

@@ -1,0 +1,556 @@
+//! The registry: event types, their collectors and their watchers.
+//!
+//! Owned by the master, which alone applies changes (`apply`) and declarations from the
+//! config file (`declare`), and persists it (`save`, atomic). Workers hold read-only
+//! copies pushed by the master. A change is applied to a copy first: a refused or failed
+//! change leaves the registry as it was. This module does no I/O beyond its state file.
+
+pub mod spec;
+
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use spec::{Action, Aggregator, Appender, CollectorSpec, EventDeclaration, Name, WatcherSpec};
+use spec::{EventSpec, from_json};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Registry {
+    /// Bumped by every change: workers acknowledge the version they hold.
+    pub version: u64,
+    pub events: BTreeMap<Name, EventType>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventType {
+    pub id: Uuid,
+    /// Declared in the config file: not deletable over HTTP.
+    #[serde(default)]
+    pub declared: bool,
+    #[serde(default)]
+    pub collectors: Vec<Collector>,
+    #[serde(default)]
+    pub watchers: Vec<Watcher>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Collector {
+    pub id: Uuid,
+    #[serde(default)]
+    pub declared: bool,
+    pub spec: CollectorSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Watcher {
+    pub id: Uuid,
+    #[serde(default)]
+    pub declared: bool,
+    pub spec: WatcherSpec,
+}
+
+/// A registry change as a worker forwards it: the raw body, validated by the master.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    CreateEvent { body: Vec<u8> },
+    DeleteEvent { event: String },
+    CreateCollector { event: String, body: Vec<u8> },
+    DeleteCollector { event: String, name: String },
+    CreateWatcher { event: String, body: Vec<u8> },
+    DeleteWatcher { event: String, name: String },
+}
+
+/// Who asks for a change, for the rules that depend on it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Origin {
+    pub loopback: bool,
+}
+
+/// Why a change was refused: an HTTP status and a message naming the culprit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, message: String) -> Refusal {
+        Refusal { status, message }
+    }
+}
+
+impl Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Change {
+    /// A label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::CreateEvent { .. } => "create_event",
+            Change::DeleteEvent { .. } => "delete_event",
+            Change::CreateCollector { .. } => "create_collector",
+            Change::DeleteCollector { .. } => "delete_collector",
+            Change::CreateWatcher { .. } => "create_watcher",
+            Change::DeleteWatcher { .. } => "delete_watcher",
+        }
+    }
+}
+
+impl Registry {
+    pub fn event(&self, name: &str) -> Option<&EventType> {
+        self.events.get(name)
+    }
+
+    /// Applies `change`; returns the id of what it created (nil for a deletion). On a
+    /// refusal nothing has changed. `token_set`: `server.api_token` is configured.
+    pub fn apply(
+        &mut self,
+        change: &Change,
+        origin: Origin,
+        token_set: bool,
+    ) -> Result<Uuid, Refusal> {
+        let id = match change {
+            Change::CreateEvent { body } => {
+                let spec: EventSpec = from_json(body).map_err(bad_request)?;
+                if self.events.contains_key(spec.name.as_str()) {
+                    return Err(conflict(format!(
+                        "Event type `{}` already registered",
+                        spec.name
+                    )));
+                }
+                let id = Uuid::new_v4();
+                self.events.insert(
+                    spec.name,
+                    EventType {
+                        id,
+                        declared: false,
+                        collectors: Vec::new(),
+                        watchers: Vec::new(),
+                    },
+                );
+                id
+            }
+            Change::DeleteEvent { event } => {
+                let declared = self.event_or_404(event)?.declared;
+                if declared {
+                    return Err(declared_in_config(format!("Event type `{event}`")));
+                }
+                self.events.remove(event.as_str());
+                Uuid::nil()
+            }
+            Change::CreateCollector { event, body } => {
+                let spec: CollectorSpec = from_json(body).map_err(bad_request)?;
+                if matches!(spec.appender, Appender::File { .. }) && !token_set && !origin.loopback
+                {
+                    return Err(Refusal::new(
+                        403,
+                        "A `file` appender may be registered only from a loopback client while \
+                         server.api_token is unset"
+                            .to_string(),
+                    ));
+                }
+                let entry = self.event_mut_or_404(event)?;
+                let id = Uuid::new_v4();
+                add_named(
+                    &mut entry.collectors,
+                    event,
+                    "Collector",
+                    Collector {
+                        id,
+                        declared: false,
+                        spec,
+                    },
+                )?;
+                id
+            }
+            Change::DeleteCollector { event, name } => {
+                remove_named(
+                    &mut self.event_mut_or_404(event)?.collectors,
+                    event,
+                    "Collector",
+                    name,
+                )?;
+                Uuid::nil()
+            }
+            Change::CreateWatcher { event, body } => {
+                let spec: WatcherSpec = from_json(body).map_err(bad_request)?;
+                if matches!(spec.action, Action::Command { .. }) {
+                    return Err(Refusal::new(
+                        403,
+                        "The `command` action is accepted only from the config file".to_string(),
+                    ));
+                }
+                let entry = self.event_mut_or_404(event)?;
+                let id = Uuid::new_v4();
+                add_named(
+                    &mut entry.watchers,
+                    event,
+                    "Watcher",
+                    Watcher {
+                        id,
+                        declared: false,
+                        spec,
+                    },
+                )?;
+                id
+            }
+            Change::DeleteWatcher { event, name } => {
+                remove_named(
+                    &mut self.event_mut_or_404(event)?.watchers,
+                    event,
+                    "Watcher",
+                    name,
+                )?;
+                Uuid::nil()
+            }
+        };
+        self.version += 1;
+        Ok(id)
+    }
+
+    /// Makes the registry hold exactly what the config file declares, next to what was
+    /// registered over HTTP: declared entries are added or updated (keeping their ids
+    /// when unchanged), entries the file no longer declares are removed. Returns whether
+    /// anything changed.
+    pub fn declare(&mut self, declarations: &[EventDeclaration]) -> bool {
+        let before = self.clone();
+        let declared = |name: &str| declarations.iter().find(|d| d.name.as_str() == name);
+        self.events
+            .retain(|name, event| !event.declared || declared(name.as_str()).is_some());
+        for event in self.events.values_mut() {
+            event.collectors.retain(|c| !c.declared);
+            event.watchers.retain(|w| !w.declared);
+        }
+        for declaration in declarations {
+            let event = self
+                .events
+                .entry(declaration.name.clone())
+                .or_insert_with(|| EventType {
+                    id: Uuid::new_v4(),
+                    declared: true,
+                    collectors: Vec::new(),
+                    watchers: Vec::new(),
+                });
+            event.declared = true;
+            let previous = before.event(declaration.name.as_str());
+            for spec in &declaration.collector {
+                let id = previous
+                    .and_then(|p| p.collectors.iter().find(|c| c.declared && c.spec == *spec))
+                    .map_or_else(Uuid::new_v4, |c| c.id);
+                event.collectors.retain(|c| c.spec.name != spec.name);
+                event.collectors.push(Collector {
+                    id,
+                    declared: true,
+                    spec: spec.clone(),
+                });
+            }
+            for spec in &declaration.watcher {
+                let id = previous
+                    .and_then(|p| p.watchers.iter().find(|w| w.declared && w.spec == *spec))
+                    .map_or_else(Uuid::new_v4, |w| w.id);
+                event.watchers.retain(|w| w.spec.name != spec.name);
+                event.watchers.push(Watcher {
+                    id,
+                    declared: true,
+                    spec: spec.clone(),
+                });
+            }
+        }
+        let changed = self.events != before.events;
+        if changed {
+            self.version += 1;
+        }
+        changed
+    }
+
+    /// Reads `path`; a missing file is an empty registry. A file that cannot be read is
+    /// an error naming it: it is never replaced behind the operator's back.
+    pub fn load(path: &Path) -> anyhow::Result<Registry> {
+        let text = match std::fs::read(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Registry::default()),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read registry file {}", path.display()));
+            }
+        };
+        serde_json::from_slice(&text).with_context(|| {
+            format!(
+                "registry file {} is corrupt; restore it from a backup or remove it \
+                 (eventsd never overwrites it)",
+                path.display()
+            )
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let document = serde_json::to_vec_pretty(self).context("cannot serialize the registry")?;
+        crate::files::replace_atomically(path, &document)
+    }
+
+    fn event_or_404(&self, event: &str) -> Result<&EventType, Refusal> {
+        self.events.get(event).ok_or_else(|| not_registered(event))
+    }
+
+    fn event_mut_or_404(&mut self, event: &str) -> Result<&mut EventType, Refusal> {
+        self.events
+            .get_mut(event)
+            .ok_or_else(|| not_registered(event))
+    }
+}
+
+/// What collectors and watchers have in common for registration.
+trait Named {
+    fn name(&self) -> &Name;
+    fn declared(&self) -> bool;
+}
+
+impl Named for Collector {
+    fn name(&self) -> &Name {
+        &self.spec.name
+    }
+    fn declared(&self) -> bool {
+        self.declared
+    }
+}
+
+impl Named for Watcher {
+    fn name(&self) -> &Name {
+        &self.spec.name
+    }
+    fn declared(&self) -> bool {
+        self.declared
+    }
+}
+
+fn add_named<T: Named>(
+    list: &mut Vec<T>,
+    event: &str,
+    what: &str,
+    entry: T,
+) -> Result<(), Refusal> {
+    if let Some(existing) = list.iter().find(|e| e.name() == entry.name()) {
+        let subject = format!("{what} `{}` of event type `{event}`", existing.name());
+        return Err(if existing.declared() {
+            declared_in_config(subject)
+        } else {
+            conflict(format!("{subject} already registered"))
+        });
+    }
+    list.push(entry);
+    Ok(())
+}
+
+fn remove_named<T: Named>(
+    list: &mut Vec<T>,
+    event: &str,
+    what: &str,
+    name: &str,
+) -> Result<(), Refusal> {
+    let subject = format!("{what} `{name}` of event type `{event}`");
+    let index = list
+        .iter()
+        .position(|e| e.name().as_str() == name)
+        .ok_or_else(|| Refusal::new(404, format!("{subject} is not registered")))?;
+    if list[index].declared() {
+        return Err(declared_in_config(subject));
+    }
+    list.remove(index);
+    Ok(())
+}
+
+fn bad_request(message: String) -> Refusal {
+    Refusal::new(400, message)
+}
+
+fn conflict(message: String) -> Refusal {
+    Refusal::new(409, message)
+}
+
+fn declared_in_config(subject: String) -> Refusal {
+    Refusal::new(
+        403,
+        format!("{subject} is declared in the config file; change it there"),
+    )
+}
+
+pub fn not_registered(event: &str) -> Refusal {
+    Refusal::new(404, format!("Event type `{event}` is not registered"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL: Origin = Origin { loopback: true };
+
+    fn create_event(registry: &mut Registry, name: &str) -> Result<Uuid, Refusal> {
+        let body = format!(r#"{{"type": "{name}"}}"#).into_bytes();
+        registry.apply(&Change::CreateEvent { body }, LOCAL, false)
+    }
+
+    fn collector(event: &str, body: &str) -> Change {
+        Change::CreateCollector {
+            event: event.into(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_refused_change_changes_nothing() {
+        let mut registry = Registry::default();
+        create_event(&mut registry, "logins").unwrap();
+        let before = registry.clone();
+        for (change, status) in [
+            (
+                Change::CreateEvent {
+                    body: br#"{"type": "logins"}"#.to_vec(),
+                },
+                409,
+            ),
+            (
+                Change::CreateEvent {
+                    body: br#"{"type": "a b"}"#.to_vec(),
+                },
+                400,
+            ),
+            (
+                Change::DeleteEvent {
+                    event: "nope".into(),
+                },
+                404,
+            ),
+            (
+                collector("nope", r#"{"name": "c1", "appender": {"type": "null"}}"#),
+                404,
+            ),
+            (
+                collector("logins", r#"{"name": "c1", "appender": {"type": "smoke"}}"#),
+                400,
+            ),
+            (
+                Change::DeleteCollector {
+                    event: "logins".into(),
+                    name: "c1".into(),
+                },
+                404,
+            ),
+        ] {
+            let refusal = registry.apply(&change, LOCAL, false).unwrap_err();
+            assert_eq!(refusal.status, status, "{change:?}: {refusal:?}");
+            assert_eq!(registry, before, "{change:?} changed the registry");
+        }
+    }
+
+    #[test]
+    fn file_appenders_need_loopback_or_a_token() {
+        let mut registry = Registry::default();
+        create_event(&mut registry, "logins").unwrap();
+        let change = collector(
+            "logins",
+            r#"{"name": "c1", "appender": {"type": "file", "path": "/tmp/x"}}"#,
+        );
+        let remote = Origin { loopback: false };
+        assert_eq!(
+            registry.apply(&change, remote, false).unwrap_err().status,
+            403
+        );
+        assert!(registry.apply(&change, remote, true).is_ok());
+    }
+
+    #[test]
+    fn command_actions_are_refused_over_http() {
+        let mut registry = Registry::default();
+        create_event(&mut registry, "logins").unwrap();
+        let body = br#"{"name": "w1", "threshold": 1, "aggregator": {"type": "single"},
+                        "action": {"type": "command", "argv": ["/bin/true"]}}"#;
+        let change = Change::CreateWatcher {
+            event: "logins".into(),
+            body: body.to_vec(),
+        };
+        assert_eq!(
+            registry.apply(&change, LOCAL, true).unwrap_err().status,
+            403
+        );
+    }
+
+    #[test]
+    fn declarations_are_applied_protected_and_withdrawn() {
+        let declarations: Vec<EventDeclaration> = toml::from_str::<toml::Table>(
+            "[[event]]\ntype = \"logins\"\n[[event.collector]]\nname = \"audit\"\nappender = { type = \"null\" }\n",
+        )
+        .unwrap()["event"]
+            .clone()
+            .try_into()
+            .unwrap();
+        let mut registry = Registry::default();
+        assert!(registry.declare(&declarations));
+        let id = registry.event("logins").unwrap().collectors[0].id;
+        assert!(
+            !registry.declare(&declarations),
+            "same declarations, no change"
+        );
+        assert_eq!(
+            registry.event("logins").unwrap().collectors[0].id,
+            id,
+            "ids are stable"
+        );
+
+        let delete = Change::DeleteCollector {
+            event: "logins".into(),
+            name: "audit".into(),
+        };
+        assert_eq!(
+            registry.apply(&delete, LOCAL, false).unwrap_err().status,
+            403
+        );
+        let delete = Change::DeleteEvent {
+            event: "logins".into(),
+        };
+        assert_eq!(
+            registry.apply(&delete, LOCAL, false).unwrap_err().status,
+            403
+        );
+        let replace = collector(
+            "logins",
+            r#"{"name": "audit", "appender": {"type": "null"}}"#,
+        );
+        assert_eq!(
+            registry.apply(&replace, LOCAL, false).unwrap_err().status,
+            403
+        );
+
+        assert!(registry.declare(&[]));
+        assert!(registry.events.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_refused_naming_it_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        std::fs::write(&path, b"{\"version\": 3, \"events\": {").unwrap();
+        let message = format!("{:#}", Registry::load(&path).unwrap_err());
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"{\"version\": 3, \"events\": {"
+        );
+    }
+
+    #[test]
+    fn a_saved_registry_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        let mut registry = Registry::default();
+        create_event(&mut registry, "logins").unwrap();
+        registry.save(&path).unwrap();
+        assert_eq!(Registry::load(&path).unwrap(), registry);
+    }
+}

@@ -1,0 +1,433 @@
+//! Definitions of collectors and watchers as clients send them (JSON bodies) and as the
+//! config file declares them (`[[event]]`): one set of types, one set of checks.
+//!
+//! Every check lives in a deserializer, so that an error names its field (through
+//! `serde_path_to_error` for JSON, toml's own path and line for the config file).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// An event type, collector or watcher name: `^[a-zA-Z][a-zA-Z0-9_-]{1,127}$`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Name(String);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_valid(name: &str) -> bool {
+        let mut chars = name.chars();
+        let first_is_letter = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+        first_is_letter
+            && (2..=128).contains(&name.len())
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    }
+}
+
+impl TryFrom<String> for Name {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Name, String> {
+        if Name::is_valid(&name) {
+            Ok(Name(name))
+        } else {
+            Err(format!(
+                "`{}` is not a valid name (a letter, then 1 to 127 letters, digits, `_` or `-`)",
+                name.chars().take(64).collect::<String>()
+            ))
+        }
+    }
+}
+
+impl From<Name> for String {
+    fn from(name: Name) -> String {
+        name.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `POST /event/` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSpec {
+    #[serde(rename = "type")]
+    pub name: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorSpec {
+    pub name: Name,
+    pub appender: Appender,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Appender {
+    Null,
+    Syslog {
+        ident: String,
+    },
+    File {
+        #[serde(deserialize_with = "absolute_path")]
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatcherSpec {
+    pub name: Name,
+    #[serde(deserialize_with = "at_least_one")]
+    pub threshold: u64,
+    pub aggregator: Aggregator,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_at_least_one"
+    )]
+    pub window_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_secs: Option<u64>,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Aggregator {
+    Single,
+    Fields {
+        #[serde(deserialize_with = "field_paths")]
+        fields: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Action {
+    Null,
+    Email {
+        #[serde(deserialize_with = "recipients")]
+        to: Vec<String>,
+        subject: String,
+    },
+    Webhook {
+        #[serde(deserialize_with = "http_url")]
+        url: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, String>,
+    },
+    Command {
+        #[serde(deserialize_with = "command_line")]
+        argv: Vec<String>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "optional_at_least_one"
+        )]
+        timeout_secs: Option<u64>,
+    },
+}
+
+/// `[[event]]` in the config file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventDeclaration {
+    #[serde(rename = "type")]
+    pub name: Name,
+    #[serde(default)]
+    pub collector: Vec<CollectorSpec>,
+    #[serde(default)]
+    pub watcher: Vec<WatcherSpec>,
+}
+
+/// Parses a JSON body into `T`; the error names the field at fault.
+pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            format!("Body is not valid JSON: {inner}")
+        } else if path == "." {
+            format!("Invalid body: {inner}")
+        } else {
+            format!("Invalid `{path}`: {inner}")
+        }
+    })
+}
+
+use serde::Deserializer;
+use serde::de::Error as _;
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let value = u64::deserialize(d)?;
+    if value == 0 {
+        return Err(D::Error::custom("must be an integer of at least 1"));
+    }
+    Ok(value)
+}
+
+fn optional_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    at_least_one(d).map(Some)
+}
+
+fn absolute_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let path = PathBuf::from(String::deserialize(d).map_err(|e| named("path", e))?);
+    if !path.is_absolute() {
+        return Err(D::Error::custom(format!(
+            "`path`: `{}` is not an absolute path",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+fn field_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let fields = Vec::<String>::deserialize(d).map_err(|e| named("fields", e))?;
+    if fields.is_empty() {
+        return Err(D::Error::custom("`fields` must list at least one field"));
+    }
+    if let Some(bad) = fields
+        .iter()
+        .find(|f| f.is_empty() || f.split('.').any(str::is_empty))
+    {
+        return Err(D::Error::custom(format!(
+            "`fields`: `{bad}` is not a field path like `user.id`"
+        )));
+    }
+    Ok(fields)
+}
+
+/// `to`: one address or a list of them.
+fn recipients<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let to = match OneOrMany::deserialize(d)
+        .map_err(|_| D::Error::custom("`to` must be an e-mail address or a list of them"))?
+    {
+        OneOrMany::One(address) => vec![address],
+        OneOrMany::Many(addresses) => addresses,
+    };
+    if to.is_empty() {
+        return Err(D::Error::custom("`to` must name at least one recipient"));
+    }
+    if let Some(bad) = to.iter().find(|address| !is_email_address(address)) {
+        return Err(D::Error::custom(format!(
+            "`to`: `{bad}` is not an e-mail address"
+        )));
+    }
+    Ok(to)
+}
+
+/// A plain `local@domain` check: enough to refuse typos; the SMTP relay has the last word.
+fn is_email_address(address: &str) -> bool {
+    match address.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !address
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
+        }
+        None => false,
+    }
+}
+
+fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let url = String::deserialize(d).map_err(|e| named("url", e))?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| D::Error::custom(format!("`url`: `{url}` is not an http or https URL")))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(D::Error::custom(format!(
+            "`url`: `{url}` is not a valid URL"
+        )));
+    }
+    Ok(url)
+}
+
+fn command_line<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let argv = Vec::<String>::deserialize(d).map_err(|e| named("argv", e))?;
+    match argv.first() {
+        Some(program) if !program.is_empty() => Ok(argv),
+        _ => Err(D::Error::custom(
+            "`argv` must start with the program to run",
+        )),
+    }
+}
+
+/// Names the field in an error raised inside an internally tagged enum, where serde
+/// loses the path.
+fn named<E: serde::de::Error>(field: &str, error: E) -> E {
+    E::custom(format!("`{field}`: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watcher(body: &str) -> Result<WatcherSpec, String> {
+        from_json(body.as_bytes())
+    }
+
+    const ACTION: &str = r#""action": {"type": "null"}"#;
+
+    #[test]
+    fn names_follow_the_pattern() {
+        for good in [
+            "ab",
+            "user_logged_in",
+            "new_event-1",
+            &format!("a{}", "b".repeat(127)),
+        ] {
+            assert!(Name::is_valid(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a",
+            "1ab",
+            "_ab",
+            "../etc",
+            "a b",
+            "ünï",
+            "a%00",
+            &"a".repeat(129),
+        ] {
+            assert!(!Name::is_valid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_spec_example_watcher_parses() {
+        let parsed = watcher(
+            r#"{"name": "login-storm", "threshold": 100,
+                "aggregator": {"type": "fields", "fields": ["ip", "user.id"]},
+                "window_secs": 60, "cooldown_secs": 300,
+                "action": {"type": "email", "to": "ops@example.com", "subject": "Login storm"}}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.threshold, 100);
+        assert_eq!(
+            parsed.action,
+            Action::Email {
+                to: vec!["ops@example.com".into()],
+                subject: "Login storm".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_watcher_fields_are_named() {
+        let base = r#""name": "w1", "aggregator": {"type": "single"}"#;
+        for (body, field) in [
+            (
+                format!(r#"{{{base}, "threshold": "5", {ACTION}}}"#),
+                "threshold",
+            ),
+            (
+                format!(r#"{{{base}, "threshold": -1, {ACTION}}}"#),
+                "threshold",
+            ),
+            (
+                format!(r#"{{{base}, "threshold": 0, {ACTION}}}"#),
+                "threshold",
+            ),
+            (
+                format!(r#"{{{base}, "threshold": 1e99, {ACTION}}}"#),
+                "threshold",
+            ),
+            (format!(r#"{{{base}, {ACTION}}}"#), "threshold"),
+            (
+                format!(
+                    r#"{{"name": "w1", "threshold": 5, "aggregator": {{"type": "bogus"}}, {ACTION}}}"#
+                ),
+                "aggregator",
+            ),
+            (
+                format!(
+                    r#"{{"name": "w1", "threshold": 5, "aggregator": {{"type": "fields", "fields": []}}, {ACTION}}}"#
+                ),
+                "fields",
+            ),
+            (
+                format!(
+                    r#"{{"name": "w1", "threshold": 5, "aggregator": {{"type": "fields", "fields": [1]}}, {ACTION}}}"#
+                ),
+                "fields",
+            ),
+            (
+                format!(
+                    r#"{{{base}, "threshold": 5, "action": {{"type": "email", "to": "nobody", "subject": "s"}}}}"#
+                ),
+                "to",
+            ),
+            (
+                format!(
+                    r#"{{{base}, "threshold": 5, "action": {{"type": "webhook", "url": "ftp://x"}}}}"#
+                ),
+                "url",
+            ),
+            (
+                format!(
+                    r#"{{"name": "a b", "threshold": 5, "aggregator": {{"type": "single"}}, {ACTION}}}"#
+                ),
+                "name",
+            ),
+        ] {
+            let message = watcher(&body).expect_err(&body);
+            assert!(message.contains(&format!("`{field}")), "{body}: {message}");
+        }
+    }
+
+    #[test]
+    fn bodies_that_are_not_json_objects_say_so() {
+        assert!(
+            from_json::<EventSpec>(b"{nope")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        assert!(
+            from_json::<EventSpec>(b"[1]")
+                .unwrap_err()
+                .starts_with("Invalid")
+        );
+        assert!(
+            from_json::<EventSpec>(b"")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+    }
+
+    #[test]
+    fn appenders_are_checked() {
+        let file = from_json::<CollectorSpec>(
+            br#"{"name": "c1", "appender": {"type": "file", "path": "rel/x"}}"#,
+        );
+        let message = file.unwrap_err();
+        assert!(
+            message.contains("appender") && message.contains("absolute"),
+            "{message}"
+        );
+        let unknown =
+            from_json::<CollectorSpec>(br#"{"name": "c1", "appender": {"type": "kafka"}}"#);
+        assert!(unknown.unwrap_err().starts_with("Invalid `appender"));
+    }
+}
