@@ -1,67 +1,363 @@
-//! The HTTP API of a worker: routing, request bodies and JSON replies and errors.
+//! The HTTP API of a worker: the REST API of the PHP events-collector (routes, bodies,
+//! replies, errors) plus `/health`, `/metrics` and `_bulk`.
 //!
 //! Owns what a request means and how every reply is shaped (`{"status_code","message"}`
-//! for errors, as the PHP events-collector answered). It reads a request body only
-//! within `server.max_body_bytes` and `server.read_timeout_secs`, and never blocks the
-//! worker's event loop.
+//! for errors). Reads come from the worker's copy of the registry; changes go to the
+//! master, which alone applies them. Collecting writes through the appenders and only
+//! then acknowledges. A body is read only within `server.max_body_bytes` and
+//! `server.read_timeout_secs`, and nothing here blocks the worker's event loop beyond
+//! the appenders' `O_APPEND` writes.
 
-use std::time::Duration;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
 
+use crate::appender::Appenders;
 use crate::config::Config;
+use crate::ipc::{Answer, Question};
+use crate::metrics::Deltas;
+use crate::registry::{self, Change, EventType, Origin, Registry};
+use crate::worker::link::Link;
 
 pub type Body = Full<Bytes>;
+
+/// How long a registry change or a metrics request may wait for the master.
+const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every route the daemon serves, as its OpenAPI template, with the methods it allows
+/// (the `Allow` header of a 405). The OpenAPI document is tested against this table.
+pub const ROUTES: [(&str, &str); 9] = [
+    ("/health", "GET, HEAD"),
+    ("/metrics", "GET"),
+    ("/event/", "GET, POST"),
+    ("/event/{type}/", "GET, POST, DELETE"),
+    ("/event/{type}/_bulk", "POST"),
+    ("/event/{type}/collector/", "GET, POST"),
+    ("/event/{type}/collector/{name}", "GET, DELETE"),
+    ("/event/{type}/watcher/", "GET, POST"),
+    ("/event/{type}/watcher/{name}", "GET, DELETE"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Route<'a> {
+    Health,
+    Metrics,
+    Events,
+    Event(&'a str),
+    Bulk(&'a str),
+    Collectors(&'a str),
+    Collector(&'a str, &'a str),
+    Watchers(&'a str),
+    Watcher(&'a str, &'a str),
+}
+
+impl<'a> Route<'a> {
+    /// A trailing slash is optional on every path.
+    fn parse(path: &'a str) -> Option<Route<'a>> {
+        let path = path.strip_prefix('/')?;
+        let path = path.strip_suffix('/').unwrap_or(path);
+        let segments: Vec<&str> = path.split('/').collect();
+        Some(match segments.as_slice() {
+            ["health"] => Route::Health,
+            ["metrics"] => Route::Metrics,
+            ["event"] => Route::Events,
+            ["event", event] => Route::Event(event),
+            ["event", event, "_bulk"] => Route::Bulk(event),
+            ["event", event, "collector"] => Route::Collectors(event),
+            ["event", event, "collector", name] => Route::Collector(event, name),
+            ["event", event, "watcher"] => Route::Watchers(event),
+            ["event", event, "watcher", name] => Route::Watcher(event, name),
+            _ => return None,
+        })
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Route::Health => 0,
+            Route::Metrics => 1,
+            Route::Events => 2,
+            Route::Event(_) => 3,
+            Route::Bulk(_) => 4,
+            Route::Collectors(_) => 5,
+            Route::Collector(..) => 6,
+            Route::Watchers(_) => 7,
+            Route::Watcher(..) => 8,
+        }
+    }
+
+    fn template(self) -> &'static str {
+        ROUTES[self.index()].0
+    }
+
+    fn allow(self) -> &'static str {
+        ROUTES[self.index()].1
+    }
+
+    /// The registry change a request asks for, if it asks for one.
+    fn change(self, method: &Method, body: Bytes) -> Option<Change> {
+        let (event, body) = (String::from, body.to_vec());
+        Some(match (self, method) {
+            (Route::Events, &Method::POST) => Change::CreateEvent { body },
+            (Route::Event(e), &Method::DELETE) => Change::DeleteEvent { event: event(e) },
+            (Route::Collectors(e), &Method::POST) => Change::CreateCollector {
+                event: event(e),
+                body,
+            },
+            (Route::Collector(e, name), &Method::DELETE) => Change::DeleteCollector {
+                event: event(e),
+                name: name.to_string(),
+            },
+            (Route::Watchers(e), &Method::POST) => Change::CreateWatcher {
+                event: event(e),
+                body,
+            },
+            (Route::Watcher(e, name), &Method::DELETE) => Change::DeleteWatcher {
+                event: event(e),
+                name: name.to_string(),
+            },
+            _ => return None,
+        })
+    }
+}
 
 pub struct Api {
     pid: u32,
     max_body_bytes: u64,
     read_timeout: Duration,
+    api_token: Option<String>,
+    link: Link,
+    appenders: Rc<Appenders>,
+    deltas: RefCell<Deltas>,
 }
 
 impl Api {
-    pub fn new(config: &Config) -> Api {
+    pub fn new(config: &Config, link: Link, appenders: Rc<Appenders>) -> Api {
+        let token = &config.server.api_token;
         Api {
             pid: std::process::id(),
             max_body_bytes: config.server.max_body_bytes,
             read_timeout: config.read_timeout(),
+            api_token: (!token.is_empty()).then(|| token.clone()),
+            link,
+            appenders,
+            deltas: RefCell::default(),
         }
     }
 
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    /// The counters since the previous call, for the heartbeat.
+    pub fn take_deltas(&self) -> Deltas {
+        self.deltas.take()
+    }
+
+    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let (parts, body) = request.into_parts();
-        let body = match self.read_body(&parts, body).await {
-            Ok(body) => body,
-            Err(refusal) => return refusal,
+        let route = Route::parse(parts.uri.path());
+        let response = match self.read_body(&parts, body).await {
+            Err(refusal) => refusal,
+            Ok(body) => match route {
+                Some(route) => self.dispatch(route, &parts, body, peer).await,
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    &format!("No route for {} {}", parts.method, parts.uri.path()),
+                ),
+            },
         };
-        self.route(&parts, body)
+        let template = route.map_or("(unknown)", Route::template);
+        self.deltas
+            .borrow_mut()
+            .record_request(template, response.status().as_u16());
+        response
     }
 
-    fn route(&self, parts: &Parts, _body: Bytes) -> Response<Body> {
-        let path = parts.uri.path();
-        // A trailing slash is optional on every path.
-        let path = path
-            .strip_suffix('/')
-            .filter(|p| !p.is_empty())
-            .unwrap_or(path);
-        match path {
-            "/health" => match parts.method {
-                Method::GET | Method::HEAD => json(
+    async fn dispatch(
+        &self,
+        route: Route<'_>,
+        parts: &Parts,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let registry = self.link.registry();
+        match (route, &parts.method) {
+            (Route::Health, &Method::GET | &Method::HEAD) => {
+                json(StatusCode::OK, &json!({"status": "ok", "worker": self.pid}))
+            }
+            (Route::Metrics, &Method::GET) => self.metrics().await,
+            (Route::Events, &Method::GET) => json(StatusCode::OK, &list_events(&registry)),
+            (Route::Event(event), &Method::GET) => {
+                with_event(&registry, event, |e| show_event(event, e))
+            }
+            (Route::Event(event), &Method::POST) => self.collect(&registry, event, &body, false),
+            (Route::Bulk(event), &Method::POST) => self.collect(&registry, event, &body, true),
+            (Route::Collectors(event), &Method::GET) => with_event(&registry, event, |e| {
+                json(
                     StatusCode::OK,
-                    &serde_json::json!({"status": "ok", "worker": self.pid}),
-                ),
-                _ => method_not_allowed("GET, HEAD"),
+                    &e.collectors
+                        .iter()
+                        .map(|c| summary(c.id, &c.spec.name))
+                        .collect::<Vec<_>>(),
+                )
+            }),
+            (Route::Collector(event, name), &Method::GET) => with_event(&registry, event, |e| {
+                match e.collectors.iter().find(|c| c.spec.name.as_str() == name) {
+                    Some(c) => json(
+                        StatusCode::OK,
+                        &json!({"_id": c.id, "name": c.spec.name, "appender": c.spec.appender}),
+                    ),
+                    None => not_registered("Collector", event, name),
+                }
+            }),
+            (Route::Watchers(event), &Method::GET) => with_event(&registry, event, |e| {
+                json(
+                    StatusCode::OK,
+                    &e.watchers
+                        .iter()
+                        .map(|w| summary(w.id, &w.spec.name))
+                        .collect::<Vec<_>>(),
+                )
+            }),
+            (Route::Watcher(event, name), &Method::GET) => {
+                with_event(&registry, event, |e| {
+                    match e.watchers.iter().find(|w| w.spec.name.as_str() == name) {
+                        Some(w) => json(StatusCode::OK, &with_id(w.id, &w.spec)),
+                        None => not_registered("Watcher", event, name),
+                    }
+                })
+            }
+            (route, method) => match route.change(method, body) {
+                Some(change) => self.change(change, &parts.headers, peer).await,
+                None => method_not_allowed(route.allow()),
             },
-            _ => error(
-                StatusCode::NOT_FOUND,
-                &format!("No route for {} {path}", parts.method),
-            ),
         }
+    }
+
+    /// The hot path: validate, write through every collector, then acknowledge.
+    fn collect(&self, registry: &Registry, event: &str, body: &[u8], bulk: bool) -> Response<Body> {
+        let Some(entry) = registry.event(event) else {
+            return refusal(registry::not_registered(event));
+        };
+        let payloads = match if bulk {
+            parse_lines(body)
+        } else {
+            parse_object(body).map(|p| vec![p])
+        } {
+            Ok(payloads) => payloads,
+            Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        };
+        let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let mut ids = Vec::with_capacity(payloads.len());
+        let mut lines = String::new();
+        for mut payload in payloads {
+            let id = Uuid::new_v4();
+            payload.insert("event_uuid".into(), Value::String(id.to_string()));
+            payload.insert("event_type".into(), Value::String(event.to_string()));
+            payload.insert("received_at".into(), Value::String(received_at.clone()));
+            lines.push_str(&Value::Object(payload).to_string());
+            lines.push('\n');
+            ids.push(id);
+        }
+        for collector in &entry.collectors {
+            if let Err(reason) = self.appenders.write(&collector.spec.appender, &lines) {
+                log::error!("collector `{}` of `{event}`: {reason}", collector.spec.name);
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "Collector `{}` could not write the event: {reason}",
+                        collector.spec.name
+                    ),
+                );
+            }
+        }
+        self.deltas
+            .borrow_mut()
+            .record_collected(event, ids.len() as u64);
+        if bulk {
+            json(
+                StatusCode::OK,
+                &json!({"collected": ids.len(), "_ids": ids}),
+            )
+        } else {
+            json(StatusCode::OK, &json!({"_id": ids[0]}))
+        }
+    }
+
+    /// Forwards a registry change to the master and replies once every worker serves it.
+    async fn change(
+        &self,
+        change: Change,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        if !self.authorized(headers) {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "Registry changes need an `Authorization: Bearer` header with server.api_token",
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+        let deletion = matches!(
+            change,
+            Change::DeleteEvent { .. }
+                | Change::DeleteCollector { .. }
+                | Change::DeleteWatcher { .. }
+        );
+        let origin = Origin {
+            loopback: peer.ip().is_loopback(),
+        };
+        match self.ask(Question::Change { change, origin }).await {
+            Some(Answer::Change(Ok(_))) if deletion => {
+                json(StatusCode::OK, &json!({"acknowledged": true}))
+            }
+            Some(Answer::Change(Ok(id))) => json(StatusCode::CREATED, &json!({"_id": id})),
+            Some(Answer::Change(Err(refused))) => refusal(refused),
+            _ => master_unavailable(),
+        }
+    }
+
+    async fn metrics(&self) -> Response<Body> {
+        match self.ask(Question::Metrics).await {
+            Some(Answer::Metrics(text)) => {
+                let mut response = Response::new(Full::new(Bytes::from(text)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                response
+            }
+            _ => master_unavailable(),
+        }
+    }
+
+    async fn ask(&self, question: Question) -> Option<Answer> {
+        tokio::time::timeout(MASTER_TIMEOUT, self.link.ask(question))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// With `server.api_token` set, the request must carry it; compared in constant time.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.api_token else {
+            return true;
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), token.as_bytes())
     }
 
     /// Reads the whole body, or answers why not: 411 without a length, 413 beyond the
@@ -147,4 +443,142 @@ fn closing(mut response: Response<Body>) -> Response<Body> {
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+fn refusal(refused: registry::Refusal) -> Response<Body> {
+    let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST);
+    error(status, &refused.message)
+}
+
+fn master_unavailable() -> Response<Body> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The master did not answer in time; eventsd may be shutting down",
+    )
+}
+
+fn not_registered(what: &str, event: &str, name: &str) -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("{what} `{name}` of event type `{event}` is not registered"),
+    )
+}
+
+/// Runs `reply` on the event type `event`, or answers 404.
+fn with_event(
+    registry: &Registry,
+    event: &str,
+    reply: impl FnOnce(&EventType) -> Response<Body>,
+) -> Response<Body> {
+    match registry.event(event) {
+        Some(entry) => reply(entry),
+        None => refusal(registry::not_registered(event)),
+    }
+}
+
+fn list_events(registry: &Registry) -> Vec<Value> {
+    registry
+        .events
+        .iter()
+        .map(|(name, event)| json!({"_id": event.id, "type": name}))
+        .collect()
+}
+
+fn show_event(name: &str, event: &EventType) -> Response<Body> {
+    let collectors: Vec<Value> = event
+        .collectors
+        .iter()
+        .map(|c| summary(c.id, &c.spec.name))
+        .collect();
+    let watchers: Vec<Value> = event
+        .watchers
+        .iter()
+        .map(|w| summary(w.id, &w.spec.name))
+        .collect();
+    json(
+        StatusCode::OK,
+        &json!({"_id": event.id, "type": name, "collectors": collectors, "watchers": watchers}),
+    )
+}
+
+fn summary(id: Uuid, name: &registry::Name) -> Value {
+    json!({"_id": id, "name": name})
+}
+
+/// `value` as registered, with its `_id` first.
+fn with_id(id: Uuid, value: &impl Serialize) -> Value {
+    let mut object = Map::new();
+    object.insert("_id".into(), json!(id));
+    if let Ok(Value::Object(fields)) = serde_json::to_value(value) {
+        object.extend(fields);
+    }
+    Value::Object(object)
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, String> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(payload)) => Ok(payload),
+        Ok(_) => Err("Only JSON object payload is accepted".to_string()),
+        Err(e) => Err(format!("Only JSON object payload is accepted: {e}")),
+    }
+}
+
+/// NDJSON: one object a line; blank lines are skipped; any bad line rejects the batch.
+fn parse_lines(body: &[u8]) -> Result<Vec<Map<String, Value>>, String> {
+    let mut payloads = Vec::new();
+    for (index, line) in body.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let payload = parse_object(line).map_err(|e| format!("Line {}: {e}", index + 1))?;
+        payloads.push(payload);
+    }
+    if payloads.is_empty() {
+        return Err("The body holds no event (NDJSON: one JSON object a line)".to_string());
+    }
+    Ok(payloads)
+}
+
+/// Compares without an early exit, so the time taken does not tell how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let differences = a
+        .iter()
+        .zip(b)
+        .fold((a.len() ^ b.len()) as u8, |acc, (x, y)| acc | (x ^ y));
+    a.len() == b.len() && differences == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_take_an_optional_trailing_slash() {
+        assert_eq!(Route::parse("/event"), Some(Route::Events));
+        assert_eq!(Route::parse("/event/"), Some(Route::Events));
+        assert_eq!(Route::parse("/event/x/"), Some(Route::Event("x")));
+        assert_eq!(Route::parse("/event/x/_bulk"), Some(Route::Bulk("x")));
+        assert_eq!(
+            Route::parse("/event/x/watcher/w/"),
+            Some(Route::Watcher("x", "w"))
+        );
+        assert_eq!(Route::parse("/event/x/y/z"), None);
+        assert_eq!(Route::parse("health"), None);
+    }
+
+    #[test]
+    fn bulk_lines_are_all_objects_or_the_batch_is_refused() {
+        assert_eq!(parse_lines(b"{\"a\":1}\n\n{\"b\":2}\n").unwrap().len(), 2);
+        let message = parse_lines(b"{\"a\":1}\n[2]\n").unwrap_err();
+        assert!(message.starts_with("Line 2:"), "{message}");
+        assert!(parse_lines(b"\n\n").is_err());
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
 }

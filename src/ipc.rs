@@ -12,6 +12,10 @@ use std::os::unix::net::UnixStream;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::metrics::Deltas;
+use crate::registry::{Change, Origin, Refusal};
 
 /// Bigger frames are refused: a peer that announces one is broken or hostile.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -29,6 +33,25 @@ pub enum WorkerMessage {
     Retiring { reason: String },
     /// Set-up failed (privileges, runtime): the reason, sent just before exiting.
     StartupFailed { reason: String },
+    /// A question the master answers with `MasterMessage::Answer` and the same `id`.
+    Ask { id: u64, question: Question },
+    /// The worker now serves this registry version.
+    RegistryAck { version: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Question {
+    /// Validate, apply, persist and spread a registry change.
+    Change { change: Change, origin: Origin },
+    /// The Prometheus exposition of the whole daemon.
+    Metrics,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Answer {
+    /// The id of what was created (nil for a deletion), or why the change was refused.
+    Change(Result<Uuid, Refusal>),
+    Metrics(String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -39,6 +62,8 @@ pub struct Heartbeat {
     pub in_flight: u32,
     pub connections: u32,
     pub rss_bytes: u64,
+    /// Counters since the previous heartbeat, added up by the master.
+    pub deltas: Deltas,
 }
 
 /// What the master tells a worker.
@@ -46,8 +71,16 @@ pub struct Heartbeat {
 pub enum MasterMessage {
     /// Stop accepting, finish in-flight requests, flush, exit.
     Stop,
-    /// Reopen log files (SIGUSR1 reached the master).
+    /// Reopen log files and file appenders (SIGUSR1 reached the master).
     ReopenLogs,
+    /// A new registry, as the JSON document of `registry.json`.
+    Registry {
+        document: String,
+    },
+    Answer {
+        id: u64,
+        answer: Answer,
+    },
 }
 
 /// Encodes one message as a frame.
@@ -185,6 +218,7 @@ mod tests {
             in_flight: 1,
             connections: 3,
             rss_bytes: 4096,
+            deltas: Deltas::default(),
         });
         let mut wire = encode(&heartbeat).unwrap();
         wire.extend(encode(&WorkerMessage::Ready).unwrap());

@@ -6,17 +6,19 @@
 //! - `master`: the supervisor process (pool, signals, timeouts, control socket);
 //! - `worker`: an HTTP worker process (hyper on one tokio thread);
 //! - `ipc`: the frames and messages between them;
-//! - `api`: what a request means and how replies look;
+//! - `api`: what a request means and how replies look; `appender`: how events are written;
 //! - `registry`: event types, collectors and watchers, owned by the master;
 //! - `config`, `cli`, `files`, `logging`, `pidfile`, `notify`, `status`: the daemon's plumbing.
 
 pub mod api;
+pub mod appender;
 pub mod cli;
 pub mod config;
 pub mod files;
 pub mod ipc;
 pub mod logging;
 pub mod master;
+pub mod metrics;
 pub mod notify;
 pub mod pidfile;
 pub mod registry;

@@ -10,6 +10,7 @@
 //! another one held) and never blocks: every socket it polls is non-blocking, and
 //! everything slow happens in children.
 
+mod answers;
 mod control;
 mod pool;
 mod signals;
@@ -33,12 +34,15 @@ pub use control::query;
 pub use signals::unblock_all as unblock_signals;
 
 use crate::config::{self, Config};
-use crate::ipc::{Channel, MasterMessage, WorkerMessage};
+use crate::ipc::{Answer, Channel, MasterMessage, Question, WorkerMessage};
 use crate::logging::{self, Sink};
+use crate::metrics::Totals;
 use crate::notify;
 use crate::pidfile::Pidfile;
+use crate::registry::{Change, Origin, Refusal, Registry};
 use crate::status::{CrashLoop, Status};
 use crate::worker;
+use answers::HeldAnswers;
 use control::ControlSocket;
 use pool::{Pool, Worker};
 use signals::Signals;
@@ -110,6 +114,9 @@ struct Master {
     last_reload_error: Option<String>,
     /// A reload is rolling: the new generation is not ready yet.
     reload_in_progress: bool,
+    registry: Registry,
+    held_answers: HeldAnswers,
+    totals: Totals,
 }
 
 /// Runs a master until it stops. Start-up failures are reported to `announcer` too.
@@ -149,6 +156,7 @@ impl Master {
         create_state_dir(&daemon.state_dir)?;
         let pidfile = Pidfile::acquire(&daemon.pidfile)?;
         check_privileges(&config)?;
+        let registry = load_registry(&config)?;
         let listener = bind(&config)?;
         let control = ControlSocket::bind(&daemon.control_socket)?;
         let signals = Signals::install()?;
@@ -175,6 +183,9 @@ impl Master {
             reloads: 0,
             last_reload_error: None,
             reload_in_progress: false,
+            registry,
+            held_answers: HeldAnswers::default(),
+            totals: Totals::default(),
         })
     }
 
@@ -183,6 +194,7 @@ impl Master {
         loop {
             self.wait_for_events()?;
             self.reap()?;
+            self.send_ready_answers();
             self.reconcile();
             if self.is_stopping() && self.pool.is_empty() {
                 return Ok(());
@@ -300,7 +312,12 @@ impl Master {
                 worker.idle_since = Some(now);
                 info!("worker {pid} ready (generation {})", worker.generation);
             }
-            WorkerMessage::Heartbeat(report) => worker.record_heartbeat(report, now),
+            WorkerMessage::Heartbeat(mut report) => {
+                self.totals.add(std::mem::take(&mut report.deltas));
+                worker.record_heartbeat(report, now);
+            }
+            WorkerMessage::RegistryAck { version } => worker.registry_version = version,
+            WorkerMessage::Ask { id, question } => self.answer(pid, id, question),
             WorkerMessage::Retiring { reason } => {
                 info!("worker {pid} retiring: {reason}");
                 worker.stopping_since.get_or_insert(now);
@@ -309,6 +326,89 @@ impl Master {
                 error!("worker {pid} failed to start: {reason}");
                 worker.startup_failure = Some(reason);
             }
+        }
+    }
+
+    fn answer(&mut self, pid: Pid, id: u64, question: Question) {
+        let answer = match question {
+            Question::Metrics => {
+                Answer::Metrics(self.totals.render(&self.pool.statuses(Instant::now())))
+            }
+            Question::Change { change, origin } => match self.change_registry(&change, origin) {
+                Ok(id_created) => {
+                    // Held until every worker serves the new version: read-your-writes.
+                    let answer = Answer::Change(Ok(id_created));
+                    self.held_answers
+                        .hold(pid, id, answer, self.registry.version);
+                    return;
+                }
+                Err(refusal) => Answer::Change(Err(refusal)),
+            },
+        };
+        self.send_to(pid, MasterMessage::Answer { id, answer });
+    }
+
+    /// Validates and applies a change on a copy, persists the copy, then adopts it and
+    /// pushes it to every worker. Any failure leaves the registry as it was.
+    fn change_registry(&mut self, change: &Change, origin: Origin) -> Result<uuid::Uuid, Refusal> {
+        let kind = change.kind();
+        if self.is_stopping() {
+            self.totals.record_change(kind, "refused");
+            return Err(Refusal {
+                status: 503,
+                message: "eventsd is shutting down".to_string(),
+            });
+        }
+        let mut next = self.registry.clone();
+        let token_set = !self.config.server.api_token.is_empty();
+        let id = next.apply(change, origin, token_set).inspect_err(|_| {
+            self.totals.record_change(kind, "refused");
+        })?;
+        if let Err(e) = next.save(&registry_path(&self.config)) {
+            error!("registry change {kind} not applied: {e:#}");
+            self.totals.record_change(kind, "failed");
+            return Err(Refusal {
+                status: 503,
+                message: format!("The registry could not be saved: {e:#}"),
+            });
+        }
+        self.totals.record_change(kind, "ok");
+        info!("registry: {kind} applied (version {})", next.version);
+        self.registry = next;
+        self.push_registry();
+        Ok(id)
+    }
+
+    fn push_registry(&mut self) {
+        let document = match serde_json::to_string(&self.registry) {
+            Ok(document) => document,
+            Err(e) => {
+                error!("cannot serialize the registry: {e}");
+                return;
+            }
+        };
+        self.broadcast(&MasterMessage::Registry { document });
+    }
+
+    fn broadcast(&mut self, message: &MasterMessage) {
+        let pids: Vec<Pid> = self.pool.iter().map(|w| w.pid).collect();
+        for pid in pids {
+            self.send_to(pid, message.clone());
+        }
+    }
+
+    fn send_ready_answers(&mut self) {
+        for (pid, id, answer) in self.held_answers.take_ready(&self.pool) {
+            self.send_to(pid, MasterMessage::Answer { id, answer });
+        }
+    }
+
+    fn send_to(&mut self, pid: Pid, message: MasterMessage) {
+        let Some(channel) = self.pool.get_mut(pid).and_then(|w| w.channel.as_mut()) else {
+            return;
+        };
+        if let Err(e) = channel.send(&message) {
+            warn!("cannot send to worker {pid}: {e}");
         }
     }
 
@@ -441,6 +541,7 @@ impl Master {
                 channel: worker_end,
                 master_fds: inherited,
                 config: self.config.clone(),
+                registry: self.registry.clone(),
             }),
             ForkResult::Parent { child } => {
                 let channel = Channel::new(master_end).context("cannot set up the IPC channel")?;
@@ -448,12 +549,15 @@ impl Master {
                     "forked worker {child} (generation {})",
                     self.pool.generation
                 );
-                self.pool.add(Worker::new(
+                let version = self.registry.version;
+                let worker = Worker::new(
                     child,
                     self.pool.generation,
                     channel,
+                    version,
                     Instant::now(),
-                ));
+                );
+                self.pool.add(worker);
                 Ok(())
             }
         }
@@ -658,6 +762,14 @@ impl Master {
             &Sink::for_target(&new.daemon.log, self.default_sink.clone()),
             new.daemon.log_level,
         )?;
+        // Saved last: nothing after it can fail, so a refused reload leaves no trace.
+        let mut registry = self.registry.clone();
+        let declarations_changed = registry.declare(&new.event);
+        if declarations_changed {
+            registry.save(&registry_path(&new))?;
+            self.registry = registry;
+            self.push_registry();
+        }
         if let Some(listener) = listener {
             info!("now listening on {}", new.server.listen);
             // Old workers keep their copy of the previous socket until they have drained.
@@ -673,13 +785,7 @@ impl Master {
             Ok(()) => info!("reopened log files"),
             Err(e) => error!("cannot reopen log files: {e:#}"),
         }
-        for worker in self.pool.iter_mut() {
-            if let Some(channel) = worker.channel.as_mut() {
-                if let Err(e) = channel.send(&MasterMessage::ReopenLogs) {
-                    warn!("cannot tell worker {} to reopen its logs: {e}", worker.pid);
-                }
-            }
-        }
+        self.broadcast(&MasterMessage::ReopenLogs);
     }
 
     fn begin_graceful_stop(&mut self) {
@@ -765,6 +871,21 @@ impl Master {
             workers: self.pool.statuses(now),
         }
     }
+}
+
+fn registry_path(config: &Config) -> std::path::PathBuf {
+    config.daemon.state_dir.join("registry.json")
+}
+
+/// The saved registry with the config file's declarations applied. A corrupt file stops
+/// the start: it is the operator's data, never replaced behind their back.
+fn load_registry(config: &Config) -> anyhow::Result<Registry> {
+    let path = registry_path(config);
+    let mut registry = Registry::load(&path)?;
+    if registry.declare(&config.event) {
+        registry.save(&path)?;
+    }
+    Ok(registry)
 }
 
 fn create_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {

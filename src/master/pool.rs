@@ -36,10 +36,18 @@ pub struct Worker {
     pub killed_because: Option<&'static str>,
     /// What the worker reported before exiting when its set-up failed.
     pub startup_failure: Option<String>,
+    /// The registry version the worker serves (acknowledged, or forked with).
+    pub registry_version: u64,
 }
 
 impl Worker {
-    pub fn new(pid: Pid, generation: u64, channel: Channel, now: Instant) -> Worker {
+    pub fn new(
+        pid: Pid,
+        generation: u64,
+        channel: Channel,
+        registry_version: u64,
+        now: Instant,
+    ) -> Worker {
         Worker {
             pid,
             generation,
@@ -52,6 +60,7 @@ impl Worker {
             stopping_since: None,
             killed_because: None,
             startup_failure: None,
+            registry_version,
         }
     }
 

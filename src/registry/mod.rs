@@ -65,7 +65,7 @@ pub enum Change {
 }
 
 /// Who asks for a change, for the rules that depend on it.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Origin {
     pub loopback: bool,
 }

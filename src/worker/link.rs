@@ -1,21 +1,27 @@
 //! The worker's side of its IPC channel, and the one shutdown signal of a worker.
 //!
-//! Owns the socketpair end: a writer task sends queued messages in order, a reader task
-//! obeys the master. A closed channel means the master is gone, which is itself a reason
-//! to drain and exit: no worker outlives its master. Nothing here blocks the event loop.
+//! Owns the socketpair end and the worker's copy of the registry: a writer task sends
+//! queued messages in order, a reader task obeys the master, installs the registry
+//! versions it pushes and completes the questions the worker asked. A closed channel
+//! means the master is gone, which is itself a reason to drain and exit: no worker
+//! outlives its master. Nothing here blocks the event loop.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::rc::Rc;
 
-use log::{info, warn};
+use log::{error, info, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::ipc::{self, MasterMessage, WorkerMessage};
+use crate::appender::Appenders;
+use crate::ipc::{self, Answer, MasterMessage, Question, WorkerMessage};
 use crate::logging;
+use crate::registry::Registry;
 
 /// Every reason a worker stops (the master's `Stop`, the master gone, SIGTERM,
 /// `max_requests`) goes through this one signal, mini-redis style.
@@ -46,38 +52,95 @@ impl Shutdown {
     }
 }
 
-/// Sends messages to the master; cheap to clone.
+/// Talks to the master; cheap to clone.
 #[derive(Clone)]
 pub struct Link {
-    outbox: mpsc::UnboundedSender<WorkerMessage>,
+    /// `None` asks the writer to stop once everything before it is written.
+    outbox: mpsc::UnboundedSender<Option<WorkerMessage>>,
+    shared: Rc<Shared>,
+}
+
+/// What the reader task and the request handlers share.
+struct Shared {
+    registry: RefCell<Rc<Registry>>,
+    waiting: RefCell<HashMap<u64, oneshot::Sender<Answer>>>,
+    next_question: Cell<u64>,
+    appenders: Rc<Appenders>,
 }
 
 impl Link {
-    /// Starts the reader and writer tasks. The returned handle ends once every `Link`
-    /// is dropped and the queued messages are written.
+    /// Starts the reader and writer tasks. The returned handle ends after `close`, once
+    /// the messages queued before it are written.
     pub fn start(
         channel: StdUnixStream,
         shutdown: Shutdown,
+        registry: Registry,
+        appenders: Rc<Appenders>,
     ) -> std::io::Result<(Link, JoinHandle<()>)> {
         let (reader, writer) = UnixStream::from_std(channel)?.into_split();
         let (outbox, queue) = mpsc::unbounded_channel();
-        tokio::task::spawn_local(read_commands(reader, shutdown.clone()));
+        let link = Link {
+            outbox,
+            shared: Rc::new(Shared {
+                registry: RefCell::new(Rc::new(registry)),
+                waiting: RefCell::default(),
+                next_question: Cell::new(1),
+                appenders,
+            }),
+        };
+        tokio::task::spawn_local(read_commands(reader, link.clone(), shutdown.clone()));
         let writer = tokio::task::spawn_local(write_messages(writer, queue, shutdown));
-        Ok((Link { outbox }, writer))
+        Ok((link, writer))
     }
 
     pub fn send(&self, message: WorkerMessage) {
         // Fails only once the writer stopped, which already triggered the shutdown.
-        let _ = self.outbox.send(message);
+        let _ = self.outbox.send(Some(message));
+    }
+
+    /// The last message: the writer flushes what is queued and stops.
+    pub fn close(&self) {
+        let _ = self.outbox.send(None);
+    }
+
+    /// Asks the master; `None` if the channel closed before the answer came.
+    pub async fn ask(&self, question: Question) -> Option<Answer> {
+        let id = self.shared.next_question.get();
+        self.shared.next_question.set(id + 1);
+        let (answer, answered) = oneshot::channel();
+        self.shared.waiting.borrow_mut().insert(id, answer);
+        // Dropped unanswered (timeout, closed connection): forget the question.
+        let _forget = Forget {
+            shared: &self.shared,
+            id,
+        };
+        self.send(WorkerMessage::Ask { id, question });
+        answered.await.ok()
+    }
+
+    /// The registry version this worker serves.
+    pub fn registry(&self) -> Rc<Registry> {
+        self.shared.registry.borrow().clone()
+    }
+}
+
+struct Forget<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.shared.waiting.borrow_mut().remove(&self.id);
     }
 }
 
 async fn write_messages(
     mut writer: OwnedWriteHalf,
-    mut queue: mpsc::UnboundedReceiver<WorkerMessage>,
+    mut queue: mpsc::UnboundedReceiver<Option<WorkerMessage>>,
     shutdown: Shutdown,
 ) {
-    while let Some(message) = queue.recv().await {
+    while let Some(Some(message)) = queue.recv().await {
         let written = match ipc::encode(&message) {
             Ok(frame) => writer.write_all(&frame).await,
             Err(e) => Err(e),
@@ -90,7 +153,7 @@ async fn write_messages(
     }
 }
 
-async fn read_commands(mut reader: OwnedReadHalf, shutdown: Shutdown) {
+async fn read_commands(mut reader: OwnedReadHalf, link: Link, shutdown: Shutdown) {
     let mut buffer = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
@@ -108,7 +171,7 @@ async fn read_commands(mut reader: OwnedReadHalf, shutdown: Shutdown) {
         buffer.extend_from_slice(&chunk[..n]);
         loop {
             match ipc::take_frame::<MasterMessage>(&mut buffer) {
-                Ok(Some(command)) => obey(command, &shutdown),
+                Ok(Some(command)) => obey(command, &link, &shutdown),
                 Ok(None) => break,
                 Err(e) => {
                     warn!("unreadable message from the master: {e}");
@@ -120,12 +183,35 @@ async fn read_commands(mut reader: OwnedReadHalf, shutdown: Shutdown) {
     }
 }
 
-fn obey(command: MasterMessage, shutdown: &Shutdown) {
+fn obey(command: MasterMessage, link: &Link, shutdown: &Shutdown) {
+    let shared = &link.shared;
     match command {
         MasterMessage::Stop => shutdown.trigger("the master asked"),
-        MasterMessage::ReopenLogs => match logging::reopen() {
-            Ok(()) => info!("reopened log files"),
-            Err(e) => warn!("cannot reopen log files: {e:#}"),
+        MasterMessage::ReopenLogs => {
+            shared.appenders.reopen();
+            match logging::reopen() {
+                Ok(()) => info!("reopened log files"),
+                Err(e) => warn!("cannot reopen log files: {e:#}"),
+            }
+        }
+        MasterMessage::Registry { document } => match serde_json::from_str::<Registry>(&document) {
+            Ok(registry) => {
+                let version = registry.version;
+                *shared.registry.borrow_mut() = Rc::new(registry);
+                shared.appenders.reopen();
+                link.send(WorkerMessage::RegistryAck { version });
+            }
+            Err(e) => {
+                // Serving a registry other than the master's would break read-your-writes:
+                // exit, and the master forks a worker that holds the right one.
+                error!("unreadable registry from the master: {e}");
+                shutdown.trigger("the registry from the master is unreadable");
+            }
         },
+        MasterMessage::Answer { id, answer } => {
+            if let Some(waiting) = shared.waiting.borrow_mut().remove(&id) {
+                let _ = waiting.send(answer);
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! survive a fork, and the order of its shutdown. It never binds, never forks and keeps
 //! no state that the master needs after it exits.
 
-mod link;
+pub(crate) mod link;
 mod server;
 
 use std::fs::File;
@@ -20,9 +20,12 @@ use anyhow::Context;
 use log::{error, info};
 use nix::unistd::{Gid, Uid};
 
+use crate::api::Api;
+use crate::appender::Appenders;
 use crate::config::{Config, Privileges};
-use crate::ipc::{self, WorkerMessage};
+use crate::ipc::{self, Heartbeat, WorkerMessage};
 use crate::logging;
+use crate::registry::Registry;
 use link::{Link, Shutdown};
 use server::Stats;
 
@@ -38,6 +41,8 @@ pub struct Setup {
     /// The master's descriptors, closed at once by the child.
     pub master_fds: Vec<RawFd>,
     pub config: Config,
+    /// The registry as the master held it at the fork.
+    pub registry: Registry,
 }
 
 /// Runs the worker until it has drained, then exits the process.
@@ -59,6 +64,7 @@ fn start(setup: Setup) -> anyhow::Result<()> {
         mut channel,
         master_fds,
         config,
+        registry,
     } = setup;
     for fd in master_fds {
         // SAFETY: these descriptors belong to the master's objects, which this process
@@ -87,7 +93,7 @@ fn start(setup: Setup) -> anyhow::Result<()> {
         .build()
         .context("cannot build the tokio runtime")?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(listener, channel, config, statm))
+    local.block_on(&runtime, serve(listener, channel, config, registry, statm))
 }
 
 /// Names the process, restores signals, opens what must be opened before a chroot, then
@@ -130,6 +136,7 @@ async fn serve(
     listener: std::net::TcpListener,
     channel: UnixStream,
     config: Config,
+    registry: Registry,
     statm: File,
 ) -> anyhow::Result<()> {
     listener
@@ -138,21 +145,24 @@ async fn serve(
     let listener = tokio::net::TcpListener::from_std(listener)
         .context("cannot register the listening socket")?;
     let shutdown = Shutdown::new();
-    let (link, link_task) =
-        Link::start(channel, shutdown.clone()).context("cannot start the IPC link")?;
+    let appenders = Rc::new(Appenders::default());
+    let (link, link_task) = Link::start(channel, shutdown.clone(), registry, appenders.clone())
+        .context("cannot start the IPC link")?;
+    let api = Rc::new(Api::new(&config, link.clone(), appenders));
     let stats = Rc::new(Stats::default());
-    let heartbeat = tokio::task::spawn_local(heartbeat(link.clone(), stats.clone(), statm));
+    let heartbeat =
+        tokio::task::spawn_local(heartbeat(link.clone(), stats.clone(), api.clone(), statm));
     watch_sigterm(shutdown.clone())?;
 
     link.send(WorkerMessage::Ready);
     info!("worker ready");
-    server::accept_until_shutdown(listener, &config, &stats, &link, &shutdown).await;
+    server::accept_until_shutdown(listener, &config, &api, &stats, &link, &shutdown).await;
     info!("worker drained: {} requests served", stats.requests());
 
-    // Last words: the final heartbeat, then close the channel so the writer flushes.
+    // Last words: the final heartbeat with the last counts, then the writer flushes.
     heartbeat.abort();
-    link.send(WorkerMessage::Heartbeat(stats.sample(0)));
-    drop(link);
+    link.send(WorkerMessage::Heartbeat(beat(&stats, &api, 0)));
+    link.close();
     let _ = link_task.await;
     Ok(())
 }
@@ -170,14 +180,24 @@ fn watch_sigterm(shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn heartbeat(link: Link, stats: Rc<Stats>, statm: File) {
+async fn heartbeat(link: Link, stats: Rc<Stats>, api: Rc<Api>, statm: File) {
     let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        link.send(WorkerMessage::Heartbeat(
-            stats.sample(resident_bytes(&statm)),
-        ));
+        link.send(WorkerMessage::Heartbeat(beat(
+            &stats,
+            &api,
+            resident_bytes(&statm),
+        )));
+    }
+}
+
+/// A heartbeat: the worker's figures and the counters since the previous one.
+fn beat(stats: &Stats, api: &Api, rss_bytes: u64) -> Heartbeat {
+    Heartbeat {
+        deltas: api.take_deltas(),
+        ..stats.sample(rss_bytes)
     }
 }
 

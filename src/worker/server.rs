@@ -33,6 +33,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub async fn accept_until_shutdown(
     listener: TcpListener,
     config: &Config,
+    api: &Rc<Api>,
     stats: &Rc<Stats>,
     link: &Link,
     shutdown: &Shutdown,
@@ -41,7 +42,6 @@ pub async fn accept_until_shutdown(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.read_timeout())
         .keep_alive(true);
-    let api = Rc::new(Api::new(config));
     let connections = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
     let max_requests = config.workers.max_requests;
@@ -81,7 +81,7 @@ pub async fn accept_until_shutdown(
                     (api.clone(), stats.clone(), link.clone(), shutdown.clone());
                 async move {
                     let in_flight = stats.request_started();
-                    let response = api.handle(request).await;
+                    let response = api.handle(request, peer).await;
                     drop(in_flight);
                     if max_requests > 0
                         && stats.requests() >= max_requests
@@ -163,6 +163,7 @@ impl Stats {
             in_flight: self.in_flight.get(),
             connections: self.connections.get(),
             rss_bytes,
+            deltas: Default::default(),
         }
     }
 }

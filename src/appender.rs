@@ -1,0 +1,116 @@
+//! Appenders: how a worker writes a collected event for each collector of its type.
+//!
+//! Owns the worker's open appender targets (files opened `O_APPEND`, syslog connections
+//! under each collector's ident). A write is one `write` of whole lines, so events from
+//! several workers never interleave within a line. It never acknowledges anything: the
+//! caller replies only once every write succeeded.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use syslog::{Facility, Formatter3164, LoggerBackend};
+
+use crate::registry::Appender;
+
+type SyslogWriter = syslog::Logger<LoggerBackend, Formatter3164>;
+
+#[derive(Default)]
+pub struct Appenders {
+    files: RefCell<HashMap<PathBuf, File>>,
+    syslogs: RefCell<HashMap<String, SyslogWriter>>,
+}
+
+impl Appenders {
+    /// Writes `lines` (one JSON document a line, each ending in `\n`) through `appender`;
+    /// the error says what failed, for the 503 the client gets.
+    pub fn write(&self, appender: &Appender, lines: &str) -> Result<(), String> {
+        match appender {
+            Appender::Null => Ok(()),
+            Appender::File { path } => self.write_file(path, lines),
+            Appender::Syslog { ident } => self.write_syslog(ident, lines),
+        }
+    }
+
+    /// Closes every target, so that the next write reopens it: after logrotate moved a
+    /// file away (SIGUSR1), or once a registry change removed its collector.
+    pub fn reopen(&self) {
+        self.files.borrow_mut().clear();
+        self.syslogs.borrow_mut().clear();
+    }
+
+    fn write_file(&self, path: &Path, lines: &str) -> Result<(), String> {
+        let mut files = self.files.borrow_mut();
+        if !files.contains_key(path) {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(path)
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            files.insert(path.to_path_buf(), file);
+        }
+        let written = match files.get_mut(path) {
+            Some(file) => file.write_all(lines.as_bytes()),
+            None => Ok(()),
+        };
+        written.map_err(|e| {
+            // A broken descriptor is not reused: the next event reopens the file.
+            files.remove(path);
+            format!("cannot write to {}: {e}", path.display())
+        })
+    }
+
+    fn write_syslog(&self, ident: &str, lines: &str) -> Result<(), String> {
+        let mut syslogs = self.syslogs.borrow_mut();
+        if !syslogs.contains_key(ident) {
+            let formatter = Formatter3164 {
+                facility: Facility::LOG_USER,
+                hostname: None,
+                process: ident.to_string(),
+                pid: std::process::id(),
+            };
+            let writer =
+                syslog::unix(formatter).map_err(|e| format!("cannot reach syslog: {e}"))?;
+            syslogs.insert(ident.to_string(), writer);
+        }
+        let Some(writer) = syslogs.get_mut(ident) else {
+            return Ok(());
+        };
+        for line in lines.lines() {
+            if let Err(e) = writer.info(line) {
+                syslogs.remove(ident);
+                return Err(format!("cannot write to syslog: {e}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_lines_are_appended_and_a_missing_folder_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let appenders = Appenders::default();
+        let file = Appender::File { path: path.clone() };
+        appenders.write(&file, "{\"a\":1}\n").unwrap();
+        appenders.write(&file, "{\"a\":2}\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"a\":2}\n"
+        );
+
+        let nowhere = Appender::File {
+            path: dir.path().join("missing/events.jsonl"),
+        };
+        let message = appenders.write(&nowhere, "{}\n").unwrap_err();
+        assert!(message.contains("missing/events.jsonl"), "{message}");
+    }
+}
