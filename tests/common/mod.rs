@@ -231,6 +231,24 @@ impl Daemon {
         )
     }
 
+    /// A request with a body and extra header lines (each ending in `\r\n`).
+    pub fn send(&self, method: &str, path: &str, body: &str, headers: &str) -> Response {
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+            body.len()
+        );
+        request(self.address(), &raw).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Response {
+        self.send("POST", path, body, "")
+    }
+
+    pub fn delete(&self, path: &str) -> Response {
+        self.send("DELETE", path, "", "")
+    }
+
     /// The exit of the foreground `eventsd run`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let child = self.foreground.as_mut().expect("no foreground daemon");
