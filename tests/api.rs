@@ -583,10 +583,20 @@ fn bad_input_gets_a_json_error_and_changes_nothing() {
             mentions,
         );
     }
-    for body in ["", "\u{ff}\u{fe}", "null", "{\"type\": \"ok_name\""] {
+    for body in ["", "null", "{\"type\": \"ok_name\""] {
         assert_eq!(daemon.post("/event/", body).status, 400, "{body:?}");
     }
     assert_eq!(daemon.post("/event/logins/", "").status, 400);
+    for path in ["/event/", "/event/logins/"] {
+        let mut stream = std::net::TcpStream::connect(daemon.address()).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 4\r\n\r\n"
+        );
+        std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut stream, b"{\xff\xfe}").unwrap();
+        let response = common::read_response(&mut stream).unwrap();
+        assert_error(&response, 400, "JSON");
+    }
 
     let after = (
         daemon.get("/event/logins").unwrap().body,
