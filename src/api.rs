@@ -26,7 +26,7 @@ use crate::appender::Appenders;
 use crate::config::Config;
 use crate::ipc::{Answer, Question};
 use crate::metrics::Deltas;
-use crate::registry::{self, Change, EventType, Origin, Registry};
+use crate::registry::{self, Change, Entry, EventType, Origin, Registry, Spec};
 use crate::worker::link::Link;
 
 pub type Body = Full<Bytes>;
@@ -198,40 +198,17 @@ impl Api {
             }
             (Route::Event(event), &Method::POST) => self.collect(&registry, event, &body, false),
             (Route::Bulk(event), &Method::POST) => self.collect(&registry, event, &body, true),
-            (Route::Collectors(event), &Method::GET) => with_event(&registry, event, |e| {
-                json(
-                    StatusCode::OK,
-                    &e.collectors
-                        .iter()
-                        .map(|c| summary(c.id, &c.spec.name))
-                        .collect::<Vec<_>>(),
-                )
-            }),
-            (Route::Collector(event, name), &Method::GET) => with_event(&registry, event, |e| {
-                match e.collectors.iter().find(|c| c.spec.name.as_str() == name) {
-                    Some(c) => json(
-                        StatusCode::OK,
-                        &json!({"_id": c.id, "name": c.spec.name, "appender": c.spec.appender}),
-                    ),
-                    None => not_registered("Collector", event, name),
-                }
-            }),
-            (Route::Watchers(event), &Method::GET) => with_event(&registry, event, |e| {
-                json(
-                    StatusCode::OK,
-                    &e.watchers
-                        .iter()
-                        .map(|w| summary(w.id, &w.spec.name))
-                        .collect::<Vec<_>>(),
-                )
-            }),
+            (Route::Collectors(event), &Method::GET) => {
+                with_event(&registry, event, |e| list(&e.collectors))
+            }
+            (Route::Collector(event, name), &Method::GET) => {
+                with_event(&registry, event, |e| show(&e.collectors, event, name))
+            }
+            (Route::Watchers(event), &Method::GET) => {
+                with_event(&registry, event, |e| list(&e.watchers))
+            }
             (Route::Watcher(event, name), &Method::GET) => {
-                with_event(&registry, event, |e| {
-                    match e.watchers.iter().find(|w| w.spec.name.as_str() == name) {
-                        Some(w) => json(StatusCode::OK, &with_id(w.id, &w.spec)),
-                        None => not_registered("Watcher", event, name),
-                    }
-                })
+                with_event(&registry, event, |e| show(&e.watchers, event, name))
             }
             (route, method) => match route.change(method, body) {
                 Some(change) => self.change(change, &parts.headers, peer).await,
@@ -457,11 +434,30 @@ fn master_unavailable() -> Response<Body> {
     )
 }
 
-fn not_registered(what: &str, event: &str, name: &str) -> Response<Body> {
-    error(
-        StatusCode::NOT_FOUND,
-        &format!("{what} `{name}` of event type `{event}` is not registered"),
-    )
+/// `[{"_id","name"}, ...]`
+fn list<S: Spec>(entries: &[Entry<S>]) -> Response<Body> {
+    json(StatusCode::OK, &summaries(entries))
+}
+
+/// One collector or watcher as registered, with its `_id`.
+fn show<S: Spec + Serialize>(entries: &[Entry<S>], event: &str, name: &str) -> Response<Body> {
+    match entries.iter().find(|e| e.spec.name().as_str() == name) {
+        Some(entry) => json(StatusCode::OK, &with_id(entry.id, &entry.spec)),
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "{} `{name}` of event type `{event}` is not registered",
+                S::KIND
+            ),
+        ),
+    }
+}
+
+fn summaries<S: Spec>(entries: &[Entry<S>]) -> Vec<Value> {
+    entries
+        .iter()
+        .map(|e| json!({"_id": e.id, "name": e.spec.name()}))
+        .collect()
 }
 
 /// Runs `reply` on the event type `event`, or answers 404.
@@ -485,24 +481,11 @@ fn list_events(registry: &Registry) -> Vec<Value> {
 }
 
 fn show_event(name: &str, event: &EventType) -> Response<Body> {
-    let collectors: Vec<Value> = event
-        .collectors
-        .iter()
-        .map(|c| summary(c.id, &c.spec.name))
-        .collect();
-    let watchers: Vec<Value> = event
-        .watchers
-        .iter()
-        .map(|w| summary(w.id, &w.spec.name))
-        .collect();
     json(
         StatusCode::OK,
-        &json!({"_id": event.id, "type": name, "collectors": collectors, "watchers": watchers}),
+        &json!({"_id": event.id, "type": name,
+                "collectors": summaries(&event.collectors), "watchers": summaries(&event.watchers)}),
     )
-}
-
-fn summary(id: Uuid, name: &registry::Name) -> Value {
-    json!({"_id": id, "name": name})
 }
 
 /// `value` as registered, with its `_id` first.

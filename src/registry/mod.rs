@@ -37,20 +37,38 @@ pub struct EventType {
     pub watchers: Vec<Watcher>,
 }
 
+/// A collector or a watcher as registered: its definition, its id, its origin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Collector {
+pub struct Entry<S> {
     pub id: Uuid,
+    /// Declared in the config file: not deletable or replaceable over HTTP.
     #[serde(default)]
     pub declared: bool,
-    pub spec: CollectorSpec,
+    pub spec: S,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Watcher {
-    pub id: Uuid,
-    #[serde(default)]
-    pub declared: bool,
-    pub spec: WatcherSpec,
+pub type Collector = Entry<CollectorSpec>;
+pub type Watcher = Entry<WatcherSpec>;
+
+/// What registration needs to know of a definition.
+pub trait Spec: Clone + PartialEq {
+    /// "Collector" or "Watcher", for messages.
+    const KIND: &'static str;
+    fn name(&self) -> &Name;
+}
+
+impl Spec for CollectorSpec {
+    const KIND: &'static str = "Collector";
+    fn name(&self) -> &Name {
+        &self.name
+    }
+}
+
+impl Spec for WatcherSpec {
+    const KIND: &'static str = "Watcher";
+    fn name(&self) -> &Name {
+        &self.name
+    }
 }
 
 /// A registry change as a worker forwards it: the raw body, validated by the master.
@@ -156,27 +174,10 @@ impl Registry {
                             .to_string(),
                     ));
                 }
-                let entry = self.event_mut_or_404(event)?;
-                let id = Uuid::new_v4();
-                add_named(
-                    &mut entry.collectors,
-                    event,
-                    "Collector",
-                    Collector {
-                        id,
-                        declared: false,
-                        spec,
-                    },
-                )?;
-                id
+                add(&mut self.event_mut_or_404(event)?.collectors, event, spec)?
             }
             Change::DeleteCollector { event, name } => {
-                remove_named(
-                    &mut self.event_mut_or_404(event)?.collectors,
-                    event,
-                    "Collector",
-                    name,
-                )?;
+                remove(&mut self.event_mut_or_404(event)?.collectors, event, name)?;
                 Uuid::nil()
             }
             Change::CreateWatcher { event, body } => {
@@ -187,27 +188,10 @@ impl Registry {
                         "The `command` action is accepted only from the config file".to_string(),
                     ));
                 }
-                let entry = self.event_mut_or_404(event)?;
-                let id = Uuid::new_v4();
-                add_named(
-                    &mut entry.watchers,
-                    event,
-                    "Watcher",
-                    Watcher {
-                        id,
-                        declared: false,
-                        spec,
-                    },
-                )?;
-                id
+                add(&mut self.event_mut_or_404(event)?.watchers, event, spec)?
             }
             Change::DeleteWatcher { event, name } => {
-                remove_named(
-                    &mut self.event_mut_or_404(event)?.watchers,
-                    event,
-                    "Watcher",
-                    name,
-                )?;
+                remove(&mut self.event_mut_or_404(event)?.watchers, event, name)?;
                 Uuid::nil()
             }
         };
@@ -240,28 +224,16 @@ impl Registry {
                 });
             event.declared = true;
             let previous = before.event(declaration.name.as_str());
-            for spec in &declaration.collector {
-                let id = previous
-                    .and_then(|p| p.collectors.iter().find(|c| c.declared && c.spec == *spec))
-                    .map_or_else(Uuid::new_v4, |c| c.id);
-                event.collectors.retain(|c| c.spec.name != spec.name);
-                event.collectors.push(Collector {
-                    id,
-                    declared: true,
-                    spec: spec.clone(),
-                });
-            }
-            for spec in &declaration.watcher {
-                let id = previous
-                    .and_then(|p| p.watchers.iter().find(|w| w.declared && w.spec == *spec))
-                    .map_or_else(Uuid::new_v4, |w| w.id);
-                event.watchers.retain(|w| w.spec.name != spec.name);
-                event.watchers.push(Watcher {
-                    id,
-                    declared: true,
-                    spec: spec.clone(),
-                });
-            }
+            declare_entries(
+                &mut event.collectors,
+                previous.map(|p| &p.collectors[..]),
+                &declaration.collector,
+            );
+            declare_entries(
+                &mut event.watchers,
+                previous.map(|p| &p.watchers[..]),
+                &declaration.watcher,
+            );
         }
         let changed = self.events != before.events;
         if changed {
@@ -306,63 +278,54 @@ impl Registry {
     }
 }
 
-/// What collectors and watchers have in common for registration.
-trait Named {
-    fn name(&self) -> &Name;
-    fn declared(&self) -> bool;
-}
-
-impl Named for Collector {
-    fn name(&self) -> &Name {
-        &self.spec.name
-    }
-    fn declared(&self) -> bool {
-        self.declared
-    }
-}
-
-impl Named for Watcher {
-    fn name(&self) -> &Name {
-        &self.spec.name
-    }
-    fn declared(&self) -> bool {
-        self.declared
+/// Adds the declared `specs` to `entries`, keeping the id of an entry declared the same
+/// way before (`previous`), so that unchanged declarations keep their identity.
+fn declare_entries<S: Spec>(
+    entries: &mut Vec<Entry<S>>,
+    previous: Option<&[Entry<S>]>,
+    specs: &[S],
+) {
+    for spec in specs {
+        let id = previous
+            .and_then(|p| p.iter().find(|e| e.declared && e.spec == *spec))
+            .map_or_else(Uuid::new_v4, |e| e.id);
+        entries.retain(|e| e.spec.name() != spec.name());
+        entries.push(Entry {
+            id,
+            declared: true,
+            spec: spec.clone(),
+        });
     }
 }
 
-fn add_named<T: Named>(
-    list: &mut Vec<T>,
-    event: &str,
-    what: &str,
-    entry: T,
-) -> Result<(), Refusal> {
-    if let Some(existing) = list.iter().find(|e| e.name() == entry.name()) {
-        let subject = format!("{what} `{}` of event type `{event}`", existing.name());
-        return Err(if existing.declared() {
+fn add<S: Spec>(entries: &mut Vec<Entry<S>>, event: &str, spec: S) -> Result<Uuid, Refusal> {
+    if let Some(existing) = entries.iter().find(|e| e.spec.name() == spec.name()) {
+        let subject = format!("{} `{}` of event type `{event}`", S::KIND, spec.name());
+        return Err(if existing.declared {
             declared_in_config(subject)
         } else {
             conflict(format!("{subject} already registered"))
         });
     }
-    list.push(entry);
-    Ok(())
+    let id = Uuid::new_v4();
+    entries.push(Entry {
+        id,
+        declared: false,
+        spec,
+    });
+    Ok(id)
 }
 
-fn remove_named<T: Named>(
-    list: &mut Vec<T>,
-    event: &str,
-    what: &str,
-    name: &str,
-) -> Result<(), Refusal> {
-    let subject = format!("{what} `{name}` of event type `{event}`");
-    let index = list
+fn remove<S: Spec>(entries: &mut Vec<Entry<S>>, event: &str, name: &str) -> Result<(), Refusal> {
+    let subject = format!("{} `{name}` of event type `{event}`", S::KIND);
+    let index = entries
         .iter()
-        .position(|e| e.name().as_str() == name)
+        .position(|e| e.spec.name().as_str() == name)
         .ok_or_else(|| Refusal::new(404, format!("{subject} is not registered")))?;
-    if list[index].declared() {
+    if entries[index].declared {
         return Err(declared_in_config(subject));
     }
-    list.remove(index);
+    entries.remove(index);
     Ok(())
 }
 
