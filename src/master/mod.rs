@@ -10,7 +10,7 @@
 //! another one held) and never blocks: every socket it polls is non-blocking, and
 //! everything slow happens in children.
 
-mod answers;
+mod changes;
 mod control;
 mod pool;
 mod signals;
@@ -34,15 +34,15 @@ pub use control::query;
 pub use signals::unblock_all as unblock_signals;
 
 use crate::config::{self, Config};
-use crate::ipc::{Answer, Channel, MasterMessage, Question, WorkerMessage};
+use crate::ipc::{Channel, MasterMessage, WorkerMessage};
 use crate::logging::{self, Sink};
 use crate::metrics::Totals;
 use crate::notify;
 use crate::pidfile::Pidfile;
-use crate::registry::{Change, Origin, Refusal, Registry};
+use crate::registry::Registry;
 use crate::status::{CrashLoop, Status};
 use crate::worker;
-use answers::HeldAnswers;
+use changes::{HeldAnswers, load_registry, registry_path};
 use control::ControlSocket;
 use pool::{Pool, Worker};
 use signals::Signals;
@@ -329,77 +329,10 @@ impl Master {
         }
     }
 
-    fn answer(&mut self, pid: Pid, id: u64, question: Question) {
-        let answer = match question {
-            Question::Metrics => {
-                Answer::Metrics(self.totals.render(&self.pool.statuses(Instant::now())))
-            }
-            Question::Change { change, origin } => match self.change_registry(&change, origin) {
-                Ok(id_created) => {
-                    // Held until every worker serves the new version: read-your-writes.
-                    let answer = Answer::Change(Ok(id_created));
-                    self.held_answers
-                        .hold(pid, id, answer, self.registry.version);
-                    return;
-                }
-                Err(refusal) => Answer::Change(Err(refusal)),
-            },
-        };
-        self.send_to(pid, MasterMessage::Answer { id, answer });
-    }
-
-    /// Validates and applies a change on a copy, persists the copy, then adopts it and
-    /// pushes it to every worker. Any failure leaves the registry as it was.
-    fn change_registry(&mut self, change: &Change, origin: Origin) -> Result<uuid::Uuid, Refusal> {
-        let kind = change.kind();
-        if self.is_stopping() {
-            self.totals.record_change(kind, "refused");
-            return Err(Refusal {
-                status: 503,
-                message: "eventsd is shutting down".to_string(),
-            });
-        }
-        let mut next = self.registry.clone();
-        let token_set = !self.config.server.api_token.is_empty();
-        let id = next.apply(change, origin, token_set).inspect_err(|_| {
-            self.totals.record_change(kind, "refused");
-        })?;
-        if let Err(e) = next.save(&registry_path(&self.config)) {
-            error!("registry change {kind} not applied: {e:#}");
-            self.totals.record_change(kind, "failed");
-            return Err(Refusal {
-                status: 503,
-                message: format!("The registry could not be saved: {e:#}"),
-            });
-        }
-        self.totals.record_change(kind, "ok");
-        info!("registry: {kind} applied (version {})", next.version);
-        self.registry = next;
-        self.push_registry();
-        Ok(id)
-    }
-
-    fn push_registry(&mut self) {
-        let document = match serde_json::to_string(&self.registry) {
-            Ok(document) => document,
-            Err(e) => {
-                error!("cannot serialize the registry: {e}");
-                return;
-            }
-        };
-        self.broadcast(&MasterMessage::Registry { document });
-    }
-
     fn broadcast(&mut self, message: &MasterMessage) {
         let pids: Vec<Pid> = self.pool.iter().map(|w| w.pid).collect();
         for pid in pids {
             self.send_to(pid, message.clone());
-        }
-    }
-
-    fn send_ready_answers(&mut self) {
-        for (pid, id, answer) in self.held_answers.take_ready(&self.pool) {
-            self.send_to(pid, MasterMessage::Answer { id, answer });
         }
     }
 
@@ -871,21 +804,6 @@ impl Master {
             workers: self.pool.statuses(now),
         }
     }
-}
-
-fn registry_path(config: &Config) -> std::path::PathBuf {
-    config.daemon.state_dir.join("registry.json")
-}
-
-/// The saved registry with the config file's declarations applied. A corrupt file stops
-/// the start: it is the operator's data, never replaced behind their back.
-fn load_registry(config: &Config) -> anyhow::Result<Registry> {
-    let path = registry_path(config);
-    let mut registry = Registry::load(&path)?;
-    if registry.declare(&config.event) {
-        registry.save(&path)?;
-    }
-    Ok(registry)
 }
 
 fn create_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {

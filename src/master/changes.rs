@@ -1,0 +1,141 @@
+//! The master as owner of the registry: it answers the workers' questions, applies
+//! registry changes (validate on a copy, persist atomically, then adopt and push to every
+//! worker), and holds each answer back until every live worker serves the new version,
+//! so that a `201` means the very next request, on any worker, sees the change.
+
+use std::time::Instant;
+
+use log::{error, info};
+use nix::unistd::Pid;
+
+use super::Master;
+use super::pool::Pool;
+use crate::config::Config;
+use crate::ipc::{Answer, MasterMessage, Question};
+use crate::registry::{Change, Origin, Refusal, Registry};
+
+impl Master {
+    pub(super) fn answer(&mut self, pid: Pid, id: u64, question: Question) {
+        let answer = match question {
+            Question::Metrics => {
+                Answer::Metrics(self.totals.render(&self.pool.statuses(Instant::now())))
+            }
+            Question::Change { change, origin } => match self.change_registry(&change, origin) {
+                Ok(id_created) => {
+                    // Held until every worker serves the new version: read-your-writes.
+                    let answer = Answer::Change(Ok(id_created));
+                    self.held_answers
+                        .hold(pid, id, answer, self.registry.version);
+                    return;
+                }
+                Err(refusal) => Answer::Change(Err(refusal)),
+            },
+        };
+        self.send_to(pid, MasterMessage::Answer { id, answer });
+    }
+
+    /// Validates and applies a change on a copy, persists the copy, then adopts it and
+    /// pushes it to every worker. Any failure leaves the registry as it was.
+    fn change_registry(&mut self, change: &Change, origin: Origin) -> Result<uuid::Uuid, Refusal> {
+        let kind = change.kind();
+        if self.is_stopping() {
+            self.totals.record_change(kind, "refused");
+            return Err(Refusal {
+                status: 503,
+                message: "eventsd is shutting down".to_string(),
+            });
+        }
+        let mut next = self.registry.clone();
+        let token_set = !self.config.server.api_token.is_empty();
+        let id = next.apply(change, origin, token_set).inspect_err(|_| {
+            self.totals.record_change(kind, "refused");
+        })?;
+        if let Err(e) = next.save(&registry_path(&self.config)) {
+            error!("registry change {kind} not applied: {e:#}");
+            self.totals.record_change(kind, "failed");
+            return Err(Refusal {
+                status: 503,
+                message: format!("The registry could not be saved: {e:#}"),
+            });
+        }
+        self.totals.record_change(kind, "ok");
+        info!("registry: {kind} applied (version {})", next.version);
+        self.registry = next;
+        self.push_registry();
+        Ok(id)
+    }
+
+    pub(super) fn push_registry(&mut self) {
+        let document = match serde_json::to_string(&self.registry) {
+            Ok(document) => document,
+            Err(e) => {
+                error!("cannot serialize the registry: {e}");
+                return;
+            }
+        };
+        self.broadcast(&MasterMessage::Registry { document });
+    }
+
+    pub(super) fn send_ready_answers(&mut self) {
+        for (pid, id, answer) in self.held_answers.take_ready(&self.pool) {
+            self.send_to(pid, MasterMessage::Answer { id, answer });
+        }
+    }
+}
+
+pub(super) fn registry_path(config: &Config) -> std::path::PathBuf {
+    config.daemon.state_dir.join("registry.json")
+}
+
+/// The saved registry with the config file's declarations applied. A corrupt file stops
+/// the start: it is the operator's data, never replaced behind their back.
+pub(super) fn load_registry(config: &Config) -> anyhow::Result<Registry> {
+    let path = registry_path(config);
+    let mut registry = Registry::load(&path)?;
+    if registry.declare(&config.event) {
+        registry.save(&path)?;
+    }
+    Ok(registry)
+}
+
+#[derive(Default)]
+pub struct HeldAnswers {
+    held: Vec<Held>,
+}
+
+struct Held {
+    worker: Pid,
+    question: u64,
+    answer: Answer,
+    version: u64,
+}
+
+impl HeldAnswers {
+    pub fn hold(&mut self, worker: Pid, question: u64, answer: Answer, version: u64) {
+        self.held.push(Held {
+            worker,
+            question,
+            answer,
+            version,
+        });
+    }
+
+    /// The answers whose version every worker still connected has acknowledged. A
+    /// worker that exits stops counting: the one that replaces it is forked with the
+    /// current registry.
+    pub fn take_ready(&mut self, pool: &Pool) -> Vec<(Pid, u64, Answer)> {
+        let served = |version: u64| {
+            pool.iter()
+                .filter(|w| w.channel.is_some())
+                .all(|w| w.registry_version >= version)
+        };
+        let (ready, held): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| served(h.version));
+        self.held = held;
+        ready
+            .into_iter()
+            .map(|h| (h.worker, h.question, h.answer))
+            .collect()
+    }
+}
