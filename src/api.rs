@@ -20,19 +20,25 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::appender::Appenders;
 use crate::config::Config;
-use crate::ipc::{Answer, Question};
+use crate::ipc::{Answer, Question, WorkerMessage};
 use crate::metrics::Deltas;
 use crate::registry::{self, Change, Entry, EventType, Origin, Registry, Spec};
+use crate::watch::{self, Batch};
 use crate::worker::link::Link;
 
 pub type Body = Full<Bytes>;
 
 /// How long a registry change or a metrics request may wait for the master.
 const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Watcher counts reach the master at most this long after the event was acknowledged...
+const BATCH_DELAY: Duration = Duration::from_millis(10);
+/// ...or at once when the batch holds this many entries.
+const BATCH_SHIP_AT: usize = 1024;
 
 /// Every route the daemon serves, as its OpenAPI template, with the methods it allows
 /// (the `Allow` header of a 405). The OpenAPI document is tested against this table.
@@ -138,6 +144,9 @@ pub struct Api {
     link: Link,
     appenders: Rc<Appenders>,
     deltas: RefCell<Deltas>,
+    /// Watcher counts not yet shipped to the master.
+    batch: RefCell<Batch>,
+    batch_started: Notify,
 }
 
 impl Api {
@@ -151,6 +160,8 @@ impl Api {
             link,
             appenders,
             deltas: RefCell::default(),
+            batch: RefCell::default(),
+            batch_started: Notify::new(),
         }
     }
 
@@ -232,8 +243,10 @@ impl Api {
         };
         let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let mut ids = Vec::with_capacity(payloads.len());
+        let mut keys = Vec::new();
         let mut lines = String::new();
         for mut payload in payloads {
+            keys.extend(watch::keys_of(entry, &payload));
             let id = Uuid::new_v4();
             payload.insert("event_uuid".into(), Value::String(id.to_string()));
             payload.insert("event_type".into(), Value::String(event.to_string()));
@@ -254,9 +267,10 @@ impl Api {
                 );
             }
         }
-        self.deltas
-            .borrow_mut()
-            .record_collected(event, ids.len() as u64);
+        // Counted only once acknowledged: the reply goes out right after.
+        let collected = ids.len() as u64;
+        self.deltas.borrow_mut().record_collected(event, collected);
+        self.count(event, collected, keys);
         if bulk {
             json(
                 StatusCode::OK,
@@ -300,6 +314,34 @@ impl Api {
             Some(Answer::Change(Ok(id))) => json(StatusCode::CREATED, &json!({"_id": id})),
             Some(Answer::Change(Err(refused))) => refusal(refused),
             _ => master_unavailable(),
+        }
+    }
+
+    fn count(&self, event: &str, collected: u64, keys: Vec<(Uuid, String)>) {
+        let mut batch = self.batch.borrow_mut();
+        let was_empty = batch.is_empty();
+        batch.add(event, collected, keys);
+        if batch.len() >= BATCH_SHIP_AT {
+            self.link.send(WorkerMessage::Counts(batch.take()));
+        } else if was_empty {
+            self.batch_started.notify_one();
+        }
+    }
+
+    /// Ships the counts gathered so far, at most `BATCH_DELAY` after the first of them.
+    pub async fn ship_counts(&self) {
+        loop {
+            self.batch_started.notified().await;
+            tokio::time::sleep(BATCH_DELAY).await;
+            self.flush_counts();
+        }
+    }
+
+    /// Ships what is left in the batch now (the worker is exiting).
+    pub fn flush_counts(&self) {
+        let mut batch = self.batch.borrow_mut();
+        if !batch.is_empty() {
+            self.link.send(WorkerMessage::Counts(batch.take()));
         }
     }
 

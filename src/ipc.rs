@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::metrics::Deltas;
 use crate::registry::{Change, Origin, Refusal};
+use crate::watch::CountBatch;
 
 /// Bigger frames are refused: a peer that announces one is broken or hostile.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -37,6 +38,8 @@ pub enum WorkerMessage {
     Ask { id: u64, question: Question },
     /// The worker now serves this registry version.
     RegistryAck { version: u64 },
+    /// Watcher counts, at least every 10 ms while events come, and before exiting.
+    Counts(CountBatch),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

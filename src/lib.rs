@@ -6,6 +6,7 @@
 //! - `master`: the supervisor process (pool, signals, timeouts, control socket);
 //! - `worker`: an HTTP worker process (hyper on one tokio thread);
 //! - `ipc`: the frames and messages between them;
+//! - `watch`: aggregation keys, counters and firing decisions;
 //! - `api`: what a request means and how replies look; `appender`: how events are written;
 //! - `registry`: event types, collectors and watchers, owned by the master;
 //! - `config`, `cli`, `files`, `logging`, `pidfile`, `notify`, `status`: the daemon's plumbing.
@@ -23,4 +24,5 @@ pub mod notify;
 pub mod pidfile;
 pub mod registry;
 pub mod status;
+pub mod watch;
 pub mod worker;

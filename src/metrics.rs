@@ -148,7 +148,7 @@ impl Totals {
 /// A per-worker family: name, help, and the figure it reads.
 type PerWorker = (&'static str, &'static str, fn(&WorkerStatus) -> u64);
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 

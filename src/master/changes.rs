@@ -18,7 +18,9 @@ impl Master {
     pub(super) fn answer(&mut self, pid: Pid, id: u64, question: Question) {
         let answer = match question {
             Question::Metrics => {
-                Answer::Metrics(self.totals.render(&self.pool.statuses(Instant::now())))
+                let mut text = self.totals.render(&self.pool.statuses(Instant::now()));
+                self.watch.render(&mut text);
+                Answer::Metrics(text)
             }
             Question::Change { change, origin } => match self.change_registry(&change, origin) {
                 Ok(id_created) => {
@@ -61,6 +63,7 @@ impl Master {
         self.totals.record_change(kind, "ok");
         info!("registry: {kind} applied (version {})", next.version);
         self.registry = next;
+        self.watch.sync(&self.registry);
         self.push_registry();
         Ok(id)
     }

@@ -41,6 +41,7 @@ use crate::notify;
 use crate::pidfile::Pidfile;
 use crate::registry::Registry;
 use crate::status::{CrashLoop, Status};
+use crate::watch::{CountBatch, Watch, store::MemoryStore};
 use crate::worker;
 use changes::{HeldAnswers, load_registry, registry_path};
 use control::ControlSocket;
@@ -117,6 +118,7 @@ struct Master {
     registry: Registry,
     held_answers: HeldAnswers,
     totals: Totals,
+    watch: Watch,
 }
 
 /// Runs a master until it stops. Start-up failures are reported to `announcer` too.
@@ -157,6 +159,8 @@ impl Master {
         let pidfile = Pidfile::acquire(&daemon.pidfile)?;
         check_privileges(&config)?;
         let registry = load_registry(&config)?;
+        let mut watch = Watch::new(MemoryStore::new(config.watchers.max_keys));
+        watch.sync(&registry);
         let listener = bind(&config)?;
         let control = ControlSocket::bind(&daemon.control_socket)?;
         let signals = Signals::install()?;
@@ -186,6 +190,7 @@ impl Master {
             registry,
             held_answers: HeldAnswers::default(),
             totals: Totals::default(),
+            watch,
         })
     }
 
@@ -317,6 +322,7 @@ impl Master {
                 worker.record_heartbeat(report, now);
             }
             WorkerMessage::RegistryAck { version } => worker.registry_version = version,
+            WorkerMessage::Counts(batch) => self.count(batch),
             WorkerMessage::Ask { id, question } => self.answer(pid, id, question),
             WorkerMessage::Retiring { reason } => {
                 info!("worker {pid} retiring: {reason}");
@@ -342,6 +348,16 @@ impl Master {
         };
         if let Err(e) = channel.send(&message) {
             warn!("cannot send to worker {pid}: {e}");
+        }
+    }
+
+    /// Adds a worker's counts; every key that crossed its threshold fires.
+    fn count(&mut self, batch: CountBatch) {
+        for job in self.watch.count(batch, crate::watch::now()) {
+            info!(
+                "watcher `{}` fired: {}",
+                job.firing.watcher, job.firing.text
+            );
         }
     }
 
@@ -701,8 +717,10 @@ impl Master {
         if declarations_changed {
             registry.save(&registry_path(&new))?;
             self.registry = registry;
+            self.watch.sync(&self.registry);
             self.push_registry();
         }
+        self.watch.set_max_keys(new.watchers.max_keys);
         if let Some(listener) = listener {
             info!("now listening on {}", new.server.listen);
             // Old workers keep their copy of the previous socket until they have drained.

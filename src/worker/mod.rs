@@ -152,6 +152,10 @@ async fn serve(
     let stats = Rc::new(Stats::default());
     let heartbeat =
         tokio::task::spawn_local(heartbeat(link.clone(), stats.clone(), api.clone(), statm));
+    let shipper = {
+        let api = api.clone();
+        tokio::task::spawn_local(async move { api.ship_counts().await })
+    };
     watch_sigterm(shutdown.clone())?;
 
     link.send(WorkerMessage::Ready);
@@ -159,8 +163,10 @@ async fn serve(
     server::accept_until_shutdown(listener, &config, &api, &stats, &link, &shutdown).await;
     info!("worker drained: {} requests served", stats.requests());
 
-    // Last words: the final heartbeat with the last counts, then the writer flushes.
+    // Last words: the last watcher counts and the final heartbeat, then the writer flushes.
     heartbeat.abort();
+    shipper.abort();
+    api.flush_counts();
     link.send(WorkerMessage::Heartbeat(beat(&stats, &api, 0)));
     link.close();
     let _ = link_task.await;

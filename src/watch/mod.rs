@@ -1,0 +1,440 @@
+//! Watchers at work: workers compute aggregation keys and batch counts (`Batch`); the
+//! master alone adds them up and decides every firing (`Watch`), so a crossing fires once
+//! however many workers saw the events.
+//!
+//! `Watch` owns the firing rules (threshold, window, cooldown) over a `CounterStore`. It
+//! does no I/O and never waits: a firing is handed back to the master, which passes it
+//! to the action runner.
+
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::metrics::family;
+use crate::registry::{Action, Aggregator, EventType, Registry, WatcherSpec};
+use store::{CounterStore, MemoryStore, Second};
+
+/// A field value longer than this is cut in the key: a hostile client posting huge
+/// values must not make keys, and so the master's memory, large.
+const MAX_VALUE_CHARS: usize = 256;
+
+/// What a worker ships to the master at least every 10 ms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CountBatch {
+    /// (event type, events collected): what the master counted, for metrics.
+    pub events: Vec<(String, u64)>,
+    /// (watcher id, aggregation key, events).
+    pub keys: Vec<(Uuid, String, u64)>,
+}
+
+/// The worker's batch being filled.
+#[derive(Debug, Default)]
+pub struct Batch {
+    events: HashMap<String, u64>,
+    keys: HashMap<(Uuid, String), u64>,
+}
+
+impl Batch {
+    /// Counts `events` collected events of `event`, and one per (watcher, key) in `keys`.
+    pub fn add(&mut self, event: &str, events: u64, keys: Vec<(Uuid, String)>) {
+        match self.events.get_mut(event) {
+            Some(count) => *count += events,
+            None => {
+                self.events.insert(event.to_string(), events);
+            }
+        }
+        for key in keys {
+            *self.keys.entry(key).or_default() += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len() + self.events.len()
+    }
+
+    pub fn take(&mut self) -> CountBatch {
+        CountBatch {
+            events: self.events.drain().collect(),
+            keys: self
+                .keys
+                .drain()
+                .map(|((id, key), n)| (id, key, n))
+                .collect(),
+        }
+    }
+}
+
+/// The (watcher, key) pairs one event of `entry`'s type counts for.
+pub fn keys_of(entry: &EventType, payload: &Map<String, Value>) -> Vec<(Uuid, String)> {
+    entry
+        .watchers
+        .iter()
+        .map(|w| (w.id, aggregation_key(&w.spec.aggregator, payload)))
+        .collect()
+}
+
+/// The aggregation key of `payload`: empty for `single`; for `fields`, the JSON array of
+/// the fields' values (dot paths reach into objects; a missing field is `null`).
+pub fn aggregation_key(aggregator: &Aggregator, payload: &Map<String, Value>) -> String {
+    match aggregator {
+        Aggregator::Single => String::new(),
+        Aggregator::Fields { fields } => {
+            let values: Vec<Value> = fields
+                .iter()
+                .map(|path| lookup(payload, path).map_or(Value::Null, bounded))
+                .collect();
+            Value::Array(values).to_string()
+        }
+    }
+}
+
+fn lookup<'a>(payload: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let first = payload.get(parts.next()?)?;
+    parts.try_fold(first, |value, part| value.get(part))
+}
+
+fn bounded(value: &Value) -> Value {
+    let cut = |text: &str| Value::String(text.chars().take(MAX_VALUE_CHARS).collect());
+    match value {
+        Value::String(text) if text.chars().count() > MAX_VALUE_CHARS => cut(text),
+        Value::Array(_) | Value::Object(_) => {
+            let text = value.to_string();
+            if text.chars().count() > MAX_VALUE_CHARS {
+                cut(&text)
+            } else {
+                value.clone()
+            }
+        }
+        other => other.clone(),
+    }
+}
+
+/// A crossing: the document actions deliver (its `text` makes it a valid Slack or
+/// Mattermost incoming-webhook body).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Firing {
+    pub watcher: String,
+    pub event: String,
+    /// `{field: value}` for a `fields` watcher, `null` for `single`.
+    pub key: Value,
+    pub count: u64,
+    pub threshold: u64,
+    pub window_secs: Option<u64>,
+    pub fired_at: String,
+    pub text: String,
+}
+
+/// A firing with the action that must deliver it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub firing: Firing,
+    pub action: Action,
+}
+
+struct Watched {
+    event: String,
+    spec: WatcherSpec,
+}
+
+/// The master's counters and firing decisions.
+pub struct Watch {
+    store: MemoryStore,
+    watchers: HashMap<Uuid, Watched>,
+    counted: BTreeMap<String, u64>,
+    firings: BTreeMap<String, u64>,
+}
+
+impl Watch {
+    pub fn new(store: MemoryStore) -> Watch {
+        Watch {
+            store,
+            watchers: HashMap::new(),
+            counted: BTreeMap::new(),
+            firings: BTreeMap::new(),
+        }
+    }
+
+    /// Follows the registry. A watcher whose definition changes gets a new id, so
+    /// keeping counters by id keeps exactly those of unchanged watchers.
+    pub fn sync(&mut self, registry: &Registry) {
+        self.watchers = registry
+            .events
+            .iter()
+            .flat_map(|(event, entry)| {
+                entry.watchers.iter().map(move |w| {
+                    let watched = Watched {
+                        event: event.to_string(),
+                        spec: w.spec.clone(),
+                    };
+                    (w.id, watched)
+                })
+            })
+            .collect();
+        let live: Vec<Uuid> = self.watchers.keys().copied().collect();
+        self.store.retain_watchers(&|id| live.contains(&id));
+    }
+
+    pub fn set_max_keys(&mut self, max_keys: usize) {
+        self.store.set_max_keys(max_keys);
+    }
+
+    /// Adds a worker's batch; returns the jobs of the keys that crossed their threshold.
+    pub fn count(&mut self, batch: CountBatch, now: Second) -> Vec<Job> {
+        for (event, n) in batch.events {
+            *self.counted.entry(event).or_default() += n;
+        }
+        let mut jobs = Vec::new();
+        for (id, key, n) in batch.keys {
+            // Counts for a watcher deleted since the worker computed them are dropped.
+            let Some(watched) = self.watchers.get(&id) else {
+                continue;
+            };
+            let spec = &watched.spec;
+            let count = self.store.add(id, &key, n, now, spec.window_secs);
+            if count <= spec.threshold {
+                continue;
+            }
+            let cooling = spec
+                .cooldown_secs
+                .zip(self.store.last_fired(id, &key))
+                .is_some_and(|(cooldown, fired)| now < fired + cooldown);
+            if cooling {
+                continue;
+            }
+            self.store.fired(id, &key, now);
+            *self.firings.entry(spec.name.to_string()).or_default() += 1;
+            jobs.push(Job {
+                firing: firing(&watched.event, spec, &key, count),
+                action: spec.action.clone(),
+            });
+        }
+        jobs
+    }
+
+    pub fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    /// Metrics families of the watchers.
+    pub fn render(&self, out: &mut String) {
+        family(
+            out,
+            "eventsd_events_counted_total",
+            "counter",
+            "Events counted by the master, by event type.",
+        );
+        for (event, count) in &self.counted {
+            let _ = writeln!(
+                out,
+                "eventsd_events_counted_total{{type=\"{event}\"}} {count}"
+            );
+        }
+        family(
+            out,
+            "eventsd_watcher_firings_total",
+            "counter",
+            "Firings by watcher.",
+        );
+        for (watcher, count) in &self.firings {
+            let _ = writeln!(
+                out,
+                "eventsd_watcher_firings_total{{watcher=\"{watcher}\"}} {count}"
+            );
+        }
+        let sizes: Vec<(String, usize, u64)> = self
+            .store
+            .sizes()
+            .filter_map(|(id, keys, evictions)| {
+                self.watchers
+                    .get(&id)
+                    .map(|w| (w.spec.name.to_string(), keys, evictions))
+            })
+            .collect();
+        family(
+            out,
+            "eventsd_watcher_keys",
+            "gauge",
+            "Aggregation keys held, by watcher.",
+        );
+        for (watcher, keys, _) in &sizes {
+            let _ = writeln!(out, "eventsd_watcher_keys{{watcher=\"{watcher}\"}} {keys}");
+        }
+        family(
+            out,
+            "eventsd_watcher_key_evictions_total",
+            "counter",
+            "Keys evicted at watchers.max_keys, by watcher.",
+        );
+        for (watcher, _, evictions) in &sizes {
+            let _ = writeln!(
+                out,
+                "eventsd_watcher_key_evictions_total{{watcher=\"{watcher}\"}} {evictions}"
+            );
+        }
+    }
+}
+
+fn firing(event: &str, spec: &WatcherSpec, key: &str, count: u64) -> Firing {
+    let key = match &spec.aggregator {
+        Aggregator::Single => Value::Null,
+        Aggregator::Fields { fields } => {
+            let values: Vec<Value> = serde_json::from_str(key).unwrap_or_default();
+            Value::Object(fields.iter().cloned().zip(values).collect())
+        }
+    };
+    // events-collector's wording, then the key of a `fields` watcher.
+    let mut text = format!("Event `{event}` repeated {count} times");
+    if let Some(window) = spec.window_secs {
+        let _ = write!(text, " in {window} s");
+    }
+    if let Value::Object(fields) = &key {
+        let shown: Vec<String> = fields.iter().map(|(f, v)| format!("{f}={v}")).collect();
+        let _ = write!(text, " for {}", shown.join(", "));
+    }
+    Firing {
+        watcher: spec.name.to_string(),
+        event: event.to_string(),
+        key,
+        count,
+        threshold: spec.threshold,
+        window_secs: spec.window_secs,
+        fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        text,
+    }
+}
+
+/// Now, in the store's unit.
+pub fn now() -> Second {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Change, Origin};
+
+    fn registry_with(watcher: &str) -> Registry {
+        let mut registry = Registry::default();
+        let origin = Origin { loopback: true };
+        registry
+            .apply(
+                &Change::CreateEvent {
+                    body: br#"{"type": "logins"}"#.to_vec(),
+                },
+                origin,
+                false,
+            )
+            .unwrap();
+        let change = Change::CreateWatcher {
+            event: "logins".into(),
+            body: watcher.as_bytes().to_vec(),
+        };
+        registry.apply(&change, origin, false).unwrap();
+        registry
+    }
+
+    fn post(watch: &mut Watch, registry: &Registry, payloads: &[Value], now: Second) -> Vec<Job> {
+        let mut batch = Batch::default();
+        let entry = registry.event("logins").unwrap();
+        for payload in payloads {
+            batch.add("logins", 1, keys_of(entry, payload.as_object().unwrap()));
+        }
+        watch.count(batch.take(), now)
+    }
+
+    #[test]
+    fn keys_are_the_values_of_the_fields() {
+        let fields = Aggregator::Fields {
+            fields: vec!["ip".into(), "user.id".into(), "missing".into()],
+        };
+        let payload = serde_json::json!({"ip": "10.0.0.1", "user": {"id": 7}});
+        assert_eq!(
+            aggregation_key(&fields, payload.as_object().unwrap()),
+            r#"["10.0.0.1",7,null]"#
+        );
+        let huge = serde_json::json!({"ip": "x".repeat(100_000)});
+        assert!(aggregation_key(&fields, huge.as_object().unwrap()).len() < 400);
+    }
+
+    #[test]
+    fn threshold_is_exceeded_once_then_the_count_restarts() {
+        let registry = registry_with(
+            r#"{"name": "w1", "threshold": 3, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
+        );
+        let mut watch = Watch::new(MemoryStore::new(100));
+        watch.sync(&registry);
+        let one = [serde_json::json!({})];
+        let fired: Vec<usize> = (0..8)
+            .map(|_| post(&mut watch, &registry, &one, 1000).len())
+            .collect();
+        assert_eq!(fired, [0, 0, 0, 1, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn a_fields_watcher_fires_for_the_crossing_key_only_naming_it() {
+        let registry = registry_with(
+            r#"{"name": "w1", "threshold": 2, "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}"#,
+        );
+        let mut watch = Watch::new(MemoryStore::new(100));
+        watch.sync(&registry);
+        let a = serde_json::json!({"ip": "a"});
+        let b = serde_json::json!({"ip": "b"});
+        let jobs = post(
+            &mut watch,
+            &registry,
+            &[a.clone(), b.clone(), a.clone(), b, a],
+            1000,
+        );
+        assert_eq!(jobs.len(), 1);
+        let firing = &jobs[0].firing;
+        assert_eq!(firing.key, serde_json::json!({"ip": "a"}));
+        assert_eq!(firing.text, "Event `logins` repeated 3 times for ip=\"a\"");
+    }
+
+    #[test]
+    fn a_cooldown_suppresses_repeats_but_events_still_count() {
+        let registry = registry_with(
+            r#"{"name": "w1", "threshold": 1, "cooldown_secs": 60, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
+        );
+        let mut watch = Watch::new(MemoryStore::new(100));
+        watch.sync(&registry);
+        let two = [serde_json::json!({}), serde_json::json!({})];
+        assert_eq!(post(&mut watch, &registry, &two, 1000).len(), 1);
+        assert_eq!(
+            post(&mut watch, &registry, &two, 1010).len(),
+            0,
+            "cooling down"
+        );
+        assert_eq!(
+            post(&mut watch, &registry, &two, 1060).len(),
+            1,
+            "cooldown over"
+        );
+    }
+
+    #[test]
+    fn deleted_watchers_lose_their_counters() {
+        let registry = registry_with(
+            r#"{"name": "w1", "threshold": 5, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
+        );
+        let mut watch = Watch::new(MemoryStore::new(100));
+        watch.sync(&registry);
+        post(&mut watch, &registry, &[serde_json::json!({})], 1000);
+        assert_eq!(watch.store().sizes().count(), 1);
+        watch.sync(&Registry::default());
+        assert_eq!(watch.store().sizes().count(), 0);
+    }
+}

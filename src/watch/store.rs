@@ -1,0 +1,206 @@
+//! The counter store: counts per (watcher, key) over time, behind one narrow interface
+//! (`CounterStore`), so that a store shared by several nodes can replace the in-master
+//! one without touching the firing rules.
+//!
+//! The in-master store keeps, per key, one bucket per second that saw events (a sliding
+//! window of at most `window_secs` buckets: bounded memory per key), and at most
+//! `max_keys` keys per watcher: the least recently updated key is evicted.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Seconds since the Unix epoch: counters are saved and restored across restarts.
+pub type Second = u64;
+
+pub trait CounterStore {
+    /// Adds `n` events seen at `now` and returns the key's count: within the last
+    /// `window` seconds, or since its last firing when there is no window.
+    fn add(&mut self, watcher: Uuid, key: &str, n: u64, now: Second, window: Option<u64>) -> u64;
+    /// The key fired at `now`: its count starts again from zero.
+    fn fired(&mut self, watcher: Uuid, key: &str, now: Second);
+    fn last_fired(&self, watcher: Uuid, key: &str) -> Option<Second>;
+    /// Drops every counter of the watchers `keep` refuses.
+    fn retain_watchers(&mut self, keep: &dyn Fn(Uuid) -> bool);
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct KeyCounter {
+    /// (second, events in it), oldest first; one entry when there is no window.
+    buckets: VecDeque<(Second, u64)>,
+    last_fired: Option<Second>,
+    /// Recency stamp, for eviction.
+    #[serde(skip)]
+    touched: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct WatcherCounters {
+    keys: HashMap<String, KeyCounter>,
+    #[serde(skip)]
+    recency: BTreeMap<u64, String>,
+    #[serde(skip)]
+    pub evictions: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemoryStore {
+    watchers: HashMap<Uuid, WatcherCounters>,
+    #[serde(skip)]
+    max_keys: usize,
+    #[serde(skip)]
+    clock: u64,
+}
+
+impl MemoryStore {
+    pub fn new(max_keys: usize) -> MemoryStore {
+        MemoryStore {
+            watchers: HashMap::new(),
+            max_keys: max_keys.max(1),
+            clock: 0,
+        }
+    }
+
+    pub fn set_max_keys(&mut self, max_keys: usize) {
+        self.max_keys = max_keys.max(1);
+    }
+
+    /// Keys held per watcher and keys evicted so far, for metrics.
+    pub fn sizes(&self) -> impl Iterator<Item = (Uuid, usize, u64)> + '_ {
+        self.watchers
+            .iter()
+            .map(|(id, w)| (*id, w.keys.len(), w.evictions))
+    }
+
+    /// After deserializing: rebuild the recency order (restored keys count as touched
+    /// in an arbitrary but consistent order).
+    pub fn restored(mut self, max_keys: usize) -> MemoryStore {
+        self.set_max_keys(max_keys);
+        for counters in self.watchers.values_mut() {
+            for (key, counter) in counters.keys.iter_mut() {
+                self.clock += 1;
+                counter.touched = self.clock;
+                counters.recency.insert(self.clock, key.clone());
+            }
+        }
+        self
+    }
+
+    fn touch(&mut self, watcher: Uuid, key: &str) -> &mut KeyCounter {
+        self.clock += 1;
+        let stamp = self.clock;
+        let max_keys = self.max_keys;
+        let counters = self.watchers.entry(watcher).or_default();
+        if !counters.keys.contains_key(key) && counters.keys.len() >= max_keys {
+            if let Some((_, oldest)) = counters.recency.pop_first() {
+                counters.keys.remove(&oldest);
+                counters.evictions += 1;
+            }
+        }
+        let counter = counters.keys.entry(key.to_string()).or_default();
+        counters.recency.remove(&counter.touched);
+        counter.touched = stamp;
+        counters.recency.insert(stamp, key.to_string());
+        counter
+    }
+}
+
+impl CounterStore for MemoryStore {
+    fn add(&mut self, watcher: Uuid, key: &str, n: u64, now: Second, window: Option<u64>) -> u64 {
+        let counter = self.touch(watcher, key);
+        let buckets = &mut counter.buckets;
+        match window {
+            Some(window) => {
+                while buckets
+                    .front()
+                    .is_some_and(|&(second, _)| second + window <= now)
+                {
+                    buckets.pop_front();
+                }
+                match buckets.back_mut() {
+                    Some((second, count)) if *second >= now => *count += n,
+                    _ => buckets.push_back((now, n)),
+                }
+            }
+            None => match buckets.front_mut() {
+                Some((_, count)) => *count += n,
+                None => buckets.push_back((now, n)),
+            },
+        }
+        buckets.iter().map(|(_, count)| count).sum()
+    }
+
+    fn fired(&mut self, watcher: Uuid, key: &str, now: Second) {
+        let counter = self.touch(watcher, key);
+        counter.buckets.clear();
+        counter.last_fired = Some(now);
+    }
+
+    fn last_fired(&self, watcher: Uuid, key: &str) -> Option<Second> {
+        self.watchers.get(&watcher)?.keys.get(key)?.last_fired
+    }
+
+    fn retain_watchers(&mut self, keep: &dyn Fn(Uuid) -> bool) {
+        self.watchers.retain(|id, _| keep(*id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_forgets_events_older_than_it() {
+        let mut store = MemoryStore::new(10);
+        let w = Uuid::new_v4();
+        assert_eq!(store.add(w, "k", 3, 100, Some(10)), 3);
+        assert_eq!(store.add(w, "k", 2, 105, Some(10)), 5);
+        assert_eq!(
+            store.add(w, "k", 1, 110, Some(10)),
+            3,
+            "second 100 left the window"
+        );
+        assert_eq!(store.add(w, "k", 1, 200, Some(10)), 1);
+    }
+
+    #[test]
+    fn without_a_window_the_count_runs_until_it_fires() {
+        let mut store = MemoryStore::new(10);
+        let w = Uuid::new_v4();
+        store.add(w, "k", 5, 100, None);
+        assert_eq!(store.add(w, "k", 5, 10_000, None), 10);
+        store.fired(w, "k", 10_000);
+        assert_eq!(store.last_fired(w, "k"), Some(10_000));
+        assert_eq!(store.add(w, "k", 1, 10_001, None), 1);
+    }
+
+    #[test]
+    fn the_least_recently_updated_key_is_evicted() {
+        let mut store = MemoryStore::new(2);
+        let w = Uuid::new_v4();
+        store.add(w, "a", 1, 1, None);
+        store.add(w, "b", 1, 1, None);
+        store.add(w, "a", 1, 2, None);
+        store.add(w, "c", 1, 3, None);
+        assert_eq!(store.add(w, "a", 1, 4, None), 3, "a was kept");
+        assert_eq!(
+            store.add(w, "b", 1, 4, None),
+            1,
+            "b was evicted and starts again"
+        );
+        let (_, keys, evictions) = store.sizes().next().unwrap();
+        assert_eq!((keys, evictions), (2, 2));
+    }
+
+    #[test]
+    fn memory_per_key_is_bounded_by_the_window() {
+        let mut store = MemoryStore::new(1);
+        let w = Uuid::new_v4();
+        for second in 0..10_000 {
+            store.add(w, "k", 1, second, Some(60));
+        }
+        let counter = &store.watchers[&w].keys["k"];
+        assert!(counter.buckets.len() <= 60);
+    }
+}

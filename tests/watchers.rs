@@ -1,0 +1,247 @@
+//! Watchers (watchers.md) against the real binary: workers count, the master decides,
+//! once per crossing however many workers saw the events.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, wait_for};
+use serde_json::json;
+
+const SECOND: Duration = Duration::from_secs(1);
+const FOUR_WORKERS: &str = "[workers]\nmin = 4\nmax = 4\n";
+
+/// The value of one metric series (`name{labels}`), if the daemon reports it.
+fn metric(daemon: &Daemon, series: &str) -> Option<u64> {
+    let text = daemon.get("/metrics").unwrap().body;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn watched(daemon: &Daemon, watcher: serde_json::Value) {
+    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+    let response = daemon.post("/event/logins/watcher/", &watcher.to_string());
+    assert_eq!(response.status, 201, "{response:?}");
+}
+
+/// Posts every payload, from 8 concurrent clients so that the workers share them.
+fn post_events(daemon: &Daemon, payloads: &[serde_json::Value]) {
+    let address = daemon.address();
+    let clients: Vec<_> = payloads
+        .chunks(payloads.len().div_ceil(8))
+        .map(|chunk| {
+            let bodies: Vec<String> = chunk.iter().map(|p| p.to_string()).collect();
+            std::thread::spawn(move || {
+                for body in bodies {
+                    let raw = format!(
+                        "POST /event/logins/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    assert_eq!(common::request(address, &raw).unwrap().status, 200);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().expect("client failed");
+    }
+}
+
+/// Waits until the master has counted `total` events of `logins`.
+fn wait_counted(daemon: &Daemon, total: u64) {
+    wait_for(&format!("{total} events counted"), 10 * SECOND, || {
+        metric(daemon, "eventsd_events_counted_total{type=\"logins\"}") == Some(total)
+    });
+}
+
+fn firings(daemon: &Daemon, watcher: &str) -> u64 {
+    metric(
+        daemon,
+        &format!("eventsd_watcher_firings_total{{watcher=\"{watcher}\"}}"),
+    )
+    .unwrap_or(0)
+}
+
+#[test]
+fn fifty_one_events_over_four_workers_fire_once_fifty_do_not_and_the_count_restarts() {
+    let daemon = Daemon::run(FOUR_WORKERS);
+    watched(
+        &daemon,
+        json!({"name": "storm", "threshold": 50, "aggregator": {"type": "single"}, "action": {"type": "null"}}),
+    );
+    let event = json!({"user": "x"});
+
+    post_events(&daemon, &vec![event.clone(); 50]);
+    wait_counted(&daemon, 50);
+    assert_eq!(firings(&daemon, "storm"), 0, "50 events do not exceed 50");
+
+    post_events(&daemon, std::slice::from_ref(&event));
+    wait_counted(&daemon, 51);
+    assert_eq!(firings(&daemon, "storm"), 1);
+
+    post_events(&daemon, &vec![event.clone(); 50]);
+    wait_counted(&daemon, 101);
+    assert_eq!(
+        firings(&daemon, "storm"),
+        1,
+        "the count restarted after the firing"
+    );
+    post_events(&daemon, &[event]);
+    wait_counted(&daemon, 102);
+    assert_eq!(firings(&daemon, "storm"), 2);
+
+    // Per-worker figures come with heartbeats: wait until they cover every event.
+    wait_for("heartbeats to report every event", 5 * SECOND, || {
+        metric(&daemon, "eventsd_events_collected_total{type=\"logins\"}") == Some(102)
+    });
+    let served = daemon.get("/metrics").unwrap().body;
+    let busy_workers = served
+        .lines()
+        .filter(|l| l.starts_with("eventsd_worker_requests_total") && !l.ends_with(" 0"))
+        .count();
+    assert!(
+        busy_workers > 1,
+        "the events did not spread over the workers"
+    );
+}
+
+#[test]
+fn a_fields_watcher_fires_only_for_the_key_that_crossed_naming_its_values() {
+    let daemon = Daemon::run(FOUR_WORKERS);
+    watched(
+        &daemon,
+        json!({"name": "per-ip", "threshold": 2,
+        "aggregator": {"type": "fields", "fields": ["ip", "user.id"]}, "action": {"type": "null"}}),
+    );
+    let a = json!({"ip": "10.0.0.1", "user": {"id": 7}});
+    let b = json!({"ip": "10.0.0.2", "user": {"id": 7}});
+    post_events(&daemon, &[a.clone(), b.clone(), a.clone(), b, a]);
+    wait_counted(&daemon, 5);
+    assert_eq!(firings(&daemon, "per-ip"), 1);
+    let log = daemon.log();
+    assert!(
+        log.contains(
+            "watcher `per-ip` fired: Event `logins` repeated 3 times for ip=\"10.0.0.1\", user.id=7"
+        ),
+        "{log}"
+    );
+    assert!(
+        !log.contains("10.0.0.2\", user.id=7"),
+        "the other key fired"
+    );
+}
+
+#[test]
+fn a_window_forgets_events_older_than_it() {
+    let daemon = Daemon::run("");
+    watched(
+        &daemon,
+        json!({"name": "burst", "threshold": 2, "window_secs": 1,
+        "aggregator": {"type": "single"}, "action": {"type": "null"}}),
+    );
+    post_events(&daemon, &[json!({}), json!({})]);
+    wait_counted(&daemon, 2);
+    // The behaviour under test is time passing: let the window slide past those two.
+    std::thread::sleep(Duration::from_millis(2100));
+    post_events(&daemon, &[json!({})]);
+    wait_counted(&daemon, 3);
+    assert_eq!(
+        firings(&daemon, "burst"),
+        0,
+        "old events were still counted"
+    );
+    post_events(&daemon, &[json!({}), json!({})]);
+    wait_counted(&daemon, 5);
+    assert_eq!(firings(&daemon, "burst"), 1);
+}
+
+#[test]
+fn a_cooldown_suppresses_repeats() {
+    let daemon = Daemon::run("");
+    watched(
+        &daemon,
+        json!({"name": "calm", "threshold": 1, "cooldown_secs": 3600,
+        "aggregator": {"type": "single"}, "action": {"type": "null"}}),
+    );
+    post_events(&daemon, &[json!({}), json!({})]);
+    wait_counted(&daemon, 2);
+    assert_eq!(firings(&daemon, "calm"), 1);
+    post_events(&daemon, &vec![json!({}); 6]);
+    wait_counted(&daemon, 8);
+    assert_eq!(
+        firings(&daemon, "calm"),
+        1,
+        "fired again during its cooldown"
+    );
+}
+
+#[test]
+fn under_load_every_collected_event_is_counted() {
+    let daemon = Daemon::run(FOUR_WORKERS);
+    watched(
+        &daemon,
+        json!({"name": "storm", "threshold": 1000000,
+        "aggregator": {"type": "fields", "fields": ["field1", "field2"]}, "action": {"type": "null"}}),
+    );
+    let address = daemon.address();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let body = r#"{"message":"m","field1":"f1","field2":"f2"}"#;
+                let raw = format!(
+                    "POST /event/logins/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                (0..300).filter(|_| common::request(address, &raw).is_ok_and(|r| r.status == 200)).count() as u64
+            })
+        })
+        .collect();
+    let acknowledged: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(acknowledged, 1200);
+    wait_for("collected and counted to settle", 10 * SECOND, || {
+        metric(&daemon, "eventsd_events_collected_total{type=\"logins\"}") == Some(acknowledged)
+            && metric(&daemon, "eventsd_events_counted_total{type=\"logins\"}")
+                == Some(acknowledged)
+    });
+}
+
+#[test]
+fn a_million_distinct_keys_leave_the_master_bounded_by_max_keys() {
+    let daemon = Daemon::run("[watchers]\nmax_keys = 1000\n[server]\nmax_body_bytes = 4194304\n");
+    watched(
+        &daemon,
+        json!({"name": "per-ip", "threshold": 1000000000,
+        "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}),
+    );
+    let master = daemon.master_pid();
+    let rss_before = resident_kib(master);
+    let lines_per_batch = 50_000;
+    for batch in 0..20 {
+        let body: String = (0..lines_per_batch)
+            .map(|n| format!("{{\"ip\":\"{}\"}}\n", batch * lines_per_batch + n))
+            .collect();
+        let response = daemon.post("/event/logins/_bulk", &body);
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    wait_counted(&daemon, 1_000_000);
+    assert_eq!(
+        metric(&daemon, "eventsd_watcher_keys{watcher=\"per-ip\"}"),
+        Some(1000)
+    );
+    assert_eq!(
+        metric(
+            &daemon,
+            "eventsd_watcher_key_evictions_total{watcher=\"per-ip\"}"
+        ),
+        Some(999_000)
+    );
+    let grown = resident_kib(master).saturating_sub(rss_before);
+    eprintln!("master RSS grew by {grown} KiB for 1,000,000 distinct keys");
+    assert!(grown < 64 * 1024, "master grew by {grown} KiB");
+}
+
+fn resident_kib(pid: nix::unistd::Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
