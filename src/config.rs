@@ -155,6 +155,13 @@ pub struct Smtp {
     pub host: String,
     pub port: u16,
     pub from: String,
+    /// Credentials for the relay; none when empty.
+    pub username: String,
+    pub password: String,
+    /// Require STARTTLS before sending.
+    pub starttls: bool,
+    #[serde(deserialize_with = "positive_u64")]
+    pub timeout_secs: u64,
 }
 
 /// `daemon.log`: where log lines go.
@@ -224,6 +231,10 @@ impl Default for Smtp {
             host: "127.0.0.1".to_string(),
             port: 25,
             from: "eventsd@localhost".to_string(),
+            username: String::new(),
+            password: String::new(),
+            starttls: false,
+            timeout_secs: 10,
         }
     }
 }

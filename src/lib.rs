@@ -7,10 +7,12 @@
 //! - `worker`: an HTTP worker process (hyper on one tokio thread);
 //! - `ipc`: the frames and messages between them;
 //! - `watch`: aggregation keys, counters and firing decisions;
+//! - `action`: the action runner process and the deliveries (email, webhook, command);
 //! - `api`: what a request means and how replies look; `appender`: how events are written;
 //! - `registry`: event types, collectors and watchers, owned by the master;
 //! - `config`, `cli`, `files`, `logging`, `pidfile`, `notify`, `status`: the daemon's plumbing.
 
+pub mod action;
 pub mod api;
 pub mod appender;
 pub mod cli;

@@ -44,6 +44,8 @@ pub struct Totals {
     deltas: Deltas,
     /// (change kind, "ok" / "refused" / "failed") → registry changes.
     changes: BTreeMap<(&'static str, &'static str), u64>,
+    /// (action type, "delivered" / "failed" / "dropped") → firings.
+    outcomes: BTreeMap<(String, &'static str), u64>,
 }
 
 impl Totals {
@@ -58,6 +60,13 @@ impl Totals {
 
     pub fn record_change(&mut self, kind: &'static str, result: &'static str) {
         *self.changes.entry((kind, result)).or_default() += 1;
+    }
+
+    pub fn record_outcome(&mut self, action: &str, result: &'static str) {
+        *self
+            .outcomes
+            .entry((action.to_string(), result))
+            .or_default() += 1;
     }
 
     pub fn render(&self, workers: &[WorkerStatus]) -> String {
@@ -98,6 +107,31 @@ impl Totals {
                 "eventsd_registry_changes_total{{change=\"{kind}\",result=\"{result}\"}} {count}"
             );
         }
+        family(
+            &mut out,
+            "eventsd_action_outcomes_total",
+            "counter",
+            "Firings handed to actions, by action type and result.",
+        );
+        for ((action, result), count) in &self.outcomes {
+            let _ = writeln!(
+                out,
+                "eventsd_action_outcomes_total{{action=\"{action}\",result=\"{result}\"}} {count}"
+            );
+        }
+        let dropped: u64 = self
+            .outcomes
+            .iter()
+            .filter(|((_, r), _)| *r == "dropped")
+            .map(|(_, n)| n)
+            .sum();
+        family(
+            &mut out,
+            "eventsd_actions_dropped_total",
+            "counter",
+            "Firings dropped from a full action queue.",
+        );
+        let _ = writeln!(out, "eventsd_actions_dropped_total {dropped}");
         family(
             &mut out,
             "eventsd_workers",

@@ -324,6 +324,9 @@ fn sigusr1_reopens_the_log_file_in_master_and_workers() {
             && workers
                 .iter()
                 .all(|pid| text.contains(&format!("worker[{pid}]: reopened log files")))
+            && text
+                .lines()
+                .any(|l| l.contains(" action[") && l.ends_with("]: reopened log files"))
     });
 }
 

@@ -13,6 +13,7 @@
 mod changes;
 mod control;
 mod pool;
+mod runner;
 mod signals;
 
 use std::fs::File;
@@ -46,6 +47,7 @@ use crate::worker;
 use changes::{HeldAnswers, load_registry, registry_path};
 use control::ControlSocket;
 use pool::{Pool, Worker};
+use runner::Actions;
 use signals::Signals;
 
 /// How the outcome of start-up reaches whoever launched the master: systemd
@@ -87,6 +89,24 @@ impl Announcer {
     }
 }
 
+/// What a polled descriptor belongs to.
+#[derive(Clone, Copy)]
+enum Source {
+    Signals,
+    Control,
+    Runner,
+    Worker(Pid),
+}
+
+/// Poll for input always, for output while bytes wait to be written.
+fn interest(wants_write: bool) -> PollFlags {
+    if wants_write {
+        PollFlags::POLLIN | PollFlags::POLLOUT
+    } else {
+        PollFlags::POLLIN
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     /// Waiting for the first workers to become ready.
@@ -119,6 +139,7 @@ struct Master {
     held_answers: HeldAnswers,
     totals: Totals,
     watch: Watch,
+    actions: Actions,
 }
 
 /// Runs a master until it stops. Start-up failures are reported to `announcer` too.
@@ -191,6 +212,7 @@ impl Master {
             held_answers: HeldAnswers::default(),
             totals: Totals::default(),
             watch,
+            actions: Actions::default(),
         })
     }
 
@@ -201,7 +223,7 @@ impl Master {
             self.reap()?;
             self.send_ready_answers();
             self.reconcile();
-            if self.is_stopping() && self.pool.is_empty() {
+            if self.is_stopping() && self.pool.is_empty() && self.actions.runner.is_none() {
                 return Ok(());
             }
         }
@@ -210,42 +232,45 @@ impl Master {
     /// One poll over the signalfd, the control socket and every worker channel, and
     /// the handling of whatever became ready.
     fn wait_for_events(&mut self) -> anyhow::Result<()> {
-        let mut pids = Vec::new();
-        let (fixed, revents) = {
+        let ready: Vec<(Source, PollFlags)> = {
+            let mut sources = vec![Source::Signals];
             let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
             if let Some(control) = &self.control {
+                sources.push(Source::Control);
                 fds.push(PollFd::new(control.as_fd(), PollFlags::POLLIN));
             }
-            let fixed = fds.len();
+            if let Some(fd) = self.runner_fd() {
+                sources.push(Source::Runner);
+                fds.push(PollFd::new(fd, interest(self.runner_wants_write())));
+            }
             for worker in self.pool.iter() {
                 if let Some(channel) = &worker.channel {
-                    let mut flags = PollFlags::POLLIN;
-                    if channel.wants_write() {
-                        flags |= PollFlags::POLLOUT;
-                    }
-                    fds.push(PollFd::new(channel.as_fd(), flags));
-                    pids.push(worker.pid);
+                    sources.push(Source::Worker(worker.pid));
+                    fds.push(PollFd::new(
+                        channel.as_fd(),
+                        interest(channel.wants_write()),
+                    ));
                 }
             }
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e).context("poll failed in the master loop"),
             }
-            let revents: Vec<PollFlags> = fds
+            let events = fds
                 .iter()
-                .map(|fd| fd.revents().unwrap_or(PollFlags::empty()))
-                .collect();
-            (fixed, revents)
+                .map(|fd| fd.revents().unwrap_or(PollFlags::empty()));
+            sources
+                .into_iter()
+                .zip(events)
+                .filter(|(_, e)| !e.is_empty())
+                .collect()
         };
-        if !revents[0].is_empty() {
-            self.handle_signals()?;
-        }
-        if fixed > 1 && !revents[1].is_empty() {
-            self.serve_control_clients();
-        }
-        for (pid, events) in pids.into_iter().zip(&revents[fixed..]) {
-            if !events.is_empty() {
-                self.handle_channel(pid, *events);
+        for (source, events) in ready {
+            match source {
+                Source::Signals => self.handle_signals()?,
+                Source::Control => self.serve_control_clients(),
+                Source::Runner => self.handle_runner_channel(events),
+                Source::Worker(pid) => self.handle_channel(pid, events),
             }
         }
         Ok(())
@@ -354,10 +379,7 @@ impl Master {
     /// Adds a worker's counts; every key that crossed its threshold fires.
     fn count(&mut self, batch: CountBatch) {
         for job in self.watch.count(batch, crate::watch::now()) {
-            info!(
-                "watcher `{}` fired: {}",
-                job.firing.watcher, job.firing.text
-            );
+            self.dispatch(job);
         }
     }
 
@@ -378,6 +400,9 @@ impl Master {
     }
 
     fn on_child_exit(&mut self, pid: Pid, how: String) -> anyhow::Result<()> {
+        if self.on_runner_exit(pid, &how) {
+            return Ok(());
+        }
         let Some(worker) = self.pool.remove(pid) else {
             debug!("reaped child {pid} ({how})");
             return Ok(());
@@ -433,6 +458,7 @@ impl Master {
         if self.is_stopping() {
             return;
         }
+        self.keep_runner();
         let now = Instant::now();
         while self.pool.active_count() < self.pool.target && self.pool.backoff.may_spawn(now) {
             if let Err(e) = self.spawn_worker() {
@@ -520,6 +546,7 @@ impl Master {
         fds.extend(self.pidfile.as_ref().map(Pidfile::raw_fd));
         fds.extend(self.control.as_ref().map(ControlSocket::raw_fd));
         fds.extend(self.announcer.raw_fd());
+        fds.extend(self.runner_fd().map(|fd| fd.as_raw_fd()));
         fds.extend(
             self.pool
                 .iter()
@@ -571,6 +598,7 @@ impl Master {
 
     /// The SIGALRM tick: every timeout the master enforces.
     fn tick(&mut self) {
+        self.enforce_runner_deadline();
         let now = Instant::now();
         let heartbeat_timeout = self.config.workers.heartbeat_timeout();
         let graceful_timeout = self.config.workers.graceful_timeout();
@@ -737,6 +765,16 @@ impl Master {
             Err(e) => error!("cannot reopen log files: {e:#}"),
         }
         self.broadcast(&MasterMessage::ReopenLogs);
+        if let Some(channel) = self
+            .actions
+            .runner
+            .as_mut()
+            .and_then(|r| r.channel.as_mut())
+        {
+            if let Err(e) = channel.send(&crate::action::ToRunner::ReopenLogs) {
+                warn!("cannot tell the action runner to reopen its logs: {e}");
+            }
+        }
     }
 
     fn begin_graceful_stop(&mut self) {
@@ -754,6 +792,7 @@ impl Master {
         for pid in pids {
             self.stop_worker(pid, "eventsd is stopping");
         }
+        self.stop_runner();
     }
 
     fn begin_fast_stop(&mut self, signal: Signal) {
@@ -771,15 +810,18 @@ impl Master {
             worker.stopping_since.get_or_insert_with(Instant::now);
             let _ = kill(worker.pid, Signal::SIGKILL);
         }
+        self.kill_runner();
     }
 
-    /// After `halt`: every worker got SIGKILL, so this blocking wait is short.
+    /// After `halt`: every child got SIGKILL, so this blocking wait is short.
     fn wait_for_every_worker(&mut self) {
-        while !self.pool.is_empty() {
+        while !self.pool.is_empty() || self.actions.runner.is_some() {
             match waitpid(None, None) {
                 Ok(status) => {
                     if let Some(pid) = status.pid() {
-                        self.pool.remove(pid);
+                        if !self.on_runner_exit(pid, "was killed") {
+                            self.pool.remove(pid);
+                        }
                     }
                 }
                 Err(Errno::EINTR) => continue,
