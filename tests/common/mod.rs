@@ -3,6 +3,8 @@
 //! process it started (by process group) when the test ends, also when it fails.
 #![allow(dead_code)]
 
+pub mod sinks;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;

@@ -1,0 +1,178 @@
+//! Real protocol peers for action tests, on loopback in the test process: an SMTP server
+//! that records the mails it accepts, and an HTTP server that records the requests it
+//! gets (optionally answering late).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default)]
+pub struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+/// A minimal SMTP server (RFC 5321 happy path) that keeps every message.
+pub struct SmtpSink {
+    pub address: SocketAddr,
+    pub mails: Arc<Mutex<Vec<Mail>>>,
+}
+
+impl SmtpSink {
+    pub fn start() -> SmtpSink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let mails = Arc::new(Mutex::new(Vec::new()));
+        let kept = mails.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let kept = kept.clone();
+                std::thread::spawn(move || {
+                    if let Some(mail) = smtp_session(stream) {
+                        kept.lock().unwrap().push(mail);
+                    }
+                });
+            }
+        });
+        SmtpSink { address, mails }
+    }
+
+    pub fn mails(&self) -> Vec<Mail> {
+        self.mails.lock().unwrap().clone()
+    }
+}
+
+fn smtp_session(stream: TcpStream) -> Option<Mail> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut writer = stream.try_clone().ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut say = |line: &str| writer.write_all(format!("{line}\r\n").as_bytes());
+    say("220 sink ESMTP").ok()?;
+    let mut mail = Mail::default();
+    let mut delivered = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return delivered;
+        }
+        let command = line.trim_end().to_string();
+        let upper = command.to_uppercase();
+        if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            say("250 sink").ok()?;
+        } else if let Some(from) = upper.strip_prefix("MAIL FROM:") {
+            mail.from = command[command.len() - from.len()..].trim().to_string();
+            say("250 ok").ok()?;
+        } else if let Some(to) = upper.strip_prefix("RCPT TO:") {
+            mail.to
+                .push(command[command.len() - to.len()..].trim().to_string());
+            say("250 ok").ok()?;
+        } else if upper == "DATA" {
+            say("354 go on").ok()?;
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).ok()? == 0 || line == ".\r\n" {
+                    break;
+                }
+                data.push_str(&line);
+            }
+            mail.data = data;
+            delivered = Some(std::mem::take(&mut mail));
+            say("250 queued").ok()?;
+        } else if upper == "QUIT" {
+            say("221 bye").ok()?;
+            return delivered;
+        } else {
+            say("250 ok").ok()?;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub head: String,
+    pub body: String,
+}
+
+/// An HTTP server that answers 200 to every request, after `delay`, and keeps them.
+pub struct HttpSink {
+    pub address: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Received>>>,
+}
+
+impl HttpSink {
+    pub fn start(delay: Duration) -> HttpSink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let kept = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let kept = kept.clone();
+                std::thread::spawn(move || {
+                    if let Some(request) = http_exchange(stream, delay) {
+                        kept.lock().unwrap().push(request);
+                    }
+                });
+            }
+        });
+        HttpSink { address, requests }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn http_exchange(mut stream: TcpStream, delay: Duration) -> Option<Received> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut head = String::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    let received = Received {
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    std::thread::sleep(delay);
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        .ok()?;
+    Some(received)
+}
+
+/// A loopback address where nothing listens: connections are refused.
+pub fn dead_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
