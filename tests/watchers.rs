@@ -245,3 +245,58 @@ fn resident_kib(pid: nix::unistd::Pid) -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+const DECLARED: &str = "[[event]]\ntype = \"logins\"\n[[event.watcher]]\nname = \"storm\"\n\
+    threshold = 5\naggregator = { type = \"single\" }\naction = { type = \"null\" }\n";
+
+#[test]
+fn counters_survive_a_reload_and_a_graceful_restart() {
+    let mut daemon = Daemon::new(DECLARED);
+    assert!(daemon.start().status.success());
+    post_events(&daemon, &vec![json!({}); 2]);
+    wait_counted(&daemon, 2);
+
+    assert!(daemon.cli(&["reload"]).status.success());
+    post_events(&daemon, &vec![json!({}); 2]);
+    wait_counted(&daemon, 4);
+
+    assert!(daemon.cli(&["restart"]).status.success());
+    daemon.track_master();
+    assert!(daemon.path("state/counters.json").exists());
+    // 2 + 2 before, 2 now: the sixth event exceeds 5 only if nothing was forgotten.
+    post_events(&daemon, &vec![json!({}); 2]);
+    wait_counted(&daemon, 2);
+    wait_for("the firing", 5 * SECOND, || firings(&daemon, "storm") == 1);
+}
+
+#[test]
+fn a_changed_watcher_starts_its_counters_again() {
+    let daemon = Daemon::run(DECLARED);
+    post_events(&daemon, &vec![json!({}); 4]);
+    wait_counted(&daemon, 4);
+    let changed = common::config_text(
+        daemon.port,
+        &DECLARED.replace("threshold = 5", "threshold = 6"),
+    );
+    std::fs::write(&daemon.config, changed).unwrap();
+    assert!(daemon.cli(&["reload"]).status.success());
+    post_events(&daemon, &vec![json!({}); 4]);
+    wait_counted(&daemon, 8);
+    assert_eq!(
+        firings(&daemon, "storm"),
+        0,
+        "the old counts were kept for a changed watcher"
+    );
+}
+
+#[test]
+fn a_corrupt_counters_file_stops_the_start_naming_it() {
+    let mut daemon = Daemon::new(DECLARED);
+    let path = daemon.path("state/counters.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, "{\"watchers\": [").unwrap();
+    let output = daemon.start();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(common::stderr(&output).contains(&path.display().to_string()));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"watchers\": [");
+}

@@ -42,7 +42,7 @@ use crate::notify;
 use crate::pidfile::Pidfile;
 use crate::registry::Registry;
 use crate::status::{CrashLoop, Status};
-use crate::watch::{CountBatch, Watch, store::MemoryStore};
+use crate::watch::{CountBatch, Watch};
 use crate::worker;
 use changes::{HeldAnswers, load_registry, registry_path};
 use control::ControlSocket;
@@ -180,7 +180,8 @@ impl Master {
         let pidfile = Pidfile::acquire(&daemon.pidfile)?;
         check_privileges(&config)?;
         let registry = load_registry(&config)?;
-        let mut watch = Watch::new(MemoryStore::new(config.watchers.max_keys));
+        let store = crate::watch::load_store(&counters_path(&config), config.watchers.max_keys)?;
+        let mut watch = Watch::new(store);
         watch.sync(&registry);
         let listener = bind(&config)?;
         let control = ControlSocket::bind(&daemon.control_socket)?;
@@ -830,8 +831,13 @@ impl Master {
         }
     }
 
-    /// Removes the control socket, then the pidfile: the last sign of life goes last.
+    /// Saves the counters, removes the control socket, then the pidfile: the last sign
+    /// of life goes last.
     fn clean_up(&mut self) {
+        match self.watch.save(&counters_path(&self.config)) {
+            Ok(()) => info!("counters saved"),
+            Err(e) => error!("counters not saved: {e:#}"),
+        }
         drop(self.control.take());
         drop(self.pidfile.take());
         info!("eventsd stopped");
@@ -864,6 +870,10 @@ impl Master {
             workers: self.pool.statuses(now),
         }
     }
+}
+
+fn counters_path(config: &Config) -> std::path::PathBuf {
+    config.daemon.state_dir.join("counters.json")
 }
 
 fn create_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {

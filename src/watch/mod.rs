@@ -10,8 +10,10 @@ pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::path::Path;
 use std::time::SystemTime;
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -226,6 +228,12 @@ impl Watch {
         &self.store
     }
 
+    /// Saves every counter with its window position (`counters.json`, atomically).
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let document = serde_json::to_vec(&self.store).context("cannot serialize the counters")?;
+        crate::files::replace_atomically(path, &document)
+    }
+
     /// Metrics families of the watchers.
     pub fn render(&self, out: &mut String) {
         family(
@@ -312,6 +320,27 @@ fn firing(event: &str, spec: &WatcherSpec, key: &str, count: u64) -> Firing {
         fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         text,
     }
+}
+
+/// The counters saved by the previous graceful stop; none when there is no file. A
+/// file that cannot be read stops the start, naming it: it is never overwritten unread.
+pub fn load_store(path: &Path, max_keys: usize) -> anyhow::Result<MemoryStore> {
+    let document = match std::fs::read(path) {
+        Ok(document) => document,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(MemoryStore::new(max_keys));
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read counters file {}", path.display()));
+        }
+    };
+    let store: MemoryStore = serde_json::from_slice(&document).with_context(|| {
+        format!(
+            "counters file {} is corrupt; remove it to start with empty counters",
+            path.display()
+        )
+    })?;
+    Ok(store.restored(max_keys))
 }
 
 /// Now, in the store's unit.
