@@ -10,7 +10,8 @@
 //! - `action`: the action runner process and the deliveries (email, webhook, command);
 //! - `api`: what a request means and how replies look; `appender`: how events are written;
 //! - `registry`: event types, collectors and watchers, owned by the master;
-//! - `config`, `cli`, `files`, `logging`, `pidfile`, `notify`, `status`: the daemon's plumbing.
+//! - `config`, `cli`, `files`, `logging`, `pidfile`, `privileges`, `notify`, `status`: the
+//!   daemon's plumbing.
 
 pub mod action;
 pub mod api;
@@ -24,6 +25,7 @@ pub mod master;
 pub mod metrics;
 pub mod notify;
 pub mod pidfile;
+pub mod privileges;
 pub mod registry;
 pub mod status;
 pub mod watch;

@@ -95,6 +95,27 @@ pub fn reopen() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Gives the log file to the workers' user, so that they can reopen it after a rotation
+/// (the master, started as root, created it). Nothing to do for stderr and syslog.
+pub fn hand_over(privileges: &crate::config::Privileges) -> anyhow::Result<()> {
+    if privileges.uid.is_none() && privileges.gid.is_none() {
+        return Ok(());
+    }
+    if let Some(State {
+        output: Output::File { path, .. },
+        ..
+    }) = lock().as_ref()
+    {
+        nix::unistd::chown(path.as_path(), privileges.uid, privileges.gid).with_context(|| {
+            format!(
+                "cannot give log file {} to the workers' user",
+                path.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Called in a child right after `fork`: its lines name its own role and pid.
 pub fn set_role(role: &'static str) {
     if let Some(state) = lock().as_mut() {

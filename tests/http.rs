@@ -290,4 +290,12 @@ fn workers_drop_to_the_configured_user_when_started_as_root() {
         "eventsd-worker"
     );
     assert_eq!(daemon.get("/health").unwrap().status, 200);
+
+    // After a rotation, the unprivileged worker can open the file the master created.
+    std::fs::rename(daemon.path("daemon.log"), daemon.path("daemon.log.1")).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    wait_for("the worker to reopen the new log file", 5 * SECOND, || {
+        std::fs::read_to_string(daemon.path("daemon.log"))
+            .is_ok_and(|log| log.contains(&format!("worker[{worker}]: reopened log files")))
+    });
 }

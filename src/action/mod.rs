@@ -110,7 +110,9 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
     }
     nix::sys::prctl::set_name(c"eventsd-action").context("cannot set the process name")?;
     crate::master::unblock_signals().context("cannot restore the signal mask")?;
-    drop_privileges(&setup.config)?;
+    // Like the workers (without their chroot): a `command` action never runs as root
+    // just because the master must.
+    crate::privileges::drop_to(&setup.config.workers.privileges, false)?;
 
     let reports = setup
         .channel
@@ -138,20 +140,6 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
         let _ = thread.join();
     }
     info!("action runner stopped");
-    Ok(())
-}
-
-/// Like workers, the runner takes the workers' identity: a `command` action never runs
-/// as root because the master had to.
-fn drop_privileges(config: &Config) -> anyhow::Result<()> {
-    let privileges = &config.workers.privileges;
-    if let Some(gid) = privileges.gid {
-        nix::unistd::setgroups(&[gid]).with_context(|| format!("cannot set groups to [{gid}]"))?;
-        nix::unistd::setgid(gid).with_context(|| format!("cannot set group id {gid}"))?;
-    }
-    if let Some(uid) = privileges.uid {
-        nix::unistd::setuid(uid).with_context(|| format!("cannot set user id {uid}"))?;
-    }
     Ok(())
 }
 

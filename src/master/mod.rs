@@ -179,6 +179,7 @@ impl Master {
         create_state_dir(&daemon.state_dir)?;
         let pidfile = Pidfile::acquire(&daemon.pidfile)?;
         check_privileges(&config)?;
+        logging::hand_over(&config.workers.privileges)?;
         let registry = load_registry(&config)?;
         let store = crate::watch::load_store(&counters_path(&config), config.watchers.max_keys)?;
         let mut watch = Watch::new(store);
@@ -740,6 +741,7 @@ impl Master {
             &Sink::for_target(&new.daemon.log, self.default_sink.clone()),
             new.daemon.log_level,
         )?;
+        logging::hand_over(&new.workers.privileges)?;
         // Saved last: nothing after it can fail, so a refused reload leaves no trace.
         let mut registry = self.registry.clone();
         let declarations_changed = registry.declare(&new.event);
@@ -761,7 +763,8 @@ impl Master {
     }
 
     fn reopen_logs(&mut self) {
-        match logging::reopen() {
+        let privileges = &self.config.workers.privileges;
+        match logging::reopen().and_then(|()| logging::hand_over(privileges)) {
             Ok(()) => info!("reopened log files"),
             Err(e) => error!("cannot reopen log files: {e:#}"),
         }

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use log::{error, info};
-use nix::unistd::{Gid, Uid};
 
 use crate::api::Api;
 use crate::appender::Appenders;
@@ -97,39 +96,13 @@ fn start(setup: Setup) -> anyhow::Result<()> {
 }
 
 /// Names the process, restores signals, opens what must be opened before a chroot, then
-/// drops privileges (chroot, setgroups, setgid, setuid: in this order, or a step would
-/// lack the right to do the next).
+/// takes the workers' identity.
 fn prepare_process(privileges: &Privileges) -> anyhow::Result<File> {
     nix::sys::prctl::set_name(c"eventsd-worker").context("cannot set the process name")?;
     crate::master::unblock_signals().context("cannot restore the signal mask")?;
     let statm = File::open("/proc/self/statm").context("cannot open /proc/self/statm")?;
-    if let Some(dir) = &privileges.chroot {
-        nix::unistd::chroot(dir).with_context(|| format!("cannot chroot to {}", dir.display()))?;
-        nix::unistd::chdir("/").context("cannot chdir to / in the chroot")?;
-    }
-    if let Some(gid) = privileges.gid {
-        nix::unistd::setgroups(&[gid]).with_context(|| format!("cannot set groups to [{gid}]"))?;
-        nix::unistd::setgid(gid).with_context(|| format!("cannot set group id {gid}"))?;
-    }
-    if let Some(uid) = privileges.uid {
-        nix::unistd::setuid(uid).with_context(|| format!("cannot set user id {uid}"))?;
-    }
-    check_identity(privileges)?;
+    crate::privileges::drop_to(privileges, true)?;
     Ok(statm)
-}
-
-/// Proves the drop took effect: a worker must never keep root by mistake.
-fn check_identity(privileges: &Privileges) -> anyhow::Result<()> {
-    let want_uid = privileges.uid.unwrap_or_else(Uid::current);
-    let want_gid = privileges.gid.unwrap_or_else(Gid::current);
-    if Uid::effective() != want_uid || Gid::effective() != want_gid {
-        anyhow::bail!(
-            "privilege drop failed: running as uid {} gid {}, wanted {want_uid} {want_gid}",
-            Uid::effective(),
-            Gid::effective()
-        );
-    }
-    Ok(())
 }
 
 async fn serve(
