@@ -179,6 +179,15 @@ impl Channel {
         !self.outbound.is_empty()
     }
 
+    /// What the master does when poll reports the channel ready: write what waits if it
+    /// became writable, then read what arrived.
+    pub fn exchange<M: DeserializeOwned>(&mut self, writable: bool) -> io::Result<Received<M>> {
+        if writable {
+            self.flush()?;
+        }
+        self.receive()
+    }
+
     /// Reads everything available and decodes the complete frames.
     pub fn receive<M: DeserializeOwned>(&mut self) -> io::Result<Received<M>> {
         let mut closed = false;

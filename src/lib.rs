@@ -10,12 +10,14 @@
 //! - `action`: the action runner process and the deliveries (email, webhook, command);
 //! - `api`: what a request means and how replies look; `appender`: how events are written;
 //! - `registry`: event types, collectors and watchers, owned by the master;
+//! - `child`: what every forked child does first and last;
 //! - `config`, `cli`, `files`, `logging`, `pidfile`, `privileges`, `notify`, `status`: the
 //!   daemon's plumbing.
 
 pub mod action;
 pub mod api;
 pub mod appender;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod files;

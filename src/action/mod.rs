@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use log::{error, info, warn};
+use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -91,25 +91,11 @@ struct Shared {
 
 /// Runs the action runner until the master says stop (or goes away), then exits.
 pub fn run(setup: Setup) -> ! {
-    logging::set_role("action");
-    let code = match serve(setup) {
-        Ok(()) => 0,
-        Err(e) => {
-            error!("{e:#}");
-            1
-        }
-    };
-    std::process::exit(code)
+    let master_fds = setup.master_fds.clone();
+    crate::child::run("action", c"eventsd-action", &master_fds, || serve(setup))
 }
 
 fn serve(setup: Setup) -> anyhow::Result<()> {
-    for fd in &setup.master_fds {
-        // SAFETY: the master's objects are never used again in this process, which
-        // exits without returning into the master's code.
-        unsafe { libc::close(*fd) };
-    }
-    nix::sys::prctl::set_name(c"eventsd-action").context("cannot set the process name")?;
-    crate::master::unblock_signals().context("cannot restore the signal mask")?;
     // Like the workers (without their chroot): a `command` action never runs as root
     // just because the master must.
     crate::privileges::drop_to(&setup.config.workers.privileges, false)?;

@@ -311,12 +311,7 @@ impl Master {
         let Some(channel) = worker.channel.as_mut() else {
             return;
         };
-        let flushed = if events.contains(PollFlags::POLLOUT) {
-            channel.flush()
-        } else {
-            Ok(())
-        };
-        let received = flushed.and_then(|()| channel.receive::<WorkerMessage>());
+        let received = channel.exchange::<WorkerMessage>(events.contains(PollFlags::POLLOUT));
         let closed = received.as_ref().map_or(true, |r| r.closed);
         if closed {
             debug!("worker {pid} closed its IPC channel");

@@ -123,12 +123,7 @@ impl Master {
         let Some(channel) = runner.channel.as_mut() else {
             return;
         };
-        let flushed = if events.contains(PollFlags::POLLOUT) {
-            channel.flush()
-        } else {
-            Ok(())
-        };
-        let received = flushed.and_then(|()| channel.receive::<Outcome>());
+        let received = channel.exchange::<Outcome>(events.contains(PollFlags::POLLOUT));
         match received {
             Ok(received) => {
                 if received.closed {

@@ -17,13 +17,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context;
-use log::{error, info};
+use log::info;
 
 use crate::api::Api;
 use crate::appender::Appenders;
 use crate::config::{Config, Privileges};
 use crate::ipc::{self, Heartbeat, WorkerMessage};
-use crate::logging;
 use crate::registry::Registry;
 use link::{Link, Shutdown};
 use server::Stats;
@@ -46,32 +45,20 @@ pub struct Setup {
 
 /// Runs the worker until it has drained, then exits the process.
 pub fn run(setup: Setup) -> ! {
-    logging::set_role("worker");
-    let code = match start(setup) {
-        Ok(()) => 0,
-        Err(e) => {
-            error!("{e:#}");
-            1
-        }
-    };
-    std::process::exit(code)
+    let master_fds = setup.master_fds.clone();
+    crate::child::run("worker", c"eventsd-worker", &master_fds, || start(setup))
 }
 
 fn start(setup: Setup) -> anyhow::Result<()> {
     let Setup {
         listener,
         mut channel,
-        master_fds,
         config,
         registry,
+        ..
     } = setup;
-    for fd in master_fds {
-        // SAFETY: these descriptors belong to the master's objects, which this process
-        // never uses again: `run` exits without returning into the master's code.
-        unsafe { libc::close(fd) };
-    }
-    // SAFETY: same reasoning: the master's socket object is never dropped in this
-    // process, so this is the descriptor's only owner here.
+    // SAFETY: the master's socket object is never dropped in this process (see
+    // `child`), so this is the descriptor's only owner here.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(listener) };
     let set_up = prepare_process(&config.workers.privileges);
     let statm = match set_up {
@@ -95,11 +82,8 @@ fn start(setup: Setup) -> anyhow::Result<()> {
     local.block_on(&runtime, serve(listener, channel, config, registry, statm))
 }
 
-/// Names the process, restores signals, opens what must be opened before a chroot, then
-/// takes the workers' identity.
+/// Opens what must be opened before a chroot, then takes the workers' identity.
 fn prepare_process(privileges: &Privileges) -> anyhow::Result<File> {
-    nix::sys::prctl::set_name(c"eventsd-worker").context("cannot set the process name")?;
-    crate::master::unblock_signals().context("cannot restore the signal mask")?;
     let statm = File::open("/proc/self/statm").context("cannot open /proc/self/statm")?;
     crate::privileges::drop_to(privileges, true)?;
     Ok(statm)
