@@ -27,7 +27,7 @@ use crate::appender::Appenders;
 use crate::config::Config;
 use crate::ipc::{Answer, Question, WorkerMessage};
 use crate::metrics::Deltas;
-use crate::registry::{self, Change, Entry, EventType, Origin, Registry, Spec};
+use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry, Spec};
 use crate::watch::{self, Batch};
 use crate::worker::link::Link;
 
@@ -144,6 +144,7 @@ pub struct Api {
     link: Link,
     appenders: Rc<Appenders>,
     deltas: RefCell<Deltas>,
+    ids: EventIds,
     /// Watcher counts not yet shipped to the master.
     batch: RefCell<Batch>,
     batch_started: Notify,
@@ -160,6 +161,7 @@ impl Api {
             link,
             appenders,
             deltas: RefCell::default(),
+            ids: EventIds::new(),
             batch: RefCell::default(),
             batch_started: Notify::new(),
         }
@@ -241,30 +243,27 @@ impl Api {
             Ok(payloads) => payloads,
             Err(message) => return error(StatusCode::BAD_REQUEST, &message),
         };
-        let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let mut ids = Vec::with_capacity(payloads.len());
-        let mut keys = Vec::new();
-        let mut lines = String::new();
-        for mut payload in payloads {
-            keys.extend(watch::keys_of(entry, &payload));
-            let id = Uuid::new_v4();
-            payload.insert("event_uuid".into(), Value::String(id.to_string()));
-            payload.insert("event_type".into(), Value::String(event.to_string()));
-            payload.insert("received_at".into(), Value::String(received_at.clone()));
-            lines.push_str(&Value::Object(payload).to_string());
-            lines.push('\n');
-            ids.push(id);
-        }
-        for collector in &entry.collectors {
-            if let Err(reason) = self.appenders.write(&collector.spec.appender, &lines) {
-                log::error!("collector `{}` of `{event}`: {reason}", collector.spec.name);
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!(
+        let ids: Vec<Uuid> = payloads.iter().map(|_| self.ids.next()).collect();
+        let keys: Vec<(Uuid, String)> = payloads
+            .iter()
+            .flat_map(|p| watch::keys_of(entry, p))
+            .collect();
+        // `null` collectors write nothing: the lines are built only for those that do.
+        if entry
+            .collectors
+            .iter()
+            .any(|c| c.spec.appender != Appender::Null)
+        {
+            let lines = event_lines(event, payloads, &ids);
+            for collector in &entry.collectors {
+                if let Err(reason) = self.appenders.write(&collector.spec.appender, &lines) {
+                    log::error!("collector `{}` of `{event}`: {reason}", collector.spec.name);
+                    let message = format!(
                         "Collector `{}` could not write the event: {reason}",
                         collector.spec.name
-                    ),
-                );
+                    );
+                    return error(StatusCode::SERVICE_UNAVAILABLE, &message);
+                }
             }
         }
         // Counted only once acknowledged: the reply goes out right after.
@@ -277,7 +276,7 @@ impl Api {
                 &json!({"collected": ids.len(), "_ids": ids}),
             )
         } else {
-            json(StatusCode::OK, &json!({"_id": ids[0]}))
+            json(StatusCode::OK, &Created { _id: ids[0] })
         }
     }
 
@@ -474,6 +473,72 @@ fn master_unavailable() -> Response<Body> {
         StatusCode::SERVICE_UNAVAILABLE,
         "The master did not answer in time; eventsd may be shutting down",
     )
+}
+
+/// `{"_id": UUID}`, the reply to a creation or a collected event.
+#[derive(Serialize)]
+struct Created {
+    _id: Uuid,
+}
+
+/// One JSON line per event: the posted object plus `event_uuid`, `event_type` and
+/// `received_at`.
+fn event_lines(event: &str, payloads: Vec<Map<String, Value>>, ids: &[Uuid]) -> String {
+    let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let mut lines = String::new();
+    for (mut payload, id) in payloads.into_iter().zip(ids) {
+        payload.insert("event_uuid".into(), Value::String(id.to_string()));
+        payload.insert("event_type".into(), Value::String(event.to_string()));
+        payload.insert("received_at".into(), Value::String(received_at.clone()));
+        lines.push_str(&Value::Object(payload).to_string());
+        lines.push('\n');
+    }
+    lines
+}
+
+/// UUIDs v4 from a pool of OS randomness: one `getrandom` call per 256 events rather
+/// than one per event. Built after the fork, so no two workers share a pool.
+struct EventIds {
+    pool: RefCell<([u8; 4096], usize)>,
+}
+
+impl EventIds {
+    fn new() -> EventIds {
+        EventIds {
+            pool: RefCell::new(([0; 4096], 4096)),
+        }
+    }
+
+    fn next(&self) -> Uuid {
+        let mut pool = self.pool.borrow_mut();
+        let (bytes, used) = &mut *pool;
+        if *used + 16 > bytes.len() {
+            if !fill_random(bytes) {
+                return Uuid::new_v4();
+            }
+            *used = 0;
+        }
+        let mut random = [0u8; 16];
+        random.copy_from_slice(&bytes[*used..*used + 16]);
+        *used += 16;
+        uuid::Builder::from_random_bytes(random).into_uuid()
+    }
+}
+
+/// Fills `buffer` from the kernel's CSPRNG; false if it cannot (the caller falls back).
+fn fill_random(buffer: &mut [u8]) -> bool {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let rest = &mut buffer[filled..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match n {
+            n if n > 0 => filled += n as usize,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// `[{"_id","name"}, ...]`
