@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::appender::Appenders;
 use crate::config::Config;
+use crate::event::Event;
 use crate::ipc::{Answer, Question, WorkerMessage};
 use crate::metrics::Deltas;
 use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry, Spec};
@@ -235,18 +236,19 @@ impl Api {
         let Some(entry) = registry.event(event) else {
             return refusal(registry::not_registered(event));
         };
-        let payloads = match if bulk {
+        let parsed = if bulk {
             parse_lines(body)
         } else {
-            parse_object(body).map(|p| vec![p])
-        } {
-            Ok(payloads) => payloads,
+            Event::parse(body).map(|e| vec![e])
+        };
+        let events = match parsed {
+            Ok(events) => events,
             Err(message) => return error(StatusCode::BAD_REQUEST, &message),
         };
-        let ids: Vec<Uuid> = payloads.iter().map(|_| self.ids.next()).collect();
-        let keys: Vec<(Uuid, String)> = payloads
+        let ids: Vec<Uuid> = events.iter().map(|_| self.ids.next()).collect();
+        let keys: Vec<(Uuid, String)> = events
             .iter()
-            .flat_map(|p| watch::keys_of(entry, p))
+            .flat_map(|e| watch::keys_of(entry, e))
             .collect();
         // `null` collectors write nothing: the lines are built only for those that do.
         if entry
@@ -254,7 +256,12 @@ impl Api {
             .iter()
             .any(|c| c.spec.appender != Appender::Null)
         {
-            let lines = event_lines(event, payloads, &ids);
+            let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+            let lines: String = events
+                .iter()
+                .zip(&ids)
+                .map(|(e, id)| e.line(id, event, &received_at))
+                .collect();
             for collector in &entry.collectors {
                 if let Err(reason) = self.appenders.write(&collector.spec.appender, &lines) {
                     log::error!("collector `{}` of `{event}`: {reason}", collector.spec.name);
@@ -481,21 +488,6 @@ struct Created {
     _id: Uuid,
 }
 
-/// One JSON line per event: the posted object plus `event_uuid`, `event_type` and
-/// `received_at`.
-fn event_lines(event: &str, payloads: Vec<Map<String, Value>>, ids: &[Uuid]) -> String {
-    let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let mut lines = String::new();
-    for (mut payload, id) in payloads.into_iter().zip(ids) {
-        payload.insert("event_uuid".into(), Value::String(id.to_string()));
-        payload.insert("event_type".into(), Value::String(event.to_string()));
-        payload.insert("received_at".into(), Value::String(received_at.clone()));
-        lines.push_str(&Value::Object(payload).to_string());
-        lines.push('\n');
-    }
-    lines
-}
-
 /// UUIDs v4 from a pool of OS randomness: one `getrandom` call per 256 events rather
 /// than one per event. Built after the fork, so no two workers share a pool.
 struct EventIds {
@@ -605,28 +597,20 @@ fn with_id(id: Uuid, value: &impl Serialize) -> Value {
     Value::Object(object)
 }
 
-fn parse_object(body: &[u8]) -> Result<Map<String, Value>, String> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(payload)) => Ok(payload),
-        Ok(_) => Err("Only JSON object payload is accepted".to_string()),
-        Err(e) => Err(format!("Only JSON object payload is accepted: {e}")),
-    }
-}
-
 /// NDJSON: one object a line; blank lines are skipped; any bad line rejects the batch.
-fn parse_lines(body: &[u8]) -> Result<Vec<Map<String, Value>>, String> {
-    let mut payloads = Vec::new();
+fn parse_lines(body: &[u8]) -> Result<Vec<Event<'_>>, String> {
+    let mut events = Vec::new();
     for (index, line) in body.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let payload = parse_object(line).map_err(|e| format!("Line {}: {e}", index + 1))?;
-        payloads.push(payload);
+        let event = Event::parse(line).map_err(|e| format!("Line {}: {e}", index + 1))?;
+        events.push(event);
     }
-    if payloads.is_empty() {
+    if events.is_empty() {
         return Err("The body holds no event (NDJSON: one JSON object a line)".to_string());
     }
-    Ok(payloads)
+    Ok(events)
 }
 
 /// Compares without an early exit, so the time taken does not tell how much matched.

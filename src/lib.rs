@@ -8,7 +8,8 @@
 //! - `ipc`: the frames and messages between them;
 //! - `watch`: aggregation keys, counters and firing decisions;
 //! - `action`: the action runner process and the deliveries (email, webhook, command);
-//! - `api`: what a request means and how replies look; `appender`: how events are written;
+//! - `api`: what a request means and how replies look; `event`: a posted event on the hot
+//!   path; `appender`: how events are written;
 //! - `registry`: event types, collectors and watchers, owned by the master;
 //! - `child`: what every forked child does first and last;
 //! - `config`, `cli`, `files`, `logging`, `pidfile`, `privileges`, `notify`, `status`: the
@@ -20,6 +21,7 @@ pub mod appender;
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod event;
 pub mod files;
 pub mod ipc;
 pub mod logging;

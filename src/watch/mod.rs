@@ -15,9 +15,10 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
+use crate::event::Fields;
 use crate::metrics::family;
 use crate::registry::{Action, Aggregator, EventType, Registry, WatcherSpec};
 use store::{CounterStore, MemoryStore, Second};
@@ -77,7 +78,7 @@ impl Batch {
 }
 
 /// The (watcher, key) pairs one event of `entry`'s type counts for.
-pub fn keys_of(entry: &EventType, payload: &Map<String, Value>) -> Vec<(Uuid, String)> {
+pub fn keys_of(entry: &EventType, payload: &impl Fields) -> Vec<(Uuid, String)> {
     entry
         .watchers
         .iter()
@@ -87,23 +88,17 @@ pub fn keys_of(entry: &EventType, payload: &Map<String, Value>) -> Vec<(Uuid, St
 
 /// The aggregation key of `payload`: empty for `single`; for `fields`, the JSON array of
 /// the fields' values (dot paths reach into objects; a missing field is `null`).
-pub fn aggregation_key(aggregator: &Aggregator, payload: &Map<String, Value>) -> String {
+pub fn aggregation_key(aggregator: &Aggregator, payload: &impl Fields) -> String {
     match aggregator {
         Aggregator::Single => String::new(),
         Aggregator::Fields { fields } => {
             let values: Vec<Value> = fields
                 .iter()
-                .map(|path| lookup(payload, path).map_or(Value::Null, bounded))
+                .map(|path| payload.get(path).as_ref().map_or(Value::Null, bounded))
                 .collect();
             Value::Array(values).to_string()
         }
     }
-}
-
-fn lookup<'a>(payload: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
-    let mut parts = path.split('.');
-    let first = payload.get(parts.next()?)?;
-    parts.try_fold(first, |value, part| value.get(part))
 }
 
 fn bounded(value: &Value) -> Value {

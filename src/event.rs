@@ -1,0 +1,219 @@
+//! A posted event on the hot path: checked to be a JSON object and read without building
+//! a tree. Its fields are borrowed from the body, and a field is parsed only when a
+//! watcher asks for it. Its line for file collectors is the posted text plus three fields.
+//!
+//! Owns the rules of what a valid event is and what its line holds. It does no I/O.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// The fields eventsd adds to every written event.
+const ADDED: [&str; 3] = ["event_uuid", "event_type", "received_at"];
+
+/// What a watcher reads of an event.
+pub trait Fields {
+    /// The value at `path` (dot paths reach into objects); `None` when missing.
+    fn get(&self, path: &str) -> Option<Value>;
+}
+
+/// A posted JSON object, borrowed from the request body.
+#[derive(Debug)]
+pub struct Event<'a> {
+    /// The object's text, on one line.
+    text: &'a str,
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> Event<'a> {
+    /// Parses `body`, which must be one JSON object.
+    pub fn parse(body: &'a [u8]) -> Result<Event<'a>, String> {
+        let text = std::str::from_utf8(body).map_err(|_| {
+            "Only JSON object payload is accepted: the body is not UTF-8".to_string()
+        })?;
+        let fields: Borrowed<'a> = serde_json::from_str(text).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                format!("Only JSON object payload is accepted: {e}")
+            } else {
+                "Only JSON object payload is accepted".to_string()
+            }
+        })?;
+        Ok(Event {
+            text: text.trim(),
+            fields: fields.0,
+        })
+    }
+
+    /// The line a file collector writes: the object plus `event_uuid`, `event_type` and
+    /// `received_at`, ending in `\n`.
+    pub fn line(&self, id: &Uuid, event: &str, received_at: &str) -> String {
+        let added = [id.to_string(), event.to_string(), received_at.to_string()];
+        if self
+            .fields
+            .iter()
+            .any(|(key, _)| ADDED.contains(&key.as_ref()))
+        {
+            // The client sent one of our fields: ours replace it, as in a JSON object.
+            return self.rebuilt_line(added);
+        }
+        // Outside strings, a line break in JSON is only white space: a blank does the same.
+        let body = self.text.strip_suffix('}').unwrap_or(self.text).trim_end();
+        let mut line = String::with_capacity(self.text.len() + 128);
+        line.extend(
+            body.chars()
+                .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+        );
+        for (index, (name, value)) in ADDED.iter().zip(&added).enumerate() {
+            if index > 0 || !self.fields.is_empty() {
+                line.push(',');
+            }
+            line.push_str(&format!("\"{name}\":{}", Value::from(value.as_str())));
+        }
+        line.push_str("}\n");
+        line
+    }
+
+    fn rebuilt_line(&self, added: [String; 3]) -> String {
+        let mut object: Map<String, Value> = serde_json::from_str(self.text).unwrap_or_default();
+        for (name, value) in ADDED.iter().zip(added) {
+            object.insert((*name).to_string(), Value::String(value));
+        }
+        let mut line = Value::Object(object).to_string();
+        line.push('\n');
+        line
+    }
+}
+
+impl Fields for Event<'_> {
+    fn get(&self, path: &str) -> Option<Value> {
+        let mut parts = path.split('.');
+        let first = parts.next()?;
+        // The last occurrence wins, as when a JSON object is read into a map.
+        let (_, raw) = self.fields.iter().rev().find(|(key, _)| key == first)?;
+        let value: Value = serde_json::from_str(raw.get()).ok()?;
+        parts.try_fold(value, |value, part| match value {
+            Value::Object(mut object) => object.remove(part),
+            _ => None,
+        })
+    }
+}
+
+impl Fields for Map<String, Value> {
+    fn get(&self, path: &str) -> Option<Value> {
+        let mut parts = path.split('.');
+        let first = Map::get(self, parts.next()?)?;
+        parts
+            .try_fold(first, |value, part| value.get(part))
+            .cloned()
+    }
+}
+
+/// The fields of an object, keys borrowed unless they hold escapes.
+struct Borrowed<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Borrowed<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Borrowed<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Borrowed<'de>, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    fields.push((key, map.next_value()?));
+                }
+                Ok(Borrowed(fields))
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
+}
+
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> Visitor<'de> for Text {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_string())))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_of(body: &str) -> Value {
+        let event = Event::parse(body.as_bytes()).unwrap();
+        let line = event.line(&Uuid::nil(), "logins", "2026-11-23T00:00:00.000Z");
+        assert!(
+            line.ends_with('\n') && line.matches('\n').count() == 1,
+            "{line:?}"
+        );
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn only_objects_are_events() {
+        for bad in [
+            "[1]", "\"text\"", "12", "null", "", "{", "{\"a\":}", "{} {}",
+        ] {
+            let message = Event::parse(bad.as_bytes())
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(
+                message.starts_with("Only JSON object payload is accepted"),
+                "{message}"
+            );
+        }
+        assert!(Event::parse(b"{\xff}").unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn the_line_is_the_object_plus_three_fields_on_one_line() {
+        let line = line_of("{\n  \"ip\": \"10.0.0.1\",\n  \"n\": {\"a\": [1, 2]}\n}\n");
+        assert_eq!(
+            line,
+            serde_json::json!({"ip": "10.0.0.1", "n": {"a": [1, 2]}, "event_uuid": Uuid::nil(),
+                               "event_type": "logins", "received_at": "2026-11-23T00:00:00.000Z"})
+        );
+        assert_eq!(line_of("{}")["event_type"], "logins");
+        assert_eq!(line_of("{ }")["event_type"], "logins");
+    }
+
+    #[test]
+    fn our_fields_replace_the_clients() {
+        let line = line_of(r#"{"event_type": "forged", "x": 1}"#);
+        assert_eq!(line["event_type"], "logins");
+        assert_eq!(line["x"], 1);
+    }
+
+    #[test]
+    fn watchers_read_fields_by_dot_path_and_the_last_duplicate() {
+        let event =
+            Event::parse(br#"{"ip": "a", "user": {"id": 7}, "ip": "b", "esc\u0061ped": 1}"#)
+                .unwrap();
+        assert_eq!(event.get("ip"), Some(Value::from("b")));
+        assert_eq!(event.get("user.id"), Some(Value::from(7)));
+        assert_eq!(event.get("escaped"), Some(Value::from(1)));
+        assert_eq!(event.get("user.name"), None);
+        assert_eq!(event.get("missing"), None);
+    }
+}
