@@ -299,3 +299,27 @@ fn workers_drop_to_the_configured_user_when_started_as_root() {
             .is_ok_and(|log| log.contains(&format!("worker[{worker}]: reopened log files")))
     });
 }
+
+#[test]
+fn a_worker_out_of_descriptors_for_good_is_replaced_and_the_daemon_keeps_serving() {
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
+    let exhausted = daemon.serving_workers()[0];
+    let open = std::fs::read_dir(format!("/proc/{exhausted}/fd"))
+        .unwrap()
+        .count() as u64;
+    set_fd_limit(exhausted, open);
+    let _clients: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(daemon.address()).unwrap())
+        .collect();
+    wait_for("a replacement worker", 15 * SECOND, || {
+        daemon.serving_workers().iter().any(|pid| *pid != exhausted)
+    });
+    assert!(
+        daemon.log().contains("accept has failed for 5s"),
+        "{}",
+        daemon.log()
+    );
+    let response = daemon.get("/health").unwrap();
+    assert_eq!(response.status, 200);
+    assert_ne!(response.json()["worker"], exhausted.as_raw());
+}

@@ -27,6 +27,8 @@ use crate::ipc::{Heartbeat, WorkerMessage};
 
 /// How long the accept loop pauses after an accept error (EMFILE...) before retrying.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// A worker whose accepts have failed this long retires, and the master replaces it.
+const ACCEPT_FAILURE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Accepts and serves connections until `shutdown`, then waits for every connection to
 /// finish its in-flight request.
@@ -45,6 +47,7 @@ pub async fn accept_until_shutdown(
     let connections = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
     let max_requests = config.workers.max_requests;
+    let mut failing_since: Option<Instant> = None;
     loop {
         // At the cap, stop accepting: new clients wait in the shared backlog, where
         // another worker may take them.
@@ -60,8 +63,22 @@ pub async fn accept_until_shutdown(
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                failing_since = None;
+                accepted
+            }
             Err(e) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= ACCEPT_FAILURE_LIMIT {
+                    // Descriptors leaked or exhausted for good: a fresh worker serves better.
+                    let reason = format!(
+                        "accept has failed for {}s ({e})",
+                        ACCEPT_FAILURE_LIMIT.as_secs()
+                    );
+                    link.send(WorkerMessage::Retiring { reason });
+                    shutdown.trigger("accept keeps failing");
+                    break;
+                }
                 warn!(
                     "accept failed: {e}; retrying in {}ms",
                     ACCEPT_ERROR_PAUSE.as_millis()
