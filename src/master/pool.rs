@@ -13,8 +13,10 @@ use nix::unistd::Pid;
 use crate::ipc::{Channel, Heartbeat};
 use crate::status::{WorkerState, WorkerStatus};
 
-/// A worker that exits sooner than this after its fork counts as a crash-loop exit.
-pub const QUICK_EXIT: Duration = Duration::from_secs(5);
+/// A worker that exits sooner than this after its fork counts as a crash-loop exit. A
+/// crash loop dies within milliseconds of the fork (bad chroot, full disk); a worker
+/// that served for a second and was killed is simply replaced at once.
+pub const QUICK_EXIT: Duration = Duration::from_secs(1);
 /// The longest wait between two respawns in a crash loop.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -325,7 +327,7 @@ mod tests {
         let start = Instant::now();
         backoff.record_exit(Duration::ZERO, "exit code 1".into(), start);
         let spawned = start + Duration::from_millis(1);
-        assert!(!backoff.settle([spawned].into_iter(), spawned + Duration::from_secs(1)));
+        assert!(!backoff.settle([spawned].into_iter(), spawned + QUICK_EXIT / 2));
         assert!(backoff.settle([spawned].into_iter(), spawned + QUICK_EXIT));
         assert!(!backoff.in_crash_loop());
     }
