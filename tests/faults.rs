@@ -254,3 +254,70 @@ fn malformed_request_lines_and_headers_are_refused_and_the_worker_lives_on() {
     );
     assert_eq!(daemon.get("/health").unwrap().status, 200);
 }
+
+#[test]
+fn sigterm_under_load_cuts_no_reply_and_saves_every_acknowledged_count() {
+    let mut daemon = Daemon::run("[workers]\nmin = 2\nmax = 2\n");
+    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+    let watcher = r#"{"name": "all", "threshold": 1000000000, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#;
+    assert_eq!(daemon.post("/event/logins/watcher/", watcher).status, 201);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new((0u64, Vec::new())));
+    let address = daemon.address();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, outcomes) = (stop.clone(), outcomes.clone());
+            std::thread::spawn(move || {
+                let raw = "POST /event/logins/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}";
+                while !stop.load(Ordering::Relaxed) {
+                    // Refused or reset before any byte: never served, allowed once the
+                    // stop began. A reply cut midway is not.
+                    let Ok(mut stream) = TcpStream::connect(address) else { continue };
+                    let mut reply = Vec::new();
+                    if stream.write_all(raw.as_bytes()).is_err() || stream.read_to_end(&mut reply).is_err() && reply.is_empty() {
+                        continue;
+                    }
+                    if reply.is_empty() {
+                        continue;
+                    }
+                    let mut outcomes = outcomes.lock().unwrap();
+                    match common::parse_response(&reply) {
+                        Ok(response) if response.status == 200 && response.body.contains("_id") => outcomes.0 += 1,
+                        _ => outcomes.1.push(String::from_utf8_lossy(&reply).into_owned()),
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for("load to flow", 10 * SECOND, || {
+        outcomes.lock().unwrap().0 > 500
+    });
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait_exit(15 * SECOND).success());
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let (acknowledged, cut) = outcomes.lock().unwrap().clone();
+    assert!(cut.is_empty(), "replies cut or refused midway: {cut:?}");
+
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(daemon.path("state/counters.json")).unwrap())
+            .unwrap();
+    let counted: u64 = saved["watchers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|w| w["keys"].as_object().unwrap().values())
+        .flat_map(|k| k["buckets"].as_array().unwrap())
+        .map(|bucket| bucket[1].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "{acknowledged} acknowledged before and during the stop, {counted} counted and saved"
+    );
+    assert_eq!(
+        counted, acknowledged,
+        "the saved counters miss acknowledged events"
+    );
+}
