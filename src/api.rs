@@ -254,7 +254,7 @@ impl Api {
         if entry
             .collectors
             .iter()
-            .any(|c| c.spec.appender != Appender::Null)
+            .any(|c| c.spec.appender != Appender::Null {})
         {
             let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
             let lines: String = events

@@ -29,7 +29,7 @@ impl Appenders {
     /// the error says what failed, for the 503 the client gets.
     pub fn write(&self, appender: &Appender, lines: &str) -> Result<(), String> {
         match appender {
-            Appender::Null => Ok(()),
+            Appender::Null {} => Ok(()),
             Appender::File { path } => self.write_file(path, lines),
             Appender::Syslog { ident } => self.write_syslog(ident, lines),
         }

@@ -422,13 +422,17 @@ fn a_failing_appender_gives_503_and_no_acknowledgement() {
     let daemon = Daemon::run("");
     register(&daemon, "logins");
     register(&daemon, "orders");
-    let unwritable = daemon.path("no-such-folder/events.jsonl");
+    // The folder exists at registration and disappears later: the target broke.
+    let folder = daemon.path("appender");
+    std::fs::create_dir(&folder).unwrap();
+    let unwritable = folder.join("events.jsonl");
     assert_eq!(
         daemon
             .post("/event/logins/collector/", &file_collector(&unwritable))
             .status,
         201
     );
+    std::fs::remove_dir(&folder).unwrap();
 
     let refused = daemon.post("/event/logins/", "{\"user\": 1}");
     assert_error(&refused, 503, "could not write");
@@ -441,6 +445,26 @@ fn a_failing_appender_gives_503_and_no_acknowledgement() {
     );
     let bulk = daemon.post("/event/logins/_bulk", "{}\n{}\n");
     assert_eq!(bulk.status, 503);
+}
+
+#[test]
+fn a_file_appender_that_could_never_write_is_refused_at_registration() {
+    let daemon = Daemon::run("");
+    register(&daemon, "logins");
+    for path in [
+        std::path::PathBuf::from("/"),
+        daemon.path("no-such-folder/events.jsonl"),
+    ] {
+        assert_error(
+            &daemon.post("/event/logins/collector/", &file_collector(&path)),
+            400,
+            "existing folder",
+        );
+    }
+    assert_eq!(
+        daemon.get("/event/logins/collector/").unwrap().json(),
+        json!([])
+    );
 }
 
 #[test]

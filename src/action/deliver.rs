@@ -45,7 +45,7 @@ impl Context {
 
 pub fn deliver(job: &Job, context: &Context) -> Result<(), Failure> {
     match &job.action {
-        Action::Null => Ok(()),
+        Action::Null {} => Ok(()),
         Action::Email { to, subject } => email(&job.firing, to, subject, &context.smtp),
         Action::Webhook { url, headers } => webhook(&job.firing, url, headers, &context.http),
         Action::Command { argv, timeout_secs } => {
@@ -58,7 +58,7 @@ pub fn deliver(job: &Job, context: &Context) -> Result<(), Failure> {
 /// The action's kind, for logs and metrics.
 pub fn kind(action: &Action) -> &'static str {
     match action {
-        Action::Null => "null",
+        Action::Null {} => "null",
         Action::Email { .. } => "email",
         Action::Webhook { .. } => "webhook",
         Action::Command { .. } => "command",

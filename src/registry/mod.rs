@@ -165,6 +165,9 @@ impl Registry {
             }
             Change::CreateCollector { event, body } => {
                 let spec: CollectorSpec = from_json(body).map_err(bad_request)?;
+                if let Appender::File { path } = &spec.appender {
+                    check_file_target(path)?;
+                }
                 if matches!(spec.appender, Appender::File { .. }) && !token_set && !origin.loopback
                 {
                     return Err(Refusal::new(
@@ -326,6 +329,19 @@ fn remove<S: Spec>(entries: &mut Vec<Entry<S>>, event: &str, name: &str) -> Resu
         return Err(declared_in_config(subject));
     }
     entries.remove(index);
+    Ok(())
+}
+
+/// A file appender must name a file in an existing folder: a registration that could
+/// never write is refused now, not discovered as a 503 on every event.
+fn check_file_target(path: &Path) -> Result<(), Refusal> {
+    let folder_exists = path.parent().is_some_and(Path::is_dir);
+    if path.is_dir() || !folder_exists {
+        return Err(bad_request(format!(
+            "Invalid `appender`: `path`: `{}` is not a file in an existing folder",
+            path.display()
+        )));
+    }
     Ok(())
 }
 

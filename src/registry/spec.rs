@@ -72,9 +72,11 @@ pub struct CollectorSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Variants without fields are written `Null {}`: serde's deny_unknown_fields ignores
+// unit variants of a tagged enum, and a typo must not pass unnoticed.
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Appender {
-    Null,
+    Null {},
     Syslog {
         ident: String,
     },
@@ -105,7 +107,7 @@ pub struct WatcherSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Aggregator {
-    Single,
+    Single {},
     Fields {
         #[serde(deserialize_with = "field_paths")]
         fields: Vec<String>,
@@ -115,7 +117,7 @@ pub enum Aggregator {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Action {
-    Null,
+    Null {},
     Email {
         #[serde(deserialize_with = "recipients")]
         to: Vec<String>,
@@ -133,7 +135,7 @@ pub enum Action {
         #[serde(
             default,
             skip_serializing_if = "Option::is_none",
-            deserialize_with = "optional_at_least_one"
+            deserialize_with = "command_timeout"
         )]
         timeout_secs: Option<u64>,
     },
@@ -180,6 +182,17 @@ fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 fn optional_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     at_least_one(d).map(Some)
+}
+
+/// At most a day: a command that needs longer is not an alert action.
+fn command_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let secs = at_least_one(d)?;
+    if secs > 86_400 {
+        return Err(D::Error::custom(
+            "`timeout_secs` must be at most 86400 (a day)",
+        ));
+    }
+    Ok(Some(secs))
 }
 
 fn absolute_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
@@ -266,12 +279,12 @@ fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 
 fn command_line<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let argv = Vec::<String>::deserialize(d).map_err(|e| named("argv", e))?;
-    match argv.first() {
-        Some(program) if !program.is_empty() => Ok(argv),
-        _ => Err(D::Error::custom(
-            "`argv` must start with the program to run",
-        )),
+    if argv.is_empty() || argv.iter().any(String::is_empty) {
+        return Err(D::Error::custom(
+            "`argv` must be the program to run and its arguments, none empty",
+        ));
     }
+    Ok(argv)
 }
 
 /// Names the field in an error raised inside an internally tagged enum, where serde
@@ -426,6 +439,9 @@ mod tests {
             message.contains("appender") && message.contains("absolute"),
             "{message}"
         );
+        let extra =
+            from_json::<CollectorSpec>(br#"{"name": "c1", "appender": {"type": "null", "x": 1}}"#);
+        assert!(extra.unwrap_err().contains("unknown field `x`"));
         let unknown =
             from_json::<CollectorSpec>(br#"{"name": "c1", "appender": {"type": "kafka"}}"#);
         assert!(unknown.unwrap_err().starts_with("Invalid `appender"));

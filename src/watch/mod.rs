@@ -90,7 +90,7 @@ pub fn keys_of(entry: &EventType, payload: &impl Fields) -> Vec<(Uuid, String)> 
 /// the fields' values (dot paths reach into objects; a missing field is `null`).
 pub fn aggregation_key(aggregator: &Aggregator, payload: &impl Fields) -> String {
     match aggregator {
-        Aggregator::Single => String::new(),
+        Aggregator::Single {} => String::new(),
         Aggregator::Fields { fields } => {
             let values: Vec<Value> = fields
                 .iter()
@@ -205,7 +205,7 @@ impl Watch {
             let cooling = spec
                 .cooldown_secs
                 .zip(self.store.last_fired(id, &key))
-                .is_some_and(|(cooldown, fired)| now < fired + cooldown);
+                .is_some_and(|(cooldown, fired)| now < fired.saturating_add(cooldown));
             if cooling {
                 continue;
             }
@@ -290,7 +290,7 @@ impl Watch {
 
 fn firing(event: &str, spec: &WatcherSpec, key: &str, count: u64) -> Firing {
     let key = match &spec.aggregator {
-        Aggregator::Single => Value::Null,
+        Aggregator::Single {} => Value::Null,
         Aggregator::Fields { fields } => {
             let values: Vec<Value> = serde_json::from_str(key).unwrap_or_default();
             Value::Object(fields.iter().cloned().zip(values).collect())

@@ -114,7 +114,7 @@ impl CounterStore for MemoryStore {
             Some(window) => {
                 while buckets
                     .front()
-                    .is_some_and(|&(second, _)| second + window <= now)
+                    .is_some_and(|&(second, _)| second.saturating_add(window) <= now)
                 {
                     buckets.pop_front();
                 }
