@@ -55,6 +55,11 @@ pub const ROUTES: [(&str, &str); 9] = [
     ("/event/{type}/watcher/{name}", "GET, DELETE"),
 ];
 
+/// The route template that serves `path`, if any (a trailing slash is optional).
+pub fn route_template(path: &str) -> Option<&'static str> {
+    Route::parse(path).map(Route::template)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Route<'a> {
     Health,

@@ -77,13 +77,27 @@ impl<'a> Event<'a> {
         line
     }
 
+    /// The line from the borrowed fields, leaving out the client's copies of ours. Values
+    /// are copied as posted, never re-parsed: a number too large for a float stays whole.
     fn rebuilt_line(&self, added: [String; 3]) -> String {
-        let mut object: Map<String, Value> = serde_json::from_str(self.text).unwrap_or_default();
-        for (name, value) in ADDED.iter().zip(added) {
-            object.insert((*name).to_string(), Value::String(value));
+        let mut line = String::from("{");
+        for (key, raw) in self
+            .fields
+            .iter()
+            .filter(|(key, _)| !ADDED.contains(&key.as_ref()))
+        {
+            line.push_str(&Value::from(key.as_ref()).to_string());
+            line.push(':');
+            line.push_str(raw.get());
+            line.push(',');
         }
-        let mut line = Value::Object(object).to_string();
-        line.push('\n');
+        let ours: Vec<String> = ADDED
+            .iter()
+            .zip(&added)
+            .map(|(name, value)| format!("\"{name}\":{}", Value::from(value.as_str())))
+            .collect();
+        line.push_str(&ours.join(","));
+        line.push_str("}\n");
         line
     }
 }
@@ -196,6 +210,17 @@ mod tests {
         );
         assert_eq!(line_of("{}")["event_type"], "logins");
         assert_eq!(line_of("{ }")["event_type"], "logins");
+    }
+
+    #[test]
+    fn numbers_beyond_a_float_are_kept_whole_even_when_the_line_is_rebuilt() {
+        let body = r#"{"event_type": "forged", "big": 2e99999, "ip": "a"}"#;
+        let event = Event::parse(body.as_bytes()).unwrap();
+        let line = event.line(&Uuid::nil(), "logins", "now");
+        assert!(line.contains("\"big\":2e99999"), "{line}");
+        let again = Event::parse(line.trim_end().as_bytes()).unwrap();
+        assert_eq!(again.get("event_type"), Some(Value::from("logins")));
+        assert_eq!(again.get("ip"), Some(Value::from("a")));
     }
 
     #[test]

@@ -45,6 +45,28 @@ fn the_document_lists_exactly_the_routes_the_daemon_serves() {
 }
 
 #[test]
+fn every_template_routes_to_itself_with_or_without_its_trailing_slash() {
+    for (template, _) in eventsd::api::ROUTES {
+        let path = template
+            .replace("{type}", "logins")
+            .replace("{name}", "audit");
+        assert_eq!(
+            eventsd::api::route_template(&path),
+            Some(template),
+            "{path}"
+        );
+        let other = path
+            .strip_suffix('/')
+            .map_or_else(|| format!("{path}/"), str::to_string);
+        assert_eq!(
+            eventsd::api::route_template(&other),
+            Some(template),
+            "{other}"
+        );
+    }
+}
+
+#[test]
 fn the_live_daemon_answers_every_operation_with_a_documented_status() {
     let daemon = Daemon::run("");
     daemon.post("/event/", r#"{"type": "probe"}"#);

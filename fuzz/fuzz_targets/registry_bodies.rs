@@ -1,0 +1,27 @@
+//! Every JSON body the registry accepts, through the master's own entry point: a
+//! refused change changes nothing, an accepted one round-trips through registry.json.
+#![no_main]
+
+use eventsd::registry::{Change, Origin, Registry};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|body: &[u8]| {
+    let origin = Origin { loopback: true };
+    let mut registry = Registry::default();
+    registry
+        .apply(&Change::CreateEvent { body: br#"{"type": "logins"}"#.to_vec() }, origin, true)
+        .expect("a valid event type");
+    for change in [
+        Change::CreateEvent { body: body.to_vec() },
+        Change::CreateCollector { event: "logins".into(), body: body.to_vec() },
+        Change::CreateWatcher { event: "logins".into(), body: body.to_vec() },
+    ] {
+        let before = registry.clone();
+        if registry.apply(&change, origin, true).is_err() {
+            assert_eq!(registry, before, "a refused change changed the registry");
+        }
+    }
+    let saved = serde_json::to_vec(&registry).expect("serializable");
+    let loaded: Registry = serde_json::from_slice(&saved).expect("loads back");
+    assert_eq!(loaded, registry);
+});
