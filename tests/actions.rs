@@ -12,12 +12,6 @@ use serde_json::{Value, json};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn metric(daemon: &Daemon, series: &str) -> Option<u64> {
-    let text = daemon.get("/metrics").unwrap().body;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn register(daemon: &Daemon, event: &str, watcher: Value) {
     assert_eq!(
         daemon
@@ -84,10 +78,8 @@ fn a_webhook_receives_the_firing_document() {
         "Event `logins` repeated 3 times in 60 s for ip=\"10.0.0.9\""
     );
     wait_for("the outcome to be counted", 5 * SECOND, || {
-        metric(
-            &daemon,
-            "eventsd_action_outcomes_total{action=\"webhook\",result=\"delivered\"}",
-        ) == Some(1)
+        daemon.metric("eventsd_action_outcomes_total{action=\"webhook\",result=\"delivered\"}")
+            == Some(1)
     });
 }
 
@@ -194,18 +186,16 @@ fn dead_and_slow_webhooks_do_not_slow_ingestion() {
     assert!(daemon.status().is_some(), "the master does not answer");
     assert!(status.elapsed() < 2 * SECOND, "the master answered late");
     assert!(
-        metric(&daemon, "eventsd_actions_dropped_total").unwrap_or(0) > 0,
+        daemon.metric("eventsd_actions_dropped_total").unwrap_or(0) > 0,
         "the full queue did not drop"
     );
     wait_for(
         "the dead target to fail after its retries",
         20 * SECOND,
         || {
-            metric(
-                &daemon,
-                "eventsd_action_outcomes_total{action=\"webhook\",result=\"failed\"}",
-            )
-            .unwrap_or(0)
+            daemon
+                .metric("eventsd_action_outcomes_total{action=\"webhook\",result=\"failed\"}")
+                .unwrap_or(0)
                 > 0
         },
     );

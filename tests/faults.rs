@@ -16,12 +16,6 @@ use nix::sys::signal::{Signal, kill};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn metric(daemon: &Daemon, series: &str) -> Option<u64> {
-    let text = daemon.get("/metrics").ok()?.body;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[test]
 fn workers_killed_every_2s_under_load_lose_no_acknowledged_event() {
     const CLIENTS: u64 = 4;
@@ -132,7 +126,9 @@ fn workers_killed_every_2s_under_load_lose_no_acknowledged_event() {
     let allowed = (kills as f64 * (rate * 0.010 + CLIENTS as f64)).ceil() as u64;
     let mut counted = 0;
     wait_for("the counts to settle", 5 * SECOND, || {
-        counted = metric(&daemon, "eventsd_events_counted_total{type=\"logins\"}").unwrap_or(0);
+        counted = daemon
+            .metric("eventsd_events_counted_total{type=\"logins\"}")
+            .unwrap_or(0);
         acknowledged.len() as u64 - counted.min(acknowledged.len() as u64) <= allowed
     });
     eprintln!(

@@ -11,13 +11,6 @@ use serde_json::json;
 const SECOND: Duration = Duration::from_secs(1);
 const FOUR_WORKERS: &str = "[workers]\nmin = 4\nmax = 4\n";
 
-/// The value of one metric series (`name{labels}`), if the daemon reports it.
-fn metric(daemon: &Daemon, series: &str) -> Option<u64> {
-    let text = daemon.get("/metrics").unwrap().body;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn watched(daemon: &Daemon, watcher: serde_json::Value) {
     assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
     let response = daemon.post("/event/logins/watcher/", &watcher.to_string());
@@ -50,16 +43,16 @@ fn post_events(daemon: &Daemon, payloads: &[serde_json::Value]) {
 /// Waits until the master has counted `total` events of `logins`.
 fn wait_counted(daemon: &Daemon, total: u64) {
     wait_for(&format!("{total} events counted"), 10 * SECOND, || {
-        metric(daemon, "eventsd_events_counted_total{type=\"logins\"}") == Some(total)
+        daemon.metric("eventsd_events_counted_total{type=\"logins\"}") == Some(total)
     });
 }
 
 fn firings(daemon: &Daemon, watcher: &str) -> u64 {
-    metric(
-        daemon,
-        &format!("eventsd_watcher_firings_total{{watcher=\"{watcher}\"}}"),
-    )
-    .unwrap_or(0)
+    daemon
+        .metric(&format!(
+            "eventsd_watcher_firings_total{{watcher=\"{watcher}\"}}"
+        ))
+        .unwrap_or(0)
 }
 
 #[test]
@@ -92,7 +85,7 @@ fn fifty_one_events_over_four_workers_fire_once_fifty_do_not_and_the_count_resta
 
     // Per-worker figures come with heartbeats: wait until they cover every event.
     wait_for("heartbeats to report every event", 5 * SECOND, || {
-        metric(&daemon, "eventsd_events_collected_total{type=\"logins\"}") == Some(102)
+        daemon.metric("eventsd_events_collected_total{type=\"logins\"}") == Some(102)
     });
     let served = daemon.get("/metrics").unwrap().body;
     let busy_workers = served
@@ -199,9 +192,8 @@ fn under_load_every_collected_event_is_counted() {
     let acknowledged: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
     assert_eq!(acknowledged, 1200);
     wait_for("collected and counted to settle", 10 * SECOND, || {
-        metric(&daemon, "eventsd_events_collected_total{type=\"logins\"}") == Some(acknowledged)
-            && metric(&daemon, "eventsd_events_counted_total{type=\"logins\"}")
-                == Some(acknowledged)
+        daemon.metric("eventsd_events_collected_total{type=\"logins\"}") == Some(acknowledged)
+            && daemon.metric("eventsd_events_counted_total{type=\"logins\"}") == Some(acknowledged)
     });
 }
 
@@ -225,14 +217,11 @@ fn a_million_distinct_keys_leave_the_master_bounded_by_max_keys() {
     }
     wait_counted(&daemon, 1_000_000);
     assert_eq!(
-        metric(&daemon, "eventsd_watcher_keys{watcher=\"per-ip\"}"),
+        daemon.metric("eventsd_watcher_keys{watcher=\"per-ip\"}"),
         Some(1000)
     );
     assert_eq!(
-        metric(
-            &daemon,
-            "eventsd_watcher_key_evictions_total{watcher=\"per-ip\"}"
-        ),
+        daemon.metric("eventsd_watcher_key_evictions_total{watcher=\"per-ip\"}"),
         Some(999_000)
     );
     let grown = resident_kib(master).saturating_sub(rss_before);

@@ -181,6 +181,13 @@ impl Daemon {
         Pid::from_raw(status["pid"].as_i64().unwrap() as i32)
     }
 
+    /// The value of one series of `/metrics` (`name{labels}`), if the daemon reports it.
+    pub fn metric(&self, series: &str) -> Option<u64> {
+        let text = self.get("/metrics").ok()?.body;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// Workers by state: `("idle", pid)`...
     pub fn workers(&self) -> Vec<(String, Pid)> {
         let Some(status) = self.status() else {
