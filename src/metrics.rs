@@ -73,119 +73,128 @@ impl Totals {
 
     pub fn render(&self, workers: &[WorkerStatus]) -> String {
         let mut out = String::new();
-        family(
+        write_family(
             &mut out,
             "eventsd_http_requests_total",
             "counter",
             "HTTP requests by route and status code.",
+            self.deltas
+                .requests
+                .iter()
+                .map(|((route, code), n)| (format!("route=\"{route}\",code=\"{code}\""), *n)),
         );
-        for ((route, code), count) in &self.deltas.requests {
-            let _ = writeln!(
-                out,
-                "eventsd_http_requests_total{{route=\"{route}\",code=\"{code}\"}} {count}"
-            );
-        }
-        family(
+        write_family(
             &mut out,
             "eventsd_events_collected_total",
             "counter",
             "Events collected (acknowledged) by event type.",
+            self.deltas
+                .collected
+                .iter()
+                .map(|(event, n)| (format!("type=\"{event}\""), *n)),
         );
-        for (event, count) in &self.deltas.collected {
-            let _ = writeln!(
-                out,
-                "eventsd_events_collected_total{{type=\"{event}\"}} {count}"
-            );
-        }
-        family(
+        write_family(
             &mut out,
             "eventsd_registry_changes_total",
             "counter",
             "Registry changes by kind and result.",
+            self.changes
+                .iter()
+                .map(|((kind, result), n)| (format!("change=\"{kind}\",result=\"{result}\""), *n)),
         );
-        for ((kind, result), count) in &self.changes {
-            let _ = writeln!(
-                out,
-                "eventsd_registry_changes_total{{change=\"{kind}\",result=\"{result}\"}} {count}"
-            );
-        }
-        family(
+        write_family(
             &mut out,
             "eventsd_action_outcomes_total",
             "counter",
             "Firings handed to actions, by action type and result.",
+            self.outcomes.iter().map(|((action, result), n)| {
+                (format!("action=\"{action}\",result=\"{result}\""), *n)
+            }),
         );
-        for ((action, result), count) in &self.outcomes {
-            let _ = writeln!(
-                out,
-                "eventsd_action_outcomes_total{{action=\"{action}\",result=\"{result}\"}} {count}"
-            );
-        }
-        let dropped: u64 = self
+        let dropped = self
             .outcomes
             .iter()
             .filter(|((_, r), _)| *r == "dropped")
             .map(|(_, n)| n)
             .sum();
-        family(
+        write_family(
             &mut out,
             "eventsd_actions_dropped_total",
             "counter",
             "Firings dropped from a full action queue.",
+            [(String::new(), dropped)],
         );
-        let _ = writeln!(out, "eventsd_actions_dropped_total {dropped}");
-        family(
-            &mut out,
-            "eventsd_workers",
-            "gauge",
-            "Worker processes by state.",
-        );
-        for state in [
+        let states = [
             WorkerState::Init,
             WorkerState::Idle,
             WorkerState::Busy,
             WorkerState::Shutdown,
-        ] {
-            let count = workers.iter().filter(|w| w.state == state).count();
-            let _ = writeln!(out, "eventsd_workers{{state=\"{}\"}} {count}", state.name());
-        }
+        ];
+        write_family(
+            &mut out,
+            "eventsd_workers",
+            "gauge",
+            "Worker processes by state.",
+            states.map(|state| {
+                let count = workers.iter().filter(|w| w.state == state).count() as u64;
+                (format!("state=\"{}\"", state.name()), count)
+            }),
+        );
         let per_worker: [PerWorker; 3] = [
             (
                 "eventsd_worker_requests_total",
+                "counter",
                 "Requests served by each live worker.",
                 |w| w.requests,
             ),
             (
                 "eventsd_worker_connections",
+                "gauge",
                 "Open connections of each live worker.",
                 |w| w.connections.into(),
             ),
             (
                 "eventsd_worker_resident_bytes",
+                "gauge",
                 "Resident memory of each live worker.",
                 |w| w.rss_bytes,
             ),
         ];
-        for (name, help, value) in per_worker {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            family(&mut out, name, kind, help);
-            for worker in workers {
-                let _ = writeln!(out, "{name}{{pid=\"{}\"}} {}", worker.pid, value(worker));
-            }
+        for (name, kind, help, value) in per_worker {
+            let samples = workers
+                .iter()
+                .map(|w| (format!("pid=\"{}\"", w.pid), value(w)));
+            write_family(&mut out, name, kind, help, samples);
         }
         out
     }
 }
 
-/// A per-worker family: name, help, and the figure it reads.
-type PerWorker = (&'static str, &'static str, fn(&WorkerStatus) -> u64);
+/// A per-worker family: name, type, help, and the figure it reads.
+type PerWorker = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&WorkerStatus) -> u64,
+);
 
-pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+/// One metric family: its HELP and TYPE lines, then one sample per label set
+/// (`key="value",...`; empty for a family without labels).
+pub fn write_family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = if labels.is_empty() {
+            writeln!(out, "{name} {value}")
+        } else {
+            writeln!(out, "{name}{{{labels}}} {value}")
+        };
+    }
 }
 
 #[cfg(test)]

@@ -187,7 +187,7 @@ impl Master {
         let listener = bind(&config)?;
         let control = ControlSocket::bind(&daemon.control_socket)?;
         let signals = Signals::install()?;
-        let pool = Pool::new(config.workers.min, config.workers.max);
+        let pool = Pool::new(config.workers.min);
         info!(
             "eventsd {} starting: listening on {}, {} workers, config {}",
             env!("CARGO_PKG_VERSION"),
@@ -631,7 +631,7 @@ impl Master {
     /// Prefork MPM: when `min < max`, grow by one when every worker is busy and none is
     /// still starting; retire a worker that has been idle for `idle_timeout_secs`.
     fn adjust_dynamic_pool(&mut self, now: Instant) {
-        let (min, max) = (self.pool.min, self.pool.max);
+        let (min, max) = (self.config.workers.min, self.config.workers.max);
         if min == max {
             return;
         }
@@ -671,11 +671,12 @@ impl Master {
             return;
         }
         let wanted = self.pool.target.saturating_add_signed(delta);
-        let target = wanted.clamp(self.pool.min, self.pool.max);
+        let (min, max) = (self.config.workers.min, self.config.workers.max);
+        let target = wanted.clamp(min, max);
         if target == self.pool.target {
             info!(
                 "pool stays at {} workers: workers.min is {}, workers.max is {}",
-                target, self.pool.min, self.pool.max
+                target, min, max
             );
         } else {
             info!("pool target {} -> {}", self.pool.target, target);
@@ -752,7 +753,7 @@ impl Master {
             // Old workers keep their copy of the previous socket until they have drained.
             self.listener = listener;
         }
-        self.pool.set_bounds(new.workers.min, new.workers.max);
+        self.pool.clamp_target(new.workers.min, new.workers.max);
         self.config = new;
         Ok(())
     }
@@ -858,8 +859,8 @@ impl Master {
             last_reload_error: self.last_reload_error.clone(),
             reload_in_progress: self.reload_in_progress,
             target_workers: self.pool.target,
-            min_workers: self.pool.min,
-            max_workers: self.pool.max,
+            min_workers: self.config.workers.min,
+            max_workers: self.config.workers.max,
             crash_loop: backoff.in_crash_loop().then(|| CrashLoop {
                 quick_exits: backoff.quick_exits(),
                 last_exit: backoff.last_exit().to_string(),

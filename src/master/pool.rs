@@ -109,28 +109,23 @@ pub struct Pool {
     workers: BTreeMap<Pid, Worker>,
     /// How many workers of the current generation the pool converges to.
     pub target: usize,
-    pub min: usize,
-    pub max: usize,
     pub generation: u64,
     pub backoff: Backoff,
 }
 
 impl Pool {
-    pub fn new(min: usize, max: usize) -> Pool {
+    /// An empty pool that converges to `target` workers.
+    pub fn new(target: usize) -> Pool {
         Pool {
             workers: BTreeMap::new(),
-            target: min,
-            min,
-            max,
+            target,
             generation: 1,
             backoff: Backoff::default(),
         }
     }
 
-    /// New bounds from a reload; the target stays where it was, within them.
-    pub fn set_bounds(&mut self, min: usize, max: usize) {
-        self.min = min;
-        self.max = max;
+    /// After a reload changed the bounds: the target stays where it was, within them.
+    pub fn clamp_target(&mut self, min: usize, max: usize) {
         self.target = self.target.clamp(min, max);
     }
 

@@ -19,7 +19,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::event::Fields;
-use crate::metrics::family;
+use crate::metrics::write_family;
 use crate::registry::{Action, Aggregator, EventType, Registry, WatcherSpec};
 use store::{CounterStore, MemoryStore, Second};
 
@@ -231,60 +231,50 @@ impl Watch {
 
     /// Metrics families of the watchers.
     pub fn render(&self, out: &mut String) {
-        family(
+        write_family(
             out,
             "eventsd_events_counted_total",
             "counter",
             "Events counted by the master, by event type.",
+            self.counted
+                .iter()
+                .map(|(event, n)| (format!("type=\"{event}\""), *n)),
         );
-        for (event, count) in &self.counted {
-            let _ = writeln!(
-                out,
-                "eventsd_events_counted_total{{type=\"{event}\"}} {count}"
-            );
-        }
-        family(
+        let by_watcher = |(watcher, n): (&str, u64)| (format!("watcher=\"{watcher}\""), n);
+        write_family(
             out,
             "eventsd_watcher_firings_total",
             "counter",
             "Firings by watcher.",
+            self.firings.iter().map(|(w, n)| by_watcher((w, *n))),
         );
-        for (watcher, count) in &self.firings {
-            let _ = writeln!(
-                out,
-                "eventsd_watcher_firings_total{{watcher=\"{watcher}\"}} {count}"
-            );
-        }
-        let sizes: Vec<(String, usize, u64)> = self
+        let sizes: Vec<(&str, usize, u64)> = self
             .store
             .sizes()
             .filter_map(|(id, keys, evictions)| {
                 self.watchers
                     .get(&id)
-                    .map(|w| (w.spec.name.to_string(), keys, evictions))
+                    .map(|w| (w.spec.name.as_str(), keys, evictions))
             })
             .collect();
-        family(
+        write_family(
             out,
             "eventsd_watcher_keys",
             "gauge",
             "Aggregation keys held, by watcher.",
+            sizes
+                .iter()
+                .map(|&(w, keys, _)| by_watcher((w, keys as u64))),
         );
-        for (watcher, keys, _) in &sizes {
-            let _ = writeln!(out, "eventsd_watcher_keys{{watcher=\"{watcher}\"}} {keys}");
-        }
-        family(
+        write_family(
             out,
             "eventsd_watcher_key_evictions_total",
             "counter",
             "Keys evicted at watchers.max_keys, by watcher.",
+            sizes
+                .iter()
+                .map(|&(w, _, evictions)| by_watcher((w, evictions))),
         );
-        for (watcher, _, evictions) in &sizes {
-            let _ = writeln!(
-                out,
-                "eventsd_watcher_key_evictions_total{{watcher=\"{watcher}\"}} {evictions}"
-            );
-        }
     }
 }
 

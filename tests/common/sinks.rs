@@ -22,20 +22,7 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub fn start() -> SmtpSink {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        let mails = Arc::new(Mutex::new(Vec::new()));
-        let kept = mails.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let kept = kept.clone();
-                std::thread::spawn(move || {
-                    if let Some(mail) = smtp_session(stream) {
-                        kept.lock().unwrap().push(mail);
-                    }
-                });
-            }
-        });
+        let (address, mails) = serve(smtp_session);
         SmtpSink { address, mails }
     }
 
@@ -107,20 +94,7 @@ pub struct HttpSink {
 
 impl HttpSink {
     pub fn start(delay: Duration) -> HttpSink {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let kept = requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let kept = kept.clone();
-                std::thread::spawn(move || {
-                    if let Some(request) = http_exchange(stream, delay) {
-                        kept.lock().unwrap().push(request);
-                    }
-                });
-            }
-        });
+        let (address, requests) = serve(move |stream| http_exchange(stream, delay));
         HttpSink { address, requests }
     }
 
@@ -169,6 +143,28 @@ fn http_exchange(mut stream: TcpStream, delay: Duration) -> Option<Received> {
         .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
         .ok()?;
     Some(received)
+}
+
+/// Listens on a free loopback port; runs `exchange` on each connection in its own thread
+/// and keeps what it returns.
+fn serve<T: Send + 'static>(
+    exchange: impl Fn(TcpStream) -> Option<T> + Send + Copy + 'static,
+) -> (SocketAddr, Arc<Mutex<Vec<T>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let shared = kept.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                if let Some(item) = exchange(stream) {
+                    shared.lock().unwrap().push(item);
+                }
+            });
+        }
+    });
+    (address, kept)
 }
 
 /// A loopback address where nothing listens: connections are refused.
