@@ -129,13 +129,17 @@ fn a_window_forgets_events_older_than_it() {
     let daemon = Daemon::run("");
     watched(
         &daemon,
-        json!({"name": "burst", "threshold": 2, "window_secs": 1,
+        json!({"name": "burst", "threshold": 2, "window_secs": 3,
         "aggregator": {"type": "single"}, "action": {"type": "null"}}),
     );
     post_events(&daemon, &[json!({}), json!({})]);
     wait_counted(&daemon, 2);
     // The behaviour under test is time passing: let the window slide past those two.
-    std::thread::sleep(Duration::from_millis(2100));
+    // Buckets are whole seconds, so the window keeps the events of the last 3 clock
+    // seconds: 3 s of sleep drop these two, and the three events below, posted within
+    // far less than 2 s, always share the window (a 1 s window would split them
+    // whenever a second boundary fell between them).
+    std::thread::sleep(Duration::from_millis(3200));
     post_events(&daemon, &[json!({})]);
     wait_counted(&daemon, 3);
     assert_eq!(
