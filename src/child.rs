@@ -1,33 +1,119 @@
-//! What every child the master forks does first and last, whatever its role: close the
-//! master's descriptors, name itself, take signals again; then exit with a code that
-//! tells the master how it ended.
+//! One lifecycle for every process the master forks, whatever its role (an HTTP worker,
+//! the action runner): how it is forked with its channel, what it does first and last,
+//! and the record the master keeps of it (spawned at, stopping since, killed because).
+//! nginx keeps one process table; this is its row.
 //!
-//! A child never returns into the master's code: the master's objects copied by the fork
-//! are never dropped here, which is what makes closing their descriptors by number safe.
+//! The child side never returns into the master's code: the master's objects copied by
+//! the fork are never dropped there, which is what makes closing their descriptors by
+//! number safe. The master side never blocks: stopping is a message (or SIGTERM), killing
+//! is SIGKILL, and both only record when they happened for the master's tick to judge.
 
 use std::ffi::CStr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use log::error;
+use log::{debug, error, info, warn};
+use nix::poll::PollFlags;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::unistd::{ForkResult, Pid, fork};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
+use crate::ipc::Channel;
 use crate::logging;
 
-/// Runs `body` as the child `role` (named `process_name` in `ps`), then exits: 0 when
-/// `body` succeeded, 1 after logging its error.
-pub fn run(
-    role: &'static str,
-    process_name: &CStr,
+/// What a child is for: it names the child in logs and in `ps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Worker,
+    ActionRunner,
+}
+
+impl Role {
+    /// The name the child's log lines carry.
+    fn log_name(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::ActionRunner => "action",
+        }
+    }
+
+    fn process_name(self) -> &'static CStr {
+        match self {
+            Role::Worker => c"eventsd-worker",
+            Role::ActionRunner => c"eventsd-action",
+        }
+    }
+
+    /// How the master's log names a child of this role.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::ActionRunner => "action runner",
+        }
+    }
+}
+
+/// The master's record of one live child.
+pub struct Child {
+    pub role: Role,
+    pub pid: Pid,
+    /// `None` once the child closed its end (it is exiting; SIGCHLD will follow).
+    pub channel: Option<Channel>,
+    pub spawned_at: Instant,
+    /// When the child was told to stop (or announced that it stops on its own).
+    pub stopping_since: Option<Instant>,
+    /// Why the master SIGKILLed it, if it did.
+    pub killed_because: Option<&'static str>,
+}
+
+/// Forks a child of `role` connected to the master by a socketpair, and returns the
+/// master's record of it. In the child, the descriptors of `master_fds` are closed at
+/// once, then `body` runs with the child's end of the channel; the child exits when
+/// `body` returns (0 on success, 1 after logging its error).
+pub fn fork_child(
+    role: Role,
     master_fds: &[RawFd],
-    body: impl FnOnce() -> anyhow::Result<()>,
-) -> ! {
-    logging::set_role(role);
+    body: impl FnOnce(UnixStream) -> anyhow::Result<()>,
+) -> anyhow::Result<Child> {
+    let (master_end, child_end) = UnixStream::pair()
+        .with_context(|| format!("cannot create the socketpair of a {}", role.describe()))?;
+    // SAFETY: the master is single-threaded, so the child starts with a consistent copy
+    // of it, and `run_child` never returns into the master's code.
+    match unsafe { fork() }.context("fork failed")? {
+        ForkResult::Child => {
+            let mut closed = master_fds.to_vec();
+            closed.push(master_end.as_raw_fd());
+            run_child(role, &closed, || body(child_end))
+        }
+        ForkResult::Parent { child } => {
+            let channel = Channel::new(master_end).with_context(|| {
+                format!("cannot set up the channel of {} {child}", role.describe())
+            })?;
+            debug!("forked {} {child}", role.describe());
+            Ok(Child {
+                role,
+                pid: child,
+                channel: Some(channel),
+                spawned_at: Instant::now(),
+                stopping_since: None,
+                killed_because: None,
+            })
+        }
+    }
+}
+
+/// The child's whole life: its prologue, `body`, its exit code.
+fn run_child(role: Role, master_fds: &[RawFd], body: impl FnOnce() -> anyhow::Result<()>) -> ! {
+    logging::set_role(role.log_name());
     for fd in master_fds {
         // SAFETY: these descriptors belong to the master's objects, never used or
         // dropped in this process (see the module comment).
         unsafe { libc::close(*fd) };
     }
-    let outcome = prepare(process_name).and_then(|()| body());
+    let outcome = prepare(role).and_then(|()| body());
     let code = match outcome {
         Ok(()) => 0,
         Err(e) => {
@@ -38,8 +124,115 @@ pub fn run(
     std::process::exit(code)
 }
 
-fn prepare(process_name: &CStr) -> anyhow::Result<()> {
-    nix::sys::prctl::set_name(process_name).context("cannot set the process name")?;
-    crate::master::unblock_signals().context("cannot restore the signal mask")?;
+/// Names the process, then takes signals again: the master blocks the signals it reads
+/// from its signalfd, and the mask survives the fork. Interval timers do not, so the
+/// child has no tick to stop.
+fn prepare(role: Role) -> anyhow::Result<()> {
+    nix::sys::prctl::set_name(role.process_name()).context("cannot set the process name")?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .context("cannot restore the signal mask")?;
     Ok(())
+}
+
+impl Child {
+    pub fn is_stopping(&self) -> bool {
+        self.stopping_since.is_some()
+    }
+
+    pub fn age(&self, now: Instant) -> Duration {
+        now.duration_since(self.spawned_at)
+    }
+
+    /// Asks the child to finish what it holds and exit: `stop` on its channel, or SIGTERM,
+    /// which asks the same, when it cannot be told. Once only.
+    pub fn stop(&mut self, stop: &impl Serialize, why: &str) {
+        if self.is_stopping() {
+            return;
+        }
+        info!("stopping {self}: {why}");
+        self.stopping_since = Some(Instant::now());
+        let told = self.channel.as_mut().map(|channel| channel.send(stop));
+        if !matches!(told, Some(Ok(()))) {
+            let _ = kill(self.pid, Signal::SIGTERM);
+        }
+    }
+
+    /// SIGKILL, once, remembering why for the reaper's log line.
+    pub fn kill(&mut self, because: &'static str, details: &str) {
+        if self.killed_because.is_some() {
+            return;
+        }
+        warn!("killing {self}: {because} ({details})");
+        self.killed_because = Some(because);
+        if let Err(e) = kill(self.pid, Signal::SIGKILL) {
+            warn!("cannot SIGKILL {self}: {e}");
+        }
+    }
+
+    /// A fast stop: SIGKILL without a word, the master is going too.
+    pub fn halt(&mut self) {
+        self.stopping_since.get_or_insert_with(Instant::now);
+        let _ = kill(self.pid, Signal::SIGKILL);
+    }
+
+    /// Told to stop longer ago than `graceful_timeout`.
+    pub fn is_overdue(&self, now: Instant, graceful_timeout: Duration) -> bool {
+        self.stopping_since
+            .is_some_and(|since| now.duration_since(since) > graceful_timeout)
+    }
+
+    /// Queues `message`; a child that cannot be written to is about to be reaped.
+    pub fn send(&mut self, message: &impl Serialize) {
+        let Some(channel) = self.channel.as_mut() else {
+            return;
+        };
+        if let Err(e) = channel.send(message) {
+            warn!("cannot send to {self}: {e}");
+        }
+    }
+
+    /// What poll should wait for on the channel, if the child still has one.
+    pub fn poll_interest(&self) -> Option<(BorrowedFd<'_>, PollFlags)> {
+        let channel = self.channel.as_ref()?;
+        let flags = if channel.wants_write() {
+            PollFlags::POLLIN | PollFlags::POLLOUT
+        } else {
+            PollFlags::POLLIN
+        };
+        Some((channel.as_fd(), flags))
+    }
+
+    /// The master's side of a ready channel: writes what waits, reads what came. A
+    /// closed channel is dropped (the child is exiting); a broken one gets the child
+    /// killed, since nothing it says can be trusted any more.
+    pub fn exchange<M: DeserializeOwned>(&mut self, events: PollFlags) -> Vec<M> {
+        let Some(channel) = self.channel.as_mut() else {
+            return Vec::new();
+        };
+        match channel.exchange::<M>(events.contains(PollFlags::POLLOUT)) {
+            Ok(received) => {
+                if received.closed {
+                    debug!("{self} closed its channel");
+                    self.channel = None;
+                }
+                received.messages
+            }
+            Err(e) => {
+                self.channel = None;
+                self.kill("its IPC channel broke", &e.to_string());
+                Vec::new()
+            }
+        }
+    }
+
+    pub fn channel_fd(&self) -> Option<RawFd> {
+        self.channel.as_ref().map(|c| c.as_fd().as_raw_fd())
+    }
+}
+
+/// `worker 1234`, `action runner 1235`: how every log line names a child.
+impl std::fmt::Display for Child {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.role.describe(), self.pid)
+    }
 }

@@ -11,7 +11,6 @@ pub mod deliver;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -69,14 +68,6 @@ impl Delivery {
     }
 }
 
-/// What the master hands to the forked runner.
-pub struct Setup {
-    pub channel: UnixStream,
-    /// The master's descriptors (listener included), closed at once by the child.
-    pub master_fds: Vec<RawFd>,
-    pub config: Config,
-}
-
 struct Queue {
     jobs: VecDeque<Job>,
     capacity: usize,
@@ -89,31 +80,26 @@ struct Shared {
     reports: Mutex<UnixStream>,
 }
 
-/// Runs the action runner until the master says stop (or goes away), then exits.
-pub fn run(setup: Setup) -> ! {
-    let master_fds = setup.master_fds.clone();
-    crate::child::run("action", c"eventsd-action", &master_fds, || serve(setup))
-}
-
-fn serve(setup: Setup) -> anyhow::Result<()> {
+/// The action runner's life in the forked child (`child::fork_child` runs it): deliver
+/// until the master says stop (or goes away). `channel` is its end of the socketpair.
+pub fn serve(config: &Config, channel: UnixStream) -> anyhow::Result<()> {
     // Like the workers (without their chroot): a `command` action never runs as root
     // just because the master must.
-    crate::privileges::drop_to(&setup.config.workers.privileges, false)?;
+    crate::privileges::drop_to(&config.workers.privileges, false)?;
 
-    let reports = setup
-        .channel
+    let reports = channel
         .try_clone()
         .context("cannot clone the runner's channel")?;
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue {
             jobs: VecDeque::new(),
-            capacity: setup.config.watchers.action_queue,
+            capacity: config.watchers.action_queue,
             closed: false,
         }),
         ready: Condvar::new(),
         reports: Mutex::new(reports),
     });
-    let context = Arc::new(Context::new(setup.config.smtp.clone()));
+    let context = Arc::new(Context::new(config.smtp.clone()));
     let threads: Vec<_> = (0..DELIVERY_THREADS)
         .map(|_| {
             let (shared, context) = (shared.clone(), context.clone());
@@ -121,7 +107,7 @@ fn serve(setup: Setup) -> anyhow::Result<()> {
         })
         .collect();
     info!("action runner ready");
-    receive_jobs(setup.channel, &shared);
+    receive_jobs(channel, &shared);
     for thread in threads {
         let _ = thread.join();
     }

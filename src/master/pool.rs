@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use crate::ipc::{Channel, Heartbeat};
+use crate::child::Child;
+use crate::ipc::Heartbeat;
 use crate::status::{WorkerState, WorkerStatus};
 
 /// A worker that exits sooner than this after its fork counts as a crash-loop exit. A
@@ -20,22 +21,16 @@ pub const QUICK_EXIT: Duration = Duration::from_secs(1);
 /// The longest wait between two respawns in a crash loop.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// A worker: the child record every child has, and what only workers report.
 pub struct Worker {
-    pub pid: Pid,
+    pub child: Child,
     /// The reload generation whose configuration the worker was forked with.
     pub generation: u64,
-    /// `None` once the worker closed its end (it is exiting; SIGCHLD will follow).
-    pub channel: Option<Channel>,
-    pub spawned_at: Instant,
     pub ready: bool,
     pub last_heartbeat: Instant,
     pub report: Heartbeat,
     /// Since when the worker has reported itself idle (dynamic pool).
     pub idle_since: Option<Instant>,
-    /// When the worker was told to stop (or announced it was retiring).
-    pub stopping_since: Option<Instant>,
-    /// Why the master SIGKILLed it, if it did.
-    pub killed_because: Option<&'static str>,
     /// What the worker reported before exiting when its set-up failed.
     pub startup_failure: Option<String>,
     /// The registry version the worker serves (acknowledged, or forked with).
@@ -43,31 +38,26 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(
-        pid: Pid,
-        generation: u64,
-        channel: Channel,
-        registry_version: u64,
-        now: Instant,
-    ) -> Worker {
+    pub fn new(child: Child, generation: u64, registry_version: u64) -> Worker {
+        let now = child.spawned_at;
         Worker {
-            pid,
+            child,
             generation,
-            channel: Some(channel),
-            spawned_at: now,
             ready: false,
             last_heartbeat: now,
             report: Heartbeat::default(),
             idle_since: None,
-            stopping_since: None,
-            killed_because: None,
             startup_failure: None,
             registry_version,
         }
     }
 
+    pub fn pid(&self) -> Pid {
+        self.child.pid
+    }
+
     pub fn state(&self) -> WorkerState {
-        if self.stopping_since.is_some() {
+        if self.child.is_stopping() {
             WorkerState::Shutdown
         } else if !self.ready {
             WorkerState::Init
@@ -76,10 +66,6 @@ impl Worker {
         } else {
             WorkerState::Idle
         }
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.stopping_since.is_some()
     }
 
     pub fn record_heartbeat(&mut self, report: Heartbeat, now: Instant) {
@@ -94,10 +80,10 @@ impl Worker {
 
     pub fn status(&self, now: Instant) -> WorkerStatus {
         WorkerStatus {
-            pid: self.pid.as_raw() as u32,
+            pid: self.pid().as_raw() as u32,
             state: self.state(),
             generation: self.generation,
-            uptime_secs: now.duration_since(self.spawned_at).as_secs(),
+            uptime_secs: self.child.age(now).as_secs(),
             requests: self.report.requests,
             connections: self.report.connections,
             rss_bytes: self.report.rss_bytes,
@@ -130,7 +116,7 @@ impl Pool {
     }
 
     pub fn add(&mut self, worker: Worker) {
-        self.workers.insert(worker.pid, worker);
+        self.workers.insert(worker.pid(), worker);
     }
 
     pub fn remove(&mut self, pid: Pid) -> Option<Worker> {
@@ -158,7 +144,7 @@ impl Pool {
         let generation = self.generation;
         self.workers
             .values()
-            .filter(move |w| w.generation == generation && !w.is_stopping())
+            .filter(move |w| w.generation == generation && !w.child.is_stopping())
     }
 
     pub fn active_count(&self) -> usize {
@@ -173,15 +159,17 @@ impl Pool {
     pub fn previous_generation(&self) -> Vec<Pid> {
         self.workers
             .values()
-            .filter(|w| w.generation < self.generation && !w.is_stopping())
-            .map(|w| w.pid)
+            .filter(|w| w.generation < self.generation && !w.child.is_stopping())
+            .map(Worker::pid)
             .collect()
     }
 
     /// The worker to retire when the pool shrinks: the youngest, which has the fewest
     /// keep-alive clients attached and the least warm state.
     pub fn youngest_active(&self) -> Option<Pid> {
-        self.active().max_by_key(|w| w.spawned_at).map(|w| w.pid)
+        self.active()
+            .max_by_key(|w| w.child.spawned_at)
+            .map(Worker::pid)
     }
 
     pub fn statuses(&self, now: Instant) -> Vec<WorkerStatus> {

@@ -1,12 +1,15 @@
-//! Signals of the master, turned into events of its poll loop through a signalfd, and the
+//! Signals of the master, turned into flags of its poll loop through a signalfd, and the
 //! once-a-second SIGALRM tick that drives every timeout the master enforces.
 //!
 //! Owns the master's signal mask. No work ever happens in a signal handler: there is no
-//! handler at all. The signals stay blocked and the loop reads them from the signalfd.
+//! handler at all. The signals stay blocked, the loop reads them from the signalfd into
+//! `Requested` (nginx's `ngx_quit`, `ngx_reconfigure`... flags), and the cycle acts on
+//! the flags in its fixed order.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use anyhow::Context;
+use log::debug;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
@@ -26,9 +29,28 @@ pub struct Signals {
     fd: SignalFd,
 }
 
+/// What the signals received since the last turn of the loop ask for. Signals of one
+/// kind that arrive together are merged (by the kernel, and here): every request is
+/// idempotent.
+#[derive(Debug, Default)]
+pub struct Requested {
+    /// SIGTERM.
+    pub graceful_stop: bool,
+    /// SIGINT or SIGQUIT, whichever came.
+    pub fast_stop: Option<Signal>,
+    /// SIGHUP.
+    pub reload: bool,
+    /// SIGUSR1.
+    pub reopen_logs: bool,
+    /// SIGTTIN adds one worker to the target, SIGTTOU takes one away.
+    pub resize: isize,
+    /// SIGALRM: the timeouts are due.
+    pub tick: bool,
+}
+
 impl Signals {
     /// Blocks the handled signals, opens the signalfd and starts the 1 s tick. Call
-    /// before the first fork: children inherit the mask and must call `unblock_all`.
+    /// before the first fork: children inherit the mask and clear it (`child`).
     pub fn install() -> anyhow::Result<Signals> {
         let mut mask = SigSet::empty();
         for signal in HANDLED {
@@ -41,9 +63,26 @@ impl Signals {
         Ok(Signals { fd })
     }
 
-    /// The next pending signal, if any. Signals of one kind that arrive together are
-    /// merged by the kernel; every handler is written to cope (reaping loops, ticks).
-    pub fn next(&mut self) -> anyhow::Result<Option<Signal>> {
+    /// Reads every pending signal into `requested`. SIGCHLD asks for nothing: the loop
+    /// reaps after every wake-up anyway.
+    pub fn read_into(&mut self, requested: &mut Requested) -> anyhow::Result<()> {
+        while let Some(signal) = self.next()? {
+            debug!("received {signal}");
+            match signal {
+                Signal::SIGTERM => requested.graceful_stop = true,
+                Signal::SIGINT | Signal::SIGQUIT => requested.fast_stop = Some(signal),
+                Signal::SIGHUP => requested.reload = true,
+                Signal::SIGUSR1 => requested.reopen_logs = true,
+                Signal::SIGTTIN => requested.resize += 1,
+                Signal::SIGTTOU => requested.resize -= 1,
+                Signal::SIGALRM => requested.tick = true,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn next(&mut self) -> anyhow::Result<Option<Signal>> {
         loop {
             let Some(info) = self.fd.read_signal().context("cannot read the signalfd")? else {
                 return Ok(None);
@@ -63,12 +102,6 @@ impl AsFd for Signals {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-/// In a freshly forked child: deliver every signal again. Interval timers are not
-/// inherited across fork, so the child has no tick to stop.
-pub fn unblock_all() -> nix::Result<()> {
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
 
 fn start_tick() -> anyhow::Result<()> {

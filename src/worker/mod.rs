@@ -34,28 +34,18 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 pub struct Setup {
     /// The listening socket, inherited from the master.
     pub listener: RawFd,
-    /// The worker's end of its socketpair with the master.
-    pub channel: UnixStream,
-    /// The master's descriptors, closed at once by the child.
-    pub master_fds: Vec<RawFd>,
     pub config: Config,
     /// The registry as the master held it at the fork.
     pub registry: Registry,
 }
 
-/// Runs the worker until it has drained, then exits the process.
-pub fn run(setup: Setup) -> ! {
-    let master_fds = setup.master_fds.clone();
-    crate::child::run("worker", c"eventsd-worker", &master_fds, || start(setup))
-}
-
-fn start(setup: Setup) -> anyhow::Result<()> {
+/// The worker's life in the forked child (`child::fork_child` runs it): set up, serve
+/// until drained. `channel` is the worker's end of its socketpair with the master.
+pub fn serve(setup: Setup, mut channel: UnixStream) -> anyhow::Result<()> {
     let Setup {
         listener,
-        mut channel,
         config,
         registry,
-        ..
     } = setup;
     // SAFETY: the master's socket object is never dropped in this process (see
     // `child`), so this is the descriptor's only owner here.
@@ -79,7 +69,10 @@ fn start(setup: Setup) -> anyhow::Result<()> {
         .build()
         .context("cannot build the tokio runtime")?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(listener, channel, config, registry, statm))
+    local.block_on(
+        &runtime,
+        serve_until_drained(listener, channel, config, registry, statm),
+    )
 }
 
 /// Opens what must be opened before a chroot, then takes the workers' identity.
@@ -89,7 +82,7 @@ fn prepare_process(privileges: &Privileges) -> anyhow::Result<File> {
     Ok(statm)
 }
 
-async fn serve(
+async fn serve_until_drained(
     listener: std::net::TcpListener,
     channel: UnixStream,
     config: Config,

@@ -1,18 +1,18 @@
-//! The master as owner of the registry: it answers the workers' questions, applies
-//! registry changes (validate on a copy, persist atomically, then adopt and push to every
-//! worker), and holds each answer back until every live worker serves the new version,
-//! so that a `201` means the very next request, on any worker, sees the change.
+//! What the master answers the workers: registry changes and questions such as metrics.
+//! As owner of the registry it applies a change on a copy, persists it atomically, then
+//! adopts it and pushes it to every worker, and holds the answer back until every live
+//! worker serves the new version, so that a `201` means the very next request, on any
+//! worker, sees the change.
 
 use std::time::Instant;
 
 use log::{error, info};
 use nix::unistd::Pid;
 
-use super::Master;
 use super::pool::Pool;
-use crate::config::Config;
+use super::{Master, setup};
 use crate::ipc::{Answer, MasterMessage, Question};
-use crate::registry::{Change, Origin, Refusal, Registry};
+use crate::registry::{Change, Origin, Refusal};
 
 impl Master {
     pub(super) fn answer(&mut self, pid: Pid, id: u64, question: Question) {
@@ -52,7 +52,7 @@ impl Master {
         let id = next.apply(change, origin, token_set).inspect_err(|_| {
             self.totals.record_change(kind, "refused");
         })?;
-        if let Err(e) = next.save(&registry_path(&self.config)) {
+        if let Err(e) = next.save(&setup::registry_path(&self.config)) {
             error!("registry change {kind} not applied: {e:#}");
             self.totals.record_change(kind, "failed");
             return Err(Refusal {
@@ -79,26 +79,12 @@ impl Master {
         self.broadcast(&MasterMessage::Registry { document });
     }
 
-    pub(super) fn send_ready_answers(&mut self) {
+    /// The answers whose registry version every worker now serves.
+    pub(super) fn release_held_answers(&mut self) {
         for (pid, id, answer) in self.held_answers.take_ready(&self.pool) {
             self.send_to(pid, MasterMessage::Answer { id, answer });
         }
     }
-}
-
-pub(super) fn registry_path(config: &Config) -> std::path::PathBuf {
-    config.daemon.state_dir.join("registry.json")
-}
-
-/// The saved registry with the config file's declarations applied. A corrupt file stops
-/// the start: it is the operator's data, never replaced behind their back.
-pub(super) fn load_registry(config: &Config) -> anyhow::Result<Registry> {
-    let path = registry_path(config);
-    let mut registry = Registry::load(&path)?;
-    if registry.declare(&config.event) {
-        registry.save(&path)?;
-    }
-    Ok(registry)
 }
 
 #[derive(Default)]
@@ -129,7 +115,7 @@ impl HeldAnswers {
     pub fn take_ready(&mut self, pool: &Pool) -> Vec<(Pid, u64, Answer)> {
         let served = |version: u64| {
             pool.iter()
-                .filter(|w| w.channel.is_some())
+                .filter(|w| w.child.channel.is_some())
                 .all(|w| w.registry_version >= version)
         };
         let (ready, held): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)

@@ -1,0 +1,129 @@
+//! The master's one wait, and what wakes it: signals (read into flags, acted on later by
+//! the loop), control clients (answered at once with the status), and the children's
+//! channels (every message read and handled before the loop goes on, so that the tick
+//! judges heartbeats that arrived, not heartbeats still queued).
+//!
+//! Never blocks but in `poll` itself.
+
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use anyhow::Context;
+use log::{error, info};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::unistd::Pid;
+
+use super::Master;
+use super::signals::Requested;
+use crate::action::Outcome;
+use crate::child::Role;
+use crate::ipc::WorkerMessage;
+
+/// What a polled descriptor belongs to.
+#[derive(Clone, Copy)]
+enum Source {
+    Signals,
+    Control,
+    Child(Pid, Role),
+}
+
+impl Master {
+    /// One poll over the signalfd, the control socket and every child's channel; handles
+    /// what the children and control clients sent, and returns what the signals ask for.
+    pub(super) fn wait(&mut self) -> anyhow::Result<Requested> {
+        let ready = self.poll_sources()?;
+        let mut requested = Requested::default();
+        for (source, events) in ready {
+            match source {
+                Source::Signals => self.signals.read_into(&mut requested)?,
+                Source::Control => self.serve_control_clients(),
+                Source::Child(pid, Role::Worker) => self.read_worker(pid, events),
+                Source::Child(pid, Role::ActionRunner) => self.read_runner(pid, events),
+            }
+        }
+        Ok(requested)
+    }
+
+    fn poll_sources(&self) -> anyhow::Result<Vec<(Source, PollFlags)>> {
+        let mut sources = vec![Source::Signals];
+        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(control) = &self.control {
+            sources.push(Source::Control);
+            fds.push(PollFd::new(control.as_fd(), PollFlags::POLLIN));
+        }
+        for child in self.children() {
+            if let Some((fd, interest)) = child.poll_interest() {
+                sources.push(Source::Child(child.pid, child.role));
+                fds.push(PollFd::new(fd, interest));
+            }
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll failed in the master loop"),
+        }
+        let events = fds
+            .iter()
+            .map(|fd| fd.revents().unwrap_or(PollFlags::empty()));
+        Ok(sources
+            .into_iter()
+            .zip(events)
+            .filter(|(_, e)| !e.is_empty())
+            .collect())
+    }
+
+    fn serve_control_clients(&mut self) {
+        let status = self.status();
+        if let Some(control) = &self.control {
+            control.serve_pending(|| status.clone());
+        }
+    }
+
+    fn read_worker(&mut self, pid: Pid, events: PollFlags) {
+        let Some(worker) = self.pool.get_mut(pid) else {
+            return;
+        };
+        for message in worker.child.exchange::<WorkerMessage>(events) {
+            self.handle_worker_message(pid, message);
+        }
+    }
+
+    fn read_runner(&mut self, pid: Pid, events: PollFlags) {
+        let Some(runner) = self.actions.runner.as_mut().filter(|r| r.pid == pid) else {
+            return;
+        };
+        for outcome in runner.exchange::<Outcome>(events) {
+            self.record_outcome(outcome);
+        }
+    }
+
+    fn handle_worker_message(&mut self, pid: Pid, message: WorkerMessage) {
+        let now = Instant::now();
+        let Some(worker) = self.pool.get_mut(pid) else {
+            return;
+        };
+        match message {
+            WorkerMessage::Ready => {
+                worker.ready = true;
+                worker.last_heartbeat = now;
+                worker.idle_since = Some(now);
+                info!("worker {pid} ready (generation {})", worker.generation);
+            }
+            WorkerMessage::Heartbeat(mut report) => {
+                self.totals.add(std::mem::take(&mut report.deltas));
+                worker.record_heartbeat(report, now);
+            }
+            WorkerMessage::RegistryAck { version } => worker.registry_version = version,
+            WorkerMessage::Counts(batch) => self.count(batch),
+            WorkerMessage::Ask { id, question } => self.answer(pid, id, question),
+            WorkerMessage::Retiring { reason } => {
+                info!("worker {pid} retiring: {reason}");
+                worker.child.stopping_since.get_or_insert(now);
+            }
+            WorkerMessage::StartupFailed { reason } => {
+                error!("worker {pid} failed to start: {reason}");
+                worker.startup_failure = Some(reason);
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! SIGHUP and SIGUSR1: a new configuration, validated whole before anything changes, then
+//! rolled out as a new generation of workers; and log files reopened after rotation, by
+//! the master and every child.
+//!
+//! A refused reload leaves no trace: the running configuration, socket and registry stay.
+
+use log::{error, info, warn};
+
+use super::{Master, Phase, setup};
+use crate::action::ToRunner;
+use crate::ipc::MasterMessage;
+use crate::logging::{self, Sink};
+use crate::notify;
+
+impl Master {
+    /// SIGHUP: validate the new configuration, then roll a new generation of workers.
+    pub(super) fn reload(&mut self) {
+        if self.phase != Phase::Running {
+            warn!("reload ignored: the master is {:?}", self.phase);
+            return;
+        }
+        notify::send(notify::RELOADING);
+        self.reloads += 1;
+        match self.apply_new_config() {
+            Ok(()) => {
+                self.last_reload_error = None;
+                self.pool.generation += 1;
+                self.reload_in_progress = true;
+                info!(
+                    "reloading {}: starting generation {} with {} workers",
+                    self.source.describe(),
+                    self.pool.generation,
+                    self.pool.target
+                );
+            }
+            Err(e) => {
+                error!("reload refused, the running configuration stays: {e:#}");
+                self.last_reload_error = Some(format!("{e:#}"));
+                notify::send(notify::READY);
+            }
+        }
+    }
+
+    fn apply_new_config(&mut self) -> anyhow::Result<()> {
+        let mut new = self.source.load()?;
+        let old = &self.config;
+        if new.daemon.state_dir != old.daemon.state_dir
+            || new.daemon.pidfile != old.daemon.pidfile
+            || new.daemon.control_socket != old.daemon.control_socket
+        {
+            warn!("daemon.state_dir, pidfile and control_socket change only on restart");
+            new.daemon.state_dir.clone_from(&old.daemon.state_dir);
+            new.daemon.pidfile.clone_from(&old.daemon.pidfile);
+            new.daemon
+                .control_socket
+                .clone_from(&old.daemon.control_socket);
+        }
+        setup::check_privileges(&new)?;
+        let listener =
+            if new.server.listen != old.server.listen || new.server.backlog != old.server.backlog {
+                Some(setup::bind(&new)?)
+            } else {
+                None
+            };
+        logging::reconfigure(
+            &Sink::for_target(&new.daemon.log, self.default_sink.clone()),
+            new.daemon.log_level,
+        )?;
+        logging::hand_over(&new.workers.privileges)?;
+        // Saved last: nothing after it can fail, so a refused reload leaves no trace.
+        let mut registry = self.registry.clone();
+        let declarations_changed = registry.declare(&new.event);
+        if declarations_changed {
+            registry.save(&setup::registry_path(&new))?;
+            self.registry = registry;
+            self.watch.sync(&self.registry);
+            self.push_registry();
+        }
+        self.watch.set_max_keys(new.watchers.max_keys);
+        if let Some(listener) = listener {
+            info!("now listening on {}", new.server.listen);
+            // Old workers keep their copy of the previous socket until they have drained.
+            self.listener = listener;
+        }
+        self.pool.clamp_target(new.workers.min, new.workers.max);
+        self.config = new;
+        Ok(())
+    }
+
+    /// SIGUSR1 (logrotate): the master's log files, then every child's.
+    pub(super) fn reopen_logs(&mut self) {
+        let privileges = &self.config.workers.privileges;
+        match logging::reopen().and_then(|()| logging::hand_over(privileges)) {
+            Ok(()) => info!("reopened log files"),
+            Err(e) => error!("cannot reopen log files: {e:#}"),
+        }
+        self.broadcast(&MasterMessage::ReopenLogs);
+        if let Some(runner) = self.actions.runner.as_mut() {
+            runner.send(&ToRunner::ReopenLogs);
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! What the master enforces on its once-a-second tick (gunicorn's `murder_workers`): a
+//! worker silent past `heartbeat_timeout_secs` is hung, any child still draining past
+//! `graceful_timeout_secs` is overdue, both are killed; a crash loop ends once a worker
+//! stays up; the dynamic pool grows when every worker is busy and shrinks when one idles.
+//!
+//! Runs after the wait has read every channel, so it judges the heartbeats that came.
+
+use std::time::Instant;
+
+use log::info;
+use nix::unistd::Pid;
+
+use super::{Master, Phase};
+use crate::child::Role;
+
+impl Master {
+    pub(super) fn enforce_timeouts(&mut self) {
+        let now = Instant::now();
+        self.kill_hung_workers(now);
+        self.kill_overdue_children(now);
+        let spawn_times: Vec<Instant> = self.pool.iter().map(|w| w.child.spawned_at).collect();
+        if self.pool.backoff.settle(spawn_times.into_iter(), now) {
+            info!("crash loop over: a new worker has stayed up");
+        }
+        if self.phase == Phase::Running {
+            self.adjust_dynamic_pool(now);
+        }
+    }
+
+    fn kill_hung_workers(&mut self, now: Instant) {
+        let heartbeat_timeout = self.config.workers.heartbeat_timeout();
+        let hung: Vec<(Pid, u64)> = self
+            .pool
+            .iter()
+            .map(|w| (w.pid(), now.duration_since(w.last_heartbeat)))
+            .filter(|(_, silent)| *silent > heartbeat_timeout)
+            .map(|(pid, silent)| (pid, silent.as_secs()))
+            .collect();
+        for (pid, silent) in hung {
+            self.kill_worker(pid, "it hung", &format!("no heartbeat for {silent}s"));
+        }
+    }
+
+    fn kill_overdue_children(&mut self, now: Instant) {
+        let graceful_timeout = self.config.workers.graceful_timeout();
+        let overdue: Vec<(Pid, Role)> = self
+            .children()
+            .filter(|child| child.is_overdue(now, graceful_timeout))
+            .map(|child| (child.pid, child.role))
+            .collect();
+        let details = format!("graceful timeout of {}s", graceful_timeout.as_secs());
+        for (pid, role) in overdue {
+            match role {
+                Role::Worker => self.kill_worker(pid, "it was still draining", &details),
+                Role::ActionRunner => {
+                    if let Some(runner) = self.child_mut(pid) {
+                        runner.kill("it was still delivering", &details);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Prefork MPM: when `min < max`, grow by one when every worker is busy and none is
+    /// still starting; retire a worker that has been idle for `idle_timeout_secs`.
+    fn adjust_dynamic_pool(&mut self, now: Instant) {
+        let (min, max) = (self.config.workers.min, self.config.workers.max);
+        if min == max {
+            return;
+        }
+        let all_ready = self.pool.ready_count() == self.pool.active_count();
+        let all_busy = self.pool.active().all(|w| w.report.busy);
+        if all_ready && all_busy && self.pool.target < max {
+            self.pool.target += 1;
+            info!(
+                "all {} workers busy: growing the pool to {}",
+                self.pool.active_count(),
+                self.pool.target
+            );
+            return;
+        }
+        if self.pool.target <= min {
+            return;
+        }
+        let idle_timeout = self.config.workers.idle_timeout();
+        let idle = self
+            .pool
+            .active()
+            .filter(|w| {
+                w.idle_since
+                    .is_some_and(|since| now.duration_since(since) >= idle_timeout)
+            })
+            .min_by_key(|w| w.idle_since)
+            .map(|w| w.pid());
+        if let Some(pid) = idle {
+            self.pool.target -= 1;
+            self.stop_worker(pid, "idle for the idle timeout, above workers.min");
+        }
+    }
+}

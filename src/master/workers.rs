@@ -1,0 +1,144 @@
+//! The master's verbs on its workers: spawn, stop, kill, talk to them, and `reconcile`,
+//! which converges the pool on its target.
+//!
+//! The pool's target moves (start, SIGTTIN/SIGTTOU, the dynamic pool, a reload's new
+//! generation); only `reconcile` forks or retires to follow it, new workers before old
+//! ones go, so that no request is refused.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info};
+use nix::unistd::Pid;
+
+use super::pool::Worker;
+use super::{Master, Phase};
+use crate::child::{self, Role};
+use crate::ipc::MasterMessage;
+use crate::notify;
+use crate::worker;
+
+impl Master {
+    /// Converges the pool to its target: forks what is missing (paced by the crash
+    /// backoff), retires what is surplus, and retires the previous generation once the
+    /// current one is ready. Keeps the action runner up too.
+    pub(super) fn reconcile(&mut self) {
+        if self.is_stopping() {
+            return;
+        }
+        self.keep_runner();
+        let now = Instant::now();
+        while self.pool.active_count() < self.pool.target && self.pool.backoff.may_spawn(now) {
+            if let Err(e) = self.spawn_worker() {
+                error!("cannot fork a worker: {e:#}");
+                self.pool
+                    .backoff
+                    .record_exit(Duration::ZERO, format!("fork failed: {e}"), now);
+                break;
+            }
+            self.pool.backoff.spawned(now);
+        }
+        while self.pool.active_count() > self.pool.target {
+            let Some(pid) = self.pool.youngest_active() else {
+                break;
+            };
+            self.stop_worker(pid, "the pool shrinks");
+        }
+        if self.pool.ready_count() >= self.pool.target {
+            for pid in self.pool.previous_generation() {
+                self.stop_worker(pid, "a newer generation is ready");
+            }
+            self.finish_start_or_reload();
+        }
+    }
+
+    fn finish_start_or_reload(&mut self) {
+        if self.phase == Phase::Starting {
+            self.phase = Phase::Running;
+            info!(
+                "eventsd ready: {} workers serving {}",
+                self.pool.ready_count(),
+                self.config.server.listen
+            );
+            self.announcer.ready(&self.config.server.listen.to_string());
+        } else if self.reload_in_progress {
+            self.reload_in_progress = false;
+            info!(
+                "reload complete: generation {} serving",
+                self.pool.generation
+            );
+            notify::send(notify::READY);
+        }
+    }
+
+    fn spawn_worker(&mut self) -> anyhow::Result<()> {
+        let setup = worker::Setup {
+            listener: self.listener.as_raw_fd(),
+            config: self.config.clone(),
+            registry: self.registry.clone(),
+        };
+        let child = child::fork_child(Role::Worker, &self.master_only_fds(), |channel| {
+            worker::serve(setup, channel)
+        })?;
+        debug!(
+            "worker {} is of generation {}",
+            child.pid, self.pool.generation
+        );
+        let worker = Worker::new(child, self.pool.generation, self.registry.version);
+        self.pool.add(worker);
+        Ok(())
+    }
+
+    pub(super) fn stop_worker(&mut self, pid: Pid, why: &str) {
+        if let Some(worker) = self.pool.get_mut(pid) {
+            worker.child.stop(&MasterMessage::Stop, why);
+        }
+    }
+
+    /// SIGKILL, with what the worker last reported, for the post-mortem.
+    pub(super) fn kill_worker(&mut self, pid: Pid, because: &'static str, details: &str) {
+        let Some(worker) = self.pool.get_mut(pid) else {
+            return;
+        };
+        let report = &worker.report;
+        let details = format!(
+            "{details}; last state {}, {} requests in flight, {} connections, up {}",
+            worker.state().name(),
+            report.in_flight,
+            report.connections,
+            crate::status::format_duration(worker.child.age(Instant::now()).as_secs()),
+        );
+        worker.child.kill(because, &details);
+    }
+
+    /// SIGTTIN / SIGTTOU: `delta` workers more or fewer, within the configured bounds.
+    pub(super) fn resize(&mut self, delta: isize) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let wanted = self.pool.target.saturating_add_signed(delta);
+        let (min, max) = (self.config.workers.min, self.config.workers.max);
+        let target = wanted.clamp(min, max);
+        if target == self.pool.target {
+            info!(
+                "pool stays at {} workers: workers.min is {}, workers.max is {}",
+                target, min, max
+            );
+        } else {
+            info!("pool target {} -> {}", self.pool.target, target);
+            self.pool.target = target;
+        }
+    }
+
+    pub(super) fn broadcast(&mut self, message: &MasterMessage) {
+        for worker in self.pool.iter_mut() {
+            worker.child.send(message);
+        }
+    }
+
+    pub(super) fn send_to(&mut self, pid: Pid, message: MasterMessage) {
+        if let Some(worker) = self.pool.get_mut(pid) {
+            worker.child.send(&message);
+        }
+    }
+}
