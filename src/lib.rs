@@ -16,7 +16,6 @@
 //!   daemon's plumbing.
 
 pub mod action;
-pub mod api;
 pub mod appender;
 pub mod child;
 pub mod cli;

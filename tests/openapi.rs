@@ -33,7 +33,7 @@ fn documented(document: &Value) -> BTreeSet<(String, String)> {
 
 #[test]
 fn the_document_lists_exactly_the_routes_the_daemon_serves() {
-    let served: BTreeSet<(String, String)> = eventsd::api::ROUTES
+    let served: BTreeSet<(String, String)> = eventsd::worker::api::ROUTES
         .iter()
         .flat_map(|(path, methods)| {
             methods
@@ -46,12 +46,12 @@ fn the_document_lists_exactly_the_routes_the_daemon_serves() {
 
 #[test]
 fn every_template_routes_to_itself_with_or_without_its_trailing_slash() {
-    for (template, _) in eventsd::api::ROUTES {
+    for (template, _) in eventsd::worker::api::ROUTES {
         let path = template
             .replace("{type}", "logins")
             .replace("{name}", "audit");
         assert_eq!(
-            eventsd::api::route_template(&path),
+            eventsd::worker::api::route_template(&path),
             Some(template),
             "{path}"
         );
@@ -59,7 +59,7 @@ fn every_template_routes_to_itself_with_or_without_its_trailing_slash() {
             .strip_suffix('/')
             .map_or_else(|| format!("{path}/"), str::to_string);
         assert_eq!(
-            eventsd::api::route_template(&other),
+            eventsd::worker::api::route_template(&other),
             Some(template),
             "{other}"
         );

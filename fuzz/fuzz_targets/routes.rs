@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|path: &str| {
-    if let Some(template) = eventsd::api::route_template(path) {
-        assert!(eventsd::api::ROUTES.iter().any(|(t, _)| *t == template));
+    if let Some(template) = eventsd::worker::api::route_template(path) {
+        assert!(eventsd::worker::api::ROUTES.iter().any(|(t, _)| *t == template));
     }
 });

@@ -1,5 +1,5 @@
-//! Watchers at work: workers compute aggregation keys and batch counts (`Batch`); the
-//! master alone adds them up and decides every firing (`Watch`), so a crossing fires once
+//! Watchers at work: workers compute aggregation keys (`keys_of`) and ship counts in
+//! batches (`CountBatch`); the master alone adds them up and decides every firing (`Watch`), so a crossing fires once
 //! however many workers saw the events.
 //!
 //! `Watch` owns the firing rules (threshold, window, cooldown) over a `CounterStore`. It
@@ -34,47 +34,6 @@ pub struct CountBatch {
     pub events: Vec<(String, u64)>,
     /// (watcher id, aggregation key, events).
     pub keys: Vec<(Uuid, String, u64)>,
-}
-
-/// The worker's batch being filled.
-#[derive(Debug, Default)]
-pub struct Batch {
-    events: HashMap<String, u64>,
-    keys: HashMap<(Uuid, String), u64>,
-}
-
-impl Batch {
-    /// Counts `events` collected events of `event`, and one per (watcher, key) in `keys`.
-    pub fn add(&mut self, event: &str, events: u64, keys: Vec<(Uuid, String)>) {
-        match self.events.get_mut(event) {
-            Some(count) => *count += events,
-            None => {
-                self.events.insert(event.to_string(), events);
-            }
-        }
-        for key in keys {
-            *self.keys.entry(key).or_default() += 1;
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len() + self.events.len()
-    }
-
-    pub fn take(&mut self) -> CountBatch {
-        CountBatch {
-            events: self.events.drain().collect(),
-            keys: self
-                .keys
-                .drain()
-                .map(|((id, key), n)| (id, key, n))
-                .collect(),
-        }
-    }
 }
 
 /// The (watcher, key) pairs one event of `entry`'s type counts for.
@@ -361,12 +320,17 @@ mod tests {
     }
 
     fn post(watch: &mut Watch, registry: &Registry, payloads: &[Value], now: Second) -> Vec<Job> {
-        let mut batch = Batch::default();
         let entry = registry.event("logins").unwrap();
-        for payload in payloads {
-            batch.add("logins", 1, keys_of(entry, payload.as_object().unwrap()));
-        }
-        watch.count(batch.take(), now)
+        let keys = payloads
+            .iter()
+            .flat_map(|payload| keys_of(entry, payload.as_object().unwrap()))
+            .map(|(id, key)| (id, key, 1))
+            .collect();
+        let batch = CountBatch {
+            events: vec![("logins".to_string(), payloads.len() as u64)],
+            keys,
+        };
+        watch.count(batch, now)
     }
 
     #[test]

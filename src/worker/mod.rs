@@ -5,6 +5,9 @@
 //! survive a fork, and the order of its shutdown. It never binds, never forks and keeps
 //! no state that the master needs after it exits.
 
+pub mod api;
+mod batcher;
+mod ids;
 pub(crate) mod link;
 mod server;
 
@@ -19,11 +22,12 @@ use std::time::Duration;
 use anyhow::Context;
 use log::info;
 
-use crate::api::Api;
 use crate::appender::Appenders;
 use crate::config::{Config, Privileges};
 use crate::ipc::{self, Heartbeat, WorkerMessage};
 use crate::registry::Registry;
+use api::Api;
+use batcher::Batcher;
 use link::{Link, Shutdown};
 use server::Stats;
 
@@ -98,13 +102,14 @@ async fn serve_until_drained(
     let appenders = Rc::new(Appenders::default());
     let (link, link_task) = Link::start(channel, shutdown.clone(), registry, appenders.clone())
         .context("cannot start the IPC link")?;
-    let api = Rc::new(Api::new(&config, link.clone(), appenders));
+    let batcher = Rc::new(Batcher::new(link.clone()));
+    let api = Rc::new(Api::new(&config, link.clone(), appenders, batcher.clone()));
     let stats = Rc::new(Stats::default());
     let heartbeat =
         tokio::task::spawn_local(heartbeat(link.clone(), stats.clone(), api.clone(), statm));
     let shipper = {
-        let api = api.clone();
-        tokio::task::spawn_local(async move { api.ship_counts().await })
+        let batcher = batcher.clone();
+        tokio::task::spawn_local(async move { batcher.ship_periodically().await })
     };
     watch_sigterm(shutdown.clone())?;
 
@@ -116,7 +121,7 @@ async fn serve_until_drained(
     // Last words: the last watcher counts and the final heartbeat, then the writer flushes.
     heartbeat.abort();
     shipper.abort();
-    api.flush_counts();
+    batcher.flush();
     link.send(WorkerMessage::Heartbeat(beat(&stats, &api, 0)));
     link.close();
     let _ = link_task.await;

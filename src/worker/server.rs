@@ -20,8 +20,8 @@ use log::{debug, warn};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::api::Api;
 use super::link::{Link, Shutdown};
-use crate::api::Api;
 use crate::config::Config;
 use crate::ipc::{Heartbeat, WorkerMessage};
 

@@ -20,26 +20,23 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::batcher::Batcher;
+use super::ids::EventIds;
+use super::link::Link;
 use crate::appender::Appenders;
 use crate::config::Config;
 use crate::event::Event;
-use crate::ipc::{Answer, Question, WorkerMessage};
+use crate::ipc::{Answer, Question};
 use crate::metrics::Deltas;
 use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry, Spec};
-use crate::watch::{self, Batch};
-use crate::worker::link::Link;
+use crate::watch;
 
 pub type Body = Full<Bytes>;
 
 /// How long a registry change or a metrics request may wait for the master.
 const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Watcher counts reach the master at most this long after the event was acknowledged...
-const BATCH_DELAY: Duration = Duration::from_millis(10);
-/// ...or at once when the batch holds this many entries.
-const BATCH_SHIP_AT: usize = 1024;
 
 /// Every route the daemon serves, as its OpenAPI template, with the methods it allows
 /// (the `Allow` header of a 405). The OpenAPI document is tested against this table.
@@ -151,13 +148,11 @@ pub struct Api {
     appenders: Rc<Appenders>,
     deltas: RefCell<Deltas>,
     ids: EventIds,
-    /// Watcher counts not yet shipped to the master.
-    batch: RefCell<Batch>,
-    batch_started: Notify,
+    batcher: Rc<Batcher>,
 }
 
 impl Api {
-    pub fn new(config: &Config, link: Link, appenders: Rc<Appenders>) -> Api {
+    pub fn new(config: &Config, link: Link, appenders: Rc<Appenders>, batcher: Rc<Batcher>) -> Api {
         let token = &config.server.api_token;
         Api {
             pid: std::process::id(),
@@ -168,8 +163,7 @@ impl Api {
             appenders,
             deltas: RefCell::default(),
             ids: EventIds::new(),
-            batch: RefCell::default(),
-            batch_started: Notify::new(),
+            batcher,
         }
     }
 
@@ -281,7 +275,7 @@ impl Api {
         // Counted only once acknowledged: the reply goes out right after.
         let collected = ids.len() as u64;
         self.deltas.borrow_mut().record_collected(event, collected);
-        self.count(event, collected, keys);
+        self.batcher.count(event, collected, keys);
         if bulk {
             json(
                 StatusCode::OK,
@@ -325,34 +319,6 @@ impl Api {
             Some(Answer::Change(Ok(id))) => json(StatusCode::CREATED, &json!({"_id": id})),
             Some(Answer::Change(Err(refused))) => refusal(refused),
             _ => master_unavailable(),
-        }
-    }
-
-    fn count(&self, event: &str, collected: u64, keys: Vec<(Uuid, String)>) {
-        let mut batch = self.batch.borrow_mut();
-        let was_empty = batch.is_empty();
-        batch.add(event, collected, keys);
-        if batch.len() >= BATCH_SHIP_AT {
-            self.link.send(WorkerMessage::Counts(batch.take()));
-        } else if was_empty {
-            self.batch_started.notify_one();
-        }
-    }
-
-    /// Ships the counts gathered so far, at most `BATCH_DELAY` after the first of them.
-    pub async fn ship_counts(&self) {
-        loop {
-            self.batch_started.notified().await;
-            tokio::time::sleep(BATCH_DELAY).await;
-            self.flush_counts();
-        }
-    }
-
-    /// Ships what is left in the batch now (the worker is exiting).
-    pub fn flush_counts(&self) {
-        let mut batch = self.batch.borrow_mut();
-        if !batch.is_empty() {
-            self.link.send(WorkerMessage::Counts(batch.take()));
         }
     }
 
@@ -491,51 +457,6 @@ fn master_unavailable() -> Response<Body> {
 #[derive(Serialize)]
 struct Created {
     _id: Uuid,
-}
-
-/// UUIDs v4 from a pool of OS randomness: one `getrandom` call per 256 events rather
-/// than one per event. Built after the fork, so no two workers share a pool.
-struct EventIds {
-    pool: RefCell<([u8; 4096], usize)>,
-}
-
-impl EventIds {
-    fn new() -> EventIds {
-        EventIds {
-            pool: RefCell::new(([0; 4096], 4096)),
-        }
-    }
-
-    fn next(&self) -> Uuid {
-        let mut pool = self.pool.borrow_mut();
-        let (bytes, used) = &mut *pool;
-        if *used + 16 > bytes.len() {
-            if !fill_random(bytes) {
-                return Uuid::new_v4();
-            }
-            *used = 0;
-        }
-        let mut random = [0u8; 16];
-        random.copy_from_slice(&bytes[*used..*used + 16]);
-        *used += 16;
-        uuid::Builder::from_random_bytes(random).into_uuid()
-    }
-}
-
-/// Fills `buffer` from the kernel's CSPRNG; false if it cannot (the caller falls back).
-fn fill_random(buffer: &mut [u8]) -> bool {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        let rest = &mut buffer[filled..];
-        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        match n {
-            n if n > 0 => filled += n as usize,
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
-            _ => return false,
-        }
-    }
-    true
 }
 
 /// `[{"_id","name"}, ...]`
