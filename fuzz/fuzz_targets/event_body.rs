@@ -18,5 +18,6 @@ fuzz_target!(|body: &[u8]| {
         let _ = event.get(path);
     }
     let fields = Aggregator::Fields { fields: vec!["ip".into(), "user.id".into()] };
-    let _ = eventsd::watch::aggregation_key(&fields, &event);
+    let key = eventsd::watch::Key::of(&fields, &event);
+    assert_eq!(key.decode().expect("a key decodes").len(), 2);
 });

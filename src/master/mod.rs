@@ -52,6 +52,7 @@ use crate::pidfile::Pidfile;
 use crate::registry::Registry;
 use crate::status::{CrashLoop, Status};
 use crate::watch::Watch;
+use crate::watch::store::MemoryStore;
 use actions::Actions;
 use answers::HeldAnswers;
 use control::ControlSocket;
@@ -132,9 +133,8 @@ impl Master {
         setup::check_privileges(&config)?;
         logging::hand_over(&config.workers.privileges)?;
         let registry = setup::load_registry(&config)?;
-        let store =
-            crate::watch::load_store(&setup::counters_path(&config), config.watchers.max_keys)?;
-        let mut watch = Watch::new(store);
+        let store = MemoryStore::load(&setup::counters_path(&config), config.watchers.max_keys)?;
+        let mut watch = Watch::new(Box::new(store));
         watch.sync(&registry);
         let listener = setup::bind(&config)?;
         let control = ControlSocket::bind(&daemon.control_socket)?;

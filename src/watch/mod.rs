@@ -6,6 +6,7 @@
 //! does no I/O and never waits: a firing is handed back to the master, which passes it
 //! to the action runner.
 
+mod key;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,7 +14,7 @@ use std::fmt::Write;
 use std::path::Path;
 use std::time::SystemTime;
 
-use anyhow::Context;
+use log::warn;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -21,11 +22,8 @@ use uuid::Uuid;
 use crate::event::Fields;
 use crate::metrics::write_family;
 use crate::registry::{Action, Aggregator, EventType, Registry, WatcherSpec};
-use store::{CounterStore, MemoryStore, Second};
-
-/// A field value longer than this is cut in the key: a hostile client posting huge
-/// values must not make keys, and so the master's memory, large.
-const MAX_VALUE_CHARS: usize = 256;
+pub use key::Key;
+use store::{CounterStore, Second};
 
 /// What a worker ships to the master at least every 10 ms.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -33,47 +31,16 @@ pub struct CountBatch {
     /// (event type, events collected): what the master counted, for metrics.
     pub events: Vec<(String, u64)>,
     /// (watcher id, aggregation key, events).
-    pub keys: Vec<(Uuid, String, u64)>,
+    pub keys: Vec<(Uuid, Key, u64)>,
 }
 
 /// The (watcher, key) pairs one event of `entry`'s type counts for.
-pub fn keys_of(entry: &EventType, payload: &impl Fields) -> Vec<(Uuid, String)> {
+pub fn keys_of(entry: &EventType, payload: &impl Fields) -> Vec<(Uuid, Key)> {
     entry
         .watchers
         .iter()
-        .map(|w| (w.id, aggregation_key(&w.spec.aggregator, payload)))
+        .map(|w| (w.id, Key::of(&w.spec.aggregator, payload)))
         .collect()
-}
-
-/// The aggregation key of `payload`: empty for `single`; for `fields`, the JSON array of
-/// the fields' values (dot paths reach into objects; a missing field is `null`).
-pub fn aggregation_key(aggregator: &Aggregator, payload: &impl Fields) -> String {
-    match aggregator {
-        Aggregator::Single {} => String::new(),
-        Aggregator::Fields { fields } => {
-            let values: Vec<Value> = fields
-                .iter()
-                .map(|path| payload.get(path).as_ref().map_or(Value::Null, bounded))
-                .collect();
-            Value::Array(values).to_string()
-        }
-    }
-}
-
-fn bounded(value: &Value) -> Value {
-    let cut = |text: &str| Value::String(text.chars().take(MAX_VALUE_CHARS).collect());
-    match value {
-        Value::String(text) if text.chars().count() > MAX_VALUE_CHARS => cut(text),
-        Value::Array(_) | Value::Object(_) => {
-            let text = value.to_string();
-            if text.chars().count() > MAX_VALUE_CHARS {
-                cut(&text)
-            } else {
-                value.clone()
-            }
-        }
-        other => other.clone(),
-    }
 }
 
 /// A crossing: the document actions deliver (its `text` makes it a valid Slack or
@@ -103,16 +70,16 @@ struct Watched {
     spec: WatcherSpec,
 }
 
-/// The master's counters and firing decisions.
+/// The master's counters and firing decisions, over whichever store holds the counts.
 pub struct Watch {
-    store: MemoryStore,
+    store: Box<dyn CounterStore>,
     watchers: HashMap<Uuid, Watched>,
     counted: BTreeMap<String, u64>,
     firings: BTreeMap<String, u64>,
 }
 
 impl Watch {
-    pub fn new(store: MemoryStore) -> Watch {
+    pub fn new(store: Box<dyn CounterStore>) -> Watch {
         Watch {
             store,
             watchers: HashMap::new(),
@@ -178,14 +145,13 @@ impl Watch {
         jobs
     }
 
-    pub fn store(&self) -> &MemoryStore {
-        &self.store
+    pub fn store(&self) -> &dyn CounterStore {
+        self.store.as_ref()
     }
 
     /// Saves every counter with its window position (`counters.json`, atomically).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let document = serde_json::to_vec(&self.store).context("cannot serialize the counters")?;
-        crate::files::replace_atomically(path, &document)
+        self.store.save(path)
     }
 
     /// Metrics families of the watchers.
@@ -210,6 +176,7 @@ impl Watch {
         let sizes: Vec<(&str, usize, u64)> = self
             .store
             .sizes()
+            .into_iter()
             .filter_map(|(id, keys, evictions)| {
                 self.watchers
                     .get(&id)
@@ -237,12 +204,16 @@ impl Watch {
     }
 }
 
-fn firing(event: &str, spec: &WatcherSpec, key: &str, count: u64) -> Firing {
-    let key = match &spec.aggregator {
-        Aggregator::Single {} => Value::Null,
-        Aggregator::Fields { fields } => {
-            let values: Vec<Value> = serde_json::from_str(key).unwrap_or_default();
+fn firing(event: &str, spec: &WatcherSpec, key: &Key, count: u64) -> Firing {
+    let key = match (&spec.aggregator, key.decode()) {
+        (Aggregator::Single {}, _) => Value::Null,
+        (Aggregator::Fields { fields }, Ok(values)) => {
             Value::Object(fields.iter().cloned().zip(values).collect())
+        }
+        // Keys are made by `Key::of` alone; the firing still goes out, without them.
+        (Aggregator::Fields { .. }, Err(e)) => {
+            warn!("watcher `{}`: {e}", spec.name);
+            Value::Null
         }
     };
     // events-collector's wording, then the key of a `fields` watcher.
@@ -266,27 +237,6 @@ fn firing(event: &str, spec: &WatcherSpec, key: &str, count: u64) -> Firing {
     }
 }
 
-/// The counters saved by the previous graceful stop; none when there is no file. A
-/// file that cannot be read stops the start, naming it: it is never overwritten unread.
-pub fn load_store(path: &Path, max_keys: usize) -> anyhow::Result<MemoryStore> {
-    let document = match std::fs::read(path) {
-        Ok(document) => document,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(MemoryStore::new(max_keys));
-        }
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot read counters file {}", path.display()));
-        }
-    };
-    let store: MemoryStore = serde_json::from_slice(&document).with_context(|| {
-        format!(
-            "counters file {} is corrupt; remove it to start with empty counters",
-            path.display()
-        )
-    })?;
-    Ok(store.restored(max_keys))
-}
-
 /// Now, in the store's unit.
 pub fn now() -> Second {
     SystemTime::now()
@@ -298,6 +248,7 @@ pub fn now() -> Second {
 mod tests {
     use super::*;
     use crate::registry::{Change, Origin};
+    use store::MemoryStore;
 
     fn registry_with(watcher: &str) -> Registry {
         let mut registry = Registry::default();
@@ -334,25 +285,11 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_the_values_of_the_fields() {
-        let fields = Aggregator::Fields {
-            fields: vec!["ip".into(), "user.id".into(), "missing".into()],
-        };
-        let payload = serde_json::json!({"ip": "10.0.0.1", "user": {"id": 7}});
-        assert_eq!(
-            aggregation_key(&fields, payload.as_object().unwrap()),
-            r#"["10.0.0.1",7,null]"#
-        );
-        let huge = serde_json::json!({"ip": "x".repeat(100_000)});
-        assert!(aggregation_key(&fields, huge.as_object().unwrap()).len() < 400);
-    }
-
-    #[test]
     fn threshold_is_exceeded_once_then_the_count_restarts() {
         let registry = registry_with(
             r#"{"name": "w1", "threshold": 3, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
         );
-        let mut watch = Watch::new(MemoryStore::new(100));
+        let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
         watch.sync(&registry);
         let one = [serde_json::json!({})];
         let fired: Vec<usize> = (0..8)
@@ -366,7 +303,7 @@ mod tests {
         let registry = registry_with(
             r#"{"name": "w1", "threshold": 2, "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}"#,
         );
-        let mut watch = Watch::new(MemoryStore::new(100));
+        let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
         watch.sync(&registry);
         let a = serde_json::json!({"ip": "a"});
         let b = serde_json::json!({"ip": "b"});
@@ -387,7 +324,7 @@ mod tests {
         let registry = registry_with(
             r#"{"name": "w1", "threshold": 1, "cooldown_secs": 60, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
         );
-        let mut watch = Watch::new(MemoryStore::new(100));
+        let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
         watch.sync(&registry);
         let two = [serde_json::json!({}), serde_json::json!({})];
         assert_eq!(post(&mut watch, &registry, &two, 1000).len(), 1);
@@ -408,11 +345,11 @@ mod tests {
         let registry = registry_with(
             r#"{"name": "w1", "threshold": 5, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
         );
-        let mut watch = Watch::new(MemoryStore::new(100));
+        let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
         watch.sync(&registry);
         post(&mut watch, &registry, &[serde_json::json!({})], 1000);
-        assert_eq!(watch.store().sizes().count(), 1);
+        assert_eq!(watch.store().sizes().len(), 1);
         watch.sync(&Registry::default());
-        assert_eq!(watch.store().sizes().count(), 0);
+        assert_eq!(watch.store().sizes().len(), 0);
     }
 }

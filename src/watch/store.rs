@@ -1,15 +1,20 @@
 //! The counter store: counts per (watcher, key) over time, behind one narrow interface
-//! (`CounterStore`), so that a store shared by several nodes can replace the in-master
-//! one without touching the firing rules.
+//! (`CounterStore`). The firing rules (`Watch`) are written against the trait only, so
+//! that a store shared by several nodes can replace the in-master one without touching
+//! them. `MemoryStore` is the in-master implementation.
 //!
 //! The in-master store keeps, per key, one bucket per second that saw events (a sliding
 //! window of at most `window_secs` buckets: bounded memory per key), and at most
 //! `max_keys` keys per watcher: the least recently updated key is evicted.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use super::Key;
 
 /// Seconds since the Unix epoch: counters are saved and restored across restarts.
 pub type Second = u64;
@@ -17,12 +22,18 @@ pub type Second = u64;
 pub trait CounterStore {
     /// Adds `n` events seen at `now` and returns the key's count: within the last
     /// `window` seconds, or since its last firing when there is no window.
-    fn add(&mut self, watcher: Uuid, key: &str, n: u64, now: Second, window: Option<u64>) -> u64;
+    fn add(&mut self, watcher: Uuid, key: &Key, n: u64, now: Second, window: Option<u64>) -> u64;
     /// The key fired at `now`: its count starts again from zero.
-    fn fired(&mut self, watcher: Uuid, key: &str, now: Second);
-    fn last_fired(&self, watcher: Uuid, key: &str) -> Option<Second>;
+    fn fired(&mut self, watcher: Uuid, key: &Key, now: Second);
+    fn last_fired(&self, watcher: Uuid, key: &Key) -> Option<Second>;
     /// Drops every counter of the watchers `keep` refuses.
     fn retain_watchers(&mut self, keep: &dyn Fn(Uuid) -> bool);
+    /// The most keys one watcher may hold (`watchers.max_keys`, reloadable).
+    fn set_max_keys(&mut self, max_keys: usize);
+    /// (watcher, keys held, keys evicted so far), for metrics.
+    fn sizes(&self) -> Vec<(Uuid, usize, u64)>;
+    /// Writes what a restart needs to `path`, atomically.
+    fn save(&self, path: &Path) -> anyhow::Result<()>;
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -37,9 +48,9 @@ pub struct KeyCounter {
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct WatcherCounters {
-    keys: HashMap<String, KeyCounter>,
+    keys: HashMap<Key, KeyCounter>,
     #[serde(skip)]
-    recency: BTreeMap<u64, String>,
+    recency: BTreeMap<u64, Key>,
     #[serde(skip)]
     pub evictions: u64,
 }
@@ -62,20 +73,31 @@ impl MemoryStore {
         }
     }
 
-    pub fn set_max_keys(&mut self, max_keys: usize) {
-        self.max_keys = max_keys.max(1);
-    }
-
-    /// Keys held per watcher and keys evicted so far, for metrics.
-    pub fn sizes(&self) -> impl Iterator<Item = (Uuid, usize, u64)> + '_ {
-        self.watchers
-            .iter()
-            .map(|(id, w)| (*id, w.keys.len(), w.evictions))
+    /// The counters saved by the previous stop; none when there is no file. A file that
+    /// cannot be read stops the start, naming it: it is never overwritten unread.
+    pub fn load(path: &Path, max_keys: usize) -> anyhow::Result<MemoryStore> {
+        let document = match std::fs::read(path) {
+            Ok(document) => document,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(MemoryStore::new(max_keys));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read counters file {}", path.display()));
+            }
+        };
+        let store: MemoryStore = serde_json::from_slice(&document).with_context(|| {
+            format!(
+                "counters file {} is corrupt; remove it to start with empty counters",
+                path.display()
+            )
+        })?;
+        Ok(store.restored(max_keys))
     }
 
     /// After deserializing: rebuild the recency order (restored keys count as touched
     /// in an arbitrary but consistent order).
-    pub fn restored(mut self, max_keys: usize) -> MemoryStore {
+    fn restored(mut self, max_keys: usize) -> MemoryStore {
         self.set_max_keys(max_keys);
         for counters in self.watchers.values_mut() {
             for (key, counter) in counters.keys.iter_mut() {
@@ -87,7 +109,7 @@ impl MemoryStore {
         self
     }
 
-    fn touch(&mut self, watcher: Uuid, key: &str) -> &mut KeyCounter {
+    fn touch(&mut self, watcher: Uuid, key: &Key) -> &mut KeyCounter {
         self.clock += 1;
         let stamp = self.clock;
         let max_keys = self.max_keys;
@@ -98,16 +120,16 @@ impl MemoryStore {
                 counters.evictions += 1;
             }
         }
-        let counter = counters.keys.entry(key.to_string()).or_default();
+        let counter = counters.keys.entry(key.clone()).or_default();
         counters.recency.remove(&counter.touched);
         counter.touched = stamp;
-        counters.recency.insert(stamp, key.to_string());
+        counters.recency.insert(stamp, key.clone());
         counter
     }
 }
 
 impl CounterStore for MemoryStore {
-    fn add(&mut self, watcher: Uuid, key: &str, n: u64, now: Second, window: Option<u64>) -> u64 {
+    fn add(&mut self, watcher: Uuid, key: &Key, n: u64, now: Second, window: Option<u64>) -> u64 {
         let counter = self.touch(watcher, key);
         let buckets = &mut counter.buckets;
         match window {
@@ -131,18 +153,34 @@ impl CounterStore for MemoryStore {
         buckets.iter().map(|(_, count)| count).sum()
     }
 
-    fn fired(&mut self, watcher: Uuid, key: &str, now: Second) {
+    fn fired(&mut self, watcher: Uuid, key: &Key, now: Second) {
         let counter = self.touch(watcher, key);
         counter.buckets.clear();
         counter.last_fired = Some(now);
     }
 
-    fn last_fired(&self, watcher: Uuid, key: &str) -> Option<Second> {
+    fn last_fired(&self, watcher: Uuid, key: &Key) -> Option<Second> {
         self.watchers.get(&watcher)?.keys.get(key)?.last_fired
     }
 
     fn retain_watchers(&mut self, keep: &dyn Fn(Uuid) -> bool) {
         self.watchers.retain(|id, _| keep(*id));
+    }
+
+    fn set_max_keys(&mut self, max_keys: usize) {
+        self.max_keys = max_keys.max(1);
+    }
+
+    fn sizes(&self) -> Vec<(Uuid, usize, u64)> {
+        self.watchers
+            .iter()
+            .map(|(id, w)| (*id, w.keys.len(), w.evictions))
+            .collect()
+    }
+
+    fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let document = serde_json::to_vec(self).context("cannot serialize the counters")?;
+        crate::files::replace_atomically(path, &document)
     }
 }
 
@@ -150,46 +188,50 @@ impl CounterStore for MemoryStore {
 mod tests {
     use super::*;
 
+    fn key(text: &str) -> Key {
+        serde_json::from_value(serde_json::Value::from(text)).unwrap()
+    }
+
     #[test]
     fn a_window_forgets_events_older_than_it() {
         let mut store = MemoryStore::new(10);
         let w = Uuid::new_v4();
-        assert_eq!(store.add(w, "k", 3, 100, Some(10)), 3);
-        assert_eq!(store.add(w, "k", 2, 105, Some(10)), 5);
+        assert_eq!(store.add(w, &key("k"), 3, 100, Some(10)), 3);
+        assert_eq!(store.add(w, &key("k"), 2, 105, Some(10)), 5);
         assert_eq!(
-            store.add(w, "k", 1, 110, Some(10)),
+            store.add(w, &key("k"), 1, 110, Some(10)),
             3,
             "second 100 left the window"
         );
-        assert_eq!(store.add(w, "k", 1, 200, Some(10)), 1);
+        assert_eq!(store.add(w, &key("k"), 1, 200, Some(10)), 1);
     }
 
     #[test]
     fn without_a_window_the_count_runs_until_it_fires() {
         let mut store = MemoryStore::new(10);
         let w = Uuid::new_v4();
-        store.add(w, "k", 5, 100, None);
-        assert_eq!(store.add(w, "k", 5, 10_000, None), 10);
-        store.fired(w, "k", 10_000);
-        assert_eq!(store.last_fired(w, "k"), Some(10_000));
-        assert_eq!(store.add(w, "k", 1, 10_001, None), 1);
+        store.add(w, &key("k"), 5, 100, None);
+        assert_eq!(store.add(w, &key("k"), 5, 10_000, None), 10);
+        store.fired(w, &key("k"), 10_000);
+        assert_eq!(store.last_fired(w, &key("k")), Some(10_000));
+        assert_eq!(store.add(w, &key("k"), 1, 10_001, None), 1);
     }
 
     #[test]
     fn the_least_recently_updated_key_is_evicted() {
         let mut store = MemoryStore::new(2);
         let w = Uuid::new_v4();
-        store.add(w, "a", 1, 1, None);
-        store.add(w, "b", 1, 1, None);
-        store.add(w, "a", 1, 2, None);
-        store.add(w, "c", 1, 3, None);
-        assert_eq!(store.add(w, "a", 1, 4, None), 3, "a was kept");
+        store.add(w, &key("a"), 1, 1, None);
+        store.add(w, &key("b"), 1, 1, None);
+        store.add(w, &key("a"), 1, 2, None);
+        store.add(w, &key("c"), 1, 3, None);
+        assert_eq!(store.add(w, &key("a"), 1, 4, None), 3, "a was kept");
         assert_eq!(
-            store.add(w, "b", 1, 4, None),
+            store.add(w, &key("b"), 1, 4, None),
             1,
             "b was evicted and starts again"
         );
-        let (_, keys, evictions) = store.sizes().next().unwrap();
+        let (_, keys, evictions) = store.sizes()[0];
         assert_eq!((keys, evictions), (2, 2));
     }
 
@@ -198,9 +240,26 @@ mod tests {
         let mut store = MemoryStore::new(1);
         let w = Uuid::new_v4();
         for second in 0..10_000 {
-            store.add(w, "k", 1, second, Some(60));
+            store.add(w, &key("k"), 1, second, Some(60));
         }
-        let counter = &store.watchers[&w].keys["k"];
+        let counter = &store.watchers[&w].keys[&key("k")];
         assert!(counter.buckets.len() <= 60);
+    }
+
+    #[test]
+    fn saved_counters_load_back_with_their_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counters.json");
+        let mut store = MemoryStore::new(10);
+        let w = Uuid::new_v4();
+        store.add(w, &key("k"), 3, 100, Some(10));
+        store.fired(w, &key("f"), 100);
+        store.save(&path).unwrap();
+        let mut loaded = MemoryStore::load(&path, 10).unwrap();
+        assert_eq!(loaded.add(w, &key("k"), 1, 105, Some(10)), 4);
+        assert_eq!(loaded.last_fired(w, &key("f")), Some(100));
+        std::fs::write(&path, b"{").unwrap();
+        let error = MemoryStore::load(&path, 10).unwrap_err();
+        assert!(format!("{error:#}").contains("is corrupt"), "{error:#}");
     }
 }

@@ -245,7 +245,7 @@ impl Api {
             Err(message) => return error(StatusCode::BAD_REQUEST, &message),
         };
         let ids: Vec<Uuid> = events.iter().map(|_| self.ids.next()).collect();
-        let keys: Vec<(Uuid, String)> = events
+        let keys: Vec<(Uuid, watch::Key)> = events
             .iter()
             .flat_map(|e| watch::keys_of(entry, e))
             .collect();

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::link::Link;
 use crate::ipc::WorkerMessage;
-use crate::watch::CountBatch;
+use crate::watch::{CountBatch, Key};
 
 /// Watcher counts reach the master at most this long after the event was acknowledged...
 const BATCH_DELAY: Duration = Duration::from_millis(10);
@@ -37,7 +37,7 @@ impl Batcher {
     }
 
     /// Counts `collected` events of `event`, and one per (watcher, key) in `keys`.
-    pub fn count(&self, event: &str, collected: u64, keys: Vec<(Uuid, String)>) {
+    pub fn count(&self, event: &str, collected: u64, keys: Vec<(Uuid, Key)>) {
         let mut batch = self.batch.borrow_mut();
         let was_empty = batch.is_empty();
         batch.add(event, collected, keys);
@@ -70,11 +70,11 @@ impl Batcher {
 #[derive(Debug, Default)]
 struct Batch {
     events: HashMap<String, u64>,
-    keys: HashMap<(Uuid, String), u64>,
+    keys: HashMap<(Uuid, Key), u64>,
 }
 
 impl Batch {
-    fn add(&mut self, event: &str, events: u64, keys: Vec<(Uuid, String)>) {
+    fn add(&mut self, event: &str, events: u64, keys: Vec<(Uuid, Key)>) {
         match self.events.get_mut(event) {
             Some(count) => *count += events,
             None => {
@@ -109,22 +109,29 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Aggregator;
+
+    fn ip(value: &str) -> Key {
+        let by_ip = Aggregator::Fields {
+            fields: vec!["ip".into()],
+        };
+        Key::of(
+            &by_ip,
+            serde_json::json!({ "ip": value }).as_object().unwrap(),
+        )
+    }
 
     #[test]
     fn a_batch_sums_per_event_and_per_key() {
         let (w1, w2) = (Uuid::new_v4(), Uuid::new_v4());
         let mut batch = Batch::default();
-        batch.add("logins", 1, vec![(w1, "a".into()), (w2, String::new())]);
-        batch.add("logins", 2, vec![(w1, "a".into()), (w1, "b".into())]);
+        batch.add("logins", 1, vec![(w1, ip("a")), (w2, Key::default())]);
+        batch.add("logins", 2, vec![(w1, ip("a")), (w1, ip("b"))]);
         let mut taken = batch.take();
         taken.keys.sort();
-        assert_eq!(taken.events, vec![("logins".to_string(), 3)]);
-        let mut expected = vec![
-            (w1, "a".to_string(), 2),
-            (w1, "b".to_string(), 1),
-            (w2, String::new(), 1),
-        ];
+        let mut expected = vec![(w1, ip("a"), 2), (w1, ip("b"), 1), (w2, Key::default(), 1)];
         expected.sort();
+        assert_eq!(taken.events, vec![("logins".to_string(), 3)]);
         assert_eq!(taken.keys, expected);
         assert!(batch.is_empty());
     }
