@@ -1,4 +1,6 @@
-//! The phpd-like control CLI: `eventsd [-c CONFIG] COMMAND`.
+//! The phpd-like control CLI, one implementation behind two programs: `eventsd [-c CONFIG]
+//! COMMAND` (every command, `run` included: what init systems start) and `eventsctl [-c
+//! CONFIG] COMMAND` (every command but `run`: what operators type).
 //!
 //! Owns argument parsing, what each command prints and its exit code (LSB codes for
 //! `status`). It talks to a running master only through the pidfile (its lock says
@@ -36,18 +38,40 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Parser)]
 #[command(name = "eventsd", version, about = "Events collector daemon")]
-struct Cli {
-    /// Configuration file (TOML); built-in defaults without one.
-    #[arg(short, long, env = "EVENTSD_CONFIG", global = true)]
-    config: Option<PathBuf>,
+struct DaemonCli {
+    #[command(flatten)]
+    options: Options,
+    #[command(subcommand)]
+    command: DaemonCommand,
+}
+
+#[derive(Parser)]
+#[command(name = "eventsctl", version, about = "Control the eventsd daemon")]
+struct CtlCli {
+    #[command(flatten)]
+    options: Options,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct Options {
+    /// Configuration file (TOML); built-in defaults without one.
+    #[arg(short, long, env = "EVENTSD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
-enum Command {
+enum DaemonCommand {
     /// Run the master in the foreground (systemd Type=notify).
     Run,
+    #[command(flatten)]
+    Control(Command),
+}
+
+/// The commands both programs share.
+#[derive(Subcommand)]
+enum Command {
     /// Start in the background; returns once the daemon serves.
     Start(Wait),
     /// Graceful stop (SIGTERM), waiting for the exit.
@@ -79,12 +103,26 @@ struct Wait {
     timeout: Option<u64>,
 }
 
-/// Runs the command line; returns the process exit code.
-pub fn main() -> i32 {
-    let cli = Cli::parse();
-    let outcome =
-        config::Source::new(cli.config.as_deref()).and_then(|source| execute(cli.command, &source));
-    match outcome {
+/// `eventsd`'s command line; returns the process exit code.
+pub fn daemon_main() -> i32 {
+    let cli = DaemonCli::parse();
+    exit_code(&cli.options, |source| match cli.command {
+        DaemonCommand::Run => run(source, source.load()?),
+        DaemonCommand::Control(command) => execute(command, source),
+    })
+}
+
+/// `eventsctl`'s command line; returns the process exit code.
+pub fn ctl_main() -> i32 {
+    let cli = CtlCli::parse();
+    exit_code(&cli.options, |source| execute(cli.command, source))
+}
+
+fn exit_code(
+    options: &Options,
+    command: impl FnOnce(&config::Source) -> anyhow::Result<i32>,
+) -> i32 {
+    match config::Source::new(options.config.as_deref()).and_then(|source| command(&source)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("eventsd: {e:#}");
@@ -99,21 +137,12 @@ fn execute(command: Command, source: &config::Source) -> anyhow::Result<i32> {
         Command::Status => status(source, Report::Summary),
         Command::Fullstatus { json: false } => status(source, Report::Table),
         Command::Fullstatus { json: true } => status(source, Report::Json),
-        command => {
-            let config = source.load()?;
-            match command {
-                Command::Run => run(source, config),
-                Command::Start(wait) => start(source, config, &wait),
-                Command::Stop(wait) => stop(&config, Signal::SIGTERM, &wait),
-                Command::HardStop(wait) => stop(&config, Signal::SIGQUIT, &wait),
-                Command::Reload(wait) => reload(&config, &wait),
-                Command::Restart(wait) => restart(source, config, Signal::SIGTERM, &wait),
-                Command::HardRestart(wait) => restart(source, config, Signal::SIGQUIT, &wait),
-                Command::Configtest | Command::Status | Command::Fullstatus { .. } => {
-                    unreachable!("handled above")
-                }
-            }
-        }
+        Command::Start(wait) => start(source, source.load()?, &wait),
+        Command::Stop(wait) => stop(&source.load()?, Signal::SIGTERM, &wait),
+        Command::HardStop(wait) => stop(&source.load()?, Signal::SIGQUIT, &wait),
+        Command::Reload(wait) => reload(&source.load()?, &wait),
+        Command::Restart(wait) => restart(source, source.load()?, Signal::SIGTERM, &wait),
+        Command::HardRestart(wait) => restart(source, source.load()?, Signal::SIGQUIT, &wait),
     }
 }
 

@@ -3,17 +3,16 @@
 //! Clients register event types over a REST API and post events; a pre-forking master
 //! supervises a pool of HTTP workers. The modules follow the process roles:
 //!
-//! - `master`: the supervisor process (pool, signals, timeouts, control socket);
-//! - `worker`: an HTTP worker process (hyper on one tokio thread);
+//! - `master`: the supervisor process (its cycle, pool, signals, timeouts, control socket);
+//! - `worker`: an HTTP worker process (hyper on one tokio thread) and its REST API;
+//! - `child`: one lifecycle for every forked child (fork, prologue, the master's record);
 //! - `ipc`: the frames and messages between them;
-//! - `watch`: aggregation keys, counters and firing decisions;
+//! - `watch`: aggregation keys, the counter store and firing decisions;
 //! - `action`: the action runner process and the deliveries (email, webhook, command);
-//! - `api`: what a request means and how replies look; `event`: a posted event on the hot
-//!   path; `appender`: how events are written;
+//! - `event`: a posted event on the hot path; `appender`: how events are written;
 //! - `registry`: event types, collectors and watchers, owned by the master;
-//! - `child`: what every forked child does first and last;
-//! - `config`, `cli`, `files`, `logging`, `pidfile`, `privileges`, `notify`, `status`: the
-//!   daemon's plumbing.
+//! - `config`, `cli` (the command line of both programs in `bin/`), `files`, `logging`,
+//!   `pidfile`, `privileges`, `notify`, `status`: the daemon's plumbing.
 
 pub mod action;
 pub mod appender;

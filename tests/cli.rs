@@ -103,6 +103,35 @@ fn stop_waits_for_a_graceful_exit_and_is_idempotent() {
 }
 
 #[test]
+fn eventsctl_has_every_command_but_run_and_drives_the_same_daemon() {
+    let mut daemon = Daemon::new("");
+    let refused = daemon.ctl(&["run"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("'run'"), "{}", stderr(&refused));
+    assert!(
+        !daemon.pidfile().exists(),
+        "`eventsctl run` started something"
+    );
+
+    let started = daemon.ctl(&["start"]);
+    assert!(started.status.success(), "{}", stderr(&started));
+    daemon.track_master();
+    let master = daemon.pidfile_pid().expect("pidfile written");
+    assert_eq!(daemon.get("/health").unwrap().status, 200);
+    let status = daemon.ctl(&["status"]);
+    assert_eq!(status.status.code(), Some(0));
+    assert!(stdout(&status).contains(&format!("eventsd is running (pid {master}")));
+    let reloaded = daemon.ctl(&["reload"]);
+    assert!(reloaded.status.success(), "{}", stderr(&reloaded));
+    assert_eq!(daemon.status().unwrap()["reloads"], 1);
+
+    let stopped = daemon.ctl(&["stop"]);
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    wait_for("the master to exit", 5 * SECOND, || is_gone(master));
+    assert_eq!(daemon.cli(&["status"]).status.code(), Some(3));
+}
+
+#[test]
 fn hard_stop_kills_the_workers_and_exits() {
     let daemon = started("");
     let workers = daemon.serving_workers();

@@ -20,6 +20,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_eventsd");
+/// The control program: the same commands as `eventsd COMMAND` but `run`.
+pub const CTL: &str = env!("CARGO_BIN_EXE_eventsctl");
 
 /// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
@@ -130,14 +132,24 @@ impl Daemon {
         }
     }
 
+    /// `eventsd -c CONFIG ARGS...`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BINARY)
+        self.command(BINARY, args)
+    }
+
+    /// `eventsctl -c CONFIG ARGS...`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.command(CTL, args)
+    }
+
+    fn command(&self, program: &str, args: &[&str]) -> Output {
+        Command::new(program)
             .arg("-c")
             .arg(&self.config)
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .expect("cannot run the eventsd CLI")
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
     }
 
     pub fn address(&self) -> SocketAddr {
