@@ -257,12 +257,11 @@ fn a_worker_is_recycled_after_max_requests_without_a_failed_request() {
     );
 }
 
+/// Run as root by `.ci/run` (`cargo test --test http -- --ignored`).
 #[test]
+#[ignore = "needs root"]
 fn workers_drop_to_the_configured_user_when_started_as_root() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: privilege drop needs root");
-        return;
-    }
+    assert!(nix::unistd::geteuid().is_root(), "run this test as root");
     let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\nuser = \"nobody\"\n");
     let worker = daemon.serving_workers()[0];
     let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();

@@ -66,30 +66,77 @@ fn every_template_routes_to_itself_with_or_without_its_trailing_slash() {
     }
 }
 
-#[test]
-fn the_live_daemon_answers_every_operation_with_a_documented_status() {
-    let daemon = Daemon::run("");
-    daemon.post("/event/", r#"{"type": "probe"}"#);
-    daemon.post(
-        "/event/probe/collector/",
+/// One valid request per documented operation, in an order where each finds what it
+/// needs: (METHOD, path template, body).
+const VALID_REQUESTS: [(&str, &str, &str); 17] = [
+    ("GET", "/health", ""),
+    ("HEAD", "/health", ""),
+    ("POST", "/event/", r#"{"type": "probe"}"#),
+    ("GET", "/event/", ""),
+    ("GET", "/event/{type}/", ""),
+    (
+        "POST",
+        "/event/{type}/collector/",
         r#"{"name": "thing", "appender": {"type": "null"}}"#,
-    );
-    daemon.post("/event/probe/watcher/", r#"{"name": "thing", "threshold": 5, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#);
+    ),
+    ("GET", "/event/{type}/collector/", ""),
+    ("GET", "/event/{type}/collector/{name}", ""),
+    (
+        "POST",
+        "/event/{type}/watcher/",
+        r#"{"name": "thing", "threshold": 5, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
+    ),
+    ("GET", "/event/{type}/watcher/", ""),
+    ("GET", "/event/{type}/watcher/{name}", ""),
+    ("POST", "/event/{type}/", r#"{"user": "ann"}"#),
+    (
+        "POST",
+        "/event/{type}/_bulk",
+        "{\"user\": \"ann\"}\n{\"user\": \"bob\"}\n",
+    ),
+    ("GET", "/metrics", ""),
+    ("DELETE", "/event/{type}/watcher/{name}", ""),
+    ("DELETE", "/event/{type}/collector/{name}", ""),
+    ("DELETE", "/event/{type}/", ""),
+];
 
+#[test]
+fn every_documented_operation_has_a_valid_request_in_this_test() {
+    let covered: BTreeSet<(String, String)> = VALID_REQUESTS
+        .iter()
+        .map(|(method, path, _)| (path.to_string(), method.to_string()))
+        .collect();
+    assert_eq!(covered, documented(&document()));
+}
+
+#[test]
+fn the_live_daemon_answers_every_valid_request_with_its_documented_success() {
+    let daemon = Daemon::run("");
     let document = document();
-    let mut operations: Vec<(String, String)> = documented(&document).into_iter().collect();
-    // Deletions last, the deepest first, so that each finds what it deletes.
-    operations.sort_by_key(|(path, method)| (method == "DELETE", std::cmp::Reverse(path.len())));
-    for (path, method) in operations {
+    for (method, path, body) in VALID_REQUESTS {
         let concrete = path.replace("{type}", "probe").replace("{name}", "thing");
-        let body = if method == "POST" { "{}" } else { "" };
-        let response = daemon.send(&method, &concrete, body, "");
-        let documented_codes = &document["paths"][&path][method.to_lowercase()]["responses"];
-        assert!(
-            documented_codes.get(response.status.to_string()).is_some(),
-            "{method} {concrete} answered {}, not documented: {}",
-            response.status,
+        let responses = &document["paths"][path][method.to_lowercase()]["responses"];
+        let successes: Vec<&String> = responses
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|code| code.starts_with('2'))
+            .collect();
+        assert_eq!(
+            successes.len(),
+            1,
+            "{method} {path}: one documented success"
+        );
+        let response = daemon.send(method, &concrete, body, "");
+        assert_eq!(
+            response.status.to_string(),
+            *successes[0],
+            "{method} {concrete}: {}",
             response.body
         );
     }
+    assert!(
+        daemon.get("/event/probe/").unwrap().status == 404,
+        "the deletions took effect"
+    );
 }
