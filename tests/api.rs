@@ -1,13 +1,14 @@
 //! The REST API of api.md against the real binary with several workers: the original
 //! daemon's requests with their exact shapes, every error row, read-your-writes across
-//! workers, persistence, collecting through appenders, and bad input.
+//! workers, persistence, and bad input. Collecting through appenders: `collectors.rs`.
 
 mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Daemon, Response, stderr, wait_for};
+use common::rest::{assert_error, assert_uuid, register};
+use common::{Daemon, stderr, wait_for};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -19,40 +20,6 @@ const WATCHER: &str = r#"{"name": "storm", "threshold": 50,
     "action": {"type": "null"}}"#;
 /// The payload of the original daemon's own benchmark.
 const PAYLOAD: &str = r#"{"message":"This is test event message","date":"2016-03-04 12:00:00","host":"host-1","category":"unknown","field1":"f1","field2":"f2"}"#;
-
-fn assert_uuid(value: &Value) -> String {
-    let id = value
-        .as_str()
-        .unwrap_or_else(|| panic!("not a string id: {value}"));
-    let parsed = uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("`{id}` is not a UUID: {e}"));
-    assert_eq!(parsed.get_version_num(), 4, "{id}");
-    id.to_string()
-}
-
-fn assert_error(response: &Response, status: u16, mentions: &str) {
-    assert_eq!(response.status, status, "{response:?}");
-    assert_eq!(
-        response.header("content-type").as_deref(),
-        Some("application/json")
-    );
-    let body = response.json();
-    assert_eq!(body["status_code"], status, "{body}");
-    let message = body["message"].as_str().unwrap();
-    assert!(
-        message.contains(mentions),
-        "`{message}` does not mention `{mentions}`"
-    );
-}
-
-fn register(daemon: &Daemon, event: &str) -> String {
-    let response = daemon.post("/event/", &json!({"type": event}).to_string());
-    assert_eq!(response.status, 201, "{response:?}");
-    assert_uuid(&response.json()["_id"])
-}
-
-fn file_collector(path: &std::path::Path) -> String {
-    json!({"name": "audit", "appender": {"type": "file", "path": path}}).to_string()
-}
 
 #[test]
 fn the_original_daemons_requests_get_their_shapes_and_codes() {
@@ -329,180 +296,6 @@ fn a_corrupt_registry_stops_the_start_naming_the_file_and_is_left_alone() {
         "{\"version\": 2, \"ev"
     );
     assert!(!daemon.pidfile().exists());
-}
-
-#[test]
-fn every_acknowledged_event_is_in_the_file_appender() {
-    let daemon = Daemon::run(FOUR_WORKERS);
-    let events = daemon.path("events.jsonl");
-    register(&daemon, "logins");
-    assert_eq!(
-        daemon
-            .post("/event/logins/collector/", &file_collector(&events))
-            .status,
-        201
-    );
-
-    let address = daemon.address();
-    let clients: Vec<_> = (0..4)
-        .map(|client| {
-            std::thread::spawn(move || {
-                (0..50)
-                    .map(|n| {
-                        let body = json!({"client": client, "n": n, "user": {"id": n}}).to_string();
-                        let raw = format!(
-                            "POST /event/logins/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let response = common::request(address, &raw).unwrap();
-                        assert_eq!(response.status, 200);
-                        response.json()["_id"].as_str().unwrap().to_string()
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let acknowledged: HashSet<String> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
-    let bulk = daemon.post("/event/logins/_bulk", "{\"n\": 1}\n{\"n\": 2}\n");
-    assert_eq!(bulk.json()["collected"], 2);
-    let bulk_ids: Vec<String> = bulk.json()["_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-
-    let text = std::fs::read_to_string(&events).unwrap();
-    let mut written = HashSet::new();
-    for line in text.lines() {
-        let event: Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("torn line ({e}): {line}"));
-        assert_eq!(event["event_type"], "logins");
-        assert!(
-            event["received_at"].as_str().unwrap().ends_with('Z'),
-            "{line}"
-        );
-        written.insert(event["event_uuid"].as_str().unwrap().to_string());
-    }
-    assert_eq!(written.len(), 202);
-    assert!(
-        acknowledged.is_subset(&written),
-        "acknowledged events missing from the file"
-    );
-    assert!(bulk_ids.iter().all(|id| written.contains(id)));
-
-    let workers = wait_collected(&daemon, 202);
-    assert!(workers > 1, "the events were not spread over workers");
-}
-
-/// Waits until `/metrics` counts `expected` collected events; returns how many workers
-/// served requests.
-fn wait_collected(daemon: &Daemon, expected: u64) -> usize {
-    let line = format!("eventsd_events_collected_total{{type=\"logins\"}} {expected}");
-    let mut metrics = String::new();
-    wait_for(&line, 5 * SECOND, || {
-        metrics = daemon.get("/metrics").unwrap().body;
-        metrics.contains(&line)
-    });
-    assert!(
-        metrics.contains("eventsd_workers{state=\"idle\"}"),
-        "{metrics}"
-    );
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("eventsd_worker_requests_total") && !l.ends_with(" 0"))
-        .count()
-}
-
-#[test]
-fn a_failing_appender_gives_503_and_no_acknowledgement() {
-    let daemon = Daemon::run("");
-    register(&daemon, "logins");
-    register(&daemon, "orders");
-    // The folder exists at registration and disappears later: the target broke.
-    let folder = daemon.path("appender");
-    std::fs::create_dir(&folder).unwrap();
-    let unwritable = folder.join("events.jsonl");
-    assert_eq!(
-        daemon
-            .post("/event/logins/collector/", &file_collector(&unwritable))
-            .status,
-        201
-    );
-    std::fs::remove_dir(&folder).unwrap();
-
-    let refused = daemon.post("/event/logins/", "{\"user\": 1}");
-    assert_error(&refused, 503, "could not write");
-    assert!(refused.json().get("_id").is_none());
-    assert!(!unwritable.exists());
-    assert_eq!(
-        daemon.post("/event/orders/", "{}").status,
-        200,
-        "other types keep being served"
-    );
-    let bulk = daemon.post("/event/logins/_bulk", "{}\n{}\n");
-    assert_eq!(bulk.status, 503);
-}
-
-#[test]
-fn a_file_appender_that_could_never_write_is_refused_at_registration() {
-    let daemon = Daemon::run("");
-    register(&daemon, "logins");
-    for path in [
-        std::path::PathBuf::from("/"),
-        daemon.path("no-such-folder/events.jsonl"),
-    ] {
-        assert_error(
-            &daemon.post("/event/logins/collector/", &file_collector(&path)),
-            400,
-            "existing folder",
-        );
-    }
-    assert_eq!(
-        daemon.get("/event/logins/collector/").unwrap().json(),
-        json!([])
-    );
-}
-
-#[test]
-fn the_syslog_appender_writes_or_refuses_the_event() {
-    let daemon = Daemon::run("");
-    register(&daemon, "logins");
-    let collector = r#"{"name": "sys", "appender": {"type": "syslog", "ident": "shop"}}"#;
-    assert_eq!(
-        daemon.post("/event/logins/collector/", collector).status,
-        201
-    );
-    let response = daemon.post("/event/logins/", "{\"user\": 1}");
-    // Without a syslog daemon (no /dev/log), the event must not be acknowledged.
-    let expected = if std::path::Path::new("/dev/log").exists() {
-        200
-    } else {
-        503
-    };
-    assert_eq!(response.status, expected, "{response:?}");
-}
-
-#[test]
-fn a_bad_bulk_line_rejects_the_whole_batch() {
-    let daemon = Daemon::run("");
-    let events = daemon.path("events.jsonl");
-    register(&daemon, "logins");
-    daemon.post("/event/logins/collector/", &file_collector(&events));
-    assert_error(
-        &daemon.post("/event/logins/_bulk", "{\"a\": 1}\n{\"a\": 2}\n[3]\n"),
-        400,
-        "Line 3",
-    );
-    assert_error(
-        &daemon.post("/event/logins/_bulk", "{\"a\": 1}\nnope\n"),
-        400,
-        "Line 2",
-    );
-    assert!(!events.exists() || std::fs::read_to_string(&events).unwrap().is_empty());
 }
 
 #[test]

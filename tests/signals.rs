@@ -196,6 +196,32 @@ fn sigint_and_sigquit_stop_at_once_without_waiting_for_requests() {
     }
 }
 
+/// Issue 13's reproduction: many reloads in a row under connection-per-request load, long
+/// enough to hit a worker draining with connections accepted but not yet read.
+#[test]
+fn fifteen_reloads_in_a_row_under_load_fail_no_request() {
+    let daemon = Daemon::run("[workers]\nmin = 2\nmax = 2\n");
+    let load = Load::start(daemon.address(), 4);
+    for _ in 0..15 {
+        let reload = daemon.cli(&["reload"]);
+        assert!(reload.status.success(), "{}", common::stderr(&reload));
+    }
+    let tally = load.finish();
+    assert!(
+        tally.ok > 100,
+        "too little load to prove anything: {}",
+        tally.ok
+    );
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} requests failed during the reloads: {:?}",
+        tally.failures.len(),
+        tally.ok + tally.failures.len() as u64,
+        tally.failures
+    );
+    assert_eq!(daemon.status().unwrap()["generation"], 16);
+}
+
 #[test]
 fn sighup_reload_under_load_fails_no_request_and_rolls_every_worker() {
     let daemon = Daemon::run("[workers]\nmin = 2\nmax = 2\n");

@@ -3,8 +3,9 @@
 //!
 //! Owns connections: the per-worker connection cap, the header deadline (which hyper
 //! also applies while a keep-alive connection waits for its next request), accept errors
-//! survived, graceful draining, and the figures the heartbeat reports. What a request
-//! means is `api`'s business.
+//! survived, draining without refusing (process-model.md: a connection accepted before
+//! the drain gets its first request served, with `Connection: close`), and the figures
+//! the heartbeat reports. What a request means is `api`'s business.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -15,10 +16,9 @@ use std::time::{Duration, Instant};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use log::{debug, warn};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use super::api::Api;
 use super::link::{Link, Shutdown};
@@ -29,9 +29,12 @@ use crate::ipc::{Heartbeat, WorkerMessage};
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// A worker whose accepts have failed this long retires, and the master replaces it.
 const ACCEPT_FAILURE_LIMIT: Duration = Duration::from_secs(5);
+/// When the drain begins, a connection whose first request has not arrived yet waits this
+/// long for it (at most the read timeout) before it is closed.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Accepts and serves connections until `shutdown`, then waits for every connection to
-/// finish its in-flight request.
+/// finish its in-flight request (and for a silent new one to send its first).
 pub async fn accept_until_shutdown(
     listener: TcpListener,
     config: &Config,
@@ -44,7 +47,7 @@ pub async fn accept_until_shutdown(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.read_timeout())
         .keep_alive(true);
-    let connections = GracefulShutdown::new();
+    let grace = FIRST_REQUEST_GRACE.min(config.read_timeout());
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
     let max_requests = config.workers.max_requests;
     let mut failing_since: Option<Instant> = None;
@@ -90,12 +93,15 @@ pub async fn accept_until_shutdown(
             }
         };
         let _ = stream.set_nodelay(true);
+        let request_seen = Rc::new(Notify::new());
         let service = {
             let (api, stats, link, shutdown) =
                 (api.clone(), stats.clone(), link.clone(), shutdown.clone());
+            let request_seen = request_seen.clone();
             service_fn(move |request| {
                 let (api, stats, link, shutdown) =
                     (api.clone(), stats.clone(), link.clone(), shutdown.clone());
+                request_seen.notify_one();
                 async move {
                     let in_flight = stats.request_started();
                     let response = api.handle(request, peer).await;
@@ -115,10 +121,12 @@ pub async fn accept_until_shutdown(
                 }
             })
         };
-        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         let open = stats.connection_opened();
+        let shutdown = shutdown.clone();
         tokio::task::spawn_local(async move {
-            if let Err(e) = connection.await {
+            let connection = std::pin::pin!(connection);
+            if let Err(e) = serve_until_drained(connection, &shutdown, &request_seen, grace).await {
                 debug!("connection from {peer}: {e}");
             }
             drop(open);
@@ -126,7 +134,41 @@ pub async fn accept_until_shutdown(
         });
     }
     drop(listener);
-    connections.shutdown().await;
+    // Every connection holds a slot until it ends: having them all back means drained.
+    let every_slot = u32::try_from(config.server.max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(every_slot).await;
+}
+
+type Connection<S> = http1::Connection<TokioIo<tokio::net::TcpStream>, S>;
+
+/// Serves `connection` until it ends or the worker drains. Draining, it closes at once
+/// only a connection with nothing in progress; one whose first request has not been
+/// seen gets `grace` to send it, and is answered with `Connection: close`.
+async fn serve_until_drained<S>(
+    mut connection: std::pin::Pin<&mut Connection<S>>,
+    shutdown: &Shutdown,
+    request_seen: &Notify,
+    grace: Duration,
+) -> hyper::Result<()>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::select! {
+        outcome = connection.as_mut() => return outcome,
+        () = shutdown.wait() => {}
+    }
+    // `request_seen` keeps a permit once a request was seen: then no wait at all.
+    let first_request = async {
+        let _ = tokio::time::timeout(grace, request_seen.notified()).await;
+    };
+    tokio::select! {
+        outcome = connection.as_mut() => return outcome,
+        () = first_request => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
 }
 
 /// The worker's figures, shared by its connections on one thread.
