@@ -2,8 +2,13 @@
 //!
 //! Owns the worker's open appender targets (files opened `O_APPEND`, syslog connections
 //! under each collector's ident). A write is one `write` of whole lines, so events from
-//! several workers never interleave within a line. It never acknowledges anything: the
-//! caller replies only once every write succeeded.
+//! several workers never interleave within a line, and a short write is undone, so the
+//! next line always starts a line. It never acknowledges anything: the caller replies
+//! only once every write succeeded.
+//!
+//! A file target is opened so that it can name nothing but a regular file (security.md):
+//! never through a symlink at the path (`O_NOFOLLOW`), never blocking on a FIFO
+//! (`O_NONBLOCK`), and checked with `fstat` once open.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -45,16 +50,11 @@ impl Appenders {
     fn write_file(&self, path: &Path, lines: &str) -> Result<(), String> {
         let mut files = self.files.borrow_mut();
         if !files.contains_key(path) {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .open(path)
-                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let file = open_regular_file(path)?;
             files.insert(path.to_path_buf(), file);
         }
         let written = match files.get_mut(path) {
-            Some(file) => file.write_all(lines.as_bytes()),
+            Some(file) => append_whole(file, lines.as_bytes()),
             None => Ok(()),
         };
         written.map_err(|e| {
@@ -90,6 +90,53 @@ impl Appenders {
     }
 }
 
+/// Opens `path` for appending, creating it 0640, and only if it is a regular file.
+fn open_regular_file(path: &Path) -> Result<File, String> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => format!("cannot open {}: it is a symlink", path.display()),
+            Some(libc::ENXIO) => format!("cannot open {}: it is a FIFO", path.display()),
+            _ => format!("cannot open {}: {e}", path.display()),
+        })?;
+    let kind = file
+        .metadata()
+        .map_err(|e| format!("cannot inspect {}: {e}", path.display()))?
+        .file_type();
+    if !kind.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    Ok(file)
+}
+
+/// One `write` of `bytes`; a short write (a full disk) is cut back off the file, so that
+/// no partial line stays for the next line to be glued onto.
+fn append_whole(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Seek;
+    let written = loop {
+        match file.write(bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other?,
+        }
+    };
+    if written == bytes.len() {
+        return Ok(());
+    }
+    // With O_APPEND the offset is now the end of what this write put there.
+    let end = file.stream_position()?;
+    if file.metadata()?.len() == end {
+        file.set_len(end - written as u64)?;
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::WriteZero,
+        format!("only {written} of {} bytes written, undone", bytes.len()),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +159,27 @@ mod tests {
         };
         let message = appenders.write(&nowhere, "{}\n").unwrap_err();
         assert!(message.contains("missing/events.jsonl"), "{message}");
+    }
+
+    #[test]
+    fn a_symlink_a_fifo_or_a_folder_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("link")).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let appenders = Appenders::default();
+        for (name, why) in [("link", "symlink"), ("fifo", "FIFO")] {
+            let target = Appender::File {
+                path: dir.path().join(name),
+            };
+            let message = appenders.write(&target, "{}\n").unwrap_err();
+            assert!(message.contains(why), "{name}: {message}");
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        let folder = Appender::File {
+            path: dir.path().to_path_buf(),
+        };
+        assert!(appenders.write(&folder, "{}\n").is_err());
     }
 }

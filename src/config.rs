@@ -15,7 +15,7 @@ use log::LevelFilter;
 use nix::unistd::{Gid, Group, Uid, User};
 use serde::{Deserialize, Deserializer};
 
-use crate::registry::EventDeclaration;
+use crate::registry::{Appender, EventDeclaration, Rules};
 
 /// The longest path a Unix socket address can hold (`sun_path` minus its NUL).
 const MAX_UNIX_SOCKET_PATH: usize = 107;
@@ -76,6 +76,7 @@ impl Source {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: Server,
+    pub collectors: Collectors,
     pub workers: Workers,
     pub watchers: Watchers,
     pub daemon: Daemon,
@@ -88,28 +89,40 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
     pub listen: SocketAddr,
-    #[serde(deserialize_with = "positive_i32")]
+    #[serde(deserialize_with = "within::<_, _, 1, 65_535>")]
     pub backlog: i32,
-    #[serde(deserialize_with = "positive_u64")]
+    #[serde(deserialize_with = "within::<_, _, 1, GIB>")]
     pub max_body_bytes: u64,
-    #[serde(deserialize_with = "positive_u64")]
+    #[serde(deserialize_with = "within::<_, _, 1, HOUR>")]
     pub read_timeout_secs: u64,
-    #[serde(deserialize_with = "positive_usize")]
+    #[serde(deserialize_with = "within::<_, _, 1, 1_000_000>")]
     pub max_connections: usize,
     pub api_token: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Collectors {
+    /// The only folders a file appender registered over HTTP may write in; none by
+    /// default (security.md). Config-declared appenders may name any path but eventsd's
+    /// own files.
+    pub file_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Workers {
-    #[serde(deserialize_with = "positive_usize")]
+    #[serde(deserialize_with = "within::<_, _, 1, 1_024>")]
     pub min: usize,
-    #[serde(deserialize_with = "positive_usize")]
+    #[serde(deserialize_with = "within::<_, _, 1, 1_024>")]
     pub max: usize,
-    #[serde(deserialize_with = "positive_u64")]
+    #[serde(deserialize_with = "within::<_, _, 1, DAY>")]
     pub idle_timeout_secs: u64,
-    #[serde(deserialize_with = "heartbeat_timeout")]
+    /// A worker sends a heartbeat every half second, so anything under 2 s would kill
+    /// healthy workers that were merely scheduled late.
+    #[serde(deserialize_with = "within::<_, _, 2, HOUR>")]
     pub heartbeat_timeout_secs: u64,
+    #[serde(deserialize_with = "within::<_, _, 0, DAY>")]
     pub graceful_timeout_secs: u64,
     pub max_requests: u64,
     pub user: String,
@@ -131,9 +144,9 @@ pub struct Privileges {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Watchers {
-    #[serde(deserialize_with = "positive_usize")]
+    #[serde(deserialize_with = "within::<_, _, 1, 100_000_000>")]
     pub max_keys: usize,
-    #[serde(deserialize_with = "positive_usize")]
+    #[serde(deserialize_with = "within::<_, _, 1, 10_000_000>")]
     pub action_queue: usize,
 }
 
@@ -160,7 +173,7 @@ pub struct Smtp {
     pub password: String,
     /// Require STARTTLS before sending.
     pub starttls: bool,
-    #[serde(deserialize_with = "positive_u64")]
+    #[serde(deserialize_with = "within::<_, _, 1, HOUR>")]
     pub timeout_secs: u64,
 }
 
@@ -265,6 +278,9 @@ impl Config {
         if let LogTarget::File(path) = &mut daemon.log {
             *path = base_dir.join(&*path);
         }
+        for dir in &mut self.collectors.file_dirs {
+            *dir = base_dir.join(&*dir);
+        }
     }
 
     fn validate(&mut self) -> anyhow::Result<()> {
@@ -290,7 +306,44 @@ impl Config {
             );
         }
         self.workers.privileges = resolve_privileges(&self.workers)?;
+        self.check_declared_appenders()
+    }
+
+    /// A declared file appender may name any path the operator likes, but eventsd's own.
+    fn check_declared_appenders(&self) -> anyhow::Result<()> {
+        let rules = self.registry_rules();
+        for event in &self.event {
+            for collector in &event.collector {
+                if let Appender::File { path } = &collector.appender {
+                    rules.check_own_files(path).map_err(|message| {
+                        anyhow::anyhow!(
+                            "event `{}`, collector `{}`: {message}",
+                            event.name,
+                            collector.name
+                        )
+                    })?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// What this configuration allows a client's registry change to name.
+    pub fn registry_rules(&self) -> Rules {
+        let daemon = &self.daemon;
+        let mut reserved = vec![
+            daemon.state_dir.clone(),
+            daemon.pidfile.clone(),
+            daemon.control_socket.clone(),
+        ];
+        if let LogTarget::File(log) = &daemon.log {
+            reserved.push(log.clone());
+        }
+        Rules {
+            token_set: !self.server.api_token.is_empty(),
+            file_dirs: self.collectors.file_dirs.clone(),
+            reserved,
+        }
     }
 
     pub fn read_timeout(&self) -> Duration {
@@ -358,32 +411,24 @@ impl fmt::Display for LogTarget {
 
 // Value checks live in the deserializers, so that toml reports the key and its line.
 
-fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+const HOUR: u64 = 3_600;
+const DAY: u64 = 86_400;
+const GIB: u64 = 1 << 30;
+
+/// Every count, size and duration has a range: a value outside it is refused here, naming
+/// the range, rather than overflowing a deadline or an allocation later.
+fn within<'de, D, T, const MIN: u64, const MAX: u64>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
     let value = u64::deserialize(d)?;
-    if value == 0 {
-        return Err(serde::de::Error::custom("must be at least 1"));
+    if !(MIN..=MAX).contains(&value) {
+        return Err(serde::de::Error::custom(format!(
+            "must be between {MIN} and {MAX}, not {value}"
+        )));
     }
-    Ok(value)
-}
-
-fn positive_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    let value = positive_u64(d)?;
-    usize::try_from(value).map_err(|_| serde::de::Error::custom("is too large"))
-}
-
-fn positive_i32<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
-    let value = positive_u64(d)?;
-    i32::try_from(value).map_err(|_| serde::de::Error::custom("is too large"))
-}
-
-/// A worker sends a heartbeat every half second, so anything under 2 s would kill
-/// healthy workers that were merely scheduled late.
-fn heartbeat_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let value = u64::deserialize(d)?;
-    if value < 2 {
-        return Err(serde::de::Error::custom("must be at least 2 (seconds)"));
-    }
-    Ok(value)
+    T::try_from(value).map_err(|_| serde::de::Error::custom(format!("{value} is too large")))
 }
 
 fn log_target<'de, D: Deserializer<'de>>(d: D) -> Result<LogTarget, D::Error> {
@@ -476,10 +521,34 @@ mod tests {
                 "line 2",
             ),
             ("[smtp]\nport = 70000\n", "port", "line 2"),
+            (
+                "[server]\nread_timeout_secs = 18446744073709551615\n",
+                "read_timeout_secs",
+                "line 2",
+            ),
+            (
+                "[workers]\ngraceful_timeout_secs = 9223372036854775807\n",
+                "between 0 and 86400",
+                "line 2",
+            ),
+            ("[server]\nmax_body_bytes = 0\n", "between 1 and", "line 2"),
+            ("[watchers]\nmax_keys = 0\n", "max_keys", "line 2"),
         ] {
             let message = error_of(text);
             assert!(message.contains(key), "{text:?}: {message}");
             assert!(message.contains(line), "{text:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_declared_appender_may_not_name_eventsds_own_files() {
+        for path in ["/etc/eventsd/eventsd-data/registry.json", "/var/log/e.log"] {
+            let message = error_of(&format!(
+                "[daemon]\nlog = \"/var/log/e.log\"\n[[event]]\ntype = \"logins\"\n\
+                 [[event.collector]]\nname = \"audit\"\nappender = {{ type = \"file\", path = \"{path}\" }}\n"
+            ));
+            assert!(message.contains("eventsd's own files"), "{path}: {message}");
+            assert!(message.contains("collector `audit`"), "{path}: {message}");
         }
     }
 

@@ -2,14 +2,15 @@
 //! refused change changes nothing, an accepted one round-trips through registry.json.
 #![no_main]
 
-use eventsd::registry::{Change, Origin, Registry};
+use eventsd::registry::{Change, Origin, Registry, Rules};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
     let origin = Origin { loopback: true };
+    let rules = Rules { token_set: true, file_dirs: vec!["/tmp".into()], reserved: Vec::new() };
     let mut registry = Registry::default();
     registry
-        .apply(&Change::CreateEvent { body: br#"{"type": "logins"}"#.to_vec() }, origin, true)
+        .apply(&Change::CreateEvent { body: br#"{"type": "logins"}"#.to_vec() }, origin, &rules)
         .expect("a valid event type");
     for change in [
         Change::CreateEvent { body: body.to_vec() },
@@ -17,7 +18,7 @@ fuzz_target!(|body: &[u8]| {
         Change::CreateWatcher { event: "logins".into(), body: body.to_vec() },
     ] {
         let before = registry.clone();
-        if registry.apply(&change, origin, true).is_err() {
+        if registry.apply(&change, origin, &rules).is_err() {
             assert_eq!(registry, before, "a refused change changed the registry");
         }
     }

@@ -48,8 +48,8 @@ impl Master {
             });
         }
         let mut next = self.registry.clone();
-        let token_set = !self.config.server.api_token.is_empty();
-        let id = next.apply(change, origin, token_set).inspect_err(|_| {
+        let rules = self.config.registry_rules();
+        let id = next.apply(change, origin, &rules).inspect_err(|_| {
             self.totals.record_change(kind, "refused");
         })?;
         if let Err(e) = next.save(&setup::registry_path(&self.config)) {

@@ -5,6 +5,7 @@
 //! copies pushed by the master. A change is applied to a copy first: a refused or failed
 //! change leaves the registry as it was. This module does no I/O beyond its state file.
 
+mod rules;
 pub mod spec;
 
 use std::borrow::Borrow;
@@ -15,6 +16,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use rules::Rules;
 pub use spec::{Action, Aggregator, Appender, CollectorSpec, EventDeclaration, Name, WatcherSpec};
 use spec::{EventSpec, from_json};
 
@@ -126,13 +128,13 @@ impl Registry {
         self.events.get(name)
     }
 
-    /// Applies `change`; returns the id of what it created (nil for a deletion). On a
-    /// refusal nothing has changed. `token_set`: `server.api_token` is configured.
+    /// Applies `change`, within what `rules` allow a client; returns the id of what it
+    /// created (nil for a deletion). On a refusal nothing has changed.
     pub fn apply(
         &mut self,
         change: &Change,
         origin: Origin,
-        token_set: bool,
+        rules: &Rules,
     ) -> Result<Uuid, Refusal> {
         let id = match change {
             Change::CreateEvent { body } => {
@@ -167,8 +169,14 @@ impl Registry {
                 let spec: CollectorSpec = from_json(body).map_err(bad_request)?;
                 if let Appender::File { path } = &spec.appender {
                     check_file_target(path)?;
+                    let forbidden =
+                        |message| Refusal::new(403, format!("Invalid `appender`: {message}"));
+                    rules.check_own_files(path).map_err(forbidden)?;
+                    rules.check_client_file(path).map_err(forbidden)?;
                 }
-                if matches!(spec.appender, Appender::File { .. }) && !token_set && !origin.loopback
+                if matches!(spec.appender, Appender::File { .. })
+                    && !rules.token_set
+                    && !origin.loopback
                 {
                     return Err(Refusal::new(
                         403,
@@ -372,7 +380,7 @@ mod tests {
 
     fn create_event(registry: &mut Registry, name: &str) -> Result<Uuid, Refusal> {
         let body = format!(r#"{{"type": "{name}"}}"#).into_bytes();
-        registry.apply(&Change::CreateEvent { body }, LOCAL, false)
+        registry.apply(&Change::CreateEvent { body }, LOCAL, &Rules::default())
     }
 
     fn collector(event: &str, body: &str) -> Change {
@@ -422,26 +430,51 @@ mod tests {
                 404,
             ),
         ] {
-            let refusal = registry.apply(&change, LOCAL, false).unwrap_err();
+            let refusal = registry
+                .apply(&change, LOCAL, &Rules::default())
+                .unwrap_err();
             assert_eq!(refusal.status, status, "{change:?}: {refusal:?}");
             assert_eq!(registry, before, "{change:?} changed the registry");
         }
     }
 
     #[test]
-    fn file_appenders_need_loopback_or_a_token() {
+    fn file_appenders_need_file_dirs_and_loopback_or_a_token() {
+        let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::default();
         create_event(&mut registry, "logins").unwrap();
-        let change = collector(
-            "logins",
-            r#"{"name": "c1", "appender": {"type": "file", "path": "/tmp/x"}}"#,
+        let path = dir.path().join("x.jsonl");
+        let body = format!(
+            r#"{{"name": "c1", "appender": {{"type": "file", "path": "{}"}}}}"#,
+            path.display()
         );
+        let change = collector("logins", &body);
         let remote = Origin { loopback: false };
+        let allowed = Rules {
+            token_set: false,
+            file_dirs: vec![dir.path().to_path_buf()],
+            reserved: Vec::new(),
+        };
+        let refused = registry
+            .apply(&change, LOCAL, &Rules::default())
+            .unwrap_err();
+        assert_eq!(refused.status, 403);
+        assert!(
+            refused.message.contains("collectors.file_dirs"),
+            "{refused:?}"
+        );
         assert_eq!(
-            registry.apply(&change, remote, false).unwrap_err().status,
+            registry
+                .apply(&change, remote, &allowed)
+                .unwrap_err()
+                .status,
             403
         );
-        assert!(registry.apply(&change, remote, true).is_ok());
+        let with_token = Rules {
+            token_set: true,
+            ..allowed
+        };
+        assert!(registry.apply(&change, remote, &with_token).is_ok());
     }
 
     #[test]
@@ -454,8 +487,12 @@ mod tests {
             event: "logins".into(),
             body: body.to_vec(),
         };
+        let token = Rules {
+            token_set: true,
+            ..Rules::default()
+        };
         assert_eq!(
-            registry.apply(&change, LOCAL, true).unwrap_err().status,
+            registry.apply(&change, LOCAL, &token).unwrap_err().status,
             403
         );
     }
@@ -487,14 +524,20 @@ mod tests {
             name: "audit".into(),
         };
         assert_eq!(
-            registry.apply(&delete, LOCAL, false).unwrap_err().status,
+            registry
+                .apply(&delete, LOCAL, &Rules::default())
+                .unwrap_err()
+                .status,
             403
         );
         let delete = Change::DeleteEvent {
             event: "logins".into(),
         };
         assert_eq!(
-            registry.apply(&delete, LOCAL, false).unwrap_err().status,
+            registry
+                .apply(&delete, LOCAL, &Rules::default())
+                .unwrap_err()
+                .status,
             403
         );
         let replace = collector(
@@ -502,7 +545,10 @@ mod tests {
             r#"{"name": "audit", "appender": {"type": "null"}}"#,
         );
         assert_eq!(
-            registry.apply(&replace, LOCAL, false).unwrap_err().status,
+            registry
+                .apply(&replace, LOCAL, &Rules::default())
+                .unwrap_err()
+                .status,
             403
         );
 

@@ -195,15 +195,28 @@ fn command_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
     Ok(Some(secs))
 }
 
+/// An appender path: absolute, without `..` and without control characters (a newline
+/// in a path would forge log lines). Where it may point is `Rules`' business.
 fn absolute_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-    let path = PathBuf::from(String::deserialize(d).map_err(|e| named("path", e))?);
-    if !path.is_absolute() {
-        return Err(D::Error::custom(format!(
-            "`path`: `{}` is not an absolute path",
-            path.display()
-        )));
+    let text = String::deserialize(d).map_err(|e| named("path", e))?;
+    let shown = text.escape_debug();
+    let path = PathBuf::from(&text);
+    let problem = if !path.is_absolute() {
+        Some("is not an absolute path")
+    } else if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        Some("holds a `..`")
+    } else if text.chars().any(char::is_control) {
+        Some("holds a control character")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(D::Error::custom(format!("`path`: `{shown}` {problem}"))),
+        None => Ok(path),
     }
-    Ok(path)
 }
 
 fn field_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -439,6 +452,15 @@ mod tests {
             message.contains("appender") && message.contains("absolute"),
             "{message}"
         );
+        for (path, problem) in [
+            ("/var/log/../../etc/profile.d/x.sh", "`..`"),
+            ("/tmp/x\\nforged", "control character"),
+        ] {
+            let body =
+                format!(r#"{{"name": "c1", "appender": {{"type": "file", "path": "{path}"}}}}"#);
+            let message = from_json::<CollectorSpec>(body.as_bytes()).unwrap_err();
+            assert!(message.contains(problem), "{path}: {message}");
+        }
         let extra =
             from_json::<CollectorSpec>(br#"{"name": "c1", "appender": {"type": "null", "x": 1}}"#);
         assert!(extra.unwrap_err().contains("unknown field `x`"));

@@ -247,7 +247,7 @@ pub fn now() -> Second {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Change, Origin};
+    use crate::registry::{Change, Origin, Rules};
     use store::MemoryStore;
 
     fn registry_with(watcher: &str) -> Registry {
@@ -259,14 +259,14 @@ mod tests {
                     body: br#"{"type": "logins"}"#.to_vec(),
                 },
                 origin,
-                false,
+                &Rules::default(),
             )
             .unwrap();
         let change = Change::CreateWatcher {
             event: "logins".into(),
             body: watcher.as_bytes().to_vec(),
         };
-        registry.apply(&change, origin, false).unwrap();
+        registry.apply(&change, origin, &Rules::default()).unwrap();
         registry
     }
 

@@ -44,10 +44,12 @@ pub fn free_port() -> u16 {
 }
 
 /// A config for tests: `[server] listen`, `[daemon]` state and log in the temp folder,
-/// overlaid section by section with `extra` (TOML).
+/// file appenders allowed in the temp folder, overlaid section by section with `extra`
+/// (TOML).
 pub fn config_text(port: u16, extra: &str) -> String {
     let mut config: toml::Table = toml::from_str(&format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [collectors]\nfile_dirs = [\".\"]\n\
          [daemon]\nstate_dir = \"state\"\nlog = \"daemon.log\"\nlog_level = \"debug\"\n"
     ))
     .unwrap();
