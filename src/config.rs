@@ -79,6 +79,7 @@ pub struct Config {
     pub collectors: Collectors,
     pub workers: Workers,
     pub watchers: Watchers,
+    pub registry: RegistryLimits,
     pub daemon: Daemon,
     pub smtp: Smtp,
     /// `[[event]]`: event types, collectors and watchers declared by the operator.
@@ -148,6 +149,22 @@ pub struct Watchers {
     pub max_keys: usize,
     #[serde(deserialize_with = "within::<_, _, 1, 10_000_000>")]
     pub action_queue: usize,
+    /// Fields of one `fields` aggregator.
+    #[serde(deserialize_with = "within::<_, _, 1, 256>")]
+    pub max_fields: usize,
+    /// The longest aggregation key; longer values are cut to a digest.
+    #[serde(deserialize_with = "within::<_, _, 64, 65_536>")]
+    pub max_key_bytes: usize,
+    /// Watchers of one event type.
+    #[serde(deserialize_with = "within::<_, _, 1, 10_000>")]
+    pub max_per_type: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryLimits {
+    #[serde(deserialize_with = "within::<_, _, 1, 1_000_000>")]
+    pub max_event_types: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -222,6 +239,17 @@ impl Default for Watchers {
         Watchers {
             max_keys: 100_000,
             action_queue: 10_000,
+            max_fields: 16,
+            max_key_bytes: 1024,
+            max_per_type: 256,
+        }
+    }
+}
+
+impl Default for RegistryLimits {
+    fn default() -> Self {
+        RegistryLimits {
+            max_event_types: 10_000,
         }
     }
 }
@@ -305,14 +333,28 @@ impl Config {
                 self.daemon.control_socket.display()
             );
         }
+        let watchers = &self.watchers;
+        let smallest_key = watchers.max_fields * crate::watch::DIGEST_BYTES + 2;
+        if watchers.max_key_bytes < smallest_key {
+            bail!(
+                "watchers.max_key_bytes ({}) is too small for watchers.max_fields ({}): \
+                 at least {smallest_key}",
+                watchers.max_key_bytes,
+                watchers.max_fields
+            );
+        }
         self.workers.privileges = resolve_privileges(&self.workers)?;
-        self.check_declared_appenders()
+        self.check_declared_entries()
     }
 
-    /// A declared file appender may name any path the operator likes, but eventsd's own.
-    fn check_declared_appenders(&self) -> anyhow::Result<()> {
+    /// Declared entries may name any path the operator likes but eventsd's own files,
+    /// within the bounds that hold for everyone.
+    fn check_declared_entries(&self) -> anyhow::Result<()> {
         let rules = self.registry_rules();
         for event in &self.event {
+            rules
+                .check_declaration(event)
+                .map_err(|message| anyhow::anyhow!("event `{}`: {message}", event.name))?;
             for collector in &event.collector {
                 if let Appender::File { path } = &collector.appender {
                     rules.check_own_files(path).map_err(|message| {
@@ -343,6 +385,9 @@ impl Config {
             token_set: !self.server.api_token.is_empty(),
             file_dirs: self.collectors.file_dirs.clone(),
             reserved,
+            max_event_types: self.registry.max_event_types,
+            max_watchers: self.watchers.max_per_type,
+            max_fields: self.watchers.max_fields,
         }
     }
 
@@ -550,6 +595,13 @@ mod tests {
             assert!(message.contains("eventsd's own files"), "{path}: {message}");
             assert!(message.contains("collector `audit`"), "{path}: {message}");
         }
+    }
+
+    #[test]
+    fn a_key_limit_too_small_for_the_fields_is_rejected() {
+        let message = error_of("[watchers]\nmax_fields = 16\nmax_key_bytes = 64\n");
+        assert!(message.contains("watchers.max_key_bytes (64)"), "{message}");
+        assert!(parse("[watchers]\nmax_fields = 2\nmax_key_bytes = 64\n").is_ok());
     }
 
     #[test]

@@ -117,3 +117,118 @@ fn out_of_range_config_values_are_refused_by_configtest_with_the_key_and_range()
         assert!(message.contains(range), "{key}: {message}");
     }
 }
+
+fn watcher_body(name: &str, aggregator: &serde_json::Value, action: &serde_json::Value) -> String {
+    serde_json::json!({"name": name, "threshold": 1000000, "aggregator": aggregator, "action": action})
+        .to_string()
+}
+
+#[test]
+fn a_watcher_with_five_thousand_fields_is_refused() {
+    let daemon = Daemon::run("");
+    register(&daemon, "logins");
+    let fields: Vec<String> = (0..5000).map(|i| format!("f{i}")).collect();
+    let body = watcher_body(
+        "fat",
+        &serde_json::json!({"type": "fields", "fields": fields}),
+        &serde_json::json!({"type": "null"}),
+    );
+    assert_error(
+        &daemon.post("/event/logins/watcher/", &body),
+        400,
+        "watchers.max_fields",
+    );
+    assert_eq!(
+        daemon.get("/event/logins/watcher/").unwrap().json(),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn a_flood_of_fat_keys_is_collected_with_no_worker_dying_and_a_small_master() {
+    let daemon = Daemon::run("");
+    register(&daemon, "logins");
+    let by_a = serde_json::json!({"type": "fields", "fields": ["a", "b"]});
+    let body = watcher_body("fat", &by_a, &serde_json::json!({"type": "null"}));
+    assert_eq!(daemon.post("/event/logins/watcher/", &body).status, 201);
+    let workers = daemon.serving_workers();
+    let fat = "\\u0001".repeat(1500);
+    for i in 0..300 {
+        let event = format!(r#"{{"a": "{fat}{i}", "b": "{fat}"}}"#);
+        assert_eq!(
+            daemon.post("/event/logins/", &event).status,
+            200,
+            "event {i}"
+        );
+    }
+    common::wait_for(
+        "every count to reach the master",
+        Duration::from_secs(5),
+        || daemon.metric("eventsd_watcher_keys{watcher=\"fat\"}") == Some(300),
+    );
+    assert_eq!(daemon.serving_workers(), workers, "a worker died");
+    let master = daemon.master_pid();
+    let status = std::fs::read_to_string(format!("/proc/{master}/status")).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 150 * 1024, "master at {rss_kib} KiB");
+}
+
+#[test]
+fn secrets_are_not_read_back_without_the_token() {
+    let daemon = Daemon::run("[server]\napi_token = \"t0ken\"\n");
+    let token = "Authorization: Bearer t0ken\r\n";
+    let created = daemon.send("POST", "/event/", r#"{"type": "logins"}"#, token);
+    assert_eq!(created.status, 201);
+    let webhook = serde_json::json!({"type": "webhook",
+        "url": "https://hooks.example.com/services/T0/B0/SECRETPATH?key=SECRETQUERY",
+        "headers": {"Authorization": "Bearer xoxb-SECRETHEADER"}});
+    let body = watcher_body("slack", &serde_json::json!({"type": "single"}), &webhook);
+    let created = daemon.send("POST", "/event/logins/watcher/", &body, token);
+    assert_eq!(created.status, 201, "{}", created.body);
+
+    let anonymous = daemon.get("/event/logins/watcher/slack").unwrap();
+    assert_eq!(anonymous.status, 200);
+    assert!(!anonymous.body.contains("SECRET"), "{}", anonymous.body);
+    let action = &anonymous.json()["action"];
+    assert_eq!(action["url"], "https://hooks.example.com/…");
+    assert_eq!(action["headers"]["Authorization"], "***");
+
+    let with_token = daemon.send("GET", "/event/logins/watcher/slack", "", token);
+    assert!(
+        with_token.body.contains("SECRETPATH"),
+        "{}",
+        with_token.body
+    );
+    assert!(
+        with_token.body.contains("xoxb-SECRETHEADER"),
+        "{}",
+        with_token.body
+    );
+}
+
+#[test]
+fn webhook_headers_with_cr_or_lf_are_refused() {
+    let daemon = Daemon::run("");
+    register(&daemon, "logins");
+    for headers in [
+        serde_json::json!({"X-A": "1\r\nX-Injected: yes"}),
+        serde_json::json!({"X-A\nX-Injected": "yes"}),
+        serde_json::json!({"X-A": "nul\u{0}byte"}),
+    ] {
+        let webhook = serde_json::json!({"type": "webhook", "url": "http://127.0.0.1:9/", "headers": headers});
+        let body = watcher_body("hook", &serde_json::json!({"type": "single"}), &webhook);
+        assert_error(
+            &daemon.post("/event/logins/watcher/", &body),
+            400,
+            "headers",
+        );
+    }
+    assert_eq!(
+        daemon.get("/event/logins/watcher/").unwrap().json(),
+        serde_json::json!([])
+    );
+}

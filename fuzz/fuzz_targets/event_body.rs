@@ -18,6 +18,7 @@ fuzz_target!(|body: &[u8]| {
         let _ = event.get(path);
     }
     let fields = Aggregator::Fields { fields: vec!["ip".into(), "user.id".into()] };
-    let key = eventsd::watch::Key::of(&fields, &event);
+    let key = eventsd::watch::Key::of(&fields, &event, 64);
+    assert!(key.as_str().len() <= 64);
     assert_eq!(key.decode().expect("a key decodes").len(), 2);
 });

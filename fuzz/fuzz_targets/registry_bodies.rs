@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
     let origin = Origin { loopback: true };
-    let rules = Rules { token_set: true, file_dirs: vec!["/tmp".into()], reserved: Vec::new() };
+    let rules = Rules { token_set: true, file_dirs: vec!["/tmp".into()], ..Rules::default() };
     let mut registry = Registry::default();
     registry
         .apply(&Change::CreateEvent { body: br#"{"type": "logins"}"#.to_vec() }, origin, &rules)

@@ -57,6 +57,10 @@ pub trait Spec: Clone + PartialEq {
     /// "Collector" or "Watcher", for messages.
     const KIND: &'static str;
     fn name(&self) -> &Name;
+    /// The definition as a reader without the API token may see it (security.md).
+    fn without_secrets(&self) -> Self {
+        self.clone()
+    }
 }
 
 impl Spec for CollectorSpec {
@@ -70,6 +74,19 @@ impl Spec for WatcherSpec {
     const KIND: &'static str = "Watcher";
     fn name(&self) -> &Name {
         &self.name
+    }
+
+    /// Webhook URLs lose their path and query (a Slack URL is its own credential),
+    /// header values read `***`.
+    fn without_secrets(&self) -> Self {
+        let mut spec = self.clone();
+        if let Action::Webhook { url, headers } = &mut spec.action {
+            *url = spec::url_without_secrets(url);
+            headers
+                .values_mut()
+                .for_each(|value| *value = "***".to_string());
+        }
+        spec
     }
 }
 
@@ -139,6 +156,9 @@ impl Registry {
         let id = match change {
             Change::CreateEvent { body } => {
                 let spec: EventSpec = from_json(body).map_err(bad_request)?;
+                rules
+                    .check_event_count(self.events.len())
+                    .map_err(bad_request)?;
                 if self.events.contains_key(spec.name.as_str()) {
                     return Err(conflict(format!(
                         "Event type `{}` already registered",
@@ -185,7 +205,11 @@ impl Registry {
                             .to_string(),
                     ));
                 }
-                add(&mut self.event_mut_or_404(event)?.collectors, event, spec)?
+                let collectors = &mut self.event_mut_or_404(event)?.collectors;
+                rules
+                    .check_collector_count(collectors.len())
+                    .map_err(bad_request)?;
+                add(collectors, event, spec)?
             }
             Change::DeleteCollector { event, name } => {
                 remove(&mut self.event_mut_or_404(event)?.collectors, event, name)?;
@@ -199,7 +223,11 @@ impl Registry {
                         "The `command` action is accepted only from the config file".to_string(),
                     ));
                 }
-                add(&mut self.event_mut_or_404(event)?.watchers, event, spec)?
+                let watchers = &mut self.event_mut_or_404(event)?.watchers;
+                rules
+                    .check_watcher(&spec, watchers.len())
+                    .map_err(bad_request)?;
+                add(watchers, event, spec)?
             }
             Change::DeleteWatcher { event, name } => {
                 remove(&mut self.event_mut_or_404(event)?.watchers, event, name)?;
@@ -451,9 +479,8 @@ mod tests {
         let change = collector("logins", &body);
         let remote = Origin { loopback: false };
         let allowed = Rules {
-            token_set: false,
             file_dirs: vec![dir.path().to_path_buf()],
-            reserved: Vec::new(),
+            ..Rules::default()
         };
         let refused = registry
             .apply(&change, LOCAL, &Rules::default())
@@ -475,6 +502,55 @@ mod tests {
             ..allowed
         };
         assert!(registry.apply(&change, remote, &with_token).is_ok());
+    }
+
+    #[test]
+    fn the_registry_cannot_grow_past_its_bounds() {
+        let rules = Rules {
+            max_event_types: 2,
+            max_watchers: 1,
+            max_fields: 2,
+            ..Rules::default()
+        };
+        let mut registry = Registry::default();
+        for name in ["ab", "cd"] {
+            let body = format!(r#"{{"type": "{name}"}}"#).into_bytes();
+            registry
+                .apply(&Change::CreateEvent { body }, LOCAL, &rules)
+                .unwrap();
+        }
+        let third = Change::CreateEvent {
+            body: br#"{"type": "ef"}"#.to_vec(),
+        };
+        let refused = registry.apply(&third, LOCAL, &rules).unwrap_err();
+        assert_eq!(refused.status, 400);
+        assert!(
+            refused.message.contains("registry.max_event_types (2)"),
+            "{refused:?}"
+        );
+        let watcher = |name: &str, fields: &str| {
+            Change::CreateWatcher {
+            event: "ab".into(),
+            body: format!(
+                r#"{{"name": "{name}", "threshold": 1, "aggregator": {{"type": "fields", "fields": {fields}}}, "action": {{"type": "null"}}}}"#
+            )
+            .into_bytes(),
+        }
+        };
+        let fat = registry
+            .apply(&watcher("w1", r#"["a", "b", "c"]"#), LOCAL, &rules)
+            .unwrap_err();
+        assert!(fat.message.contains("watchers.max_fields (2)"), "{fat:?}");
+        registry
+            .apply(&watcher("w1", r#"["a", "b"]"#), LOCAL, &rules)
+            .unwrap();
+        let second = registry
+            .apply(&watcher("w2", r#"["a"]"#), LOCAL, &rules)
+            .unwrap_err();
+        assert!(
+            second.message.contains("watchers.max_per_type (1)"),
+            "{second:?}"
+        );
     }
 
     #[test]

@@ -1,13 +1,19 @@
-//! What the operator allows a registry change to name (security.md): the folders a
-//! client's file appender may write in (`[collectors] file_dirs`), eventsd's own files
-//! that no appender may name, and whether an API token guards the registry.
+//! What the operator allows a registry change to name or grow (security.md): the folders
+//! a client's file appender may write in (`[collectors] file_dirs`), eventsd's own files
+//! that no appender may name, whether an API token guards the registry, and the bounds
+//! on its size (event types, collectors and watchers per type, fields per watcher).
 //!
 //! Plain data built from the configuration (`Config::registry_rules`) and checks on
 //! paths; nothing here opens or writes a file.
 
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Default, PartialEq)]
+use super::spec::{Aggregator, EventDeclaration, WatcherSpec};
+
+/// Collectors of one event type: each file collector is a descriptor in every worker.
+pub const MAX_COLLECTORS_PER_TYPE: usize = 64;
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rules {
     /// `server.api_token` is set.
     pub token_set: bool,
@@ -17,9 +23,81 @@ pub struct Rules {
     /// eventsd's own files: the state folder (and all below it), the pidfile, the control
     /// socket and the log file. No appender may name them, whoever registers it.
     pub reserved: Vec<PathBuf>,
+    /// `registry.max_event_types`.
+    pub max_event_types: usize,
+    /// `watchers.max_per_type`.
+    pub max_watchers: usize,
+    /// `watchers.max_fields`.
+    pub max_fields: usize,
+}
+
+/// The configuration's defaults.
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            token_set: false,
+            file_dirs: Vec::new(),
+            reserved: Vec::new(),
+            max_event_types: 10_000,
+            max_watchers: 256,
+            max_fields: 16,
+        }
+    }
 }
 
 impl Rules {
+    /// One more event type, when `count` are registered.
+    pub fn check_event_count(&self, count: usize) -> Result<(), String> {
+        bounded(
+            count,
+            self.max_event_types,
+            "event types",
+            "registry.max_event_types",
+        )
+    }
+
+    /// One more collector on a type that has `count`.
+    pub fn check_collector_count(&self, count: usize) -> Result<(), String> {
+        bounded(
+            count,
+            MAX_COLLECTORS_PER_TYPE,
+            "collectors on an event type",
+            "the limit",
+        )
+    }
+
+    /// One more watcher, `spec`, on a type that has `count`.
+    pub fn check_watcher(&self, spec: &WatcherSpec, count: usize) -> Result<(), String> {
+        bounded(
+            count,
+            self.max_watchers,
+            "watchers on an event type",
+            "watchers.max_per_type",
+        )?;
+        if let Aggregator::Fields { fields } = &spec.aggregator {
+            if fields.len() > self.max_fields {
+                return Err(format!(
+                    "Invalid `fields`: {} fields, more than watchers.max_fields ({})",
+                    fields.len(),
+                    self.max_fields
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The same bounds for what the config file declares.
+    pub fn check_declaration(&self, declaration: &EventDeclaration) -> Result<(), String> {
+        if let Some(extra) = declaration.collector.len().checked_sub(1) {
+            self.check_collector_count(extra)?;
+        }
+        for (count, watcher) in declaration.watcher.iter().enumerate() {
+            self.check_watcher(watcher, count)
+                .map_err(|message| format!("watcher `{}`: {message}", watcher.name))?;
+        }
+        Ok(())
+    }
+
     /// Any appender path, from the config file or a client, must not be one of
     /// eventsd's own files (the path's form is checked where it is parsed: `spec`).
     pub fn check_own_files(&self, path: &Path) -> Result<(), String> {
@@ -65,6 +143,15 @@ impl Rules {
     }
 }
 
+fn bounded(count: usize, limit: usize, what: &str, setting: &str) -> Result<(), String> {
+    if count >= limit {
+        return Err(format!(
+            "{count} {what} registered: {setting} ({limit}) reached"
+        ));
+    }
+    Ok(())
+}
+
 /// `path` with its folder's symlinks resolved (the file itself may not exist yet).
 fn canonical_parent(path: &Path) -> Option<PathBuf> {
     let real_dir = std::fs::canonicalize(path.parent()?).ok()?;
@@ -77,9 +164,9 @@ mod tests {
 
     fn rules(dir: &Path) -> Rules {
         Rules {
-            token_set: false,
             file_dirs: vec![dir.join("events")],
             reserved: vec![dir.join("state"), dir.join("daemon.log")],
+            ..Rules::default()
         }
     }
 

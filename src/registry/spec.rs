@@ -78,6 +78,7 @@ pub struct CollectorSpec {
 pub enum Appender {
     Null {},
     Syslog {
+        #[serde(deserialize_with = "syslog_ident")]
         ident: String,
     },
     File {
@@ -121,12 +122,17 @@ pub enum Action {
     Email {
         #[serde(deserialize_with = "recipients")]
         to: Vec<String>,
+        #[serde(deserialize_with = "mail_subject")]
         subject: String,
     },
     Webhook {
         #[serde(deserialize_with = "http_url")]
         url: String,
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        #[serde(
+            default,
+            skip_serializing_if = "BTreeMap::is_empty",
+            deserialize_with = "http_headers"
+        )]
         headers: BTreeMap<String, String>,
     },
     Command {
@@ -249,8 +255,10 @@ fn recipients<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
         OneOrMany::One(address) => vec![address],
         OneOrMany::Many(addresses) => addresses,
     };
-    if to.is_empty() {
-        return Err(D::Error::custom("`to` must name at least one recipient"));
+    if to.is_empty() || to.len() > MAX_RECIPIENTS {
+        return Err(D::Error::custom(format!(
+            "`to` must name 1 to {MAX_RECIPIENTS} recipients"
+        )));
     }
     if let Some(bad) = to.iter().find(|address| !is_email_address(address)) {
         return Err(D::Error::custom(format!(
@@ -275,8 +283,83 @@ fn is_email_address(address: &str) -> bool {
     }
 }
 
+/// Bounds on what a client may store (security.md): every string of a definition.
+const MAX_IDENT_BYTES: usize = 64;
+const MAX_URL_BYTES: usize = 2_048;
+const MAX_HEADERS: usize = 32;
+const MAX_HEADER_NAME_BYTES: usize = 128;
+const MAX_HEADER_VALUE_BYTES: usize = 1_024;
+const MAX_SUBJECT_BYTES: usize = 998;
+const MAX_RECIPIENTS: usize = 100;
+
+/// A string of at most `max` bytes without control characters.
+fn short_text<'de, D: Deserializer<'de>>(
+    d: D,
+    field: &str,
+    max: usize,
+) -> Result<String, D::Error> {
+    let text = String::deserialize(d).map_err(|e| named(field, e))?;
+    if text.len() > max {
+        return Err(D::Error::custom(format!(
+            "`{field}` is {} bytes long, more than {max}",
+            text.len()
+        )));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(D::Error::custom(format!(
+            "`{field}` holds a control character"
+        )));
+    }
+    Ok(text)
+}
+
+fn syslog_ident<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    short_text(d, "ident", MAX_IDENT_BYTES)
+}
+
+fn mail_subject<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    short_text(d, "subject", MAX_SUBJECT_BYTES)
+}
+
+/// Header names are HTTP tokens; values hold no CR, LF, NUL or other control character
+/// (a header that smuggles a line into the request is refused, not cleaned).
+fn http_headers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let headers = BTreeMap::<String, String>::deserialize(d).map_err(|e| named("headers", e))?;
+    if headers.len() > MAX_HEADERS {
+        return Err(D::Error::custom(format!(
+            "`headers`: {} headers, more than {MAX_HEADERS}",
+            headers.len()
+        )));
+    }
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    for (name, value) in &headers {
+        if name.is_empty() || name.len() > MAX_HEADER_NAME_BYTES || !name.chars().all(is_token_char)
+        {
+            return Err(D::Error::custom(format!(
+                "`headers`: `{}` is not a header name",
+                name.escape_debug()
+            )));
+        }
+        if value.len() > MAX_HEADER_VALUE_BYTES
+            || value.chars().any(|c| c.is_control() && c != '\t')
+        {
+            return Err(D::Error::custom(format!(
+                "`headers`: the value of `{name}` holds a control character or is longer \
+                 than {MAX_HEADER_VALUE_BYTES} bytes"
+            )));
+        }
+    }
+    Ok(headers)
+}
+
 fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let url = String::deserialize(d).map_err(|e| named("url", e))?;
+    if url.len() > MAX_URL_BYTES {
+        return Err(D::Error::custom(format!(
+            "`url` is {} bytes long, more than {MAX_URL_BYTES}",
+            url.len()
+        )));
+    }
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -288,6 +371,22 @@ fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         )));
     }
     Ok(url)
+}
+
+/// `https://hooks.slack.com/services/T0/B0/XXXX` → `https://hooks.slack.com/…`.
+pub fn url_without_secrets(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "…".to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    // Credentials in the authority (`user:pass@host`) are secrets too.
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    if tail.is_empty() || tail == "/" {
+        format!("{scheme}://{host}{tail}")
+    } else {
+        format!("{scheme}://{host}/…")
+    }
 }
 
 fn command_line<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -417,9 +516,52 @@ mod tests {
                 ),
                 "name",
             ),
+            (
+                format!(
+                    r#"{{{base}, "threshold": 5, "action": {{"type": "webhook", "url": "http://x/", "headers": {{"X-A": "1\r\nX-Injected: 1"}}}}}}"#
+                ),
+                "headers",
+            ),
+            (
+                format!(
+                    r#"{{{base}, "threshold": 5, "action": {{"type": "webhook", "url": "http://x/", "headers": {{"X-A\nB": "1"}}}}}}"#
+                ),
+                "headers",
+            ),
+            (
+                format!(
+                    r#"{{{base}, "threshold": 5, "action": {{"type": "webhook", "url": "http://x/{}"}}}}"#,
+                    "a".repeat(3000)
+                ),
+                "url",
+            ),
+            (
+                format!(
+                    r#"{{{base}, "threshold": 5, "action": {{"type": "email", "to": "a@b", "subject": "s\r\nBcc: x@y"}}}}"#
+                ),
+                "subject",
+            ),
         ] {
             let message = watcher(&body).expect_err(&body);
             assert!(message.contains(&format!("`{field}")), "{body}: {message}");
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_path_query_and_credentials() {
+        for (url, shown) in [
+            (
+                "https://hooks.slack.com/services/T0/B0/XXXX",
+                "https://hooks.slack.com/…",
+            ),
+            (
+                "http://user:pw@10.0.0.1:8080/x?token=1",
+                "http://10.0.0.1:8080/…",
+            ),
+            ("https://example.com/", "https://example.com/"),
+            ("https://example.com", "https://example.com"),
+        ] {
+            assert_eq!(url_without_secrets(url), shown);
         }
     }
 

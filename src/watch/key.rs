@@ -3,8 +3,9 @@
 //!
 //! One encoding, made here and read back here only: the values as a compact JSON array
 //! (`["10.0.0.1",7,null]`), which is hashable, cheap to ship to the master, and the form
-//! `counters.json` keeps. Values are bounded before they are encoded, so a hostile client
-//! cannot make keys, and so the master's memory, large.
+//! `counters.json` keeps. A key is at most `watchers.max_key_bytes` long (security.md),
+//! so a hostile client cannot make keys, and so the master's memory, large: values too
+//! long are cut to a digest (`"#5f1d..."`), so two different long values still count apart.
 
 use std::fmt;
 
@@ -14,8 +15,10 @@ use serde_json::Value;
 use crate::event::Fields;
 use crate::registry::Aggregator;
 
-/// A field value longer than this is cut in the key.
-const MAX_VALUE_CHARS: usize = 256;
+/// Encoded values longer than this are the first to be replaced by their digest.
+const LONG_VALUE_BYTES: usize = 32;
+/// The longest a digest takes in a key: `"#` + 16 hex digits + `",`.
+pub const DIGEST_BYTES: usize = 20;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -43,16 +46,31 @@ impl std::error::Error for BadKey {}
 
 impl Key {
     /// The key `payload` counts for under `aggregator` (a missing field is `null`; dot
-    /// paths reach into objects).
-    pub fn of(aggregator: &Aggregator, payload: &impl Fields) -> Key {
+    /// paths reach into objects), at most `max_bytes` long (`watchers.max_key_bytes`,
+    /// which the configuration keeps at least `DIGEST_BYTES` per field).
+    pub fn of(aggregator: &Aggregator, payload: &impl Fields, max_bytes: usize) -> Key {
         match aggregator {
             Aggregator::Single {} => Key::default(),
             Aggregator::Fields { fields } => {
-                let values: Vec<Value> = fields
+                let mut values: Vec<Value> = fields
                     .iter()
-                    .map(|path| payload.get(path).as_ref().map_or(Value::Null, bounded))
+                    .map(|path| payload.get(path).unwrap_or(Value::Null))
                     .collect();
-                Key::encode(&values)
+                let mut key = Key::encode(&values);
+                // Long values go first, then, if that is not enough, all of them.
+                for longer_than in [LONG_VALUE_BYTES, 0] {
+                    if key.0.len() <= max_bytes {
+                        break;
+                    }
+                    for value in &mut values {
+                        let encoded = value.to_string();
+                        if encoded.len() > longer_than {
+                            *value = Value::String(format!("#{:016x}", fnv1a(encoded.as_bytes())));
+                        }
+                    }
+                    key = Key::encode(&values);
+                }
+                key
             }
         }
     }
@@ -77,21 +95,12 @@ impl Key {
     }
 }
 
-/// `value`, or its text cut to `MAX_VALUE_CHARS` when it is longer.
-fn bounded(value: &Value) -> Value {
-    let cut = |text: &str| Value::String(text.chars().take(MAX_VALUE_CHARS).collect());
-    match value {
-        Value::String(text) if text.chars().count() > MAX_VALUE_CHARS => cut(text),
-        Value::Array(_) | Value::Object(_) => {
-            let text = value.to_string();
-            if text.chars().count() > MAX_VALUE_CHARS {
-                cut(&text)
-            } else {
-                value.clone()
-            }
-        }
-        other => other.clone(),
-    }
+/// FNV-1a, 64 bits: the same digest in every worker and across restarts and versions,
+/// which a key needs (the std hasher promises neither).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -112,14 +121,40 @@ mod tests {
         let key = Key::of(
             &fields(&["ip", "user.id", "missing"]),
             payload.as_object().unwrap(),
+            1024,
         );
         assert_eq!(key.as_str(), r#"["10.0.0.1",7,null]"#);
-        let huge = json!({"ip": "x".repeat(100_000)});
+    }
+
+    #[test]
+    fn fat_keys_are_cut_to_digests_within_the_limit_and_still_count_apart() {
+        let by = fields(&["a", "b", "c"]);
+        let fat = |tail: &str| json!({"a": format!("{}{tail}", "\u{1}".repeat(100_000)), "b": "x", "c": 7});
+        let one = Key::of(&by, fat("1").as_object().unwrap(), 64);
+        let other = Key::of(&by, fat("2").as_object().unwrap(), 64);
+        assert!(one.as_str().len() <= 64, "{}", one.as_str());
+        assert_ne!(
+            one, other,
+            "values that differ only at their end count apart"
+        );
+        let values = one.decode().unwrap();
+        assert!(values[0].as_str().unwrap().starts_with('#'), "{values:?}");
+        assert_eq!(
+            (&values[1], &values[2]),
+            (&json!("x"), &json!(7)),
+            "short values kept"
+        );
+        let all_long = json!({"a": "y".repeat(30), "b": "z".repeat(30), "c": "w".repeat(30)});
+        let cut = Key::of(&by, all_long.as_object().unwrap(), 3 * DIGEST_BYTES + 2);
         assert!(
-            Key::of(&fields(&["ip"]), huge.as_object().unwrap())
-                .as_str()
-                .len()
-                < 400
+            cut.as_str().len() <= 3 * DIGEST_BYTES + 2,
+            "{}",
+            cut.as_str()
+        );
+        assert_eq!(
+            fnv1a(b"a"),
+            0xaf63_dc4c_8601_ec8c,
+            "FNV-1a's published value"
         );
     }
 
@@ -136,7 +171,7 @@ mod tests {
         ];
         assert_eq!(Key::encode(&values).decode().unwrap(), values);
         assert_eq!(
-            Key::of(&Aggregator::Single {}, &serde_json::Map::new())
+            Key::of(&Aggregator::Single {}, &serde_json::Map::new(), 1024)
                 .decode()
                 .unwrap(),
             Vec::<Value>::new()

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::event::Fields;
 use crate::metrics::write_family;
 use crate::registry::{Action, Aggregator, EventType, Registry, WatcherSpec};
-pub use key::Key;
+pub use key::{DIGEST_BYTES, Key};
 use store::{CounterStore, Second};
 
 /// What a worker ships to the master at least every 10 ms.
@@ -35,11 +35,11 @@ pub struct CountBatch {
 }
 
 /// The (watcher, key) pairs one event of `entry`'s type counts for.
-pub fn keys_of(entry: &EventType, payload: &impl Fields) -> Vec<(Uuid, Key)> {
+pub fn keys_of(entry: &EventType, payload: &impl Fields, max_key_bytes: usize) -> Vec<(Uuid, Key)> {
     entry
         .watchers
         .iter()
-        .map(|w| (w.id, Key::of(&w.spec.aggregator, payload)))
+        .map(|w| (w.id, Key::of(&w.spec.aggregator, payload, max_key_bytes)))
         .collect()
 }
 
@@ -274,7 +274,7 @@ mod tests {
         let entry = registry.event("logins").unwrap();
         let keys = payloads
             .iter()
-            .flat_map(|payload| keys_of(entry, payload.as_object().unwrap()))
+            .flat_map(|payload| keys_of(entry, payload.as_object().unwrap(), 1024))
             .map(|(id, key)| (id, key, 1))
             .collect();
         let batch = CountBatch {

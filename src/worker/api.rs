@@ -142,6 +142,7 @@ impl<'a> Route<'a> {
 pub struct Api {
     pid: u32,
     max_body_bytes: u64,
+    max_key_bytes: usize,
     read_timeout: Duration,
     api_token: Option<String>,
     link: Link,
@@ -157,6 +158,7 @@ impl Api {
         Api {
             pid: std::process::id(),
             max_body_bytes: config.server.max_body_bytes,
+            max_key_bytes: config.watchers.max_key_bytes,
             read_timeout: config.read_timeout(),
             api_token: (!token.is_empty()).then(|| token.clone()),
             link,
@@ -214,14 +216,15 @@ impl Api {
             (Route::Collectors(event), &Method::GET) => {
                 with_event(&registry, event, |e| list(&e.collectors))
             }
-            (Route::Collector(event, name), &Method::GET) => {
-                with_event(&registry, event, |e| show(&e.collectors, event, name))
-            }
+            (Route::Collector(event, name), &Method::GET) => with_event(&registry, event, |e| {
+                show(&e.collectors, event, name, false)
+            }),
             (Route::Watchers(event), &Method::GET) => {
                 with_event(&registry, event, |e| list(&e.watchers))
             }
             (Route::Watcher(event, name), &Method::GET) => {
-                with_event(&registry, event, |e| show(&e.watchers, event, name))
+                let reveal = self.api_token.is_some() && self.authorized(&parts.headers);
+                with_event(&registry, event, |e| show(&e.watchers, event, name, reveal))
             }
             (route, method) => match route.change(method, body) {
                 Some(change) => self.change(change, &parts.headers, peer).await,
@@ -247,7 +250,7 @@ impl Api {
         let ids: Vec<Uuid> = events.iter().map(|_| self.ids.next()).collect();
         let keys: Vec<(Uuid, watch::Key)> = events
             .iter()
-            .flat_map(|e| watch::keys_of(entry, e))
+            .flat_map(|e| watch::keys_of(entry, e, self.max_key_bytes))
             .collect();
         // `null` collectors write nothing: the lines are built only for those that do.
         if entry
@@ -464,10 +467,20 @@ fn list<S: Spec>(entries: &[Entry<S>]) -> Response<Body> {
     json(StatusCode::OK, &summaries(entries))
 }
 
-/// One collector or watcher as registered, with its `_id`.
-fn show<S: Spec + Serialize>(entries: &[Entry<S>], event: &str, name: &str) -> Response<Body> {
+/// One collector or watcher as registered, with its `_id`; its secrets only if `reveal`
+/// (the request carries the API token).
+fn show<S: Spec + Serialize>(
+    entries: &[Entry<S>],
+    event: &str,
+    name: &str,
+    reveal: bool,
+) -> Response<Body> {
     match entries.iter().find(|e| e.spec.name().as_str() == name) {
-        Some(entry) => json(StatusCode::OK, &with_id(entry.id, &entry.spec)),
+        Some(entry) if reveal => json(StatusCode::OK, &with_id(entry.id, &entry.spec)),
+        Some(entry) => json(
+            StatusCode::OK,
+            &with_id(entry.id, &entry.spec.without_secrets()),
+        ),
         None => error(
             StatusCode::NOT_FOUND,
             &format!(

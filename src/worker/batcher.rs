@@ -118,6 +118,7 @@ mod tests {
         Key::of(
             &by_ip,
             serde_json::json!({ "ip": value }).as_object().unwrap(),
+            1024,
         )
     }
 
