@@ -410,12 +410,20 @@ impl Workers {
     }
 }
 
+/// The user workers run as when eventsd is started as root and `workers.user` is unset:
+/// nginx's default. Keeping root takes `workers.user = "root"`, written out.
+pub const DEFAULT_ROOT_WORKERS_USER: &str = "nobody";
+
 fn resolve_privileges(workers: &Workers) -> anyhow::Result<Privileges> {
     let mut privileges = Privileges::default();
-    if !workers.user.is_empty() {
-        let user = User::from_name(&workers.user)
-            .with_context(|| format!("workers.user: cannot look up `{}`", workers.user))?
-            .with_context(|| format!("workers.user: no such user `{}`", workers.user))?;
+    let user = match workers.user.as_str() {
+        "" if nix::unistd::geteuid().is_root() => DEFAULT_ROOT_WORKERS_USER,
+        user => user,
+    };
+    if !user.is_empty() {
+        let user = User::from_name(user)
+            .with_context(|| format!("workers.user: cannot look up `{user}`"))?
+            .with_context(|| format!("workers.user: no such user `{user}`"))?;
         privileges.uid = Some(user.uid);
         privileges.gid = Some(user.gid);
     }

@@ -1,8 +1,12 @@
 //! File-system helpers shared by the daemon's parts: folders for the files it creates,
-//! and removal of the files it owns when their owner goes away.
+//! its state files read and replaced without ever following a symlink (security.md), and
+//! removal of the files it owns when their owner goes away.
 //!
 //! Every error names the path and what was being done with it.
 
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::Context;
@@ -16,6 +20,63 @@ pub fn create_parent_dir(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Reads a state file (`what`: "registry file"...); `None` when it does not exist. A
+/// symlink at `path` is an error, never followed: the state folder is eventsd's alone.
+pub fn read_state_file(path: &Path, what: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(refused(e, what, path)),
+    };
+    check_regular(&file, what, path)?;
+    let mut contents = Vec::new();
+    file.read_to_end(&mut contents)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    Ok(Some(contents))
+}
+
+/// Opens (or creates, `mode`) a file eventsd keeps, such as the pidfile, read-write, never
+/// through a symlink, and only if it is a regular file.
+pub fn open_state_file(path: &Path, what: &str, mode: u32) -> anyhow::Result<File> {
+    create_parent_dir(path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| refused(e, what, path))?;
+    check_regular(&file, what, path)?;
+    Ok(file)
+}
+
+fn refused(error: std::io::Error, what: &str, path: &Path) -> anyhow::Error {
+    if error.raw_os_error() == Some(libc::ELOOP) {
+        anyhow::anyhow!(
+            "{what} {} is a symlink; eventsd never follows one in its own files",
+            path.display()
+        )
+    } else {
+        anyhow::Error::new(error).context(format!("cannot open {what} {}", path.display()))
+    }
+}
+
+fn check_regular(file: &File, what: &str, path: &Path) -> anyhow::Result<()> {
+    let metadata = file
+        .metadata()
+        .with_context(|| format!("cannot inspect {what} {}", path.display()))?;
+    if !metadata.is_file() {
+        anyhow::bail!("{what} {} is not a regular file", path.display());
+    }
+    Ok(())
+}
+
 /// Removes `path`, a `what` (e.g. "pidfile") this process owns; a failure is logged,
 /// because it happens on the way out, where nothing else can be done about it.
 pub fn remove_owned(path: &Path, what: &str) {
@@ -26,10 +87,11 @@ pub fn remove_owned(path: &Path, what: &str) {
 
 /// Replaces `path` with `contents` so that a crash leaves either the old or the new file,
 /// never a mix: write a temporary file beside it, fsync it, rename it over `path`, then
-/// fsync the folder so that the rename itself is durable.
+/// fsync the folder so that the rename itself is durable. The temporary file has a
+/// random name and is created `O_EXCL`: nothing planted under a guessable name is
+/// ever written through (rename replaces a symlink at `path`, never its target).
 pub fn replace_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
 
     create_parent_dir(path)?;
     let dir = match path.parent() {
@@ -40,12 +102,12 @@ pub fn replace_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = std::fs::OpenOptions::new()
+    let temporary = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
+    let written = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&temporary)
         .and_then(|mut file| file.write_all(contents).and_then(|()| file.sync_all()))
         .and_then(|()| std::fs::rename(&temporary, path))
@@ -70,6 +132,34 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1, "temporary file left behind");
+    }
+
+    #[test]
+    fn state_files_are_never_read_or_opened_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "secret").unwrap();
+        let link = dir.path().join("registry.json");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let read = read_state_file(&link, "registry file").unwrap_err();
+        assert!(format!("{read:#}").contains("is a symlink"), "{read:#}");
+        let opened = open_state_file(&link, "pidfile", 0o644).unwrap_err();
+        assert!(format!("{opened:#}").contains("is a symlink"), "{opened:#}");
+        assert_eq!(
+            read_state_file(&dir.path().join("none"), "x").unwrap(),
+            None
+        );
+        replace_atomically(&link, b"new").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "secret",
+            "target untouched"
+        );
+        assert_eq!(
+            std::fs::read(&link).unwrap(),
+            b"new",
+            "the link itself was replaced"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -96,17 +97,19 @@ pub fn reopen() -> anyhow::Result<()> {
 }
 
 /// Gives the log file to the workers' user, so that they can reopen it after a rotation
-/// (the master, started as root, created it). Nothing to do for stderr and syslog.
+/// (the master, started as root, created it). By descriptor, never by path: a symlink
+/// swapped in at the path must not get its target chowned (nginx's CVE-2016-1247).
+/// Nothing to do for stderr and syslog.
 pub fn hand_over(privileges: &crate::config::Privileges) -> anyhow::Result<()> {
     if privileges.uid.is_none() && privileges.gid.is_none() {
         return Ok(());
     }
     if let Some(State {
-        output: Output::File { path, .. },
+        output: Output::File { path, file },
         ..
     }) = lock().as_ref()
     {
-        nix::unistd::chown(path.as_path(), privileges.uid, privileges.gid).with_context(|| {
+        nix::unistd::fchown(file, privileges.uid, privileges.gid).with_context(|| {
             format!(
                 "cannot give log file {} to the workers' user",
                 path.display()
@@ -151,13 +154,27 @@ fn open(sink: &Sink) -> anyhow::Result<Output> {
     })
 }
 
+/// Opens a log file for appending: never through a symlink, 0640 whatever the umask
+/// allows beyond it, and only if it is a regular file.
 fn open_file(path: &Path) -> anyhow::Result<File> {
     crate::files::create_parent_dir(path)?;
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .with_context(|| format!("cannot open log file {}", path.display()))
+        .with_context(|| {
+            format!(
+                "cannot open log file {} (a symlink is never followed)",
+                path.display()
+            )
+        })?;
+    let regular = file.metadata().is_ok_and(|m| m.is_file());
+    if !regular {
+        anyhow::bail!("log file {} is not a regular file", path.display());
+    }
+    Ok(file)
 }
 
 fn open_syslog() {

@@ -5,9 +5,8 @@
 //! killed) and is taken over. The CLI only probes; it never signals a pid from a file
 //! that no live master holds.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -101,15 +100,7 @@ pub fn probe(path: &Path) -> anyhow::Result<Probe> {
 }
 
 fn open(path: &Path) -> anyhow::Result<File> {
-    crate::files::create_parent_dir(path)?;
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(path)
-        .with_context(|| format!("cannot open pidfile {}", path.display()))
+    crate::files::open_state_file(path, "pidfile", 0o644)
 }
 
 fn read_pid(file: &mut File) -> Option<Pid> {

@@ -257,7 +257,7 @@ fn a_worker_is_recycled_after_max_requests_without_a_failed_request() {
     );
 }
 
-/// Run as root by `.ci/run` (`cargo test --test http -- --ignored`).
+/// Run as root by `.ci/run` (`cargo test -- --ignored`).
 #[test]
 #[ignore = "needs root"]
 fn workers_drop_to_the_configured_user_when_started_as_root() {

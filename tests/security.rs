@@ -232,3 +232,119 @@ fn webhook_headers_with_cr_or_lf_are_refused() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn a_state_folder_others_may_write_in_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut daemon = Daemon::new("");
+    let state = daemon.path("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let output = daemon.start();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("may be written by group or others"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!daemon.pidfile().exists());
+}
+
+#[test]
+fn a_planted_registry_never_runs_its_command_watcher() {
+    let daemon = Daemon::new("");
+    let marker = daemon.path("marker");
+    let state = daemon.path("state");
+    std::fs::create_dir(&state).unwrap();
+    let planted = serde_json::json!({"version": 1, "events": {"logins": {
+        "id": uuid::Uuid::new_v4(), "collectors": [],
+        "watchers": [{"id": uuid::Uuid::new_v4(), "spec": {
+            "name": "planted", "threshold": 1, "aggregator": {"type": "single"},
+            "action": {"type": "command", "argv": ["/bin/sh", "-c", format!("touch {}", marker.display())]}}}]}}});
+    std::fs::write(state.join("registry.json"), planted.to_string()).unwrap();
+    let mut daemon = daemon;
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+    for _ in 0..3 {
+        assert_eq!(daemon.post("/event/logins/", "{}").status, 200);
+    }
+    common::wait_for("the events to be counted", Duration::from_secs(5), || {
+        daemon.metric("eventsd_events_counted_total{type=\"logins\"}") == Some(3)
+    });
+    assert_eq!(
+        daemon.get("/event/logins/watcher/").unwrap().json(),
+        serde_json::json!([])
+    );
+    assert!(!marker.exists(), "the planted command ran");
+    assert!(
+        daemon
+            .log()
+            .contains("a `command` action, which only the config file may declare")
+    );
+}
+
+#[test]
+fn a_symlink_planted_as_the_pidfile_is_refused_and_its_target_untouched() {
+    let mut daemon = Daemon::new("");
+    std::fs::create_dir(daemon.path("state")).unwrap();
+    let victim = daemon.path("victim");
+    std::fs::write(&victim, "root's file\n").unwrap();
+    std::os::unix::fs::symlink(&victim, daemon.pidfile()).unwrap();
+    let output = daemon.start();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("is a symlink"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's file\n");
+}
+
+fn uid_of_process(pid: nix::unistd::Pid) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Run as root by `.ci/run` (`cargo test -- --ignored`).
+#[test]
+#[ignore = "needs root"]
+fn started_as_root_without_workers_user_the_workers_run_as_nobody() {
+    assert!(nix::unistd::geteuid().is_root(), "run this test as root");
+    let daemon = Daemon::run("[workers]\nuser = \"\"\nmin = 1\nmax = 1\n");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let worker = daemon.serving_workers()[0];
+    assert_eq!(uid_of_process(worker), nobody.uid.as_raw());
+    assert_eq!(uid_of_process(daemon.master_pid()), 0);
+    assert_eq!(daemon.get("/health").unwrap().status, 200);
+}
+
+/// nginx's CVE-2016-1247, replayed: the log file swapped for a symlink to a root-only
+/// file, then the SIGUSR1 that logrotate sends. Run as root by `.ci/run`.
+#[test]
+#[ignore = "needs root"]
+fn a_log_file_swapped_for_a_symlink_is_neither_followed_nor_chowned_on_sigusr1() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert!(nix::unistd::geteuid().is_root(), "run this test as root");
+    let daemon = Daemon::run("[workers]\nuser = \"nobody\"\nmin = 1\nmax = 1\n");
+    let victim = daemon.path("shadow");
+    std::fs::write(&victim, "root:secret\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let log = daemon.path("daemon.log");
+    std::fs::rename(&log, daemon.path("daemon.log.1")).unwrap();
+    std::os::unix::fs::symlink(&victim, &log).unwrap();
+
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    common::wait_for(
+        "the master to refuse the symlink",
+        Duration::from_secs(5),
+        || {
+            std::fs::read_to_string(daemon.path("daemon.log.1"))
+                .is_ok_and(|text| text.contains("cannot reopen log files"))
+        },
+    );
+    let metadata = std::fs::metadata(&victim).unwrap();
+    assert_eq!((metadata.uid(), metadata.mode() & 0o777), (0, 0o600));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:secret\n");
+    assert_eq!(daemon.get("/health").unwrap().status, 200);
+}

@@ -128,7 +128,7 @@ pub fn run(
 impl Master {
     fn new(source: config::Source, config: Config, default_sink: Sink) -> anyhow::Result<Master> {
         let daemon = &config.daemon;
-        setup::create_state_dir(&daemon.state_dir)?;
+        setup::prepare_state_dir(&daemon.state_dir)?;
         let pidfile = Pidfile::acquire(&daemon.pidfile)?;
         setup::check_privileges(&config)?;
         logging::hand_over(&config.workers.privileges)?;

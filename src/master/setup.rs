@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use log::{error, warn};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::Config;
@@ -21,23 +22,52 @@ pub(super) fn registry_path(config: &Config) -> PathBuf {
 }
 
 /// The saved registry with the config file's declarations applied. A corrupt file stops
-/// the start: it is the operator's data, never replaced behind their back.
+/// the start: it is the operator's data, never replaced behind their back. It is read as
+/// if a client had sent it (security.md): an entry that only the config file may hold is
+/// dropped, with an error naming it.
 pub(super) fn load_registry(config: &Config) -> anyhow::Result<Registry> {
     let path = registry_path(config);
     let mut registry = Registry::load(&path)?;
-    if registry.declare(&config.event) {
+    let declared = registry.declare(&config.event);
+    let refused = registry.drop_forbidden(&config.registry_rules());
+    for refusal in &refused {
+        error!("registry file {}: {refusal}; dropped", path.display());
+    }
+    if declared || !refused.is_empty() {
         registry.save(&path)?;
     }
     Ok(registry)
 }
 
-pub(super) fn create_state_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+/// Creates the state folder, then refuses one that someone else could write in: another
+/// user's `registry.json` would hold `command` watchers run as eventsd (PostgreSQL's rule
+/// for its data folder).
+pub(super) fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)
         .create(dir)
-        .with_context(|| format!("cannot create state folder {}", dir.display()))
+        .with_context(|| format!("cannot create state folder {}", dir.display()))?;
+    let metadata = std::fs::metadata(dir)
+        .with_context(|| format!("cannot inspect state folder {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if metadata.uid() != me {
+        bail!(
+            "state folder {} is owned by uid {}, not by eventsd's user (uid {me}): \
+             chown it to that user",
+            dir.display(),
+            metadata.uid()
+        );
+    }
+    if metadata.mode() & 0o022 != 0 {
+        bail!(
+            "state folder {} may be written by group or others (mode {:o}): chmod go-w it",
+            dir.display(),
+            metadata.mode() & 0o7777
+        );
+    }
+    Ok(())
 }
 
 /// Only root may hand workers another identity or a chroot.
@@ -54,6 +84,9 @@ pub(super) fn check_privileges(config: &Config) -> anyhow::Result<()> {
         anyhow::bail!(
             "workers.user, workers.group and workers.chroot need eventsd to be started as root"
         );
+    }
+    if privileges.uid.is_some_and(|uid| uid.is_root()) {
+        warn!("workers.user is root: workers serve HTTP with every privilege of root");
     }
     Ok(())
 }

@@ -281,16 +281,52 @@ impl Registry {
         changed
     }
 
+    /// Drops every entry registered over HTTP that `rules` would refuse now: a `command`
+    /// action, a file appender outside `file_dirs` or on eventsd's own files. For what
+    /// was loaded from disk, which anyone able to write there could have planted. Returns
+    /// what was dropped, as messages.
+    pub fn drop_forbidden(&mut self, rules: &Rules) -> Vec<String> {
+        let mut dropped = Vec::new();
+        for (event, entry) in &mut self.events {
+            entry.collectors.retain(|c| {
+                let Appender::File { path } = &c.spec.appender else {
+                    return true;
+                };
+                let allowed = rules
+                    .check_own_files(path)
+                    .and_then(|()| rules.check_client_file(path));
+                match allowed {
+                    Ok(()) => true,
+                    Err(_) if c.declared => true,
+                    Err(why) => {
+                        dropped.push(format!("collector `{}` of `{event}`: {why}", c.spec.name));
+                        false
+                    }
+                }
+            });
+            entry.watchers.retain(|w| {
+                let command = matches!(w.spec.action, Action::Command { .. });
+                if command && !w.declared {
+                    dropped.push(format!(
+                        "watcher `{}` of `{event}`: a `command` action, which only the config \
+                         file may declare",
+                        w.spec.name
+                    ));
+                }
+                !command || w.declared
+            });
+        }
+        if !dropped.is_empty() {
+            self.version += 1;
+        }
+        dropped
+    }
+
     /// Reads `path`; a missing file is an empty registry. A file that cannot be read is
     /// an error naming it: it is never replaced behind the operator's back.
     pub fn load(path: &Path) -> anyhow::Result<Registry> {
-        let text = match std::fs::read(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Registry::default()),
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read registry file {}", path.display()));
-            }
+        let Some(text) = crate::files::read_state_file(path, "registry file")? else {
+            return Ok(Registry::default());
         };
         serde_json::from_slice(&text).with_context(|| {
             format!(
@@ -551,6 +587,37 @@ mod tests {
             second.message.contains("watchers.max_per_type (1)"),
             "{second:?}"
         );
+    }
+
+    #[test]
+    fn a_loaded_registry_loses_what_only_the_config_may_hold() {
+        let mut registry = Registry::default();
+        create_event(&mut registry, "logins").unwrap();
+        let entry = registry.events.values_mut().next().unwrap();
+        let watcher: WatcherSpec = serde_json::from_str(
+            r#"{"name": "planted", "threshold": 1, "aggregator": {"type": "single"},
+                "action": {"type": "command", "argv": ["/bin/sh", "-c", "id"]}}"#,
+        )
+        .unwrap();
+        entry.watchers.push(Entry {
+            id: Uuid::new_v4(),
+            declared: false,
+            spec: watcher,
+        });
+        let collector: CollectorSpec = serde_json::from_str(
+            r#"{"name": "planted", "appender": {"type": "file", "path": "/etc/profile.d/x.sh"}}"#,
+        )
+        .unwrap();
+        entry.collectors.push(Entry {
+            id: Uuid::new_v4(),
+            declared: false,
+            spec: collector,
+        });
+        let dropped = registry.drop_forbidden(&Rules::default());
+        assert_eq!(dropped.len(), 2, "{dropped:?}");
+        let entry = registry.event("logins").unwrap();
+        assert!(entry.watchers.is_empty() && entry.collectors.is_empty());
+        assert!(registry.drop_forbidden(&Rules::default()).is_empty());
     }
 
     #[test]

@@ -76,15 +76,8 @@ impl MemoryStore {
     /// The counters saved by the previous stop; none when there is no file. A file that
     /// cannot be read stops the start, naming it: it is never overwritten unread.
     pub fn load(path: &Path, max_keys: usize) -> anyhow::Result<MemoryStore> {
-        let document = match std::fs::read(path) {
-            Ok(document) => document,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(MemoryStore::new(max_keys));
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read counters file {}", path.display()));
-            }
+        let Some(document) = crate::files::read_state_file(path, "counters file")? else {
+            return Ok(MemoryStore::new(max_keys));
         };
         let store: MemoryStore = serde_json::from_slice(&document).with_context(|| {
             format!(

@@ -44,11 +44,19 @@ pub fn free_port() -> u16 {
 }
 
 /// A config for tests: `[server] listen`, `[daemon]` state and log in the temp folder,
-/// file appenders allowed in the temp folder, overlaid section by section with `extra`
+/// workers as the test's own user, file appenders allowed in the temp folder, overlaid section by section with `extra`
 /// (TOML).
 pub fn config_text(port: u16, extra: &str) -> String {
+    // Workers as the user running the tests: as root, eventsd would otherwise drop them
+    // to `nobody`, who cannot write in the test's private temp folder.
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .expect("the test user has a name")
+        .name;
     let mut config: toml::Table = toml::from_str(&format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [workers]\nuser = \"{user}\"\n\
          [collectors]\nfile_dirs = [\".\"]\n\
          [daemon]\nstate_dir = \"state\"\nlog = \"daemon.log\"\nlog_level = \"debug\"\n"
     ))
