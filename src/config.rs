@@ -15,7 +15,9 @@ use log::LevelFilter;
 use nix::unistd::{Gid, Group, Uid, User};
 use serde::{Deserialize, Deserializer};
 
-use crate::registry::{Appender, EventDeclaration, Rules};
+use ipnet::IpNet;
+
+use crate::registry::{Appender, Destinations, EventDeclaration, Rules};
 
 /// The longest path a Unix socket address can hold (`sun_path` minus its NUL).
 const MAX_UNIX_SOCKET_PATH: usize = 107;
@@ -80,6 +82,7 @@ pub struct Config {
     pub workers: Workers,
     pub watchers: Watchers,
     pub registry: RegistryLimits,
+    pub actions: Actions,
     pub daemon: Daemon,
     pub smtp: Smtp,
     /// `[[event]]`: event types, collectors and watchers declared by the operator.
@@ -162,6 +165,16 @@ pub struct Watchers {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct Actions {
+    /// URL prefixes webhooks must start with; empty allows any URL.
+    pub webhook_allow: Vec<String>,
+    /// Networks no webhook may reach, checked on the resolved address.
+    #[serde(deserialize_with = "networks")]
+    pub webhook_deny: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RegistryLimits {
     #[serde(deserialize_with = "within::<_, _, 1, 1_000_000>")]
     pub max_event_types: usize,
@@ -192,6 +205,8 @@ pub struct Smtp {
     pub starttls: bool,
     #[serde(deserialize_with = "within::<_, _, 1, HOUR>")]
     pub timeout_secs: u64,
+    /// Recipient domains e-mail actions may write to; empty allows any.
+    pub allowed_domains: Vec<String>,
 }
 
 /// `daemon.log`: where log lines go.
@@ -246,6 +261,15 @@ impl Default for Watchers {
     }
 }
 
+impl Default for Actions {
+    fn default() -> Self {
+        Actions {
+            webhook_allow: Vec::new(),
+            webhook_deny: Destinations::default().webhook_deny,
+        }
+    }
+}
+
 impl Default for RegistryLimits {
     fn default() -> Self {
         RegistryLimits {
@@ -276,6 +300,7 @@ impl Default for Smtp {
             password: String::new(),
             starttls: false,
             timeout_secs: 10,
+            allowed_domains: Vec::new(),
         }
     }
 }
@@ -388,6 +413,16 @@ impl Config {
             max_event_types: self.registry.max_event_types,
             max_watchers: self.watchers.max_per_type,
             max_fields: self.watchers.max_fields,
+            destinations: self.destinations(),
+        }
+    }
+
+    /// Where actions may send firings.
+    pub fn destinations(&self) -> Destinations {
+        Destinations {
+            webhook_allow: self.actions.webhook_allow.clone(),
+            webhook_deny: self.actions.webhook_deny.clone(),
+            mail_domains: self.smtp.allowed_domains.clone(),
         }
     }
 
@@ -482,6 +517,18 @@ where
         )));
     }
     T::try_from(value).map_err(|_| serde::de::Error::custom(format!("{value} is too large")))
+}
+
+/// `["169.254.0.0/16", "fe80::/10"]`: networks in CIDR notation.
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|net| {
+            net.parse().map_err(|_| {
+                serde::de::Error::custom(format!("`{net}` is not a network like 10.0.0.0/8"))
+            })
+        })
+        .collect()
 }
 
 fn log_target<'de, D: Deserializer<'de>>(d: D) -> Result<LogTarget, D::Error> {

@@ -348,3 +348,45 @@ fn a_log_file_swapped_for_a_symlink_is_neither_followed_nor_chowned_on_sigusr1()
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:secret\n");
     assert_eq!(daemon.get("/health").unwrap().status, 200);
 }
+
+#[test]
+fn webhooks_to_the_metadata_service_are_refused_at_registration() {
+    let daemon = Daemon::run("");
+    register(&daemon, "logins");
+    let webhook = serde_json::json!({"type": "webhook",
+        "url": "http://169.254.169.254/computeMetadata/v1/", "headers": {"Metadata-Flavor": "Google"}});
+    let body = watcher_body("imds", &serde_json::json!({"type": "single"}), &webhook);
+    assert_error(
+        &daemon.post("/event/logins/watcher/", &body),
+        403,
+        "actions.webhook_deny",
+    );
+}
+
+/// A name that resolves into a denied network is refused at delivery, where it is
+/// resolved: the sink, on loopback here, never hears from eventsd.
+#[test]
+fn a_webhook_whose_name_resolves_into_a_denied_network_is_never_called() {
+    let sink = common::sinks::HttpSink::start(Duration::ZERO);
+    let url = sink.url("/hook").replace("127.0.0.1", "localhost");
+    let daemon = Daemon::run("[actions]\nwebhook_deny = [\"127.0.0.0/8\", \"::1/128\"]\n");
+    register(&daemon, "logins");
+    let webhook = serde_json::json!({"type": "webhook", "url": url});
+    let body = serde_json::json!({"name": "local", "threshold": 1,
+        "aggregator": {"type": "single"}, "action": webhook})
+    .to_string();
+    assert_eq!(daemon.post("/event/logins/watcher/", &body).status, 201);
+    for _ in 0..2 {
+        assert_eq!(daemon.post("/event/logins/", "{}").status, 200);
+    }
+    common::wait_for(
+        "the refused delivery to be counted",
+        Duration::from_secs(10),
+        || {
+            daemon.metric("eventsd_action_outcomes_total{action=\"webhook\",result=\"failed\"}")
+                == Some(1)
+        },
+    );
+    assert!(sink.requests().is_empty(), "the webhook was called");
+    assert!(daemon.log().contains("actions.webhook_deny"));
+}

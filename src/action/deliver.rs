@@ -1,8 +1,10 @@
 //! One delivery of one firing: null, email (SMTP relay of `[smtp]`), webhook (HTTP POST
 //! of the firing document) or command (a program run without a shell).
 //!
-//! Every delivery is bounded in time. A failure says whether trying again may help
-//! (`Transient`) or not (`Permanent`); the runner decides about retries.
+//! Every delivery is bounded in time, and checked against where firings may go
+//! (`Destinations`, security.md) again here, a webhook after DNS resolution. A failure
+//! says whether trying again may help (`Transient`) or not (`Permanent`); the runner
+//! decides about retries.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -13,8 +15,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 
-use crate::config::Smtp;
-use crate::registry::Action;
+use crate::config::{Config, Smtp};
+use crate::registry::{Action, Destinations, webhook_host};
 use crate::watch::{Firing, Job};
 
 /// How long a webhook may take, and a command when its `timeout_secs` is not set.
@@ -29,25 +31,37 @@ pub enum Failure {
 /// What deliveries need besides the job.
 pub struct Context {
     pub smtp: Smtp,
+    pub destinations: Destinations,
     pub http: ureq::Agent,
 }
 
 impl Context {
-    pub fn new(smtp: Smtp) -> Context {
+    pub fn new(config: &Config) -> Context {
         let http = ureq::Agent::config_builder()
             .timeout_global(Some(DEFAULT_TIMEOUT))
             .http_status_as_error(false)
             .build()
             .into();
-        Context { smtp, http }
+        Context {
+            smtp: config.smtp.clone(),
+            destinations: config.destinations(),
+            http,
+        }
     }
 }
 
 pub fn deliver(job: &Job, context: &Context) -> Result<(), Failure> {
+    context
+        .destinations
+        .check_action(&job.action)
+        .map_err(Failure::Permanent)?;
     match &job.action {
         Action::Null {} => Ok(()),
         Action::Email { to, subject } => email(&job.firing, to, subject, &context.smtp),
-        Action::Webhook { url, headers } => webhook(&job.firing, url, headers, &context.http),
+        Action::Webhook { url, headers } => {
+            check_resolved(url, &context.destinations)?;
+            webhook(&job.firing, url, headers, &context.http)
+        }
         Action::Command { argv, timeout_secs } => {
             let timeout = timeout_secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
             command(&job.firing, argv, timeout)
@@ -146,6 +160,23 @@ fn webhook(
         }
         Err(e) => Err(Failure::Transient(format!("{url}: {e}"))),
     }
+}
+
+/// Every address the webhook's host resolves to must be allowed: a name pointing at
+/// the metadata service is refused like the address itself. (The HTTP client resolves
+/// again: a DNS answer that changes in between is not caught here.)
+fn check_resolved(url: &str, destinations: &Destinations) -> Result<(), Failure> {
+    use std::net::ToSocketAddrs;
+    let host = webhook_host(url).ok_or_else(|| Failure::Permanent(format!("no host in {url}")))?;
+    let addresses = (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| Failure::Transient(format!("cannot resolve {host}: {e}")))?;
+    for address in addresses {
+        destinations
+            .check_webhook_address(address.ip())
+            .map_err(|why| Failure::Permanent(format!("{host}: {why}")))?;
+    }
+    Ok(())
 }
 
 /// Runs `argv` without a shell: the firing in `EVENTSD_*` variables and as JSON on stdin;

@@ -99,7 +99,7 @@ pub fn serve(config: &Config, channel: UnixStream) -> anyhow::Result<()> {
         ready: Condvar::new(),
         reports: Mutex::new(reports),
     });
-    let context = Arc::new(Context::new(config.smtp.clone()));
+    let context = Arc::new(Context::new(config));
     let threads: Vec<_> = (0..DELIVERY_THREADS)
         .map(|_| {
             let (shared, context) = (shared.clone(), context.clone());

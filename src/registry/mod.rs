@@ -16,7 +16,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use rules::Rules;
+pub use rules::{DEFAULT_WEBHOOK_DENY, Destinations, Rules, webhook_host};
 pub use spec::{Action, Aggregator, Appender, CollectorSpec, EventDeclaration, Name, WatcherSpec};
 use spec::{EventSpec, from_json};
 
@@ -223,6 +223,10 @@ impl Registry {
                         "The `command` action is accepted only from the config file".to_string(),
                     ));
                 }
+                rules
+                    .destinations
+                    .check_action(&spec.action)
+                    .map_err(|message| Refusal::new(403, format!("Invalid `action`: {message}")))?;
                 let watchers = &mut self.event_mut_or_404(event)?.watchers;
                 rules
                     .check_watcher(&spec, watchers.len())

@@ -6,9 +6,12 @@
 //! Plain data built from the configuration (`Config::registry_rules`) and checks on
 //! paths; nothing here opens or writes a file.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use super::spec::{Aggregator, EventDeclaration, WatcherSpec};
+use ipnet::IpNet;
+
+use super::spec::{Action, Aggregator, EventDeclaration, WatcherSpec};
 
 /// Collectors of one event type: each file collector is a descriptor in every worker.
 pub const MAX_COLLECTORS_PER_TYPE: usize = 64;
@@ -29,6 +32,108 @@ pub struct Rules {
     pub max_watchers: usize,
     /// `watchers.max_fields`.
     pub max_fields: usize,
+    /// Where actions may send firings.
+    pub destinations: Destinations,
+}
+
+/// Where a firing may go (security.md): webhooks not into the denied networks (the cloud
+/// metadata addresses by default) and, when a list is set, only to allowed URL prefixes;
+/// e-mail, when a list is set, only to allowed domains. Checked at registration and again
+/// at delivery, after DNS resolution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Destinations {
+    /// `actions.webhook_allow`: URL prefixes; empty allows any URL.
+    pub webhook_allow: Vec<String>,
+    /// `actions.webhook_deny`: networks no webhook may reach.
+    pub webhook_deny: Vec<IpNet>,
+    /// `smtp.allowed_domains`: recipient domains; empty allows any.
+    pub mail_domains: Vec<String>,
+}
+
+impl Default for Destinations {
+    fn default() -> Destinations {
+        Destinations {
+            webhook_allow: Vec::new(),
+            webhook_deny: DEFAULT_WEBHOOK_DENY
+                .iter()
+                .filter_map(|net| net.parse().ok())
+                .collect(),
+            mail_domains: Vec::new(),
+        }
+    }
+}
+
+/// Link-local, where the cloud metadata services answer (169.254.169.254, fd00:ec2::254
+/// aside, which sits in a private range the operator may deny too).
+pub const DEFAULT_WEBHOOK_DENY: [&str; 2] = ["169.254.0.0/16", "fe80::/10"];
+
+impl Destinations {
+    /// The URL is allowed and, if its host is an address, that address is too.
+    pub fn check_webhook_url(&self, url: &str) -> Result<(), String> {
+        if !self.webhook_allow.is_empty()
+            && !self
+                .webhook_allow
+                .iter()
+                .any(|prefix| url.starts_with(prefix))
+        {
+            return Err(format!(
+                "webhook `{}` is not below a prefix of actions.webhook_allow",
+                super::spec::url_without_secrets(url)
+            ));
+        }
+        match webhook_host(url).and_then(|host| host.parse::<IpAddr>().ok()) {
+            Some(address) => self.check_webhook_address(address),
+            None => Ok(()),
+        }
+    }
+
+    /// An address a webhook's host resolved to.
+    pub fn check_webhook_address(&self, address: IpAddr) -> Result<(), String> {
+        match self.webhook_deny.iter().find(|net| net.contains(&address)) {
+            Some(net) => Err(format!(
+                "webhooks may not reach {address} (actions.webhook_deny holds {net})"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    pub fn check_recipients(&self, to: &[String]) -> Result<(), String> {
+        if self.mail_domains.is_empty() {
+            return Ok(());
+        }
+        let allowed = |address: &String| {
+            let domain = address.rsplit('@').next().unwrap_or("");
+            self.mail_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain))
+        };
+        match to.iter().find(|address| !allowed(address)) {
+            Some(address) => Err(format!(
+                "`{address}` is not in a domain of smtp.allowed_domains"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// What an action may reach, for either check.
+    pub fn check_action(&self, action: &Action) -> Result<(), String> {
+        match action {
+            Action::Webhook { url, .. } => self.check_webhook_url(url),
+            Action::Email { to, .. } => self.check_recipients(to),
+            Action::Null {} | Action::Command { .. } => Ok(()),
+        }
+    }
+}
+
+/// The host of an http(s) URL, brackets of an IPv6 literal removed.
+pub fn webhook_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    if let Some(v6) = host_port.strip_prefix('[') {
+        return v6.split(']').next();
+    }
+    host_port.split(':').next()
 }
 
 /// The configuration's defaults.
@@ -41,6 +146,7 @@ impl Default for Rules {
             max_event_types: 10_000,
             max_watchers: 256,
             max_fields: 16,
+            destinations: Destinations::default(),
         }
     }
 }
@@ -168,6 +274,53 @@ mod tests {
             reserved: vec![dir.join("state"), dir.join("daemon.log")],
             ..Rules::default()
         }
+    }
+
+    #[test]
+    fn webhooks_stay_out_of_denied_networks_and_inside_allowed_prefixes() {
+        let open = Destinations::default();
+        for denied in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fe80::1]:8080/x",
+        ] {
+            let message = open.check_webhook_url(denied).unwrap_err();
+            assert!(
+                message.contains("actions.webhook_deny"),
+                "{denied}: {message}"
+            );
+        }
+        assert!(
+            open.check_webhook_url("https://hooks.slack.com/services/x")
+                .is_ok()
+        );
+        let only_slack = Destinations {
+            webhook_allow: vec!["https://hooks.slack.com/".into()],
+            ..Destinations::default()
+        };
+        assert!(
+            only_slack
+                .check_webhook_url("https://hooks.slack.com/services/x")
+                .is_ok()
+        );
+        assert!(
+            only_slack
+                .check_webhook_url("https://hooks.slack.com.evil.io/x")
+                .is_err()
+        );
+        let domains = Destinations {
+            mail_domains: vec!["example.com".into()],
+            ..Destinations::default()
+        };
+        assert!(
+            domains
+                .check_recipients(&["ops@EXAMPLE.com".into()])
+                .is_ok()
+        );
+        assert!(
+            domains
+                .check_recipients(&["ops@example.com".into(), "x@evil.io".into()])
+                .is_err()
+        );
     }
 
     #[test]
