@@ -390,3 +390,27 @@ fn a_webhook_whose_name_resolves_into_a_denied_network_is_never_called() {
     assert!(sink.requests().is_empty(), "the webhook was called");
     assert!(daemon.log().contains("actions.webhook_deny"));
 }
+
+fn capabilities(pid: nix::unistd::Pid, set: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+    line.split_whitespace().nth(1).unwrap().to_string()
+}
+
+/// Even workers kept as root hold no capability. Run as root by `.ci/run`.
+#[test]
+#[ignore = "needs root"]
+fn workers_keep_no_capability_even_as_root() {
+    assert!(nix::unistd::geteuid().is_root(), "run this test as root");
+    let daemon = Daemon::run("[workers]\nuser = \"root\"\nmin = 1\nmax = 1\n");
+    let worker = daemon.serving_workers()[0];
+    for set in ["CapEff:", "CapPrm:", "CapAmb:"] {
+        assert_eq!(capabilities(worker, set), "0000000000000000", "{set}");
+    }
+    assert_ne!(
+        capabilities(daemon.master_pid(), "CapEff:"),
+        "0000000000000000"
+    );
+    assert!(daemon.log().contains("workers.user is root"));
+    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+}
