@@ -317,3 +317,23 @@ fn sigterm_under_load_cuts_no_reply_and_saves_every_acknowledged_count() {
         "the saved counters miss acknowledged events"
     );
 }
+
+/// A master stalled past the heartbeat timeout (SIGSTOP, a long swap-in, a debugger)
+/// finds on waking the heartbeats that queued meanwhile, and reads them before it judges:
+/// it kills no healthy worker.
+#[test]
+fn a_master_stalled_past_the_heartbeat_timeout_kills_no_healthy_worker() {
+    let daemon = Daemon::run("[workers]\nmin = 2\nmax = 2\nheartbeat_timeout_secs = 2\n");
+    let workers = daemon.serving_workers();
+    let master = daemon.master_pid();
+    kill(master, Signal::SIGSTOP).unwrap();
+    // The fault itself: a stall longer than the heartbeat timeout.
+    std::thread::sleep(5 * SECOND);
+    kill(master, Signal::SIGCONT).unwrap();
+    let woke = daemon.status().unwrap()["uptime_secs"].as_u64().unwrap();
+    wait_for("two ticks after the stall", 10 * SECOND, || {
+        daemon.status().unwrap()["uptime_secs"].as_u64().unwrap() >= woke + 2
+    });
+    assert_eq!(daemon.serving_workers(), workers);
+    assert!(!daemon.log().contains("killing worker"), "{}", daemon.log());
+}
