@@ -99,8 +99,14 @@ pub struct Server {
     pub max_body_bytes: u64,
     #[serde(deserialize_with = "within::<_, _, 1, HOUR>")]
     pub read_timeout_secs: u64,
+    /// A reply that makes no progress for this long is cut (nginx's `send_timeout`).
+    #[serde(deserialize_with = "within::<_, _, 1, HOUR>")]
+    pub write_timeout_secs: u64,
     #[serde(deserialize_with = "within::<_, _, 1, 1_000_000>")]
     pub max_connections: usize,
+    /// The request line and headers together; beyond, 431 (hyper's floor is 8 KiB).
+    #[serde(deserialize_with = "within::<_, _, 8_192, 1_048_576>")]
+    pub max_header_bytes: usize,
     pub api_token: String,
 }
 
@@ -226,7 +232,9 @@ impl Default for Server {
             backlog: 1024,
             max_body_bytes: 1024 * 1024,
             read_timeout_secs: 15,
+            write_timeout_secs: 15,
             max_connections: 10_000,
+            max_header_bytes: 16 * 1024,
             api_token: String::new(),
         }
     }
@@ -428,6 +436,10 @@ impl Config {
 
     pub fn read_timeout(&self) -> Duration {
         Duration::from_secs(self.server.read_timeout_secs)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.write_timeout_secs)
     }
 }
 

@@ -361,3 +361,93 @@ fn counts_too_many_for_one_frame_are_all_counted() {
     });
     assert_eq!(daemon.serving_workers(), worker, "the worker died");
 }
+
+#[test]
+fn a_request_header_beyond_max_header_bytes_gets_431_and_the_worker_lives_on() {
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
+    let worker = daemon.serving_workers();
+    let huge = format!(
+        "GET /health HTTP/1.1\r\nHost: t\r\nX-Padding: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let reply = common::request(daemon.address(), &huge).expect("a reply, not a reset");
+    assert_eq!(reply.status, 431);
+    let fits = format!(
+        "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Padding: {}\r\n\r\n",
+        "a".repeat(8 * 1024)
+    );
+    assert_eq!(
+        common::request(daemon.address(), &fits).unwrap().status,
+        200
+    );
+    assert_eq!(daemon.serving_workers(), worker);
+}
+
+/// Python's http.client sends the whole body before it reads: the early 413 must still
+/// reach it, not a reset (the worker lingers, reading what comes, before it closes).
+#[test]
+fn a_client_that_sends_its_whole_body_before_reading_gets_the_413() {
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
+    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+    let body = format!("{{\"a\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let mut stream = TcpStream::connect(daemon.address()).unwrap();
+    stream.set_read_timeout(Some(10 * SECOND)).unwrap();
+    let head = format!(
+        "POST /event/logins/ HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+        .write_all(body.as_bytes())
+        .expect("the whole body is taken, not reset");
+    let reply = common::read_response(&mut stream).expect("the 413, not a reset");
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.json()["status_code"], 413);
+}
+
+/// A client that never reads its reply is cut at `write_timeout_secs`: the reply it finds
+/// later is shorter than its Content-Length, and the worker holds nothing for it.
+#[test]
+fn a_client_that_never_reads_its_reply_is_cut_at_the_write_timeout() {
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n[server]\nwrite_timeout_secs = 1\n");
+    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+    let bulk = "{}\n".repeat(300_000);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&daemon.address().into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    let head = format!(
+        "POST /event/logins/_bulk HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        bulk.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(bulk.as_bytes()).unwrap();
+    let connections = || daemon.status().unwrap()["workers"][0]["connections"].clone();
+    wait_for("the worker to report the connection", 10 * SECOND, || {
+        connections() == 1
+    });
+    wait_for("the worker to cut the connection", 10 * SECOND, || {
+        connections() == 0
+    });
+    let mut received = Vec::new();
+    stream.set_read_timeout(Some(5 * SECOND)).unwrap();
+    let _ = stream.read_to_end(&mut received);
+    let text = String::from_utf8_lossy(&received);
+    let declared: usize = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_string)
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the reply's head arrived");
+    let body_start = text.find("\r\n\r\n").unwrap() + 4;
+    assert!(
+        received.len() - body_start < declared,
+        "the whole reply was sent: {} of {declared}",
+        received.len() - body_start
+    );
+    assert_eq!(daemon.get("/health").unwrap().status, 200);
+}

@@ -8,6 +8,7 @@
 pub mod api;
 mod batcher;
 mod ids;
+mod io;
 pub(crate) mod link;
 mod server;
 

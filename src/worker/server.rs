@@ -2,7 +2,8 @@
 //! a worker enforces by itself.
 //!
 //! Owns connections: the per-worker connection cap, the header deadline (which hyper
-//! also applies while a keep-alive connection waits for its next request), accept errors
+//! also applies while a keep-alive connection waits for its next request), the header
+//! size (`max_header_bytes`: hyper answers 431 beyond its read buffer), accept errors
 //! survived, draining without refusing (process-model.md: a connection accepted before
 //! the drain gets its first request served, with `Connection: close`), and the figures
 //! the heartbeat reports. What a request means is `api`'s business.
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
 use super::api::Api;
+use super::io::ClientStream;
 use super::link::{Link, Shutdown};
 use crate::config::Config;
 use crate::ipc::{Heartbeat, WorkerMessage};
@@ -46,8 +48,10 @@ pub async fn accept_until_shutdown(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.read_timeout())
+        .max_buf_size(config.server.max_header_bytes)
         .keep_alive(true);
     let grace = FIRST_REQUEST_GRACE.min(config.read_timeout());
+    let write_timeout = config.write_timeout();
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
     let max_requests = config.workers.max_requests;
     let mut failing_since: Option<Instant> = None;
@@ -121,6 +125,7 @@ pub async fn accept_until_shutdown(
                 }
             })
         };
+        let stream = ClientStream::new(stream, write_timeout);
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let open = stats.connection_opened();
         let shutdown = shutdown.clone();
@@ -139,7 +144,7 @@ pub async fn accept_until_shutdown(
     let _ = slots.acquire_many(every_slot).await;
 }
 
-type Connection<S> = http1::Connection<TokioIo<tokio::net::TcpStream>, S>;
+type Connection<S> = http1::Connection<TokioIo<ClientStream>, S>;
 
 /// Serves `connection` until it ends or the worker drains. Draining, it closes at once
 /// only a connection with nothing in progress; one whose first request has not been

@@ -1,0 +1,141 @@
+//! A client connection's byte stream, as hyper sees it: the TCP stream with the two
+//! things hyper does not do itself (process-model.md).
+//!
+//! - A write deadline (`server.write_timeout_secs`, nginx's `send_timeout`): a write that
+//!   makes no progress for that long fails the connection, so a client that never reads
+//!   its reply cannot hold the worker's memory.
+//! - A lingering close: closing, the worker shuts its side down, then reads and discards
+//!   what the client still sends, until it closes or `LINGER` passes. A client that sends
+//!   its whole body before reading (Python's http.client) then gets the early 413, where
+//!   closing with unread data would have made the kernel reset the connection.
+//!
+//! Never blocks: both are timers polled with the stream.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Sleep, sleep};
+
+/// The longest a closing connection is read from for nothing.
+const LINGER: Duration = Duration::from_secs(5);
+
+pub struct ClientStream {
+    stream: TcpStream,
+    write_timeout: Duration,
+    /// Armed while a write waits for the client to read.
+    write_stalled: Option<Pin<Box<Sleep>>>,
+    /// Armed once our side is shut down: the end of the lingering close.
+    lingering: Option<Pin<Box<Sleep>>>,
+}
+
+impl ClientStream {
+    pub fn new(stream: TcpStream, write_timeout: Duration) -> ClientStream {
+        ClientStream {
+            stream,
+            write_timeout,
+            write_stalled: None,
+            lingering: None,
+        }
+    }
+
+    /// After a write: progress disarms the deadline, a wait arms it (once) and fails the
+    /// write when it passes.
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if written.is_ready() {
+            self.write_stalled = None;
+            return written;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .write_stalled
+            .get_or_insert_with(|| Box::pin(sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {}s", timeout.as_secs()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.deadline(cx, written)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.deadline(cx, written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.stream).poll_flush(cx);
+        this.deadline(cx, flushed)
+    }
+
+    /// The lingering close: FIN first, then what the client still sends is discarded
+    /// until it closes, errs, or `LINGER` passes.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.lingering.is_none() {
+            ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            this.lingering = Some(Box::pin(sleep(LINGER)));
+        }
+        let mut discard = [0u8; 16 * 1024];
+        loop {
+            let mut buf = ReadBuf::new(&mut discard);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    let over = this
+                        .lingering
+                        .as_mut()
+                        .is_none_or(|linger| linger.as_mut().poll(cx).is_ready());
+                    return if over {
+                        Poll::Ready(Ok(()))
+                    } else {
+                        Poll::Pending
+                    };
+                }
+            }
+        }
+    }
+}
