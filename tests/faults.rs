@@ -451,3 +451,68 @@ fn a_client_that_never_reads_its_reply_is_cut_at_the_write_timeout() {
     );
     assert_eq!(daemon.get("/health").unwrap().status, 200);
 }
+
+/// Unmounts the tmpfs a test mounted, also when the test fails; lazily, since the
+/// daemon may still hold a file open in it.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk under a file appender: the events that do not fit get 503, a line cut
+/// short is taken back off the file, and once space returns every line parses. Run as
+/// root by `.ci/run` (it mounts a tmpfs).
+#[test]
+#[ignore = "needs root"]
+fn a_full_disk_under_a_file_appender_leaves_every_line_parseable() {
+    assert!(nix::unistd::geteuid().is_root(), "run this test as root");
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
+    let folder = daemon.path("small");
+    std::fs::create_dir(&folder).unwrap();
+    let mount = |args: &[&str]| {
+        let status = std::process::Command::new("mount")
+            .args(args)
+            .arg(&folder)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount {args:?}");
+    };
+    mount(&["-t", "tmpfs", "-o", "size=64k", "tmpfs"]);
+    let _mounted = Mounted(folder.clone());
+    let events = folder.join("events.jsonl");
+    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+    let collector =
+        serde_json::json!({"name": "audit", "appender": {"type": "file", "path": events}});
+    assert_eq!(
+        daemon
+            .post("/event/logins/collector/", &collector.to_string())
+            .status,
+        201
+    );
+    // Lines of an awkward length, so that the last one that fits only partly does.
+    let event = |n: usize| format!(r#"{{"n": {n}, "pad": "{}"}}"#, "p".repeat(700 + n % 97));
+    let refused = (0..200)
+        .filter(|&n| daemon.post("/event/logins/", &event(n)).status == 503)
+        .count();
+    assert!(refused > 50, "the disk never filled up ({refused} refused)");
+    mount(&["-o", "remount,size=1m"]);
+    for n in 200..260 {
+        assert_eq!(
+            daemon.post("/event/logins/", &event(n)).status,
+            200,
+            "event {n}"
+        );
+    }
+    let text = std::fs::read_to_string(&events).unwrap();
+    for (index, line) in text.lines().enumerate() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("line {}: {e}: {line:.80}", index + 1));
+    }
+    assert!(text.ends_with('\n'));
+}

@@ -423,3 +423,24 @@ fn master_killed_with_sigkill_its_workers_exit_and_start_takes_over_the_stale_pi
     assert!(start.status.success(), "{}", common::stderr(&start));
     assert_eq!(daemon.get("/health").unwrap().status, 200);
 }
+
+/// Recycling by `workers.max_requests` drains like a reload: five recycles under
+/// connection-per-request load fail no request.
+#[test]
+fn five_recycles_by_max_requests_under_load_fail_no_request() {
+    let daemon = Daemon::run("[workers]\nmin = 2\nmax = 2\nmax_requests = 300\n");
+    let load = Load::start(daemon.address(), 4);
+    let mut seen: HashSet<Pid> = HashSet::new();
+    wait_for("five workers recycled", 60 * SECOND, || {
+        seen.extend(daemon.workers().into_iter().map(|(_, pid)| pid));
+        seen.len() >= 2 + 5
+    });
+    let tally = load.finish();
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} requests failed across the recycles: {:?}",
+        tally.failures.len(),
+        tally.ok + tally.failures.len() as u64,
+        tally.failures
+    );
+}
