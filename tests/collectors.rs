@@ -48,7 +48,7 @@ fn every_acknowledged_event_is_in_the_file_appender() {
         .into_iter()
         .flat_map(|c| c.join().unwrap())
         .collect();
-    let bulk = daemon.post("/event/logins/_bulk", "{\"n\": 1}\n{\"n\": 2}\n");
+    let bulk = daemon.post("/event/logins/_bulk?ids=true", "{\"n\": 1}\n{\"n\": 2}\n");
     assert_eq!(bulk.json()["collected"], 2);
     let bulk_ids: Vec<String> = bulk.json()["_ids"]
         .as_array()
@@ -166,6 +166,21 @@ fn the_syslog_appender_writes_or_refuses_the_event() {
         503
     };
     assert_eq!(response.status, expected, "{response:?}");
+}
+
+#[test]
+fn a_bulk_reply_lists_the_ids_only_when_asked() {
+    let daemon = Daemon::run("");
+    register(&daemon, "logins");
+    let lines = "{}\n".repeat(1000);
+    let plain = daemon.post("/event/logins/_bulk", &lines);
+    assert_eq!(plain.json(), json!({"collected": 1000}));
+    assert!(
+        plain.body.len() < lines.len(),
+        "the reply outgrew its request"
+    );
+    let with_ids = daemon.post("/event/logins/_bulk?ids=true", &lines);
+    assert_eq!(with_ids.json()["_ids"].as_array().map(Vec::len), Some(1000));
 }
 
 #[test]

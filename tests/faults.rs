@@ -418,7 +418,7 @@ fn a_client_that_never_reads_its_reply_is_cut_at_the_write_timeout() {
     socket.connect(&daemon.address().into()).unwrap();
     let mut stream: TcpStream = socket.into();
     let head = format!(
-        "POST /event/logins/_bulk HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        "POST /event/logins/_bulk?ids=true HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
         bulk.len()
     );
     stream.write_all(head.as_bytes()).unwrap();

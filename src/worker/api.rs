@@ -211,8 +211,13 @@ impl Api {
             (Route::Event(event), &Method::GET) => {
                 with_event(&registry, event, |e| show_event(event, e))
             }
-            (Route::Event(event), &Method::POST) => self.collect(&registry, event, &body, false),
-            (Route::Bulk(event), &Method::POST) => self.collect(&registry, event, &body, true),
+            (Route::Event(event), &Method::POST) => {
+                self.collect(&registry, event, &body, Posted::One)
+            }
+            (Route::Bulk(event), &Method::POST) => {
+                let with_ids = wants_ids(parts.uri.query());
+                self.collect(&registry, event, &body, Posted::Bulk { with_ids })
+            }
             (Route::Collectors(event), &Method::GET) => {
                 with_event(&registry, event, |e| list(&e.collectors))
             }
@@ -234,14 +239,19 @@ impl Api {
     }
 
     /// The hot path: validate, write through every collector, then acknowledge.
-    fn collect(&self, registry: &Registry, event: &str, body: &[u8], bulk: bool) -> Response<Body> {
+    fn collect(
+        &self,
+        registry: &Registry,
+        event: &str,
+        body: &[u8],
+        posted: Posted,
+    ) -> Response<Body> {
         let Some(entry) = registry.event(event) else {
             return refusal(registry::not_registered(event));
         };
-        let parsed = if bulk {
-            parse_lines(body)
-        } else {
-            Event::parse(body).map(|e| vec![e])
+        let parsed = match posted {
+            Posted::Bulk { .. } => parse_lines(body),
+            Posted::One => Event::parse(body).map(|e| vec![e]),
         };
         let events = match parsed {
             Ok(events) => events,
@@ -279,13 +289,15 @@ impl Api {
         let collected = ids.len() as u64;
         self.deltas.borrow_mut().record_collected(event, collected);
         self.batcher.count(event, collected, keys);
-        if bulk {
-            json(
+        match posted {
+            Posted::One => json(StatusCode::OK, &Created { _id: ids[0] }),
+            Posted::Bulk { with_ids: true } => json(
                 StatusCode::OK,
                 &json!({"collected": ids.len(), "_ids": ids}),
-            )
-        } else {
-            json(StatusCode::OK, &Created { _id: ids[0] })
+            ),
+            Posted::Bulk { with_ids: false } => {
+                json(StatusCode::OK, &json!({"collected": ids.len()}))
+            }
         }
     }
 
@@ -456,6 +468,25 @@ fn master_unavailable() -> Response<Body> {
     )
 }
 
+/// What a collecting request posted, and so what its reply holds.
+#[derive(Clone, Copy)]
+enum Posted {
+    /// `POST /event/{type}/`: `{"_id"}`.
+    One,
+    /// `POST /event/{type}/_bulk`: `{"collected"}`, and the events' `_ids` only when
+    /// asked (`?ids=true`): ids would make the reply up to 13 times the request.
+    Bulk { with_ids: bool },
+}
+
+/// `ids=true` (or `ids=1`) in the query string.
+fn wants_ids(query: Option<&str>) -> bool {
+    query.is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| pair == "ids=true" || pair == "ids=1")
+    })
+}
+
 /// `{"_id": UUID}`, the reply to a creation or a collected event.
 #[derive(Serialize)]
 struct Created {
@@ -585,6 +616,15 @@ mod tests {
         let message = parse_lines(b"{\"a\":1}\n[2]\n").unwrap_err();
         assert!(message.starts_with("Line 2:"), "{message}");
         assert!(parse_lines(b"\n\n").is_err());
+    }
+
+    #[test]
+    fn bulk_ids_only_when_asked() {
+        assert!(wants_ids(Some("ids=true")));
+        assert!(wants_ids(Some("x=1&ids=1")));
+        assert!(!wants_ids(Some("ids=false")));
+        assert!(!wants_ids(Some("noids=true")));
+        assert!(!wants_ids(None));
     }
 
     #[test]

@@ -46,14 +46,16 @@ impl Batcher {
     pub fn count(&self, event: &str, collected: u64, keys: Vec<(Uuid, Key)>) {
         let mut batch = self.batch.borrow_mut();
         let was_empty = batch.is_empty();
-        batch.add_events(event, collected);
         for key in keys {
             batch.add_key(key);
             if batch.is_full() {
                 self.link.send(WorkerMessage::Counts(batch.take()));
             }
         }
-        if was_empty && !batch.is_empty() {
+        // The events go with the request's last keys: once the master has counted the
+        // events, it has every one of their keys too.
+        batch.add_events(event, collected);
+        if was_empty {
             self.started.notify_one();
         }
     }
