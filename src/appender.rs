@@ -12,9 +12,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use syslog::{Facility, Formatter3164, LoggerBackend};
@@ -90,27 +89,13 @@ impl Appenders {
     }
 }
 
-/// Opens `path` for appending, creating it 0640, and only if it is a regular file.
+/// Opens a file target (see `files::open_for_append`), the error worded for the client.
 fn open_regular_file(path: &Path) -> Result<File, String> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => format!("cannot open {}: it is a symlink", path.display()),
-            Some(libc::ENXIO) => format!("cannot open {}: it is a FIFO", path.display()),
-            _ => format!("cannot open {}: {e}", path.display()),
-        })?;
-    let kind = file
-        .metadata()
-        .map_err(|e| format!("cannot inspect {}: {e}", path.display()))?
-        .file_type();
-    if !kind.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
-    }
-    Ok(file)
+    crate::files::open_for_append(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => format!("cannot open {}: it is a symlink", path.display()),
+        Some(libc::ENXIO) => format!("cannot open {}: it is a FIFO", path.display()),
+        _ => format!("cannot open {}: {e}", path.display()),
+    })
 }
 
 /// One `write` of `bytes`; a short write (a full disk) is cut back off the file, so that

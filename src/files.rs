@@ -39,6 +39,22 @@ pub fn read_state_file(path: &Path, what: &str) -> anyhow::Result<Option<Vec<u8>
     Ok(Some(contents))
 }
 
+/// Opens `path` for appending, creating it 0640 (whatever more the umask would allow),
+/// never through a symlink (`ELOOP`), never blocking on a FIFO (`ENXIO`), and only if it
+/// is a regular file: for log files and file appenders alike.
+pub fn open_for_append(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
 /// Opens (or creates, `mode`) a file eventsd keeps, such as the pidfile, read-write, never
 /// through a symlink, and only if it is a regular file.
 pub fn open_state_file(path: &Path, what: &str, mode: u32) -> anyhow::Result<File> {

@@ -6,10 +6,9 @@
 //! fails the caller: a line that cannot be written is dropped.
 
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -154,27 +153,15 @@ fn open(sink: &Sink) -> anyhow::Result<Output> {
     })
 }
 
-/// Opens a log file for appending: never through a symlink, 0640 whatever the umask
-/// allows beyond it, and only if it is a regular file.
+/// Opens a log file (see `files::open_for_append`: never through a symlink, 0640).
 fn open_file(path: &Path) -> anyhow::Result<File> {
     crate::files::create_parent_dir(path)?;
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "cannot open log file {} (a symlink is never followed)",
-                path.display()
-            )
-        })?;
-    let regular = file.metadata().is_ok_and(|m| m.is_file());
-    if !regular {
-        anyhow::bail!("log file {} is not a regular file", path.display());
-    }
-    Ok(file)
+    crate::files::open_for_append(path).with_context(|| {
+        format!(
+            "cannot open log file {} (a symlink is never followed)",
+            path.display()
+        )
+    })
 }
 
 fn open_syslog() {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::rest::{file_collector, register};
 use common::{Daemon, wait_for};
 use nix::sys::signal::{Signal, kill};
 
@@ -486,15 +487,9 @@ fn a_full_disk_under_a_file_appender_leaves_every_line_parseable() {
     mount(&["-t", "tmpfs", "-o", "size=64k", "tmpfs"]);
     let _mounted = Mounted(folder.clone());
     let events = folder.join("events.jsonl");
-    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
-    let collector =
-        serde_json::json!({"name": "audit", "appender": {"type": "file", "path": events}});
-    assert_eq!(
-        daemon
-            .post("/event/logins/collector/", &collector.to_string())
-            .status,
-        201
-    );
+    register(&daemon, "logins");
+    let collector = daemon.post("/event/logins/collector/", &file_collector(&events));
+    assert_eq!(collector.status, 201);
     // Lines of an awkward length, so that the last one that fits only partly does.
     let event = |n: usize| format!(r#"{{"n": {n}, "pad": "{}"}}"#, "p".repeat(700 + n % 97));
     let refused = (0..200)
