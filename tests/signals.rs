@@ -125,8 +125,9 @@ fn sigalrm_a_stopped_worker_is_killed_and_replaced_after_the_heartbeat_timeout()
     wait_for("the hung worker to be killed", 6 * SECOND, || is_gone(hung));
     let detected = stopped_at.elapsed();
     eprintln!("hung worker killed {detected:?} after SIGSTOP");
+    // Its last heartbeat may have left up to one interval (0.5 s) before the SIGSTOP.
     assert!(
-        detected >= 2 * SECOND,
+        detected >= 2 * SECOND - SECOND / 2,
         "killed before its heartbeat timeout: {detected:?}"
     );
     daemon.wait_ready();

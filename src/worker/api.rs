@@ -25,6 +25,8 @@ use uuid::Uuid;
 use super::batcher::Batcher;
 use super::ids::EventIds;
 use super::link::Link;
+use super::routes::Route;
+pub use super::routes::{ROUTES, route_template};
 use crate::appender::Appenders;
 use crate::config::Config;
 use crate::event::Event;
@@ -37,107 +39,6 @@ pub type Body = Full<Bytes>;
 
 /// How long a registry change or a metrics request may wait for the master.
 const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Every route the daemon serves, as its OpenAPI template, with the methods it allows
-/// (the `Allow` header of a 405). The OpenAPI document is tested against this table.
-pub const ROUTES: [(&str, &str); 9] = [
-    ("/health", "GET, HEAD"),
-    ("/metrics", "GET"),
-    ("/event/", "GET, POST"),
-    ("/event/{type}/", "GET, POST, DELETE"),
-    ("/event/{type}/_bulk", "POST"),
-    ("/event/{type}/collector/", "GET, POST"),
-    ("/event/{type}/collector/{name}", "GET, DELETE"),
-    ("/event/{type}/watcher/", "GET, POST"),
-    ("/event/{type}/watcher/{name}", "GET, DELETE"),
-];
-
-/// The route template that serves `path`, if any (a trailing slash is optional).
-pub fn route_template(path: &str) -> Option<&'static str> {
-    Route::parse(path).map(Route::template)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Route<'a> {
-    Health,
-    Metrics,
-    Events,
-    Event(&'a str),
-    Bulk(&'a str),
-    Collectors(&'a str),
-    Collector(&'a str, &'a str),
-    Watchers(&'a str),
-    Watcher(&'a str, &'a str),
-}
-
-impl<'a> Route<'a> {
-    /// A trailing slash is optional on every path.
-    fn parse(path: &'a str) -> Option<Route<'a>> {
-        let path = path.strip_prefix('/')?;
-        let path = path.strip_suffix('/').unwrap_or(path);
-        let segments: Vec<&str> = path.split('/').collect();
-        Some(match segments.as_slice() {
-            ["health"] => Route::Health,
-            ["metrics"] => Route::Metrics,
-            ["event"] => Route::Events,
-            ["event", event] => Route::Event(event),
-            ["event", event, "_bulk"] => Route::Bulk(event),
-            ["event", event, "collector"] => Route::Collectors(event),
-            ["event", event, "collector", name] => Route::Collector(event, name),
-            ["event", event, "watcher"] => Route::Watchers(event),
-            ["event", event, "watcher", name] => Route::Watcher(event, name),
-            _ => return None,
-        })
-    }
-
-    fn index(self) -> usize {
-        match self {
-            Route::Health => 0,
-            Route::Metrics => 1,
-            Route::Events => 2,
-            Route::Event(_) => 3,
-            Route::Bulk(_) => 4,
-            Route::Collectors(_) => 5,
-            Route::Collector(..) => 6,
-            Route::Watchers(_) => 7,
-            Route::Watcher(..) => 8,
-        }
-    }
-
-    fn template(self) -> &'static str {
-        ROUTES[self.index()].0
-    }
-
-    fn allow(self) -> &'static str {
-        ROUTES[self.index()].1
-    }
-
-    /// The registry change a request asks for, if it asks for one.
-    fn change(self, method: &Method, body: Bytes) -> Option<Change> {
-        let (event, body) = (String::from, body.to_vec());
-        Some(match (self, method) {
-            (Route::Events, &Method::POST) => Change::CreateEvent { body },
-            (Route::Event(e), &Method::DELETE) => Change::DeleteEvent { event: event(e) },
-            (Route::Collectors(e), &Method::POST) => Change::CreateCollector {
-                event: event(e),
-                body,
-            },
-            (Route::Collector(e, name), &Method::DELETE) => Change::DeleteCollector {
-                event: event(e),
-                name: name.to_string(),
-            },
-            (Route::Watchers(e), &Method::POST) => Change::CreateWatcher {
-                event: event(e),
-                body,
-            },
-            (Route::Watcher(e, name), &Method::DELETE) => Change::DeleteWatcher {
-                event: event(e),
-                name: name.to_string(),
-            },
-            _ => return None,
-        })
-    }
-}
 
 pub struct Api {
     pid: u32,
@@ -595,20 +496,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_take_an_optional_trailing_slash() {
-        assert_eq!(Route::parse("/event"), Some(Route::Events));
-        assert_eq!(Route::parse("/event/"), Some(Route::Events));
-        assert_eq!(Route::parse("/event/x/"), Some(Route::Event("x")));
-        assert_eq!(Route::parse("/event/x/_bulk"), Some(Route::Bulk("x")));
-        assert_eq!(
-            Route::parse("/event/x/watcher/w/"),
-            Some(Route::Watcher("x", "w"))
-        );
-        assert_eq!(Route::parse("/event/x/y/z"), None);
-        assert_eq!(Route::parse("health"), None);
-    }
 
     #[test]
     fn bulk_lines_are_all_objects_or_the_batch_is_refused() {

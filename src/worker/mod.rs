@@ -10,6 +10,7 @@ mod batcher;
 mod ids;
 mod io;
 pub(crate) mod link;
+mod routes;
 mod server;
 
 use std::fs::File;
