@@ -1,0 +1,203 @@
+//! Definitions as clients send them: every check names its field.
+
+use super::*;
+
+fn watcher(body: &str) -> Result<WatcherSpec, String> {
+    from_json(body.as_bytes())
+}
+
+const ACTION: &str = r#""action": {"type": "null"}"#;
+
+#[test]
+fn names_follow_the_pattern() {
+    for good in [
+        "ab",
+        "user_logged_in",
+        "new_event-1",
+        &format!("a{}", "b".repeat(127)),
+    ] {
+        assert!(Name::is_valid(good), "{good}");
+    }
+    for bad in [
+        "",
+        "a",
+        "1ab",
+        "_ab",
+        "../etc",
+        "a b",
+        "ünï",
+        "a%00",
+        &"a".repeat(129),
+    ] {
+        assert!(!Name::is_valid(bad), "{bad}");
+    }
+}
+
+#[test]
+fn the_spec_example_watcher_parses() {
+    let parsed = watcher(
+        r#"{"name": "login-storm", "threshold": 100,
+            "aggregator": {"type": "fields", "fields": ["ip", "user.id"]},
+            "window_secs": 60, "cooldown_secs": 300,
+            "action": {"type": "email", "to": "ops@example.com", "subject": "Login storm"}}"#,
+    )
+    .unwrap();
+    assert_eq!(parsed.threshold, 100);
+    assert_eq!(
+        parsed.action,
+        Action::Email {
+            to: vec!["ops@example.com".into()],
+            subject: "Login storm".into()
+        }
+    );
+}
+
+#[test]
+fn bad_watcher_fields_are_named() {
+    let base = r#""name": "w1", "aggregator": {"type": "single"}"#;
+    for (body, field) in [
+        (
+            format!(r#"{{{base}, "threshold": "5", {ACTION}}}"#),
+            "threshold",
+        ),
+        (
+            format!(r#"{{{base}, "threshold": -1, {ACTION}}}"#),
+            "threshold",
+        ),
+        (
+            format!(r#"{{{base}, "threshold": 0, {ACTION}}}"#),
+            "threshold",
+        ),
+        (
+            format!(r#"{{{base}, "threshold": 1e99, {ACTION}}}"#),
+            "threshold",
+        ),
+        (format!(r#"{{{base}, {ACTION}}}"#), "threshold"),
+        (
+            format!(
+                r#"{{"name": "w1", "threshold": 5, "aggregator": {{"type": "bogus"}}, {ACTION}}}"#
+            ),
+            "aggregator",
+        ),
+        (
+            format!(
+                r#"{{"name": "w1", "threshold": 5, "aggregator": {{"type": "fields", "fields": []}}, {ACTION}}}"#
+            ),
+            "fields",
+        ),
+        (
+            format!(
+                r#"{{"name": "w1", "threshold": 5, "aggregator": {{"type": "fields", "fields": [1]}}, {ACTION}}}"#
+            ),
+            "fields",
+        ),
+        (
+            format!(
+                r#"{{{base}, "threshold": 5, "action": {{"type": "email", "to": "nobody", "subject": "s"}}}}"#
+            ),
+            "to",
+        ),
+        (
+            format!(
+                r#"{{{base}, "threshold": 5, "action": {{"type": "webhook", "url": "ftp://x"}}}}"#
+            ),
+            "url",
+        ),
+        (
+            format!(
+                r#"{{"name": "a b", "threshold": 5, "aggregator": {{"type": "single"}}, {ACTION}}}"#
+            ),
+            "name",
+        ),
+        (
+            format!(
+                r#"{{{base}, "threshold": 5, "action": {{"type": "webhook", "url": "http://x/", "headers": {{"X-A": "1\r\nX-Injected: 1"}}}}}}"#
+            ),
+            "headers",
+        ),
+        (
+            format!(
+                r#"{{{base}, "threshold": 5, "action": {{"type": "webhook", "url": "http://x/", "headers": {{"X-A\nB": "1"}}}}}}"#
+            ),
+            "headers",
+        ),
+        (
+            format!(
+                r#"{{{base}, "threshold": 5, "action": {{"type": "webhook", "url": "http://x/{}"}}}}"#,
+                "a".repeat(3000)
+            ),
+            "url",
+        ),
+        (
+            format!(
+                r#"{{{base}, "threshold": 5, "action": {{"type": "email", "to": "a@b", "subject": "s\r\nBcc: x@y"}}}}"#
+            ),
+            "subject",
+        ),
+    ] {
+        let message = watcher(&body).expect_err(&body);
+        assert!(message.contains(&format!("`{field}")), "{body}: {message}");
+    }
+}
+
+#[test]
+fn urls_lose_their_path_query_and_credentials() {
+    for (url, shown) in [
+        (
+            "https://hooks.slack.com/services/T0/B0/XXXX",
+            "https://hooks.slack.com/…",
+        ),
+        (
+            "http://user:pw@10.0.0.1:8080/x?token=1",
+            "http://10.0.0.1:8080/…",
+        ),
+        ("https://example.com/", "https://example.com/"),
+        ("https://example.com", "https://example.com"),
+    ] {
+        assert_eq!(url_without_secrets(url), shown);
+    }
+}
+
+#[test]
+fn bodies_that_are_not_json_objects_say_so() {
+    assert!(
+        from_json::<EventSpec>(b"{nope")
+            .unwrap_err()
+            .contains("not valid JSON")
+    );
+    assert!(
+        from_json::<EventSpec>(b"[1]")
+            .unwrap_err()
+            .starts_with("Invalid")
+    );
+    assert!(
+        from_json::<EventSpec>(b"")
+            .unwrap_err()
+            .contains("not valid JSON")
+    );
+}
+
+#[test]
+fn appenders_are_checked() {
+    let file = from_json::<CollectorSpec>(
+        br#"{"name": "c1", "appender": {"type": "file", "path": "rel/x"}}"#,
+    );
+    let message = file.unwrap_err();
+    assert!(
+        message.contains("appender") && message.contains("absolute"),
+        "{message}"
+    );
+    for (path, problem) in [
+        ("/var/log/../../etc/profile.d/x.sh", "`..`"),
+        ("/tmp/x\\nforged", "control character"),
+    ] {
+        let body = format!(r#"{{"name": "c1", "appender": {{"type": "file", "path": "{path}"}}}}"#);
+        let message = from_json::<CollectorSpec>(body.as_bytes()).unwrap_err();
+        assert!(message.contains(problem), "{path}: {message}");
+    }
+    let extra =
+        from_json::<CollectorSpec>(br#"{"name": "c1", "appender": {"type": "null", "x": 1}}"#);
+    assert!(extra.unwrap_err().contains("unknown field `x`"));
+    let unknown = from_json::<CollectorSpec>(br#"{"name": "c1", "appender": {"type": "kafka"}}"#);
+    assert!(unknown.unwrap_err().starts_with("Invalid `appender"));
+}
