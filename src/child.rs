@@ -1,5 +1,5 @@
 //! One lifecycle for every process the master forks, whatever its role (an HTTP worker,
-//! the action runner): how it is forked with its channel, what it does first and last,
+//! the action runner, a counters snapshot): how it is forked with its channel, what it does first and last,
 //! and the record the master keeps of it (spawned at, stopping since, killed because).
 //! nginx keeps one process table; this is its row.
 //!
@@ -29,6 +29,8 @@ use crate::logging;
 pub enum Role {
     Worker,
     ActionRunner,
+    /// Writes the counters from its copy-on-write image of the master, then exits.
+    Snapshot,
 }
 
 impl Role {
@@ -37,6 +39,7 @@ impl Role {
         match self {
             Role::Worker => "worker",
             Role::ActionRunner => "action",
+            Role::Snapshot => "snapshot",
         }
     }
 
@@ -44,6 +47,7 @@ impl Role {
         match self {
             Role::Worker => c"eventsd-worker",
             Role::ActionRunner => c"eventsd-action",
+            Role::Snapshot => c"eventsd-snapshot",
         }
     }
 
@@ -52,6 +56,7 @@ impl Role {
         match self {
             Role::Worker => "worker",
             Role::ActionRunner => "action runner",
+            Role::Snapshot => "counters snapshot",
         }
     }
 }

@@ -167,6 +167,10 @@ pub struct Watchers {
     /// Watchers of one event type.
     #[serde(deserialize_with = "within::<_, _, 1, 10_000>")]
     pub max_per_type: usize,
+    /// How often changed counters are written to the state folder (a crash loses at
+    /// most that much counting).
+    #[serde(deserialize_with = "within::<_, _, 1, HOUR>")]
+    pub snapshot_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -265,6 +269,7 @@ impl Default for Watchers {
             max_fields: 16,
             max_key_bytes: 1024,
             max_per_type: 256,
+            snapshot_secs: 1,
         }
     }
 }

@@ -40,6 +40,8 @@ impl Master {
                 Source::Control => self.serve_control_clients(),
                 Source::Child(pid, Role::Worker) => self.read_worker(pid, events),
                 Source::Child(pid, Role::ActionRunner) => self.read_runner(pid, events),
+                // A snapshot says nothing: its exit code is its report.
+                Source::Child(pid, Role::Snapshot) => self.read_snapshot(pid, events),
             }
         }
         Ok(requested)

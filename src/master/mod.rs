@@ -5,7 +5,8 @@
 //! `run_loop` is the whole cycle, in the fixed order of gunicorn's arbiter and nginx's
 //! master cycle: wait (poll every descriptor; read what the children sent; turn signals
 //! into flags) → act on the signal flags → reap → enforce timeouts (on the tick) →
-//! reconcile the pool to its target → release the answers held for read-your-writes.
+//! reconcile the pool to its target → release the answers held for read-your-writes. The
+//! tick also starts a counters snapshot when they changed (`snapshot.rs`).
 //! Reload, SIGTTIN/SIGTTOU, crashes and the dynamic pool only move the target or the
 //! generation; `reconcile` converges.
 //!
@@ -16,7 +17,8 @@
 //! Files, by owner: `events` (the wait and what children say), `workers` (spawn, stop,
 //! reconcile), `reap`, `timeouts` (the tick), `reload` (SIGHUP, SIGUSR1), `answers`
 //! (registry changes and questions), `actions` (counts to firings to the runner),
-//! `setup`, `announcer`, `control`, `signals`, `pool`.
+//! `snapshot` (counters written by a forked child), `setup`, `announcer`, `control`,
+//! `signals`, `pool`.
 
 mod actions;
 mod announcer;
@@ -28,6 +30,7 @@ mod reap;
 mod reload;
 mod setup;
 mod signals;
+mod snapshot;
 mod timeouts;
 mod workers;
 
@@ -58,6 +61,7 @@ use answers::HeldAnswers;
 use control::ControlSocket;
 use pool::Pool;
 use signals::{Requested, Signals};
+use snapshot::Snapshots;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -92,6 +96,7 @@ struct Master {
     totals: Totals,
     watch: Watch,
     actions: Actions,
+    snapshots: Snapshots,
 }
 
 /// Runs a master until it stops. Start-up failures are reported to `announcer` too.
@@ -167,6 +172,7 @@ impl Master {
             totals: Totals::default(),
             watch,
             actions: Actions::default(),
+            snapshots: Snapshots::default(),
         })
     }
 
@@ -179,10 +185,11 @@ impl Master {
             self.reap()?;
             if requested.tick {
                 self.enforce_timeouts();
+                self.snapshot_counters_if_due();
             }
             self.reconcile();
             self.release_held_answers();
-            if self.is_stopping() && self.pool.is_empty() && self.actions.runner.is_none() {
+            if self.is_stopping() && self.children().next().is_none() {
                 return Ok(());
             }
         }
@@ -223,6 +230,10 @@ impl Master {
             self.stop_worker(pid, "eventsd is stopping");
         }
         self.stop_runner();
+        // A snapshot under way finishes; told to stop, it is killed if it overstays.
+        if let Some(snapshot) = self.snapshots.child.as_mut() {
+            snapshot.stop(&(), "eventsd is stopping");
+        }
     }
 
     fn begin_fast_stop(&mut self, signal: Signal) {
@@ -260,12 +271,16 @@ impl Master {
     /// The process table: every live child, workers and the action runner alike.
     fn children(&self) -> impl Iterator<Item = &Child> {
         let workers = self.pool.iter().map(|w| &w.child);
-        workers.chain(self.actions.runner.as_ref())
+        workers
+            .chain(self.actions.runner.as_ref())
+            .chain(self.snapshots.child.as_ref())
     }
 
     fn children_mut(&mut self) -> impl Iterator<Item = &mut Child> {
         let workers = self.pool.iter_mut().map(|w| &mut w.child);
-        workers.chain(self.actions.runner.as_mut())
+        workers
+            .chain(self.actions.runner.as_mut())
+            .chain(self.snapshots.child.as_mut())
     }
 
     fn child_mut(&mut self, pid: Pid) -> Option<&mut Child> {

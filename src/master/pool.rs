@@ -127,10 +127,6 @@ impl Pool {
         self.workers.get_mut(&pid)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = &Worker> {
         self.workers.values()
     }

@@ -19,7 +19,7 @@ impl Master {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
                 Ok(status) => {
                     if let Some(pid) = status.pid() {
-                        self.on_child_exit(pid, describe_exit(status))?;
+                        self.on_child_exit(pid, status)?;
                     }
                 }
                 Err(Errno::EINTR) => continue,
@@ -34,7 +34,10 @@ impl Master {
             match waitpid(None, None) {
                 Ok(status) => {
                     if let Some(pid) = status.pid() {
-                        if !self.on_runner_exit(pid, "was killed") {
+                        let how = describe_exit(status);
+                        if !self.on_runner_exit(pid, &how)
+                            && !self.on_snapshot_exit(pid, &how, false)
+                        {
                             self.pool.remove(pid);
                         }
                     }
@@ -45,8 +48,10 @@ impl Master {
         }
     }
 
-    fn on_child_exit(&mut self, pid: Pid, how: String) -> anyhow::Result<()> {
-        if self.on_runner_exit(pid, &how) {
+    fn on_child_exit(&mut self, pid: Pid, status: WaitStatus) -> anyhow::Result<()> {
+        let how = describe_exit(status);
+        let succeeded = matches!(status, WaitStatus::Exited(_, 0));
+        if self.on_runner_exit(pid, &how) || self.on_snapshot_exit(pid, &how, succeeded) {
             return Ok(());
         }
         let Some(worker) = self.pool.remove(pid) else {

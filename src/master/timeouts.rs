@@ -52,9 +52,9 @@ impl Master {
         for (pid, role) in overdue {
             match role {
                 Role::Worker => self.kill_worker(pid, "it was still draining", &details),
-                Role::ActionRunner => {
-                    if let Some(runner) = self.child_mut(pid) {
-                        runner.kill("it was still delivering", &details);
+                Role::ActionRunner | Role::Snapshot => {
+                    if let Some(child) = self.child_mut(pid) {
+                        child.kill("it was still at work", &details);
                     }
                 }
             }

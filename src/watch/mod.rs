@@ -76,6 +76,8 @@ pub struct Watch {
     watchers: HashMap<Uuid, Watched>,
     counted: BTreeMap<String, u64>,
     firings: BTreeMap<String, u64>,
+    /// The counters changed since the last snapshot was taken.
+    changed: bool,
 }
 
 impl Watch {
@@ -85,6 +87,7 @@ impl Watch {
             watchers: HashMap::new(),
             counted: BTreeMap::new(),
             firings: BTreeMap::new(),
+            changed: false,
         }
     }
 
@@ -106,6 +109,17 @@ impl Watch {
             .collect();
         let live: Vec<Uuid> = self.watchers.keys().copied().collect();
         self.store.retain_watchers(&|id| live.contains(&id));
+        self.changed = true;
+    }
+
+    /// Whether the counters changed since the last call: a snapshot is worth taking.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// A snapshot failed: the counters still differ from what is on disk.
+    pub fn mark_changed(&mut self) {
+        self.changed = true;
     }
 
     pub fn set_max_keys(&mut self, max_keys: usize) {
@@ -117,6 +131,7 @@ impl Watch {
         for (event, n) in batch.events {
             *self.counted.entry(event).or_default() += n;
         }
+        self.changed |= !batch.keys.is_empty();
         let mut jobs = Vec::new();
         for (id, key, n) in batch.keys {
             // Counts for a watcher deleted since the worker computed them are dropped.
