@@ -48,6 +48,56 @@ pub struct Totals {
     changes: BTreeMap<(&'static str, &'static str), u64>,
     /// (action type, "delivered" / "failed" / "dropped") → firings.
     outcomes: BTreeMap<(String, &'static str), u64>,
+    /// Why firings were dropped ("queue_full", "too_old") → firings.
+    drops: BTreeMap<String, u64>,
+    /// Seconds from a firing to its delivery.
+    delivery_latency: Histogram,
+}
+
+/// A Prometheus histogram with fixed bounds (seconds).
+#[derive(Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    /// Observations at most each bound (not cumulative until rendered).
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+/// Delivery latency bounds: a healthy target answers within a second; retries reach an hour.
+const DELIVERY_BOUNDS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0, 3600.0];
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram {
+            bounds: &DELIVERY_BOUNDS,
+            counts: vec![0; DELIVERY_BOUNDS.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn observe(&mut self, value: f64) {
+        if let Some(bucket) = self.bounds.iter().position(|&bound| value <= bound) {
+            self.counts[bucket] += 1;
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in self.bounds.iter().zip(&self.counts) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
 }
 
 impl Totals {
@@ -64,11 +114,21 @@ impl Totals {
         *self.changes.entry((kind, result)).or_default() += 1;
     }
 
-    pub fn record_outcome(&mut self, action: &str, result: &'static str) {
+    /// `firings` settled by one outcome: how many crossings `result`ed, why when dropped,
+    /// and after how long when delivered.
+    pub fn record_outcome(&mut self, action: &str, result: &'static str, firings: u64) {
         *self
             .outcomes
             .entry((action.to_string(), result))
-            .or_default() += 1;
+            .or_default() += firings;
+    }
+
+    pub fn record_drop(&mut self, reason: &str, firings: u64) {
+        *self.drops.entry(reason.to_string()).or_default() += firings;
+    }
+
+    pub fn record_delivery_latency(&mut self, seconds: f64) {
+        self.delivery_latency.observe(seconds);
     }
 
     pub fn render(&self, workers: &[WorkerStatus]) -> String {
@@ -111,18 +171,19 @@ impl Totals {
                 (format!("action=\"{action}\",result=\"{result}\""), *n)
             }),
         );
-        let dropped = self
-            .outcomes
-            .iter()
-            .filter(|((_, r), _)| *r == "dropped")
-            .map(|(_, n)| n)
-            .sum();
         write_family(
             &mut out,
             "eventsd_actions_dropped_total",
             "counter",
-            "Firings dropped from a full action queue.",
-            [(String::new(), dropped)],
+            "Firings dropped undelivered, by reason (queue_full, too_old).",
+            self.drops
+                .iter()
+                .map(|(reason, n)| (format!("reason=\"{reason}\""), *n)),
+        );
+        self.delivery_latency.render(
+            &mut out,
+            "eventsd_action_delivery_seconds",
+            "Seconds from a firing reaching the action runner to its delivery.",
         );
         let states = [
             WorkerState::Init,

@@ -240,6 +240,8 @@ mod tests {
 
     fn firing() -> Firing {
         Firing {
+            id: uuid::Uuid::nil(),
+            firings: 1,
             watcher: "storm".into(),
             event: "logins".into(),
             key: serde_json::json!({"ip": "10.0.0.1"}),

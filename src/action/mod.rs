@@ -1,34 +1,36 @@
 //! The action runner: a child process of the master that delivers firings, so that a slow
 //! SMTP server or a dead webhook never slows ingestion or supervision.
 //!
-//! Owns the queue of pending firings (bounded: when full, the oldest is dropped and
-//! reported), a few delivery threads, each delivery's retries with exponential backoff,
-//! and the report of every outcome to the master. It may use threads because it never
-//! forks anything but the programs of `command` actions. It keeps nothing across its
-//! restarts: the master starts a new runner if this one dies.
+//! Owns the pending firings in one queue per target (`queue`), a pool of delivery threads
+//! that take what is due from a target with a free slot, and the report of every settled
+//! firing to the master. Retries wait on their due time, never in a sleeping thread, so a
+//! dead or slow target holds at most its own slot. It may use threads because it never
+//! forks anything but the programs of `command` actions. What it has not settled when it
+//! stops is the master's to keep (its journal) and to hand to the next runner.
 
 pub mod deliver;
+mod queue;
 
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::config::Config;
 use crate::ipc;
 use crate::logging;
 use crate::watch::Job;
 use deliver::{Context, Failure};
+use queue::{Attempt, Pending, Queues, Settled};
 
-/// Deliveries that may run at the same time: a slow target holds one thread, not all.
-const DELIVERY_THREADS: usize = 4;
-/// Attempts of a transiently failing delivery, waiting 1 s, 2 s, 4 s between them.
-const ATTEMPTS: u32 = 4;
+/// Deliveries that may run at the same time, to different targets: each target has
+/// `queue::IN_FLIGHT_PER_TARGET` of them at most, so targets that hang hold only theirs.
+const DELIVERY_THREADS: usize = 8;
 
 /// What the master sends the runner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,20 +43,26 @@ pub enum ToRunner {
     ReopenLogs,
 }
 
-/// What the runner tells the master.
+/// What the runner tells the master: a delivery settled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
+    /// Every firing this settles (the delivered one and those it absorbed).
+    pub ids: Vec<Uuid>,
     pub watcher: String,
     pub action: String,
     pub result: Delivery,
+    /// Why a firing was dropped (`too_old`, `queue_full`); empty otherwise.
+    pub reason: String,
     pub detail: String,
+    /// From the runner's receipt of the first firing to the end of the last attempt.
+    pub latency_secs: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Delivery {
     Delivered,
     Failed,
-    /// Pushed out of a full queue before any attempt.
+    /// Given up without delivery: too old, or pushed out of a full queue.
     Dropped,
 }
 
@@ -68,16 +76,17 @@ impl Delivery {
     }
 }
 
-struct Queue {
-    jobs: VecDeque<Job>,
-    capacity: usize,
-    closed: bool,
+struct Shared {
+    queues: Mutex<State>,
+    /// Woken when a firing arrives, a slot frees or the runner stops.
+    changed: Condvar,
+    reports: Mutex<UnixStream>,
 }
 
-struct Shared {
-    queue: Mutex<Queue>,
-    ready: Condvar,
-    reports: Mutex<UnixStream>,
+struct State {
+    queues: Queues,
+    /// The master said stop: deliver what is due, then leave the rest to the master.
+    stopping: bool,
 }
 
 /// The action runner's life in the forked child (`child::fork_child` runs it): deliver
@@ -90,20 +99,24 @@ pub fn serve(config: &Config, channel: UnixStream) -> anyhow::Result<()> {
     let reports = channel
         .try_clone()
         .context("cannot clone the runner's channel")?;
+    let actions = &config.actions;
     let shared = Arc::new(Shared {
-        queue: Mutex::new(Queue {
-            jobs: VecDeque::new(),
-            capacity: config.watchers.action_queue,
-            closed: false,
+        queues: Mutex::new(State {
+            queues: Queues::new(
+                config.watchers.action_queue,
+                Duration::from_secs(actions.retry_max_interval_secs),
+                Duration::from_secs(actions.max_age_secs),
+            ),
+            stopping: false,
         }),
-        ready: Condvar::new(),
+        changed: Condvar::new(),
         reports: Mutex::new(reports),
     });
     let context = Arc::new(Context::new(config));
     let threads: Vec<_> = (0..DELIVERY_THREADS)
         .map(|_| {
             let (shared, context) = (shared.clone(), context.clone());
-            std::thread::spawn(move || deliver_until_closed(&shared, &context))
+            std::thread::spawn(move || deliver_until_stopped(&shared, &context))
         })
         .collect();
     info!("action runner ready");
@@ -111,11 +124,12 @@ pub fn serve(config: &Config, channel: UnixStream) -> anyhow::Result<()> {
     for thread in threads {
         let _ = thread.join();
     }
-    info!("action runner stopped");
+    let left = lock(&shared.queues).queues.drain().len();
+    info!("action runner stopped; {left} firings left to the master's journal");
     Ok(())
 }
 
-/// Reads the master's messages until `Stop` or a closed channel, then closes the queue.
+/// Reads the master's messages until `Stop` or a closed channel, then says stop.
 fn receive_jobs(mut channel: UnixStream, shared: &Shared) {
     let mut buffer = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -149,80 +163,94 @@ fn receive_jobs(mut channel: UnixStream, shared: &Shared) {
             }
         }
     }
-    lock(&shared.queue).closed = true;
-    shared.ready.notify_all();
+    lock(&shared.queues).stopping = true;
+    shared.changed.notify_all();
 }
 
 fn enqueue(shared: &Shared, job: Job) {
-    let dropped = {
-        let mut queue = lock(&shared.queue);
-        let dropped = (queue.jobs.len() >= queue.capacity)
-            .then(|| queue.jobs.pop_front())
-            .flatten();
-        queue.jobs.push_back(job);
-        dropped
-    };
-    shared.ready.notify_one();
-    if let Some(old) = dropped {
-        let detail = format!(
-            "the action queue is full ({} firings)",
-            lock(&shared.queue).capacity
-        );
-        report(shared, &old, Delivery::Dropped, detail);
+    let pushed_out = lock(&shared.queues).queues.submit(job, Instant::now());
+    shared.changed.notify_one();
+    if let Some(settled) = pushed_out {
+        report(shared, settled, Instant::now());
     }
 }
 
-fn deliver_until_closed(shared: &Shared, context: &Context) {
+/// One delivery thread: takes a due firing from a target with a free slot, delivers it,
+/// files the attempt; waits for the next due time otherwise. Stopping, it leaves once
+/// nothing is due now.
+fn deliver_until_stopped(shared: &Shared, context: &Context) {
     loop {
-        let job = {
-            let mut queue = lock(&shared.queue);
+        let (target, pending) = {
+            let mut state = lock(&shared.queues);
             loop {
-                if let Some(job) = queue.jobs.pop_front() {
-                    break job;
+                let now = Instant::now();
+                if let Some(due) = state.queues.next_due(now) {
+                    break due;
                 }
-                if queue.closed {
+                if state.stopping {
                     return;
                 }
-                queue = shared.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
+                state = match state.queues.next_due_at() {
+                    Some(at) => {
+                        let wait = at.saturating_duration_since(now);
+                        shared
+                            .changed
+                            .wait_timeout(state, wait)
+                            .map_or_else(|e| e.into_inner().0, |(state, _)| state)
+                    }
+                    None => shared
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(|e| e.into_inner()),
+                };
             }
         };
-        let (result, detail) = deliver_with_retries(&job, context);
-        report(shared, &job, result, detail);
-    }
-}
-
-fn deliver_with_retries(job: &Job, context: &Context) -> (Delivery, String) {
-    let mut pause = Duration::from_secs(1);
-    for attempt in 1..=ATTEMPTS {
-        match deliver::deliver(job, context) {
-            Ok(()) => return (Delivery::Delivered, format!("attempt {attempt}")),
-            Err(Failure::Permanent(reason)) => return (Delivery::Failed, reason),
-            Err(Failure::Transient(reason)) if attempt == ATTEMPTS => {
-                return (
-                    Delivery::Failed,
-                    format!("{reason} (after {ATTEMPTS} attempts)"),
-                );
-            }
-            Err(Failure::Transient(reason)) => {
+        let attempt = match deliver::deliver(&pending.job, context) {
+            Ok(()) => Attempt::Delivered,
+            Err(Failure::Permanent(why)) => Attempt::Permanent(why),
+            Err(Failure::Transient(why)) => {
                 warn!(
-                    "watcher `{}`: attempt {attempt} failed: {reason}; retrying in {}s",
-                    job.firing.watcher,
-                    pause.as_secs()
+                    "watcher `{}`: attempt {} failed: {why}; retrying",
+                    pending.job.firing.watcher,
+                    pending.attempts + 1
                 );
-                std::thread::sleep(pause);
-                pause *= 2;
+                Attempt::Transient(why)
             }
+        };
+        let now = Instant::now();
+        let settled = lock(&shared.queues)
+            .queues
+            .finished(&target, pending, attempt, now);
+        shared.changed.notify_all();
+        if let Some(settled) = settled {
+            report(shared, settled, now);
         }
     }
-    (Delivery::Failed, "no attempt made".to_string())
 }
 
-fn report(shared: &Shared, job: &Job, result: Delivery, detail: String) {
+fn report(shared: &Shared, settled: Settled, now: Instant) {
+    let (pending, result, reason, detail) = match settled {
+        Settled::Delivered(p) => {
+            let detail = format!("attempt {}", p.attempts);
+            (p, Delivery::Delivered, "", detail)
+        }
+        Settled::Failed(p, why) => (p, Delivery::Failed, "", why),
+        Settled::Dropped(p, reason, why) => (p, Delivery::Dropped, reason, why),
+    };
+    let Pending {
+        job,
+        ids,
+        received_at,
+        ..
+    } = pending;
     let outcome = Outcome {
+        ids,
         watcher: job.firing.watcher.clone(),
         action: deliver::kind(&job.action).to_string(),
         result,
+        reason: reason.to_string(),
         detail,
+        latency_secs: now.duration_since(received_at).as_secs_f64(),
     };
     let written = ipc::encode(&outcome).and_then(|frame| lock(&shared.reports).write_all(&frame));
     if let Err(e) = written {

@@ -181,6 +181,12 @@ pub struct Actions {
     /// Networks no webhook may reach, checked on the resolved address.
     #[serde(deserialize_with = "networks")]
     pub webhook_deny: Vec<IpNet>,
+    /// The longest wait between two attempts of a delivery.
+    #[serde(deserialize_with = "within::<_, _, 1, DAY>")]
+    pub retry_max_interval_secs: u64,
+    /// A firing still undelivered this long after it was made is dropped.
+    #[serde(deserialize_with = "within::<_, _, 1, WEEK>")]
+    pub max_age_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -279,6 +285,8 @@ impl Default for Actions {
         Actions {
             webhook_allow: Vec::new(),
             webhook_deny: Destinations::default().webhook_deny,
+            retry_max_interval_secs: 300,
+            max_age_secs: HOUR,
         }
     }
 }
@@ -518,6 +526,7 @@ impl fmt::Display for LogTarget {
 
 const HOUR: u64 = 3_600;
 const DAY: u64 = 86_400;
+const WEEK: u64 = 7 * DAY;
 const GIB: u64 = 1 << 30;
 
 /// Every count, size and duration has a range: a value outside it is refused here, naming

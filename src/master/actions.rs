@@ -58,7 +58,9 @@ impl Master {
                     old.firing.watcher
                 );
                 let action = action::deliver::kind(&old.action);
-                self.totals.record_outcome(action, Delivery::Dropped.name());
+                self.totals
+                    .record_outcome(action, Delivery::Dropped.name(), 1);
+                self.totals.record_drop("queue_full", 1);
             }
         }
         self.actions.undelivered.push_back(job);
@@ -104,8 +106,14 @@ impl Master {
             Delivery::Delivered => info!("{message}"),
             Delivery::Failed | Delivery::Dropped => warn!("{message}"),
         }
+        let firings = outcome.ids.len() as u64;
         self.totals
-            .record_outcome(&outcome.action, outcome.result.name());
+            .record_outcome(&outcome.action, outcome.result.name(), firings);
+        match outcome.result {
+            Delivery::Dropped => self.totals.record_drop(&outcome.reason, firings),
+            Delivery::Delivered => self.totals.record_delivery_latency(outcome.latency_secs),
+            Delivery::Failed => {}
+        }
     }
 
     /// Called by the reaper; tells whether `pid` was the runner.

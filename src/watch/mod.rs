@@ -47,6 +47,8 @@ pub fn keys_of(entry: &EventType, payload: &impl Fields, max_key_bytes: usize) -
 /// Mattermost incoming-webhook body).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Firing {
+    /// The crossing's id: the same across delivery attempts and restarts.
+    pub id: Uuid,
     pub watcher: String,
     pub event: String,
     /// `{field: value}` for a `fields` watcher, `null` for `single`.
@@ -56,6 +58,9 @@ pub struct Firing {
     pub window_secs: Option<u64>,
     pub fired_at: String,
     pub text: String,
+    /// The crossings this delivery stands for: more than 1 when later firings of the
+    /// same key joined it while it waited.
+    pub firings: u64,
 }
 
 /// A firing with the action that must deliver it.
@@ -241,6 +246,7 @@ fn firing(event: &str, spec: &WatcherSpec, key: &Key, count: u64) -> Firing {
         let _ = write!(text, " for {}", shown.join(", "));
     }
     Firing {
+        id: Uuid::new_v4(),
         watcher: spec.name.to_string(),
         event: event.to_string(),
         key,
@@ -249,6 +255,7 @@ fn firing(event: &str, spec: &WatcherSpec, key: &Key, count: u64) -> Firing {
         window_secs: spec.window_secs,
         fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         text,
+        firings: 1,
     }
 }
 
