@@ -230,6 +230,11 @@ impl Child {
         }
     }
 
+    /// Bytes queued for the child that it has not read yet.
+    pub fn queued_bytes(&self) -> usize {
+        self.channel.as_ref().map_or(0, Channel::queued_bytes)
+    }
+
     pub fn channel_fd(&self) -> Option<RawFd> {
         self.channel.as_ref().map(|c| c.as_fd().as_raw_fd())
     }

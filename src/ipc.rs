@@ -179,6 +179,11 @@ impl Channel {
         !self.outbound.is_empty()
     }
 
+    /// Bytes queued that the peer has not taken yet.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbound.len()
+    }
+
     /// What the master does when poll reports the channel ready: write what waits if it
     /// became writable, then read what arrived.
     pub fn exchange<M: DeserializeOwned>(&mut self, writable: bool) -> io::Result<Received<M>> {

@@ -241,6 +241,13 @@ type PerWorker = (
 
 /// One metric family: its HELP and TYPE lines, then one sample per label set
 /// (`key="value",...`; empty for a family without labels).
+/// `text` as a label value: backslash, quote and newline escaped (the exposition format).
+pub fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 pub fn write_family(
     out: &mut String,
     name: &str,
@@ -261,6 +268,14 @@ pub fn write_family(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            label_value("webhook http://a\"b\\c\n"),
+            "webhook http://a\\\"b\\\\c\\n"
+        );
+    }
 
     #[test]
     fn deltas_add_up_into_totals() {

@@ -262,3 +262,77 @@ fn a_storm_of_crossings_reaches_a_slow_target_as_few_deliveries_counting_them_al
             == Some(crossings)
     });
 }
+
+/// The ids of the firings the journal holds as pending, oldest first.
+fn journaled_ids(daemon: &Daemon) -> Vec<String> {
+    let text = std::fs::read_to_string(daemon.path("state/pending.jsonl")).unwrap_or_default();
+    let mut pending: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let line: Value = serde_json::from_str(line).unwrap();
+        if let Some(id) = line["add"]["firing"]["id"].as_str() {
+            pending.push(id.to_string());
+        }
+        if let Some(done) = line["done"].as_array() {
+            pending.retain(|id| !done.iter().any(|d| d == id.as_str()));
+        }
+    }
+    pending
+}
+
+/// Firings whose target is down are kept through a graceful stop, a start, a `kill -9`
+/// of the master and another start, then delivered once the target is up, each with
+/// the id it was given when it fired.
+#[test]
+fn firings_survive_a_stop_a_kill_9_and_restarts_until_their_target_is_up() {
+    let target = dead_address();
+    let mut daemon = Daemon::new("");
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+    register(
+        &daemon,
+        "logins",
+        json!({"name": "per-n", "threshold": 1, "aggregator": {"type": "fields", "fields": ["n"]},
+            "action": {"type": "webhook", "url": format!("http://{target}/hook")}}),
+    );
+    for n in 1..=3 {
+        post(&daemon, "logins", &json!({"n": n}), 2);
+    }
+    wait_for("three firings journaled", 10 * SECOND, || {
+        journaled_ids(&daemon).len() == 3
+    });
+    let mut fired = journaled_ids(&daemon);
+
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait_exit(10 * SECOND).success());
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+    // One refused attempt before the stop, one more after the restart.
+    wait_for("a delivery attempt after the restart", 10 * SECOND, || {
+        daemon.log().matches("attempt 1 failed").count() >= 2
+    });
+    nix::sys::signal::kill(daemon.master_pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    daemon.wait_exit(5 * SECOND);
+
+    let sink = HttpSink::start_on(target, Duration::ZERO);
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+    wait_for("the three deliveries", 10 * SECOND, || {
+        sink.requests().len() >= 3
+    });
+    let mut delivered: Vec<String> = sink
+        .requests()
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Value>(&r.body).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    delivered.sort();
+    fired.sort();
+    assert_eq!(delivered, fired);
+    wait_for("the journal emptied", 5 * SECOND, || {
+        journaled_ids(&daemon).is_empty()
+    });
+}

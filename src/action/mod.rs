@@ -26,6 +26,7 @@ use crate::ipc;
 use crate::logging;
 use crate::watch::Job;
 use deliver::{Context, Failure};
+pub use queue::target_of;
 use queue::{Attempt, Pending, Queues, Settled};
 
 /// Deliveries that may run at the same time, to different targets: each target has

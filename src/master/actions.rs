@@ -1,11 +1,10 @@
 //! From counts to firings to the action runner: the master adds each worker's batch to
-//! the watchers' counters, hands every firing to the runner without ever waiting on it,
-//! reads the runner's outcomes, and keeps a runner up (paced after a quick death).
-//!
-//! While no runner is up, firings wait in a queue bounded like the runner's own
-//! (`watchers.action_queue`): the oldest is dropped and counted when it is full.
+//! the watchers' counters, journals every firing (`journal`), hands it to the runner
+//! without ever waiting on it, reads the runner's outcomes, and keeps a runner up (paced
+//! after a quick death). A runner that starts is handed everything the journal holds, so
+//! what a dead runner or a stopped master left undelivered goes out with its first id.
+//! A runner that stops reading is killed: the master never buffers for it without bound.
 
-use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use log::{error, info, warn};
 use nix::unistd::Pid;
 
 use super::Master;
+use super::journal::Journal;
 use crate::action::{self, Delivery, Outcome, ToRunner};
 use crate::child::{self, Child, Role};
 use crate::watch::{CountBatch, Job};
@@ -20,12 +20,25 @@ use crate::watch::{CountBatch, Job};
 /// A runner that dies sooner than this after its start waits this long to be replaced.
 const RESPAWN_PAUSE: Duration = Duration::from_secs(1);
 
+/// What the master may have written to the runner and it has not read yet: more, and
+/// the runner is stuck.
+const MAX_UNREAD_BYTES: usize = 64 * 1024 * 1024;
+
 /// The runner and what waits for it.
-#[derive(Default)]
 pub(super) struct Actions {
     pub runner: Option<Child>,
     respawn_at: Option<Instant>,
-    undelivered: VecDeque<Job>,
+    pub journal: Journal,
+}
+
+impl Actions {
+    pub(super) fn new(journal: Journal) -> Actions {
+        Actions {
+            runner: None,
+            respawn_at: None,
+            journal,
+        }
+    }
 }
 
 impl Master {
@@ -36,34 +49,38 @@ impl Master {
         }
     }
 
-    /// Hands a firing to the runner, or queues it until there is one.
+    /// Journals a firing, then hands it to the runner if one is up (a runner that
+    /// starts gets the whole journal).
     fn dispatch(&mut self, job: Job) {
         info!(
             "watcher `{}` fired: {}",
             job.firing.watcher, job.firing.text
         );
-        if let Some(runner) = self.actions.runner.as_mut().filter(|r| r.channel.is_some()) {
-            match serde_json::to_string(&job) {
-                Ok(job) => runner.send(&ToRunner::Deliver { job }),
-                Err(e) => error!("cannot serialize a firing: {e}"),
-            }
+        if let Some(oldest) = self.actions.journal.add(&job) {
+            warn!(
+                "watcher `{}`: firing dropped, {} firings already wait for delivery",
+                oldest.firing.watcher, self.config.watchers.action_queue
+            );
+            let action = action::deliver::kind(&oldest.action);
+            self.totals
+                .record_outcome(action, Delivery::Dropped.name(), oldest.firing.firings);
+            self.totals.record_drop("queue_full", oldest.firing.firings);
+        }
+        self.hand_to_runner(&job);
+    }
+
+    fn hand_to_runner(&mut self, job: &Job) {
+        let Some(runner) = self.actions.runner.as_mut().filter(|r| r.channel.is_some()) else {
             return;
+        };
+        match serde_json::to_string(job) {
+            Ok(job) => runner.send(&ToRunner::Deliver { job }),
+            Err(e) => error!("cannot serialize a firing: {e}"),
         }
-        let capacity = self.config.watchers.action_queue;
-        let undelivered = &mut self.actions.undelivered;
-        if undelivered.len() >= capacity {
-            if let Some(old) = undelivered.pop_front() {
-                warn!(
-                    "watcher `{}`: firing dropped, no action runner and the queue is full",
-                    old.firing.watcher
-                );
-                let action = action::deliver::kind(&old.action);
-                self.totals
-                    .record_outcome(action, Delivery::Dropped.name(), 1);
-                self.totals.record_drop("queue_full", 1);
-            }
+        if runner.queued_bytes() > MAX_UNREAD_BYTES {
+            let details = format!("{MAX_UNREAD_BYTES} bytes of firings unread");
+            runner.kill("it stopped reading", &details);
         }
-        self.actions.undelivered.push_back(job);
     }
 
     /// Keeps a runner up (paced after a quick death) and feeds it what waited.
@@ -77,8 +94,15 @@ impl Master {
             self.actions.respawn_at = Some(now + RESPAWN_PAUSE);
             return;
         }
-        for job in std::mem::take(&mut self.actions.undelivered) {
-            self.dispatch(job);
+        let pending: Vec<Job> = self.actions.journal.pending().cloned().collect();
+        if !pending.is_empty() {
+            info!(
+                "handing {} pending firings to the action runner",
+                pending.len()
+            );
+        }
+        for job in &pending {
+            self.hand_to_runner(job);
         }
     }
 
@@ -106,6 +130,7 @@ impl Master {
             Delivery::Delivered => info!("{message}"),
             Delivery::Failed | Delivery::Dropped => warn!("{message}"),
         }
+        self.actions.journal.done(&outcome.ids);
         let firings = outcome.ids.len() as u64;
         self.totals
             .record_outcome(&outcome.action, outcome.result.name(), firings);

@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use super::pool::Pool;
 use super::{Master, setup};
 use crate::ipc::{Answer, MasterMessage, Question};
+use crate::metrics::{label_value, write_family};
 use crate::registry::{Change, Origin, Refusal};
 
 impl Master {
@@ -20,6 +21,17 @@ impl Master {
             Question::Metrics => {
                 let mut text = self.totals.render(&self.pool.statuses(Instant::now()));
                 self.watch.render(&mut text);
+                write_family(
+                    &mut text,
+                    "eventsd_action_pending",
+                    "gauge",
+                    "Firings waiting for delivery, by target.",
+                    self.actions
+                        .journal
+                        .pending_by_target()
+                        .into_iter()
+                        .map(|(target, n)| (format!("target=\"{}\"", label_value(&target)), n)),
+                );
                 Answer::Metrics(text)
             }
             Question::Change { change, origin } => match self.change_registry(&change, origin) {

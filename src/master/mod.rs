@@ -17,6 +17,7 @@
 //! Files, by owner: `events` (the wait and what children say), `workers` (spawn, stop,
 //! reconcile), `reap`, `timeouts` (the tick), `reload` (SIGHUP, SIGUSR1), `answers`
 //! (registry changes and questions), `actions` (counts to firings to the runner),
+//! `journal` (pending firings kept across stops and crashes),
 //! `snapshot` (counters written by a forked child), `setup`, `announcer`, `control`,
 //! `signals`, `pool`.
 
@@ -25,6 +26,7 @@ mod announcer;
 mod answers;
 mod control;
 mod events;
+mod journal;
 mod pool;
 mod reap;
 mod reload;
@@ -139,6 +141,8 @@ impl Master {
         logging::hand_over(&config.workers.privileges)?;
         let registry = setup::load_registry(&config)?;
         let store = MemoryStore::load(&setup::counters_path(&config), config.watchers.max_keys)?;
+        let journal =
+            journal::Journal::open(&setup::journal_path(&config), config.watchers.action_queue)?;
         let mut watch = Watch::new(Box::new(store));
         watch.sync(&registry);
         let listener = setup::bind(&config)?;
@@ -171,7 +175,7 @@ impl Master {
             held_answers: HeldAnswers::default(),
             totals: Totals::default(),
             watch,
-            actions: Actions::default(),
+            actions: Actions::new(journal),
             snapshots: Snapshots::default(),
         })
     }

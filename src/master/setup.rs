@@ -17,6 +17,10 @@ pub(super) fn counters_path(config: &Config) -> PathBuf {
     config.daemon.state_dir.join("counters.json")
 }
 
+pub(super) fn journal_path(config: &Config) -> PathBuf {
+    config.daemon.state_dir.join("pending.jsonl")
+}
+
 pub(super) fn registry_path(config: &Config) -> PathBuf {
     config.daemon.state_dir.join("registry.json")
 }

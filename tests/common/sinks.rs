@@ -22,7 +22,7 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub fn start() -> SmtpSink {
-        let (address, mails) = serve(smtp_session);
+        let (address, mails) = serve("127.0.0.1:0".parse().unwrap(), smtp_session);
         SmtpSink { address, mails }
     }
 
@@ -94,7 +94,12 @@ pub struct HttpSink {
 
 impl HttpSink {
     pub fn start(delay: Duration) -> HttpSink {
-        let (address, requests) = serve(move |stream| http_exchange(stream, delay));
+        HttpSink::start_on("127.0.0.1:0".parse().unwrap(), delay)
+    }
+
+    /// A sink on `address`: a target that was down (`dead_address`) comes up.
+    pub fn start_on(address: SocketAddr, delay: Duration) -> HttpSink {
+        let (address, requests) = serve(address, move |stream| http_exchange(stream, delay));
         HttpSink { address, requests }
     }
 
@@ -148,9 +153,10 @@ fn http_exchange(mut stream: TcpStream, delay: Duration) -> Option<Received> {
 /// Listens on a free loopback port; runs `exchange` on each connection in its own thread
 /// and keeps what it returns.
 fn serve<T: Send + 'static>(
+    address: SocketAddr,
     exchange: impl Fn(TcpStream) -> Option<T> + Send + Copy + 'static,
 ) -> (SocketAddr, Arc<Mutex<Vec<T>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind(address).unwrap();
     let address = listener.local_addr().unwrap();
     let kept = Arc::new(Mutex::new(Vec::new()));
     let shared = kept.clone();
