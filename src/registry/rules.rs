@@ -180,6 +180,13 @@ impl Rules {
             "watchers on an event type",
             "watchers.max_per_type",
         )?;
+        if let Some(max) = spec.cooldown_max_secs {
+            if spec.cooldown_secs.is_none_or(|base| max < base) {
+                return Err(format!(
+                    "Invalid `cooldown_max_secs`: {max} needs a `cooldown_secs` no greater"
+                ));
+            }
+        }
         if let Aggregator::Fields { fields } = &spec.aggregator {
             if fields.len() > self.max_fields {
                 return Err(format!(

@@ -184,6 +184,29 @@ fn a_loaded_registry_loses_what_only_the_config_may_hold() {
 }
 
 #[test]
+fn a_realert_maximum_needs_a_cooldown_no_greater() {
+    let mut registry = Registry::default();
+    create_event(&mut registry, "logins").unwrap();
+    for cooldowns in [
+        r#""cooldown_max_secs": 60"#,
+        r#""cooldown_secs": 90, "cooldown_max_secs": 60"#,
+    ] {
+        let body = format!(
+            r#"{{"name": "w1", "threshold": 1, {cooldowns}, "aggregator": {{"type": "single"}}, "action": {{"type": "null"}}}}"#
+        );
+        let change = Change::CreateWatcher {
+            event: "logins".into(),
+            body: body.into_bytes(),
+        };
+        let refused = registry
+            .apply(&change, LOCAL, &Rules::default())
+            .unwrap_err();
+        assert_eq!(refused.status, 400);
+        assert!(refused.message.contains("cooldown_max_secs"), "{refused:?}");
+    }
+}
+
+#[test]
 fn command_actions_are_refused_over_http() {
     let mut registry = Registry::default();
     create_event(&mut registry, "logins").unwrap();

@@ -23,7 +23,7 @@ use crate::event::Fields;
 use crate::metrics::write_family;
 use crate::registry::{Action, Aggregator, EventType, Registry, WatcherSpec};
 pub use key::{DIGEST_BYTES, Key};
-use store::{CounterStore, Second};
+use store::{Cooldown, CounterStore, Second};
 
 /// What a worker ships to the master at least every 10 ms.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -148,14 +148,15 @@ impl Watch {
             if count <= spec.threshold {
                 continue;
             }
-            let cooling = spec
-                .cooldown_secs
-                .zip(self.store.last_fired(id, &key))
-                .is_some_and(|(cooldown, fired)| now < fired.saturating_add(cooldown));
+            let previous = self.store.cooldown(id, &key);
+            let cooling = previous.is_some_and(|c| now < c.last_fired.saturating_add(c.secs));
             if cooling {
+                // The events still count; the next cooldown may grow.
+                self.store.crossed_while_cooling(id, &key);
                 continue;
             }
-            self.store.fired(id, &key, now);
+            self.store
+                .fired(id, &key, now, next_cooldown(spec, previous));
             *self.firings.entry(spec.name.to_string()).or_default() += 1;
             jobs.push(Job {
                 firing: firing(&watched.event, spec, &key, count),
@@ -221,6 +222,21 @@ impl Watch {
                 .iter()
                 .map(|&(w, _, evictions)| by_watcher((w, evictions))),
         );
+    }
+}
+
+/// The cooldown a firing starts: `cooldown_secs`; with `cooldown_max_secs` (exponential
+/// realert), twice the previous one when the key crossed again during it, up to the
+/// maximum, and `cooldown_secs` again after a quiet one.
+fn next_cooldown(spec: &WatcherSpec, previous: Option<Cooldown>) -> u64 {
+    let Some(base) = spec.cooldown_secs else {
+        return 0;
+    };
+    match (spec.cooldown_max_secs, previous) {
+        (Some(max), Some(previous)) if previous.crossed => {
+            previous.secs.max(base).saturating_mul(2).min(max)
+        }
+        _ => base,
     }
 }
 
@@ -360,6 +376,27 @@ mod tests {
             1,
             "cooldown over"
         );
+    }
+
+    #[test]
+    fn exponential_realert_doubles_a_busy_cooldown_up_to_its_maximum_and_resets_after_quiet() {
+        let registry = registry_with(
+            r#"{"name": "w1", "threshold": 1, "cooldown_secs": 10, "cooldown_max_secs": 40, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
+        );
+        let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
+        watch.sync(&registry);
+        let two = [serde_json::json!({}), serde_json::json!({})];
+        // Crossings every 5 s until 1100, one at 1250, then every 5 s from 1300.
+        let crossings = (1000..1100)
+            .step_by(5)
+            .chain([1250])
+            .chain((1300..1320).step_by(5));
+        let fired_at: Vec<u64> = crossings
+            .filter(|&second| !post(&mut watch, &registry, &two, second).is_empty())
+            .collect();
+        // Busy cooldowns: 10, 20, 40, 40 (the cap); the one from 1070 saw crossings, so
+        // 1250's is 40 again; it stays quiet, so 1300's is back to 10.
+        assert_eq!(fired_at, [1000, 1010, 1030, 1070, 1250, 1300, 1310]);
     }
 
     #[test]

@@ -23,9 +23,13 @@ pub trait CounterStore {
     /// Adds `n` events seen at `now` and returns the key's count: within the last
     /// `window` seconds, or since its last firing when there is no window.
     fn add(&mut self, watcher: Uuid, key: &Key, n: u64, now: Second, window: Option<u64>) -> u64;
-    /// The key fired at `now`: its count starts again from zero.
-    fn fired(&mut self, watcher: Uuid, key: &Key, now: Second);
-    fn last_fired(&self, watcher: Uuid, key: &Key) -> Option<Second>;
+    /// The key fired at `now`: its count starts again from zero, and it cools down for
+    /// `cooldown_secs`.
+    fn fired(&mut self, watcher: Uuid, key: &Key, now: Second, cooldown_secs: u64);
+    /// The key crossed while cooling down: its next cooldown may grow.
+    fn crossed_while_cooling(&mut self, watcher: Uuid, key: &Key);
+    /// Where the key stands since it last fired, if it ever did.
+    fn cooldown(&self, watcher: Uuid, key: &Key) -> Option<Cooldown>;
     /// Drops every counter of the watchers `keep` refuses.
     fn retain_watchers(&mut self, keep: &dyn Fn(Uuid) -> bool);
     /// The most keys one watcher may hold (`watchers.max_keys`, reloadable).
@@ -36,11 +40,25 @@ pub trait CounterStore {
     fn save(&self, path: &Path) -> anyhow::Result<()>;
 }
 
+/// A key's cooldown since it last fired.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cooldown {
+    pub last_fired: Second,
+    /// The cooldown that started then.
+    pub secs: u64,
+    /// It crossed again before the cooldown ended.
+    pub crossed: bool,
+}
+
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct KeyCounter {
     /// (second, events in it), oldest first; one entry when there is no window.
     buckets: VecDeque<(Second, u64)>,
     last_fired: Option<Second>,
+    #[serde(default)]
+    cooldown_secs: u64,
+    #[serde(default)]
+    crossed_while_cooling: bool,
     /// Recency stamp, for eviction.
     #[serde(skip)]
     touched: u64,
@@ -146,14 +164,25 @@ impl CounterStore for MemoryStore {
         buckets.iter().map(|(_, count)| count).sum()
     }
 
-    fn fired(&mut self, watcher: Uuid, key: &Key, now: Second) {
+    fn fired(&mut self, watcher: Uuid, key: &Key, now: Second, cooldown_secs: u64) {
         let counter = self.touch(watcher, key);
         counter.buckets.clear();
         counter.last_fired = Some(now);
+        counter.cooldown_secs = cooldown_secs;
+        counter.crossed_while_cooling = false;
     }
 
-    fn last_fired(&self, watcher: Uuid, key: &Key) -> Option<Second> {
-        self.watchers.get(&watcher)?.keys.get(key)?.last_fired
+    fn crossed_while_cooling(&mut self, watcher: Uuid, key: &Key) {
+        self.touch(watcher, key).crossed_while_cooling = true;
+    }
+
+    fn cooldown(&self, watcher: Uuid, key: &Key) -> Option<Cooldown> {
+        let counter = self.watchers.get(&watcher)?.keys.get(key)?;
+        Some(Cooldown {
+            last_fired: counter.last_fired?,
+            secs: counter.cooldown_secs,
+            crossed: counter.crossed_while_cooling,
+        })
     }
 
     fn retain_watchers(&mut self, keep: &dyn Fn(Uuid) -> bool) {
@@ -205,8 +234,11 @@ mod tests {
         let w = Uuid::new_v4();
         store.add(w, &key("k"), 5, 100, None);
         assert_eq!(store.add(w, &key("k"), 5, 10_000, None), 10);
-        store.fired(w, &key("k"), 10_000);
-        assert_eq!(store.last_fired(w, &key("k")), Some(10_000));
+        store.fired(w, &key("k"), 10_000, 0);
+        assert_eq!(
+            store.cooldown(w, &key("k")).map(|c| c.last_fired),
+            Some(10_000)
+        );
         assert_eq!(store.add(w, &key("k"), 1, 10_001, None), 1);
     }
 
@@ -246,11 +278,12 @@ mod tests {
         let mut store = MemoryStore::new(10);
         let w = Uuid::new_v4();
         store.add(w, &key("k"), 3, 100, Some(10));
-        store.fired(w, &key("f"), 100);
+        store.fired(w, &key("f"), 100, 30);
         store.save(&path).unwrap();
         let mut loaded = MemoryStore::load(&path, 10).unwrap();
         assert_eq!(loaded.add(w, &key("k"), 1, 105, Some(10)), 4);
-        assert_eq!(loaded.last_fired(w, &key("f")), Some(100));
+        let cooldown = loaded.cooldown(w, &key("f")).unwrap();
+        assert_eq!((cooldown.last_fired, cooldown.secs), (100, 30));
         std::fs::write(&path, b"{").unwrap();
         let error = MemoryStore::load(&path, 10).unwrap_err();
         assert!(format!("{error:#}").contains("is corrupt"), "{error:#}");

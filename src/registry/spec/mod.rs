@@ -102,6 +102,10 @@ pub struct WatcherSpec {
     pub window_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown_secs: Option<u64>,
+    /// Exponential realert (ElastAlert's): a key that keeps crossing during its cooldown
+    /// gets the next one doubled, up to this; a quiet cooldown resets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_max_secs: Option<u64>,
     pub action: Action,
 }
 
