@@ -38,7 +38,8 @@ const DELIVERY_THREADS: usize = 8;
 pub enum ToRunner {
     /// A job, as JSON (its action and key are JSON documents).
     Deliver { job: String },
-    /// Finish the deliveries under way and the queue, then exit.
+    /// Finish the deliveries under way and those due now, then exit: what waits for a
+    /// retry stays in the master's journal for the next runner.
     Stop,
     /// Reopen log files (SIGUSR1 reached the master).
     ReopenLogs,
