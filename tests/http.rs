@@ -322,3 +322,28 @@ fn a_worker_out_of_descriptors_for_good_is_replaced_and_the_daemon_keeps_serving
     assert_eq!(response.status, 200);
     assert_ne!(response.json()["worker"], exhausted.as_raw());
 }
+
+/// systemd's socket activation: the master serves on the socket it is handed (the port is
+/// the service manager's, so binding it again would fail) and never binds its own.
+#[test]
+fn a_socket_handed_over_by_systemd_socket_activate_is_served() {
+    let mut daemon = Daemon::new("");
+    let held = format!("127.0.0.1:{}", common::free_port());
+    daemon.spawn_foreground_under(&["systemd-socket-activate", "-l", &held, "--"], &[]);
+    // systemd-socket-activate binds, then starts eventsd on the first connection, which
+    // waits in the backlog until a worker accepts it.
+    let address: std::net::SocketAddr = held.parse().unwrap();
+    let health = "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let mut status = None;
+    wait_for("a reply on the handed-over socket", 10 * SECOND, || {
+        status = common::request(address, health).ok().map(|r| r.status);
+        status.is_some()
+    });
+    assert_eq!(status, Some(200));
+    daemon.wait_ready();
+    assert!(
+        daemon.get("/health").is_err(),
+        "server.listen was bound too"
+    );
+    assert!(daemon.log().contains("serving on the socket handed over"));
+}

@@ -145,7 +145,18 @@ impl Master {
             journal::Journal::open(&setup::journal_path(&config), config.watchers.action_queue)?;
         let mut watch = Watch::new(Box::new(store));
         watch.sync(&registry);
-        let listener = setup::bind(&config)?;
+        let listener = match setup::activated_listener()? {
+            Some(socket) => {
+                let address = socket.local_addr().ok().and_then(|a| a.as_socket());
+                info!(
+                    "serving on the socket handed over by the service manager ({}); \
+                     server.listen is not bound",
+                    address.map_or_else(|| "unknown address".to_string(), |a| a.to_string())
+                );
+                socket
+            }
+            None => setup::bind(&config)?,
+        };
         let control = ControlSocket::bind(&daemon.control_socket)?;
         let signals = Signals::install()?;
         let pool = Pool::new(config.workers.min);

@@ -95,6 +95,47 @@ pub(super) fn check_privileges(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The listening socket systemd handed over (`LISTEN_PID` naming this process,
+/// `LISTEN_FDS` ≥ 1: the first is descriptor 3), if any: a `.socket` unit holds the port
+/// across restarts, `systemd-socket-activate` likewise. Taken once, at start: the
+/// variables are removed so that nothing later takes it again.
+pub(super) fn activated_listener() -> anyhow::Result<Option<Socket>> {
+    use std::os::fd::FromRawFd;
+    const FIRST_FD: i32 = 3;
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| pid == std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    // SAFETY: at start-up, before any thread or fork; nothing else reads them.
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    if !for_us || count < 1 {
+        return Ok(None);
+    }
+    if count > 1 {
+        warn!("{count} sockets handed over (LISTEN_FDS); serving on the first only");
+    }
+    // SAFETY: systemd's protocol: descriptor 3 is ours, open, and nothing else owns it.
+    let socket = unsafe { Socket::from_raw_fd(FIRST_FD) };
+    let listening = socket
+        .is_listener()
+        .context("cannot inspect the socket handed over (LISTEN_FDS)")?;
+    if !listening || socket.r#type().ok() != Some(Type::STREAM) {
+        bail!("the socket handed over (LISTEN_FDS) is not a listening stream socket");
+    }
+    socket
+        .set_nonblocking(true)
+        .context("cannot make the socket handed over non-blocking")?;
+    Ok(Some(socket))
+}
+
 /// Binds the listening socket that every worker inherits.
 pub(super) fn bind(config: &Config) -> anyhow::Result<Socket> {
     let address = config.server.listen;

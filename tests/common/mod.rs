@@ -109,8 +109,21 @@ impl Daemon {
     }
 
     pub fn spawn_foreground(&mut self, env: &[(&str, &str)]) {
+        self.spawn_foreground_under(&[], env);
+    }
+
+    /// `eventsd run` in the foreground, exec'd by `wrapper` (e.g. systemd-socket-activate).
+    pub fn spawn_foreground_under(&mut self, wrapper: &[&str], env: &[(&str, &str)]) {
         let stderr = std::fs::File::create(self.dir.path().join("stderr.log")).unwrap();
-        let child = Command::new(BINARY)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BINARY);
+                command
+            }
+            None => Command::new(BINARY),
+        };
+        let child = command
             .arg("-c")
             .arg(&self.config)
             .arg("run")
@@ -120,7 +133,7 @@ impl Daemon {
             .stderr(stderr)
             .process_group(0)
             .spawn()
-            .expect("cannot spawn eventsd");
+            .unwrap_or_else(|e| panic!("cannot spawn eventsd under {wrapper:?}: {e}"));
         self.groups.push(Pid::from_raw(child.id() as i32));
         self.foreground = Some(child);
     }
