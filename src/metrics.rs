@@ -18,16 +18,22 @@ pub struct Deltas {
     /// (route template, status code) → requests. Borrowed on the worker's hot path, so
     /// that counting a request allocates nothing.
     pub requests: BTreeMap<(Cow<'static, str>, u16), u64>,
+    /// route template → how long its requests took.
+    pub durations: BTreeMap<Cow<'static, str>, Histogram>,
     /// event type → events collected (acknowledged).
     pub collected: BTreeMap<String, u64>,
 }
 
 impl Deltas {
-    pub fn record_request(&mut self, route: &'static str, status: u16) {
+    pub fn record_request(&mut self, route: &'static str, status: u16, seconds: f64) {
         *self
             .requests
             .entry((Cow::Borrowed(route), status))
             .or_default() += 1;
+        self.durations
+            .entry(Cow::Borrowed(route))
+            .or_default()
+            .observe(&REQUEST_BOUNDS, seconds);
     }
 
     pub fn record_collected(&mut self, event: &str, count: u64) {
@@ -54,49 +60,60 @@ pub struct Totals {
     delivery_latency: Histogram,
 }
 
-/// A Prometheus histogram with fixed bounds (seconds).
-#[derive(Debug)]
-struct Histogram {
-    bounds: &'static [f64],
-    /// Observations at most each bound (not cumulative until rendered).
+/// Delivery latency bounds: a healthy target answers within a second; retries reach an hour.
+const DELIVERY_BOUNDS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0, 3600.0];
+/// Request duration bounds: the hot path answers in well under a millisecond.
+const REQUEST_BOUNDS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+/// A Prometheus histogram's counts (seconds), over bounds its owner names; workers ship
+/// theirs in heartbeats and the master merges them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    /// Observations at most each bound (made cumulative when rendered).
     counts: Vec<u64>,
     sum: f64,
     count: u64,
 }
 
-/// Delivery latency bounds: a healthy target answers within a second; retries reach an hour.
-const DELIVERY_BOUNDS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0, 3600.0];
-
-impl Default for Histogram {
-    fn default() -> Histogram {
-        Histogram {
-            bounds: &DELIVERY_BOUNDS,
-            counts: vec![0; DELIVERY_BOUNDS.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-}
-
 impl Histogram {
-    fn observe(&mut self, value: f64) {
-        if let Some(bucket) = self.bounds.iter().position(|&bound| value <= bound) {
+    fn observe(&mut self, bounds: &[f64], value: f64) {
+        self.counts.resize(bounds.len(), 0);
+        if let Some(bucket) = bounds.iter().position(|&bound| value <= bound) {
             self.counts[bucket] += 1;
         }
         self.sum += value;
         self.count += 1;
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, n) in self.bounds.iter().zip(&self.counts) {
-            cumulative += n;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    fn merge(&mut self, other: &Histogram) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
+    /// The `_bucket`, `_sum` and `_count` samples, with `labels` (`key="value",` or empty).
+    fn write_samples(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
+        let mut cumulative = 0;
+        for (index, bound) in bounds.iter().enumerate() {
+            cumulative += self.counts.get(index).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
+        let plain = labels.trim_end_matches(',');
+        let braces = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
 }
 
@@ -104,6 +121,13 @@ impl Totals {
     pub fn add(&mut self, deltas: Deltas) {
         for (key, count) in deltas.requests {
             *self.deltas.requests.entry(key).or_default() += count;
+        }
+        for (route, durations) in deltas.durations {
+            self.deltas
+                .durations
+                .entry(route)
+                .or_default()
+                .merge(&durations);
         }
         for (event, count) in deltas.collected {
             self.deltas.record_collected(&event, count);
@@ -128,7 +152,7 @@ impl Totals {
     }
 
     pub fn record_delivery_latency(&mut self, seconds: f64) {
-        self.delivery_latency.observe(seconds);
+        self.delivery_latency.observe(&DELIVERY_BOUNDS, seconds);
     }
 
     pub fn render(&self, workers: &[WorkerStatus]) -> String {
@@ -180,10 +204,37 @@ impl Totals {
                 .iter()
                 .map(|(reason, n)| (format!("reason=\"{reason}\""), *n)),
         );
-        self.delivery_latency.render(
+        let delivery = "eventsd_action_delivery_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {delivery} Seconds from a firing reaching the action runner to its \
+             delivery.\n# TYPE {delivery} histogram"
+        );
+        self.delivery_latency
+            .write_samples(&mut out, delivery, "", &DELIVERY_BOUNDS);
+        let duration = "eventsd_http_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {duration} Seconds from a request's head to its reply, by route.\n\
+             # TYPE {duration} histogram"
+        );
+        for (route, histogram) in &self.deltas.durations {
+            let labels = format!("route=\"{}\",", label_value(route));
+            histogram.write_samples(&mut out, duration, &labels, &REQUEST_BOUNDS);
+        }
+        write_family(
             &mut out,
-            "eventsd_action_delivery_seconds",
-            "Seconds from a firing reaching the action runner to its delivery.",
+            "eventsd_build_info",
+            "gauge",
+            "The running build: 1, labelled by version and commit.",
+            [(
+                format!(
+                    "version=\"{}\",commit=\"{}\"",
+                    env!("CARGO_PKG_VERSION"),
+                    option_env!("EVENTSD_COMMIT").unwrap_or("unknown")
+                ),
+                1,
+            )],
         );
         let states = [
             WorkerState::Init,
@@ -224,7 +275,7 @@ impl Totals {
         for (name, kind, help, value) in per_worker {
             let samples = workers
                 .iter()
-                .map(|w| (format!("pid=\"{}\"", w.pid), value(w)));
+                .map(|w| (format!("slot=\"{}\"", w.slot), value(w)));
             write_family(&mut out, name, kind, help, samples);
         }
         out
@@ -241,6 +292,62 @@ type PerWorker = (
 
 /// One metric family: its HELP and TYPE lines, then one sample per label set
 /// (`key="value",...`; empty for a family without labels).
+/// The standard `process_*` families (Prometheus' process collector) of the calling
+/// process, the master: workers' memory is `eventsd_worker_resident_bytes{slot}`.
+pub fn write_process_families(out: &mut String) {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which may hold spaces: state is field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or_else(Vec::new, |(_, rest)| rest.split_whitespace().collect());
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    let cpu = field(14).unwrap_or(0.0) + field(15).unwrap_or(0.0);
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let start = boot + field(22).unwrap_or(0.0) / ticks;
+    let resident = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * page;
+    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count()) as u64;
+    let _ = writeln!(
+        out,
+        "# HELP process_cpu_seconds_total CPU seconds of the master.\n\
+         # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n\
+         # HELP process_start_time_seconds When the master started, in Unix seconds.\n\
+         # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start}",
+        cpu / ticks
+    );
+    write_family(
+        out,
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the master.",
+        [(String::new(), resident)],
+    );
+    write_family(
+        out,
+        "process_open_fds",
+        "gauge",
+        "Open descriptors of the master.",
+        [(String::new(), open_fds)],
+    );
+}
+
 /// `text` as a label value: backslash, quote and newline escaped (the exposition format).
 pub fn label_value(text: &str) -> String {
     text.replace('\\', "\\\\")
@@ -282,7 +389,7 @@ mod tests {
         let mut totals = Totals::default();
         for _ in 0..2 {
             let mut deltas = Deltas::default();
-            deltas.record_request("/event/{type}/", 200);
+            deltas.record_request("/event/{type}/", 200, 0.0003);
             deltas.record_collected("logins", 3);
             totals.add(deltas);
         }

@@ -39,6 +39,9 @@ pub struct CrashLoop {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerStatus {
     pub pid: u32,
+    /// Stable across respawns: what metrics label a worker by.
+    #[serde(default)]
+    pub slot: usize,
     pub state: WorkerState,
     pub generation: u64,
     pub uptime_secs: u64,

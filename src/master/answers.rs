@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use super::pool::Pool;
 use super::{Master, setup};
 use crate::ipc::{Answer, MasterMessage, Question};
-use crate::metrics::{label_value, write_family};
+use crate::metrics::{label_value, write_family, write_process_families};
 use crate::registry::{Change, Origin, Refusal};
 
 impl Master {
@@ -32,6 +32,7 @@ impl Master {
                         .into_iter()
                         .map(|(target, n)| (format!("target=\"{}\"", label_value(&target)), n)),
                 );
+                write_process_families(&mut text);
                 Answer::Metrics(text)
             }
             Question::Change { change, origin } => match self.change_registry(&change, origin) {

@@ -24,6 +24,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A worker: the child record every child has, and what only workers report.
 pub struct Worker {
     pub child: Child,
+    /// The lowest number no other live worker had when it was forked: metrics series are
+    /// labelled by slot, so they do not churn with every respawn.
+    pub slot: usize,
     /// The reload generation whose configuration the worker was forked with.
     pub generation: u64,
     pub ready: bool,
@@ -38,10 +41,11 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(child: Child, generation: u64, registry_version: u64) -> Worker {
+    pub fn new(child: Child, slot: usize, generation: u64, registry_version: u64) -> Worker {
         let now = child.spawned_at;
         Worker {
             child,
+            slot,
             generation,
             ready: false,
             last_heartbeat: now,
@@ -81,6 +85,7 @@ impl Worker {
     pub fn status(&self, now: Instant) -> WorkerStatus {
         WorkerStatus {
             pid: self.pid().as_raw() as u32,
+            slot: self.slot,
             state: self.state(),
             generation: self.generation,
             uptime_secs: self.child.age(now).as_secs(),
@@ -113,6 +118,13 @@ impl Pool {
     /// After a reload changed the bounds: the target stays where it was, within them.
     pub fn clamp_target(&mut self, min: usize, max: usize) {
         self.target = self.target.clamp(min, max);
+    }
+
+    /// The slot for the next worker: the lowest one no live worker holds.
+    pub fn free_slot(&self) -> usize {
+        (0..)
+            .find(|slot| self.workers.values().all(|w| w.slot != *slot))
+            .unwrap_or(0)
     }
 
     pub fn add(&mut self, worker: Worker) {

@@ -84,7 +84,8 @@ impl Master {
             "worker {} is of generation {}",
             child.pid, self.pool.generation
         );
-        let worker = Worker::new(child, self.pool.generation, self.registry.version);
+        let slot = self.pool.free_slot();
+        let worker = Worker::new(child, slot, self.pool.generation, self.registry.version);
         self.pool.add(worker);
         Ok(())
     }

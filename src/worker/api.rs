@@ -76,6 +76,7 @@ impl Api {
     }
 
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = std::time::Instant::now();
         let (parts, body) = request.into_parts();
         let route = Route::parse(parts.uri.path());
         let response = match self.read_body(&parts, body).await {
@@ -89,9 +90,11 @@ impl Api {
             },
         };
         let template = route.map_or("(unknown)", Route::template);
-        self.deltas
-            .borrow_mut()
-            .record_request(template, response.status().as_u16());
+        self.deltas.borrow_mut().record_request(
+            template,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
         response
     }
 
