@@ -247,20 +247,23 @@ fn a_storm_of_crossings_reaches_a_slow_target_as_few_deliveries_counting_them_al
         "{} deliveries for {crossings} crossings",
         deliveries.len()
     );
-    let ids: std::collections::HashSet<String> = deliveries
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<Value>(&r.body).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let ids: std::collections::HashSet<String> = delivered_ids(&slow).into_iter().collect();
     assert_eq!(ids.len(), deliveries.len(), "each delivery its own id");
     wait_for("the outcomes counted", 5 * SECOND, || {
         daemon.metric("eventsd_action_outcomes_total{action=\"webhook\",result=\"delivered\"}")
             == Some(crossings)
     });
+}
+
+/// The `id` of every firing a sink received.
+fn delivered_ids(sink: &HttpSink) -> Vec<String> {
+    sink.requests()
+        .iter()
+        .map(|r| {
+            let firing: Value = serde_json::from_str(&r.body).unwrap();
+            firing["id"].as_str().unwrap().to_string()
+        })
+        .collect()
 }
 
 /// The ids of the firings the journal holds as pending, oldest first.
@@ -319,16 +322,7 @@ fn firings_survive_a_stop_a_kill_9_and_restarts_until_their_target_is_up() {
     wait_for("the three deliveries", 10 * SECOND, || {
         sink.requests().len() >= 3
     });
-    let mut delivered: Vec<String> = sink
-        .requests()
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<Value>(&r.body).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let mut delivered = delivered_ids(&sink);
     delivered.sort();
     fired.sort();
     assert_eq!(delivered, fired);

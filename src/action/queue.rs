@@ -211,27 +211,13 @@ fn absorb(waiting: &mut Pending, later: Job) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::Firing;
 
     fn job(watcher: &str, url: &str) -> Job {
-        Job {
-            firing: Firing {
-                id: Uuid::new_v4(),
-                watcher: watcher.to_string(),
-                event: "logins".to_string(),
-                key: serde_json::Value::Null,
-                count: 2,
-                threshold: 1,
-                window_secs: None,
-                fired_at: String::new(),
-                text: String::new(),
-                firings: 1,
-            },
-            action: Action::Webhook {
-                url: url.to_string(),
-                headers: Default::default(),
-            },
-        }
+        let action = Action::Webhook {
+            url: url.to_string(),
+            headers: Default::default(),
+        };
+        Job::example(watcher, action)
     }
 
     fn queues() -> Queues {

@@ -168,24 +168,9 @@ impl Journal {
 mod tests {
     use super::*;
     use crate::registry::Action;
-    use crate::watch::Firing;
 
     fn job(watcher: &str) -> Job {
-        Job {
-            firing: Firing {
-                id: Uuid::new_v4(),
-                watcher: watcher.into(),
-                event: "logins".into(),
-                key: serde_json::Value::Null,
-                count: 2,
-                threshold: 1,
-                window_secs: None,
-                fired_at: String::new(),
-                text: String::new(),
-                firings: 1,
-            },
-            action: Action::Null {},
-        }
+        Job::example(watcher, Action::Null {})
     }
 
     #[test]

@@ -70,6 +70,28 @@ pub struct Job {
     pub action: Action,
 }
 
+#[cfg(test)]
+impl Job {
+    /// A firing of `watcher` (a `single` key, count 2 over threshold 1) for `action`.
+    pub fn example(watcher: &str, action: Action) -> Job {
+        Job {
+            firing: Firing {
+                id: Uuid::new_v4(),
+                watcher: watcher.to_string(),
+                event: "logins".to_string(),
+                key: Value::Null,
+                count: 2,
+                threshold: 1,
+                window_secs: None,
+                fired_at: String::new(),
+                text: String::new(),
+                firings: 1,
+            },
+            action,
+        }
+    }
+}
+
 struct Watched {
     event: String,
     spec: WatcherSpec,
