@@ -94,6 +94,8 @@ enum Command {
     },
     /// Parse and validate the configuration.
     Configtest,
+    /// Print this program's shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(clap::Args)]
@@ -106,6 +108,9 @@ struct Wait {
 /// `eventsd`'s command line; returns the process exit code.
 pub fn daemon_main() -> i32 {
     let cli = DaemonCli::parse();
+    if let DaemonCommand::Control(Command::Completions { shell }) = cli.command {
+        return completions::<DaemonCli>(shell);
+    }
     exit_code(&cli.options, |source| match cli.command {
         DaemonCommand::Run => run(source, source.load()?),
         DaemonCommand::Control(command) => execute(command, source),
@@ -115,7 +120,19 @@ pub fn daemon_main() -> i32 {
 /// `eventsctl`'s command line; returns the process exit code.
 pub fn ctl_main() -> i32 {
     let cli = CtlCli::parse();
+    if let Command::Completions { shell } = cli.command {
+        return completions::<CtlCli>(shell);
+    }
     exit_code(&cli.options, |source| execute(cli.command, source))
+}
+
+/// The completion script of program `P`, made from its clap definition: it cannot drift
+/// from the commands it completes.
+fn completions<P: clap::CommandFactory>(shell: clap_complete::Shell) -> i32 {
+    let mut command = P::command();
+    let name = command.get_name().to_string();
+    clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
+    0
 }
 
 fn exit_code(
@@ -143,6 +160,8 @@ fn execute(command: Command, source: &config::Source) -> anyhow::Result<i32> {
         Command::Reload(wait) => reload(&source.load()?, &wait),
         Command::Restart(wait) => restart(source, source.load()?, Signal::SIGTERM, &wait),
         Command::HardRestart(wait) => restart(source, source.load()?, Signal::SIGQUIT, &wait),
+        // Answered before any configuration is read (`completions`).
+        Command::Completions { .. } => Ok(0),
     }
 }
 

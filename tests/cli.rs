@@ -132,6 +132,26 @@ fn eventsctl_has_every_command_but_run_and_drives_the_same_daemon() {
 }
 
 #[test]
+fn completions_come_from_each_programs_own_definition() {
+    let daemon = Daemon::new("");
+    let eventsd = daemon.cli(&["completions", "fish"]);
+    let eventsctl = daemon.ctl(&["completions", "fish"]);
+    assert!(eventsd.status.success() && eventsctl.status.success());
+    let (eventsd, eventsctl) = (stdout(&eventsd), stdout(&eventsctl));
+    for command in ["start", "reload", "fullstatus", "configtest"] {
+        let offered = format!("-a \"{command}\"");
+        assert!(
+            eventsd.contains(&offered) && eventsctl.contains(&offered),
+            "{command}"
+        );
+    }
+    assert!(eventsd.contains("-a \"run\""));
+    assert!(!eventsctl.contains("-a \"run\""), "eventsctl has no run");
+    let bash = stdout(&daemon.ctl(&["completions", "bash"]));
+    assert!(bash.contains("complete -F _eventsctl"), "{bash}");
+}
+
+#[test]
 fn hard_stop_kills_the_workers_and_exits() {
     let daemon = started("");
     let workers = daemon.serving_workers();
