@@ -213,13 +213,7 @@ fn fifteen_reloads_in_a_row_under_load_fail_no_request() {
         "too little load to prove anything: {}",
         tally.ok
     );
-    assert!(
-        tally.failures.is_empty(),
-        "{} of {} requests failed during the reloads: {:?}",
-        tally.failures.len(),
-        tally.ok + tally.failures.len() as u64,
-        tally.failures
-    );
+    tally.assert_none_failed("during the reloads");
     assert_eq!(daemon.status().unwrap()["generation"], 16);
 }
 
@@ -437,11 +431,5 @@ fn five_recycles_by_max_requests_under_load_fail_no_request() {
         seen.len() >= 2 + 5
     });
     let tally = load.finish();
-    assert!(
-        tally.failures.is_empty(),
-        "{} of {} requests failed across the recycles: {:?}",
-        tally.failures.len(),
-        tally.ok + tally.failures.len() as u64,
-        tally.failures
-    );
+    tally.assert_none_failed("across the recycles");
 }

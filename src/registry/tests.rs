@@ -10,6 +10,14 @@ fn create_event(registry: &mut Registry, name: &str) -> Result<Uuid, Refusal> {
     registry.apply(&Change::CreateEvent { body }, LOCAL, &Rules::default())
 }
 
+/// The status a change gets refused with, under the default rules.
+fn refused_status(registry: &mut Registry, change: &Change) -> u16 {
+    registry
+        .apply(change, LOCAL, &Rules::default())
+        .unwrap_err()
+        .status
+}
+
 fn collector(event: &str, body: &str) -> Change {
     Change::CreateCollector {
         event: event.into(),
@@ -252,34 +260,16 @@ fn declarations_are_applied_protected_and_withdrawn() {
         event: "logins".into(),
         name: "audit".into(),
     };
-    assert_eq!(
-        registry
-            .apply(&delete, LOCAL, &Rules::default())
-            .unwrap_err()
-            .status,
-        403
-    );
+    assert_eq!(refused_status(&mut registry, &delete), 403);
     let delete = Change::DeleteEvent {
         event: "logins".into(),
     };
-    assert_eq!(
-        registry
-            .apply(&delete, LOCAL, &Rules::default())
-            .unwrap_err()
-            .status,
-        403
-    );
+    assert_eq!(refused_status(&mut registry, &delete), 403);
     let replace = collector(
         "logins",
         r#"{"name": "audit", "appender": {"type": "null"}}"#,
     );
-    assert_eq!(
-        registry
-            .apply(&replace, LOCAL, &Rules::default())
-            .unwrap_err()
-            .status,
-        403
-    );
+    assert_eq!(refused_status(&mut registry, &replace), 403);
 
     assert!(registry.declare(&[]));
     assert!(registry.events.is_empty());

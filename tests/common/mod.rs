@@ -404,6 +404,19 @@ pub struct Tally {
     pub workers: Vec<i32>,
 }
 
+impl Tally {
+    /// Every request of the load succeeded `during` the fault.
+    pub fn assert_none_failed(&self, during: &str) {
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} requests failed {during}: {:?}",
+            self.failures.len(),
+            self.ok + self.failures.len() as u64,
+            self.failures
+        );
+    }
+}
+
 impl Load {
     pub fn start(address: SocketAddr, clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
