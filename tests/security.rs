@@ -414,3 +414,26 @@ fn workers_keep_no_capability_even_as_root() {
     assert!(daemon.log().contains("workers.user is root"));
     assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
 }
+
+/// A worker holds no descriptor of the journal of pending firings: what the action
+/// runner will execute is the master's to write alone.
+#[test]
+fn workers_hold_no_descriptor_of_the_journal() {
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
+    let journal = std::fs::canonicalize(daemon.path("state/pending.jsonl")).unwrap();
+    let worker = daemon.serving_workers()[0];
+    let open: Vec<std::path::PathBuf> = std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .collect();
+    assert!(!open.contains(&journal), "{open:?}");
+    let master = daemon.master_pid();
+    let master_open: Vec<std::path::PathBuf> = std::fs::read_dir(format!("/proc/{master}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .collect();
+    assert!(
+        master_open.contains(&journal),
+        "the test looks at the right file"
+    );
+}

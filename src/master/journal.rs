@@ -118,6 +118,12 @@ impl Journal {
         self.pending.values()
     }
 
+    /// The journal's descriptor, which every child closes at once: no worker may append
+    /// to what the runner will execute.
+    pub(super) fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    }
+
     /// Pending firings by delivery target, for metrics.
     pub(super) fn pending_by_target(&self) -> BTreeMap<String, u64> {
         let mut by_target = BTreeMap::new();

@@ -304,9 +304,9 @@ impl Master {
 
     /// Descriptors a new child must close right after the fork: the pidfile (or it would
     /// hold the lock after the master died), the signalfd, the control socket, the start
-    /// pipe and every other child's channel.
+    /// pipe, the journal of pending firings and every other child's channel.
     fn master_only_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.signals.raw_fd()];
+        let mut fds = vec![self.signals.raw_fd(), self.actions.journal.raw_fd()];
         fds.extend(self.pidfile.as_ref().map(Pidfile::raw_fd));
         fds.extend(self.control.as_ref().map(ControlSocket::raw_fd));
         fds.extend(self.announcer.raw_fd());
