@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use daemonize::{Daemonize, Outcome};
 use log::error;
 use nix::fcntl::OFlag;
@@ -108,31 +108,26 @@ struct Wait {
 /// `eventsd`'s command line; returns the process exit code.
 pub fn daemon_main() -> i32 {
     let cli = DaemonCli::parse();
-    if let DaemonCommand::Control(Command::Completions { shell }) = cli.command {
-        return completions::<DaemonCli>(shell);
-    }
     exit_code(&cli.options, |source| match cli.command {
         DaemonCommand::Run => run(source, source.load()?),
-        DaemonCommand::Control(command) => execute(command, source),
+        DaemonCommand::Control(command) => execute(command, source, DaemonCli::command),
     })
 }
 
 /// `eventsctl`'s command line; returns the process exit code.
 pub fn ctl_main() -> i32 {
     let cli = CtlCli::parse();
-    if let Command::Completions { shell } = cli.command {
-        return completions::<CtlCli>(shell);
-    }
-    exit_code(&cli.options, |source| execute(cli.command, source))
+    exit_code(&cli.options, |source| {
+        execute(cli.command, source, CtlCli::command)
+    })
 }
 
-/// The completion script of program `P`, made from its clap definition: it cannot drift
+/// The completion script of `program`, made from its clap definition: it cannot drift
 /// from the commands it completes.
-fn completions<P: clap::CommandFactory>(shell: clap_complete::Shell) -> i32 {
-    let mut command = P::command();
-    let name = command.get_name().to_string();
-    clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
-    0
+fn completions(shell: clap_complete::Shell, mut program: clap::Command) -> anyhow::Result<i32> {
+    let name = program.get_name().to_string();
+    clap_complete::generate(shell, &mut program, name, &mut std::io::stdout());
+    Ok(0)
 }
 
 fn exit_code(
@@ -148,7 +143,12 @@ fn exit_code(
     }
 }
 
-fn execute(command: Command, source: &config::Source) -> anyhow::Result<i32> {
+/// Runs a command both programs share; `program` is the running one's definition.
+fn execute(
+    command: Command,
+    source: &config::Source,
+    program: fn() -> clap::Command,
+) -> anyhow::Result<i32> {
     match command {
         Command::Configtest => configtest(source),
         Command::Status => status(source, Report::Summary),
@@ -160,8 +160,7 @@ fn execute(command: Command, source: &config::Source) -> anyhow::Result<i32> {
         Command::Reload(wait) => reload(&source.load()?, &wait),
         Command::Restart(wait) => restart(source, source.load()?, Signal::SIGTERM, &wait),
         Command::HardRestart(wait) => restart(source, source.load()?, Signal::SIGQUIT, &wait),
-        // Answered before any configuration is read (`completions`).
-        Command::Completions { .. } => Ok(0),
+        Command::Completions { shell } => completions(shell, program()),
     }
 }
 

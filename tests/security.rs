@@ -118,6 +118,20 @@ fn out_of_range_config_values_are_refused_by_configtest_with_the_key_and_range()
     }
 }
 
+/// The refused registrations left nothing behind.
+fn assert_no_watcher(daemon: &Daemon) {
+    let watchers = daemon.get("/event/logins/watcher/").unwrap().json();
+    assert_eq!(watchers, serde_json::json!([]));
+}
+
+/// What the descriptors of `pid` point at.
+fn open_files(pid: nix::unistd::Pid) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .collect()
+}
+
 fn watcher_body(name: &str, aggregator: &serde_json::Value, action: &serde_json::Value) -> String {
     serde_json::json!({"name": name, "threshold": 1000000, "aggregator": aggregator, "action": action})
         .to_string()
@@ -138,10 +152,7 @@ fn a_watcher_with_five_thousand_fields_is_refused() {
         400,
         "watchers.max_fields",
     );
-    assert_eq!(
-        daemon.get("/event/logins/watcher/").unwrap().json(),
-        serde_json::json!([])
-    );
+    assert_no_watcher(&daemon);
 }
 
 #[test]
@@ -227,10 +238,7 @@ fn webhook_headers_with_cr_or_lf_are_refused() {
             "headers",
         );
     }
-    assert_eq!(
-        daemon.get("/event/logins/watcher/").unwrap().json(),
-        serde_json::json!([])
-    );
+    assert_no_watcher(&daemon);
 }
 
 #[test]
@@ -271,10 +279,7 @@ fn a_planted_registry_never_runs_its_command_watcher() {
     common::wait_for("the events to be counted", Duration::from_secs(5), || {
         daemon.metric("eventsd_events_counted_total{type=\"logins\"}") == Some(3)
     });
-    assert_eq!(
-        daemon.get("/event/logins/watcher/").unwrap().json(),
-        serde_json::json!([])
-    );
+    assert_no_watcher(&daemon);
     assert!(!marker.exists(), "the planted command ran");
     assert!(
         daemon
@@ -422,16 +427,9 @@ fn workers_hold_no_descriptor_of_the_journal() {
     let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
     let journal = std::fs::canonicalize(daemon.path("state/pending.jsonl")).unwrap();
     let worker = daemon.serving_workers()[0];
-    let open: Vec<std::path::PathBuf> = std::fs::read_dir(format!("/proc/{worker}/fd"))
-        .unwrap()
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .collect();
+    let open = open_files(worker);
     assert!(!open.contains(&journal), "{open:?}");
-    let master = daemon.master_pid();
-    let master_open: Vec<std::path::PathBuf> = std::fs::read_dir(format!("/proc/{master}/fd"))
-        .unwrap()
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .collect();
+    let master_open = open_files(daemon.master_pid());
     assert!(
         master_open.contains(&journal),
         "the test looks at the right file"

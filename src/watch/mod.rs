@@ -330,6 +330,14 @@ mod tests {
         registry
     }
 
+    /// A registry holding `watcher` on `logins`, and a `Watch` following it.
+    fn watching(watcher: &str) -> (Registry, Watch) {
+        let registry = registry_with(watcher);
+        let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
+        watch.sync(&registry);
+        (registry, watch)
+    }
+
     fn post(watch: &mut Watch, registry: &Registry, payloads: &[Value], now: Second) -> Vec<Job> {
         let entry = registry.event("logins").unwrap();
         let keys = payloads
@@ -346,11 +354,9 @@ mod tests {
 
     #[test]
     fn threshold_is_exceeded_once_then_the_count_restarts() {
-        let registry = registry_with(
+        let (registry, mut watch) = watching(
             r#"{"name": "w1", "threshold": 3, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
         );
-        let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
-        watch.sync(&registry);
         let one = [serde_json::json!({})];
         let fired: Vec<usize> = (0..8)
             .map(|_| post(&mut watch, &registry, &one, 1000).len())
@@ -360,11 +366,9 @@ mod tests {
 
     #[test]
     fn a_fields_watcher_fires_for_the_crossing_key_only_naming_it() {
-        let registry = registry_with(
+        let (registry, mut watch) = watching(
             r#"{"name": "w1", "threshold": 2, "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}"#,
         );
-        let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
-        watch.sync(&registry);
         let a = serde_json::json!({"ip": "a"});
         let b = serde_json::json!({"ip": "b"});
         let jobs = post(
@@ -381,11 +385,9 @@ mod tests {
 
     #[test]
     fn a_cooldown_suppresses_repeats_but_events_still_count() {
-        let registry = registry_with(
+        let (registry, mut watch) = watching(
             r#"{"name": "w1", "threshold": 1, "cooldown_secs": 60, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
         );
-        let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
-        watch.sync(&registry);
         let two = [serde_json::json!({}), serde_json::json!({})];
         assert_eq!(post(&mut watch, &registry, &two, 1000).len(), 1);
         assert_eq!(
@@ -402,11 +404,9 @@ mod tests {
 
     #[test]
     fn exponential_realert_doubles_a_busy_cooldown_up_to_its_maximum_and_resets_after_quiet() {
-        let registry = registry_with(
+        let (registry, mut watch) = watching(
             r#"{"name": "w1", "threshold": 1, "cooldown_secs": 10, "cooldown_max_secs": 40, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
         );
-        let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
-        watch.sync(&registry);
         let two = [serde_json::json!({}), serde_json::json!({})];
         // Crossings every 5 s until 1100, one at 1250, then every 5 s from 1300.
         let crossings = (1000..1100)
@@ -423,11 +423,9 @@ mod tests {
 
     #[test]
     fn deleted_watchers_lose_their_counters() {
-        let registry = registry_with(
+        let (registry, mut watch) = watching(
             r#"{"name": "w1", "threshold": 5, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
         );
-        let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
-        watch.sync(&registry);
         post(&mut watch, &registry, &[serde_json::json!({})], 1000);
         assert_eq!(watch.store().sizes().len(), 1);
         watch.sync(&Registry::default());
