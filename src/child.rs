@@ -31,6 +31,8 @@ pub enum Role {
     ActionRunner,
     /// Writes the counters from its copy-on-write image of the master, then exits.
     Snapshot,
+    /// Executes the binary on disk as the master that replaces this one (`upgrade`).
+    Successor,
 }
 
 impl Role {
@@ -40,6 +42,7 @@ impl Role {
             Role::Worker => "worker",
             Role::ActionRunner => "action",
             Role::Snapshot => "snapshot",
+            Role::Successor => "successor",
         }
     }
 
@@ -48,6 +51,7 @@ impl Role {
             Role::Worker => c"eventsd-worker",
             Role::ActionRunner => c"eventsd-action",
             Role::Snapshot => c"eventsd-snapshot",
+            Role::Successor => c"eventsd-next",
         }
     }
 
@@ -57,6 +61,7 @@ impl Role {
             Role::Worker => "worker",
             Role::ActionRunner => "action runner",
             Role::Snapshot => "counters snapshot",
+            Role::Successor => "new master",
         }
     }
 }
@@ -131,11 +136,18 @@ fn run_child(role: Role, master_fds: &[RawFd], body: impl FnOnce() -> anyhow::Re
 
 /// Names the process, then takes signals again: the master blocks the signals it reads
 /// from its signalfd, and the mask survives the fork. Interval timers do not, so the
-/// child has no tick to stop.
+/// child has no tick to stop. SIGUSR2 is for the master alone: a `systemctl kill -s USR2`
+/// that reaches the whole service must not end its workers (the signal's default). A
+/// successor keeps the default, since an ignored signal stays ignored across `exec`.
 fn prepare(role: Role) -> anyhow::Result<()> {
     nix::sys::prctl::set_name(role.process_name()).context("cannot set the process name")?;
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .context("cannot restore the signal mask")?;
+    if role != Role::Successor {
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { nix::sys::signal::signal(Signal::SIGUSR2, nix::sys::signal::SigHandler::SigIgn) }
+            .context("cannot ignore SIGUSR2")?;
+    }
     Ok(())
 }
 
@@ -154,12 +166,23 @@ impl Child {
         if self.is_stopping() {
             return;
         }
-        info!("stopping {self}: {why}");
-        self.stopping_since = Some(Instant::now());
         let told = self.channel.as_mut().map(|channel| channel.send(stop));
-        if !matches!(told, Some(Ok(()))) {
-            let _ = kill(self.pid, Signal::SIGTERM);
+        if matches!(told, Some(Ok(()))) {
+            info!("stopping {self}: {why}");
+            self.stopping_since = Some(Instant::now());
+        } else {
+            self.terminate(why);
         }
+    }
+
+    /// SIGTERM, which asks a child to finish and exit as `stop` does. Once only.
+    pub fn terminate(&mut self, why: &str) {
+        if self.is_stopping() {
+            return;
+        }
+        info!("stopping {self} (SIGTERM): {why}");
+        self.stopping_since = Some(Instant::now());
+        let _ = kill(self.pid, Signal::SIGTERM);
     }
 
     /// SIGKILL, once, remembering why for the reaper's log line.

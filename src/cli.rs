@@ -84,6 +84,9 @@ enum Command {
     Restart(Wait),
     /// hard-stop, then start.
     HardRestart(Wait),
+    /// Replace the running binary with the one on disk (SIGUSR2), without refusing a
+    /// request; waits until the new master serves.
+    Upgrade(Wait),
     /// One line: running or not (LSB exit codes 0, 1, 3).
     Status,
     /// Status and the worker table.
@@ -160,6 +163,7 @@ fn execute(
         Command::Reload(wait) => reload(&source.load()?, &wait),
         Command::Restart(wait) => restart(source, source.load()?, Signal::SIGTERM, &wait),
         Command::HardRestart(wait) => restart(source, source.load()?, Signal::SIGQUIT, &wait),
+        Command::Upgrade(wait) => upgrade(&source.load()?, &wait),
         Command::Completions { shell } => completions(shell, program()),
     }
 }
@@ -179,12 +183,14 @@ fn configtest(source: &config::Source) -> anyhow::Result<i32> {
 }
 
 fn run(source: &config::Source, config: Config) -> anyhow::Result<i32> {
-    let sink = Sink::for_target(&config.daemon.log, Sink::Stderr);
+    // Started by an upgrade, a master logs where the one it replaces did.
+    let default_sink = master::inherited_default_sink().unwrap_or(Sink::Stderr);
+    let sink = Sink::for_target(&config.daemon.log, default_sink.clone());
     logging::init(&sink, config.daemon.log_level)?;
     match master::run(
         source.clone(),
         config,
-        Sink::Stderr,
+        default_sink,
         Announcer::foreground(),
     ) {
         Ok(()) => Ok(0),
@@ -368,6 +374,55 @@ fn reload(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
         _ => {
             eprintln!(
                 "eventsd: reload not complete after {}s; see `eventsd fullstatus`",
+                timeout.as_secs()
+            );
+            Ok(1)
+        }
+    }
+}
+
+/// The configuration was validated by `execute` before this runs: a new master would
+/// refuse a bad one anyway, but the operator hears why at once.
+fn upgrade(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
+    let path = &config.daemon.pidfile;
+    let Probe::Running(old) = pidfile::probe(path)? else {
+        eprintln!("eventsd: not running, nothing to upgrade");
+        return Ok(1);
+    };
+    let socket = &config.daemon.control_socket;
+    let failed_before = master::query(socket)?.upgrades_failed;
+    kill(old, Signal::SIGUSR2)
+        .with_context(|| format!("cannot send SIGUSR2 to eventsd (pid {old})"))?;
+    let timeout = wait.timeout.map_or_else(
+        || config.workers.graceful_timeout() + Duration::from_secs(60),
+        Duration::from_secs,
+    );
+    let mut outcome = None;
+    wait_until(timeout, || {
+        outcome = match pidfile::probe(path)? {
+            Probe::Running(pid) if pid != old => Some(Ok(pid)),
+            Probe::Running(_) => master::query(socket)
+                .ok()
+                .filter(|status| status.upgrades_failed > failed_before)
+                .map(|status| Err(status.last_upgrade_error.unwrap_or_default())),
+            Probe::NotRunning | Probe::Stale(_) => {
+                Some(Err("eventsd stopped during the upgrade".to_string()))
+            }
+        };
+        Ok(outcome.is_some())
+    })?;
+    match outcome {
+        Some(Ok(new)) => {
+            println!("eventsd upgraded (pid {old} -> {new})");
+            Ok(0)
+        }
+        Some(Err(error)) => {
+            eprintln!("eventsd: {error}");
+            Ok(1)
+        }
+        None => {
+            eprintln!(
+                "eventsd: upgrade not complete after {}s; see `eventsd fullstatus`",
                 timeout.as_secs()
             );
             Ok(1)

@@ -4,9 +4,14 @@
 //! the file's existence, is the truth: a pidfile nobody holds is stale (its master was
 //! killed) and is taken over. The CLI only probes; it never signals a pid from a file
 //! that no live master holds.
+//!
+//! An upgrade hands the lock over without a gap: the new master inherits the descriptor
+//! (a `flock` belongs to the open file, which both then share), and the old one writes the
+//! new pid and leaves the file in place when it exits.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -35,7 +40,7 @@ impl Pidfile {
     /// Takes the lock and writes our pid; fails with the running master's pid if there is one.
     pub fn acquire(path: &Path) -> anyhow::Result<Pidfile> {
         let file = open(path)?;
-        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(locked) => locked,
             Err((mut file, Errno::EWOULDBLOCK)) => {
                 let pid = read_pid(&mut file)
@@ -51,16 +56,44 @@ impl Pidfile {
                     .with_context(|| format!("cannot lock pidfile {}", path.display()));
             }
         };
-        let pid = std::process::id();
+        let mut pidfile = Pidfile {
+            path: path.to_path_buf(),
+            file,
+        };
+        pidfile.write(std::process::id())?;
+        Ok(pidfile)
+    }
+
+    /// The pidfile whose locked descriptor the previous master handed over (upgrade in
+    /// place): the lock is already ours; the file now names this process.
+    pub fn adopt(fd: OwnedFd, path: &Path) -> anyhow::Result<Pidfile> {
+        let file = Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| errno)
+            .with_context(|| format!("cannot take over the lock of pidfile {}", path.display()))?;
+        let mut pidfile = Pidfile {
+            path: path.to_path_buf(),
+            file,
+        };
+        pidfile.write(std::process::id())?;
+        Ok(pidfile)
+    }
+
+    /// Names `successor` in the file and leaves the file and its lock to it. Neither
+    /// removed nor unlocked: `Flock`'s drop would release the lock for the successor
+    /// too, since both share the open file. The descriptor closes when this process exits.
+    pub fn hand_over(mut self, successor: u32) -> anyhow::Result<()> {
+        let written = self.write(successor);
+        std::mem::forget(self);
+        written
+    }
+
+    fn write(&mut self, pid: u32) -> anyhow::Result<()> {
+        let file = &mut self.file;
         file.set_len(0)
             .and_then(|()| file.rewind())
             .and_then(|()| writeln!(file, "{pid}"))
             .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write pidfile {}", path.display()))?;
-        Ok(Pidfile {
-            path: path.to_path_buf(),
-            file,
-        })
+            .with_context(|| format!("cannot write pidfile {}", self.path.display()))
     }
 
     /// The descriptor a forked child must close, or it would keep the lock alive.

@@ -21,6 +21,14 @@ pub struct Status {
     pub last_reload_error: Option<String>,
     /// A reload is rolling: its new generation is not ready yet.
     pub reload_in_progress: bool,
+    /// An upgrade is under way: a new master is starting or taking over.
+    #[serde(default)]
+    pub upgrade_in_progress: bool,
+    /// Upgrades that failed (the new master exited or was too slow); this master carried on.
+    #[serde(default)]
+    pub upgrades_failed: u64,
+    #[serde(default)]
+    pub last_upgrade_error: Option<String>,
     pub target_workers: usize,
     pub min_workers: usize,
     pub max_workers: usize,

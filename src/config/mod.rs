@@ -54,6 +54,11 @@ impl Source {
         })
     }
 
+    /// The folder that relative paths are resolved against.
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
     /// A human name for messages: the file, or "built-in defaults".
     pub fn describe(&self) -> String {
         match &self.file {

@@ -15,6 +15,7 @@ use super::Master;
 use super::journal::Journal;
 use crate::action::{self, Delivery, Outcome, ToRunner};
 use crate::child::{self, Child, Role};
+use crate::watch::store::Second;
 use crate::watch::{CountBatch, Job};
 
 /// A runner that dies sooner than this after its start waits this long to be replaced.
@@ -42,9 +43,18 @@ impl Actions {
 }
 
 impl Master {
-    /// Adds a worker's counts; every key that crossed its threshold fires.
+    /// Adds a worker's counts; every key that crossed its threshold fires. A master
+    /// that is taking over from an old one holds them until it has (`upgrade`).
     pub(super) fn count(&mut self, batch: CountBatch) {
-        for job in self.watch.count(batch, crate::watch::now()) {
+        let now = crate::watch::now();
+        match self.succession.as_mut() {
+            Some(succession) => succession.defer_counts(batch, now),
+            None => self.count_at(batch, now),
+        }
+    }
+
+    pub(super) fn count_at(&mut self, batch: CountBatch, now: Second) {
+        for job in self.watch.count(batch, now) {
             self.dispatch(job);
         }
     }
@@ -83,10 +93,15 @@ impl Master {
         }
     }
 
-    /// Keeps a runner up (paced after a quick death) and feeds it what waited.
+    /// Keeps a runner up (paced after a quick death) and feeds it what waited. A master
+    /// taking over from an old one starts none until it has: the old one's runner
+    /// still delivers from the same journal.
     pub(super) fn keep_runner(&mut self) {
         let now = Instant::now();
-        if self.actions.runner.is_some() || self.actions.respawn_at.is_some_and(|at| now < at) {
+        if self.actions.runner.is_some()
+            || self.actions.respawn_at.is_some_and(|at| now < at)
+            || self.succession.is_some()
+        {
             return;
         }
         if let Err(e) = self.spawn_runner() {
@@ -157,10 +172,10 @@ impl Master {
         true
     }
 
-    /// Graceful stop: the runner finishes its queue, within the graceful timeout.
-    pub(super) fn stop_runner(&mut self) {
+    /// Graceful stop: the runner delivers what is due, within the graceful timeout.
+    pub(super) fn stop_runner(&mut self, why: &str) {
         if let Some(runner) = self.actions.runner.as_mut() {
-            runner.stop(&ToRunner::Stop, "eventsd is stopping");
+            runner.stop(&ToRunner::Stop, why);
         }
     }
 }

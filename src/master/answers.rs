@@ -35,6 +35,14 @@ impl Master {
                 write_process_families(&mut text);
                 Answer::Metrics(text)
             }
+            Question::Change { .. } if self.succession.is_some() => {
+                // Taking over from an old master that still writes the registry: the
+                // change is applied once it has handed over (`upgrade`).
+                if let Some(succession) = self.succession.as_mut() {
+                    succession.defer_change(pid, id, question);
+                }
+                return;
+            }
             Question::Change { change, origin } => match self.change_registry(&change, origin) {
                 Ok(id_created) => {
                     // Held until every worker serves the new version: read-your-writes.

@@ -6,7 +6,7 @@
 //! are non-blocking, and a client that cannot take the document at once loses it.
 
 use std::io::{ErrorKind, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -51,6 +51,24 @@ impl ControlSocket {
             listener,
             path: path.to_path_buf(),
         })
+    }
+
+    /// The control socket the previous master handed over (upgrade in place): already
+    /// bound at `path`, clients queued on it wait for this master.
+    pub fn adopt(fd: OwnedFd, path: &Path) -> anyhow::Result<ControlSocket> {
+        let listener = UnixListener::from(fd);
+        listener
+            .set_nonblocking(true)
+            .context("cannot make the control socket handed over non-blocking")?;
+        Ok(ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Leaves the socket, file and all, to the new master this one hands over to.
+    pub fn hand_over(self) {
+        std::mem::forget(self);
     }
 
     /// Answers every pending client with `status`.

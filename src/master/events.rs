@@ -26,6 +26,8 @@ enum Source {
     Signals,
     Control,
     Child(Pid, Role),
+    /// The old master, for a master started by an upgrade.
+    Predecessor,
 }
 
 impl Master {
@@ -42,6 +44,8 @@ impl Master {
                 Source::Child(pid, Role::ActionRunner) => self.read_runner(pid, events),
                 // A snapshot says nothing: its exit code is its report.
                 Source::Child(pid, Role::Snapshot) => self.read_snapshot(pid, events),
+                Source::Child(_, Role::Successor) => self.read_successor(events),
+                Source::Predecessor => self.read_predecessor(events)?,
             }
         }
         Ok(requested)
@@ -59,6 +63,11 @@ impl Master {
                 sources.push(Source::Child(child.pid, child.role));
                 fds.push(PollFd::new(fd, interest));
             }
+        }
+        if let Some(succession) = &self.succession {
+            let (fd, interest) = succession.poll_interest();
+            sources.push(Source::Predecessor);
+            fds.push(PollFd::new(fd, interest));
         }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(Errno::EINTR) => {}

@@ -8,6 +8,9 @@
 //! the process loses nothing, a power loss may lose the last lines); the compaction is an
 //! atomic replace. Bounded by `watchers.action_queue`: beyond it the oldest pending firing
 //! is dropped, and said so.
+//!
+//! A new master that an upgrade starts leaves the file alone (`unopened`) until the old
+//! one has handed over: two writers, one of them compacting, would lose lines.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -33,7 +36,9 @@ enum Line {
 
 pub(super) struct Journal {
     path: PathBuf,
-    file: File,
+    /// `None` until an upgrading master takes over: it counts nothing before then, so
+    /// nothing fires and nothing is written.
+    file: Option<File>,
     /// Pending jobs in the order they fired.
     pending: BTreeMap<u64, Job>,
     order: HashMap<Uuid, u64>,
@@ -60,21 +65,25 @@ impl Journal {
                 }
             }
         }
-        let mut journal = Journal {
-            path: path.to_path_buf(),
-            file: crate::files::open_for_append(path)
-                .with_context(|| format!("cannot open {}", path.display()))?,
-            pending: BTreeMap::new(),
-            order: HashMap::new(),
-            next: 0,
-            lines: 0,
-            capacity: capacity.max(1),
-        };
+        let mut journal = Journal::unopened(path, capacity);
         for job in pending {
             journal.remember(job);
         }
         journal.compact()?;
         Ok(journal)
+    }
+
+    /// The journal of a master that upgrades the running one: empty, not open yet.
+    pub(super) fn unopened(path: &Path, capacity: usize) -> Journal {
+        Journal {
+            path: path.to_path_buf(),
+            file: None,
+            pending: BTreeMap::new(),
+            order: HashMap::new(),
+            next: 0,
+            lines: 0,
+            capacity: capacity.max(1),
+        }
     }
 
     /// Records `job` as pending; returns the oldest pending job if the journal was full.
@@ -120,8 +129,8 @@ impl Journal {
 
     /// The journal's descriptor, which every child closes at once: no worker may append
     /// to what the runner will execute.
-    pub(super) fn raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    pub(super) fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd)
     }
 
     /// Pending firings by delivery target, for metrics.
@@ -142,11 +151,15 @@ impl Journal {
     }
 
     fn append(&mut self, line: &Line) {
+        let Some(file) = self.file.as_mut() else {
+            warn!("{}: not open yet; a line is lost", self.path.display());
+            return;
+        };
         let written = serde_json::to_vec(line)
             .map_err(std::io::Error::other)
             .and_then(|mut bytes| {
                 bytes.push(b'\n');
-                self.file.write_all(&bytes)
+                file.write_all(&bytes)
             });
         match written {
             Ok(()) => self.lines += 1,
@@ -163,8 +176,10 @@ impl Journal {
             text.push(b'\n');
         }
         crate::files::replace_atomically(&self.path, &text)?;
-        self.file = crate::files::open_for_append(&self.path)
-            .with_context(|| format!("cannot reopen {}", self.path.display()))?;
+        self.file = Some(
+            crate::files::open_for_append(&self.path)
+                .with_context(|| format!("cannot open {}", self.path.display()))?,
+        );
         self.lines = self.pending.len();
         Ok(())
     }

@@ -8,7 +8,8 @@
 //! reconcile the pool to its target → release the answers held for read-your-writes. The
 //! tick also starts a counters snapshot when they changed (`snapshot.rs`).
 //! Reload, SIGTTIN/SIGTTOU, crashes and the dynamic pool only move the target or the
-//! generation; `reconcile` converges.
+//! generation; `reconcile` converges. An upgrade (SIGUSR2) starts a new master from the
+//! binary on disk and hands everything over to it (`upgrade`).
 //!
 //! The master never starts a thread (a fork would copy only one of them, with any lock
 //! another one held) and never blocks: every socket it polls is non-blocking, and
@@ -18,8 +19,8 @@
 //! reconcile), `reap`, `timeouts` (the tick), `reload` (SIGHUP, SIGUSR1), `answers`
 //! (registry changes and questions), `actions` (counts to firings to the runner),
 //! `journal` (pending firings kept across stops and crashes),
-//! `snapshot` (counters written by a forked child), `setup`, `announcer`, `control`,
-//! `signals`, `pool`.
+//! `snapshot` (counters written by a forked child), `upgrade` (both sides of a binary
+//! upgrade), `setup`, `announcer`, `control`, `signals`, `pool`.
 
 mod actions;
 mod announcer;
@@ -34,12 +35,14 @@ mod setup;
 mod signals;
 mod snapshot;
 mod timeouts;
+mod upgrade;
 mod workers;
 
 use std::os::fd::RawFd;
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::anyhow;
+use anyhow::{Context, anyhow};
 use log::{error, info};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -47,8 +50,9 @@ use socket2::Socket;
 
 pub use announcer::Announcer;
 pub use control::query;
+pub use upgrade::inherited_default_sink;
 
-use crate::child::Child;
+use crate::child::{Child, Role};
 use crate::config::{self, Config};
 use crate::logging::{self, Sink};
 use crate::metrics::Totals;
@@ -64,6 +68,7 @@ use control::ControlSocket;
 use pool::Pool;
 use signals::{Requested, Signals};
 use snapshot::Snapshots;
+use upgrade::{Succession, Upgrade};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -74,6 +79,8 @@ enum Phase {
     Draining,
     /// SIGINT/SIGQUIT: children were killed, the master exits once they are reaped.
     Halting,
+    /// A new master serves: children drain, then this one hands over and exits.
+    HandingOver,
 }
 
 struct Master {
@@ -99,6 +106,14 @@ struct Master {
     watch: Watch,
     actions: Actions,
     snapshots: Snapshots,
+    /// The binary this master runs, as it was on disk at start: what an upgrade executes.
+    binary: PathBuf,
+    /// The new master this one is upgrading to, if it is.
+    upgrade: Option<Upgrade>,
+    upgrades_failed: u64,
+    last_upgrade_error: Option<String>,
+    /// This master was started by an upgrade and has not taken over yet.
+    succession: Option<Succession>,
 }
 
 /// Runs a master until it stops. Start-up failures are reported to `announcer` too.
@@ -128,7 +143,11 @@ pub fn run(
             .announcer
             .failed(&anyhow!("stopped before it became ready")),
     }
-    master.clean_up();
+    if master.phase == Phase::HandingOver {
+        master.hand_over();
+    } else {
+        master.clean_up();
+    }
     outcome
 }
 
@@ -136,28 +155,43 @@ impl Master {
     fn new(source: config::Source, config: Config, default_sink: Sink) -> anyhow::Result<Master> {
         let daemon = &config.daemon;
         setup::prepare_state_dir(&daemon.state_dir)?;
-        let pidfile = Pidfile::acquire(&daemon.pidfile)?;
+        let binary = std::env::current_exe().context("cannot tell which binary runs")?;
+        let (inherited, succession) = Succession::inherited()?.unzip();
+        // A successor shares its predecessor's pidfile lock, and touches no state file
+        // the predecessor still writes until it takes over.
+        let pidfile = match succession {
+            Some(_) => None,
+            None => Some(Pidfile::acquire(&daemon.pidfile)?),
+        };
         setup::check_privileges(&config)?;
         logging::hand_over(&config.workers.privileges)?;
         let registry = setup::load_registry(&config)?;
-        let store = MemoryStore::load(&setup::counters_path(&config), config.watchers.max_keys)?;
-        let journal =
-            journal::Journal::open(&setup::journal_path(&config), config.watchers.action_queue)?;
+        let (store, journal) = match succession {
+            Some(_) => (
+                MemoryStore::new(config.watchers.max_keys),
+                journal::Journal::unopened(
+                    &setup::journal_path(&config),
+                    config.watchers.action_queue,
+                ),
+            ),
+            None => (
+                MemoryStore::load(&setup::counters_path(&config), config.watchers.max_keys)?,
+                journal::Journal::open(
+                    &setup::journal_path(&config),
+                    config.watchers.action_queue,
+                )?,
+            ),
+        };
         let mut watch = Watch::new(Box::new(store));
         watch.sync(&registry);
-        let listener = match setup::activated_listener()? {
-            Some(socket) => {
-                let address = socket.local_addr().ok().and_then(|a| a.as_socket());
-                info!(
-                    "serving on the socket handed over by the service manager ({}); \
-                     server.listen is not bound",
-                    address.map_or_else(|| "unknown address".to_string(), |a| a.to_string())
-                );
-                socket
-            }
-            None => setup::bind(&config)?,
+        let listener = match inherited {
+            Some(socket) => socket,
+            None => setup::activated_listener()?.map_or_else(|| setup::bind(&config), Ok)?,
         };
-        let control = ControlSocket::bind(&daemon.control_socket)?;
+        let control = match succession {
+            Some(_) => None,
+            None => Some(ControlSocket::bind(&daemon.control_socket)?),
+        };
         let signals = Signals::install()?;
         let pool = Pool::new(config.workers.min);
         info!(
@@ -173,8 +207,8 @@ impl Master {
             default_sink,
             listener,
             signals,
-            control: Some(control),
-            pidfile: Some(pidfile),
+            control,
+            pidfile,
             announcer: Announcer::foreground(),
             pool,
             phase: Phase::Starting,
@@ -188,6 +222,11 @@ impl Master {
             watch,
             actions: Actions::new(journal),
             snapshots: Snapshots::default(),
+            binary,
+            upgrade: None,
+            upgrades_failed: 0,
+            last_upgrade_error: None,
+            succession,
         })
     }
 
@@ -204,7 +243,7 @@ impl Master {
             }
             self.reconcile();
             self.release_held_answers();
-            if self.is_stopping() && self.children().next().is_none() {
+            if self.may_exit() {
                 return Ok(());
             }
         }
@@ -224,6 +263,9 @@ impl Master {
         if requested.reopen_logs {
             self.reopen_logs();
         }
+        if requested.upgrade {
+            self.begin_upgrade();
+        }
         if requested.resize != 0 {
             self.resize(requested.resize);
         }
@@ -240,14 +282,23 @@ impl Master {
         );
         notify::send(notify::STOPPING);
         self.phase = Phase::Draining;
+        self.stop_children_but_the_successor("eventsd is stopping");
+        // A new master still starting gives up, and leaves every file to this one.
+        if let Some(upgrade) = self.upgrade.as_mut() {
+            upgrade.successor.terminate("eventsd is stopping");
+        }
+    }
+
+    /// Workers drain, the runner delivers what is due, a snapshot under way finishes;
+    /// each is killed if it overstays the graceful timeout.
+    fn stop_children_but_the_successor(&mut self, why: &str) {
         let pids: Vec<Pid> = self.pool.iter().map(pool::Worker::pid).collect();
         for pid in pids {
-            self.stop_worker(pid, "eventsd is stopping");
+            self.stop_worker(pid, why);
         }
-        self.stop_runner();
-        // A snapshot under way finishes; told to stop, it is killed if it overstays.
+        self.stop_runner(why);
         if let Some(snapshot) = self.snapshots.child.as_mut() {
-            snapshot.stop(&(), "eventsd is stopping");
+            snapshot.stop(&(), why);
         }
     }
 
@@ -268,8 +319,12 @@ impl Master {
     }
 
     /// Saves the counters, removes the control socket, then the pidfile: the last sign
-    /// of life goes last.
+    /// of life goes last. A successor that never took over owns none of them.
     fn clean_up(&mut self) {
+        if self.succession.is_some() {
+            info!("new master stopped before taking over; the old one carries on");
+            return;
+        }
         match self.watch.save(&setup::counters_path(&self.config)) {
             Ok(()) => info!("counters saved"),
             Err(e) => error!("counters not saved: {e:#}"),
@@ -280,15 +335,30 @@ impl Master {
     }
 
     fn is_stopping(&self) -> bool {
-        matches!(self.phase, Phase::Draining | Phase::Halting)
+        matches!(
+            self.phase,
+            Phase::Draining | Phase::Halting | Phase::HandingOver
+        )
     }
 
-    /// The process table: every live child, workers and the action runner alike.
+    /// Stopping, once every child it waits for is gone: all of them, or, handing over,
+    /// all but the new master.
+    fn may_exit(&self) -> bool {
+        match self.phase {
+            Phase::Draining | Phase::Halting => self.children().next().is_none(),
+            Phase::HandingOver => self.children().all(|c| c.role == Role::Successor),
+            Phase::Starting | Phase::Running => false,
+        }
+    }
+
+    /// The process table: every live child, workers, the action runner, a snapshot and
+    /// a new master alike.
     fn children(&self) -> impl Iterator<Item = &Child> {
         let workers = self.pool.iter().map(|w| &w.child);
         workers
             .chain(self.actions.runner.as_ref())
             .chain(self.snapshots.child.as_ref())
+            .chain(self.upgrade.as_ref().map(|u| &u.successor))
     }
 
     fn children_mut(&mut self) -> impl Iterator<Item = &mut Child> {
@@ -296,6 +366,7 @@ impl Master {
         workers
             .chain(self.actions.runner.as_mut())
             .chain(self.snapshots.child.as_mut())
+            .chain(self.upgrade.as_mut().map(|u| &mut u.successor))
     }
 
     fn child_mut(&mut self, pid: Pid) -> Option<&mut Child> {
@@ -304,9 +375,12 @@ impl Master {
 
     /// Descriptors a new child must close right after the fork: the pidfile (or it would
     /// hold the lock after the master died), the signalfd, the control socket, the start
-    /// pipe, the journal of pending firings and every other child's channel.
+    /// pipe, the journal of pending firings, every other child's channel, and what a
+    /// successor inherited.
     fn master_only_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.signals.raw_fd(), self.actions.journal.raw_fd()];
+        let mut fds = vec![self.signals.raw_fd()];
+        fds.extend(self.actions.journal.raw_fd());
+        fds.extend(self.succession.iter().flat_map(Succession::raw_fds));
         fds.extend(self.pidfile.as_ref().map(Pidfile::raw_fd));
         fds.extend(self.control.as_ref().map(ControlSocket::raw_fd));
         fds.extend(self.announcer.raw_fd());
@@ -326,6 +400,9 @@ impl Master {
             reloads: self.reloads,
             last_reload_error: self.last_reload_error.clone(),
             reload_in_progress: self.reload_in_progress,
+            upgrade_in_progress: self.upgrade.is_some(),
+            upgrades_failed: self.upgrades_failed,
+            last_upgrade_error: self.last_upgrade_error.clone(),
             target_workers: self.pool.target,
             min_workers: self.config.workers.min,
             max_workers: self.config.workers.max,

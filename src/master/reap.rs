@@ -37,6 +37,7 @@ impl Master {
                         let how = describe_exit(status);
                         if !self.on_runner_exit(pid, &how)
                             && !self.on_snapshot_exit(pid, &how, false)
+                            && !self.on_successor_exit(pid, &how)
                         {
                             self.pool.remove(pid);
                         }
@@ -51,7 +52,10 @@ impl Master {
     fn on_child_exit(&mut self, pid: Pid, status: WaitStatus) -> anyhow::Result<()> {
         let how = describe_exit(status);
         let succeeded = matches!(status, WaitStatus::Exited(_, 0));
-        if self.on_runner_exit(pid, &how) || self.on_snapshot_exit(pid, &how, succeeded) {
+        if self.on_runner_exit(pid, &how)
+            || self.on_snapshot_exit(pid, &how, succeeded)
+            || self.on_successor_exit(pid, &how)
+        {
             return Ok(());
         }
         let Some(worker) = self.pool.remove(pid) else {

@@ -133,6 +133,12 @@ pub(super) fn activated_listener() -> anyhow::Result<Option<Socket>> {
     socket
         .set_nonblocking(true)
         .context("cannot make the socket handed over non-blocking")?;
+    let address = socket.local_addr().ok().and_then(|a| a.as_socket());
+    log::info!(
+        "serving on the socket handed over by the service manager ({}); server.listen is \
+         not bound",
+        address.map_or_else(|| "unknown address".to_string(), |a| a.to_string())
+    );
     Ok(Some(socket))
 }
 

@@ -13,13 +13,14 @@ use log::debug;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-const HANDLED: [Signal; 9] = [
+const HANDLED: [Signal; 10] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGQUIT,
     Signal::SIGHUP,
     Signal::SIGUSR1,
+    Signal::SIGUSR2,
     Signal::SIGTTIN,
     Signal::SIGTTOU,
     Signal::SIGALRM,
@@ -42,6 +43,8 @@ pub struct Requested {
     pub reload: bool,
     /// SIGUSR1.
     pub reopen_logs: bool,
+    /// SIGUSR2: replace the binary (`upgrade`).
+    pub upgrade: bool,
     /// SIGTTIN adds one worker to the target, SIGTTOU takes one away.
     pub resize: isize,
     /// SIGALRM: the timeouts are due.
@@ -73,6 +76,7 @@ impl Signals {
                 Signal::SIGINT | Signal::SIGQUIT => requested.fast_stop = Some(signal),
                 Signal::SIGHUP => requested.reload = true,
                 Signal::SIGUSR1 => requested.reopen_logs = true,
+                Signal::SIGUSR2 => requested.upgrade = true,
                 Signal::SIGTTIN => requested.resize += 1,
                 Signal::SIGTTOU => requested.resize -= 1,
                 Signal::SIGALRM => requested.tick = true,

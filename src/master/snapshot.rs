@@ -32,8 +32,10 @@ impl Master {
             .snapshots
             .last_started
             .is_none_or(|at| at.elapsed() >= every);
-        // Stopping, the final save is `clean_up`'s, once every child is gone.
+        // Stopping, the final save is `clean_up`'s, once every child is gone. A master
+        // taking over from an old one has nothing of its own to save yet.
         if self.is_stopping()
+            || self.succession.is_some()
             || !due
             || self.snapshots.child.is_some()
             || !self.watch.take_changed()

@@ -18,6 +18,7 @@ impl Master {
         let now = Instant::now();
         self.kill_hung_workers(now);
         self.kill_overdue_children(now);
+        self.enforce_upgrade_deadline(now);
         let spawn_times: Vec<Instant> = self.pool.iter().map(|w| w.child.spawned_at).collect();
         if self.pool.backoff.settle(spawn_times.into_iter(), now) {
             info!("crash loop over: a new worker has stayed up");
@@ -52,7 +53,7 @@ impl Master {
         for (pid, role) in overdue {
             match role {
                 Role::Worker => self.kill_worker(pid, "it was still draining", &details),
-                Role::ActionRunner | Role::Snapshot => {
+                Role::ActionRunner | Role::Snapshot | Role::Successor => {
                     if let Some(child) = self.child_mut(pid) {
                         child.kill("it was still at work", &details);
                     }

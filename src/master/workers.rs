@@ -60,7 +60,11 @@ impl Master {
                 self.pool.ready_count(),
                 self.config.server.listen
             );
-            self.announcer.ready(&self.config.server.listen.to_string());
+            if self.succession.is_some() {
+                self.announce_ready_to_predecessor();
+            } else {
+                self.announcer.ready(&self.config.server.listen.to_string());
+            }
         } else if self.reload_in_progress {
             self.reload_in_progress = false;
             info!(

@@ -77,6 +77,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub port: u16,
+    /// What `spawn_foreground` runs: the built binary, or a copy an upgrade test replaces.
+    pub binary: PathBuf,
     /// The foreground `eventsd run`, when the test started it that way.
     foreground: Option<Child>,
     /// Every process group started by this test: killed on drop.
@@ -94,6 +96,7 @@ impl Daemon {
             dir,
             config,
             port,
+            binary: PathBuf::from(BINARY),
             foreground: None,
             groups: Vec::new(),
         }
@@ -118,10 +121,10 @@ impl Daemon {
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
-                command.args(args).arg(BINARY);
+                command.args(args).arg(&self.binary);
                 command
             }
-            None => Command::new(BINARY),
+            None => Command::new(&self.binary),
         };
         let child = command
             .arg("-c")

@@ -1,0 +1,431 @@
+//! Upgrade in place (process-model.md): SIGUSR2, or `eventsd upgrade`, replaces the
+//! running binary without refusing a request or losing a count — nginx's and unicorn's
+//! USR2, in one step.
+//!
+//! The old master forks a child that executes the binary on disk as the new master (the
+//! successor), handing it the listening socket, the control socket, the locked pidfile
+//! and a channel, by descriptor numbers named in `EVENTSD_UPGRADE`. The successor starts
+//! its workers on the same listening socket and says `Ready`; from then on both serve. The
+//! old master drains its workers and its action runner, saves its counters, names the
+//! successor in the pidfile and to systemd (`MAINPID=`), and exits. Its end of the channel
+//! closes with it: that, and nothing else, tells the successor to take over, so an old
+//! master that dies half-way hands over too.
+//!
+//! Until it takes over, the successor changes no state the old master still writes: it
+//! holds its workers' counts and registry changes (their replies wait, their events are
+//! acknowledged at once), and opens neither the counters nor the journal. Taking over, it
+//! loads what the old master left, then applies what it held, in order.
+//!
+//! A successor that fails (exec, configuration, a worker that cannot start) or is not
+//! ready within `READY_WITHIN` is reaped or killed, and the old master carries on: the
+//! failure is in its status (`upgrades_failed`, `last_upgrade_error`), which `eventsd
+//! upgrade` reads to exit 1.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use log::{error, info, warn};
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::poll::PollFlags;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use socket2::Socket;
+
+use super::journal::Journal;
+use super::{Master, Phase, setup};
+use crate::child::{self, Child, Role};
+use crate::config;
+use crate::ipc::{Channel, Question};
+use crate::logging::Sink;
+use crate::notify;
+use crate::pidfile::Pidfile;
+use crate::watch::store::{MemoryStore, Second};
+use crate::watch::{CountBatch, Watch};
+
+use super::control::ControlSocket;
+
+/// The environment variable that names what a successor inherits.
+const INHERITANCE: &str = "EVENTSD_UPGRADE";
+
+/// A successor not ready by then is killed, and the old master carries on.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// The descriptors a successor inherits, and how its predecessor logged.
+#[derive(Debug, Serialize, Deserialize)]
+struct Inheritance {
+    listener: RawFd,
+    control: RawFd,
+    pidfile: RawFd,
+    predecessor: RawFd,
+    /// The predecessor was started by `eventsd start`: logs go to syslog unless
+    /// `daemon.log` says otherwise.
+    syslog_by_default: bool,
+}
+
+/// What a successor tells the master it replaces.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum SuccessorMessage {
+    /// Its workers serve: the old master may drain and hand over.
+    Ready,
+}
+
+/// The old master's side: the successor it started.
+pub(super) struct Upgrade {
+    pub successor: Child,
+    /// It said `Ready`: this master is handing over.
+    ready: bool,
+}
+
+/// The successor's side, until it takes over.
+pub(super) struct Succession {
+    predecessor: Channel,
+    control: OwnedFd,
+    pidfile: OwnedFd,
+    /// Counts its workers sent, with the second they arrived.
+    deferred_counts: Vec<(Second, CountBatch)>,
+    /// Registry changes its workers asked for: (worker, question id, question).
+    deferred_changes: Vec<(Pid, u64, Question)>,
+}
+
+/// The log sink a successor falls back on: its predecessor's (syslog after `start`).
+pub fn inherited_default_sink() -> Option<Sink> {
+    let text = std::env::var(INHERITANCE).ok()?;
+    let inheritance: Inheritance = serde_json::from_str(&text).ok()?;
+    Some(if inheritance.syslog_by_default {
+        Sink::Syslog
+    } else {
+        Sink::Stderr
+    })
+}
+
+impl Succession {
+    /// What the previous master handed over, if this process is a successor. Taken once,
+    /// at start: the variable is removed so that nothing later takes it again.
+    pub(super) fn inherited() -> anyhow::Result<Option<(Socket, Succession)>> {
+        let Ok(text) = std::env::var(INHERITANCE) else {
+            return Ok(None);
+        };
+        // SAFETY: at start-up, before any thread or fork; nothing else reads it.
+        unsafe { std::env::remove_var(INHERITANCE) };
+        let inheritance: Inheritance = serde_json::from_str(&text)
+            .with_context(|| format!("unreadable {INHERITANCE} from the previous master"))?;
+        let fds = [
+            inheritance.listener,
+            inheritance.control,
+            inheritance.pidfile,
+            inheritance.predecessor,
+        ];
+        for fd in fds {
+            set_close_on_exec(fd, true)?;
+        }
+        // SAFETY: the previous master opened these descriptors for this process and named
+        // them; nothing else in this process owns them.
+        let (listener, control, pidfile, predecessor) = unsafe {
+            (
+                Socket::from_raw_fd(inheritance.listener),
+                OwnedFd::from_raw_fd(inheritance.control),
+                OwnedFd::from_raw_fd(inheritance.pidfile),
+                UnixStream::from_raw_fd(inheritance.predecessor),
+            )
+        };
+        let predecessor =
+            Channel::new(predecessor).context("cannot set up the channel to the old master")?;
+        let succession = Succession {
+            predecessor,
+            control,
+            pidfile,
+            deferred_counts: Vec::new(),
+            deferred_changes: Vec::new(),
+        };
+        Ok(Some((listener, succession)))
+    }
+
+    /// Descriptors this master's own children must close at once.
+    pub(super) fn raw_fds(&self) -> [RawFd; 3] {
+        [
+            std::os::fd::AsFd::as_fd(&self.predecessor).as_raw_fd(),
+            self.control.as_raw_fd(),
+            self.pidfile.as_raw_fd(),
+        ]
+    }
+
+    pub(super) fn poll_interest(&self) -> (std::os::fd::BorrowedFd<'_>, PollFlags) {
+        let flags = if self.predecessor.wants_write() {
+            PollFlags::POLLIN | PollFlags::POLLOUT
+        } else {
+            PollFlags::POLLIN
+        };
+        (std::os::fd::AsFd::as_fd(&self.predecessor), flags)
+    }
+
+    pub(super) fn defer_counts(&mut self, batch: CountBatch, now: Second) {
+        self.deferred_counts.push((now, batch));
+    }
+
+    pub(super) fn defer_change(&mut self, worker: Pid, id: u64, question: Question) {
+        self.deferred_changes.push((worker, id, question));
+    }
+}
+
+impl Master {
+    /// SIGUSR2: starts a successor from the binary on disk, unless something else is
+    /// under way.
+    pub(super) fn begin_upgrade(&mut self) {
+        if self.upgrade.is_some() {
+            warn!("upgrade requested while one is under way; ignored");
+            return;
+        }
+        let busy = if self.succession.is_some() {
+            Some("this master is itself still taking over")
+        } else if self.reload_in_progress {
+            Some("a reload is under way")
+        } else if self.phase != Phase::Running {
+            Some("eventsd is starting or stopping")
+        } else {
+            None
+        };
+        if let Some(why) = busy {
+            self.upgrade_failed(format!("upgrade refused: {why}"));
+            return;
+        }
+        match self.spawn_successor() {
+            Ok(successor) => {
+                info!(
+                    "upgrade: new master {} started from {}",
+                    successor.pid,
+                    self.binary.display()
+                );
+                self.upgrade = Some(Upgrade {
+                    successor,
+                    ready: false,
+                });
+            }
+            Err(e) => self.upgrade_failed(format!("cannot start the new master: {e:#}")),
+        }
+    }
+
+    fn spawn_successor(&mut self) -> anyhow::Result<Child> {
+        let (Some(control), Some(pidfile)) = (&self.control, &self.pidfile) else {
+            anyhow::bail!("this master holds no control socket or pidfile to hand over");
+        };
+        let inheritance = Inheritance {
+            listener: self.listener.as_raw_fd(),
+            control: control.raw_fd(),
+            pidfile: pidfile.raw_fd(),
+            predecessor: -1,
+            syslog_by_default: self.default_sink == Sink::Syslog,
+        };
+        let binary = self.binary.clone();
+        let source = self.source.clone();
+        // Nothing to close by number: `exec` closes every descriptor but the inherited
+        // ones, which are the only ones not marked close-on-exec.
+        child::fork_child(Role::Successor, &[], move |channel| {
+            exec_successor(&binary, &source, inheritance, &channel)
+        })
+    }
+
+    fn upgrade_failed(&mut self, error: String) {
+        error!("{error}; this master carries on");
+        self.upgrades_failed += 1;
+        self.last_upgrade_error = Some(error);
+    }
+
+    /// The successor's messages on the old master's side.
+    pub(super) fn read_successor(&mut self, events: PollFlags) {
+        let Some(upgrade) = self.upgrade.as_mut() else {
+            return;
+        };
+        for message in upgrade.successor.exchange::<SuccessorMessage>(events) {
+            match message {
+                SuccessorMessage::Ready if !upgrade.ready => {
+                    upgrade.ready = true;
+                    info!(
+                        "upgrade: new master {} is ready; handing over",
+                        upgrade.successor.pid
+                    );
+                    self.phase = Phase::HandingOver;
+                    self.stop_children_but_the_successor("the new master serves");
+                    return;
+                }
+                SuccessorMessage::Ready => {}
+            }
+        }
+    }
+
+    /// On the tick: a successor that is not ready in time is killed.
+    pub(super) fn enforce_upgrade_deadline(&mut self, now: Instant) {
+        if let Some(upgrade) = self.upgrade.as_mut().filter(|u| !u.ready) {
+            if upgrade.successor.age(now) > READY_WITHIN {
+                let details = format!("not ready within {}s", READY_WITHIN.as_secs());
+                upgrade.successor.kill("it was too slow to start", &details);
+            }
+        }
+    }
+
+    /// Called by the reaper; tells whether `pid` was the successor. It exits while this
+    /// master still runs only when it failed: this master carries on, workers and all.
+    pub(super) fn on_successor_exit(&mut self, pid: Pid, how: &str) -> bool {
+        let Some(upgrade) = self.upgrade.take_if(|u| u.successor.pid == pid) else {
+            return false;
+        };
+        let why = upgrade.successor.killed_because.map_or_else(
+            || how.to_string(),
+            |because| format!("was killed: {because}"),
+        );
+        self.upgrade_failed(format!(
+            "upgrade failed: the new master {pid} {why}; see its log"
+        ));
+        if self.phase == Phase::HandingOver {
+            // Its workers are draining: `reconcile` replaces them.
+            self.phase = Phase::Running;
+        }
+        true
+    }
+
+    /// The old master's last act, once its children are gone: what the successor loads
+    /// is saved, then the pidfile and the control socket are left to it.
+    pub(super) fn hand_over(&mut self) {
+        let Some(upgrade) = self.upgrade.take() else {
+            return;
+        };
+        let successor = upgrade.successor.pid;
+        if let Err(e) = self.watch.save(&setup::counters_path(&self.config)) {
+            error!("counters not saved for the new master: {e:#}");
+        }
+        if let Some(pidfile) = self.pidfile.take() {
+            if let Err(e) = pidfile.hand_over(successor.as_raw() as u32) {
+                error!("{e:#}");
+            }
+        }
+        if let Some(control) = self.control.take() {
+            control.hand_over();
+        }
+        notify::send(&format!("MAINPID={successor}"));
+        info!("upgrade: handed over to new master {successor}; exiting");
+    }
+
+    /// The successor's side: its workers serve; the old master may hand over.
+    pub(super) fn announce_ready_to_predecessor(&mut self) {
+        if let Some(succession) = self.succession.as_mut() {
+            info!("ready; waiting for the old master to hand over");
+            if let Err(e) = succession.predecessor.send(&SuccessorMessage::Ready) {
+                warn!("cannot tell the old master that this one is ready: {e}");
+            }
+        }
+    }
+
+    /// The successor's side: the old master's channel; its closing is the hand-over.
+    pub(super) fn read_predecessor(&mut self, events: PollFlags) -> anyhow::Result<()> {
+        let Some(succession) = self.succession.as_mut() else {
+            return Ok(());
+        };
+        let handed_over = match succession
+            .predecessor
+            .exchange::<()>(events.contains(PollFlags::POLLOUT))
+        {
+            Ok(received) => received.closed,
+            Err(e) => {
+                warn!("the channel to the old master broke ({e}); taking over");
+                true
+            }
+        };
+        if handed_over {
+            self.take_over()?;
+        }
+        Ok(())
+    }
+
+    /// Loads what the old master left, applies what was held, then serves as the master.
+    fn take_over(&mut self) -> anyhow::Result<()> {
+        let Some(succession) = self.succession.take() else {
+            return Ok(());
+        };
+        let daemon = &self.config.daemon;
+        self.pidfile = Some(Pidfile::adopt(succession.pidfile, &daemon.pidfile)?);
+        self.control = Some(ControlSocket::adopt(
+            succession.control,
+            &daemon.control_socket,
+        )?);
+        match setup::load_registry(&self.config) {
+            Ok(registry) => self.registry = registry,
+            Err(e) => error!("keeping the registry read at start: {e:#}"),
+        }
+        let counters = setup::counters_path(&self.config);
+        let store =
+            MemoryStore::load(&counters, self.config.watchers.max_keys).unwrap_or_else(|e| {
+                error!("starting with empty counters: {e:#}");
+                MemoryStore::new(self.config.watchers.max_keys)
+            });
+        self.watch = Watch::new(Box::new(store));
+        self.watch.sync(&self.registry);
+        self.push_registry();
+        self.actions.journal = Journal::open(
+            &setup::journal_path(&self.config),
+            self.config.watchers.action_queue,
+        )?;
+        let (counts, changes) = (
+            succession.deferred_counts.len(),
+            succession.deferred_changes.len(),
+        );
+        for (at, batch) in succession.deferred_counts {
+            self.count_at(batch, at);
+        }
+        for (worker, id, question) in succession.deferred_changes {
+            self.answer(worker, id, question);
+        }
+        info!(
+            "took over from the old master ({counts} count batches and {changes} registry \
+             changes held meanwhile)"
+        );
+        notify::send(&format!("MAINPID={}", std::process::id()));
+        self.announcer.ready(&self.config.server.listen.to_string());
+        Ok(())
+    }
+}
+
+/// In the forked child: the inherited descriptors stay open across `exec`, the binary on
+/// disk replaces this process, with the same configuration and working folder.
+fn exec_successor(
+    binary: &Path,
+    source: &config::Source,
+    mut inheritance: Inheritance,
+    channel: &UnixStream,
+) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    inheritance.predecessor = channel.as_raw_fd();
+    let fds = [
+        inheritance.listener,
+        inheritance.control,
+        inheritance.pidfile,
+        inheritance.predecessor,
+    ];
+    for fd in fds {
+        set_close_on_exec(fd, false)?;
+    }
+    let mut command = std::process::Command::new(binary);
+    if let Some(file) = &source.file {
+        command.arg("--config").arg(file);
+    }
+    command
+        .arg("run")
+        .env(INHERITANCE, serde_json::to_string(&inheritance)?)
+        .current_dir(source.base_dir());
+    let error = command.exec();
+    Err(error).with_context(|| format!("cannot execute {}", binary.display()))
+}
+
+fn set_close_on_exec(fd: RawFd, close: bool) -> anyhow::Result<()> {
+    // SAFETY: `fd` is open for the whole call (the caller owns it).
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let flags = if close {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    fcntl(borrowed, FcntlArg::F_SETFD(flags))
+        .with_context(|| format!("cannot set close-on-exec on descriptor {fd}"))?;
+    Ok(())
+}

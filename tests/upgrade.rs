@@ -1,0 +1,209 @@
+//! Upgrade in place (process-model.md): `eventsd upgrade` / SIGUSR2 replaces the binary
+//! under load without refusing a request or losing a count, and a new master that fails
+//! leaves the old one serving.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::sinks::{HttpSink, dead_address};
+use common::{Daemon, Load, stderr, stdout, wait_for};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Puts `contents` at `path` as a package manager does: a new file renamed over the old
+/// one, so that the binary a master runs is never written to.
+fn install(path: &Path, contents: &[u8]) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, contents).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+/// `eventsd run` started from a copy of the binary, which the test may then replace.
+fn daemon_from_a_copy(extra: &str) -> Daemon {
+    let mut daemon = Daemon::new(extra);
+    daemon.binary = daemon.path("eventsd");
+    install(&daemon.binary, &std::fs::read(common::BINARY).unwrap());
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+    daemon
+}
+
+fn post_events(daemon: &Daemon, n: usize) {
+    for _ in 0..n {
+        let response = daemon.post("/event/deploys/", r#"{"host": "a"}"#);
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+}
+
+fn status_of(daemon: &Daemon) -> Value {
+    daemon
+        .status()
+        .expect("the master answers on its control socket")
+}
+
+#[test]
+fn an_upgrade_under_load_refuses_nothing_and_a_crossing_split_across_it_fires_once() {
+    let sink = HttpSink::start(Duration::ZERO);
+    let mut daemon = daemon_from_a_copy("");
+    assert_eq!(daemon.post("/event/", r#"{"type": "deploys"}"#).status, 201);
+    let watcher = json!({"name": "many-deploys", "threshold": 100,
+        "aggregator": {"type": "single"},
+        "action": {"type": "webhook", "url": sink.url("/hook")}});
+    let response = daemon.post("/event/deploys/watcher/", &watcher.to_string());
+    assert_eq!(response.status, 201, "{response:?}");
+    post_events(&daemon, 60);
+    let old = daemon.pidfile_pid().unwrap();
+
+    // A request half sent to an old worker holds the hand-over open, so that what
+    // follows happens while both masters serve.
+    let mut half_sent = TcpStream::connect(daemon.address()).unwrap();
+    half_sent
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n")
+        .unwrap();
+    wait_for(
+        "an old worker holding the half-sent request",
+        5 * SECOND,
+        || {
+            status_of(&daemon)["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["connections"].as_u64() > Some(0))
+        },
+    );
+    let load = Load::start(daemon.address(), 4);
+    std::thread::scope(|scope| {
+        let upgrade = scope.spawn(|| daemon.cli(&["upgrade"]));
+        wait_for("the old master handing over", 20 * SECOND, || {
+            let status = status_of(&daemon);
+            let workers = status["workers"].as_array().unwrap();
+            status["pid"] == json!(old.as_raw())
+                && !workers.is_empty()
+                && workers.iter().all(|w| w["state"] == "shutdown")
+        });
+        // Served by the new master, which holds their counts and the change until the
+        // old one has handed over.
+        post_events(&daemon, 20);
+        let change = scope.spawn(|| daemon.post("/event/", r#"{"type": "audits"}"#));
+        half_sent.write_all(b"\r\n").unwrap();
+        let reply = common::read_response(&mut half_sent).unwrap();
+        assert_eq!(reply.status, 200, "the half-sent request is answered");
+        drop(half_sent);
+        let upgrade = upgrade.join().unwrap();
+        assert!(upgrade.status.success(), "{}", stderr(&upgrade));
+        let new = daemon.pidfile_pid().unwrap();
+        assert_ne!(new, old, "the pidfile names the new master");
+        assert!(
+            stdout(&upgrade).contains(&format!("{old} -> {new}")),
+            "{}",
+            stdout(&upgrade)
+        );
+        assert_eq!(change.join().unwrap().status, 201);
+    });
+    // The old master exited (the test reaps it: it was its child).
+    assert!(daemon.wait_exit(10 * SECOND).success());
+    let new = daemon.pidfile_pid().unwrap();
+    assert_eq!(status_of(&daemon)["pid"], json!(new.as_raw()));
+    load.finish().assert_none_failed("during the upgrade");
+    let audit = daemon.post("/event/audits/", "{}");
+    assert_eq!(
+        audit.status, 200,
+        "the change held during the upgrade was applied"
+    );
+
+    post_events(&daemon, 21);
+    wait_for("the firing at the 101st event", 10 * SECOND, || {
+        !sink.requests().is_empty()
+    });
+    wait_for("the delivery recorded", 10 * SECOND, || {
+        daemon.metric("eventsd_action_outcomes_total{action=\"webhook\",result=\"delivered\"}")
+            == Some(1)
+    });
+    let requests = sink.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let firing: Value = serde_json::from_str(&requests[0].body).unwrap();
+    assert_eq!(firing["count"], 101, "{firing}");
+}
+
+#[test]
+fn firings_pending_before_an_upgrade_are_delivered_by_the_new_master_with_their_ids() {
+    let target = dead_address();
+    let mut daemon = daemon_from_a_copy("");
+    assert_eq!(daemon.post("/event/", r#"{"type": "deploys"}"#).status, 201);
+    let watcher = json!({"name": "every-deploy", "threshold": 1,
+        "aggregator": {"type": "single"},
+        "action": {"type": "webhook", "url": format!("http://{target}/hook")}});
+    assert_eq!(
+        daemon
+            .post("/event/deploys/watcher/", &watcher.to_string())
+            .status,
+        201
+    );
+    post_events(&daemon, 2);
+    let mut pending_id = None;
+    wait_for("a firing in the journal", 10 * SECOND, || {
+        let journal = std::fs::read_to_string(daemon.path("state/pending.jsonl"));
+        pending_id = journal.unwrap_or_default().lines().find_map(|line| {
+            let line: Value = serde_json::from_str(line).ok()?;
+            Some(line["add"]["firing"]["id"].as_str()?.to_string())
+        });
+        pending_id.is_some()
+    });
+
+    let upgrade = daemon.cli(&["upgrade"]);
+    assert!(upgrade.status.success(), "{}", stderr(&upgrade));
+    assert!(daemon.wait_exit(10 * SECOND).success());
+    let sink = HttpSink::start_on(target, Duration::ZERO);
+    wait_for("the pending firing, delivered", 20 * SECOND, || {
+        !sink.requests().is_empty()
+    });
+    let firing: Value = serde_json::from_str(&sink.requests()[0].body).unwrap();
+    assert_eq!(firing["id"].as_str(), pending_id.as_deref(), "{firing}");
+}
+
+#[test]
+fn an_upgrade_to_a_broken_binary_or_config_fails_and_the_old_master_serves_on() {
+    let daemon = daemon_from_a_copy("");
+    let old = daemon.pidfile_pid().unwrap();
+
+    install(&daemon.binary, b"#!/bin/sh\nexit 3\n");
+    let refused = daemon.cli(&["upgrade"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+    assert!(
+        stderr(&refused).contains("exited with code 3"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_serves_as(&daemon, old);
+
+    // A config the new master refuses: `upgrade` says so before it signals, and a bare
+    // SIGUSR2 gets a new master that exits at once.
+    install(&daemon.binary, &std::fs::read(common::BINARY).unwrap());
+    std::fs::write(&daemon.config, "[workers]\nmin = \"many\"\n").unwrap();
+    let refused = daemon.cli(&["upgrade"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("min"), "{}", stderr(&refused));
+    nix::sys::signal::kill(old, Signal::SIGUSR2).unwrap();
+    wait_for("the failed upgrade in the status", 20 * SECOND, || {
+        status_of(&daemon)["upgrades_failed"] == 2
+    });
+    assert_serves_as(&daemon, old);
+}
+
+fn assert_serves_as(daemon: &Daemon, master: Pid) {
+    assert_eq!(daemon.pidfile_pid(), Some(master));
+    let status = status_of(daemon);
+    assert_eq!(status["pid"], json!(master.as_raw()));
+    assert_eq!(status["upgrade_in_progress"], false);
+    assert_eq!(daemon.get("/health").unwrap().status, 200);
+    daemon.wait_ready();
+}
