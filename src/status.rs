@@ -97,6 +97,12 @@ impl Status {
                 crash.quick_exits, crash.last_exit, crash.next_respawn_in_secs
             );
         }
+        if self.upgrade_in_progress {
+            line.push_str("; upgrade under way");
+        }
+        if let Some(error) = &self.last_upgrade_error {
+            let _ = write!(line, "; last upgrade failed: {error}");
+        }
         if let Some(error) = &self.last_reload_error {
             let _ = write!(line, "; last reload failed: {error}");
         }

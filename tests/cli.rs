@@ -5,6 +5,7 @@ mod common;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Daemon, is_gone, stderr, stdout, wait_for};
@@ -149,6 +150,42 @@ fn completions_come_from_each_programs_own_definition() {
     assert!(!eventsctl.contains("-a \"run\""), "eventsctl has no run");
     let bash = stdout(&daemon.ctl(&["completions", "bash"]));
     assert!(bash.contains("complete -F _eventsctl"), "{bash}");
+}
+
+/// The man page is written by hand (its FILES, SIGNALS and EXIT STATUS sections say more
+/// than a generator could), so this keeps it from drifting from the CLI definition:
+/// every command `eventsd --help` lists has its entry, and so has the README's table.
+#[test]
+fn the_man_page_and_the_readme_document_every_command() {
+    let daemon = Daemon::new("");
+    let help = stdout(&daemon.cli(&["--help"]));
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|line| *line != "Commands:")
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|command| *command != "help")
+        .collect();
+    assert!(commands.len() >= 10, "{help}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let man = std::fs::read_to_string(root.join("packaging/eventsd.8")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for command in commands {
+        let entry = command.replace('-', "\\-");
+        assert!(
+            man.lines()
+                .any(|line| line.starts_with(".B") && line.contains(&entry)),
+            "eventsd.8 has no entry for `{command}`"
+        );
+        let cell = format!("`{command}");
+        assert!(
+            readme
+                .lines()
+                .any(|line| line.starts_with("| `") && line.contains(&cell)),
+            "README.md's command table has no row for `{command}`"
+        );
+    }
 }
 
 #[test]
