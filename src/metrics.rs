@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -278,8 +279,47 @@ impl Totals {
                 .map(|w| (format!("slot=\"{}\"", w.slot), value(w)));
             write_family(&mut out, name, kind, help, samples);
         }
+        write_worker_process_families(&mut out, workers);
         out
     }
+}
+
+/// CPU, start time and descriptors of each worker, read from `/proc` as the master's
+/// `process_*` are (its memory is `eventsd_worker_resident_bytes`, from its heartbeat).
+fn write_worker_process_families(out: &mut String, workers: &[WorkerStatus]) {
+    let figures: Vec<(String, ProcessFigures)> = workers
+        .iter()
+        .map(|w| {
+            let label = format!("slot=\"{}\"", w.slot);
+            (label, ProcessFigures::read(&w.pid.to_string()))
+        })
+        .collect();
+    let samples = |value: fn(&ProcessFigures) -> f64| {
+        figures
+            .iter()
+            .map(move |(label, f)| (label.clone(), value(f)))
+    };
+    write_family(
+        out,
+        "eventsd_worker_cpu_seconds_total",
+        "counter",
+        "CPU seconds of each live worker (from zero again when its slot is respawned).",
+        samples(|f| f.cpu_seconds),
+    );
+    write_family(
+        out,
+        "eventsd_worker_start_time_seconds",
+        "gauge",
+        "When each live worker started, in Unix seconds.",
+        samples(|f| f.start_time_seconds),
+    );
+    write_family(
+        out,
+        "eventsd_worker_open_fds",
+        "gauge",
+        "Open descriptors of each live worker.",
+        samples(|f| f.open_fds as f64),
+    );
 }
 
 /// A per-worker family: name, type, help, and the figure it reads.
@@ -290,61 +330,84 @@ type PerWorker = (
     fn(&WorkerStatus) -> u64,
 );
 
-/// One metric family: its HELP and TYPE lines, then one sample per label set
-/// (`key="value",...`; empty for a family without labels).
+/// What `/proc` tells of one process: the figures of Prometheus' process collector.
+pub struct ProcessFigures {
+    pub cpu_seconds: f64,
+    pub start_time_seconds: f64,
+    pub resident_bytes: u64,
+    pub open_fds: u64,
+}
+
+impl ProcessFigures {
+    /// Figures of `process`: `self`, or a pid. A process gone meanwhile reads as zeros.
+    pub fn read(process: &str) -> ProcessFigures {
+        let proc = Path::new("/proc").join(process);
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096) as u64;
+        let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+        // Fields after the command name, which may hold spaces: state is field 3.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or_else(Vec::new, |(_, rest)| rest.split_whitespace().collect());
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0);
+        let resident_pages = std::fs::read_to_string(proc.join("statm"))
+            .ok()
+            .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0);
+        ProcessFigures {
+            cpu_seconds: (field(14).unwrap_or(0.0) + field(15).unwrap_or(0.0)) / ticks,
+            start_time_seconds: boot + field(22).unwrap_or(0.0) / ticks,
+            resident_bytes: resident_pages * page,
+            open_fds: std::fs::read_dir(proc.join("fd")).map_or(0, |dir| dir.count()) as u64,
+        }
+    }
+}
+
 /// The standard `process_*` families (Prometheus' process collector) of the calling
-/// process, the master: workers' memory is `eventsd_worker_resident_bytes{slot}`.
+/// process, the master; the workers' are `eventsd_worker_*{slot}` (`Totals::render`).
 pub fn write_process_families(out: &mut String) {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which may hold spaces: state is field 3.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or_else(Vec::new, |(_, rest)| rest.split_whitespace().collect());
-    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
-    let cpu = field(14).unwrap_or(0.0) + field(15).unwrap_or(0.0);
-    let boot = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
-        })
-        .unwrap_or(0.0);
-    let start = boot + field(22).unwrap_or(0.0) / ticks;
-    let resident = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0)
-        * page;
-    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count()) as u64;
-    let _ = writeln!(
+    let master = ProcessFigures::read("self");
+    let one = |value| [(String::new(), value)];
+    write_family(
         out,
-        "# HELP process_cpu_seconds_total CPU seconds of the master.\n\
-         # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n\
-         # HELP process_start_time_seconds When the master started, in Unix seconds.\n\
-         # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start}",
-        cpu / ticks
+        "process_cpu_seconds_total",
+        "counter",
+        "CPU seconds of the master.",
+        one(master.cpu_seconds),
+    );
+    write_family(
+        out,
+        "process_start_time_seconds",
+        "gauge",
+        "When the master started, in Unix seconds.",
+        one(master.start_time_seconds),
     );
     write_family(
         out,
         "process_resident_memory_bytes",
         "gauge",
         "Resident memory of the master.",
-        [(String::new(), resident)],
+        [(String::new(), master.resident_bytes)],
     );
     write_family(
         out,
         "process_open_fds",
         "gauge",
         "Open descriptors of the master.",
-        [(String::new(), open_fds)],
+        [(String::new(), master.open_fds)],
     );
 }
 
@@ -355,12 +418,14 @@ pub fn label_value(text: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub fn write_family(
+/// One metric family: its HELP and TYPE lines, then one sample per label set
+/// (`key="value",...`; empty for a family without labels).
+pub fn write_family<V: std::fmt::Display>(
     out: &mut String,
     name: &str,
     kind: &str,
     help: &str,
-    samples: impl IntoIterator<Item = (String, u64)>,
+    samples: impl IntoIterator<Item = (String, V)>,
 ) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (labels, value) in samples {

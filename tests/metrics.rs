@@ -49,24 +49,28 @@ fn latency_build_and_process_figures_are_served() {
         )),
         "{text}"
     );
-    // CPU seconds may still read 0 (under a clock tick); the others cannot.
-    for family in [
+    // CPU seconds may still read 0 (under a clock tick); the others cannot. The workers'
+    // are read from /proc by the master, labelled by slot.
+    for series in [
         "process_resident_memory_bytes",
         "process_start_time_seconds",
         "process_open_fds",
+        "eventsd_worker_start_time_seconds{slot=\"0\"}",
+        "eventsd_worker_open_fds{slot=\"1\"}",
     ] {
         let value: f64 = text
             .lines()
-            .find_map(|l| l.strip_prefix(&format!("{family} ")))
+            .find_map(|l| l.strip_prefix(&format!("{series} ")))
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{family} missing: {text}"));
-        assert!(value > 0.0, "{family} is {value}");
+            .unwrap_or_else(|| panic!("{series} missing: {text}"));
+        assert!(value > 0.0, "{series} is {value}");
     }
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("process_cpu_seconds_total ")),
-        "{text}"
-    );
+    for series in [
+        "process_cpu_seconds_total ",
+        "eventsd_worker_cpu_seconds_total{slot=\"0\"} ",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(series)), "{text}");
+    }
 }
 
 #[test]
