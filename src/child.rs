@@ -33,6 +33,8 @@ pub enum Role {
     Snapshot,
     /// Executes the binary on disk as the master that replaces this one (`upgrade`).
     Successor,
+    /// Talks to Redis for the master: shared counters and registry (`cluster`).
+    ClusterLink,
 }
 
 impl Role {
@@ -43,6 +45,7 @@ impl Role {
             Role::ActionRunner => "action",
             Role::Snapshot => "snapshot",
             Role::Successor => "successor",
+            Role::ClusterLink => "cluster",
         }
     }
 
@@ -52,6 +55,7 @@ impl Role {
             Role::ActionRunner => c"eventsd-action",
             Role::Snapshot => c"eventsd-snapshot",
             Role::Successor => c"eventsd-next",
+            Role::ClusterLink => c"eventsd-cluster",
         }
     }
 
@@ -62,6 +66,7 @@ impl Role {
             Role::ActionRunner => "action runner",
             Role::Snapshot => "counters snapshot",
             Role::Successor => "new master",
+            Role::ClusterLink => "cluster link",
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - `ipc`: the frames and messages between them;
 //! - `watch`: aggregation keys, the counter store and firing decisions;
 //! - `action`: the action runner process and the deliveries (email, webhook, command);
+//! - `cluster`: the cluster link process, which shares counters and registry through Redis;
 //! - `event`: a posted event on the hot path; `appender`: how events are written;
 //! - `registry`: event types, collectors and watchers, owned by the master;
 //! - `config`, `cli` (the command line of both programs in `bin/`), `files`, `logging`,
@@ -18,6 +19,7 @@ pub mod action;
 pub mod appender;
 pub mod child;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod event;
 pub mod files;

@@ -79,7 +79,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    fn observe(&mut self, bounds: &[f64], value: f64) {
+    pub fn observe(&mut self, bounds: &[f64], value: f64) {
         self.counts.resize(bounds.len(), 0);
         if let Some(bucket) = bounds.iter().position(|&bound| value <= bound) {
             self.counts[bucket] += 1;
@@ -88,7 +88,7 @@ impl Histogram {
         self.count += 1;
     }
 
-    fn merge(&mut self, other: &Histogram) {
+    pub fn merge(&mut self, other: &Histogram) {
         if self.counts.len() < other.counts.len() {
             self.counts.resize(other.counts.len(), 0);
         }
@@ -100,7 +100,7 @@ impl Histogram {
     }
 
     /// The `_bucket`, `_sum` and `_count` samples, with `labels` (`key="value",` or empty).
-    fn write_samples(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
+    pub fn write_samples(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
         let mut cumulative = 0;
         for (index, bound) in bounds.iter().enumerate() {
             cumulative += self.counts.get(index).copied().unwrap_or(0);

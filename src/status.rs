@@ -29,11 +29,26 @@ pub struct Status {
     pub upgrades_failed: u64,
     #[serde(default)]
     pub last_upgrade_error: Option<String>,
+    /// `[cluster]`: the node's view of Redis and of the shared registry.
+    #[serde(default)]
+    pub cluster: Option<ClusterStatus>,
     pub target_workers: usize,
     pub min_workers: usize,
     pub max_workers: usize,
     pub crash_loop: Option<CrashLoop>,
     pub workers: Vec<WorkerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// `standalone` or `cluster`.
+    pub mode: String,
+    pub node: String,
+    /// Counts are shared (`false`: this node counts alone, degraded).
+    pub redis_reachable: bool,
+    pub registry_version: u64,
+    /// The version Redis held when the link last looked.
+    pub shared_registry_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +142,23 @@ impl Status {
             self.count(|s| s == WorkerState::Shutdown),
             self.count(|s| s == WorkerState::Init),
         );
+        if let Some(cluster) = &self.cluster {
+            let shared = cluster
+                .shared_registry_version
+                .map_or_else(|| "unknown".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                out,
+                "cluster: node {}, {} Redis {}, registry version {} (shared: {shared})\n",
+                cluster.node,
+                cluster.mode,
+                if cluster.redis_reachable {
+                    "reachable"
+                } else {
+                    "UNREACHABLE: counting alone (degraded)"
+                },
+                cluster.registry_version,
+            );
+        }
         let _ = writeln!(
             out,
             "{:>8}  {:<8}  {:>8}  {:>10}  {:>11}  {:>10}",

@@ -250,6 +250,9 @@ mod tests {
             window_secs: Some(60),
             fired_at: "2026-11-23T00:00:00Z".into(),
             text: "Event `logins` repeated 101 times in 60 s for ip=\"10.0.0.1\"".into(),
+            node: None,
+            crossing: None,
+            degraded: false,
         }
     }
 

@@ -17,6 +17,10 @@ use serde::{Deserialize, Deserializer};
 
 use ipnet::IpNet;
 
+mod cluster;
+
+pub use cluster::{Cluster, ClusterMode};
+
 use crate::registry::{Appender, Destinations, EventDeclaration, Rules};
 
 /// The longest path a Unix socket address can hold (`sun_path` minus its NUL).
@@ -92,6 +96,8 @@ pub struct Config {
     pub smtp: Smtp,
     /// `[[event]]`: event types, collectors and watchers declared by the operator.
     pub event: Vec<EventDeclaration>,
+    /// `[cluster]`: shared through Redis; `None`, a node alone.
+    pub cluster: Option<Cluster>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -395,6 +401,9 @@ impl Config {
             );
         }
         self.workers.privileges = resolve_privileges(&self.workers)?;
+        if let Some(cluster) = &mut self.cluster {
+            cluster.validate()?;
+        }
         self.check_declared_entries()
     }
 

@@ -53,15 +53,27 @@ impl Master {
         }
     }
 
+    /// In a cluster, the counts go to Redis, which decides the crossings (`cluster`);
+    /// otherwise, or while Redis is unreachable, this master decides.
     pub(super) fn count_at(&mut self, batch: CountBatch, now: Second) {
-        for job in self.watch.count(batch, now) {
+        if let Some(batch) = self.share_counts(batch) {
+            self.count_locally(batch, now);
+        }
+    }
+
+    /// Counts in this master's store; in a cluster, what fires is marked degraded.
+    pub(super) fn count_locally(&mut self, batch: CountBatch, now: Second) {
+        let node = self.cluster_node();
+        for mut job in self.watch.count(batch, now) {
+            job.firing.degraded = node.is_some();
+            job.firing.node.clone_from(&node);
             self.dispatch(job);
         }
     }
 
     /// Journals a firing, then hands it to the runner if one is up (a runner that
     /// starts gets the whole journal).
-    fn dispatch(&mut self, job: Job) {
+    pub(super) fn dispatch(&mut self, job: Job) {
         info!(
             "watcher `{}` fired: {}",
             job.firing.watcher, job.firing.text

@@ -13,7 +13,7 @@ use super::pool::Pool;
 use super::{Master, setup};
 use crate::ipc::{Answer, MasterMessage, Question};
 use crate::metrics::{label_value, write_family, write_process_families};
-use crate::registry::{Change, Origin, Refusal};
+use crate::registry::{Change, Origin, Refusal, Registry};
 
 impl Master {
     pub(super) fn answer(&mut self, pid: Pid, id: u64, question: Question) {
@@ -32,6 +32,9 @@ impl Master {
                         .into_iter()
                         .map(|(target, n)| (format!("target=\"{}\"", label_value(&target)), n)),
                 );
+                if let Some(cluster) = &self.cluster {
+                    cluster.render(&mut text);
+                }
                 write_process_families(&mut text);
                 Answer::Metrics(text)
             }
@@ -43,23 +46,39 @@ impl Master {
                 }
                 return;
             }
-            Question::Change { change, origin } => match self.change_registry(&change, origin) {
-                Ok(id_created) => {
-                    // Held until every worker serves the new version: read-your-writes.
-                    let answer = Answer::Change(Ok(id_created));
-                    self.held_answers
-                        .hold(pid, id, answer, self.registry.version);
-                    return;
+            // In a cluster, Redis holds the registry: the change is published first.
+            Question::Change { change, origin } if self.cluster.is_some() => {
+                self.publish_change(pid, id, change, origin);
+                return;
+            }
+            Question::Change { change, origin } => {
+                let outcome = self
+                    .prepare_change(&change, origin)
+                    .and_then(|(next, created)| {
+                        self.adopt_change(next, change.kind()).map(|()| created)
+                    });
+                match outcome {
+                    Ok(created) => {
+                        // Held until every worker serves the new version: read-your-writes.
+                        let answer = Answer::Change(Ok(created));
+                        self.held_answers
+                            .hold(pid, id, answer, self.registry.version);
+                        return;
+                    }
+                    Err(refusal) => Answer::Change(Err(refusal)),
                 }
-                Err(refusal) => Answer::Change(Err(refusal)),
-            },
+            }
         };
         self.send_to(pid, MasterMessage::Answer { id, answer });
     }
 
-    /// Validates and applies a change on a copy, persists the copy, then adopts it and
-    /// pushes it to every worker. Any failure leaves the registry as it was.
-    fn change_registry(&mut self, change: &Change, origin: Origin) -> Result<uuid::Uuid, Refusal> {
+    /// Validates and applies a change on a copy of the registry: the copy, and the id of
+    /// what it created. The registry itself is left as it was.
+    pub(super) fn prepare_change(
+        &mut self,
+        change: &Change,
+        origin: Origin,
+    ) -> Result<(Registry, uuid::Uuid), Refusal> {
         let kind = change.kind();
         if self.is_stopping() {
             self.totals.record_change(kind, "refused");
@@ -73,6 +92,16 @@ impl Master {
         let id = next.apply(change, origin, &rules).inspect_err(|_| {
             self.totals.record_change(kind, "refused");
         })?;
+        Ok((next, id))
+    }
+
+    /// Persists a prepared registry, then adopts it and pushes it to every worker. A
+    /// failure leaves the registry as it was.
+    pub(super) fn adopt_change(
+        &mut self,
+        next: Registry,
+        kind: &'static str,
+    ) -> Result<(), Refusal> {
         if let Err(e) = next.save(&setup::registry_path(&self.config)) {
             error!("registry change {kind} not applied: {e:#}");
             self.totals.record_change(kind, "failed");
@@ -86,7 +115,7 @@ impl Master {
         self.registry = next;
         self.watch.sync(&self.registry);
         self.push_registry();
-        Ok(id)
+        Ok(())
     }
 
     pub(super) fn push_registry(&mut self) {

@@ -45,6 +45,7 @@ impl Master {
                 // A snapshot says nothing: its exit code is its report.
                 Source::Child(pid, Role::Snapshot) => self.read_snapshot(pid, events),
                 Source::Child(_, Role::Successor) => self.read_successor(events),
+                Source::Child(_, Role::ClusterLink) => self.read_cluster_link(events),
                 Source::Predecessor => self.read_predecessor(events)?,
             }
         }

@@ -25,6 +25,7 @@
 mod actions;
 mod announcer;
 mod answers;
+mod cluster;
 mod control;
 mod events;
 mod journal;
@@ -114,6 +115,8 @@ struct Master {
     last_upgrade_error: Option<String>,
     /// This master was started by an upgrade and has not taken over yet.
     succession: Option<Succession>,
+    /// `[cluster]`: counters and registry shared through Redis.
+    cluster: Option<cluster::ClusterState>,
 }
 
 /// Runs a master until it stops. Start-up failures are reported to `announcer` too.
@@ -194,6 +197,7 @@ impl Master {
         };
         let signals = Signals::install()?;
         let pool = Pool::new(config.workers.min);
+        let cluster = config.cluster.clone().map(cluster::ClusterState::new);
         info!(
             "eventsd {} starting: listening on {}, {} workers, config {}",
             env!("CARGO_PKG_VERSION"),
@@ -227,6 +231,7 @@ impl Master {
             upgrades_failed: 0,
             last_upgrade_error: None,
             succession,
+            cluster,
         })
     }
 
@@ -297,6 +302,7 @@ impl Master {
             self.stop_worker(pid, why);
         }
         self.stop_runner(why);
+        self.stop_cluster_link(why);
         if let Some(snapshot) = self.snapshots.child.as_mut() {
             snapshot.stop(&(), why);
         }
@@ -359,6 +365,7 @@ impl Master {
             .chain(self.actions.runner.as_ref())
             .chain(self.snapshots.child.as_ref())
             .chain(self.upgrade.as_ref().map(|u| &u.successor))
+            .chain(self.cluster.as_ref().and_then(|c| c.link.as_ref()))
     }
 
     fn children_mut(&mut self) -> impl Iterator<Item = &mut Child> {
@@ -367,6 +374,7 @@ impl Master {
             .chain(self.actions.runner.as_mut())
             .chain(self.snapshots.child.as_mut())
             .chain(self.upgrade.as_mut().map(|u| &mut u.successor))
+            .chain(self.cluster.as_mut().and_then(|c| c.link.as_mut()))
     }
 
     fn child_mut(&mut self, pid: Pid) -> Option<&mut Child> {
@@ -403,6 +411,10 @@ impl Master {
             upgrade_in_progress: self.upgrade.is_some(),
             upgrades_failed: self.upgrades_failed,
             last_upgrade_error: self.last_upgrade_error.clone(),
+            cluster: self
+                .cluster
+                .as_ref()
+                .map(|c| c.status(self.registry.version)),
             target_workers: self.pool.target,
             min_workers: self.config.workers.min,
             max_workers: self.config.workers.max,

@@ -38,6 +38,7 @@ impl Master {
                         if !self.on_runner_exit(pid, &how)
                             && !self.on_snapshot_exit(pid, &how, false)
                             && !self.on_successor_exit(pid, &how)
+                            && !self.on_cluster_link_exit(pid, &how)
                         {
                             self.pool.remove(pid);
                         }
@@ -55,6 +56,7 @@ impl Master {
         if self.on_runner_exit(pid, &how)
             || self.on_snapshot_exit(pid, &how, succeeded)
             || self.on_successor_exit(pid, &how)
+            || self.on_cluster_link_exit(pid, &how)
         {
             return Ok(());
         }

@@ -53,7 +53,7 @@ impl Master {
         for (pid, role) in overdue {
             match role {
                 Role::Worker => self.kill_worker(pid, "it was still draining", &details),
-                Role::ActionRunner | Role::Snapshot | Role::Successor => {
+                Role::ActionRunner | Role::Snapshot | Role::Successor | Role::ClusterLink => {
                     if let Some(child) = self.child_mut(pid) {
                         child.kill("it was still at work", &details);
                     }

@@ -27,6 +27,7 @@ impl Master {
             return;
         }
         self.keep_runner();
+        self.keep_cluster_link();
         let now = Instant::now();
         while self.pool.active_count() < self.pool.target && self.pool.backoff.may_spawn(now) {
             if let Err(e) = self.spawn_worker() {

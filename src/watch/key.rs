@@ -95,6 +95,16 @@ impl Key {
     }
 }
 
+/// A UUID (version 8: made of our own bits) derived from `name`: the same on every node
+/// for the same name. Two FNV-1a digests, of the name and of the name salted, fill it.
+pub fn uuid_of(name: &str) -> uuid::Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&fnv1a(name.as_bytes()).to_be_bytes());
+    let salted = [b"eventsd:".as_slice(), name.as_bytes()].concat();
+    bytes[8..].copy_from_slice(&fnv1a(&salted).to_be_bytes());
+    uuid::Uuid::new_v8(bytes)
+}
+
 /// FNV-1a, 64 bits: the same digest in every worker and across restarts and versions,
 /// which a key needs (the std hasher promises neither).
 fn fnv1a(bytes: &[u8]) -> u64 {

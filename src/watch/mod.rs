@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::cluster::{CountRules, Crossing, SharedCount};
 use crate::event::Fields;
 use crate::metrics::write_family;
 use crate::registry::{Action, Aggregator, EventType, Registry, WatcherSpec};
@@ -61,6 +62,16 @@ pub struct Firing {
     /// The crossings this delivery stands for: more than 1 when later firings of the
     /// same key joined it while it waited.
     pub firings: u64,
+    /// The node that fired it, in a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `watcher/key/sequence`, the crossing's name across nodes, in a cluster: `id` is
+    /// derived from it, so a crossing fired twice (a Redis failover) has one id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossing: Option<String>,
+    /// Fired from this node's own counts while Redis was unreachable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
 }
 
 /// A firing with the action that must deliver it.
@@ -86,6 +97,9 @@ impl Job {
                 fired_at: String::new(),
                 text: String::new(),
                 firings: 1,
+                node: None,
+                crossing: None,
+                degraded: false,
             },
             action,
         }
@@ -153,11 +167,72 @@ impl Watch {
         self.store.set_max_keys(max_keys);
     }
 
-    /// Adds a worker's batch; returns the jobs of the keys that crossed their threshold.
-    pub fn count(&mut self, batch: CountBatch, now: Second) -> Vec<Job> {
-        for (event, n) in batch.events {
+    /// Records the events of a batch as counted, for metrics.
+    fn record_counted(&mut self, events: Vec<(String, u64)>) {
+        for (event, n) in events {
             *self.counted.entry(event).or_default() += n;
         }
+    }
+
+    /// A worker's batch as the counts Redis judges (cluster.md), each with its watcher's
+    /// rules; counts for a watcher deleted meanwhile are dropped.
+    pub fn shared_counts(&mut self, batch: CountBatch) -> Vec<SharedCount> {
+        self.record_counted(batch.events);
+        batch
+            .keys
+            .into_iter()
+            .filter_map(|(watcher, key, events)| {
+                let spec = &self.watchers.get(&watcher)?.spec;
+                let rules = CountRules {
+                    window_secs: spec.window_secs.unwrap_or(0),
+                    threshold: spec.threshold,
+                    cooldown_secs: spec.cooldown_secs.unwrap_or(0),
+                    cooldown_max_secs: spec.cooldown_max_secs.unwrap_or(0),
+                };
+                Some(SharedCount {
+                    watcher,
+                    key,
+                    events,
+                    rules,
+                })
+            })
+            .collect()
+    }
+
+    /// The job of a crossing Redis reported to this node: its id is derived from
+    /// `watcher/key/sequence`, the same on every node.
+    pub fn job_of(&mut self, crossing: &Crossing, node: &str) -> Option<Job> {
+        let watched = self.watchers.get(&crossing.watcher)?;
+        let spec = &watched.spec;
+        let mut firing = firing(&watched.event, spec, &crossing.key, crossing.count);
+        let name = format!(
+            "{}/{}/{}",
+            crossing.watcher,
+            crossing.key.as_str(),
+            crossing.sequence
+        );
+        firing.id = key::uuid_of(&name);
+        firing.crossing = Some(name);
+        firing.node = Some(node.to_string());
+        *self.firings.entry(spec.name.to_string()).or_default() += 1;
+        Some(Job {
+            firing,
+            action: spec.action.clone(),
+        })
+    }
+
+    /// Forgets every count (a node back on Redis drops what it counted alone); returns
+    /// the keys dropped.
+    pub fn clear_counts(&mut self) -> usize {
+        let keys = self.store.sizes().iter().map(|(_, keys, _)| keys).sum();
+        self.store.retain_watchers(&|_| false);
+        self.changed = true;
+        keys
+    }
+
+    /// Adds a worker's batch; returns the jobs of the keys that crossed their threshold.
+    pub fn count(&mut self, batch: CountBatch, now: Second) -> Vec<Job> {
+        self.record_counted(batch.events);
         self.changed |= !batch.keys.is_empty();
         let mut jobs = Vec::new();
         for (id, key, n) in batch.keys {
@@ -294,6 +369,9 @@ fn firing(event: &str, spec: &WatcherSpec, key: &Key, count: u64) -> Firing {
         fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         text,
         firings: 1,
+        node: None,
+        crossing: None,
+        degraded: false,
     }
 }
 

@@ -1,0 +1,121 @@
+#!lua name=eventsd
+
+-- eventsd's Redis Functions (cluster.md), loaded on every primary with FUNCTION LOAD.
+--
+-- A counter is one hash per (watcher, key): buckets `b<second>` (`b0` without a window),
+-- `fired` (the second of its last firing), `cool` (the cooldown that started then),
+-- `crossed` (it crossed again while cooling) and `seq` (its firings so far). The rules
+-- are those of `Watch::count` and `next_cooldown` in src/watch/mod.rs; tests/cluster.rs
+-- runs the same crossings through both.
+
+-- A count idle this long without a window is forgotten (the memory store evicts instead).
+local IDLE_TTL = 7 * 24 * 3600
+
+-- count(KEYS, ARGV): ARGV holds five integers per key: delta, window (0: none),
+-- threshold, cooldown (0: none), cooldown_max (0: none). Replies {crossed, count, seq}
+-- per key; exactly one caller sees each crossing. Time is Redis' own: node clocks do
+-- not matter.
+local function count(keys, args)
+  local now = tonumber(redis.call('TIME')[1])
+  local replies = {}
+  for i, key in ipairs(keys) do
+    local at = (i - 1) * 5
+    local delta = tonumber(args[at + 1])
+    local window = tonumber(args[at + 2])
+    local threshold = tonumber(args[at + 3])
+    local cooldown = tonumber(args[at + 4])
+    local cooldown_max = tonumber(args[at + 5])
+
+    local fields = redis.call('HGETALL', key)
+    local state = {}
+    local total = 0
+    local expired = {}
+    for f = 1, #fields, 2 do
+      local name, value = fields[f], fields[f + 1]
+      if string.sub(name, 1, 1) == 'b' then
+        local second = tonumber(string.sub(name, 2))
+        if window > 0 and second + window <= now then
+          expired[#expired + 1] = name
+        else
+          total = total + tonumber(value)
+        end
+      else
+        state[name] = tonumber(value)
+      end
+    end
+    if #expired > 0 then
+      redis.call('HDEL', key, unpack(expired))
+    end
+    local bucket = 'b0'
+    if window > 0 then
+      bucket = 'b' .. now
+    end
+    redis.call('HINCRBY', key, bucket, delta)
+    total = total + delta
+
+    local seq = state['seq'] or 0
+    local fired = state['fired']
+    local cool = state['cool'] or 0
+    local reply = {0, total, seq}
+    if total > threshold then
+      if fired and now < fired + cool then
+        redis.call('HSET', key, 'crossed', 1)
+      else
+        local next_cool = cooldown
+        if cooldown > 0 and cooldown_max > 0 and fired and state['crossed'] == 1 then
+          next_cool = math.min(math.max(cool, cooldown) * 2, cooldown_max)
+        end
+        seq = seq + 1
+        -- The count starts again from zero: every bucket goes.
+        redis.call('DEL', key)
+        redis.call('HSET', key, 'fired', now, 'cool', next_cool, 'crossed', 0, 'seq', seq)
+        cool = next_cool
+        reply = {1, total, seq}
+      end
+    end
+    local ttl = IDLE_TTL
+    if window > 0 then
+      ttl = window + math.max(cool, cooldown_max) + 60
+    end
+    redis.call('EXPIRE', key, ttl)
+    replies[i] = reply
+  end
+  return replies
+end
+
+-- registry_get(KEYS[1]): {version, document}; version 0 and '' when there is none.
+local function registry_get(keys, args)
+  local version = tonumber(redis.call('HGET', keys[1], 'version') or '0')
+  local document = redis.call('HGET', keys[1], 'document') or ''
+  return {version, document}
+end
+
+-- registry_set(KEYS[1], ARGV: expected version, new version, document, channel): writes
+-- only over the version the writer read (optimistic), then announces it. Replies
+-- {1, version, ''} or, on a conflict, {0, current version, current document}.
+local function registry_set(keys, args)
+  local current = tonumber(redis.call('HGET', keys[1], 'version') or '0')
+  if current ~= tonumber(args[1]) then
+    return {0, current, redis.call('HGET', keys[1], 'document') or ''}
+  end
+  redis.call('HSET', keys[1], 'version', args[2], 'document', args[3])
+  redis.call('PUBLISH', args[4], args[2])
+  return {1, tonumber(args[2]), ''}
+end
+
+-- registry_seed(KEYS[1], ARGV: version, document, channel): writes a node's copy back
+-- into a Redis that lost it (or holds an older one); the highest version wins.
+local function registry_seed(keys, args)
+  local current = tonumber(redis.call('HGET', keys[1], 'version') or '0')
+  if current >= tonumber(args[1]) then
+    return 0
+  end
+  redis.call('HSET', keys[1], 'version', args[1], 'document', args[2])
+  redis.call('PUBLISH', args[3], args[1])
+  return 1
+end
+
+redis.register_function('eventsd_count', count)
+redis.register_function{function_name = 'eventsd_registry_get', callback = registry_get, flags = {'no-writes'}}
+redis.register_function('eventsd_registry_set', registry_set)
+redis.register_function('eventsd_registry_seed', registry_seed)

@@ -1,0 +1,318 @@
+//! Redis, as the cluster link sees it: one connection (a server, or Redis Cluster through
+//! the `redis` crate's cluster client), the Functions loaded on every primary, the calls
+//! that count and that read and write the shared registry, and the pub/sub channel that
+//! announces new registry versions.
+//!
+//! Every call is bounded by `cluster.timeout_ms`; after a failed one the link drops the
+//! connection (`disconnect`), and the next call connects again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubStream};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, cmd};
+
+use super::{Crossing, SharedCount};
+use crate::config::{Cluster, ClusterMode};
+
+/// The Functions (`FUNCTION LOAD REPLACE`: the running version's, after an upgrade too).
+const FUNCTIONS: &str = include_str!("eventsd.lua");
+
+/// Keys per `eventsd_count` call on one server: bounds the time Redis spends in one call.
+const KEYS_PER_CALL: usize = 512;
+
+enum Connection {
+    Server(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+pub(super) struct Redis {
+    mode: ClusterMode,
+    urls: Vec<String>,
+    timeout: Duration,
+    prefix: String,
+    connection: Option<Connection>,
+    announcements: Option<PubSubStream>,
+}
+
+impl Redis {
+    pub(super) fn new(cluster: &Cluster) -> anyhow::Result<Redis> {
+        Ok(Redis {
+            mode: cluster.mode,
+            urls: cluster.urls.clone(),
+            timeout: Duration::from_millis(cluster.timeout_ms),
+            prefix: cluster.key_prefix.clone(),
+            connection: None,
+            announcements: None,
+        })
+    }
+
+    fn registry_key(&self) -> String {
+        format!("{}:registry", self.prefix)
+    }
+
+    /// One counter's key; the hash tag keeps the whole counter in one slot.
+    fn counter_key(&self, count: &SharedCount) -> String {
+        format!(
+            "{}:c:{{{}/{}}}",
+            self.prefix,
+            count.watcher,
+            count.key.as_str()
+        )
+    }
+
+    /// Connects, loads the Functions and subscribes to registry announcements.
+    pub(super) async fn connect(&mut self) -> anyhow::Result<()> {
+        if self.connection.is_some() {
+            return self.call::<String>(&cmd("PING")).await.map(|_| ());
+        }
+        let connection = tokio::time::timeout(self.timeout * 10, self.open())
+            .await
+            .context("timed out connecting")??;
+        self.connection = Some(connection);
+        let mut load = cmd("FUNCTION");
+        load.arg("LOAD").arg("REPLACE").arg(FUNCTIONS);
+        self.call::<redis::Value>(&load)
+            .await
+            .context("cannot load eventsd's Redis Functions")?;
+        self.subscribe().await;
+        Ok(())
+    }
+
+    async fn open(&self) -> anyhow::Result<Connection> {
+        Ok(match self.mode {
+            ClusterMode::Standalone => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout * 10))
+                    .set_response_timeout(Some(self.timeout));
+                let client = Client::open(self.urls[0].as_str())?;
+                Connection::Server(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            ClusterMode::Cluster => {
+                let client = redis::cluster::ClusterClientBuilder::new(self.urls.clone())
+                    .connection_timeout(self.timeout * 10)
+                    .response_timeout(self.timeout)
+                    .retries(1)
+                    .build()?;
+                Connection::Cluster(client.get_async_connection().await?)
+            }
+        })
+    }
+
+    /// Registry announcements are a hint (the version poll is the safety net): a
+    /// subscription that fails is logged and tried again at the next connection.
+    async fn subscribe(&mut self) {
+        let channel = self.registry_key();
+        let subscribed = async {
+            let mut pubsub = Client::open(self.urls[0].as_str())?
+                .get_async_pubsub()
+                .await?;
+            pubsub.subscribe(&channel).await?;
+            anyhow::Ok(pubsub.into_on_message())
+        };
+        match tokio::time::timeout(self.timeout * 10, subscribed).await {
+            Ok(Ok(stream)) => self.announcements = Some(stream),
+            Ok(Err(e)) => log::warn!("cannot subscribe to {channel}: {e:#}"),
+            Err(_) => log::warn!("cannot subscribe to {channel}: timed out"),
+        }
+    }
+
+    /// Resolves on the next registry announcement (`true`), or when the subscription
+    /// ends (`false`); never while there is none.
+    pub(super) async fn next_announcement(&mut self) -> bool {
+        let Some(stream) = self.announcements.as_mut() else {
+            return std::future::pending().await;
+        };
+        if stream.next().await.is_some() {
+            return true;
+        }
+        self.announcements = None;
+        false
+    }
+
+    /// One `eventsd_count` call per hash slot (per `KEYS_PER_CALL` keys on one server),
+    /// all in flight at once; the crossings Redis reports.
+    pub(super) async fn count(&mut self, counts: &[SharedCount]) -> anyhow::Result<Vec<Crossing>> {
+        let mut groups: BTreeMap<u16, Vec<&SharedCount>> = BTreeMap::new();
+        for (index, count) in counts.iter().enumerate() {
+            let group = match self.mode {
+                ClusterMode::Standalone => (index / KEYS_PER_CALL) as u16,
+                ClusterMode::Cluster => slot(self.counter_key(count).as_bytes()),
+            };
+            groups.entry(group).or_default().push(count);
+        }
+        let calls: Vec<(Cmd, Vec<&SharedCount>)> = groups
+            .into_values()
+            .map(|group| (self.count_call(&group), group))
+            .collect();
+        self.ensure_connected().await?;
+        let replies = futures_util::future::join_all(
+            calls
+                .iter()
+                .map(|(call, _)| self.call::<Vec<(u64, u64, u64)>>(call)),
+        )
+        .await;
+        let mut crossings = Vec::new();
+        for ((_, group), reply) in calls.iter().zip(replies) {
+            for (count, (crossed, total, sequence)) in group.iter().zip(reply?) {
+                if crossed == 1 {
+                    crossings.push(Crossing {
+                        watcher: count.watcher,
+                        key: count.key.clone(),
+                        count: total,
+                        sequence,
+                    });
+                }
+            }
+        }
+        Ok(crossings)
+    }
+
+    fn count_call(&self, group: &[&SharedCount]) -> Cmd {
+        let mut call = cmd("FCALL");
+        call.arg("eventsd_count").arg(group.len());
+        for count in group {
+            call.arg(self.counter_key(count));
+        }
+        for count in group {
+            let rules = &count.rules;
+            call.arg(count.events)
+                .arg(rules.window_secs)
+                .arg(rules.threshold)
+                .arg(rules.cooldown_secs)
+                .arg(rules.cooldown_max_secs);
+        }
+        call
+    }
+
+    /// The shared registry, if Redis holds one.
+    pub(super) async fn registry(&mut self) -> anyhow::Result<Option<(u64, String)>> {
+        let mut get = cmd("FCALL");
+        get.arg("eventsd_registry_get")
+            .arg(1)
+            .arg(self.registry_key());
+        self.ensure_connected().await?;
+        let (version, document): (u64, String) = self.call(&get).await?;
+        Ok((version > 0).then_some((version, document)))
+    }
+
+    /// Writes `document` as `version` if Redis still holds `expected`.
+    pub(super) async fn publish(
+        &mut self,
+        expected: u64,
+        version: u64,
+        document: &str,
+    ) -> anyhow::Result<super::Publication> {
+        let key = self.registry_key();
+        let mut set = cmd("FCALL");
+        set.arg("eventsd_registry_set")
+            .arg(1)
+            .arg(&key)
+            .arg(expected)
+            .arg(version)
+            .arg(document)
+            .arg(&key);
+        self.ensure_connected().await?;
+        let (written, current, document): (u64, u64, String) = self.call(&set).await?;
+        Ok(if written == 1 {
+            super::Publication::Written(current)
+        } else {
+            super::Publication::Conflict(current, document)
+        })
+    }
+
+    /// Writes this node's copy if Redis holds none or an older one; whether it did.
+    pub(super) async fn seed(&mut self, version: u64, document: &str) -> anyhow::Result<bool> {
+        let key = self.registry_key();
+        let mut seed = cmd("FCALL");
+        seed.arg("eventsd_registry_seed")
+            .arg(1)
+            .arg(&key)
+            .arg(version)
+            .arg(document)
+            .arg(&key);
+        self.ensure_connected().await?;
+        Ok(self.call::<u64>(&seed).await? == 1)
+    }
+
+    /// After a failed call: the next one connects again (and reloads the Functions, in
+    /// case Redis restarted without them).
+    pub(super) fn disconnect(&mut self) {
+        self.connection = None;
+        self.announcements = None;
+    }
+
+    async fn ensure_connected(&mut self) -> anyhow::Result<()> {
+        if self.connection.is_none() {
+            self.connect().await?;
+        }
+        Ok(())
+    }
+
+    /// One call, bounded by the timeout; a failure drops the connection.
+    async fn call<T: FromRedisValue>(&self, call: &Cmd) -> anyhow::Result<T> {
+        let reply = match &self.connection {
+            None => bail!("not connected"),
+            Some(Connection::Server(connection)) => {
+                let mut connection = connection.clone();
+                tokio::time::timeout(self.timeout, call.query_async(&mut connection)).await
+            }
+            Some(Connection::Cluster(connection)) => {
+                let mut connection = connection.clone();
+                tokio::time::timeout(self.timeout, call.query_async(&mut connection)).await
+            }
+        };
+        match reply {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => bail!("no reply within {} ms", self.timeout.as_millis()),
+        }
+    }
+}
+
+/// The Redis Cluster slot of `key` (CRC16-XMODEM of its hash tag, modulo 16384), so that
+/// one call carries only keys of one slot.
+fn slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot;
+
+    #[test]
+    fn slots_are_redis_cluster_ones() {
+        // From the Redis Cluster specification's examples and `CLUSTER KEYSLOT`.
+        // CRC16-XMODEM("123456789") is 0x31C3, the specification's check value.
+        assert_eq!(slot(b"123456789"), 0x31C3);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+    }
+}

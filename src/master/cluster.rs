@@ -1,0 +1,490 @@
+//! The master's side of a cluster (cluster.md): it keeps the cluster link (`src/cluster/`)
+//! up, sends it the counts while Redis answers and counts locally while it does not
+//! (firings marked `degraded`, local counts dropped when Redis is back), turns the
+//! crossings Redis reports into firings, and shares the registry: a change is published
+//! to Redis (optimistically, over the version it was made on) before it is adopted, a
+//! newer version from Redis is adopted, and a Redis that lost the registry is seeded
+//! with this node's copy.
+//!
+//! Never waits: the link answers by message, and a change waits in `publishing`.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use nix::poll::PollFlags;
+use nix::unistd::Pid;
+use uuid::Uuid;
+
+use super::{Master, setup};
+use crate::child::{self, Child, Role};
+use crate::cluster::{self, CALL_BOUNDS, FromCluster, Publication, SharedCount, ToCluster};
+use crate::config;
+use crate::ipc::{Answer, MasterMessage};
+use crate::metrics::{Histogram, write_family};
+use crate::registry::{Change, Origin, Refusal, Registry};
+use crate::status::ClusterStatus;
+use crate::watch::CountBatch;
+
+/// A link that dies sooner than this after its start waits this long to be replaced.
+const RESPAWN_PAUSE: Duration = Duration::from_secs(1);
+
+/// What the master may have queued for the link unread: more, and it is stuck.
+const MAX_UNREAD_BYTES: usize = 64 * 1024 * 1024;
+
+/// Times a change is made again on a newer registry after losing a race to another node.
+const PUBLISH_ATTEMPTS: u32 = 5;
+
+pub(super) struct ClusterState {
+    config: config::Cluster,
+    pub link: Option<Child>,
+    respawn_at: Option<Instant>,
+    /// Redis did not answer: counting locally since then.
+    degraded_since: Option<Instant>,
+    /// Redis answered once: a later silence is an outage, not a start.
+    reached: bool,
+    /// Registry changes waiting for Redis, the one in flight first.
+    publishing: VecDeque<PendingChange>,
+    /// The version the link last reported for the shared registry.
+    shared_version: Option<u64>,
+    latency: Histogram,
+    errors: u64,
+}
+
+struct PendingChange {
+    worker: Pid,
+    question: u64,
+    change: Change,
+    origin: Origin,
+    attempts: u32,
+    /// Published, waiting for the outcome: the registry it makes, and what it created.
+    in_flight: Option<(Registry, Uuid)>,
+}
+
+impl ClusterState {
+    pub(super) fn new(config: config::Cluster) -> ClusterState {
+        ClusterState {
+            config,
+            link: None,
+            respawn_at: None,
+            // Until Redis first answers, counts are this node's own.
+            degraded_since: Some(Instant::now()),
+            reached: false,
+            publishing: VecDeque::new(),
+            shared_version: None,
+            latency: Histogram::default(),
+            errors: 0,
+        }
+    }
+
+    /// Counts go to Redis: the link is up and Redis answered last.
+    fn shares(&self) -> bool {
+        self.degraded_since.is_none() && self.link.as_ref().is_some_and(|l| l.channel.is_some())
+    }
+
+    fn send(&mut self, message: &ToCluster) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        link.send(message);
+        if link.queued_bytes() > MAX_UNREAD_BYTES {
+            link.kill("it stopped reading", "64 MiB of counts unread");
+        }
+    }
+
+    pub(super) fn status(&self, registry_version: u64) -> ClusterStatus {
+        ClusterStatus {
+            mode: match self.config.mode {
+                config::ClusterMode::Standalone => "standalone",
+                config::ClusterMode::Cluster => "cluster",
+            }
+            .to_string(),
+            node: self.config.node_name.clone(),
+            redis_reachable: self.degraded_since.is_none(),
+            registry_version,
+            shared_registry_version: self.shared_version,
+        }
+    }
+
+    pub(super) fn render(&self, out: &mut String) {
+        write_family(
+            out,
+            "eventsd_cluster_degraded",
+            "gauge",
+            "1 while Redis is unreachable and this node counts alone.",
+            [(String::new(), u64::from(self.degraded_since.is_some()))],
+        );
+        let calls = "eventsd_cluster_redis_call_seconds";
+        out.push_str(&format!(
+            "# HELP {calls} Seconds per call to Redis.\n# TYPE {calls} histogram\n"
+        ));
+        self.latency.write_samples(out, calls, "", &CALL_BOUNDS);
+        write_family(
+            out,
+            "eventsd_cluster_redis_errors_total",
+            "counter",
+            "Calls to Redis that failed or timed out.",
+            [(String::new(), self.errors)],
+        );
+    }
+}
+
+impl Master {
+    /// Keeps the link up (paced after a quick death). A master taking over from an old
+    /// one starts none until it has: it must not adopt registries the old one writes.
+    pub(super) fn keep_cluster_link(&mut self) {
+        let now = Instant::now();
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        if cluster.link.is_some()
+            || cluster.respawn_at.is_some_and(|at| now < at)
+            || self.succession.is_some()
+        {
+            return;
+        }
+        let mut master_fds = self.master_only_fds();
+        master_fds.push(self.listener.as_raw_fd());
+        let config = self.config.clone();
+        let forked = child::fork_child(Role::ClusterLink, &master_fds, |channel| {
+            cluster::serve(&config, channel)
+        });
+        if let Some(cluster) = self.cluster.as_mut() {
+            match forked {
+                Ok(link) => cluster.link = Some(link),
+                Err(e) => {
+                    error!("cannot start the cluster link: {e:#}");
+                    cluster.respawn_at = Some(now + RESPAWN_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// Counts shared through Redis, or this node's own while it is unreachable.
+    /// `None` when the batch went to Redis.
+    pub(super) fn share_counts(&mut self, batch: CountBatch) -> Option<CountBatch> {
+        let Some(cluster) = self.cluster.as_mut().filter(|c| c.shares()) else {
+            return Some(batch);
+        };
+        let counts = self.watch.shared_counts(batch);
+        if !counts.is_empty() {
+            cluster.send(&ToCluster::Count(counts));
+        }
+        None
+    }
+
+    pub(super) fn read_cluster_link(&mut self, events: PollFlags) {
+        let Some(link) = self.cluster.as_mut().and_then(|c| c.link.as_mut()) else {
+            return;
+        };
+        for message in link.exchange::<FromCluster>(events) {
+            self.on_cluster_message(message);
+        }
+    }
+
+    fn on_cluster_message(&mut self, message: FromCluster) {
+        match message {
+            FromCluster::Reachable(reachable) => self.set_reachable(reachable),
+            FromCluster::Crossed(crossings) => {
+                let node = self.cluster_node().unwrap_or_default();
+                for crossing in crossings {
+                    if let Some(job) = self.watch.job_of(&crossing, &node) {
+                        self.dispatch(job);
+                    }
+                }
+            }
+            FromCluster::Unreached(counts) => {
+                self.set_reachable(false);
+                self.count_alone(counts);
+            }
+            FromCluster::Registry(shared) => self.follow_shared_registry(shared),
+            FromCluster::Published(publication) => self.on_published(publication),
+            FromCluster::Calls { latency, errors } => {
+                if let Some(cluster) = self.cluster.as_mut() {
+                    cluster.latency.merge(&latency);
+                    cluster.errors += errors;
+                }
+            }
+        }
+    }
+
+    fn set_reachable(&mut self, reachable: bool) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        match (reachable, cluster.degraded_since) {
+            (false, None) => {
+                warn!("cluster: Redis unreachable; counting on this node alone (degraded)");
+                cluster.degraded_since = Some(Instant::now());
+            }
+            (true, Some(_)) if !cluster.reached => {
+                cluster.degraded_since = None;
+                cluster.reached = true;
+                let dropped = self.watch.clear_counts();
+                info!(
+                    "cluster: Redis reachable; counting shared ({dropped} keys counted before dropped)"
+                );
+            }
+            (true, Some(since)) => {
+                cluster.degraded_since = None;
+                let dropped = self.watch.clear_counts();
+                info!(
+                    "cluster: Redis reachable after {:.1}s; counting shared again, the {dropped} \
+                     keys counted alone meanwhile are dropped",
+                    since.elapsed().as_secs_f64()
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts Redis did not take, counted here; what fires is marked degraded.
+    fn count_alone(&mut self, counts: Vec<SharedCount>) {
+        let batch = CountBatch {
+            events: Vec::new(),
+            keys: counts
+                .into_iter()
+                .map(|c| (c.watcher, c.key, c.events))
+                .collect(),
+        };
+        self.count_locally(batch, crate::watch::now());
+    }
+
+    /// This node's name, in a cluster: a firing from its own counts is then degraded.
+    pub(super) fn cluster_node(&self) -> Option<String> {
+        self.cluster.as_ref().map(|c| c.config.node_name.clone())
+    }
+
+    /// A registry change, in a cluster: published to Redis before it is adopted. One at
+    /// a time, in order.
+    pub(super) fn publish_change(
+        &mut self,
+        worker: Pid,
+        question: u64,
+        change: Change,
+        origin: Origin,
+    ) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.publishing.push_back(PendingChange {
+                worker,
+                question,
+                change,
+                origin,
+                attempts: 0,
+                in_flight: None,
+            });
+        }
+        self.publish_next_change();
+    }
+
+    fn publish_next_change(&mut self) {
+        loop {
+            let Some(cluster) = self.cluster.as_mut() else {
+                return;
+            };
+            let shares = cluster.shares();
+            let Some(pending) = cluster.publishing.front_mut() else {
+                return;
+            };
+            if pending.in_flight.is_some() {
+                return;
+            }
+            let (change, origin) = (pending.change.clone(), pending.origin);
+            pending.attempts += 1;
+            let refusal = if !shares {
+                Some(Refusal {
+                    status: 503,
+                    message: "The shared registry (Redis) is unreachable; try again".to_string(),
+                })
+            } else {
+                match self.prepare_change(&change, origin) {
+                    Ok((next, created)) => {
+                        self.send_publication(next, created);
+                        return;
+                    }
+                    Err(refusal) => Some(refusal),
+                }
+            };
+            if let Some(refusal) = refusal {
+                self.answer_first_change(Err(refusal));
+            }
+        }
+    }
+
+    fn send_publication(&mut self, next: Registry, created: Uuid) {
+        let expected = self.registry.version;
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        match serde_json::to_string(&next) {
+            Ok(document) => {
+                cluster.send(&ToCluster::Publish {
+                    expected,
+                    version: next.version,
+                    document,
+                });
+                if let Some(pending) = cluster.publishing.front_mut() {
+                    pending.in_flight = Some((next, created));
+                }
+            }
+            Err(e) => {
+                let refusal = Refusal {
+                    status: 503,
+                    message: format!("cannot serialize the registry: {e}"),
+                };
+                self.answer_first_change(Err(refusal));
+            }
+        }
+    }
+
+    fn on_published(&mut self, publication: Publication) {
+        let Some(pending) = self.cluster.as_mut().and_then(|c| c.publishing.front_mut()) else {
+            return;
+        };
+        let Some((next, created)) = pending.in_flight.take() else {
+            return;
+        };
+        let (attempts, kind) = (pending.attempts, pending.change.kind());
+        match publication {
+            Publication::Written(version) => {
+                if let Some(cluster) = self.cluster.as_mut() {
+                    cluster.shared_version = Some(version);
+                }
+                let outcome = self.adopt_change(next, kind).map(|()| created);
+                self.answer_first_change(outcome);
+            }
+            Publication::Conflict(version, document) => {
+                info!("registry: version {version} was written by another node first");
+                self.adopt_shared(version, &document);
+                if attempts >= PUBLISH_ATTEMPTS {
+                    self.answer_first_change(Err(Refusal {
+                        status: 503,
+                        message: "The registry changed under this change too often; try again"
+                            .to_string(),
+                    }));
+                }
+            }
+            Publication::Failed(error) => {
+                warn!("registry change not shared: {error}");
+                self.answer_first_change(Err(Refusal {
+                    status: 503,
+                    message: format!("The shared registry (Redis) failed: {error}"),
+                }));
+            }
+        }
+        self.publish_next_change();
+    }
+
+    /// Settles the change at the head of the queue: refusals at once, successes held
+    /// until every worker serves the new version (read-your-writes).
+    fn answer_first_change(&mut self, outcome: Result<Uuid, Refusal>) {
+        let Some(pending) = self.cluster.as_mut().and_then(|c| c.publishing.pop_front()) else {
+            return;
+        };
+        let (worker, question) = (pending.worker, pending.question);
+        match outcome {
+            Ok(created) => {
+                let answer = Answer::Change(Ok(created));
+                self.held_answers
+                    .hold(worker, question, answer, self.registry.version);
+            }
+            Err(refusal) => {
+                let answer = Answer::Change(Err(refusal));
+                self.send_to(
+                    worker,
+                    MasterMessage::Answer {
+                        id: question,
+                        answer,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The shared registry as the link last read it: adopted when newer than this
+    /// node's, and this node's copy written back when Redis lost it or holds an older one.
+    fn follow_shared_registry(&mut self, shared: Option<(u64, String)>) {
+        let version = shared.as_ref().map_or(0, |(version, _)| *version);
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.shared_version = Some(version);
+        }
+        match shared {
+            Some((version, document)) if version > self.registry.version => {
+                self.adopt_shared(version, &document);
+            }
+            _ if version < self.registry.version => match serde_json::to_string(&self.registry) {
+                Ok(document) => {
+                    let version = self.registry.version;
+                    if let Some(cluster) = self.cluster.as_mut() {
+                        cluster.send(&ToCluster::Seed { version, document });
+                    }
+                }
+                Err(e) => error!("cannot serialize the registry: {e}"),
+            },
+            _ => {}
+        }
+    }
+
+    /// Adopts a registry another node wrote, checked as a client's change would be: an
+    /// entry this node's rules refuse (a `command` watcher planted in Redis) is dropped.
+    fn adopt_shared(&mut self, version: u64, document: &str) {
+        let mut registry: Registry = match serde_json::from_str(document) {
+            Ok(registry) => registry,
+            Err(e) => {
+                error!("shared registry version {version} is unreadable ({e}); ignored");
+                return;
+            }
+        };
+        for refusal in registry.drop_forbidden(&self.config.registry_rules()) {
+            error!("shared registry version {version}: {refusal}; dropped on this node");
+        }
+        registry.declare(&self.config.event);
+        registry.version = version;
+        if let Err(e) = registry.save(&setup::registry_path(&self.config)) {
+            error!("shared registry version {version} not saved locally: {e:#}");
+        }
+        info!("registry: version {version} adopted from the cluster");
+        self.registry = registry;
+        self.watch.sync(&self.registry);
+        self.push_registry();
+    }
+
+    /// Called by the reaper; tells whether `pid` was the link.
+    pub(super) fn on_cluster_link_exit(&mut self, pid: Pid, how: &str) -> bool {
+        let stopping = self.is_stopping();
+        let Some(cluster) = self.cluster.as_mut() else {
+            return false;
+        };
+        let Some(link) = cluster.link.take_if(|l| l.pid == pid) else {
+            return false;
+        };
+        if link.is_stopping() || stopping {
+            info!("cluster link {pid} {how}");
+        } else {
+            warn!("cluster link {pid} {how}; starting another, counting alone meanwhile");
+            cluster.degraded_since.get_or_insert_with(Instant::now);
+            if link.age(Instant::now()) < RESPAWN_PAUSE * 5 {
+                cluster.respawn_at = Some(Instant::now() + RESPAWN_PAUSE);
+            }
+        }
+        // A change in flight is lost with the link: refused, to be sent again.
+        let in_flight = cluster
+            .publishing
+            .front()
+            .is_some_and(|p| p.in_flight.is_some());
+        if in_flight {
+            self.answer_first_change(Err(Refusal {
+                status: 503,
+                message: "The cluster link restarted; try again".to_string(),
+            }));
+        }
+        true
+    }
+
+    pub(super) fn stop_cluster_link(&mut self, why: &str) {
+        if let Some(link) = self.cluster.as_mut().and_then(|c| c.link.as_mut()) {
+            link.stop(&ToCluster::Stop, why);
+        }
+    }
+}
