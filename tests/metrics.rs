@@ -149,28 +149,9 @@ fn metric_names(expr: &str) -> Vec<String> {
 /// package, which `.ci/run` installs), histograms and all.
 #[test]
 fn the_exposition_passes_promtool_check_metrics() {
-    use std::io::Write;
     let daemon = Daemon::run("");
     assert_eq!(daemon.get("/health").unwrap().status, 200);
     let text = metrics(&daemon);
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is installed");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = promtool.wait_with_output().unwrap();
-    let findings = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && findings.trim().is_empty(),
-        "{findings}\n{text}"
-    );
+    let findings = common::promtool_findings(&text);
+    assert!(findings.is_empty(), "{findings}\n{text}");
 }

@@ -5,8 +5,10 @@
 -- A counter is one hash per (watcher, key): buckets `b<second>` (`b0` without a window),
 -- `fired` (the second of its last firing), `cool` (the cooldown that started then),
 -- `crossed` (it crossed again while cooling) and `seq` (its firings so far). The rules
--- are those of `Watch::count` and `next_cooldown` in src/watch/mod.rs; tests/cluster.rs
--- runs the same crossings through both.
+-- are those of `Watch::count` and `next_cooldown` in src/watch/mod.rs (threshold,
+-- window, cooldown, exponential realert, reset on firing), written here a second time
+-- because only a script runs atomically next to the data; tests/cluster.rs proves them
+-- on crossings split over nodes.
 
 -- A count idle this long without a window is forgotten (the memory store evicts instead).
 local IDLE_TTL = 7 * 24 * 3600

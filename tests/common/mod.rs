@@ -3,6 +3,7 @@
 //! process it started (by process group) when the test ends, also when it fails.
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod rest;
 pub mod sinks;
 
@@ -468,6 +469,32 @@ impl Load {
 impl Drop for Load {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs `promtool check metrics` (Debian's `prometheus`) on an exposition; its findings,
+/// empty when it passes.
+pub fn promtool_findings(exposition: &str) -> String {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let findings = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        findings.trim().to_string()
+    } else {
+        format!("promtool failed: {findings}")
     }
 }
 

@@ -1,0 +1,316 @@
+//! Several nodes sharing the registry and the counters through real `redis-server`
+//! processes (cluster.md): a crossing split over the nodes fires exactly once
+//! cluster-wide, on one Redis and on a three-primary Redis Cluster; the registry follows
+//! every node; Redis stopped, restarted empty.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{RedisCluster, RedisServer};
+use common::sinks::HttpSink;
+use common::{Daemon, Load, request, wait_for};
+use serde_json::{Value, json};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A node of a cluster on `urls`, serving, with Redis reached.
+fn node(name: &str, mode: &str, urls: &[String]) -> Daemon {
+    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let daemon = Daemon::run(&format!(
+        "[cluster]\nmode = \"{mode}\"\nurls = [{}]\nnode_name = \"{name}\"\ntimeout_ms = 500\n",
+        urls.join(", ")
+    ));
+    wait_for(&format!("node {name} reaching Redis"), 10 * SECOND, || {
+        shares(&daemon)
+    });
+    daemon
+}
+
+fn shares(daemon: &Daemon) -> bool {
+    daemon
+        .status()
+        .is_some_and(|s| s["cluster"]["redis_reachable"] == true)
+}
+
+fn watcher_names(daemon: &Daemon, event: &str) -> Option<Vec<String>> {
+    let response = daemon.get(&format!("/event/{event}/")).ok()?;
+    if response.status != 200 {
+        return None;
+    }
+    let watchers = response.json()["watchers"].as_array()?.clone();
+    Some(
+        watchers
+            .iter()
+            .filter_map(|w| Some(w["name"].as_str()?.to_string()))
+            .collect(),
+    )
+}
+
+/// Posts `n` events of `event`, one connection each, round-robin over `nodes`.
+fn post_spread(nodes: &[&Daemon], event: &str, bodies: &[Value], n: usize) {
+    for i in 0..n {
+        let daemon = nodes[i % nodes.len()];
+        let body = bodies[i % bodies.len()].to_string();
+        let raw = format!(
+            "POST /event/{event}/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let response = request(daemon.address(), &raw).unwrap();
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+}
+
+/// Events counted in Redis, over every counter of every server (bucket fields `b…`).
+fn shared_total(servers: &[&RedisServer]) -> u64 {
+    let mut total = 0;
+    for server in servers {
+        for key in server.cli(&["--scan", "--pattern", "eventsd:c:*"]).lines() {
+            let fields = server.cli(&["HGETALL", key]);
+            let lines: Vec<&str> = fields.lines().collect();
+            for pair in lines.chunks(2) {
+                if let [name, value] = pair {
+                    if name.starts_with('b') {
+                        total += value.parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        }
+    }
+    total
+}
+
+fn firings(sink: &HttpSink) -> Vec<Value> {
+    sink.requests()
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect()
+}
+
+fn register(daemon: &Daemon, event: &str, watcher: Value) {
+    let created = daemon.post("/event/", &json!({"type": event}).to_string());
+    assert_eq!(created.status, 201, "{created:?}");
+    let response = daemon.post(&format!("/event/{event}/watcher/"), &watcher.to_string());
+    assert_eq!(response.status, 201, "{response:?}");
+}
+
+#[test]
+fn three_nodes_share_the_registry_and_a_crossing_fires_once_cluster_wide() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let sink = HttpSink::start(Duration::ZERO);
+    let (a, b, c) = (
+        node("a", "standalone", &urls),
+        node("b", "standalone", &urls),
+        node("c", "standalone", &urls),
+    );
+    register(
+        &a,
+        "deploys",
+        json!({"name": "storm", "threshold": 300, "aggregator": {"type": "single"},
+               "action": {"type": "webhook", "url": sink.url("/hook")}}),
+    );
+    for other in [&b, &c] {
+        wait_for("the watcher on the other nodes", SECOND, || {
+            watcher_names(other, "deploys") == Some(vec!["storm".to_string()])
+        });
+    }
+
+    let nodes = [&a, &b, &c];
+    let event = [json!({"host": "x"})];
+    post_spread(&nodes, "deploys", &event, 300);
+    wait_for("300 events counted in Redis", 10 * SECOND, || {
+        shared_total(&[&redis]) == 300
+    });
+    assert!(firings(&sink).is_empty(), "300 events do not exceed 300");
+
+    post_spread(&nodes[1..], "deploys", &event, 1);
+    wait_for("the firing of the 301st event", 10 * SECOND, || {
+        !firings(&sink).is_empty()
+    });
+    post_spread(&nodes, "deploys", &event, 301);
+    wait_for("the second crossing", 10 * SECOND, || {
+        firings(&sink).len() >= 2
+    });
+    wait_for("the count restarted", 10 * SECOND, || {
+        shared_total(&[&redis]) == 0
+    });
+    let fired = firings(&sink);
+    assert_eq!(fired.len(), 2, "{fired:?}");
+    for (sequence, firing) in fired.iter().enumerate() {
+        assert_eq!(firing["count"], 301, "{firing}");
+        let crossing = firing["crossing"].as_str().unwrap();
+        assert!(
+            crossing.ends_with(&format!("/{}", sequence + 1)),
+            "{firing}"
+        );
+        assert!(["a", "b", "c"].contains(&firing["node"].as_str().unwrap()));
+        assert!(firing.get("degraded").is_none(), "{firing}");
+    }
+
+    let deleted = b.delete("/event/deploys/watcher/storm");
+    assert_eq!(deleted.status, 200, "{deleted:?}");
+    for other in [&a, &c] {
+        wait_for("the deletion on the other nodes", SECOND, || {
+            watcher_names(other, "deploys") == Some(Vec::new())
+        });
+    }
+    let late = node("d", "standalone", &urls);
+    wait_for("the registry on a node started later", 5 * SECOND, || {
+        watcher_names(&late, "deploys") == Some(Vec::new())
+    });
+}
+
+#[test]
+fn on_a_redis_cluster_each_key_crosses_once_whatever_its_slot() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let sink = HttpSink::start(Duration::ZERO);
+    let (a, b, c) = (
+        node("a", "cluster", &urls),
+        node("b", "cluster", &urls),
+        node("c", "cluster", &urls),
+    );
+    register(
+        &b,
+        "logins",
+        json!({"name": "per-user", "threshold": 30,
+               "aggregator": {"type": "fields", "fields": ["user"]},
+               "action": {"type": "webhook", "url": sink.url("/hook")}}),
+    );
+    for other in [&a, &c] {
+        wait_for("the watcher on the other nodes", SECOND, || {
+            watcher_names(other, "logins") == Some(vec!["per-user".to_string()])
+        });
+    }
+    let users: Vec<Value> = (0..12).map(|i| json!({"user": format!("u{i}")})).collect();
+    let servers: Vec<&RedisServer> = cluster.primaries.iter().collect();
+    post_spread(&[&a, &b, &c], "logins", &users, 12 * 30);
+    wait_for("every count in Redis", 10 * SECOND, || {
+        shared_total(&servers) == 12 * 30
+    });
+    let holding = servers
+        .iter()
+        .filter(|s| !s.cli(&["--scan", "--pattern", "eventsd:c:*"]).is_empty())
+        .count();
+    assert!(holding >= 2, "the 12 keys spread over the primaries");
+    assert!(firings(&sink).is_empty());
+
+    post_spread(&[&c, &a, &b], "logins", &users, 12);
+    wait_for("one firing per key", 10 * SECOND, || {
+        firings(&sink).len() >= 12
+    });
+    wait_for("every count restarted", 10 * SECOND, || {
+        shared_total(&servers) == 0
+    });
+    let mut keyed: Vec<String> = firings(&sink)
+        .iter()
+        .map(|f| {
+            assert_eq!(f["count"], 31, "{f}");
+            f["key"]["user"].as_str().unwrap().to_string()
+        })
+        .collect();
+    keyed.sort();
+    keyed.dedup();
+    assert_eq!(keyed.len(), 12, "each key fired once");
+    assert_eq!(firings(&sink).len(), 12);
+}
+
+#[test]
+fn redis_stopped_under_load_then_back_empty_loses_no_event_and_is_re_seeded() {
+    let mut redis = RedisServer::start();
+    let urls = [redis.url()];
+    let (a, b) = (
+        node("a", "standalone", &urls),
+        node("b", "standalone", &urls),
+    );
+    register(
+        &a,
+        "deploys",
+        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
+               "action": {"type": "null"}}),
+    );
+    wait_for("the watcher on b", SECOND, || {
+        watcher_names(&b, "deploys").is_some()
+    });
+
+    let load = Load::start(a.address(), 2);
+    redis.stop();
+    let nodes = [&a, &b];
+    post_spread(&nodes, "deploys", &[json!({})], 40);
+    for daemon in nodes {
+        wait_for("degraded", 10 * SECOND, || {
+            daemon.metric("eventsd_cluster_degraded") == Some(1)
+        });
+    }
+    // Restarted without persistence: the registry is gone from Redis.
+    redis.restart();
+    for daemon in nodes {
+        wait_for("degraded no more", 10 * SECOND, || {
+            daemon.metric("eventsd_cluster_degraded") == Some(0)
+        });
+    }
+    load.finish().assert_none_failed("while Redis was down");
+    wait_for("the registry re-seeded", 5 * SECOND, || {
+        redis
+            .cli(&["HGET", "eventsd:registry", "version"])
+            .trim()
+            .parse::<u64>()
+            .is_ok_and(|version| version > 0)
+    });
+    post_spread(&nodes, "deploys", &[json!({})], 10);
+    wait_for("counting shared again", 10 * SECOND, || {
+        shared_total(&[&redis]) == 10
+    });
+    let late = node("c", "standalone", &urls);
+    wait_for("the re-seeded registry on a new node", 5 * SECOND, || {
+        watcher_names(&late, "deploys") == Some(vec!["storm".to_string()])
+    });
+}
+
+/// Whoever can write to Redis must not run commands on every node: a registry planted
+/// there is checked like a client's change, and its `command` watcher is dropped.
+#[test]
+fn a_command_watcher_planted_in_redis_is_dropped_and_never_runs() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let daemon = node("a", "standalone", &urls);
+    let marker = daemon.path("planted-marker");
+    let planted = json!({"version": 50, "events": {"deploys": {
+        "id": "6a1e8d4e-39ad-4ac8-9e43-04dfa7a4c001", "collectors": [],
+        "watchers": [{"id": "6a1e8d4e-39ad-4ac8-9e43-04dfa7a4c002", "spec": {
+            "name": "planted", "threshold": 1, "aggregator": {"type": "single"},
+            "action": {"type": "command",
+                       "argv": ["/bin/sh", "-c", format!("touch {}", marker.display())]}}}]}}});
+    redis.cli(&[
+        "HSET",
+        "eventsd:registry",
+        "version",
+        "50",
+        "document",
+        &planted.to_string(),
+    ]);
+    redis.cli(&["PUBLISH", "eventsd:registry", "50"]);
+    wait_for("the planted registry adopted", 5 * SECOND, || {
+        daemon
+            .status()
+            .is_some_and(|s| s["cluster"]["registry_version"] == 50)
+    });
+    assert_eq!(watcher_names(&daemon, "deploys"), Some(Vec::new()));
+    post_spread(&[&daemon], "deploys", &[json!({})], 3);
+    wait_for("the events counted", 5 * SECOND, || {
+        daemon.metric("eventsd_events_counted_total{type=\"deploys\"}") == Some(3)
+    });
+    assert!(
+        daemon
+            .log()
+            .contains("watcher `planted` of `deploys`: a `command` action")
+    );
+    assert!(!marker.exists(), "the planted command ran");
+
+    let text = daemon.get("/metrics").unwrap().body;
+    assert!(text.contains("eventsd_cluster_degraded 0"), "{text}");
+    let findings = common::promtool_findings(&text);
+    assert!(findings.is_empty(), "{findings}");
+}

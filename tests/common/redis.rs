@@ -1,0 +1,131 @@
+//! Real `redis-server` processes for the cluster tests, on free loopback ports, without
+//! persistence, killed when the test ends (also when it fails).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, wait_for};
+
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    cluster_enabled: bool,
+    process: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(false)
+    }
+
+    fn start_with(cluster_enabled: bool) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            cluster_enabled,
+            process: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts (again) on the same port, empty: no persistence.
+    pub fn restart(&mut self) {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.cluster_enabled {
+            command.args(["--cluster-enabled", "yes", "--cluster-config-file"]);
+            command.arg(self.dir.path().join("nodes.conf"));
+        }
+        let process = command
+            .spawn()
+            .expect("redis-server runs (Debian package redis-server)");
+        self.process = Some(process);
+        wait_for("redis-server to answer", Duration::from_secs(10), || {
+            self.cli(&["PING"]).trim() == "PONG"
+        });
+    }
+
+    /// Kills the server (an outage); `restart` brings it back empty.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `redis-cli -p PORT ARGS...`, its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs (Debian package redis-tools)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Redis Cluster of three primaries, slots spread by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub primaries: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let primaries: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(true)).collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for primary in &primaries {
+            create.arg(format!("127.0.0.1:{}", primary.port));
+        }
+        let output = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = RedisCluster { primaries };
+        wait_for(
+            "the Redis Cluster to be ok",
+            Duration::from_secs(20),
+            || {
+                cluster
+                    .primaries
+                    .iter()
+                    .all(|p| p.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            },
+        );
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.primaries
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{}", p.port))
+            .collect()
+    }
+}
