@@ -146,7 +146,9 @@ impl Master {
         }
         let mut master_fds = self.master_only_fds();
         master_fds.push(self.listener.as_raw_fd());
-        let config = self.config.clone();
+        // The section read at start: `[cluster]` changes take a restart or an upgrade.
+        let mut config = self.config.clone();
+        config.cluster = Some(cluster.config.clone());
         let forked = child::fork_child(Role::ClusterLink, &master_fds, |channel| {
             cluster::serve(&config, channel)
         });
