@@ -19,6 +19,13 @@ const ADDED: [&str; 3] = ["event_uuid", "event_type", "received_at"];
 pub trait Fields {
     /// The value at `path` (dot paths reach into objects); `None` when missing.
     fn get(&self, path: &str) -> Option<Value>;
+
+    /// Appends the compact JSON of the value at `path` (`null` when missing) to `out`,
+    /// exactly as `get(path)` would print.
+    fn write_json(&self, path: &str, out: &mut String) {
+        let value = self.get(path).unwrap_or(Value::Null);
+        let _ = fmt::Write::write_fmt(out, format_args!("{value}"));
+    }
 }
 
 /// A posted JSON object, borrowed from the request body.
@@ -103,6 +110,29 @@ impl<'a> Event<'a> {
 }
 
 impl Fields for Event<'_> {
+    /// The hot path of every `fields` watcher: a top-level string without escapes, an
+    /// integer, `true`, `false` or `null` is already in the form `get` would print, and
+    /// is copied as it came; anything else takes `get`'s way.
+    fn write_json(&self, path: &str, out: &mut String) {
+        let raw = if path.contains('.') {
+            None
+        } else {
+            self.fields
+                .iter()
+                .rev()
+                .find(|(key, _)| key == path)
+                .map(|(_, raw)| raw.get())
+        };
+        match raw {
+            None if !path.contains('.') => out.push_str("null"),
+            Some(raw) if is_canonical(raw) => out.push_str(raw),
+            _ => {
+                let value = self.get(path).unwrap_or(Value::Null);
+                let _ = fmt::Write::write_fmt(out, format_args!("{value}"));
+            }
+        }
+    }
+
     fn get(&self, path: &str) -> Option<Value> {
         let mut parts = path.split('.');
         let first = parts.next()?;
@@ -113,6 +143,21 @@ impl Fields for Event<'_> {
             Value::Object(mut object) => object.remove(part),
             _ => None,
         })
+    }
+}
+
+/// Whether serde_json prints the value of `raw` (valid JSON) as `raw` itself: a string
+/// without escapes (JSON forbids raw control characters and quotes in one), an integer
+/// that fits 64 bits (no sign on zero), `true`, `false`, `null`.
+fn is_canonical(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    match bytes.first() {
+        Some(b'"') => !bytes.contains(&b'\\'),
+        Some(b'-' | b'0'..=b'9') => {
+            let digits = raw.strip_prefix('-').unwrap_or(raw);
+            digits.bytes().all(|b| b.is_ascii_digit()) && digits.len() <= 18 && raw != "-0"
+        }
+        _ => matches!(raw, "true" | "false" | "null"),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Watchers at work: workers compute aggregation keys (`keys_of`) and ship counts in
+//! Watchers at work: workers compute aggregation keys (`plan`, `Key`) and ship counts in
 //! batches (`CountBatch`); the master alone adds them up and decides every firing (`Watch`), so a crossing fires once
 //! however many workers saw the events.
 //!
@@ -7,6 +7,7 @@
 //! to the action runner.
 
 mod key;
+pub mod plan;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,9 +21,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::cluster::{CountRules, Crossing, SharedCount};
-use crate::event::Fields;
 use crate::metrics::write_family;
-use crate::registry::{Action, Aggregator, EventType, Registry, WatcherSpec};
+use crate::registry::{Action, Aggregator, Registry, WatcherSpec};
 pub use key::{DIGEST_BYTES, Key};
 use store::{Cooldown, CounterStore, Second};
 
@@ -33,15 +33,6 @@ pub struct CountBatch {
     pub events: Vec<(String, u64)>,
     /// (watcher id, aggregation key, events).
     pub keys: Vec<(Uuid, Key, u64)>,
-}
-
-/// The (watcher, key) pairs one event of `entry`'s type counts for.
-pub fn keys_of(entry: &EventType, payload: &impl Fields, max_key_bytes: usize) -> Vec<(Uuid, Key)> {
-    entry
-        .watchers
-        .iter()
-        .map(|w| (w.id, Key::of(&w.spec.aggregator, payload, max_key_bytes)))
-        .collect()
 }
 
 /// A crossing: the document actions deliver (its `text` makes it a valid Slack or
@@ -420,8 +411,12 @@ mod tests {
         let entry = registry.event("logins").unwrap();
         let keys = payloads
             .iter()
-            .flat_map(|payload| keys_of(entry, payload.as_object().unwrap(), 1024))
-            .map(|(id, key)| (id, key, 1))
+            .flat_map(|payload| {
+                entry.watchers.iter().map(|w| {
+                    let key = Key::of(&w.spec.aggregator, payload.as_object().unwrap(), 1024);
+                    (w.id, key, 1)
+                })
+            })
             .collect();
         let batch = CountBatch {
             events: vec![("logins".to_string(), payloads.len() as u64)],

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::batcher::Batcher;
 use super::ids::EventIds;
-use super::link::Link;
+use super::link::{Link, Served};
 use super::routes::Route;
 pub use super::routes::{ROUTES, route_template};
 use crate::appender::Appenders;
@@ -33,7 +33,8 @@ use crate::event::Event;
 use crate::ipc::{Answer, Question};
 use crate::metrics::Deltas;
 use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry, Spec};
-use crate::watch;
+use crate::watch::Key;
+use crate::watch::plan::FieldSet;
 
 pub type Body = Full<Bytes>;
 
@@ -51,6 +52,8 @@ pub struct Api {
     deltas: RefCell<Deltas>,
     ids: EventIds,
     batcher: Rc<Batcher>,
+    /// Where each event's key is written, reused: no allocation per watcher and event.
+    key: RefCell<String>,
 }
 
 impl Api {
@@ -67,6 +70,7 @@ impl Api {
             deltas: RefCell::default(),
             ids: EventIds::new(),
             batcher,
+            key: RefCell::default(),
         }
     }
 
@@ -105,35 +109,36 @@ impl Api {
         body: Bytes,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let registry = self.link.registry();
+        let served = self.link.registry();
+        let registry = &served.registry;
         match (route, &parts.method) {
             (Route::Health, &Method::GET | &Method::HEAD) => {
                 json(StatusCode::OK, &json!({"status": "ok", "worker": self.pid}))
             }
             (Route::Metrics, &Method::GET) => self.metrics().await,
-            (Route::Events, &Method::GET) => json(StatusCode::OK, &list_events(&registry)),
+            (Route::Events, &Method::GET) => json(StatusCode::OK, &list_events(registry)),
             (Route::Event(event), &Method::GET) => {
-                with_event(&registry, event, |e| show_event(event, e))
+                with_event(registry, event, |e| show_event(event, e))
             }
             (Route::Event(event), &Method::POST) => {
-                self.collect(&registry, event, &body, Posted::One)
+                self.collect(&served, event, &body, Posted::One)
             }
             (Route::Bulk(event), &Method::POST) => {
                 let with_ids = wants_ids(parts.uri.query());
-                self.collect(&registry, event, &body, Posted::Bulk { with_ids })
+                self.collect(&served, event, &body, Posted::Bulk { with_ids })
             }
             (Route::Collectors(event), &Method::GET) => {
-                with_event(&registry, event, |e| list(&e.collectors))
+                with_event(registry, event, |e| list(&e.collectors))
             }
-            (Route::Collector(event, name), &Method::GET) => with_event(&registry, event, |e| {
-                show(&e.collectors, event, name, false)
-            }),
+            (Route::Collector(event, name), &Method::GET) => {
+                with_event(registry, event, |e| show(&e.collectors, event, name, false))
+            }
             (Route::Watchers(event), &Method::GET) => {
-                with_event(&registry, event, |e| list(&e.watchers))
+                with_event(registry, event, |e| list(&e.watchers))
             }
             (Route::Watcher(event, name), &Method::GET) => {
                 let reveal = self.api_token.is_some() && self.authorized(&parts.headers);
-                with_event(&registry, event, |e| show(&e.watchers, event, name, reveal))
+                with_event(registry, event, |e| show(&e.watchers, event, name, reveal))
             }
             (route, method) => match route.change(method, body) {
                 Some(change) => self.change(change, &parts.headers, peer).await,
@@ -142,15 +147,21 @@ impl Api {
         }
     }
 
+    /// Each event's key for each field set of its type's watchers: made once per set,
+    /// however many watchers share it.
+    fn count_keys(&self, sets: &[Rc<FieldSet>], events: &[Event<'_>]) {
+        let mut key = self.key.borrow_mut();
+        for event in events {
+            for set in sets {
+                Key::encode_into(&set.aggregator, event, self.max_key_bytes, &mut key);
+                self.batcher.add_key(set, &key);
+            }
+        }
+    }
+
     /// The hot path: validate, write through every collector, then acknowledge.
-    fn collect(
-        &self,
-        registry: &Registry,
-        event: &str,
-        body: &[u8],
-        posted: Posted,
-    ) -> Response<Body> {
-        let Some(entry) = registry.event(event) else {
+    fn collect(&self, served: &Served, event: &str, body: &[u8], posted: Posted) -> Response<Body> {
+        let Some(entry) = served.registry.event(event) else {
             return refusal(registry::not_registered(event));
         };
         let parsed = match posted {
@@ -162,10 +173,6 @@ impl Api {
             Err(message) => return error(StatusCode::BAD_REQUEST, &message),
         };
         let ids: Vec<Uuid> = events.iter().map(|_| self.ids.next()).collect();
-        let keys: Vec<(Uuid, watch::Key)> = events
-            .iter()
-            .flat_map(|e| watch::keys_of(entry, e, self.max_key_bytes))
-            .collect();
         // `null` collectors write nothing: the lines are built only for those that do.
         if entry
             .collectors
@@ -192,7 +199,8 @@ impl Api {
         // Counted only once acknowledged: the reply goes out right after.
         let collected = ids.len() as u64;
         self.deltas.borrow_mut().record_collected(event, collected);
-        self.batcher.count(event, collected, keys);
+        self.count_keys(served.plans.of(event), &events);
+        self.batcher.add_events(event, collected);
         match posted {
             Posted::One => json(StatusCode::OK, &Created { _id: ids[0] }),
             Posted::Bulk { with_ids: true } => json(

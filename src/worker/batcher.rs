@@ -11,13 +11,14 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 use super::link::Link;
 use crate::ipc::WorkerMessage;
+use crate::watch::plan::FieldSet;
 use crate::watch::{CountBatch, Key};
 
 /// Watcher counts reach the master at most this long after the event was acknowledged...
@@ -42,18 +43,24 @@ impl Batcher {
         }
     }
 
-    /// Counts `collected` events of `event`, and one per (watcher, key) in `keys`.
-    pub fn count(&self, event: &str, collected: u64, keys: Vec<(Uuid, Key)>) {
+    /// Counts one event for every watcher of `set`, under `key`; ships the batch if
+    /// that filled it. A request's keys come first, its events last (`add_events`).
+    pub fn add_key(&self, set: &Rc<FieldSet>, key: &str) {
         let mut batch = self.batch.borrow_mut();
         let was_empty = batch.is_empty();
-        for key in keys {
-            batch.add_key(key);
-            if batch.is_full() {
-                self.link.send(WorkerMessage::Counts(batch.take()));
-            }
+        batch.add_key(set, key);
+        if batch.is_full() {
+            self.link.send(WorkerMessage::Counts(batch.take()));
+        } else if was_empty {
+            self.started.notify_one();
         }
-        // The events go with the request's last keys: once the master has counted the
-        // events, it has every one of their keys too.
+    }
+
+    /// Counts `collected` events of `event`, after their keys: once the master has
+    /// counted the events, it has every one of their keys too.
+    pub fn add_events(&self, event: &str, collected: u64) {
+        let mut batch = self.batch.borrow_mut();
+        let was_empty = batch.is_empty();
         batch.add_events(event, collected);
         if was_empty {
             self.started.notify_one();
@@ -78,11 +85,16 @@ impl Batcher {
     }
 }
 
-/// The batch being filled, summed per event type and per (watcher, key).
+/// The batch being filled, summed per event type and per (field set, key): the hot path
+/// does one lookup per field set and event, with the key as written, and allocates only
+/// for a key new to the batch. Each key is named for each watcher of its set on `take`.
 #[derive(Debug, Default)]
 struct Batch {
     events: HashMap<String, u64>,
-    keys: HashMap<(Uuid, Key), u64>,
+    /// By the set's address (the batch holds it alive): the set, its keys and counts.
+    keys: HashMap<usize, (Rc<FieldSet>, HashMap<Key, u64>)>,
+    /// What the shipped frame will carry: one entry per key and watcher, and their bytes.
+    entries: usize,
     key_bytes: usize,
 }
 
@@ -96,13 +108,19 @@ impl Batch {
         }
     }
 
-    fn add_key(&mut self, key: (Uuid, Key)) {
-        let bytes = key.1.as_str().len();
-        let count = self.keys.entry(key).or_insert_with(|| 0);
-        if *count == 0 {
-            self.key_bytes += bytes;
+    fn add_key(&mut self, set: &Rc<FieldSet>, key: &str) {
+        let (_, keys) = self
+            .keys
+            .entry(Rc::as_ptr(set) as usize)
+            .or_insert_with(|| (set.clone(), HashMap::new()));
+        match keys.get_mut(key) {
+            Some(count) => *count += 1,
+            None => {
+                keys.insert(Key::from(key), 1);
+                self.entries += set.watchers.len();
+                self.key_bytes += key.len() * set.watchers.len();
+            }
         }
-        *count += 1;
     }
 
     fn is_empty(&self) -> bool {
@@ -110,78 +128,83 @@ impl Batch {
     }
 
     fn is_full(&self) -> bool {
-        self.keys.len() + self.events.len() >= BATCH_SHIP_AT || self.key_bytes >= BATCH_SHIP_BYTES
+        self.entries + self.events.len() >= BATCH_SHIP_AT || self.key_bytes >= BATCH_SHIP_BYTES
     }
 
     fn take(&mut self) -> CountBatch {
+        self.entries = 0;
         self.key_bytes = 0;
+        let mut keys = Vec::new();
+        for (_, (set, counts)) in self.keys.drain() {
+            for (key, n) in counts {
+                keys.extend(set.watchers.iter().map(|&w| (w, key.clone(), n)));
+            }
+        }
         CountBatch {
             events: self.events.drain().collect(),
-            keys: self
-                .keys
-                .drain()
-                .map(|((id, key), n)| (id, key, n))
-                .collect(),
+            keys,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use uuid::Uuid;
+
     use super::*;
     use crate::registry::Aggregator;
 
-    fn ip(value: &str) -> Key {
-        key_of_at_most(value, 1024)
-    }
-
-    fn key_of_at_most(value: &str, max_bytes: usize) -> Key {
-        let by_ip = Aggregator::Fields {
-            fields: vec!["ip".into()],
-        };
-        Key::of(
-            &by_ip,
-            serde_json::json!({ "ip": value }).as_object().unwrap(),
-            max_bytes,
-        )
+    fn set(watchers: &[Uuid]) -> Rc<FieldSet> {
+        Rc::new(FieldSet {
+            aggregator: Aggregator::Fields {
+                fields: vec!["ip".into()],
+            },
+            watchers: watchers.to_vec(),
+        })
     }
 
     #[test]
-    fn a_batch_sums_per_event_and_per_key() {
-        let (w1, w2) = (Uuid::new_v4(), Uuid::new_v4());
+    fn a_batch_sums_per_event_and_per_key_and_names_every_watcher_of_the_set() {
+        let (w1, w2, w3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let (by_ip, single) = (set(&[w1, w2]), set(&[w3]));
         let mut batch = Batch::default();
         batch.add_events("logins", 3);
-        for key in [
-            (w1, ip("a")),
-            (w2, Key::default()),
-            (w1, ip("a")),
-            (w1, ip("b")),
-        ] {
-            batch.add_key(key);
-        }
+        batch.add_key(&by_ip, r#"["a"]"#);
+        batch.add_key(&single, "");
+        batch.add_key(&by_ip, r#"["a"]"#);
+        batch.add_key(&by_ip, r#"["b"]"#);
         let mut taken = batch.take();
         taken.keys.sort();
-        let mut expected = vec![(w1, ip("a"), 2), (w1, ip("b"), 1), (w2, Key::default(), 1)];
+        let (a, b) = (Key::from(r#"["a"]"#), Key::from(r#"["b"]"#));
+        let mut expected = vec![
+            (w1, a.clone(), 2),
+            (w2, a, 2),
+            (w1, b.clone(), 1),
+            (w2, b, 1),
+            (w3, Key::default(), 1),
+        ];
         expected.sort();
         assert_eq!(taken.events, vec![("logins".to_string(), 3)]);
         assert_eq!(taken.keys, expected);
         assert!(batch.is_empty());
     }
 
+    /// Full by what the frame will carry: a key counts once per watcher of its set.
     #[test]
     fn a_batch_is_full_by_entries_or_by_key_bytes() {
-        let w = Uuid::new_v4();
         let mut batch = Batch::default();
-        for n in 0..BATCH_SHIP_AT - 1 {
-            batch.add_key((w, ip(&n.to_string())));
+        let many = set(&[Uuid::new_v4(), Uuid::new_v4()]);
+        for n in 0..BATCH_SHIP_AT / 2 - 1 {
+            batch.add_key(&many, &format!("[{n}]"));
         }
         assert!(!batch.is_full());
-        batch.add_key((w, ip("last")));
+        batch.add_key(&many, "[\"last\"]");
         assert!(batch.is_full());
         batch.take();
+        let one = set(&[Uuid::new_v4()]);
         let fat = "x".repeat(60_000);
         for n in 0..18 {
-            batch.add_key((w, key_of_at_most(&format!("{fat}{n}"), 65_536)));
+            batch.add_key(&one, &format!("[\"{fat}{n}\"]"));
         }
         assert!(batch.is_full(), "{} key bytes", batch.key_bytes);
     }

@@ -22,6 +22,7 @@ use crate::appender::Appenders;
 use crate::ipc::{self, Answer, MasterMessage, Question, WorkerMessage};
 use crate::logging;
 use crate::registry::Registry;
+use crate::watch::plan::Plans;
 
 /// Every reason a worker stops (the master's `Stop`, the master gone, SIGTERM,
 /// `max_requests`) goes through this one signal, mini-redis style.
@@ -60,9 +61,22 @@ pub struct Link {
     shared: Rc<Shared>,
 }
 
+/// The registry version a worker serves, with its watchers compiled for the hot path.
+pub struct Served {
+    pub registry: Registry,
+    pub plans: Plans,
+}
+
+impl Served {
+    fn new(registry: Registry) -> Rc<Served> {
+        let plans = Plans::compile(&registry);
+        Rc::new(Served { registry, plans })
+    }
+}
+
 /// What the reader task and the request handlers share.
 struct Shared {
-    registry: RefCell<Rc<Registry>>,
+    registry: RefCell<Rc<Served>>,
     waiting: RefCell<HashMap<u64, oneshot::Sender<Answer>>>,
     next_question: Cell<u64>,
     appenders: Rc<Appenders>,
@@ -82,7 +96,7 @@ impl Link {
         let link = Link {
             outbox,
             shared: Rc::new(Shared {
-                registry: RefCell::new(Rc::new(registry)),
+                registry: RefCell::new(Served::new(registry)),
                 waiting: RefCell::default(),
                 next_question: Cell::new(1),
                 appenders,
@@ -119,7 +133,7 @@ impl Link {
     }
 
     /// The registry version this worker serves.
-    pub fn registry(&self) -> Rc<Registry> {
+    pub fn registry(&self) -> Rc<Served> {
         self.shared.registry.borrow().clone()
     }
 }
@@ -197,7 +211,7 @@ fn obey(command: MasterMessage, link: &Link, shutdown: &Shutdown) {
         MasterMessage::Registry { document } => match serde_json::from_str::<Registry>(&document) {
             Ok(registry) => {
                 let version = registry.version;
-                *shared.registry.borrow_mut() = Rc::new(registry);
+                *shared.registry.borrow_mut() = Served::new(registry);
                 shared.appenders.reopen();
                 link.send(WorkerMessage::RegistryAck { version });
             }

@@ -1,0 +1,81 @@
+//! The watchers of each event type compiled for the hot path, once per registry version
+//! (a worker compiles the registry it installs): grouped by field set, so that an event's
+//! key for a field set is made once however many watchers share it, and the worker's batch
+//! counts per (field set, key), naming the watchers only when the batch ships.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use uuid::Uuid;
+
+use crate::registry::{Aggregator, Registry};
+
+/// Watchers of one event type that count by the same fields.
+#[derive(Debug, PartialEq)]
+pub struct FieldSet {
+    pub aggregator: Aggregator,
+    pub watchers: Vec<Uuid>,
+}
+
+/// The field sets of every event type of one registry version.
+#[derive(Debug, Default)]
+pub struct Plans {
+    by_type: HashMap<String, Vec<Rc<FieldSet>>>,
+}
+
+impl Plans {
+    pub fn compile(registry: &Registry) -> Plans {
+        let by_type = registry
+            .events
+            .iter()
+            .map(|(name, entry)| {
+                let mut sets: Vec<FieldSet> = Vec::new();
+                for watcher in &entry.watchers {
+                    let aggregator = &watcher.spec.aggregator;
+                    match sets.iter_mut().find(|set| &set.aggregator == aggregator) {
+                        Some(set) => set.watchers.push(watcher.id),
+                        None => sets.push(FieldSet {
+                            aggregator: aggregator.clone(),
+                            watchers: vec![watcher.id],
+                        }),
+                    }
+                }
+                (name.to_string(), sets.into_iter().map(Rc::new).collect())
+            })
+            .collect();
+        Plans { by_type }
+    }
+
+    /// The field sets of `event`'s watchers; none for an unknown type.
+    pub fn of(&self, event: &str) -> &[Rc<FieldSet>] {
+        self.by_type.get(event).map_or(&[], Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchers_sharing_fields_share_one_field_set() {
+        let registry: Registry = serde_json::from_value(serde_json::json!({
+        "version": 3, "events": {"logins": {"id": Uuid::new_v4(), "watchers": [
+            watcher("by-ip", ["ip"]), watcher("by-user", ["user"]), watcher("ip-again", ["ip"]),
+        ]}}}))
+        .unwrap();
+        let plans = Plans::compile(&registry);
+        let sets = plans.of("logins");
+        let ids: Vec<Vec<Uuid>> = sets.iter().map(|s| s.watchers.clone()).collect();
+        let watchers = &registry.events.values().next().unwrap().watchers;
+        assert_eq!(
+            ids,
+            [vec![watchers[0].id, watchers[2].id], vec![watchers[1].id]]
+        );
+        assert!(plans.of("unknown").is_empty());
+    }
+
+    fn watcher(name: &str, fields: [&str; 1]) -> serde_json::Value {
+        serde_json::json!({"id": Uuid::new_v4(), "spec": {"name": name, "threshold": 5,
+            "aggregator": {"type": "fields", "fields": fields}, "action": {"type": "null"}}})
+    }
+}
