@@ -9,6 +9,7 @@
 mod key;
 pub mod plan;
 pub mod store;
+mod table;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;

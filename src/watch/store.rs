@@ -5,9 +5,11 @@
 //!
 //! The in-master store keeps, per key, one bucket per second that saw events (a sliding
 //! window of at most `window_secs` buckets: bounded memory per key), and at most
-//! `max_keys` keys per watcher: the least recently updated key is evicted.
+//! `max_keys` keys per watcher, each watcher's in a compact `table::KeyTable`: past the
+//! limit, the least recently updated key of a sample is evicted.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::path::Path;
 
 use anyhow::Context;
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::Key;
+use super::table::{Buckets, KeyCounter, KeyTable};
 
 /// Seconds since the Unix epoch: counters are saved and restored across restarts.
 pub type Second = u64;
@@ -50,34 +53,12 @@ pub struct Cooldown {
     pub crossed: bool,
 }
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct KeyCounter {
-    /// (second, events in it), oldest first; one entry when there is no window.
-    buckets: VecDeque<(Second, u64)>,
-    last_fired: Option<Second>,
-    #[serde(default)]
-    cooldown_secs: u64,
-    #[serde(default)]
-    crossed_while_cooling: bool,
-    /// Recency stamp, for eviction.
-    #[serde(skip)]
-    touched: u64,
-}
-
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct WatcherCounters {
-    keys: HashMap<Key, KeyCounter>,
-    #[serde(skip)]
-    recency: BTreeMap<u64, Key>,
-    #[serde(skip)]
-    pub evictions: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct MemoryStore {
-    watchers: HashMap<Uuid, WatcherCounters>,
+    watchers: HashMap<Uuid, KeyTable>,
     #[serde(skip)]
     max_keys: usize,
+    /// Ticks once per update: the recency stamps of eviction.
     #[serde(skip)]
     clock: u64,
 }
@@ -97,78 +78,50 @@ impl MemoryStore {
         let Some(document) = crate::files::read_state_file(path, "counters file")? else {
             return Ok(MemoryStore::new(max_keys));
         };
-        let store: MemoryStore = serde_json::from_slice(&document).with_context(|| {
+        let mut store: MemoryStore = serde_json::from_slice(&document).with_context(|| {
             format!(
                 "counters file {} is corrupt; remove it to start with empty counters",
                 path.display()
             )
         })?;
-        Ok(store.restored(max_keys))
-    }
-
-    /// After deserializing: rebuild the recency order (restored keys count as touched
-    /// in an arbitrary but consistent order).
-    fn restored(mut self, max_keys: usize) -> MemoryStore {
-        self.set_max_keys(max_keys);
-        for counters in self.watchers.values_mut() {
-            for (key, counter) in counters.keys.iter_mut() {
-                self.clock += 1;
-                counter.touched = self.clock;
-                counters.recency.insert(self.clock, key.clone());
-            }
-        }
-        self
+        store.set_max_keys(max_keys);
+        // Restored keys are stamped from 0 in file order: updates come after them.
+        store.clock = store
+            .watchers
+            .values()
+            .map(KeyTable::len)
+            .max()
+            .unwrap_or(0) as u64;
+        Ok(store)
     }
 
     fn touch(&mut self, watcher: Uuid, key: &Key) -> &mut KeyCounter {
         self.clock += 1;
-        let stamp = self.clock;
-        let max_keys = self.max_keys;
-        let counters = self.watchers.entry(watcher).or_default();
-        if !counters.keys.contains_key(key) && counters.keys.len() >= max_keys {
-            if let Some((_, oldest)) = counters.recency.pop_first() {
-                counters.keys.remove(&oldest);
-                counters.evictions += 1;
-            }
-        }
-        let counter = counters.keys.entry(key.clone()).or_default();
-        counters.recency.remove(&counter.touched);
-        counter.touched = stamp;
-        counters.recency.insert(stamp, key.clone());
-        counter
+        self.watchers
+            .entry(watcher)
+            .or_default()
+            .touch(key, self.clock, self.max_keys)
     }
 }
 
 impl CounterStore for MemoryStore {
     fn add(&mut self, watcher: Uuid, key: &Key, n: u64, now: Second, window: Option<u64>) -> u64 {
-        let counter = self.touch(watcher, key);
-        let buckets = &mut counter.buckets;
+        let buckets = &mut self.touch(watcher, key).buckets;
         match window {
             Some(window) => {
-                while buckets
-                    .front()
-                    .is_some_and(|&(second, _)| second.saturating_add(window) <= now)
-                {
-                    buckets.pop_front();
-                }
-                match buckets.back_mut() {
-                    Some((second, count)) if *second >= now => *count += n,
-                    _ => buckets.push_back((now, n)),
-                }
+                buckets.drop_front_while(|second| second.saturating_add(window) <= now);
+                buckets.add(now, n);
             }
-            None => match buckets.front_mut() {
-                Some((_, count)) => *count += n,
-                None => buckets.push_back((now, n)),
-            },
+            None => buckets.add_to_first(now, n),
         }
-        buckets.iter().map(|(_, count)| count).sum()
+        buckets.total()
     }
 
     fn fired(&mut self, watcher: Uuid, key: &Key, now: Second, cooldown_secs: u64) {
         let counter = self.touch(watcher, key);
-        counter.buckets.clear();
-        counter.last_fired = Some(now);
-        counter.cooldown_secs = cooldown_secs;
+        counter.buckets = Buckets::Empty;
+        counter.last_fired = NonZeroU64::new(now);
+        counter.cooldown_secs = u32::try_from(cooldown_secs).unwrap_or(u32::MAX);
         counter.crossed_while_cooling = false;
     }
 
@@ -177,10 +130,10 @@ impl CounterStore for MemoryStore {
     }
 
     fn cooldown(&self, watcher: Uuid, key: &Key) -> Option<Cooldown> {
-        let counter = self.watchers.get(&watcher)?.keys.get(key)?;
+        let counter = self.watchers.get(&watcher)?.get(key)?;
         Some(Cooldown {
-            last_fired: counter.last_fired?,
-            secs: counter.cooldown_secs,
+            last_fired: counter.last_fired?.get(),
+            secs: counter.cooldown_secs.into(),
             crossed: counter.crossed_while_cooling,
         })
     }
@@ -196,7 +149,7 @@ impl CounterStore for MemoryStore {
     fn sizes(&self) -> Vec<(Uuid, usize, u64)> {
         self.watchers
             .iter()
-            .map(|(id, w)| (*id, w.keys.len(), w.evictions))
+            .map(|(id, table)| (*id, table.len(), table.evictions))
             .collect()
     }
 
@@ -267,8 +220,29 @@ mod tests {
         for second in 0..10_000 {
             store.add(w, &key("k"), 1, second, Some(60));
         }
-        let counter = &store.watchers[&w].keys[&key("k")];
+        let counter = store.watchers[&w].get(&key("k")).unwrap();
         assert!(counter.buckets.len() <= 60);
+    }
+
+    /// Files written before the compact layout (every field, buckets as a list) load.
+    #[test]
+    fn a_counters_file_of_the_previous_layout_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counters.json");
+        let w = Uuid::new_v4();
+        let previous = serde_json::json!({"watchers": {w.to_string(): {"keys": {
+            "[\"a\"]": {"buckets": [[100, 3], [101, 2]], "last_fired": null,
+                        "cooldown_secs": 0, "crossed_while_cooling": false},
+            "": {"buckets": [], "last_fired": 90, "cooldown_secs": 30,
+                 "crossed_while_cooling": true}}}}});
+        std::fs::write(&path, previous.to_string()).unwrap();
+        let mut loaded = MemoryStore::load(&path, 10).unwrap();
+        assert_eq!(loaded.add(w, &key("[\"a\"]"), 1, 105, Some(10)), 6);
+        let cooldown = loaded.cooldown(w, &key("")).unwrap();
+        assert_eq!(
+            (cooldown.last_fired, cooldown.secs, cooldown.crossed),
+            (90, 30, true)
+        );
     }
 
     #[test]
@@ -285,7 +259,9 @@ mod tests {
         let cooldown = loaded.cooldown(w, &key("f")).unwrap();
         assert_eq!((cooldown.last_fired, cooldown.secs), (100, 30));
         std::fs::write(&path, b"{").unwrap();
-        let error = MemoryStore::load(&path, 10).unwrap_err();
+        let Err(error) = MemoryStore::load(&path, 10) else {
+            panic!("a corrupt counters file loaded");
+        };
         assert!(format!("{error:#}").contains("is corrupt"), "{error:#}");
     }
 }
