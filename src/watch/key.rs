@@ -146,13 +146,43 @@ pub fn uuid_of(name: &str) -> uuid::Uuid {
     uuid::Uuid::new_v8(bytes)
 }
 
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// FNV-1a, 64 bits: the same digest in every worker and across restarts and versions,
 /// which a key needs (the std hasher promises neither).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+    fnv1a_from(FNV_OFFSET, bytes)
+}
+
+fn fnv1a_from(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })
 }
+
+/// FNV-1a as the hasher of the worker's batch maps, where every event looks its keys
+/// up: several times faster than SipHash on short keys. Not keyed, so only for a map
+/// that cannot grow with client input without bound: a batch ships at 1024 entries,
+/// which bounds what keys made to collide could cost.
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(FNV_OFFSET)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fnv1a_from(self.0, bytes);
+    }
+}
+
+pub type FnvBuildHasher = std::hash::BuildHasherDefault<Fnv>;
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::cluster::{CountRules, Crossing, SharedCount};
 use crate::metrics::write_family;
 use crate::registry::{Action, Aggregator, Registry, WatcherSpec};
-pub use key::{DIGEST_BYTES, Key};
+pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
 use store::{Cooldown, CounterStore, Second};
 
 /// What a worker ships to the master at least every 10 ms.

@@ -33,8 +33,6 @@ use crate::event::Event;
 use crate::ipc::{Answer, Question};
 use crate::metrics::Deltas;
 use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry, Spec};
-use crate::watch::Key;
-use crate::watch::plan::FieldSet;
 
 pub type Body = Full<Bytes>;
 
@@ -52,8 +50,6 @@ pub struct Api {
     deltas: RefCell<Deltas>,
     ids: EventIds,
     batcher: Rc<Batcher>,
-    /// Where each event's key is written, reused: no allocation per watcher and event.
-    key: RefCell<String>,
 }
 
 impl Api {
@@ -70,7 +66,6 @@ impl Api {
             deltas: RefCell::default(),
             ids: EventIds::new(),
             batcher,
-            key: RefCell::default(),
         }
     }
 
@@ -147,18 +142,6 @@ impl Api {
         }
     }
 
-    /// Each event's key for each field set of its type's watchers: made once per set,
-    /// however many watchers share it.
-    fn count_keys(&self, sets: &[Rc<FieldSet>], events: &[Event<'_>]) {
-        let mut key = self.key.borrow_mut();
-        for event in events {
-            for set in sets {
-                Key::encode_into(&set.aggregator, event, self.max_key_bytes, &mut key);
-                self.batcher.add_key(set, &key);
-            }
-        }
-    }
-
     /// The hot path: validate, write through every collector, then acknowledge.
     fn collect(&self, served: &Served, event: &str, body: &[u8], posted: Posted) -> Response<Body> {
         let Some(entry) = served.registry.event(event) else {
@@ -199,7 +182,8 @@ impl Api {
         // Counted only once acknowledged: the reply goes out right after.
         let collected = ids.len() as u64;
         self.deltas.borrow_mut().record_collected(event, collected);
-        self.count_keys(served.plans.of(event), &events);
+        self.batcher
+            .add_keys(served.plans.of(event), &events, self.max_key_bytes);
         self.batcher.add_events(event, collected);
         match posted {
             Posted::One => json(StatusCode::OK, &Created { _id: ids[0] }),

@@ -17,9 +17,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::link::Link;
+use crate::event::Event;
 use crate::ipc::WorkerMessage;
 use crate::watch::plan::FieldSet;
-use crate::watch::{CountBatch, Key};
+use crate::watch::{CountBatch, FnvBuildHasher, Key};
 
 /// Watcher counts reach the master at most this long after the event was acknowledged...
 const BATCH_DELAY: Duration = Duration::from_millis(10);
@@ -31,6 +32,8 @@ const BATCH_SHIP_BYTES: usize = 1024 * 1024;
 pub struct Batcher {
     link: Link,
     batch: RefCell<Batch>,
+    /// Where each event's key is written, reused: no allocation per watcher and event.
+    key: RefCell<String>,
     started: Notify,
 }
 
@@ -39,20 +42,32 @@ impl Batcher {
         Batcher {
             link,
             batch: RefCell::default(),
+            key: RefCell::default(),
             started: Notify::new(),
         }
     }
 
-    /// Counts one event for every watcher of `set`, under `key`; ships the batch if
-    /// that filled it. A request's keys come first, its events last (`add_events`).
-    pub fn add_key(&self, set: &Rc<FieldSet>, key: &str) {
+    /// Counts each event for every watcher of each of `sets`, under the event's key for
+    /// the set: made once per set however many watchers share it, written into a reused
+    /// buffer, looked up as written. Ships the batch whenever that fills it. A request's
+    /// keys come first, its events last (`add_events`).
+    pub fn add_keys(&self, sets: &[Rc<FieldSet>], events: &[Event<'_>], max_key_bytes: usize) {
+        if sets.is_empty() {
+            return;
+        }
         let mut batch = self.batch.borrow_mut();
-        let was_empty = batch.is_empty();
-        batch.add_key(set, key);
-        if batch.is_full() {
-            self.link.send(WorkerMessage::Counts(batch.take()));
-        } else if was_empty {
+        let mut key = self.key.borrow_mut();
+        if batch.is_empty() {
             self.started.notify_one();
+        }
+        for set in sets {
+            for event in events {
+                Key::encode_into(&set.aggregator, event, max_key_bytes, &mut key);
+                batch.add_key(set, &key);
+                if batch.is_full() {
+                    self.link.send(WorkerMessage::Counts(batch.take()));
+                }
+            }
         }
     }
 
@@ -85,6 +100,9 @@ impl Batcher {
     }
 }
 
+/// Events per key of one field set.
+type KeyCounts = HashMap<Key, u64, FnvBuildHasher>;
+
 /// The batch being filled, summed per event type and per (field set, key): the hot path
 /// does one lookup per field set and event, with the key as written, and allocates only
 /// for a key new to the batch. Each key is named for each watcher of its set on `take`.
@@ -92,7 +110,7 @@ impl Batcher {
 struct Batch {
     events: HashMap<String, u64>,
     /// By the set's address (the batch holds it alive): the set, its keys and counts.
-    keys: HashMap<usize, (Rc<FieldSet>, HashMap<Key, u64>)>,
+    keys: HashMap<usize, (Rc<FieldSet>, KeyCounts), FnvBuildHasher>,
     /// What the shipped frame will carry: one entry per key and watcher, and their bytes.
     entries: usize,
     key_bytes: usize,
@@ -112,7 +130,7 @@ impl Batch {
         let (_, keys) = self
             .keys
             .entry(Rc::as_ptr(set) as usize)
-            .or_insert_with(|| (set.clone(), HashMap::new()));
+            .or_insert_with(|| (set.clone(), HashMap::default()));
         match keys.get_mut(key) {
             Some(count) => *count += 1,
             None => {
