@@ -27,6 +27,30 @@ fn node(name: &str, mode: &str, urls: &[String]) -> Daemon {
     daemon
 }
 
+/// Nodes a, b and c; `watcher` registered for `event` on the one named `on`, and served by
+/// the two others within a second.
+fn three_nodes_watching(
+    mode: &str,
+    urls: &[String],
+    on: usize,
+    event: &str,
+    watcher: Value,
+) -> [Daemon; 3] {
+    let nodes = [
+        node("a", mode, urls),
+        node("b", mode, urls),
+        node("c", mode, urls),
+    ];
+    register(&nodes[on], event, watcher.clone());
+    let name = watcher["name"].as_str().unwrap().to_string();
+    for other in nodes.iter().enumerate().filter(|(i, _)| *i != on) {
+        wait_for("the watcher on the other nodes", SECOND, || {
+            watcher_names(other.1, event) == Some(vec![name.clone()])
+        });
+    }
+    nodes
+}
+
 fn shares(daemon: &Daemon) -> bool {
     daemon
         .status()
@@ -100,22 +124,14 @@ fn three_nodes_share_the_registry_and_a_crossing_fires_once_cluster_wide() {
     let redis = RedisServer::start();
     let urls = [redis.url()];
     let sink = HttpSink::start(Duration::ZERO);
-    let (a, b, c) = (
-        node("a", "standalone", &urls),
-        node("b", "standalone", &urls),
-        node("c", "standalone", &urls),
-    );
-    register(
-        &a,
+    let [a, b, c] = three_nodes_watching(
+        "standalone",
+        &urls,
+        0,
         "deploys",
         json!({"name": "storm", "threshold": 300, "aggregator": {"type": "single"},
                "action": {"type": "webhook", "url": sink.url("/hook")}}),
     );
-    for other in [&b, &c] {
-        wait_for("the watcher on the other nodes", SECOND, || {
-            watcher_names(other, "deploys") == Some(vec!["storm".to_string()])
-        });
-    }
 
     let nodes = [&a, &b, &c];
     let event = [json!({"host": "x"})];
@@ -167,23 +183,15 @@ fn on_a_redis_cluster_each_key_crosses_once_whatever_its_slot() {
     let cluster = RedisCluster::start();
     let urls = cluster.urls();
     let sink = HttpSink::start(Duration::ZERO);
-    let (a, b, c) = (
-        node("a", "cluster", &urls),
-        node("b", "cluster", &urls),
-        node("c", "cluster", &urls),
-    );
-    register(
-        &b,
+    let [a, b, c] = three_nodes_watching(
+        "cluster",
+        &urls,
+        1,
         "logins",
         json!({"name": "per-user", "threshold": 30,
                "aggregator": {"type": "fields", "fields": ["user"]},
                "action": {"type": "webhook", "url": sink.url("/hook")}}),
     );
-    for other in [&a, &c] {
-        wait_for("the watcher on the other nodes", SECOND, || {
-            watcher_names(other, "logins") == Some(vec!["per-user".to_string()])
-        });
-    }
     let users: Vec<Value> = (0..12).map(|i| json!({"user": format!("u{i}")})).collect();
     let servers: Vec<&RedisServer> = cluster.primaries.iter().collect();
     post_spread(&[&a, &b, &c], "logins", &users, 12 * 30);

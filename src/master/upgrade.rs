@@ -65,6 +65,16 @@ struct Inheritance {
     syslog_by_default: bool,
 }
 
+impl Inheritance {
+    /// Marks the inherited descriptors to close on `exec` (`true`), or to cross it.
+    fn close_on_exec(&self, close: bool) -> anyhow::Result<()> {
+        for fd in [self.listener, self.control, self.pidfile, self.predecessor] {
+            set_close_on_exec(fd, close)?;
+        }
+        Ok(())
+    }
+}
+
 /// What a successor tells the master it replaces.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum SuccessorMessage {
@@ -112,15 +122,8 @@ impl Succession {
         unsafe { std::env::remove_var(INHERITANCE) };
         let inheritance: Inheritance = serde_json::from_str(&text)
             .with_context(|| format!("unreadable {INHERITANCE} from the previous master"))?;
-        let fds = [
-            inheritance.listener,
-            inheritance.control,
-            inheritance.pidfile,
-            inheritance.predecessor,
-        ];
-        for fd in fds {
-            set_close_on_exec(fd, true)?;
-        }
+        // Not for this master's own children, nor a later successor but by choice.
+        inheritance.close_on_exec(true)?;
         // SAFETY: the previous master opened these descriptors for this process and named
         // them; nothing else in this process owns them.
         let (listener, control, pidfile, predecessor) = unsafe {
@@ -396,15 +399,7 @@ fn exec_successor(
 ) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     inheritance.predecessor = channel.as_raw_fd();
-    let fds = [
-        inheritance.listener,
-        inheritance.control,
-        inheritance.pidfile,
-        inheritance.predecessor,
-    ];
-    for fd in fds {
-        set_close_on_exec(fd, false)?;
-    }
+    inheritance.close_on_exec(false)?;
     let mut command = std::process::Command::new(binary);
     if let Some(file) = &source.file {
         command.arg("--config").arg(file);
