@@ -29,37 +29,8 @@ use uuid::Uuid;
 use crate::config::{Cluster, Config};
 use crate::ipc;
 use crate::metrics::Histogram;
-use crate::watch::Key;
+use crate::watch::{Crossing, Key, SharedCount};
 use redis_link::Redis;
-
-/// What Redis judges one key by: the watcher's rules, as numbers (0: none).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct CountRules {
-    pub window_secs: u64,
-    pub threshold: u64,
-    pub cooldown_secs: u64,
-    pub cooldown_max_secs: u64,
-}
-
-/// Events of one (watcher, key), with its rules.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SharedCount {
-    pub watcher: Uuid,
-    pub key: Key,
-    pub events: u64,
-    pub rules: CountRules,
-}
-
-/// A crossing Redis reported to this node alone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Crossing {
-    pub watcher: Uuid,
-    pub key: Key,
-    pub count: u64,
-    /// The key's firings so far, this one included: with the watcher and key, the
-    /// crossing's id across nodes.
-    pub sequence: u64,
-}
 
 /// What the master tells the link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

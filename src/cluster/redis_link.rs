@@ -15,8 +15,8 @@ use redis::aio::{MultiplexedConnection, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, cmd};
 
-use super::{Crossing, SharedCount};
 use crate::config::{Cluster, ClusterMode};
+use crate::watch::{Crossing, SharedCount};
 
 /// The Functions (`FUNCTION LOAD REPLACE`: the running version's, after an upgrade too).
 const FUNCTIONS: &str = include_str!("eventsd.lua");

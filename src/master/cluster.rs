@@ -19,13 +19,13 @@ use uuid::Uuid;
 
 use super::{Master, setup};
 use crate::child::{self, Child, Role};
-use crate::cluster::{self, CALL_BOUNDS, FromCluster, Publication, SharedCount, ToCluster};
+use crate::cluster::{self, CALL_BOUNDS, FromCluster, Publication, ToCluster};
 use crate::config;
 use crate::ipc::{Answer, MasterMessage};
 use crate::metrics::{Histogram, write_family};
 use crate::registry::{Change, Origin, Refusal, Registry};
 use crate::status::ClusterStatus;
-use crate::watch::CountBatch;
+use crate::watch::{CountBatch, SharedCount};
 
 /// A link that dies sooner than this after its start waits this long to be replaced.
 const RESPAWN_PAUSE: Duration = Duration::from_secs(1);

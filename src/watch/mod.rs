@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::cluster::{CountRules, Crossing, SharedCount};
 use crate::metrics::write_family;
 use crate::registry::{Action, Aggregator, Registry, WatcherSpec};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
@@ -34,6 +33,35 @@ pub struct CountBatch {
     pub events: Vec<(String, u64)>,
     /// (watcher id, aggregation key, events).
     pub keys: Vec<(Uuid, Key, u64)>,
+}
+
+/// What a shared store (Redis, `src/cluster/`) judges one key by: the watcher's rules, as numbers (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CountRules {
+    pub window_secs: u64,
+    pub threshold: u64,
+    pub cooldown_secs: u64,
+    pub cooldown_max_secs: u64,
+}
+
+/// Events of one (watcher, key), with its rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedCount {
+    pub watcher: Uuid,
+    pub key: Key,
+    pub events: u64,
+    pub rules: CountRules,
+}
+
+/// A crossing Redis reported to this node alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Crossing {
+    pub watcher: Uuid,
+    pub key: Key,
+    pub count: u64,
+    /// The key's firings so far, this one included: with the watcher and key, the
+    /// crossing's id across nodes.
+    pub sequence: u64,
 }
 
 /// A crossing: the document actions deliver (its `text` makes it a valid Slack or

@@ -19,8 +19,7 @@ use uuid::Uuid;
 use super::Key;
 use super::table::{Buckets, KeyCounter, KeyTable};
 
-/// Seconds since the Unix epoch: counters are saved and restored across restarts.
-pub type Second = u64;
+pub use super::table::Second;
 
 pub trait CounterStore {
     /// Adds `n` events seen at `now` and returns the key's count: within the last

@@ -18,7 +18,9 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::Key;
-use super::store::Second;
+
+/// Seconds since the Unix epoch: counters are saved and restored across restarts.
+pub type Second = u64;
 
 /// Slots looked at to choose the key to evict.
 const EVICTION_SAMPLE: usize = 16;
