@@ -61,9 +61,10 @@ impl Batcher {
             self.started.notify_one();
         }
         for set in sets {
-            for event in events {
-                Key::encode_into(&set.aggregator, event, max_key_bytes, &mut key);
-                batch.add_key(set, &key);
+            let mut rest = events;
+            while !rest.is_empty() {
+                let counted = batch.add_set_keys(set, rest, max_key_bytes, &mut key);
+                rest = &rest[counted..];
                 if batch.is_full() {
                     self.link.send(WorkerMessage::Counts(batch.take()));
                 }
@@ -126,19 +127,34 @@ impl Batch {
         }
     }
 
-    fn add_key(&mut self, set: &Rc<FieldSet>, key: &str) {
+    /// Counts each of `events` under its key for `set` (written into `key`), the set's
+    /// counts found once; stops when the batch is full. Returns the events counted.
+    fn add_set_keys(
+        &mut self,
+        set: &Rc<FieldSet>,
+        events: &[Event<'_>],
+        max_key_bytes: usize,
+        key: &mut String,
+    ) -> usize {
         let (_, keys) = self
             .keys
             .entry(Rc::as_ptr(set) as usize)
             .or_insert_with(|| (set.clone(), HashMap::default()));
-        match keys.get_mut(key) {
-            Some(count) => *count += 1,
-            None => {
-                keys.insert(Key::from(key), 1);
-                self.entries += set.watchers.len();
-                self.key_bytes += key.len() * set.watchers.len();
+        for (index, event) in events.iter().enumerate() {
+            Key::encode_into(&set.aggregator, event, max_key_bytes, key);
+            match keys.get_mut(key.as_str()) {
+                Some(count) => *count += 1,
+                None => {
+                    keys.insert(Key::from(key.as_str()), 1);
+                    self.entries += set.watchers.len();
+                    self.key_bytes += key.len() * set.watchers.len();
+                    if beyond_limits(self.entries + self.events.len(), self.key_bytes) {
+                        return index + 1;
+                    }
+                }
             }
         }
+        events.len()
     }
 
     fn is_empty(&self) -> bool {
@@ -146,7 +162,7 @@ impl Batch {
     }
 
     fn is_full(&self) -> bool {
-        self.entries + self.events.len() >= BATCH_SHIP_AT || self.key_bytes >= BATCH_SHIP_BYTES
+        beyond_limits(self.entries + self.events.len(), self.key_bytes)
     }
 
     fn take(&mut self) -> CountBatch {
@@ -165,6 +181,11 @@ impl Batch {
     }
 }
 
+/// A batch of this many entries or key bytes ships.
+fn beyond_limits(entries: usize, key_bytes: usize) -> bool {
+    entries >= BATCH_SHIP_AT || key_bytes >= BATCH_SHIP_BYTES
+}
+
 #[cfg(test)]
 mod tests {
     use uuid::Uuid;
@@ -172,25 +193,43 @@ mod tests {
     use super::*;
     use crate::registry::Aggregator;
 
-    fn set(watchers: &[Uuid]) -> Rc<FieldSet> {
+    fn set(aggregator: Aggregator, watchers: &[Uuid]) -> Rc<FieldSet> {
         Rc::new(FieldSet {
-            aggregator: Aggregator::Fields {
-                fields: vec!["ip".into()],
-            },
+            aggregator,
             watchers: watchers.to_vec(),
         })
+    }
+
+    fn by_ip() -> Aggregator {
+        Aggregator::Fields {
+            fields: vec!["ip".into()],
+        }
+    }
+
+    /// Counts `bodies` (JSON objects) for `set`, as a request's events would be.
+    fn count(batch: &mut Batch, set: &Rc<FieldSet>, bodies: &[String]) -> usize {
+        let events: Vec<Event<'_>> = bodies
+            .iter()
+            .map(|b| Event::parse(b.as_bytes()).unwrap())
+            .collect();
+        batch.add_set_keys(set, &events, 1 << 20, &mut String::new())
+    }
+
+    fn ips(values: &[&str]) -> Vec<String> {
+        values
+            .iter()
+            .map(|v| format!(r#"{{"ip": "{v}"}}"#))
+            .collect()
     }
 
     #[test]
     fn a_batch_sums_per_event_and_per_key_and_names_every_watcher_of_the_set() {
         let (w1, w2, w3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let (by_ip, single) = (set(&[w1, w2]), set(&[w3]));
+        let (ip_set, single) = (set(by_ip(), &[w1, w2]), set(Aggregator::Single {}, &[w3]));
         let mut batch = Batch::default();
         batch.add_events("logins", 3);
-        batch.add_key(&by_ip, r#"["a"]"#);
-        batch.add_key(&single, "");
-        batch.add_key(&by_ip, r#"["a"]"#);
-        batch.add_key(&by_ip, r#"["b"]"#);
+        assert_eq!(count(&mut batch, &ip_set, &ips(&["a", "a", "b"])), 3);
+        count(&mut batch, &single, &ips(&["c"]));
         let mut taken = batch.take();
         taken.keys.sort();
         let (a, b) = (Key::from(r#"["a"]"#), Key::from(r#"["b"]"#));
@@ -207,23 +246,32 @@ mod tests {
         assert!(batch.is_empty());
     }
 
-    /// Full by what the frame will carry: a key counts once per watcher of its set.
+    /// Full by what the frame will carry, a key once per watcher of its set; counting
+    /// stops at the event that filled it.
     #[test]
     fn a_batch_is_full_by_entries_or_by_key_bytes() {
         let mut batch = Batch::default();
-        let many = set(&[Uuid::new_v4(), Uuid::new_v4()]);
-        for n in 0..BATCH_SHIP_AT / 2 - 1 {
-            batch.add_key(&many, &format!("[{n}]"));
-        }
+        let many = set(by_ip(), &[Uuid::new_v4(), Uuid::new_v4()]);
+        let values: Vec<String> = (0..BATCH_SHIP_AT).map(|n| n.to_string()).collect();
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        assert_eq!(
+            count(&mut batch, &many, &ips(&values[..BATCH_SHIP_AT / 2 - 1])),
+            511
+        );
         assert!(!batch.is_full());
-        batch.add_key(&many, "[\"last\"]");
+        assert_eq!(
+            count(&mut batch, &many, &ips(&values[511..])),
+            1,
+            "stopped when full"
+        );
         assert!(batch.is_full());
         batch.take();
-        let one = set(&[Uuid::new_v4()]);
-        let fat = "x".repeat(60_000);
-        for n in 0..18 {
-            batch.add_key(&one, &format!("[\"{fat}{n}\"]"));
-        }
+        let one = set(by_ip(), &[Uuid::new_v4()]);
+        let fat: Vec<String> = (0..18)
+            .map(|n| format!("{}{n}", "x".repeat(60_000)))
+            .collect();
+        let fat: Vec<&str> = fat.iter().map(String::as_str).collect();
+        count(&mut batch, &one, &ips(&fat));
         assert!(batch.is_full(), "{} key bytes", batch.key_bytes);
     }
 }
