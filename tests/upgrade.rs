@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use common::redis::RedisServer;
 use common::sinks::{HttpSink, dead_address};
 use common::{Daemon, Load, stderr, stdout, wait_for};
 use nix::sys::signal::Signal;
@@ -52,8 +53,26 @@ fn status_of(daemon: &Daemon) -> Value {
 
 #[test]
 fn an_upgrade_under_load_refuses_nothing_and_a_crossing_split_across_it_fires_once() {
+    upgrade_under_load_with_a_crossing_across_it("");
+}
+
+/// The same in a cluster: the new master's held counts go to Redis once its link is up.
+#[test]
+fn in_a_cluster_too_a_crossing_split_across_an_upgrade_fires_once() {
+    let redis = RedisServer::start();
+    upgrade_under_load_with_a_crossing_across_it(&format!(
+        "[cluster]\nurls = [\"{}\"]\ntimeout_ms = 500\n",
+        redis.url()
+    ));
+}
+
+fn upgrade_under_load_with_a_crossing_across_it(extra: &str) {
     let sink = HttpSink::start(Duration::ZERO);
-    let mut daemon = daemon_from_a_copy("");
+    let mut daemon = daemon_from_a_copy(extra);
+    wait_for("Redis reached, in a cluster", 10 * SECOND, || {
+        let status = status_of(&daemon);
+        status["cluster"].is_null() || status["cluster"]["redis_reachable"] == true
+    });
     assert_eq!(daemon.post("/event/", r#"{"type": "deploys"}"#).status, 201);
     let watcher = json!({"name": "many-deploys", "threshold": 100,
         "aggregator": {"type": "single"},
@@ -132,6 +151,12 @@ fn an_upgrade_under_load_refuses_nothing_and_a_crossing_split_across_it_fires_on
     assert_eq!(requests.len(), 1, "{requests:?}");
     let firing: Value = serde_json::from_str(&requests[0].body).unwrap();
     assert_eq!(firing["count"], 101, "{firing}");
+    let clustered = !extra.is_empty();
+    assert_eq!(
+        firing["crossing"].is_string(),
+        clustered,
+        "fired by Redis: {firing}"
+    );
 }
 
 #[test]

@@ -56,7 +56,7 @@ impl Master {
     /// In a cluster, the counts go to Redis, which decides the crossings (`cluster`);
     /// otherwise, or while Redis is unreachable, this master decides.
     pub(super) fn count_at(&mut self, batch: CountBatch, now: Second) {
-        if let Some(batch) = self.share_counts(batch) {
+        if let Some(batch) = self.share_counts(batch, now) {
             self.count_locally(batch, now);
         }
     }

@@ -25,6 +25,7 @@ use crate::ipc::{Answer, MasterMessage};
 use crate::metrics::{Histogram, write_family};
 use crate::registry::{Change, Origin, Refusal, Registry};
 use crate::status::ClusterStatus;
+use crate::watch::store::Second;
 use crate::watch::{CountBatch, SharedCount};
 
 /// A link that dies sooner than this after its start waits this long to be replaced.
@@ -32,6 +33,10 @@ const RESPAWN_PAUSE: Duration = Duration::from_secs(1);
 
 /// What the master may have queued for the link unread: more, and it is stuck.
 const MAX_UNREAD_BYTES: usize = 64 * 1024 * 1024;
+
+/// Batches held for Redis' first answer, at most (a link that cannot start): past them,
+/// counts are this node's own.
+const MAX_HELD_BATCHES: usize = 10_000;
 
 /// Times a change is made again on a newer registry after losing a race to another node.
 const PUBLISH_ATTEMPTS: u32 = 5;
@@ -42,12 +47,15 @@ pub(super) struct ClusterState {
     respawn_at: Option<Instant>,
     /// Redis did not answer: counting locally since then.
     degraded_since: Option<Instant>,
-    /// Redis answered once: a later silence is an outage, not a start.
-    reached: bool,
+    /// Redis answered or failed once: until then, counts are held for it.
+    settled: bool,
     /// Registry changes waiting for Redis, the one in flight first.
     publishing: VecDeque<PendingChange>,
     /// The version the link last reported for the shared registry.
     shared_version: Option<u64>,
+    /// Counts made before Redis first answered (a start, a new master taking over):
+    /// shared at its first answer, or counted alone at its first failure.
+    held: Vec<(Second, CountBatch)>,
     latency: Histogram,
     errors: u64,
 }
@@ -70,9 +78,10 @@ impl ClusterState {
             respawn_at: None,
             // Until Redis first answers, counts are this node's own.
             degraded_since: Some(Instant::now()),
-            reached: false,
+            settled: false,
             publishing: VecDeque::new(),
             shared_version: None,
+            held: Vec::new(),
             latency: Histogram::default(),
             errors: 0,
         }
@@ -163,12 +172,19 @@ impl Master {
         }
     }
 
-    /// Counts shared through Redis, or this node's own while it is unreachable.
-    /// `None` when the batch went to Redis.
-    pub(super) fn share_counts(&mut self, batch: CountBatch) -> Option<CountBatch> {
-        let Some(cluster) = self.cluster.as_mut().filter(|c| c.shares()) else {
+    /// Counts shared through Redis, or this node's own while it is unreachable; held
+    /// until Redis first answers or fails. `None` when the batch went to Redis or waits.
+    pub(super) fn share_counts(&mut self, batch: CountBatch, at: Second) -> Option<CountBatch> {
+        let Some(cluster) = self.cluster.as_mut() else {
             return Some(batch);
         };
+        if !cluster.settled && cluster.held.len() < MAX_HELD_BATCHES {
+            cluster.held.push((at, batch));
+            return None;
+        }
+        if !cluster.shares() {
+            return Some(batch);
+        }
         let counts = self.watch.shared_counts(batch);
         if !counts.is_empty() {
             cluster.send(&ToCluster::Count(counts));
@@ -215,29 +231,43 @@ impl Master {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
+        let first = !cluster.settled;
+        cluster.settled = true;
         match (reachable, cluster.degraded_since) {
             (false, None) => {
                 warn!("cluster: Redis unreachable; counting on this node alone (degraded)");
                 cluster.degraded_since = Some(Instant::now());
             }
-            (true, Some(_)) if !cluster.reached => {
-                cluster.degraded_since = None;
-                cluster.reached = true;
-                let dropped = self.watch.clear_counts();
-                info!(
-                    "cluster: Redis reachable; counting shared ({dropped} keys counted before dropped)"
+            (false, Some(_)) if first => {
+                warn!(
+                    "cluster: Redis unreachable at start; counting on this node alone (degraded)"
                 );
             }
             (true, Some(since)) => {
                 cluster.degraded_since = None;
                 let dropped = self.watch.clear_counts();
-                info!(
-                    "cluster: Redis reachable after {:.1}s; counting shared again, the {dropped} \
-                     keys counted alone meanwhile are dropped",
-                    since.elapsed().as_secs_f64()
-                );
+                if first {
+                    info!("cluster: Redis reachable; counting shared");
+                } else {
+                    info!(
+                        "cluster: Redis reachable after {:.1}s; counting shared again, the \
+                         {dropped} keys counted alone meanwhile are dropped",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
             }
             _ => {}
+        }
+        let held = self
+            .cluster
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.held))
+            .unwrap_or_default();
+        for (at, batch) in held {
+            self.count_at(batch, at);
+        }
+        if first {
+            self.publish_next_change();
         }
     }
 
@@ -286,6 +316,10 @@ impl Master {
                 return;
             };
             let shares = cluster.shares();
+            // Before Redis first answers (a start, a take-over), changes wait for it.
+            if !cluster.settled {
+                return;
+            }
             let Some(pending) = cluster.publishing.front_mut() else {
                 return;
             };
