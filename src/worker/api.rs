@@ -155,13 +155,19 @@ impl Api {
             Ok(events) => events,
             Err(message) => return error(StatusCode::BAD_REQUEST, &message),
         };
-        let ids: Vec<Uuid> = events.iter().map(|_| self.ids.next()).collect();
-        // `null` collectors write nothing: the lines are built only for those that do.
-        if entry
+        // `null` collectors write nothing: the lines are built only for those that do,
+        // and an event's id is made only where it is seen (a line, a reply).
+        let writes = entry
             .collectors
             .iter()
-            .any(|c| c.spec.appender != Appender::Null {})
-        {
+            .any(|c| c.spec.appender != Appender::Null {});
+        let replied = !matches!(posted, Posted::Bulk { with_ids: false });
+        let ids: Vec<Uuid> = if writes || replied {
+            events.iter().map(|_| self.ids.next()).collect()
+        } else {
+            Vec::new()
+        };
+        if writes {
             let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
             let lines: String = events
                 .iter()
@@ -180,7 +186,7 @@ impl Api {
             }
         }
         // Counted only once acknowledged: the reply goes out right after.
-        let collected = ids.len() as u64;
+        let collected = events.len() as u64;
         self.deltas.borrow_mut().record_collected(event, collected);
         self.batcher
             .add_keys(served.plans.of(event), &events, self.max_key_bytes);
@@ -189,10 +195,10 @@ impl Api {
             Posted::One => json(StatusCode::OK, &Created { _id: ids[0] }),
             Posted::Bulk { with_ids: true } => json(
                 StatusCode::OK,
-                &json!({"collected": ids.len(), "_ids": ids}),
+                &json!({"collected": collected, "_ids": ids}),
             ),
             Posted::Bulk { with_ids: false } => {
-                json(StatusCode::OK, &json!({"collected": ids.len()}))
+                json(StatusCode::OK, &json!({"collected": collected}))
             }
         }
     }
