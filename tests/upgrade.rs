@@ -159,6 +159,57 @@ fn upgrade_under_load_with_a_crossing_across_it(extra: &str) {
     );
 }
 
+/// The new master: the old one's child that runs the binary (`eventsd`, not a worker).
+fn successor_of(master: Pid) -> Option<Pid> {
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        let parent: i32 = rest.split(' ').nth(1)?.parse().ok()?;
+        (parent == master.as_raw() && name == "eventsd").then(|| Pid::from_raw(pid))
+    })
+}
+
+#[test]
+fn a_stop_during_the_hand_over_stops_both_masters_and_cleans_up() {
+    let mut daemon = daemon_from_a_copy("");
+    let old = daemon.pidfile_pid().unwrap();
+    let mut half_sent = TcpStream::connect(daemon.address()).unwrap();
+    half_sent
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n")
+        .unwrap();
+    wait_for(
+        "an old worker holding the half-sent request",
+        5 * SECOND,
+        || {
+            status_of(&daemon)["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["connections"].as_u64() > Some(0))
+        },
+    );
+    nix::sys::signal::kill(old, Signal::SIGUSR2).unwrap();
+    wait_for("the old master handing over", 20 * SECOND, || {
+        let workers = status_of(&daemon)["workers"].as_array().unwrap().clone();
+        !workers.is_empty() && workers.iter().all(|w| w["state"] == "shutdown")
+    });
+    let new = successor_of(old).expect("the new master runs");
+    nix::sys::signal::kill(old, Signal::SIGTERM).unwrap();
+    half_sent.write_all(b"\r\n").unwrap();
+    assert_eq!(common::read_response(&mut half_sent).unwrap().status, 200);
+    drop(half_sent);
+    assert!(daemon.wait_exit(20 * SECOND).success());
+    wait_for("the new master gone too", 10 * SECOND, || {
+        common::is_gone(new)
+    });
+    assert!(!daemon.pidfile().exists(), "the pidfile is removed");
+    assert!(
+        TcpStream::connect(daemon.address()).is_err(),
+        "nothing serves"
+    );
+}
+
 #[test]
 fn firings_pending_before_an_upgrade_are_delivered_by_the_new_master_with_their_ids() {
     let target = dead_address();

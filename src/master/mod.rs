@@ -276,8 +276,17 @@ impl Master {
         }
     }
 
+    /// A stop during a hand-over stops both masters: the new one, not yet in charge,
+    /// leaves every file to this one, which cleans up as on any stop.
     fn begin_graceful_stop(&mut self) {
+        if self.phase == Phase::HandingOver {
+            info!("graceful stop during the hand-over: the new master stops too");
+            self.phase = Phase::Draining;
+        }
         if self.is_stopping() {
+            if let Some(upgrade) = self.upgrade.as_mut() {
+                upgrade.successor.terminate("eventsd is stopping");
+            }
             return;
         }
         info!(
