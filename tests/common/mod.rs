@@ -37,11 +37,24 @@ pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bo
     }
 }
 
+/// A loopback port nothing listens on, for a server the test starts next. Taken below
+/// the kernel's ephemeral range (32768 and up), where the port-0 binds of sinks and
+/// clients in parallel tests land, so that none of them can take it before the server
+/// binds it; each test process walks its own sequence from a point its pid picks.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("no free loopback port")
+    use std::sync::atomic::AtomicU32;
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + step) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN);
 }
 
 /// A config for tests: `[server] listen`, `[daemon]` state and log in the temp folder,

@@ -20,8 +20,15 @@ impl RedisServer {
     }
 
     fn start_with(cluster_enabled: bool) -> RedisServer {
+        // Redis Cluster also listens on port + 10000 (its bus).
+        let port = std::iter::repeat_with(free_port)
+            .find(|&port| {
+                !cluster_enabled
+                    || std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+            })
+            .expect("a free port");
         let mut server = RedisServer {
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().unwrap(),
             cluster_enabled,
             process: None,
