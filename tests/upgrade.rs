@@ -45,6 +45,45 @@ fn post_events(daemon: &Daemon, n: usize) {
     }
 }
 
+/// A request half sent to an old worker, which holds the hand-over open (the old
+/// worker drains it before the old master may exit), once a worker has it.
+fn hold_the_hand_over_open(daemon: &Daemon) -> TcpStream {
+    let mut half_sent = TcpStream::connect(daemon.address()).unwrap();
+    half_sent
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n")
+        .unwrap();
+    wait_for(
+        "an old worker holding the half-sent request",
+        5 * SECOND,
+        || {
+            status_of(daemon)["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["connections"].as_u64() > Some(0))
+        },
+    );
+    half_sent
+}
+
+/// Sends the rest of the half-sent request: it is answered, and the connection closes.
+fn answer_the_half_sent(mut half_sent: TcpStream) {
+    half_sent.write_all(b"\r\n").unwrap();
+    let reply = common::read_response(&mut half_sent).unwrap();
+    assert_eq!(reply.status, 200, "the half-sent request is answered");
+}
+
+/// Until the old master `old` (still answering on the control socket) drains its workers.
+fn wait_handing_over(daemon: &Daemon, old: Pid) {
+    wait_for("the old master handing over", 20 * SECOND, || {
+        let status = status_of(daemon);
+        let workers = status["workers"].as_array().unwrap();
+        status["pid"] == json!(old.as_raw())
+            && !workers.is_empty()
+            && workers.iter().all(|w| w["state"] == "shutdown")
+    });
+}
+
 fn status_of(daemon: &Daemon) -> Value {
     daemon
         .status()
@@ -84,39 +123,16 @@ fn upgrade_under_load_with_a_crossing_across_it(extra: &str) {
 
     // A request half sent to an old worker holds the hand-over open, so that what
     // follows happens while both masters serve.
-    let mut half_sent = TcpStream::connect(daemon.address()).unwrap();
-    half_sent
-        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n")
-        .unwrap();
-    wait_for(
-        "an old worker holding the half-sent request",
-        5 * SECOND,
-        || {
-            status_of(&daemon)["workers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|w| w["connections"].as_u64() > Some(0))
-        },
-    );
+    let half_sent = hold_the_hand_over_open(&daemon);
     let load = Load::start(daemon.address(), 4);
     std::thread::scope(|scope| {
         let upgrade = scope.spawn(|| daemon.cli(&["upgrade"]));
-        wait_for("the old master handing over", 20 * SECOND, || {
-            let status = status_of(&daemon);
-            let workers = status["workers"].as_array().unwrap();
-            status["pid"] == json!(old.as_raw())
-                && !workers.is_empty()
-                && workers.iter().all(|w| w["state"] == "shutdown")
-        });
+        wait_handing_over(&daemon, old);
         // Served by the new master, which holds their counts and the change until the
         // old one has handed over.
         post_events(&daemon, 20);
         let change = scope.spawn(|| daemon.post("/event/", r#"{"type": "audits"}"#));
-        half_sent.write_all(b"\r\n").unwrap();
-        let reply = common::read_response(&mut half_sent).unwrap();
-        assert_eq!(reply.status, 200, "the half-sent request is answered");
-        drop(half_sent);
+        answer_the_half_sent(half_sent);
         let upgrade = upgrade.join().unwrap();
         assert!(upgrade.status.success(), "{}", stderr(&upgrade));
         let new = daemon.pidfile_pid().unwrap();
@@ -174,31 +190,12 @@ fn successor_of(master: Pid) -> Option<Pid> {
 fn a_stop_during_the_hand_over_stops_both_masters_and_cleans_up() {
     let mut daemon = daemon_from_a_copy("");
     let old = daemon.pidfile_pid().unwrap();
-    let mut half_sent = TcpStream::connect(daemon.address()).unwrap();
-    half_sent
-        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n")
-        .unwrap();
-    wait_for(
-        "an old worker holding the half-sent request",
-        5 * SECOND,
-        || {
-            status_of(&daemon)["workers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|w| w["connections"].as_u64() > Some(0))
-        },
-    );
+    let half_sent = hold_the_hand_over_open(&daemon);
     nix::sys::signal::kill(old, Signal::SIGUSR2).unwrap();
-    wait_for("the old master handing over", 20 * SECOND, || {
-        let workers = status_of(&daemon)["workers"].as_array().unwrap().clone();
-        !workers.is_empty() && workers.iter().all(|w| w["state"] == "shutdown")
-    });
+    wait_handing_over(&daemon, old);
     let new = successor_of(old).expect("the new master runs");
     nix::sys::signal::kill(old, Signal::SIGTERM).unwrap();
-    half_sent.write_all(b"\r\n").unwrap();
-    assert_eq!(common::read_response(&mut half_sent).unwrap().status, 200);
-    drop(half_sent);
+    answer_the_half_sent(half_sent);
     assert!(daemon.wait_exit(20 * SECOND).success());
     wait_for("the new master gone too", 10 * SECOND, || {
         common::is_gone(new)

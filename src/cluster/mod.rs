@@ -98,7 +98,7 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
     channel.set_nonblocking(true)?;
     let (mut reader, writer) = tokio::net::UnixStream::from_std(channel)?.into_split();
     let mut link = Link {
-        redis: Redis::new(&cluster)?,
+        redis: Redis::new(&cluster),
         master: writer,
         pending: HashMap::new(),
         reachable: None,
@@ -111,10 +111,7 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
     info!(
         "cluster link ready: node {}, {} mode, {}",
         cluster.node_name,
-        match cluster.mode {
-            crate::config::ClusterMode::Standalone => "standalone",
-            crate::config::ClusterMode::Cluster => "cluster",
-        },
+        cluster.mode.name(),
         cluster.urls.join(", ")
     );
     let mut flush = tokio::time::interval(Duration::from_millis(cluster.flush_ms));
@@ -246,7 +243,7 @@ impl Link {
             self.tell(&FromCluster::Calls { latency, errors }).await?;
         }
         let reachable = self.reachable == Some(true);
-        self.report_reachable(reachable).await
+        self.tell(&FromCluster::Reachable(reachable)).await
     }
 
     /// The shared registry, reported when its version differs from the last one seen
@@ -290,10 +287,6 @@ impl Link {
             }
         }
         outcome
-    }
-
-    async fn report_reachable(&mut self, reachable: bool) -> anyhow::Result<()> {
-        self.tell(&FromCluster::Reachable(reachable)).await
     }
 
     async fn tell(&mut self, message: &FromCluster) -> anyhow::Result<()> {

@@ -39,15 +39,15 @@ pub(super) struct Redis {
 }
 
 impl Redis {
-    pub(super) fn new(cluster: &Cluster) -> anyhow::Result<Redis> {
-        Ok(Redis {
+    pub(super) fn new(cluster: &Cluster) -> Redis {
+        Redis {
             mode: cluster.mode,
             urls: cluster.urls.clone(),
             timeout: Duration::from_millis(cluster.timeout_ms),
             prefix: cluster.key_prefix.clone(),
             connection: None,
             announcements: None,
-        })
+        }
     }
 
     fn registry_key(&self) -> String {
@@ -192,12 +192,17 @@ impl Redis {
         call
     }
 
+    /// `FCALL function 1 KEY`: a registry Function on the registry's key; its
+    /// arguments follow.
+    fn registry_call(&self, function: &str) -> Cmd {
+        let mut call = cmd("FCALL");
+        call.arg(function).arg(1).arg(self.registry_key());
+        call
+    }
+
     /// The shared registry, if Redis holds one.
     pub(super) async fn registry(&mut self) -> anyhow::Result<Option<(u64, String)>> {
-        let mut get = cmd("FCALL");
-        get.arg("eventsd_registry_get")
-            .arg(1)
-            .arg(self.registry_key());
+        let get = self.registry_call("eventsd_registry_get");
         self.ensure_connected().await?;
         let (version, document): (u64, String) = self.call(&get).await?;
         Ok((version > 0).then_some((version, document)))
@@ -210,15 +215,12 @@ impl Redis {
         version: u64,
         document: &str,
     ) -> anyhow::Result<super::Publication> {
-        let key = self.registry_key();
-        let mut set = cmd("FCALL");
-        set.arg("eventsd_registry_set")
-            .arg(1)
-            .arg(&key)
-            .arg(expected)
+        let mut set = self.registry_call("eventsd_registry_set");
+        // The announcement goes out on a channel named as the key.
+        set.arg(expected)
             .arg(version)
             .arg(document)
-            .arg(&key);
+            .arg(self.registry_key());
         self.ensure_connected().await?;
         let (written, current, document): (u64, u64, String) = self.call(&set).await?;
         Ok(if written == 1 {
@@ -230,14 +232,8 @@ impl Redis {
 
     /// Writes this node's copy if Redis holds none or an older one; whether it did.
     pub(super) async fn seed(&mut self, version: u64, document: &str) -> anyhow::Result<bool> {
-        let key = self.registry_key();
-        let mut seed = cmd("FCALL");
-        seed.arg("eventsd_registry_seed")
-            .arg(1)
-            .arg(&key)
-            .arg(version)
-            .arg(document)
-            .arg(&key);
+        let mut seed = self.registry_call("eventsd_registry_seed");
+        seed.arg(version).arg(document).arg(self.registry_key());
         self.ensure_connected().await?;
         Ok(self.call::<u64>(&seed).await? == 1)
     }

@@ -42,6 +42,16 @@ pub enum ClusterMode {
     Cluster,
 }
 
+impl ClusterMode {
+    /// As the configuration spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterMode::Standalone => "standalone",
+            ClusterMode::Cluster => "cluster",
+        }
+    }
+}
+
 fn default_key_prefix() -> String {
     "eventsd".to_string()
 }

@@ -17,6 +17,15 @@ use crate::registry::{Change, Origin, Refusal, Registry};
 
 impl Master {
     pub(super) fn answer(&mut self, pid: Pid, id: u64, question: Question) {
+        // Taking over from an old master that still writes the registry: a change is
+        // applied once it has handed over (`upgrade`).
+        let question = match self.succession.as_mut() {
+            Some(succession) if matches!(question, Question::Change { .. }) => {
+                succession.defer_change(pid, id, question);
+                return;
+            }
+            _ => question,
+        };
         let answer = match question {
             Question::Metrics => {
                 let mut text = self.totals.render(&self.pool.statuses(Instant::now()));
@@ -37,14 +46,6 @@ impl Master {
                 }
                 write_process_families(&mut text);
                 Answer::Metrics(text)
-            }
-            Question::Change { .. } if self.succession.is_some() => {
-                // Taking over from an old master that still writes the registry: the
-                // change is applied once it has handed over (`upgrade`).
-                if let Some(succession) = self.succession.as_mut() {
-                    succession.defer_change(pid, id, question);
-                }
-                return;
             }
             // In a cluster, Redis holds the registry: the change is published first.
             Question::Change { change, origin } if self.cluster.is_some() => {

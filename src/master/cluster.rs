@@ -104,11 +104,7 @@ impl ClusterState {
 
     pub(super) fn status(&self, registry_version: u64) -> ClusterStatus {
         ClusterStatus {
-            mode: match self.config.mode {
-                config::ClusterMode::Standalone => "standalone",
-                config::ClusterMode::Cluster => "cluster",
-            }
-            .to_string(),
+            mode: self.config.mode.name().to_string(),
             node: self.config.node_name.clone(),
             redis_reachable: self.degraded_since.is_none(),
             registry_version,
