@@ -472,7 +472,13 @@ fn with_id(id: Uuid, value: &impl Serialize) -> Value {
 /// NDJSON: one object a line; blank lines are skipped; any bad line rejects the batch.
 fn parse_lines(body: &[u8]) -> Result<Vec<Event<'_>>, String> {
     let mut events = Vec::new();
-    for (index, line) in body.split(|&b| b == b'\n').enumerate() {
+    // `memchr` finds the line ends a word at a time: byte by byte, the split alone was a
+    // tenth of a large `_bulk`'s cost.
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    for (index, end) in ends.enumerate() {
+        let line = &body[start..end];
+        start = end + 1;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
