@@ -114,23 +114,15 @@ impl Fields for Event<'_> {
     /// integer, `true`, `false` or `null` is already in the form `get` would print, and
     /// is copied as it came; anything else takes `get`'s way.
     fn write_json(&self, path: &str, out: &mut String) {
-        let raw = if path.contains('.') {
-            None
-        } else {
-            self.fields
-                .iter()
-                .rev()
-                .find(|(key, _)| key == path)
-                .map(|(_, raw)| raw.get())
-        };
-        match raw {
-            None if !path.contains('.') => out.push_str("null"),
-            Some(raw) if is_canonical(raw) => out.push_str(raw),
-            _ => {
-                let value = self.get(path).unwrap_or(Value::Null);
-                let _ = fmt::Write::write_fmt(out, format_args!("{value}"));
+        if !path.contains('.') {
+            match self.fields.iter().rev().find(|(key, _)| key == path) {
+                None => return out.push_str("null"),
+                Some((_, raw)) if is_canonical(raw.get()) => return out.push_str(raw.get()),
+                Some(_) => {}
             }
         }
+        let value = self.get(path).unwrap_or(Value::Null);
+        let _ = fmt::Write::write_fmt(out, format_args!("{value}"));
     }
 
     fn get(&self, path: &str) -> Option<Value> {
