@@ -26,7 +26,7 @@ use crate::metrics::{Histogram, write_family};
 use crate::registry::{Change, Origin, Refusal, Registry};
 use crate::status::ClusterStatus;
 use crate::watch::store::Second;
-use crate::watch::{CountBatch, SharedCount};
+use crate::watch::{CountBatch, SetCounts, SharedCount};
 
 /// A link that dies sooner than this after its start waits this long to be replaced.
 const RESPAWN_PAUSE: Duration = Duration::from_secs(1);
@@ -271,9 +271,12 @@ impl Master {
     fn count_alone(&mut self, counts: Vec<SharedCount>) {
         let batch = CountBatch {
             events: Vec::new(),
-            keys: counts
+            sets: counts
                 .into_iter()
-                .map(|c| (c.watcher, c.key, c.events))
+                .map(|c| SetCounts {
+                    watchers: vec![c.watcher],
+                    keys: vec![(c.key, c.events)],
+                })
                 .collect(),
         };
         self.count_locally(batch, crate::watch::now());

@@ -31,8 +31,27 @@ use store::{Cooldown, CounterStore, Second};
 pub struct CountBatch {
     /// (event type, events collected): what the master counted, for metrics.
     pub events: Vec<(String, u64)>,
-    /// (watcher id, aggregation key, events).
-    pub keys: Vec<(Uuid, Key, u64)>,
+    /// The counts of each field set (`plan`): a key is named once for its set, however
+    /// many watchers count by it.
+    pub sets: Vec<SetCounts>,
+}
+
+/// The watchers that count by one field set, and the events of each of its keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SetCounts {
+    pub watchers: Vec<Uuid>,
+    pub keys: Vec<(Key, u64)>,
+}
+
+impl SetCounts {
+    /// (watcher, key, events) for each key and watcher of the set.
+    pub fn counts(&self) -> impl Iterator<Item = (Uuid, &Key, u64)> {
+        self.keys.iter().flat_map(|(key, events)| {
+            self.watchers
+                .iter()
+                .map(move |&watcher| (watcher, key, *events))
+        })
+    }
 }
 
 /// What a shared store (Redis, `src/cluster/`) judges one key by: the watcher's rules, as numbers (0: none).
@@ -199,8 +218,9 @@ impl Watch {
     pub fn shared_counts(&mut self, batch: CountBatch) -> Vec<SharedCount> {
         self.record_counted(batch.events);
         batch
-            .keys
-            .into_iter()
+            .sets
+            .iter()
+            .flat_map(SetCounts::counts)
             .filter_map(|(watcher, key, events)| {
                 let spec = &self.watchers.get(&watcher)?.spec;
                 let rules = CountRules {
@@ -211,7 +231,7 @@ impl Watch {
                 };
                 Some(SharedCount {
                     watcher,
-                    key,
+                    key: key.clone(),
                     events,
                     rules,
                 })
@@ -253,34 +273,38 @@ impl Watch {
     /// Adds a worker's batch; returns the jobs of the keys that crossed their threshold.
     pub fn count(&mut self, batch: CountBatch, now: Second) -> Vec<Job> {
         self.record_counted(batch.events);
-        self.changed |= !batch.keys.is_empty();
-        let mut jobs = Vec::new();
-        for (id, key, n) in batch.keys {
-            // Counts for a watcher deleted since the worker computed them are dropped.
-            let Some(watched) = self.watchers.get(&id) else {
-                continue;
-            };
-            let spec = &watched.spec;
-            let count = self.store.add(id, &key, n, now, spec.window_secs);
-            if count <= spec.threshold {
-                continue;
-            }
-            let previous = self.store.cooldown(id, &key);
-            let cooling = previous.is_some_and(|c| now < c.last_fired.saturating_add(c.secs));
-            if cooling {
-                // The events still count; the next cooldown may grow.
-                self.store.crossed_while_cooling(id, &key);
-                continue;
-            }
-            self.store
-                .fired(id, &key, now, next_cooldown(spec, previous));
-            *self.firings.entry(spec.name.to_string()).or_default() += 1;
-            jobs.push(Job {
-                firing: firing(&watched.event, spec, &key, count),
-                action: spec.action.clone(),
-            });
+        self.changed |= batch.sets.iter().any(|set| !set.keys.is_empty());
+        batch
+            .sets
+            .iter()
+            .flat_map(SetCounts::counts)
+            .filter_map(|(watcher, key, events)| self.count_key(watcher, key, events, now))
+            .collect()
+    }
+
+    /// Adds `events` to `key` of `watcher`; its job if that crossed the threshold.
+    fn count_key(&mut self, id: Uuid, key: &Key, events: u64, now: Second) -> Option<Job> {
+        // Counts for a watcher deleted since the worker computed them are dropped.
+        let watched = self.watchers.get(&id)?;
+        let spec = &watched.spec;
+        let count = self.store.add(id, key, events, now, spec.window_secs);
+        if count <= spec.threshold {
+            return None;
         }
-        jobs
+        let previous = self.store.cooldown(id, key);
+        let cooling = previous.is_some_and(|c| now < c.last_fired.saturating_add(c.secs));
+        if cooling {
+            // The events still count; the next cooldown may grow.
+            self.store.crossed_while_cooling(id, key);
+            return None;
+        }
+        self.store
+            .fired(id, key, now, next_cooldown(spec, previous));
+        *self.firings.entry(spec.name.to_string()).or_default() += 1;
+        Some(Job {
+            firing: firing(&watched.event, spec, key, count),
+            action: spec.action.clone(),
+        })
     }
 
     pub fn store(&self) -> &dyn CounterStore {
@@ -438,18 +462,20 @@ mod tests {
 
     fn post(watch: &mut Watch, registry: &Registry, payloads: &[Value], now: Second) -> Vec<Job> {
         let entry = registry.event("logins").unwrap();
-        let keys = payloads
+        let sets = entry
+            .watchers
             .iter()
-            .flat_map(|payload| {
-                entry.watchers.iter().map(|w| {
-                    let key = Key::of(&w.spec.aggregator, payload.as_object().unwrap(), 1024);
-                    (w.id, key, 1)
-                })
+            .map(|w| SetCounts {
+                watchers: vec![w.id],
+                keys: payloads
+                    .iter()
+                    .map(|p| (Key::of(&w.spec.aggregator, p.as_object().unwrap(), 1024), 1))
+                    .collect(),
             })
             .collect();
         let batch = CountBatch {
             events: vec![("logins".to_string(), payloads.len() as u64)],
-            keys,
+            sets,
         };
         watch.count(batch, now)
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::Key;
-use super::table::{Buckets, KeyCounter, KeyTable};
+use super::table::{Buckets, KeyCounter, KeyTable, LastKey};
 
 pub use super::table::Second;
 
@@ -60,14 +60,15 @@ pub struct MemoryStore {
     /// Ticks once per update: the recency stamps of eviction.
     #[serde(skip)]
     clock: u64,
+    #[serde(skip)]
+    last_created: LastKey,
 }
 
 impl MemoryStore {
     pub fn new(max_keys: usize) -> MemoryStore {
         MemoryStore {
-            watchers: HashMap::new(),
             max_keys: max_keys.max(1),
-            clock: 0,
+            ..MemoryStore::default()
         }
     }
 
@@ -96,10 +97,12 @@ impl MemoryStore {
 
     fn touch(&mut self, watcher: Uuid, key: &Key) -> &mut KeyCounter {
         self.clock += 1;
-        self.watchers
-            .entry(watcher)
-            .or_default()
-            .touch(key, self.clock, self.max_keys)
+        self.watchers.entry(watcher).or_default().touch(
+            key,
+            self.clock,
+            self.max_keys,
+            &mut self.last_created,
+        )
     }
 }
 

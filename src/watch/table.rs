@@ -152,6 +152,25 @@ struct Slot {
     touched: u64,
 }
 
+/// The text of the key created last, in any watcher's table: the watchers of one field
+/// set create the same key one after the other (a batch names a key once for its set),
+/// and share one copy of its text.
+#[derive(Default)]
+pub struct LastKey(Option<Rc<str>>);
+
+impl LastKey {
+    fn text_of(&mut self, key: &str) -> Rc<str> {
+        match &self.0 {
+            Some(last) if **last == *key => last.clone(),
+            _ => {
+                let text: Rc<str> = Rc::from(key);
+                self.0 = Some(text.clone());
+                text
+            }
+        }
+    }
+}
+
 /// One watcher's keys.
 #[derive(Default)]
 pub struct KeyTable {
@@ -173,15 +192,23 @@ impl KeyTable {
     }
 
     /// The counter of `key`, created if new (evicting a key first when the table holds
-    /// `max_keys`), marked as updated at `stamp`.
-    pub fn touch(&mut self, key: &Key, stamp: u64, max_keys: usize) -> &mut KeyCounter {
+    /// `max_keys`, its text shared with the table that created the same key last),
+    /// marked as updated at `stamp`.
+    pub fn touch(
+        &mut self,
+        key: &Key,
+        stamp: u64,
+        max_keys: usize,
+        last_created: &mut LastKey,
+    ) -> &mut KeyCounter {
         let slot = match self.index.get(key.as_str()) {
             Some(&slot) => slot as usize,
             None => {
                 if self.slots.len() >= max_keys {
                     self.evict_one();
                 }
-                self.insert(Rc::from(key.as_str()), KeyCounter::default(), stamp)
+                let text = last_created.text_of(key.as_str());
+                self.insert(text, KeyCounter::default(), stamp)
             }
         };
         let slot = &mut self.slots[slot];
@@ -325,14 +352,15 @@ mod tests {
             .map(|n| Key::from(format!("[{n}]").as_str()))
             .collect();
         for (stamp, key) in keys.iter().enumerate() {
-            table.touch(key, stamp as u64, 1000);
+            table.touch(key, stamp as u64, 1000, &mut LastKey::default());
         }
         // The first 900 keys are updated again: the last 100 are the least recent.
         for (stamp, key) in keys.iter().take(900).enumerate() {
-            table.touch(key, 1000 + stamp as u64, 1000);
+            table.touch(key, 1000 + stamp as u64, 1000, &mut LastKey::default());
         }
         for n in 0..50 {
-            table.touch(&Key::from(format!("[new{n}]").as_str()), 5000 + n, 1000);
+            let key = Key::from(format!("[new{n}]").as_str());
+            table.touch(&key, 5000 + n, 1000, &mut LastKey::default());
         }
         assert_eq!((table.len(), table.evictions), (1000, 50));
         let kept_recent = keys
@@ -365,10 +393,27 @@ mod tests {
         for (slot, entry) in table.slots.iter().enumerate() {
             assert_eq!(table.index[&entry.key], slot as u32);
         }
-        table.touch(&Key::from("[4]"), 99, 3);
+        table.touch(&Key::from("[4]"), 99, 3, &mut LastKey::default());
         assert_eq!((table.len(), table.evictions), (3, 1));
         let saved = serde_json::to_value(&table).unwrap();
         assert_eq!(saved["keys"].as_object().unwrap().len(), 3);
+    }
+
+    /// The watchers of one field set create a key one after the other: one copy of its
+    /// text serves them all; another key gets its own.
+    #[test]
+    fn tables_creating_the_same_key_in_turn_share_its_text() {
+        let (mut first, mut second) = (KeyTable::default(), KeyTable::default());
+        let mut last_created = LastKey::default();
+        let ip = Key::from(r#"["10.0.0.1"]"#);
+        first.touch(&ip, 1, 10, &mut last_created);
+        second.touch(&ip, 2, 10, &mut last_created);
+        assert!(Rc::ptr_eq(&first.slots[0].key, &second.slots[0].key));
+        first.touch(&Key::from(r#"["10.0.0.2"]"#), 3, 10, &mut last_created);
+        second.touch(&ip, 4, 10, &mut last_created);
+        assert_eq!(second.len(), 1, "a key the table has is not created again");
+        assert!(!Rc::ptr_eq(&first.slots[1].key, &second.slots[0].key));
+        assert_eq!(&*first.slots[1].key, r#"["10.0.0.2"]"#);
     }
 
     /// The layout the per-key budget rests on (benchmark.md: at most 200 bytes a key).

@@ -20,11 +20,12 @@ use super::link::Link;
 use crate::event::Event;
 use crate::ipc::WorkerMessage;
 use crate::watch::plan::FieldSet;
-use crate::watch::{CountBatch, FnvBuildHasher, Key};
+use crate::watch::{CountBatch, FnvBuildHasher, Key, SetCounts};
 
 /// Watcher counts reach the master at most this long after the event was acknowledged...
 const BATCH_DELAY: Duration = Duration::from_millis(10);
-/// ...or at once when the batch holds this many entries...
+/// ...or at once when the batch holds this many entries (a key of a set counts once per
+/// watcher: what the master will add up)...
 const BATCH_SHIP_AT: usize = 1024;
 /// ...or this many bytes of keys.
 const BATCH_SHIP_BYTES: usize = 1024 * 1024;
@@ -106,13 +107,14 @@ type KeyCounts = HashMap<Key, u64, FnvBuildHasher>;
 
 /// The batch being filled, summed per event type and per (field set, key): the hot path
 /// does one lookup per field set and event, with the key as written, and allocates only
-/// for a key new to the batch. Each key is named for each watcher of its set on `take`.
+/// for a key new to the batch. A key is shipped once for its set, with the set's watchers.
 #[derive(Debug, Default)]
 struct Batch {
     events: HashMap<String, u64>,
     /// By the set's address (the batch holds it alive): the set, its keys and counts.
     keys: HashMap<usize, (Rc<FieldSet>, KeyCounts), FnvBuildHasher>,
-    /// What the shipped frame will carry: one entry per key and watcher, and their bytes.
+    /// What the master will add up, one entry per key and watcher, and the bytes of the
+    /// keys the frame carries.
     entries: usize,
     key_bytes: usize,
 }
@@ -147,7 +149,7 @@ impl Batch {
                 None => {
                     keys.insert(Key::from(key.as_str()), 1);
                     self.entries += set.watchers.len();
-                    self.key_bytes += key.len() * set.watchers.len();
+                    self.key_bytes += key.len();
                     if beyond_limits(self.entries + self.events.len(), self.key_bytes) {
                         return index + 1;
                     }
@@ -168,15 +170,17 @@ impl Batch {
     fn take(&mut self) -> CountBatch {
         self.entries = 0;
         self.key_bytes = 0;
-        let mut keys = Vec::new();
-        for (_, (set, counts)) in self.keys.drain() {
-            for (key, n) in counts {
-                keys.extend(set.watchers.iter().map(|&w| (w, key.clone(), n)));
-            }
-        }
+        let sets = self
+            .keys
+            .drain()
+            .map(|(_, (set, counts))| SetCounts {
+                watchers: set.watchers.clone(),
+                keys: counts.into_iter().collect(),
+            })
+            .collect();
         CountBatch {
             events: self.events.drain().collect(),
-            keys,
+            sets,
         }
     }
 }
@@ -231,23 +235,32 @@ mod tests {
         assert_eq!(count(&mut batch, &ip_set, &ips(&["a", "a", "b"])), 3);
         count(&mut batch, &single, &ips(&["c"]));
         let mut taken = batch.take();
-        taken.keys.sort();
+        taken.sets.sort_by_key(|set| set.watchers.len());
+        for set in &mut taken.sets {
+            set.keys.sort();
+        }
         let (a, b) = (Key::from(r#"["a"]"#), Key::from(r#"["b"]"#));
-        let mut expected = vec![
-            (w1, a.clone(), 2),
-            (w2, a, 2),
-            (w1, b.clone(), 1),
-            (w2, b, 1),
-            (w3, Key::default(), 1),
+        let expected = vec![
+            SetCounts {
+                watchers: vec![w3],
+                keys: vec![(Key::default(), 1)],
+            },
+            SetCounts {
+                watchers: vec![w1, w2],
+                keys: vec![(a, 2), (b, 1)],
+            },
         ];
-        expected.sort();
         assert_eq!(taken.events, vec![("logins".to_string(), 3)]);
-        assert_eq!(taken.keys, expected);
+        assert_eq!(
+            taken.sets, expected,
+            "each key once, with its set's watchers"
+        );
         assert!(batch.is_empty());
     }
 
-    /// Full by what the frame will carry, a key once per watcher of its set; counting
-    /// stops at the event that filled it.
+    /// Full by what the master will add up (a key once per watcher of its set) or by the
+    /// bytes of keys the frame carries (a key once for its set); counting stops at the
+    /// event that filled it.
     #[test]
     fn a_batch_is_full_by_entries_or_by_key_bytes() {
         let mut batch = Batch::default();
@@ -266,12 +279,13 @@ mod tests {
         );
         assert!(batch.is_full());
         batch.take();
-        let one = set(by_ip(), &[Uuid::new_v4()]);
         let fat: Vec<String> = (0..18)
             .map(|n| format!("{}{n}", "x".repeat(60_000)))
             .collect();
         let fat: Vec<&str> = fat.iter().map(String::as_str).collect();
-        count(&mut batch, &one, &ips(&fat));
+        count(&mut batch, &many, &ips(&fat[..10]));
+        assert!(!batch.is_full(), "a key's bytes count once for its set");
+        count(&mut batch, &many, &ips(&fat[10..]));
         assert!(batch.is_full(), "{} key bytes", batch.key_bytes);
     }
 }
