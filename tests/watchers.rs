@@ -124,6 +124,39 @@ fn a_fields_watcher_fires_only_for_the_key_that_crossed_naming_its_values() {
     );
 }
 
+/// Watchers counting by the same fields travel together from the workers to the master
+/// (a key once for its set), and each keeps its own count and threshold.
+#[test]
+fn watchers_that_share_their_fields_keep_their_own_counts_and_thresholds() {
+    let daemon = Daemon::run(FOUR_WORKERS);
+    let watcher = |name: &str, threshold: u64, field: &str| {
+        json!({"name": name, "threshold": threshold,
+               "aggregator": {"type": "fields", "fields": [field]}, "action": {"type": "null"}})
+    };
+    watched(&daemon, watcher("ip-over-2", 2, "ip"));
+    for also in [
+        watcher("ip-over-4", 4, "ip"),
+        watcher("user-over-2", 2, "user"),
+    ] {
+        let response = daemon.post("/event/logins/watcher/", &also.to_string());
+        assert_eq!(response.status, 201, "{response:?}");
+    }
+    let a = json!({"ip": "10.0.0.1", "user": "u1"});
+    let b = json!({"ip": "10.0.0.2", "user": "u2"});
+    let mut events = vec![a; 5];
+    events.extend(vec![b; 3]);
+    post_events(&daemon, &events);
+    wait_counted(&daemon, 8);
+    // However the workers batch them: 5 and 3 events cross 2 once each, 5 crosses 4 once.
+    assert_eq!(firings(&daemon, "ip-over-2"), 2);
+    assert_eq!(firings(&daemon, "ip-over-4"), 1);
+    assert_eq!(firings(&daemon, "user-over-2"), 2);
+    for name in ["ip-over-2", "ip-over-4", "user-over-2"] {
+        let keys = daemon.metric(&format!("eventsd_watcher_keys{{watcher=\"{name}\"}}"));
+        assert_eq!(keys, Some(2), "{name}");
+    }
+}
+
 #[test]
 fn a_window_forgets_events_older_than_it() {
     let daemon = Daemon::run("");
