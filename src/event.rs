@@ -19,13 +19,6 @@ const ADDED: [&str; 3] = ["event_uuid", "event_type", "received_at"];
 pub trait Fields {
     /// The value at `path` (dot paths reach into objects); `None` when missing.
     fn get(&self, path: &str) -> Option<Value>;
-
-    /// Appends the compact JSON of the value at `path` (`null` when missing) to `out`,
-    /// exactly as `get(path)` would print.
-    fn write_json(&self, path: &str, out: &mut String) {
-        let value = self.get(path).unwrap_or(Value::Null);
-        let _ = fmt::Write::write_fmt(out, format_args!("{value}"));
-    }
 }
 
 /// A posted JSON object, borrowed from the request body.
@@ -107,13 +100,12 @@ impl<'a> Event<'a> {
         line.push_str("}\n");
         line
     }
-}
 
-impl Fields for Event<'_> {
-    /// The hot path of every `fields` watcher: a top-level string without escapes, an
-    /// integer, `true`, `false` or `null` is already in the form `get` would print, and
-    /// is copied as it came; anything else takes `get`'s way.
-    fn write_json(&self, path: &str, out: &mut String) {
+    /// Appends the compact JSON of the value at `path` (`null` when missing) to `out`,
+    /// exactly as `get(path)` would print. The hot path of every `fields` watcher: a
+    /// top-level string without escapes, an integer, `true`, `false` or `null` is already
+    /// in that form, and is copied as it came; anything else takes `get`'s way.
+    pub fn write_json(&self, path: &str, out: &mut String) {
         if !path.contains('.') {
             match self.fields.iter().rev().find(|(key, _)| key == path) {
                 None => return out.push_str("null"),
@@ -124,7 +116,9 @@ impl Fields for Event<'_> {
         let value = self.get(path).unwrap_or(Value::Null);
         let _ = fmt::Write::write_fmt(out, format_args!("{value}"));
     }
+}
 
+impl Fields for Event<'_> {
     fn get(&self, path: &str) -> Option<Value> {
         let mut parts = path.split('.');
         let first = parts.next()?;

@@ -12,7 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::event::Fields;
+use crate::event::{Event, Fields};
 use crate::registry::Aggregator;
 
 /// Encoded values longer than this are the first to be replaced by their digest.
@@ -80,7 +80,7 @@ impl Key {
     /// batch looks the key up as it is. Keys past `max_bytes` take `Key::of`'s way.
     pub fn encode_into(
         aggregator: &Aggregator,
-        payload: &impl Fields,
+        payload: &Event<'_>,
         max_bytes: usize,
         out: &mut String,
     ) {
@@ -281,7 +281,7 @@ mod tests {
         ];
         let mut out = String::new();
         for body in bodies.iter().copied().chain([long.as_str()]) {
-            let event = crate::event::Event::parse(body.as_bytes()).unwrap();
+            let event = Event::parse(body.as_bytes()).unwrap();
             for aggregator in &aggregators {
                 for max_bytes in [1024, 3 * DIGEST_BYTES + 2] {
                     Key::encode_into(aggregator, &event, max_bytes, &mut out);

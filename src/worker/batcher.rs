@@ -112,7 +112,7 @@ type KeyCounts = HashMap<Key, u64, FnvBuildHasher>;
 struct Batch {
     events: HashMap<String, u64>,
     /// By the set's address (the batch holds it alive): the set, its keys and counts.
-    keys: HashMap<usize, (Rc<FieldSet>, KeyCounts), FnvBuildHasher>,
+    sets: HashMap<usize, (Rc<FieldSet>, KeyCounts), FnvBuildHasher>,
     /// What the master will add up, one entry per key and watcher, and the bytes of the
     /// keys the frame carries.
     entries: usize,
@@ -139,7 +139,7 @@ impl Batch {
         key: &mut String,
     ) -> usize {
         let (_, keys) = self
-            .keys
+            .sets
             .entry(Rc::as_ptr(set) as usize)
             .or_insert_with(|| (set.clone(), HashMap::default()));
         for (index, event) in events.iter().enumerate() {
@@ -160,7 +160,7 @@ impl Batch {
     }
 
     fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.keys.is_empty()
+        self.events.is_empty() && self.sets.is_empty()
     }
 
     fn is_full(&self) -> bool {
@@ -171,7 +171,7 @@ impl Batch {
         self.entries = 0;
         self.key_bytes = 0;
         let sets = self
-            .keys
+            .sets
             .drain()
             .map(|(_, (set, counts))| SetCounts {
                 watchers: set.watchers.clone(),
