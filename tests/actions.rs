@@ -194,7 +194,8 @@ fn a_dead_and_a_slow_target_hold_up_no_other_alert_nor_ingestion() {
     // figure is the benchmark's to measure, not a timed assertion's.
     assert!(ratios[1] > 0.5, "ingestion slowed down: {ratios:?}");
     wait_for("120 firings per target", 5 * SECOND, || {
-        daemon.metric("eventsd_watcher_firings_total{watcher=\"to-dead\"}") == Some(120)
+        daemon.metric("eventsd_watcher_firings_total{event=\"watched\",watcher=\"to-dead\"}")
+            == Some(120)
     });
 
     post(&daemon, "urgent", &json!({}), 2);
@@ -225,7 +226,7 @@ fn a_storm_of_crossings_reaches_a_slow_target_as_few_deliveries_counting_them_al
         });
     }
     let crossings = daemon
-        .metric("eventsd_watcher_firings_total{watcher=\"storm\"}")
+        .metric("eventsd_watcher_firings_total{event=\"logins\",watcher=\"storm\"}")
         .unwrap();
     assert_eq!(crossings, 150);
     let delivered = || -> u64 {

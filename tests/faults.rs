@@ -363,7 +363,9 @@ fn counts_too_many_for_one_frame_are_all_counted() {
         daemon.metric("eventsd_events_counted_total{type=\"logins\"}") == Some(6)
     });
     for watcher in ["w0", "w199"] {
-        let keys = daemon.metric(&format!("eventsd_watcher_keys{{watcher=\"{watcher}\"}}"));
+        let keys = daemon.metric(&format!(
+            "eventsd_watcher_keys{{event=\"logins\",watcher=\"{watcher}\"}}"
+        ));
         assert_eq!(keys, Some(6), "{watcher}");
     }
     assert_eq!(daemon.serving_workers(), worker, "the worker died");

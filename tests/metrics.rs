@@ -155,3 +155,44 @@ fn the_exposition_passes_promtool_check_metrics() {
     let findings = common::promtool_findings(&text);
     assert!(findings.is_empty(), "{findings}\n{text}");
 }
+
+/// Watcher names are unique only within a type: two types' `storm` watchers are two
+/// series (one series for both would have Prometheus keep either at random).
+#[test]
+fn watchers_of_the_same_name_on_two_types_are_two_series() {
+    let daemon = Daemon::run("");
+    let storm = r#"{"name": "storm", "threshold": 1, "aggregator": {"type": "single"},
+                    "action": {"type": "null"}}"#;
+    for event in ["shop", "blog"] {
+        common::rest::register(&daemon, event);
+        let created = daemon.post(&format!("/event/{event}/watcher/"), storm);
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+    for _ in 0..2 {
+        assert_eq!(daemon.post("/event/shop/", "{}").status, 200);
+    }
+    assert_eq!(daemon.post("/event/blog/", "{}").status, 200);
+    wait_for("both watchers counted", 5 * SECOND, || {
+        daemon.metric("eventsd_watcher_keys{event=\"shop\",watcher=\"storm\"}") == Some(1)
+            && daemon.metric("eventsd_watcher_keys{event=\"blog\",watcher=\"storm\"}") == Some(1)
+    });
+    assert_eq!(
+        daemon.metric("eventsd_watcher_firings_total{event=\"shop\",watcher=\"storm\"}"),
+        Some(1)
+    );
+    assert_eq!(
+        daemon.metric("eventsd_watcher_firings_total{event=\"blog\",watcher=\"storm\"}"),
+        None,
+        "blog's storm never crossed"
+    );
+    let text = metrics(&daemon);
+    let samples: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').map(|(series, _)| series))
+        .collect();
+    let distinct: BTreeSet<&str> = samples.iter().copied().collect();
+    assert_eq!(samples.len(), distinct.len(), "a series twice: {text}");
+    let findings = common::promtool_findings(&text);
+    assert!(findings.is_empty(), "{findings}\n{text}");
+}

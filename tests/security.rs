@@ -175,7 +175,7 @@ fn a_flood_of_fat_keys_is_collected_with_no_worker_dying_and_a_small_master() {
     common::wait_for(
         "every count to reach the master",
         Duration::from_secs(5),
-        || daemon.metric("eventsd_watcher_keys{watcher=\"fat\"}") == Some(300),
+        || daemon.metric("eventsd_watcher_keys{event=\"logins\",watcher=\"fat\"}") == Some(300),
     );
     assert_eq!(daemon.serving_workers(), workers, "a worker died");
     let master = daemon.master_pid();

@@ -50,7 +50,7 @@ fn wait_counted(daemon: &Daemon, total: u64) {
 fn firings(daemon: &Daemon, watcher: &str) -> u64 {
     daemon
         .metric(&format!(
-            "eventsd_watcher_firings_total{{watcher=\"{watcher}\"}}"
+            "eventsd_watcher_firings_total{{event=\"logins\",watcher=\"{watcher}\"}}"
         ))
         .unwrap_or(0)
 }
@@ -152,7 +152,9 @@ fn watchers_that_share_their_fields_keep_their_own_counts_and_thresholds() {
     assert_eq!(firings(&daemon, "ip-over-4"), 1);
     assert_eq!(firings(&daemon, "user-over-2"), 2);
     for name in ["ip-over-2", "ip-over-4", "user-over-2"] {
-        let keys = daemon.metric(&format!("eventsd_watcher_keys{{watcher=\"{name}\"}}"));
+        let keys = daemon.metric(&format!(
+            "eventsd_watcher_keys{{event=\"logins\",watcher=\"{name}\"}}"
+        ));
         assert_eq!(keys, Some(2), "{name}");
     }
 }
@@ -254,11 +256,11 @@ fn a_million_distinct_keys_leave_the_master_bounded_by_max_keys() {
     }
     wait_counted(&daemon, 1_000_000);
     assert_eq!(
-        daemon.metric("eventsd_watcher_keys{watcher=\"per-ip\"}"),
+        daemon.metric("eventsd_watcher_keys{event=\"logins\",watcher=\"per-ip\"}"),
         Some(1000)
     );
     assert_eq!(
-        daemon.metric("eventsd_watcher_key_evictions_total{watcher=\"per-ip\"}"),
+        daemon.metric("eventsd_watcher_key_evictions_total{event=\"logins\",watcher=\"per-ip\"}"),
         Some(999_000)
     );
     let grown = resident_kib(master).saturating_sub(rss_before);

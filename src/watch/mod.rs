@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::metrics::write_family;
+use crate::metrics::{label_value, write_family};
 use crate::registry::{Action, Aggregator, Registry, WatcherSpec};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
 use store::{Cooldown, CounterStore, Second};
@@ -155,7 +155,8 @@ pub struct Watch {
     store: Box<dyn CounterStore>,
     watchers: HashMap<Uuid, Watched>,
     counted: BTreeMap<String, u64>,
-    firings: BTreeMap<String, u64>,
+    /// Firings by (event type, watcher): watcher names are unique only within a type.
+    firings: BTreeMap<(String, String), u64>,
     /// The counters changed since the last snapshot was taken.
     changed: bool,
 }
@@ -254,7 +255,7 @@ impl Watch {
         firing.id = key::uuid_of(&name);
         firing.crossing = Some(name);
         firing.node = Some(node.to_string());
-        *self.firings.entry(spec.name.to_string()).or_default() += 1;
+        record_firing(&mut self.firings, &watched.event, spec.name.as_str());
         Some(Job {
             firing,
             action: spec.action.clone(),
@@ -300,7 +301,7 @@ impl Watch {
         }
         self.store
             .fired(id, key, now, next_cooldown(spec, previous));
-        *self.firings.entry(spec.name.to_string()).or_default() += 1;
+        record_firing(&mut self.firings, &watched.event, spec.name.as_str());
         Some(Job {
             firing: firing(&watched.event, spec, key, count),
             action: spec.action.clone(),
@@ -327,22 +328,27 @@ impl Watch {
                 .iter()
                 .map(|(event, n)| (format!("type=\"{event}\""), *n)),
         );
-        let by_watcher = |(watcher, n): (&str, u64)| (format!("watcher=\"{watcher}\""), n);
         write_family(
             out,
             "eventsd_watcher_firings_total",
             "counter",
             "Firings by watcher.",
-            self.firings.iter().map(|(w, n)| by_watcher((w, *n))),
+            self.firings
+                .iter()
+                .map(|((event, watcher), n)| (watcher_labels(event, watcher), *n)),
         );
-        let sizes: Vec<(&str, usize, u64)> = self
+        let sizes: Vec<(String, usize, u64)> = self
             .store
             .sizes()
             .into_iter()
             .filter_map(|(id, keys, evictions)| {
-                self.watchers
-                    .get(&id)
-                    .map(|w| (w.spec.name.as_str(), keys, evictions))
+                self.watchers.get(&id).map(|w| {
+                    (
+                        watcher_labels(&w.event, w.spec.name.as_str()),
+                        keys,
+                        evictions,
+                    )
+                })
             })
             .collect();
         write_family(
@@ -352,7 +358,7 @@ impl Watch {
             "Aggregation keys held, by watcher.",
             sizes
                 .iter()
-                .map(|&(w, keys, _)| by_watcher((w, keys as u64))),
+                .map(|(labels, keys, _)| (labels.clone(), *keys as u64)),
         );
         write_family(
             out,
@@ -361,9 +367,25 @@ impl Watch {
             "Keys evicted at watchers.max_keys, by watcher.",
             sizes
                 .iter()
-                .map(|&(w, _, evictions)| by_watcher((w, evictions))),
+                .map(|(labels, _, evictions)| (labels.clone(), *evictions)),
         );
     }
+}
+
+fn record_firing(firings: &mut BTreeMap<(String, String), u64>, event: &str, watcher: &str) {
+    *firings
+        .entry((event.to_string(), watcher.to_string()))
+        .or_default() += 1;
+}
+
+/// A watcher's labels: its type and its name, since names are unique only within a type
+/// (two types' `storm` watchers are two series).
+fn watcher_labels(event: &str, watcher: &str) -> String {
+    format!(
+        "event=\"{}\",watcher=\"{}\"",
+        label_value(event),
+        label_value(watcher)
+    )
 }
 
 /// The cooldown a firing starts: `cooldown_secs`; with `cooldown_max_secs` (exponential
