@@ -96,26 +96,44 @@ pub fn reopen() -> anyhow::Result<()> {
 }
 
 /// Gives the log file to the workers' user, so that they can reopen it after a rotation
-/// (the master, started as root, created it). By descriptor, never by path: a symlink
-/// swapped in at the path must not get its target chowned (nginx's CVE-2016-1247).
-/// Nothing to do for stderr and syslog.
+/// (the master, started as root, created it). Nothing to do for stderr and syslog.
 pub fn hand_over(privileges: &crate::config::Privileges) -> anyhow::Result<()> {
-    if privileges.uid.is_none() && privileges.gid.is_none() {
-        return Ok(());
-    }
     if let Some(State {
         output: Output::File { path, file },
         ..
     }) = lock().as_ref()
     {
-        nix::unistd::fchown(file, privileges.uid, privileges.gid).with_context(|| {
-            format!(
-                "cannot give log file {} to the workers' user",
-                path.display()
-            )
-        })?;
+        give_to_workers(file, path, privileges)?;
     }
     Ok(())
+}
+
+/// Creates the access log if it is set and missing (the master, maybe as root, at start,
+/// reload and SIGUSR1, before the workers open it) and gives it to the workers' user.
+pub fn prepare_access_log(config: &crate::config::Config) -> anyhow::Result<()> {
+    let Some(path) = &config.daemon.access_log else {
+        return Ok(());
+    };
+    let file = open_file(path)?;
+    give_to_workers(&file, path, &config.workers.privileges)
+}
+
+/// By descriptor, never by path: a symlink swapped in at the path must not get its target
+/// chowned (nginx's CVE-2016-1247).
+fn give_to_workers(
+    file: &File,
+    path: &Path,
+    privileges: &crate::config::Privileges,
+) -> anyhow::Result<()> {
+    if privileges.uid.is_none() && privileges.gid.is_none() {
+        return Ok(());
+    }
+    nix::unistd::fchown(file, privileges.uid, privileges.gid).with_context(|| {
+        format!(
+            "cannot give log file {} to the workers' user",
+            path.display()
+        )
+    })
 }
 
 /// Called in a child right after `fork`: its lines name its own role and pid.

@@ -351,6 +351,78 @@ fn sigusr1_reopens_the_log_file_in_master_and_workers() {
     });
 }
 
+/// The access log's lines as JSON documents, or none while the file is missing.
+fn access_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("an access log line is JSON"))
+        .collect()
+}
+
+#[test]
+fn the_access_log_has_a_line_per_request_and_is_reopened_on_sigusr1() {
+    let daemon =
+        Daemon::run("[daemon]\naccess_log = \"access.log\"\n[workers]\nmin = 2\nmax = 2\n");
+    let log = daemon.path("access.log");
+    let rotated = daemon.path("access.log.1");
+    assert_eq!(daemon.get("/health").unwrap().status, 200);
+    assert_eq!(daemon.post("/event/", r#"{"type": "shop"}"#).status, 201);
+    assert_eq!(daemon.get("/event/nope").unwrap().status, 404);
+    wait_for("three lines in the access log", 5 * SECOND, || {
+        access_lines(&log).len() == 3
+    });
+    let lines = access_lines(&log);
+    let workers: HashSet<i64> = daemon
+        .serving_workers()
+        .iter()
+        .map(|pid| i64::from(pid.as_raw()))
+        .collect();
+    let expected = [
+        ("GET", "/health", "/health", 200),
+        ("POST", "/event/", "/event/", 201),
+        ("GET", "/event/{type}/", "/event/nope", 404),
+    ];
+    // Each worker writes its own lines: the file's order is not the requests'.
+    for (method, route, path, status) in expected {
+        let line = lines
+            .iter()
+            .find(|line| line["path"] == path)
+            .unwrap_or_else(|| panic!("no line for {path}: {lines:?}"));
+        assert_eq!(line["method"], method, "{line}");
+        assert_eq!(line["route"], route, "{line}");
+        assert_eq!(line["path"], path, "{line}");
+        assert_eq!(line["status"], status, "{line}");
+        assert_eq!(line["client"], "127.0.0.1", "{line}");
+        assert!(line["bytes"].as_u64().unwrap() > 0, "{line}");
+        assert!(line["duration_ms"].as_f64().unwrap() >= 0.0, "{line}");
+        assert!(
+            workers.contains(&line["worker"].as_i64().unwrap()),
+            "{line}"
+        );
+        let time = line["time"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{line}");
+    }
+
+    std::fs::rename(&log, &rotated).unwrap();
+    daemon.signal(Signal::SIGUSR1);
+    wait_for("every worker to reopen the access log", 5 * SECOND, || {
+        let text = daemon.log();
+        workers
+            .iter()
+            .all(|pid| text.contains(&format!("worker[{pid}]: reopened access log")))
+    });
+    assert_eq!(daemon.get("/health").unwrap().status, 200);
+    wait_for("the next request in the new file", 5 * SECOND, || {
+        access_lines(&log).len() == 1
+    });
+    assert_eq!(
+        access_lines(&rotated).len(),
+        3,
+        "the rotated file keeps its lines"
+    );
+}
+
 #[test]
 fn sigttin_and_sigttou_change_the_pool_within_its_bounds() {
     let daemon = Daemon::run("[workers]\nmin = 1\nmax = 3\nidle_timeout_secs = 3600\n");

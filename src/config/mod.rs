@@ -217,6 +217,9 @@ pub struct Daemon {
     pub log: LogTarget,
     #[serde(deserialize_with = "log_level")]
     pub log_level: LevelFilter,
+    /// One JSON line per request, written by the workers; off when unset.
+    #[serde(deserialize_with = "optional_path")]
+    pub access_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -318,6 +321,7 @@ impl Default for Daemon {
             control_socket: PathBuf::new(),
             log: LogTarget::Default,
             log_level: LevelFilter::Info,
+            access_log: None,
         }
     }
 }
@@ -361,6 +365,9 @@ impl Config {
             base_dir.join(&daemon.control_socket)
         };
         if let LogTarget::File(path) = &mut daemon.log {
+            *path = base_dir.join(&*path);
+        }
+        if let Some(path) = &mut daemon.access_log {
             *path = base_dir.join(&*path);
         }
         for dir in &mut self.collectors.file_dirs {
@@ -441,6 +448,7 @@ impl Config {
         if let LogTarget::File(log) = &daemon.log {
             reserved.push(log.clone());
         }
+        reserved.extend(daemon.access_log.clone());
         Rules {
             token_set: !self.server.api_token.is_empty(),
             file_dirs: self.collectors.file_dirs.clone(),
@@ -578,6 +586,12 @@ fn log_target<'de, D: Deserializer<'de>>(d: D) -> Result<LogTarget, D::Error> {
         "syslog" => LogTarget::Syslog,
         path => LogTarget::File(PathBuf::from(path)),
     })
+}
+
+/// A path, or the empty string for none.
+fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let path = PathBuf::deserialize(d)?;
+    Ok((!path.as_os_str().is_empty()).then_some(path))
 }
 
 fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<LevelFilter, D::Error> {

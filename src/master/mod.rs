@@ -168,6 +168,7 @@ impl Master {
         };
         setup::check_privileges(&config)?;
         logging::hand_over(&config.workers.privileges)?;
+        logging::prepare_access_log(&config)?;
         let registry = setup::load_registry(&config)?;
         let (store, journal) = match succession {
             Some(_) => (

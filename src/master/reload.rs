@@ -67,6 +67,7 @@ impl Master {
             new.daemon.log_level,
         )?;
         logging::hand_over(&new.workers.privileges)?;
+        logging::prepare_access_log(&new)?;
         // Saved last: nothing after it can fail, so a refused reload leaves no trace.
         let mut registry = self.registry.clone();
         let declarations_changed = registry.declare(&new.event);
@@ -90,7 +91,10 @@ impl Master {
     /// SIGUSR1 (logrotate): the master's log files, then every child's.
     pub(super) fn reopen_logs(&mut self) {
         let privileges = &self.config.workers.privileges;
-        match logging::reopen().and_then(|()| logging::hand_over(privileges)) {
+        let reopened = logging::reopen()
+            .and_then(|()| logging::hand_over(privileges))
+            .and_then(|()| logging::prepare_access_log(&self.config));
+        match reopened {
             Ok(()) => info!("reopened log files"),
             Err(e) => error!("cannot reopen log files: {e:#}"),
         }

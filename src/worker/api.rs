@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use super::access_log::{self, AccessLog};
 use super::batcher::Batcher;
 use super::ids::EventIds;
 use super::link::{Link, Served};
@@ -50,10 +51,17 @@ pub struct Api {
     deltas: RefCell<Deltas>,
     ids: EventIds,
     batcher: Rc<Batcher>,
+    access_log: Option<Rc<AccessLog>>,
 }
 
 impl Api {
-    pub fn new(config: &Config, link: Link, appenders: Rc<Appenders>, batcher: Rc<Batcher>) -> Api {
+    pub fn new(
+        config: &Config,
+        link: Link,
+        appenders: Rc<Appenders>,
+        batcher: Rc<Batcher>,
+        access_log: Option<Rc<AccessLog>>,
+    ) -> Api {
         let token = &config.server.api_token;
         Api {
             pid: std::process::id(),
@@ -66,6 +74,7 @@ impl Api {
             deltas: RefCell::default(),
             ids: EventIds::new(),
             batcher,
+            access_log,
         }
     }
 
@@ -89,11 +98,23 @@ impl Api {
             },
         };
         let template = route.map_or("(unknown)", Route::template);
-        self.deltas.borrow_mut().record_request(
-            template,
-            response.status().as_u16(),
-            started.elapsed().as_secs_f64(),
-        );
+        let (status, elapsed) = (response.status().as_u16(), started.elapsed());
+        self.deltas
+            .borrow_mut()
+            .record_request(template, status, elapsed.as_secs_f64());
+        if let Some(access_log) = &self.access_log {
+            access_log.record(&access_log::Request {
+                client: peer.ip(),
+                method: parts.method.as_str(),
+                route: template,
+                path: parts.uri.path(),
+                status,
+                bytes: hyper::body::Body::size_hint(response.body())
+                    .exact()
+                    .unwrap_or(0),
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+            });
+        }
         response
     }
 

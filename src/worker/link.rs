@@ -18,6 +18,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::access_log::AccessLog;
 use crate::appender::Appenders;
 use crate::ipc::{self, Answer, MasterMessage, Question, WorkerMessage};
 use crate::logging;
@@ -74,12 +75,18 @@ impl Served {
     }
 }
 
+/// The files a worker writes, reopened when the master says (SIGUSR1, rotation).
+pub struct Files {
+    pub appenders: Rc<Appenders>,
+    pub access_log: Option<Rc<AccessLog>>,
+}
+
 /// What the reader task and the request handlers share.
 struct Shared {
     registry: RefCell<Rc<Served>>,
     waiting: RefCell<HashMap<u64, oneshot::Sender<Answer>>>,
     next_question: Cell<u64>,
-    appenders: Rc<Appenders>,
+    files: Files,
 }
 
 impl Link {
@@ -89,7 +96,7 @@ impl Link {
         channel: StdUnixStream,
         shutdown: Shutdown,
         registry: Registry,
-        appenders: Rc<Appenders>,
+        files: Files,
     ) -> std::io::Result<(Link, JoinHandle<()>)> {
         let (reader, writer) = UnixStream::from_std(channel)?.into_split();
         let (outbox, queue) = mpsc::unbounded_channel();
@@ -99,7 +106,7 @@ impl Link {
                 registry: RefCell::new(Served::new(registry)),
                 waiting: RefCell::default(),
                 next_question: Cell::new(1),
-                appenders,
+                files,
             }),
         };
         tokio::task::spawn_local(read_commands(reader, link.clone(), shutdown.clone()));
@@ -202,7 +209,10 @@ fn obey(command: MasterMessage, link: &Link, shutdown: &Shutdown) {
     match command {
         MasterMessage::Stop => shutdown.trigger("the master asked"),
         MasterMessage::ReopenLogs => {
-            shared.appenders.reopen();
+            shared.files.appenders.reopen();
+            if let Some(access_log) = &shared.files.access_log {
+                access_log.reopen();
+            }
             match logging::reopen() {
                 Ok(()) => info!("reopened log files"),
                 Err(e) => warn!("cannot reopen log files: {e:#}"),
@@ -212,7 +222,7 @@ fn obey(command: MasterMessage, link: &Link, shutdown: &Shutdown) {
             Ok(registry) => {
                 let version = registry.version;
                 *shared.registry.borrow_mut() = Served::new(registry);
-                shared.appenders.reopen();
+                shared.files.appenders.reopen();
                 link.send(WorkerMessage::RegistryAck { version });
             }
             Err(e) => {

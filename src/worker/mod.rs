@@ -5,6 +5,7 @@
 //! survive a fork, and the order of its shutdown. It never binds, never forks and keeps
 //! no state that the master needs after it exits.
 
+mod access_log;
 pub mod api;
 mod batcher;
 mod ids;
@@ -25,9 +26,10 @@ use anyhow::Context;
 use log::info;
 
 use crate::appender::Appenders;
-use crate::config::{Config, Privileges};
+use crate::config::Config;
 use crate::ipc::{self, Heartbeat, WorkerMessage};
 use crate::registry::Registry;
+use access_log::AccessLog;
 use api::Api;
 use batcher::Batcher;
 use link::{Link, Shutdown};
@@ -56,9 +58,9 @@ pub fn serve(setup: Setup, mut channel: UnixStream) -> anyhow::Result<()> {
     // SAFETY: the master's socket object is never dropped in this process (see
     // `child`), so this is the descriptor's only owner here.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(listener) };
-    let set_up = prepare_process(&config.workers.privileges);
-    let statm = match set_up {
-        Ok(statm) => statm,
+    let set_up = prepare_process(&config);
+    let opened = match set_up {
+        Ok(opened) => opened,
         Err(e) => {
             let reason = format!("{e:#}");
             // Best effort: if the master is gone there is no one left to tell.
@@ -77,15 +79,25 @@ pub fn serve(setup: Setup, mut channel: UnixStream) -> anyhow::Result<()> {
     let local = tokio::task::LocalSet::new();
     local.block_on(
         &runtime,
-        serve_until_drained(listener, channel, config, registry, statm),
+        serve_until_drained(listener, channel, config, registry, opened),
     )
 }
 
+/// What a worker opens before its chroot.
+struct Opened {
+    statm: File,
+    access_log: Option<Rc<AccessLog>>,
+}
+
 /// Opens what must be opened before a chroot, then takes the workers' identity.
-fn prepare_process(privileges: &Privileges) -> anyhow::Result<File> {
+fn prepare_process(config: &Config) -> anyhow::Result<Opened> {
     let statm = File::open("/proc/self/statm").context("cannot open /proc/self/statm")?;
-    crate::privileges::drop_to(privileges, true)?;
-    Ok(statm)
+    let access_log = match &config.daemon.access_log {
+        Some(path) => Some(Rc::new(AccessLog::open(path)?)),
+        None => None,
+    };
+    crate::privileges::drop_to(&config.workers.privileges, true)?;
+    Ok(Opened { statm, access_log })
 }
 
 async fn serve_until_drained(
@@ -93,7 +105,7 @@ async fn serve_until_drained(
     channel: UnixStream,
     config: Config,
     registry: Registry,
-    statm: File,
+    Opened { statm, access_log }: Opened,
 ) -> anyhow::Result<()> {
     listener
         .set_nonblocking(true)
@@ -102,10 +114,20 @@ async fn serve_until_drained(
         .context("cannot register the listening socket")?;
     let shutdown = Shutdown::new();
     let appenders = Rc::new(Appenders::default());
-    let (link, link_task) = Link::start(channel, shutdown.clone(), registry, appenders.clone())
+    let files = link::Files {
+        appenders: appenders.clone(),
+        access_log: access_log.clone(),
+    };
+    let (link, link_task) = Link::start(channel, shutdown.clone(), registry, files)
         .context("cannot start the IPC link")?;
     let batcher = Rc::new(Batcher::new(link.clone()));
-    let api = Rc::new(Api::new(&config, link.clone(), appenders, batcher.clone()));
+    let api = Rc::new(Api::new(
+        &config,
+        link.clone(),
+        appenders,
+        batcher.clone(),
+        access_log.clone(),
+    ));
     let stats = Rc::new(Stats::default());
     let heartbeat =
         tokio::task::spawn_local(heartbeat(link.clone(), stats.clone(), api.clone(), statm));
@@ -113,6 +135,9 @@ async fn serve_until_drained(
         let batcher = batcher.clone();
         tokio::task::spawn_local(async move { batcher.ship_periodically().await })
     };
+    let log_flusher = access_log
+        .clone()
+        .map(|log| tokio::task::spawn_local(async move { log.flush_periodically().await }));
     watch_sigterm(shutdown.clone())?;
 
     link.send(WorkerMessage::Ready);
@@ -124,6 +149,10 @@ async fn serve_until_drained(
     heartbeat.abort();
     shipper.abort();
     batcher.flush();
+    if let (Some(flusher), Some(log)) = (log_flusher, &access_log) {
+        flusher.abort();
+        log.flush();
+    }
     link.send(WorkerMessage::Heartbeat(beat(&stats, &api, 0)));
     link.close();
     let _ = link_task.await;
