@@ -11,11 +11,16 @@ use std::path::Path;
 
 use anyhow::Context;
 
-/// Creates the folder that will hold `path`, if missing.
+/// Creates the folder that will hold `path`, if missing: that one folder, never a chain
+/// of parents (a mistyped path run as root must not build a tree).
 pub fn create_parent_dir(path: &Path) -> anyhow::Result<()> {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create folder {}", dir.display())),
+        Some(dir) if !dir.as_os_str().is_empty() => match std::fs::create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(e).with_context(|| format!("cannot create folder {}", dir.display()))
+            }
+            _ => Ok(()),
+        },
         _ => Ok(()),
     }
 }

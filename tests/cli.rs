@@ -8,7 +8,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Daemon, is_gone, stderr, stdout, wait_for};
+use common::{Daemon, exists, is_gone, stderr, stdout, wait_for};
 use nix::sys::signal::{Signal, kill};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -341,6 +341,70 @@ fn configtest_says_ok_or_names_the_key_and_line() {
         message.contains("maxx") && message.contains("line 5"),
         "{message}"
     );
+}
+
+/// Values that parse but would fail at start, reload or the first delivery: refused by
+/// configtest, the key named, in people's words.
+#[test]
+fn configtest_rejects_what_would_fail_later_naming_the_key() {
+    let watcher = |action: &str| {
+        format!(
+            "[[event]]\ntype = \"shop\"\n[[event.watcher]]\nname = \"storm\"\nthreshold = 1\n\
+             aggregator = {{type = \"single\"}}\naction = {action}\n"
+        )
+    };
+    let rows = [
+        (
+            "[smtp]\nfrom = \"not an address\"\n".to_string(),
+            "smtp.from",
+        ),
+        ("[smtp]\nport = 0\n".to_string(), "smtp.port"),
+        (
+            "[actions]\nwebhook_allow = [\"ftp://x\"]\n".to_string(),
+            "actions.webhook_allow",
+        ),
+        (
+            format!(
+                "[actions]\nwebhook_deny = [\"10.0.0.0/8\"]\n{}",
+                watcher(r#"{type = "webhook", url = "http://10.1.2.3/hook"}"#)
+            ),
+            "watcher `storm`: webhooks may not reach 10.1.2.3",
+        ),
+        (
+            watcher(r#"{type = "command", argv = ["/nonexistent/program"]}"#),
+            "command `/nonexistent/program` is not an executable file",
+        ),
+        (
+            "[server]\nread_timeout_secs = \"15s\"\n".to_string(),
+            "server.read_timeout_secs: expected a whole number, found \"15s\" (line 2)",
+        ),
+        (
+            "[server]\nlisten = \"localhost:1234\"\n".to_string(),
+            "server.listen: expected IP:PORT",
+        ),
+    ];
+    let daemon = Daemon::new("");
+    for (text, says) in rows {
+        std::fs::write(&daemon.config, &text).unwrap();
+        let output = daemon.cli(&["configtest"]);
+        assert_eq!(output.status.code(), Some(1), "{text}");
+        let message = stderr(&output);
+        assert!(message.contains(says), "{text}\n{message}");
+    }
+
+    let missing = daemon.path("missing");
+    let state_dir = missing.join("state");
+    std::fs::write(
+        &daemon.config,
+        format!("[daemon]\nstate_dir = \"{}\"\n", state_dir.display()),
+    )
+    .unwrap();
+    for command in ["configtest", "start"] {
+        let output = daemon.cli(&[command]);
+        assert_eq!(output.status.code(), Some(1), "{command}");
+        assert!(stderr(&output).contains("daemon.state_dir"), "{command}");
+    }
+    assert!(!exists(&missing), "no chain of folders created");
 }
 
 #[test]

@@ -13,13 +13,18 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use log::LevelFilter;
 use nix::unistd::{Gid, Group, Uid, User};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use ipnet::IpNet;
 
+mod checks;
 mod cluster;
+mod values;
 
 pub use cluster::{Cluster, ClusterMode};
+use values::{
+    DAY, GIB, HOUR, WEEK, listen_address, log_level, log_target, networks, optional_path, within,
+};
 
 use crate::registry::{Appender, Destinations, EventDeclaration, Rules};
 
@@ -79,6 +84,7 @@ impl Source {
             None => String::new(),
         };
         Config::parse(&text, &self.base_dir)
+            .and_then(|config| config.check_what_would_fail_later().map(|()| config))
             .with_context(|| format!("invalid configuration in {}", self.describe()))
     }
 }
@@ -103,6 +109,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     #[serde(deserialize_with = "within::<_, _, 1, 65_535>")]
     pub backlog: i32,
@@ -226,6 +233,7 @@ pub struct Daemon {
 #[serde(deny_unknown_fields, default)]
 pub struct Smtp {
     pub host: String,
+    #[serde(deserialize_with = "within::<_, _, 1, 65_535>")]
     pub port: u16,
     pub from: String,
     /// Credentials for the relay; none when empty.
@@ -345,7 +353,9 @@ impl Config {
     /// Parses `text` (TOML), resolves relative paths against `base_dir` and validates
     /// what a single key cannot say alone.
     pub fn parse(text: &str, base_dir: &Path) -> anyhow::Result<Config> {
-        let mut config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let document = toml::Deserializer::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut config: Config = serde_path_to_error::deserialize(document)
+            .map_err(|e| anyhow::anyhow!("{}", values::in_words(text, e)))?;
         config.resolve_paths(base_dir);
         config.validate()?;
         Ok(config)
@@ -542,65 +552,6 @@ impl fmt::Display for LogTarget {
             LogTarget::File(path) => write!(f, "{}", path.display()),
         }
     }
-}
-
-// Value checks live in the deserializers, so that toml reports the key and its line.
-
-const HOUR: u64 = 3_600;
-const DAY: u64 = 86_400;
-const WEEK: u64 = 7 * DAY;
-const GIB: u64 = 1 << 30;
-
-/// Every count, size and duration has a range: a value outside it is refused here, naming
-/// the range, rather than overflowing a deadline or an allocation later.
-fn within<'de, D, T, const MIN: u64, const MAX: u64>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: TryFrom<u64>,
-{
-    let value = u64::deserialize(d)?;
-    if !(MIN..=MAX).contains(&value) {
-        return Err(serde::de::Error::custom(format!(
-            "must be between {MIN} and {MAX}, not {value}"
-        )));
-    }
-    T::try_from(value).map_err(|_| serde::de::Error::custom(format!("{value} is too large")))
-}
-
-/// `["169.254.0.0/16", "fe80::/10"]`: networks in CIDR notation.
-fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|net| {
-            net.parse().map_err(|_| {
-                serde::de::Error::custom(format!("`{net}` is not a network like 10.0.0.0/8"))
-            })
-        })
-        .collect()
-}
-
-fn log_target<'de, D: Deserializer<'de>>(d: D) -> Result<LogTarget, D::Error> {
-    Ok(match String::deserialize(d)?.as_str() {
-        "" => LogTarget::Default,
-        "stderr" => LogTarget::Stderr,
-        "syslog" => LogTarget::Syslog,
-        path => LogTarget::File(PathBuf::from(path)),
-    })
-}
-
-/// A path, or the empty string for none.
-fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    let path = PathBuf::deserialize(d)?;
-    Ok((!path.as_os_str().is_empty()).then_some(path))
-}
-
-fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<LevelFilter, D::Error> {
-    let name = String::deserialize(d)?;
-    name.parse().map_err(|_| {
-        serde::de::Error::custom(format!(
-            "`{name}` is not a log level (off, error, warn, info, debug, trace)"
-        ))
-    })
 }
 
 #[cfg(test)]

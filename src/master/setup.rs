@@ -48,11 +48,13 @@ pub(super) fn load_registry(config: &Config) -> anyhow::Result<Registry> {
 /// for its data folder).
 pub(super) fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(dir)
-        .with_context(|| format!("cannot create state folder {}", dir.display()))?;
+    if !dir.is_dir() {
+        // One level: the state folder, never a chain of parents (configtest says so).
+        std::fs::DirBuilder::new()
+            .mode(0o750)
+            .create(dir)
+            .with_context(|| format!("cannot create state folder {}", dir.display()))?;
+    }
     let metadata = std::fs::metadata(dir)
         .with_context(|| format!("cannot inspect state folder {}", dir.display()))?;
     let me = nix::unistd::geteuid().as_raw();
