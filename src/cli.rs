@@ -32,21 +32,38 @@ const STATUS_RUNNING: i32 = 0;
 const STATUS_DEAD_WITH_PIDFILE: i32 = 1;
 const STATUS_NOT_RUNNING: i32 = 3;
 const STATUS_UNKNOWN: i32 = 4;
+/// LSB exit code of an action on a daemon that is not running (`reload`, `upgrade`).
+const NOT_RUNNING: i32 = 7;
+
+/// The packaged configuration, read when neither `-c` nor `EVENTSD_CONFIG` names one, as
+/// nginx reads `/etc/nginx/nginx.conf`.
+const PACKAGED_CONFIG: &str = "/etc/eventsd/eventsd.toml";
 
 /// How often the CLI looks again while it waits for the master.
 const POLL_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Parser)]
-#[command(name = "eventsd", version, about = "Events collector daemon")]
+#[command(
+    name = "eventsd",
+    version = env!("EVENTSD_VERSION_LINE"),
+    about = "Events collector daemon"
+)]
 struct DaemonCli {
     #[command(flatten)]
     options: Options,
+    /// Test the configuration and exit (nginx's -t; the same as `configtest`).
+    #[arg(short = 't')]
+    test: bool,
     #[command(subcommand)]
-    command: DaemonCommand,
+    command: Option<DaemonCommand>,
 }
 
 #[derive(Parser)]
-#[command(name = "eventsctl", version, about = "Control the eventsd daemon")]
+#[command(
+    name = "eventsctl",
+    version = env!("EVENTSD_VERSION_LINE"),
+    about = "Control the eventsd daemon"
+)]
 struct CtlCli {
     #[command(flatten)]
     options: Options,
@@ -56,9 +73,19 @@ struct CtlCli {
 
 #[derive(clap::Args)]
 struct Options {
-    /// Configuration file (TOML); built-in defaults without one.
+    /// Configuration file (TOML); without one, /etc/eventsd/eventsd.toml if it exists,
+    /// else the built-in defaults.
     #[arg(short, long, env = "EVENTSD_CONFIG", global = true)]
     config: Option<PathBuf>,
+}
+
+impl Options {
+    fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            let packaged = Path::new(PACKAGED_CONFIG);
+            packaged.exists().then(|| packaged.to_path_buf())
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -87,7 +114,9 @@ enum Command {
     /// Replace the running binary with the one on disk (SIGUSR2), without refusing a
     /// request; waits until the new master serves.
     Upgrade(Wait),
-    /// One line: running or not (LSB exit codes 0, 1, 3).
+    /// Reopen the log files (SIGUSR1), as logrotate's postrotate does.
+    Reopen,
+    /// One line: running or not (LSB exit codes 0, 1, 3; 4 when it cannot tell).
     Status,
     /// Status and the worker table.
     Fullstatus {
@@ -111,7 +140,16 @@ struct Wait {
 /// `eventsd`'s command line; returns the process exit code.
 pub fn daemon_main() -> i32 {
     let cli = DaemonCli::parse();
-    exit_code(&cli.options, |source| match cli.command {
+    let command = match (cli.test, cli.command) {
+        (true, None) => DaemonCommand::Control(Command::Configtest),
+        (false, Some(command)) => command,
+        (true, Some(_)) | (false, None) => {
+            let _ = DaemonCli::command().print_help();
+            eprintln!("\neventsd: give a command, or -t alone");
+            return 2;
+        }
+    };
+    exit_code(&cli.options, |source| match command {
         DaemonCommand::Run => run(source, source.load()?),
         DaemonCommand::Control(command) => execute(command, source, DaemonCli::command),
     })
@@ -137,7 +175,8 @@ fn exit_code(
     options: &Options,
     command: impl FnOnce(&config::Source) -> anyhow::Result<i32>,
 ) -> i32 {
-    match config::Source::new(options.config.as_deref()).and_then(|source| command(&source)) {
+    let file = options.config_file();
+    match config::Source::new(file.as_deref()).and_then(|source| command(&source)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("eventsd: {e:#}");
@@ -164,6 +203,7 @@ fn execute(
         Command::Restart(wait) => restart(source, source.load()?, Signal::SIGTERM, &wait),
         Command::HardRestart(wait) => restart(source, source.load()?, Signal::SIGQUIT, &wait),
         Command::Upgrade(wait) => upgrade(&source.load()?, &wait),
+        Command::Reopen => reopen(&source.load()?),
         Command::Completions { shell } => completions(shell, program()),
     }
 }
@@ -206,11 +246,12 @@ fn run(source: &config::Source, config: Config) -> anyhow::Result<i32> {
 
 fn start(source: &config::Source, config: Config, wait: &Wait) -> anyhow::Result<i32> {
     if let Probe::Running(pid) = pidfile::probe(&config.daemon.pidfile)? {
-        eprintln!(
-            "eventsd: already running (pid {pid}, pidfile {})",
+        // LSB: starting a service that runs is a success.
+        println!(
+            "eventsd is already running (pid {pid}, pidfile {})",
             config.daemon.pidfile.display()
         );
-        return Ok(1);
+        return Ok(0);
     }
     let (from_daemon, to_cli) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
@@ -340,7 +381,7 @@ fn restart(
 fn reload(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
     let Probe::Running(pid) = pidfile::probe(&config.daemon.pidfile)? else {
         eprintln!("eventsd: not running, nothing to reload");
-        return Ok(1);
+        return Ok(NOT_RUNNING);
     };
     let socket = &config.daemon.control_socket;
     let before = master::query(socket)?.reloads;
@@ -387,7 +428,7 @@ fn upgrade(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
     let path = &config.daemon.pidfile;
     let Probe::Running(old) = pidfile::probe(path)? else {
         eprintln!("eventsd: not running, nothing to upgrade");
-        return Ok(1);
+        return Ok(NOT_RUNNING);
     };
     let socket = &config.daemon.control_socket;
     let failed_before = master::query(socket)?.upgrades_failed;
@@ -430,6 +471,18 @@ fn upgrade(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
     }
 }
 
+/// SIGUSR1: the master, its workers and the action runner reopen their log files.
+fn reopen(config: &Config) -> anyhow::Result<i32> {
+    let Probe::Running(pid) = pidfile::probe(&config.daemon.pidfile)? else {
+        eprintln!("eventsd: not running, no log to reopen");
+        return Ok(NOT_RUNNING);
+    };
+    kill(pid, Signal::SIGUSR1)
+        .with_context(|| format!("cannot send SIGUSR1 to eventsd (pid {pid})"))?;
+    println!("eventsd reopens its log files (pid {pid})");
+    Ok(0)
+}
+
 enum Report {
     Summary,
     Table,
@@ -445,7 +498,15 @@ fn status(source: &config::Source, report: Report) -> anyhow::Result<i32> {
         }
     };
     let path = &config.daemon.pidfile;
-    match pidfile::probe(path)? {
+    let probe = match pidfile::probe(path) {
+        Ok(probe) => probe,
+        // Not "not running": a user who may not read the pidfile cannot tell (LSB 4).
+        Err(e) => {
+            eprintln!("eventsd: cannot tell whether eventsd runs: {e:#}");
+            return Ok(STATUS_UNKNOWN);
+        }
+    };
+    match probe {
         Probe::NotRunning => {
             eprintln!("eventsd is not running");
             Ok(STATUS_NOT_RUNNING)

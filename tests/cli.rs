@@ -34,23 +34,20 @@ fn start_returns_once_the_daemon_serves() {
 }
 
 #[test]
-fn start_while_running_is_refused_and_leaves_the_daemon_untouched() {
+fn start_while_running_succeeds_as_lsb_says_and_leaves_the_daemon_untouched() {
     let mut daemon = started("");
     let master = daemon.pidfile_pid().unwrap();
     let workers = daemon.serving_workers();
 
     let second = daemon.start();
-    assert_eq!(second.status.code(), Some(1));
-    assert!(
-        stderr(&second).contains("already running"),
-        "{}",
-        stderr(&second)
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "LSB: start of a running service"
     );
-    assert!(
-        stderr(&second).contains(&master.to_string()),
-        "{}",
-        stderr(&second)
-    );
+    let said = stdout(&second);
+    assert!(said.contains("already running"), "{said}");
+    assert!(said.contains(&master.to_string()), "{said}");
 
     assert_eq!(daemon.pidfile_pid(), Some(master));
     assert_eq!(daemon.serving_workers(), workers);
@@ -255,6 +252,15 @@ fn status_uses_the_lsb_exit_codes() {
     let output = daemon.cli(&["status"]);
     assert_eq!(output.status.code(), Some(3), "not running");
     assert!(stderr(&output).contains("not running"));
+    for command in ["reload", "upgrade", "reopen"] {
+        let output = daemon.ctl(&[command]);
+        assert_eq!(
+            output.status.code(),
+            Some(7),
+            "LSB: {command} when not running"
+        );
+        assert!(stderr(&output).contains("not running"), "{command}");
+    }
 
     let mut daemon = daemon;
     assert!(daemon.start().status.success());
@@ -408,14 +414,140 @@ fn configtest_rejects_what_would_fail_later_naming_the_key() {
 }
 
 #[test]
+fn dash_t_tests_the_configuration_as_nginx_does_and_version_names_the_commit() {
+    let daemon = Daemon::new("");
+    let output = daemon.cli(&["-t"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains("syntax is ok"));
+    std::fs::write(&daemon.config, "[workers]\nmin = \"two\"\n").unwrap();
+    let output = daemon.cli(&["-t"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("workers.min"),
+        "{}",
+        stderr(&output)
+    );
+
+    for program in [common::BINARY, common::CTL] {
+        let output = std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .unwrap();
+        let version = stdout(&output);
+        // Built from a git checkout (as CI's clone is), the commit is known.
+        assert!(
+            version.contains(env!("CARGO_PKG_VERSION")) && version.contains("(commit "),
+            "{version}"
+        );
+    }
+}
+
+#[test]
+fn reopen_makes_the_master_and_its_children_reopen_their_logs() {
+    let daemon = started("");
+    let log = daemon.path("daemon.log");
+    std::fs::rename(&log, daemon.path("daemon.log.1")).unwrap();
+    let output = daemon.ctl(&["reopen"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let master = daemon.pidfile_pid().unwrap();
+    wait_for("the master to write to the new file", 5 * SECOND, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&format!("master[{master}]: reopened log files"))
+    });
+}
+
+/// A user who may read the config but not the pidfile's folder cannot tell whether
+/// eventsd runs: LSB 4 with the reason, never "not running". Run as root by `.ci/run`.
+#[test]
+#[ignore = "needs root"]
+fn status_as_a_user_who_cannot_read_the_pidfile_says_unknown_not_stopped() {
+    use std::os::unix::process::CommandExt;
+    let daemon = started("");
+    // The config readable by everyone; the state folder stays eventsd's (0750).
+    std::fs::set_permissions(daemon.path(""), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&daemon.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = std::process::Command::new(common::BINARY)
+        .arg("-c")
+        .arg(&daemon.config)
+        .arg("status")
+        .uid(65_534)
+        .gid(65_534)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot tell"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// Removes the packaged config path this test wrote, also when it fails.
+struct PackagedConfig(&'static Path);
+
+impl Drop for PackagedConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+        let _ = std::fs::remove_dir(self.0.parent().unwrap());
+    }
+}
+
+/// Without `-c` or `EVENTSD_CONFIG`, the CLI reads `/etc/eventsd/eventsd.toml`, as nginx
+/// reads its packaged config. Run as root by `.ci/run`, before the package is installed.
+#[test]
+#[ignore = "needs root"]
+fn the_cli_without_c_finds_the_daemon_of_the_packaged_config() {
+    let packaged = Path::new("/etc/eventsd/eventsd.toml");
+    assert!(
+        !exists(packaged),
+        "{} exists: this test writes it, remove the package first",
+        packaged.display()
+    );
+    let mut daemon = Daemon::new("");
+    let text = std::fs::read_to_string(&daemon.config).unwrap().replace(
+        "state_dir = \"state\"",
+        &format!("state_dir = \"{}\"", daemon.path("state").display()),
+    );
+    let text = text.replace(
+        "log = \"daemon.log\"",
+        &format!("log = \"{}\"", daemon.path("daemon.log").display()),
+    );
+    std::fs::create_dir_all(packaged.parent().unwrap()).unwrap();
+    let _cleanup = PackagedConfig(packaged);
+    std::fs::write(packaged, text).unwrap();
+    daemon.config = packaged.to_path_buf();
+    assert!(daemon.start().status.success());
+    let master = daemon.pidfile_pid().unwrap();
+
+    let output = std::process::Command::new(common::CTL)
+        .arg("status")
+        .env_remove("EVENTSD_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains(&format!("pid {master}")),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
 fn configtest_without_a_config_file_checks_the_built_in_defaults() {
+    let packaged = Path::new("/etc/eventsd/eventsd.toml");
     let output = std::process::Command::new(common::BINARY)
         .arg("configtest")
         .env_remove("EVENTSD_CONFIG")
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(0));
-    assert!(stdout(&output).contains("built-in defaults syntax is ok"));
+    // Where the package is installed, its config is the one read.
+    let expected = if exists(packaged) {
+        "/etc/eventsd/eventsd.toml syntax is ok"
+    } else {
+        "built-in defaults syntax is ok"
+    };
+    assert!(stdout(&output).contains(expected), "{}", stdout(&output));
 }
 
 #[test]
