@@ -32,5 +32,6 @@ pub mod pidfile;
 pub mod privileges;
 pub mod registry;
 pub mod status;
+pub mod tls;
 pub mod watch;
 pub mod worker;

@@ -126,6 +126,14 @@ pub struct Server {
     #[serde(deserialize_with = "within::<_, _, 8_192, 1_048_576>")]
     pub max_header_bytes: usize,
     pub api_token: String,
+    /// TLS on the listener: the certificate chain and its key (PEM); plain HTTP when unset.
+    #[serde(deserialize_with = "optional_path")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(deserialize_with = "optional_path")]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS, client certificates signed by these CAs (PEM) are required.
+    #[serde(deserialize_with = "optional_path")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -268,6 +276,9 @@ impl Default for Server {
             max_connections: 10_000,
             max_header_bytes: 16 * 1024,
             api_token: String::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -377,7 +388,14 @@ impl Config {
         if let LogTarget::File(path) = &mut daemon.log {
             *path = base_dir.join(&*path);
         }
-        if let Some(path) = &mut daemon.access_log {
+        let server = &mut self.server;
+        let paths = [
+            &mut daemon.access_log,
+            &mut server.tls_cert,
+            &mut server.tls_key,
+            &mut server.tls_client_ca,
+        ];
+        for path in paths.into_iter().flatten() {
             *path = base_dir.join(&*path);
         }
         for dir in &mut self.collectors.file_dirs {
@@ -391,6 +409,13 @@ impl Config {
         names.sort_unstable();
         if let Some(twice) = names.windows(2).find(|pair| pair[0] == pair[1]) {
             bail!("event type `{}` is declared twice", twice[0]);
+        }
+        let server = &self.server;
+        if server.tls_cert.is_some() != server.tls_key.is_some() {
+            bail!("server.tls_cert and server.tls_key go together: set both, or neither");
+        }
+        if server.tls_client_ca.is_some() && server.tls_cert.is_none() {
+            bail!("server.tls_client_ca needs server.tls_cert and server.tls_key");
         }
         if workers.min > workers.max {
             bail!(
@@ -459,6 +484,13 @@ impl Config {
             reserved.push(log.clone());
         }
         reserved.extend(daemon.access_log.clone());
+        let server = &self.server;
+        reserved.extend(
+            [&server.tls_cert, &server.tls_key, &server.tls_client_ca]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
         Rules {
             token_set: !self.server.api_token.is_empty(),
             file_dirs: self.collectors.file_dirs.clone(),

@@ -61,6 +61,7 @@ use crate::notify;
 use crate::pidfile::Pidfile;
 use crate::registry::Registry;
 use crate::status::{CrashLoop, Status};
+use crate::tls::{self, Tls};
 use crate::watch::Watch;
 use crate::watch::store::MemoryStore;
 use actions::Actions;
@@ -90,6 +91,8 @@ struct Master {
     /// Where logs go when `daemon.log` says nothing: stderr for `run`, syslog for `start`.
     default_sink: Sink,
     listener: Socket,
+    /// The listener's TLS, read at start and at each reload; `None` for plain HTTP.
+    tls: Option<Tls>,
     signals: Signals,
     control: Option<ControlSocket>,
     pidfile: Option<Pidfile>,
@@ -196,6 +199,7 @@ impl Master {
             Some(_) => None,
             None => Some(ControlSocket::bind(&daemon.control_socket)?),
         };
+        let tls = tls::load(&config.server)?;
         let signals = Signals::install()?;
         let pool = Pool::new(config.workers.min);
         let cluster = config.cluster.clone().map(cluster::ClusterState::new);
@@ -211,6 +215,7 @@ impl Master {
             config,
             default_sink,
             listener,
+            tls,
             signals,
             control,
             pidfile,

@@ -56,6 +56,8 @@ impl Master {
                 .clone_from(&old.daemon.control_socket);
         }
         setup::check_privileges(&new)?;
+        // Read again: a renewed certificate is served by the new generation.
+        let tls = crate::tls::load(&new.server)?;
         let listener =
             if new.server.listen != old.server.listen || new.server.backlog != old.server.backlog {
                 Some(setup::bind(&new)?)
@@ -84,6 +86,7 @@ impl Master {
             self.listener = listener;
         }
         self.pool.clamp_target(new.workers.min, new.workers.max);
+        self.tls = tls;
         self.config = new;
         Ok(())
     }

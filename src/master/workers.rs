@@ -79,6 +79,7 @@ impl Master {
     fn spawn_worker(&mut self) -> anyhow::Result<()> {
         let setup = worker::Setup {
             listener: self.listener.as_raw_fd(),
+            tls: self.tls.clone(),
             config: self.config.clone(),
             registry: self.registry.clone(),
         };

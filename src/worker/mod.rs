@@ -29,6 +29,7 @@ use crate::appender::Appenders;
 use crate::config::Config;
 use crate::ipc::{self, Heartbeat, WorkerMessage};
 use crate::registry::Registry;
+use crate::tls::Tls;
 use access_log::AccessLog;
 use api::Api;
 use batcher::Batcher;
@@ -42,6 +43,8 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 pub struct Setup {
     /// The listening socket, inherited from the master.
     pub listener: RawFd,
+    /// TLS on it, as the master read the certificate and key.
+    pub tls: Option<Tls>,
     pub config: Config,
     /// The registry as the master held it at the fork.
     pub registry: Registry,
@@ -52,6 +55,7 @@ pub struct Setup {
 pub fn serve(setup: Setup, mut channel: UnixStream) -> anyhow::Result<()> {
     let Setup {
         listener,
+        tls,
         config,
         registry,
     } = setup;
@@ -79,7 +83,7 @@ pub fn serve(setup: Setup, mut channel: UnixStream) -> anyhow::Result<()> {
     let local = tokio::task::LocalSet::new();
     local.block_on(
         &runtime,
-        serve_until_drained(listener, channel, config, registry, opened),
+        serve_until_drained(listener, tls, channel, config, registry, opened),
     )
 }
 
@@ -102,6 +106,7 @@ fn prepare_process(config: &Config) -> anyhow::Result<Opened> {
 
 async fn serve_until_drained(
     listener: std::net::TcpListener,
+    tls: Option<Tls>,
     channel: UnixStream,
     config: Config,
     registry: Registry,
@@ -142,7 +147,8 @@ async fn serve_until_drained(
 
     link.send(WorkerMessage::Ready);
     info!("worker ready");
-    server::accept_until_shutdown(listener, &config, &api, &stats, &link, &shutdown).await;
+    let connections = server::Connections::new(&config, tls, &api, &stats, &link, &shutdown);
+    server::accept_until_shutdown(listener, &config, &connections, &link, &shutdown).await;
     info!("worker drained: {} requests served", stats.requests());
 
     // Last words: the last watcher counts and the final heartbeat, then the writer flushes.

@@ -5,27 +5,34 @@
 //! also applies while a keep-alive connection waits for its next request), the header
 //! size (`max_header_bytes`: hyper answers 431 beyond its read buffer), accept errors
 //! survived, draining without refusing (process-model.md: a connection accepted before
-//! the drain gets its first request served, with `Connection: close`), and the figures
+//! the drain gets its first request served, with `Connection: close`), TLS when the
+//! master read a certificate (the handshake under the header deadline), and the figures
 //! the heartbeat reports. What a request means is `api`'s business.
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::service::{HttpService, Service, service_fn};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, warn};
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
-use super::api::Api;
+use super::api::{Api, Body};
 use super::io::ClientStream;
 use super::link::{Link, Shutdown};
 use crate::config::Config;
 use crate::ipc::{Heartbeat, WorkerMessage};
+use crate::tls::Tls;
 
 /// How long the accept loop pauses after an accept error (EMFILE...) before retrying.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -35,25 +42,16 @@ const ACCEPT_FAILURE_LIMIT: Duration = Duration::from_secs(5);
 /// long for it (at most the read timeout) before it is closed.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
-/// Accepts and serves connections until `shutdown`, then waits for every connection to
-/// finish its in-flight request (and for a silent new one to send its first).
+/// Accepts connections until `shutdown`, then waits for every connection to finish its
+/// in-flight request (and for a silent new one to send its first).
 pub async fn accept_until_shutdown(
     listener: TcpListener,
     config: &Config,
-    api: &Rc<Api>,
-    stats: &Rc<Stats>,
+    connections: &Connections,
     link: &Link,
     shutdown: &Shutdown,
 ) {
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(config.read_timeout())
-        .max_buf_size(config.server.max_header_bytes)
-        .keep_alive(true);
-    let grace = FIRST_REQUEST_GRACE.min(config.read_timeout());
-    let write_timeout = config.write_timeout();
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
-    let max_requests = config.workers.max_requests;
     let mut failing_since: Option<Instant> = None;
     loop {
         // At the cap, stop accepting: new clients wait in the shared backlog, where
@@ -69,74 +67,18 @@ pub async fn accept_until_shutdown(
             () = shutdown.wait() => break,
             accepted = listener.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => {
+        match accepted {
+            Ok((stream, peer)) => {
                 failing_since = None;
-                accepted
+                connections.spawn(stream, peer, slot);
             }
             Err(e) => {
                 let since = *failing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= ACCEPT_FAILURE_LIMIT {
-                    // Descriptors leaked or exhausted for good: a fresh worker serves better.
-                    let reason = format!(
-                        "accept has failed for {}s ({e})",
-                        ACCEPT_FAILURE_LIMIT.as_secs()
-                    );
-                    link.send(WorkerMessage::Retiring { reason });
-                    shutdown.trigger("accept keeps failing");
+                if !survive_accept_error(&e, since, link, shutdown).await {
                     break;
                 }
-                warn!(
-                    "accept failed: {e}; retrying in {}ms",
-                    ACCEPT_ERROR_PAUSE.as_millis()
-                );
-                tokio::select! {
-                    () = shutdown.wait() => break,
-                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
-                }
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let request_seen = Rc::new(Notify::new());
-        let service = {
-            let (api, stats, link, shutdown) =
-                (api.clone(), stats.clone(), link.clone(), shutdown.clone());
-            let request_seen = request_seen.clone();
-            service_fn(move |request| {
-                let (api, stats, link, shutdown) =
-                    (api.clone(), stats.clone(), link.clone(), shutdown.clone());
-                request_seen.notify_one();
-                async move {
-                    let in_flight = stats.request_started();
-                    let response = api.handle(request, peer).await;
-                    drop(in_flight);
-                    if max_requests > 0
-                        && stats.requests() >= max_requests
-                        && !shutdown.is_triggered()
-                    {
-                        link.send(WorkerMessage::Retiring {
-                            reason: format!(
-                                "served workers.max_requests ({max_requests}) requests"
-                            ),
-                        });
-                        shutdown.trigger("max_requests reached");
-                    }
-                    Ok::<_, Infallible>(response)
-                }
-            })
-        };
-        let stream = ClientStream::new(stream, write_timeout);
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let open = stats.connection_opened();
-        let shutdown = shutdown.clone();
-        tokio::task::spawn_local(async move {
-            let connection = std::pin::pin!(connection);
-            if let Err(e) = serve_until_drained(connection, &shutdown, &request_seen, grace).await {
-                debug!("connection from {peer}: {e}");
-            }
-            drop(open);
-            drop(slot);
-        });
+        }
     }
     drop(listener);
     // Every connection holds a slot until it ends: having them all back means drained.
@@ -144,29 +86,191 @@ pub async fn accept_until_shutdown(
     let _ = slots.acquire_many(every_slot).await;
 }
 
-type Connection<S> = http1::Connection<TokioIo<ClientStream>, S>;
+/// After an accept error (EMFILE...): pauses and says go on, or, when accepts have
+/// failed for `ACCEPT_FAILURE_LIMIT`, retires the worker and says stop.
+async fn survive_accept_error(
+    error: &std::io::Error,
+    failing_since: Instant,
+    link: &Link,
+    shutdown: &Shutdown,
+) -> bool {
+    if failing_since.elapsed() >= ACCEPT_FAILURE_LIMIT {
+        // Descriptors leaked or exhausted for good: a fresh worker serves better.
+        let reason = format!(
+            "accept has failed for {}s ({error})",
+            ACCEPT_FAILURE_LIMIT.as_secs()
+        );
+        link.send(WorkerMessage::Retiring { reason });
+        shutdown.trigger("accept keeps failing");
+        return false;
+    }
+    warn!(
+        "accept failed: {error}; retrying in {}ms",
+        ACCEPT_ERROR_PAUSE.as_millis()
+    );
+    tokio::select! {
+        () = shutdown.wait() => false,
+        () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => true,
+    }
+}
+
+/// What serving an accepted connection needs: the HTTP settings, the optional TLS
+/// handshake, and what a request reaches.
+pub struct Connections {
+    http: Rc<http1::Builder>,
+    tls: Option<TlsAcceptor>,
+    /// How long a TLS handshake may take (the header deadline).
+    handshake_timeout: Duration,
+    grace: Duration,
+    write_timeout: Duration,
+    max_requests: u64,
+    api: Rc<Api>,
+    stats: Rc<Stats>,
+    link: Link,
+    shutdown: Shutdown,
+}
+
+impl Connections {
+    pub fn new(
+        config: &Config,
+        tls: Option<Tls>,
+        api: &Rc<Api>,
+        stats: &Rc<Stats>,
+        link: &Link,
+        shutdown: &Shutdown,
+    ) -> Connections {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(config.read_timeout())
+            .max_buf_size(config.server.max_header_bytes)
+            .keep_alive(true);
+        Connections {
+            http: Rc::new(http),
+            tls: tls.map(TlsAcceptor::from),
+            handshake_timeout: config.read_timeout(),
+            grace: FIRST_REQUEST_GRACE.min(config.read_timeout()),
+            write_timeout: config.write_timeout(),
+            max_requests: config.workers.max_requests,
+            api: api.clone(),
+            stats: stats.clone(),
+            link: link.clone(),
+            shutdown: shutdown.clone(),
+        }
+    }
+
+    /// Serves `stream` on its own task, which holds `slot` until the connection ends.
+    fn spawn(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
+        let _ = stream.set_nodelay(true);
+        let drain = Drain {
+            shutdown: self.shutdown.clone(),
+            request_seen: Rc::new(Notify::new()),
+            grace: self.grace,
+        };
+        let service = self.service(peer, drain.request_seen.clone());
+        let stream = ClientStream::new(stream, self.write_timeout);
+        let open = self.stats.connection_opened();
+        let (http, tls, handshake_timeout) =
+            (self.http.clone(), self.tls.clone(), self.handshake_timeout);
+        tokio::task::spawn_local(async move {
+            let served = match tls {
+                None => serve(&http, stream, service, &drain).await,
+                Some(tls) => {
+                    match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => serve(&http, stream, service, &drain).await,
+                        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                        Err(_) => Err("no TLS handshake within the read timeout".to_string()),
+                    }
+                }
+            };
+            if let Err(e) = served {
+                debug!("connection from {peer}: {e}");
+            }
+            drop(open);
+            drop(slot);
+        });
+    }
+
+    /// The request handler of one connection.
+    fn service(
+        &self,
+        peer: SocketAddr,
+        request_seen: Rc<Notify>,
+    ) -> impl Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + use<>
+    {
+        let (api, stats, link, shutdown) = (
+            self.api.clone(),
+            self.stats.clone(),
+            self.link.clone(),
+            self.shutdown.clone(),
+        );
+        let max_requests = self.max_requests;
+        service_fn(move |request| {
+            let (api, stats, link, shutdown) =
+                (api.clone(), stats.clone(), link.clone(), shutdown.clone());
+            request_seen.notify_one();
+            async move {
+                let in_flight = stats.request_started();
+                let response = api.handle(request, peer).await;
+                drop(in_flight);
+                if max_requests > 0 && stats.requests() >= max_requests && !shutdown.is_triggered()
+                {
+                    link.send(WorkerMessage::Retiring {
+                        reason: format!("served workers.max_requests ({max_requests}) requests"),
+                    });
+                    shutdown.trigger("max_requests reached");
+                }
+                Ok::<_, Infallible>(response)
+            }
+        })
+    }
+}
+
+/// How a connection ends when the worker drains.
+struct Drain {
+    shutdown: Shutdown,
+    /// Keeps a permit once the connection's first request was seen.
+    request_seen: Rc<Notify>,
+    grace: Duration,
+}
+
+/// Serves HTTP/1.1 on `io` (plain, or TLS once the handshake is done) until the
+/// connection ends or the worker drains.
+async fn serve<I, S>(http: &http1::Builder, io: I, service: S, drain: &Drain) -> Result<(), String>
+where
+    I: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
+{
+    let connection = std::pin::pin!(http.serve_connection(TokioIo::new(io), service));
+    serve_until_drained(connection, drain)
+        .await
+        .map_err(|e| e.to_string())
+}
 
 /// Serves `connection` until it ends or the worker drains. Draining, it closes at once
 /// only a connection with nothing in progress; one whose first request has not been
-/// seen gets `grace` to send it, and is answered with `Connection: close`.
-async fn serve_until_drained<S>(
-    mut connection: std::pin::Pin<&mut Connection<S>>,
-    shutdown: &Shutdown,
-    request_seen: &Notify,
-    grace: Duration,
+/// seen gets the grace to send it, and is answered with `Connection: close`.
+async fn serve_until_drained<I, S>(
+    mut connection: std::pin::Pin<&mut http1::Connection<TokioIo<I>, S>>,
+    drain: &Drain,
 ) -> hyper::Result<()>
 where
-    S: hyper::service::HttpService<hyper::body::Incoming>,
+    I: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: HttpService<Incoming>,
     S::ResBody: 'static,
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Drain {
+        shutdown,
+        request_seen,
+        grace,
+    } = drain;
     tokio::select! {
         outcome = connection.as_mut() => return outcome,
         () = shutdown.wait() => {}
     }
     // `request_seen` keeps a permit once a request was seen: then no wait at all.
     let first_request = async {
-        let _ = tokio::time::timeout(grace, request_seen.notified()).await;
+        let _ = tokio::time::timeout(*grace, request_seen.notified()).await;
     };
     tokio::select! {
         outcome = connection.as_mut() => return outcome,

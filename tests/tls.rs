@@ -1,0 +1,224 @@
+//! TLS on the listener (process-model.md, "Operated like nginx, part two"), against the
+//! real binary, with certificates made by `openssl` and requests made by `curl`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Daemon, stderr, stdout, wait_for};
+use nix::sys::signal::Signal;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (Debian package openssl) is installed");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        stderr(&output)
+    );
+}
+
+/// A certificate authority in `dir`: `NAME.pem` and `NAME.key`.
+fn authority(dir: &Path, name: &str) {
+    let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+        ],
+    );
+}
+
+/// A certificate for 127.0.0.1 signed by authority `ca`: `NAME.pem` and `NAME.key`;
+/// `usage` is `serverAuth` or `clientAuth`.
+fn certificate(dir: &Path, name: &str, ca: &str, usage: &str) {
+    let (pem, key, csr) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+    );
+    let extensions = format!("{name}.ext");
+    std::fs::write(
+        dir.join(&extensions),
+        format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &extensions,
+            "-out",
+            &pem,
+        ],
+    );
+}
+
+/// `curl --cacert CA https://127.0.0.1:PORT/health`, with `extra` arguments.
+fn curl(daemon: &Daemon, ca: &Path, extra: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .args(extra)
+        .arg(format!("https://127.0.0.1:{}/health", daemon.port))
+        .output()
+        .expect("curl (Debian package curl) is installed")
+}
+
+/// A daemon serving TLS with `server.pem` (signed by `ca`), made in its own folder.
+fn daemon_with_tls(extra: &str) -> (Daemon, PathBuf) {
+    let daemon = Daemon::new("");
+    let dir = daemon.path("");
+    authority(&dir, "ca");
+    certificate(&dir, "server", "ca", "serverAuth");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n{extra}",
+        daemon.port
+    );
+    let text = common::config_text(daemon.port, &config);
+    std::fs::write(&daemon.config, text).unwrap();
+    (daemon, dir)
+}
+
+fn run(mut daemon: Daemon) -> Daemon {
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+    daemon
+}
+
+#[test]
+fn https_is_served_to_a_client_that_trusts_the_certificate_and_plain_http_is_refused() {
+    let (daemon, dir) = daemon_with_tls("");
+    let daemon = run(daemon);
+    let output = curl(&daemon, &dir.join("ca.pem"), &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("\"status\":\"ok\""),
+        "{}",
+        stdout(&output)
+    );
+
+    // Plain HTTP on the TLS port: no HTTP reply, and the daemon serves on.
+    let mut stream = TcpStream::connect(daemon.address()).unwrap();
+    stream.set_read_timeout(Some(5 * SECOND)).unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    assert!(
+        !reply.starts_with(b"HTTP/"),
+        "plain HTTP answered: {}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert!(curl(&daemon, &dir.join("ca.pem"), &[]).status.success());
+}
+
+#[test]
+fn with_a_client_ca_a_client_without_a_certificate_is_refused() {
+    let (daemon, dir) = daemon_with_tls("tls_client_ca = \"clients.pem\"\n");
+    authority(&dir, "clients");
+    certificate(&dir, "client", "clients", "clientAuth");
+    let daemon = run(daemon);
+    let ca = dir.join("ca.pem");
+
+    let refused = curl(&daemon, &ca, &[]);
+    assert!(
+        !refused.status.success(),
+        "served without a client certificate"
+    );
+    let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+    let with_certificate = [
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let served = curl(&daemon, &ca, &with_certificate);
+    assert!(served.status.success(), "{}", stderr(&served));
+}
+
+#[test]
+fn a_renewed_certificate_is_served_after_a_reload() {
+    let (daemon, dir) = daemon_with_tls("");
+    let daemon = run(daemon);
+    assert!(curl(&daemon, &dir.join("ca.pem"), &[]).status.success());
+
+    // Renewed by another authority, so that a client can tell which one is served.
+    authority(&dir, "renewed-ca");
+    certificate(&dir, "server", "renewed-ca", "serverAuth");
+    daemon.signal(Signal::SIGHUP);
+    wait_for("the renewed certificate to be served", 10 * SECOND, || {
+        curl(&daemon, &dir.join("renewed-ca.pem"), &[])
+            .status
+            .success()
+    });
+    wait_for("the old workers to be gone", 10 * SECOND, || {
+        !curl(&daemon, &dir.join("ca.pem"), &[]).status.success()
+    });
+}
+
+#[test]
+fn a_key_that_does_not_match_the_certificate_is_refused_by_configtest() {
+    let (daemon, dir) = daemon_with_tls("");
+    authority(&dir, "other");
+    std::fs::copy(dir.join("other.key"), dir.join("server.key")).unwrap();
+    let output = daemon.cli(&["configtest"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("server.tls_key"),
+        "{}",
+        stderr(&output)
+    );
+}
