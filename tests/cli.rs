@@ -533,6 +533,46 @@ fn the_cli_without_c_finds_the_daemon_of_the_packaged_config() {
     );
 }
 
+/// `[daemon] include`, nginx's `conf.d`: files laid over the main one in name order, each
+/// error naming its file, key and line; read again on reload.
+#[test]
+fn included_files_add_event_types_and_override_keys_in_name_order() {
+    let mut daemon =
+        Daemon::new("[daemon]\ninclude = [\"conf.d/*.toml\"]\n[workers]\nmin = 2\nmax = 2\n");
+    let conf_d = daemon.path("conf.d");
+    std::fs::create_dir(&conf_d).unwrap();
+    std::fs::write(conf_d.join("20-pool.toml"), "[workers]\nmin = 1\nmax = 1\n").unwrap();
+    std::fs::write(conf_d.join("10-pool.toml"), "[workers]\nmin = 3\nmax = 3\n").unwrap();
+    std::fs::write(conf_d.join("30-shop.toml"), "[[event]]\ntype = \"shop\"\n").unwrap();
+    std::fs::write(conf_d.join("notes.txt"), "not a config file").unwrap();
+
+    std::fs::write(conf_d.join("40-bad.toml"), "[server]\nbacklog = \"many\"\n").unwrap();
+    let output = daemon.cli(&["configtest"]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.contains("40-bad.toml")
+            && message.contains("server.backlog")
+            && message.contains("line 2"),
+        "{message}"
+    );
+    std::fs::remove_file(conf_d.join("40-bad.toml")).unwrap();
+
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+    assert_eq!(daemon.workers().len(), 1, "20-pool.toml comes last");
+    assert_eq!(daemon.get("/event/shop").unwrap().status, 200);
+
+    std::fs::write(conf_d.join("50-blog.toml"), "[[event]]\ntype = \"blog\"\n").unwrap();
+    daemon.signal(Signal::SIGHUP);
+    wait_for(
+        "the included blog type after the reload",
+        10 * SECOND,
+        || daemon.get("/event/blog").is_ok_and(|r| r.status == 200),
+    );
+    assert_eq!(daemon.get("/event/shop").unwrap().status, 200);
+}
+
 #[test]
 fn configtest_without_a_config_file_checks_the_built_in_defaults() {
     let packaged = Path::new("/etc/eventsd/eventsd.toml");

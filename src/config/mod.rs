@@ -19,6 +19,7 @@ use ipnet::IpNet;
 
 mod checks;
 mod cluster;
+mod include;
 mod values;
 
 pub use cluster::{Cluster, ClusterMode};
@@ -235,6 +236,8 @@ pub struct Daemon {
     /// One JSON line per request, written by the workers; off when unset.
     #[serde(deserialize_with = "optional_path")]
     pub access_log: Option<PathBuf>,
+    /// Files laid over this one (`conf.d/*.toml`), in name order.
+    pub include: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -341,6 +344,7 @@ impl Default for Daemon {
             log: LogTarget::Default,
             log_level: LevelFilter::Info,
             access_log: None,
+            include: Vec::new(),
         }
     }
 }
@@ -363,13 +367,23 @@ impl Default for Smtp {
 impl Config {
     /// Parses `text` (TOML), resolves relative paths against `base_dir` and validates
     /// what a single key cannot say alone.
+    /// With `daemon.include`, the included files are read and laid over `text` first.
     pub fn parse(text: &str, base_dir: &Path) -> anyhow::Result<Config> {
-        let document = toml::Deserializer::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut config: Config = serde_path_to_error::deserialize(document)
-            .map_err(|e| anyhow::anyhow!("{}", values::in_words(text, e)))?;
+        let mut config = Config::typed(text)?;
+        let included = include::files(&config.daemon.include, base_dir)?;
+        if !included.is_empty() {
+            config = include::merged(text, &included)?;
+        }
         config.resolve_paths(base_dir);
         config.validate()?;
         Ok(config)
+    }
+
+    /// One file's keys and values, each checked alone, an error naming its key and line.
+    fn typed(text: &str) -> anyhow::Result<Config> {
+        let document = toml::Deserializer::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        serde_path_to_error::deserialize(document)
+            .map_err(|e| anyhow::anyhow!("{}", values::in_words(text, e)))
     }
 
     fn resolve_paths(&mut self, base_dir: &Path) {
