@@ -492,3 +492,28 @@ fn registry_changes_are_refused_while_shutting_down() {
     assert_error(&response, 503, "shutting down");
     assert!(daemon.wait_exit(10 * SECOND).success());
 }
+
+/// Every applied registry change is logged at info with what it touched, by name, and
+/// the client that asked (process-model.md, "An access log and an audit log").
+#[test]
+fn registry_changes_are_audited_with_the_client_and_the_names_they_touch() {
+    let daemon = Daemon::run("");
+    register(&daemon, "shop");
+    let watcher = r#"{"name": "storm", "threshold": 5, "aggregator": {"type": "single"},
+                      "action": {"type": "null"}}"#;
+    assert_eq!(daemon.post("/event/shop/watcher/", watcher).status, 201);
+    assert_eq!(daemon.delete("/event/shop/watcher/storm").status, 200);
+    // A refused change is not an applied one.
+    assert_eq!(daemon.post("/event/", r#"{"type": "shop"}"#).status, 409);
+    let log = daemon.log();
+    for audit in [
+        "registry: create_event shop by 127.0.0.1 (version 1)",
+        "registry: create_watcher shop/storm by 127.0.0.1 (version 2)",
+        "registry: delete_watcher shop/storm by 127.0.0.1 (version 3)",
+    ] {
+        let line = log.lines().find(|line| line.ends_with(audit));
+        let line = line.unwrap_or_else(|| panic!("`{audit}` not in the log:\n{log}"));
+        assert!(line.contains(" INFO  master["), "{line}");
+    }
+    assert!(!log.contains("(version 4)"), "{log}");
+}

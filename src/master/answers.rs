@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use log::{error, info};
+use log::{debug, error, info};
 use nix::unistd::Pid;
 
 use super::pool::Pool;
@@ -60,6 +60,7 @@ impl Master {
                     });
                 match outcome {
                     Ok(created) => {
+                        self.audit(&change, origin, created);
                         // Held until every worker serves the new version: read-your-writes.
                         let answer = Answer::Change(Ok(created));
                         self.held_answers
@@ -112,11 +113,22 @@ impl Master {
             });
         }
         self.totals.record_change(kind, "ok");
-        info!("registry: {kind} applied (version {})", next.version);
+        debug!("registry: {kind} applied (version {})", next.version);
         self.registry = next;
         self.watch.sync(&self.registry);
         self.push_registry();
         Ok(())
+    }
+
+    /// The audit line of an applied change: what, on which names, asked by whom.
+    pub(super) fn audit(&self, change: &Change, origin: Origin, created: uuid::Uuid) {
+        info!(
+            "registry: {} {} by {} (version {})",
+            change.kind(),
+            change.names(created, &self.registry),
+            origin.client,
+            self.registry.version
+        );
     }
 
     pub(super) fn push_registry(&mut self) {

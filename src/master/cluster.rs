@@ -381,12 +381,16 @@ impl Master {
             return;
         };
         let (attempts, kind) = (pending.attempts, pending.change.kind());
+        let (change, origin) = (pending.change.clone(), pending.origin);
         match publication {
             Publication::Written(version) => {
                 if let Some(cluster) = self.cluster.as_mut() {
                     cluster.shared_version = Some(version);
                 }
                 let outcome = self.adopt_change(next, kind).map(|()| created);
+                if outcome.is_ok() {
+                    self.audit(&change, origin, created);
+                }
                 self.answer_first_change(outcome);
             }
             Publication::Conflict(version, document) => {

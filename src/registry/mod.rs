@@ -10,6 +10,7 @@ pub mod spec;
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use anyhow::Context;
@@ -101,10 +102,21 @@ pub enum Change {
     DeleteWatcher { event: String, name: String },
 }
 
-/// Who asks for a change, for the rules that depend on it.
+/// Who asks for a change: for the rules that depend on it, and the audit line.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Origin {
-    pub loopback: bool,
+    pub client: IpAddr,
+}
+
+impl Origin {
+    /// A client on this host (the tests', or an operator's `curl`).
+    pub const LOCAL: Origin = Origin {
+        client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+
+    pub fn is_loopback(&self) -> bool {
+        self.client.is_loopback()
+    }
 }
 
 /// Why a change was refused: an HTTP status and a message naming the culprit.
@@ -127,6 +139,26 @@ impl Borrow<str> for Name {
 }
 
 impl Change {
+    /// What the applied change touched, by name (`shop`, `shop/storm`), for the audit
+    /// line: `created` is the id `apply` returned, found in `registry`, the one after it.
+    pub fn names(&self, created: Uuid, registry: &Registry) -> String {
+        match self {
+            Change::DeleteEvent { event } => event.clone(),
+            Change::DeleteCollector { event, name } | Change::DeleteWatcher { event, name } => {
+                format!("{event}/{name}")
+            }
+            Change::CreateEvent { .. } => registry
+                .events
+                .iter()
+                .find(|(_, entry)| entry.id == created)
+                .map_or_else(|| created.to_string(), |(name, _)| name.to_string()),
+            Change::CreateCollector { event, .. } | Change::CreateWatcher { event, .. } => {
+                let name = registry.event(event).and_then(|e| e.entry_name(created));
+                format!("{event}/{}", name.unwrap_or_else(|| created.to_string()))
+            }
+        }
+    }
+
     /// A label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -137,6 +169,23 @@ impl Change {
             Change::CreateWatcher { .. } => "create_watcher",
             Change::DeleteWatcher { .. } => "delete_watcher",
         }
+    }
+}
+
+impl EventType {
+    /// The name of the collector or watcher with this id.
+    fn entry_name(&self, id: Uuid) -> Option<String> {
+        let collectors = self
+            .collectors
+            .iter()
+            .map(|c| (c.id, c.spec.name.to_string()));
+        let watchers = self
+            .watchers
+            .iter()
+            .map(|w| (w.id, w.spec.name.to_string()));
+        collectors
+            .chain(watchers)
+            .find_map(|(entry, name)| (entry == id).then_some(name))
     }
 }
 
@@ -196,7 +245,7 @@ impl Registry {
                 }
                 if matches!(spec.appender, Appender::File { .. })
                     && !rules.token_set
-                    && !origin.loopback
+                    && !origin.is_loopback()
                 {
                     return Err(Refusal::new(
                         403,

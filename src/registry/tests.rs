@@ -3,7 +3,7 @@
 
 use super::*;
 
-const LOCAL: Origin = Origin { loopback: true };
+const LOCAL: Origin = Origin::LOCAL;
 
 fn create_event(registry: &mut Registry, name: &str) -> Result<Uuid, Refusal> {
     let body = format!(r#"{{"type": "{name}"}}"#).into_bytes();
@@ -84,7 +84,9 @@ fn file_appenders_need_file_dirs_and_loopback_or_a_token() {
         path.display()
     );
     let change = collector("logins", &body);
-    let remote = Origin { loopback: false };
+    let remote = Origin {
+        client: std::net::IpAddr::from([10, 0, 0, 5]),
+    };
     let allowed = Rules {
         file_dirs: vec![dir.path().to_path_buf()],
         ..Rules::default()

@@ -456,7 +456,7 @@ mod tests {
 
     fn registry_with(watcher: &str) -> Registry {
         let mut registry = Registry::default();
-        let origin = Origin { loopback: true };
+        let origin = Origin::LOCAL;
         registry
             .apply(
                 &Change::CreateEvent {

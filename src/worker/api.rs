@@ -247,9 +247,7 @@ impl Api {
                 | Change::DeleteCollector { .. }
                 | Change::DeleteWatcher { .. }
         );
-        let origin = Origin {
-            loopback: peer.ip().is_loopback(),
-        };
+        let origin = Origin { client: peer.ip() };
         match self.ask(Question::Change { change, origin }).await {
             Some(Answer::Change(Ok(_))) if deletion => {
                 json(StatusCode::OK, &json!({"acknowledged": true}))
