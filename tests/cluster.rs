@@ -5,11 +5,14 @@
 
 mod common;
 
+use std::io::Write;
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::redis::{RedisCluster, RedisServer};
 use common::sinks::HttpSink;
-use common::{Daemon, Load, request, wait_for};
+use common::{Daemon, Load, read_response, request, wait_for};
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -110,6 +113,39 @@ fn firings(sink: &HttpSink) -> Vec<Value> {
         .iter()
         .map(|r| serde_json::from_str(&r.body).unwrap())
         .collect()
+}
+
+/// A `_bulk` of `events` empty events whose body is half sent: the node holds it open.
+fn half_sent_bulk(daemon: &Daemon, event: &str, events: usize) -> (TcpStream, Vec<u8>) {
+    let mut body = "{}\n".repeat(events).into_bytes();
+    let mut stream = TcpStream::connect(daemon.address()).unwrap();
+    let head = format!(
+        "POST /event/{event}/_bulk HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let rest = body.split_off(body.len() / 2);
+    stream.write_all(&body).unwrap();
+    (stream, rest)
+}
+
+/// Sends the rest of a half-sent `_bulk` in small pieces; the events it acknowledged.
+fn finish_slowly(mut stream: TcpStream, rest: &[u8]) -> u64 {
+    for piece in rest.chunks(rest.len() / 5 + 1) {
+        stream.write_all(piece).unwrap();
+        // The pace of a slow client, not a synchronisation.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reply = read_response(&mut stream).unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.json()["collected"].as_u64().unwrap()
+}
+
+/// Every worker of `daemon` draining: the stop has begun.
+fn draining(daemon: &Daemon) -> bool {
+    let workers = daemon.workers();
+    !workers.is_empty() && workers.iter().all(|(state, _)| state == "shutdown")
 }
 
 fn register(daemon: &Daemon, event: &str, watcher: Value) {
@@ -321,4 +357,33 @@ fn a_command_watcher_planted_in_redis_is_dropped_and_never_runs() {
     assert!(text.contains("eventsd_cluster_degraded 0"), "{text}");
     let findings = common::promtool_findings(&text);
     assert!(findings.is_empty(), "{findings}");
+}
+
+/// Round two, "outputs stop last": the link of a stopping node goes after its workers,
+/// so a bulk acknowledged while it drained is counted in Redis with everything else.
+#[test]
+fn a_node_stopped_with_a_slow_bulk_in_flight_leaves_every_acknowledged_event_in_redis() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let [mut a, b, c] = three_nodes_watching(
+        "standalone",
+        &urls,
+        1,
+        "deploys",
+        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
+               "action": {"type": "null"}}),
+    );
+    post_spread(&[&a, &b, &c], "deploys", &[json!({})], 30);
+    let (stream, rest) = half_sent_bulk(&a, "deploys", 500);
+    a.signal(Signal::SIGTERM);
+    wait_for("node a draining", 10 * SECOND, || draining(&a));
+    let collected = finish_slowly(stream, &rest);
+    assert_eq!(collected, 500);
+    post_spread(&[&b, &c], "deploys", &[json!({})], 20);
+    assert!(a.wait_exit(20 * SECOND).success());
+
+    let acknowledged = 30 + collected + 20;
+    wait_for("every acknowledged event in Redis", 10 * SECOND, || {
+        shared_total(&[&redis]) == acknowledged
+    });
 }

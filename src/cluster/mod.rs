@@ -128,8 +128,7 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
                 inbound.extend_from_slice(&chunk[..n]);
                 while let Some(message) = ipc::take_frame::<ToCluster>(&mut inbound)? {
                     if !link.obey(message).await? {
-                        link.flush().await?;
-                        return Ok(());
+                        return link.finish().await;
                     }
                 }
             }
@@ -226,6 +225,13 @@ impl Link {
             Ok(crossings) => self.tell(&FromCluster::Crossed(crossings)).await,
             Err(_) => self.tell(&FromCluster::Unreached(counts)).await,
         }
+    }
+
+    /// The last flush, on `Stop` (sent once every worker is gone): tried even during a
+    /// backoff, since what Redis does not take now the master saves for the next start.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        self.retry_at = Instant::now();
+        self.flush().await
     }
 
     async fn every_second(&mut self) -> anyhow::Result<()> {

@@ -56,6 +56,9 @@ pub(super) struct ClusterState {
     /// Counts made before Redis first answered (a start, a new master taking over):
     /// shared at its first answer, or counted alone at its first failure.
     held: Vec<(Second, CountBatch)>,
+    /// The counts the previous master left in `counters.json` (Redis does not have
+    /// them): sent when Redis answers.
+    restored: Vec<SharedCount>,
     latency: Histogram,
     errors: u64,
 }
@@ -82,6 +85,7 @@ impl ClusterState {
             publishing: VecDeque::new(),
             shared_version: None,
             held: Vec::new(),
+            restored: Vec::new(),
             latency: Histogram::default(),
             errors: 0,
         }
@@ -262,9 +266,55 @@ impl Master {
         for (at, batch) in held {
             self.count_at(batch, at);
         }
+        if reachable {
+            self.send_restored_counts();
+        }
         if first {
             self.publish_next_change();
         }
+    }
+
+    /// A node that starts or takes over sends Redis what the previous master could not
+    /// (its `counters.json`), at Redis' first answer; until then they wait, and a stop
+    /// saves them again (`keep_what_redis_lacks`).
+    pub(super) fn take_restored_counts(&mut self) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let restored = self.watch.take_shared_counts();
+        if !restored.is_empty() {
+            let events: u64 = restored.iter().map(|c| c.events).sum();
+            info!(
+                "cluster: {events} events of {} keys left by the previous master, for Redis",
+                restored.len()
+            );
+        }
+        cluster.restored.extend(restored);
+    }
+
+    fn send_restored_counts(&mut self) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let restored = std::mem::take(&mut cluster.restored);
+        if !restored.is_empty() {
+            cluster.send(&ToCluster::Count(restored));
+        }
+    }
+
+    /// Before the counters are saved at a stop or a hand-over: counts Redis never got
+    /// (held for its first answer, restored at start) join this node's own, so that
+    /// `counters.json` keeps them for the next master to send.
+    pub(super) fn keep_what_redis_lacks(&mut self) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let held = std::mem::take(&mut cluster.held);
+        let restored = std::mem::take(&mut cluster.restored);
+        for (at, batch) in held {
+            self.count_locally(batch, at);
+        }
+        self.count_alone(restored);
     }
 
     /// Counts Redis did not take, counted here; what fires is marked degraded.

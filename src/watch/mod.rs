@@ -221,22 +221,36 @@ impl Watch {
             .sets
             .iter()
             .flat_map(SetCounts::counts)
-            .filter_map(|(watcher, key, events)| {
-                let spec = &self.watchers.get(&watcher)?.spec;
-                let rules = CountRules {
-                    window_secs: spec.window_secs.unwrap_or(0),
-                    threshold: spec.threshold,
-                    cooldown_secs: spec.cooldown_secs.unwrap_or(0),
-                    cooldown_max_secs: spec.cooldown_max_secs.unwrap_or(0),
-                };
-                Some(SharedCount {
-                    watcher,
-                    key: key.clone(),
-                    events,
-                    rules,
-                })
-            })
+            .filter_map(|(watcher, key, events)| self.shared_count(watcher, key.clone(), events))
             .collect()
+    }
+
+    /// Takes every count out of the store, as the counts Redis judges: a cluster node's
+    /// `counters.json` holds what Redis does not have yet (cluster.md, round two).
+    pub fn take_shared_counts(&mut self) -> Vec<SharedCount> {
+        let counts = self.store.take_counts();
+        self.changed = true;
+        counts
+            .into_iter()
+            .filter_map(|(watcher, key, events)| self.shared_count(watcher, key, events))
+            .collect()
+    }
+
+    /// `events` of `key` with its watcher's rules; `None` for a watcher deleted meanwhile.
+    fn shared_count(&self, watcher: Uuid, key: Key, events: u64) -> Option<SharedCount> {
+        let spec = &self.watchers.get(&watcher)?.spec;
+        let rules = CountRules {
+            window_secs: spec.window_secs.unwrap_or(0),
+            threshold: spec.threshold,
+            cooldown_secs: spec.cooldown_secs.unwrap_or(0),
+            cooldown_max_secs: spec.cooldown_max_secs.unwrap_or(0),
+        };
+        Some(SharedCount {
+            watcher,
+            key,
+            events,
+            rules,
+        })
     }
 
     /// The job of a crossing Redis reported to this node: its id is derived from

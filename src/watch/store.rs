@@ -36,6 +36,9 @@ pub trait CounterStore {
     fn retain_watchers(&mut self, keep: &dyn Fn(Uuid) -> bool);
     /// The most keys one watcher may hold (`watchers.max_keys`, reloadable).
     fn set_max_keys(&mut self, max_keys: usize);
+    /// Every key's count, taken out: the store is left empty (a cluster node sends a
+    /// stopped node's counts to Redis).
+    fn take_counts(&mut self) -> Vec<(Uuid, Key, u64)>;
     /// (watcher, keys held, keys evicted so far), for metrics.
     fn sizes(&self) -> Vec<(Uuid, usize, u64)>;
     /// Writes what a restart needs to `path`, atomically.
@@ -146,6 +149,20 @@ impl CounterStore for MemoryStore {
 
     fn set_max_keys(&mut self, max_keys: usize) {
         self.max_keys = max_keys.max(1);
+    }
+
+    fn take_counts(&mut self) -> Vec<(Uuid, Key, u64)> {
+        let counts = self
+            .watchers
+            .iter()
+            .flat_map(|(id, table)| {
+                table
+                    .counts()
+                    .map(move |(key, count)| (*id, Key::from(key), count))
+            })
+            .collect();
+        self.watchers.clear();
+        counts
     }
 
     fn sizes(&self) -> Vec<(Uuid, usize, u64)> {

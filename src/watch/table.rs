@@ -186,6 +186,14 @@ impl KeyTable {
         self.slots.len()
     }
 
+    /// (key, count) of every key that holds events.
+    pub fn counts(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.slots
+            .iter()
+            .map(|slot| (&*slot.key, slot.counter.buckets.total()))
+            .filter(|(_, count)| *count > 0)
+    }
+
     pub fn get(&self, key: &Key) -> Option<&KeyCounter> {
         let slot = *self.index.get(key.as_str())?;
         Some(&self.slots[slot as usize].counter)
