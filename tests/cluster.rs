@@ -387,3 +387,71 @@ fn a_node_stopped_with_a_slow_bulk_in_flight_leaves_every_acknowledged_event_in_
         shared_total(&[&redis]) == acknowledged
     });
 }
+
+/// The same through an upgrade: the old master's workers drain into its link, which
+/// goes last; the new master holds its workers' counts until it takes over, then sends
+/// them with whatever the old one left in `counters.json`.
+#[test]
+fn an_upgrade_with_a_slow_bulk_in_flight_leaves_every_acknowledged_event_in_redis() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let [a, b, c] = three_nodes_watching(
+        "standalone",
+        &urls,
+        2,
+        "deploys",
+        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
+               "action": {"type": "null"}}),
+    );
+    let nodes = [&a, &b, &c];
+    post_spread(&nodes, "deploys", &[json!({})], 30);
+    let old = a.master_pid();
+    let (stream, rest) = half_sent_bulk(&a, "deploys", 500);
+    a.signal(Signal::SIGUSR2);
+    wait_for("the old master handing over", 20 * SECOND, || {
+        a.status().is_some_and(|s| s["pid"] == old.as_raw()) && draining(&a)
+    });
+    // Served by the new master, which holds their counts until it takes over.
+    post_spread(&nodes, "deploys", &[json!({})], 30);
+    let collected = finish_slowly(stream, &rest);
+    assert_eq!(collected, 500);
+    wait_for("the new master in charge", 20 * SECOND, || {
+        a.status()
+            .is_some_and(|s| s["pid"] != old.as_raw() && s["cluster"]["redis_reachable"] == true)
+    });
+    post_spread(&nodes, "deploys", &[json!({})], 30);
+
+    let acknowledged = 30 + 30 + collected + 30;
+    wait_for("every acknowledged event in Redis", 10 * SECOND, || {
+        shared_total(&[&redis]) == acknowledged
+    });
+}
+
+/// Redis down when a node stops: what it could not send is in `counters.json`, and the
+/// node sends it to Redis when it next starts, once Redis answers.
+#[test]
+fn counts_redis_did_not_take_before_a_stop_reach_it_at_the_next_start() {
+    let mut redis = RedisServer::start();
+    let urls = [redis.url()];
+    let mut a = node("a", "standalone", &urls);
+    register(
+        &a,
+        "deploys",
+        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
+               "action": {"type": "null"}}),
+    );
+    post_spread(&[&a], "deploys", &[json!({})], 20);
+    wait_for("20 events in Redis", 10 * SECOND, || {
+        shared_total(&[&redis]) == 20
+    });
+    redis.stop();
+    post_spread(&[&a], "deploys", &[json!({})], 40);
+    a.signal(Signal::SIGTERM);
+    assert!(a.wait_exit(20 * SECOND).success());
+
+    redis.restart();
+    a.spawn_foreground(&[]);
+    wait_for("the 40 events of the outage in Redis", 10 * SECOND, || {
+        shared_total(&[&redis]) == 40
+    });
+}

@@ -1,6 +1,7 @@
 //! Reaping: every exited child is collected (`waitpid(-1, WNOHANG)` until none is left),
-//! what it wrote last read, its record removed, and its exit judged: expected (it was stopping), a start-up failure
-//! (fatal while the master starts), or a crash that the pool's backoff paces.
+//! what it wrote last read, its record removed, and its exit judged: expected (it was
+//! stopping), a start-up failure (fatal while the master starts), or a crash that the
+//! pool's backoff paces.
 
 use std::time::Instant;
 
