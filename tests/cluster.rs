@@ -455,3 +455,46 @@ fn counts_redis_did_not_take_before_a_stop_reach_it_at_the_next_start() {
         shared_total(&[&redis]) == 40
     });
 }
+
+/// Round two, "ids unique across Redis restarts": the sequence of a key starts again in
+/// a Redis restarted empty, under another epoch, so the second firing has its own `id`.
+#[test]
+fn a_redis_restarted_empty_between_two_crossings_gives_them_two_ids() {
+    let mut redis = RedisServer::start();
+    let urls = [redis.url()];
+    let sink = HttpSink::start(Duration::ZERO);
+    let a = node("a", "standalone", &urls);
+    register(
+        &a,
+        "deploys",
+        json!({"name": "pair", "threshold": 1, "aggregator": {"type": "single"},
+               "action": {"type": "webhook", "url": sink.url("/hook")}}),
+    );
+    post_spread(&[&a], "deploys", &[json!({})], 2);
+    wait_for("the first firing", 10 * SECOND, || {
+        firings(&sink).len() == 1
+    });
+
+    redis.stop();
+    wait_for("degraded", 10 * SECOND, || {
+        a.metric("eventsd_cluster_degraded") == Some(1)
+    });
+    redis.restart();
+    wait_for("degraded no more", 10 * SECOND, || {
+        a.metric("eventsd_cluster_degraded") == Some(0)
+    });
+    post_spread(&[&a], "deploys", &[json!({})], 2);
+    wait_for("the second firing", 10 * SECOND, || {
+        firings(&sink).len() == 2
+    });
+
+    let fired = firings(&sink);
+    for firing in &fired {
+        assert!(firing.get("degraded").is_none(), "{firing}");
+        assert!(
+            firing["crossing"].as_str().unwrap().ends_with("/1"),
+            "{firing}"
+        );
+    }
+    assert_ne!(fired[0]["id"], fired[1]["id"], "{fired:?}");
+}

@@ -4,7 +4,9 @@
 --
 -- A counter is one hash per (watcher, key): buckets `b<second>` (`b0` without a window),
 -- `fired` (the second of its last firing), `cool` (the cooldown that started then),
--- `crossed` (it crossed again while cooling) and `seq` (its firings so far). The rules
+-- `crossed` (it crossed again while cooling), `seq` (its firings so far) and `epoch` (a
+-- random incarnation, set when the counter is created: a Redis restarted empty starts
+-- `seq` again under another epoch, so a crossing's `epoch/seq` is never re-issued). The rules
 -- are those of `Watch::count` and `next_cooldown` in src/watch/mod.rs (threshold,
 -- window, cooldown, exponential realert, reset on firing), written here a second time
 -- because only a script runs atomically next to the data; tests/cluster.rs proves them
@@ -14,11 +16,13 @@
 local IDLE_TTL = 7 * 24 * 3600
 
 -- count(KEYS, ARGV): ARGV holds five integers per key: delta, window (0: none),
--- threshold, cooldown (0: none), cooldown_max (0: none). Replies {crossed, count, seq}
--- per key; exactly one caller sees each crossing. Time is Redis' own: node clocks do
+-- threshold, cooldown (0: none), cooldown_max (0: none), then a random token, the epoch
+-- of the counters this call creates. Replies {crossed, count, seq, epoch} per key;
+-- exactly one caller sees each crossing. Time is Redis' own: node clocks do
 -- not matter.
 local function count(keys, args)
   local now = tonumber(redis.call('TIME')[1])
+  local new_epoch = args[#keys * 5 + 1]
   local replies = {}
   for i, key in ipairs(keys) do
     local at = (i - 1) * 5
@@ -32,9 +36,12 @@ local function count(keys, args)
     local state = {}
     local total = 0
     local expired = {}
+    local epoch = nil
     for f = 1, #fields, 2 do
       local name, value = fields[f], fields[f + 1]
-      if string.sub(name, 1, 1) == 'b' then
+      if name == 'epoch' then
+        epoch = value
+      elseif string.sub(name, 1, 1) == 'b' then
         local second = tonumber(string.sub(name, 2))
         if window > 0 and second + window <= now then
           expired[#expired + 1] = name
@@ -54,11 +61,15 @@ local function count(keys, args)
     end
     redis.call('HINCRBY', key, bucket, delta)
     total = total + delta
+    if not epoch then
+      epoch = new_epoch
+      redis.call('HSET', key, 'epoch', epoch)
+    end
 
     local seq = state['seq'] or 0
     local fired = state['fired']
     local cool = state['cool'] or 0
-    local reply = {0, total, seq}
+    local reply = {0, total, seq, epoch}
     if total > threshold then
       if fired and now < fired + cool then
         redis.call('HSET', key, 'crossed', 1)
@@ -70,9 +81,10 @@ local function count(keys, args)
         seq = seq + 1
         -- The count starts again from zero: every bucket goes.
         redis.call('DEL', key)
-        redis.call('HSET', key, 'fired', now, 'cool', next_cool, 'crossed', 0, 'seq', seq)
+        redis.call('HSET', key, 'fired', now, 'cool', next_cool, 'crossed', 0, 'seq', seq,
+          'epoch', epoch)
         cool = next_cool
-        reply = {1, total, seq}
+        reply = {1, total, seq, epoch}
       end
     end
     local ttl = IDLE_TTL

@@ -15,6 +15,8 @@ use redis::aio::{MultiplexedConnection, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, cmd};
 
+use uuid::Uuid;
+
 use crate::config::{Cluster, ClusterMode};
 use crate::watch::{Crossing, SharedCount};
 
@@ -156,17 +158,18 @@ impl Redis {
         let replies = futures_util::future::join_all(
             calls
                 .iter()
-                .map(|(call, _)| self.call::<Vec<(u64, u64, u64)>>(call)),
+                .map(|(call, _)| self.call::<Vec<(u64, u64, u64, String)>>(call)),
         )
         .await;
         let mut crossings = Vec::new();
         for ((_, group), reply) in calls.iter().zip(replies) {
-            for (count, (crossed, total, sequence)) in group.iter().zip(reply?) {
+            for (count, (crossed, total, sequence, epoch)) in group.iter().zip(reply?) {
                 if crossed == 1 {
                     crossings.push(Crossing {
                         watcher: count.watcher,
                         key: count.key.clone(),
                         count: total,
+                        epoch,
                         sequence,
                     });
                 }
@@ -189,6 +192,9 @@ impl Redis {
                 .arg(rules.cooldown_secs)
                 .arg(rules.cooldown_max_secs);
         }
+        // The epoch of the counters this call creates: random, so that a Redis restarted
+        // empty never numbers a crossing as an earlier one was.
+        call.arg(Uuid::new_v4().simple().to_string());
         call
     }
 

@@ -78,8 +78,11 @@ pub struct Crossing {
     pub watcher: Uuid,
     pub key: Key,
     pub count: u64,
-    /// The key's firings so far, this one included: with the watcher and key, the
-    /// crossing's id across nodes.
+    /// The counter's incarnation in Redis: a Redis restarted empty starts the sequence
+    /// again under another one.
+    pub epoch: String,
+    /// The key's firings so far in this epoch, this one included: with the watcher, the
+    /// key and the epoch, the crossing's id across nodes.
     pub sequence: u64,
 }
 
@@ -104,8 +107,8 @@ pub struct Firing {
     /// The node that fired it, in a cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// `watcher/key/sequence`, the crossing's name across nodes, in a cluster: `id` is
-    /// derived from it, so a crossing fired twice (a Redis failover) has one id.
+    /// `watcher/key/epoch/sequence`, the crossing's name across nodes, in a cluster:
+    /// `id` is derived from it, so a crossing fired twice (a Redis failover) has one id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crossing: Option<String>,
     /// Fired from this node's own counts while Redis was unreachable.
@@ -254,15 +257,16 @@ impl Watch {
     }
 
     /// The job of a crossing Redis reported to this node: its id is derived from
-    /// `watcher/key/sequence`, the same on every node.
+    /// `watcher/key/epoch/sequence`, the same on every node.
     pub fn job_of(&mut self, crossing: &Crossing, node: &str) -> Option<Job> {
         let watched = self.watchers.get(&crossing.watcher)?;
         let spec = &watched.spec;
         let mut firing = firing(&watched.event, spec, &crossing.key, crossing.count);
         let name = format!(
-            "{}/{}/{}",
+            "{}/{}/{}/{}",
             crossing.watcher,
             crossing.key.as_str(),
+            crossing.epoch,
             crossing.sequence
         );
         firing.id = key::uuid_of(&name);
