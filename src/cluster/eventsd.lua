@@ -15,16 +15,25 @@
 -- A count idle this long without a window is forgotten (the memory store evicts instead).
 local IDLE_TTL = 7 * 24 * 3600
 
--- count(KEYS, ARGV): ARGV holds five integers per key: delta, window (0: none),
--- threshold, cooldown (0: none), cooldown_max (0: none), then a random token, the epoch
--- of the counters this call creates. Replies {crossed, count, seq, epoch} per key;
--- exactly one caller sees each crossing. Time is Redis' own: node clocks do
--- not matter.
+-- count(KEYS, ARGV): KEYS are the counters, then the call's own key (its id); ARGV
+-- holds five integers per counter: delta, window (0: none), threshold, cooldown (0:
+-- none), cooldown_max (0: none), then a random token, the epoch of the counters this
+-- call creates, and how long to remember the call. Replies {crossed, count, seq, epoch}
+-- per counter; exactly one caller sees each crossing. Time is Redis' own: node clocks do
+-- not matter. A call whose id Redis remembers was counted already (its sender did not
+-- get the reply): it adds nothing and gets the replies of the first time.
 local function count(keys, args)
+  local counters = #keys - 1
+  local call = keys[#keys]
+  local done = redis.call('GET', call)
+  if done then
+    return cjson.decode(done)
+  end
   local now = tonumber(redis.call('TIME')[1])
-  local new_epoch = args[#keys * 5 + 1]
+  local new_epoch = args[counters * 5 + 1]
   local replies = {}
-  for i, key in ipairs(keys) do
+  for i = 1, counters do
+    local key = keys[i]
     local at = (i - 1) * 5
     local delta = tonumber(args[at + 1])
     local window = tonumber(args[at + 2])
@@ -94,6 +103,7 @@ local function count(keys, args)
     redis.call('EXPIRE', key, ttl)
     replies[i] = reply
   end
+  redis.call('SET', call, cjson.encode(replies), 'EX', tonumber(args[counters * 5 + 2]))
   return replies
 end
 

@@ -10,8 +10,10 @@
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use log::{error, info, warn};
 use nix::poll::PollFlags;
 use nix::unistd::Pid;
@@ -19,7 +21,7 @@ use uuid::Uuid;
 
 use super::{Master, setup};
 use crate::child::{self, Child, Role};
-use crate::cluster::{self, CALL_BOUNDS, FromCluster, Publication, ToCluster};
+use crate::cluster::{self, CALL_BOUNDS, CountCall, FromCluster, Publication, ToCluster};
 use crate::config;
 use crate::ipc::{Answer, MasterMessage};
 use crate::metrics::{Histogram, write_family};
@@ -41,6 +43,29 @@ const MAX_HELD_BATCHES: usize = 10_000;
 /// Times a change is made again on a newer registry after losing a race to another node.
 const PUBLISH_ATTEMPTS: u32 = 5;
 
+/// In the state folder: the calls to Redis a stopped node left in doubt.
+const CALLS_IN_DOUBT: &str = "cluster-calls.json";
+
+fn load_calls_in_doubt(path: &Path) -> anyhow::Result<Vec<CountCall>> {
+    let Some(document) = crate::files::read_state_file(path, "calls in doubt")? else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_slice(&document)
+        .with_context(|| format!("calls in doubt {} are corrupt; ignored", path.display()))
+}
+
+/// Writes the calls in doubt, or removes the file when there are none.
+fn save_calls_in_doubt(path: &Path, calls: &[CountCall]) -> anyhow::Result<()> {
+    if calls.is_empty() {
+        if path.exists() {
+            crate::files::remove_owned(path, "calls in doubt");
+        }
+        return Ok(());
+    }
+    let document = serde_json::to_vec(calls).context("cannot serialize the calls in doubt")?;
+    crate::files::replace_atomically(path, &document)
+}
+
 pub(super) struct ClusterState {
     config: config::Cluster,
     pub link: Option<Child>,
@@ -59,6 +84,10 @@ pub(super) struct ClusterState {
     /// The counts the previous master left in `counters.json` (Redis does not have
     /// them): sent when Redis answers.
     restored: Vec<SharedCount>,
+    /// Calls a stopping link left in doubt (Redis may have counted them): saved in
+    /// `CALLS_IN_DOUBT` at a stop, handed to the next link, which sends them again with
+    /// their ids.
+    in_doubt: Vec<CountCall>,
     latency: Histogram,
     errors: u64,
 }
@@ -86,6 +115,7 @@ impl ClusterState {
             shared_version: None,
             held: Vec::new(),
             restored: Vec::new(),
+            in_doubt: Vec::new(),
             latency: Histogram::default(),
             errors: 0,
         }
@@ -163,7 +193,13 @@ impl Master {
         });
         if let Some(cluster) = self.cluster.as_mut() {
             match forked {
-                Ok(link) => cluster.link = Some(link),
+                Ok(mut link) => {
+                    let in_doubt = std::mem::take(&mut cluster.in_doubt);
+                    if !in_doubt.is_empty() {
+                        link.send(&ToCluster::Resend(in_doubt));
+                    }
+                    cluster.link = Some(link);
+                }
                 Err(e) => {
                     error!("cannot start the cluster link: {e:#}");
                     cluster.respawn_at = Some(now + RESPAWN_PAUSE);
@@ -215,6 +251,11 @@ impl Master {
             FromCluster::Unreached(counts) => {
                 self.set_reachable(false);
                 self.count_alone(counts);
+            }
+            FromCluster::InDoubt(calls) => {
+                if let Some(cluster) = self.cluster.as_mut() {
+                    cluster.in_doubt.extend(calls);
+                }
             }
             FromCluster::Registry(shared) => self.follow_shared_registry(shared),
             FromCluster::Published(publication) => self.on_published(publication),
@@ -276,11 +317,17 @@ impl Master {
 
     /// A node that starts or takes over sends Redis what the previous master could not
     /// (its `counters.json`), at Redis' first answer; until then they wait, and a stop
-    /// saves them again (`keep_what_redis_lacks`).
+    /// saves them again (`keep_what_redis_lacks`). The calls it left in doubt go to
+    /// the link, which sends them again with their ids.
     pub(super) fn take_restored_counts(&mut self) {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
+        let path = self.config.daemon.state_dir.join(CALLS_IN_DOUBT);
+        match load_calls_in_doubt(&path) {
+            Ok(calls) => cluster.in_doubt = calls,
+            Err(e) => error!("{e:#}; their counts may be missing from Redis"),
+        }
         let restored = self.watch.take_shared_counts();
         if !restored.is_empty() {
             let events: u64 = restored.iter().map(|c| c.events).sum();
@@ -311,6 +358,10 @@ impl Master {
         };
         let held = std::mem::take(&mut cluster.held);
         let restored = std::mem::take(&mut cluster.restored);
+        let path = self.config.daemon.state_dir.join(CALLS_IN_DOUBT);
+        if let Err(e) = save_calls_in_doubt(&path, &cluster.in_doubt) {
+            error!("{e:#}; their counts may be missing from Redis");
+        }
         for (at, batch) in held {
             self.count_locally(batch, at);
         }
