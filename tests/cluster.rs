@@ -579,3 +579,64 @@ fn replies_later_than_the_timeout_count_each_event_once_in_redis_or_locally() {
         shared_total(&[&redis]) == 101
     });
 }
+
+/// Round two, "per-slot outcomes": a flush touching a key on a stalled primary and one
+/// that crosses on a healthy primary fires the healthy crossing at once; the stalled
+/// one's call, in doubt, crosses once the primary is back.
+#[test]
+fn a_stalled_primary_does_not_swallow_a_crossing_on_a_healthy_one() {
+    let cluster = RedisCluster::start();
+    let sink = HttpSink::start(Duration::ZERO);
+    let a = node_with_timeout("a", "cluster", &cluster.urls(), 200);
+    register(
+        &a,
+        "logins",
+        json!({"name": "per-user", "threshold": 1,
+               "aggregator": {"type": "fields", "fields": ["user"]},
+               "action": {"type": "webhook", "url": sink.url("/hook")}}),
+    );
+    let users: Vec<Value> = (0..12).map(|i| json!({"user": format!("u{i}")})).collect();
+    post_spread(&[&a], "logins", &users, 12);
+    let servers: Vec<&RedisServer> = cluster.primaries.iter().collect();
+    wait_for("one event of each user in Redis", 10 * SECOND, || {
+        shared_total(&servers) == 12
+    });
+    // A user whose counter lives on the first primary, one on the second.
+    let user_on = |primary: &RedisServer| {
+        let keys = primary.cli(&["--scan", "--pattern", "eventsd:c:*"]);
+        let key = keys
+            .lines()
+            .next()
+            .expect("a counter on every primary")
+            .to_string();
+        key.split('"').nth(1).unwrap().to_string()
+    };
+    let (healthy, stalled) = (
+        user_on(&cluster.primaries[0]),
+        user_on(&cluster.primaries[1]),
+    );
+
+    cluster.primaries[1].pause();
+    let bulk = format!("{{\"user\": \"{healthy}\"}}\n{{\"user\": \"{stalled}\"}}\n");
+    let response = a.post("/event/logins/_bulk", &bulk);
+    assert_eq!(response.status, 200, "{response:?}");
+    let fired_users = || -> Vec<String> {
+        firings(&sink)
+            .iter()
+            .map(|f| f["key"]["user"].as_str().unwrap().to_string())
+            .collect()
+    };
+    wait_for("the healthy primary's crossing fired", 5 * SECOND, || {
+        fired_users() == vec![healthy.clone()]
+    });
+    cluster.primaries[1].resume();
+    wait_for(
+        "the stalled primary's crossing, once it is back",
+        20 * SECOND,
+        || fired_users().len() == 2,
+    );
+    assert_eq!(fired_users(), vec![healthy, stalled]);
+    for firing in firings(&sink) {
+        assert!(firing.get("degraded").is_none(), "{firing}");
+    }
+}

@@ -27,6 +27,10 @@ const FUNCTIONS: &str = include_str!("eventsd.lua");
 /// Keys per `eventsd_count` call on one server: bounds the time Redis spends in one call.
 const KEYS_PER_CALL: usize = 512;
 
+/// Attempts of a call to a Redis Cluster that is redirected (MOVED, ASK) or asked to
+/// try again (TRYAGAIN) during a reshard or a failover.
+const REDIRECTS_FOLLOWED: u32 = 5;
+
 /// How long Redis remembers a count call's id (and its replies): a call sent again
 /// within it adds nothing twice. The link stops sending a call again well before.
 pub(super) const CALL_ID_TTL: Duration = Duration::from_secs(600);
@@ -108,10 +112,16 @@ impl Redis {
                 )
             }
             ClusterMode::Cluster => {
+                // MOVED, ASK and TRYAGAIN (a reshard, a failover) are followed several
+                // times within one call's timeout: the waits between attempts are
+                // fractions of it, not the client's default second and more.
+                let timeout_ms = self.timeout.as_millis() as u64;
                 let client = redis::cluster::ClusterClientBuilder::new(self.urls.clone())
                     .connection_timeout(self.timeout * 10)
                     .response_timeout(self.timeout)
-                    .retries(1)
+                    .retries(REDIRECTS_FOLLOWED)
+                    .min_retry_wait((timeout_ms / 10).max(1))
+                    .max_retry_wait((timeout_ms / 4).max(2))
                     .build()?;
                 Connection::Cluster(client.get_async_connection().await?)
             }
