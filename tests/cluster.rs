@@ -640,3 +640,58 @@ fn a_stalled_primary_does_not_swallow_a_crossing_on_a_healthy_one() {
         assert!(firing.get("degraded").is_none(), "{firing}");
     }
 }
+
+/// Round two, "changes to different entries do not conflict": watchers created at once
+/// on two nodes, 50 each, are all created (a change that lost the race to another
+/// node's is made again on the newer registry) and served by both.
+#[test]
+fn fifty_and_fifty_watchers_created_at_once_on_two_nodes_are_all_created_everywhere() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let (a, b) = (
+        node("a", "standalone", &urls),
+        node("b", "standalone", &urls),
+    );
+    let created = a.post("/event/", &json!({"type": "deploys"}).to_string());
+    assert_eq!(created.status, 201, "{created:?}");
+    wait_for("the event type on b", 5 * SECOND, || {
+        watcher_names(&b, "deploys").is_some()
+    });
+    // 100 names, and one more created on both nodes: the same entry, taken once.
+    let names: Vec<String> = (0..102)
+        .map(|i| match i {
+            100 | 101 => "on-both".to_string(),
+            i => format!("w{i}"),
+        })
+        .collect();
+    let mut statuses: Vec<u16> = std::thread::scope(|scope| {
+        let creations: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let daemon = if i % 2 == 0 { &a } else { &b };
+                scope.spawn(move || {
+                    let watcher = json!({"name": name, "threshold": 10,
+                        "aggregator": {"type": "single"}, "action": {"type": "null"}});
+                    daemon
+                        .post("/event/deploys/watcher/", &watcher.to_string())
+                        .status
+                })
+            })
+            .collect();
+        creations.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let mut same_entry = statuses.split_off(100);
+    assert!(statuses.iter().all(|&s| s == 201), "{statuses:?}");
+    same_entry.sort();
+    assert_eq!(
+        same_entry,
+        [201, 409],
+        "one name created on two nodes at once"
+    );
+    for daemon in [&a, &b] {
+        wait_for("every watcher on every node", 5 * SECOND, || {
+            watcher_names(daemon, "deploys").is_some_and(|names| names.len() == 101)
+        });
+    }
+}

@@ -40,8 +40,13 @@ const MAX_UNREAD_BYTES: usize = 64 * 1024 * 1024;
 /// counts are this node's own.
 const MAX_HELD_BATCHES: usize = 10_000;
 
-/// Times a change is made again on a newer registry after losing a race to another node.
-const PUBLISH_ATTEMPTS: u32 = 5;
+/// Times a change is made again on a newer registry after losing a race to another
+/// node. A change to another entry is replayed on the registry that won and written
+/// next, so only a change to the same entry is refused (by the replay's own checks: the
+/// name taken, the watcher gone). Each lost race is another node's change written: the
+/// bound only stops a change that never finds a turn in a registry changing without
+/// pause.
+const PUBLISH_ATTEMPTS: u32 = 100;
 
 /// In the state folder: the calls to Redis a stopped node left in doubt.
 const CALLS_IN_DOUBT: &str = "cluster-calls.json";
