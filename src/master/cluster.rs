@@ -1,10 +1,14 @@
 //! The master's side of a cluster (cluster.md): it keeps the cluster link (`src/cluster/`)
-//! up, sends it the counts while Redis answers and counts locally while it does not
-//! (firings marked `degraded`, local counts dropped when Redis is back), turns the
-//! crossings Redis reports into firings, and shares the registry: a change is published
-//! to Redis (optimistically, over the version it was made on) before it is adopted, a
-//! newer version from Redis is adopted, and a Redis that lost the registry is seeded
-//! with this node's copy.
+//! up, sends it the counts while Redis answers and counts locally what the link could
+//! not send (firings marked `degraded`, local counts dropped when Redis is back), turns
+//! the crossings Redis reports into firings, and shares the registry: a change is
+//! published to Redis (optimistically, over the version it was made on, replayed on the
+//! newer one when another node's change won) before it is adopted, a newer version from
+//! Redis is adopted, and a Redis that lost the registry is seeded with this node's copy.
+//!
+//! Across a stop or an upgrade: what Redis never got is saved in `counters.json` and
+//! the calls the link left in doubt in `cluster-calls.json`; the next master sends the
+//! first at Redis' first answer and hands the second to its link.
 //!
 //! Never waits: the link answers by message, and a change waits in `publishing`.
 
@@ -325,6 +329,10 @@ impl Master {
     /// saves them again (`keep_what_redis_lacks`). The calls it left in doubt go to
     /// the link, which sends them again with their ids.
     pub(super) fn take_restored_counts(&mut self) {
+        // A new master not yet in charge: the old one still writes these files.
+        if self.succession.is_some() {
+            return;
+        }
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
