@@ -6,8 +6,8 @@
 -- `fired` (the second of its last firing), `cool` (the cooldown that started then),
 -- `crossed` (it crossed again while cooling), `seq` (its firings so far) and `epoch` (a
 -- random incarnation, set when the counter is created: a Redis restarted empty starts
--- `seq` again under another epoch, so a crossing's `epoch/seq` is never re-issued). The rules
--- are those of `Watch::count` and `next_cooldown` in src/watch/mod.rs (threshold,
+-- `seq` again under another epoch, so a crossing's `epoch/seq` is never re-issued). The
+-- rules are those of `Watch::count` and `next_cooldown` in src/watch/mod.rs (threshold,
 -- window, cooldown, exponential realert, reset on firing), written here a second time
 -- because only a script runs atomically next to the data; tests/cluster.rs proves them
 -- on crossings split over nodes.

@@ -93,15 +93,15 @@ pub enum Publication {
 /// time with the replies of the first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CountCall {
-    pub id: Uuid,
-    pub counts: Vec<SharedCount>,
+    id: Uuid,
+    counts: Vec<SharedCount>,
     /// When it was first sent (seconds since the epoch: calls in doubt outlive a stop):
     /// past `CALL_ID_TTL`, sending it again could add it twice.
-    pub sent_at: Option<Second>,
+    sent_at: Option<Second>,
 }
 
 impl CountCall {
-    pub(crate) fn new(counts: Vec<SharedCount>) -> CountCall {
+    fn new(counts: Vec<SharedCount>) -> CountCall {
         CountCall {
             id: Uuid::new_v4(),
             counts,
@@ -109,12 +109,12 @@ impl CountCall {
         }
     }
 
-    pub fn events(&self) -> u64 {
+    fn events(&self) -> u64 {
         self.counts.iter().map(|count| count.events).sum()
     }
 
     /// The crossings among Redis' replies, one reply per counter.
-    pub(crate) fn crossings(&self, replies: Vec<(u64, u64, u64, String)>) -> Vec<Crossing> {
+    fn crossings(&self, replies: Vec<(u64, u64, u64, String)>) -> Vec<Crossing> {
         self.counts
             .iter()
             .zip(replies)
@@ -199,9 +199,10 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// Times a stopping link sends its calls in doubt before it gives up on them.
-const FINAL_ATTEMPTS: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Times a stopping link sends its calls in doubt before it hands them to the master.
+const FINAL_ATTEMPTS: u32 = 3;
 
 struct Link {
     redis: Redis,

@@ -14,7 +14,6 @@ use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, cmd};
-
 use uuid::Uuid;
 
 use super::CountCall;
@@ -275,7 +274,6 @@ impl Redis {
         self.announcements = None;
     }
 
-    /// One call, bounded by the timeout; a failure drops the connection.
     async fn ensure_connected(&mut self) -> anyhow::Result<()> {
         if self.connection.is_none() {
             self.connect().await?;
@@ -283,6 +281,7 @@ impl Redis {
         Ok(())
     }
 
+    /// One call, bounded by the timeout; a failure drops the connection.
     async fn call<T: FromRedisValue>(&self, call: &Cmd) -> anyhow::Result<T> {
         let reply = match &self.connection {
             None => bail!("not connected"),

@@ -341,7 +341,7 @@ impl Master {
             Ok(calls) => cluster.in_doubt = calls,
             Err(e) => error!("{e:#}; their counts may be missing from Redis"),
         }
-        let restored = self.watch.take_shared_counts();
+        let restored = self.watch.take_shared_counts(crate::watch::now());
         if !restored.is_empty() {
             let events: u64 = restored.iter().map(|c| c.events).sum();
             info!(

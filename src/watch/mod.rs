@@ -230,8 +230,10 @@ impl Watch {
 
     /// Takes every count out of the store, as the counts Redis judges: a cluster node's
     /// `counters.json` holds what Redis does not have yet (cluster.md, round two).
-    pub fn take_shared_counts(&mut self) -> Vec<SharedCount> {
-        let counts = self.store.take_counts();
+    pub fn take_shared_counts(&mut self, now: Second) -> Vec<SharedCount> {
+        let watchers = &self.watchers;
+        let windows = |id: Uuid| watchers.get(&id).and_then(|w| w.spec.window_secs);
+        let counts = self.store.take_counts(now, &windows);
         self.changed = true;
         counts
             .into_iter()

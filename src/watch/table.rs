@@ -186,11 +186,15 @@ impl KeyTable {
         self.slots.len()
     }
 
-    /// (key, count) of every key that holds events.
-    pub fn counts(&self) -> impl Iterator<Item = (&str, u64)> {
+    /// (key, count) of every key that holds events in the seconds `live` keeps.
+    pub fn counts(&self, live: impl Fn(Second) -> bool) -> impl Iterator<Item = (&str, u64)> {
         self.slots
             .iter()
-            .map(|slot| (&*slot.key, slot.counter.buckets.total()))
+            .map(move |slot| {
+                let buckets = slot.counter.buckets.to_vec().into_iter();
+                let count = buckets.filter(|(second, _)| live(*second)).map(|(_, n)| n);
+                (&*slot.key, count.sum())
+            })
             .filter(|(_, count)| *count > 0)
     }
 
