@@ -5,20 +5,29 @@
 
 mod common;
 
+use std::io::Write;
+use std::net::TcpStream;
 use std::time::Duration;
 
+use common::proxy::DelayProxy;
 use common::redis::{RedisCluster, RedisServer};
 use common::sinks::HttpSink;
-use common::{Daemon, Load, request, wait_for};
+use common::{Daemon, Load, read_response, request, wait_for};
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 const SECOND: Duration = Duration::from_secs(1);
 
 /// A node of a cluster on `urls`, serving, with Redis reached.
 fn node(name: &str, mode: &str, urls: &[String]) -> Daemon {
+    node_with_timeout(name, mode, urls, 500)
+}
+
+fn node_with_timeout(name: &str, mode: &str, urls: &[String], timeout_ms: u64) -> Daemon {
     let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
     let daemon = Daemon::run(&format!(
-        "[cluster]\nmode = \"{mode}\"\nurls = [{}]\nnode_name = \"{name}\"\ntimeout_ms = 500\n",
+        "[cluster]\nmode = \"{mode}\"\nurls = [{}]\nnode_name = \"{name}\"\n\
+         timeout_ms = {timeout_ms}\n",
         urls.join(", ")
     ));
     wait_for(&format!("node {name} reaching Redis"), 10 * SECOND, || {
@@ -105,11 +114,59 @@ fn shared_total(servers: &[&RedisServer]) -> u64 {
     total
 }
 
+/// Events a stopped node counted alone, from its `counters.json`.
+fn saved_total(daemon: &Daemon) -> u64 {
+    let text = std::fs::read_to_string(daemon.path("state/counters.json")).unwrap();
+    let saved: Value = serde_json::from_str(&text).unwrap();
+    let mut total = 0;
+    for table in saved["watchers"].as_object().unwrap().values() {
+        for counter in table["keys"].as_object().unwrap().values() {
+            for bucket in counter["buckets"].as_array().unwrap() {
+                total += bucket[1].as_u64().unwrap();
+            }
+        }
+    }
+    total
+}
+
 fn firings(sink: &HttpSink) -> Vec<Value> {
     sink.requests()
         .iter()
         .map(|r| serde_json::from_str(&r.body).unwrap())
         .collect()
+}
+
+/// A `_bulk` of `events` empty events whose body is half sent: the node holds it open.
+fn half_sent_bulk(daemon: &Daemon, event: &str, events: usize) -> (TcpStream, Vec<u8>) {
+    let mut body = "{}\n".repeat(events).into_bytes();
+    let mut stream = TcpStream::connect(daemon.address()).unwrap();
+    let head = format!(
+        "POST /event/{event}/_bulk HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let rest = body.split_off(body.len() / 2);
+    stream.write_all(&body).unwrap();
+    (stream, rest)
+}
+
+/// Sends the rest of a half-sent `_bulk` in small pieces; the events it acknowledged.
+fn finish_slowly(mut stream: TcpStream, rest: &[u8]) -> u64 {
+    for piece in rest.chunks(rest.len() / 5 + 1) {
+        stream.write_all(piece).unwrap();
+        // The pace of a slow client, not a synchronisation.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reply = read_response(&mut stream).unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.json()["collected"].as_u64().unwrap()
+}
+
+/// Every worker of `daemon` draining: the stop has begun.
+fn draining(daemon: &Daemon) -> bool {
+    let workers = daemon.workers();
+    !workers.is_empty() && workers.iter().all(|(state, _)| state == "shutdown")
 }
 
 fn register(daemon: &Daemon, event: &str, watcher: Value) {
@@ -267,9 +324,13 @@ fn redis_stopped_under_load_then_back_empty_loses_no_event_and_is_re_seeded() {
             .parse::<u64>()
             .is_ok_and(|version| version > 0)
     });
+    // What was sent as Redis went down and never answered was sent again, with its
+    // id, once it was back; what each node counted alone meanwhile is dropped.
+    let resent = shared_total(&[&redis]);
+    assert!(resent <= 40, "{resent}");
     post_spread(&nodes, "deploys", &[json!({})], 10);
     wait_for("counting shared again", 10 * SECOND, || {
-        shared_total(&[&redis]) == 10
+        shared_total(&[&redis]) == resent + 10
     });
     let late = node("c", "standalone", &urls);
     wait_for("the re-seeded registry on a new node", 5 * SECOND, || {
@@ -321,4 +382,316 @@ fn a_command_watcher_planted_in_redis_is_dropped_and_never_runs() {
     assert!(text.contains("eventsd_cluster_degraded 0"), "{text}");
     let findings = common::promtool_findings(&text);
     assert!(findings.is_empty(), "{findings}");
+}
+
+/// Round two, "outputs stop last": the link of a stopping node goes after its workers,
+/// so a bulk acknowledged while it drained is counted in Redis with everything else.
+#[test]
+fn a_node_stopped_with_a_slow_bulk_in_flight_leaves_every_acknowledged_event_in_redis() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let [mut a, b, c] = three_nodes_watching(
+        "standalone",
+        &urls,
+        1,
+        "deploys",
+        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
+               "action": {"type": "null"}}),
+    );
+    post_spread(&[&a, &b, &c], "deploys", &[json!({})], 30);
+    let (stream, rest) = half_sent_bulk(&a, "deploys", 500);
+    a.signal(Signal::SIGTERM);
+    wait_for("node a draining", 10 * SECOND, || draining(&a));
+    let collected = finish_slowly(stream, &rest);
+    assert_eq!(collected, 500);
+    post_spread(&[&b, &c], "deploys", &[json!({})], 20);
+    assert!(a.wait_exit(20 * SECOND).success());
+
+    let acknowledged = 30 + collected + 20;
+    wait_for("every acknowledged event in Redis", 10 * SECOND, || {
+        shared_total(&[&redis]) == acknowledged
+    });
+}
+
+/// The same through an upgrade: the old master's workers drain into its link, which
+/// goes last; the new master holds its workers' counts until it takes over, then sends
+/// them with whatever the old one left in `counters.json`.
+#[test]
+fn an_upgrade_with_a_slow_bulk_in_flight_leaves_every_acknowledged_event_in_redis() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let [a, b, c] = three_nodes_watching(
+        "standalone",
+        &urls,
+        2,
+        "deploys",
+        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
+               "action": {"type": "null"}}),
+    );
+    let nodes = [&a, &b, &c];
+    post_spread(&nodes, "deploys", &[json!({})], 30);
+    let old = a.master_pid();
+    let (stream, rest) = half_sent_bulk(&a, "deploys", 500);
+    a.signal(Signal::SIGUSR2);
+    wait_for("the old master handing over", 20 * SECOND, || {
+        a.status().is_some_and(|s| s["pid"] == old.as_raw()) && draining(&a)
+    });
+    // Served by the new master, which holds their counts until it takes over.
+    post_spread(&nodes, "deploys", &[json!({})], 30);
+    let collected = finish_slowly(stream, &rest);
+    assert_eq!(collected, 500);
+    wait_for("the new master in charge", 20 * SECOND, || {
+        a.status()
+            .is_some_and(|s| s["pid"] != old.as_raw() && s["cluster"]["redis_reachable"] == true)
+    });
+    post_spread(&nodes, "deploys", &[json!({})], 30);
+
+    let acknowledged = 30 + 30 + collected + 30;
+    wait_for("every acknowledged event in Redis", 10 * SECOND, || {
+        shared_total(&[&redis]) == acknowledged
+    });
+}
+
+/// Redis down when a node stops: what it could not send is in `counters.json`, and the
+/// node sends it to Redis when it next starts, once Redis answers.
+#[test]
+fn counts_redis_did_not_take_before_a_stop_reach_it_at_the_next_start() {
+    let mut redis = RedisServer::start();
+    let urls = [redis.url()];
+    let mut a = node("a", "standalone", &urls);
+    register(
+        &a,
+        "deploys",
+        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
+               "action": {"type": "null"}}),
+    );
+    post_spread(&[&a], "deploys", &[json!({})], 20);
+    wait_for("20 events in Redis", 10 * SECOND, || {
+        shared_total(&[&redis]) == 20
+    });
+    redis.stop();
+    post_spread(&[&a], "deploys", &[json!({})], 40);
+    a.signal(Signal::SIGTERM);
+    assert!(a.wait_exit(20 * SECOND).success());
+
+    redis.restart();
+    a.spawn_foreground(&[]);
+    wait_for("the 40 events of the outage in Redis", 10 * SECOND, || {
+        shared_total(&[&redis]) == 40
+    });
+}
+
+/// Round two, "ids unique across Redis restarts": the sequence of a key starts again in
+/// a Redis restarted empty, under another epoch, so the second firing has its own `id`.
+#[test]
+fn a_redis_restarted_empty_between_two_crossings_gives_them_two_ids() {
+    let mut redis = RedisServer::start();
+    let urls = [redis.url()];
+    let sink = HttpSink::start(Duration::ZERO);
+    let a = node("a", "standalone", &urls);
+    register(
+        &a,
+        "deploys",
+        json!({"name": "pair", "threshold": 1, "aggregator": {"type": "single"},
+               "action": {"type": "webhook", "url": sink.url("/hook")}}),
+    );
+    post_spread(&[&a], "deploys", &[json!({})], 2);
+    wait_for("the first firing", 10 * SECOND, || {
+        firings(&sink).len() == 1
+    });
+
+    redis.stop();
+    wait_for("degraded", 10 * SECOND, || {
+        a.metric("eventsd_cluster_degraded") == Some(1)
+    });
+    redis.restart();
+    wait_for("degraded no more", 10 * SECOND, || {
+        a.metric("eventsd_cluster_degraded") == Some(0)
+    });
+    post_spread(&[&a], "deploys", &[json!({})], 2);
+    wait_for("the second firing", 10 * SECOND, || {
+        firings(&sink).len() == 2
+    });
+
+    let fired = firings(&sink);
+    for firing in &fired {
+        assert!(firing.get("degraded").is_none(), "{firing}");
+        assert!(
+            firing["crossing"].as_str().unwrap().ends_with("/1"),
+            "{firing}"
+        );
+    }
+    assert_ne!(fired[0]["id"], fired[1]["id"], "{fired:?}");
+}
+
+/// Round two, "a timeout is unknown, not failed": with Redis' replies held past
+/// `timeout_ms`, a call the node never heard back from is not also counted locally;
+/// sent again with its id after a restart, Redis adds it once.
+#[test]
+fn replies_later_than_the_timeout_count_each_event_once_in_redis_or_locally() {
+    let redis = RedisServer::start();
+    let proxy = DelayProxy::start(redis.port);
+    let mut a = node_with_timeout("a", "standalone", &[proxy.url()], 100);
+    register(
+        &a,
+        "deploys",
+        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
+               "action": {"type": "null"}}),
+    );
+    post_spread(&[&a], "deploys", &[json!({})], 20);
+    wait_for("20 events in Redis", 10 * SECOND, || {
+        shared_total(&[&redis]) == 20
+    });
+
+    proxy.set_delay(Duration::from_millis(300));
+    post_spread(&[&a], "deploys", &[json!({})], 40);
+    wait_for("degraded", 10 * SECOND, || {
+        a.metric("eventsd_cluster_degraded") == Some(1)
+    });
+    post_spread(&[&a], "deploys", &[json!({})], 40);
+    a.signal(Signal::SIGTERM);
+    assert!(a.wait_exit(30 * SECOND).success());
+    wait_for(
+        "every request through the proxy in Redis",
+        10 * SECOND,
+        || proxy.forwarding() == 0,
+    );
+    let (shared, alone) = (shared_total(&[&redis]), saved_total(&a));
+    assert!(
+        shared > 20 && alone > 0,
+        "both paths taken: {shared} shared, {alone} alone"
+    );
+    assert_eq!(
+        shared + alone,
+        100,
+        "{shared} in Redis, {alone} counted alone"
+    );
+
+    // Started again with Redis answering in time: the calls left in doubt are sent
+    // again with their ids (added once), the counts of counters.json for the first time.
+    proxy.set_delay(Duration::ZERO);
+    a.spawn_foreground(&[]);
+    wait_for("every event in Redis", 10 * SECOND, || {
+        a.metric("eventsd_cluster_degraded") == Some(0) && shared_total(&[&redis]) == 100
+    });
+    post_spread(&[&a], "deploys", &[json!({})], 1);
+    wait_for("the next event counted, nothing else", 10 * SECOND, || {
+        shared_total(&[&redis]) == 101
+    });
+}
+
+/// Round two, "per-slot outcomes": a flush touching a key on a stalled primary and one
+/// that crosses on a healthy primary fires the healthy crossing at once; the stalled
+/// one's call, in doubt, crosses once the primary is back.
+#[test]
+fn a_stalled_primary_does_not_swallow_a_crossing_on_a_healthy_one() {
+    let cluster = RedisCluster::start();
+    let sink = HttpSink::start(Duration::ZERO);
+    let a = node_with_timeout("a", "cluster", &cluster.urls(), 200);
+    register(
+        &a,
+        "logins",
+        json!({"name": "per-user", "threshold": 1,
+               "aggregator": {"type": "fields", "fields": ["user"]},
+               "action": {"type": "webhook", "url": sink.url("/hook")}}),
+    );
+    let users: Vec<Value> = (0..12).map(|i| json!({"user": format!("u{i}")})).collect();
+    post_spread(&[&a], "logins", &users, 12);
+    let servers: Vec<&RedisServer> = cluster.primaries.iter().collect();
+    wait_for("one event of each user in Redis", 10 * SECOND, || {
+        shared_total(&servers) == 12
+    });
+    // A user whose counter lives on the first primary, one on the second.
+    let user_on = |primary: &RedisServer| {
+        let keys = primary.cli(&["--scan", "--pattern", "eventsd:c:*"]);
+        let key = keys
+            .lines()
+            .next()
+            .expect("a counter on every primary")
+            .to_string();
+        key.split('"').nth(1).unwrap().to_string()
+    };
+    let (healthy, stalled) = (
+        user_on(&cluster.primaries[0]),
+        user_on(&cluster.primaries[1]),
+    );
+
+    cluster.primaries[1].pause();
+    let bulk = format!("{{\"user\": \"{healthy}\"}}\n{{\"user\": \"{stalled}\"}}\n");
+    let response = a.post("/event/logins/_bulk", &bulk);
+    assert_eq!(response.status, 200, "{response:?}");
+    let fired_users = || -> Vec<String> {
+        firings(&sink)
+            .iter()
+            .map(|f| f["key"]["user"].as_str().unwrap().to_string())
+            .collect()
+    };
+    wait_for("the healthy primary's crossing fired", 5 * SECOND, || {
+        fired_users() == vec![healthy.clone()]
+    });
+    cluster.primaries[1].resume();
+    wait_for(
+        "the stalled primary's crossing, once it is back",
+        20 * SECOND,
+        || fired_users().len() == 2,
+    );
+    assert_eq!(fired_users(), vec![healthy, stalled]);
+    for firing in firings(&sink) {
+        assert!(firing.get("degraded").is_none(), "{firing}");
+    }
+}
+
+/// Round two, "changes to different entries do not conflict": watchers created at once
+/// on two nodes, 50 each, are all created (a change that lost the race to another
+/// node's is made again on the newer registry) and served by both.
+#[test]
+fn fifty_and_fifty_watchers_created_at_once_on_two_nodes_are_all_created_everywhere() {
+    let redis = RedisServer::start();
+    let urls = [redis.url()];
+    let (a, b) = (
+        node("a", "standalone", &urls),
+        node("b", "standalone", &urls),
+    );
+    let created = a.post("/event/", &json!({"type": "deploys"}).to_string());
+    assert_eq!(created.status, 201, "{created:?}");
+    wait_for("the event type on b", 5 * SECOND, || {
+        watcher_names(&b, "deploys").is_some()
+    });
+    // 100 names, and one more created on both nodes: the same entry, taken once.
+    let names: Vec<String> = (0..102)
+        .map(|i| match i {
+            100 | 101 => "on-both".to_string(),
+            i => format!("w{i}"),
+        })
+        .collect();
+    let mut statuses: Vec<u16> = std::thread::scope(|scope| {
+        let creations: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let daemon = if i % 2 == 0 { &a } else { &b };
+                scope.spawn(move || {
+                    let watcher = json!({"name": name, "threshold": 10,
+                        "aggregator": {"type": "single"}, "action": {"type": "null"}});
+                    daemon
+                        .post("/event/deploys/watcher/", &watcher.to_string())
+                        .status
+                })
+            })
+            .collect();
+        creations.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let mut same_entry = statuses.split_off(100);
+    assert!(statuses.iter().all(|&s| s == 201), "{statuses:?}");
+    same_entry.sort();
+    assert_eq!(
+        same_entry,
+        [201, 409],
+        "one name created on two nodes at once"
+    );
+    for daemon in [&a, &b] {
+        wait_for("every watcher on every node", 5 * SECOND, || {
+            watcher_names(daemon, "deploys").is_some_and(|names| names.len() == 101)
+        });
+    }
 }

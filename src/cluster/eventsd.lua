@@ -4,8 +4,10 @@
 --
 -- A counter is one hash per (watcher, key): buckets `b<second>` (`b0` without a window),
 -- `fired` (the second of its last firing), `cool` (the cooldown that started then),
--- `crossed` (it crossed again while cooling) and `seq` (its firings so far). The rules
--- are those of `Watch::count` and `next_cooldown` in src/watch/mod.rs (threshold,
+-- `crossed` (it crossed again while cooling), `seq` (its firings so far) and `epoch` (a
+-- random incarnation, set when the counter is created: a Redis restarted empty starts
+-- `seq` again under another epoch, so a crossing's `epoch/seq` is never re-issued). The
+-- rules are those of `Watch::count` and `next_cooldown` in src/watch/mod.rs (threshold,
 -- window, cooldown, exponential realert, reset on firing), written here a second time
 -- because only a script runs atomically next to the data; tests/cluster.rs proves them
 -- on crossings split over nodes.
@@ -13,14 +15,25 @@
 -- A count idle this long without a window is forgotten (the memory store evicts instead).
 local IDLE_TTL = 7 * 24 * 3600
 
--- count(KEYS, ARGV): ARGV holds five integers per key: delta, window (0: none),
--- threshold, cooldown (0: none), cooldown_max (0: none). Replies {crossed, count, seq}
--- per key; exactly one caller sees each crossing. Time is Redis' own: node clocks do
--- not matter.
+-- count(KEYS, ARGV): KEYS are the counters, then the call's own key (its id); ARGV
+-- holds five integers per counter: delta, window (0: none), threshold, cooldown (0:
+-- none), cooldown_max (0: none), then a random token, the epoch of the counters this
+-- call creates, and how long to remember the call. Replies {crossed, count, seq, epoch}
+-- per counter; exactly one caller sees each crossing. Time is Redis' own: node clocks do
+-- not matter. A call whose id Redis remembers was counted already (its sender did not
+-- get the reply): it adds nothing and gets the replies of the first time.
 local function count(keys, args)
+  local counters = #keys - 1
+  local call = keys[#keys]
+  local done = redis.call('GET', call)
+  if done then
+    return cjson.decode(done)
+  end
   local now = tonumber(redis.call('TIME')[1])
+  local new_epoch = args[counters * 5 + 1]
   local replies = {}
-  for i, key in ipairs(keys) do
+  for i = 1, counters do
+    local key = keys[i]
     local at = (i - 1) * 5
     local delta = tonumber(args[at + 1])
     local window = tonumber(args[at + 2])
@@ -32,9 +45,12 @@ local function count(keys, args)
     local state = {}
     local total = 0
     local expired = {}
+    local epoch = nil
     for f = 1, #fields, 2 do
       local name, value = fields[f], fields[f + 1]
-      if string.sub(name, 1, 1) == 'b' then
+      if name == 'epoch' then
+        epoch = value
+      elseif string.sub(name, 1, 1) == 'b' then
         local second = tonumber(string.sub(name, 2))
         if window > 0 and second + window <= now then
           expired[#expired + 1] = name
@@ -54,11 +70,15 @@ local function count(keys, args)
     end
     redis.call('HINCRBY', key, bucket, delta)
     total = total + delta
+    if not epoch then
+      epoch = new_epoch
+      redis.call('HSET', key, 'epoch', epoch)
+    end
 
     local seq = state['seq'] or 0
     local fired = state['fired']
     local cool = state['cool'] or 0
-    local reply = {0, total, seq}
+    local reply = {0, total, seq, epoch}
     if total > threshold then
       if fired and now < fired + cool then
         redis.call('HSET', key, 'crossed', 1)
@@ -70,9 +90,10 @@ local function count(keys, args)
         seq = seq + 1
         -- The count starts again from zero: every bucket goes.
         redis.call('DEL', key)
-        redis.call('HSET', key, 'fired', now, 'cool', next_cool, 'crossed', 0, 'seq', seq)
+        redis.call('HSET', key, 'fired', now, 'cool', next_cool, 'crossed', 0, 'seq', seq,
+          'epoch', epoch)
         cool = next_cool
-        reply = {1, total, seq}
+        reply = {1, total, seq, epoch}
       end
     end
     local ttl = IDLE_TTL
@@ -82,6 +103,7 @@ local function count(keys, args)
     redis.call('EXPIRE', key, ttl)
     replies[i] = reply
   end
+  redis.call('SET', call, cjson.encode(replies), 'EX', tonumber(args[counters * 5 + 2]))
   return replies
 end
 

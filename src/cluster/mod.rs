@@ -5,13 +5,17 @@
 //! `redis` crate, on a tokio runtime built after the fork) lives here, in a child the
 //! master supervises like the action runner. The master sends counts (with the rules
 //! each key is judged by) and registry writes; this child sums the counts per key and
-//! sends them every `cluster.flush_ms` as one `eventsd_count` call per hash slot, and
-//! answers with the crossings Redis saw, the counts it could not deliver (the master then
-//! counts them locally, "degraded"), whether Redis is reachable, and every newer version
-//! of the shared registry (pub/sub, and a version poll every second).
+//! sends them every `cluster.flush_ms` as one `eventsd_count` call per hash slot, each
+//! under an id Redis records with the counts (`CountCall`), and answers with the
+//! crossings of every call Redis answered, the counts it could not send (the master
+//! then counts them locally, "degraded"), whether Redis is reachable, and every newer
+//! version of the shared registry (pub/sub, and a version poll every second).
 //!
-//! It never decides a firing: the Redis Function does, atomically per key, and the master
-//! turns what it reports into firings. It holds no state that a restart could not lose.
+//! A call sent without an answer (a timeout, a connection lost) is in doubt: Redis may
+//! have counted it. It is sent again with its id until Redis answers, and never
+//! reported as unsent; a stopping link hands the master those still in doubt, for the
+//! next link. It never decides a firing: the Redis Function does, atomically per key,
+//! and the master turns what it reports into firings.
 
 mod redis_link;
 
@@ -29,8 +33,9 @@ use uuid::Uuid;
 use crate::config::{Cluster, Config};
 use crate::ipc;
 use crate::metrics::Histogram;
+use crate::watch::store::Second;
 use crate::watch::{Crossing, Key, SharedCount};
-use redis_link::Redis;
+use redis_link::{CALL_ID_TTL, Redis};
 
 /// What the master tells the link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +52,8 @@ pub enum ToCluster {
         version: u64,
         document: String,
     },
+    /// Calls a previous master's link left in doubt: sent again with their ids.
+    Resend(Vec<CountCall>),
     Stop,
 }
 
@@ -56,8 +63,11 @@ pub enum FromCluster {
     /// Redis answered again (`true`) or a call failed (`false`); sent on every change.
     Reachable(bool),
     Crossed(Vec<Crossing>),
-    /// Counts Redis did not take: the master counts them locally.
+    /// Counts never sent (Redis unreachable): the master counts them locally.
     Unreached(Vec<SharedCount>),
+    /// Calls still in doubt when the link stops: the master keeps them for the next
+    /// link, which sends them again with their ids.
+    InDoubt(Vec<CountCall>),
     /// The shared registry (version, document), newer than the last one reported; `None`
     /// when Redis holds none.
     Registry(Option<(u64, String)>),
@@ -75,6 +85,49 @@ pub enum Publication {
     /// Another node wrote first: its version and document.
     Conflict(u64, String),
     Failed(String),
+}
+
+/// One `eventsd_count` call: the counts of one slot under an id that Redis records with
+/// them, atomically. A call whose outcome is unknown (a timeout, a connection lost after
+/// sending) is sent again with the same id: Redis adds it once, and answers the second
+/// time with the replies of the first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountCall {
+    id: Uuid,
+    counts: Vec<SharedCount>,
+    /// When it was first sent (seconds since the epoch: calls in doubt outlive a stop):
+    /// past `CALL_ID_TTL`, sending it again could add it twice.
+    sent_at: Option<Second>,
+}
+
+impl CountCall {
+    fn new(counts: Vec<SharedCount>) -> CountCall {
+        CountCall {
+            id: Uuid::new_v4(),
+            counts,
+            sent_at: None,
+        }
+    }
+
+    fn events(&self) -> u64 {
+        self.counts.iter().map(|count| count.events).sum()
+    }
+
+    /// The crossings among Redis' replies, one reply per counter.
+    fn crossings(&self, replies: Vec<(u64, u64, u64, String)>) -> Vec<Crossing> {
+        self.counts
+            .iter()
+            .zip(replies)
+            .filter(|(_, (crossed, ..))| *crossed == 1)
+            .map(|(count, (_, total, sequence, epoch))| Crossing {
+                watcher: count.watcher,
+                key: count.key.clone(),
+                count: total,
+                epoch,
+                sequence,
+            })
+            .collect()
+    }
 }
 
 /// Latency bounds of Redis calls: a healthy one takes under a millisecond on a LAN.
@@ -101,6 +154,7 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
         redis: Redis::new(&cluster),
         master: writer,
         pending: HashMap::new(),
+        in_doubt: Vec::new(),
         reachable: None,
         known_version: None,
         retry_at: Instant::now(),
@@ -128,8 +182,7 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
                 inbound.extend_from_slice(&chunk[..n]);
                 while let Some(message) = ipc::take_frame::<ToCluster>(&mut inbound)? {
                     if !link.obey(message).await? {
-                        link.flush().await?;
-                        return Ok(());
+                        return link.finish().await;
                     }
                 }
             }
@@ -148,11 +201,16 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Times a stopping link sends its calls in doubt before it hands them to the master.
+const FINAL_ATTEMPTS: u32 = 3;
+
 struct Link {
     redis: Redis,
     master: OwnedWriteHalf,
     /// Counts gathered since the last flush, summed per (watcher, key).
     pending: HashMap<(Uuid, Key), SharedCount>,
+    /// Calls sent without an answer: sent again, with their ids, until Redis answers.
+    in_doubt: Vec<CountCall>,
     /// What was last reported to the master.
     reachable: Option<bool>,
     /// The registry version last reported (or written).
@@ -204,35 +262,109 @@ impl Link {
                     self.known_version = Some(version);
                 }
             }
+            ToCluster::Resend(calls) => self.in_doubt.extend(calls),
             ToCluster::Stop => return Ok(false),
         }
         Ok(true)
     }
 
-    /// Sends what was gathered: one call per hash slot. What Redis does not take goes
-    /// back to the master, which counts it locally.
+    /// Sends what was gathered, one call per hash slot, with the calls still in doubt.
+    /// Counts never sent (Redis unreachable) go back to the master, which counts them
+    /// locally; a call sent without an answer stays in doubt, to be sent again with its
+    /// id, and is never counted locally: Redis may have counted it. The crossings of
+    /// the calls that were answered are reported whatever became of the others.
     async fn flush(&mut self) -> anyhow::Result<()> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.in_doubt.is_empty() {
             return Ok(());
         }
         let counts: Vec<SharedCount> = self.pending.drain().map(|(_, count)| count).collect();
-        if self.reachable == Some(false) && Instant::now() < self.retry_at {
+        if !self.may_call().await {
+            if counts.is_empty() {
+                return Ok(());
+            }
             return self.tell(&FromCluster::Unreached(counts)).await;
         }
+        let mut calls = std::mem::take(&mut self.in_doubt);
+        calls.extend(self.redis.count_calls(counts));
         let started = Instant::now();
-        let outcome = self.redis.count(&counts).await;
-        match self.judge(started, outcome) {
-            Ok(crossings) if crossings.is_empty() => Ok(()),
-            Ok(crossings) => self.tell(&FromCluster::Crossed(crossings)).await,
-            Err(_) => self.tell(&FromCluster::Unreached(counts)).await,
+        let outcomes = self.redis.count(&calls).await;
+        let mut crossings = Vec::new();
+        let mut failure = None;
+        for (mut call, outcome) in calls.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(crossed) => crossings.extend(crossed),
+                Err(e) => {
+                    call.sent_at.get_or_insert_with(crate::watch::now);
+                    self.in_doubt.push(call);
+                    failure.get_or_insert(e);
+                }
+            }
         }
+        let _ = self.judge(started, failure.map_or(Ok(()), Err));
+        self.give_up_stale_doubts();
+        if crossings.is_empty() {
+            return Ok(());
+        }
+        self.tell(&FromCluster::Crossed(crossings)).await
+    }
+
+    /// Whether a call may go out now: not during a backoff, and only over a connection
+    /// (made again after a failure).
+    async fn may_call(&mut self) -> bool {
+        if self.reachable == Some(false) && Instant::now() < self.retry_at {
+            return false;
+        }
+        if self.redis.is_connected() {
+            return true;
+        }
+        let started = Instant::now();
+        let outcome = self.redis.connect().await;
+        self.judge(started, outcome).is_ok()
+    }
+
+    /// A call in doubt for half the time Redis remembers its id is not sent again: a
+    /// later copy could be counted twice. Its events are logged, never counted locally.
+    fn give_up_stale_doubts(&mut self) {
+        let horizon = CALL_ID_TTL.as_secs() / 2;
+        let now = crate::watch::now();
+        let (stale, kept): (Vec<CountCall>, Vec<CountCall>) = std::mem::take(&mut self.in_doubt)
+            .into_iter()
+            .partition(|call| call.sent_at.is_some_and(|at| now > at + horizon));
+        self.in_doubt = kept;
+        let events: u64 = stale.iter().map(CountCall::events).sum();
+        if events > 0 {
+            warn!(
+                "{events} events in {} calls Redis never answered in {horizon}s: whether it \
+                 counted them is unknown, so they are not sent again, nor counted locally",
+                stale.len()
+            );
+        }
+    }
+
+    /// The last flush, on `Stop` (sent once every worker is gone): tried even during a
+    /// backoff, the calls in doubt sent again a few times. What Redis is known not to
+    /// have goes back to the master (`Unreached`), which saves it for the next start,
+    /// and so do the calls still in doubt (`InDoubt`), sent again by the next link.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        for _ in 0..FINAL_ATTEMPTS {
+            self.retry_at = Instant::now();
+            self.flush().await?;
+            if self.in_doubt.is_empty() {
+                return Ok(());
+            }
+        }
+        let in_doubt = std::mem::take(&mut self.in_doubt);
+        self.tell(&FromCluster::InDoubt(in_doubt)).await
     }
 
     async fn every_second(&mut self) -> anyhow::Result<()> {
         if self.reachable != Some(true) && Instant::now() >= self.retry_at {
             let started = Instant::now();
             let outcome = self.redis.connect().await;
-            let _ = self.judge(started, outcome);
+            if self.judge(started, outcome).is_ok() {
+                // Settled before the master hears that Redis is back.
+                self.flush().await?;
+            }
         }
         if self.reachable == Some(true) {
             self.poll_registry().await?;

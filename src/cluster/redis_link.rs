@@ -14,7 +14,9 @@ use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, cmd};
+use uuid::Uuid;
 
+use super::CountCall;
 use crate::config::{Cluster, ClusterMode};
 use crate::watch::{Crossing, SharedCount};
 
@@ -23,6 +25,14 @@ const FUNCTIONS: &str = include_str!("eventsd.lua");
 
 /// Keys per `eventsd_count` call on one server: bounds the time Redis spends in one call.
 const KEYS_PER_CALL: usize = 512;
+
+/// Attempts of a call to a Redis Cluster that is redirected (MOVED, ASK) or asked to
+/// try again (TRYAGAIN) during a reshard or a failover.
+const REDIRECTS_FOLLOWED: u32 = 5;
+
+/// How long Redis remembers a count call's id (and its replies): a call sent again
+/// within it adds nothing twice. The link stops sending a call again well before.
+pub(super) const CALL_ID_TTL: Duration = Duration::from_secs(600);
 
 enum Connection {
     Server(MultiplexedConnection),
@@ -64,6 +74,11 @@ impl Redis {
         )
     }
 
+    /// Whether a connection is up: a call sent now reaches Redis' socket.
+    pub(super) fn is_connected(&self) -> bool {
+        self.connection.is_some()
+    }
+
     /// Connects, loads the Functions and subscribes to registry announcements.
     pub(super) async fn connect(&mut self) -> anyhow::Result<()> {
         if self.connection.is_some() {
@@ -96,10 +111,16 @@ impl Redis {
                 )
             }
             ClusterMode::Cluster => {
+                // MOVED, ASK and TRYAGAIN (a reshard, a failover) are followed several
+                // times within one call's timeout: the waits between attempts are
+                // fractions of it, not the client's default second and more.
+                let timeout_ms = self.timeout.as_millis() as u64;
                 let client = redis::cluster::ClusterClientBuilder::new(self.urls.clone())
                     .connection_timeout(self.timeout * 10)
                     .response_timeout(self.timeout)
-                    .retries(1)
+                    .retries(REDIRECTS_FOLLOWED)
+                    .min_retry_wait((timeout_ms / 10).max(1))
+                    .max_retry_wait((timeout_ms / 4).max(2))
                     .build()?;
                 Connection::Cluster(client.get_async_connection().await?)
             }
@@ -137,59 +158,67 @@ impl Redis {
         false
     }
 
-    /// One `eventsd_count` call per hash slot (per `KEYS_PER_CALL` keys on one server),
-    /// all in flight at once; the crossings Redis reports.
-    pub(super) async fn count(&mut self, counts: &[SharedCount]) -> anyhow::Result<Vec<Crossing>> {
-        let mut groups: BTreeMap<u16, Vec<&SharedCount>> = BTreeMap::new();
-        for (index, count) in counts.iter().enumerate() {
+    /// The counts grouped as `eventsd_count` calls: one per hash slot (per
+    /// `KEYS_PER_CALL` keys on one server), each under a new id.
+    pub(super) fn count_calls(&self, counts: Vec<SharedCount>) -> Vec<CountCall> {
+        let mut groups: BTreeMap<u16, Vec<SharedCount>> = BTreeMap::new();
+        for (index, count) in counts.into_iter().enumerate() {
             let group = match self.mode {
                 ClusterMode::Standalone => (index / KEYS_PER_CALL) as u16,
-                ClusterMode::Cluster => slot(self.counter_key(count).as_bytes()),
+                ClusterMode::Cluster => slot(self.counter_key(&count).as_bytes()),
             };
             groups.entry(group).or_default().push(count);
         }
-        let calls: Vec<(Cmd, Vec<&SharedCount>)> = groups
-            .into_values()
-            .map(|group| (self.count_call(&group), group))
-            .collect();
-        self.ensure_connected().await?;
-        let replies = futures_util::future::join_all(
-            calls
-                .iter()
-                .map(|(call, _)| self.call::<Vec<(u64, u64, u64)>>(call)),
-        )
-        .await;
-        let mut crossings = Vec::new();
-        for ((_, group), reply) in calls.iter().zip(replies) {
-            for (count, (crossed, total, sequence)) in group.iter().zip(reply?) {
-                if crossed == 1 {
-                    crossings.push(Crossing {
-                        watcher: count.watcher,
-                        key: count.key.clone(),
-                        count: total,
-                        sequence,
-                    });
-                }
-            }
-        }
-        Ok(crossings)
+        groups.into_values().map(CountCall::new).collect()
     }
 
-    fn count_call(&self, group: &[&SharedCount]) -> Cmd {
-        let mut call = cmd("FCALL");
-        call.arg("eventsd_count").arg(group.len());
-        for count in group {
-            call.arg(self.counter_key(count));
+    /// Sends every call at once; each one's crossings, or why it has no answer.
+    pub(super) async fn count(&self, calls: &[CountCall]) -> Vec<anyhow::Result<Vec<Crossing>>> {
+        let commands: Vec<Cmd> = calls.iter().map(|call| self.count_command(call)).collect();
+        let replies = futures_util::future::join_all(
+            commands
+                .iter()
+                .map(|command| self.call::<Vec<(u64, u64, u64, String)>>(command)),
+        )
+        .await;
+        calls
+            .iter()
+            .zip(replies)
+            .map(|(call, reply)| Ok(call.crossings(reply?)))
+            .collect()
+    }
+
+    /// `FCALL eventsd_count`: the counter keys, then the call's own key (in the slot of
+    /// the first counter, so a Redis Cluster takes them together); five numbers per
+    /// counter, the epoch of the counters it creates, how long Redis keeps the call's id.
+    fn count_command(&self, call: &CountCall) -> Cmd {
+        let mut command = cmd("FCALL");
+        command.arg("eventsd_count").arg(call.counts.len() + 1);
+        for count in &call.counts {
+            command.arg(self.counter_key(count));
         }
-        for count in group {
+        let first = &call.counts[0];
+        command.arg(format!(
+            "{}:f:{{{}/{}}}:{}",
+            self.prefix,
+            first.watcher,
+            first.key.as_str(),
+            call.id
+        ));
+        for count in &call.counts {
             let rules = &count.rules;
-            call.arg(count.events)
+            command
+                .arg(count.events)
                 .arg(rules.window_secs)
                 .arg(rules.threshold)
                 .arg(rules.cooldown_secs)
                 .arg(rules.cooldown_max_secs);
         }
-        call
+        // Random, so that a Redis restarted empty never numbers a crossing as an earlier
+        // one was.
+        command.arg(Uuid::new_v4().simple().to_string());
+        command.arg(CALL_ID_TTL.as_secs());
+        command
     }
 
     /// `FCALL function 1 KEY`: a registry Function on the registry's key; its

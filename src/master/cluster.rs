@@ -1,17 +1,23 @@
 //! The master's side of a cluster (cluster.md): it keeps the cluster link (`src/cluster/`)
-//! up, sends it the counts while Redis answers and counts locally while it does not
-//! (firings marked `degraded`, local counts dropped when Redis is back), turns the
-//! crossings Redis reports into firings, and shares the registry: a change is published
-//! to Redis (optimistically, over the version it was made on) before it is adopted, a
-//! newer version from Redis is adopted, and a Redis that lost the registry is seeded
-//! with this node's copy.
+//! up, sends it the counts while Redis answers and counts locally what the link could
+//! not send (firings marked `degraded`, local counts dropped when Redis is back), turns
+//! the crossings Redis reports into firings, and shares the registry: a change is
+//! published to Redis (optimistically, over the version it was made on, replayed on the
+//! newer one when another node's change won) before it is adopted, a newer version from
+//! Redis is adopted, and a Redis that lost the registry is seeded with this node's copy.
+//!
+//! Across a stop or an upgrade: what Redis never got is saved in `counters.json` and
+//! the calls the link left in doubt in `cluster-calls.json`; the next master sends the
+//! first at Redis' first answer and hands the second to its link.
 //!
 //! Never waits: the link answers by message, and a change waits in `publishing`.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use log::{error, info, warn};
 use nix::poll::PollFlags;
 use nix::unistd::Pid;
@@ -19,7 +25,7 @@ use uuid::Uuid;
 
 use super::{Master, setup};
 use crate::child::{self, Child, Role};
-use crate::cluster::{self, CALL_BOUNDS, FromCluster, Publication, ToCluster};
+use crate::cluster::{self, CALL_BOUNDS, CountCall, FromCluster, Publication, ToCluster};
 use crate::config;
 use crate::ipc::{Answer, MasterMessage};
 use crate::metrics::{Histogram, write_family};
@@ -38,8 +44,36 @@ const MAX_UNREAD_BYTES: usize = 64 * 1024 * 1024;
 /// counts are this node's own.
 const MAX_HELD_BATCHES: usize = 10_000;
 
-/// Times a change is made again on a newer registry after losing a race to another node.
-const PUBLISH_ATTEMPTS: u32 = 5;
+/// Times a change is made again on a newer registry after losing a race to another
+/// node. A change to another entry is replayed on the registry that won and written
+/// next, so only a change to the same entry is refused (by the replay's own checks: the
+/// name taken, the watcher gone). Each lost race is another node's change written: the
+/// bound only stops a change that never finds a turn in a registry changing without
+/// pause.
+const PUBLISH_ATTEMPTS: u32 = 100;
+
+/// In the state folder: the calls to Redis a stopped node left in doubt.
+const CALLS_IN_DOUBT: &str = "cluster-calls.json";
+
+fn load_calls_in_doubt(path: &Path) -> anyhow::Result<Vec<CountCall>> {
+    let Some(document) = crate::files::read_state_file(path, "calls in doubt")? else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_slice(&document)
+        .with_context(|| format!("calls in doubt {} are corrupt; ignored", path.display()))
+}
+
+/// Writes the calls in doubt, or removes the file when there are none.
+fn save_calls_in_doubt(path: &Path, calls: &[CountCall]) -> anyhow::Result<()> {
+    if calls.is_empty() {
+        if path.exists() {
+            crate::files::remove_owned(path, "calls in doubt");
+        }
+        return Ok(());
+    }
+    let document = serde_json::to_vec(calls).context("cannot serialize the calls in doubt")?;
+    crate::files::replace_atomically(path, &document)
+}
 
 pub(super) struct ClusterState {
     config: config::Cluster,
@@ -56,6 +90,13 @@ pub(super) struct ClusterState {
     /// Counts made before Redis first answered (a start, a new master taking over):
     /// shared at its first answer, or counted alone at its first failure.
     held: Vec<(Second, CountBatch)>,
+    /// The counts the previous master left in `counters.json` (Redis does not have
+    /// them): sent when Redis answers.
+    restored: Vec<SharedCount>,
+    /// Calls a stopping link left in doubt (Redis may have counted them): saved in
+    /// `CALLS_IN_DOUBT` at a stop, handed to the next link, which sends them again with
+    /// their ids.
+    in_doubt: Vec<CountCall>,
     latency: Histogram,
     errors: u64,
 }
@@ -82,6 +123,8 @@ impl ClusterState {
             publishing: VecDeque::new(),
             shared_version: None,
             held: Vec::new(),
+            restored: Vec::new(),
+            in_doubt: Vec::new(),
             latency: Histogram::default(),
             errors: 0,
         }
@@ -159,7 +202,13 @@ impl Master {
         });
         if let Some(cluster) = self.cluster.as_mut() {
             match forked {
-                Ok(link) => cluster.link = Some(link),
+                Ok(mut link) => {
+                    let in_doubt = std::mem::take(&mut cluster.in_doubt);
+                    if !in_doubt.is_empty() {
+                        link.send(&ToCluster::Resend(in_doubt));
+                    }
+                    cluster.link = Some(link);
+                }
                 Err(e) => {
                     error!("cannot start the cluster link: {e:#}");
                     cluster.respawn_at = Some(now + RESPAWN_PAUSE);
@@ -212,6 +261,11 @@ impl Master {
                 self.set_reachable(false);
                 self.count_alone(counts);
             }
+            FromCluster::InDoubt(calls) => {
+                if let Some(cluster) = self.cluster.as_mut() {
+                    cluster.in_doubt.extend(calls);
+                }
+            }
             FromCluster::Registry(shared) => self.follow_shared_registry(shared),
             FromCluster::Published(publication) => self.on_published(publication),
             FromCluster::Calls { latency, errors } => {
@@ -262,9 +316,69 @@ impl Master {
         for (at, batch) in held {
             self.count_at(batch, at);
         }
+        if reachable {
+            self.send_restored_counts();
+        }
         if first {
             self.publish_next_change();
         }
+    }
+
+    /// A node that starts or takes over sends Redis what the previous master could not
+    /// (its `counters.json`), at Redis' first answer; until then they wait, and a stop
+    /// saves them again (`keep_what_redis_lacks`). The calls it left in doubt go to
+    /// the link, which sends them again with their ids.
+    pub(super) fn take_restored_counts(&mut self) {
+        // A new master not yet in charge: the old one still writes these files.
+        if self.succession.is_some() {
+            return;
+        }
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let path = self.config.daemon.state_dir.join(CALLS_IN_DOUBT);
+        match load_calls_in_doubt(&path) {
+            Ok(calls) => cluster.in_doubt = calls,
+            Err(e) => error!("{e:#}; their counts may be missing from Redis"),
+        }
+        let restored = self.watch.take_shared_counts(crate::watch::now());
+        if !restored.is_empty() {
+            let events: u64 = restored.iter().map(|c| c.events).sum();
+            info!(
+                "cluster: {events} events of {} keys left by the previous master, for Redis",
+                restored.len()
+            );
+        }
+        cluster.restored.extend(restored);
+    }
+
+    fn send_restored_counts(&mut self) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let restored = std::mem::take(&mut cluster.restored);
+        if !restored.is_empty() {
+            cluster.send(&ToCluster::Count(restored));
+        }
+    }
+
+    /// Before the counters are saved at a stop or a hand-over: counts Redis never got
+    /// (held for its first answer, restored at start) join this node's own, so that
+    /// `counters.json` keeps them for the next master to send.
+    pub(super) fn keep_what_redis_lacks(&mut self) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let held = std::mem::take(&mut cluster.held);
+        let restored = std::mem::take(&mut cluster.restored);
+        let path = self.config.daemon.state_dir.join(CALLS_IN_DOUBT);
+        if let Err(e) = save_calls_in_doubt(&path, &cluster.in_doubt) {
+            error!("{e:#}; their counts may be missing from Redis");
+        }
+        for (at, batch) in held {
+            self.count_locally(batch, at);
+        }
+        self.count_alone(restored);
     }
 
     /// Counts Redis did not take, counted here; what fires is marked degraded.

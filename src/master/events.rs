@@ -40,16 +40,24 @@ impl Master {
             match source {
                 Source::Signals => self.signals.read_into(&mut requested)?,
                 Source::Control => self.serve_control_clients(),
-                Source::Child(pid, Role::Worker) => self.read_worker(pid, events),
-                Source::Child(pid, Role::ActionRunner) => self.read_runner(pid, events),
-                // A snapshot says nothing: its exit code is its report.
-                Source::Child(pid, Role::Snapshot) => self.read_snapshot(pid, events),
-                Source::Child(_, Role::Successor) => self.read_successor(events),
-                Source::Child(_, Role::ClusterLink) => self.read_cluster_link(events),
+                Source::Child(pid, role) => self.read_child(pid, role, events),
                 Source::Predecessor => self.read_predecessor(events)?,
             }
         }
         Ok(requested)
+    }
+
+    /// What a child sent; also called by the reaper for a child's last words, written
+    /// just before it exited.
+    pub(super) fn read_child(&mut self, pid: Pid, role: Role, events: PollFlags) {
+        match role {
+            Role::Worker => self.read_worker(pid, events),
+            Role::ActionRunner => self.read_runner(pid, events),
+            // A snapshot says nothing: its exit code is its report.
+            Role::Snapshot => self.read_snapshot(pid, events),
+            Role::Successor => self.read_successor(events),
+            Role::ClusterLink => self.read_cluster_link(events),
+        }
     }
 
     fn poll_sources(&self) -> anyhow::Result<Vec<(Source, PollFlags)>> {

@@ -210,7 +210,7 @@ impl Master {
             config.workers.min,
             source.describe()
         );
-        Ok(Master {
+        let mut master = Master {
             source,
             config,
             default_sink,
@@ -238,7 +238,9 @@ impl Master {
             last_upgrade_error: None,
             succession,
             cluster,
-        })
+        };
+        master.take_restored_counts();
+        Ok(master)
     }
 
     /// The master's cycle; every step is one call, in this order.
@@ -309,17 +311,31 @@ impl Master {
         }
     }
 
-    /// Workers drain, the runner delivers what is due, a snapshot under way finishes;
-    /// each is killed if it overstays the graceful timeout.
+    /// Workers drain and a snapshot under way finishes; the outputs stop after them
+    /// (`stop_outputs_once_inputs_are_gone`). Each is killed if it overstays the
+    /// graceful timeout.
     fn stop_children_but_the_successor(&mut self, why: &str) {
         let pids: Vec<Pid> = self.pool.iter().map(pool::Worker::pid).collect();
         for pid in pids {
             self.stop_worker(pid, why);
         }
-        self.stop_runner(why);
-        self.stop_cluster_link(why);
         if let Some(snapshot) = self.snapshots.child.as_mut() {
             snapshot.stop(&(), why);
+        }
+        self.stop_outputs_once_inputs_are_gone();
+    }
+
+    /// Outputs stop last: the cluster link once every worker is gone (their final
+    /// batches reach Redis through it), the action runner once the link is gone (the
+    /// crossings of its last flush are delivered).
+    fn stop_outputs_once_inputs_are_gone(&mut self) {
+        if self.pool.iter().next().is_some() {
+            return;
+        }
+        let why = "every worker has stopped";
+        match self.cluster.as_ref().and_then(|c| c.link.as_ref()) {
+            Some(_) => self.stop_cluster_link(why),
+            None => self.stop_runner(why),
         }
     }
 
@@ -346,6 +362,7 @@ impl Master {
             info!("new master stopped before taking over; the old one carries on");
             return;
         }
+        self.keep_what_redis_lacks();
         match self.watch.save(&setup::counters_path(&self.config)) {
             Ok(()) => info!("counters saved"),
             Err(e) => error!("counters not saved: {e:#}"),

@@ -1,16 +1,19 @@
 //! Reaping: every exited child is collected (`waitpid(-1, WNOHANG)` until none is left),
-//! its record removed, and its exit judged: expected (it was stopping), a start-up failure
-//! (fatal while the master starts), or a crash that the pool's backoff paces.
+//! what it wrote last read, its record removed, and its exit judged: expected (it was
+//! stopping), a start-up failure (fatal while the master starts), or a crash that the
+//! pool's backoff paces.
 
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use log::{debug, error, info, warn};
 use nix::errno::Errno;
+use nix::poll::PollFlags;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::{Master, Phase};
+use crate::child::Role;
 
 impl Master {
     pub(super) fn reap(&mut self) -> anyhow::Result<()> {
@@ -50,7 +53,17 @@ impl Master {
         }
     }
 
+    /// A child that wrote and exited after the last poll (a worker's final batch, the
+    /// cluster link's last crossings): what it wrote is read before its record goes.
+    fn read_last_words(&mut self, pid: Pid) {
+        let role = self.children().find(|c| c.pid == pid).map(|c| c.role);
+        if let Some(role) = role.filter(|&role| role != Role::Successor) {
+            self.read_child(pid, role, PollFlags::POLLIN);
+        }
+    }
+
     fn on_child_exit(&mut self, pid: Pid, status: WaitStatus) -> anyhow::Result<()> {
+        self.read_last_words(pid);
         let how = describe_exit(status);
         let succeeded = matches!(status, WaitStatus::Exited(_, 0));
         if self.on_runner_exit(pid, &how)

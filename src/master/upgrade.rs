@@ -295,6 +295,7 @@ impl Master {
             return;
         };
         let successor = upgrade.successor.pid;
+        self.keep_what_redis_lacks();
         if let Err(e) = self.watch.save(&setup::counters_path(&self.config)) {
             error!("counters not saved for the new master: {e:#}");
         }
@@ -364,6 +365,7 @@ impl Master {
             });
         self.watch = Watch::new(Box::new(store));
         self.watch.sync(&self.registry);
+        self.take_restored_counts();
         self.push_registry();
         self.actions.journal = Journal::open(
             &setup::journal_path(&self.config),

@@ -21,9 +21,11 @@ use crate::worker;
 impl Master {
     /// Converges the pool to its target: forks what is missing (paced by the crash
     /// backoff), retires what is surplus, and retires the previous generation once the
-    /// current one is ready. Keeps the action runner up too.
+    /// current one is ready. Keeps the action runner up too; stopping, stops it once it
+    /// may.
     pub(super) fn reconcile(&mut self) {
         if self.is_stopping() {
+            self.stop_outputs_once_inputs_are_gone();
             return;
         }
         self.keep_runner();

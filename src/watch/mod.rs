@@ -78,8 +78,11 @@ pub struct Crossing {
     pub watcher: Uuid,
     pub key: Key,
     pub count: u64,
-    /// The key's firings so far, this one included: with the watcher and key, the
-    /// crossing's id across nodes.
+    /// The counter's incarnation in Redis: a Redis restarted empty starts the sequence
+    /// again under another one.
+    pub epoch: String,
+    /// The key's firings so far in this epoch, this one included: with the watcher, the
+    /// key and the epoch, the crossing's id across nodes.
     pub sequence: u64,
 }
 
@@ -104,8 +107,8 @@ pub struct Firing {
     /// The node that fired it, in a cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// `watcher/key/sequence`, the crossing's name across nodes, in a cluster: `id` is
-    /// derived from it, so a crossing fired twice (a Redis failover) has one id.
+    /// `watcher/key/epoch/sequence`, the crossing's name across nodes, in a cluster:
+    /// `id` is derived from it, so a crossing fired twice (a Redis failover) has one id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crossing: Option<String>,
     /// Fired from this node's own counts while Redis was unreachable.
@@ -222,34 +225,51 @@ impl Watch {
             .sets
             .iter()
             .flat_map(SetCounts::counts)
-            .filter_map(|(watcher, key, events)| {
-                let spec = &self.watchers.get(&watcher)?.spec;
-                let rules = CountRules {
-                    window_secs: spec.window_secs.unwrap_or(0),
-                    threshold: spec.threshold,
-                    cooldown_secs: spec.cooldown_secs.unwrap_or(0),
-                    cooldown_max_secs: spec.cooldown_max_secs.unwrap_or(0),
-                };
-                Some(SharedCount {
-                    watcher,
-                    key: key.clone(),
-                    events,
-                    rules,
-                })
-            })
+            .filter_map(|(watcher, key, events)| self.shared_count(watcher, key.clone(), events))
             .collect()
     }
 
+    /// Takes every count out of the store, as the counts Redis judges: a cluster node's
+    /// `counters.json` holds what Redis does not have yet (cluster.md, round two).
+    pub fn take_shared_counts(&mut self, now: Second) -> Vec<SharedCount> {
+        let watchers = &self.watchers;
+        let windows = |id: Uuid| watchers.get(&id).and_then(|w| w.spec.window_secs);
+        let counts = self.store.take_counts(now, &windows);
+        self.changed = true;
+        counts
+            .into_iter()
+            .filter_map(|(watcher, key, events)| self.shared_count(watcher, key, events))
+            .collect()
+    }
+
+    /// `events` of `key` with its watcher's rules; `None` for a watcher deleted meanwhile.
+    fn shared_count(&self, watcher: Uuid, key: Key, events: u64) -> Option<SharedCount> {
+        let spec = &self.watchers.get(&watcher)?.spec;
+        let rules = CountRules {
+            window_secs: spec.window_secs.unwrap_or(0),
+            threshold: spec.threshold,
+            cooldown_secs: spec.cooldown_secs.unwrap_or(0),
+            cooldown_max_secs: spec.cooldown_max_secs.unwrap_or(0),
+        };
+        Some(SharedCount {
+            watcher,
+            key,
+            events,
+            rules,
+        })
+    }
+
     /// The job of a crossing Redis reported to this node: its id is derived from
-    /// `watcher/key/sequence`, the same on every node.
+    /// `watcher/key/epoch/sequence`, the same on every node.
     pub fn job_of(&mut self, crossing: &Crossing, node: &str) -> Option<Job> {
         let watched = self.watchers.get(&crossing.watcher)?;
         let spec = &watched.spec;
         let mut firing = firing(&watched.event, spec, &crossing.key, crossing.count);
         let name = format!(
-            "{}/{}/{}",
+            "{}/{}/{}/{}",
             crossing.watcher,
             crossing.key.as_str(),
+            crossing.epoch,
             crossing.sequence
         );
         firing.id = key::uuid_of(&name);

@@ -36,6 +36,13 @@ pub trait CounterStore {
     fn retain_watchers(&mut self, keep: &dyn Fn(Uuid) -> bool);
     /// The most keys one watcher may hold (`watchers.max_keys`, reloadable).
     fn set_max_keys(&mut self, max_keys: usize);
+    /// Every key's count at `now`, within its watcher's window (`windows`), taken out:
+    /// the store is left empty (a cluster node sends a stopped node's counts to Redis).
+    fn take_counts(
+        &mut self,
+        now: Second,
+        windows: &dyn Fn(Uuid) -> Option<u64>,
+    ) -> Vec<(Uuid, Key, u64)>;
     /// (watcher, keys held, keys evicted so far), for metrics.
     fn sizes(&self) -> Vec<(Uuid, usize, u64)>;
     /// Writes what a restart needs to `path`, atomically.
@@ -148,6 +155,26 @@ impl CounterStore for MemoryStore {
         self.max_keys = max_keys.max(1);
     }
 
+    fn take_counts(
+        &mut self,
+        now: Second,
+        windows: &dyn Fn(Uuid) -> Option<u64>,
+    ) -> Vec<(Uuid, Key, u64)> {
+        let counts = self
+            .watchers
+            .iter()
+            .flat_map(|(id, table)| {
+                let window = windows(*id);
+                let live = move |second: Second| window.is_none_or(|w| second + w > now);
+                table
+                    .counts(live)
+                    .map(move |(key, count)| (*id, Key::from(key), count))
+            })
+            .collect();
+        self.watchers.clear();
+        counts
+    }
+
     fn sizes(&self) -> Vec<(Uuid, usize, u64)> {
         self.watchers
             .iter()
@@ -181,6 +208,26 @@ mod tests {
             "second 100 left the window"
         );
         assert_eq!(store.add(w, &key("k"), 1, 200, Some(10)), 1);
+    }
+
+    #[test]
+    fn counts_are_taken_within_their_window_and_the_store_left_empty() {
+        let mut store = MemoryStore::new(10);
+        let (windowed, unbounded) = (Uuid::new_v4(), Uuid::new_v4());
+        store.add(windowed, &key("a"), 3, 100, Some(10));
+        store.add(windowed, &key("a"), 2, 105, Some(10));
+        store.add(windowed, &key("gone"), 4, 100, Some(10));
+        store.add(unbounded, &key("b"), 7, 50, None);
+        store.fired(unbounded, &key("fired"), 60, 0);
+        let windows = |id: Uuid| (id == windowed).then_some(10);
+        let mut taken = store.take_counts(112, &windows);
+        taken.sort_by_key(|(_, _, count)| *count);
+        assert_eq!(
+            taken,
+            vec![(windowed, key("a"), 2), (unbounded, key("b"), 7)],
+            "second 100 left the window; a key that only fired holds no events"
+        );
+        assert!(store.sizes().is_empty());
     }
 
     #[test]

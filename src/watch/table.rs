@@ -186,6 +186,18 @@ impl KeyTable {
         self.slots.len()
     }
 
+    /// (key, count) of every key that holds events in the seconds `live` keeps.
+    pub fn counts(&self, live: impl Fn(Second) -> bool) -> impl Iterator<Item = (&str, u64)> {
+        self.slots
+            .iter()
+            .map(move |slot| {
+                let buckets = slot.counter.buckets.to_vec().into_iter();
+                let count = buckets.filter(|(second, _)| live(*second)).map(|(_, n)| n);
+                (&*slot.key, count.sum())
+            })
+            .filter(|(_, count)| *count > 0)
+    }
+
     pub fn get(&self, key: &Key) -> Option<&KeyCounter> {
         let slot = *self.index.get(key.as_str())?;
         Some(&self.slots[slot as usize].counter)

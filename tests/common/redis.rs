@@ -68,6 +68,22 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the server hangs, its connections open (a stalled shard); `resume` ends
+    /// it, and so does the kill of `stop`.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let process = self.process.as_ref().expect("redis-server runs");
+        let pid = nix::unistd::Pid::from_raw(process.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("cannot signal redis-server");
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
