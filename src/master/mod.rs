@@ -169,6 +169,7 @@ impl Master {
         setup::check_privileges(&config)?;
         logging::hand_over(&config.workers.privileges)?;
         let registry = setup::load_registry(&config)?;
+        let mut totals = Totals::default();
         let (store, journal) = match succession {
             Some(_) => (
                 MemoryStore::new(config.watchers.max_keys),
@@ -179,10 +180,7 @@ impl Master {
             ),
             None => (
                 MemoryStore::load(&setup::counters_path(&config), config.watchers.max_keys)?,
-                journal::Journal::open(
-                    &setup::journal_path(&config),
-                    config.watchers.action_queue,
-                )?,
+                actions::open_journal(&config, &registry, &mut totals)?,
             ),
         };
         let mut watch = Watch::new(Box::new(store));
@@ -222,7 +220,7 @@ impl Master {
             reload_in_progress: false,
             registry,
             held_answers: HeldAnswers::default(),
-            totals: Totals::default(),
+            totals,
             watch,
             actions: Actions::new(journal),
             snapshots: Snapshots::default(),

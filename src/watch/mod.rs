@@ -118,6 +118,11 @@ pub struct Firing {
 pub struct Job {
     pub firing: Firing,
     pub action: Action,
+    /// The registry id of the watcher that fired: a job outlives neither its watcher nor
+    /// a change to it (a changed watcher gets a new id). Nil in journals written before
+    /// it was kept.
+    #[serde(default)]
+    pub watcher_id: Uuid,
 }
 
 #[cfg(test)]
@@ -141,6 +146,7 @@ impl Job {
                 degraded: false,
             },
             action,
+            watcher_id: Uuid::nil(),
         }
     }
 }
@@ -258,6 +264,7 @@ impl Watch {
         Some(Job {
             firing,
             action: spec.action.clone(),
+            watcher_id: crossing.watcher,
         })
     }
 
@@ -304,6 +311,7 @@ impl Watch {
         Some(Job {
             firing: firing(&watched.event, spec, key, count),
             action: spec.action.clone(),
+            watcher_id: id,
         })
     }
 
