@@ -124,6 +124,7 @@ fn a_greylisted_recipient_holds_up_no_other_mail() {
 #[test]
 fn sixteen_hung_targets_hold_up_no_healthy_one() {
     let daemon = Daemon::run("");
+    eprintln!("idle runner: {}", runner_size(&daemon));
     let hung: Vec<SilentSink> = (0..16).map(|_| SilentSink::start()).collect();
     for (index, sink) in hung.iter().enumerate() {
         register(
@@ -154,6 +155,21 @@ fn sixteen_hung_targets_hold_up_no_healthy_one() {
         10 * SECOND,
         || hung.iter().all(|sink| sink.connections() >= 4),
     );
+    eprintln!("runner with 64 hung deliveries: {}", runner_size(&daemon));
+}
+
+/// The runner's resident memory and threads, for the record.
+fn runner_size(daemon: &Daemon) -> String {
+    let runner = child_named(daemon.master_pid(), "eventsd-action").expect("a runner");
+    let status = std::fs::read_to_string(format!("/proc/{runner}/status")).unwrap();
+    let field = |key: &str| {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap_or("");
+        line.split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!("RSS {}, {} threads", field("VmRSS:"), field("Threads:"))
 }
 
 #[test]
