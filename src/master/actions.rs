@@ -67,9 +67,14 @@ pub(super) fn open_journal(
         |job| journal::refusal(job, registry, &destinations),
     )?;
     for (job, reason, _) in refused {
-        totals.record_outcome(ActionKind::of(&job.action), Delivery::Dropped(reason), 1);
+        count_drop(totals, &job, reason);
     }
     Ok(journal)
+}
+
+/// A journaled firing the master gives up itself.
+fn count_drop(totals: &mut Totals, job: &Job, reason: DropReason) {
+    totals.record_outcome(ActionKind::of(&job.action), Delivery::Dropped(reason), 1);
 }
 
 impl Master {
@@ -113,16 +118,9 @@ impl Master {
                 "watcher `{}`: firing dropped, {} firings already wait for delivery",
                 oldest.firing.watcher, self.config.watchers.action_queue
             );
-            self.record_drop(&oldest, DropReason::QueueFull);
+            count_drop(&mut self.totals, &oldest, DropReason::QueueFull);
         }
         self.hand_to_runner(&job);
-    }
-
-    /// A journaled firing given up by the master itself.
-    pub(super) fn record_drop(&mut self, job: &Job, reason: DropReason) {
-        let dropped = Delivery::Dropped(reason);
-        self.totals
-            .record_outcome(ActionKind::of(&job.action), dropped, 1);
     }
 
     /// Settles the pending firings of watchers deleted or changed since they fired
@@ -133,15 +131,15 @@ impl Master {
         if orphans.is_empty() {
             return;
         }
-        let mut watchers: Vec<&str> = orphans.iter().map(|j| j.firing.watcher.as_str()).collect();
-        watchers.dedup();
+        let watchers: std::collections::BTreeSet<&str> =
+            orphans.iter().map(|j| j.firing.watcher.as_str()).collect();
         warn!(
             "{} pending firings dropped: their watchers were deleted or changed ({})",
             orphans.len(),
-            watchers.join(", ")
+            watchers.into_iter().collect::<Vec<_>>().join(", ")
         );
         for job in &orphans {
-            self.record_drop(job, DropReason::WatcherDeleted);
+            count_drop(&mut self.totals, job, DropReason::WatcherDeleted);
         }
         let ids = orphans.iter().map(|j| j.firing.id).collect();
         if let Some(runner) = self.actions.runner.as_mut() {
