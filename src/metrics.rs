@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::action::{ActionKind, Delivery, DropReason, ErrorClass};
 use crate::status::{WorkerState, WorkerStatus};
 
 /// Counters of one worker since its previous heartbeat.
@@ -54,9 +55,11 @@ pub struct Totals {
     /// (change kind, "ok" / "refused" / "failed") → registry changes.
     changes: BTreeMap<(&'static str, &'static str), u64>,
     /// (action type, "delivered" / "failed" / "dropped") → firings.
-    outcomes: BTreeMap<(String, &'static str), u64>,
-    /// Why firings were dropped ("queue_full", "too_old") → firings.
-    drops: BTreeMap<String, u64>,
+    outcomes: BTreeMap<(ActionKind, &'static str), u64>,
+    /// Why firings were dropped → firings.
+    drops: BTreeMap<DropReason, u64>,
+    /// (action type, error class) → attempts that failed, retried or not.
+    failed_attempts: BTreeMap<(ActionKind, ErrorClass), u64>,
     /// Seconds from a firing to its delivery.
     delivery_latency: Histogram,
 }
@@ -139,17 +142,16 @@ impl Totals {
         *self.changes.entry((kind, result)).or_default() += 1;
     }
 
-    /// `firings` settled by one outcome: how many crossings `result`ed, why when dropped,
-    /// and after how long when delivered.
-    pub fn record_outcome(&mut self, action: &str, result: &'static str, firings: u64) {
-        *self
-            .outcomes
-            .entry((action.to_string(), result))
-            .or_default() += firings;
+    /// `firings` settled by one outcome: how they ended, and why when dropped.
+    pub fn record_outcome(&mut self, action: ActionKind, result: Delivery, firings: u64) {
+        *self.outcomes.entry((action, result.name())).or_default() += firings;
+        if let Delivery::Dropped(reason) = result {
+            *self.drops.entry(reason).or_default() += firings;
+        }
     }
 
-    pub fn record_drop(&mut self, reason: &str, firings: u64) {
-        *self.drops.entry(reason.to_string()).or_default() += firings;
+    pub fn record_failed_attempt(&mut self, action: ActionKind, error: ErrorClass) {
+        *self.failed_attempts.entry((action, error)).or_default() += 1;
     }
 
     pub fn record_delivery_latency(&mut self, seconds: f64) {
@@ -193,17 +195,33 @@ impl Totals {
             "counter",
             "Firings handed to actions, by action type and result.",
             self.outcomes.iter().map(|((action, result), n)| {
-                (format!("action=\"{action}\",result=\"{result}\""), *n)
+                (
+                    format!("action=\"{}\",result=\"{result}\"", action.name()),
+                    *n,
+                )
             }),
         );
         write_family(
             &mut out,
+            "eventsd_action_attempts_failed_total",
+            "counter",
+            "Delivery attempts that failed, retried or not, by action type and error class.",
+            self.failed_attempts.iter().map(|((action, error), n)| {
+                let labels = format!("action=\"{}\",error=\"{}\"", action.name(), error.name());
+                (labels, *n)
+            }),
+        );
+        // Every reason from the start, so that a panel on drops is never empty.
+        write_family(
+            &mut out,
             "eventsd_actions_dropped_total",
             "counter",
-            "Firings dropped undelivered, by reason (queue_full, too_old).",
-            self.drops
-                .iter()
-                .map(|(reason, n)| (format!("reason=\"{reason}\""), *n)),
+            "Firings dropped undelivered, by reason (queue_full, too_old, watcher_deleted, \
+             invalid).",
+            DropReason::ALL.iter().map(|reason| {
+                let n = self.drops.get(reason).copied().unwrap_or(0);
+                (format!("reason=\"{}\"", reason.name()), n)
+            }),
         );
         let delivery = "eventsd_action_delivery_seconds";
         let _ = writeln!(

@@ -145,7 +145,7 @@ fn a_command_action_from_the_config_file_runs() {
 }
 
 /// 120 distinct keys firing at a dead target and at a 5 s one each; a third watcher's
-/// alert, to a healthy target, arrives at once: each target has its own queue and slot.
+/// alert, to a healthy target, arrives at once: each target has its own queue and slots.
 #[test]
 fn a_dead_and_a_slow_target_hold_up_no_other_alert_nor_ingestion() {
     let daemon = Daemon::run("");

@@ -106,6 +106,12 @@ fn out_of_range_config_values_are_refused_by_configtest_with_the_key_and_range()
             "between 0 and 86400",
         ),
         ("server", "max_body_bytes", "0", "between 1 and 1073741824"),
+        (
+            "actions",
+            "max_in_flight_per_target",
+            "0",
+            "between 1 and 64",
+        ),
     ] {
         // Written as is: the harness's TOML overlay cannot even hold 2^64-1.
         let daemon = Daemon::new("");

@@ -177,13 +177,7 @@ fn upgrade_under_load_with_a_crossing_across_it(extra: &str) {
 
 /// The new master: the old one's child that runs the binary (`eventsd`, not a worker).
 fn successor_of(master: Pid) -> Option<Pid> {
-    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
-        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
-        let parent: i32 = rest.split(' ').nth(1)?.parse().ok()?;
-        (parent == master.as_raw() && name == "eventsd").then(|| Pid::from_raw(pid))
-    })
+    common::child_named(master, "eventsd")
 }
 
 #[test]

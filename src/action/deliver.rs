@@ -15,6 +15,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 
+use super::report::ErrorClass;
 use crate::config::{Config, Smtp};
 use crate::registry::{Action, Destinations, webhook_host};
 use crate::watch::{Firing, Job};
@@ -22,10 +23,20 @@ use crate::watch::{Firing, Job};
 /// How long a webhook may take, and a command when its `timeout_secs` is not set.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A failed attempt: whether trying again may help, what kind of error (the metrics'
+/// class), and what happened.
 #[derive(Debug, PartialEq)]
 pub enum Failure {
-    Transient(String),
-    Permanent(String),
+    Transient(ErrorClass, String),
+    Permanent(ErrorClass, String),
+}
+
+impl Failure {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Failure::Transient(class, _) | Failure::Permanent(class, _) => *class,
+        }
+    }
 }
 
 /// What deliveries need besides the job.
@@ -54,7 +65,7 @@ pub fn deliver(job: &Job, context: &Context) -> Result<(), Failure> {
     context
         .destinations
         .check_action(&job.action)
-        .map_err(Failure::Permanent)?;
+        .map_err(|why| Failure::Permanent(ErrorClass::Denied, why))?;
     match &job.action {
         Action::Null {} => Ok(()),
         Action::Email { to, subject } => email(&job.firing, to, subject, &context.smtp),
@@ -69,21 +80,11 @@ pub fn deliver(job: &Job, context: &Context) -> Result<(), Failure> {
     }
 }
 
-/// The action's kind, for logs and metrics.
-pub fn kind(action: &Action) -> &'static str {
-    match action {
-        Action::Null {} => "null",
-        Action::Email { .. } => "email",
-        Action::Webhook { .. } => "webhook",
-        Action::Command { .. } => "command",
-    }
-}
-
 fn email(firing: &Firing, to: &[String], subject: &str, smtp: &Smtp) -> Result<(), Failure> {
     let mailbox = |address: &str| {
-        address
-            .parse::<Mailbox>()
-            .map_err(|e| Failure::Permanent(format!("bad address `{address}`: {e}")))
+        address.parse::<Mailbox>().map_err(|e| {
+            Failure::Permanent(ErrorClass::Other, format!("bad address `{address}`: {e}"))
+        })
     };
     let mut message = Message::builder()
         .from(mailbox(&smtp.from)?)
@@ -91,16 +92,20 @@ fn email(firing: &Firing, to: &[String], subject: &str, smtp: &Smtp) -> Result<(
     for address in to {
         message = message.to(mailbox(address)?);
     }
-    let message = message
-        .body(email_body(firing))
-        .map_err(|e| Failure::Permanent(format!("cannot build the message: {e}")))?;
+    let message = message.body(email_body(firing)).map_err(|e| {
+        Failure::Permanent(ErrorClass::Other, format!("cannot build the message: {e}"))
+    })?;
 
     let mut relay = SmtpTransport::builder_dangerous(&smtp.host)
         .port(smtp.port)
         .timeout(Some(Duration::from_secs(smtp.timeout_secs)));
     if smtp.starttls {
-        let tls = TlsParameters::new(smtp.host.clone())
-            .map_err(|e| Failure::Permanent(format!("TLS set-up for {}: {e}", smtp.host)))?;
+        let tls = TlsParameters::new(smtp.host.clone()).map_err(|e| {
+            Failure::Permanent(
+                ErrorClass::Other,
+                format!("TLS set-up for {}: {e}", smtp.host),
+            )
+        })?;
         relay = relay.tls(Tls::Required(tls));
     }
     if !smtp.username.is_empty() {
@@ -112,11 +117,24 @@ fn email(firing: &Firing, to: &[String], subject: &str, smtp: &Smtp) -> Result<(
     relay.build().send(&message).map(|_| ()).map_err(|e| {
         let reason = format!("SMTP relay {}:{}: {e}", smtp.host, smtp.port);
         if e.is_permanent() {
-            Failure::Permanent(reason)
+            Failure::Permanent(ErrorClass::Smtp5xx, reason)
         } else {
-            Failure::Transient(reason)
+            Failure::Transient(smtp_error_class(&e), reason)
         }
     })
+}
+
+/// A transient SMTP error: the relay's 4xx, or no answer in time, or no connection.
+fn smtp_error_class(error: &lettre::transport::smtp::Error) -> ErrorClass {
+    if error.is_transient() {
+        ErrorClass::Smtp4xx
+    } else if error.is_timeout() {
+        ErrorClass::Timeout
+    } else if error.is_tls() {
+        ErrorClass::Other
+    } else {
+        ErrorClass::Connection
+    }
 }
 
 /// The mail body: what happened, to which key, how often, over which window.
@@ -142,7 +160,8 @@ fn webhook(
     headers: &std::collections::BTreeMap<String, String>,
     http: &ureq::Agent,
 ) -> Result<(), Failure> {
-    let document = serde_json::to_string(firing).map_err(|e| Failure::Permanent(e.to_string()))?;
+    let document = serde_json::to_string(firing)
+        .map_err(|e| Failure::Permanent(ErrorClass::Other, e.to_string()))?;
     let mut request = http.post(url).header("Content-Type", "application/json");
     for (name, value) in headers {
         request = request.header(name, value);
@@ -152,13 +171,36 @@ fn webhook(
             let status = response.status().as_u16();
             match status {
                 200..=299 => Ok(()),
-                408 | 425 | 429 | 500..=599 => {
-                    Err(Failure::Transient(format!("{url} answered {status}")))
-                }
-                _ => Err(Failure::Permanent(format!("{url} answered {status}"))),
+                408 | 425 | 429 => Err(Failure::Transient(
+                    ErrorClass::Http4xx,
+                    format!("{url} answered {status}"),
+                )),
+                500..=599 => Err(Failure::Transient(
+                    ErrorClass::Http5xx,
+                    format!("{url} answered {status}"),
+                )),
+                _ => Err(Failure::Permanent(
+                    ErrorClass::Http4xx,
+                    format!("{url} answered {status}"),
+                )),
             }
         }
-        Err(e) => Err(Failure::Transient(format!("{url}: {e}"))),
+        Err(e) => Err(Failure::Transient(
+            http_error_class(&e),
+            format!("{url}: {e}"),
+        )),
+    }
+}
+
+/// A request that got no answer: too slow, or no connection.
+fn http_error_class(error: &ureq::Error) -> ErrorClass {
+    match error {
+        ureq::Error::Timeout(_) => ErrorClass::Timeout,
+        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => ErrorClass::Timeout,
+        ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+            ErrorClass::Connection
+        }
+        _ => ErrorClass::Other,
     }
 }
 
@@ -167,14 +209,18 @@ fn webhook(
 /// again: a DNS answer that changes in between is not caught here.)
 fn check_resolved(url: &str, destinations: &Destinations) -> Result<(), Failure> {
     use std::net::ToSocketAddrs;
-    let host = webhook_host(url).ok_or_else(|| Failure::Permanent(format!("no host in {url}")))?;
-    let addresses = (host, 0)
-        .to_socket_addrs()
-        .map_err(|e| Failure::Transient(format!("cannot resolve {host}: {e}")))?;
+    let host = webhook_host(url)
+        .ok_or_else(|| Failure::Permanent(ErrorClass::Other, format!("no host in {url}")))?;
+    let addresses = (host, 0).to_socket_addrs().map_err(|e| {
+        Failure::Transient(
+            ErrorClass::Connection,
+            format!("cannot resolve {host}: {e}"),
+        )
+    })?;
     for address in addresses {
         destinations
             .check_webhook_address(address.ip())
-            .map_err(|why| Failure::Permanent(format!("{host}: {why}")))?;
+            .map_err(|why| Failure::Permanent(ErrorClass::Denied, format!("{host}: {why}")))?;
     }
     Ok(())
 }
@@ -182,10 +228,11 @@ fn check_resolved(url: &str, destinations: &Destinations) -> Result<(), Failure>
 /// Runs `argv` without a shell: the firing in `EVENTSD_*` variables and as JSON on stdin;
 /// killed after `timeout`. A command is not retried: it may have done part of its work.
 fn command(firing: &Firing, argv: &[String], timeout: Duration) -> Result<(), Failure> {
-    let document = serde_json::to_string(firing).map_err(|e| Failure::Permanent(e.to_string()))?;
+    let document = serde_json::to_string(firing)
+        .map_err(|e| Failure::Permanent(ErrorClass::Other, e.to_string()))?;
     let (program, args) = argv
         .split_first()
-        .ok_or_else(|| Failure::Permanent("empty argv".to_string()))?;
+        .ok_or_else(|| Failure::Permanent(ErrorClass::Other, "empty argv".to_string()))?;
     let mut child = Command::new(program)
         .args(args)
         .env("EVENTSD_WATCHER", &firing.watcher)
@@ -206,7 +253,9 @@ fn command(firing: &Firing, argv: &[String], timeout: Duration) -> Result<(), Fa
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| Failure::Permanent(format!("cannot run {program}: {e}")))?;
+        .map_err(|e| {
+            Failure::Permanent(ErrorClass::Command, format!("cannot run {program}: {e}"))
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         // A program that does not read its stdin is no failure.
         let _ = stdin.write_all(document.as_bytes());
@@ -215,20 +264,29 @@ fn command(firing: &Firing, argv: &[String], timeout: Duration) -> Result<(), Fa
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(Failure::Permanent(format!("{program} {status}"))),
+            Ok(Some(status)) => {
+                return Err(Failure::Permanent(
+                    ErrorClass::Command,
+                    format!("{program} {status}"),
+                ));
+            }
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(Failure::Permanent(format!(
-                    "{program} killed after its timeout of {}s",
-                    timeout.as_secs()
-                )));
+                return Err(Failure::Permanent(
+                    ErrorClass::Command,
+                    format!(
+                        "{program} killed after its timeout of {}s",
+                        timeout.as_secs()
+                    ),
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => {
-                return Err(Failure::Permanent(format!(
-                    "cannot wait for {program}: {e}"
-                )));
+                return Err(Failure::Permanent(
+                    ErrorClass::Command,
+                    format!("cannot wait for {program}: {e}"),
+                ));
             }
         }
     }
@@ -278,7 +336,7 @@ mod tests {
         let started = Instant::now();
         let failure = command(&firing(), &argv, Duration::from_millis(200)).unwrap_err();
         assert!(
-            matches!(failure, Failure::Permanent(ref m) if m.contains("killed")),
+            matches!(failure, Failure::Permanent(ErrorClass::Command, ref m) if m.contains("killed")),
             "{failure:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(10));

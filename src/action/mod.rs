@@ -1,23 +1,28 @@
 //! The action runner: a child process of the master that delivers firings, so that a slow
 //! SMTP server or a dead webhook never slows ingestion or supervision.
 //!
-//! Owns the pending firings in one queue per target (`queue`), a pool of delivery threads
-//! that take what is due from a target with a free slot, and the report of every settled
-//! firing to the master. Retries wait on their due time, never in a sleeping thread, so a
-//! dead or slow target holds at most its own slot. It may use threads because it never
-//! forks anything but the programs of `command` actions. What it has not settled when it
-//! stops is the master's to keep (its journal) and to hand to the next runner.
+//! Owns the pending firings in one queue per target (`queue`), a scheduler thread that
+//! starts a thread for each delivery it takes from the queues (a target has at most
+//! `actions.max_in_flight_per_target` of them; all targets together `MAX_IN_FLIGHT`, far
+//! above what hung targets take), the heartbeat, and the report of every failed attempt
+//! and settled firing to the master. Retries wait on their due time, never in a thread.
+//! No fixed pool: a target that never answers holds its own threads and nothing else. It
+//! may use threads because it never forks anything but the programs of `command`
+//! actions. What it has not settled when it stops is the master's to keep (its journal)
+//! and to hand to the next runner.
 
 pub mod deliver;
 mod queue;
+pub mod report;
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use log::{info, warn};
+use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -27,68 +32,55 @@ use crate::logging;
 use crate::watch::Job;
 use deliver::{Context, Failure};
 pub use queue::target_of;
-use queue::{Attempt, Pending, Queues, Settled};
+use queue::{Attempt, Limits, Pending, Queues, Settled};
+pub use report::{ActionKind, Delivery, DropReason, ErrorClass, FromRunner, Outcome};
 
-/// Deliveries that may run at the same time, to different targets: each target has
-/// `queue::IN_FLIGHT_PER_TARGET` of them at most, so targets that hang hold only theirs.
-const DELIVERY_THREADS: usize = 8;
+/// Deliveries in flight, all targets together: 128 targets hung at once, at the default
+/// 4 each. A delivery thread waiting on a hung webhook costs about 0.5 MiB of resident
+/// memory (its stack and the HTTP client's buffers): 64 of them 30 MiB.
+const MAX_IN_FLIGHT: usize = 512;
+
+/// How often the scheduler tells the master it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What the master sends the runner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToRunner {
     /// A job, as JSON (its action and key are JSON documents).
     Deliver { job: String },
+    /// The master settled these firings (their watcher is gone): never deliver them.
+    Forget { ids: Vec<Uuid> },
     /// Finish the deliveries under way and those due now, then exit: what waits for a
     /// retry stays in the master's journal for the next runner.
     Stop,
+    /// A new configuration: finish the deliveries under way, start no other, and exit;
+    /// the next runner, started with it, gets everything else from the journal.
+    Retire,
     /// Reopen log files (SIGUSR1 reached the master).
     ReopenLogs,
 }
 
-/// What the runner tells the master: a delivery settled.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// Every firing this settles (the delivered one and those it absorbed).
-    pub ids: Vec<Uuid>,
-    pub watcher: String,
-    pub action: String,
-    pub result: Delivery,
-    /// Why a firing was dropped (`too_old`, `queue_full`); empty otherwise.
-    pub reason: String,
-    pub detail: String,
-    /// From the runner's receipt of the first firing to the end of the last attempt.
-    pub latency_secs: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Delivery {
-    Delivered,
-    Failed,
-    /// Given up without delivery: too old, or pushed out of a full queue.
-    Dropped,
-}
-
-impl Delivery {
-    pub fn name(self) -> &'static str {
-        match self {
-            Delivery::Delivered => "delivered",
-            Delivery::Failed => "failed",
-            Delivery::Dropped => "dropped",
-        }
-    }
+/// How the runner was told to stop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stopping {
+    /// Deliver what is due now first.
+    DueNow,
+    /// Start nothing more.
+    InFlightOnly,
 }
 
 struct Shared {
-    queues: Mutex<State>,
-    /// Woken when a firing arrives, a slot frees or the runner stops.
+    state: Mutex<State>,
+    /// Woken when a firing arrives, a delivery ends or the runner stops.
     changed: Condvar,
     reports: Mutex<UnixStream>,
+    context: Context,
 }
 
 struct State {
     queues: Queues,
-    /// The master said stop: deliver what is due, then leave the rest to the master.
-    stopping: bool,
+    in_flight: usize,
+    stopping: Option<Stopping>,
 }
 
 /// The action runner's life in the forked child (`child::fork_child` runs it): deliver
@@ -101,48 +93,43 @@ pub fn serve(config: &Config, channel: UnixStream) -> anyhow::Result<()> {
     let reports = channel
         .try_clone()
         .context("cannot clone the runner's channel")?;
-    let actions = &config.actions;
     let shared = Arc::new(Shared {
-        queues: Mutex::new(State {
-            queues: Queues::new(
-                config.watchers.action_queue,
-                Duration::from_secs(actions.retry_max_interval_secs),
-                Duration::from_secs(actions.max_age_secs),
-            ),
-            stopping: false,
+        state: Mutex::new(State {
+            queues: Queues::new(Limits::of(config)),
+            in_flight: 0,
+            stopping: None,
         }),
         changed: Condvar::new(),
         reports: Mutex::new(reports),
+        context: Context::new(config),
     });
-    let context = Arc::new(Context::new(config));
-    let threads: Vec<_> = (0..DELIVERY_THREADS)
-        .map(|_| {
-            let (shared, context) = (shared.clone(), context.clone());
-            std::thread::spawn(move || deliver_until_stopped(&shared, &context))
-        })
-        .collect();
+    let scheduler = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || schedule_until_stopped(&shared))
+            .context("cannot start the runner's scheduler")?
+    };
     info!("action runner ready");
     receive_jobs(channel, &shared);
-    for thread in threads {
-        let _ = thread.join();
-    }
-    let left = lock(&shared.queues).queues.drain().len();
+    let _ = scheduler.join();
+    let left = lock(&shared.state).queues.len();
     info!("action runner stopped; {left} firings left to the master's journal");
     Ok(())
 }
 
-/// Reads the master's messages until `Stop` or a closed channel, then says stop.
+/// Reads the master's messages until `Stop`, `Retire` or a closed channel, then says stop.
 fn receive_jobs(mut channel: UnixStream, shared: &Shared) {
     let mut buffer = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
-    'read: loop {
+    let stopping = 'read: loop {
         let n = match channel.read(&mut chunk) {
-            Ok(0) => break,
+            Ok(0) => break Stopping::DueNow,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 warn!("cannot read from the master: {e}");
-                break;
+                break Stopping::DueNow;
             }
         };
         buffer.extend_from_slice(&chunk[..n]);
@@ -152,7 +139,9 @@ fn receive_jobs(mut channel: UnixStream, shared: &Shared) {
                     Ok(job) => enqueue(shared, job),
                     Err(e) => warn!("unreadable job from the master: {e}"),
                 },
-                Ok(Some(ToRunner::Stop)) => break 'read,
+                Ok(Some(ToRunner::Forget { ids })) => forget(shared, ids),
+                Ok(Some(ToRunner::Stop)) => break 'read Stopping::DueNow,
+                Ok(Some(ToRunner::Retire)) => break 'read Stopping::InFlightOnly,
                 Ok(Some(ToRunner::ReopenLogs)) => match logging::reopen() {
                     Ok(()) => info!("reopened log files"),
                     Err(e) => warn!("cannot reopen log files: {e:#}"),
@@ -160,84 +149,159 @@ fn receive_jobs(mut channel: UnixStream, shared: &Shared) {
                 Ok(None) => break,
                 Err(e) => {
                     warn!("unreadable message from the master: {e}");
-                    break 'read;
+                    break 'read Stopping::DueNow;
                 }
             }
         }
-    }
-    lock(&shared.queues).stopping = true;
+    };
+    lock(&shared.state).stopping = Some(stopping);
     shared.changed.notify_all();
 }
 
 fn enqueue(shared: &Shared, job: Job) {
-    let pushed_out = lock(&shared.queues).queues.submit(job, Instant::now());
-    shared.changed.notify_one();
+    let pushed_out = lock(&shared.state).queues.submit(job, Instant::now());
+    shared.changed.notify_all();
     if let Some(settled) = pushed_out {
-        report(shared, settled, Instant::now());
+        report_settled(shared, settled, Instant::now());
     }
 }
 
-/// One delivery thread: takes a due firing from a target with a free slot, delivers it,
-/// files the attempt; waits for the next due time otherwise. Stopping, it leaves once
-/// nothing is due now.
-fn deliver_until_stopped(shared: &Shared, context: &Context) {
+fn forget(shared: &Shared, ids: Vec<Uuid>) {
+    let ids: HashSet<Uuid> = ids.into_iter().collect();
+    let forgotten = lock(&shared.state).queues.forget(&ids);
+    debug!(
+        "forgot {forgotten} waiting deliveries of {} settled firings",
+        ids.len()
+    );
+}
+
+/// The scheduler: starts a delivery thread for each firing the queues say is due, beats
+/// the heartbeat, and sleeps until the next retry, delivery end or message. Stopping, it
+/// leaves once no delivery is in flight and none it should start is due.
+fn schedule_until_stopped(shared: &Arc<Shared>) {
+    let mut next_beat = Instant::now();
     loop {
-        let (target, pending) = {
-            let mut state = lock(&shared.queues);
-            loop {
-                let now = Instant::now();
-                if let Some(due) = state.queues.next_due(now) {
-                    break due;
-                }
-                if state.stopping {
-                    return;
-                }
-                state = match state.queues.next_due_at() {
-                    Some(at) => {
-                        let wait = at.saturating_duration_since(now);
-                        shared
-                            .changed
-                            .wait_timeout(state, wait)
-                            .map_or_else(|e| e.into_inner().0, |(state, _)| state)
-                    }
-                    None => shared
-                        .changed
-                        .wait(state)
-                        .unwrap_or_else(|e| e.into_inner()),
-                };
-            }
-        };
-        let attempt = match deliver::deliver(&pending.job, context) {
-            Ok(()) => Attempt::Delivered,
-            Err(Failure::Permanent(why)) => Attempt::Permanent(why),
-            Err(Failure::Transient(why)) => {
-                warn!(
-                    "watcher `{}`: attempt {} failed: {why}; retrying",
-                    pending.job.firing.watcher,
-                    pending.attempts + 1
-                );
-                Attempt::Transient(why)
-            }
-        };
         let now = Instant::now();
-        let settled = lock(&shared.queues)
+        if now >= next_beat {
+            send(shared, &FromRunner::Heartbeat);
+            next_beat = now + HEARTBEAT_INTERVAL;
+        }
+        let mut state = lock(&shared.state);
+        let room = match state.stopping {
+            Some(Stopping::InFlightOnly) => 0,
+            _ => MAX_IN_FLIGHT - state.in_flight,
+        };
+        let due = state.queues.take_due(now, room);
+        state.in_flight += due.len();
+        if due.is_empty() && state.in_flight == 0 && state.stopping.is_some() {
+            return;
+        }
+        if !due.is_empty() {
+            drop(state);
+            for (target, pending) in due {
+                start_delivery(shared, target, pending);
+            }
+            continue;
+        }
+        let wake_at = state
             .queues
-            .finished(&target, pending, attempt, now);
-        shared.changed.notify_all();
-        if let Some(settled) = settled {
-            report(shared, settled, now);
+            .next_due_at()
+            .map_or(next_beat, |at| at.min(next_beat));
+        let wait = wake_at.saturating_duration_since(now);
+        drop(
+            shared
+                .changed
+                .wait_timeout(state, wait)
+                .map_or_else(|e| e.into_inner().0, |(state, _)| state),
+        );
+    }
+}
+
+/// A thread for one delivery. The firing is handed over once the thread runs, so that
+/// one that cannot be started leaves it here: a failed attempt, retried later.
+fn start_delivery(shared: &Arc<Shared>, target: String, pending: Pending) {
+    let (hand, take) = std::sync::mpsc::sync_channel::<Pending>(1);
+    let thread_shared = shared.clone();
+    let thread_target = target.clone();
+    let started = std::thread::Builder::new()
+        .name("delivery".into())
+        .spawn(move || {
+            if let Ok(pending) = take.recv() {
+                deliver_one(&thread_shared, &thread_target, pending);
+            }
+        });
+    match started {
+        Ok(_) => {
+            // The thread holds the receiver until it has the firing: this cannot fail.
+            let _ = hand.send(pending);
+        }
+        Err(e) => {
+            let why = format!("cannot start a delivery thread: {e}");
+            warn!("{target}: {why}");
+            finish(shared, &target, pending, Attempt::Transient(why));
         }
     }
 }
 
-fn report(shared: &Shared, settled: Settled, now: Instant) {
-    let (pending, result, reason, detail) = match settled {
+/// Delivers one firing, reports a failed attempt, and files the attempt.
+fn deliver_one(shared: &Shared, target: &str, pending: Pending) {
+    let action = ActionKind::of(&pending.job.action);
+    let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        deliver::deliver(&pending.job, &shared.context)
+    }));
+    let attempt = match delivered.unwrap_or_else(|_| {
+        Err(Failure::Permanent(
+            ErrorClass::Other,
+            "the delivery panicked".into(),
+        ))
+    }) {
+        Ok(()) => Attempt::Delivered,
+        Err(failure) => {
+            send(
+                shared,
+                &FromRunner::AttemptFailed {
+                    action,
+                    error: failure.class(),
+                },
+            );
+            match failure {
+                Failure::Permanent(_, why) => Attempt::Permanent(why),
+                Failure::Transient(_, why) => {
+                    warn!(
+                        "watcher `{}`: {target}: attempt {} failed: {why}; retrying",
+                        pending.job.firing.watcher,
+                        pending.attempts + 1
+                    );
+                    Attempt::Transient(why)
+                }
+            }
+        }
+    };
+    finish(shared, target, pending, attempt);
+}
+
+/// Frees the delivery's slot, files its attempt, and reports what it settled.
+fn finish(shared: &Shared, target: &str, pending: Pending, attempt: Attempt) {
+    let now = Instant::now();
+    let settled = {
+        let mut state = lock(&shared.state);
+        state.in_flight -= 1;
+        state.queues.finished(target, pending, attempt, now)
+    };
+    shared.changed.notify_all();
+    if let Some(settled) = settled {
+        report_settled(shared, settled, now);
+    }
+}
+
+fn report_settled(shared: &Shared, settled: Settled, now: Instant) {
+    let (pending, result, detail) = match settled {
         Settled::Delivered(p) => {
             let detail = format!("attempt {}", p.attempts);
-            (p, Delivery::Delivered, "", detail)
+            (p, Delivery::Delivered, detail)
         }
-        Settled::Failed(p, why) => (p, Delivery::Failed, "", why),
-        Settled::Dropped(p, reason, why) => (p, Delivery::Dropped, reason, why),
+        Settled::Failed(p, why) => (p, Delivery::Failed, why),
+        Settled::Dropped(p, reason, why) => (p, Delivery::Dropped(reason), why),
     };
     let Pending {
         job,
@@ -247,14 +311,17 @@ fn report(shared: &Shared, settled: Settled, now: Instant) {
     } = pending;
     let outcome = Outcome {
         ids,
-        watcher: job.firing.watcher.clone(),
-        action: deliver::kind(&job.action).to_string(),
+        action: ActionKind::of(&job.action),
+        watcher: job.firing.watcher,
         result,
-        reason: reason.to_string(),
         detail,
         latency_secs: now.duration_since(received_at).as_secs_f64(),
     };
-    let written = ipc::encode(&outcome).and_then(|frame| lock(&shared.reports).write_all(&frame));
+    send(shared, &FromRunner::Settled(outcome));
+}
+
+fn send(shared: &Shared, message: &FromRunner) {
+    let written = ipc::encode(message).and_then(|frame| lock(&shared.reports).write_all(&frame));
     if let Err(e) = written {
         warn!("cannot report to the master: {e}");
     }

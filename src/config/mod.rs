@@ -214,6 +214,9 @@ pub struct Actions {
     /// A firing still undelivered this long after it was made is dropped.
     #[serde(deserialize_with = "within::<_, _, 1, WEEK>")]
     pub max_age_secs: u64,
+    /// Deliveries to one target (an origin, the SMTP relay, a command) at the same time.
+    #[serde(deserialize_with = "within::<_, _, 1, 64>")]
+    pub max_in_flight_per_target: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -323,6 +326,7 @@ impl Default for Actions {
             webhook_deny: Destinations::default().webhook_deny,
             retry_max_interval_secs: 300,
             max_age_secs: HOUR,
+            max_in_flight_per_target: 4,
         }
     }
 }

@@ -3,7 +3,11 @@
 //! without ever waiting on it, reads the runner's outcomes, and keeps a runner up (paced
 //! after a quick death). A runner that starts is handed everything the journal holds, so
 //! what a dead runner or a stopped master left undelivered goes out with its first id.
-//! A runner that stops reading is killed: the master never buffers for it without bound.
+//! A runner that stops reading, or whose heartbeat stops (`workers.heartbeat_timeout_secs`),
+//! is killed and replaced: the master never buffers for it without bound, and a frozen
+//! runner holds no alert longer than the timeout. A watcher deleted or changed takes its
+//! pending firings with it (dropped, `watcher_deleted`); a new `[smtp]` or `[actions]`
+//! retires the runner for one started with it.
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -11,10 +15,13 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use nix::unistd::Pid;
 
-use super::Master;
-use super::journal::Journal;
-use crate::action::{self, Delivery, Outcome, ToRunner};
+use super::journal::{self, Journal};
+use super::{Master, setup};
+use crate::action::{ActionKind, Delivery, DropReason, FromRunner, Outcome, ToRunner};
 use crate::child::{self, Child, Role};
+use crate::config::Config;
+use crate::metrics::Totals;
+use crate::registry::Registry;
 use crate::watch::store::Second;
 use crate::watch::{CountBatch, Job};
 
@@ -29,6 +36,8 @@ const MAX_UNREAD_BYTES: usize = 64 * 1024 * 1024;
 pub(super) struct Actions {
     pub runner: Option<Child>,
     respawn_at: Option<Instant>,
+    /// When the runner last said anything (its heartbeat, at least).
+    heard_at: Instant,
     pub journal: Journal,
 }
 
@@ -37,9 +46,35 @@ impl Actions {
         Actions {
             runner: None,
             respawn_at: None,
+            heard_at: Instant::now(),
             journal,
         }
     }
+}
+
+/// Opens the journal of pending firings, checked against the registry and rules that
+/// hold now (security.md: the state dir is a client); what it refuses is counted as
+/// dropped in `totals`.
+pub(super) fn open_journal(
+    config: &Config,
+    registry: &Registry,
+    totals: &mut Totals,
+) -> anyhow::Result<Journal> {
+    let destinations = config.destinations();
+    let (journal, refused) = Journal::open(
+        &setup::journal_path(config),
+        config.watchers.action_queue,
+        |job| journal::refusal(job, registry, &destinations),
+    )?;
+    for (job, reason, _) in refused {
+        count_drop(totals, &job, reason);
+    }
+    Ok(journal)
+}
+
+/// A journaled firing the master gives up itself.
+fn count_drop(totals: &mut Totals, job: &Job, reason: DropReason) {
+    totals.record_outcome(ActionKind::of(&job.action), Delivery::Dropped(reason), 1);
 }
 
 impl Master {
@@ -83,12 +118,33 @@ impl Master {
                 "watcher `{}`: firing dropped, {} firings already wait for delivery",
                 oldest.firing.watcher, self.config.watchers.action_queue
             );
-            let action = action::deliver::kind(&oldest.action);
-            self.totals
-                .record_outcome(action, Delivery::Dropped.name(), oldest.firing.firings);
-            self.totals.record_drop("queue_full", oldest.firing.firings);
+            count_drop(&mut self.totals, &oldest, DropReason::QueueFull);
         }
         self.hand_to_runner(&job);
+    }
+
+    /// Settles the pending firings of watchers deleted or changed since they fired
+    /// (watchers.md): dropped, counted, and forgotten by the runner, never delivered.
+    /// After every change of the registry the master adopts.
+    pub(super) fn settle_orphaned_firings(&mut self) {
+        let orphans = self.actions.journal.settle_orphans(&self.registry);
+        if orphans.is_empty() {
+            return;
+        }
+        let watchers: std::collections::BTreeSet<&str> =
+            orphans.iter().map(|j| j.firing.watcher.as_str()).collect();
+        warn!(
+            "{} pending firings dropped: their watchers were deleted or changed ({})",
+            orphans.len(),
+            watchers.into_iter().collect::<Vec<_>>().join(", ")
+        );
+        for job in &orphans {
+            count_drop(&mut self.totals, job, DropReason::WatcherDeleted);
+        }
+        let ids = orphans.iter().map(|j| j.firing.id).collect();
+        if let Some(runner) = self.actions.runner.as_mut() {
+            runner.send(&ToRunner::Forget { ids });
+        }
     }
 
     fn hand_to_runner(&mut self, job: &Job) {
@@ -139,32 +195,62 @@ impl Master {
         master_fds.push(self.listener.as_raw_fd());
         let config = self.config.clone();
         let runner = child::fork_child(Role::ActionRunner, &master_fds, |channel| {
-            action::serve(&config, channel)
+            crate::action::serve(&config, channel)
         })?;
         self.actions.runner = Some(runner);
+        self.actions.heard_at = Instant::now();
         Ok(())
     }
 
-    pub(super) fn record_outcome(&mut self, outcome: Outcome) {
+    pub(super) fn on_runner_message(&mut self, message: FromRunner) {
+        self.actions.heard_at = Instant::now();
+        match message {
+            FromRunner::Heartbeat => {}
+            FromRunner::AttemptFailed { action, error } => {
+                self.totals.record_failed_attempt(action, error);
+            }
+            FromRunner::Settled(outcome) => self.record_outcome(outcome),
+        }
+    }
+
+    /// Firings the runner settled; those the master settled first (their watcher went)
+    /// are neither counted nor logged again.
+    fn record_outcome(&mut self, outcome: Outcome) {
+        let firings = self.actions.journal.done(&outcome.ids);
+        if firings == 0 {
+            return;
+        }
         let message = format!(
             "watcher `{}`: {} action {}: {}",
             outcome.watcher,
-            outcome.action,
+            outcome.action.name(),
             outcome.result.name(),
             outcome.detail
         );
         match outcome.result {
             Delivery::Delivered => info!("{message}"),
-            Delivery::Failed | Delivery::Dropped => warn!("{message}"),
+            Delivery::Failed | Delivery::Dropped(_) => warn!("{message}"),
         }
-        self.actions.journal.done(&outcome.ids);
-        let firings = outcome.ids.len() as u64;
         self.totals
-            .record_outcome(&outcome.action, outcome.result.name(), firings);
-        match outcome.result {
-            Delivery::Dropped => self.totals.record_drop(&outcome.reason, firings),
-            Delivery::Delivered => self.totals.record_delivery_latency(outcome.latency_secs),
-            Delivery::Failed => {}
+            .record_outcome(outcome.action, outcome.result, firings);
+        if outcome.result == Delivery::Delivered {
+            self.totals.record_delivery_latency(outcome.latency_secs);
+        }
+    }
+
+    /// On the tick: a runner silent for `workers.heartbeat_timeout_secs` is frozen or
+    /// deadlocked; it is killed, and the next one gets its firings from the journal.
+    pub(super) fn kill_hung_runner(&mut self, now: Instant) {
+        let timeout = self.config.workers.heartbeat_timeout();
+        let silent = now.duration_since(self.actions.heard_at);
+        if silent <= timeout {
+            return;
+        }
+        if let Some(runner) = self.actions.runner.as_mut() {
+            runner.kill(
+                "it hung",
+                &format!("no heartbeat for {}s", silent.as_secs()),
+            );
         }
     }
 
@@ -188,6 +274,15 @@ impl Master {
     pub(super) fn stop_runner(&mut self, why: &str) {
         if let Some(runner) = self.actions.runner.as_mut() {
             runner.stop(&ToRunner::Stop, why);
+        }
+    }
+
+    /// A reload changed what the runner was started with: it finishes the deliveries
+    /// under way and exits; the next one, with the new configuration, gets the rest from
+    /// the journal (a runner reads its configuration once, after the fork).
+    pub(super) fn retire_runner(&mut self, why: &str) {
+        if let Some(runner) = self.actions.runner.as_mut() {
+            runner.stop(&ToRunner::Retire, why);
         }
     }
 }

@@ -116,6 +116,7 @@ impl Master {
         debug!("registry: {kind} applied (version {})", next.version);
         self.registry = next;
         self.watch.sync(&self.registry);
+        self.settle_orphaned_firings();
         self.push_registry();
         Ok(())
     }

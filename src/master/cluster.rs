@@ -600,6 +600,7 @@ impl Master {
         info!("registry: version {version} adopted from the cluster");
         self.registry = registry;
         self.watch.sync(&self.registry);
+        self.settle_orphaned_firings();
         self.push_registry();
     }
 

@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 
 use super::Master;
 use super::signals::Requested;
-use crate::action::Outcome;
+use crate::action::FromRunner;
 use crate::child::Role;
 use crate::ipc::WorkerMessage;
 
@@ -112,8 +112,8 @@ impl Master {
         let Some(runner) = self.actions.runner.as_mut().filter(|r| r.pid == pid) else {
             return;
         };
-        for outcome in runner.exchange::<Outcome>(events) {
-            self.record_outcome(outcome);
+        for message in runner.exchange::<FromRunner>(events) {
+            self.on_runner_message(message);
         }
     }
 

@@ -173,6 +173,7 @@ impl Master {
         logging::hand_over(&config.workers.privileges)?;
         logging::prepare_access_log(&config)?;
         let registry = setup::load_registry(&config)?;
+        let mut totals = Totals::default();
         let (store, journal) = match succession {
             Some(_) => (
                 MemoryStore::new(config.watchers.max_keys),
@@ -183,10 +184,7 @@ impl Master {
             ),
             None => (
                 MemoryStore::load(&setup::counters_path(&config), config.watchers.max_keys)?,
-                journal::Journal::open(
-                    &setup::journal_path(&config),
-                    config.watchers.action_queue,
-                )?,
+                actions::open_journal(&config, &registry, &mut totals)?,
             ),
         };
         let mut watch = Watch::new(Box::new(store));
@@ -228,7 +226,7 @@ impl Master {
             reload_in_progress: false,
             registry,
             held_answers: HeldAnswers::default(),
-            totals: Totals::default(),
+            totals,
             watch,
             actions: Actions::new(journal),
             snapshots: Snapshots::default(),

@@ -8,6 +8,7 @@ use log::{error, info, warn};
 
 use super::{Master, Phase, setup};
 use crate::action::ToRunner;
+use crate::config::{Actions, Config, Privileges, Smtp};
 use crate::ipc::MasterMessage;
 use crate::logging::{self, Sink};
 use crate::notify;
@@ -44,6 +45,7 @@ impl Master {
     fn apply_new_config(&mut self) -> anyhow::Result<()> {
         let mut new = self.source.load()?;
         let old = &self.config;
+        let runner_changed = runner_settings(&new) != runner_settings(old);
         if new.daemon.state_dir != old.daemon.state_dir
             || new.daemon.pidfile != old.daemon.pidfile
             || new.daemon.control_socket != old.daemon.control_socket
@@ -77,6 +79,7 @@ impl Master {
             registry.save(&setup::registry_path(&new))?;
             self.registry = registry;
             self.watch.sync(&self.registry);
+            self.settle_orphaned_firings();
             self.push_registry();
         }
         self.watch.set_max_keys(new.watchers.max_keys);
@@ -88,6 +91,9 @@ impl Master {
         self.pool.clamp_target(new.workers.min, new.workers.max);
         self.tls = tls;
         self.config = new;
+        if runner_changed {
+            self.retire_runner("[smtp], [actions] or watchers.action_queue changed");
+        }
         Ok(())
     }
 
@@ -106,4 +112,14 @@ impl Master {
             runner.send(&ToRunner::ReopenLogs);
         }
     }
+}
+
+/// What the action runner reads from the configuration when it starts.
+fn runner_settings(config: &Config) -> (&Smtp, &Actions, usize, &Privileges) {
+    (
+        &config.smtp,
+        &config.actions,
+        config.watchers.action_queue,
+        &config.workers.privileges,
+    )
 }

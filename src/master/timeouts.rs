@@ -1,5 +1,5 @@
 //! What the master enforces on its once-a-second tick (gunicorn's `murder_workers`): a
-//! worker silent past `heartbeat_timeout_secs` is hung, any child still draining past
+//! worker (or the action runner, `actions.rs`) silent past `heartbeat_timeout_secs` is hung, any child still draining past
 //! `graceful_timeout_secs` is overdue, both are killed; a crash loop ends once a worker
 //! stays up; the dynamic pool grows when every worker is busy and shrinks when one idles.
 //!
@@ -17,6 +17,7 @@ impl Master {
     pub(super) fn enforce_timeouts(&mut self) {
         let now = Instant::now();
         self.kill_hung_workers(now);
+        self.kill_hung_runner(now);
         self.kill_overdue_children(now);
         self.enforce_upgrade_deadline(now);
         let spawn_times: Vec<Instant> = self.pool.iter().map(|w| w.child.spawned_at).collect();

@@ -34,7 +34,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use socket2::Socket;
 
-use super::journal::Journal;
+use super::actions::open_journal;
 use super::{Master, Phase, setup};
 use crate::child::{self, Child, Role};
 use crate::config;
@@ -367,10 +367,7 @@ impl Master {
         self.watch.sync(&self.registry);
         self.take_restored_counts();
         self.push_registry();
-        self.actions.journal = Journal::open(
-            &setup::journal_path(&self.config),
-            self.config.watchers.action_queue,
-        )?;
+        self.actions.journal = open_journal(&self.config, &self.registry, &mut self.totals)?;
         let (counts, changes) = (
             succession.deferred_counts.len(),
             succession.deferred_changes.len(),

@@ -121,6 +121,11 @@ pub struct Firing {
 pub struct Job {
     pub firing: Firing,
     pub action: Action,
+    /// The registry id of the watcher that fired: a job outlives neither its watcher nor
+    /// a change to it (a changed watcher gets a new id). Nil in journals written before
+    /// it was kept.
+    #[serde(default)]
+    pub watcher_id: Uuid,
 }
 
 #[cfg(test)]
@@ -144,6 +149,7 @@ impl Job {
                 degraded: false,
             },
             action,
+            watcher_id: Uuid::nil(),
         }
     }
 }
@@ -279,6 +285,7 @@ impl Watch {
         Some(Job {
             firing,
             action: spec.action.clone(),
+            watcher_id: crossing.watcher,
         })
     }
 
@@ -325,6 +332,7 @@ impl Watch {
         Some(Job {
             firing: firing(&watched.event, spec, key, count),
             action: spec.action.clone(),
+            watcher_id: id,
         })
     }
 

@@ -338,6 +338,17 @@ impl Drop for Daemon {
     }
 }
 
+/// The child of `parent` whose process name is `name` (`eventsd-action`, `eventsd`).
+pub fn child_named(parent: Pid, name: &str) -> Option<Pid> {
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        let ppid: i32 = rest.split(' ').nth(1)?.parse().ok()?;
+        (ppid == parent.as_raw() && comm == name).then(|| Pid::from_raw(pid))
+    })
+}
+
 /// Whether `pid` is gone (or a zombie nobody reaped, which the caller may check apart).
 pub fn process_state(pid: Pid) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

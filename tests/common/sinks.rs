@@ -1,7 +1,9 @@
 //! Real protocol peers for action tests, on loopback in the test process: an SMTP server
-//! that records the mails it accepts, and an HTTP server that records the requests it
-//! gets (optionally answering late).
+//! that records the mails it accepts (refusing some recipients with the code a test
+//! gives), and an HTTP server that records the requests it gets (optionally answering
+//! late, or with the status a test gives for a path).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -18,20 +20,47 @@ pub struct Mail {
 pub struct SmtpSink {
     pub address: SocketAddr,
     pub mails: Arc<Mutex<Vec<Mail>>>,
+    /// Every recipient refused, each time it was.
+    pub refused: Arc<Mutex<Vec<String>>>,
 }
 
 impl SmtpSink {
     pub fn start() -> SmtpSink {
-        let (address, mails) = serve("127.0.0.1:0".parse().unwrap(), smtp_session);
-        SmtpSink { address, mails }
+        SmtpSink::answering(&[])
+    }
+
+    /// A sink that answers `RCPT TO` of each listed address with its code (450: greylisted).
+    pub fn answering(codes: &[(&str, u16)]) -> SmtpSink {
+        let codes: HashMap<String, u16> = codes
+            .iter()
+            .map(|(address, code)| (format!("<{address}>"), *code))
+            .collect();
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let noted = refused.clone();
+        let (address, mails) = serve("127.0.0.1:0".parse().unwrap(), move |stream| {
+            smtp_session(stream, &codes, &noted)
+        });
+        SmtpSink {
+            address,
+            mails,
+            refused,
+        }
     }
 
     pub fn mails(&self) -> Vec<Mail> {
         self.mails.lock().unwrap().clone()
     }
+
+    pub fn refused(&self) -> Vec<String> {
+        self.refused.lock().unwrap().clone()
+    }
 }
 
-fn smtp_session(stream: TcpStream) -> Option<Mail> {
+fn smtp_session(
+    stream: TcpStream,
+    codes: &HashMap<String, u16>,
+    refused: &Mutex<Vec<String>>,
+) -> Option<Mail> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
@@ -55,9 +84,17 @@ fn smtp_session(stream: TcpStream) -> Option<Mail> {
             mail.from = command[command.len() - from.len()..].trim().to_string();
             say("250 ok").ok()?;
         } else if let Some(to) = upper.strip_prefix("RCPT TO:") {
-            mail.to
-                .push(command[command.len() - to.len()..].trim().to_string());
-            say("250 ok").ok()?;
+            let to = command[command.len() - to.len()..].trim().to_string();
+            match codes.get(&to) {
+                Some(code) => {
+                    say(&format!("{code} not now")).ok()?;
+                    refused.lock().unwrap().push(to);
+                }
+                None => {
+                    say("250 ok").ok()?;
+                    mail.to.push(to);
+                }
+            }
         } else if upper == "DATA" {
             say("354 go on").ok()?;
             let mut data = String::new();
@@ -86,7 +123,8 @@ pub struct Received {
     pub body: String,
 }
 
-/// An HTTP server that answers 200 to every request, after `delay`, and keeps them.
+/// An HTTP server that keeps every request it reads, and answers it after `delay`: 200,
+/// or the status given for its path.
 pub struct HttpSink {
     pub address: SocketAddr,
     pub requests: Arc<Mutex<Vec<Received>>>,
@@ -99,8 +137,32 @@ impl HttpSink {
 
     /// A sink on `address`: a target that was down (`dead_address`) comes up.
     pub fn start_on(address: SocketAddr, delay: Duration) -> HttpSink {
-        let (address, requests) = serve(address, move |stream| http_exchange(stream, delay));
+        HttpSink::serve(address, delay, HashMap::new())
+    }
+
+    /// A sink that answers each listed path with its status, any other with 200.
+    pub fn answering(statuses: &[(&str, u16)]) -> HttpSink {
+        let statuses = statuses
+            .iter()
+            .map(|(path, status)| (path.to_string(), *status))
+            .collect();
+        HttpSink::serve("127.0.0.1:0".parse().unwrap(), Duration::ZERO, statuses)
+    }
+
+    fn serve(address: SocketAddr, delay: Duration, statuses: HashMap<String, u16>) -> HttpSink {
+        let (address, requests) = serve(address, move |stream| {
+            http_exchange(stream, delay, &statuses)
+        });
         HttpSink { address, requests }
+    }
+
+    /// The requests to `path`.
+    pub fn requests_to(&self, path: &str) -> usize {
+        let line = format!("POST {path} ");
+        self.requests()
+            .iter()
+            .filter(|r| r.head.starts_with(&line))
+            .count()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -112,7 +174,11 @@ impl HttpSink {
     }
 }
 
-fn http_exchange(mut stream: TcpStream, delay: Duration) -> Option<Received> {
+fn http_exchange(
+    mut stream: TcpStream,
+    delay: Duration,
+    statuses: &HashMap<String, u16>,
+) -> Option<Received> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
@@ -139,14 +205,16 @@ fn http_exchange(mut stream: TcpStream, delay: Duration) -> Option<Received> {
         .unwrap_or(0);
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body).ok()?;
+    let path = head.split(' ').nth(1).unwrap_or("");
+    let status = statuses.get(path).copied().unwrap_or(200);
     let received = Received {
         head,
         body: String::from_utf8_lossy(&body).into_owned(),
     };
     std::thread::sleep(delay);
-    stream
-        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        .ok()?;
+    let answer =
+        format!("HTTP/1.1 {status} Status\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    stream.write_all(answer.as_bytes()).ok()?;
     Some(received)
 }
 
@@ -154,15 +222,16 @@ fn http_exchange(mut stream: TcpStream, delay: Duration) -> Option<Received> {
 /// and keeps what it returns.
 fn serve<T: Send + 'static>(
     address: SocketAddr,
-    exchange: impl Fn(TcpStream) -> Option<T> + Send + Copy + 'static,
+    exchange: impl Fn(TcpStream) -> Option<T> + Send + Sync + 'static,
 ) -> (SocketAddr, Arc<Mutex<Vec<T>>>) {
     let listener = TcpListener::bind(address).unwrap();
     let address = listener.local_addr().unwrap();
     let kept = Arc::new(Mutex::new(Vec::new()));
     let shared = kept.clone();
+    let exchange = Arc::new(exchange);
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let shared = shared.clone();
+            let (shared, exchange) = (shared.clone(), exchange.clone());
             std::thread::spawn(move || {
                 if let Some(item) = exchange(stream) {
                     shared.lock().unwrap().push(item);
@@ -177,4 +246,35 @@ fn serve<T: Send + 'static>(
 pub fn dead_address() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
+}
+
+/// A target that accepts connections and never answers (a hung webhook): it holds each
+/// one open, unread, until the test ends.
+pub struct SilentSink {
+    pub address: SocketAddr,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl SilentSink {
+    pub fn start() -> SilentSink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let holding = held.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                holding.lock().unwrap().push(stream);
+            }
+        });
+        SilentSink { address, held }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
 }
