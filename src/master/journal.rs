@@ -349,7 +349,7 @@ mod tests {
     /// A registry with one watcher registered over HTTP, `hook`, on `logins`.
     fn registry_with_hook() -> (Registry, Job) {
         let mut registry = Registry::default();
-        let (local, rules) = (Origin { loopback: true }, Rules::default());
+        let (local, rules) = (Origin::LOCAL, Rules::default());
         let event = Change::CreateEvent {
             body: br#"{"type": "logins"}"#.to_vec(),
         };
@@ -417,7 +417,7 @@ mod tests {
             name: "hook".into(),
         };
         registry
-            .apply(&delete, Origin { loopback: true }, &Rules::default())
+            .apply(&delete, Origin::LOCAL, &Rules::default())
             .unwrap();
         let orphans = journal.settle_orphans(&registry);
         assert_eq!(orphans, [job]);
