@@ -458,6 +458,7 @@ impl Config {
             webhook_allow: self.actions.webhook_allow.clone(),
             webhook_deny: self.actions.webhook_deny.clone(),
             mail_domains: self.smtp.allowed_domains.clone(),
+            own_listener: Some(self.server.listen),
         }
     }
 

@@ -5,6 +5,7 @@
 //! copies pushed by the master. A change is applied to a copy first: a refused or failed
 //! change leaves the registry as it was. This module does no I/O beyond its state file.
 
+pub mod address;
 mod rules;
 pub mod spec;
 
@@ -16,7 +17,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use rules::{DEFAULT_WEBHOOK_DENY, Destinations, Rules, webhook_host};
+pub use rules::{DEFAULT_WEBHOOK_DENY, Destinations, Rules};
 pub use spec::{Action, Aggregator, Appender, CollectorSpec, EventDeclaration, Name, WatcherSpec};
 use spec::{EventSpec, from_json};
 

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::address::WebhookUrl;
+
 /// An event type, collector or watcher name: `^[a-zA-Z][a-zA-Z0-9_-]{1,127}$`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -325,8 +327,11 @@ fn mail_subject<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     short_text(d, "subject", MAX_SUBJECT_BYTES)
 }
 
-/// Header names are HTTP tokens; values hold no CR, LF, NUL or other control character
-/// (a header that smuggles a line into the request is refused, not cleaned).
+/// Header names are HTTP tokens, and none that frames or routes the request (eventsd
+/// and its HTTP client write those: a client's `Content-Length` could make every
+/// delivery unsendable, its `Host` route it elsewhere); values hold no CR, LF, NUL or
+/// other control character (a header that smuggles a line into the request is refused,
+/// not cleaned).
 fn http_headers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     let headers = BTreeMap::<String, String>::deserialize(d).map_err(|e| named("headers", e))?;
     if headers.len() > MAX_HEADERS {
@@ -344,6 +349,11 @@ fn http_headers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Stri
                 name.escape_debug()
             )));
         }
+        if is_framing_header(name) {
+            return Err(D::Error::custom(format!(
+                "`headers`: `{name}` frames or routes the request; eventsd sets it itself"
+            )));
+        }
         if value.len() > MAX_HEADER_VALUE_BYTES
             || value.chars().any(|c| c.is_control() && c != '\t')
         {
@@ -356,6 +366,25 @@ fn http_headers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Stri
     Ok(headers)
 }
 
+/// Header names that say how the request is framed or where it goes (security.md).
+const FRAMING_HEADERS: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "expect",
+    "trailer",
+];
+
+fn is_framing_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    FRAMING_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-")
+}
+
+/// An absolute http(s) URL with a host, as the HTTP client will read it.
 fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let url = String::deserialize(d).map_err(|e| named("url", e))?;
     if url.len() > MAX_URL_BYTES {
@@ -364,16 +393,12 @@ fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
             url.len()
         )));
     }
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| D::Error::custom(format!("`url`: `{url}` is not an http or https URL")))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(D::Error::custom(format!(
-            "`url`: `{url}` is not a valid URL"
-        )));
-    }
+    let problem = if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err("is not a valid URL")
+    } else {
+        WebhookUrl::parse(&url).map(|_| ())
+    };
+    problem.map_err(|why| D::Error::custom(format!("`url`: `{url}` {why}")))?;
     Ok(url)
 }
 
