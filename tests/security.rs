@@ -712,3 +712,47 @@ fn no_credential_path_or_query_of_a_webhook_in_metrics_the_log_or_fullstatus() {
         }
     }
 }
+
+/// A `registry.json` planted (or written before these rules) with a framing header and
+/// a mapped metadata address: the daemon starts, drops both watchers with a log line,
+/// and neither target hears from it.
+#[test]
+fn a_planted_registry_loses_its_framing_header_and_denied_webhooks() {
+    let metadata = Metadata::start();
+    let sink = common::sinks::HttpSink::start(Duration::ZERO);
+    let mut daemon = Daemon::new(Metadata::DENY);
+    let state = daemon.path("state");
+    std::fs::create_dir(&state).unwrap();
+    let planted = |name: &str, action: serde_json::Value| {
+        serde_json::json!({"id": uuid::Uuid::new_v4(), "spec": {
+            "name": name, "threshold": 1, "aggregator": {"type": "single"}, "action": action}})
+    };
+    let watchers = [
+        planted(
+            "framed",
+            serde_json::json!({"type": "webhook", "url": sink.url("/hook"),
+                "headers": {"Content-Length": "2"}}),
+        ),
+        planted(
+            "mapped",
+            serde_json::json!({"type": "webhook",
+                "url": format!("http://[::ffff:127.0.0.2]:{}/", metadata.address.port())}),
+        ),
+    ];
+    let registry = serde_json::json!({"version": 1, "events": {"logins": {
+        "id": uuid::Uuid::new_v4(), "collectors": [], "watchers": watchers}}});
+    std::fs::write(state.join("registry.json"), registry.to_string()).unwrap();
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+    assert_no_watcher(&daemon);
+    for _ in 0..3 {
+        assert_eq!(daemon.post("/event/logins/", "{}").status, 200);
+    }
+    common::wait_for("the events to be counted", Duration::from_secs(5), || {
+        daemon.metric("eventsd_events_counted_total{type=\"logins\"}") == Some(3)
+    });
+    let log = daemon.log();
+    assert!(log.contains("`Content-Length` frames or routes"), "{log}");
+    assert!(log.contains("actions.webhook_deny"), "{log}");
+    assert!(sink.requests().is_empty() && metadata.reached() == 0);
+}

@@ -110,9 +110,9 @@ impl<R: Resolver> Resolver for CheckedResolver<R> {
 }
 
 pub fn deliver(job: &Job, context: &Context) -> Result<(), Failure> {
-    context
-        .destinations
-        .check_action(&job.action)
+    job.action
+        .check_headers()
+        .and_then(|()| context.destinations.check_action(&job.action))
         .map_err(Failure::Permanent)?;
     match &job.action {
         Action::Null {} => Ok(()),

@@ -287,7 +287,8 @@ impl Registry {
     }
 
     /// Drops every entry registered over HTTP that `rules` would refuse now: a `command`
-    /// action, a file appender outside `file_dirs` or on eventsd's own files. For what
+    /// action, a file appender outside `file_dirs` or on eventsd's own files, a webhook
+    /// to where webhooks may not go or with a header that frames the request. For what
     /// was loaded from disk, which anyone able to write there could have planted. Returns
     /// what was dropped, as messages.
     pub fn drop_forbidden(&mut self, rules: &Rules) -> Vec<String> {
@@ -309,17 +310,15 @@ impl Registry {
                     }
                 }
             });
-            entry.watchers.retain(|w| {
-                let command = matches!(w.spec.action, Action::Command { .. });
-                if command && !w.declared {
-                    dropped.push(format!(
-                        "watcher `{}` of `{event}`: a `command` action, which only the config \
-                         file may declare",
-                        w.spec.name
-                    ));
-                }
-                !command || w.declared
-            });
+            entry
+                .watchers
+                .retain(|w| match forbidden_watcher(&w.spec.action, rules) {
+                    Some(why) if !w.declared => {
+                        dropped.push(format!("watcher `{}` of `{event}`: {why}", w.spec.name));
+                        false
+                    }
+                    _ => true,
+                });
         }
         if !dropped.is_empty() {
             self.version += 1;
@@ -356,6 +355,17 @@ impl Registry {
             .get_mut(event)
             .ok_or_else(|| not_registered(event))
     }
+}
+
+/// Why a client's watcher with `action` would be refused now, if it would.
+fn forbidden_watcher(action: &Action, rules: &Rules) -> Option<String> {
+    if matches!(action, Action::Command { .. }) {
+        return Some("a `command` action, which only the config file may declare".to_string());
+    }
+    action
+        .check_headers()
+        .and_then(|()| rules.destinations.check_action(action))
+        .err()
 }
 
 /// Adds the declared `specs` to `entries`, keeping the id of an entry declared the same

@@ -227,6 +227,9 @@ impl Rules {
             "watchers on an event type",
             "watchers.max_per_type",
         )?;
+        spec.action
+            .check_headers()
+            .map_err(|message| format!("Invalid `action`: {message}"))?;
         if let Some(max) = spec.cooldown_max_secs {
             if spec.cooldown_secs.is_none_or(|base| max < base) {
                 return Err(format!(

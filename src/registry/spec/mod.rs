@@ -327,11 +327,9 @@ fn mail_subject<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     short_text(d, "subject", MAX_SUBJECT_BYTES)
 }
 
-/// Header names are HTTP tokens, and none that frames or routes the request (eventsd
-/// and its HTTP client write those: a client's `Content-Length` could make every
-/// delivery unsendable, its `Host` route it elsewhere); values hold no CR, LF, NUL or
-/// other control character (a header that smuggles a line into the request is refused,
-/// not cleaned).
+/// Header names are HTTP tokens; values hold no CR, LF, NUL or other control character
+/// (a header that smuggles a line into the request is refused, not cleaned). Which
+/// names a webhook may set is `Action::check_headers`' business.
 fn http_headers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     let headers = BTreeMap::<String, String>::deserialize(d).map_err(|e| named("headers", e))?;
     if headers.len() > MAX_HEADERS {
@@ -349,11 +347,6 @@ fn http_headers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Stri
                 name.escape_debug()
             )));
         }
-        if is_framing_header(name) {
-            return Err(D::Error::custom(format!(
-                "`headers`: `{name}` frames or routes the request; eventsd sets it itself"
-            )));
-        }
         if value.len() > MAX_HEADER_VALUE_BYTES
             || value.chars().any(|c| c.is_control() && c != '\t')
         {
@@ -366,7 +359,26 @@ fn http_headers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Stri
     Ok(headers)
 }
 
-/// Header names that say how the request is framed or where it goes (security.md).
+impl Action {
+    /// A webhook sets no header that frames or routes its request (security.md): eventsd
+    /// and its HTTP client write those, and a client's `Content-Length` could make every
+    /// delivery unsendable, its `Host` route it elsewhere. Not a check of the
+    /// deserializer: a `registry.json` written before the rule loads, the watcher that
+    /// breaks it dropped with a message (`Registry::drop_forbidden`).
+    pub fn check_headers(&self) -> Result<(), String> {
+        let Action::Webhook { headers, .. } = self else {
+            return Ok(());
+        };
+        match headers.keys().find(|name| is_framing_header(name)) {
+            Some(name) => Err(format!(
+                "`headers`: `{name}` frames or routes the request; eventsd sets it itself"
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Header names that say how the request is framed or where it goes.
 const FRAMING_HEADERS: [&str; 9] = [
     "host",
     "content-length",
