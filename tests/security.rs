@@ -756,3 +756,28 @@ fn a_planted_registry_loses_its_framing_header_and_denied_webhooks() {
     assert!(log.contains("actions.webhook_deny"), "{log}");
     assert!(sink.requests().is_empty() && metadata.reached() == 0);
 }
+
+/// A declared watcher (the config file is not checked against the deny rules) whose
+/// webhook names eventsd's own port by a name: refused at delivery, where the name
+/// resolves; eventsd never posts the firing to itself.
+#[test]
+fn a_webhook_to_eventsds_own_listener_is_refused_at_delivery() {
+    let mut daemon = Daemon::new("");
+    let declared = format!(
+        "[[event]]\ntype = \"logins\"\n[[event.watcher]]\nname = \"loop\"\nthreshold = 1\n\
+         aggregator = {{ type = \"single\" }}\n\
+         action = {{ type = \"webhook\", url = \"http://localhost:{}/event/echo/\" }}\n\
+         [[event]]\ntype = \"echo\"\n",
+        daemon.port
+    );
+    std::fs::write(&daemon.config, common::config_text(daemon.port, &declared)).unwrap();
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+    for _ in 0..2 {
+        assert_eq!(daemon.post("/event/logins/", "{}").status, 200);
+    }
+    wait_for_failed_webhooks(&daemon, 1);
+    assert!(daemon.log().contains("own listener"));
+    let echoed = daemon.metric("eventsd_events_counted_total{type=\"echo\"}");
+    assert!(echoed.is_none_or(|n| n == 0), "eventsd posted to itself");
+}

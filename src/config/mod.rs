@@ -21,6 +21,7 @@ mod cluster;
 
 pub use cluster::{Cluster, ClusterMode};
 
+use crate::registry::address::WebhookUrl;
 use crate::registry::{Appender, Destinations, EventDeclaration, Rules};
 
 /// The longest path a Unix socket address can hold (`sun_path` minus its NUL).
@@ -398,6 +399,16 @@ impl Config {
                  at least {smallest_key}",
                 watchers.max_key_bytes,
                 watchers.max_fields
+            );
+        }
+        let allow = &self.actions.webhook_allow;
+        if let Some(bad) = allow
+            .iter()
+            .find(|prefix| WebhookUrl::parse(prefix).is_err())
+        {
+            bail!(
+                "actions.webhook_allow: `{bad}` is not an http or https URL prefix \
+                 (like `https://hooks.slack.com/services/`)"
             );
         }
         self.workers.privileges = resolve_privileges(&self.workers)?;
