@@ -1,8 +1,11 @@
 //! Definitions of collectors and watchers as clients send them (JSON bodies) and as the
 //! config file declares them (`[[event]]`): one set of types, one set of checks.
 //!
-//! Every check lives in a deserializer, so that an error names its field (through
-//! `serde_path_to_error` for JSON, toml's own path and line for the config file).
+//! Every check of a value's form lives in a deserializer, so that an error names its
+//! field (through `serde_path_to_error` for JSON, toml's own path and line for the
+//! config file). A rule that a `registry.json` written by an older eventsd may break
+//! (`Action::check_headers`) is a method instead: the registration, the config file
+//! and the load call it, and the load drops the one entry rather than refuse the file.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -151,6 +154,43 @@ pub enum Action {
         )]
         timeout_secs: Option<u64>,
     },
+}
+
+impl Action {
+    /// A webhook sets no header that frames or routes its request (security.md): eventsd
+    /// and its HTTP client write those, and a client's `Content-Length` could make every
+    /// delivery unsendable, its `Host` route it elsewhere. Not a check of the
+    /// deserializer: a `registry.json` written before the rule loads, the watcher that
+    /// breaks it dropped with a message (`Registry::drop_forbidden`).
+    pub fn check_headers(&self) -> Result<(), String> {
+        let Action::Webhook { headers, .. } = self else {
+            return Ok(());
+        };
+        match headers.keys().find(|name| is_framing_header(name)) {
+            Some(name) => Err(format!(
+                "`headers`: `{name}` frames or routes the request; eventsd sets it itself"
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Header names that say how the request is framed or where it goes.
+const FRAMING_HEADERS: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "expect",
+    "trailer",
+];
+
+fn is_framing_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    FRAMING_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-")
 }
 
 /// `[[event]]` in the config file.
@@ -357,43 +397,6 @@ fn http_headers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Stri
         }
     }
     Ok(headers)
-}
-
-impl Action {
-    /// A webhook sets no header that frames or routes its request (security.md): eventsd
-    /// and its HTTP client write those, and a client's `Content-Length` could make every
-    /// delivery unsendable, its `Host` route it elsewhere. Not a check of the
-    /// deserializer: a `registry.json` written before the rule loads, the watcher that
-    /// breaks it dropped with a message (`Registry::drop_forbidden`).
-    pub fn check_headers(&self) -> Result<(), String> {
-        let Action::Webhook { headers, .. } = self else {
-            return Ok(());
-        };
-        match headers.keys().find(|name| is_framing_header(name)) {
-            Some(name) => Err(format!(
-                "`headers`: `{name}` frames or routes the request; eventsd sets it itself"
-            )),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Header names that say how the request is framed or where it goes.
-const FRAMING_HEADERS: [&str; 9] = [
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "te",
-    "upgrade",
-    "expect",
-    "trailer",
-];
-
-fn is_framing_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    FRAMING_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-")
 }
 
 /// An absolute http(s) URL with a host, as the HTTP client will read it.
