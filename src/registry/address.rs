@@ -6,10 +6,11 @@
 //! An address is compared in canonical form: an IPv4-mapped, IPv4-compatible or NAT64
 //! IPv6 address is the IPv4 address it carries, and every numeric spelling the system
 //! resolver accepts for IPv4 (`2852039166`, `0251.0376.0251.0376`, `0xa9fea9fe`,
-//! `169.254.43518`) is the address it spells. Pure functions over text and addresses:
+//! `169.254.43518`) is the address it spells; an unspecified address is loopback, where
+//! a connection to it goes. Pure functions over text and addresses:
 //! nothing here resolves a name or opens a socket.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use http::Uri;
 
@@ -79,7 +80,7 @@ impl Host {
             .and_then(|h| h.strip_suffix(']'))
             .and_then(|h| h.parse::<IpAddr>().ok());
         match v6.or_else(|| numeric_ipv4(host).map(IpAddr::V4)) {
-            Some(address) => Host::Address(canonical(address)),
+            Some(address) => Host::Address(destination(address)),
             None => Host::Name(host.to_string()),
         }
     }
@@ -104,6 +105,16 @@ pub fn canonical(address: IpAddr) -> IpAddr {
         IpAddr::V4(carried)
     } else {
         address
+    }
+}
+
+/// Where a connection to `address` goes: its canonical form, an unspecified address
+/// (`0.0.0.0`, `::`) being loopback, where Linux connects it.
+pub fn destination(address: IpAddr) -> IpAddr {
+    match canonical(address) {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        canonical => canonical,
     }
 }
 
@@ -187,6 +198,14 @@ mod tests {
         ] {
             assert_eq!(host(url), address("169.254.169.254"), "{url}");
         }
+    }
+
+    #[test]
+    fn an_unspecified_address_is_loopback_where_it_connects() {
+        for url in ["http://0.0.0.0/", "http://0/", "http://[::ffff:0.0.0.0]/"] {
+            assert_eq!(host(url), address("127.0.0.1"), "{url}");
+        }
+        assert_eq!(host("http://[::]/"), address("::1"));
     }
 
     #[test]

@@ -8,12 +8,12 @@
 //! paths and addresses (the kernel is asked which addresses are this host's); nothing
 //! here opens or writes a file, or resolves a name.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
-use super::address::{Host, WebhookUrl, canonical};
+use super::address::{Host, WebhookUrl, canonical, destination};
 use super::spec::{Action, Aggregator, EventDeclaration, WatcherSpec, url_without_secrets};
 
 /// Collectors of one event type: each file collector is a descriptor in every worker.
@@ -100,7 +100,7 @@ impl Destinations {
 
     /// An address a webhook would connect to: its URL's, or one its host resolved to.
     pub fn check_webhook_address(&self, address: SocketAddr) -> Result<(), String> {
-        let (written, ip) = (address.ip(), canonical(address.ip()));
+        let (written, ip) = (address.ip(), destination(address.ip()));
         let denied = self
             .webhook_deny
             .iter()
@@ -119,19 +119,14 @@ impl Destinations {
         Ok(())
     }
 
-    /// `address` (canonical) reaches eventsd's listener: the listening address itself
-    /// or, when eventsd listens on every address (`0.0.0.0`, `::`), any address of this
-    /// host, on its port. A connection to an unspecified address goes to loopback.
+    /// `address` (where a connection goes: `destination`) reaches eventsd's listener:
+    /// the listening address itself or, when eventsd listens on every address
+    /// (`0.0.0.0`, `::`), any address of this host, on its port.
     fn is_own_listener(&self, address: SocketAddr) -> bool {
         let Some(listen) = self.own_listener else {
             return false;
         };
-        let listen_ip = canonical(listen.ip());
-        let ip = match address.ip() {
-            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
+        let (listen_ip, ip) = (canonical(listen.ip()), address.ip());
         address.port() == listen.port()
             && (ip == listen_ip || (listen_ip.is_unspecified() && is_this_hosts(ip)))
     }
@@ -398,6 +393,16 @@ mod tests {
         }
         let mapped = SocketAddr::from(([0, 0, 0, 0, 0, 0xffff, 0xa9fe, 0xa9fe], 80));
         assert!(open.check_webhook_address(mapped).is_err(), "as resolved");
+        let no_loopback = Destinations {
+            webhook_deny: vec!["127.0.0.0/8".parse().unwrap()],
+            ..Destinations::default()
+        };
+        for loopback in ["http://0.0.0.0:8080/", "http://0:8080/", "http://127.1/"] {
+            assert!(
+                no_loopback.check_webhook_url(loopback).is_err(),
+                "{loopback}"
+            );
+        }
     }
 
     #[test]
