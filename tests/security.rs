@@ -599,8 +599,10 @@ fn a_redirect_to_a_denied_address_is_not_followed() {
 /// own where `/etc/hosts` maps `metadata.test` to `::ffff:127.0.0.2` (the machine's
 /// file is untouched). Rebinding between a check and a second lookup is shown by the
 /// resolver's unit test (`deliver::tests::the_address_checked_is_the_address_connected_to`):
-/// here the one lookup of a delivery is the one checked.
+/// here the one lookup of a delivery is the one checked. A mount namespace needs root:
+/// run by `.ci/run`.
 #[test]
+#[ignore = "needs root"]
 fn a_name_resolving_to_a_denied_address_at_delivery_reaches_nothing() {
     let metadata = Metadata::start();
     let mut daemon = Daemon::new(Metadata::DENY);
