@@ -436,21 +436,25 @@ fn workers_hold_no_descriptor_of_the_journal() {
     );
 }
 
-/// A listener on a loopback address that `webhook_deny` holds, standing for the cloud
-/// metadata service: counts every connection, answers `answer`.
-struct Metadata {
+/// A listener that counts every connection and answers each with one fixed reply: on
+/// 127.0.0.2, which `DENY` puts in `webhook_deny`, it stands for the cloud metadata
+/// service.
+struct Listener {
     address: std::net::SocketAddr,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl Metadata {
+impl Listener {
     const DENY: &str = "[actions]\nwebhook_deny = [\"127.0.0.2/32\"]\n";
 
-    fn start() -> Metadata {
-        Metadata::answering("127.0.0.2", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    fn metadata() -> Listener {
+        Listener::answering(
+            "127.0.0.2",
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into(),
+        )
     }
 
-    fn answering(ip: &str, answer: &'static str) -> Metadata {
+    fn answering(ip: &str, answer: String) -> Listener {
         use std::io::{Read, Write};
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
@@ -465,7 +469,7 @@ impl Metadata {
                 let _ = stream.write_all(answer.as_bytes());
             }
         });
-        Metadata {
+        Listener {
             address,
             connections,
         }
@@ -504,8 +508,8 @@ fn spellings_of_127_0_0_2(port: u16) -> Vec<String> {
 
 #[test]
 fn a_denied_address_in_any_spelling_is_refused_at_registration() {
-    let metadata = Metadata::start();
-    let daemon = Daemon::run(Metadata::DENY);
+    let metadata = Listener::metadata();
+    let daemon = Daemon::run(Listener::DENY);
     register(&daemon, "logins");
     for url in spellings_of_127_0_0_2(metadata.address.port()) {
         assert_error(
@@ -535,7 +539,7 @@ fn wait_for_failed_webhooks(daemon: &Daemon, count: u64) {
 /// connect to here (mapped IPv6, the numeric IPv4 forms) are the ones that could leak.
 #[test]
 fn a_denied_address_in_any_spelling_is_never_reached_at_delivery() {
-    let metadata = Metadata::start();
+    let metadata = Listener::metadata();
     let urls: Vec<String> = spellings_of_127_0_0_2(metadata.address.port())
         .into_iter()
         .filter(|url| !url.contains("[::7f00") && !url.contains("64:ff9b"))
@@ -552,7 +556,7 @@ fn a_denied_address_in_any_spelling_is_never_reached_at_delivery() {
         .collect();
     let daemon = Daemon::run(&format!(
         "{}[[event]]\ntype = \"logins\"\n{watchers}",
-        Metadata::DENY
+        Listener::DENY
     ));
     for _ in 0..2 {
         assert_eq!(daemon.post("/event/logins/", "{}").status, 200);
@@ -565,17 +569,14 @@ fn a_denied_address_in_any_spelling_is_never_reached_at_delivery() {
 /// failure, logged with the Location's origin only, never followed.
 #[test]
 fn a_redirect_to_a_denied_address_is_not_followed() {
-    let metadata = Metadata::start();
+    let metadata = Listener::metadata();
     let location = format!(
         "http://{}/latest/meta-data/?token=LOCATIONSECRET",
         metadata.address
     );
-    let answer: &'static str = Box::leak(
-        format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n")
-            .into_boxed_str(),
-    );
-    let redirector = Metadata::answering("127.0.0.1", answer);
-    let daemon = Daemon::run(Metadata::DENY);
+    let answer = format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n");
+    let redirector = Listener::answering("127.0.0.1", answer);
+    let daemon = Daemon::run(Listener::DENY);
     register(&daemon, "logins");
     let url = format!("http://{}/hook", redirector.address);
     let created = daemon.post("/event/logins/watcher/", &webhook_watcher("moved", &url));
@@ -604,8 +605,8 @@ fn a_redirect_to_a_denied_address_is_not_followed() {
 #[test]
 #[ignore = "needs root"]
 fn a_name_resolving_to_a_denied_address_at_delivery_reaches_nothing() {
-    let metadata = Metadata::start();
-    let mut daemon = Daemon::new(Metadata::DENY);
+    let metadata = Listener::metadata();
+    let mut daemon = Daemon::new(Listener::DENY);
     let hosts = daemon.path("hosts");
     std::fs::write(&hosts, "::ffff:127.0.0.2 metadata.test\n").unwrap();
     let mount = format!("mount --bind {} /etc/hosts && exec \"$@\"", hosts.display());
@@ -720,9 +721,9 @@ fn no_credential_path_or_query_of_a_webhook_in_metrics_the_log_or_fullstatus() {
 /// and neither target hears from it.
 #[test]
 fn a_planted_registry_loses_its_framing_header_and_denied_webhooks() {
-    let metadata = Metadata::start();
+    let metadata = Listener::metadata();
     let sink = common::sinks::HttpSink::start(Duration::ZERO);
-    let mut daemon = Daemon::new(Metadata::DENY);
+    let mut daemon = Daemon::new(Listener::DENY);
     let state = daemon.path("state");
     std::fs::create_dir(&state).unwrap();
     let planted = |name: &str, action: serde_json::Value| {
