@@ -83,6 +83,36 @@ fn a_webhook_receives_the_firing_document() {
     });
 }
 
+/// Slack and Mattermost read `<!channel>` as a mention and `<url|label>` as a link: a
+/// value from an event reaches `text` escaped, as Slack documents (`&amp;`, `&lt;`,
+/// `&gt;`), and `key` keeps it as it was posted.
+#[test]
+fn values_from_events_reach_a_webhooks_text_with_slack_markup_escaped() {
+    let daemon = Daemon::run("");
+    let sink = HttpSink::start(Duration::ZERO);
+    register(
+        &daemon,
+        "logins",
+        json!({"name": "per-user", "threshold": 1,
+        "aggregator": {"type": "fields", "fields": ["user"]},
+        "action": {"type": "webhook", "url": sink.url("/slack")}}),
+    );
+    let forged = "<!channel> <https://evil.example|Reset your password> & co";
+    post(&daemon, "logins", &json!({"user": forged}), 2);
+    wait_for("the webhook call", 10 * SECOND, || {
+        !sink.requests().is_empty()
+    });
+    let firing: Value = serde_json::from_str(&sink.requests()[0].body).unwrap();
+    let text = firing["text"].as_str().unwrap();
+    assert!(
+        text.ends_with(
+            "for user=\"&lt;!channel&gt; &lt;https://evil.example|Reset your password&gt; &amp; co\""
+        ),
+        "{text}"
+    );
+    assert_eq!(firing["key"]["user"], forged);
+}
+
 #[test]
 fn an_email_arrives_with_its_recipient_subject_and_body() {
     let smtp = SmtpSink::start();

@@ -573,6 +573,31 @@ fn included_files_add_event_types_and_override_keys_in_name_order() {
     assert_eq!(daemon.get("/event/shop").unwrap().status, 200);
 }
 
+/// What no webhook could satisfy, or no delivery could send, is the operator's error
+/// to see at once: an allow prefix that is no URL, a declared webhook that sets a header
+/// framing the request.
+#[test]
+fn configtest_refuses_an_allow_prefix_that_is_no_url_and_a_framing_header() {
+    for (config, mentions) in [
+        (
+            "[actions]\nwebhook_allow = [\"hooks.slack.com\"]\n",
+            "actions.webhook_allow",
+        ),
+        (
+            "[[event]]\ntype = \"logins\"\n[[event.watcher]]\nname = \"hook\"\nthreshold = 1\n\
+             aggregator = { type = \"single\" }\naction = { type = \"webhook\", \
+             url = \"http://192.0.2.1/\", headers = { Host = \"x\" } }\n",
+            "`Host` frames or routes",
+        ),
+    ] {
+        let daemon = Daemon::new(config);
+        let output = daemon.cli(&["configtest"]);
+        assert_eq!(output.status.code(), Some(1), "{config}");
+        let message = stderr(&output);
+        assert!(message.contains(mentions), "{config}: {message}");
+    }
+}
+
 #[test]
 fn configtest_without_a_config_file_checks_the_built_in_defaults() {
     let packaged = Path::new("/etc/eventsd/eventsd.toml");

@@ -2,9 +2,13 @@
 //! of the firing document) or command (a program run without a shell).
 //!
 //! Every delivery is bounded in time, and checked against where firings may go
-//! (`Destinations`, security.md) again here, a webhook after DNS resolution. A failure
-//! says whether trying again may help (`Transient`) or not (`Permanent`); the runner
-//! decides about retries.
+//! (`Destinations`, security.md) again here. A webhook's host is resolved once, by the
+//! HTTP client's resolver (`CheckedResolver`), which checks every address it returns:
+//! the client connects only to a checked address, so a DNS answer that changes after
+//! the check reaches nothing. Redirects are not followed. A failure says whether trying
+//! again may help (`Transient`) or not (`Permanent`); the runner decides about retries.
+//! Failures name a webhook by its origin only: its credentials, path and query are
+//! secrets that no log line may carry.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -16,8 +20,12 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 
 use super::report::ErrorClass;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
 use crate::config::{Config, Smtp};
-use crate::registry::{Action, Destinations, webhook_host};
+use crate::registry::address::origin;
+use crate::registry::{Action, Destinations};
 use crate::watch::{Firing, Job};
 
 /// How long a webhook may take, and a command when its `timeout_secs` is not set.
@@ -48,20 +56,74 @@ pub struct Context {
 
 impl Context {
     pub fn new(config: &Config) -> Context {
-        let http = ureq::Agent::config_builder()
-            .timeout_global(Some(DEFAULT_TIMEOUT))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let destinations = config.destinations();
         Context {
             smtp: config.smtp.clone(),
-            destinations: config.destinations(),
-            http,
+            http: webhook_agent(CheckedResolver {
+                lookup: DefaultResolver::default(),
+                destinations: destinations.clone(),
+            }),
+            destinations,
         }
     }
 }
 
+/// The HTTP client of webhooks: bounded in time, no redirect followed (a 3xx is an
+/// answer), no proxy from the environment (the address connected to must be the one
+/// checked), and `resolver` as its only way from a name to an address.
+fn webhook_agent(resolver: impl Resolver) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
+        .timeout_global(Some(DEFAULT_TIMEOUT))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .build();
+    ureq::Agent::with_parts(config, DefaultConnector::default(), resolver)
+}
+
+/// A resolver that lets through only addresses a webhook may reach: `lookup`'s answer
+/// (the system resolver's, with ureq's timeout), every address of it checked against
+/// `destinations` (deny list, canonical forms, eventsd's own listener). One denied
+/// address refuses the whole answer: a name that points anywhere denied is not used.
+#[derive(Debug)]
+struct CheckedResolver<R> {
+    lookup: R,
+    destinations: Destinations,
+}
+
+/// Why `CheckedResolver` refused a name's addresses (a permanent failure).
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl<R: Resolver> Resolver for CheckedResolver<R> {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let addresses = self.lookup.resolve(uri, config, timeout)?;
+        for address in &addresses {
+            self.destinations
+                .check_webhook_address(*address)
+                .map_err(|why| ureq::Error::Other(Box::new(Refused(why))))?;
+        }
+        Ok(addresses)
+    }
+}
+
 pub fn deliver(job: &Job, context: &Context) -> Result<(), Failure> {
+    job.action
+        .check_headers()
+        .map_err(|why| Failure::Permanent(ErrorClass::Other, why))?;
     context
         .destinations
         .check_action(&job.action)
@@ -69,10 +131,7 @@ pub fn deliver(job: &Job, context: &Context) -> Result<(), Failure> {
     match &job.action {
         Action::Null {} => Ok(()),
         Action::Email { to, subject } => email(&job.firing, to, subject, &context.smtp),
-        Action::Webhook { url, headers } => {
-            check_resolved(url, &context.destinations)?;
-            webhook(&job.firing, url, headers, &context.http)
-        }
+        Action::Webhook { url, headers } => webhook(&job.firing, url, headers, &context.http),
         Action::Command { argv, timeout_secs } => {
             let timeout = timeout_secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
             command(&job.firing, argv, timeout)
@@ -160,35 +219,101 @@ fn webhook(
     headers: &std::collections::BTreeMap<String, String>,
     http: &ureq::Agent,
 ) -> Result<(), Failure> {
-    let document = serde_json::to_string(firing)
+    let target = origin(url);
+    let document = serde_json::to_string(&with_slack_text(firing))
         .map_err(|e| Failure::Permanent(ErrorClass::Other, e.to_string()))?;
     let mut request = http.post(url).header("Content-Type", "application/json");
     for (name, value) in headers {
         request = request.header(name, value);
     }
-    match request.send(document) {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            match status {
-                200..=299 => Ok(()),
-                408 | 425 | 429 => Err(Failure::Transient(
-                    ErrorClass::Http4xx,
-                    format!("{url} answered {status}"),
-                )),
-                500..=599 => Err(Failure::Transient(
-                    ErrorClass::Http5xx,
-                    format!("{url} answered {status}"),
-                )),
-                _ => Err(Failure::Permanent(
-                    ErrorClass::Http4xx,
-                    format!("{url} answered {status}"),
-                )),
-            }
+    let response = request
+        .send(document)
+        .map_err(|e| failure_of(&e, &target))?;
+    let status = response.status().as_u16();
+    match status {
+        200..=299 => Ok(()),
+        300..=399 => {
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|value| value.to_str().ok())
+                .map_or_else(|| "nowhere".to_string(), origin);
+            Err(Failure::Permanent(
+                ErrorClass::Other,
+                format!("{target} answered {status}, a redirect to {location}: not followed"),
+            ))
         }
-        Err(e) => Err(Failure::Transient(
-            http_error_class(&e),
-            format!("{url}: {e}"),
+        408 | 425 | 429 => Err(Failure::Transient(
+            ErrorClass::Http4xx,
+            format!("{target} answered {status}"),
         )),
+        500..=599 => Err(Failure::Transient(
+            ErrorClass::Http5xx,
+            format!("{target} answered {status}"),
+        )),
+        _ => Err(Failure::Permanent(
+            ErrorClass::Http4xx,
+            format!("{target} answered {status}"),
+        )),
+    }
+}
+
+/// The firing as a webhook gets it: `text` with `&`, `<` and `>` escaped as Slack (and
+/// Mattermost) document, so that a value from an event can neither mention
+/// `<!channel>` nor forge a link. The other fields are data, not markup.
+fn with_slack_text(firing: &Firing) -> Firing {
+    let mut text = String::with_capacity(firing.text.len());
+    for c in firing.text.chars() {
+        match c {
+            '&' => text.push_str("&amp;"),
+            '<' => text.push_str("&lt;"),
+            '>' => text.push_str("&gt;"),
+            c => text.push(c),
+        }
+    }
+    Firing {
+        text,
+        ..firing.clone()
+    }
+}
+
+/// What an error of the HTTP client means for the delivery: a request that cannot be
+/// sent as asked, or a destination refused, stays so (permanent); the network and the
+/// target's answers may change (transient). Described without the URL, whose path and
+/// query some errors quote.
+fn failure_of(error: &ureq::Error, target: &str) -> Failure {
+    use ureq::Error as E;
+    use ureq_proto::Error as P;
+    let described = format!("{target}: {}", describe(error));
+    match error {
+        E::Other(inner) => match inner.downcast_ref::<Refused>() {
+            Some(refused) => Failure::Permanent(ErrorClass::Denied, format!("{target}: {refused}")),
+            None => Failure::Transient(http_error_class(error), described),
+        },
+        E::BadUri(_)
+        | E::Http(_)
+        | E::RequireHttpsOnly(_)
+        | E::InvalidProxyUrl
+        | E::TlsRequired
+        | E::Protocol(
+            P::BadHeader(_)
+            | P::UnsupportedVersion
+            | P::MethodVersionMismatch(..)
+            | P::TooManyHostHeaders
+            | P::TooManyContentLengthHeaders
+            | P::BadHostHeader
+            | P::BadAuthorizationHeader
+            | P::BadContentLengthHeader
+            | P::ConflictingBodyHeaders
+            | P::OutputOverflow
+            | P::BodyContentAfterFinish
+            | P::BodyLargerThanContentLength
+            | P::BodyNotAllowed,
+        ) => Failure::Permanent(
+            ErrorClass::Other,
+            format!("{described}: the request cannot be sent as asked"),
+        ),
+        _ => Failure::Transient(http_error_class(error), described),
     }
 }
 
@@ -204,25 +329,20 @@ fn http_error_class(error: &ureq::Error) -> ErrorClass {
     }
 }
 
-/// Every address the webhook's host resolves to must be allowed: a name pointing at
-/// the metadata service is refused like the address itself. (The HTTP client resolves
-/// again: a DNS answer that changes in between is not caught here.)
-fn check_resolved(url: &str, destinations: &Destinations) -> Result<(), Failure> {
-    use std::net::ToSocketAddrs;
-    let host = webhook_host(url)
-        .ok_or_else(|| Failure::Permanent(ErrorClass::Other, format!("no host in {url}")))?;
-    let addresses = (host, 0).to_socket_addrs().map_err(|e| {
-        Failure::Transient(
-            ErrorClass::Connection,
-            format!("cannot resolve {host}: {e}"),
-        )
-    })?;
-    for address in addresses {
-        destinations
-            .check_webhook_address(address.ip())
-            .map_err(|why| Failure::Permanent(ErrorClass::Denied, format!("{host}: {why}")))?;
+/// An error's own words, up to the detail some of them quote (a URI, a header).
+fn describe(error: &ureq::Error) -> String {
+    match error {
+        ureq::Error::Io(e) => e.to_string(),
+        ureq::Error::Timeout(_)
+        | ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_) => error.to_string(),
+        _ => {
+            let text = error.to_string();
+            text.split(": ").next().unwrap_or_default().to_string()
+        }
     }
-    Ok(())
 }
 
 /// Runs `argv` without a shell: the firing in `EVENTSD_*` variables and as JSON on stdin;
@@ -294,6 +414,9 @@ fn command(firing: &Firing, argv: &[String], timeout: Duration) -> Result<(), Fa
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     fn firing() -> Firing {
@@ -340,6 +463,110 @@ mod tests {
             "{failure:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// A listener that answers every request with `answer` and counts them.
+    fn listener(ip: &str, answer: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let address = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                let _ = stream.read(&mut [0u8; 4096]);
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (address, requests)
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+    /// A name server that answers each lookup with the next address of its list.
+    #[derive(Debug)]
+    struct Rebinding {
+        answers: Vec<std::net::SocketAddr>,
+        lookups: Arc<AtomicUsize>,
+    }
+
+    impl Resolver for Rebinding {
+        fn resolve(
+            &self,
+            _: &ureq::http::Uri,
+            _: &ureq::config::Config,
+            _: NextTimeout,
+        ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+            let n = self.lookups.fetch_add(1, Ordering::SeqCst);
+            let mut addresses = self.empty();
+            addresses.push(self.answers[n.min(self.answers.len() - 1)]);
+            Ok(addresses)
+        }
+    }
+
+    fn denying(address: std::net::SocketAddr) -> Destinations {
+        Destinations {
+            webhook_deny: vec![ipnet::IpNet::from(address.ip())],
+            ..Destinations::default()
+        }
+    }
+
+    #[test]
+    fn the_address_checked_is_the_address_connected_to() {
+        let (allowed, allowed_requests) = listener("127.0.0.1", OK);
+        let (metadata, metadata_requests) = listener("127.0.0.2", OK);
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let http = webhook_agent(CheckedResolver {
+            lookup: Rebinding {
+                // The first answer passes the check; a client that looked the name up
+                // again would get the second.
+                answers: vec![allowed, metadata],
+                lookups: lookups.clone(),
+            },
+            destinations: denying(metadata),
+        });
+        let url = "http://rebinding.test/hook";
+        webhook(&firing(), url, &Default::default(), &http).unwrap();
+        assert_eq!(lookups.load(Ordering::SeqCst), 1, "one lookup a delivery");
+        assert_eq!(allowed_requests.load(Ordering::SeqCst), 1);
+        let failure = webhook(&firing(), url, &Default::default(), &http).unwrap_err();
+        assert!(
+            matches!(failure, Failure::Permanent(ErrorClass::Denied, ref m) if m.contains("actions.webhook_deny")),
+            "{failure:?}"
+        );
+        assert_eq!(metadata_requests.load(Ordering::SeqCst), 0, "reached");
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_sent_as_asked_fails_for_good() {
+        let (target, _) = listener("127.0.0.1", OK);
+        let http = webhook_agent(CheckedResolver {
+            lookup: DefaultResolver::default(),
+            destinations: Destinations::default(),
+        });
+        let headers = [("Content-Length".to_string(), "2".to_string())].into();
+        let url = format!("http://{target}/secret-path?token=x");
+        let failure = webhook(&firing(), &url, &headers, &http).unwrap_err();
+        let Failure::Permanent(_, message) = failure else {
+            panic!("{failure:?}");
+        };
+        assert!(message.contains("cannot be sent as asked"), "{message}");
+        assert!(
+            !message.contains("secret") && !message.contains("token"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn values_from_events_cannot_mention_or_link_in_slack() {
+        let mut forged = firing();
+        forged.text = "for user=\"<!channel> <https://evil|Reset> & more\"".into();
+        assert_eq!(
+            with_slack_text(&forged).text,
+            "for user=\"&lt;!channel&gt; &lt;https://evil|Reset&gt; &amp; more\""
+        );
     }
 
     #[test]

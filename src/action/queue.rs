@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::report::DropReason;
 use crate::config::Config;
 use crate::registry::Action;
+use crate::registry::address::origin;
 use crate::watch::Job;
 
 /// The first retry waits this long; each next one twice as long, up to the configured cap.
@@ -339,21 +340,14 @@ impl Target {
     }
 }
 
-/// Where an action delivers: deliveries to one target share its queue.
+/// Where an action delivers: deliveries to one target share its queue. A webhook's
+/// target is its URL's origin, without credentials, path or query: the name shows in
+/// metric labels and logs (security.md, "Secrets stay secret everywhere").
 pub fn target_of(action: &Action) -> String {
     match action {
         Action::Null {} => "null".to_string(),
         Action::Email { .. } => "smtp".to_string(),
-        Action::Webhook { url, .. } => {
-            let origin_end = url
-                .find("://")
-                .map(|scheme| {
-                    let rest = &url[scheme + 3..];
-                    scheme + 3 + rest.find(['/', '?', '#']).unwrap_or(rest.len())
-                })
-                .unwrap_or(url.len());
-            format!("webhook {}", &url[..origin_end])
-        }
+        Action::Webhook { url, .. } => format!("webhook {}", origin(url)),
         Action::Command { argv, .. } => {
             format!("command {}", argv.first().map_or("", String::as_str))
         }
@@ -552,6 +546,10 @@ mod tests {
         assert_eq!(
             target_of(&hook("https://a.io/z")),
             target_of(&hook("https://a.io/w"))
+        );
+        assert_eq!(
+            target_of(&hook("https://user:SECRET@a.io/T0/B0?token=x")),
+            "webhook https://a.io"
         );
     }
 }

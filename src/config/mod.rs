@@ -27,6 +27,7 @@ use values::{
     DAY, GIB, HOUR, WEEK, listen_address, log_level, log_target, networks, optional_path, within,
 };
 
+use crate::registry::address::WebhookUrl;
 use crate::registry::{Appender, Destinations, EventDeclaration, Rules};
 
 /// The longest path a Unix socket address can hold (`sun_path` minus its NUL).
@@ -460,6 +461,16 @@ impl Config {
                 watchers.max_fields
             );
         }
+        let allow = &self.actions.webhook_allow;
+        if let Some(bad) = allow
+            .iter()
+            .find(|prefix| WebhookUrl::parse(prefix).is_err())
+        {
+            bail!(
+                "actions.webhook_allow: `{bad}` is not an http or https URL prefix \
+                 (like `https://hooks.slack.com/services/`)"
+            );
+        }
         self.workers.privileges = resolve_privileges(&self.workers)?;
         if let Some(cluster) = &mut self.cluster {
             cluster.validate()?;
@@ -526,6 +537,7 @@ impl Config {
             webhook_allow: self.actions.webhook_allow.clone(),
             webhook_deny: self.actions.webhook_deny.clone(),
             mail_domains: self.smtp.allowed_domains.clone(),
+            own_listener: Some(self.server.listen),
         }
     }
 

@@ -5,6 +5,7 @@
 //! copies pushed by the master. A change is applied to a copy first: a refused or failed
 //! change leaves the registry as it was. This module does no I/O beyond its state file.
 
+pub mod address;
 mod rules;
 pub mod spec;
 
@@ -17,7 +18,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use rules::{DEFAULT_WEBHOOK_DENY, Destinations, Rules, webhook_host};
+pub use rules::{DEFAULT_WEBHOOK_DENY, Destinations, Rules};
 pub use spec::{Action, Aggregator, Appender, CollectorSpec, EventDeclaration, Name, WatcherSpec};
 use spec::{EventSpec, from_json};
 
@@ -335,7 +336,8 @@ impl Registry {
     }
 
     /// Drops every entry registered over HTTP that `rules` would refuse now: a `command`
-    /// action, a file appender outside `file_dirs` or on eventsd's own files. For what
+    /// action, a file appender outside `file_dirs` or on eventsd's own files, a webhook
+    /// to where webhooks may not go or with a header that frames the request. For what
     /// was loaded from disk, which anyone able to write there could have planted. Returns
     /// what was dropped, as messages.
     pub fn drop_forbidden(&mut self, rules: &Rules) -> Vec<String> {
@@ -357,17 +359,15 @@ impl Registry {
                     }
                 }
             });
-            entry.watchers.retain(|w| {
-                let command = matches!(w.spec.action, Action::Command { .. });
-                if command && !w.declared {
-                    dropped.push(format!(
-                        "watcher `{}` of `{event}`: a `command` action, which only the config \
-                         file may declare",
-                        w.spec.name
-                    ));
-                }
-                !command || w.declared
-            });
+            entry
+                .watchers
+                .retain(|w| match forbidden_watcher(&w.spec.action, rules) {
+                    Some(why) if !w.declared => {
+                        dropped.push(format!("watcher `{}` of `{event}`: {why}", w.spec.name));
+                        false
+                    }
+                    _ => true,
+                });
         }
         if !dropped.is_empty() {
             self.version += 1;
@@ -404,6 +404,17 @@ impl Registry {
             .get_mut(event)
             .ok_or_else(|| not_registered(event))
     }
+}
+
+/// Why a client's watcher with `action` would be refused now, if it would.
+fn forbidden_watcher(action: &Action, rules: &Rules) -> Option<String> {
+    if matches!(action, Action::Command { .. }) {
+        return Some("a `command` action, which only the config file may declare".to_string());
+    }
+    action
+        .check_headers()
+        .and_then(|()| rules.destinations.check_action(action))
+        .err()
 }
 
 /// Adds the declared `specs` to `entries`, keeping the id of an entry declared the same

@@ -1,17 +1,20 @@
 //! What the operator allows a registry change to name or grow (security.md): the folders
 //! a client's file appender may write in (`[collectors] file_dirs`), eventsd's own files
 //! that no appender may name, whether an API token guards the registry, and the bounds
-//! on its size (event types, collectors and watchers per type, fields per watcher).
+//! on its size (event types, collectors and watchers per type, fields per watcher), and
+//! where a firing may go (webhook addresses and prefixes, mail domains).
 //!
 //! Plain data built from the configuration (`Config::registry_rules`) and checks on
-//! paths; nothing here opens or writes a file.
+//! paths and addresses (the kernel is asked which addresses are this host's); nothing
+//! here opens or writes a file, or resolves a name.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
-use super::spec::{Action, Aggregator, EventDeclaration, WatcherSpec};
+use super::address::{Host, WebhookUrl, canonical, destination};
+use super::spec::{Action, Aggregator, EventDeclaration, WatcherSpec, url_without_secrets};
 
 /// Collectors of one event type: each file collector is a descriptor in every worker.
 pub const MAX_COLLECTORS_PER_TYPE: usize = 64;
@@ -37,9 +40,10 @@ pub struct Rules {
 }
 
 /// Where a firing may go (security.md): webhooks not into the denied networks (the cloud
-/// metadata addresses by default) and, when a list is set, only to allowed URL prefixes;
-/// e-mail, when a list is set, only to allowed domains. Checked at registration and again
-/// at delivery, after DNS resolution.
+/// metadata addresses by default) nor to eventsd's own listener (a loop) and, when a list
+/// is set, only below allowed URL prefixes; e-mail, when a list is set, only to allowed
+/// domains. Checked at registration on what the URL shows (an address in any spelling)
+/// and again at delivery on every address its host resolves to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Destinations {
     /// `actions.webhook_allow`: URL prefixes; empty allows any URL.
@@ -48,6 +52,8 @@ pub struct Destinations {
     pub webhook_deny: Vec<IpNet>,
     /// `smtp.allowed_domains`: recipient domains; empty allows any.
     pub mail_domains: Vec<String>,
+    /// `server.listen`: where eventsd itself answers, which no webhook may call.
+    pub own_listener: Option<SocketAddr>,
 }
 
 impl Default for Destinations {
@@ -59,6 +65,7 @@ impl Default for Destinations {
                 .filter_map(|net| net.parse().ok())
                 .collect(),
             mail_domains: Vec::new(),
+            own_listener: None,
         }
     }
 }
@@ -68,33 +75,60 @@ impl Default for Destinations {
 pub const DEFAULT_WEBHOOK_DENY: [&str; 2] = ["169.254.0.0/16", "fe80::/10"];
 
 impl Destinations {
-    /// The URL is allowed and, if its host is an address, that address is too.
+    /// The URL is below an allowed prefix and, if its host is an address (in any
+    /// spelling), that address may be reached. A name is checked when it is resolved,
+    /// at delivery.
     pub fn check_webhook_url(&self, url: &str) -> Result<(), String> {
-        if !self.webhook_allow.is_empty()
-            && !self
-                .webhook_allow
-                .iter()
-                .any(|prefix| url.starts_with(prefix))
-        {
+        let parsed = WebhookUrl::parse(url)
+            .map_err(|why| format!("webhook `{}` {why}", url_without_secrets(url)))?;
+        let allowed = |prefix: &String| {
+            WebhookUrl::parse(prefix).is_ok_and(|prefix| parsed.is_below(&prefix))
+        };
+        if !self.webhook_allow.is_empty() && !self.webhook_allow.iter().any(allowed) {
             return Err(format!(
                 "webhook `{}` is not below a prefix of actions.webhook_allow",
-                super::spec::url_without_secrets(url)
+                url_without_secrets(url)
             ));
         }
-        match webhook_host(url).and_then(|host| host.parse::<IpAddr>().ok()) {
-            Some(address) => self.check_webhook_address(address),
-            None => Ok(()),
+        match parsed.host {
+            Host::Address(address) => {
+                self.check_webhook_address(SocketAddr::new(address, parsed.port))
+            }
+            Host::Name(_) => Ok(()),
         }
     }
 
-    /// An address a webhook's host resolved to.
-    pub fn check_webhook_address(&self, address: IpAddr) -> Result<(), String> {
-        match self.webhook_deny.iter().find(|net| net.contains(&address)) {
-            Some(net) => Err(format!(
-                "webhooks may not reach {address} (actions.webhook_deny holds {net})"
-            )),
-            None => Ok(()),
+    /// An address a webhook would connect to: its URL's, or one its host resolved to.
+    pub fn check_webhook_address(&self, address: SocketAddr) -> Result<(), String> {
+        let (written, ip) = (address.ip(), destination(address.ip()));
+        let denied = self
+            .webhook_deny
+            .iter()
+            .find(|net| net.contains(&written) || net.contains(&ip));
+        if let Some(net) = denied {
+            return Err(format!(
+                "webhooks may not reach {ip} (actions.webhook_deny holds {net})"
+            ));
         }
+        if self.is_own_listener(SocketAddr::new(ip, address.port())) {
+            return Err(format!(
+                "{address} is eventsd's own listener (server.listen): a webhook there would \
+                 call eventsd itself"
+            ));
+        }
+        Ok(())
+    }
+
+    /// `address` (where a connection goes: `destination`) reaches eventsd's listener:
+    /// the listening address itself or, when eventsd listens on every address
+    /// (`0.0.0.0`, `::`), any address of this host, on its port.
+    fn is_own_listener(&self, address: SocketAddr) -> bool {
+        let Some(listen) = self.own_listener else {
+            return false;
+        };
+        let (listen_ip, ip) = (canonical(listen.ip()), address.ip());
+        address.port() == listen.port()
+            && (ip == listen_ip || (listen_ip.is_unspecified() && is_this_hosts(ip)))
     }
 
     pub fn check_recipients(&self, to: &[String]) -> Result<(), String> {
@@ -125,15 +159,23 @@ impl Destinations {
     }
 }
 
-/// The host of an http(s) URL, brackets of an IPv6 literal removed.
-pub fn webhook_host(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit('@').next()?;
-    if let Some(v6) = host_port.strip_prefix('[') {
-        return v6.split(']').next();
+/// A loopback address, or one of this host's interfaces (asked of the kernel each time:
+/// addresses come and go).
+fn is_this_hosts(ip: IpAddr) -> bool {
+    if ip.is_loopback() {
+        return true;
     }
-    host_port.split(':').next()
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        // Not knowing this host's addresses, any may be eventsd's.
+        return true;
+    };
+    interfaces
+        .filter_map(|interface| interface.address)
+        .filter_map(|address| {
+            let v4 = address.as_sockaddr_in().map(|a| IpAddr::V4(a.ip()));
+            v4.or_else(|| address.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
+        })
+        .any(|own| canonical(own) == ip)
 }
 
 /// The configuration's defaults.
@@ -180,6 +222,9 @@ impl Rules {
             "watchers on an event type",
             "watchers.max_per_type",
         )?;
+        spec.action
+            .check_headers()
+            .map_err(|message| format!("Invalid `action`: {message}"))?;
         if let Some(max) = spec.cooldown_max_secs {
             if spec.cooldown_secs.is_none_or(|base| max < base) {
                 return Err(format!(
@@ -328,6 +373,61 @@ mod tests {
                 .check_recipients(&["ops@example.com".into(), "x@evil.io".into()])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn every_spelling_of_a_denied_address_is_denied() {
+        let open = Destinations::default();
+        for denied in [
+            "http://[::ffff:169.254.169.254]/",
+            "http://[::ffff:a9fe:a9fe]/",
+            "http://[::a9fe:a9fe]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://2852039166/",
+            "http://0251.0376.0251.0376/",
+            "http://0xa9fea9fe/",
+            "http://169.254.43518/",
+        ] {
+            let message = open.check_webhook_url(denied).unwrap_err();
+            assert!(message.contains("169.254.169.254"), "{denied}: {message}");
+        }
+        let mapped = SocketAddr::from(([0, 0, 0, 0, 0, 0xffff, 0xa9fe, 0xa9fe], 80));
+        assert!(open.check_webhook_address(mapped).is_err(), "as resolved");
+        let no_loopback = Destinations {
+            webhook_deny: vec!["127.0.0.0/8".parse().unwrap()],
+            ..Destinations::default()
+        };
+        for loopback in ["http://0.0.0.0:8080/", "http://0:8080/", "http://127.1/"] {
+            assert!(
+                no_loopback.check_webhook_url(loopback).is_err(),
+                "{loopback}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_webhook_to_eventsds_own_listener_is_refused() {
+        let on = |listen: &str| Destinations {
+            own_listener: Some(listen.parse().unwrap()),
+            ..Destinations::default()
+        };
+        let specific = on("127.0.0.1:8080");
+        for own in [
+            "http://127.0.0.1:8080/event/x/",
+            "http://2130706433:8080/",
+            "http://[::ffff:127.0.0.1]:8080/",
+            "http://0.0.0.0:8080/",
+        ] {
+            let message = specific.check_webhook_url(own).unwrap_err();
+            assert!(message.contains("own listener"), "{own}: {message}");
+        }
+        assert!(specific.check_webhook_url("http://127.0.0.1:8081/").is_ok());
+        assert!(specific.check_webhook_url("http://127.0.0.2:8080/").is_ok());
+        let everywhere = on("0.0.0.0:80");
+        for own in ["http://127.0.0.2/", "http://[::1]/", "http://0/"] {
+            assert!(everywhere.check_webhook_url(own).is_err(), "{own}");
+        }
+        assert!(everywhere.check_webhook_url("http://192.0.2.1/").is_ok());
     }
 
     #[test]

@@ -167,16 +167,22 @@ fn a_loaded_registry_loses_what_only_the_config_may_hold() {
     let mut registry = Registry::default();
     create_event(&mut registry, "logins").unwrap();
     let entry = registry.events.values_mut().next().unwrap();
-    let watcher: WatcherSpec = serde_json::from_str(
-        r#"{"name": "planted", "threshold": 1, "aggregator": {"type": "single"},
-            "action": {"type": "command", "argv": ["/bin/sh", "-c", "id"]}}"#,
-    )
-    .unwrap();
-    entry.watchers.push(Entry {
-        id: Uuid::new_v4(),
-        declared: false,
-        spec: watcher,
-    });
+    for action in [
+        r#"{"type": "command", "argv": ["/bin/sh", "-c", "id"]}"#,
+        r#"{"type": "webhook", "url": "http://[::ffff:169.254.169.254]/"}"#,
+        r#"{"type": "webhook", "url": "http://x.io/", "headers": {"Content-Length": "2"}}"#,
+    ] {
+        let watcher: WatcherSpec = serde_json::from_str(&format!(
+            r#"{{"name": "planted", "threshold": 1, "aggregator": {{"type": "single"}},
+                "action": {action}}}"#
+        ))
+        .unwrap();
+        entry.watchers.push(Entry {
+            id: Uuid::new_v4(),
+            declared: false,
+            spec: watcher,
+        });
+    }
     let collector: CollectorSpec = serde_json::from_str(
         r#"{"name": "planted", "appender": {"type": "file", "path": "/etc/profile.d/x.sh"}}"#,
     )
@@ -187,7 +193,10 @@ fn a_loaded_registry_loses_what_only_the_config_may_hold() {
         spec: collector,
     });
     let dropped = registry.drop_forbidden(&Rules::default());
-    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    assert_eq!(dropped.len(), 4, "{dropped:?}");
+    for reason in ["`command`", "actions.webhook_deny", "frames or routes"] {
+        assert!(dropped.iter().any(|d| d.contains(reason)), "{dropped:?}");
+    }
     let entry = registry.event("logins").unwrap();
     assert!(entry.watchers.is_empty() && entry.collectors.is_empty());
     assert!(registry.drop_forbidden(&Rules::default()).is_empty());

@@ -1,14 +1,19 @@
 //! Definitions of collectors and watchers as clients send them (JSON bodies) and as the
 //! config file declares them (`[[event]]`): one set of types, one set of checks.
 //!
-//! Every check lives in a deserializer, so that an error names its field (through
-//! `serde_path_to_error` for JSON, toml's own path and line for the config file).
+//! Every check of a value's form lives in a deserializer, so that an error names its
+//! field (through `serde_path_to_error` for JSON, toml's own path and line for the
+//! config file). A rule that a `registry.json` written by an older eventsd may break
+//! (`Action::check_headers`) is a method instead: the registration, the config file
+//! and the load call it, and the load drops the one entry rather than refuse the file.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use super::address::WebhookUrl;
 
 /// An event type, collector or watcher name: `^[a-zA-Z][a-zA-Z0-9_-]{1,127}$`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -149,6 +154,43 @@ pub enum Action {
         )]
         timeout_secs: Option<u64>,
     },
+}
+
+impl Action {
+    /// A webhook sets no header that frames or routes its request (security.md): eventsd
+    /// and its HTTP client write those, and a client's `Content-Length` could make every
+    /// delivery unsendable, its `Host` route it elsewhere. Not a check of the
+    /// deserializer: a `registry.json` written before the rule loads, the watcher that
+    /// breaks it dropped with a message (`Registry::drop_forbidden`).
+    pub fn check_headers(&self) -> Result<(), String> {
+        let Action::Webhook { headers, .. } = self else {
+            return Ok(());
+        };
+        match headers.keys().find(|name| is_framing_header(name)) {
+            Some(name) => Err(format!(
+                "`headers`: `{name}` frames or routes the request; eventsd sets it itself"
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Header names that say how the request is framed or where it goes.
+const FRAMING_HEADERS: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "expect",
+    "trailer",
+];
+
+fn is_framing_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    FRAMING_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-")
 }
 
 /// `[[event]]` in the config file.
@@ -326,7 +368,8 @@ fn mail_subject<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// Header names are HTTP tokens; values hold no CR, LF, NUL or other control character
-/// (a header that smuggles a line into the request is refused, not cleaned).
+/// (a header that smuggles a line into the request is refused, not cleaned). Which
+/// names a webhook may set is `Action::check_headers`' business.
 fn http_headers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     let headers = BTreeMap::<String, String>::deserialize(d).map_err(|e| named("headers", e))?;
     if headers.len() > MAX_HEADERS {
@@ -356,6 +399,7 @@ fn http_headers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Stri
     Ok(headers)
 }
 
+/// An absolute http(s) URL with a host, as the HTTP client will read it.
 fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let url = String::deserialize(d).map_err(|e| named("url", e))?;
     if url.len() > MAX_URL_BYTES {
@@ -364,16 +408,12 @@ fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
             url.len()
         )));
     }
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| D::Error::custom(format!("`url`: `{url}` is not an http or https URL")))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(D::Error::custom(format!(
-            "`url`: `{url}` is not a valid URL"
-        )));
-    }
+    let problem = if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err("is not a valid URL")
+    } else {
+        WebhookUrl::parse(&url).map(|_| ())
+    };
+    problem.map_err(|why| D::Error::custom(format!("`url`: `{url}` {why}")))?;
     Ok(url)
 }
 

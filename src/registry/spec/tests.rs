@@ -141,6 +141,34 @@ fn bad_watcher_fields_are_named() {
 }
 
 #[test]
+fn headers_that_frame_or_route_the_request_are_refused_in_any_case() {
+    let base = r#""name": "hook", "aggregator": {"type": "single"}, "threshold": 5"#;
+    for name in [
+        "Host",
+        "content-length",
+        "Transfer-Encoding",
+        "CONNECTION",
+        "Keep-Alive",
+        "TE",
+        "Upgrade",
+        "Expect",
+        "Proxy-Authorization",
+        "proxy-connection",
+        "Trailer",
+    ] {
+        let body = format!(
+            r#"{{{base}, "action": {{"type": "webhook", "url": "http://x/", "headers": {{"{name}": "2"}}}}}}"#
+        );
+        let message = watcher(&body).unwrap().action.check_headers().unwrap_err();
+        assert!(message.contains("frames or routes"), "{name}: {message}");
+    }
+    let allowed = format!(
+        r#"{{{base}, "action": {{"type": "webhook", "url": "http://x/", "headers": {{"Authorization": "Bearer x", "X-Hostname": "a"}}}}}}"#
+    );
+    assert!(watcher(&allowed).unwrap().action.check_headers().is_ok());
+}
+
+#[test]
 fn urls_lose_their_path_query_and_credentials() {
     for (url, shown) in [
         (
