@@ -550,20 +550,23 @@ fn a_denied_address_in_any_spelling_is_never_reached_at_delivery() {
         .into_iter()
         .filter(|url| !url.contains("[::7f00") && !url.contains("64:ff9b"))
         .collect();
-    let watchers: String = urls
-        .iter()
-        .enumerate()
-        .map(|(i, url)| {
-            format!(
-                "[[event.watcher]]\nname = \"imds{i}\"\nthreshold = 1\n\
-                 aggregator = {{ type = \"single\" }}\naction = {{ type = \"webhook\", url = \"{url}\" }}\n"
-            )
-        })
-        .collect();
-    let daemon = Daemon::run(&format!(
-        "{}[[event]]\ntype = \"logins\"\n{watchers}",
-        Listener::DENY
-    ));
+    // Registered while allowed (configtest refuses a declared webhook the list denies),
+    // then the operator tightens the deny list: delivery checks again.
+    let daemon = Daemon::run("[actions]\nwebhook_deny = []\n");
+    register(&daemon, "logins");
+    for (i, url) in urls.iter().enumerate() {
+        let watcher = serde_json::json!({"name": format!("imds{i}"), "threshold": 1,
+            "aggregator": {"type": "single"}, "action": {"type": "webhook", "url": url}});
+        let created = daemon.post("/event/logins/watcher/", &watcher.to_string());
+        assert_eq!(created.status, 201, "{url}: {created:?}");
+    }
+    std::fs::write(
+        &daemon.config,
+        common::config_text(daemon.port, Listener::DENY),
+    )
+    .unwrap();
+    let reload = daemon.cli(&["reload"]);
+    assert!(reload.status.success(), "{}", stderr(&reload));
     for _ in 0..2 {
         assert_eq!(daemon.post("/event/logins/", "{}").status, 200);
     }
