@@ -260,7 +260,7 @@ impl Master {
             .map(|c| std::mem::take(&mut c.held))
             .unwrap_or_default();
         for (at, batch) in held {
-            self.count_at(batch, at);
+            self.backlog.push(None, at, batch);
         }
         if first {
             self.publish_next_change();

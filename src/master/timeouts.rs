@@ -3,7 +3,9 @@
 //! `graceful_timeout_secs` is overdue, both are killed; a crash loop ends once a worker
 //! stays up; the dynamic pool grows when every worker is busy and shrinks when one idles.
 //!
-//! Runs after the wait has read every channel, so it judges the heartbeats that came.
+//! Runs after the wait has read every channel it may read, so it judges the heartbeats
+//! that came, by when the worker wrote them, and never a worker whose channel still
+//! holds what the master has not read (`Child::silence_past`).
 
 use std::time::Instant;
 
@@ -12,11 +14,12 @@ use nix::unistd::Pid;
 
 use super::{Master, Phase};
 use crate::child::Role;
+use crate::clock::Stamp;
 
 impl Master {
     pub(super) fn enforce_timeouts(&mut self) {
         let now = Instant::now();
-        self.kill_hung_workers(now);
+        self.kill_hung_workers();
         self.kill_overdue_children(now);
         self.enforce_upgrade_deadline(now);
         let spawn_times: Vec<Instant> = self.pool.iter().map(|w| w.child.spawned_at).collect();
@@ -28,13 +31,12 @@ impl Master {
         }
     }
 
-    fn kill_hung_workers(&mut self, now: Instant) {
-        let heartbeat_timeout = self.config.workers.heartbeat_timeout();
+    fn kill_hung_workers(&mut self) {
+        let (now, heartbeat_timeout) = (Stamp::now(), self.config.workers.heartbeat_timeout());
         let hung: Vec<(Pid, u64)> = self
             .pool
             .iter()
-            .map(|w| (w.pid(), now.duration_since(w.last_heartbeat)))
-            .filter(|(_, silent)| *silent > heartbeat_timeout)
+            .filter_map(|w| Some((w.pid(), w.child.silence_past(now, heartbeat_timeout)?)))
             .map(|(pid, silent)| (pid, silent.as_secs()))
             .collect();
         for (pid, silent) in hung {

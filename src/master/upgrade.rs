@@ -295,6 +295,7 @@ impl Master {
             return;
         };
         let successor = upgrade.successor.pid;
+        self.count_everything();
         if let Err(e) = self.watch.save(&setup::counters_path(&self.config)) {
             error!("counters not saved for the new master: {e:#}");
         }
@@ -374,7 +375,7 @@ impl Master {
             succession.deferred_changes.len(),
         );
         for (at, batch) in succession.deferred_counts {
-            self.count_at(batch, at);
+            self.backlog.push(None, at, batch);
         }
         for (worker, id, question) in succession.deferred_changes {
             self.answer(worker, id, question);

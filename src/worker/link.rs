@@ -1,8 +1,10 @@
 //! The worker's side of its IPC channel, and the one shutdown signal of a worker.
 //!
-//! Owns the socketpair end and the worker's copy of the registry: a writer task sends
-//! queued messages in order, a reader task obeys the master, installs the registry
-//! versions it pushes and completes the questions the worker asked. A closed channel
+//! Owns the worker's ends of its two socketpairs and its copy of the registry: a writer
+//! task sends queued messages in order, a reader task obeys the master, installs the
+//! registry versions it pushes and completes the questions the worker asked. Counts go
+//! over a channel of their own, with a writer of their own: a busy master reads them
+//! late (backpressure), while a heartbeat or a question never waits behind them. A closed channel
 //! means the master is gone, which is itself a reason to drain and exit: no worker
 //! outlives its master. Nothing here blocks the event loop.
 
@@ -12,9 +14,10 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::rc::Rc;
 
 use log::{error, info, warn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -22,7 +25,16 @@ use crate::appender::Appenders;
 use crate::ipc::{self, Answer, MasterMessage, Question, WorkerMessage};
 use crate::logging;
 use crate::registry::Registry;
+use crate::watch::CountBatch;
 use crate::watch::plan::Plans;
+
+/// The worker's ends of its two socketpairs with the master.
+pub struct Channels {
+    /// Everything but counts, both ways.
+    pub messages: StdUnixStream,
+    /// Count batches, to the master only.
+    pub counts: StdUnixStream,
+}
 
 /// Every reason a worker stops (the master's `Stop`, the master gone, SIGTERM,
 /// `max_requests`) goes through this one signal, mini-redis style.
@@ -58,6 +70,8 @@ impl Shutdown {
 pub struct Link {
     /// `None` asks the writer to stop once everything before it is written.
     outbox: mpsc::UnboundedSender<Option<WorkerMessage>>,
+    /// The same, for the counts channel.
+    counts: mpsc::UnboundedSender<Option<CountBatch>>,
     shared: Rc<Shared>,
 }
 
@@ -83,18 +97,21 @@ struct Shared {
 }
 
 impl Link {
-    /// Starts the reader and writer tasks. The returned handle ends after `close`, once
-    /// the messages queued before it are written.
+    /// Starts the reader and the two writer tasks. The returned handle ends after
+    /// `close`, once the messages and counts queued before it are written.
     pub fn start(
-        channel: StdUnixStream,
+        channels: Channels,
         shutdown: Shutdown,
         registry: Registry,
         appenders: Rc<Appenders>,
     ) -> std::io::Result<(Link, JoinHandle<()>)> {
-        let (reader, writer) = UnixStream::from_std(channel)?.into_split();
+        let (reader, writer) = UnixStream::from_std(channels.messages)?.into_split();
+        let counts_writer = UnixStream::from_std(channels.counts)?;
         let (outbox, queue) = mpsc::unbounded_channel();
+        let (counts, counts_queue) = mpsc::unbounded_channel();
         let link = Link {
             outbox,
+            counts,
             shared: Rc::new(Shared {
                 registry: RefCell::new(Served::new(registry)),
                 waiting: RefCell::default(),
@@ -103,8 +120,13 @@ impl Link {
             }),
         };
         tokio::task::spawn_local(read_commands(reader, link.clone(), shutdown.clone()));
-        let writer = tokio::task::spawn_local(write_messages(writer, queue, shutdown));
-        Ok((link, writer))
+        let writer = tokio::task::spawn_local(write_frames(writer, queue, shutdown.clone()));
+        let counts_writer =
+            tokio::task::spawn_local(write_frames(counts_writer, counts_queue, shutdown));
+        let both = tokio::task::spawn_local(async move {
+            let _ = tokio::join!(writer, counts_writer);
+        });
+        Ok((link, both))
     }
 
     pub fn send(&self, message: WorkerMessage) {
@@ -112,9 +134,15 @@ impl Link {
         let _ = self.outbox.send(Some(message));
     }
 
-    /// The last message: the writer flushes what is queued and stops.
+    /// Counts, on their own channel.
+    pub fn send_counts(&self, batch: CountBatch) {
+        let _ = self.counts.send(Some(batch));
+    }
+
+    /// The last message: the writers flush what is queued and stop.
     pub fn close(&self) {
         let _ = self.outbox.send(None);
+        let _ = self.counts.send(None);
     }
 
     /// Asks the master; `None` if the channel closed before the answer came.
@@ -149,9 +177,11 @@ impl Drop for Forget<'_> {
     }
 }
 
-async fn write_messages(
-    mut writer: OwnedWriteHalf,
-    mut queue: mpsc::UnboundedReceiver<Option<WorkerMessage>>,
+/// Writes what is queued, in order, until `None`; a channel that breaks means the
+/// master is gone.
+async fn write_frames<M: Serialize>(
+    mut writer: impl AsyncWrite + Unpin,
+    mut queue: mpsc::UnboundedReceiver<Option<M>>,
     shutdown: Shutdown,
 ) {
     while let Some(Some(message)) = queue.recv().await {
