@@ -344,6 +344,20 @@ fn configtest_says_ok_or_names_the_key_and_line() {
 }
 
 #[test]
+fn configtest_refuses_a_snapshot_timeout_out_of_its_range() {
+    for bad in ["0", "3601", "\"30\""] {
+        let daemon = Daemon::new(&format!("[watchers]\nsnapshot_timeout_secs = {bad}\n"));
+        let output = daemon.cli(&["configtest"]);
+        assert_eq!(output.status.code(), Some(1), "{bad}");
+        let message = stderr(&output);
+        assert!(
+            message.contains("snapshot_timeout_secs"),
+            "{bad}: {message}"
+        );
+    }
+}
+
+#[test]
 fn configtest_without_a_config_file_checks_the_built_in_defaults() {
     let output = std::process::Command::new(common::BINARY)
         .arg("configtest")

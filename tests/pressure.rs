@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::rest::register;
-use common::{Daemon, wait_for};
+use common::{Daemon, process_state, wait_for};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -100,4 +102,118 @@ fn a_worker_waiting_on_a_busy_master_is_not_killed_and_questions_are_answered_me
         "/metrics failed while counting: {failures:?}"
     );
     assert!(slowest < SECOND, "/metrics took {slowest:?} while counting");
+}
+
+/// A `_bulk` of `n` events of distinct `ip`s.
+fn distinct_ips(n: usize) -> String {
+    (0..n)
+        .map(|n| {
+            format!(
+                "{{\"ip\": \"10.{}.{}.{}\"}}\n",
+                n / 65536,
+                n / 256 % 256,
+                n % 256
+            )
+        })
+        .collect()
+}
+
+/// The master's counters snapshot child, if one is running.
+fn snapshot_child(master: Pid) -> Option<Pid> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .map(Pid::from_raw)
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                // `eventsd-snapshot`, cut to the 15 bytes a process name holds.
+                .is_ok_and(|comm| comm.trim() == "eventsd-snapsho")
+        })
+}
+
+/// SIGSTOPs the next snapshot child, posting an event whenever none runs so that one
+/// follows; returns it once it is caught stopped (not already exited).
+fn stop_a_snapshot(daemon: &Daemon, posted: &mut u64) -> Pid {
+    let master = daemon.master_pid();
+    let mut stopped = None;
+    wait_for("a counters snapshot to stop", 60 * SECOND, || {
+        let Some(pid) = snapshot_child(master) else {
+            assert_eq!(daemon.post("/event/logins/", r#"{"ip": "a"}"#).status, 200);
+            *posted += 1;
+            return false;
+        };
+        if kill(pid, Signal::SIGSTOP).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + SECOND;
+        while Instant::now() < deadline && process_state(pid) == Some('R') {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stopped = Some(pid);
+        process_state(pid) == Some('T')
+    });
+    stopped.unwrap()
+}
+
+/// The events in `counters.json` (every bucket of every key), 0 while it is missing.
+fn counted_on_disk(daemon: &Daemon) -> u64 {
+    let Ok(text) = std::fs::read_to_string(daemon.path("state/counters.json")) else {
+        return 0;
+    };
+    let document: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let watchers = document["watchers"].as_object().unwrap();
+    let keys = watchers
+        .values()
+        .flat_map(|w| w["keys"].as_object().unwrap().values());
+    keys.flat_map(|k| k["buckets"].as_array().unwrap().iter())
+        .map(|bucket| bucket[1].as_u64().unwrap())
+        .sum()
+}
+
+/// Row "the counters snapshot child hangs": a stopped snapshot is killed once it
+/// overstays `watchers.snapshot_timeout_secs`, the log names it, the next snapshot is
+/// written, and the metrics show the failed save, then the good one.
+#[test]
+fn a_hung_counters_snapshot_is_killed_at_its_deadline_and_the_next_one_written() {
+    let daemon =
+        Daemon::run("[workers]\nmin = 1\nmax = 1\n[watchers]\nsnapshot_timeout_secs = 2\n");
+    watchers_by_ip(&daemon, 1);
+    // Keys enough that a snapshot takes a moment to write: time to catch one.
+    let mut posted = 20_000;
+    let reply = daemon.post("/event/logins/_bulk", &distinct_ips(20_000));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let saved_at = || daemon.metric("eventsd_counters_last_save_timestamp_seconds");
+    wait_for("a first snapshot", 30 * SECOND, || {
+        counted_on_disk(&daemon) > 0
+    });
+    let first_save = saved_at().expect("the save timestamp");
+
+    let snapshot = stop_a_snapshot(&daemon, &mut posted);
+    let stopped_at = Instant::now();
+    let killed = format!("killing counters snapshot {snapshot}: it hung");
+    let mut outcomes: Vec<Option<u64>> = Vec::new();
+    wait_for("the failed save, then the good one", 30 * SECOND, || {
+        let ok = daemon.metric("eventsd_counters_last_save_ok");
+        if outcomes.last() != Some(&ok) {
+            outcomes.push(ok);
+        }
+        outcomes.ends_with(&[Some(0), Some(1)])
+    });
+    let log = daemon.log();
+    assert!(log.contains(&killed), "{log}");
+    assert!(
+        stopped_at.elapsed() < 10 * SECOND,
+        "killed {:?} after the stop, its deadline is 2 s",
+        stopped_at.elapsed()
+    );
+    assert!(
+        common::is_gone(snapshot),
+        "the hung snapshot was not reaped"
+    );
+    assert!(saved_at().unwrap() >= first_save);
+    wait_for("every count in the next snapshot", 30 * SECOND, || {
+        counted_on_disk(&daemon) == posted
+    });
 }

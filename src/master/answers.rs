@@ -41,6 +41,7 @@ impl Master {
                         .into_iter()
                         .map(|(target, n)| (format!("target=\"{}\"", label_value(&target)), n)),
                 );
+                self.snapshots.render(&mut text);
                 if let Some(cluster) = &self.cluster {
                     cluster.render(&mut text);
                 }

@@ -1,6 +1,7 @@
 //! What the master enforces on its once-a-second tick (gunicorn's `murder_workers`): a
 //! worker silent past `heartbeat_timeout_secs` is hung, any child still draining past
-//! `graceful_timeout_secs` is overdue, both are killed; a crash loop ends once a worker
+//! `graceful_timeout_secs` is overdue, a counters snapshot still writing past
+//! `watchers.snapshot_timeout_secs` is hung (`snapshot`), all are killed; a crash loop ends once a worker
 //! stays up; the dynamic pool grows when every worker is busy and shrinks when one idles.
 //!
 //! Runs after the wait has read every channel it may read, so it judges the heartbeats
@@ -22,6 +23,7 @@ impl Master {
         self.kill_hung_workers();
         self.kill_overdue_children(now);
         self.enforce_upgrade_deadline(now);
+        self.enforce_snapshot_deadline();
         let spawn_times: Vec<Instant> = self.pool.iter().map(|w| w.child.spawned_at).collect();
         if self.pool.backoff.settle(spawn_times.into_iter(), now) {
             info!("crash loop over: a new worker has stayed up");
