@@ -37,8 +37,14 @@ pub enum WorkerMessage {
     Retiring { reason: String },
     /// Set-up failed (privileges, runtime): the reason, sent just before exiting.
     StartupFailed { reason: String },
-    /// A question the master answers with `MasterMessage::Answer` and the same `id`.
-    Ask { id: u64, question: Question },
+    /// A question the master answers with `MasterMessage::Answer` and the same `id`,
+    /// if it reads it before `deadline`; past it, the worker has given up (503) and the
+    /// master drops it unapplied.
+    Ask {
+        id: u64,
+        deadline: Stamp,
+        question: Question,
+    },
     /// The worker now serves this registry version.
     RegistryAck { version: u64 },
 }
@@ -83,6 +89,13 @@ pub enum MasterMessage {
     /// A new registry, as the JSON document of `registry.json`.
     Registry {
         document: String,
+    },
+    /// A registry change applied before its deadline: the worker waits for the `Answer`
+    /// (sent once every worker serves the change) however long that takes, and, should
+    /// the master go away first, replies with this one: the change is persisted.
+    Applied {
+        id: u64,
+        answer: Answer,
     },
     Answer {
         id: u64,

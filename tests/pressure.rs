@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::rest::register;
+use common::rest::{assert_error, register};
 use common::{Daemon, process_state, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -216,4 +216,53 @@ fn a_hung_counters_snapshot_is_killed_at_its_deadline_and_the_next_one_written()
     wait_for("every count in the next snapshot", 30 * SECOND, || {
         counted_on_disk(&daemon) == posted
     });
+}
+
+/// Row "the master answers a registry change after the worker gave up (503)": the master
+/// is stopped past the worker's deadline; the client gets 503, and when the master
+/// resumes and reads the question, it drops it: the change is absent, a retry creates it.
+#[test]
+fn a_registry_change_whose_worker_gave_up_is_not_applied() {
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
+    let master = daemon.master_pid();
+    kill(master, Signal::SIGSTOP).unwrap();
+    let late = r#"{"type": "late"}"#;
+    let reply = daemon.post("/event/", late);
+    kill(master, Signal::SIGCONT).unwrap();
+    assert_error(&reply, 503, "did not answer in time");
+
+    // Questions are read in order: once a later one is answered, the late one was read.
+    wait_for("the master to answer again", 10 * SECOND, || {
+        daemon.get("/metrics").is_ok_and(|r| r.status == 200)
+    });
+    assert_eq!(
+        daemon.get("/event/late/").unwrap().status,
+        404,
+        "applied after a 503"
+    );
+    assert!(
+        daemon.log().contains("dropped unanswered"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.post("/event/", late).status, 201);
+}
+
+/// The other side of "a 503 always means not applied": a change applied in time is
+/// answered 201 however long another worker takes to serve it (here a stopped one,
+/// killed at the heartbeat timeout), not 503 at the worker's deadline.
+#[test]
+fn a_change_applied_in_time_is_answered_however_long_the_other_workers_take() {
+    let daemon = Daemon::run("[workers]\nmin = 2\nmax = 2\nheartbeat_timeout_secs = 7\n");
+    let workers = daemon.serving_workers();
+    kill(workers[1], Signal::SIGSTOP).unwrap();
+    let asked = Instant::now();
+    let reply = daemon.post("/event/", r#"{"type": "held"}"#);
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert!(
+        asked.elapsed() > 5 * SECOND,
+        "answered within the worker's deadline ({:?}): nothing was held",
+        asked.elapsed()
+    );
+    assert_eq!(daemon.get("/event/held/").unwrap().status, 200);
 }

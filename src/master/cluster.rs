@@ -17,6 +17,7 @@ use nix::poll::PollFlags;
 use nix::unistd::Pid;
 use uuid::Uuid;
 
+use super::answers::Asker;
 use super::{Master, setup};
 use crate::child::{self, Child, Role};
 use crate::cluster::{self, CALL_BOUNDS, FromCluster, Publication, ToCluster};
@@ -61,8 +62,7 @@ pub(super) struct ClusterState {
 }
 
 struct PendingChange {
-    worker: Pid,
-    question: u64,
+    asker: Asker,
     change: Change,
     origin: Origin,
     attempts: u32,
@@ -289,17 +289,10 @@ impl Master {
 
     /// A registry change, in a cluster: published to Redis before it is adopted. One at
     /// a time, in order.
-    pub(super) fn publish_change(
-        &mut self,
-        worker: Pid,
-        question: u64,
-        change: Change,
-        origin: Origin,
-    ) {
+    pub(super) fn publish_change(&mut self, asker: Asker, change: Change, origin: Origin) {
         if let Some(cluster) = self.cluster.as_mut() {
             cluster.publishing.push_back(PendingChange {
-                worker,
-                question,
+                asker,
                 change,
                 origin,
                 attempts: 0,
@@ -325,6 +318,17 @@ impl Master {
             if pending.in_flight.is_some() {
                 return;
             }
+            // Its worker gave up while it waited its turn: dropped, never published.
+            let (asker, kind) = (pending.asker, pending.change.kind());
+            if self.past_deadline(asker, Some(kind)) {
+                if let Some(cluster) = self.cluster.as_mut() {
+                    cluster.publishing.pop_front();
+                }
+                continue;
+            }
+            let Some(pending) = self.cluster.as_mut().and_then(|c| c.publishing.front_mut()) else {
+                return;
+            };
             let (change, origin) = (pending.change.clone(), pending.origin);
             pending.attempts += 1;
             let refusal = if !shares {
@@ -417,23 +421,16 @@ impl Master {
         let Some(pending) = self.cluster.as_mut().and_then(|c| c.publishing.pop_front()) else {
             return;
         };
-        let (worker, question) = (pending.worker, pending.question);
+        let asker = pending.asker;
         match outcome {
-            Ok(created) => {
-                let answer = Answer::Change(Ok(created));
-                self.held_answers
-                    .hold(worker, question, answer, self.registry.version);
-            }
-            Err(refusal) => {
-                let answer = Answer::Change(Err(refusal));
-                self.send_to(
-                    worker,
-                    MasterMessage::Answer {
-                        id: question,
-                        answer,
-                    },
-                );
-            }
+            Ok(created) => self.applied(asker, Answer::Change(Ok(created))),
+            Err(refusal) => self.send_to(
+                asker.worker,
+                MasterMessage::Answer {
+                    id: asker.id,
+                    answer: Answer::Change(Err(refusal)),
+                },
+            ),
         }
     }
 

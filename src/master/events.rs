@@ -17,6 +17,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::Pid;
 
 use super::Master;
+use super::answers::Asker;
 use super::signals::Requested;
 use crate::action::Outcome;
 use crate::child::Role;
@@ -173,7 +174,18 @@ impl Master {
                 worker.record_heartbeat(report, now);
             }
             WorkerMessage::RegistryAck { version } => worker.registry_version = version,
-            WorkerMessage::Ask { id, question } => self.answer(pid, id, question),
+            WorkerMessage::Ask {
+                id,
+                deadline,
+                question,
+            } => {
+                let asker = Asker {
+                    worker: pid,
+                    id,
+                    deadline,
+                };
+                self.answer(asker, question);
+            }
             WorkerMessage::Retiring { reason } => {
                 info!("worker {pid} retiring: {reason}");
                 worker.child.stopping_since.get_or_insert(now);

@@ -34,6 +34,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use socket2::Socket;
 
+use super::answers::Asker;
 use super::journal::Journal;
 use super::{Master, Phase, setup};
 use crate::child::{self, Child, Role};
@@ -97,7 +98,7 @@ pub(super) struct Succession {
     /// Counts its workers sent, with the second they arrived.
     deferred_counts: Vec<(Second, CountBatch)>,
     /// Registry changes its workers asked for: (worker, question id, question).
-    deferred_changes: Vec<(Pid, u64, Question)>,
+    deferred_changes: Vec<(Asker, Question)>,
 }
 
 /// The log sink a successor falls back on: its predecessor's (syslog after `start`).
@@ -168,8 +169,8 @@ impl Succession {
         self.deferred_counts.push((now, batch));
     }
 
-    pub(super) fn defer_change(&mut self, worker: Pid, id: u64, question: Question) {
-        self.deferred_changes.push((worker, id, question));
+    pub(super) fn defer_change(&mut self, asker: Asker, question: Question) {
+        self.deferred_changes.push((asker, question));
     }
 }
 
@@ -377,8 +378,9 @@ impl Master {
         for (at, batch) in succession.deferred_counts {
             self.backlog.push(None, at, batch);
         }
-        for (worker, id, question) in succession.deferred_changes {
-            self.answer(worker, id, question);
+        // What expired meanwhile was answered 503 by its worker, and is dropped.
+        for (asker, question) in succession.deferred_changes {
+            self.answer(asker, question);
         }
         info!(
             "took over from the old master ({counts} count batches and {changes} registry \

@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::rc::Rc;
+use std::time::Duration;
 
 use log::{error, info, warn};
 use serde::Serialize;
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::appender::Appenders;
+use crate::clock::Stamp;
 use crate::ipc::{self, Answer, MasterMessage, Question, WorkerMessage};
 use crate::logging;
 use crate::registry::Registry;
@@ -35,6 +37,10 @@ pub struct Channels {
     /// Count batches, to the master only.
     pub counts: StdUnixStream,
 }
+
+/// The master's deadline for a question is this much before the worker gives up: room
+/// for the word that it applied a change to reach the worker.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 /// Every reason a worker stops (the master's `Stop`, the master gone, SIGTERM,
 /// `max_requests`) goes through this one signal, mini-redis style.
@@ -92,6 +98,8 @@ impl Served {
 struct Shared {
     registry: RefCell<Rc<Served>>,
     waiting: RefCell<HashMap<u64, oneshot::Sender<Answer>>>,
+    /// The changes the master applied and has not answered yet, with their answer.
+    applied: RefCell<HashMap<u64, Answer>>,
     next_question: Cell<u64>,
     appenders: Rc<Appenders>,
 }
@@ -115,6 +123,7 @@ impl Link {
             shared: Rc::new(Shared {
                 registry: RefCell::new(Served::new(registry)),
                 waiting: RefCell::default(),
+                applied: RefCell::default(),
                 next_question: Cell::new(1),
                 appenders,
             }),
@@ -145,19 +154,36 @@ impl Link {
         let _ = self.counts.send(None);
     }
 
-    /// Asks the master; `None` if the channel closed before the answer came.
-    pub async fn ask(&self, question: Question) -> Option<Answer> {
+    /// Asks the master, which may take `within` to answer; `None` if it did not, in which
+    /// case nothing was applied: the master drops a question it reads past its deadline,
+    /// set `ANSWER_MARGIN` earlier for its word to reach this worker. A change applied in
+    /// time is waited for until every worker serves it; if the master goes away first,
+    /// its answer stands (the change is persisted).
+    pub async fn ask(&self, question: Question, within: Duration) -> Option<Answer> {
         let id = self.shared.next_question.get();
         self.shared.next_question.set(id + 1);
-        let (answer, answered) = oneshot::channel();
+        let (answer, mut answered) = oneshot::channel();
         self.shared.waiting.borrow_mut().insert(id, answer);
         // Dropped unanswered (timeout, closed connection): forget the question.
         let _forget = Forget {
             shared: &self.shared,
             id,
         };
-        self.send(WorkerMessage::Ask { id, question });
-        answered.await.ok()
+        let deadline = Stamp::now().after(within.saturating_sub(ANSWER_MARGIN));
+        self.send(WorkerMessage::Ask {
+            id,
+            deadline,
+            question,
+        });
+        let applied = || self.shared.applied.borrow_mut().remove(&id);
+        match tokio::time::timeout(within, &mut answered).await {
+            Ok(Ok(answer)) => Some(answer),
+            Ok(Err(_)) => applied(),
+            Err(_) if self.shared.applied.borrow().contains_key(&id) => {
+                answered.await.ok().or_else(applied)
+            }
+            Err(_) => None,
+        }
     }
 
     /// The registry version this worker serves.
@@ -174,6 +200,7 @@ struct Forget<'a> {
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
         self.shared.waiting.borrow_mut().remove(&self.id);
+        self.shared.applied.borrow_mut().remove(&self.id);
     }
 }
 
@@ -197,7 +224,13 @@ async fn write_frames<M: Serialize>(
     }
 }
 
-async fn read_commands(mut reader: OwnedReadHalf, link: Link, shutdown: Shutdown) {
+/// Obeys the master until its channel closes; then no question waits for it any more.
+async fn read_commands(reader: OwnedReadHalf, link: Link, shutdown: Shutdown) {
+    obey_until_closed(reader, &link, &shutdown).await;
+    link.shared.waiting.borrow_mut().clear();
+}
+
+async fn obey_until_closed(mut reader: OwnedReadHalf, link: &Link, shutdown: &Shutdown) {
     let mut buffer = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
@@ -215,7 +248,7 @@ async fn read_commands(mut reader: OwnedReadHalf, link: Link, shutdown: Shutdown
         buffer.extend_from_slice(&chunk[..n]);
         loop {
             match ipc::take_frame::<MasterMessage>(&mut buffer) {
-                Ok(Some(command)) => obey(command, &link, &shutdown),
+                Ok(Some(command)) => obey(command, link, shutdown),
                 Ok(None) => break,
                 Err(e) => {
                     warn!("unreadable message from the master: {e}");
@@ -252,6 +285,11 @@ fn obey(command: MasterMessage, link: &Link, shutdown: &Shutdown) {
                 shutdown.trigger("the registry from the master is unreadable");
             }
         },
+        MasterMessage::Applied { id, answer } => {
+            if shared.waiting.borrow().contains_key(&id) {
+                shared.applied.borrow_mut().insert(id, answer);
+            }
+        }
         MasterMessage::Answer { id, answer } => {
             if let Some(waiting) = shared.waiting.borrow_mut().remove(&id) {
                 let _ = waiting.send(answer);
