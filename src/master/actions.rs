@@ -44,8 +44,8 @@ impl Actions {
 
 impl Master {
     /// Adds counts (a piece of a worker's batch, `counting`); every key that crossed its
-    /// threshold fires. In a cluster, the counts go to Redis, which decides the crossings (`cluster`);
-    /// otherwise, or while Redis is unreachable, this master decides.
+    /// threshold fires. In a cluster, the counts go to Redis, which decides the crossings
+    /// (`cluster`); otherwise, or while Redis is unreachable, this master decides.
     pub(super) fn count_at(&mut self, batch: CountBatch, now: Second) {
         if let Some(batch) = self.share_counts(batch, now) {
             self.count_locally(batch, now);

@@ -22,9 +22,12 @@ use crate::watch::store::Second;
 
 /// The longest the master counts before it looks at its descriptors again.
 const SLICE: Duration = Duration::from_millis(10);
-/// A piece: few updates, so that a slice ends close to `SLICE` even when each of them
-/// grows a watcher's table (200 watchers of one field set grow theirs at the same key).
-const PIECE_ENTRIES: usize = 16;
+/// A piece: at most this many updates...
+const PIECE_ENTRIES: usize = 1024;
+/// ...of at most this many watchers, so that a slice ends close to `SLICE` even when
+/// every watcher's table grows in it (200 watchers of one field set grow theirs at the
+/// same key).
+const PIECE_WATCHERS: usize = 16;
 /// (watcher, key) updates of one worker waiting to be counted, beyond which it is not
 /// read: about a tenth of a second of counting.
 const MAX_WAITING_ENTRIES: usize = 64 * 1024;
@@ -65,10 +68,10 @@ impl Backlog {
             .is_none_or(|&n| n < MAX_WAITING_ENTRIES)
     }
 
-    /// The next piece of about `entries` updates, with the second it counts in.
-    fn next_piece(&mut self, entries: usize) -> Option<(Second, CountBatch)> {
+    /// The next piece (`CountBatch::take_piece`), with the second it counts in.
+    fn next_piece(&mut self, entries: usize, watchers: usize) -> Option<(Second, CountBatch)> {
         let oldest = self.batches.front_mut()?;
-        let piece = oldest.batch.take_piece(entries);
+        let piece = oldest.batch.take_piece(entries, watchers);
         let (from, at) = (oldest.from, oldest.at);
         if oldest.batch.is_empty() {
             self.batches.pop_front();
@@ -99,7 +102,7 @@ impl Master {
     pub(super) fn count_a_slice(&mut self) {
         let started = Instant::now();
         while started.elapsed() < SLICE {
-            let Some((at, piece)) = self.backlog.next_piece(PIECE_ENTRIES) else {
+            let Some((at, piece)) = self.backlog.next_piece(PIECE_ENTRIES, PIECE_WATCHERS) else {
                 return;
             };
             self.count_at(piece, at);
@@ -108,7 +111,7 @@ impl Master {
 
     /// Everything still waiting, at once: the counters are about to be saved for good.
     pub(super) fn count_everything(&mut self) {
-        while let Some((at, piece)) = self.backlog.next_piece(usize::MAX) {
+        while let Some((at, piece)) = self.backlog.next_piece(usize::MAX, usize::MAX) {
             self.count_at(piece, at);
         }
     }

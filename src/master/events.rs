@@ -86,9 +86,10 @@ impl Master {
             fds.push(PollFd::new(fd, interest));
         }
         // Counts waiting: look, do not sleep.
-        let timeout = match self.backlog.is_empty() {
-            true => PollTimeout::NONE,
-            false => PollTimeout::ZERO,
+        let timeout = if self.backlog.is_empty() {
+            PollTimeout::NONE
+        } else {
+            PollTimeout::ZERO
         };
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}

@@ -1,8 +1,9 @@
 //! What the master enforces on its once-a-second tick (gunicorn's `murder_workers`): a
 //! worker silent past `heartbeat_timeout_secs` is hung, any child still draining past
 //! `graceful_timeout_secs` is overdue, a counters snapshot still writing past
-//! `watchers.snapshot_timeout_secs` is hung (`snapshot`), all are killed; a crash loop ends once a worker
-//! stays up; the dynamic pool grows when every worker is busy and shrinks when one idles.
+//! `watchers.snapshot_timeout_secs` is hung (`snapshot`), all are killed; a crash loop
+//! ends once a worker stays up; the dynamic pool grows when every worker is busy and
+//! shrinks when one idles.
 //!
 //! Runs after the wait has read every channel it may read, so it judges the heartbeats
 //! that came, by when the worker wrote them, and never a worker whose channel still

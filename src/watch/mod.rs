@@ -45,19 +45,20 @@ impl CountBatch {
             .sum()
     }
 
-    /// Takes at most `entries` updates (at least one) out of the batch, as a batch of
-    /// their own: whole keys while their set's watchers fit, else one key for some of its
-    /// watchers, so that no piece makes many watchers' tables grow at once. The events go
-    /// with the last piece: once a batch's events are counted, all of their keys are.
-    pub fn take_piece(&mut self, entries: usize) -> CountBatch {
+    /// Takes at most `entries` updates (at least one) of at most `watchers` watchers out
+    /// of the batch, as a batch of their own: whole keys while their set's watchers fit,
+    /// else one key for some of its watchers, so that a piece makes few watchers' tables
+    /// grow at once. The events go with the last piece: once a batch's events are
+    /// counted, all of their keys are.
+    pub fn take_piece(&mut self, entries: usize, watchers: usize) -> CountBatch {
         let mut piece = CountBatch::default();
-        let mut taken = 0;
-        while taken < entries {
+        let (mut taken, mut tables) = (0, 0);
+        while taken < entries && tables < watchers {
             let Some(set) = self.sets.last_mut() else {
                 break;
             };
-            let left = entries - taken;
-            if set.watchers.len() > left && set.keys.len() > 1 {
+            let room = (entries - taken).min(watchers - tables);
+            if set.watchers.len() > room && set.keys.len() > 1 {
                 // Its last key apart, to be taken for some of its watchers at a time.
                 let alone = SetCounts {
                     watchers: set.watchers.clone(),
@@ -66,11 +67,12 @@ impl CountBatch {
                 self.sets.push(alone);
                 continue;
             }
-            let part = set.take_part(left);
+            let part = set.take_part(entries - taken, watchers - tables);
             if set.keys.is_empty() || set.watchers.is_empty() {
                 self.sets.pop();
             }
             taken += part.entries().max(1);
+            tables += part.watchers.len();
             piece.sets.push(part);
         }
         if self.sets.is_empty() {
@@ -96,22 +98,23 @@ impl SetCounts {
         self.keys.len() * self.watchers.len()
     }
 
-    /// At most `entries` of the set's updates, taken out of it: the whole set, whole keys
-    /// for all its watchers, or, when even one key has more watchers than that (then it
-    /// is the set's only key: `CountBatch::take_piece`), some of the watchers.
-    fn take_part(&mut self, entries: usize) -> SetCounts {
+    /// At most `entries` of the set's updates, for at most `tables` of its watchers,
+    /// taken out of it: the whole set, whole keys for all its watchers, or, when even one
+    /// key has more watchers than that (then it is the set's only key:
+    /// `CountBatch::take_piece`), some of the watchers.
+    fn take_part(&mut self, entries: usize, tables: usize) -> SetCounts {
         let (watchers, keys) = (self.watchers.len(), self.keys.len());
-        if self.entries() <= entries {
+        if watchers <= tables && self.entries() <= entries {
             return std::mem::take(self);
         }
-        if watchers <= entries {
+        if watchers <= entries.min(tables) {
             return SetCounts {
                 watchers: self.watchers.clone(),
                 keys: self.keys.split_off(keys - entries / watchers),
             };
         }
         SetCounts {
-            watchers: self.watchers.split_off(watchers - entries),
+            watchers: self.watchers.split_off(watchers - entries.min(tables)),
             keys: self.keys.clone(),
         }
     }
@@ -568,8 +571,10 @@ mod tests {
         let whole: Vec<(Uuid, Key)> = sorted_entries(&batch);
         let mut pieces = Vec::new();
         while !batch.is_empty() {
-            let piece = batch.take_piece(16);
-            assert!(piece.entries() <= 16, "{} entries", piece.entries());
+            let piece = batch.take_piece(1024, 16);
+            assert!(piece.entries() <= 1024, "{} entries", piece.entries());
+            let tables: usize = piece.sets.iter().map(|s| s.watchers.len()).sum();
+            assert!(tables <= 16, "{tables} watchers' tables");
             pieces.push(piece);
         }
         let events: Vec<usize> = pieces.iter().map(|p| p.events.len()).collect();

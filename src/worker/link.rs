@@ -1,12 +1,12 @@
-//! The worker's side of its IPC channel, and the one shutdown signal of a worker.
+//! The worker's side of its IPC channels, and the one shutdown signal of a worker.
 //!
 //! Owns the worker's ends of its two socketpairs and its copy of the registry: a writer
 //! task sends queued messages in order, a reader task obeys the master, installs the
 //! registry versions it pushes and completes the questions the worker asked. Counts go
 //! over a channel of their own, with a writer of their own: a busy master reads them
-//! late (backpressure), while a heartbeat or a question never waits behind them. A closed channel
-//! means the master is gone, which is itself a reason to drain and exit: no worker
-//! outlives its master. Nothing here blocks the event loop.
+//! late (backpressure), while a heartbeat or a question never waits behind them. A
+//! closed channel means the master is gone, which is itself a reason to drain and exit:
+//! no worker outlives its master. Nothing here blocks the event loop.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
