@@ -79,7 +79,7 @@ fn a_worker_waiting_on_a_busy_master_is_not_killed_and_questions_are_answered_me
     let stop = Arc::new(AtomicBool::new(false));
     let poller = poll_metrics(&daemon, stop.clone());
     let counted = Mutex::new(None);
-    wait_for("every collected event to be counted", 120 * SECOND, || {
+    wait_for("every collected event to be counted", 300 * SECOND, || {
         let now = daemon.metric("eventsd_events_counted_total{type=\"logins\"}");
         *counted.lock().unwrap() = now;
         now == Some(20_000) || daemon.log().contains("killing worker")
