@@ -21,6 +21,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::clock::Stamp;
 use crate::ipc::Channel;
 use crate::logging;
 
@@ -82,6 +83,9 @@ pub struct Child {
     pub stopping_since: Option<Instant>,
     /// Why the master SIGKILLed it, if it did.
     pub killed_because: Option<&'static str>,
+    /// When the child last said it lives (its fork, until it does), by its own clock
+    /// stamp: what `silence_past` judges, for the roles that send heartbeats.
+    last_heartbeat: Stamp,
 }
 
 /// Forks a child of `role` connected to the master by a socketpair, and returns the
@@ -115,6 +119,7 @@ pub fn fork_child(
                 spawned_at: Instant::now(),
                 stopping_since: None,
                 killed_because: None,
+                last_heartbeat: Stamp::now(),
             })
         }
     }
@@ -222,6 +227,20 @@ impl Child {
         if let Err(e) = channel.send(message) {
             warn!("cannot send to {self}: {e}");
         }
+    }
+
+    /// A sign of life the child stamped at `sent_at` (a heartbeat, or its start).
+    pub fn heard(&mut self, sent_at: Stamp) {
+        self.last_heartbeat = self.last_heartbeat.max(sent_at);
+    }
+
+    /// How long the child has been silent, when that is longer than `timeout`: it hung.
+    /// Never while its channel holds data the master has not read: its silence is then
+    /// the master's delay (a stall, a long slice), not the child's hang.
+    pub fn silence_past(&self, now: Stamp, timeout: Duration) -> Option<Duration> {
+        let silence = self.last_heartbeat.age(now);
+        let unread = self.channel.as_ref().is_some_and(Channel::has_unread);
+        (silence > timeout && !unread).then_some(silence)
     }
 
     /// What poll should wait for on the channel, if the child still has one.

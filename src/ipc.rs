@@ -1,5 +1,7 @@
 //! IPC between the master and its workers: the messages, and the frame format that carries
-//! them over each worker's Unix socketpair.
+//! them over each worker's Unix socketpairs: one for the messages below, both ways, and
+//! one that carries only the worker's `CountBatch`es (watcher counts, at least every
+//! 10 ms while events come, and before it exits), which the master may read late.
 //!
 //! A frame is a 4-byte little-endian length followed by that many bytes of bincode 2
 //! (standard configuration). Both ends decode with `take_frame`, so there is one codec.
@@ -7,16 +9,17 @@
 //! the master never blocks on a worker. The worker side lives in `worker::link`.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
+use nix::sys::socket::{MsgFlags, recv};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::clock::Stamp;
 use crate::metrics::Deltas;
 use crate::registry::{Change, Origin, Refusal};
-use crate::watch::CountBatch;
 
 /// Bigger frames are refused: a peer that announces one is broken or hostile.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -34,12 +37,16 @@ pub enum WorkerMessage {
     Retiring { reason: String },
     /// Set-up failed (privileges, runtime): the reason, sent just before exiting.
     StartupFailed { reason: String },
-    /// A question the master answers with `MasterMessage::Answer` and the same `id`.
-    Ask { id: u64, question: Question },
+    /// A question the master answers with `MasterMessage::Answer` and the same `id`,
+    /// if it reads it before `deadline`; past it, the worker has given up (503) and the
+    /// master drops it unapplied.
+    Ask {
+        id: u64,
+        deadline: Stamp,
+        question: Question,
+    },
     /// The worker now serves this registry version.
     RegistryAck { version: u64 },
-    /// Watcher counts, at least every 10 ms while events come, and before exiting.
-    Counts(CountBatch),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +74,9 @@ pub struct Heartbeat {
     pub rss_bytes: u64,
     /// Counters since the previous heartbeat, added up by the master.
     pub deltas: Deltas,
+    /// When the worker wrote it: its age is judged from this, not from when the master
+    /// read it.
+    pub sent_at: Stamp,
 }
 
 /// What the master tells a worker.
@@ -79,6 +89,13 @@ pub enum MasterMessage {
     /// A new registry, as the JSON document of `registry.json`.
     Registry {
         document: String,
+    },
+    /// A registry change applied before its deadline: the worker waits for the `Answer`
+    /// (sent once every worker serves the change) however long that takes, and, should
+    /// the master go away first, replies with this one: the change is persisted.
+    Applied {
+        id: u64,
+        answer: Answer,
     },
     Answer {
         id: u64,
@@ -175,6 +192,17 @@ impl Channel {
         Ok(())
     }
 
+    /// Whether the peer wrote bytes that the master has not read yet.
+    pub fn has_unread(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let peeked = recv(
+            self.stream.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        );
+        matches!(peeked, Ok(n) if n > 0)
+    }
+
     pub fn wants_write(&self) -> bool {
         !self.outbound.is_empty()
     }
@@ -236,6 +264,7 @@ mod tests {
             connections: 3,
             rss_bytes: 4096,
             deltas: Deltas::default(),
+            sent_at: Stamp::now(),
         });
         let mut wire = encode(&heartbeat).unwrap();
         wire.extend(encode(&WorkerMessage::Ready).unwrap());

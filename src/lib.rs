@@ -6,7 +6,7 @@
 //! - `master`: the supervisor process (its cycle, pool, signals, timeouts, control socket);
 //! - `worker`: an HTTP worker process (hyper on one tokio thread) and its REST API;
 //! - `child`: one lifecycle for every forked child (fork, prologue, the master's record);
-//! - `ipc`: the frames and messages between them;
+//! - `ipc`: the frames and messages between them; `clock`: the time they stamp them with;
 //! - `watch`: aggregation keys, the counter store and firing decisions;
 //! - `action`: the action runner process and the deliveries (email, webhook, command);
 //! - `cluster`: the cluster link process, which shares counters and registry through Redis;
@@ -19,6 +19,7 @@ pub mod action;
 pub mod appender;
 pub mod child;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod event;

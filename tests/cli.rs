@@ -599,6 +599,20 @@ fn configtest_refuses_an_allow_prefix_that_is_no_url_and_a_framing_header() {
 }
 
 #[test]
+fn configtest_refuses_a_snapshot_timeout_out_of_its_range() {
+    for bad in ["0", "3601", "\"30\""] {
+        let daemon = Daemon::new(&format!("[watchers]\nsnapshot_timeout_secs = {bad}\n"));
+        let output = daemon.cli(&["configtest"]);
+        assert_eq!(output.status.code(), Some(1), "{bad}");
+        let message = stderr(&output);
+        assert!(
+            message.contains("snapshot_timeout_secs"),
+            "{bad}: {message}"
+        );
+    }
+}
+
+#[test]
 fn configtest_without_a_config_file_checks_the_built_in_defaults() {
     let packaged = Path::new("/etc/eventsd/eventsd.toml");
     let output = std::process::Command::new(common::BINARY)

@@ -199,6 +199,9 @@ pub struct Watchers {
     /// most that much counting).
     #[serde(deserialize_with = "within::<_, _, 1, HOUR>")]
     pub snapshot_secs: u64,
+    /// A snapshot child still writing after this long is hung: killed, tried again.
+    #[serde(deserialize_with = "within::<_, _, 1, HOUR>")]
+    pub snapshot_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -316,6 +319,7 @@ impl Default for Watchers {
             max_key_bytes: 1024,
             max_per_type: 256,
             snapshot_secs: 1,
+            snapshot_timeout_secs: 30,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! From counts to firings to the action runner: the master adds each worker's batch to
+//! From counts to firings to the action runner: the master adds the workers' counts to
 //! the watchers' counters, journals every firing (`journal`), hands it to the runner
 //! without ever waiting on it, reads the runner's outcomes, and keeps a runner up (paced
 //! after a quick death). A runner that starts is handed everything the journal holds, so
@@ -78,18 +78,9 @@ fn count_drop(totals: &mut Totals, job: &Job, reason: DropReason) {
 }
 
 impl Master {
-    /// Adds a worker's counts; every key that crossed its threshold fires. A master
-    /// that is taking over from an old one holds them until it has (`upgrade`).
-    pub(super) fn count(&mut self, batch: CountBatch) {
-        let now = crate::watch::now();
-        match self.succession.as_mut() {
-            Some(succession) => succession.defer_counts(batch, now),
-            None => self.count_at(batch, now),
-        }
-    }
-
-    /// In a cluster, the counts go to Redis, which decides the crossings (`cluster`);
-    /// otherwise, or while Redis is unreachable, this master decides.
+    /// Adds counts (a piece of a worker's batch, `counting`); every key that crossed its
+    /// threshold fires. In a cluster, the counts go to Redis, which decides the crossings
+    /// (`cluster`); otherwise, or while Redis is unreachable, this master decides.
     pub(super) fn count_at(&mut self, batch: CountBatch, now: Second) {
         if let Some(batch) = self.share_counts(batch, now) {
             self.count_locally(batch, now);

@@ -3,29 +3,53 @@
 //! adopts it and pushes it to every worker, and holds the answer back until every live
 //! worker serves the new version, so that a `201` means the very next request, on any
 //! worker, sees the change.
+//!
+//! A question carries its deadline, on the clock both processes share (`clock`): read
+//! past it, its worker has already answered 503, so it is dropped unapplied, and a 503
+//! always means "not applied". A change applied in time is said so at once (`Applied`),
+//! and its worker then waits for the held answer however long that takes.
 
 use std::time::Instant;
 
-use log::{debug, error, info};
+use log::{debug, error, info, warn};
 use nix::unistd::Pid;
 
 use super::pool::Pool;
 use super::{Master, setup};
+use crate::clock::Stamp;
 use crate::ipc::{Answer, MasterMessage, Question};
 use crate::metrics::{label_value, write_family, write_process_families};
 use crate::registry::{Change, Origin, Refusal, Registry};
 
+/// Who asked a question, and until when it may be answered.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Asker {
+    pub worker: Pid,
+    pub id: u64,
+    pub deadline: Stamp,
+}
+
 impl Master {
-    pub(super) fn answer(&mut self, pid: Pid, id: u64, question: Question) {
+    pub(super) fn answer(&mut self, asker: Asker, question: Question) {
+        let change = match &question {
+            Question::Change { change, .. } => Some(change.kind()),
+            Question::Metrics => None,
+        };
+        if self.past_deadline(asker, change) {
+            return;
+        }
         // Taking over from an old master that still writes the registry: a change is
-        // applied once it has handed over (`upgrade`).
+        // applied once it has handed over (`upgrade`), if still in time.
         let question = match self.succession.as_mut() {
-            Some(succession) if matches!(question, Question::Change { .. }) => {
-                succession.defer_change(pid, id, question);
+            Some(succession) if change.is_some() => {
+                succession.defer_change(asker, question);
                 return;
             }
             _ => question,
         };
+        let Asker {
+            worker: pid, id, ..
+        } = asker;
         let answer = match question {
             Question::Metrics => {
                 let mut text = self.totals.render(&self.pool.statuses(Instant::now()));
@@ -41,6 +65,7 @@ impl Master {
                         .into_iter()
                         .map(|(target, n)| (format!("target=\"{}\"", label_value(&target)), n)),
                 );
+                self.snapshots.render(&mut text);
                 if let Some(cluster) = &self.cluster {
                     cluster.render(&mut text);
                 }
@@ -49,7 +74,7 @@ impl Master {
             }
             // In a cluster, Redis holds the registry: the change is published first.
             Question::Change { change, origin } if self.cluster.is_some() => {
-                self.publish_change(pid, id, change, origin);
+                self.publish_change(asker, change, origin);
                 return;
             }
             Question::Change { change, origin } => {
@@ -61,10 +86,7 @@ impl Master {
                 match outcome {
                     Ok(created) => {
                         self.audit(&change, origin, created);
-                        // Held until every worker serves the new version: read-your-writes.
-                        let answer = Answer::Change(Ok(created));
-                        self.held_answers
-                            .hold(pid, id, answer, self.registry.version);
+                        self.applied(asker, Answer::Change(Ok(created)));
                         return;
                     }
                     Err(refusal) => Answer::Change(Err(refusal)),
@@ -72,6 +94,40 @@ impl Master {
             }
         };
         self.send_to(pid, MasterMessage::Answer { id, answer });
+    }
+
+    /// Whether the question is read past its deadline: its worker has given up and
+    /// answered 503, so it must change nothing. Dropped, logged, and, for a registry
+    /// change of `kind`, counted as `expired`.
+    pub(super) fn past_deadline(&mut self, asker: Asker, kind: Option<&'static str>) -> bool {
+        let now = Stamp::now();
+        if now < asker.deadline {
+            return false;
+        }
+        warn!(
+            "question {} of worker {} dropped unanswered: read {} ms past its deadline \
+             (the worker answered 503)",
+            asker.id,
+            asker.worker,
+            asker.deadline.age(now).as_millis()
+        );
+        if let Some(kind) = kind {
+            self.totals.record_change(kind, "expired");
+        }
+        true
+    }
+
+    /// A change applied in time: its worker hears so at once, and gets the answer once
+    /// every worker serves the new version (read-your-writes).
+    pub(super) fn applied(&mut self, asker: Asker, answer: Answer) {
+        let Asker { worker, id, .. } = asker;
+        let applied = MasterMessage::Applied {
+            id,
+            answer: answer.clone(),
+        };
+        self.send_to(worker, applied);
+        self.held_answers
+            .hold(worker, id, answer, self.registry.version);
     }
 
     /// Validates and applies a change on a copy of the registry: the copy, and the id of

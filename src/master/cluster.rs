@@ -23,6 +23,7 @@ use nix::poll::PollFlags;
 use nix::unistd::Pid;
 use uuid::Uuid;
 
+use super::answers::Asker;
 use super::{Master, setup};
 use crate::child::{self, Child, Role};
 use crate::cluster::{self, CALL_BOUNDS, CountCall, FromCluster, Publication, ToCluster};
@@ -102,8 +103,7 @@ pub(super) struct ClusterState {
 }
 
 struct PendingChange {
-    worker: Pid,
-    question: u64,
+    asker: Asker,
     change: Change,
     origin: Origin,
     attempts: u32,
@@ -314,7 +314,7 @@ impl Master {
             .map(|c| std::mem::take(&mut c.held))
             .unwrap_or_default();
         for (at, batch) in held {
-            self.count_at(batch, at);
+            self.backlog.push(None, at, batch);
         }
         if reachable {
             self.send_restored_counts();
@@ -403,17 +403,10 @@ impl Master {
 
     /// A registry change, in a cluster: published to Redis before it is adopted. One at
     /// a time, in order.
-    pub(super) fn publish_change(
-        &mut self,
-        worker: Pid,
-        question: u64,
-        change: Change,
-        origin: Origin,
-    ) {
+    pub(super) fn publish_change(&mut self, asker: Asker, change: Change, origin: Origin) {
         if let Some(cluster) = self.cluster.as_mut() {
             cluster.publishing.push_back(PendingChange {
-                worker,
-                question,
+                asker,
                 change,
                 origin,
                 attempts: 0,
@@ -439,6 +432,17 @@ impl Master {
             if pending.in_flight.is_some() {
                 return;
             }
+            // Its worker gave up while it waited its turn: dropped, never published.
+            let (asker, kind) = (pending.asker, pending.change.kind());
+            if self.past_deadline(asker, Some(kind)) {
+                if let Some(cluster) = self.cluster.as_mut() {
+                    cluster.publishing.pop_front();
+                }
+                continue;
+            }
+            let Some(pending) = self.cluster.as_mut().and_then(|c| c.publishing.front_mut()) else {
+                return;
+            };
             let (change, origin) = (pending.change.clone(), pending.origin);
             pending.attempts += 1;
             let refusal = if !shares {
@@ -535,23 +539,16 @@ impl Master {
         let Some(pending) = self.cluster.as_mut().and_then(|c| c.publishing.pop_front()) else {
             return;
         };
-        let (worker, question) = (pending.worker, pending.question);
+        let asker = pending.asker;
         match outcome {
-            Ok(created) => {
-                let answer = Answer::Change(Ok(created));
-                self.held_answers
-                    .hold(worker, question, answer, self.registry.version);
-            }
-            Err(refusal) => {
-                let answer = Answer::Change(Err(refusal));
-                self.send_to(
-                    worker,
-                    MasterMessage::Answer {
-                        id: question,
-                        answer,
-                    },
-                );
-            }
+            Ok(created) => self.applied(asker, Answer::Change(Ok(created))),
+            Err(refusal) => self.send_to(
+                asker.worker,
+                MasterMessage::Answer {
+                    id: asker.id,
+                    answer: Answer::Change(Err(refusal)),
+                },
+            ),
         }
     }
 

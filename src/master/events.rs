@@ -1,9 +1,11 @@
 //! The master's one wait, and what wakes it: signals (read into flags, acted on later by
 //! the loop), control clients (answered at once with the status), and the children's
 //! channels (every message read and handled before the loop goes on, so that the tick
-//! judges heartbeats that arrived, not heartbeats still queued).
+//! judges heartbeats that arrived, not heartbeats still queued). A worker's counts come
+//! over a channel of their own, read into the backlog (`counting`) only while it has
+//! room for them: that is the backpressure, and it never holds up a heartbeat.
 //!
-//! Never blocks but in `poll` itself.
+//! Never blocks but in `poll` itself, and not even there while counts wait.
 
 use std::os::fd::AsFd;
 use std::time::Instant;
@@ -15,10 +17,13 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::Pid;
 
 use super::Master;
+use super::answers::Asker;
 use super::signals::Requested;
 use crate::action::FromRunner;
 use crate::child::Role;
+use crate::clock::Stamp;
 use crate::ipc::WorkerMessage;
+use crate::watch::CountBatch;
 
 /// What a polled descriptor belongs to.
 #[derive(Clone, Copy)]
@@ -26,6 +31,8 @@ enum Source {
     Signals,
     Control,
     Child(Pid, Role),
+    /// A worker's counts channel.
+    Counts(Pid),
     /// The old master, for a master started by an upgrade.
     Predecessor,
 }
@@ -40,7 +47,13 @@ impl Master {
             match source {
                 Source::Signals => self.signals.read_into(&mut requested)?,
                 Source::Control => self.serve_control_clients(),
-                Source::Child(pid, role) => self.read_child(pid, role, events),
+                Source::Child(pid, Role::Worker) => self.read_worker(pid, events),
+                Source::Counts(pid) => self.read_counts(pid),
+                Source::Child(pid, Role::ActionRunner) => self.read_runner(pid, events),
+                // A snapshot says nothing: its exit code is its report.
+                Source::Child(pid, Role::Snapshot) => self.read_snapshot(pid, events),
+                Source::Child(_, Role::Successor) => self.read_successor(events),
+                Source::Child(_, Role::ClusterLink) => self.read_cluster_link(events),
                 Source::Predecessor => self.read_predecessor(events)?,
             }
         }
@@ -73,12 +86,25 @@ impl Master {
                 fds.push(PollFd::new(fd, interest));
             }
         }
+        // Backpressure: a worker's counts are read while the backlog has room for them.
+        for worker in self.pool.iter().filter(|w| self.backlog.may_read(w.pid())) {
+            if let Some(counts) = &worker.counts {
+                sources.push(Source::Counts(worker.pid()));
+                fds.push(PollFd::new(counts.as_fd(), PollFlags::POLLIN));
+            }
+        }
         if let Some(succession) = &self.succession {
             let (fd, interest) = succession.poll_interest();
             sources.push(Source::Predecessor);
             fds.push(PollFd::new(fd, interest));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        // Counts waiting: look, do not sleep.
+        let timeout = if self.backlog.is_empty() {
+            PollTimeout::NONE
+        } else {
+            PollTimeout::ZERO
+        };
+        match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e).context("poll failed in the master loop"),
         }
@@ -108,6 +134,33 @@ impl Master {
         }
     }
 
+    /// Every batch the worker's counts channel holds, into the backlog. A channel that
+    /// breaks gets the worker killed, as its other channel would.
+    pub(super) fn read_counts(&mut self, pid: Pid) {
+        let Some(worker) = self.pool.get_mut(pid) else {
+            return;
+        };
+        let Some(channel) = worker.counts.as_mut() else {
+            return;
+        };
+        let received = match channel.receive::<CountBatch>() {
+            Ok(received) => received,
+            Err(e) => {
+                worker.counts = None;
+                worker
+                    .child
+                    .kill("its counts channel broke", &e.to_string());
+                return;
+            }
+        };
+        if received.closed {
+            worker.counts = None;
+        }
+        for batch in received.messages {
+            self.count(pid, batch);
+        }
+    }
+
     fn read_runner(&mut self, pid: Pid, events: PollFlags) {
         let Some(runner) = self.actions.runner.as_mut().filter(|r| r.pid == pid) else {
             return;
@@ -125,17 +178,28 @@ impl Master {
         match message {
             WorkerMessage::Ready => {
                 worker.ready = true;
-                worker.last_heartbeat = now;
+                worker.child.heard(Stamp::now());
                 worker.idle_since = Some(now);
                 info!("worker {pid} ready (generation {})", worker.generation);
             }
             WorkerMessage::Heartbeat(mut report) => {
                 self.totals.add(std::mem::take(&mut report.deltas));
+                worker.child.heard(report.sent_at);
                 worker.record_heartbeat(report, now);
             }
             WorkerMessage::RegistryAck { version } => worker.registry_version = version,
-            WorkerMessage::Counts(batch) => self.count(batch),
-            WorkerMessage::Ask { id, question } => self.answer(pid, id, question),
+            WorkerMessage::Ask {
+                id,
+                deadline,
+                question,
+            } => {
+                let asker = Asker {
+                    worker: pid,
+                    id,
+                    deadline,
+                };
+                self.answer(asker, question);
+            }
             WorkerMessage::Retiring { reason } => {
                 info!("worker {pid} retiring: {reason}");
                 worker.child.stopping_since.get_or_insert(now);

@@ -4,9 +4,10 @@
 //!
 //! `run_loop` is the whole cycle, in the fixed order of gunicorn's arbiter and nginx's
 //! master cycle: wait (poll every descriptor; read what the children sent; turn signals
-//! into flags) → act on the signal flags → reap → enforce timeouts (on the tick) →
-//! reconcile the pool to its target → release the answers held for read-your-writes. The
-//! tick also starts a counters snapshot when they changed (`snapshot.rs`).
+//! into flags) → act on the signal flags → reap → count a slice of the waiting counts →
+//! enforce timeouts (on the tick) → reconcile the pool to its target → release the
+//! answers held for read-your-writes. The tick also starts a counters snapshot when they
+//! changed (`snapshot.rs`). While counts wait, the wait only looks and does not sleep.
 //! Reload, SIGTTIN/SIGTTOU, crashes and the dynamic pool only move the target or the
 //! generation; `reconcile` converges. An upgrade (SIGUSR2) starts a new master from the
 //! binary on disk and hands everything over to it (`upgrade`).
@@ -17,7 +18,8 @@
 //!
 //! Files, by owner: `events` (the wait and what children say), `workers` (spawn, stop,
 //! reconcile), `reap`, `timeouts` (the tick), `reload` (SIGHUP, SIGUSR1), `answers`
-//! (registry changes and questions), `actions` (counts to firings to the runner),
+//! (registry changes and questions), `counting` (counts in slices), `actions` (counts to
+//! firings to the runner),
 //! `journal` (pending firings kept across stops and crashes),
 //! `snapshot` (counters written by a forked child), `upgrade` (both sides of a binary
 //! upgrade), `setup`, `announcer`, `control`, `signals`, `pool`.
@@ -27,6 +29,7 @@ mod announcer;
 mod answers;
 mod cluster;
 mod control;
+mod counting;
 mod events;
 mod journal;
 mod pool;
@@ -67,6 +70,7 @@ use crate::watch::store::MemoryStore;
 use actions::Actions;
 use answers::HeldAnswers;
 use control::ControlSocket;
+use counting::Backlog;
 use pool::Pool;
 use signals::{Requested, Signals};
 use snapshot::Snapshots;
@@ -108,6 +112,8 @@ struct Master {
     held_answers: HeldAnswers,
     totals: Totals,
     watch: Watch,
+    /// Count batches read and not counted yet.
+    backlog: Backlog,
     actions: Actions,
     snapshots: Snapshots,
     /// The binary this master runs, as it was on disk at start: what an upgrade executes.
@@ -228,6 +234,7 @@ impl Master {
             held_answers: HeldAnswers::default(),
             totals,
             watch,
+            backlog: Backlog::default(),
             actions: Actions::new(journal),
             snapshots: Snapshots::default(),
             binary,
@@ -248,6 +255,7 @@ impl Master {
             let requested = self.wait()?;
             self.act_on(&requested);
             self.reap()?;
+            self.count_a_slice();
             if requested.tick {
                 self.enforce_timeouts();
                 self.snapshot_counters_if_due();
@@ -360,6 +368,7 @@ impl Master {
             info!("new master stopped before taking over; the old one carries on");
             return;
         }
+        self.count_everything();
         self.keep_what_redis_lacks();
         match self.watch.save(&setup::counters_path(&self.config)) {
             Ok(()) => info!("counters saved"),
@@ -413,7 +422,7 @@ impl Master {
 
     /// Descriptors a new child must close right after the fork: the pidfile (or it would
     /// hold the lock after the master died), the signalfd, the control socket, the start
-    /// pipe, the journal of pending firings, every other child's channel, and what a
+    /// pipe, the journal of pending firings, every other child's channels, and what a
     /// successor inherited.
     fn master_only_fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.signals.raw_fd()];
@@ -423,6 +432,7 @@ impl Master {
         fds.extend(self.control.as_ref().map(ControlSocket::raw_fd));
         fds.extend(self.announcer.raw_fd());
         fds.extend(self.children().filter_map(Child::channel_fd));
+        fds.extend(self.pool.iter().filter_map(pool::Worker::counts_fd));
         fds
     }
 

@@ -6,12 +6,13 @@
 //! all changes to `target` that one reconcile step converges to.
 
 use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
 use crate::child::Child;
-use crate::ipc::Heartbeat;
+use crate::ipc::{Channel, Heartbeat};
 use crate::status::{WorkerState, WorkerStatus};
 
 /// A worker that exits sooner than this after its fork counts as a crash-loop exit. A
@@ -24,13 +25,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A worker: the child record every child has, and what only workers report.
 pub struct Worker {
     pub child: Child,
+    /// Its count batches, read as the backlog makes room (`counting`); `None` once the
+    /// worker closed it.
+    pub counts: Option<Channel>,
     /// The lowest number no other live worker had when it was forked: metrics series are
     /// labelled by slot, so they do not churn with every respawn.
     pub slot: usize,
     /// The reload generation whose configuration the worker was forked with.
     pub generation: u64,
     pub ready: bool,
-    pub last_heartbeat: Instant,
     pub report: Heartbeat,
     /// Since when the worker has reported itself idle (dynamic pool).
     pub idle_since: Option<Instant>,
@@ -41,14 +44,19 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(child: Child, slot: usize, generation: u64, registry_version: u64) -> Worker {
-        let now = child.spawned_at;
+    pub fn new(
+        child: Child,
+        counts: Channel,
+        slot: usize,
+        generation: u64,
+        registry_version: u64,
+    ) -> Worker {
         Worker {
             child,
+            counts: Some(counts),
             slot,
             generation,
             ready: false,
-            last_heartbeat: now,
             report: Heartbeat::default(),
             idle_since: None,
             startup_failure: None,
@@ -58,6 +66,10 @@ impl Worker {
 
     pub fn pid(&self) -> Pid {
         self.child.pid
+    }
+
+    pub fn counts_fd(&self) -> Option<RawFd> {
+        self.counts.as_ref().map(|c| c.as_fd().as_raw_fd())
     }
 
     pub fn state(&self) -> WorkerState {
@@ -73,7 +85,6 @@ impl Worker {
     }
 
     pub fn record_heartbeat(&mut self, report: Heartbeat, now: Instant) {
-        self.last_heartbeat = now;
         self.idle_since = match (report.busy, self.idle_since) {
             (true, _) => None,
             (false, None) => Some(now),

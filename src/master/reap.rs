@@ -73,6 +73,8 @@ impl Master {
         {
             return Ok(());
         }
+        // The counts it wrote before it exited, which a full backlog kept unread.
+        self.read_counts(pid);
         let Some(worker) = self.pool.remove(pid) else {
             debug!("reaped child {pid} ({how})");
             return Ok(());

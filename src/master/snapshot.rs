@@ -4,11 +4,13 @@
 //!
 //! Off the master's loop: a forked child writes `counters.json` from its copy-on-write
 //! image of the counters and exits (Redis' BGSAVE), so the master never serializes a
-//! large store between two polls. One snapshot at a time; a failed one is tried again at
-//! the next tick.
+//! large store between two polls. One snapshot at a time, under a deadline
+//! (`watchers.snapshot_timeout_secs`): a hung one is killed; a failed one is tried again
+//! at the next tick. The metrics tell when the last one succeeded and whether the last
+//! one did (Redis' `rdb_last_save_time` and `rdb_last_bgsave_status`).
 
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, warn};
 use nix::poll::PollFlags;
@@ -16,12 +18,51 @@ use nix::unistd::Pid;
 
 use super::{Master, setup};
 use crate::child::{self, Child, Role};
+use crate::metrics::write_family;
 
-/// The snapshot child and when the last one was started.
-#[derive(Default)]
+/// The snapshot child, when the last one was started, and how the last ones went.
 pub(super) struct Snapshots {
     pub child: Option<Child>,
     last_started: Option<Instant>,
+    /// When the counters on disk last matched the master's: the last snapshot written,
+    /// or the start, when they were read from disk.
+    last_saved_at: SystemTime,
+    /// Whether the last snapshot that ended was written.
+    last_ok: bool,
+}
+
+impl Default for Snapshots {
+    fn default() -> Snapshots {
+        Snapshots {
+            child: None,
+            last_started: None,
+            last_saved_at: SystemTime::now(),
+            last_ok: true,
+        }
+    }
+}
+
+impl Snapshots {
+    pub(super) fn render(&self, out: &mut String) {
+        let saved_at = self
+            .last_saved_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        write_family(
+            out,
+            "eventsd_counters_last_save_timestamp_seconds",
+            "gauge",
+            "When the last counters snapshot was written (or the counters read, at start).",
+            [(String::new(), saved_at)],
+        );
+        write_family(
+            out,
+            "eventsd_counters_last_save_ok",
+            "gauge",
+            "1 if the last counters snapshot was written, 0 if it failed or was killed.",
+            [(String::new(), u8::from(self.last_ok))],
+        );
+    }
 }
 
 impl Master {
@@ -67,13 +108,34 @@ impl Master {
         }
     }
 
+    /// On the tick: a snapshot past `watchers.snapshot_timeout_secs` is hung (a stopped
+    /// process, a disk that does not answer): killed, and the reaper marks the counters
+    /// changed for the next one.
+    pub(super) fn enforce_snapshot_deadline(&mut self) {
+        let timeout = Duration::from_secs(self.config.watchers.snapshot_timeout_secs);
+        let Some(snapshot) = self.snapshots.child.as_mut() else {
+            return;
+        };
+        let age = snapshot.age(Instant::now());
+        if age > timeout {
+            let details = format!(
+                "writing for {}s, watchers.snapshot_timeout_secs is {}",
+                age.as_secs(),
+                timeout.as_secs()
+            );
+            snapshot.kill("it hung", &details);
+        }
+    }
+
     /// Called by the reaper; tells whether `pid` was the snapshot. A failed snapshot
     /// leaves the counters marked changed, for the next tick.
     pub(super) fn on_snapshot_exit(&mut self, pid: Pid, how: &str, succeeded: bool) -> bool {
         if self.snapshots.child.take_if(|s| s.pid == pid).is_none() {
             return false;
         }
+        self.snapshots.last_ok = succeeded;
         if succeeded {
+            self.snapshots.last_saved_at = SystemTime::now();
             debug!("counters snapshot written");
         } else {
             warn!("counters snapshot {pid} {how}; trying again at the next tick");

@@ -1,9 +1,13 @@
 //! What the master enforces on its once-a-second tick (gunicorn's `murder_workers`): a
-//! worker (or the action runner, `actions.rs`) silent past `heartbeat_timeout_secs` is hung, any child still draining past
-//! `graceful_timeout_secs` is overdue, both are killed; a crash loop ends once a worker
-//! stays up; the dynamic pool grows when every worker is busy and shrinks when one idles.
+//! worker (or the action runner, `actions.rs`) silent past `heartbeat_timeout_secs` is
+//! hung, any child still draining past `graceful_timeout_secs` is overdue, a counters
+//! snapshot still writing past `watchers.snapshot_timeout_secs` is hung (`snapshot`), all
+//! are killed; a crash loop ends once a worker stays up; the dynamic pool grows when every
+//! worker is busy and shrinks when one idles.
 //!
-//! Runs after the wait has read every channel, so it judges the heartbeats that came.
+//! Runs after the wait has read every channel it may read, so it judges the heartbeats
+//! that came, by when the worker wrote them, and never a worker whose channel still
+//! holds what the master has not read (`Child::silence_past`).
 
 use std::time::Instant;
 
@@ -12,14 +16,16 @@ use nix::unistd::Pid;
 
 use super::{Master, Phase};
 use crate::child::Role;
+use crate::clock::Stamp;
 
 impl Master {
     pub(super) fn enforce_timeouts(&mut self) {
         let now = Instant::now();
-        self.kill_hung_workers(now);
+        self.kill_hung_workers();
         self.kill_hung_runner(now);
         self.kill_overdue_children(now);
         self.enforce_upgrade_deadline(now);
+        self.enforce_snapshot_deadline();
         let spawn_times: Vec<Instant> = self.pool.iter().map(|w| w.child.spawned_at).collect();
         if self.pool.backoff.settle(spawn_times.into_iter(), now) {
             info!("crash loop over: a new worker has stayed up");
@@ -29,13 +35,12 @@ impl Master {
         }
     }
 
-    fn kill_hung_workers(&mut self, now: Instant) {
-        let heartbeat_timeout = self.config.workers.heartbeat_timeout();
+    fn kill_hung_workers(&mut self) {
+        let (now, heartbeat_timeout) = (Stamp::now(), self.config.workers.heartbeat_timeout());
         let hung: Vec<(Pid, u64)> = self
             .pool
             .iter()
-            .map(|w| (w.pid(), now.duration_since(w.last_heartbeat)))
-            .filter(|(_, silent)| *silent > heartbeat_timeout)
+            .filter_map(|w| Some((w.pid(), w.child.silence_past(now, heartbeat_timeout)?)))
             .map(|(pid, silent)| (pid, silent.as_secs()))
             .collect();
         for (pid, silent) in hung {

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use socket2::Socket;
 
 use super::actions::open_journal;
+use super::answers::Asker;
 use super::{Master, Phase, setup};
 use crate::child::{self, Child, Role};
 use crate::config;
@@ -97,7 +98,7 @@ pub(super) struct Succession {
     /// Counts its workers sent, with the second they arrived.
     deferred_counts: Vec<(Second, CountBatch)>,
     /// Registry changes its workers asked for: (worker, question id, question).
-    deferred_changes: Vec<(Pid, u64, Question)>,
+    deferred_changes: Vec<(Asker, Question)>,
 }
 
 /// The log sink a successor falls back on: its predecessor's (syslog after `start`).
@@ -168,8 +169,8 @@ impl Succession {
         self.deferred_counts.push((now, batch));
     }
 
-    pub(super) fn defer_change(&mut self, worker: Pid, id: u64, question: Question) {
-        self.deferred_changes.push((worker, id, question));
+    pub(super) fn defer_change(&mut self, asker: Asker, question: Question) {
+        self.deferred_changes.push((asker, question));
     }
 }
 
@@ -295,6 +296,7 @@ impl Master {
             return;
         };
         let successor = upgrade.successor.pid;
+        self.count_everything();
         self.keep_what_redis_lacks();
         if let Err(e) = self.watch.save(&setup::counters_path(&self.config)) {
             error!("counters not saved for the new master: {e:#}");
@@ -373,10 +375,11 @@ impl Master {
             succession.deferred_changes.len(),
         );
         for (at, batch) in succession.deferred_counts {
-            self.count_at(batch, at);
+            self.backlog.push(None, at, batch);
         }
-        for (worker, id, question) in succession.deferred_changes {
-            self.answer(worker, id, question);
+        // What expired meanwhile was answered 503 by its worker, and is dropped.
+        for (asker, question) in succession.deferred_changes {
+            self.answer(asker, question);
         }
         info!(
             "took over from the old master ({counts} count batches and {changes} registry \

@@ -6,15 +6,17 @@
 //! ones go, so that no request is refused.
 
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use log::{debug, error, info};
 use nix::unistd::Pid;
 
 use super::pool::Worker;
 use super::{Master, Phase};
 use crate::child::{self, Role};
-use crate::ipc::MasterMessage;
+use crate::ipc::{Channel, MasterMessage};
 use crate::notify;
 use crate::worker;
 
@@ -79,21 +81,35 @@ impl Master {
     }
 
     fn spawn_worker(&mut self) -> anyhow::Result<()> {
+        let (counts, worker_end) =
+            UnixStream::pair().context("cannot create the counts socketpair of a worker")?;
         let setup = worker::Setup {
             listener: self.listener.as_raw_fd(),
             tls: self.tls.clone(),
             config: self.config.clone(),
             registry: self.registry.clone(),
+            counts: worker_end,
         };
-        let child = child::fork_child(Role::Worker, &self.master_only_fds(), |channel| {
+        let mut master_fds = self.master_only_fds();
+        master_fds.push(counts.as_raw_fd());
+        // In this process the worker's end closes as the unused `setup` is dropped.
+        let child = child::fork_child(Role::Worker, &master_fds, |channel| {
             worker::serve(setup, channel)
         })?;
+        let counts = Channel::new(counts)
+            .with_context(|| format!("cannot set up the counts channel of worker {}", child.pid))?;
         debug!(
             "worker {} is of generation {}",
             child.pid, self.pool.generation
         );
         let slot = self.pool.free_slot();
-        let worker = Worker::new(child, slot, self.pool.generation, self.registry.version);
+        let worker = Worker::new(
+            child,
+            counts,
+            slot,
+            self.pool.generation,
+            self.registry.version,
+        );
         self.pool.add(worker);
         Ok(())
     }

@@ -36,6 +36,56 @@ pub struct CountBatch {
     pub sets: Vec<SetCounts>,
 }
 
+impl CountBatch {
+    /// What counting it costs: one update per key and watcher of its set.
+    pub fn entries(&self) -> usize {
+        self.sets
+            .iter()
+            .map(|s| s.keys.len() * s.watchers.len())
+            .sum()
+    }
+
+    /// Takes at most `entries` updates (at least one) of at most `watchers` watchers out
+    /// of the batch, as a batch of their own: whole keys while their set's watchers fit,
+    /// else one key for some of its watchers, so that a piece makes few watchers' tables
+    /// grow at once. The events go with the last piece: once a batch's events are
+    /// counted, all of their keys are.
+    pub fn take_piece(&mut self, entries: usize, watchers: usize) -> CountBatch {
+        let mut piece = CountBatch::default();
+        let (mut taken, mut tables) = (0, 0);
+        while taken < entries && tables < watchers {
+            let Some(set) = self.sets.last_mut() else {
+                break;
+            };
+            let room = (entries - taken).min(watchers - tables);
+            if set.watchers.len() > room && set.keys.len() > 1 {
+                // Its last key apart, to be taken for some of its watchers at a time.
+                let alone = SetCounts {
+                    watchers: set.watchers.clone(),
+                    keys: set.keys.split_off(set.keys.len() - 1),
+                };
+                self.sets.push(alone);
+                continue;
+            }
+            let part = set.take_part(entries - taken, watchers - tables);
+            if set.keys.is_empty() || set.watchers.is_empty() {
+                self.sets.pop();
+            }
+            taken += part.entries().max(1);
+            tables += part.watchers.len();
+            piece.sets.push(part);
+        }
+        if self.sets.is_empty() {
+            piece.events = std::mem::take(&mut self.events);
+        }
+        piece
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.sets.is_empty()
+    }
+}
+
 /// The watchers that count by one field set, and the events of each of its keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SetCounts {
@@ -44,6 +94,31 @@ pub struct SetCounts {
 }
 
 impl SetCounts {
+    fn entries(&self) -> usize {
+        self.keys.len() * self.watchers.len()
+    }
+
+    /// At most `entries` of the set's updates, for at most `tables` of its watchers,
+    /// taken out of it: the whole set, whole keys for all its watchers, or, when even one
+    /// key has more watchers than that (then it is the set's only key:
+    /// `CountBatch::take_piece`), some of the watchers.
+    fn take_part(&mut self, entries: usize, tables: usize) -> SetCounts {
+        let (watchers, keys) = (self.watchers.len(), self.keys.len());
+        if watchers <= tables && self.entries() <= entries {
+            return std::mem::take(self);
+        }
+        if watchers <= entries.min(tables) {
+            return SetCounts {
+                watchers: self.watchers.clone(),
+                keys: self.keys.split_off(keys - entries / watchers),
+            };
+        }
+        SetCounts {
+            watchers: self.watchers.split_off(watchers - entries.min(tables)),
+            keys: self.keys.clone(),
+        }
+    }
+
     /// (watcher, key, events) for each key and watcher of the set.
     pub fn counts(&self) -> impl Iterator<Item = (Uuid, &Key, u64)> {
         self.keys.iter().flat_map(|(key, events)| {
@@ -528,6 +603,47 @@ mod tests {
             sets,
         };
         watch.count(batch, now)
+    }
+
+    /// Pieces of a batch hold every (watcher, key) once, the events come with the last.
+    #[test]
+    fn a_batch_taken_in_pieces_loses_and_repeats_nothing() {
+        let set = |watchers: usize, keys: usize| SetCounts {
+            watchers: (0..watchers).map(|_| Uuid::new_v4()).collect(),
+            keys: (0..keys)
+                .map(|k| (Key::from(k.to_string().as_str()), 1))
+                .collect(),
+        };
+        let mut batch = CountBatch {
+            events: vec![("logins".to_string(), 7)],
+            sets: vec![set(200, 7), set(1, 1000), set(3, 0)],
+        };
+        let whole: Vec<(Uuid, Key)> = sorted_entries(&batch);
+        let mut pieces = Vec::new();
+        while !batch.is_empty() {
+            let piece = batch.take_piece(1024, 16);
+            assert!(piece.entries() <= 1024, "{} entries", piece.entries());
+            let tables: usize = piece.sets.iter().map(|s| s.watchers.len()).sum();
+            assert!(tables <= 16, "{tables} watchers' tables");
+            pieces.push(piece);
+        }
+        let events: Vec<usize> = pieces.iter().map(|p| p.events.len()).collect();
+        assert_eq!(events.iter().sum::<usize>(), 1);
+        assert_eq!(events.last(), Some(&1), "the events come last");
+        let mut counted: Vec<(Uuid, Key)> = pieces.iter().flat_map(sorted_entries).collect();
+        counted.sort();
+        assert_eq!(counted, whole);
+    }
+
+    fn sorted_entries(batch: &CountBatch) -> Vec<(Uuid, Key)> {
+        let mut entries: Vec<(Uuid, Key)> = batch
+            .sets
+            .iter()
+            .flat_map(SetCounts::counts)
+            .map(|(watcher, key, _)| (watcher, key.clone()))
+            .collect();
+        entries.sort();
+        entries
     }
 
     #[test]

@@ -273,10 +273,7 @@ impl Api {
     }
 
     async fn ask(&self, question: Question) -> Option<Answer> {
-        tokio::time::timeout(MASTER_TIMEOUT, self.link.ask(question))
-            .await
-            .ok()
-            .flatten()
+        self.link.ask(question, MASTER_TIMEOUT).await
     }
 
     /// With `server.api_token` set, the request must carry it; compared in constant time.
@@ -382,10 +379,12 @@ fn refusal(refused: registry::Refusal) -> Response<Body> {
     error(status, &refused.message)
 }
 
+/// Nothing was applied: the master drops a question once its worker gave up on it.
 fn master_unavailable() -> Response<Body> {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
-        "The master did not answer in time; eventsd may be shutting down",
+        "The master did not answer in time; nothing was changed (eventsd may be busy or \
+         shutting down)",
     )
 }
 

@@ -18,7 +18,6 @@ use tokio::sync::Notify;
 
 use super::link::Link;
 use crate::event::Event;
-use crate::ipc::WorkerMessage;
 use crate::watch::plan::FieldSet;
 use crate::watch::{CountBatch, FnvBuildHasher, Key, SetCounts};
 
@@ -67,7 +66,7 @@ impl Batcher {
                 let counted = batch.add_set_keys(set, rest, max_key_bytes, &mut key);
                 rest = &rest[counted..];
                 if batch.is_full() {
-                    self.link.send(WorkerMessage::Counts(batch.take()));
+                    self.link.send_counts(batch.take());
                 }
             }
         }
@@ -97,7 +96,7 @@ impl Batcher {
     pub fn flush(&self) {
         let mut batch = self.batch.borrow_mut();
         if !batch.is_empty() {
-            self.link.send(WorkerMessage::Counts(batch.take()));
+            self.link.send_counts(batch.take());
         }
     }
 }

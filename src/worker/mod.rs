@@ -26,6 +26,7 @@ use anyhow::Context;
 use log::info;
 
 use crate::appender::Appenders;
+use crate::clock::Stamp;
 use crate::config::Config;
 use crate::ipc::{self, Heartbeat, WorkerMessage};
 use crate::registry::Registry;
@@ -33,7 +34,7 @@ use crate::tls::Tls;
 use access_log::AccessLog;
 use api::Api;
 use batcher::Batcher;
-use link::{Link, Shutdown};
+use link::{Channels, Link, Shutdown};
 use server::Stats;
 
 /// A worker reports at least this often; the master's `heartbeat_timeout_secs` is ≥ 2 s.
@@ -48,6 +49,8 @@ pub struct Setup {
     pub config: Config,
     /// The registry as the master held it at the fork.
     pub registry: Registry,
+    /// The worker's end of the socketpair its counts go over.
+    pub counts: UnixStream,
 }
 
 /// The worker's life in the forked child (`child::fork_child` runs it): set up, serve
@@ -58,6 +61,7 @@ pub fn serve(setup: Setup, mut channel: UnixStream) -> anyhow::Result<()> {
         tls,
         config,
         registry,
+        counts,
     } = setup;
     // SAFETY: the master's socket object is never dropped in this process (see
     // `child`), so this is the descriptor's only owner here.
@@ -73,9 +77,14 @@ pub fn serve(setup: Setup, mut channel: UnixStream) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    channel
-        .set_nonblocking(true)
-        .context("cannot make the IPC channel non-blocking")?;
+    for end in [&channel, &counts] {
+        end.set_nonblocking(true)
+            .context("cannot make the IPC channels non-blocking")?;
+    }
+    let channels = Channels {
+        messages: channel,
+        counts,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -83,7 +92,7 @@ pub fn serve(setup: Setup, mut channel: UnixStream) -> anyhow::Result<()> {
     let local = tokio::task::LocalSet::new();
     local.block_on(
         &runtime,
-        serve_until_drained(listener, tls, channel, config, registry, opened),
+        serve_until_drained(listener, tls, channels, config, registry, opened),
     )
 }
 
@@ -107,7 +116,7 @@ fn prepare_process(config: &Config) -> anyhow::Result<Opened> {
 async fn serve_until_drained(
     listener: std::net::TcpListener,
     tls: Option<Tls>,
-    channel: UnixStream,
+    channels: Channels,
     config: Config,
     registry: Registry,
     Opened { statm, access_log }: Opened,
@@ -123,7 +132,7 @@ async fn serve_until_drained(
         appenders: appenders.clone(),
         access_log: access_log.clone(),
     };
-    let (link, link_task) = Link::start(channel, shutdown.clone(), registry, files)
+    let (link, link_task) = Link::start(channels, shutdown.clone(), registry, files)
         .context("cannot start the IPC link")?;
     let batcher = Rc::new(Batcher::new(link.clone()));
     let api = Rc::new(Api::new(
@@ -191,10 +200,12 @@ async fn heartbeat(link: Link, stats: Rc<Stats>, api: Rc<Api>, statm: File) {
     }
 }
 
-/// A heartbeat: the worker's figures and the counters since the previous one.
+/// A heartbeat: the worker's figures and the counters since the previous one, stamped
+/// with when it was written, which is what the master judges.
 fn beat(stats: &Stats, api: &Api, rss_bytes: u64) -> Heartbeat {
     Heartbeat {
         deltas: api.take_deltas(),
+        sent_at: Stamp::now(),
         ..stats.sample(rss_bytes)
     }
 }

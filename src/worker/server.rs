@@ -331,7 +331,7 @@ impl Stats {
             in_flight: self.in_flight.get(),
             connections: self.connections.get(),
             rss_bytes,
-            deltas: Default::default(),
+            ..Heartbeat::default()
         }
     }
 }

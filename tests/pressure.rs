@@ -1,0 +1,268 @@
+//! The rows of reliability.md about a master under pressure: a worker waiting on a busy
+//! master, a large batch counted in slices, a hung counters snapshot, and a registry
+//! change whose worker gave up before the master answered.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::rest::{assert_error, register};
+use common::{Daemon, process_state, wait_for};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// `n` watchers of `logins`, all counting by `ip`: one field set.
+fn watchers_by_ip(daemon: &Daemon, n: usize) {
+    register(daemon, "logins");
+    for i in 0..n {
+        let watcher = serde_json::json!({"name": format!("w{i}"), "threshold": 1_000_000_000u64,
+            "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}});
+        let created = daemon.post("/event/logins/watcher/", &watcher.to_string());
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+}
+
+/// `GET /metrics` in a loop on another thread until `stop`: the slowest answer and every
+/// status that was not 200.
+fn poll_metrics(
+    daemon: &Daemon,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Duration, Vec<String>)> {
+    let address = daemon.address();
+    std::thread::spawn(move || {
+        let (mut slowest, mut failures) = (Duration::ZERO, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            let asked = Instant::now();
+            let raw = "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+            match common::request(address, raw) {
+                Ok(reply) if reply.status == 200 => {}
+                Ok(reply) => failures.push(format!("{}: {}", reply.status, reply.body)),
+                Err(e) => failures.push(e.to_string()),
+            }
+            slowest = slowest.max(asked.elapsed());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (slowest, failures)
+    })
+}
+
+/// Rows "a worker waits on a busy master" and "the master has a large batch to count":
+/// 200 watchers of one field set and a 1 MB `_bulk` of 20,000 new values make 4 million
+/// (watcher, key) updates. The worker is not killed while the master reads it late, every
+/// collected event is counted, and `/metrics` is answered between the slices.
+#[test]
+fn a_worker_waiting_on_a_busy_master_is_not_killed_and_questions_are_answered_meanwhile() {
+    let daemon = Daemon::run("[workers]\nmin = 2\nmax = 2\nheartbeat_timeout_secs = 2\n");
+    watchers_by_ip(&daemon, 200);
+    let workers = daemon.serving_workers();
+    let bulk: String = (0..20_000)
+        .map(|n| {
+            format!(
+                "{{\"ip\": \"10.{}.{}.{}\", \"pad\": \"{:018}\"}}\n",
+                n / 65536,
+                n / 256 % 256,
+                n % 256,
+                n
+            )
+        })
+        .collect();
+    assert!(bulk.len() <= 1_048_576, "{} bytes", bulk.len());
+
+    let reply = daemon.post("/event/logins/_bulk", &bulk);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["collected"], 20_000);
+    // From the reply on, the master counts (the worker's own parsing is not measured).
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = poll_metrics(&daemon, stop.clone());
+    let counted = Mutex::new(None);
+    wait_for("every collected event to be counted", 300 * SECOND, || {
+        let now = daemon.metric("eventsd_events_counted_total{type=\"logins\"}");
+        *counted.lock().unwrap() = now;
+        now == Some(20_000) || daemon.log().contains("killing worker")
+    });
+    // Two more heartbeat timeouts: a worker judged hung late is still caught.
+    std::thread::sleep(2 * SECOND);
+    stop.store(true, Ordering::Relaxed);
+    let (slowest, failures) = poller.join().unwrap();
+    eprintln!("slowest /metrics while counting: {slowest:?}");
+
+    assert!(!daemon.log().contains("killing worker"), "{}", daemon.log());
+    assert_eq!(daemon.serving_workers(), workers, "a worker was replaced");
+    assert_eq!(
+        *counted.lock().unwrap(),
+        Some(20_000),
+        "collected != counted"
+    );
+    assert!(
+        failures.is_empty(),
+        "/metrics failed while counting: {failures:?}"
+    );
+    assert!(slowest < SECOND, "/metrics took {slowest:?} while counting");
+}
+
+/// A `_bulk` of `n` events of distinct `ip`s.
+fn distinct_ips(n: usize) -> String {
+    (0..n)
+        .map(|n| {
+            format!(
+                "{{\"ip\": \"10.{}.{}.{}\"}}\n",
+                n / 65536,
+                n / 256 % 256,
+                n % 256
+            )
+        })
+        .collect()
+}
+
+/// The master's counters snapshot child, if one is running.
+fn snapshot_child(master: Pid) -> Option<Pid> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .map(Pid::from_raw)
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                // `eventsd-snapshot`, cut to the 15 bytes a process name holds.
+                .is_ok_and(|comm| comm.trim() == "eventsd-snapsho")
+        })
+}
+
+/// SIGSTOPs the next snapshot child, posting an event whenever none runs so that one
+/// follows; returns it once it is caught stopped (not already exited).
+fn stop_a_snapshot(daemon: &Daemon, posted: &mut u64) -> Pid {
+    let master = daemon.master_pid();
+    let mut stopped = None;
+    wait_for("a counters snapshot to stop", 60 * SECOND, || {
+        let Some(pid) = snapshot_child(master) else {
+            assert_eq!(daemon.post("/event/logins/", r#"{"ip": "a"}"#).status, 200);
+            *posted += 1;
+            return false;
+        };
+        if kill(pid, Signal::SIGSTOP).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + SECOND;
+        while Instant::now() < deadline && process_state(pid) == Some('R') {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stopped = Some(pid);
+        process_state(pid) == Some('T')
+    });
+    stopped.unwrap()
+}
+
+/// The events in `counters.json` (every bucket of every key), 0 while it is missing.
+fn counted_on_disk(daemon: &Daemon) -> u64 {
+    let Ok(text) = std::fs::read_to_string(daemon.path("state/counters.json")) else {
+        return 0;
+    };
+    let document: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let watchers = document["watchers"].as_object().unwrap();
+    let keys = watchers
+        .values()
+        .flat_map(|w| w["keys"].as_object().unwrap().values());
+    keys.flat_map(|k| k["buckets"].as_array().unwrap().iter())
+        .map(|bucket| bucket[1].as_u64().unwrap())
+        .sum()
+}
+
+/// Row "the counters snapshot child hangs": a stopped snapshot is killed once it
+/// overstays `watchers.snapshot_timeout_secs`, the log names it, the next snapshot is
+/// written, and the metrics show the failed save, then the good one.
+#[test]
+fn a_hung_counters_snapshot_is_killed_at_its_deadline_and_the_next_one_written() {
+    let daemon =
+        Daemon::run("[workers]\nmin = 1\nmax = 1\n[watchers]\nsnapshot_timeout_secs = 2\n");
+    watchers_by_ip(&daemon, 1);
+    // Keys enough that a snapshot takes a moment to write: time to catch one.
+    let mut posted = 20_000;
+    let reply = daemon.post("/event/logins/_bulk", &distinct_ips(20_000));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let saved_at = || daemon.metric("eventsd_counters_last_save_timestamp_seconds");
+    wait_for("a first snapshot", 30 * SECOND, || {
+        counted_on_disk(&daemon) > 0
+    });
+    let first_save = saved_at().expect("the save timestamp");
+
+    let snapshot = stop_a_snapshot(&daemon, &mut posted);
+    let stopped_at = Instant::now();
+    let killed = format!("killing counters snapshot {snapshot}: it hung");
+    let mut outcomes: Vec<Option<u64>> = Vec::new();
+    wait_for("the failed save, then the good one", 30 * SECOND, || {
+        let ok = daemon.metric("eventsd_counters_last_save_ok");
+        if outcomes.last() != Some(&ok) {
+            outcomes.push(ok);
+        }
+        outcomes.ends_with(&[Some(0), Some(1)])
+    });
+    let log = daemon.log();
+    assert!(log.contains(&killed), "{log}");
+    assert!(
+        stopped_at.elapsed() < 10 * SECOND,
+        "killed {:?} after the stop, its deadline is 2 s",
+        stopped_at.elapsed()
+    );
+    assert!(
+        common::is_gone(snapshot),
+        "the hung snapshot was not reaped"
+    );
+    assert!(saved_at().unwrap() >= first_save);
+    wait_for("every count in the next snapshot", 30 * SECOND, || {
+        counted_on_disk(&daemon) == posted
+    });
+}
+
+/// Row "the master answers a registry change after the worker gave up (503)": the master
+/// is stopped past the worker's deadline; the client gets 503, and when the master
+/// resumes and reads the question, it drops it: the change is absent, a retry creates it.
+#[test]
+fn a_registry_change_whose_worker_gave_up_is_not_applied() {
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
+    let master = daemon.master_pid();
+    kill(master, Signal::SIGSTOP).unwrap();
+    let late = r#"{"type": "late"}"#;
+    let reply = daemon.post("/event/", late);
+    kill(master, Signal::SIGCONT).unwrap();
+    assert_error(&reply, 503, "did not answer in time");
+
+    // Questions are read in order: once a later one is answered, the late one was read.
+    wait_for("the master to answer again", 10 * SECOND, || {
+        daemon.get("/metrics").is_ok_and(|r| r.status == 200)
+    });
+    assert_eq!(
+        daemon.get("/event/late/").unwrap().status,
+        404,
+        "applied after a 503"
+    );
+    assert!(
+        daemon.log().contains("dropped unanswered"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.post("/event/", late).status, 201);
+}
+
+/// The other side of "a 503 always means not applied": a change applied in time is
+/// answered 201 however long another worker takes to serve it (here a stopped one,
+/// killed at the heartbeat timeout), not 503 at the worker's deadline.
+#[test]
+fn a_change_applied_in_time_is_answered_however_long_the_other_workers_take() {
+    let daemon = Daemon::run("[workers]\nmin = 2\nmax = 2\nheartbeat_timeout_secs = 7\n");
+    let workers = daemon.serving_workers();
+    kill(workers[1], Signal::SIGSTOP).unwrap();
+    let asked = Instant::now();
+    let reply = daemon.post("/event/", r#"{"type": "held"}"#);
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert!(
+        asked.elapsed() > 5 * SECOND,
+        "answered within the worker's deadline ({:?}): nothing was held",
+        asked.elapsed()
+    );
+    assert_eq!(daemon.get("/event/held/").unwrap().status, 200);
+}
