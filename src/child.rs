@@ -39,6 +39,11 @@ pub enum Role {
 }
 
 impl Role {
+    /// Whether children of this role send heartbeats, and are judged hung without them.
+    pub fn beats(self) -> bool {
+        matches!(self, Role::Worker | Role::ActionRunner)
+    }
+
     /// The name the child's log lines carry.
     fn log_name(self) -> &'static str {
         match self {

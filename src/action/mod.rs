@@ -183,7 +183,8 @@ fn schedule_until_stopped(shared: &Arc<Shared>) {
     loop {
         let now = Instant::now();
         if now >= next_beat {
-            send(shared, &FromRunner::Heartbeat);
+            let sent_at = crate::clock::Stamp::now();
+            send(shared, &FromRunner::Heartbeat { sent_at });
             next_beat = now + HEARTBEAT_INTERVAL;
         }
         let mut state = lock(&shared.state);

@@ -8,13 +8,15 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::clock::Stamp;
 use crate::registry::Action;
 
 /// One message from the runner to the master.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromRunner {
-    /// The runner's scheduler is alive (sent every `HEARTBEAT_INTERVAL`).
-    Heartbeat,
+    /// The runner's scheduler is alive (sent every `HEARTBEAT_INTERVAL`), stamped on
+    /// the clock the master judges heartbeats by.
+    Heartbeat { sent_at: Stamp },
     /// An attempt failed (it may be retried: its firing is not settled).
     AttemptFailed {
         action: ActionKind,

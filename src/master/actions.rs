@@ -36,8 +36,6 @@ const MAX_UNREAD_BYTES: usize = 64 * 1024 * 1024;
 pub(super) struct Actions {
     pub runner: Option<Child>,
     respawn_at: Option<Instant>,
-    /// When the runner last said anything (its heartbeat, at least).
-    heard_at: Instant,
     pub journal: Journal,
 }
 
@@ -46,7 +44,6 @@ impl Actions {
         Actions {
             runner: None,
             respawn_at: None,
-            heard_at: Instant::now(),
             journal,
         }
     }
@@ -189,14 +186,16 @@ impl Master {
             crate::action::serve(&config, channel)
         })?;
         self.actions.runner = Some(runner);
-        self.actions.heard_at = Instant::now();
         Ok(())
     }
 
     pub(super) fn on_runner_message(&mut self, message: FromRunner) {
-        self.actions.heard_at = Instant::now();
         match message {
-            FromRunner::Heartbeat => {}
+            FromRunner::Heartbeat { sent_at } => {
+                if let Some(runner) = self.actions.runner.as_mut() {
+                    runner.heard(sent_at);
+                }
+            }
             FromRunner::AttemptFailed { action, error } => {
                 self.totals.record_failed_attempt(action, error);
             }
@@ -226,22 +225,6 @@ impl Master {
             .record_outcome(outcome.action, outcome.result, firings);
         if outcome.result == Delivery::Delivered {
             self.totals.record_delivery_latency(outcome.latency_secs);
-        }
-    }
-
-    /// On the tick: a runner silent for `workers.heartbeat_timeout_secs` is frozen or
-    /// deadlocked; it is killed, and the next one gets its firings from the journal.
-    pub(super) fn kill_hung_runner(&mut self, now: Instant) {
-        let timeout = self.config.workers.heartbeat_timeout();
-        let silent = now.duration_since(self.actions.heard_at);
-        if silent <= timeout {
-            return;
-        }
-        if let Some(runner) = self.actions.runner.as_mut() {
-            runner.kill(
-                "it hung",
-                &format!("no heartbeat for {}s", silent.as_secs()),
-            );
         }
     }
 

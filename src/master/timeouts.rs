@@ -21,8 +21,7 @@ use crate::clock::Stamp;
 impl Master {
     pub(super) fn enforce_timeouts(&mut self) {
         let now = Instant::now();
-        self.kill_hung_workers();
-        self.kill_hung_runner(now);
+        self.kill_hung_children();
         self.kill_overdue_children(now);
         self.enforce_upgrade_deadline(now);
         self.enforce_snapshot_deadline();
@@ -35,16 +34,28 @@ impl Master {
         }
     }
 
-    fn kill_hung_workers(&mut self) {
+    /// The one heartbeat rule, for every child that beats (workers, the action runner):
+    /// silent past `heartbeat_timeout_secs`, with nothing unread from it, it hung.
+    fn kill_hung_children(&mut self) {
         let (now, heartbeat_timeout) = (Stamp::now(), self.config.workers.heartbeat_timeout());
-        let hung: Vec<(Pid, u64)> = self
-            .pool
-            .iter()
-            .filter_map(|w| Some((w.pid(), w.child.silence_past(now, heartbeat_timeout)?)))
-            .map(|(pid, silent)| (pid, silent.as_secs()))
+        let hung: Vec<(Pid, Role, u64)> = self
+            .children()
+            .filter(|child| child.role.beats())
+            .filter_map(|child| {
+                let silent = child.silence_past(now, heartbeat_timeout)?;
+                Some((child.pid, child.role, silent.as_secs()))
+            })
             .collect();
-        for (pid, silent) in hung {
-            self.kill_worker(pid, "it hung", &format!("no heartbeat for {silent}s"));
+        for (pid, role, silent) in hung {
+            let details = format!("no heartbeat for {silent}s");
+            match role {
+                Role::Worker => self.kill_worker(pid, "it hung", &details),
+                _ => {
+                    if let Some(child) = self.child_mut(pid) {
+                        child.kill("it hung", &details);
+                    }
+                }
+            }
         }
     }
 
