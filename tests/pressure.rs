@@ -157,21 +157,6 @@ fn stop_a_snapshot(daemon: &Daemon, posted: &mut u64) -> Pid {
     stopped.unwrap()
 }
 
-/// The events in `counters.json` (every bucket of every key), 0 while it is missing.
-fn counted_on_disk(daemon: &Daemon) -> u64 {
-    let Ok(text) = std::fs::read_to_string(daemon.path("state/counters.json")) else {
-        return 0;
-    };
-    let document: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let watchers = document["watchers"].as_object().unwrap();
-    let keys = watchers
-        .values()
-        .flat_map(|w| w["keys"].as_object().unwrap().values());
-    keys.flat_map(|k| k["buckets"].as_array().unwrap().iter())
-        .map(|bucket| bucket[1].as_u64().unwrap())
-        .sum()
-}
-
 /// Row "the counters snapshot child hangs": a stopped snapshot is killed once it
 /// overstays `watchers.snapshot_timeout_secs`, the log names it, the next snapshot is
 /// written, and the metrics show the failed save, then the good one.
@@ -186,7 +171,7 @@ fn a_hung_counters_snapshot_is_killed_at_its_deadline_and_the_next_one_written()
     assert_eq!(reply.status, 200, "{}", reply.body);
     let saved_at = || daemon.metric("eventsd_counters_last_save_timestamp_seconds");
     wait_for("a first snapshot", 30 * SECOND, || {
-        counted_on_disk(&daemon) > 0
+        daemon.counted_on_disk() > 0
     });
     let first_save = saved_at().expect("the save timestamp");
 
@@ -214,7 +199,7 @@ fn a_hung_counters_snapshot_is_killed_at_its_deadline_and_the_next_one_written()
     );
     assert!(saved_at().unwrap() >= first_save);
     wait_for("every count in the next snapshot", 30 * SECOND, || {
-        counted_on_disk(&daemon) == posted
+        daemon.counted_on_disk() == posted
     });
 }
 

@@ -297,21 +297,6 @@ fn counters_survive_a_reload_and_a_graceful_restart() {
     wait_for("the firing", 5 * SECOND, || firings(&daemon, "storm") == 1);
 }
 
-/// The events in `counters.json` (every bucket of every key), 0 while it is missing.
-fn counted_on_disk(daemon: &Daemon) -> u64 {
-    let Ok(text) = std::fs::read_to_string(daemon.path("state/counters.json")) else {
-        return 0;
-    };
-    let document: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let watchers = document["watchers"].as_object().unwrap();
-    let keys = watchers
-        .values()
-        .flat_map(|w| w["keys"].as_object().unwrap().values());
-    keys.flat_map(|k| k["buckets"].as_array().unwrap().iter())
-        .map(|bucket| bucket[1].as_u64().unwrap())
-        .sum()
-}
-
 #[test]
 fn counts_made_a_second_before_a_kill_9_of_the_master_survive_it() {
     let mut daemon = Daemon::new(DECLARED);
@@ -321,7 +306,7 @@ fn counts_made_a_second_before_a_kill_9_of_the_master_survive_it() {
     wait_counted(&daemon, 4);
     // The snapshot of at most `watchers.snapshot_secs` (1 s) later.
     wait_for("the counters snapshot", 5 * SECOND, || {
-        counted_on_disk(&daemon) == 4
+        daemon.counted_on_disk() == 4
     });
     nix::sys::signal::kill(daemon.master_pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
     daemon.wait_exit(5 * SECOND);

@@ -169,7 +169,7 @@ pub fn origin(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn host(url: &str) -> Host {
@@ -180,22 +180,28 @@ mod tests {
         Host::Address(text.parse().unwrap())
     }
 
+    /// Every other spelling of 169.254.169.254 (the cloud metadata service) in a URL:
+    /// IPv4-mapped, -compatible and NAT64 IPv6, decimal, octal, hex and short IPv4.
+    pub(crate) const METADATA_SPELLINGS: [&str; 11] = [
+        "http://[::ffff:169.254.169.254]/",
+        "http://[::ffff:a9fe:a9fe]/",
+        "http://[::a9fe:a9fe]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://2852039166/",
+        "http://0251.0376.0251.0376/",
+        "http://0xa9fea9fe/",
+        "http://0XA9FEA9FE/",
+        "http://169.254.43518/",
+        "http://169.16689662/",
+        "http://0xa9.0xfe.0xa9.0xfe/",
+    ];
+
     #[test]
     fn every_spelling_of_the_metadata_address_is_that_address() {
-        for url in [
-            "http://169.254.169.254/",
-            "http://[::ffff:169.254.169.254]/",
-            "http://[::ffff:a9fe:a9fe]/",
-            "http://[::a9fe:a9fe]/",
-            "http://[64:ff9b::a9fe:a9fe]/",
-            "http://2852039166/",
-            "http://0251.0376.0251.0376/",
-            "http://0xa9fea9fe/",
-            "http://0XA9FEA9FE/",
-            "http://169.254.43518/",
-            "http://169.16689662/",
-            "http://0xa9.0xfe.0xa9.0xfe/",
-        ] {
+        for url in METADATA_SPELLINGS
+            .iter()
+            .chain(&["http://169.254.169.254/"])
+        {
             assert_eq!(host(url), address("169.254.169.254"), "{url}");
         }
     }
