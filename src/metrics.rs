@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::action::{ActionKind, Delivery, DropReason, ErrorClass};
+use crate::action::report::{ActionKind, Delivery, DropReason, ErrorClass};
 use crate::status::{WorkerState, WorkerStatus};
 
 /// Counters of one worker since its previous heartbeat.

@@ -16,21 +16,31 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-use crate::config::Server;
-
 /// What a worker needs to accept TLS connections.
 pub type Tls = Arc<rustls::ServerConfig>;
 
+/// The PEM files of `[server]`: `tls_cert`, `tls_key`, `tls_client_ca`.
+pub struct Files<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub client_ca: Option<&'a Path>,
+}
+
 /// The listener's TLS configuration, or `None` when it serves plain HTTP.
-pub fn load(server: &Server) -> anyhow::Result<Option<Tls>> {
-    let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) else {
+pub fn load(files: Option<Files>) -> anyhow::Result<Option<Tls>> {
+    let Some(Files {
+        cert,
+        key,
+        client_ca,
+    }) = files
+    else {
         return Ok(None);
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("server.tls_cert: the TLS versions are not supported")?;
-    let builder = match &server.tls_client_ca {
+    let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();

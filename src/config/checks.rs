@@ -17,7 +17,7 @@ impl Config {
     /// Every check of this file, in the order of the file's sections.
     pub(super) fn check_what_would_fail_later(&self) -> anyhow::Result<()> {
         self.check_own_folders()?;
-        crate::tls::load(&self.server)?;
+        crate::tls::load(self.server.tls_files())?;
         self.check_smtp()?;
         self.check_webhook_allow()?;
         self.check_declared_actions()

@@ -275,6 +275,17 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
+impl Server {
+    /// The TLS files, when the listener speaks TLS (validation checked both are set).
+    pub fn tls_files(&self) -> Option<crate::tls::Files<'_>> {
+        Some(crate::tls::Files {
+            cert: self.tls_cert.as_deref()?,
+            key: self.tls_key.as_deref()?,
+            client_ca: self.tls_client_ca.as_deref(),
+        })
+    }
+}
+
 impl Default for Server {
     fn default() -> Self {
         Server {

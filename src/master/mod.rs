@@ -203,7 +203,7 @@ impl Master {
             Some(_) => None,
             None => Some(ControlSocket::bind(&daemon.control_socket)?),
         };
-        let tls = tls::load(&config.server)?;
+        let tls = tls::load(config.server.tls_files())?;
         let signals = Signals::install()?;
         let pool = Pool::new(config.workers.min);
         let cluster = config.cluster.clone().map(cluster::ClusterState::new);

@@ -59,7 +59,7 @@ impl Master {
         }
         setup::check_privileges(&new)?;
         // Read again: a renewed certificate is served by the new generation.
-        let tls = crate::tls::load(&new.server)?;
+        let tls = crate::tls::load(new.server.tls_files())?;
         let listener =
             if new.server.listen != old.server.listen || new.server.backlog != old.server.backlog {
                 Some(setup::bind(&new)?)
