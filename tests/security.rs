@@ -435,3 +435,90 @@ fn workers_hold_no_descriptor_of_the_journal() {
         "the test looks at the right file"
     );
 }
+
+/// The attack of issue 22: a pidfile in a sticky, world-writable folder, pre-created
+/// 0666 by `nobody`, who would write there the pid for root's `stop` to kill. Refused at
+/// start, as is a pidfile `nobody` owns in a private folder. Run as root by `.ci/run`.
+#[test]
+#[ignore = "needs root"]
+fn a_pidfile_others_may_write_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(nix::unistd::geteuid().is_root(), "run this test as root");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    for (folder_mode, why) in [
+        (0o1777, "may be written by others"),
+        (0o755, "owned by uid"),
+    ] {
+        let mut daemon = Daemon::new("");
+        let folder = daemon.path("run");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(folder_mode)).unwrap();
+        let pidfile = folder.join("eventsd.pid");
+        std::fs::write(&pidfile, "").unwrap();
+        std::fs::set_permissions(&pidfile, std::fs::Permissions::from_mode(0o666)).unwrap();
+        nix::unistd::chown(&pidfile, Some(nobody.uid), Some(nobody.gid)).unwrap();
+        let config = std::fs::read_to_string(&daemon.config).unwrap();
+        let config = config.replace(
+            "[daemon]\n",
+            &format!("[daemon]\npidfile = \"{}\"\n", pidfile.display()),
+        );
+        std::fs::write(&daemon.config, config).unwrap();
+
+        let output = daemon.start();
+        assert_eq!(output.status.code(), Some(1), "mode {folder_mode:o}");
+        let message = stderr(&output);
+        assert!(
+            message.contains(&pidfile.display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains(why), "{message}");
+        assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), "");
+        assert!(daemon.get("/health").is_err(), "eventsd serves");
+    }
+}
+
+/// A pid planted in the pidfile of a running eventsd (here by the test's own hand: the
+/// file is its user's): `stop` signals the master that its control socket names, never
+/// the planted process, and says so.
+#[test]
+fn stop_signals_the_master_the_control_socket_confirms_never_a_planted_pid() {
+    struct KilledOnDrop(std::process::Child);
+    impl Drop for KilledOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut daemon = Daemon::new("");
+    let output = daemon.start();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let master = daemon.pidfile_pid().unwrap();
+    let mut victim = KilledOnDrop(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(daemon.pidfile(), format!("{}\n", victim.0.id())).unwrap();
+
+    let stopped = daemon.cli(&["stop"]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", stderr(&stopped));
+    assert!(
+        common::stdout(&stopped).contains(&format!("eventsd stopped (pid {master})")),
+        "{}",
+        common::stdout(&stopped)
+    );
+    assert!(
+        stderr(&stopped).contains(&format!("names pid {}", victim.0.id())),
+        "{}",
+        stderr(&stopped)
+    );
+    assert_eq!(
+        victim.0.try_wait().unwrap(),
+        None,
+        "the planted pid was killed"
+    );
+    common::wait_for("the master gone", Duration::from_secs(10), || {
+        common::is_gone(master)
+    });
+}
