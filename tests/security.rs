@@ -106,6 +106,18 @@ fn out_of_range_config_values_are_refused_by_configtest_with_the_key_and_range()
             "between 0 and 86400",
         ),
         ("server", "max_body_bytes", "0", "between 1 and 1073741824"),
+        (
+            "watchers",
+            "max_field_path_bytes",
+            "0",
+            "between 1 and 65536",
+        ),
+        (
+            "registry",
+            "max_bytes",
+            "1024",
+            "between 4096 and 1073741824",
+        ),
     ] {
         // Written as is: the harness's TOML overlay cannot even hold 2^64-1.
         let daemon = Daemon::new("");
@@ -521,4 +533,122 @@ fn stop_signals_the_master_the_control_socket_confirms_never_a_planted_pid() {
     common::wait_for("the master gone", Duration::from_secs(10), || {
         common::is_gone(master)
     });
+}
+
+/// A `fields` watcher of 16 fields, each path `path_bytes` long.
+fn fat_watcher(name: &str, path_bytes: usize) -> String {
+    let fields: Vec<String> = (0..16)
+        .map(|i| format!("{i:02}{}", "p".repeat(path_bytes - 2)))
+        .collect();
+    watcher_body(
+        name,
+        &serde_json::json!({"type": "fields", "fields": fields}),
+        &serde_json::json!({"type": "null"}),
+    )
+}
+
+#[test]
+fn field_paths_beyond_max_field_path_bytes_are_refused() {
+    let daemon = Daemon::run("[watchers]\nmax_field_path_bytes = 256\n");
+    register(&daemon, "logins");
+    assert_error(
+        &daemon.post("/event/logins/watcher/", &fat_watcher("huge", 60_000)),
+        400,
+        "watchers.max_field_path_bytes (256)",
+    );
+    assert_error(
+        &daemon.post("/event/logins/watcher/", &fat_watcher("long", 257)),
+        400,
+        "watchers.max_field_path_bytes",
+    );
+    assert_no_watcher(&daemon);
+    let at_the_limit = daemon.post("/event/logins/watcher/", &fat_watcher("long", 256));
+    assert_eq!(at_the_limit.status, 201, "{}", at_the_limit.body);
+}
+
+/// `registry.json` for `watchers` watchers of 16 fields of 256 bytes, 256 to an event
+/// type, the last one's paths `last_path_bytes` long: made by eventsd's own types, so
+/// its length is the one eventsd counts.
+fn fat_registry(watchers: usize, last_path_bytes: usize) -> Vec<u8> {
+    use eventsd::registry::{Entry, EventType, Registry, WatcherSpec};
+    let mut registry = Registry::default();
+    for i in 0..watchers {
+        let path_bytes = if i + 1 == watchers {
+            last_path_bytes
+        } else {
+            256
+        };
+        let body = fat_watcher(&format!("w{i:05}"), path_bytes);
+        let spec: WatcherSpec = serde_json::from_str(&body).unwrap();
+        let name = eventsd::registry::Name::try_from(format!("type{:03}", i / 256)).unwrap();
+        let event = registry.events.entry(name).or_insert_with(|| EventType {
+            id: uuid::Uuid::new_v4(),
+            declared: false,
+            collectors: Vec::new(),
+            watchers: Vec::new(),
+        });
+        event.watchers.push(Entry {
+            id: uuid::Uuid::new_v4(),
+            declared: false,
+            spec,
+        });
+    }
+    serde_json::to_vec_pretty(&registry).unwrap()
+}
+
+/// `registry.max_bytes`, filled to a few KB short by a planted `registry.json`: a change
+/// that fits is answered quickly, one that would not fit is a 400 naming the setting and
+/// leaves nothing behind. 2 MiB here, for a debug build; `bench/run` times the default
+/// 16 MiB on a release one.
+#[test]
+fn a_registry_at_max_bytes_still_answers_and_refuses_to_grow_past_it() {
+    const MAX_BYTES: usize = 2 * 1024 * 1024;
+    let one = fat_registry(1, 256).len();
+    let per_watcher = fat_registry(2, 256).len() - one;
+    let mut watchers = (MAX_BYTES - 3_000) / per_watcher;
+    let mut last_path_bytes = 256;
+    let mut planted = fat_registry(watchers, last_path_bytes);
+    while planted.len() < MAX_BYTES - 3_000 || planted.len() > MAX_BYTES - 1_000 {
+        // Each path byte less in the last watcher is 16 bytes less in the file.
+        let short = planted.len().saturating_sub(MAX_BYTES - 2_000) / 16;
+        if short >= last_path_bytes - 2 {
+            watchers -= 1;
+        } else if planted.len() < MAX_BYTES - 3_000 {
+            watchers += 1;
+        } else {
+            last_path_bytes -= short.max(1);
+        }
+        planted = fat_registry(watchers, last_path_bytes);
+    }
+    let mut daemon = Daemon::new(&format!("[registry]\nmax_bytes = {MAX_BYTES}\n"));
+    std::fs::create_dir(daemon.path("state")).unwrap();
+    std::fs::write(daemon.path("state/registry.json"), &planted).unwrap();
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+
+    let started = Instant::now();
+    let created = daemon.post("/event/", r#"{"type": "unrelated"}"#);
+    let took = started.elapsed();
+    assert_eq!(created.status, 201, "{}", created.body);
+    eprintln!(
+        "a change to a registry of {} bytes took {took:?}",
+        planted.len()
+    );
+    // security.md: 100 ms; a generous bound for a debug build on a shared machine.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    assert_error(
+        &daemon.post("/event/unrelated/watcher/", &fat_watcher("fat", 256)),
+        400,
+        &format!("registry.max_bytes ({MAX_BYTES})"),
+    );
+    let watchers = daemon.get("/event/unrelated/watcher/").unwrap().json();
+    assert_eq!(watchers, serde_json::json!([]));
+    let saved = std::fs::metadata(daemon.path("state/registry.json")).unwrap();
+    assert!(saved.len() <= MAX_BYTES as u64, "{}", saved.len());
+    assert_eq!(
+        daemon.delete("/event/type000").status,
+        200,
+        "a deletion still passes"
+    );
 }

@@ -90,9 +90,12 @@ impl Master {
         }
         let mut next = self.registry.clone();
         let rules = self.config.registry_rules();
-        let id = next.apply(change, origin, &rules).inspect_err(|_| {
-            self.totals.record_change(kind, "refused");
-        })?;
+        let id = next
+            .apply(change, origin, &rules)
+            .and_then(|id| next.check_size(change, &rules).map(|()| id))
+            .inspect_err(|_| {
+                self.totals.record_change(kind, "refused");
+            })?;
         Ok((next, id))
     }
 

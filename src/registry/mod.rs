@@ -138,6 +138,16 @@ impl Change {
             Change::DeleteWatcher { .. } => "delete_watcher",
         }
     }
+
+    /// A creation: what may grow the registry past its bounds.
+    pub fn grows(&self) -> bool {
+        matches!(
+            self,
+            Change::CreateEvent { .. }
+                | Change::CreateCollector { .. }
+                | Change::CreateWatcher { .. }
+        )
+    }
 }
 
 impl Registry {
@@ -339,6 +349,36 @@ impl Registry {
                 path.display()
             )
         })
+    }
+
+    /// Refuses (400) a change that grew the registry, now `self`, past `registry.max_bytes`
+    /// of `registry.json`; a deletion always passes.
+    pub fn check_size(&self, change: &Change, rules: &Rules) -> Result<(), Refusal> {
+        if !change.grows() {
+            return Ok(());
+        }
+        rules
+            .check_registry_bytes(self.document_len())
+            .map_err(bad_request)
+    }
+
+    /// The length of `registry.json` for this registry, counted as it is written out,
+    /// without holding the document.
+    fn document_len(&self) -> usize {
+        struct Counter(usize);
+        impl std::io::Write for Counter {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0 += bytes.len();
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut counter = Counter(0);
+        // Cannot fail: every map key is a string and the counter takes every byte.
+        let _ = serde_json::to_writer_pretty(&mut counter, self);
+        counter.0
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
