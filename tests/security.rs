@@ -477,6 +477,14 @@ fn a_pidfile_others_may_write_is_refused_at_start() {
         std::fs::write(&daemon.config, config).unwrap();
 
         let output = daemon.start();
+        if output.status.success() {
+            // Started anyway: stopped here, since the harness looks for another pidfile.
+            let pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
+            if let Ok(pid) = pid.trim().parse() {
+                let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)));
+                let _ = group.map(|g| nix::sys::signal::killpg(g, nix::sys::signal::SIGKILL));
+            }
+        }
         assert_eq!(output.status.code(), Some(1), "mode {folder_mode:o}");
         let message = stderr(&output);
         assert!(
