@@ -106,31 +106,44 @@ impl Master {
         next: Registry,
         kind: &'static str,
     ) -> Result<(), Refusal> {
-        if let Err(e) = next.save(&setup::registry_path(&self.config)) {
-            error!("registry change {kind} not applied: {e:#}");
-            self.totals.record_change(kind, "failed");
-            return Err(Refusal {
-                status: 503,
-                message: format!("The registry could not be saved: {e:#}"),
-            });
-        }
+        // One document for the file and the workers: at `registry.max_bytes` each
+        // serialization of the registry is a good part of the change's time.
+        let saved = next.document().and_then(|document| {
+            crate::files::replace_atomically(&setup::registry_path(&self.config), &document)
+                .map(|()| document)
+        });
+        let document = match saved {
+            Ok(document) => document,
+            Err(e) => {
+                error!("registry change {kind} not applied: {e:#}");
+                self.totals.record_change(kind, "failed");
+                return Err(Refusal {
+                    status: 503,
+                    message: format!("The registry could not be saved: {e:#}"),
+                });
+            }
+        };
         self.totals.record_change(kind, "ok");
         info!("registry: {kind} applied (version {})", next.version);
         self.registry = next;
         self.watch.sync(&self.registry);
-        self.push_registry();
+        self.broadcast_registry(document);
         Ok(())
     }
 
     pub(super) fn push_registry(&mut self) {
-        let document = match serde_json::to_string(&self.registry) {
-            Ok(document) => document,
-            Err(e) => {
-                error!("cannot serialize the registry: {e}");
-                return;
-            }
-        };
-        self.broadcast(&MasterMessage::Registry { document });
+        match self.registry.document() {
+            Ok(document) => self.broadcast_registry(document),
+            Err(e) => error!("{e:#}"),
+        }
+    }
+
+    /// Hands every worker `document`, the registry as `registry.json` holds it.
+    fn broadcast_registry(&mut self, document: Vec<u8>) {
+        match String::from_utf8(document) {
+            Ok(document) => self.broadcast(&MasterMessage::Registry { document }),
+            Err(e) => error!("the registry's document is not UTF-8: {e}"),
+        }
     }
 
     /// The answers whose registry version every worker now serves.

@@ -382,8 +382,12 @@ impl Registry {
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let document = serde_json::to_vec_pretty(self).context("cannot serialize the registry")?;
-        crate::files::replace_atomically(path, &document)
+        crate::files::replace_atomically(path, &self.document()?)
+    }
+
+    /// The registry as `registry.json` holds it, and as the master hands it to workers.
+    pub fn document(&self) -> anyhow::Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self).context("cannot serialize the registry")
     }
 
     fn event_or_404(&self, event: &str) -> Result<&EventType, Refusal> {
