@@ -55,9 +55,7 @@ impl Master {
             Question::Change { change, origin } => {
                 let outcome = self
                     .prepare_change(&change, origin)
-                    .and_then(|(next, created)| {
-                        self.adopt_change(next, change.kind()).map(|()| created)
-                    });
+                    .and_then(|(next, created)| self.adopt_change(next, &change).map(|()| created));
                 match outcome {
                     Ok(created) => {
                         // Held until every worker serves the new version: read-your-writes.
@@ -90,36 +88,40 @@ impl Master {
         }
         let mut next = self.registry.clone();
         let rules = self.config.registry_rules();
-        let id = next
-            .apply(change, origin, &rules)
-            .and_then(|id| next.check_size(change, &rules).map(|()| id))
-            .inspect_err(|_| {
-                self.totals.record_change(kind, "refused");
-            })?;
+        let id = next.apply(change, origin, &rules).inspect_err(|_| {
+            self.totals.record_change(kind, "refused");
+        })?;
         Ok((next, id))
     }
 
     /// Persists a prepared registry, then adopts it and pushes it to every worker. A
-    /// failure leaves the registry as it was.
-    pub(super) fn adopt_change(
-        &mut self,
-        next: Registry,
-        kind: &'static str,
-    ) -> Result<(), Refusal> {
-        // One document for the file and the workers: at `registry.max_bytes` each
-        // serialization of the registry is a good part of the change's time.
-        let saved = next.document().and_then(|document| {
+    /// creation that would leave `registry.json` past `registry.max_bytes` is refused
+    /// (400). A failure leaves the registry as it was.
+    pub(super) fn adopt_change(&mut self, next: Registry, change: &Change) -> Result<(), Refusal> {
+        let kind = change.kind();
+        // One document for the size check, the file and the workers: at
+        // `registry.max_bytes` each serialization is a good part of the change's time.
+        let document = next.document().map_err(|e| e.to_string());
+        if let Ok(document) = &document {
+            let rules = self.config.registry_rules();
+            if let Err(refusal) = Registry::check_size(change, || document.len(), &rules) {
+                self.totals.record_change(kind, "refused");
+                return Err(refusal);
+            }
+        }
+        let saved = document.and_then(|document| {
             crate::files::replace_atomically(&setup::registry_path(&self.config), &document)
                 .map(|()| document)
+                .map_err(|e| format!("{e:#}"))
         });
         let document = match saved {
             Ok(document) => document,
             Err(e) => {
-                error!("registry change {kind} not applied: {e:#}");
+                error!("registry change {kind} not applied: {e}");
                 self.totals.record_change(kind, "failed");
                 return Err(Refusal {
                     status: 503,
-                    message: format!("The registry could not be saved: {e:#}"),
+                    message: format!("The registry could not be saved: {e}"),
                 });
             }
         };

@@ -351,20 +351,24 @@ impl Registry {
         })
     }
 
-    /// Refuses (400) a change that grew the registry, now `self`, past `registry.max_bytes`
-    /// of `registry.json`; a deletion always passes.
-    pub fn check_size(&self, change: &Change, rules: &Rules) -> Result<(), Refusal> {
+    /// Refuses (400) a `change` that grew the registry past `registry.max_bytes`, its
+    /// `registry.json` being `bytes` long after it (asked only of a creation); a deletion
+    /// always passes, also over a lowered limit.
+    pub fn check_size(
+        change: &Change,
+        bytes: impl FnOnce() -> usize,
+        rules: &Rules,
+    ) -> Result<(), Refusal> {
         if !change.grows() {
             return Ok(());
         }
-        rules
-            .check_registry_bytes(self.document_len())
-            .map_err(bad_request)
+        rules.check_registry_bytes(bytes()).map_err(bad_request)
     }
 
     /// The length of `registry.json` for this registry, counted as it is written out,
-    /// without holding the document.
-    fn document_len(&self) -> usize {
+    /// without holding the document: for a change checked before its document is made
+    /// (a cluster's, published first).
+    pub fn document_len(&self) -> usize {
         struct Counter(usize);
         impl std::io::Write for Counter {
             fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {

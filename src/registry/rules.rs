@@ -217,8 +217,7 @@ impl Rules {
         Ok(())
     }
 
-    /// A registry whose `registry.json` would be `bytes` long, after a change that grows
-    /// it (one that shrinks it is always allowed, also over a lowered limit).
+    /// A registry whose `registry.json` would be `bytes` long after a creation.
     pub fn check_registry_bytes(&self, bytes: usize) -> Result<(), String> {
         if bytes > self.max_bytes {
             return Err(format!(
