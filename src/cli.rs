@@ -5,7 +5,7 @@
 //! Owns argument parsing, what each command prints and its exit code (LSB codes for
 //! `status`). It talks to a running master only through the pidfile (its lock says
 //! whether a master lives), signals, and the control socket; it never touches the
-//! master's state files.
+//! master's state files, and never signals a pid the control socket does not confirm.
 
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
@@ -41,6 +41,10 @@ const PACKAGED_CONFIG: &str = "/etc/eventsd/eventsd.toml";
 
 /// How often the CLI looks again while it waits for the master.
 const POLL_EVERY: Duration = Duration::from_millis(50);
+
+/// How long a command that signals waits for a master that holds its pidfile to answer on
+/// its control socket (it may be starting, or taking over in an upgrade).
+const CONFIRM_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(
@@ -341,19 +345,20 @@ fn await_start(pipe: OwnedFd, timeout: Duration) -> anyhow::Result<i32> {
 /// Sends `signal` (SIGTERM: graceful, SIGQUIT: fast) and waits for the master to go.
 fn stop(config: &Config, signal: Signal, wait: &Wait) -> anyhow::Result<i32> {
     let path = &config.daemon.pidfile;
-    let pid = match pidfile::probe(path)? {
-        Probe::Running(pid) => pid,
-        Probe::NotRunning | Probe::Stale(_) => {
-            println!("eventsd is not running");
-            return Ok(0);
-        }
+    let Some(master) = running_master(config)? else {
+        println!("eventsd is not running");
+        return Ok(0);
     };
+    let pid = master.pid;
     kill(pid, signal).with_context(|| format!("cannot send {signal} to eventsd (pid {pid})"))?;
     let timeout = wait.timeout.map_or_else(
         || config.workers.graceful_timeout() + Duration::from_secs(5),
         Duration::from_secs,
     );
-    if wait_until(timeout, || Ok(pidfile::probe(path)? != Probe::Running(pid)))? {
+    // Until no master holds the pidfile, whichever pid the file names.
+    if wait_until(timeout, || {
+        Ok(!matches!(pidfile::probe(path)?, Probe::Running(_)))
+    })? {
         println!("eventsd stopped (pid {pid})");
         Ok(0)
     } else {
@@ -363,6 +368,50 @@ fn stop(config: &Config, signal: Signal, wait: &Wait) -> anyhow::Result<i32> {
         );
         Ok(1)
     }
+}
+
+/// The master that runs, as its control socket confirms it (security.md): the pidfile's
+/// lock says that one lives, but its text is only a claim, and the pid signalled is the
+/// one that answers on the control socket. `None` when no master holds the pidfile.
+fn running_master(config: &Config) -> anyhow::Result<Option<Confirmed>> {
+    let (path, socket) = (&config.daemon.pidfile, &config.daemon.control_socket);
+    let Probe::Running(named) = pidfile::probe(path)? else {
+        return Ok(None);
+    };
+    // A master starting, or taking over in an upgrade, answers once it serves.
+    let mut answer = Err(anyhow!("not asked yet"));
+    wait_until(CONFIRM_WITHIN, || {
+        answer = master::query(socket);
+        Ok(answer.is_ok() || !matches!(pidfile::probe(path)?, Probe::Running(_)))
+    })?;
+    let status = match answer {
+        Ok(status) => status,
+        Err(_) if !matches!(pidfile::probe(path)?, Probe::Running(_)) => return Ok(None),
+        Err(e) => {
+            return Err(e.context(format!(
+                "eventsd holds pidfile {} (pid {named}) but its control socket does not \
+                 confirm it: not signalling a pid nothing confirms",
+                path.display()
+            )));
+        }
+    };
+    let pid = Pid::from_raw(i32::try_from(status.pid).context("the master's pid")?);
+    if pid != named {
+        eprintln!(
+            "eventsd: pidfile {} names pid {named}, but the master answering on control \
+             socket {} is pid {pid}: that one is signalled, and the pidfile's pid is not \
+             trusted",
+            path.display(),
+            socket.display()
+        );
+    }
+    Ok(Some(Confirmed { pid, status }))
+}
+
+/// A running master and the status it answered with.
+struct Confirmed {
+    pid: Pid,
+    status: Status,
 }
 
 fn restart(
@@ -379,12 +428,12 @@ fn restart(
 
 /// The configuration was validated by `execute` before this runs: a bad one is never sent.
 fn reload(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
-    let Probe::Running(pid) = pidfile::probe(&config.daemon.pidfile)? else {
+    let Some(Confirmed { pid, status }) = running_master(config)? else {
         eprintln!("eventsd: not running, nothing to reload");
         return Ok(NOT_RUNNING);
     };
     let socket = &config.daemon.control_socket;
-    let before = master::query(socket)?.reloads;
+    let before = status.reloads;
     kill(pid, Signal::SIGHUP)
         .with_context(|| format!("cannot send SIGHUP to eventsd (pid {pid})"))?;
     let timeout = wait.timeout.map_or_else(
@@ -425,13 +474,11 @@ fn reload(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
 /// The configuration was validated by `execute` before this runs: a new master would
 /// refuse a bad one anyway, but the operator hears why at once.
 fn upgrade(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
-    let path = &config.daemon.pidfile;
-    let Probe::Running(old) = pidfile::probe(path)? else {
+    let Some(Confirmed { pid: old, status }) = running_master(config)? else {
         eprintln!("eventsd: not running, nothing to upgrade");
         return Ok(NOT_RUNNING);
     };
-    let socket = &config.daemon.control_socket;
-    let failed_before = master::query(socket)?.upgrades_failed;
+    let failed_before = status.upgrades_failed;
     kill(old, Signal::SIGUSR2)
         .with_context(|| format!("cannot send SIGUSR2 to eventsd (pid {old})"))?;
     let timeout = wait.timeout.map_or_else(
@@ -440,16 +487,7 @@ fn upgrade(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
     );
     let mut outcome = None;
     wait_until(timeout, || {
-        outcome = match pidfile::probe(path)? {
-            Probe::Running(pid) if pid != old => Some(Ok(pid)),
-            Probe::Running(_) => master::query(socket)
-                .ok()
-                .filter(|status| status.upgrades_failed > failed_before)
-                .map(|status| Err(status.last_upgrade_error.unwrap_or_default())),
-            Probe::NotRunning | Probe::Stale(_) => {
-                Some(Err("eventsd stopped during the upgrade".to_string()))
-            }
-        };
+        outcome = upgrade_outcome(config, old, failed_before)?;
         Ok(outcome.is_some())
     })?;
     match outcome {
@@ -473,7 +511,7 @@ fn upgrade(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
 
 /// SIGUSR1: the master, its workers and the action runner reopen their log files.
 fn reopen(config: &Config) -> anyhow::Result<i32> {
-    let Probe::Running(pid) = pidfile::probe(&config.daemon.pidfile)? else {
+    let Some(Confirmed { pid, .. }) = running_master(config)? else {
         eprintln!("eventsd: not running, no log to reopen");
         return Ok(NOT_RUNNING);
     };
@@ -481,6 +519,28 @@ fn reopen(config: &Config) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot send SIGUSR1 to eventsd (pid {pid})"))?;
     println!("eventsd reopens its log files (pid {pid})");
     Ok(0)
+}
+
+/// How an upgrade from `old` went, once it is known: the new master answers on the
+/// control socket (it took over), or the old one counts one more failure, or none runs.
+fn upgrade_outcome(
+    config: &Config,
+    old: Pid,
+    failed_before: u64,
+) -> anyhow::Result<Option<Result<u32, String>>> {
+    Ok(match master::query(&config.daemon.control_socket) {
+        Ok(status) if status.pid != old.as_raw().unsigned_abs() => Some(Ok(status.pid)),
+        Ok(status) if status.upgrades_failed > failed_before => {
+            Some(Err(status.last_upgrade_error.unwrap_or_default()))
+        }
+        Ok(_) => None,
+        Err(_) => match pidfile::probe(&config.daemon.pidfile)? {
+            Probe::Running(_) => None,
+            Probe::NotRunning | Probe::Stale(_) => {
+                Some(Err("eventsd stopped during the upgrade".to_string()))
+            }
+        },
+    })
 }
 
 enum Report {

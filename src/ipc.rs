@@ -151,6 +151,10 @@ pub struct Channel {
     stream: UnixStream,
     inbound: Vec<u8>,
     outbound: Vec<u8>,
+    /// Bytes of `outbound` already written. Cut off once everything is written or a
+    /// message is queued, not after every write: a 16 MiB registry goes out in hundreds
+    /// of writes, and moving the rest after each one made its push quadratic.
+    written: usize,
 }
 
 /// What one read from a channel gave.
@@ -167,27 +171,37 @@ impl Channel {
             stream,
             inbound: Vec::new(),
             outbound: Vec::new(),
+            written: 0,
         })
     }
 
     /// Queues a message and writes as much as the socket takes now.
     pub fn send<M: Serialize>(&mut self, message: &M) -> io::Result<()> {
-        self.outbound.extend_from_slice(&encode(message)?);
+        let frame = encode(message)?;
+        self.outbound.drain(..self.written);
+        self.written = 0;
+        if self.outbound.is_empty() {
+            self.outbound = frame;
+        } else {
+            self.outbound.extend_from_slice(&frame);
+        }
         self.flush()
     }
 
     /// Writes queued bytes until the socket would block.
     pub fn flush(&mut self) -> io::Result<()> {
-        while !self.outbound.is_empty() {
-            match self.stream.write(&self.outbound) {
+        while self.wants_write() {
+            match self.stream.write(&self.outbound[self.written..]) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.outbound.drain(..n);
-                }
+                Ok(n) => self.written += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+        }
+        if !self.wants_write() {
+            self.outbound.clear();
+            self.written = 0;
         }
         Ok(())
     }
@@ -204,12 +218,12 @@ impl Channel {
     }
 
     pub fn wants_write(&self) -> bool {
-        !self.outbound.is_empty()
+        self.written < self.outbound.len()
     }
 
     /// Bytes queued that the peer has not taken yet.
     pub fn queued_bytes(&self) -> usize {
-        self.outbound.len()
+        self.outbound.len() - self.written
     }
 
     /// What the master does when poll reports the channel ready: write what waits if it

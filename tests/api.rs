@@ -216,6 +216,13 @@ fn the_api_token_guards_registry_changes_only() {
 
     let allowed = daemon.send("POST", "/event/", body, "Authorization: Bearer s3cret\r\n");
     assert_eq!(allowed.status, 201);
+    // RFC 7235: the scheme is case-insensitive, and one or more spaces follow it.
+    for (i, scheme) in ["bearer ", "BEARER  "].into_iter().enumerate() {
+        let body = format!(r#"{{"type": "audits{i}"}}"#);
+        let header = format!("Authorization: {scheme}s3cret\r\n");
+        let allowed = daemon.send("POST", "/event/", &body, &header);
+        assert_eq!(allowed.status, 201, "{scheme:?}: {}", allowed.body);
+    }
     assert_eq!(
         daemon.get("/event/logins").unwrap().status,
         200,

@@ -107,6 +107,18 @@ fn out_of_range_config_values_are_refused_by_configtest_with_the_key_and_range()
         ),
         ("server", "max_body_bytes", "0", "between 1 and 1073741824"),
         (
+            "watchers",
+            "max_field_path_bytes",
+            "0",
+            "between 1 and 65536",
+        ),
+        (
+            "registry",
+            "max_bytes",
+            "1024",
+            "between 4096 and 1073741824",
+        ),
+        (
             "actions",
             "max_in_flight_per_target",
             "0",
@@ -439,6 +451,219 @@ fn workers_hold_no_descriptor_of_the_journal() {
     assert!(
         master_open.contains(&journal),
         "the test looks at the right file"
+    );
+}
+
+/// The attack of issue 22: a pidfile in a sticky, world-writable folder, pre-created
+/// 0666 by `nobody`, who would write there the pid for root's `stop` to kill. Refused at
+/// start, as is a pidfile `nobody` owns in a private folder. Run as root by `.ci/run`.
+#[test]
+#[ignore = "needs root"]
+fn a_pidfile_others_may_write_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(nix::unistd::geteuid().is_root(), "run this test as root");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    for (folder_mode, why) in [
+        (0o1777, "may be written by others"),
+        (0o755, "owned by uid"),
+    ] {
+        let mut daemon = Daemon::new("");
+        let folder = daemon.path("run");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(folder_mode)).unwrap();
+        let pidfile = folder.join("eventsd.pid");
+        std::fs::write(&pidfile, "").unwrap();
+        std::fs::set_permissions(&pidfile, std::fs::Permissions::from_mode(0o666)).unwrap();
+        nix::unistd::chown(&pidfile, Some(nobody.uid), Some(nobody.gid)).unwrap();
+        let config = std::fs::read_to_string(&daemon.config).unwrap();
+        let config = config.replace(
+            "[daemon]\n",
+            &format!("[daemon]\npidfile = \"{}\"\n", pidfile.display()),
+        );
+        std::fs::write(&daemon.config, config).unwrap();
+
+        let output = daemon.start();
+        if output.status.success() {
+            // Started anyway: stopped here, since the harness looks for another pidfile.
+            let pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
+            if let Ok(pid) = pid.trim().parse() {
+                let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)));
+                let _ = group.map(|g| nix::sys::signal::killpg(g, nix::sys::signal::SIGKILL));
+            }
+        }
+        assert_eq!(output.status.code(), Some(1), "mode {folder_mode:o}");
+        let message = stderr(&output);
+        assert!(
+            message.contains(&pidfile.display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains(why), "{message}");
+        assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), "");
+        assert!(daemon.get("/health").is_err(), "eventsd serves");
+    }
+}
+
+/// A pid planted in the pidfile of a running eventsd (here by the test's own hand: the
+/// file is its user's): `stop` signals the master that its control socket names, never
+/// the planted process, and says so.
+#[test]
+fn stop_signals_the_master_the_control_socket_confirms_never_a_planted_pid() {
+    struct KilledOnDrop(std::process::Child);
+    impl Drop for KilledOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut daemon = Daemon::new("");
+    let output = daemon.start();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let master = daemon.pidfile_pid().unwrap();
+    let mut victim = KilledOnDrop(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(daemon.pidfile(), format!("{}\n", victim.0.id())).unwrap();
+
+    let stopped = daemon.cli(&["stop"]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", stderr(&stopped));
+    assert!(
+        common::stdout(&stopped).contains(&format!("eventsd stopped (pid {master})")),
+        "{}",
+        common::stdout(&stopped)
+    );
+    assert!(
+        stderr(&stopped).contains(&format!("names pid {}", victim.0.id())),
+        "{}",
+        stderr(&stopped)
+    );
+    assert_eq!(
+        victim.0.try_wait().unwrap(),
+        None,
+        "the planted pid was killed"
+    );
+    common::wait_for("the master gone", Duration::from_secs(10), || {
+        common::is_gone(master)
+    });
+}
+
+/// A `fields` watcher of 16 fields, each path `path_bytes` long.
+fn fat_watcher(name: &str, path_bytes: usize) -> String {
+    let fields: Vec<String> = (0..16)
+        .map(|i| format!("{i:02}{}", "p".repeat(path_bytes - 2)))
+        .collect();
+    watcher_body(
+        name,
+        &serde_json::json!({"type": "fields", "fields": fields}),
+        &serde_json::json!({"type": "null"}),
+    )
+}
+
+#[test]
+fn field_paths_beyond_max_field_path_bytes_are_refused() {
+    let daemon = Daemon::run("[watchers]\nmax_field_path_bytes = 256\n");
+    register(&daemon, "logins");
+    assert_error(
+        &daemon.post("/event/logins/watcher/", &fat_watcher("huge", 60_000)),
+        400,
+        "watchers.max_field_path_bytes (256)",
+    );
+    assert_error(
+        &daemon.post("/event/logins/watcher/", &fat_watcher("long", 257)),
+        400,
+        "watchers.max_field_path_bytes",
+    );
+    assert_no_watcher(&daemon);
+    let at_the_limit = daemon.post("/event/logins/watcher/", &fat_watcher("long", 256));
+    assert_eq!(at_the_limit.status, 201, "{}", at_the_limit.body);
+}
+
+/// `registry.json` for `watchers` watchers of 16 fields of 256 bytes, 256 to an event
+/// type, the last one's paths `last_path_bytes` long: made by eventsd's own types, so
+/// its length is the one eventsd counts.
+fn fat_registry(watchers: usize, last_path_bytes: usize) -> Vec<u8> {
+    use eventsd::registry::{Entry, EventType, Registry, WatcherSpec};
+    let mut registry = Registry::default();
+    for i in 0..watchers {
+        let path_bytes = if i + 1 == watchers {
+            last_path_bytes
+        } else {
+            256
+        };
+        let body = fat_watcher(&format!("w{i:05}"), path_bytes);
+        let spec: WatcherSpec = serde_json::from_str(&body).unwrap();
+        let name = eventsd::registry::Name::try_from(format!("type{:03}", i / 256)).unwrap();
+        let event = registry.events.entry(name).or_insert_with(|| EventType {
+            id: uuid::Uuid::new_v4(),
+            declared: false,
+            collectors: Vec::new(),
+            watchers: Vec::new(),
+        });
+        event.watchers.push(Entry {
+            id: uuid::Uuid::new_v4(),
+            declared: false,
+            spec,
+        });
+    }
+    serde_json::to_vec_pretty(&registry).unwrap()
+}
+
+/// `registry.max_bytes`, filled to a few KB short by a planted `registry.json`: a change
+/// that fits is answered quickly, one that would not fit is a 400 naming the setting and
+/// leaves nothing behind. 2 MiB here, for a debug build; `bench/run` times the default
+/// 16 MiB on a release one.
+#[test]
+fn a_registry_at_max_bytes_still_answers_and_refuses_to_grow_past_it() {
+    const MAX_BYTES: usize = 2 * 1024 * 1024;
+    let one = fat_registry(1, 256).len();
+    let per_watcher = fat_registry(2, 256).len() - one;
+    let mut watchers = (MAX_BYTES - 3_000) / per_watcher;
+    let mut last_path_bytes = 256;
+    let mut planted = fat_registry(watchers, last_path_bytes);
+    while planted.len() < MAX_BYTES - 3_000 || planted.len() > MAX_BYTES - 1_000 {
+        // Each path byte less in the last watcher is 16 bytes less in the file.
+        let short = planted.len().saturating_sub(MAX_BYTES - 2_000) / 16;
+        if short >= last_path_bytes - 2 {
+            watchers -= 1;
+        } else if planted.len() < MAX_BYTES - 3_000 {
+            watchers += 1;
+        } else {
+            last_path_bytes -= short.max(1);
+        }
+        planted = fat_registry(watchers, last_path_bytes);
+    }
+    let mut daemon = Daemon::new(&format!("[registry]\nmax_bytes = {MAX_BYTES}\n"));
+    std::fs::create_dir(daemon.path("state")).unwrap();
+    std::fs::write(daemon.path("state/registry.json"), &planted).unwrap();
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+
+    let started = Instant::now();
+    let created = daemon.post("/event/", r#"{"type": "unrelated"}"#);
+    let took = started.elapsed();
+    assert_eq!(created.status, 201, "{}", created.body);
+    eprintln!(
+        "a change to a registry of {} bytes took {took:?}",
+        planted.len()
+    );
+    // security.md: 100 ms; a generous bound for a debug build on a shared machine.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    assert_error(
+        &daemon.post("/event/unrelated/watcher/", &fat_watcher("fat", 256)),
+        400,
+        &format!("registry.max_bytes ({MAX_BYTES})"),
+    );
+    let watchers = daemon.get("/event/unrelated/watcher/").unwrap().json();
+    assert_eq!(watchers, serde_json::json!([]));
+    let saved = std::fs::metadata(daemon.path("state/registry.json")).unwrap();
+    assert!(saved.len() <= MAX_BYTES as u64, "{}", saved.len());
+    assert_eq!(
+        daemon.delete("/event/type000").status,
+        200,
+        "a deletion still passes"
     );
 }
 

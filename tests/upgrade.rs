@@ -8,11 +8,14 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::redis::RedisServer;
 use common::sinks::{HttpSink, dead_address};
 use common::{Daemon, Load, stderr, stdout, wait_for};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -273,4 +276,110 @@ fn assert_serves_as(daemon: &Daemon, master: Pid) {
     assert_eq!(status["upgrade_in_progress"], false);
     assert_eq!(daemon.get("/health").unwrap().status, 200);
     daemon.wait_ready();
+}
+
+/// A reader of the pidfile at the file's own pace: what it saw that no reader may see, a
+/// file that a master locked and named and that then held no whole pid (the first line).
+/// A fresh file is empty for the moment between its master's lock and first write; the
+/// `status` probes wait that out.
+fn watch_the_pidfile(path: &Path, stop: &AtomicBool) -> Vec<String> {
+    use std::os::unix::fs::FileExt;
+    let mut seen = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(1));
+        let Ok(mut file) = std::fs::File::open(path) else {
+            continue;
+        };
+        let mut named = None;
+        while !stop.load(Ordering::Relaxed) {
+            file = match Flock::lock(file, FlockArg::LockSharedNonblock) {
+                Err((held, Errno::EWOULDBLOCK)) => held,
+                _no_master_holds_it => break,
+            };
+            let mut text = [0u8; 64];
+            let n = file.read_at(&mut text, 0).unwrap();
+            let text = String::from_utf8_lossy(&text[..n]).to_string();
+            match (
+                text.lines().next().and_then(|l| l.parse::<u32>().ok()),
+                named,
+            ) {
+                (Some(pid), _) => named = Some(pid),
+                (None, Some(last)) => seen.push(format!("{text:?} after pid {last}")),
+                (None, None) => {}
+            }
+        }
+    }
+    seen
+}
+
+/// Sets its flag when dropped, panicking included.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `status` during starts, upgrades and stops always names a pid (it read an empty
+/// pidfile once in `.ci/run`), and the pidfile never holds less than a whole pid.
+#[test]
+fn status_racing_starts_and_upgrades_always_names_the_master() {
+    let mut daemon = Daemon::new("[workers]\nmin = 1\nmax = 1\n");
+    let stop = AtomicBool::new(false);
+    let probes = AtomicUsize::new(0);
+    let (config, pidfile) = (daemon.config.clone(), daemon.pidfile());
+    let (wrong, seen) = std::thread::scope(|scope| {
+        // Also when a start fails: the probers and the watcher must end for the scope to.
+        let _stops_them = StopOnDrop(&stop);
+        let watcher = scope.spawn(|| watch_the_pidfile(&pidfile, &stop));
+        let probers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut wrong = Vec::new();
+                    while !stop.load(Ordering::Relaxed) || probes.load(Ordering::Relaxed) < 200 {
+                        let output = std::process::Command::new(common::BINARY)
+                            .arg("-c")
+                            .arg(&config)
+                            .arg("status")
+                            .output()
+                            .unwrap();
+                        probes.fetch_add(1, Ordering::Relaxed);
+                        let said = format!("{}{}", stdout(&output), stderr(&output));
+                        let named = match output.status.code() {
+                            Some(0) => said.starts_with("eventsd is running (pid "),
+                            Some(3) => said.starts_with("eventsd is not running"),
+                            _ => false,
+                        };
+                        if !named {
+                            wrong.push(format!("{:?}: {said}", output.status.code()));
+                        }
+                    }
+                    wrong
+                })
+            })
+            .collect();
+        for _ in 0..10 {
+            let started = daemon.start();
+            assert!(started.status.success(), "{}", stderr(&started));
+            let upgraded = daemon.cli(&["upgrade"]);
+            assert!(upgraded.status.success(), "{}", stderr(&upgraded));
+            daemon.track_master();
+            let stopped = daemon.cli(&["stop"]);
+            assert!(stopped.status.success(), "{}", stderr(&stopped));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let wrong: Vec<String> = probers
+            .into_iter()
+            .flat_map(|prober| prober.join().unwrap())
+            .collect();
+        (wrong, watcher.join().unwrap())
+    });
+    assert!(seen.is_empty(), "the locked pidfile held no pid: {seen:?}");
+    assert!(
+        wrong.is_empty(),
+        "{} of {} probes named no master: {wrong:?}",
+        wrong.len(),
+        probes.load(Ordering::Relaxed)
+    );
 }

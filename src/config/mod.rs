@@ -189,6 +189,9 @@ pub struct Watchers {
     /// Fields of one `fields` aggregator.
     #[serde(deserialize_with = "within::<_, _, 1, 256>")]
     pub max_fields: usize,
+    /// The longest field path a `fields` aggregator may name.
+    #[serde(deserialize_with = "within::<_, _, 1, 65_536>")]
+    pub max_field_path_bytes: usize,
     /// The longest aggregation key; longer values are cut to a digest.
     #[serde(deserialize_with = "within::<_, _, 64, 65_536>")]
     pub max_key_bytes: usize,
@@ -228,6 +231,10 @@ pub struct Actions {
 pub struct RegistryLimits {
     #[serde(deserialize_with = "within::<_, _, 1, 1_000_000>")]
     pub max_event_types: usize,
+    /// The largest `registry.json` a change may leave: every change rewrites it and
+    /// pushes the registry to every worker.
+    #[serde(deserialize_with = "within::<_, _, 4_096, 1_073_741_824>")]
+    pub max_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -327,6 +334,7 @@ impl Default for Watchers {
             max_keys: 100_000,
             action_queue: 10_000,
             max_fields: 16,
+            max_field_path_bytes: 256,
             max_key_bytes: 1024,
             max_per_type: 256,
             snapshot_secs: 1,
@@ -351,6 +359,7 @@ impl Default for RegistryLimits {
     fn default() -> Self {
         RegistryLimits {
             max_event_types: 10_000,
+            max_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -542,6 +551,8 @@ impl Config {
             max_event_types: self.registry.max_event_types,
             max_watchers: self.watchers.max_per_type,
             max_fields: self.watchers.max_fields,
+            max_field_path_bytes: self.watchers.max_field_path_bytes,
+            max_bytes: self.registry.max_bytes,
             destinations: self.destinations(),
         }
     }

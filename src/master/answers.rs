@@ -80,9 +80,7 @@ impl Master {
             Question::Change { change, origin } => {
                 let outcome = self
                     .prepare_change(&change, origin)
-                    .and_then(|(next, created)| {
-                        self.adopt_change(next, change.kind()).map(|()| created)
-                    });
+                    .and_then(|(next, created)| self.adopt_change(next, &change).map(|()| created));
                 match outcome {
                     Ok(created) => {
                         self.audit(&change, origin, created);
@@ -154,26 +152,42 @@ impl Master {
     }
 
     /// Persists a prepared registry, then adopts it and pushes it to every worker. A
-    /// failure leaves the registry as it was.
-    pub(super) fn adopt_change(
-        &mut self,
-        next: Registry,
-        kind: &'static str,
-    ) -> Result<(), Refusal> {
-        if let Err(e) = next.save(&setup::registry_path(&self.config)) {
-            error!("registry change {kind} not applied: {e:#}");
-            self.totals.record_change(kind, "failed");
-            return Err(Refusal {
-                status: 503,
-                message: format!("The registry could not be saved: {e:#}"),
-            });
+    /// creation that would leave `registry.json` past `registry.max_bytes` is refused
+    /// (400). A failure leaves the registry as it was.
+    pub(super) fn adopt_change(&mut self, next: Registry, change: &Change) -> Result<(), Refusal> {
+        let kind = change.kind();
+        // One document for the size check, the file and the workers: at
+        // `registry.max_bytes` each serialization is a good part of the change's time.
+        let document = next.document().map_err(|e| e.to_string());
+        if let Ok(document) = &document {
+            let rules = self.config.registry_rules();
+            if let Err(refusal) = Registry::check_size(change, || document.len(), &rules) {
+                self.totals.record_change(kind, "refused");
+                return Err(refusal);
+            }
         }
+        let saved = document.and_then(|document| {
+            crate::files::replace_atomically(&setup::registry_path(&self.config), &document)
+                .map(|()| document)
+                .map_err(|e| format!("{e:#}"))
+        });
+        let document = match saved {
+            Ok(document) => document,
+            Err(e) => {
+                error!("registry change {kind} not applied: {e}");
+                self.totals.record_change(kind, "failed");
+                return Err(Refusal {
+                    status: 503,
+                    message: format!("The registry could not be saved: {e}"),
+                });
+            }
+        };
         self.totals.record_change(kind, "ok");
         debug!("registry: {kind} applied (version {})", next.version);
         self.registry = next;
         self.watch.sync(&self.registry);
         self.settle_orphaned_firings();
-        self.push_registry();
+        self.broadcast_registry(document);
         Ok(())
     }
 
@@ -189,14 +203,18 @@ impl Master {
     }
 
     pub(super) fn push_registry(&mut self) {
-        let document = match serde_json::to_string(&self.registry) {
-            Ok(document) => document,
-            Err(e) => {
-                error!("cannot serialize the registry: {e}");
-                return;
-            }
-        };
-        self.broadcast(&MasterMessage::Registry { document });
+        match self.registry.document() {
+            Ok(document) => self.broadcast_registry(document),
+            Err(e) => error!("{e:#}"),
+        }
+    }
+
+    /// Hands every worker `document`, the registry as `registry.json` holds it.
+    fn broadcast_registry(&mut self, document: Vec<u8>) {
+        match String::from_utf8(document) {
+            Ok(document) => self.broadcast(&MasterMessage::Registry { document }),
+            Err(e) => error!("the registry's document is not UTF-8: {e}"),
+        }
     }
 
     /// The answers whose registry version every worker now serves.

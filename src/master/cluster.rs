@@ -451,7 +451,14 @@ impl Master {
                     message: "The shared registry (Redis) is unreachable; try again".to_string(),
                 })
             } else {
-                match self.prepare_change(&change, origin) {
+                let rules = self.config.registry_rules();
+                let prepared = self
+                    .prepare_change(&change, origin)
+                    .and_then(|(next, created)| {
+                        Registry::check_size(&change, || next.document_len(), &rules)
+                            .map(|()| (next, created))
+                    });
+                match prepared {
                     Ok((next, created)) => {
                         self.send_publication(next, created);
                         return;
@@ -498,14 +505,13 @@ impl Master {
         let Some((next, created)) = pending.in_flight.take() else {
             return;
         };
-        let (attempts, kind) = (pending.attempts, pending.change.kind());
-        let (change, origin) = (pending.change.clone(), pending.origin);
+        let (attempts, change, origin) = (pending.attempts, pending.change.clone(), pending.origin);
         match publication {
             Publication::Written(version) => {
                 if let Some(cluster) = self.cluster.as_mut() {
                     cluster.shared_version = Some(version);
                 }
-                let outcome = self.adopt_change(next, kind).map(|()| created);
+                let outcome = self.adopt_change(next, &change).map(|()| created);
                 if outcome.is_ok() {
                     self.audit(&change, origin, created);
                 }

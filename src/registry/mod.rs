@@ -171,6 +171,16 @@ impl Change {
             Change::DeleteWatcher { .. } => "delete_watcher",
         }
     }
+
+    /// A creation: what may grow the registry past its bounds.
+    pub fn grows(&self) -> bool {
+        matches!(
+            self,
+            Change::CreateEvent { .. }
+                | Change::CreateCollector { .. }
+                | Change::CreateWatcher { .. }
+        )
+    }
 }
 
 impl EventType {
@@ -390,9 +400,47 @@ impl Registry {
         })
     }
 
+    /// Refuses (400) a `change` that grew the registry past `registry.max_bytes`, its
+    /// `registry.json` being `bytes` long after it (asked only of a creation); a deletion
+    /// always passes, also over a lowered limit.
+    pub fn check_size(
+        change: &Change,
+        bytes: impl FnOnce() -> usize,
+        rules: &Rules,
+    ) -> Result<(), Refusal> {
+        if !change.grows() {
+            return Ok(());
+        }
+        rules.check_registry_bytes(bytes()).map_err(bad_request)
+    }
+
+    /// The length of `registry.json` for this registry, counted as it is written out,
+    /// without holding the document: for a change checked before its document is made
+    /// (a cluster's, published first).
+    pub fn document_len(&self) -> usize {
+        struct Counter(usize);
+        impl std::io::Write for Counter {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0 += bytes.len();
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut counter = Counter(0);
+        // Cannot fail: every map key is a string and the counter takes every byte.
+        let _ = serde_json::to_writer_pretty(&mut counter, self);
+        counter.0
+    }
+
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let document = serde_json::to_vec_pretty(self).context("cannot serialize the registry")?;
-        crate::files::replace_atomically(path, &document)
+        crate::files::replace_atomically(path, &self.document()?)
+    }
+
+    /// The registry as `registry.json` holds it, and as the master hands it to workers.
+    pub fn document(&self) -> anyhow::Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self).context("cannot serialize the registry")
     }
 
     fn event_or_404(&self, event: &str) -> Result<&EventType, Refusal> {

@@ -1,8 +1,9 @@
 //! What the operator allows a registry change to name or grow (security.md): the folders
 //! a client's file appender may write in (`[collectors] file_dirs`), eventsd's own files
 //! that no appender may name, whether an API token guards the registry, and the bounds
-//! on its size (event types, collectors and watchers per type, fields per watcher), and
-//! where a firing may go (webhook addresses and prefixes, mail domains).
+//! on its size (event types, collectors and watchers per type, fields per watcher and
+//! their paths' length, bytes of the whole), and where a firing may go (webhook addresses
+//! and prefixes, mail domains).
 //!
 //! Plain data built from the configuration (`Config::registry_rules`) and checks on
 //! paths and addresses (the kernel is asked which addresses are this host's); nothing
@@ -35,6 +36,10 @@ pub struct Rules {
     pub max_watchers: usize,
     /// `watchers.max_fields`.
     pub max_fields: usize,
+    /// `watchers.max_field_path_bytes`.
+    pub max_field_path_bytes: usize,
+    /// `registry.max_bytes`: of `registry.json`, as a change would leave it.
+    pub max_bytes: usize,
     /// Where actions may send firings.
     pub destinations: Destinations,
 }
@@ -188,6 +193,8 @@ impl Default for Rules {
             max_event_types: 10_000,
             max_watchers: 256,
             max_fields: 16,
+            max_field_path_bytes: 256,
+            max_bytes: 16 * 1024 * 1024,
             destinations: Destinations::default(),
         }
     }
@@ -240,6 +247,28 @@ impl Rules {
                     self.max_fields
                 ));
             }
+            if let Some(long) = fields
+                .iter()
+                .find(|path| path.len() > self.max_field_path_bytes)
+            {
+                return Err(format!(
+                    "Invalid `fields`: a field path of {} bytes, more than \
+                     watchers.max_field_path_bytes ({})",
+                    long.len(),
+                    self.max_field_path_bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A registry whose `registry.json` would be `bytes` long after a creation.
+    pub fn check_registry_bytes(&self, bytes: usize) -> Result<(), String> {
+        if bytes > self.max_bytes {
+            return Err(format!(
+                "The registry would be {bytes} bytes, more than registry.max_bytes ({})",
+                self.max_bytes
+            ));
         }
         Ok(())
     }

@@ -284,7 +284,7 @@ impl Api {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(bearer_credentials)
             .unwrap_or("");
         constant_time_eq(presented.as_bytes(), token.as_bytes())
     }
@@ -510,6 +510,15 @@ fn parse_lines(body: &[u8]) -> Result<Vec<Event<'_>>, String> {
 }
 
 /// Compares without an early exit, so the time taken does not tell how much matched.
+/// The credentials of an `Authorization: Bearer` value. RFC 7235: the scheme is
+/// case-insensitive and one or more spaces separate it from the credentials.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim_start_matches(' '))
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let differences = a
         .iter()
