@@ -3,11 +3,13 @@
 //! small load: every query of its panels, annotations and variables, with `$job`,
 //! `$instance` and `$__rate_interval` as Grafana would substitute them, must return a
 //! series, not an error and not nothing. The daemon is a cluster node on a real
-//! `redis-server`, so that the cluster panels have their families too.
+//! `redis-server`, so that the cluster panels have their families too. The build
+//! annotation fires across an upgrade to a binary with another commit label.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -122,12 +124,12 @@ fn dashboard_queries() -> Vec<(String, String)> {
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().unwrap().to_string();
-            queries.push((format!("panel {:?}", panel["title"]), expr));
+            queries.push((format!("panel {}", panel["title"]), expr));
         }
     }
     for annotation in dashboard["annotations"]["list"].as_array().unwrap() {
         let expr = annotation["expr"].as_str().unwrap().to_string();
-        queries.push((format!("annotation {:?}", annotation["name"]), expr));
+        queries.push((format!("annotation {}", annotation["name"]), expr));
     }
     for variable in dashboard["templating"]["list"].as_array().unwrap() {
         let Some(definition) = variable["definition"].as_str() else {
@@ -138,7 +140,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
             .and_then(|rest| rest.rsplit_once(','))
             .map(|(selector, _)| selector.to_string())
             .unwrap_or_else(|| panic!("variable {definition} is not label_values(…)"));
-        queries.push((format!("variable {:?}", variable["name"]), selector));
+        queries.push((format!("variable {}", variable["name"]), selector));
     }
     queries
 }
@@ -254,4 +256,104 @@ fn every_dashboard_query_returns_a_series_from_a_real_prometheus() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The "New build" annotation: a build an instance serves that it did not `offset` ago.
+fn build_annotation(offset: &str, instance: &str) -> String {
+    let (place, expr) = dashboard_queries()
+        .into_iter()
+        .find(|(place, _)| place.starts_with("annotation \"New build\""))
+        .expect("the dashboard has a \"New build\" annotation");
+    assert!(expr.contains("offset 10m"), "{place}: `{expr}`");
+    substituted(
+        &expr.replace("offset 10m", &format!("offset {offset}")),
+        instance,
+    )
+}
+
+/// The `commit` label of the build `daemon` serves.
+fn served_commit(daemon: &Daemon) -> String {
+    let metrics = daemon.get("/metrics").unwrap().body;
+    let line = metrics
+        .lines()
+        .find(|line| line.starts_with("eventsd_build_info{"))
+        .expect("eventsd_build_info is served");
+    let commit = line
+        .split("commit=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next());
+    commit.expect("eventsd_build_info has a commit").to_string()
+}
+
+/// `binary` with every occurrence of `commit` (a git hash: `--version` and
+/// `eventsd_build_info` have it) changed to another of the same length: the build of
+/// another commit, without a second build of the crate.
+fn as_built_from_another_commit(binary: &[u8], commit: &str) -> (Vec<u8>, String) {
+    assert!(
+        commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the binary under test is built from a git checkout (commit {commit:?})"
+    );
+    let other: String = commit
+        .chars()
+        .map(|c| if c == 'f' { '0' } else { 'f' })
+        .collect();
+    let mut patched = binary.to_vec();
+    let mut found = 0;
+    let mut at = 0;
+    while let Some(i) = patched[at..]
+        .windows(commit.len())
+        .position(|w| w == commit.as_bytes())
+    {
+        patched[at + i..at + i + commit.len()].copy_from_slice(other.as_bytes());
+        at += i + commit.len();
+        found += 1;
+    }
+    assert!(found > 0, "commit {commit} is not in the binary");
+    (patched, other)
+}
+
+/// Acceptance (issue 29): the build annotation returns nothing while a node serves the
+/// same build, and a series across an upgrade to a binary with another commit label. Its
+/// 10-minute window is shortened to 3 s here, so both show within seconds.
+#[test]
+fn the_build_annotation_fires_across_an_upgrade_to_another_commit() {
+    let mut daemon = Daemon::new("");
+    daemon.binary = daemon.path("eventsd");
+    std::fs::copy(common::BINARY, &daemon.binary).unwrap();
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+    let prometheus = Prometheus::start(&[daemon.address()]);
+    let instance = daemon.address().to_string();
+    let annotation = build_annotation("3s", &instance);
+
+    let older = substituted(
+        "eventsd_build_info{instance=~\"$instance\"} offset 3s",
+        &instance,
+    );
+    wait_for("3 s of scrapes", 20 * SECOND, || {
+        prometheus
+            .query(&older)
+            .is_ok_and(|series| !series.is_empty())
+    });
+    assert_eq!(prometheus.query(&annotation), Ok(vec![]), "the same build");
+
+    let (next, commit) = as_built_from_another_commit(
+        &std::fs::read(common::BINARY).unwrap(),
+        &served_commit(&daemon),
+    );
+    let staged = daemon.binary.with_extension("next");
+    std::fs::write(&staged, next).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &daemon.binary).unwrap();
+    let upgrade = daemon.cli(&["upgrade"]);
+    assert!(upgrade.status.success(), "{}", common::stderr(&upgrade));
+    assert_eq!(served_commit(&daemon), commit);
+
+    wait_for("the annotation on the new build", 20 * SECOND, || {
+        prometheus.query(&annotation).is_ok_and(|series| {
+            series
+                .iter()
+                .any(|s| s["metric"]["commit"] == commit.as_str())
+        })
+    });
 }
