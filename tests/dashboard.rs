@@ -2,9 +2,9 @@
 //! (Debian's `prometheus`, which `scripts/test` installs) scraping a real daemon under a
 //! small load: every query of its panels, annotations and variables, with `$job`,
 //! `$instance` and `$__rate_interval` as Grafana would substitute them, must return a
-//! series, not an error and not nothing. The daemon is a cluster node on a real
-//! `redis-server`, so that the cluster panels have their families too. The build
-//! annotation fires across an upgrade to a binary with another commit label.
+//! series, not an error and not nothing. Two nodes are scraped, one of them a cluster
+//! node on a real `redis-server`, so that the cluster panels have their families too.
+//! The build annotation fires across an upgrade to a binary with another commit label.
 
 mod common;
 
@@ -207,7 +207,7 @@ fn put_under_load(daemon: &Daemon, sink: &HttpSink, slow: &HttpSink) {
 }
 
 /// Acceptance (issue 29): each query of the dashboard returns a series from a real
-/// Prometheus scraping a daemon under load; none errs, none stays empty.
+/// Prometheus scraping two nodes under load; none errs, none stays empty.
 #[test]
 fn every_dashboard_query_returns_a_series_from_a_real_prometheus() {
     let queries = dashboard_queries();
