@@ -55,6 +55,17 @@ impl Role {
         }
     }
 
+    /// What `ps` shows as its command line, as nginx names its processes.
+    fn title(self) -> &'static str {
+        match self {
+            Role::Worker => "eventsd: worker process",
+            Role::ActionRunner => "eventsd: action runner",
+            Role::Snapshot => "eventsd: counters snapshot",
+            Role::Successor => "eventsd: new master (upgrade)",
+            Role::ClusterLink => "eventsd: cluster link",
+        }
+    }
+
     fn process_name(self) -> &'static CStr {
         match self {
             Role::Worker => c"eventsd-worker",
@@ -156,6 +167,7 @@ fn run_child(role: Role, master_fds: &[RawFd], body: impl FnOnce() -> anyhow::Re
 /// successor keeps the default, since an ignored signal stays ignored across `exec`.
 fn prepare(role: Role) -> anyhow::Result<()> {
     nix::sys::prctl::set_name(role.process_name()).context("cannot set the process name")?;
+    crate::title::set(role.title());
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .context("cannot restore the signal mask")?;
     if role != Role::Successor {

@@ -33,6 +33,7 @@ pub mod pidfile;
 pub mod privileges;
 pub mod registry;
 pub mod status;
+pub mod title;
 pub mod tls;
 pub mod watch;
 pub mod worker;

@@ -652,3 +652,35 @@ fn run_tells_systemd_ready_reloading_and_stopping() {
     assert_eq!(next(), "STOPPING=1");
     assert!(daemon.wait_exit(10 * SECOND).success());
 }
+
+/// `ps` tells the roles apart, as nginx's processes: the master shows its command line,
+/// each child its role (process-model.md, "Operated like nginx, part two").
+#[test]
+fn ps_shows_each_process_by_its_role() {
+    let daemon = common::Daemon::run("[workers]\nmin = 2\nmax = 2\n");
+    let command_line = |pid: &str| {
+        let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .trim_end_matches('\0')
+            .replace('\0', " ")
+    };
+    let master = daemon.master_pid().to_string();
+    let shown = command_line(&master);
+    assert!(
+        shown.starts_with("eventsd: master process ") && shown.ends_with(" run"),
+        "{shown}"
+    );
+    let children =
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap();
+    let mut titles: Vec<String> = children.split_whitespace().map(command_line).collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        [
+            "eventsd: action runner",
+            "eventsd: worker process",
+            "eventsd: worker process"
+        ],
+        "{children}"
+    );
+}

@@ -64,6 +64,7 @@ use crate::notify;
 use crate::pidfile::Pidfile;
 use crate::registry::Registry;
 use crate::status::{CrashLoop, Status};
+use crate::title;
 use crate::tls::{self, Tls};
 use crate::watch::Watch;
 use crate::watch::store::MemoryStore;
@@ -135,6 +136,9 @@ pub fn run(
     default_sink: Sink,
     mut announcer: Announcer,
 ) -> anyhow::Result<()> {
+    // While this is the only thread: `ps` shows the role, as nginx's master does.
+    let command_line = title::init();
+    title::set(&format!("eventsd: master process {command_line}"));
     let mut master = match Master::new(source, config, default_sink) {
         Ok(master) => master,
         Err(e) => {
