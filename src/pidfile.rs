@@ -15,6 +15,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,10 @@ impl Pidfile {
         let file = open(path)?;
         check_owner(&file, path)?;
         let file = lock_exclusive(file, path)?;
+        // Readable by all, whatever the umask (systemd's is 027): any user who may read
+        // the config may ask `status`, which probes the lock (process-model.md).
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("cannot make pidfile {} readable", path.display()))?;
         let mut pidfile = Pidfile {
             path: path.to_path_buf(),
             file,

@@ -684,3 +684,17 @@ fn ps_shows_each_process_by_its_role() {
         "{children}"
     );
 }
+
+/// The pidfile is readable by every user whatever the umask (systemd's is 027), so that
+/// `status` works for anyone who may read the config.
+#[test]
+fn the_pidfile_is_readable_by_all_whatever_the_umask() {
+    let mut daemon = Daemon::new("");
+    daemon.spawn_foreground_under(&["sh", "-c", "umask 027; exec \"$0\" \"$@\""], &[]);
+    daemon.wait_ready();
+    let mode = std::fs::metadata(daemon.pidfile())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644, "{mode:o}");
+}
