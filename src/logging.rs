@@ -125,10 +125,12 @@ fn give_to_workers(
     path: &Path,
     privileges: &crate::config::Privileges,
 ) -> anyhow::Result<()> {
-    if privileges.uid.is_none() && privileges.gid.is_none() {
+    if privileges.uid.is_none() {
         return Ok(());
     }
-    nix::unistd::fchown(file, privileges.uid, privileges.gid).with_context(|| {
+    // The owner only: the group stays the folder's (`adm` for the package's logs, as
+    // nginx's and redis'), and the workers' user may reopen a file it owns.
+    nix::unistd::fchown(file, privileges.uid, None).with_context(|| {
         format!(
             "cannot give log file {} to the workers' user",
             path.display()
