@@ -23,10 +23,7 @@ pub fn init() -> String {
             text.trim_end_matches('\0').replace('\0', " ")
         })
         .unwrap_or_default();
-    if let Some(area) = area_of_this_process() {
-        move_environment_out();
-        *lock() = Some(area);
-    }
+    *lock() = area_of_this_process(move_environment_out());
     original
 }
 
@@ -51,9 +48,9 @@ fn lock() -> std::sync::MutexGuard<'static, Option<(usize, usize)>> {
 }
 
 /// The command line's memory, extended over the environment's when that follows at
-/// once: fields 48 to 51 of `/proc/self/stat` (`arg_start`, `arg_end`, `env_start`,
-/// `env_end`).
-fn area_of_this_process() -> Option<(usize, usize)> {
+/// once and every variable was moved out of it: fields 48 to 51 of `/proc/self/stat`
+/// (`arg_start`, `arg_end`, `env_start`, `env_end`).
+fn area_of_this_process(environment_moved: bool) -> Option<(usize, usize)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The fields after the command name, which may hold spaces and parentheses: field 3
     // is the first.
@@ -68,7 +65,7 @@ fn area_of_this_process() -> Option<(usize, usize)> {
     let [arg_start, arg_end, env_start, env_end] = fields[..] else {
         return None;
     };
-    let end = if env_start == arg_end {
+    let end = if environment_moved && env_start == arg_end {
         env_end
     } else {
         arg_end
@@ -77,11 +74,19 @@ fn area_of_this_process() -> Option<(usize, usize)> {
 }
 
 /// Gives every environment variable memory of its own, so that the old strings may be
-/// overwritten.
-fn move_environment_out() {
+/// overwritten; false if one could not be moved (a name `setenv` refuses, such as one
+/// holding `=`): its old string must then stay as it is.
+fn move_environment_out() -> bool {
+    let mut all = true;
     for (name, value) in std::env::vars_os() {
+        let bytes = name.as_encoded_bytes();
+        if bytes.is_empty() || bytes.contains(&b'=') {
+            all = false;
+            continue;
+        }
         // SAFETY: only one thread runs (see the module comment); `setenv` replaces the
         // variable with a copy, the same name and value.
         unsafe { std::env::set_var(&name, &value) };
     }
+    all
 }
