@@ -130,9 +130,14 @@ impl ClusterState {
         }
     }
 
-    /// Counts go to Redis: the link is up and Redis answered last.
+    /// Counts go to Redis: the link is up, not told to stop (it would not read them),
+    /// and Redis answered last.
     fn shares(&self) -> bool {
-        self.degraded_since.is_none() && self.link.as_ref().is_some_and(|l| l.channel.is_some())
+        self.degraded_since.is_none()
+            && self
+                .link
+                .as_ref()
+                .is_some_and(|l| l.channel.is_some() && !l.is_stopping())
     }
 
     fn send(&mut self, message: &ToCluster) {
@@ -353,7 +358,7 @@ impl Master {
     }
 
     fn send_restored_counts(&mut self) {
-        let Some(cluster) = self.cluster.as_mut() else {
+        let Some(cluster) = self.cluster.as_mut().filter(|c| c.shares()) else {
             return;
         };
         let restored = std::mem::take(&mut cluster.restored);
