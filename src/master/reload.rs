@@ -88,7 +88,9 @@ impl Master {
         self.pool.clamp_target(new.workers.min, new.workers.max);
         self.config = new;
         if runner_changed {
-            self.retire_runner("[smtp], [actions] or watchers.action_queue changed");
+            self.retire_runner(
+                "[smtp], [actions], watchers.action_queue or the workers' user changed",
+            );
         }
         Ok(())
     }
