@@ -3,8 +3,8 @@
 //!
 //! Every delivery is bounded in time, and checked against where firings may go
 //! (`Destinations`, security.md) again here, a webhook after DNS resolution. A failure
-//! says whether trying again may help (`Transient`) or not (`Permanent`); the runner
-//! decides about retries.
+//! says whether trying again may help (`Transient`) or not (`Permanent`), and its class
+//! (`ErrorClass`, the metrics' label); the runner decides about retries.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
