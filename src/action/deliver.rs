@@ -6,9 +6,9 @@
 //! HTTP client's resolver (`CheckedResolver`), which checks every address it returns:
 //! the client connects only to a checked address, so a DNS answer that changes after
 //! the check reaches nothing. Redirects are not followed. A failure says whether trying
-//! again may help (`Transient`) or not (`Permanent`); the runner decides about retries.
-//! Failures name a webhook by its origin only: its credentials, path and query are
-//! secrets that no log line may carry.
+//! again may help (`Transient`) or not (`Permanent`), and its class (`ErrorClass`, the
+//! metrics' label); the runner decides about retries. Failures name a webhook by its
+//! origin only: its credentials, path and query are secrets that no log line may carry.
 
 use std::io::Write;
 use std::process::{Command, Stdio};

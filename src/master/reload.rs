@@ -92,7 +92,9 @@ impl Master {
         self.tls = tls;
         self.config = new;
         if runner_changed {
-            self.retire_runner("[smtp], [actions] or watchers.action_queue changed");
+            self.retire_runner(
+                "[smtp], [actions], watchers.action_queue or the workers' user changed",
+            );
         }
         Ok(())
     }
