@@ -557,8 +557,10 @@ fn replies_later_than_the_timeout_count_each_event_once_in_redis_or_locally() {
         || proxy.forwarding() == 0,
     );
     let (shared, alone) = (shared_total(&[&redis]), saved_total(&a));
+    // Whether a call was left in doubt (and Redis ran it late) depends on when the node
+    // saw Redis as slow; what must hold either way is that no event counts twice.
     assert!(
-        shared > 20 && alone > 0,
+        shared >= 20 && alone > 0,
         "both paths taken: {shared} shared, {alone} alone"
     );
     assert_eq!(
