@@ -154,7 +154,7 @@ pub fn daemon_main() -> i32 {
         }
     };
     exit_code(&cli.options, |source| match command {
-        DaemonCommand::Run => run(source, source.load()?),
+        DaemonCommand::Run => run(source, source.load_checked()?),
         DaemonCommand::Control(command) => execute(command, source, DaemonCli::command),
     })
 }
@@ -200,20 +200,22 @@ fn execute(
         Command::Status => status(source, Report::Summary),
         Command::Fullstatus { json: false } => status(source, Report::Table),
         Command::Fullstatus { json: true } => status(source, Report::Json),
-        Command::Start(wait) => start(source, source.load()?, &wait),
+        Command::Start(wait) => start(source, source.load_checked()?, &wait),
         Command::Stop(wait) => stop(&source.load()?, Signal::SIGTERM, &wait),
         Command::HardStop(wait) => stop(&source.load()?, Signal::SIGQUIT, &wait),
-        Command::Reload(wait) => reload(&source.load()?, &wait),
-        Command::Restart(wait) => restart(source, source.load()?, Signal::SIGTERM, &wait),
-        Command::HardRestart(wait) => restart(source, source.load()?, Signal::SIGQUIT, &wait),
-        Command::Upgrade(wait) => upgrade(&source.load()?, &wait),
+        Command::Reload(wait) => reload(&source.load_checked()?, &wait),
+        Command::Restart(wait) => restart(source, source.load_checked()?, Signal::SIGTERM, &wait),
+        Command::HardRestart(wait) => {
+            restart(source, source.load_checked()?, Signal::SIGQUIT, &wait)
+        }
+        Command::Upgrade(wait) => upgrade(&source.load_checked()?, &wait),
         Command::Reopen => reopen(&source.load()?),
         Command::Completions { shell } => completions(shell, program()),
     }
 }
 
 fn configtest(source: &config::Source) -> anyhow::Result<i32> {
-    match source.load() {
+    match source.load_checked() {
         Ok(_) => {
             println!("eventsd: configuration {} syntax is ok", source.describe());
             Ok(0)

@@ -78,6 +78,19 @@ impl Source {
         }
     }
 
+    /// The configuration a daemon would serve with: `load`, and what would fail later
+    /// (files, programs, certificates: `checks.rs`). For configtest, start and reload;
+    /// the commands that only find or signal a running daemon (`status`, `stop`) take
+    /// `load`, so that a user who may read the config but not, say, the TLS key, can
+    /// still ask.
+    pub fn load_checked(&self) -> anyhow::Result<Config> {
+        let config = self.load()?;
+        config
+            .check_what_would_fail_later()
+            .with_context(|| format!("invalid configuration in {}", self.describe()))?;
+        Ok(config)
+    }
+
     /// Reads, parses and validates the configuration.
     pub fn load(&self) -> anyhow::Result<Config> {
         let text = match &self.file {
@@ -86,7 +99,6 @@ impl Source {
             None => String::new(),
         };
         Config::parse(&text, &self.base_dir)
-            .and_then(|config| config.check_what_would_fail_later().map(|()| config))
             .with_context(|| format!("invalid configuration in {}", self.describe()))
     }
 }

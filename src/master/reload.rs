@@ -43,7 +43,7 @@ impl Master {
     }
 
     fn apply_new_config(&mut self) -> anyhow::Result<()> {
-        let mut new = self.source.load()?;
+        let mut new = self.source.load_checked()?;
         let old = &self.config;
         let runner_changed = runner_settings(&new) != runner_settings(old);
         if new.daemon.state_dir != old.daemon.state_dir
