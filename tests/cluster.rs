@@ -80,6 +80,21 @@ fn watcher_names(daemon: &Daemon, event: &str) -> Option<Vec<String>> {
     )
 }
 
+/// A watcher that only counts (its threshold is never reached).
+fn counting_only() -> Value {
+    json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
+           "action": {"type": "null"}})
+}
+
+/// `node` counts `deploys` and has sent 20 of them to `redis`.
+fn twenty_counted_in_redis(node: &Daemon, redis: &RedisServer) {
+    register(node, "deploys", counting_only());
+    post_spread(&[node], "deploys", &[json!({})], 20);
+    wait_for("20 events in Redis", 10 * SECOND, || {
+        shared_total(&[redis]) == 20
+    });
+}
+
 /// Posts `n` events of `event`, one connection each, round-robin over `nodes`.
 fn post_spread(nodes: &[&Daemon], event: &str, bodies: &[Value], n: usize) {
     for i in 0..n {
@@ -290,12 +305,7 @@ fn redis_stopped_under_load_then_back_empty_loses_no_event_and_is_re_seeded() {
         node("a", "standalone", &urls),
         node("b", "standalone", &urls),
     );
-    register(
-        &a,
-        "deploys",
-        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
-               "action": {"type": "null"}}),
-    );
+    register(&a, "deploys", counting_only());
     wait_for("the watcher on b", SECOND, || {
         watcher_names(&b, "deploys").is_some()
     });
@@ -390,14 +400,7 @@ fn a_command_watcher_planted_in_redis_is_dropped_and_never_runs() {
 fn a_node_stopped_with_a_slow_bulk_in_flight_leaves_every_acknowledged_event_in_redis() {
     let redis = RedisServer::start();
     let urls = [redis.url()];
-    let [mut a, b, c] = three_nodes_watching(
-        "standalone",
-        &urls,
-        1,
-        "deploys",
-        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
-               "action": {"type": "null"}}),
-    );
+    let [mut a, b, c] = three_nodes_watching("standalone", &urls, 1, "deploys", counting_only());
     post_spread(&[&a, &b, &c], "deploys", &[json!({})], 30);
     let (stream, rest) = half_sent_bulk(&a, "deploys", 500);
     a.signal(Signal::SIGTERM);
@@ -420,14 +423,7 @@ fn a_node_stopped_with_a_slow_bulk_in_flight_leaves_every_acknowledged_event_in_
 fn an_upgrade_with_a_slow_bulk_in_flight_leaves_every_acknowledged_event_in_redis() {
     let redis = RedisServer::start();
     let urls = [redis.url()];
-    let [a, b, c] = three_nodes_watching(
-        "standalone",
-        &urls,
-        2,
-        "deploys",
-        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
-               "action": {"type": "null"}}),
-    );
+    let [a, b, c] = three_nodes_watching("standalone", &urls, 2, "deploys", counting_only());
     let nodes = [&a, &b, &c];
     post_spread(&nodes, "deploys", &[json!({})], 30);
     let old = a.master_pid();
@@ -459,16 +455,7 @@ fn counts_redis_did_not_take_before_a_stop_reach_it_at_the_next_start() {
     let mut redis = RedisServer::start();
     let urls = [redis.url()];
     let mut a = node("a", "standalone", &urls);
-    register(
-        &a,
-        "deploys",
-        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
-               "action": {"type": "null"}}),
-    );
-    post_spread(&[&a], "deploys", &[json!({})], 20);
-    wait_for("20 events in Redis", 10 * SECOND, || {
-        shared_total(&[&redis]) == 20
-    });
+    twenty_counted_in_redis(&a, &redis);
     redis.stop();
     post_spread(&[&a], "deploys", &[json!({})], 40);
     a.signal(Signal::SIGTERM);
@@ -532,16 +519,7 @@ fn replies_later_than_the_timeout_count_each_event_once_in_redis_or_locally() {
     let redis = RedisServer::start();
     let proxy = DelayProxy::start(redis.port);
     let mut a = node_with_timeout("a", "standalone", &[proxy.url()], 100);
-    register(
-        &a,
-        "deploys",
-        json!({"name": "storm", "threshold": 1000000, "aggregator": {"type": "single"},
-               "action": {"type": "null"}}),
-    );
-    post_spread(&[&a], "deploys", &[json!({})], 20);
-    wait_for("20 events in Redis", 10 * SECOND, || {
-        shared_total(&[&redis]) == 20
-    });
+    twenty_counted_in_redis(&a, &redis);
 
     proxy.set_delay(Duration::from_millis(300));
     post_spread(&[&a], "deploys", &[json!({})], 40);
