@@ -22,8 +22,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::clock::Stamp;
-use crate::ipc::Channel;
 use crate::logging;
+use crate::protocol::channel::Channel;
 
 /// What a child is for: it names the child in logs and in `ps`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

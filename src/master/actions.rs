@@ -17,10 +17,11 @@ use nix::unistd::Pid;
 
 use super::journal::{self, Journal};
 use super::{Master, setup};
-use crate::action::{ActionKind, Delivery, DropReason, FromRunner, Outcome, ToRunner};
 use crate::child::{self, Child, Role};
 use crate::config::Config;
 use crate::metrics::Totals;
+use crate::protocol::frame::Json;
+use crate::protocol::runner::{ActionKind, Delivery, DropReason, FromRunner, Outcome, ToRunner};
 use crate::registry::Registry;
 use crate::watch::store::Second;
 use crate::watch::{CountBatch, Job};
@@ -139,10 +140,7 @@ impl Master {
         let Some(runner) = self.actions.runner.as_mut().filter(|r| r.channel.is_some()) else {
             return;
         };
-        match serde_json::to_string(job) {
-            Ok(job) => runner.send(&ToRunner::Deliver { job }),
-            Err(e) => error!("cannot serialize a firing: {e}"),
-        }
+        runner.send(&ToRunner::Deliver(Json(Box::new(job.clone()))));
         if runner.queued_bytes() > MAX_UNREAD_BYTES {
             let details = format!("{MAX_UNREAD_BYTES} bytes of firings unread");
             runner.kill("it stopped reading", &details);

@@ -19,10 +19,10 @@ use nix::unistd::Pid;
 use super::Master;
 use super::answers::Asker;
 use super::signals::Requested;
-use crate::action::FromRunner;
 use crate::child::Role;
 use crate::clock::Stamp;
-use crate::ipc::WorkerMessage;
+use crate::protocol::runner::FromRunner;
+use crate::protocol::worker::WorkerMessage;
 use crate::watch::CountBatch;
 
 /// What a polled descriptor belongs to.

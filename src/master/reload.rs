@@ -7,11 +7,11 @@
 use log::{error, info, warn};
 
 use super::{Master, Phase, setup};
-use crate::action::ToRunner;
 use crate::config::{Actions, Config, Privileges, Smtp};
-use crate::ipc::MasterMessage;
 use crate::logging::{self, Sink};
 use crate::notify;
+use crate::protocol::runner::ToRunner;
+use crate::protocol::worker::MasterMessage;
 
 impl Master {
     /// SIGHUP: validate the new configuration, then roll a new generation of workers.

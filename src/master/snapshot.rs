@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 
 use super::{Master, setup};
 use crate::child::{self, Child, Role};
-use crate::metrics::write_family;
+use crate::exposition::write_family;
 
 /// The snapshot child, when the last one was started, and how the last ones went.
 pub(super) struct Snapshots {

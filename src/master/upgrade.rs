@@ -39,10 +39,11 @@ use super::answers::Asker;
 use super::{Master, Phase, setup};
 use crate::child::{self, Child, Role};
 use crate::config;
-use crate::ipc::{Channel, Question};
 use crate::logging::Sink;
 use crate::notify;
 use crate::pidfile::Pidfile;
+use crate::protocol::channel::Channel;
+use crate::protocol::worker::Question;
 use crate::watch::store::{MemoryStore, Second};
 use crate::watch::{CountBatch, Watch};
 
