@@ -110,9 +110,7 @@ impl Master {
             Err(e) => error!("cannot reopen log files: {e:#}"),
         }
         self.broadcast(&MasterMessage::ReopenLogs);
-        if let Some(runner) = self.actions.runner.as_mut() {
-            runner.send(&ToRunner::ReopenLogs);
-        }
+        self.actions.runner.send(&ToRunner::ReopenLogs);
     }
 }
 

@@ -127,11 +127,11 @@ impl Master {
         }
     }
 
-    /// Called by the reaper; tells whether `pid` was the snapshot. A failed snapshot
-    /// leaves the counters marked changed, for the next tick.
-    pub(super) fn on_snapshot_exit(&mut self, pid: Pid, how: &str, succeeded: bool) -> bool {
+    /// Called by the reaper for the snapshot. A failed snapshot leaves the counters
+    /// marked changed, for the next tick.
+    pub(super) fn on_snapshot_exit(&mut self, pid: Pid, how: &str, succeeded: bool) {
         if self.snapshots.child.take_if(|s| s.pid == pid).is_none() {
-            return false;
+            return;
         }
         self.snapshots.last_ok = succeeded;
         if succeeded {
@@ -141,6 +141,5 @@ impl Master {
             warn!("counters snapshot {pid} {how}; trying again at the next tick");
             self.watch.mark_changed();
         }
-        true
     }
 }
