@@ -5,7 +5,8 @@
 //!
 //! - `master`: the supervisor process (its cycle, pool, signals, timeouts, control socket);
 //! - `worker`: an HTTP worker process (hyper on one tokio thread) and its REST API;
-//! - `child`: one lifecycle for every forked child (fork, prologue, the master's record);
+//! - `child`: one lifecycle for every forked child (fork, prologue, each role's row of the
+//!   process table, the master's record);
 //! - `protocol`: the frames and messages between them, every channel's; `clock`: the time
 //!   they stamp them with;
 //! - `watch`: aggregation keys, the counter store and firing decisions;
