@@ -143,7 +143,7 @@ impl Master {
     /// taking over from an old one starts none until it has: the old one's runner
     /// still delivers from the same journal.
     pub(super) fn keep_runner(&mut self) {
-        if !self.actions.runner.wants_one(Instant::now()) || self.succession.is_some() {
+        if !self.actions.runner.wants_one(Instant::now()) {
             return;
         }
         let forked = self.spawn_runner();

@@ -41,12 +41,13 @@ impl Master {
         }
         // Taking over from an old master that still writes the registry: a change is
         // applied once it has handed over (`upgrade`), if still in time.
-        let question = match self.succession.as_mut() {
-            Some(succession) if change.is_some() => {
-                succession.defer_change(asker, question);
-                return;
+        let question = if change.is_some() {
+            match self.succession.defer_change(asker, question) {
+                Some((_, question)) => question,
+                None => return,
             }
-            _ => question,
+        } else {
+            question
         };
         let Asker {
             worker: pid, id, ..

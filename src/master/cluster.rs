@@ -174,7 +174,7 @@ impl Master {
         let Some(cluster) = self.cluster.as_ref() else {
             return;
         };
-        if !cluster.link.wants_one(Instant::now()) || self.succession.is_some() {
+        if !cluster.link.wants_one(Instant::now()) {
             return;
         }
         let mut master_fds = self.master_only_fds();
@@ -307,10 +307,6 @@ impl Master {
     /// saves them again (`keep_what_redis_lacks`). The calls it left in doubt go to
     /// the link, which sends them again with their ids.
     pub(super) fn take_restored_counts(&mut self) {
-        // A new master not yet in charge: the old one still writes these files.
-        if self.succession.is_some() {
-            return;
-        }
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
@@ -608,6 +604,19 @@ impl Master {
                 status: 503,
                 message: "The cluster link restarted; try again".to_string(),
             }));
+        }
+    }
+
+    /// Built held by a master taking over (`hold_cluster_link`), released when it has.
+    pub(super) fn hold_cluster_link(&mut self) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.link.hold();
+        }
+    }
+
+    pub(super) fn release_cluster_link(&mut self) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.link.release();
         }
     }
 

@@ -88,8 +88,7 @@ impl Master {
                 fds.push(PollFd::new(counts.as_fd(), PollFlags::POLLIN));
             }
         }
-        if let Some(succession) = &self.succession {
-            let (fd, interest) = succession.poll_interest();
+        if let Some((fd, interest)) = self.succession.poll_interest() {
             sources.push(Source::Predecessor);
             fds.push(PollFd::new(fd, interest));
         }

@@ -77,7 +77,7 @@ use counting::Backlog;
 use pool::Pool;
 use signals::{Requested, Signals};
 use snapshot::Snapshots;
-use upgrade::{Succession, Upgrade};
+use upgrade::Succession;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -121,12 +121,8 @@ struct Master {
     snapshots: Snapshots,
     /// The binary this master runs, as it was on disk at start: what an upgrade executes.
     binary: PathBuf,
-    /// The new master this one is upgrading to, if it is.
-    upgrade: Option<Upgrade>,
-    upgrades_failed: u64,
-    last_upgrade_error: Option<String>,
-    /// This master was started by an upgrade and has not taken over yet.
-    succession: Option<Succession>,
+    /// An upgrade in place, either side of it.
+    succession: Succession,
     /// `[cluster]`: counters and registry shared through Redis.
     cluster: Option<cluster::ClusterState>,
 }
@@ -174,30 +170,33 @@ impl Master {
         let daemon = &config.daemon;
         setup::prepare_state_dir(&daemon.state_dir)?;
         let binary = std::env::current_exe().context("cannot tell which binary runs")?;
-        let (inherited, succession) = Succession::inherited()?.unzip();
+        let (inherited, succession) = Succession::inherited()?;
         // A successor shares its predecessor's pidfile lock, and touches no state file
         // the predecessor still writes until it takes over.
-        let pidfile = match succession {
-            Some(_) => None,
-            None => Some(Pidfile::acquire(&daemon.pidfile)?),
+        let taking_over = succession.is_taking_over();
+        let pidfile = if taking_over {
+            None
+        } else {
+            Some(Pidfile::acquire(&daemon.pidfile)?)
         };
         setup::check_privileges(&config)?;
         logging::hand_over(&config.workers.privileges)?;
         logging::prepare_access_log(&config)?;
         let registry = setup::load_registry(&config)?;
         let mut totals = Totals::default();
-        let (store, journal) = match succession {
-            Some(_) => (
+        let (store, journal) = if taking_over {
+            (
                 MemoryStore::new(config.watchers.max_keys),
                 journal::Journal::unopened(
                     &setup::journal_path(&config),
                     config.watchers.action_queue,
                 ),
-            ),
-            None => (
+            )
+        } else {
+            (
                 MemoryStore::load(&setup::counters_path(&config), config.watchers.max_keys)?,
                 actions::open_journal(&config, &registry, &mut totals)?,
-            ),
+            )
         };
         let mut watch = Watch::new(Box::new(store));
         watch.sync(&registry);
@@ -205,9 +204,10 @@ impl Master {
             Some(socket) => socket,
             None => setup::activated_listener()?.map_or_else(|| setup::bind(&config), Ok)?,
         };
-        let control = match succession {
-            Some(_) => None,
-            None => Some(ControlSocket::bind(&daemon.control_socket)?),
+        let control = if taking_over {
+            None
+        } else {
+            Some(ControlSocket::bind(&daemon.control_socket)?)
         };
         let tls = tls::load(config.server.tls_files())?;
         let signals = Signals::install()?;
@@ -244,13 +244,14 @@ impl Master {
             actions: Actions::new(journal),
             snapshots: Snapshots::default(),
             binary,
-            upgrade: None,
-            upgrades_failed: 0,
-            last_upgrade_error: None,
             succession,
             cluster,
         };
-        master.take_restored_counts();
+        if taking_over {
+            master.hold_what_waits_for_the_take_over();
+        } else {
+            master.take_restored_counts();
+        }
         Ok(master)
     }
 
@@ -304,9 +305,7 @@ impl Master {
             self.phase = Phase::Draining;
         }
         if self.is_stopping() {
-            if let Some(upgrade) = self.upgrade.as_mut() {
-                upgrade.successor.terminate("eventsd is stopping");
-            }
+            self.succession.stop_successor("eventsd is stopping");
             return;
         }
         info!(
@@ -318,9 +317,7 @@ impl Master {
         self.phase = Phase::Draining;
         self.stop_children_but_the_successor("eventsd is stopping");
         // A new master still starting gives up, and leaves every file to this one.
-        if let Some(upgrade) = self.upgrade.as_mut() {
-            upgrade.successor.terminate("eventsd is stopping");
-        }
+        self.succession.stop_successor("eventsd is stopping");
     }
 
     /// Workers drain and a snapshot under way finishes; the outputs stop after them
@@ -370,7 +367,7 @@ impl Master {
     /// Saves the counters, removes the control socket, then the pidfile: the last sign
     /// of life goes last. A successor that never took over owns none of them.
     fn clean_up(&mut self) {
-        if self.succession.is_some() {
+        if self.succession.is_taking_over() {
             info!("new master stopped before taking over; the old one carries on");
             return;
         }
@@ -402,8 +399,17 @@ impl Master {
         }
     }
 
+    /// A master taking over from an old one starts no runner, link or snapshot until
+    /// it has (`upgrade.rs::take_over` releases them).
+    fn hold_what_waits_for_the_take_over(&mut self) {
+        self.actions.runner.hold();
+        self.hold_cluster_link();
+        self.snapshots.hold();
+    }
+
     fn status(&self) -> Status {
         let now = Instant::now();
+        let (upgrade_in_progress, upgrades_failed, last_upgrade_error) = self.succession.report();
         let backoff = &self.pool.backoff;
         Status {
             pid: std::process::id(),
@@ -414,9 +420,9 @@ impl Master {
             reloads: self.reloads,
             last_reload_error: self.last_reload_error.clone(),
             reload_in_progress: self.reload_in_progress,
-            upgrade_in_progress: self.upgrade.is_some(),
-            upgrades_failed: self.upgrades_failed,
-            last_upgrade_error: self.last_upgrade_error.clone(),
+            upgrade_in_progress,
+            upgrades_failed,
+            last_upgrade_error,
             cluster: self
                 .cluster
                 .as_ref()

@@ -29,6 +29,9 @@ pub(super) struct Snapshots {
     last_saved_at: SystemTime,
     /// Whether the last snapshot that ended was written.
     last_ok: bool,
+    /// None is taken until released: a master taking over from an old one has nothing
+    /// of its own to save yet.
+    held: bool,
 }
 
 impl Default for Snapshots {
@@ -38,11 +41,20 @@ impl Default for Snapshots {
             last_started: None,
             last_saved_at: SystemTime::now(),
             last_ok: true,
+            held: false,
         }
     }
 }
 
 impl Snapshots {
+    pub(super) fn hold(&mut self) {
+        self.held = true;
+    }
+
+    pub(super) fn release(&mut self) {
+        self.held = false;
+    }
+
     pub(super) fn render(&self, out: &mut String) {
         let saved_at = self
             .last_saved_at
@@ -76,7 +88,7 @@ impl Master {
         // Stopping, the final save is `clean_up`'s, once every child is gone. A master
         // taking over from an old one has nothing of its own to save yet.
         if self.is_stopping()
-            || self.succession.is_some()
+            || self.snapshots.held
             || !due
             || self.snapshots.child.is_some()
             || !self.watch.take_changed()

@@ -18,7 +18,6 @@ use serde::Serialize;
 
 use super::Master;
 use super::control::ControlSocket;
-use super::upgrade::Succession;
 use crate::child::{Child, Respawn, Role};
 use crate::pidfile::Pidfile;
 
@@ -32,6 +31,9 @@ pub(super) struct Kept {
     child: Option<Child>,
     /// After a quick death or a failed fork: not replaced before then.
     respawn_at: Option<Instant>,
+    /// None is started until released (a master taking over from an old one, whose
+    /// child of this role still works from the same files).
+    held: bool,
 }
 
 impl Kept {
@@ -41,7 +43,17 @@ impl Kept {
             role,
             child: None,
             respawn_at: None,
+            held: false,
         }
+    }
+
+    /// Starts none until `release`.
+    pub(super) fn hold(&mut self) {
+        self.held = true;
+    }
+
+    pub(super) fn release(&mut self) {
+        self.held = false;
     }
 
     pub(super) fn get(&self) -> Option<&Child> {
@@ -54,7 +66,7 @@ impl Kept {
 
     /// Whether a child should be started now: none is up, and no pause holds it back.
     pub(super) fn wants_one(&self, now: Instant) -> bool {
-        self.child.is_none() && self.respawn_at.is_none_or(|at| now >= at)
+        !self.held && self.child.is_none() && self.respawn_at.is_none_or(|at| now >= at)
     }
 
     /// What a fork gave: the child, kept; or an error, logged, and a pause before the
@@ -110,7 +122,7 @@ impl Master {
         workers
             .chain(self.actions.runner.get())
             .chain(self.snapshots.child.as_ref())
-            .chain(self.upgrade.as_ref().map(|u| &u.successor))
+            .chain(self.succession.child())
             .chain(self.cluster.as_ref().and_then(|c| c.link.get()))
     }
 
@@ -119,7 +131,7 @@ impl Master {
         workers
             .chain(self.actions.runner.get_mut())
             .chain(self.snapshots.child.as_mut())
-            .chain(self.upgrade.as_mut().map(|u| &mut u.successor))
+            .chain(self.succession.child_mut())
             .chain(self.cluster.as_mut().and_then(|c| c.link.get_mut()))
     }
 
@@ -140,7 +152,7 @@ impl Master {
     pub(super) fn master_only_fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.signals.raw_fd()];
         fds.extend(self.actions.journal.raw_fd());
-        fds.extend(self.succession.iter().flat_map(Succession::raw_fds));
+        fds.extend(self.succession.raw_fds());
         fds.extend(self.pidfile.as_ref().map(Pidfile::raw_fd));
         fds.extend(self.control.as_ref().map(ControlSocket::raw_fd));
         fds.extend(self.announcer.raw_fd());

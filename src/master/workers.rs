@@ -66,11 +66,7 @@ impl Master {
                 self.pool.ready_count(),
                 self.config.server.listen
             );
-            if self.succession.is_some() {
-                self.announce_ready_to_predecessor();
-            } else {
-                self.announcer.ready(&self.config.server.listen.to_string());
-            }
+            self.announce_ready();
         } else if self.reload_in_progress {
             self.reload_in_progress = false;
             info!(
