@@ -81,7 +81,7 @@ impl Master {
     /// Counts in this master's store; in a cluster, what fires is marked degraded.
     pub(super) fn count_locally(&mut self, batch: CountBatch, now: Second) {
         let node = self.cluster_node();
-        for mut job in self.watch.count(batch, now) {
+        for mut job in self.counting.watch.count(batch, now) {
             job.firing.degraded = node.is_some();
             job.firing.node.clone_from(&node);
             self.dispatch(job);
@@ -165,7 +165,7 @@ impl Master {
     fn spawn_runner(&self) -> anyhow::Result<Child> {
         // The runner serves no HTTP: it closes the listening socket too.
         let mut master_fds = self.master_only_fds();
-        master_fds.push(self.listener.as_raw_fd());
+        master_fds.push(self.ground.listener.as_raw_fd());
         let config = self.config.clone();
         child::fork_child(Role::ActionRunner, &master_fds, |channel| {
             crate::action::serve(&config, channel)

@@ -14,7 +14,6 @@ use std::time::Instant;
 use log::{debug, error, info, warn};
 use nix::unistd::Pid;
 
-use super::pool::Pool;
 use super::{Master, setup};
 use crate::clock::Stamp;
 use crate::exposition::{label_value, write_family};
@@ -55,7 +54,7 @@ impl Master {
         let answer = match question {
             Question::Metrics => {
                 let mut text = self.totals.render(&self.pool.statuses(Instant::now()));
-                self.watch.render(&mut text);
+                self.counting.watch.render(&mut text);
                 write_family(
                     &mut text,
                     "eventsd_action_pending",
@@ -67,7 +66,7 @@ impl Master {
                         .into_iter()
                         .map(|(target, n)| (format!("target=\"{}\"", label_value(&target)), n)),
                 );
-                self.snapshots.render(&mut text);
+                self.counting.snapshots.render(&mut text);
                 if let Some(cluster) = &self.cluster {
                     cluster.render(&mut text);
                 }
@@ -126,8 +125,8 @@ impl Master {
             answer: answer.clone(),
         };
         self.send_to(worker, applied);
-        self.held_answers
-            .hold(worker, id, answer, self.registry.version);
+        self.pool
+            .hold_answer(worker, id, answer, self.registry.version);
     }
 
     /// Validates and applies a change on a copy of the registry: the copy, and the id of
@@ -187,7 +186,7 @@ impl Master {
         self.totals.record_change(kind, "ok");
         debug!("registry: {kind} applied (version {})", next.version);
         self.registry = next;
-        self.watch.sync(&self.registry);
+        self.counting.watch.sync(&self.registry);
         self.settle_orphaned_firings();
         self.broadcast_registry(document);
         Ok(())
@@ -221,50 +220,8 @@ impl Master {
 
     /// The answers whose registry version every worker now serves.
     pub(super) fn release_held_answers(&mut self) {
-        for (pid, id, answer) in self.held_answers.take_ready(&self.pool) {
+        for (pid, id, answer) in self.pool.take_served_answers() {
             self.send_to(pid, MasterMessage::Answer { id, answer });
         }
-    }
-}
-
-#[derive(Default)]
-pub struct HeldAnswers {
-    held: Vec<Held>,
-}
-
-struct Held {
-    worker: Pid,
-    question: u64,
-    answer: Answer,
-    version: u64,
-}
-
-impl HeldAnswers {
-    pub fn hold(&mut self, worker: Pid, question: u64, answer: Answer, version: u64) {
-        self.held.push(Held {
-            worker,
-            question,
-            answer,
-            version,
-        });
-    }
-
-    /// The answers whose version every worker still connected has acknowledged. A
-    /// worker that exits stops counting: the one that replaces it is forked with the
-    /// current registry.
-    pub fn take_ready(&mut self, pool: &Pool) -> Vec<(Pid, u64, Answer)> {
-        let served = |version: u64| {
-            pool.iter()
-                .filter(|w| w.child.channel.is_some())
-                .all(|w| w.registry_version >= version)
-        };
-        let (ready, held): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|h| served(h.version));
-        self.held = held;
-        ready
-            .into_iter()
-            .map(|h| (h.worker, h.question, h.answer))
-            .collect()
     }
 }

@@ -178,7 +178,7 @@ impl Master {
             return;
         }
         let mut master_fds = self.master_only_fds();
-        master_fds.push(self.listener.as_raw_fd());
+        master_fds.push(self.ground.listener.as_raw_fd());
         // The section read at start: `[cluster]` changes take a restart or an upgrade.
         let mut config = self.config.clone();
         config.cluster = Some(cluster.config.clone());
@@ -208,7 +208,7 @@ impl Master {
         if !cluster.shares() {
             return Some(batch);
         }
-        let counts = self.watch.shared_counts(batch);
+        let counts = self.counting.watch.shared_counts(batch);
         if !counts.is_empty() {
             cluster.send(&ToCluster::Count(counts));
         }
@@ -230,7 +230,7 @@ impl Master {
             FromCluster::Crossed(crossings) => {
                 let node = self.cluster_node().unwrap_or_default();
                 for crossing in crossings {
-                    if let Some(job) = self.watch.job_of(&crossing, &node) {
+                    if let Some(job) = self.counting.watch.job_of(&crossing, &node) {
                         self.dispatch(job);
                     }
                 }
@@ -273,7 +273,7 @@ impl Master {
             }
             (true, Some(since)) => {
                 cluster.degraded_since = None;
-                let dropped = self.watch.clear_counts();
+                let dropped = self.counting.watch.clear_counts();
                 if first {
                     info!("cluster: Redis reachable; counting shared");
                 } else {
@@ -292,7 +292,7 @@ impl Master {
             .map(|c| std::mem::take(&mut c.held))
             .unwrap_or_default();
         for (at, batch) in held {
-            self.backlog.push(None, at, batch);
+            self.counting.backlog.push(None, at, batch);
         }
         if reachable {
             self.send_restored_counts();
@@ -315,7 +315,7 @@ impl Master {
             Ok(calls) => cluster.in_doubt = calls,
             Err(e) => error!("{e:#}; their counts may be missing from Redis"),
         }
-        let restored = self.watch.take_shared_counts(crate::watch::now());
+        let restored = self.counting.watch.take_shared_counts(crate::watch::now());
         if !restored.is_empty() {
             let events: u64 = restored.iter().map(|c| c.events).sum();
             info!(
@@ -576,7 +576,7 @@ impl Master {
         }
         info!("registry: version {version} adopted from the cluster");
         self.registry = registry;
-        self.watch.sync(&self.registry);
+        self.counting.watch.sync(&self.registry);
         self.settle_orphaned_firings();
         self.push_registry();
     }

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use super::Master;
-use crate::watch::CountBatch;
+use super::snapshot::Snapshots;
 use crate::watch::store::Second;
+use crate::watch::{CountBatch, Watch};
 
 /// The longest the master counts before it looks at its descriptors again.
 const SLICE: Duration = Duration::from_millis(10);
@@ -31,6 +32,25 @@ const PIECE_WATCHERS: usize = 16;
 /// (watcher, key) updates of one worker waiting to be counted, beyond which it is not
 /// read: about a tenth of a second of counting.
 const MAX_WAITING_ENTRIES: usize = 64 * 1024;
+
+/// The watchers' counters (`Watch`, over its store), the count batches waiting for them,
+/// and the snapshots that save them.
+pub(super) struct Counting {
+    pub watch: Watch,
+    /// Count batches read and not counted yet.
+    pub backlog: Backlog,
+    pub snapshots: Snapshots,
+}
+
+impl Counting {
+    pub(super) fn new(watch: Watch) -> Counting {
+        Counting {
+            watch,
+            backlog: Backlog::default(),
+            snapshots: Snapshots::default(),
+        }
+    }
+}
 
 /// Count batches read and not yet counted, oldest first.
 #[derive(Default)]
@@ -93,7 +113,7 @@ impl Master {
     pub(super) fn count(&mut self, worker: Pid, batch: CountBatch) {
         let now = crate::watch::now();
         if let Some(batch) = self.succession.defer_counts(batch, now) {
-            self.backlog.push(Some(worker), now, batch);
+            self.counting.backlog.push(Some(worker), now, batch);
         }
     }
 
@@ -101,7 +121,11 @@ impl Master {
     pub(super) fn count_a_slice(&mut self) {
         let started = Instant::now();
         while started.elapsed() < SLICE {
-            let Some((at, piece)) = self.backlog.next_piece(PIECE_ENTRIES, PIECE_WATCHERS) else {
+            let Some((at, piece)) = self
+                .counting
+                .backlog
+                .next_piece(PIECE_ENTRIES, PIECE_WATCHERS)
+            else {
                 return;
             };
             self.count_at(piece, at);
@@ -110,7 +134,7 @@ impl Master {
 
     /// Everything still waiting, at once: the counters are about to be saved for good.
     pub(super) fn count_everything(&mut self) {
-        while let Some((at, piece)) = self.backlog.next_piece(usize::MAX, usize::MAX) {
+        while let Some((at, piece)) = self.counting.backlog.next_piece(usize::MAX, usize::MAX) {
             self.count_at(piece, at);
         }
     }

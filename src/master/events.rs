@@ -45,7 +45,7 @@ impl Master {
         let mut requested = Requested::default();
         for (source, events) in ready {
             match source {
-                Source::Signals => self.signals.read_into(&mut requested)?,
+                Source::Signals => self.ground.signals.read_into(&mut requested)?,
                 Source::Control => self.serve_control_clients(),
                 Source::Child(pid, role) => self.read_child(pid, role, events),
                 Source::Counts(pid) => self.read_counts(pid),
@@ -70,8 +70,8 @@ impl Master {
 
     fn poll_sources(&self) -> anyhow::Result<Vec<(Source, PollFlags)>> {
         let mut sources = vec![Source::Signals];
-        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-        if let Some(control) = &self.control {
+        let mut fds = vec![PollFd::new(self.ground.signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(control) = &self.ground.control {
             sources.push(Source::Control);
             fds.push(PollFd::new(control.as_fd(), PollFlags::POLLIN));
         }
@@ -82,7 +82,11 @@ impl Master {
             }
         }
         // Backpressure: a worker's counts are read while the backlog has room for them.
-        for worker in self.pool.iter().filter(|w| self.backlog.may_read(w.pid())) {
+        for worker in self
+            .pool
+            .iter()
+            .filter(|w| self.counting.backlog.may_read(w.pid()))
+        {
             if let Some(counts) = &worker.counts {
                 sources.push(Source::Counts(worker.pid()));
                 fds.push(PollFd::new(counts.as_fd(), PollFlags::POLLIN));
@@ -93,7 +97,7 @@ impl Master {
             fds.push(PollFd::new(fd, interest));
         }
         // Counts waiting: look, do not sleep.
-        let timeout = if self.backlog.is_empty() {
+        let timeout = if self.counting.backlog.is_empty() {
             PollTimeout::NONE
         } else {
             PollTimeout::ZERO
@@ -114,7 +118,7 @@ impl Master {
 
     fn serve_control_clients(&mut self) {
         let status = self.status();
-        if let Some(control) = &self.control {
+        if let Some(control) = &self.ground.control {
             control.serve_pending(|| status.clone());
         }
     }

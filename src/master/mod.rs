@@ -33,6 +33,7 @@ mod cluster;
 mod control;
 mod counting;
 mod events;
+mod ground;
 mod journal;
 mod pool;
 mod reap;
@@ -45,14 +46,12 @@ mod timeouts;
 mod upgrade;
 mod workers;
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use log::{error, info};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use socket2::Socket;
 
 pub use announcer::Announcer;
 pub use control::query;
@@ -67,16 +66,15 @@ use crate::pidfile::Pidfile;
 use crate::registry::Registry;
 use crate::status::{CrashLoop, Status};
 use crate::title;
-use crate::tls::{self, Tls};
+use crate::tls;
 use crate::watch::Watch;
 use crate::watch::store::MemoryStore;
 use actions::Actions;
-use answers::HeldAnswers;
 use control::ControlSocket;
-use counting::Backlog;
+use counting::Counting;
+use ground::Ground;
 use pool::Pool;
 use signals::{Requested, Signals};
-use snapshot::Snapshots;
 use upgrade::Succession;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,39 +90,36 @@ enum Phase {
     HandingOver,
 }
 
+/// The supervisor: a few components, each the owner of its state, and the loop that
+/// drives them (`run_loop`).
 struct Master {
-    source: config::Source,
     config: Config,
-    /// Where logs go when `daemon.log` says nothing: stderr for `run`, syslog for `start`.
-    default_sink: Sink,
-    listener: Socket,
-    /// The listener's TLS, read at start and at each reload; `None` for plain HTTP.
-    tls: Option<Tls>,
-    signals: Signals,
-    control: Option<ControlSocket>,
-    pidfile: Option<Pidfile>,
-    announcer: Announcer,
+    /// How it was started, and the descriptors it holds for the outside world.
+    ground: Ground,
+    lifecycle: Lifecycle,
+    /// The workers, and the answers held until they all serve a registry version.
     pool: Pool,
+    registry: Registry,
+    /// The watchers' counters, the counts waiting for them, and their snapshots.
+    counting: Counting,
+    /// Alert delivery: the journal of pending firings and the action runner.
+    actions: Actions,
+    /// The figures `/metrics` shows, added up since start.
+    totals: Totals,
+    /// An upgrade in place, either side of it.
+    succession: Succession,
+    /// `[cluster]`: counters and registry shared through Redis.
+    cluster: Option<cluster::ClusterState>,
+}
+
+/// Where the master stands in its life, and how its reloads went (for the status).
+struct Lifecycle {
     phase: Phase,
     started_at: Instant,
     reloads: u64,
     last_reload_error: Option<String>,
     /// A reload is rolling: the new generation is not ready yet.
     reload_in_progress: bool,
-    registry: Registry,
-    held_answers: HeldAnswers,
-    totals: Totals,
-    watch: Watch,
-    /// Count batches read and not counted yet.
-    backlog: Backlog,
-    actions: Actions,
-    snapshots: Snapshots,
-    /// The binary this master runs, as it was on disk at start: what an upgrade executes.
-    binary: PathBuf,
-    /// An upgrade in place, either side of it.
-    succession: Succession,
-    /// `[cluster]`: counters and registry shared through Redis.
-    cluster: Option<cluster::ClusterState>,
 }
 
 /// Runs a master until it stops. Start-up failures are reported to `announcer` too.
@@ -144,20 +139,21 @@ pub fn run(
             return Err(e);
         }
     };
-    master.announcer = announcer;
+    master.ground.announcer = announcer;
     let outcome = master.run_loop();
     match &outcome {
         Err(e) => {
-            master.announcer.failed(e);
+            master.ground.announcer.failed(e);
             master.halt();
             master.wait_for_every_child();
         }
         // A no-op once ready was announced: the pipe is gone by then.
         Ok(()) => master
+            .ground
             .announcer
             .failed(&anyhow!("stopped before it became ready")),
     }
-    if master.phase == Phase::HandingOver {
+    if master.lifecycle.phase == Phase::HandingOver {
         master.hand_over();
     } else {
         master.clean_up();
@@ -220,30 +216,33 @@ impl Master {
             config.workers.min,
             source.describe()
         );
-        let mut master = Master {
+        let ground = Ground {
             source,
-            config,
             default_sink,
+            binary,
             listener,
             tls,
             signals,
             control,
             pidfile,
             announcer: Announcer::foreground(),
-            pool,
+        };
+        let lifecycle = Lifecycle {
             phase: Phase::Starting,
             started_at: Instant::now(),
             reloads: 0,
             last_reload_error: None,
             reload_in_progress: false,
+        };
+        let mut master = Master {
+            config,
+            ground,
+            lifecycle,
+            pool,
             registry,
-            held_answers: HeldAnswers::default(),
-            totals,
-            watch,
-            backlog: Backlog::default(),
+            counting: Counting::new(watch),
             actions: Actions::new(journal),
-            snapshots: Snapshots::default(),
-            binary,
+            totals,
             succession,
             cluster,
         };
@@ -300,9 +299,9 @@ impl Master {
     /// A stop during a hand-over stops both masters: the new one, not yet in charge,
     /// leaves every file to this one, which cleans up as on any stop.
     fn begin_graceful_stop(&mut self) {
-        if self.phase == Phase::HandingOver {
+        if self.lifecycle.phase == Phase::HandingOver {
             info!("graceful stop during the hand-over: the new master stops too");
-            self.phase = Phase::Draining;
+            self.lifecycle.phase = Phase::Draining;
         }
         if self.is_stopping() {
             self.succession.stop_successor("eventsd is stopping");
@@ -314,7 +313,7 @@ impl Master {
             self.config.workers.graceful_timeout_secs
         );
         notify::send(notify::STOPPING);
-        self.phase = Phase::Draining;
+        self.lifecycle.phase = Phase::Draining;
         self.stop_children_but_the_successor("eventsd is stopping");
         // A new master still starting gives up, and leaves every file to this one.
         self.succession.stop_successor("eventsd is stopping");
@@ -328,7 +327,7 @@ impl Master {
         for pid in pids {
             self.stop_worker(pid, why);
         }
-        if let Some(snapshot) = self.snapshots.child.as_mut() {
+        if let Some(snapshot) = self.counting.snapshots.child.as_mut() {
             snapshot.stop(&(), why);
         }
         self.stop_outputs_once_inputs_are_gone();
@@ -349,7 +348,7 @@ impl Master {
     }
 
     fn begin_fast_stop(&mut self, signal: Signal) {
-        if self.phase == Phase::Halting {
+        if self.lifecycle.phase == Phase::Halting {
             return;
         }
         info!("fast stop ({signal}): killing every child");
@@ -358,7 +357,7 @@ impl Master {
     }
 
     fn halt(&mut self) {
-        self.phase = Phase::Halting;
+        self.lifecycle.phase = Phase::Halting;
         for child in self.children_mut() {
             child.halt();
         }
@@ -373,18 +372,22 @@ impl Master {
         }
         self.count_everything();
         self.keep_what_redis_lacks();
-        match self.watch.save(&setup::counters_path(&self.config)) {
+        match self
+            .counting
+            .watch
+            .save(&setup::counters_path(&self.config))
+        {
             Ok(()) => info!("counters saved"),
             Err(e) => error!("counters not saved: {e:#}"),
         }
-        drop(self.control.take());
-        drop(self.pidfile.take());
+        drop(self.ground.control.take());
+        drop(self.ground.pidfile.take());
         info!("eventsd stopped");
     }
 
     fn is_stopping(&self) -> bool {
         matches!(
-            self.phase,
+            self.lifecycle.phase,
             Phase::Draining | Phase::Halting | Phase::HandingOver
         )
     }
@@ -392,7 +395,7 @@ impl Master {
     /// Stopping, once every child it waits for is gone: all of them, or, handing over,
     /// all but the new master.
     fn may_exit(&self) -> bool {
-        match self.phase {
+        match self.lifecycle.phase {
             Phase::Draining | Phase::Halting => self.children().next().is_none(),
             Phase::HandingOver => self.children().all(|c| c.role == Role::Successor),
             Phase::Starting | Phase::Running => false,
@@ -404,7 +407,7 @@ impl Master {
     fn hold_what_waits_for_the_take_over(&mut self) {
         self.actions.runner.hold();
         self.hold_cluster_link();
-        self.snapshots.hold();
+        self.counting.snapshots.hold();
     }
 
     fn status(&self) -> Status {
@@ -413,13 +416,13 @@ impl Master {
         let backoff = &self.pool.backoff;
         Status {
             pid: std::process::id(),
-            uptime_secs: self.started_at.elapsed().as_secs(),
+            uptime_secs: self.lifecycle.started_at.elapsed().as_secs(),
             listen: self.config.server.listen.to_string(),
-            config: self.source.describe(),
+            config: self.ground.source.describe(),
             generation: self.pool.generation,
-            reloads: self.reloads,
-            last_reload_error: self.last_reload_error.clone(),
-            reload_in_progress: self.reload_in_progress,
+            reloads: self.lifecycle.reloads,
+            last_reload_error: self.lifecycle.last_reload_error.clone(),
+            reload_in_progress: self.lifecycle.reload_in_progress,
             upgrade_in_progress,
             upgrades_failed,
             last_upgrade_error,

@@ -1,5 +1,6 @@
 //! The worker table: every live worker with what the master knows of it, the pool's
-//! target size, and the crash-loop backoff that paces respawns.
+//! target size, the crash-loop backoff that paces respawns, and the answers to registry
+//! changes held until every worker serves the change (read-your-writes).
 //!
 //! Pure bookkeeping: this module never forks, signals or does I/O. The master decides,
 //! the pool remembers, so that reload, SIGTTIN/SIGTTOU, crashes and the dynamic pool are
@@ -13,7 +14,7 @@ use nix::unistd::Pid;
 
 use crate::child::Child;
 use crate::protocol::channel::Channel;
-use crate::protocol::worker::Heartbeat;
+use crate::protocol::worker::{Answer, Heartbeat};
 use crate::status::{WorkerState, WorkerStatus};
 
 /// A worker that exits sooner than this after its fork counts as a crash-loop exit. A
@@ -108,8 +109,17 @@ impl Worker {
     }
 }
 
+struct HeldAnswer {
+    worker: Pid,
+    question: u64,
+    answer: Answer,
+    version: u64,
+}
+
 pub struct Pool {
     workers: BTreeMap<Pid, Worker>,
+    /// Answers to registry changes, held until every worker serves their version.
+    held: Vec<HeldAnswer>,
     /// How many workers of the current generation the pool converges to.
     pub target: usize,
     pub generation: u64,
@@ -121,10 +131,42 @@ impl Pool {
     pub fn new(target: usize) -> Pool {
         Pool {
             workers: BTreeMap::new(),
+            held: Vec::new(),
             target,
             generation: 1,
             backoff: Backoff::default(),
         }
+    }
+
+    /// An answer to a change applied at registry `version`, held for read-your-writes.
+    pub fn hold_answer(&mut self, worker: Pid, question: u64, answer: Answer, version: u64) {
+        self.held.push(HeldAnswer {
+            worker,
+            question,
+            answer,
+            version,
+        });
+    }
+
+    /// The answers whose version every worker still connected has acknowledged. A
+    /// worker that exits stops counting: the one that replaces it is forked with the
+    /// current registry.
+    pub fn take_served_answers(&mut self) -> Vec<(Pid, u64, Answer)> {
+        let workers = &self.workers;
+        let served = |version: u64| {
+            workers
+                .values()
+                .filter(|w| w.child.channel.is_some())
+                .all(|w| w.registry_version >= version)
+        };
+        let (ready, held): (Vec<HeldAnswer>, Vec<HeldAnswer>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| served(h.version));
+        self.held = held;
+        ready
+            .into_iter()
+            .map(|h| (h.worker, h.question, h.answer))
+            .collect()
     }
 
     /// After a reload changed the bounds: the target stays where it was, within them.

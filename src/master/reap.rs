@@ -92,7 +92,7 @@ impl Master {
         };
         let now = Instant::now();
         let age = worker.child.age(now);
-        if self.phase == Phase::Starting && !worker.ready {
+        if self.lifecycle.phase == Phase::Starting && !worker.ready {
             let reason = worker
                 .startup_failure
                 .unwrap_or_else(|| format!("it {how} before it was ready; see the log"));

@@ -16,34 +16,34 @@ use crate::protocol::worker::MasterMessage;
 impl Master {
     /// SIGHUP: validate the new configuration, then roll a new generation of workers.
     pub(super) fn reload(&mut self) {
-        if self.phase != Phase::Running {
-            warn!("reload ignored: the master is {:?}", self.phase);
+        if self.lifecycle.phase != Phase::Running {
+            warn!("reload ignored: the master is {:?}", self.lifecycle.phase);
             return;
         }
         notify::send(notify::RELOADING);
-        self.reloads += 1;
+        self.lifecycle.reloads += 1;
         match self.apply_new_config() {
             Ok(()) => {
-                self.last_reload_error = None;
+                self.lifecycle.last_reload_error = None;
                 self.pool.generation += 1;
-                self.reload_in_progress = true;
+                self.lifecycle.reload_in_progress = true;
                 info!(
                     "reloading {}: starting generation {} with {} workers",
-                    self.source.describe(),
+                    self.ground.source.describe(),
                     self.pool.generation,
                     self.pool.target
                 );
             }
             Err(e) => {
                 error!("reload refused, the running configuration stays: {e:#}");
-                self.last_reload_error = Some(format!("{e:#}"));
+                self.lifecycle.last_reload_error = Some(format!("{e:#}"));
                 notify::send(notify::READY);
             }
         }
     }
 
     fn apply_new_config(&mut self) -> anyhow::Result<()> {
-        let mut new = self.source.load_checked()?;
+        let mut new = self.ground.source.load_checked()?;
         let old = &self.config;
         let runner_changed = runner_settings(&new) != runner_settings(old);
         if new.daemon.state_dir != old.daemon.state_dir
@@ -67,7 +67,7 @@ impl Master {
                 None
             };
         logging::reconfigure(
-            &Sink::for_target(&new.daemon.log, self.default_sink.clone()),
+            &Sink::for_target(&new.daemon.log, self.ground.default_sink.clone()),
             new.daemon.log_level,
         )?;
         logging::hand_over(&new.workers.privileges)?;
@@ -78,18 +78,18 @@ impl Master {
         if declarations_changed {
             registry.save(&setup::registry_path(&new))?;
             self.registry = registry;
-            self.watch.sync(&self.registry);
+            self.counting.watch.sync(&self.registry);
             self.settle_orphaned_firings();
             self.push_registry();
         }
-        self.watch.set_max_keys(new.watchers.max_keys);
+        self.counting.watch.set_max_keys(new.watchers.max_keys);
         if let Some(listener) = listener {
             info!("now listening on {}", new.server.listen);
             // Old workers keep their copy of the previous socket until they have drained.
-            self.listener = listener;
+            self.ground.listener = listener;
         }
         self.pool.clamp_target(new.workers.min, new.workers.max);
-        self.tls = tls;
+        self.ground.tls = tls;
         self.config = new;
         if runner_changed {
             self.retire_runner(

@@ -82,40 +82,47 @@ impl Master {
     pub(super) fn snapshot_counters_if_due(&mut self) {
         let every = Duration::from_secs(self.config.watchers.snapshot_secs);
         let due = self
+            .counting
             .snapshots
             .last_started
             .is_none_or(|at| at.elapsed() >= every);
         // Stopping, the final save is `clean_up`'s, once every child is gone. A master
         // taking over from an old one has nothing of its own to save yet.
         if self.is_stopping()
-            || self.snapshots.held
+            || self.counting.snapshots.held
             || !due
-            || self.snapshots.child.is_some()
-            || !self.watch.take_changed()
+            || self.counting.snapshots.child.is_some()
+            || !self.counting.watch.take_changed()
         {
             return;
         }
         let path = setup::counters_path(&self.config);
         let mut master_fds = self.master_only_fds();
-        master_fds.push(self.listener.as_raw_fd());
+        master_fds.push(self.ground.listener.as_raw_fd());
         let forked = child::fork_child(Role::Snapshot, &master_fds, |_channel| {
-            self.watch.save(&path)
+            self.counting.watch.save(&path)
         });
         match forked {
             Ok(snapshot) => {
-                self.snapshots.child = Some(snapshot);
-                self.snapshots.last_started = Some(Instant::now());
+                self.counting.snapshots.child = Some(snapshot);
+                self.counting.snapshots.last_started = Some(Instant::now());
             }
             Err(e) => {
                 warn!("cannot start a counters snapshot: {e:#}");
-                self.watch.mark_changed();
+                self.counting.watch.mark_changed();
             }
         }
     }
 
     /// Its channel only ever closes: forget it, the reaper hears the rest.
     pub(super) fn read_snapshot(&mut self, pid: Pid, events: PollFlags) {
-        if let Some(snapshot) = self.snapshots.child.as_mut().filter(|s| s.pid == pid) {
+        if let Some(snapshot) = self
+            .counting
+            .snapshots
+            .child
+            .as_mut()
+            .filter(|s| s.pid == pid)
+        {
             snapshot.exchange::<()>(events);
         }
     }
@@ -125,7 +132,7 @@ impl Master {
     /// changed for the next one.
     pub(super) fn enforce_snapshot_deadline(&mut self) {
         let timeout = Duration::from_secs(self.config.watchers.snapshot_timeout_secs);
-        let Some(snapshot) = self.snapshots.child.as_mut() else {
+        let Some(snapshot) = self.counting.snapshots.child.as_mut() else {
             return;
         };
         let age = snapshot.age(Instant::now());
@@ -142,16 +149,22 @@ impl Master {
     /// Called by the reaper for the snapshot. A failed snapshot leaves the counters
     /// marked changed, for the next tick.
     pub(super) fn on_snapshot_exit(&mut self, pid: Pid, how: &str, succeeded: bool) {
-        if self.snapshots.child.take_if(|s| s.pid == pid).is_none() {
+        if self
+            .counting
+            .snapshots
+            .child
+            .take_if(|s| s.pid == pid)
+            .is_none()
+        {
             return;
         }
-        self.snapshots.last_ok = succeeded;
+        self.counting.snapshots.last_ok = succeeded;
         if succeeded {
-            self.snapshots.last_saved_at = SystemTime::now();
+            self.counting.snapshots.last_saved_at = SystemTime::now();
             debug!("counters snapshot written");
         } else {
             warn!("counters snapshot {pid} {how}; trying again at the next tick");
-            self.watch.mark_changed();
+            self.counting.watch.mark_changed();
         }
     }
 }

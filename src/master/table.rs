@@ -121,7 +121,7 @@ impl Master {
         let workers = self.pool.iter().map(|w| &w.child);
         workers
             .chain(self.actions.runner.get())
-            .chain(self.snapshots.child.as_ref())
+            .chain(self.counting.snapshots.child.as_ref())
             .chain(self.succession.child())
             .chain(self.cluster.as_ref().and_then(|c| c.link.get()))
     }
@@ -130,7 +130,7 @@ impl Master {
         let workers = self.pool.iter_mut().map(|w| &mut w.child);
         workers
             .chain(self.actions.runner.get_mut())
-            .chain(self.snapshots.child.as_mut())
+            .chain(self.counting.snapshots.child.as_mut())
             .chain(self.succession.child_mut())
             .chain(self.cluster.as_mut().and_then(|c| c.link.get_mut()))
     }
@@ -150,12 +150,12 @@ impl Master {
     /// pipe, the journal of pending firings, every other child's channels, and what a
     /// successor inherited.
     pub(super) fn master_only_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.signals.raw_fd()];
+        let mut fds = vec![self.ground.signals.raw_fd()];
         fds.extend(self.actions.journal.raw_fd());
         fds.extend(self.succession.raw_fds());
-        fds.extend(self.pidfile.as_ref().map(Pidfile::raw_fd));
-        fds.extend(self.control.as_ref().map(ControlSocket::raw_fd));
-        fds.extend(self.announcer.raw_fd());
+        fds.extend(self.ground.pidfile.as_ref().map(Pidfile::raw_fd));
+        fds.extend(self.ground.control.as_ref().map(ControlSocket::raw_fd));
+        fds.extend(self.ground.announcer.raw_fd());
         fds.extend(self.children().filter_map(Child::channel_fd));
         fds.extend(self.pool.iter().filter_map(super::pool::Worker::counts_fd));
         fds

@@ -29,7 +29,7 @@ impl Master {
         if self.pool.backoff.settle(spawn_times.into_iter(), now) {
             info!("crash loop over: a new worker has stayed up");
         }
-        if self.phase == Phase::Running {
+        if self.lifecycle.phase == Phase::Running {
             self.adjust_dynamic_pool(now);
         }
     }

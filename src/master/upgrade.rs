@@ -281,9 +281,9 @@ impl Master {
         };
         let busy = if busy.is_some() {
             busy
-        } else if self.reload_in_progress {
+        } else if self.lifecycle.reload_in_progress {
             Some("a reload is under way")
-        } else if self.phase != Phase::Running {
+        } else if self.lifecycle.phase != Phase::Running {
             Some("eventsd is starting or stopping")
         } else {
             None
@@ -297,7 +297,7 @@ impl Master {
                 info!(
                     "upgrade: new master {} started from {}",
                     successor.pid,
-                    self.binary.display()
+                    self.ground.binary.display()
                 );
                 self.succession.mode = Mode::Upgrading(Upgrade {
                     successor,
@@ -309,18 +309,18 @@ impl Master {
     }
 
     fn spawn_successor(&mut self) -> anyhow::Result<Child> {
-        let (Some(control), Some(pidfile)) = (&self.control, &self.pidfile) else {
+        let (Some(control), Some(pidfile)) = (&self.ground.control, &self.ground.pidfile) else {
             anyhow::bail!("this master holds no control socket or pidfile to hand over");
         };
         let inheritance = Inheritance {
-            listener: self.listener.as_raw_fd(),
+            listener: self.ground.listener.as_raw_fd(),
             control: control.raw_fd(),
             pidfile: pidfile.raw_fd(),
             predecessor: -1,
-            syslog_by_default: self.default_sink == Sink::Syslog,
+            syslog_by_default: self.ground.default_sink == Sink::Syslog,
         };
-        let binary = self.binary.clone();
-        let source = self.source.clone();
+        let binary = self.ground.binary.clone();
+        let source = self.ground.source.clone();
         // Nothing to close by number: `exec` closes every descriptor but the inherited
         // ones, which are the only ones not marked close-on-exec.
         child::fork_child(Role::Successor, &[], move |channel| {
@@ -341,7 +341,7 @@ impl Master {
                         "upgrade: new master {} is ready; handing over",
                         upgrade.successor.pid
                     );
-                    self.phase = Phase::HandingOver;
+                    self.lifecycle.phase = Phase::HandingOver;
                     self.stop_children_but_the_successor("the new master serves");
                     return;
                 }
@@ -380,9 +380,9 @@ impl Master {
         self.succession.failed(format!(
             "upgrade failed: the new master {pid} {why}; see its log"
         ));
-        if self.phase == Phase::HandingOver {
+        if self.lifecycle.phase == Phase::HandingOver {
             // Its workers are draining: `reconcile` replaces them.
-            self.phase = Phase::Running;
+            self.lifecycle.phase = Phase::Running;
         }
     }
 
@@ -396,15 +396,19 @@ impl Master {
         let successor = upgrade.successor.pid;
         self.count_everything();
         self.keep_what_redis_lacks();
-        if let Err(e) = self.watch.save(&setup::counters_path(&self.config)) {
+        if let Err(e) = self
+            .counting
+            .watch
+            .save(&setup::counters_path(&self.config))
+        {
             error!("counters not saved for the new master: {e:#}");
         }
-        if let Some(pidfile) = self.pidfile.take() {
+        if let Some(pidfile) = self.ground.pidfile.take() {
             if let Err(e) = pidfile.hand_over(successor.as_raw() as u32) {
                 error!("{e:#}");
             }
         }
-        if let Some(control) = self.control.take() {
+        if let Some(control) = self.ground.control.take() {
             control.hand_over();
         }
         notify::send(&format!("MAINPID={successor}"));
@@ -415,7 +419,9 @@ impl Master {
     /// own tells whoever started it.
     pub(super) fn announce_ready(&mut self) {
         let Mode::TakingOver(predecessor) = &mut self.succession.mode else {
-            self.announcer.ready(&self.config.server.listen.to_string());
+            self.ground
+                .announcer
+                .ready(&self.config.server.listen.to_string());
             return;
         };
         info!("ready; waiting for the old master to hand over");
@@ -450,7 +456,7 @@ impl Master {
     fn release_what_waited_for_the_take_over(&mut self) {
         self.actions.runner.release();
         self.release_cluster_link();
-        self.snapshots.release();
+        self.counting.snapshots.release();
     }
 
     /// Loads what the old master left, applies what was held, then serves as the master.
@@ -461,8 +467,8 @@ impl Master {
             return Ok(());
         };
         let daemon = &self.config.daemon;
-        self.pidfile = Some(Pidfile::adopt(predecessor.pidfile, &daemon.pidfile)?);
-        self.control = Some(ControlSocket::adopt(
+        self.ground.pidfile = Some(Pidfile::adopt(predecessor.pidfile, &daemon.pidfile)?);
+        self.ground.control = Some(ControlSocket::adopt(
             predecessor.control,
             &daemon.control_socket,
         )?);
@@ -476,8 +482,8 @@ impl Master {
                 error!("starting with empty counters: {e:#}");
                 MemoryStore::new(self.config.watchers.max_keys)
             });
-        self.watch = Watch::new(Box::new(store));
-        self.watch.sync(&self.registry);
+        self.counting.watch = Watch::new(Box::new(store));
+        self.counting.watch.sync(&self.registry);
         self.take_restored_counts();
         self.push_registry();
         self.actions.journal = open_journal(&self.config, &self.registry, &mut self.totals)?;
@@ -487,7 +493,7 @@ impl Master {
             predecessor.deferred_changes.len(),
         );
         for (at, batch) in predecessor.deferred_counts {
-            self.backlog.push(None, at, batch);
+            self.counting.backlog.push(None, at, batch);
         }
         // What expired meanwhile was answered 503 by its worker, and is dropped.
         for (asker, question) in predecessor.deferred_changes {
@@ -498,7 +504,9 @@ impl Master {
              changes held meanwhile)"
         );
         notify::send(&format!("MAINPID={}", std::process::id()));
-        self.announcer.ready(&self.config.server.listen.to_string());
+        self.ground
+            .announcer
+            .ready(&self.config.server.listen.to_string());
         Ok(())
     }
 }

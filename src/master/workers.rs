@@ -59,16 +59,16 @@ impl Master {
     }
 
     fn finish_start_or_reload(&mut self) {
-        if self.phase == Phase::Starting {
-            self.phase = Phase::Running;
+        if self.lifecycle.phase == Phase::Starting {
+            self.lifecycle.phase = Phase::Running;
             info!(
                 "eventsd ready: {} workers serving {}",
                 self.pool.ready_count(),
                 self.config.server.listen
             );
             self.announce_ready();
-        } else if self.reload_in_progress {
-            self.reload_in_progress = false;
+        } else if self.lifecycle.reload_in_progress {
+            self.lifecycle.reload_in_progress = false;
             info!(
                 "reload complete: generation {} serving",
                 self.pool.generation
@@ -81,8 +81,8 @@ impl Master {
         let (counts, worker_end) =
             UnixStream::pair().context("cannot create the counts socketpair of a worker")?;
         let setup = worker::Setup {
-            listener: self.listener.as_raw_fd(),
-            tls: self.tls.clone(),
+            listener: self.ground.listener.as_raw_fd(),
+            tls: self.ground.tls.clone(),
             config: self.config.clone(),
             registry: self.registry.clone(),
             counts: worker_end,
@@ -135,7 +135,7 @@ impl Master {
 
     /// SIGTTIN / SIGTTOU: `delta` workers more or fewer, within the configured bounds.
     pub(super) fn resize(&mut self, delta: isize) {
-        if self.phase != Phase::Running {
+        if self.lifecycle.phase != Phase::Running {
             return;
         }
         let wanted = self.pool.target.saturating_add_signed(delta);

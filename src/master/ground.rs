@@ -1,0 +1,36 @@
+//! What the master stands on: how it was started (its configuration's source, its log
+//! sink by default, its binary) and the descriptors it holds for the outside world (the
+//! listening socket and its TLS, the signalfd, the control socket, the pidfile, the
+//! start pipe). Owned by the master for its whole life; a successor inherits the
+//! listening socket, the control socket and the pidfile (`upgrade`).
+//!
+//! Plain holdings: what reads or writes them lives with its verb (`events`, `reload`,
+//! `upgrade`, `control`).
+
+use std::path::PathBuf;
+
+use socket2::Socket;
+
+use super::Announcer;
+use super::control::ControlSocket;
+use super::signals::Signals;
+use crate::config;
+use crate::logging::Sink;
+use crate::pidfile::Pidfile;
+use crate::tls::Tls;
+
+pub(super) struct Ground {
+    pub source: config::Source,
+    /// Where logs go when `daemon.log` says nothing: stderr for `run`, syslog for `start`.
+    pub default_sink: Sink,
+    /// The binary this master runs, as it was on disk at start: what an upgrade executes.
+    pub binary: PathBuf,
+    pub listener: Socket,
+    /// The listener's TLS, read at start and at each reload; `None` for plain HTTP.
+    pub tls: Option<Tls>,
+    pub signals: Signals,
+    /// `None` in a successor until it takes over, and after the clean-up.
+    pub control: Option<ControlSocket>,
+    pub pidfile: Option<Pidfile>,
+    pub announcer: Announcer,
+}
