@@ -71,8 +71,16 @@ impl Totals {
 
     pub fn render(&self, workers: &[WorkerStatus]) -> String {
         let mut out = String::new();
+        self.write_traffic(&mut out);
+        self.write_deliveries(&mut out);
+        write_workers(&mut out, workers);
+        out
+    }
+
+    /// Requests, their durations, events collected, registry changes.
+    fn write_traffic(&self, out: &mut String) {
         write_family(
-            &mut out,
+            out,
             "eventsd_http_requests_total",
             "counter",
             "HTTP requests by route and status code.",
@@ -82,7 +90,7 @@ impl Totals {
                 .map(|((route, code), n)| (format!("route=\"{route}\",code=\"{code}\""), *n)),
         );
         write_family(
-            &mut out,
+            out,
             "eventsd_events_collected_total",
             "counter",
             "Events collected (acknowledged) by event type.",
@@ -92,7 +100,7 @@ impl Totals {
                 .map(|(event, n)| (format!("type=\"{event}\""), *n)),
         );
         write_family(
-            &mut out,
+            out,
             "eventsd_registry_changes_total",
             "counter",
             "Registry changes by kind and result.",
@@ -100,8 +108,22 @@ impl Totals {
                 .iter()
                 .map(|((kind, result), n)| (format!("change=\"{kind}\",result=\"{result}\""), *n)),
         );
+        let duration = "eventsd_http_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {duration} Seconds from a request's head to its reply, by route.\n\
+             # TYPE {duration} histogram"
+        );
+        for (route, histogram) in &self.deltas.durations {
+            let labels = format!("route=\"{}\",", label_value(route));
+            histogram.write_samples(out, duration, &labels, &REQUEST_BOUNDS);
+        }
+    }
+
+    /// What became of firings: outcomes, failed attempts, drops, delivery latency.
+    fn write_deliveries(&self, out: &mut String) {
         write_family(
-            &mut out,
+            out,
             "eventsd_action_outcomes_total",
             "counter",
             "Firings handed to actions, by action type and result.",
@@ -113,7 +135,7 @@ impl Totals {
             }),
         );
         write_family(
-            &mut out,
+            out,
             "eventsd_action_attempts_failed_total",
             "counter",
             "Delivery attempts that failed, retried or not, by action type and error class.",
@@ -122,13 +144,14 @@ impl Totals {
                 (labels, *n)
             }),
         );
-        // Every reason from the start, so that a panel on drops is never empty.
+        // Every reason from the start, so that a panel on drops is never empty; their
+        // names typed once, in `DropReason::name`.
+        let reasons = DropReason::ALL.map(DropReason::name).join(", ");
         write_family(
-            &mut out,
+            out,
             "eventsd_actions_dropped_total",
             "counter",
-            "Firings dropped undelivered, by reason (queue_full, too_old, watcher_deleted, \
-             invalid).",
+            &format!("Firings dropped undelivered, by reason ({reasons})."),
             DropReason::ALL.iter().map(|reason| {
                 let n = self.drops.get(reason).copied().unwrap_or(0);
                 (format!("reason=\"{}\"", reason.name()), n)
@@ -141,76 +164,69 @@ impl Totals {
              delivery.\n# TYPE {delivery} histogram"
         );
         self.delivery_latency
-            .write_samples(&mut out, delivery, "", &DELIVERY_BOUNDS);
-        let duration = "eventsd_http_request_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {duration} Seconds from a request's head to its reply, by route.\n\
-             # TYPE {duration} histogram"
-        );
-        for (route, histogram) in &self.deltas.durations {
-            let labels = format!("route=\"{}\",", label_value(route));
-            histogram.write_samples(&mut out, duration, &labels, &REQUEST_BOUNDS);
-        }
-        write_family(
-            &mut out,
-            "eventsd_build_info",
-            "gauge",
-            "The running build: 1, labelled by version and commit.",
-            [(
-                format!(
-                    "version=\"{}\",commit=\"{}\"",
-                    env!("CARGO_PKG_VERSION"),
-                    option_env!("EVENTSD_COMMIT").unwrap_or("unknown")
-                ),
-                1,
-            )],
-        );
-        let states = [
-            WorkerState::Init,
-            WorkerState::Idle,
-            WorkerState::Busy,
-            WorkerState::Shutdown,
-        ];
-        write_family(
-            &mut out,
-            "eventsd_workers",
-            "gauge",
-            "Worker processes by state.",
-            states.map(|state| {
-                let count = workers.iter().filter(|w| w.state == state).count() as u64;
-                (format!("state=\"{}\"", state.name()), count)
-            }),
-        );
-        let per_worker: [PerWorker; 3] = [
-            (
-                "eventsd_worker_requests_total",
-                "counter",
-                "Requests served by each live worker.",
-                |w| w.requests,
-            ),
-            (
-                "eventsd_worker_connections",
-                "gauge",
-                "Open connections of each live worker.",
-                |w| w.connections.into(),
-            ),
-            (
-                "eventsd_worker_resident_bytes",
-                "gauge",
-                "Resident memory of each live worker.",
-                |w| w.rss_bytes,
-            ),
-        ];
-        for (name, kind, help, value) in per_worker {
-            let samples = workers
-                .iter()
-                .map(|w| (format!("slot=\"{}\"", w.slot), value(w)));
-            write_family(&mut out, name, kind, help, samples);
-        }
-        write_worker_process_families(&mut out, workers);
-        out
+            .write_samples(out, delivery, "", &DELIVERY_BOUNDS);
     }
+}
+
+/// The build, and the workers: by state, and each live one's figures.
+fn write_workers(out: &mut String, workers: &[WorkerStatus]) {
+    write_family(
+        out,
+        "eventsd_build_info",
+        "gauge",
+        "The running build: 1, labelled by version and commit.",
+        [(
+            format!(
+                "version=\"{}\",commit=\"{}\"",
+                env!("CARGO_PKG_VERSION"),
+                option_env!("EVENTSD_COMMIT").unwrap_or("unknown")
+            ),
+            1,
+        )],
+    );
+    let states = [
+        WorkerState::Init,
+        WorkerState::Idle,
+        WorkerState::Busy,
+        WorkerState::Shutdown,
+    ];
+    write_family(
+        out,
+        "eventsd_workers",
+        "gauge",
+        "Worker processes by state.",
+        states.map(|state| {
+            let count = workers.iter().filter(|w| w.state == state).count() as u64;
+            (format!("state=\"{}\"", state.name()), count)
+        }),
+    );
+    let per_worker: [PerWorker; 3] = [
+        (
+            "eventsd_worker_requests_total",
+            "counter",
+            "Requests served by each live worker.",
+            |w| w.requests,
+        ),
+        (
+            "eventsd_worker_connections",
+            "gauge",
+            "Open connections of each live worker.",
+            |w| w.connections.into(),
+        ),
+        (
+            "eventsd_worker_resident_bytes",
+            "gauge",
+            "Resident memory of each live worker.",
+            |w| w.rss_bytes,
+        ),
+    ];
+    for (name, kind, help, value) in per_worker {
+        let samples = workers
+            .iter()
+            .map(|w| (format!("slot=\"{}\"", w.slot), value(w)));
+        write_family(out, name, kind, help, samples);
+    }
+    write_worker_process_families(out, workers);
 }
 
 /// CPU, start time and descriptors of each worker, read from `/proc` as the master's

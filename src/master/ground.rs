@@ -9,15 +9,17 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use socket2::Socket;
 
 use super::Announcer;
 use super::control::ControlSocket;
+use super::setup;
 use super::signals::Signals;
-use crate::config;
+use crate::config::{self, Config};
 use crate::logging::Sink;
 use crate::pidfile::Pidfile;
-use crate::tls::Tls;
+use crate::tls::{self, Tls};
 
 pub(super) struct Ground {
     pub source: config::Source,
@@ -33,4 +35,39 @@ pub(super) struct Ground {
     pub control: Option<ControlSocket>,
     pub pidfile: Option<Pidfile>,
     pub announcer: Announcer,
+}
+
+impl Ground {
+    /// What the master holds from its start: the listening socket (inherited from the
+    /// master it replaces, handed by systemd, or bound), the control socket (not while
+    /// taking over: the old master still serves it; `pidfile` is `None` then too), the
+    /// listener's TLS, the signalfd.
+    pub(super) fn open(
+        config: &Config,
+        source: config::Source,
+        default_sink: Sink,
+        pidfile: Option<Pidfile>,
+        inherited: Option<Socket>,
+    ) -> anyhow::Result<Ground> {
+        let binary = std::env::current_exe().context("cannot tell which binary runs")?;
+        let listener = match inherited {
+            Some(socket) => socket,
+            None => setup::activated_listener()?.map_or_else(|| setup::bind(config), Ok)?,
+        };
+        let control = match pidfile {
+            None => None,
+            Some(_) => Some(ControlSocket::bind(&config.daemon.control_socket)?),
+        };
+        Ok(Ground {
+            source,
+            default_sink,
+            binary,
+            listener,
+            tls: tls::load(config.server.tls_files())?,
+            signals: Signals::install()?,
+            control,
+            pidfile,
+            announcer: Announcer::foreground(),
+        })
+    }
 }

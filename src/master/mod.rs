@@ -48,7 +48,7 @@ mod workers;
 
 use std::time::Instant;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use log::{error, info};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -66,15 +66,13 @@ use crate::pidfile::Pidfile;
 use crate::registry::Registry;
 use crate::status::{CrashLoop, Status};
 use crate::title;
-use crate::tls;
 use crate::watch::Watch;
 use crate::watch::store::MemoryStore;
 use actions::Actions;
-use control::ControlSocket;
 use counting::Counting;
 use ground::Ground;
 use pool::Pool;
-use signals::{Requested, Signals};
+use signals::Requested;
 use upgrade::Succession;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -122,6 +120,18 @@ struct Lifecycle {
     reload_in_progress: bool,
 }
 
+impl Lifecycle {
+    fn new() -> Lifecycle {
+        Lifecycle {
+            phase: Phase::Starting,
+            started_at: Instant::now(),
+            reloads: 0,
+            last_reload_error: None,
+            reload_in_progress: false,
+        }
+    }
+}
+
 /// Runs a master until it stops. Start-up failures are reported to `announcer` too.
 pub fn run(
     source: config::Source,
@@ -165,7 +175,6 @@ impl Master {
     fn new(source: config::Source, config: Config, default_sink: Sink) -> anyhow::Result<Master> {
         let daemon = &config.daemon;
         setup::prepare_state_dir(&daemon.state_dir)?;
-        let binary = std::env::current_exe().context("cannot tell which binary runs")?;
         let (inherited, succession) = Succession::inherited()?;
         // A successor shares its predecessor's pidfile lock, and touches no state file
         // the predecessor still writes until it takes over.
@@ -196,17 +205,7 @@ impl Master {
         };
         let mut watch = Watch::new(Box::new(store));
         watch.sync(&registry);
-        let listener = match inherited {
-            Some(socket) => socket,
-            None => setup::activated_listener()?.map_or_else(|| setup::bind(&config), Ok)?,
-        };
-        let control = if taking_over {
-            None
-        } else {
-            Some(ControlSocket::bind(&daemon.control_socket)?)
-        };
-        let tls = tls::load(config.server.tls_files())?;
-        let signals = Signals::install()?;
+        let ground = Ground::open(&config, source, default_sink, pidfile, inherited)?;
         let pool = Pool::new(config.workers.min);
         let cluster = config.cluster.clone().map(cluster::ClusterState::new);
         info!(
@@ -214,30 +213,12 @@ impl Master {
             env!("CARGO_PKG_VERSION"),
             config.server.listen,
             config.workers.min,
-            source.describe()
+            ground.source.describe()
         );
-        let ground = Ground {
-            source,
-            default_sink,
-            binary,
-            listener,
-            tls,
-            signals,
-            control,
-            pidfile,
-            announcer: Announcer::foreground(),
-        };
-        let lifecycle = Lifecycle {
-            phase: Phase::Starting,
-            started_at: Instant::now(),
-            reloads: 0,
-            last_reload_error: None,
-            reload_in_progress: false,
-        };
         let mut master = Master {
             config,
             ground,
-            lifecycle,
+            lifecycle: Lifecycle::new(),
             pool,
             registry,
             counting: Counting::new(watch),

@@ -7,7 +7,7 @@
 
 pub mod address;
 mod rules;
-pub mod spec;
+pub mod validation;
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use rules::{DEFAULT_WEBHOOK_DENY, Destinations, Rules};
-pub use spec::{Action, Aggregator, Appender, CollectorSpec, EventDeclaration, Name, WatcherSpec};
-use spec::{EventSpec, from_json};
+pub use validation::{
+    Action, Aggregator, Appender, CollectorSpec, EventDeclaration, Name, WatcherSpec,
+};
+use validation::{EventSpec, from_json};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Registry {
@@ -83,7 +85,7 @@ impl Spec for WatcherSpec {
     fn without_secrets(&self) -> Self {
         let mut spec = self.clone();
         if let Action::Webhook { url, headers } = &mut spec.action {
-            *url = spec::url_without_secrets(url);
+            *url = validation::url_without_secrets(url);
             headers
                 .values_mut()
                 .for_each(|value| *value = "***".to_string());
@@ -214,29 +216,7 @@ impl Registry {
         rules: &Rules,
     ) -> Result<Uuid, Refusal> {
         let id = match change {
-            Change::CreateEvent { body } => {
-                let spec: EventSpec = from_json(body).map_err(bad_request)?;
-                rules
-                    .check_event_count(self.events.len())
-                    .map_err(bad_request)?;
-                if self.events.contains_key(spec.name.as_str()) {
-                    return Err(conflict(format!(
-                        "Event type `{}` already registered",
-                        spec.name
-                    )));
-                }
-                let id = Uuid::new_v4();
-                self.events.insert(
-                    spec.name,
-                    EventType {
-                        id,
-                        declared: false,
-                        collectors: Vec::new(),
-                        watchers: Vec::new(),
-                    },
-                );
-                id
-            }
+            Change::CreateEvent { body } => self.create_event(body, rules)?,
             Change::DeleteEvent { event } => {
                 let declared = self.event_or_404(event)?.declared;
                 if declared {
@@ -246,53 +226,13 @@ impl Registry {
                 Uuid::nil()
             }
             Change::CreateCollector { event, body } => {
-                let spec: CollectorSpec = from_json(body).map_err(bad_request)?;
-                if let Appender::File { path } = &spec.appender {
-                    check_file_target(path)?;
-                    let forbidden =
-                        |message| Refusal::new(403, format!("Invalid `appender`: {message}"));
-                    rules.check_own_files(path).map_err(forbidden)?;
-                    rules.check_client_file(path).map_err(forbidden)?;
-                }
-                if matches!(spec.appender, Appender::File { .. })
-                    && !rules.token_set
-                    && !origin.is_loopback()
-                {
-                    return Err(Refusal::new(
-                        403,
-                        "A `file` appender may be registered only from a loopback client while \
-                         server.api_token is unset"
-                            .to_string(),
-                    ));
-                }
-                let collectors = &mut self.event_mut_or_404(event)?.collectors;
-                rules
-                    .check_collector_count(collectors.len())
-                    .map_err(bad_request)?;
-                add(collectors, event, spec)?
+                self.create_collector(event, body, origin, rules)?
             }
             Change::DeleteCollector { event, name } => {
                 remove(&mut self.event_mut_or_404(event)?.collectors, event, name)?;
                 Uuid::nil()
             }
-            Change::CreateWatcher { event, body } => {
-                let spec: WatcherSpec = from_json(body).map_err(bad_request)?;
-                if matches!(spec.action, Action::Command { .. }) {
-                    return Err(Refusal::new(
-                        403,
-                        "The `command` action is accepted only from the config file".to_string(),
-                    ));
-                }
-                rules
-                    .destinations
-                    .check_action(&spec.action)
-                    .map_err(|message| Refusal::new(403, format!("Invalid `action`: {message}")))?;
-                let watchers = &mut self.event_mut_or_404(event)?.watchers;
-                rules
-                    .check_watcher(&spec, watchers.len())
-                    .map_err(bad_request)?;
-                add(watchers, event, spec)?
-            }
+            Change::CreateWatcher { event, body } => self.create_watcher(event, body, rules)?,
             Change::DeleteWatcher { event, name } => {
                 remove(&mut self.event_mut_or_404(event)?.watchers, event, name)?;
                 Uuid::nil()
@@ -300,6 +240,81 @@ impl Registry {
         };
         self.version += 1;
         Ok(id)
+    }
+
+    fn create_event(&mut self, body: &[u8], rules: &Rules) -> Result<Uuid, Refusal> {
+        let spec: EventSpec = from_json(body).map_err(bad_request)?;
+        rules
+            .check_event_count(self.events.len())
+            .map_err(bad_request)?;
+        if self.events.contains_key(spec.name.as_str()) {
+            return Err(conflict(format!(
+                "Event type `{}` already registered",
+                spec.name
+            )));
+        }
+        let id = Uuid::new_v4();
+        self.events.insert(
+            spec.name,
+            EventType {
+                id,
+                declared: false,
+                collectors: Vec::new(),
+                watchers: Vec::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    fn create_collector(
+        &mut self,
+        event: &str,
+        body: &[u8],
+        origin: Origin,
+        rules: &Rules,
+    ) -> Result<Uuid, Refusal> {
+        let spec: CollectorSpec = from_json(body).map_err(bad_request)?;
+        if let Appender::File { path } = &spec.appender {
+            check_file_target(path)?;
+            let forbidden = |message| Refusal::new(403, format!("Invalid `appender`: {message}"));
+            rules.check_own_files(path).map_err(forbidden)?;
+            rules.check_client_file(path).map_err(forbidden)?;
+        }
+        if matches!(spec.appender, Appender::File { .. })
+            && !rules.token_set
+            && !origin.is_loopback()
+        {
+            return Err(Refusal::new(
+                403,
+                "A `file` appender may be registered only from a loopback client while \
+                 server.api_token is unset"
+                    .to_string(),
+            ));
+        }
+        let collectors = &mut self.event_mut_or_404(event)?.collectors;
+        rules
+            .check_collector_count(collectors.len())
+            .map_err(bad_request)?;
+        add(collectors, event, spec)
+    }
+
+    fn create_watcher(&mut self, event: &str, body: &[u8], rules: &Rules) -> Result<Uuid, Refusal> {
+        let spec: WatcherSpec = from_json(body).map_err(bad_request)?;
+        if matches!(spec.action, Action::Command { .. }) {
+            return Err(Refusal::new(
+                403,
+                "The `command` action is accepted only from the config file".to_string(),
+            ));
+        }
+        rules
+            .destinations
+            .check_action(&spec.action)
+            .map_err(|message| Refusal::new(403, format!("Invalid `action`: {message}")))?;
+        let watchers = &mut self.event_mut_or_404(event)?.watchers;
+        rules
+            .check_watcher(&spec, watchers.len())
+            .map_err(bad_request)?;
+        add(watchers, event, spec)
     }
 
     /// Makes the registry hold exactly what the config file declares, next to what was

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use super::address::{Host, WebhookUrl, canonical, destination};
-use super::spec::{Action, Aggregator, EventDeclaration, WatcherSpec, url_without_secrets};
+use super::validation::{Action, Aggregator, EventDeclaration, WatcherSpec, url_without_secrets};
 
 /// Collectors of one event type: each file collector is a descriptor in every worker.
 pub const MAX_COLLECTORS_PER_TYPE: usize = 64;
