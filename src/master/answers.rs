@@ -12,22 +12,13 @@
 use std::time::Instant;
 
 use log::{debug, error, info, warn};
-use nix::unistd::Pid;
 
+use super::pool::Asker;
 use super::{Master, setup};
 use crate::clock::Stamp;
-use crate::exposition::{label_value, write_family};
 use crate::metrics::write_process_families;
 use crate::protocol::worker::{Answer, MasterMessage, Question};
 use crate::registry::{Change, Origin, Refusal, Registry};
-
-/// Who asked a question, and until when it may be answered.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Asker {
-    pub worker: Pid,
-    pub id: u64,
-    pub deadline: Stamp,
-}
 
 impl Master {
     pub(super) fn answer(&mut self, asker: Asker, question: Question) {
@@ -52,27 +43,7 @@ impl Master {
             worker: pid, id, ..
         } = asker;
         let answer = match question {
-            Question::Metrics => {
-                let mut text = self.totals.render(&self.pool.statuses(Instant::now()));
-                self.counting.watch.render(&mut text);
-                write_family(
-                    &mut text,
-                    "eventsd_action_pending",
-                    "gauge",
-                    "Firings waiting for delivery, by target.",
-                    self.actions
-                        .journal
-                        .pending_by_target()
-                        .into_iter()
-                        .map(|(target, n)| (format!("target=\"{}\"", label_value(&target)), n)),
-                );
-                self.counting.snapshots.render(&mut text);
-                if let Some(cluster) = &self.cluster {
-                    cluster.render(&mut text);
-                }
-                write_process_families(&mut text);
-                Answer::Metrics(text)
-            }
+            Question::Metrics => Answer::Metrics(self.metrics()),
             // In a cluster, Redis holds the registry: the change is published first.
             Question::Change { change, origin } if self.cluster.is_some() => {
                 self.publish_change(asker, change, origin);
@@ -93,6 +64,19 @@ impl Master {
             }
         };
         self.send_to(pid, MasterMessage::Answer { id, answer });
+    }
+
+    /// The Prometheus exposition of the whole daemon: the totals, then each component's
+    /// families. A component with figures of its own adds its `render` here.
+    fn metrics(&self) -> String {
+        let mut text = self.totals.render(&self.pool.statuses(Instant::now()));
+        self.counting.render(&mut text);
+        self.actions.render(&mut text);
+        if let Some(cluster) = &self.cluster {
+            cluster.render(&mut text);
+        }
+        write_process_families(&mut text);
+        text
     }
 
     /// Whether the question is read past its deadline: its worker has given up and

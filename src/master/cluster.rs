@@ -23,8 +23,8 @@ use nix::poll::PollFlags;
 use nix::unistd::Pid;
 use uuid::Uuid;
 
-use super::answers::Asker;
-use super::table::Kept;
+use super::kept::Kept;
+use super::pool::Asker;
 use super::{Master, setup};
 use crate::child::{self, Child, Role};
 use crate::cluster::{self, CALL_BOUNDS};

@@ -1,5 +1,6 @@
 //! Counting in slices. The workers' count batches wait in the `Backlog`, and each turn of
-//! the master's loop counts one slice of them (`count_a_slice`, at most `SLICE` of work),
+//! the master's loop counts one slice of them (`route.rs::count_a_slice`, at most `SLICE`
+//! of work),
 //! so that between two slices the master answers its children, the control socket and
 //! every question: none waits for more than a slice of counting, whatever the batch.
 //!
@@ -12,23 +13,27 @@
 //! channel, read at every turn.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::os::fd::RawFd;
+use std::time::Duration;
 
+use nix::poll::PollFlags;
 use nix::unistd::Pid;
 
-use super::Master;
+use super::setup;
 use super::snapshot::Snapshots;
+use crate::child::Child;
+use crate::config::Config;
 use crate::watch::store::Second;
 use crate::watch::{CountBatch, Watch};
 
 /// The longest the master counts before it looks at its descriptors again.
-const SLICE: Duration = Duration::from_millis(10);
+pub(super) const SLICE: Duration = Duration::from_millis(10);
 /// A piece: at most this many updates...
-const PIECE_ENTRIES: usize = 1024;
+pub(super) const PIECE_ENTRIES: usize = 1024;
 /// ...of at most this many watchers, so that a slice ends close to `SLICE` even when
 /// every watcher's table grows in it (200 watchers of one field set grow theirs at the
 /// same key).
-const PIECE_WATCHERS: usize = 16;
+pub(super) const PIECE_WATCHERS: usize = 16;
 /// (watcher, key) updates of one worker waiting to be counted, beyond which it is not
 /// read: about a tenth of a second of counting.
 const MAX_WAITING_ENTRIES: usize = 64 * 1024;
@@ -49,6 +54,59 @@ impl Counting {
             backlog: Backlog::default(),
             snapshots: Snapshots::default(),
         }
+    }
+
+    /// On the tick: a snapshot that writes past its deadline killed, and a new one
+    /// started if due (`Snapshots::start_if_due`), closing `fork_fds` at once. `None`
+    /// while the master stops: the final save is its clean-up's, once every child is gone.
+    pub(super) fn on_tick(&mut self, config: &Config, fork_fds: Option<&[RawFd]>) {
+        let watchers = &config.watchers;
+        let timeout = Duration::from_secs(watchers.snapshot_timeout_secs);
+        self.snapshots.enforce_deadline(timeout);
+        if let Some(fork_fds) = fork_fds {
+            let every = Duration::from_secs(watchers.snapshot_secs);
+            let path = setup::counters_path(config);
+            (self.snapshots).start_if_due(&mut self.watch, &path, every, fork_fds);
+        }
+    }
+
+    /// Its metric families: the watchers' (`Watch::render`), the snapshots'.
+    pub(super) fn render(&self, out: &mut String) {
+        self.watch.render(out);
+        self.snapshots.render(out);
+    }
+
+    pub(super) fn snapshot(&self) -> Option<&Child> {
+        self.snapshots.child.as_ref()
+    }
+
+    pub(super) fn snapshot_mut(&mut self) -> Option<&mut Child> {
+        self.snapshots.child.as_mut()
+    }
+
+    /// A stop: a snapshot under way finishes, within the graceful timeout.
+    pub(super) fn stop_snapshot(&mut self, why: &str) {
+        if let Some(snapshot) = self.snapshots.child.as_mut() {
+            snapshot.stop(&(), why);
+        }
+    }
+
+    /// A master taking over starts none until it has (`release_snapshots`): it has
+    /// nothing of its own to save yet.
+    pub(super) fn hold_snapshots(&mut self) {
+        self.snapshots.hold();
+    }
+
+    pub(super) fn release_snapshots(&mut self) {
+        self.snapshots.release();
+    }
+
+    pub(super) fn read_snapshot(&mut self, pid: Pid, events: PollFlags) {
+        self.snapshots.read(pid, events);
+    }
+
+    pub(super) fn on_snapshot_exit(&mut self, pid: Pid, how: &str, succeeded: bool) {
+        self.snapshots.exited(pid, how, succeeded, &mut self.watch);
     }
 }
 
@@ -89,7 +147,11 @@ impl Backlog {
     }
 
     /// The next piece (`CountBatch::take_piece`), with the second it counts in.
-    fn next_piece(&mut self, entries: usize, watchers: usize) -> Option<(Second, CountBatch)> {
+    pub(super) fn next_piece(
+        &mut self,
+        entries: usize,
+        watchers: usize,
+    ) -> Option<(Second, CountBatch)> {
         let oldest = self.batches.front_mut()?;
         let piece = oldest.batch.take_piece(entries, watchers);
         let (from, at) = (oldest.from, oldest.at);
@@ -104,38 +166,5 @@ impl Backlog {
             }
         }
         Some((at, piece))
-    }
-}
-
-impl Master {
-    /// A worker's batch: counted in slices, from the next turn of the loop. A master that
-    /// is taking over from an old one holds it until it has (`upgrade`).
-    pub(super) fn count(&mut self, worker: Pid, batch: CountBatch) {
-        let now = crate::watch::now();
-        if let Some(batch) = self.succession.defer_counts(batch, now) {
-            self.counting.backlog.push(Some(worker), now, batch);
-        }
-    }
-
-    /// One slice: pieces of the waiting batches until `SLICE` has passed.
-    pub(super) fn count_a_slice(&mut self) {
-        let started = Instant::now();
-        while started.elapsed() < SLICE {
-            let Some((at, piece)) = self
-                .counting
-                .backlog
-                .next_piece(PIECE_ENTRIES, PIECE_WATCHERS)
-            else {
-                return;
-            };
-            self.count_at(piece, at);
-        }
-    }
-
-    /// Everything still waiting, at once: the counters are about to be saved for good.
-    pub(super) fn count_everything(&mut self) {
-        while let Some((at, piece)) = self.counting.backlog.next_piece(usize::MAX, usize::MAX) {
-            self.count_at(piece, at);
-        }
     }
 }

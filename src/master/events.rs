@@ -17,7 +17,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::Pid;
 
 use super::Master;
-use super::answers::Asker;
+use super::pool::Asker;
 use super::signals::Requested;
 use crate::child::Role;
 use crate::clock::Stamp;
@@ -62,7 +62,7 @@ impl Master {
             Role::Worker => self.read_worker(pid, events),
             Role::ActionRunner => self.read_runner(pid, events),
             // A snapshot says nothing: its exit code is its report.
-            Role::Snapshot => self.read_snapshot(pid, events),
+            Role::Snapshot => self.counting.read_snapshot(pid, events),
             Role::Successor => self.read_successor(events),
             Role::ClusterLink => self.read_cluster_link(events),
         }
@@ -160,11 +160,11 @@ impl Master {
     }
 
     fn read_runner(&mut self, pid: Pid, events: PollFlags) {
-        let Some(runner) = self.actions.runner.get_mut().filter(|r| r.pid == pid) else {
+        let Some(runner) = self.actions.runner_mut().filter(|r| r.pid == pid) else {
             return;
         };
         for message in runner.exchange::<FromRunner>(events) {
-            self.on_runner_message(message);
+            self.actions.on_message(message, &mut self.totals);
         }
     }
 

@@ -162,6 +162,11 @@ impl Journal {
 
     /// The journal's descriptor, which every child closes at once: no worker may append
     /// to what the runner will execute.
+    /// How many pending firings it keeps at most (`watchers.action_queue`).
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub(super) fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         self.file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd)
     }

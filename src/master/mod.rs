@@ -26,7 +26,7 @@
 //! sides of a binary upgrade), `cluster` (the cluster link: counts and registry shared
 //! through Redis), `setup`, `announcer`, `control`, `signals`, `pool`.
 
-mod actions;
+mod alerts;
 mod announcer;
 mod answers;
 mod cluster;
@@ -35,17 +35,19 @@ mod counting;
 mod events;
 mod ground;
 mod journal;
+mod kept;
 mod pool;
 mod reap;
 mod reload;
+mod route;
 mod setup;
 mod signals;
 mod snapshot;
-mod table;
 mod timeouts;
 mod upgrade;
 mod workers;
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use anyhow::anyhow;
@@ -57,7 +59,7 @@ pub use announcer::Announcer;
 pub use control::query;
 pub use upgrade::inherited_default_sink;
 
-use crate::child::Role;
+use crate::child::{Child, Role};
 use crate::config::{self, Config};
 use crate::logging::{self, Sink};
 use crate::metrics::Totals;
@@ -68,7 +70,7 @@ use crate::status::{CrashLoop, Status};
 use crate::title;
 use crate::watch::Watch;
 use crate::watch::store::MemoryStore;
-use actions::Actions;
+use alerts::Alerts;
 use counting::Counting;
 use ground::Ground;
 use pool::Pool;
@@ -101,7 +103,7 @@ struct Master {
     /// The watchers' counters, the counts waiting for them, and their snapshots.
     counting: Counting,
     /// Alert delivery: the journal of pending firings and the action runner.
-    actions: Actions,
+    actions: Alerts,
     /// The figures `/metrics` shows, added up since start.
     totals: Totals,
     /// An upgrade in place, either side of it.
@@ -200,7 +202,7 @@ impl Master {
         } else {
             (
                 MemoryStore::load(&setup::counters_path(&config), config.watchers.max_keys)?,
-                actions::open_journal(&config, &registry, &mut totals)?,
+                alerts::open_journal(&config, &registry, &mut totals)?,
             )
         };
         let mut watch = Watch::new(Box::new(store));
@@ -222,7 +224,7 @@ impl Master {
             pool,
             registry,
             counting: Counting::new(watch),
-            actions: Actions::new(journal),
+            actions: Alerts::new(journal),
             totals,
             succession,
             cluster,
@@ -244,8 +246,7 @@ impl Master {
             self.reap()?;
             self.count_a_slice();
             if requested.tick {
-                self.enforce_timeouts();
-                self.snapshot_counters_if_due();
+                self.on_tick();
             }
             self.reconcile();
             self.release_held_answers();
@@ -253,6 +254,19 @@ impl Master {
                 return Ok(());
             }
         }
+    }
+
+    /// The once-a-second tick: timeouts enforced on every child (`timeouts.rs`), then
+    /// each component's turn. A component that acts on the clock adds its call here.
+    fn on_tick(&mut self) {
+        self.enforce_timeouts();
+        // What a forked snapshot closes: it serves no HTTP either.
+        let fork_fds = (!self.is_stopping()).then(|| {
+            let mut fds = self.master_only_fds();
+            fds.push(self.ground.listener.as_raw_fd());
+            fds
+        });
+        self.counting.on_tick(&self.config, fork_fds.as_deref());
     }
 
     /// What the signals asked for; the stops first, since they make the rest moot.
@@ -308,9 +322,7 @@ impl Master {
         for pid in pids {
             self.stop_worker(pid, why);
         }
-        if let Some(snapshot) = self.counting.snapshots.child.as_mut() {
-            snapshot.stop(&(), why);
-        }
+        self.counting.stop_snapshot(why);
         self.stop_outputs_once_inputs_are_gone();
     }
 
@@ -324,7 +336,7 @@ impl Master {
         let why = "every worker has stopped";
         match self.cluster.as_ref().and_then(|c| c.link.get()) {
             Some(_) => self.stop_cluster_link(why),
-            None => self.stop_runner(why),
+            None => self.actions.stop_runner(why),
         }
     }
 
@@ -386,9 +398,60 @@ impl Master {
     /// A master taking over from an old one starts no runner, link or snapshot until
     /// it has (`upgrade.rs::take_over` releases them).
     fn hold_what_waits_for_the_take_over(&mut self) {
-        self.actions.runner.hold();
+        self.actions.hold_runner();
         self.hold_cluster_link();
-        self.counting.snapshots.hold();
+        self.counting.hold_snapshots();
+    }
+
+    /// The process table: every live child, workers, the action runner, a snapshot, a
+    /// new master and the cluster link alike.
+    pub(super) fn children(&self) -> impl Iterator<Item = &Child> {
+        let workers = self.pool.iter().map(|w| &w.child);
+        workers
+            .chain(self.actions.runner())
+            .chain(self.counting.snapshot())
+            .chain(self.succession.child())
+            .chain(self.cluster.as_ref().and_then(|c| c.link.get()))
+    }
+
+    pub(super) fn children_mut(&mut self) -> impl Iterator<Item = &mut Child> {
+        let workers = self.pool.iter_mut().map(|w| &mut w.child);
+        workers
+            .chain(self.actions.runner_mut())
+            .chain(self.counting.snapshot_mut())
+            .chain(self.succession.child_mut())
+            .chain(self.cluster.as_mut().and_then(|c| c.link.get_mut()))
+    }
+
+    pub(super) fn child_mut(&mut self, pid: Pid) -> Option<&mut Child> {
+        self.children_mut().find(|child| child.pid == pid)
+    }
+
+    pub(super) fn role_of(&self, pid: Pid) -> Option<Role> {
+        self.children()
+            .find(|child| child.pid == pid)
+            .map(|c| c.role)
+    }
+
+    /// Descriptors a new child must close right after the fork: the pidfile (or it would
+    /// hold the lock after the master died), the signalfd, the control socket, the start
+    /// pipe, the journal of pending firings, every other child's channels, and what a
+    /// successor inherited.
+    pub(super) fn master_only_fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.ground.signals.raw_fd()];
+        fds.extend(self.actions.journal_fd());
+        fds.extend(self.succession.raw_fds());
+        fds.extend(self.ground.pidfile.as_ref().map(Pidfile::raw_fd));
+        fds.extend(
+            self.ground
+                .control
+                .as_ref()
+                .map(control::ControlSocket::raw_fd),
+        );
+        fds.extend(self.ground.announcer.raw_fd());
+        fds.extend(self.children().filter_map(Child::channel_fd));
+        fds.extend(self.pool.iter().filter_map(pool::Worker::counts_fd));
+        fds
     }
 
     fn status(&self) -> Status {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use crate::child::Child;
+use crate::clock::Stamp;
 use crate::protocol::channel::Channel;
 use crate::protocol::worker::{Answer, Heartbeat};
 use crate::status::{WorkerState, WorkerStatus};
@@ -107,6 +108,14 @@ impl Worker {
             rss_bytes: self.report.rss_bytes,
         }
     }
+}
+
+/// Who asked a question, and until when it may be answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Asker {
+    pub worker: Pid,
+    pub id: u64,
+    pub deadline: Stamp,
 }
 
 struct HeldAnswer {

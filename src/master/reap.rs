@@ -74,10 +74,15 @@ impl Master {
         }
         match role {
             Role::Worker => self.on_worker_exit(pid, &how)?,
-            Role::ActionRunner => self.on_runner_exit(pid, &how),
-            Role::Snapshot => {
-                self.on_snapshot_exit(pid, &how, matches!(status, WaitStatus::Exited(_, 0)))
+            Role::ActionRunner => {
+                let stopping = self.is_stopping();
+                self.actions.on_runner_exit(pid, &how, stopping);
             }
+            Role::Snapshot => (self.counting).on_snapshot_exit(
+                pid,
+                &how,
+                matches!(status, WaitStatus::Exited(_, 0)),
+            ),
             Role::Successor => self.on_successor_exit(pid, &how),
             Role::ClusterLink => self.on_cluster_link_exit(pid, &how),
         }

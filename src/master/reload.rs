@@ -10,7 +10,6 @@ use super::{Master, Phase, setup};
 use crate::config::{Actions, Config, Privileges, Smtp};
 use crate::logging::{self, Sink};
 use crate::notify;
-use crate::protocol::runner::ToRunner;
 use crate::protocol::worker::MasterMessage;
 
 impl Master {
@@ -92,7 +91,7 @@ impl Master {
         self.ground.tls = tls;
         self.config = new;
         if runner_changed {
-            self.retire_runner(
+            self.actions.retire_runner(
                 "[smtp], [actions], watchers.action_queue or the workers' user changed",
             );
         }
@@ -110,7 +109,7 @@ impl Master {
             Err(e) => error!("cannot reopen log files: {e:#}"),
         }
         self.broadcast(&MasterMessage::ReopenLogs);
-        self.actions.runner.send(&ToRunner::ReopenLogs);
+        self.actions.reopen_logs();
     }
 }
 

@@ -9,16 +9,17 @@
 //! at the next tick. The metrics tell when the last one succeeded and whether the last
 //! one did (Redis' `rdb_last_save_time` and `rdb_last_bgsave_status`).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, warn};
 use nix::poll::PollFlags;
 use nix::unistd::Pid;
 
-use super::{Master, setup};
 use crate::child::{self, Child, Role};
 use crate::exposition::write_family;
+use crate::watch::Watch;
 
 /// The snapshot child, when the last one was started, and how the last ones went.
 pub(super) struct Snapshots {
@@ -77,62 +78,46 @@ impl Snapshots {
     }
 }
 
-impl Master {
-    /// On the tick: a snapshot when the counters changed and the last one is old enough.
-    pub(super) fn snapshot_counters_if_due(&mut self) {
-        let every = Duration::from_secs(self.config.watchers.snapshot_secs);
-        let due = self
-            .counting
-            .snapshots
-            .last_started
-            .is_none_or(|at| at.elapsed() >= every);
-        // Stopping, the final save is `clean_up`'s, once every child is gone. A master
-        // taking over from an old one has nothing of its own to save yet.
-        if self.is_stopping()
-            || self.counting.snapshots.held
-            || !due
-            || self.counting.snapshots.child.is_some()
-            || !self.counting.watch.take_changed()
-        {
+impl Snapshots {
+    /// A snapshot of `watch` into `path` when the counters changed and the last one is
+    /// older than `every`. A master stopping leaves the final save to its clean-up, once
+    /// every child is gone.
+    pub(super) fn start_if_due(
+        &mut self,
+        watch: &mut Watch,
+        path: &Path,
+        every: Duration,
+        master_fds: &[RawFd],
+    ) {
+        let due = self.last_started.is_none_or(|at| at.elapsed() >= every);
+        if self.held || !due || self.child.is_some() || !watch.take_changed() {
             return;
         }
-        let path = setup::counters_path(&self.config);
-        let mut master_fds = self.master_only_fds();
-        master_fds.push(self.ground.listener.as_raw_fd());
-        let forked = child::fork_child(Role::Snapshot, &master_fds, |_channel| {
-            self.counting.watch.save(&path)
-        });
+        let forked = child::fork_child(Role::Snapshot, master_fds, |_channel| watch.save(path));
         match forked {
             Ok(snapshot) => {
-                self.counting.snapshots.child = Some(snapshot);
-                self.counting.snapshots.last_started = Some(Instant::now());
+                self.child = Some(snapshot);
+                self.last_started = Some(Instant::now());
             }
             Err(e) => {
                 warn!("cannot start a counters snapshot: {e:#}");
-                self.counting.watch.mark_changed();
+                watch.mark_changed();
             }
         }
     }
 
     /// Its channel only ever closes: forget it, the reaper hears the rest.
-    pub(super) fn read_snapshot(&mut self, pid: Pid, events: PollFlags) {
-        if let Some(snapshot) = self
-            .counting
-            .snapshots
-            .child
-            .as_mut()
-            .filter(|s| s.pid == pid)
-        {
+    pub(super) fn read(&mut self, pid: Pid, events: PollFlags) {
+        if let Some(snapshot) = self.child.as_mut().filter(|s| s.pid == pid) {
             snapshot.exchange::<()>(events);
         }
     }
 
-    /// On the tick: a snapshot past `watchers.snapshot_timeout_secs` is hung (a stopped
-    /// process, a disk that does not answer): killed, and the reaper marks the counters
-    /// changed for the next one.
-    pub(super) fn enforce_snapshot_deadline(&mut self) {
-        let timeout = Duration::from_secs(self.config.watchers.snapshot_timeout_secs);
-        let Some(snapshot) = self.counting.snapshots.child.as_mut() else {
+    /// On the tick: a snapshot past `timeout` (`watchers.snapshot_timeout_secs`) is hung
+    /// (a stopped process, a disk that does not answer): killed, and its exit marks the
+    /// counters changed for the next one.
+    pub(super) fn enforce_deadline(&mut self, timeout: Duration) {
+        let Some(snapshot) = self.child.as_mut() else {
             return;
         };
         let age = snapshot.age(Instant::now());
@@ -146,25 +131,19 @@ impl Master {
         }
     }
 
-    /// Called by the reaper for the snapshot. A failed snapshot leaves the counters
-    /// marked changed, for the next tick.
-    pub(super) fn on_snapshot_exit(&mut self, pid: Pid, how: &str, succeeded: bool) {
-        if self
-            .counting
-            .snapshots
-            .child
-            .take_if(|s| s.pid == pid)
-            .is_none()
-        {
+    /// The snapshot `pid` exited. A failed one leaves the counters marked changed, for
+    /// the next tick.
+    pub(super) fn exited(&mut self, pid: Pid, how: &str, succeeded: bool, watch: &mut Watch) {
+        if self.child.take_if(|s| s.pid == pid).is_none() {
             return;
         }
-        self.counting.snapshots.last_ok = succeeded;
+        self.last_ok = succeeded;
         if succeeded {
-            self.counting.snapshots.last_saved_at = SystemTime::now();
+            self.last_saved_at = SystemTime::now();
             debug!("counters snapshot written");
         } else {
             warn!("counters snapshot {pid} {how}; trying again at the next tick");
-            self.counting.watch.mark_changed();
+            watch.mark_changed();
         }
     }
 }

@@ -24,7 +24,6 @@ impl Master {
         self.kill_hung_children();
         self.kill_overdue_children(now);
         self.enforce_upgrade_deadline(now);
-        self.enforce_snapshot_deadline();
         let spawn_times: Vec<Instant> = self.pool.iter().map(|w| w.child.spawned_at).collect();
         if self.pool.backoff.settle(spawn_times.into_iter(), now) {
             info!("crash loop over: a new worker has stayed up");

@@ -34,8 +34,8 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use socket2::Socket;
 
-use super::actions::open_journal;
-use super::answers::Asker;
+use super::alerts::open_journal;
+use super::pool::Asker;
 use super::{Master, Phase, setup};
 use crate::child::{self, Child, Role};
 use crate::config;
@@ -454,9 +454,9 @@ impl Master {
     /// The components built held while taking over, released: from now on this master
     /// keeps a runner and a link, and snapshots its counters.
     fn release_what_waited_for_the_take_over(&mut self) {
-        self.actions.runner.release();
+        self.actions.release_runner();
         self.release_cluster_link();
-        self.counting.snapshots.release();
+        self.counting.release_snapshots();
     }
 
     /// Loads what the old master left, applies what was held, then serves as the master.
@@ -486,7 +486,8 @@ impl Master {
         self.counting.watch.sync(&self.registry);
         self.take_restored_counts();
         self.push_registry();
-        self.actions.journal = open_journal(&self.config, &self.registry, &mut self.totals)?;
+        let journal = open_journal(&self.config, &self.registry, &mut self.totals)?;
+        self.actions.replace_journal(journal);
         self.release_what_waited_for_the_take_over();
         let (counts, changes) = (
             predecessor.deferred_counts.len(),

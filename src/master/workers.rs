@@ -58,6 +58,22 @@ impl Master {
         }
     }
 
+    /// Keeps an action runner up (`Alerts::keep_runner`), forked with this
+    /// configuration; it serves no HTTP, so it closes the listening socket too.
+    fn keep_runner(&mut self) {
+        if !self.actions.wants_runner() {
+            return;
+        }
+        let mut master_fds = self.master_only_fds();
+        master_fds.push(self.ground.listener.as_raw_fd());
+        let config = self.config.clone();
+        self.actions.keep_runner(|| {
+            child::fork_child(Role::ActionRunner, &master_fds, |channel| {
+                crate::action::serve(&config, channel)
+            })
+        });
+    }
+
     fn finish_start_or_reload(&mut self) {
         if self.lifecycle.phase == Phase::Starting {
             self.lifecycle.phase = Phase::Running;

@@ -1,7 +1,7 @@
-//! The master's process table: every live child, whatever its role, found by pid, and
-//! the one keep-alive of the roles the master keeps one of (`Respawn::KeepOne`: the
-//! action runner, the cluster link): `Kept`, one slot each, with its one exit path
-//! (logged, and paced by `RESPAWN_PAUSE` after a quick death).
+//! The one keep-alive of the roles the master keeps one child of (`Respawn::KeepOne`:
+//! the action runner, the cluster link): `Kept`, one slot each, with its one exit path
+//! (logged, and paced by `RESPAWN_PAUSE` after a quick death). The process table that
+//! lists every live child is `Master::children` (`mod.rs`).
 //!
 //! The rest of a child's life is the same for every role and lives in `child.rs`: the
 //! heartbeat rule (`Child::silence_past`, judged for every role that beats by
@@ -9,17 +9,13 @@
 //! Never forks by itself: a slot's owner forks (it knows what the child needs) and hands
 //! the outcome to `Kept::started`.
 
-use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use super::Master;
-use super::control::ControlSocket;
 use crate::child::{Child, Respawn, Role};
-use crate::pidfile::Pidfile;
 
 /// A kept child that dies sooner than five times this after its start waits this long
 /// to be replaced: a child that cannot start is not forked in a tight loop.
@@ -111,53 +107,5 @@ impl Kept {
         if let Some(child) = self.child.as_mut() {
             child.stop(message, why);
         }
-    }
-}
-
-impl Master {
-    /// The process table: every live child, workers, the action runner, a snapshot, a
-    /// new master and the cluster link alike.
-    pub(super) fn children(&self) -> impl Iterator<Item = &Child> {
-        let workers = self.pool.iter().map(|w| &w.child);
-        workers
-            .chain(self.actions.runner.get())
-            .chain(self.counting.snapshots.child.as_ref())
-            .chain(self.succession.child())
-            .chain(self.cluster.as_ref().and_then(|c| c.link.get()))
-    }
-
-    pub(super) fn children_mut(&mut self) -> impl Iterator<Item = &mut Child> {
-        let workers = self.pool.iter_mut().map(|w| &mut w.child);
-        workers
-            .chain(self.actions.runner.get_mut())
-            .chain(self.counting.snapshots.child.as_mut())
-            .chain(self.succession.child_mut())
-            .chain(self.cluster.as_mut().and_then(|c| c.link.get_mut()))
-    }
-
-    pub(super) fn child_mut(&mut self, pid: Pid) -> Option<&mut Child> {
-        self.children_mut().find(|child| child.pid == pid)
-    }
-
-    pub(super) fn role_of(&self, pid: Pid) -> Option<Role> {
-        self.children()
-            .find(|child| child.pid == pid)
-            .map(|c| c.role)
-    }
-
-    /// Descriptors a new child must close right after the fork: the pidfile (or it would
-    /// hold the lock after the master died), the signalfd, the control socket, the start
-    /// pipe, the journal of pending firings, every other child's channels, and what a
-    /// successor inherited.
-    pub(super) fn master_only_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.ground.signals.raw_fd()];
-        fds.extend(self.actions.journal.raw_fd());
-        fds.extend(self.succession.raw_fds());
-        fds.extend(self.ground.pidfile.as_ref().map(Pidfile::raw_fd));
-        fds.extend(self.ground.control.as_ref().map(ControlSocket::raw_fd));
-        fds.extend(self.ground.announcer.raw_fd());
-        fds.extend(self.children().filter_map(Child::channel_fd));
-        fds.extend(self.pool.iter().filter_map(super::pool::Worker::counts_fd));
-        fds
     }
 }

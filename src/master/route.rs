@@ -1,0 +1,80 @@
+//! Where counts go, and the firings they make: a worker's batch waits in the backlog
+//! (`counting`), held by a master still taking over (`succession`); each turn of the loop
+//! counts a slice of it (`count_a_slice`); each piece goes to Redis in a cluster while
+//! it answers (`cluster.rs::share_counts`), and is counted in this master's store
+//! otherwise, firings then marked degraded in a cluster (`count_locally`); every firing
+//! goes to alert delivery (`alerts`).
+//!
+//! Glue only: the state is the components'.
+
+use std::time::Instant;
+
+use nix::unistd::Pid;
+
+use super::Master;
+use super::counting::{PIECE_ENTRIES, PIECE_WATCHERS, SLICE};
+use crate::watch::store::Second;
+use crate::watch::{CountBatch, Job};
+
+impl Master {
+    /// A worker's batch: counted in slices, from the next turn of the loop. A master that
+    /// is taking over from an old one holds it until it has (`upgrade`).
+    pub(super) fn count(&mut self, worker: Pid, batch: CountBatch) {
+        let now = crate::watch::now();
+        if let Some(batch) = self.succession.defer_counts(batch, now) {
+            self.counting.backlog.push(Some(worker), now, batch);
+        }
+    }
+
+    /// One slice: pieces of the waiting batches until `SLICE` has passed.
+    pub(super) fn count_a_slice(&mut self) {
+        let started = Instant::now();
+        while started.elapsed() < SLICE {
+            let Some((at, piece)) = self
+                .counting
+                .backlog
+                .next_piece(PIECE_ENTRIES, PIECE_WATCHERS)
+            else {
+                return;
+            };
+            self.count_at(piece, at);
+        }
+    }
+
+    /// Everything still waiting, at once: the counters are about to be saved for good.
+    pub(super) fn count_everything(&mut self) {
+        while let Some((at, piece)) = self.counting.backlog.next_piece(usize::MAX, usize::MAX) {
+            self.count_at(piece, at);
+        }
+    }
+
+    /// Adds counts (a piece of a worker's batch); every key that crossed its threshold
+    /// fires. In a cluster, the counts go to Redis, which decides the crossings
+    /// (`cluster`); otherwise, or while Redis is unreachable, this master decides.
+    fn count_at(&mut self, batch: CountBatch, now: Second) {
+        if let Some(batch) = self.share_counts(batch, now) {
+            self.count_locally(batch, now);
+        }
+    }
+
+    /// Counts in this master's store; in a cluster, what fires is marked degraded.
+    pub(super) fn count_locally(&mut self, batch: CountBatch, now: Second) {
+        let node = self.cluster_node();
+        for mut job in self.counting.watch.count(batch, now) {
+            job.firing.degraded = node.is_some();
+            job.firing.node.clone_from(&node);
+            self.dispatch(job);
+        }
+    }
+
+    /// A firing, to alert delivery.
+    pub(super) fn dispatch(&mut self, job: Job) {
+        self.actions.fire(job, &mut self.totals);
+    }
+
+    /// After every change of the registry the master adopts: the firings of watchers
+    /// gone or changed are settled (`Alerts::settle_orphans`).
+    pub(super) fn settle_orphaned_firings(&mut self) {
+        (self.actions).settle_orphans(&self.registry, &mut self.totals);
+    }
+}
