@@ -3,7 +3,8 @@
 //! link): how it is forked with its channel, what it does first and last, what differs
 //! between roles (`RoleSpec`: names, heartbeats, respawn policy, unread limit), and the
 //! record the master keeps of it (spawned at, stopping since, killed because). nginx
-//! keeps one process table; this is its row (the table: `master/table.rs`).
+//! keeps one process table; this is its row (the table: `Master::children`, in
+//! `master/mod.rs`).
 //!
 //! The child side never returns into the master's code: the master's objects copied by
 //! the fork are never dropped there, which is what makes closing their descriptors by
@@ -49,7 +50,7 @@ pub enum Respawn {
     /// As many as the pool's target, paced by its crash backoff (`master/pool.rs`).
     Pool,
     /// One, always: replaced when it exits, after a pause when it died young
-    /// (`master/table.rs::Kept`).
+    /// (`master/kept.rs::Kept`).
     KeepOne,
     /// Started for one job by its owner, never replaced.
     Once,

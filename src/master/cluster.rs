@@ -12,28 +12,22 @@
 //!
 //! Never waits: the link answers by message, and a change waits in `publishing`.
 
-use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Context;
 use log::{error, info, warn};
 use nix::poll::PollFlags;
 use nix::unistd::Pid;
 use uuid::Uuid;
 
-use super::kept::Kept;
+use super::cluster_state::{PendingChange, load_calls_in_doubt, save_calls_in_doubt};
 use super::pool::Asker;
 use super::{Master, setup};
-use crate::child::{self, Child, Role};
-use crate::cluster::{self, CALL_BOUNDS};
-use crate::config;
-use crate::exposition::{Histogram, write_family};
-use crate::protocol::cluster::{CountCall, FromCluster, Publication, ToCluster};
+use crate::child::{self, Role};
+use crate::cluster;
+use crate::protocol::cluster::{FromCluster, Publication, ToCluster};
 use crate::protocol::worker::{Answer, MasterMessage};
 use crate::registry::{Change, Origin, Refusal, Registry};
-use crate::status::ClusterStatus;
 use crate::watch::store::Second;
 use crate::watch::{CountBatch, SetCounts, SharedCount};
 
@@ -51,121 +45,6 @@ const PUBLISH_ATTEMPTS: u32 = 100;
 
 /// In the state folder: the calls to Redis a stopped node left in doubt.
 const CALLS_IN_DOUBT: &str = "cluster-calls.json";
-
-fn load_calls_in_doubt(path: &Path) -> anyhow::Result<Vec<CountCall>> {
-    let Some(document) = crate::files::read_state_file(path, "calls in doubt")? else {
-        return Ok(Vec::new());
-    };
-    serde_json::from_slice(&document)
-        .with_context(|| format!("calls in doubt {} are corrupt; ignored", path.display()))
-}
-
-/// Writes the calls in doubt, or removes the file when there are none.
-fn save_calls_in_doubt(path: &Path, calls: &[CountCall]) -> anyhow::Result<()> {
-    if calls.is_empty() {
-        if path.exists() {
-            crate::files::remove_owned(path, "calls in doubt");
-        }
-        return Ok(());
-    }
-    let document = serde_json::to_vec(calls).context("cannot serialize the calls in doubt")?;
-    crate::files::replace_atomically(path, &document)
-}
-
-pub(super) struct ClusterState {
-    config: config::Cluster,
-    pub link: Kept,
-    /// Redis did not answer: counting locally since then.
-    degraded_since: Option<Instant>,
-    /// Redis answered or failed once: until then, counts are held for it.
-    settled: bool,
-    /// Registry changes waiting for Redis, the one in flight first.
-    publishing: VecDeque<PendingChange>,
-    /// The version the link last reported for the shared registry.
-    shared_version: Option<u64>,
-    /// Counts made before Redis first answered (a start, a new master taking over):
-    /// shared at its first answer, or counted alone at its first failure.
-    held: Vec<(Second, CountBatch)>,
-    /// The counts the previous master left in `counters.json` (Redis does not have
-    /// them): sent when Redis answers.
-    restored: Vec<SharedCount>,
-    /// Calls a stopping link left in doubt (Redis may have counted them): saved in
-    /// `CALLS_IN_DOUBT` at a stop, handed to the next link, which sends them again with
-    /// their ids.
-    in_doubt: Vec<CountCall>,
-    latency: Histogram,
-    errors: u64,
-}
-
-struct PendingChange {
-    asker: Asker,
-    change: Change,
-    origin: Origin,
-    attempts: u32,
-    /// Published, waiting for the outcome: the registry it makes, and what it created.
-    in_flight: Option<(Registry, Uuid)>,
-}
-
-impl ClusterState {
-    pub(super) fn new(config: config::Cluster) -> ClusterState {
-        ClusterState {
-            config,
-            link: Kept::new(Role::ClusterLink),
-            // Until Redis first answers, counts are this node's own.
-            degraded_since: Some(Instant::now()),
-            settled: false,
-            publishing: VecDeque::new(),
-            shared_version: None,
-            held: Vec::new(),
-            restored: Vec::new(),
-            in_doubt: Vec::new(),
-            latency: Histogram::default(),
-            errors: 0,
-        }
-    }
-
-    /// Counts go to Redis: the link is up, not told to stop (it would not read them),
-    /// and Redis answered last.
-    fn shares(&self) -> bool {
-        self.degraded_since.is_none() && self.link.get().is_some_and(Child::listens)
-    }
-
-    fn send(&mut self, message: &ToCluster) {
-        self.link.send(message);
-    }
-
-    pub(super) fn status(&self, registry_version: u64) -> ClusterStatus {
-        ClusterStatus {
-            mode: self.config.mode.name().to_string(),
-            node: self.config.node_name.clone(),
-            redis_reachable: self.degraded_since.is_none(),
-            registry_version,
-            shared_registry_version: self.shared_version,
-        }
-    }
-
-    pub(super) fn render(&self, out: &mut String) {
-        write_family(
-            out,
-            "eventsd_cluster_degraded",
-            "gauge",
-            "1 while Redis is unreachable and this node counts alone.",
-            [(String::new(), u64::from(self.degraded_since.is_some()))],
-        );
-        let calls = "eventsd_cluster_redis_call_seconds";
-        out.push_str(&format!(
-            "# HELP {calls} Seconds per call to Redis.\n# TYPE {calls} histogram\n"
-        ));
-        self.latency.write_samples(out, calls, "", &CALL_BOUNDS);
-        write_family(
-            out,
-            "eventsd_cluster_redis_errors_total",
-            "counter",
-            "Calls to Redis that failed or timed out.",
-            [(String::new(), self.errors)],
-        );
-    }
-}
 
 impl Master {
     /// Keeps the link up (paced after a quick death). A master taking over from an old

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use socket2::Socket;
 
-use super::Announcer;
+use super::announcer::Announcer;
 use super::control::ControlSocket;
 use super::setup;
 use super::signals::Signals;

@@ -17,19 +17,24 @@
 //! another one held) and never blocks: every socket it polls is non-blocking, and
 //! everything slow happens in children.
 //!
-//! Files, by owner: `events` (the wait and what children say), `table` (the process
-//! table, the keep-alive of the runner and the link), `workers` (spawn, stop,
-//! reconcile), `reap` (the one exit path), `timeouts` (the tick), `reload` (SIGHUP,
-//! SIGUSR1), `answers` (registry changes and questions), `counting` (counts in slices),
-//! `actions` (counts to firings to the runner), `journal` (pending firings kept across
-//! stops and crashes), `snapshot` (counters written by a forked child), `upgrade` (both
-//! sides of a binary upgrade), `cluster` (the cluster link: counts and registry shared
-//! through Redis), `setup`, `announcer`, `control`, `signals`, `pool`.
+//! `Master` holds components, each the owner of its state, in files that never name
+//! `Master`: `ground`, `pool` (workers, held answers), `counting` (counters, backlog,
+//! `snapshot`s), `alerts` (the `journal` and the runner), `succession` (an upgrade,
+//! either side), `cluster_state`, and `kept` (the keep-alive of a role kept at one
+//! child). The loop's verbs, which combine them, are the files above: `events` (the
+//! wait, what children say, handed to their role's owner), `reap` (the one exit path),
+//! `timeouts` (every child's deadlines on the tick), `workers` (spawn, stop, reconcile,
+//! keep the runner up), `route` (where counts go, the firings they make), `answers`
+//! (registry changes and questions), `reload` (SIGHUP, SIGUSR1), `upgrade` (both sides
+//! of a binary upgrade), `cluster` (counts and registry shared through Redis); `setup`,
+//! `announcer`, `control`, `signals` are their plumbing. The process table is
+//! `Master::children`.
 
 mod alerts;
 mod announcer;
 mod answers;
 mod cluster;
+mod cluster_state;
 mod control;
 mod counting;
 mod events;
@@ -43,6 +48,7 @@ mod route;
 mod setup;
 mod signals;
 mod snapshot;
+mod succession;
 mod timeouts;
 mod upgrade;
 mod workers;
@@ -57,7 +63,7 @@ use nix::unistd::Pid;
 
 pub use announcer::Announcer;
 pub use control::query;
-pub use upgrade::inherited_default_sink;
+pub use succession::inherited_default_sink;
 
 use crate::child::{Child, Role};
 use crate::config::{self, Config};
@@ -71,11 +77,12 @@ use crate::title;
 use crate::watch::Watch;
 use crate::watch::store::MemoryStore;
 use alerts::Alerts;
+use cluster_state::ClusterState;
 use counting::Counting;
 use ground::Ground;
 use pool::Pool;
 use signals::Requested;
-use upgrade::Succession;
+use succession::Succession;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -109,7 +116,7 @@ struct Master {
     /// An upgrade in place, either side of it.
     succession: Succession,
     /// `[cluster]`: counters and registry shared through Redis.
-    cluster: Option<cluster::ClusterState>,
+    cluster: Option<ClusterState>,
 }
 
 /// Where the master stands in its life, and how its reloads went (for the status).
@@ -209,7 +216,7 @@ impl Master {
         watch.sync(&registry);
         let ground = Ground::open(&config, source, default_sink, pidfile, inherited)?;
         let pool = Pool::new(config.workers.min);
-        let cluster = config.cluster.clone().map(cluster::ClusterState::new);
+        let cluster = config.cluster.clone().map(ClusterState::new);
         info!(
             "eventsd {} starting: listening on {}, {} workers, config {}",
             env!("CARGO_PKG_VERSION"),
