@@ -36,6 +36,7 @@ use crate::metrics::Histogram;
 use crate::watch::store::Second;
 use crate::watch::{Crossing, Key, SharedCount};
 use redis_link::{CALL_ID_TTL, Redis};
+pub use redis_link::{FUNCTIONS, count_command};
 
 /// What the master tells the link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,7 +102,7 @@ pub struct CountCall {
 }
 
 impl CountCall {
-    fn new(counts: Vec<SharedCount>) -> CountCall {
+    pub fn new(counts: Vec<SharedCount>) -> CountCall {
         CountCall {
             id: Uuid::new_v4(),
             counts,
@@ -114,7 +115,7 @@ impl CountCall {
     }
 
     /// The crossings among Redis' replies, one reply per counter.
-    fn crossings(&self, replies: Vec<(u64, u64, u64, String)>) -> Vec<Crossing> {
+    pub fn crossings(&self, replies: Vec<(u64, u64, u64, String)>) -> Vec<Crossing> {
         self.counts
             .iter()
             .zip(replies)
@@ -232,7 +233,7 @@ impl Link {
                         .entry((count.watcher, count.key.clone()))
                         .and_modify(|pending| {
                             pending.events += count.events;
-                            pending.rules = count.rules;
+                            pending.rule = count.rule;
                         })
                         .or_insert(count);
                 }

@@ -6,7 +6,7 @@
 //! Every call is bounded by `cluster.timeout_ms`; after a failed one the link drops the
 //! connection (`disconnect`), and the next call connects again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -14,14 +14,17 @@ use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, cmd};
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::CountCall;
 use crate::config::{Cluster, ClusterMode};
+use crate::watch::rule::RuleParams;
+use crate::watch::store::Second;
 use crate::watch::{Crossing, SharedCount};
 
 /// The Functions (`FUNCTION LOAD REPLACE`: the running version's, after an upgrade too).
-const FUNCTIONS: &str = include_str!("eventsd.lua");
+pub const FUNCTIONS: &str = include_str!("eventsd.lua");
 
 /// Keys per `eventsd_count` call on one server: bounds the time Redis spends in one call.
 const KEYS_PER_CALL: usize = 512;
@@ -62,16 +65,6 @@ impl Redis {
 
     fn registry_key(&self) -> String {
         format!("{}:registry", self.prefix)
-    }
-
-    /// One counter's key; the hash tag keeps the whole counter in one slot.
-    fn counter_key(&self, count: &SharedCount) -> String {
-        format!(
-            "{}:c:{{{}/{}}}",
-            self.prefix,
-            count.watcher,
-            count.key.as_str()
-        )
     }
 
     /// Whether a connection is up: a call sent now reaches Redis' socket.
@@ -165,7 +158,7 @@ impl Redis {
         for (index, count) in counts.into_iter().enumerate() {
             let group = match self.mode {
                 ClusterMode::Standalone => (index / KEYS_PER_CALL) as u16,
-                ClusterMode::Cluster => slot(self.counter_key(&count).as_bytes()),
+                ClusterMode::Cluster => slot(counter_key(&self.prefix, &count).as_bytes()),
             };
             groups.entry(group).or_default().push(count);
         }
@@ -174,7 +167,10 @@ impl Redis {
 
     /// Sends every call at once; each one's crossings, or why it has no answer.
     pub(super) async fn count(&self, calls: &[CountCall]) -> Vec<anyhow::Result<Vec<Crossing>>> {
-        let commands: Vec<Cmd> = calls.iter().map(|call| self.count_command(call)).collect();
+        let commands: Vec<Cmd> = calls
+            .iter()
+            .map(|call| count_command(&self.prefix, call, None))
+            .collect();
         let replies = futures_util::future::join_all(
             commands
                 .iter()
@@ -186,39 +182,6 @@ impl Redis {
             .zip(replies)
             .map(|(call, reply)| Ok(call.crossings(reply?)))
             .collect()
-    }
-
-    /// `FCALL eventsd_count`: the counter keys, then the call's own key (in the slot of
-    /// the first counter, so a Redis Cluster takes them together); five numbers per
-    /// counter, the epoch of the counters it creates, how long Redis keeps the call's id.
-    fn count_command(&self, call: &CountCall) -> Cmd {
-        let mut command = cmd("FCALL");
-        command.arg("eventsd_count").arg(call.counts.len() + 1);
-        for count in &call.counts {
-            command.arg(self.counter_key(count));
-        }
-        let first = &call.counts[0];
-        command.arg(format!(
-            "{}:f:{{{}/{}}}:{}",
-            self.prefix,
-            first.watcher,
-            first.key.as_str(),
-            call.id
-        ));
-        for count in &call.counts {
-            let rules = &count.rules;
-            command
-                .arg(count.events)
-                .arg(rules.window_secs)
-                .arg(rules.threshold)
-                .arg(rules.cooldown_secs)
-                .arg(rules.cooldown_max_secs);
-        }
-        // Random, so that a Redis restarted empty never numbers a crossing as an earlier
-        // one was.
-        command.arg(Uuid::new_v4().simple().to_string());
-        command.arg(CALL_ID_TTL.as_secs());
-        command
     }
 
     /// `FCALL function 1 KEY`: a registry Function on the registry's key; its
@@ -300,6 +263,65 @@ impl Redis {
             Err(_) => bail!("no reply within {} ms", self.timeout.as_millis()),
         }
     }
+}
+
+/// One counter's key; the hash tag keeps the whole counter in one slot.
+fn counter_key(prefix: &str, count: &SharedCount) -> String {
+    format!("{prefix}:c:{{{}/{}}}", count.watcher, count.key.as_str())
+}
+
+/// An `eventsd_count` call as Redis reads it: one JSON argument (`eventsd.lua`'s `count`).
+#[derive(Serialize)]
+struct CallDocument<'a> {
+    /// The second the call counts at; absent, Redis' own clock (only the scenario table
+    /// sets it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    now: Option<Second>,
+    /// Random, so that a Redis restarted empty never numbers a crossing as an earlier
+    /// one was.
+    epoch: String,
+    /// How long Redis keeps the call's id.
+    ttl: u64,
+    /// The rule of each watcher the call counts for, once.
+    rules: Vec<&'a RuleParams>,
+    /// [events, index in `rules`] per counter key, in the keys' order.
+    counts: Vec<(u64, usize)>,
+}
+
+/// `FCALL eventsd_count`: the counter keys, then the call's own key (in the slot of the
+/// first counter, so a Redis Cluster takes them together), then the call as one JSON
+/// argument, each watcher's rule in it once. `now` is Redis' own clock when `None`.
+pub fn count_command(prefix: &str, call: &CountCall, now: Option<Second>) -> Cmd {
+    let mut command = cmd("FCALL");
+    command.arg("eventsd_count").arg(call.counts.len() + 1);
+    for count in &call.counts {
+        command.arg(counter_key(prefix, count));
+    }
+    let first = &call.counts[0];
+    command.arg(format!(
+        "{prefix}:f:{{{}/{}}}:{}",
+        first.watcher,
+        first.key.as_str(),
+        call.id
+    ));
+    let mut rule_of: HashMap<Uuid, usize> = HashMap::new();
+    let mut document = CallDocument {
+        now,
+        epoch: Uuid::new_v4().simple().to_string(),
+        ttl: CALL_ID_TTL.as_secs(),
+        rules: Vec::new(),
+        counts: Vec::with_capacity(call.counts.len()),
+    };
+    for count in &call.counts {
+        let index = *rule_of.entry(count.watcher).or_insert_with(|| {
+            document.rules.push(&count.rule);
+            document.rules.len() - 1
+        });
+        document.counts.push((count.events, index));
+    }
+    // A document of numbers and hex strings always serializes.
+    command.arg(serde_json::to_string(&document).unwrap_or_default());
+    command
 }
 
 /// The Redis Cluster slot of `key` (CRC16-XMODEM of its hash tag, modulo 16384), so that

@@ -2,12 +2,13 @@
 //! batches (`CountBatch`); the master alone adds them up and decides every firing (`Watch`), so a crossing fires once
 //! however many workers saw the events.
 //!
-//! `Watch` owns the firing rules (threshold, window, cooldown) over a `CounterStore`. It
-//! does no I/O and never waits: a firing is handed back to the master, which passes it
-//! to the action runner.
+//! `Watch` follows the registry and applies each watcher's rule (`rule`) over the
+//! master's `CounterStore`. It does no I/O and never waits: a firing is handed back to
+//! the master, which passes it to the action runner.
 
 mod key;
 pub mod plan;
+pub mod rule;
 pub mod store;
 mod table;
 
@@ -24,7 +25,8 @@ use uuid::Uuid;
 use crate::metrics::{label_value, write_family};
 use crate::registry::{Action, Aggregator, Registry, WatcherSpec};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
-use store::{Cooldown, CounterStore, Second};
+use rule::{RuleParams, Verdict};
+use store::{CounterStore, Second};
 
 /// What a worker ships to the master at least every 10 ms.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -129,22 +131,13 @@ impl SetCounts {
     }
 }
 
-/// What a shared store (Redis, `src/cluster/`) judges one key by: the watcher's rules, as numbers (0: none).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct CountRules {
-    pub window_secs: u64,
-    pub threshold: u64,
-    pub cooldown_secs: u64,
-    pub cooldown_max_secs: u64,
-}
-
-/// Events of one (watcher, key), with its rules.
+/// Events of one (watcher, key), with what Redis judges the key by.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SharedCount {
     pub watcher: Uuid,
     pub key: Key,
     pub events: u64,
-    pub rules: CountRules,
+    pub rule: RuleParams,
 }
 
 /// A crossing Redis reported to this node alone.
@@ -232,6 +225,7 @@ impl Job {
 struct Watched {
     event: String,
     spec: WatcherSpec,
+    rule: RuleParams,
 }
 
 /// The master's counters and firing decisions, over whichever store holds the counts.
@@ -267,6 +261,7 @@ impl Watch {
                     let watched = Watched {
                         event: event.to_string(),
                         spec: w.spec.clone(),
+                        rule: RuleParams::of(&w.spec),
                     };
                     (w.id, watched)
                 })
@@ -314,7 +309,7 @@ impl Watch {
     /// `counters.json` holds what Redis does not have yet (cluster.md, round two).
     pub fn take_shared_counts(&mut self, now: Second) -> Vec<SharedCount> {
         let watchers = &self.watchers;
-        let windows = |id: Uuid| watchers.get(&id).and_then(|w| w.spec.window_secs);
+        let windows = |id: Uuid| watchers.get(&id).and_then(|w| w.rule.window_secs());
         let counts = self.store.take_counts(now, &windows);
         self.changed = true;
         counts
@@ -323,20 +318,14 @@ impl Watch {
             .collect()
     }
 
-    /// `events` of `key` with its watcher's rules; `None` for a watcher deleted meanwhile.
+    /// `events` of `key` with its watcher's rule; `None` for a watcher deleted meanwhile.
     fn shared_count(&self, watcher: Uuid, key: Key, events: u64) -> Option<SharedCount> {
-        let spec = &self.watchers.get(&watcher)?.spec;
-        let rules = CountRules {
-            window_secs: spec.window_secs.unwrap_or(0),
-            threshold: spec.threshold,
-            cooldown_secs: spec.cooldown_secs.unwrap_or(0),
-            cooldown_max_secs: spec.cooldown_max_secs.unwrap_or(0),
-        };
+        let rule = self.watchers.get(&watcher)?.rule;
         Some(SharedCount {
             watcher,
             key,
             events,
-            rules,
+            rule,
         })
     }
 
@@ -345,7 +334,10 @@ impl Watch {
     pub fn job_of(&mut self, crossing: &Crossing, node: &str) -> Option<Job> {
         let watched = self.watchers.get(&crossing.watcher)?;
         let spec = &watched.spec;
-        let mut firing = firing(&watched.event, spec, &crossing.key, crossing.count);
+        let verdict = Verdict {
+            count: crossing.count,
+        };
+        let mut firing = firing(&watched.event, spec, &crossing.key, verdict);
         let name = format!(
             "{}/{}/{}/{}",
             crossing.watcher,
@@ -385,27 +377,17 @@ impl Watch {
             .collect()
     }
 
-    /// Adds `events` to `key` of `watcher`; its job if that crossed the threshold.
+    /// Adds `events` to `key` of `watcher`; its job if its rule fires.
     fn count_key(&mut self, id: Uuid, key: &Key, events: u64, now: Second) -> Option<Job> {
         // Counts for a watcher deleted since the worker computed them are dropped.
         let watched = self.watchers.get(&id)?;
+        let verdict = watched
+            .rule
+            .on_count(self.store.as_mut(), id, key, events, now)?;
         let spec = &watched.spec;
-        let count = self.store.add(id, key, events, now, spec.window_secs);
-        if count <= spec.threshold {
-            return None;
-        }
-        let previous = self.store.cooldown(id, key);
-        let cooling = previous.is_some_and(|c| now < c.last_fired.saturating_add(c.secs));
-        if cooling {
-            // The events still count; the next cooldown may grow.
-            self.store.crossed_while_cooling(id, key);
-            return None;
-        }
-        self.store
-            .fired(id, key, now, next_cooldown(spec, previous));
         record_firing(&mut self.firings, &watched.event, spec.name.as_str());
         Some(Job {
-            firing: firing(&watched.event, spec, key, count),
+            firing: firing(&watched.event, spec, key, verdict),
             action: spec.action.clone(),
             watcher_id: id,
         })
@@ -491,22 +473,8 @@ fn watcher_labels(event: &str, watcher: &str) -> String {
     )
 }
 
-/// The cooldown a firing starts: `cooldown_secs`; with `cooldown_max_secs` (exponential
-/// realert), twice the previous one when the key crossed again during it, up to the
-/// maximum, and `cooldown_secs` again after a quiet one.
-fn next_cooldown(spec: &WatcherSpec, previous: Option<Cooldown>) -> u64 {
-    let Some(base) = spec.cooldown_secs else {
-        return 0;
-    };
-    match (spec.cooldown_max_secs, previous) {
-        (Some(max), Some(previous)) if previous.crossed => {
-            previous.secs.max(base).saturating_mul(2).min(max)
-        }
-        _ => base,
-    }
-}
-
-fn firing(event: &str, spec: &WatcherSpec, key: &Key, count: u64) -> Firing {
+fn firing(event: &str, spec: &WatcherSpec, key: &Key, verdict: Verdict) -> Firing {
+    let count = verdict.count;
     let key = match (&spec.aggregator, key.decode()) {
         (Aggregator::Single {}, _) => Value::Null,
         (Aggregator::Fields { fields }, Ok(values)) => {

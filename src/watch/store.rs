@@ -1,7 +1,13 @@
-//! The counter store: counts per (watcher, key) over time, behind one narrow interface
-//! (`CounterStore`). The firing rules (`Watch`) are written against the trait only, so
-//! that a store shared by several nodes can replace the in-master one without touching
-//! them. `MemoryStore` is the in-master implementation.
+//! The master's counter store: counts per (watcher, key) over time, behind one narrow
+//! interface (`CounterStore`) that the rules (`rule.rs`) are written against. A
+//! `CounterStore` answers at once, in the master's loop, which never waits: only a store
+//! in the master's memory can be one. `MemoryStore` is it.
+//!
+//! A store shared by nodes (Redis, cluster.md) is not a `CounterStore`: it answers later,
+//! by message through the cluster link, and the rules run there next to the data, in the
+//! Redis Function (`src/cluster/eventsd.lua`), as the only way to decide a crossing
+//! atomically for every node. Both engines read one definition of a rule's figures
+//! (`rule::RuleParams`), and `tests/rules.rs` holds them to one table of scenarios.
 //!
 //! The in-master store keeps, per key, one bucket per second that saw events (a sliding
 //! window of at most `window_secs` buckets: bounded memory per key), and at most
