@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use rules::{DEFAULT_WEBHOOK_DENY, Destinations, Rules};
+pub use spec::rule::{RuleKind, expected_payload};
 pub use spec::{Action, Aggregator, Appender, CollectorSpec, EventDeclaration, Name, WatcherSpec};
 use spec::{EventSpec, from_json};
 

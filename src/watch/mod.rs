@@ -6,13 +6,14 @@
 //! master's `CounterStore`. It does no I/O and never waits: a firing is handed back to
 //! the master, which passes it to the action runner.
 
+mod due;
 mod key;
 pub mod plan;
 pub mod rule;
 pub mod store;
 mod table;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
 use std::path::Path;
 use std::time::SystemTime;
@@ -23,9 +24,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::metrics::{label_value, write_family};
-use crate::registry::{Action, Aggregator, Registry, WatcherSpec};
+use crate::registry::{Action, Aggregator, Registry, RuleKind, WatcherSpec, expected_payload};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
-use rule::{RuleParams, Verdict};
+use rule::{OnTheClock, RuleParams, Verdict};
 use store::{CounterStore, Second};
 
 /// What a worker ships to the master at least every 10 ms.
@@ -164,6 +165,9 @@ pub struct Firing {
     pub event: String,
     /// `{field: value}` for a `fields` watcher, `null` for `single`.
     pub key: Value,
+    /// The rule that fired (rules.md); journals written before rules hold threshold's.
+    #[serde(default)]
+    pub rule: RuleKind,
     pub count: u64,
     pub threshold: u64,
     pub window_secs: Option<u64>,
@@ -182,6 +186,9 @@ pub struct Firing {
     /// Fired from this node's own counts while Redis was unreachable.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub degraded: bool,
+    /// A flatline key heard from again (`send_resolved`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resolved: bool,
 }
 
 /// A firing with the action that must deliver it.
@@ -206,6 +213,7 @@ impl Job {
                 watcher: watcher.to_string(),
                 event: "logins".to_string(),
                 key: Value::Null,
+                rule: RuleKind::Threshold,
                 count: 2,
                 threshold: 1,
                 window_secs: None,
@@ -215,6 +223,7 @@ impl Job {
                 node: None,
                 crossing: None,
                 degraded: false,
+                resolved: false,
             },
             action,
             watcher_id: Uuid::nil(),
@@ -226,6 +235,33 @@ struct Watched {
     event: String,
     spec: WatcherSpec,
     rule: RuleParams,
+    /// Rules decided on the clock: no key fires before this second.
+    grace_until: Second,
+    /// Rules decided on the clock: the keys watched from the start, never forgotten
+    /// (`single`'s one key, `expect`'s).
+    kept: HashSet<Key>,
+}
+
+impl Watched {
+    fn new(event: &str, spec: &WatcherSpec, now: Second) -> Watched {
+        let rule = RuleParams::of(spec);
+        let kept = match (&spec.aggregator, &spec.expect) {
+            _ if !rule.on_the_clock() => HashSet::new(),
+            (Aggregator::Single {}, _) => HashSet::from([Key::default()]),
+            (Aggregator::Fields { fields }, Some(expected)) => expected
+                .iter()
+                .map(|key| Key::of(&spec.aggregator, &expected_payload(fields, key), usize::MAX))
+                .collect(),
+            (Aggregator::Fields { .. }, None) => HashSet::new(),
+        };
+        Watched {
+            event: event.to_string(),
+            spec: spec.clone(),
+            rule,
+            grace_until: now.saturating_add(rule.window_secs().unwrap_or(0)),
+            kept,
+        }
+    }
 }
 
 /// The master's counters and firing decisions, over whichever store holds the counts.
@@ -251,25 +287,63 @@ impl Watch {
     }
 
     /// Follows the registry. A watcher whose definition changes gets a new id, so
-    /// keeping counters by id keeps exactly those of unchanged watchers.
+    /// keeping counters by id keeps exactly those of unchanged watchers. A watcher
+    /// decided on the clock that this master sees first (created, changed, or restored
+    /// at a start) has its keys queued for the end of its grace.
     pub fn sync(&mut self, registry: &Registry) {
-        self.watchers = registry
-            .events
-            .iter()
-            .flat_map(|(event, entry)| {
-                entry.watchers.iter().map(move |w| {
-                    let watched = Watched {
-                        event: event.to_string(),
-                        spec: w.spec.clone(),
-                        rule: RuleParams::of(&w.spec),
-                    };
-                    (w.id, watched)
-                })
-            })
-            .collect();
+        let now = now();
+        let mut previous = std::mem::take(&mut self.watchers);
+        for (event, entry) in &registry.events {
+            for w in &entry.watchers {
+                let watched = previous
+                    .remove(&w.id)
+                    .unwrap_or_else(|| self.first_seen(w.id, event.as_str(), &w.spec, now));
+                self.watchers.insert(w.id, watched);
+            }
+        }
         let live: Vec<Uuid> = self.watchers.keys().copied().collect();
         self.store.retain_watchers(&|id| live.contains(&id));
         self.changed = true;
+    }
+
+    fn first_seen(&mut self, id: Uuid, event: &str, spec: &WatcherSpec, now: Second) -> Watched {
+        let watched = Watched::new(event, spec, now);
+        if watched.rule.on_the_clock() {
+            for key in self.store.keys(id).iter().chain(&watched.kept) {
+                self.store.counter(id, key);
+                self.store.schedule(id, key, watched.grace_until);
+            }
+        }
+        watched
+    }
+
+    /// The firings of the rules decided on the clock, at `now` (the master's tick).
+    pub fn tick(&mut self, now: Second) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        for (&id, watched) in &self.watchers {
+            if !watched.rule.on_the_clock() {
+                continue;
+            }
+            let kept = |key: &Key| watched.kept.contains(key);
+            let clock = OnTheClock {
+                grace_until: watched.grace_until,
+                kept: &kept,
+            };
+            for (key, verdict) in watched.rule.on_tick(self.store.as_mut(), id, now, &clock) {
+                self.changed = true;
+                record_firing(
+                    &mut self.firings,
+                    &watched.event,
+                    watched.spec.name.as_str(),
+                );
+                jobs.push(Job {
+                    firing: firing(&watched.event, &watched.spec, &key, verdict),
+                    action: watched.spec.action.clone(),
+                    watcher_id: id,
+                });
+            }
+        }
+        jobs
     }
 
     /// Whether the counters changed since the last call: a snapshot is worth taking.
@@ -336,6 +410,7 @@ impl Watch {
         let spec = &watched.spec;
         let verdict = Verdict {
             count: crossing.count,
+            resolved: false,
         };
         let mut firing = firing(&watched.event, spec, &crossing.key, verdict);
         let name = format!(
@@ -474,7 +549,6 @@ fn watcher_labels(event: &str, watcher: &str) -> String {
 }
 
 fn firing(event: &str, spec: &WatcherSpec, key: &Key, verdict: Verdict) -> Firing {
-    let count = verdict.count;
     let key = match (&spec.aggregator, key.decode()) {
         (Aggregator::Single {}, _) => Value::Null,
         (Aggregator::Fields { fields }, Ok(values)) => {
@@ -486,30 +560,62 @@ fn firing(event: &str, spec: &WatcherSpec, key: &Key, verdict: Verdict) -> Firin
             Value::Null
         }
     };
-    // events-collector's wording, then the key of a `fields` watcher.
-    let mut text = format!("Event `{event}` repeated {count} times");
-    if let Some(window) = spec.window_secs {
-        let _ = write!(text, " in {window} s");
-    }
-    if let Value::Object(fields) = &key {
-        let shown: Vec<String> = fields.iter().map(|(f, v)| format!("{f}={v}")).collect();
-        let _ = write!(text, " for {}", shown.join(", "));
-    }
+    let count = verdict.count;
+    let threshold = spec.threshold.unwrap_or(0);
     Firing {
         id: Uuid::new_v4(),
         watcher: spec.name.to_string(),
         event: event.to_string(),
+        text: text(event, spec, &key, verdict),
         key,
+        rule: spec.rule,
         count,
-        threshold: spec.threshold,
+        threshold,
         window_secs: spec.window_secs,
         fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        text,
         firings: 1,
         node: None,
         crossing: None,
         degraded: false,
+        resolved: verdict.resolved,
     }
+}
+
+/// What happened, in the rule's words, the key of a `fields` watcher named.
+fn text(event: &str, spec: &WatcherSpec, key: &Value, verdict: Verdict) -> String {
+    let count = verdict.count;
+    let window = spec.window_secs.unwrap_or(0);
+    let threshold = spec.threshold.unwrap_or(0);
+    let for_key = match key {
+        Value::Object(fields) => {
+            let shown: Vec<String> = fields.iter().map(|(f, v)| format!("{f}={v}")).collect();
+            format!(" for {}", shown.join(", "))
+        }
+        _ => String::new(),
+    };
+    let mut text = match (spec.rule, verdict.resolved) {
+        // events-collector's wording, then the key of a `fields` watcher.
+        (RuleKind::Threshold, _) => {
+            let mut text = format!("Event `{event}` repeated {count} times");
+            if let Some(window) = spec.window_secs {
+                let _ = write!(text, " in {window} s");
+            }
+            text + &for_key
+        }
+        (RuleKind::Flatline, false) if count == 0 => {
+            format!("No `{event}` event{for_key} in the last {window} s")
+        }
+        (RuleKind::Flatline, false) => {
+            format!("Only {count} `{event}` events{for_key} in the last {window} s")
+        }
+        (RuleKind::Flatline, true) => {
+            format!("`{event}` events are back{for_key}: {count} in the last {window} s")
+        }
+    };
+    if spec.rule == RuleKind::Flatline {
+        let _ = write!(text, " (expected at least {threshold})");
+    }
+    text
 }
 
 /// Now, in the store's unit.

@@ -8,12 +8,18 @@
 //! Never does I/O and never reads the clock: `now` is given, so that the scenarios
 //! control it.
 
+use std::num::NonZeroU64;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::Key;
-use super::store::{Cooldown, CounterStore, Second};
-use crate::registry::WatcherSpec;
+use super::store::{Cooldown, CounterStore, KeyCounter, Second};
+use super::table::Buckets;
+use crate::registry::{RuleKind, WatcherSpec};
+
+/// How long a flatline key silent after it fired is kept, by default: a day.
+pub const FORGET_AFTER_SECS: u64 = 86_400;
 
 /// What a key is judged by, and its figures.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -24,6 +30,16 @@ pub enum Rule {
     Threshold {
         threshold: u64,
         window_secs: Option<u64>,
+    },
+    /// Fewer than `threshold` events within the last `window_secs`, decided on the
+    /// clock: once per silence (again after a recovery, or after the cooldown); a key
+    /// silent `forget_after_secs` after it fired is dropped, unless it is always watched
+    /// (`OnTheClock::kept`); with `send_resolved`, the recovery fires too.
+    Flatline {
+        threshold: u64,
+        window_secs: u64,
+        forget_after_secs: u64,
+        send_resolved: bool,
     },
 }
 
@@ -43,16 +59,47 @@ pub struct RuleParams {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Verdict {
     pub count: u64,
+    /// A flatline key heard from again (`send_resolved`).
+    pub resolved: bool,
+}
+
+impl Verdict {
+    fn fired(count: u64) -> Verdict {
+        Verdict {
+            count,
+            resolved: false,
+        }
+    }
+}
+
+/// What a watcher's keys are judged against on the clock, besides their rule.
+pub struct OnTheClock<'a> {
+    /// No key fires before this second: a daemon that was down saw nothing, which is
+    /// not the clients' silence (one window after the watcher was first seen).
+    pub grace_until: Second,
+    /// Keys watched whatever they do (`single`'s, `expect`'s): never forgotten.
+    pub kept: &'a dyn Fn(&Key) -> bool,
 }
 
 impl RuleParams {
-    /// The figures of a watcher's definition.
+    /// The figures of a watcher's definition (checked by `registry::spec::rule::check`;
+    /// a figure missing from a damaged `registry.json` counts as 1).
     pub fn of(spec: &WatcherSpec) -> RuleParams {
-        RuleParams {
-            rule: Rule::Threshold {
-                threshold: spec.threshold,
+        let threshold = spec.threshold.unwrap_or(1);
+        let rule = match spec.rule {
+            RuleKind::Threshold => Rule::Threshold {
+                threshold,
                 window_secs: spec.window_secs,
             },
+            RuleKind::Flatline => Rule::Flatline {
+                threshold,
+                window_secs: spec.window_secs.unwrap_or(1),
+                forget_after_secs: spec.forget_after_secs.unwrap_or(FORGET_AFTER_SECS),
+                send_resolved: spec.send_resolved.unwrap_or(false),
+            },
+        };
+        RuleParams {
+            rule,
             cooldown_secs: spec.cooldown_secs,
             cooldown_max_secs: spec.cooldown_max_secs,
         }
@@ -62,7 +109,13 @@ impl RuleParams {
     pub fn window_secs(&self) -> Option<u64> {
         match self.rule {
             Rule::Threshold { window_secs, .. } => window_secs,
+            Rule::Flatline { window_secs, .. } => Some(window_secs),
         }
+    }
+
+    /// Whether the rule is decided on the clock (`on_tick`).
+    pub fn on_the_clock(&self) -> bool {
+        matches!(self.rule, Rule::Flatline { .. })
     }
 
     /// `events` of `key` seen at `now`: whether the key fires.
@@ -74,48 +127,149 @@ impl RuleParams {
         events: u64,
         now: Second,
     ) -> Option<Verdict> {
-        let verdict = match self.rule {
+        match self.rule {
             Rule::Threshold {
                 threshold,
                 window_secs,
             } => {
                 let count = store.add(watcher, key, events, now, window_secs);
-                (count > threshold).then_some(Verdict { count })?
+                if count <= threshold {
+                    return None;
+                }
+                let counter = store.counter(watcher, key);
+                self.unless_cooling(counter, now).ok()?;
+                // The count starts again from zero.
+                counter.buckets = Buckets::Empty;
+                self.fire(counter, now);
+                Some(Verdict::fired(count))
             }
-        };
-        self.unless_cooling(store, watcher, key, now)?;
-        Some(verdict)
-    }
-
-    /// The keys of `watcher` that fire on the clock at `now`: none for a rule decided
-    /// when counts arrive.
-    pub fn on_tick(
-        &self,
-        _store: &mut dyn CounterStore,
-        _watcher: Uuid,
-        _now: Second,
-    ) -> Vec<(Key, Verdict)> {
-        match self.rule {
-            Rule::Threshold { .. } => Vec::new(),
+            Rule::Flatline {
+                threshold,
+                window_secs,
+                send_resolved,
+                ..
+            } => {
+                let count = store.add(watcher, key, events, now, Some(window_secs));
+                if !store.is_waiting(watcher, key) {
+                    let counter = store.counter(watcher, key);
+                    let due = below_from(counter, threshold, window_secs);
+                    store.schedule(watcher, key, due);
+                }
+                let counter = store.counter(watcher, key);
+                let recovered = counter.silent && count >= threshold;
+                if recovered {
+                    counter.silent = false;
+                }
+                (recovered && send_resolved).then_some(Verdict {
+                    count,
+                    resolved: true,
+                })
+            }
         }
     }
 
-    /// A key that met its rule fires unless it cools down (its next cooldown may then
-    /// grow); firing resets its count and starts its cooldown.
-    fn unless_cooling(
+    /// The keys of `watcher` that fire on the clock at `now`: none for a rule decided
+    /// when counts arrive. Costs the keys due, not the keys held.
+    pub fn on_tick(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        now: Second,
+        clock: &OnTheClock,
+    ) -> Vec<(Key, Verdict)> {
+        match self.rule {
+            Rule::Threshold { .. } => Vec::new(),
+            Rule::Flatline { .. } => store
+                .take_due(watcher, now)
+                .into_iter()
+                .filter_map(|key| {
+                    let verdict = self.judge_silence(store, watcher, &key, now, clock)?;
+                    Some((key, verdict))
+                })
+                .collect(),
+        }
+    }
+
+    /// A flatline key come up on the clock: below its threshold (past the grace), it
+    /// fires once per silence, again only after its cooldown; silent `forget_after_secs`
+    /// after it fired, it is dropped unless kept; otherwise it waits for the second it
+    /// would be below.
+    fn judge_silence(
         &self,
         store: &mut dyn CounterStore,
         watcher: Uuid,
         key: &Key,
         now: Second,
-    ) -> Option<()> {
-        let previous = store.cooldown(watcher, key);
-        if previous.is_some_and(|c| now < c.last_fired.saturating_add(c.secs)) {
-            store.crossed_while_cooling(watcher, key);
+        clock: &OnTheClock,
+    ) -> Option<Verdict> {
+        let Rule::Flatline {
+            threshold,
+            window_secs,
+            forget_after_secs,
+            ..
+        } = self.rule
+        else {
             return None;
+        };
+        let kept = (clock.kept)(key);
+        let counter = store.existing(watcher, key)?;
+        counter
+            .buckets
+            .drop_front_while(|second| second.saturating_add(window_secs) <= now);
+        let below = below_from(counter, threshold, window_secs).max(clock.grace_until);
+        let last_fired = counter.last_fired.map_or(0, |second| second.get());
+        let forget_at = (!kept).then(|| last_fired.saturating_add(forget_after_secs));
+        let wait_until = if below > now {
+            Some(below)
+        } else if counter.silent && forget_at.is_some_and(|at| now >= at) {
+            store.forget(watcher, key);
+            return None;
+        } else if counter.silent && self.cooldown_secs.is_none() {
+            // Once per silence: it waits only to be forgotten.
+            forget_at
+        } else {
+            match self.unless_cooling(counter, now) {
+                Err(cooled_at) => earliest(Some(cooled_at), forget_at),
+                Ok(()) => {
+                    let count = counter.buckets.total();
+                    self.fire(counter, now);
+                    counter.silent = true;
+                    let realert_at = self
+                        .cooldown_secs
+                        .map(|_| now.saturating_add(counter.cooldown_secs.into()));
+                    let forget_at = (!kept).then(|| now.saturating_add(forget_after_secs));
+                    if let Some(at) = earliest(realert_at, forget_at) {
+                        store.schedule(watcher, key, at);
+                    }
+                    return Some(Verdict::fired(count));
+                }
+            }
+        };
+        if let Some(at) = wait_until {
+            store.schedule(watcher, key, at);
         }
-        store.fired(watcher, key, now, self.next_cooldown(previous));
-        Some(())
+        None
+    }
+
+    /// A key that met its rule at `now` fires unless it cools down; cooling, it is
+    /// marked (its next cooldown may grow) and the second the cooldown ends is returned.
+    fn unless_cooling(&self, counter: &mut KeyCounter, now: Second) -> Result<(), Second> {
+        if let Some(previous) = cooldown_of(counter) {
+            let ends = previous.last_fired.saturating_add(previous.secs);
+            if now < ends {
+                counter.crossed_while_cooling = true;
+                return Err(ends);
+            }
+        }
+        Ok(())
+    }
+
+    /// The key fires at `now`: its cooldown starts.
+    fn fire(&self, counter: &mut KeyCounter, now: Second) {
+        let cooldown = self.next_cooldown(cooldown_of(counter));
+        counter.last_fired = NonZeroU64::new(now);
+        counter.cooldown_secs = u32::try_from(cooldown).unwrap_or(u32::MAX);
+        counter.crossed_while_cooling = false;
     }
 
     /// The cooldown a firing starts: `cooldown_secs`; with `cooldown_max_secs`
@@ -132,4 +286,31 @@ impl RuleParams {
             _ => base,
         }
     }
+}
+
+/// Where a key stands since it last fired, if it ever did.
+pub fn cooldown_of(counter: &KeyCounter) -> Option<Cooldown> {
+    Some(Cooldown {
+        last_fired: counter.last_fired?.get(),
+        secs: counter.cooldown_secs.into(),
+        crossed: counter.crossed_while_cooling,
+    })
+}
+
+/// The first second from which the key's count over the last `window` seconds is below
+/// `threshold` if no event comes: the window's end after the newest bucket that still
+/// makes the threshold with every newer one; 0 when it is below already.
+fn below_from(counter: &KeyCounter, threshold: u64, window: u64) -> Second {
+    let mut newer = 0;
+    for (second, events) in counter.buckets.newest_first() {
+        newer += events;
+        if newer >= threshold {
+            return second.saturating_add(window);
+        }
+    }
+    0
+}
+
+fn earliest(a: Option<Second>, b: Option<Second>) -> Option<Second> {
+    a.into_iter().chain(b).min()
 }

@@ -15,7 +15,6 @@
 //! limit, the least recently updated key of a sample is evicted.
 
 use std::collections::HashMap;
-use std::num::NonZeroU64;
 use std::path::Path;
 
 use anyhow::Context;
@@ -23,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::Key;
-use super::table::{Buckets, KeyCounter, KeyTable, LastKey};
+use super::due::DueQueue;
+pub use super::table::KeyCounter;
+use super::table::{KeyTable, LastKey};
 
 pub use super::table::Second;
 
@@ -31,13 +32,19 @@ pub trait CounterStore {
     /// Adds `n` events seen at `now` and returns the key's count: within the last
     /// `window` seconds, or since its last firing when there is no window.
     fn add(&mut self, watcher: Uuid, key: &Key, n: u64, now: Second, window: Option<u64>) -> u64;
-    /// The key fired at `now`: its count starts again from zero, and it cools down for
-    /// `cooldown_secs`.
-    fn fired(&mut self, watcher: Uuid, key: &Key, now: Second, cooldown_secs: u64);
-    /// The key crossed while cooling down: its next cooldown may grow.
-    fn crossed_while_cooling(&mut self, watcher: Uuid, key: &Key);
-    /// Where the key stands since it last fired, if it ever did.
-    fn cooldown(&self, watcher: Uuid, key: &Key) -> Option<Cooldown>;
+    /// The counter of `key`, created if new, marked as updated.
+    fn counter(&mut self, watcher: Uuid, key: &Key) -> &mut KeyCounter;
+    /// The counter of `key` if the store holds it (not evicted, not forgotten).
+    fn existing(&mut self, watcher: Uuid, key: &Key) -> Option<&mut KeyCounter>;
+    /// Drops `key` (a flatline key silent past `forget_after_secs`).
+    fn forget(&mut self, watcher: Uuid, key: &Key);
+    /// Every key the watcher holds.
+    fn keys(&self, watcher: Uuid) -> Vec<Key>;
+    /// Judges `key` on the clock at `due` (`due::DueQueue::schedule`).
+    fn schedule(&mut self, watcher: Uuid, key: &Key, due: Second);
+    fn is_waiting(&self, watcher: Uuid, key: &Key) -> bool;
+    /// The keys of `watcher` due at `now`, which wait no longer.
+    fn take_due(&mut self, watcher: Uuid, now: Second) -> Vec<Key>;
     /// Drops every counter of the watchers `keep` refuses.
     fn retain_watchers(&mut self, keep: &dyn Fn(Uuid) -> bool);
     /// The most keys one watcher may hold (`watchers.max_keys`, reloadable).
@@ -68,6 +75,9 @@ pub struct Cooldown {
 #[derive(Default, Serialize, Deserialize)]
 pub struct MemoryStore {
     watchers: HashMap<Uuid, KeyTable>,
+    /// The keys of the watchers decided on the clock, by due second.
+    #[serde(skip)]
+    dues: HashMap<Uuid, DueQueue>,
     #[serde(skip)]
     max_keys: usize,
     /// Ticks once per update: the recency stamps of eviction.
@@ -132,29 +142,47 @@ impl CounterStore for MemoryStore {
         buckets.total()
     }
 
-    fn fired(&mut self, watcher: Uuid, key: &Key, now: Second, cooldown_secs: u64) {
-        let counter = self.touch(watcher, key);
-        counter.buckets = Buckets::Empty;
-        counter.last_fired = NonZeroU64::new(now);
-        counter.cooldown_secs = u32::try_from(cooldown_secs).unwrap_or(u32::MAX);
-        counter.crossed_while_cooling = false;
+    fn counter(&mut self, watcher: Uuid, key: &Key) -> &mut KeyCounter {
+        self.touch(watcher, key)
     }
 
-    fn crossed_while_cooling(&mut self, watcher: Uuid, key: &Key) {
-        self.touch(watcher, key).crossed_while_cooling = true;
+    fn existing(&mut self, watcher: Uuid, key: &Key) -> Option<&mut KeyCounter> {
+        self.watchers.get_mut(&watcher)?.get_mut(key)
     }
 
-    fn cooldown(&self, watcher: Uuid, key: &Key) -> Option<Cooldown> {
-        let counter = self.watchers.get(&watcher)?.get(key)?;
-        Some(Cooldown {
-            last_fired: counter.last_fired?.get(),
-            secs: counter.cooldown_secs.into(),
-            crossed: counter.crossed_while_cooling,
-        })
+    fn forget(&mut self, watcher: Uuid, key: &Key) {
+        if let Some(table) = self.watchers.get_mut(&watcher) {
+            table.remove(key);
+        }
+    }
+
+    fn keys(&self, watcher: Uuid) -> Vec<Key> {
+        self.watchers
+            .get(&watcher)
+            .map(|table| table.keys().map(Key::from).collect())
+            .unwrap_or_default()
+    }
+
+    fn schedule(&mut self, watcher: Uuid, key: &Key, due: Second) {
+        self.dues.entry(watcher).or_default().schedule(key, due);
+    }
+
+    fn is_waiting(&self, watcher: Uuid, key: &Key) -> bool {
+        self.dues
+            .get(&watcher)
+            .is_some_and(|due| due.is_waiting(key))
+    }
+
+    fn take_due(&mut self, watcher: Uuid, now: Second) -> Vec<Key> {
+        self.dues
+            .get_mut(&watcher)
+            .map(|due| due.take_due(now))
+            .unwrap_or_default()
     }
 
     fn retain_watchers(&mut self, keep: &dyn Fn(Uuid) -> bool) {
         self.watchers.retain(|id, _| keep(*id));
+        self.dues.retain(|id, _| keep(*id));
     }
 
     fn set_max_keys(&mut self, max_keys: usize) {
@@ -178,6 +206,7 @@ impl CounterStore for MemoryStore {
             })
             .collect();
         self.watchers.clear();
+        self.dues.clear();
         counts
     }
 
@@ -202,6 +231,18 @@ mod tests {
         serde_json::from_value(serde_json::Value::from(text)).unwrap()
     }
 
+    /// What a rule does to a key that fires: its count starts again, its cooldown starts.
+    fn fired(store: &mut MemoryStore, w: Uuid, key: &Key, now: Second, cooldown_secs: u32) {
+        let counter = store.counter(w, key);
+        counter.buckets = super::super::table::Buckets::Empty;
+        counter.last_fired = std::num::NonZeroU64::new(now);
+        counter.cooldown_secs = cooldown_secs;
+    }
+
+    fn cooldown(store: &mut MemoryStore, w: Uuid, key: &Key) -> Option<Cooldown> {
+        super::super::rule::cooldown_of(store.existing(w, key)?)
+    }
+
     #[test]
     fn a_window_forgets_events_older_than_it() {
         let mut store = MemoryStore::new(10);
@@ -224,7 +265,7 @@ mod tests {
         store.add(windowed, &key("a"), 2, 105, Some(10));
         store.add(windowed, &key("gone"), 4, 100, Some(10));
         store.add(unbounded, &key("b"), 7, 50, None);
-        store.fired(unbounded, &key("fired"), 60, 0);
+        fired(&mut store, unbounded, &key("fired"), 60, 0);
         let windows = |id: Uuid| (id == windowed).then_some(10);
         let mut taken = store.take_counts(112, &windows);
         taken.sort_by_key(|(_, _, count)| *count);
@@ -242,9 +283,9 @@ mod tests {
         let w = Uuid::new_v4();
         store.add(w, &key("k"), 5, 100, None);
         assert_eq!(store.add(w, &key("k"), 5, 10_000, None), 10);
-        store.fired(w, &key("k"), 10_000, 0);
+        fired(&mut store, w, &key("k"), 10_000, 0);
         assert_eq!(
-            store.cooldown(w, &key("k")).map(|c| c.last_fired),
+            cooldown(&mut store, w, &key("k")).map(|c| c.last_fired),
             Some(10_000)
         );
         assert_eq!(store.add(w, &key("k"), 1, 10_001, None), 1);
@@ -293,7 +334,7 @@ mod tests {
         std::fs::write(&path, previous.to_string()).unwrap();
         let mut loaded = MemoryStore::load(&path, 10).unwrap();
         assert_eq!(loaded.add(w, &key("[\"a\"]"), 1, 105, Some(10)), 6);
-        let cooldown = loaded.cooldown(w, &key("")).unwrap();
+        let cooldown = cooldown(&mut loaded, w, &key("")).unwrap();
         assert_eq!(
             (cooldown.last_fired, cooldown.secs, cooldown.crossed),
             (90, 30, true)
@@ -307,11 +348,11 @@ mod tests {
         let mut store = MemoryStore::new(10);
         let w = Uuid::new_v4();
         store.add(w, &key("k"), 3, 100, Some(10));
-        store.fired(w, &key("f"), 100, 30);
+        fired(&mut store, w, &key("f"), 100, 30);
         store.save(&path).unwrap();
         let mut loaded = MemoryStore::load(&path, 10).unwrap();
         assert_eq!(loaded.add(w, &key("k"), 1, 105, Some(10)), 4);
-        let cooldown = loaded.cooldown(w, &key("f")).unwrap();
+        let cooldown = cooldown(&mut loaded, w, &key("f")).unwrap();
         assert_eq!((cooldown.last_fired, cooldown.secs), (100, 30));
         std::fs::write(&path, b"{").unwrap();
         let Err(error) = MemoryStore::load(&path, 10) else {
