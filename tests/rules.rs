@@ -8,7 +8,8 @@
 mod common;
 
 use common::redis::RedisServer;
-use eventsd::cluster::{CountCall, FUNCTIONS, count_command};
+use eventsd::cluster::{FUNCTIONS, count_command};
+use eventsd::protocol::cluster::CountCall;
 use eventsd::registry::WatcherSpec;
 use eventsd::watch::rule::RuleParams;
 use eventsd::watch::store::MemoryStore;
