@@ -35,7 +35,7 @@ use crate::protocol::cluster::{CountCall, FromCluster, Publication, ToCluster};
 use crate::protocol::frame;
 use crate::watch::{Crossing, Key, SharedCount};
 use redis_link::{CALL_ID_TTL, Redis};
-pub use redis_link::{FUNCTIONS, count_command};
+pub use redis_link::{FUNCTIONS, KEYS_PER_TICK, count_command, tick_command, tick_crossings};
 
 impl CountCall {
     pub fn new(counts: Vec<SharedCount>) -> CountCall {
@@ -50,18 +50,19 @@ impl CountCall {
         self.counts.iter().map(|count| count.events).sum()
     }
 
-    /// The crossings among Redis' replies, one reply per counter.
+    /// The crossings among Redis' replies, one reply per counter: 1 fired, 2 resolved.
     pub fn crossings(&self, replies: Vec<(u64, u64, u64, String)>) -> Vec<Crossing> {
         self.counts
             .iter()
             .zip(replies)
-            .filter(|(_, (crossed, ..))| *crossed == 1)
-            .map(|(count, (_, total, sequence, epoch))| Crossing {
+            .filter(|(_, (crossed, ..))| *crossed > 0)
+            .map(|(count, (crossed, total, sequence, epoch))| Crossing {
                 watcher: count.watcher,
                 key: count.key.clone(),
                 count: total,
                 epoch,
                 sequence,
+                resolved: crossed == 2,
             })
             .collect()
     }

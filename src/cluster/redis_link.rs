@@ -21,7 +21,7 @@ use super::CountCall;
 use crate::config::{Cluster, ClusterMode};
 use crate::watch::rule::RuleParams;
 use crate::watch::store::Second;
-use crate::watch::{Crossing, SharedCount};
+use crate::watch::{Crossing, Key, SharedCount};
 
 /// The Functions (`FUNCTION LOAD REPLACE`: the running version's, after an upgrade too).
 pub const FUNCTIONS: &str = include_str!("eventsd.lua");
@@ -265,8 +265,13 @@ impl Redis {
     }
 }
 
-/// One counter's key; the hash tag keeps the whole counter in one slot.
+/// One counter's key; the hash tag keeps the whole counter in one slot, and the keys of
+/// a rule decided on the clock in their watcher's (with its queue: `eventsd.lua`'s
+/// `flatline_names`), so that one call judges them.
 fn counter_key(prefix: &str, count: &SharedCount) -> String {
+    if count.rule.on_the_clock() {
+        return format!("{prefix}:c:{{{}}}:{}", count.watcher, count.key.as_str());
+    }
     format!("{prefix}:c:{{{}/{}}}", count.watcher, count.key.as_str())
 }
 
@@ -282,8 +287,11 @@ struct CallDocument<'a> {
     epoch: String,
     /// How long Redis keeps the call's id.
     ttl: u64,
-    /// The rule of each watcher the call counts for, once.
+    /// The counters' key prefix (`cluster.key_prefix`).
+    prefix: &'a str,
+    /// The rule of each watcher the call counts for, once, and the watcher.
     rules: Vec<&'a RuleParams>,
+    watchers: Vec<Uuid>,
     /// [events, index in `rules`] per counter key, in the keys' order.
     counts: Vec<(u64, usize)>,
 }
@@ -309,12 +317,15 @@ pub fn count_command(prefix: &str, call: &CountCall, now: Option<Second>) -> Cmd
         now,
         epoch: Uuid::new_v4().simple().to_string(),
         ttl: CALL_ID_TTL.as_secs(),
+        prefix,
         rules: Vec::new(),
+        watchers: Vec::new(),
         counts: Vec::with_capacity(call.counts.len()),
     };
     for count in &call.counts {
         let index = *rule_of.entry(count.watcher).or_insert_with(|| {
             document.rules.push(&count.rule);
+            document.watchers.push(count.watcher);
             document.rules.len() - 1
         });
         document.counts.push((count.events, index));
@@ -322,6 +333,72 @@ pub fn count_command(prefix: &str, call: &CountCall, now: Option<Second>) -> Cmd
     // A document of numbers and hex strings always serializes.
     command.arg(serde_json::to_string(&document).unwrap_or_default());
     command
+}
+
+/// Keys of one watcher judged on the clock by one `eventsd_tick` call, at most: bounds
+/// the time Redis spends in it; the rest are judged at the next tick.
+pub const KEYS_PER_TICK: usize = 1_000;
+
+/// An `eventsd_tick` call as Redis reads it: one JSON argument (`eventsd.lua`'s `tick`).
+#[derive(Serialize)]
+struct TickDocument<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    now: Option<Second>,
+    prefix: &'a str,
+    watcher: Uuid,
+    params: &'a RuleParams,
+    /// Keys to watch from now on, never forgotten (`single`'s, `expect`'s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kept: Option<Vec<&'a str>>,
+    limit: usize,
+    /// Random: the epoch of the counters it creates.
+    epoch: String,
+}
+
+/// `FCALL eventsd_tick`: judges the keys of `watcher` due at `now` (Redis' own clock when
+/// `None`), each handed to one caller only; `kept` are watched from then on.
+pub fn tick_command(
+    prefix: &str,
+    watcher: Uuid,
+    params: &RuleParams,
+    kept: Option<&[Key]>,
+    now: Option<Second>,
+) -> Cmd {
+    let document = TickDocument {
+        now,
+        prefix,
+        watcher,
+        params,
+        kept: kept.map(|keys| keys.iter().map(Key::as_str).collect()),
+        limit: KEYS_PER_TICK,
+        epoch: Uuid::new_v4().simple().to_string(),
+    };
+    let mut command = cmd("FCALL");
+    command
+        .arg("eventsd_tick")
+        .arg(1)
+        .arg(format!("{prefix}:due:{{{watcher}}}"))
+        // A document of numbers and plain strings always serializes.
+        .arg(serde_json::to_string(&document).unwrap_or_default());
+    command
+}
+
+/// The firings of an `eventsd_tick` reply: {key, 1, count, sequence, epoch} each.
+pub fn tick_crossings(
+    watcher: Uuid,
+    replies: Vec<(String, u64, u64, u64, String)>,
+) -> Vec<Crossing> {
+    replies
+        .into_iter()
+        .map(|(key, _, count, sequence, epoch)| Crossing {
+            watcher,
+            key: Key::from(key.as_str()),
+            count,
+            epoch,
+            sequence,
+            resolved: false,
+        })
+        .collect()
 }
 
 /// The Redis Cluster slot of `key` (CRC16-XMODEM of its hash tag, modulo 16384), so that

@@ -80,8 +80,25 @@ impl Master {
 
     /// Counts in this master's store; in a cluster, what fires is marked degraded.
     pub(super) fn count_locally(&mut self, batch: CountBatch, now: Second) {
+        let jobs = self.watch.count(batch, now);
+        self.dispatch_local(jobs);
+    }
+
+    /// The rules decided on the clock (rules.md: flatline), on the 1 s tick, by this
+    /// master's store when it counts: not while Redis does (its link asks Redis), nor
+    /// while taking over (the old master still judges).
+    pub(super) fn judge_on_the_clock(&mut self) {
+        if self.succession.is_taking_over() || self.shares_counts() {
+            return;
+        }
+        let jobs = self.watch.tick(crate::watch::now());
+        self.dispatch_local(jobs);
+    }
+
+    /// Firings of this master's store; in a cluster, marked degraded.
+    fn dispatch_local(&mut self, jobs: Vec<Job>) {
         let node = self.cluster_node();
-        for mut job in self.watch.count(batch, now) {
+        for mut job in jobs {
             job.firing.degraded = node.is_some();
             job.firing.node.clone_from(&node);
             self.dispatch(job);

@@ -264,6 +264,7 @@ impl Master {
             self.reap()?;
             self.count_a_slice();
             if requested.tick {
+                self.judge_on_the_clock();
                 self.enforce_timeouts();
                 self.snapshot_counters_if_due();
             }

@@ -153,6 +153,9 @@ pub struct Crossing {
     /// The key's firings so far in this epoch, this one included: with the watcher, the
     /// key and the epoch, the crossing's id across nodes.
     pub sequence: u64,
+    /// A flatline key heard from again (`send_resolved`).
+    #[serde(default)]
+    pub resolved: bool,
 }
 
 /// A crossing: the document actions deliver (its `text` makes it a valid Slack or
@@ -258,7 +261,7 @@ impl Watched {
             event: event.to_string(),
             spec: spec.clone(),
             rule,
-            grace_until: now.saturating_add(rule.window_secs().unwrap_or(0)),
+            grace_until: rule.grace_until(now),
             kept,
         }
     }
@@ -308,12 +311,12 @@ impl Watch {
 
     fn first_seen(&mut self, id: Uuid, event: &str, spec: &WatcherSpec, now: Second) -> Watched {
         let watched = Watched::new(event, spec, now);
-        if watched.rule.on_the_clock() {
-            for key in self.store.keys(id).iter().chain(&watched.kept) {
-                self.store.counter(id, key);
-                self.store.schedule(id, key, watched.grace_until);
-            }
-        }
+        watched.rule.on_first_sight(
+            self.store.as_mut(),
+            id,
+            watched.kept.iter(),
+            watched.grace_until,
+        );
         watched
     }
 
@@ -410,7 +413,7 @@ impl Watch {
         let spec = &watched.spec;
         let verdict = Verdict {
             count: crossing.count,
-            resolved: false,
+            resolved: crossing.resolved,
         };
         let mut firing = firing(&watched.event, spec, &crossing.key, verdict);
         let name = format!(

@@ -113,9 +113,36 @@ impl RuleParams {
         }
     }
 
+    /// For a rule decided on the clock, first seen at `first_seen`: the end of its grace,
+    /// a window later (the Redis Function's `tick` counts from its own first sight).
+    pub fn grace_until(&self, first_seen: Second) -> Second {
+        first_seen.saturating_add(self.window_secs().unwrap_or(0))
+    }
+
     /// Whether the rule is decided on the clock (`on_tick`).
     pub fn on_the_clock(&self) -> bool {
         matches!(self.rule, Rule::Flatline { .. })
+    }
+
+    /// A watcher decided on the clock, first seen (created, changed, restored at a
+    /// start): the keys it holds and those it always watches (`kept`) wait for the end
+    /// of its grace.
+    pub fn on_first_sight<'k>(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        kept: impl Iterator<Item = &'k Key>,
+        grace_until: Second,
+    ) {
+        if !self.on_the_clock() {
+            return;
+        }
+        let mut keys = store.keys(watcher);
+        keys.extend(kept.cloned());
+        for key in &keys {
+            store.counter(watcher, key);
+            store.schedule(watcher, key, grace_until);
+        }
     }
 
     /// `events` of `key` seen at `now`: whether the key fires.
