@@ -21,7 +21,7 @@ use super::CountCall;
 use crate::config::{Cluster, ClusterMode};
 use crate::watch::rule::RuleParams;
 use crate::watch::store::Second;
-use crate::watch::{Crossing, Key, SharedCount};
+use crate::watch::{ClockWatcher, Crossing, Key, SharedCount};
 
 /// The Functions (`FUNCTION LOAD REPLACE`: the running version's, after an upgrade too).
 pub const FUNCTIONS: &str = include_str!("eventsd.lua");
@@ -182,6 +182,19 @@ impl Redis {
             .zip(replies)
             .map(|(call, reply)| Ok(call.crossings(reply?)))
             .collect()
+    }
+
+    /// The firings of `watcher`'s keys due now, judged by Redis for this node alone;
+    /// with `seed`, its kept keys are watched from now on (a link's first tick of it).
+    pub(super) async fn tick(
+        &self,
+        watcher: &ClockWatcher,
+        seed: bool,
+    ) -> anyhow::Result<Vec<Crossing>> {
+        let kept = seed.then_some(watcher.kept.as_slice());
+        let command = tick_command(&self.prefix, watcher.id, &watcher.rule, kept, None);
+        let replies = self.call(&command).await?;
+        Ok(tick_crossings(watcher.id, replies))
     }
 
     /// `FCALL function 1 KEY`: a registry Function on the registry's key; its

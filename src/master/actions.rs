@@ -85,10 +85,12 @@ impl Master {
     }
 
     /// The rules decided on the clock (rules.md: flatline), on the 1 s tick, by this
-    /// master's store when it counts: not while Redis does (its link asks Redis), nor
-    /// while taking over (the old master still judges).
+    /// master's store: not in a cluster, where Redis judges them for every node (the
+    /// link asks it every second; a node that lost Redis sees only its share of the
+    /// events, too few to call a silence), nor while taking over (the old master
+    /// still judges).
     pub(super) fn judge_on_the_clock(&mut self) {
-        if self.succession.is_taking_over() || self.shares_counts() {
+        if self.succession.is_taking_over() || self.cluster_node().is_some() {
             return;
         }
         let jobs = self.watch.tick(crate::watch::now());

@@ -370,11 +370,6 @@ impl Master {
         self.count_locally(batch, crate::watch::now());
     }
 
-    /// Whether Redis decides the rules now: the link is up and Redis answered last.
-    pub(super) fn shares_counts(&self) -> bool {
-        self.cluster.as_ref().is_some_and(ClusterState::shares)
-    }
-
     /// This node's name, in a cluster: a firing from its own counts is then degraded.
     pub(super) fn cluster_node(&self) -> Option<String> {
         self.cluster.as_ref().map(|c| c.config.node_name.clone())

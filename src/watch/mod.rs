@@ -267,6 +267,32 @@ impl Watched {
     }
 }
 
+/// A watcher decided on the clock, as a cluster link asks Redis to judge it every second
+/// (rules.md, "In a cluster").
+#[derive(Debug, Clone)]
+pub struct ClockWatcher {
+    pub id: Uuid,
+    pub rule: RuleParams,
+    /// The keys it always watches (`single`'s, `expect`'s).
+    pub kept: Vec<Key>,
+}
+
+/// The watchers of `registry` decided on the clock.
+pub fn clock_watchers(registry: &Registry) -> Vec<ClockWatcher> {
+    registry
+        .events
+        .iter()
+        .flat_map(|(event, entry)| entry.watchers.iter().map(move |w| (event, w)))
+        .map(|(event, w)| (w.id, Watched::new(event.as_str(), &w.spec, 0)))
+        .filter(|(_, watched)| watched.rule.on_the_clock())
+        .map(|(id, watched)| ClockWatcher {
+            id,
+            rule: watched.rule,
+            kept: watched.kept.into_iter().collect(),
+        })
+        .collect()
+}
+
 /// The master's counters and firing decisions, over whichever store holds the counts.
 pub struct Watch {
     store: Box<dyn CounterStore>,
