@@ -426,6 +426,7 @@ mod tests {
             watcher: "storm".into(),
             event: "logins".into(),
             key: serde_json::json!({"ip": "10.0.0.1"}),
+            rule: crate::registry::RuleKind::Threshold,
             count: 101,
             threshold: 100,
             window_secs: Some(60),
@@ -434,6 +435,7 @@ mod tests {
             node: None,
             crossing: None,
             degraded: false,
+            resolved: false,
         }
     }
 

@@ -33,11 +33,13 @@ use crate::config::{Cluster, Config};
 use crate::exposition::Histogram;
 use crate::protocol::cluster::{CountCall, FromCluster, Publication, ToCluster};
 use crate::protocol::frame;
-use crate::watch::{Crossing, Key, SharedCount};
+use crate::registry::Registry;
+use crate::watch::{ClockWatcher, Crossing, Key, SharedCount, clock_watchers};
 use redis_link::{CALL_ID_TTL, Redis};
+pub use redis_link::{FUNCTIONS, KEYS_PER_TICK, count_command, tick_command, tick_crossings};
 
 impl CountCall {
-    fn new(counts: Vec<SharedCount>) -> CountCall {
+    pub fn new(counts: Vec<SharedCount>) -> CountCall {
         CountCall {
             id: Uuid::new_v4(),
             counts,
@@ -49,18 +51,19 @@ impl CountCall {
         self.counts.iter().map(|count| count.events).sum()
     }
 
-    /// The crossings among Redis' replies, one reply per counter.
-    fn crossings(&self, replies: Vec<(u64, u64, u64, String)>) -> Vec<Crossing> {
+    /// The crossings among Redis' replies, one reply per counter: 1 fired, 2 resolved.
+    pub fn crossings(&self, replies: Vec<(u64, u64, u64, String)>) -> Vec<Crossing> {
         self.counts
             .iter()
             .zip(replies)
-            .filter(|(_, (crossed, ..))| *crossed == 1)
-            .map(|(count, (_, total, sequence, epoch))| Crossing {
+            .filter(|(_, (crossed, ..))| *crossed > 0)
+            .map(|(count, (crossed, total, sequence, epoch))| Crossing {
                 watcher: count.watcher,
                 key: count.key.clone(),
                 count: total,
                 epoch,
                 sequence,
+                resolved: crossed == 2,
             })
             .collect()
     }
@@ -97,6 +100,7 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
         backoff: MIN_BACKOFF,
         latency: Histogram::default(),
         errors: 0,
+        clock: Vec::new(),
     };
     info!(
         "cluster link ready: node {}, {} mode, {}",
@@ -156,6 +160,10 @@ struct Link {
     backoff: Duration,
     latency: Histogram,
     errors: u64,
+    /// The watchers decided on the clock, read from the shared registry, each with
+    /// whether Redis watches its kept keys yet (told again after a failure: Redis may
+    /// have restarted empty).
+    clock: Vec<(ClockWatcher, bool)>,
 }
 
 impl Link {
@@ -168,7 +176,7 @@ impl Link {
                         .entry((count.watcher, count.key.clone()))
                         .and_modify(|pending| {
                             pending.events += count.events;
-                            pending.rules = count.rules;
+                            pending.rule = count.rule;
                         })
                         .or_insert(count);
                 }
@@ -183,6 +191,7 @@ impl Link {
                 let publication = match self.judge(started, outcome) {
                     Ok(Publication::Written(version)) => {
                         self.known_version = Some(version);
+                        self.follow_clock_watchers(&document);
                         Publication::Written(version)
                     }
                     Ok(other) => other,
@@ -196,6 +205,7 @@ impl Link {
                 if let Ok(true) = self.judge(started, outcome) {
                     info!("the shared registry was empty: seeded it with version {version}");
                     self.known_version = Some(version);
+                    self.follow_clock_watchers(&document);
                 }
             }
             ToCluster::Resend(calls) => self.in_doubt.extend(calls),
@@ -304,6 +314,7 @@ impl Link {
         }
         if self.reachable == Some(true) {
             self.poll_registry().await?;
+            self.judge_on_the_clock().await?;
         }
         let latency = std::mem::take(&mut self.latency);
         let errors = std::mem::take(&mut self.errors);
@@ -312,6 +323,50 @@ impl Link {
         }
         let reachable = self.reachable == Some(true);
         self.tell(&FromCluster::Reachable(reachable)).await
+    }
+
+    /// Asks Redis for the firings of the keys due of every watcher decided on the clock
+    /// (rules.md, "In a cluster"): each key due is handed to one node only.
+    async fn judge_on_the_clock(&mut self) -> anyhow::Result<()> {
+        let mut crossings = Vec::new();
+        for index in 0..self.clock.len() {
+            let (watcher, seeded) = &self.clock[index];
+            let started = Instant::now();
+            let outcome = self.redis.tick(watcher, !seeded).await;
+            match self.judge(started, outcome) {
+                Ok(fired) => {
+                    self.clock[index].1 = true;
+                    crossings.extend(fired);
+                }
+                Err(_) => break,
+            }
+        }
+        if crossings.is_empty() {
+            return Ok(());
+        }
+        self.tell(&FromCluster::Crossed(crossings)).await
+    }
+
+    /// The watchers decided on the clock of a registry `document`; those already
+    /// followed keep whether Redis watches their kept keys.
+    fn follow_clock_watchers(&mut self, document: &str) {
+        let registry: Registry = match serde_json::from_str(document) {
+            Ok(registry) => registry,
+            Err(e) => {
+                warn!("the shared registry does not parse ({e}); clock rules unchanged");
+                return;
+            }
+        };
+        let previous = std::mem::take(&mut self.clock);
+        self.clock = clock_watchers(&registry)
+            .into_iter()
+            .map(|watcher| {
+                let seeded = previous
+                    .iter()
+                    .any(|(known, seeded)| known.id == watcher.id && *seeded);
+                (watcher, seeded)
+            })
+            .collect();
     }
 
     /// The shared registry, reported when its version differs from the last one seen
@@ -327,6 +382,9 @@ impl Link {
             return Ok(());
         }
         self.known_version = Some(version);
+        if let Some((_, document)) = &shared {
+            self.follow_clock_watchers(document);
+        }
         self.tell(&FromCluster::Registry(shared)).await
     }
 
@@ -345,6 +403,9 @@ impl Link {
             }
             Err(e) => {
                 self.errors += 1;
+                for (_, seeded) in &mut self.clock {
+                    *seeded = false;
+                }
                 self.redis.disconnect();
                 if self.reachable != Some(false) {
                     warn!("Redis unreachable ({e:#}): counting locally until it answers");

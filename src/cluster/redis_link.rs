@@ -6,7 +6,7 @@
 //! Every call is bounded by `cluster.timeout_ms`; after a failed one the link drops the
 //! connection (`disconnect`), and the next call connects again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -14,14 +14,17 @@ use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, cmd};
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::CountCall;
 use crate::config::{Cluster, ClusterMode};
-use crate::watch::{Crossing, SharedCount};
+use crate::watch::rule::RuleParams;
+use crate::watch::store::Second;
+use crate::watch::{ClockWatcher, Crossing, Key, SharedCount};
 
 /// The Functions (`FUNCTION LOAD REPLACE`: the running version's, after an upgrade too).
-const FUNCTIONS: &str = include_str!("eventsd.lua");
+pub const FUNCTIONS: &str = include_str!("eventsd.lua");
 
 /// Keys per `eventsd_count` call on one server: bounds the time Redis spends in one call.
 const KEYS_PER_CALL: usize = 512;
@@ -62,16 +65,6 @@ impl Redis {
 
     fn registry_key(&self) -> String {
         format!("{}:registry", self.prefix)
-    }
-
-    /// One counter's key; the hash tag keeps the whole counter in one slot.
-    fn counter_key(&self, count: &SharedCount) -> String {
-        format!(
-            "{}:c:{{{}/{}}}",
-            self.prefix,
-            count.watcher,
-            count.key.as_str()
-        )
     }
 
     /// Whether a connection is up: a call sent now reaches Redis' socket.
@@ -165,7 +158,7 @@ impl Redis {
         for (index, count) in counts.into_iter().enumerate() {
             let group = match self.mode {
                 ClusterMode::Standalone => (index / KEYS_PER_CALL) as u16,
-                ClusterMode::Cluster => slot(self.counter_key(&count).as_bytes()),
+                ClusterMode::Cluster => slot(counter_key(&self.prefix, &count).as_bytes()),
             };
             groups.entry(group).or_default().push(count);
         }
@@ -174,7 +167,10 @@ impl Redis {
 
     /// Sends every call at once; each one's crossings, or why it has no answer.
     pub(super) async fn count(&self, calls: &[CountCall]) -> Vec<anyhow::Result<Vec<Crossing>>> {
-        let commands: Vec<Cmd> = calls.iter().map(|call| self.count_command(call)).collect();
+        let commands: Vec<Cmd> = calls
+            .iter()
+            .map(|call| count_command(&self.prefix, call, None))
+            .collect();
         let replies = futures_util::future::join_all(
             commands
                 .iter()
@@ -188,37 +184,17 @@ impl Redis {
             .collect()
     }
 
-    /// `FCALL eventsd_count`: the counter keys, then the call's own key (in the slot of
-    /// the first counter, so a Redis Cluster takes them together); five numbers per
-    /// counter, the epoch of the counters it creates, how long Redis keeps the call's id.
-    fn count_command(&self, call: &CountCall) -> Cmd {
-        let mut command = cmd("FCALL");
-        command.arg("eventsd_count").arg(call.counts.len() + 1);
-        for count in &call.counts {
-            command.arg(self.counter_key(count));
-        }
-        let first = &call.counts[0];
-        command.arg(format!(
-            "{}:f:{{{}/{}}}:{}",
-            self.prefix,
-            first.watcher,
-            first.key.as_str(),
-            call.id
-        ));
-        for count in &call.counts {
-            let rules = &count.rules;
-            command
-                .arg(count.events)
-                .arg(rules.window_secs)
-                .arg(rules.threshold)
-                .arg(rules.cooldown_secs)
-                .arg(rules.cooldown_max_secs);
-        }
-        // Random, so that a Redis restarted empty never numbers a crossing as an earlier
-        // one was.
-        command.arg(Uuid::new_v4().simple().to_string());
-        command.arg(CALL_ID_TTL.as_secs());
-        command
+    /// The firings of `watcher`'s keys due now, judged by Redis for this node alone;
+    /// with `seed`, its kept keys are watched from now on (a link's first tick of it).
+    pub(super) async fn tick(
+        &self,
+        watcher: &ClockWatcher,
+        seed: bool,
+    ) -> anyhow::Result<Vec<Crossing>> {
+        let kept = seed.then_some(watcher.kept.as_slice());
+        let command = tick_command(&self.prefix, watcher.id, &watcher.rule, kept, None);
+        let replies = self.call(&command).await?;
+        Ok(tick_crossings(watcher.id, replies))
     }
 
     /// `FCALL function 1 KEY`: a registry Function on the registry's key; its
@@ -300,6 +276,142 @@ impl Redis {
             Err(_) => bail!("no reply within {} ms", self.timeout.as_millis()),
         }
     }
+}
+
+/// One counter's key; the hash tag keeps the whole counter in one slot, and the keys of
+/// a rule decided on the clock in their watcher's (with its queue: `eventsd.lua`'s
+/// `flatline_names`), so that one call judges them.
+fn counter_key(prefix: &str, count: &SharedCount) -> String {
+    if count.rule.on_the_clock() {
+        return format!("{prefix}:c:{{{}}}:{}", count.watcher, count.key.as_str());
+    }
+    format!("{prefix}:c:{{{}/{}}}", count.watcher, count.key.as_str())
+}
+
+/// An `eventsd_count` call as Redis reads it: one JSON argument (`eventsd.lua`'s `count`).
+#[derive(Serialize)]
+struct CallDocument<'a> {
+    /// The second the call counts at; absent, Redis' own clock (only the scenario table
+    /// sets it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    now: Option<Second>,
+    /// Random, so that a Redis restarted empty never numbers a crossing as an earlier
+    /// one was.
+    epoch: String,
+    /// How long Redis keeps the call's id.
+    ttl: u64,
+    /// The counters' key prefix (`cluster.key_prefix`).
+    prefix: &'a str,
+    /// The rule of each watcher the call counts for, once, and the watcher.
+    rules: Vec<&'a RuleParams>,
+    watchers: Vec<Uuid>,
+    /// [events, index in `rules`] per counter key, in the keys' order.
+    counts: Vec<(u64, usize)>,
+}
+
+/// `FCALL eventsd_count`: the counter keys, then the call's own key (in the slot of the
+/// first counter, so a Redis Cluster takes them together), then the call as one JSON
+/// argument, each watcher's rule in it once. `now` is Redis' own clock when `None`.
+pub fn count_command(prefix: &str, call: &CountCall, now: Option<Second>) -> Cmd {
+    let mut command = cmd("FCALL");
+    command.arg("eventsd_count").arg(call.counts.len() + 1);
+    for count in &call.counts {
+        command.arg(counter_key(prefix, count));
+    }
+    let first = &call.counts[0];
+    command.arg(format!(
+        "{prefix}:f:{{{}/{}}}:{}",
+        first.watcher,
+        first.key.as_str(),
+        call.id
+    ));
+    let mut rule_of: HashMap<Uuid, usize> = HashMap::new();
+    let mut document = CallDocument {
+        now,
+        epoch: Uuid::new_v4().simple().to_string(),
+        ttl: CALL_ID_TTL.as_secs(),
+        prefix,
+        rules: Vec::new(),
+        watchers: Vec::new(),
+        counts: Vec::with_capacity(call.counts.len()),
+    };
+    for count in &call.counts {
+        let index = *rule_of.entry(count.watcher).or_insert_with(|| {
+            document.rules.push(&count.rule);
+            document.watchers.push(count.watcher);
+            document.rules.len() - 1
+        });
+        document.counts.push((count.events, index));
+    }
+    // A document of numbers and hex strings always serializes.
+    command.arg(serde_json::to_string(&document).unwrap_or_default());
+    command
+}
+
+/// Keys of one watcher judged on the clock by one `eventsd_tick` call, at most: bounds
+/// the time Redis spends in it; the rest are judged at the next tick.
+pub const KEYS_PER_TICK: usize = 1_000;
+
+/// An `eventsd_tick` call as Redis reads it: one JSON argument (`eventsd.lua`'s `tick`).
+#[derive(Serialize)]
+struct TickDocument<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    now: Option<Second>,
+    prefix: &'a str,
+    watcher: Uuid,
+    params: &'a RuleParams,
+    /// Keys to watch from now on, never forgotten (`single`'s, `expect`'s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kept: Option<Vec<&'a str>>,
+    limit: usize,
+    /// Random: the epoch of the counters it creates.
+    epoch: String,
+}
+
+/// `FCALL eventsd_tick`: judges the keys of `watcher` due at `now` (Redis' own clock when
+/// `None`), each handed to one caller only; `kept` are watched from then on.
+pub fn tick_command(
+    prefix: &str,
+    watcher: Uuid,
+    params: &RuleParams,
+    kept: Option<&[Key]>,
+    now: Option<Second>,
+) -> Cmd {
+    let document = TickDocument {
+        now,
+        prefix,
+        watcher,
+        params,
+        kept: kept.map(|keys| keys.iter().map(Key::as_str).collect()),
+        limit: KEYS_PER_TICK,
+        epoch: Uuid::new_v4().simple().to_string(),
+    };
+    let mut command = cmd("FCALL");
+    command
+        .arg("eventsd_tick")
+        .arg(1)
+        .arg(format!("{prefix}:due:{{{watcher}}}"))
+        // A document of numbers and plain strings always serializes.
+        .arg(serde_json::to_string(&document).unwrap_or_default());
+    command
+}
+
+/// The firings of an `eventsd_tick` reply: {key, 1, count, sequence, epoch} each.
+pub fn tick_crossings(
+    watcher: Uuid,
+    replies: Vec<(String, u64, u64, u64, String)>,
+) -> Vec<Crossing> {
+    replies
+        .into_iter()
+        .map(|(key, _, count, sequence, epoch)| Crossing {
+            watcher,
+            key: Key::from(key.as_str()),
+            count,
+            epoch,
+            sequence,
+            resolved: false,
+        })
+        .collect()
 }
 
 /// The Redis Cluster slot of `key` (CRC16-XMODEM of its hash tag, modulo 16384), so that

@@ -266,6 +266,7 @@ impl Master {
     /// The once-a-second tick: timeouts enforced on every child (`timeouts.rs`), then
     /// each component's turn. A component that acts on the clock adds its call here.
     fn on_tick(&mut self) {
+        self.judge_on_the_clock();
         self.enforce_timeouts();
         // What a forked snapshot closes: it serves no HTTP either.
         let fork_fds = (!self.is_stopping()).then(|| {

@@ -59,8 +59,27 @@ impl Master {
 
     /// Counts in this master's store; in a cluster, what fires is marked degraded.
     pub(super) fn count_locally(&mut self, batch: CountBatch, now: Second) {
+        let jobs = self.counting.watch.count(batch, now);
+        self.dispatch_local(jobs);
+    }
+
+    /// The rules decided on the clock (rules.md: flatline), on the 1 s tick, by this
+    /// master's store: not in a cluster, where Redis judges them for every node (the
+    /// link asks it every second; a node that lost Redis sees only its share of the
+    /// events, too few to call a silence), nor while taking over (the old master
+    /// still judges).
+    pub(super) fn judge_on_the_clock(&mut self) {
+        if self.succession.is_taking_over() || self.cluster_node().is_some() {
+            return;
+        }
+        let jobs = self.counting.watch.tick(crate::watch::now());
+        self.dispatch_local(jobs);
+    }
+
+    /// Firings of this master's store; in a cluster, marked degraded.
+    fn dispatch_local(&mut self, jobs: Vec<Job>) {
         let node = self.cluster_node();
-        for mut job in self.counting.watch.count(batch, now) {
+        for mut job in jobs {
             job.firing.degraded = node.is_some();
             job.firing.node.clone_from(&node);
             self.dispatch(job);

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use rules::{DEFAULT_WEBHOOK_DENY, Destinations, Rules};
+pub use validation::rule::{RuleKind, expected_payload};
 pub use validation::{
     Action, Aggregator, Appender, CollectorSpec, EventDeclaration, Name, WatcherSpec,
 };

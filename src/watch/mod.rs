@@ -2,16 +2,18 @@
 //! batches (`CountBatch`); the master alone adds them up and decides every firing (`Watch`), so a crossing fires once
 //! however many workers saw the events.
 //!
-//! `Watch` owns the firing rules (threshold, window, cooldown) over a `CounterStore`. It
-//! does no I/O and never waits: a firing is handed back to the master, which passes it
-//! to the action runner.
+//! `Watch` follows the registry and applies each watcher's rule (`rule`) over the
+//! master's `CounterStore`. It does no I/O and never waits: a firing is handed back to
+//! the master, which passes it to the action runner.
 
+mod due;
 mod key;
 pub mod plan;
+pub mod rule;
 pub mod store;
 mod table;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
 use std::path::Path;
 use std::time::SystemTime;
@@ -22,9 +24,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::exposition::{label_value, write_family};
-use crate::registry::{Action, Aggregator, Registry, WatcherSpec};
+use crate::registry::{Action, Aggregator, Registry, RuleKind, WatcherSpec, expected_payload};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
-use store::{Cooldown, CounterStore, Second};
+use rule::{OnTheClock, RuleParams, Verdict};
+use store::{CounterStore, Second};
 
 /// What a worker ships to the master at least every 10 ms.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -129,22 +132,13 @@ impl SetCounts {
     }
 }
 
-/// What a shared store (Redis, `src/cluster/`) judges one key by: the watcher's rules, as numbers (0: none).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct CountRules {
-    pub window_secs: u64,
-    pub threshold: u64,
-    pub cooldown_secs: u64,
-    pub cooldown_max_secs: u64,
-}
-
-/// Events of one (watcher, key), with its rules.
+/// Events of one (watcher, key), with what Redis judges the key by.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SharedCount {
     pub watcher: Uuid,
     pub key: Key,
     pub events: u64,
-    pub rules: CountRules,
+    pub rule: RuleParams,
 }
 
 /// A crossing Redis reported to this node alone.
@@ -159,6 +153,9 @@ pub struct Crossing {
     /// The key's firings so far in this epoch, this one included: with the watcher, the
     /// key and the epoch, the crossing's id across nodes.
     pub sequence: u64,
+    /// A flatline key heard from again (`send_resolved`).
+    #[serde(default)]
+    pub resolved: bool,
 }
 
 /// A crossing: the document actions deliver (its `text` makes it a valid Slack or
@@ -171,6 +168,9 @@ pub struct Firing {
     pub event: String,
     /// `{field: value}` for a `fields` watcher, `null` for `single`.
     pub key: Value,
+    /// The rule that fired (rules.md); journals written before rules hold threshold's.
+    #[serde(default)]
+    pub rule: RuleKind,
     pub count: u64,
     pub threshold: u64,
     pub window_secs: Option<u64>,
@@ -189,6 +189,9 @@ pub struct Firing {
     /// Fired from this node's own counts while Redis was unreachable.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub degraded: bool,
+    /// A flatline key heard from again (`send_resolved`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resolved: bool,
 }
 
 /// A firing with the action that must deliver it.
@@ -213,6 +216,7 @@ impl Job {
                 watcher: watcher.to_string(),
                 event: "logins".to_string(),
                 key: Value::Null,
+                rule: RuleKind::Threshold,
                 count: 2,
                 threshold: 1,
                 window_secs: None,
@@ -222,6 +226,7 @@ impl Job {
                 node: None,
                 crossing: None,
                 degraded: false,
+                resolved: false,
             },
             action,
             watcher_id: Uuid::nil(),
@@ -232,6 +237,60 @@ impl Job {
 struct Watched {
     event: String,
     spec: WatcherSpec,
+    rule: RuleParams,
+    /// Rules decided on the clock: no key fires before this second.
+    grace_until: Second,
+    /// Rules decided on the clock: the keys watched from the start, never forgotten
+    /// (`single`'s one key, `expect`'s).
+    kept: HashSet<Key>,
+}
+
+impl Watched {
+    fn new(event: &str, spec: &WatcherSpec, now: Second) -> Watched {
+        let rule = RuleParams::of(spec);
+        let kept = match (&spec.aggregator, &spec.expect) {
+            _ if !rule.on_the_clock() => HashSet::new(),
+            (Aggregator::Single {}, _) => HashSet::from([Key::default()]),
+            (Aggregator::Fields { fields }, Some(expected)) => expected
+                .iter()
+                .map(|key| Key::of(&spec.aggregator, &expected_payload(fields, key), usize::MAX))
+                .collect(),
+            (Aggregator::Fields { .. }, None) => HashSet::new(),
+        };
+        Watched {
+            event: event.to_string(),
+            spec: spec.clone(),
+            rule,
+            grace_until: rule.grace_until(now),
+            kept,
+        }
+    }
+}
+
+/// A watcher decided on the clock, as a cluster link asks Redis to judge it every second
+/// (rules.md, "In a cluster").
+#[derive(Debug, Clone)]
+pub struct ClockWatcher {
+    pub id: Uuid,
+    pub rule: RuleParams,
+    /// The keys it always watches (`single`'s, `expect`'s).
+    pub kept: Vec<Key>,
+}
+
+/// The watchers of `registry` decided on the clock.
+pub fn clock_watchers(registry: &Registry) -> Vec<ClockWatcher> {
+    registry
+        .events
+        .iter()
+        .flat_map(|(event, entry)| entry.watchers.iter().map(move |w| (event, w)))
+        .map(|(event, w)| (w.id, Watched::new(event.as_str(), &w.spec, 0)))
+        .filter(|(_, watched)| watched.rule.on_the_clock())
+        .map(|(id, watched)| ClockWatcher {
+            id,
+            rule: watched.rule,
+            kept: watched.kept.into_iter().collect(),
+        })
+        .collect()
 }
 
 /// The master's counters and firing decisions, over whichever store holds the counts.
@@ -257,24 +316,63 @@ impl Watch {
     }
 
     /// Follows the registry. A watcher whose definition changes gets a new id, so
-    /// keeping counters by id keeps exactly those of unchanged watchers.
+    /// keeping counters by id keeps exactly those of unchanged watchers. A watcher
+    /// decided on the clock that this master sees first (created, changed, or restored
+    /// at a start) has its keys queued for the end of its grace.
     pub fn sync(&mut self, registry: &Registry) {
-        self.watchers = registry
-            .events
-            .iter()
-            .flat_map(|(event, entry)| {
-                entry.watchers.iter().map(move |w| {
-                    let watched = Watched {
-                        event: event.to_string(),
-                        spec: w.spec.clone(),
-                    };
-                    (w.id, watched)
-                })
-            })
-            .collect();
+        let now = now();
+        let mut previous = std::mem::take(&mut self.watchers);
+        for (event, entry) in &registry.events {
+            for w in &entry.watchers {
+                let watched = previous
+                    .remove(&w.id)
+                    .unwrap_or_else(|| self.first_seen(w.id, event.as_str(), &w.spec, now));
+                self.watchers.insert(w.id, watched);
+            }
+        }
         let live: Vec<Uuid> = self.watchers.keys().copied().collect();
         self.store.retain_watchers(&|id| live.contains(&id));
         self.changed = true;
+    }
+
+    fn first_seen(&mut self, id: Uuid, event: &str, spec: &WatcherSpec, now: Second) -> Watched {
+        let watched = Watched::new(event, spec, now);
+        watched.rule.on_first_sight(
+            self.store.as_mut(),
+            id,
+            watched.kept.iter(),
+            watched.grace_until,
+        );
+        watched
+    }
+
+    /// The firings of the rules decided on the clock, at `now` (the master's tick).
+    pub fn tick(&mut self, now: Second) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        for (&id, watched) in &self.watchers {
+            if !watched.rule.on_the_clock() {
+                continue;
+            }
+            let kept = |key: &Key| watched.kept.contains(key);
+            let clock = OnTheClock {
+                grace_until: watched.grace_until,
+                kept: &kept,
+            };
+            for (key, verdict) in watched.rule.on_tick(self.store.as_mut(), id, now, &clock) {
+                self.changed = true;
+                record_firing(
+                    &mut self.firings,
+                    &watched.event,
+                    watched.spec.name.as_str(),
+                );
+                jobs.push(Job {
+                    firing: firing(&watched.event, &watched.spec, &key, verdict),
+                    action: watched.spec.action.clone(),
+                    watcher_id: id,
+                });
+            }
+        }
+        jobs
     }
 
     /// Whether the counters changed since the last call: a snapshot is worth taking.
@@ -314,7 +412,7 @@ impl Watch {
     /// `counters.json` holds what Redis does not have yet (cluster.md, round two).
     pub fn take_shared_counts(&mut self, now: Second) -> Vec<SharedCount> {
         let watchers = &self.watchers;
-        let windows = |id: Uuid| watchers.get(&id).and_then(|w| w.spec.window_secs);
+        let windows = |id: Uuid| watchers.get(&id).and_then(|w| w.rule.window_secs());
         let counts = self.store.take_counts(now, &windows);
         self.changed = true;
         counts
@@ -323,20 +421,14 @@ impl Watch {
             .collect()
     }
 
-    /// `events` of `key` with its watcher's rules; `None` for a watcher deleted meanwhile.
+    /// `events` of `key` with its watcher's rule; `None` for a watcher deleted meanwhile.
     fn shared_count(&self, watcher: Uuid, key: Key, events: u64) -> Option<SharedCount> {
-        let spec = &self.watchers.get(&watcher)?.spec;
-        let rules = CountRules {
-            window_secs: spec.window_secs.unwrap_or(0),
-            threshold: spec.threshold,
-            cooldown_secs: spec.cooldown_secs.unwrap_or(0),
-            cooldown_max_secs: spec.cooldown_max_secs.unwrap_or(0),
-        };
+        let rule = self.watchers.get(&watcher)?.rule;
         Some(SharedCount {
             watcher,
             key,
             events,
-            rules,
+            rule,
         })
     }
 
@@ -345,7 +437,11 @@ impl Watch {
     pub fn job_of(&mut self, crossing: &Crossing, node: &str) -> Option<Job> {
         let watched = self.watchers.get(&crossing.watcher)?;
         let spec = &watched.spec;
-        let mut firing = firing(&watched.event, spec, &crossing.key, crossing.count);
+        let verdict = Verdict {
+            count: crossing.count,
+            resolved: crossing.resolved,
+        };
+        let mut firing = firing(&watched.event, spec, &crossing.key, verdict);
         let name = format!(
             "{}/{}/{}/{}",
             crossing.watcher,
@@ -385,27 +481,17 @@ impl Watch {
             .collect()
     }
 
-    /// Adds `events` to `key` of `watcher`; its job if that crossed the threshold.
+    /// Adds `events` to `key` of `watcher`; its job if its rule fires.
     fn count_key(&mut self, id: Uuid, key: &Key, events: u64, now: Second) -> Option<Job> {
         // Counts for a watcher deleted since the worker computed them are dropped.
         let watched = self.watchers.get(&id)?;
+        let verdict = watched
+            .rule
+            .on_count(self.store.as_mut(), id, key, events, now)?;
         let spec = &watched.spec;
-        let count = self.store.add(id, key, events, now, spec.window_secs);
-        if count <= spec.threshold {
-            return None;
-        }
-        let previous = self.store.cooldown(id, key);
-        let cooling = previous.is_some_and(|c| now < c.last_fired.saturating_add(c.secs));
-        if cooling {
-            // The events still count; the next cooldown may grow.
-            self.store.crossed_while_cooling(id, key);
-            return None;
-        }
-        self.store
-            .fired(id, key, now, next_cooldown(spec, previous));
         record_firing(&mut self.firings, &watched.event, spec.name.as_str());
         Some(Job {
-            firing: firing(&watched.event, spec, key, count),
+            firing: firing(&watched.event, spec, key, verdict),
             action: spec.action.clone(),
             watcher_id: id,
         })
@@ -491,22 +577,7 @@ fn watcher_labels(event: &str, watcher: &str) -> String {
     )
 }
 
-/// The cooldown a firing starts: `cooldown_secs`; with `cooldown_max_secs` (exponential
-/// realert), twice the previous one when the key crossed again during it, up to the
-/// maximum, and `cooldown_secs` again after a quiet one.
-fn next_cooldown(spec: &WatcherSpec, previous: Option<Cooldown>) -> u64 {
-    let Some(base) = spec.cooldown_secs else {
-        return 0;
-    };
-    match (spec.cooldown_max_secs, previous) {
-        (Some(max), Some(previous)) if previous.crossed => {
-            previous.secs.max(base).saturating_mul(2).min(max)
-        }
-        _ => base,
-    }
-}
-
-fn firing(event: &str, spec: &WatcherSpec, key: &Key, count: u64) -> Firing {
+fn firing(event: &str, spec: &WatcherSpec, key: &Key, verdict: Verdict) -> Firing {
     let key = match (&spec.aggregator, key.decode()) {
         (Aggregator::Single {}, _) => Value::Null,
         (Aggregator::Fields { fields }, Ok(values)) => {
@@ -518,30 +589,62 @@ fn firing(event: &str, spec: &WatcherSpec, key: &Key, count: u64) -> Firing {
             Value::Null
         }
     };
-    // events-collector's wording, then the key of a `fields` watcher.
-    let mut text = format!("Event `{event}` repeated {count} times");
-    if let Some(window) = spec.window_secs {
-        let _ = write!(text, " in {window} s");
-    }
-    if let Value::Object(fields) = &key {
-        let shown: Vec<String> = fields.iter().map(|(f, v)| format!("{f}={v}")).collect();
-        let _ = write!(text, " for {}", shown.join(", "));
-    }
+    let count = verdict.count;
+    let threshold = spec.threshold.unwrap_or(0);
     Firing {
         id: Uuid::new_v4(),
         watcher: spec.name.to_string(),
         event: event.to_string(),
+        text: text(event, spec, &key, verdict),
         key,
+        rule: spec.rule,
         count,
-        threshold: spec.threshold,
+        threshold,
         window_secs: spec.window_secs,
         fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        text,
         firings: 1,
         node: None,
         crossing: None,
         degraded: false,
+        resolved: verdict.resolved,
     }
+}
+
+/// What happened, in the rule's words, the key of a `fields` watcher named.
+fn text(event: &str, spec: &WatcherSpec, key: &Value, verdict: Verdict) -> String {
+    let count = verdict.count;
+    let window = spec.window_secs.unwrap_or(0);
+    let threshold = spec.threshold.unwrap_or(0);
+    let for_key = match key {
+        Value::Object(fields) => {
+            let shown: Vec<String> = fields.iter().map(|(f, v)| format!("{f}={v}")).collect();
+            format!(" for {}", shown.join(", "))
+        }
+        _ => String::new(),
+    };
+    let mut text = match (spec.rule, verdict.resolved) {
+        // events-collector's wording, then the key of a `fields` watcher.
+        (RuleKind::Threshold, _) => {
+            let mut text = format!("Event `{event}` repeated {count} times");
+            if let Some(window) = spec.window_secs {
+                let _ = write!(text, " in {window} s");
+            }
+            text + &for_key
+        }
+        (RuleKind::Flatline, false) if count == 0 => {
+            format!("No `{event}` event{for_key} in the last {window} s")
+        }
+        (RuleKind::Flatline, false) => {
+            format!("Only {count} `{event}` events{for_key} in the last {window} s")
+        }
+        (RuleKind::Flatline, true) => {
+            format!("`{event}` events are back{for_key}: {count} in the last {window} s")
+        }
+    };
+    if spec.rule == RuleKind::Flatline {
+        let _ = write!(text, " (expected at least {threshold})");
+    }
+    text
 }
 
 /// Now, in the store's unit.

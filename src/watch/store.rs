@@ -1,7 +1,13 @@
-//! The counter store: counts per (watcher, key) over time, behind one narrow interface
-//! (`CounterStore`). The firing rules (`Watch`) are written against the trait only, so
-//! that a store shared by several nodes can replace the in-master one without touching
-//! them. `MemoryStore` is the in-master implementation.
+//! The master's counter store: counts per (watcher, key) over time, behind one narrow
+//! interface (`CounterStore`) that the rules (`rule.rs`) are written against. A
+//! `CounterStore` answers at once, in the master's loop, which never waits: only a store
+//! in the master's memory can be one. `MemoryStore` is it.
+//!
+//! A store shared by nodes (Redis, cluster.md) is not a `CounterStore`: it answers later,
+//! by message through the cluster link, and the rules run there next to the data, in the
+//! Redis Function (`src/cluster/eventsd.lua`), as the only way to decide a crossing
+//! atomically for every node. Both engines read one definition of a rule's figures
+//! (`rule::RuleParams`), and `tests/rules.rs` holds them to one table of scenarios.
 //!
 //! The in-master store keeps, per key, one bucket per second that saw events (a sliding
 //! window of at most `window_secs` buckets: bounded memory per key), and at most
@@ -9,7 +15,6 @@
 //! limit, the least recently updated key of a sample is evicted.
 
 use std::collections::HashMap;
-use std::num::NonZeroU64;
 use std::path::Path;
 
 use anyhow::Context;
@@ -17,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::Key;
-use super::table::{Buckets, KeyCounter, KeyTable, LastKey};
+use super::due::DueQueue;
+pub use super::table::KeyCounter;
+use super::table::{KeyTable, LastKey};
 
 pub use super::table::Second;
 
@@ -25,13 +32,19 @@ pub trait CounterStore {
     /// Adds `n` events seen at `now` and returns the key's count: within the last
     /// `window` seconds, or since its last firing when there is no window.
     fn add(&mut self, watcher: Uuid, key: &Key, n: u64, now: Second, window: Option<u64>) -> u64;
-    /// The key fired at `now`: its count starts again from zero, and it cools down for
-    /// `cooldown_secs`.
-    fn fired(&mut self, watcher: Uuid, key: &Key, now: Second, cooldown_secs: u64);
-    /// The key crossed while cooling down: its next cooldown may grow.
-    fn crossed_while_cooling(&mut self, watcher: Uuid, key: &Key);
-    /// Where the key stands since it last fired, if it ever did.
-    fn cooldown(&self, watcher: Uuid, key: &Key) -> Option<Cooldown>;
+    /// The counter of `key`, created if new, marked as updated.
+    fn counter(&mut self, watcher: Uuid, key: &Key) -> &mut KeyCounter;
+    /// The counter of `key` if the store holds it (not evicted, not forgotten).
+    fn existing(&mut self, watcher: Uuid, key: &Key) -> Option<&mut KeyCounter>;
+    /// Drops `key` (a flatline key silent past `forget_after_secs`).
+    fn forget(&mut self, watcher: Uuid, key: &Key);
+    /// Every key the watcher holds.
+    fn keys(&self, watcher: Uuid) -> Vec<Key>;
+    /// Judges `key` on the clock at `due` (`due::DueQueue::schedule`).
+    fn schedule(&mut self, watcher: Uuid, key: &Key, due: Second);
+    fn is_waiting(&self, watcher: Uuid, key: &Key) -> bool;
+    /// The keys of `watcher` due at `now`, which wait no longer.
+    fn take_due(&mut self, watcher: Uuid, now: Second) -> Vec<Key>;
     /// Drops every counter of the watchers `keep` refuses.
     fn retain_watchers(&mut self, keep: &dyn Fn(Uuid) -> bool);
     /// The most keys one watcher may hold (`watchers.max_keys`, reloadable).
@@ -62,6 +75,9 @@ pub struct Cooldown {
 #[derive(Default, Serialize, Deserialize)]
 pub struct MemoryStore {
     watchers: HashMap<Uuid, KeyTable>,
+    /// The keys of the watchers decided on the clock, by due second.
+    #[serde(skip)]
+    dues: HashMap<Uuid, DueQueue>,
     #[serde(skip)]
     max_keys: usize,
     /// Ticks once per update: the recency stamps of eviction.
@@ -126,29 +142,47 @@ impl CounterStore for MemoryStore {
         buckets.total()
     }
 
-    fn fired(&mut self, watcher: Uuid, key: &Key, now: Second, cooldown_secs: u64) {
-        let counter = self.touch(watcher, key);
-        counter.buckets = Buckets::Empty;
-        counter.last_fired = NonZeroU64::new(now);
-        counter.cooldown_secs = u32::try_from(cooldown_secs).unwrap_or(u32::MAX);
-        counter.crossed_while_cooling = false;
+    fn counter(&mut self, watcher: Uuid, key: &Key) -> &mut KeyCounter {
+        self.touch(watcher, key)
     }
 
-    fn crossed_while_cooling(&mut self, watcher: Uuid, key: &Key) {
-        self.touch(watcher, key).crossed_while_cooling = true;
+    fn existing(&mut self, watcher: Uuid, key: &Key) -> Option<&mut KeyCounter> {
+        self.watchers.get_mut(&watcher)?.get_mut(key)
     }
 
-    fn cooldown(&self, watcher: Uuid, key: &Key) -> Option<Cooldown> {
-        let counter = self.watchers.get(&watcher)?.get(key)?;
-        Some(Cooldown {
-            last_fired: counter.last_fired?.get(),
-            secs: counter.cooldown_secs.into(),
-            crossed: counter.crossed_while_cooling,
-        })
+    fn forget(&mut self, watcher: Uuid, key: &Key) {
+        if let Some(table) = self.watchers.get_mut(&watcher) {
+            table.remove(key);
+        }
+    }
+
+    fn keys(&self, watcher: Uuid) -> Vec<Key> {
+        self.watchers
+            .get(&watcher)
+            .map(|table| table.keys().map(Key::from).collect())
+            .unwrap_or_default()
+    }
+
+    fn schedule(&mut self, watcher: Uuid, key: &Key, due: Second) {
+        self.dues.entry(watcher).or_default().schedule(key, due);
+    }
+
+    fn is_waiting(&self, watcher: Uuid, key: &Key) -> bool {
+        self.dues
+            .get(&watcher)
+            .is_some_and(|due| due.is_waiting(key))
+    }
+
+    fn take_due(&mut self, watcher: Uuid, now: Second) -> Vec<Key> {
+        self.dues
+            .get_mut(&watcher)
+            .map(|due| due.take_due(now))
+            .unwrap_or_default()
     }
 
     fn retain_watchers(&mut self, keep: &dyn Fn(Uuid) -> bool) {
         self.watchers.retain(|id, _| keep(*id));
+        self.dues.retain(|id, _| keep(*id));
     }
 
     fn set_max_keys(&mut self, max_keys: usize) {
@@ -172,6 +206,7 @@ impl CounterStore for MemoryStore {
             })
             .collect();
         self.watchers.clear();
+        self.dues.clear();
         counts
     }
 
@@ -196,6 +231,18 @@ mod tests {
         serde_json::from_value(serde_json::Value::from(text)).unwrap()
     }
 
+    /// What a rule does to a key that fires: its count starts again, its cooldown starts.
+    fn fired(store: &mut MemoryStore, w: Uuid, key: &Key, now: Second, cooldown_secs: u32) {
+        let counter = store.counter(w, key);
+        counter.buckets = super::super::table::Buckets::Empty;
+        counter.last_fired = std::num::NonZeroU64::new(now);
+        counter.cooldown_secs = cooldown_secs;
+    }
+
+    fn cooldown(store: &mut MemoryStore, w: Uuid, key: &Key) -> Option<Cooldown> {
+        super::super::rule::cooldown_of(store.existing(w, key)?)
+    }
+
     #[test]
     fn a_window_forgets_events_older_than_it() {
         let mut store = MemoryStore::new(10);
@@ -218,7 +265,7 @@ mod tests {
         store.add(windowed, &key("a"), 2, 105, Some(10));
         store.add(windowed, &key("gone"), 4, 100, Some(10));
         store.add(unbounded, &key("b"), 7, 50, None);
-        store.fired(unbounded, &key("fired"), 60, 0);
+        fired(&mut store, unbounded, &key("fired"), 60, 0);
         let windows = |id: Uuid| (id == windowed).then_some(10);
         let mut taken = store.take_counts(112, &windows);
         taken.sort_by_key(|(_, _, count)| *count);
@@ -236,9 +283,9 @@ mod tests {
         let w = Uuid::new_v4();
         store.add(w, &key("k"), 5, 100, None);
         assert_eq!(store.add(w, &key("k"), 5, 10_000, None), 10);
-        store.fired(w, &key("k"), 10_000, 0);
+        fired(&mut store, w, &key("k"), 10_000, 0);
         assert_eq!(
-            store.cooldown(w, &key("k")).map(|c| c.last_fired),
+            cooldown(&mut store, w, &key("k")).map(|c| c.last_fired),
             Some(10_000)
         );
         assert_eq!(store.add(w, &key("k"), 1, 10_001, None), 1);
@@ -287,7 +334,7 @@ mod tests {
         std::fs::write(&path, previous.to_string()).unwrap();
         let mut loaded = MemoryStore::load(&path, 10).unwrap();
         assert_eq!(loaded.add(w, &key("[\"a\"]"), 1, 105, Some(10)), 6);
-        let cooldown = loaded.cooldown(w, &key("")).unwrap();
+        let cooldown = cooldown(&mut loaded, w, &key("")).unwrap();
         assert_eq!(
             (cooldown.last_fired, cooldown.secs, cooldown.crossed),
             (90, 30, true)
@@ -301,11 +348,11 @@ mod tests {
         let mut store = MemoryStore::new(10);
         let w = Uuid::new_v4();
         store.add(w, &key("k"), 3, 100, Some(10));
-        store.fired(w, &key("f"), 100, 30);
+        fired(&mut store, w, &key("f"), 100, 30);
         store.save(&path).unwrap();
         let mut loaded = MemoryStore::load(&path, 10).unwrap();
         assert_eq!(loaded.add(w, &key("k"), 1, 105, Some(10)), 4);
-        let cooldown = loaded.cooldown(w, &key("f")).unwrap();
+        let cooldown = cooldown(&mut loaded, w, &key("f")).unwrap();
         assert_eq!((cooldown.last_fired, cooldown.secs), (100, 30));
         std::fs::write(&path, b"{").unwrap();
         let Err(error) = MemoryStore::load(&path, 10) else {

@@ -40,6 +40,9 @@ pub struct KeyCounter {
     pub cooldown_secs: u32,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub crossed_while_cooling: bool,
+    /// flatline: it fired for a silence it has not recovered from.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub silent: bool,
 }
 
 fn is_zero(secs: &u32) -> bool {
@@ -88,6 +91,16 @@ impl Buckets {
                 _ => buckets.push_back((second, n)),
             },
         }
+    }
+
+    /// (second, events) of each bucket, the newest first.
+    pub fn newest_first(&self) -> impl Iterator<Item = (Second, u64)> + '_ {
+        let (one, many) = match self {
+            Buckets::Empty => (None, None),
+            Buckets::One(second, count) => (Some((*second, *count)), None),
+            Buckets::Many(buckets) => (None, Some(buckets.iter().rev().copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
     }
 
     /// Adds `n` to the one bucket of a count without a window.
@@ -198,9 +211,36 @@ impl KeyTable {
             .filter(|(_, count)| *count > 0)
     }
 
+    #[cfg(test)]
     pub fn get(&self, key: &Key) -> Option<&KeyCounter> {
         let slot = *self.index.get(key.as_str())?;
         Some(&self.slots[slot as usize].counter)
+    }
+
+    /// The counter of `key` if the table holds it, not marked as updated.
+    pub fn get_mut(&mut self, key: &Key) -> Option<&mut KeyCounter> {
+        let slot = *self.index.get(key.as_str())?;
+        Some(&mut self.slots[slot as usize].counter)
+    }
+
+    /// Every key the table holds.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().map(|slot| &*slot.key)
+    }
+
+    /// Drops `key`, if the table holds it.
+    pub fn remove(&mut self, key: &Key) {
+        if let Some(&slot) = self.index.get(key.as_str()) {
+            self.remove_slot(slot as usize);
+        }
+    }
+
+    fn remove_slot(&mut self, slot: usize) {
+        let removed = self.slots.swap_remove(slot);
+        self.index.remove(&removed.key);
+        if let Some(moved) = self.slots.get(slot) {
+            self.index.insert(moved.key.clone(), slot as u32);
+        }
     }
 
     /// The counter of `key`, created if new (evicting a key first when the table holds
@@ -279,11 +319,7 @@ impl KeyTable {
         let Some(victim) = victim else {
             return;
         };
-        let removed = self.slots.swap_remove(victim);
-        self.index.remove(&removed.key);
-        if let Some(moved) = self.slots.get(victim) {
-            self.index.insert(moved.key.clone(), victim as u32);
-        }
+        self.remove_slot(victim);
         self.evictions += 1;
     }
 

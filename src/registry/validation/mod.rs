@@ -14,6 +14,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::address::WebhookUrl;
+use rule::RuleKind;
+
+pub mod rule;
 
 /// An event type, collector or watcher name: `^[a-zA-Z][a-zA-Z0-9_-]{1,127}$`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -96,8 +99,17 @@ pub enum Appender {
 #[serde(deny_unknown_fields)]
 pub struct WatcherSpec {
     pub name: Name,
-    #[serde(deserialize_with = "at_least_one")]
-    pub threshold: u64,
+    /// What the watcher detects (rules.md); absent, `threshold`, so that every
+    /// definition written before rules keeps its meaning and its form.
+    #[serde(default, skip_serializing_if = "RuleKind::is_threshold")]
+    pub rule: RuleKind,
+    /// Which figures each rule requires or refuses: `rule::check`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_at_least_one"
+    )]
+    pub threshold: Option<u64>,
     pub aggregator: Aggregator,
     #[serde(
         default,
@@ -111,6 +123,23 @@ pub struct WatcherSpec {
     /// gets the next one doubled, up to this; a quiet cooldown resets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown_max_secs: Option<u64>,
+    /// flatline: keys watched from the watcher's creation, before any event.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rule::expected_keys"
+    )]
+    pub expect: Option<Vec<serde_json::Value>>,
+    /// flatline: a key silent this long after it fired is dropped (default a day).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_at_least_one"
+    )]
+    pub forget_after_secs: Option<u64>,
+    /// flatline: a key back at its threshold fires once more, `"resolved": true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_resolved: Option<bool>,
     pub action: Action,
 }
 

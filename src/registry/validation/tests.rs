@@ -42,7 +42,7 @@ fn the_spec_example_watcher_parses() {
             "action": {"type": "email", "to": "ops@example.com", "subject": "Login storm"}}"#,
     )
     .unwrap();
-    assert_eq!(parsed.threshold, 100);
+    assert_eq!(parsed.threshold, Some(100));
     assert_eq!(
         parsed.action,
         Action::Email {
@@ -72,7 +72,6 @@ fn bad_watcher_fields_are_named() {
             format!(r#"{{{base}, "threshold": 1e99, {ACTION}}}"#),
             "threshold",
         ),
-        (format!(r#"{{{base}, {ACTION}}}"#), "threshold"),
         (
             format!(
                 r#"{{"name": "w1", "threshold": 5, "aggregator": {{"type": "bogus"}}, {ACTION}}}"#
@@ -228,4 +227,85 @@ fn appenders_are_checked() {
     assert!(extra.unwrap_err().contains("unknown field `x`"));
     let unknown = from_json::<CollectorSpec>(br#"{"name": "c1", "appender": {"type": "kafka"}}"#);
     assert!(unknown.unwrap_err().starts_with("Invalid `appender"));
+}
+
+/// A definition checked whole, as a registration or the config file checks it.
+fn checked_watcher(body: &str) -> Result<WatcherSpec, String> {
+    let spec = watcher(body)?;
+    rule::check(&spec)?;
+    Ok(spec)
+}
+
+#[test]
+fn each_rule_requires_its_fields_and_refuses_another_rule_s() {
+    let single = r#""name": "w1", "aggregator": {"type": "single"}, "action": {"type": "null"}"#;
+    let fields = r#""name": "w1", "aggregator": {"type": "fields", "fields": ["host", "dc"]}, "action": {"type": "null"}"#;
+    for (body, field) in [
+        (format!("{{{single}}}"), "threshold"),
+        (format!(r#"{{{single}, "rule": "threshold"}}"#), "threshold"),
+        (
+            format!(r#"{{{single}, "rule": "flatline", "threshold": 1}}"#),
+            "window_secs",
+        ),
+        (
+            format!(r#"{{{single}, "rule": "flatline", "window_secs": 60}}"#),
+            "threshold",
+        ),
+        (
+            format!(r#"{{{single}, "threshold": 1, "send_resolved": true}}"#),
+            "send_resolved",
+        ),
+        (
+            format!(r#"{{{fields}, "threshold": 1, "expect": [["a", "b"]]}}"#),
+            "expect",
+        ),
+        (
+            format!(
+                r#"{{{single}, "rule": "flatline", "threshold": 1, "window_secs": 9, "expect": ["a"]}}"#
+            ),
+            "expect",
+        ),
+        (
+            format!(
+                r#"{{{fields}, "rule": "flatline", "threshold": 1, "window_secs": 9, "expect": ["a"]}}"#
+            ),
+            "expect",
+        ),
+        (
+            format!(
+                r#"{{{fields}, "rule": "flatline", "threshold": 1, "window_secs": 9, "expect": [[{{"a": 1}}, "b"]]}}"#
+            ),
+            "expect",
+        ),
+        (
+            format!(r#"{{{single}, "rule": "flatline", "threshold": 1, "window_secs": 0}}"#),
+            "window_secs",
+        ),
+        (
+            format!(r#"{{{single}, "rule": "often", "threshold": 1}}"#),
+            "rule",
+        ),
+    ] {
+        let message = checked_watcher(&body).expect_err(&body);
+        assert!(message.contains(&format!("`{field}`")), "{body}: {message}");
+    }
+    let heartbeat = format!(
+        r#"{{{fields}, "rule": "flatline", "threshold": 1, "window_secs": 300,
+            "expect": [["web-1", "eu"], ["web-2", "us"]], "forget_after_secs": 3600,
+            "send_resolved": true}}"#
+    );
+    let spec = checked_watcher(&heartbeat).unwrap();
+    assert_eq!(spec.rule, RuleKind::Flatline);
+    let again: WatcherSpec = serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+    assert_eq!(again, spec, "saved and loaded alike");
+}
+
+#[test]
+fn a_threshold_watcher_is_saved_as_before_rules_without_a_rule_field() {
+    let body = r#"{"name": "w1", "threshold": 3, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#;
+    let saved = serde_json::to_value(checked_watcher(body).unwrap()).unwrap();
+    assert_eq!(
+        saved,
+        serde_json::from_str::<serde_json::Value>(body).unwrap()
+    );
 }

@@ -1,0 +1,343 @@
+//! A watcher's rule (rules.md): what decides that a key fires. One definition of the
+//! figures a key is judged by (`RuleParams`: the rule and the cooldown every rule shares),
+//! read by both engines that judge: this module's, over the master's `CounterStore`
+//! (`on_count`, `on_tick`), and the Redis Function's (`src/cluster/eventsd.lua`), which
+//! gets the same figures JSON-encoded as one argument (`cluster::count_command`).
+//! `tests/rules.rs` runs one table of scenarios against both, so they cannot drift.
+//!
+//! Never does I/O and never reads the clock: `now` is given, so that the scenarios
+//! control it.
+
+use std::num::NonZeroU64;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::Key;
+use super::store::{Cooldown, CounterStore, KeyCounter, Second};
+use super::table::Buckets;
+use crate::registry::{RuleKind, WatcherSpec};
+
+/// How long a flatline key silent after it fired is kept, by default: a day.
+pub const FORGET_AFTER_SECS: u64 = 86_400;
+
+/// What a key is judged by, and its figures.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// More than `threshold` events within the last `window_secs` (or, without a
+    /// window, since the key last fired); the count then starts again from zero.
+    Threshold {
+        threshold: u64,
+        window_secs: Option<u64>,
+    },
+    /// Fewer than `threshold` events within the last `window_secs`, decided on the
+    /// clock: once per silence (again after a recovery, or after the cooldown); a key
+    /// silent `forget_after_secs` after it fired is dropped, unless it is always watched
+    /// (`OnTheClock::kept`); with `send_resolved`, the recovery fires too.
+    Flatline {
+        threshold: u64,
+        window_secs: u64,
+        forget_after_secs: u64,
+        send_resolved: bool,
+    },
+}
+
+/// A key's rule with the cooldown every rule shares: the one definition of what both
+/// engines judge a key by.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RuleParams {
+    pub rule: Rule,
+    /// After a firing, the key does not fire again for this long.
+    pub cooldown_secs: Option<u64>,
+    /// Exponential realert: a key that keeps crossing during its cooldown gets the next
+    /// one doubled, up to this.
+    pub cooldown_max_secs: Option<u64>,
+}
+
+/// A key fired: the figures its firing reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    pub count: u64,
+    /// A flatline key heard from again (`send_resolved`).
+    pub resolved: bool,
+}
+
+impl Verdict {
+    fn fired(count: u64) -> Verdict {
+        Verdict {
+            count,
+            resolved: false,
+        }
+    }
+}
+
+/// What a watcher's keys are judged against on the clock, besides their rule.
+pub struct OnTheClock<'a> {
+    /// No key fires before this second: a daemon that was down saw nothing, which is
+    /// not the clients' silence (one window after the watcher was first seen).
+    pub grace_until: Second,
+    /// Keys watched whatever they do (`single`'s, `expect`'s): never forgotten.
+    pub kept: &'a dyn Fn(&Key) -> bool,
+}
+
+impl RuleParams {
+    /// The figures of a watcher's definition (checked by `registry::validation::rule::check`;
+    /// a figure missing from a damaged `registry.json` counts as 1).
+    pub fn of(spec: &WatcherSpec) -> RuleParams {
+        let threshold = spec.threshold.unwrap_or(1);
+        let rule = match spec.rule {
+            RuleKind::Threshold => Rule::Threshold {
+                threshold,
+                window_secs: spec.window_secs,
+            },
+            RuleKind::Flatline => Rule::Flatline {
+                threshold,
+                window_secs: spec.window_secs.unwrap_or(1),
+                forget_after_secs: spec.forget_after_secs.unwrap_or(FORGET_AFTER_SECS),
+                send_resolved: spec.send_resolved.unwrap_or(false),
+            },
+        };
+        RuleParams {
+            rule,
+            cooldown_secs: spec.cooldown_secs,
+            cooldown_max_secs: spec.cooldown_max_secs,
+        }
+    }
+
+    /// The window the store keeps a key's events for, if the rule has one.
+    pub fn window_secs(&self) -> Option<u64> {
+        match self.rule {
+            Rule::Threshold { window_secs, .. } => window_secs,
+            Rule::Flatline { window_secs, .. } => Some(window_secs),
+        }
+    }
+
+    /// For a rule decided on the clock, first seen at `first_seen`: the end of its grace,
+    /// a window later (the Redis Function's `tick` counts from its own first sight).
+    pub fn grace_until(&self, first_seen: Second) -> Second {
+        first_seen.saturating_add(self.window_secs().unwrap_or(0))
+    }
+
+    /// Whether the rule is decided on the clock (`on_tick`).
+    pub fn on_the_clock(&self) -> bool {
+        matches!(self.rule, Rule::Flatline { .. })
+    }
+
+    /// A watcher decided on the clock, first seen (created, changed, restored at a
+    /// start): the keys it holds and those it always watches (`kept`) wait for the end
+    /// of its grace.
+    pub fn on_first_sight<'k>(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        kept: impl Iterator<Item = &'k Key>,
+        grace_until: Second,
+    ) {
+        if !self.on_the_clock() {
+            return;
+        }
+        let mut keys = store.keys(watcher);
+        keys.extend(kept.cloned());
+        for key in &keys {
+            store.counter(watcher, key);
+            store.schedule(watcher, key, grace_until);
+        }
+    }
+
+    /// `events` of `key` seen at `now`: whether the key fires.
+    pub fn on_count(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        key: &Key,
+        events: u64,
+        now: Second,
+    ) -> Option<Verdict> {
+        match self.rule {
+            Rule::Threshold {
+                threshold,
+                window_secs,
+            } => {
+                let count = store.add(watcher, key, events, now, window_secs);
+                if count <= threshold {
+                    return None;
+                }
+                let counter = store.counter(watcher, key);
+                self.unless_cooling(counter, now).ok()?;
+                // The count starts again from zero.
+                counter.buckets = Buckets::Empty;
+                self.fire(counter, now);
+                Some(Verdict::fired(count))
+            }
+            Rule::Flatline {
+                threshold,
+                window_secs,
+                send_resolved,
+                ..
+            } => {
+                let count = store.add(watcher, key, events, now, Some(window_secs));
+                if !store.is_waiting(watcher, key) {
+                    let counter = store.counter(watcher, key);
+                    let due = below_from(counter, threshold, window_secs);
+                    store.schedule(watcher, key, due);
+                }
+                let counter = store.counter(watcher, key);
+                let recovered = counter.silent && count >= threshold;
+                if recovered {
+                    counter.silent = false;
+                }
+                (recovered && send_resolved).then_some(Verdict {
+                    count,
+                    resolved: true,
+                })
+            }
+        }
+    }
+
+    /// The keys of `watcher` that fire on the clock at `now`: none for a rule decided
+    /// when counts arrive. Costs the keys due, not the keys held.
+    pub fn on_tick(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        now: Second,
+        clock: &OnTheClock,
+    ) -> Vec<(Key, Verdict)> {
+        match self.rule {
+            Rule::Threshold { .. } => Vec::new(),
+            Rule::Flatline { .. } => store
+                .take_due(watcher, now)
+                .into_iter()
+                .filter_map(|key| {
+                    let verdict = self.judge_silence(store, watcher, &key, now, clock)?;
+                    Some((key, verdict))
+                })
+                .collect(),
+        }
+    }
+
+    /// A flatline key come up on the clock: below its threshold (past the grace), it
+    /// fires once per silence, again only after its cooldown; silent `forget_after_secs`
+    /// after it fired, it is dropped unless kept; otherwise it waits for the second it
+    /// would be below.
+    fn judge_silence(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        key: &Key,
+        now: Second,
+        clock: &OnTheClock,
+    ) -> Option<Verdict> {
+        let Rule::Flatline {
+            threshold,
+            window_secs,
+            forget_after_secs,
+            ..
+        } = self.rule
+        else {
+            return None;
+        };
+        let kept = (clock.kept)(key);
+        let counter = store.existing(watcher, key)?;
+        counter
+            .buckets
+            .drop_front_while(|second| second.saturating_add(window_secs) <= now);
+        let below = below_from(counter, threshold, window_secs).max(clock.grace_until);
+        let last_fired = counter.last_fired.map_or(0, |second| second.get());
+        let forget_at = (!kept).then(|| last_fired.saturating_add(forget_after_secs));
+        let wait_until = if below > now {
+            Some(below)
+        } else if counter.silent && forget_at.is_some_and(|at| now >= at) {
+            store.forget(watcher, key);
+            return None;
+        } else if counter.silent && self.cooldown_secs.is_none() {
+            // Once per silence: it waits only to be forgotten.
+            forget_at
+        } else {
+            match self.unless_cooling(counter, now) {
+                Err(cooled_at) => earliest(Some(cooled_at), forget_at),
+                Ok(()) => {
+                    let count = counter.buckets.total();
+                    self.fire(counter, now);
+                    counter.silent = true;
+                    let realert_at = self
+                        .cooldown_secs
+                        .map(|_| now.saturating_add(counter.cooldown_secs.into()));
+                    let forget_at = (!kept).then(|| now.saturating_add(forget_after_secs));
+                    if let Some(at) = earliest(realert_at, forget_at) {
+                        store.schedule(watcher, key, at);
+                    }
+                    return Some(Verdict::fired(count));
+                }
+            }
+        };
+        if let Some(at) = wait_until {
+            store.schedule(watcher, key, at);
+        }
+        None
+    }
+
+    /// A key that met its rule at `now` fires unless it cools down; cooling, it is
+    /// marked (its next cooldown may grow) and the second the cooldown ends is returned.
+    fn unless_cooling(&self, counter: &mut KeyCounter, now: Second) -> Result<(), Second> {
+        if let Some(previous) = cooldown_of(counter) {
+            let ends = previous.last_fired.saturating_add(previous.secs);
+            if now < ends {
+                counter.crossed_while_cooling = true;
+                return Err(ends);
+            }
+        }
+        Ok(())
+    }
+
+    /// The key fires at `now`: its cooldown starts.
+    fn fire(&self, counter: &mut KeyCounter, now: Second) {
+        let cooldown = self.next_cooldown(cooldown_of(counter));
+        counter.last_fired = NonZeroU64::new(now);
+        counter.cooldown_secs = u32::try_from(cooldown).unwrap_or(u32::MAX);
+        counter.crossed_while_cooling = false;
+    }
+
+    /// The cooldown a firing starts: `cooldown_secs`; with `cooldown_max_secs`
+    /// (exponential realert), twice the previous one when the key crossed again during
+    /// it, up to the maximum, and `cooldown_secs` again after a quiet one.
+    fn next_cooldown(&self, previous: Option<Cooldown>) -> u64 {
+        let Some(base) = self.cooldown_secs else {
+            return 0;
+        };
+        match (self.cooldown_max_secs, previous) {
+            (Some(max), Some(previous)) if previous.crossed => {
+                previous.secs.max(base).saturating_mul(2).min(max)
+            }
+            _ => base,
+        }
+    }
+}
+
+/// Where a key stands since it last fired, if it ever did.
+pub fn cooldown_of(counter: &KeyCounter) -> Option<Cooldown> {
+    Some(Cooldown {
+        last_fired: counter.last_fired?.get(),
+        secs: counter.cooldown_secs.into(),
+        crossed: counter.crossed_while_cooling,
+    })
+}
+
+/// The first second from which the key's count over the last `window` seconds is below
+/// `threshold` if no event comes: the window's end after the newest bucket that still
+/// makes the threshold with every newer one; 0 when it is below already.
+fn below_from(counter: &KeyCounter, threshold: u64, window: u64) -> Second {
+    let mut newer = 0;
+    for (second, events) in counter.buckets.newest_first() {
+        newer += events;
+        if newer >= threshold {
+            return second.saturating_add(window);
+        }
+    }
+    0
+}
+
+fn earliest(a: Option<Second>, b: Option<Second>) -> Option<Second> {
+    a.into_iter().chain(b).min()
+}
