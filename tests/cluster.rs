@@ -10,31 +10,11 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::proxy::DelayProxy;
-use common::redis::{RedisCluster, RedisServer};
+use common::redis::{RedisCluster, RedisServer, node, node_with_timeout};
 use common::sinks::HttpSink;
-use common::{Daemon, Load, read_response, request, wait_for};
+use common::{Daemon, Load, SECOND, read_response, request, wait_for};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-
-const SECOND: Duration = Duration::from_secs(1);
-
-/// A node of a cluster on `urls`, serving, with Redis reached.
-fn node(name: &str, mode: &str, urls: &[String]) -> Daemon {
-    node_with_timeout(name, mode, urls, 500)
-}
-
-fn node_with_timeout(name: &str, mode: &str, urls: &[String], timeout_ms: u64) -> Daemon {
-    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
-    let daemon = Daemon::run(&format!(
-        "[cluster]\nmode = \"{mode}\"\nurls = [{}]\nnode_name = \"{name}\"\n\
-         timeout_ms = {timeout_ms}\n",
-        urls.join(", ")
-    ));
-    wait_for(&format!("node {name} reaching Redis"), 10 * SECOND, || {
-        shares(&daemon)
-    });
-    daemon
-}
 
 /// Nodes a, b and c; `watcher` registered for `event` on the one named `on`, and served by
 /// the two others within a second.
@@ -58,12 +38,6 @@ fn three_nodes_watching(
         });
     }
     nodes
-}
-
-fn shares(daemon: &Daemon) -> bool {
-    daemon
-        .status()
-        .is_some_and(|s| s["cluster"]["redis_reachable"] == true)
 }
 
 fn watcher_names(daemon: &Daemon, event: &str) -> Option<Vec<String>> {
@@ -110,38 +84,9 @@ fn post_spread(nodes: &[&Daemon], event: &str, bodies: &[Value], n: usize) {
     }
 }
 
-/// Events counted in Redis, over every counter of every server (bucket fields `b…`).
+/// Events counted in Redis, over every server.
 fn shared_total(servers: &[&RedisServer]) -> u64 {
-    let mut total = 0;
-    for server in servers {
-        for key in server.cli(&["--scan", "--pattern", "eventsd:c:*"]).lines() {
-            let fields = server.cli(&["HGETALL", key]);
-            let lines: Vec<&str> = fields.lines().collect();
-            for pair in lines.chunks(2) {
-                if let [name, value] = pair {
-                    if name.starts_with('b') {
-                        total += value.parse::<u64>().unwrap_or(0);
-                    }
-                }
-            }
-        }
-    }
-    total
-}
-
-/// Events a stopped node counted alone, from its `counters.json`.
-fn saved_total(daemon: &Daemon) -> u64 {
-    let text = std::fs::read_to_string(daemon.path("state/counters.json")).unwrap();
-    let saved: Value = serde_json::from_str(&text).unwrap();
-    let mut total = 0;
-    for table in saved["watchers"].as_object().unwrap().values() {
-        for counter in table["keys"].as_object().unwrap().values() {
-            for bucket in counter["buckets"].as_array().unwrap() {
-                total += bucket[1].as_u64().unwrap();
-            }
-        }
-    }
-    total
+    servers.iter().map(|server| server.counted()).sum()
 }
 
 fn firings(sink: &HttpSink) -> Vec<Value> {
@@ -534,7 +479,7 @@ fn replies_later_than_the_timeout_count_each_event_once_in_redis_or_locally() {
         10 * SECOND,
         || proxy.forwarding() == 0,
     );
-    let (shared, alone) = (shared_total(&[&redis]), saved_total(&a));
+    let (shared, alone) = (shared_total(&[&redis]), a.counted_on_disk());
     // Whether a call was left in doubt (and Redis ran it late) depends on when the node
     // saw Redis as slow; what must hold either way is that no event counts twice.
     assert!(

@@ -23,6 +23,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_eventsd");
+pub const SECOND: Duration = Duration::from_secs(1);
 /// The control program: the same commands as `eventsd COMMAND` but `run`.
 pub const CTL: &str = env!("CARGO_BIN_EXE_eventsctl");
 
@@ -256,6 +257,20 @@ impl Daemon {
         let text = self.get("/metrics").ok()?.body;
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// The sum of every series of `/metrics` that starts with `prefix` (a family and the
+    /// first of its labels: `eventsd_action_outcomes_total{action="email"`); 0 when none.
+    pub fn metric_sum(&self, prefix: &str) -> u64 {
+        let Ok(response) = self.get("/metrics") else {
+            return 0;
+        };
+        response
+            .body
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum()
     }
 
     /// Workers by state: `("idle", pid)`...
@@ -549,4 +564,60 @@ pub fn stderr(output: &Output) -> String {
 
 pub fn exists(path: &Path) -> bool {
     path.exists()
+}
+
+/// The value of one line of `/proc/PID/status` (`"CapEff"`, `"VmRSS"`, `"SigIgn"`...),
+/// without its name; `None` once the process is gone.
+pub fn proc_status(pid: Pid, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name == key).then(|| value.trim().to_string())
+    })
+}
+
+/// The first number of a `/proc/PID/status` line (`VmRSS` in KiB, `Uid`'s real id).
+pub fn proc_status_number(pid: Pid, key: &str) -> Option<u64> {
+    proc_status(pid, key)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A request whose head is sent but for its last line: a worker holds the connection
+/// until `finish` sends it (an in-flight request for stop, reload and upgrade tests).
+pub struct HalfSent {
+    stream: TcpStream,
+}
+
+impl HalfSent {
+    /// Sends all of a `GET /health` but its final empty line, once a worker holds it.
+    pub fn start(daemon: &Daemon) -> HalfSent {
+        let mut stream = TcpStream::connect(daemon.address()).expect("connect to eventsd");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n")
+            .unwrap();
+        wait_for(
+            "a worker holding the half-sent request",
+            10 * SECOND,
+            || {
+                daemon.status().is_some_and(|status| {
+                    status["workers"]
+                        .as_array()
+                        .is_some_and(|w| w.iter().any(|w| w["connections"].as_u64() > Some(0)))
+                })
+            },
+        );
+        HalfSent { stream }
+    }
+
+    /// Sends the last line; the reply.
+    pub fn finish(mut self) -> std::io::Result<Response> {
+        self.stream.write_all(b"\r\n")?;
+        read_response(&mut self.stream)
+    }
 }

@@ -38,3 +38,33 @@ pub fn register(daemon: &Daemon, event: &str) -> String {
 pub fn file_collector(path: &std::path::Path) -> String {
     json!({"name": "audit", "appender": {"type": "file", "path": path}}).to_string()
 }
+
+/// Registers `watcher` for `event`, creating the type unless it exists (201 or 409).
+pub fn register_watcher(daemon: &Daemon, event: &str, watcher: &Value) {
+    let created = daemon.post("/event/", &json!({"type": event}).to_string());
+    assert!([201, 409].contains(&created.status), "{created:?}");
+    let response = daemon.post(&format!("/event/{event}/watcher/"), &watcher.to_string());
+    assert_eq!(response.status, 201, "{response:?}");
+}
+
+/// A watcher named `name` that fires on every second event of `event` (threshold 1,
+/// counting all events), towards `action`.
+pub fn every_second_event(name: &str, action: Value) -> Value {
+    json!({"name": name, "threshold": 1, "aggregator": {"type": "single"}, "action": action})
+}
+
+pub fn webhook(url: &str) -> Value {
+    json!({"type": "webhook", "url": url})
+}
+
+pub fn email(to: &str) -> Value {
+    json!({"type": "email", "to": to, "subject": "alert"})
+}
+
+/// Posts `times` events of `event` with `payload`, each acknowledged.
+pub fn post_events(daemon: &Daemon, event: &str, payload: &Value, times: usize) {
+    for _ in 0..times {
+        let response = daemon.post(&format!("/event/{event}/"), &payload.to_string());
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+}
