@@ -75,13 +75,14 @@ fn a_crash_of_the_action_runner_loses_no_alert() {
 /// A runner stopped (SIGSTOP) with a heartbeat timeout of an hour stops reading and
 /// beating alike; what makes the master replace it here is the 64 MiB of firings it
 /// wrote and the runner did not read: 600 firings of 120 KB (a 60 KB key, in `key` and
-/// in `text`), all journaled (`watchers.action_queue`). The alert made first, while it
+/// in `text`), all journaled (`watchers.action_queue`); `max_keys` keeps the counters
+/// (and their snapshots) small. The alert made first, while it
 /// was stopped, reaches its target once those firings are gone with their watchers.
 #[test]
 fn an_action_runner_that_stops_reading_is_replaced_and_the_next_delivers_what_it_held() {
     let daemon = Daemon::run(
         "[workers]\nheartbeat_timeout_secs = 3600\n\
-         [watchers]\nmax_key_bytes = 65536\naction_queue = 601\n\
+         [watchers]\nmax_key_bytes = 65536\naction_queue = 601\nmax_keys = 4\n\
          [daemon]\nlog_level = \"warn\"\n",
     );
     let flood: Vec<String> = (0..8).map(|n| format!("flood{n}")).collect();
@@ -99,11 +100,13 @@ fn an_action_runner_that_stops_reading_is_replaced_and_the_next_delivers_what_it
     let stopped = runner(&daemon).expect("an action runner");
     kill(stopped, Signal::SIGSTOP).unwrap();
     post_events(&daemon, "logins", &json!({}), 2);
+    // Both events of a key in one bulk: counted together, before `max_keys` evicts it.
     for key in 0..75 {
-        let value = format!("{key:05}{}", "v".repeat(60_000));
-        post_events(&daemon, "flood", &json!({ "v": value }), 2);
+        let line = json!({ "v": format!("{key:05}{}", "v".repeat(60_000)) }).to_string();
+        let bulk = daemon.post("/event/flood/_bulk", &format!("{line}\n{line}\n"));
+        assert_eq!(bulk.status, 200, "{bulk:?}");
     }
-    wait_for("the stopped runner killed", 20 * SECOND, || {
+    wait_for("the stopped runner killed", 60 * SECOND, || {
         is_gone(stopped)
     });
     assert!(
