@@ -47,9 +47,9 @@ fn while_redis_is_down_firings_are_degraded_changes_get_503_and_local_counts_are
     assert!(alone.get("crossing").is_none(), "decided alone: {alone}");
 
     let change = daemon.post("/event/", &json!({"type": "deploys"}).to_string());
-    common::rest::assert_error(&change, 503, "");
+    common::rest::assert_error(&change, 503, "(Redis) is unreachable");
     let deletion = daemon.delete("/event/logins/watcher/storm");
-    common::rest::assert_error(&deletion, 503, "");
+    common::rest::assert_error(&deletion, 503, "(Redis) is unreachable");
     assert_eq!(daemon.get("/event/deploys/").unwrap().status, 404);
 
     post_events(&daemon, "logins", &json!({}), 4);

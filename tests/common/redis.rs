@@ -100,8 +100,17 @@ impl RedisServer {
 
     /// Events counted in this server, over every counter (bucket fields `b…`).
     pub fn counted(&self) -> u64 {
+        self.counted_matching("eventsd:c:*")
+    }
+
+    /// Events counted in this server for the watcher of id `watcher`.
+    pub fn counted_by(&self, watcher: &str) -> u64 {
+        self.counted_matching(&format!("eventsd:c:{{{watcher}/*"))
+    }
+
+    fn counted_matching(&self, pattern: &str) -> u64 {
         let mut total = 0;
-        for key in self.cli(&["--scan", "--pattern", "eventsd:c:*"]).lines() {
+        for key in self.cli(&["--scan", "--pattern", pattern]).lines() {
             let fields = self.cli(&["HGETALL", key]);
             let lines: Vec<&str> = fields.lines().collect();
             for pair in lines.chunks(2) {

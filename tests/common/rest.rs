@@ -68,3 +68,30 @@ pub fn post_events(daemon: &Daemon, event: &str, payload: &Value, times: usize) 
         assert_eq!(response.status, 200, "{response:?}");
     }
 }
+
+/// Watchers on `daemon` that fire towards a webhook that takes them, one that refuses
+/// them (500) and one that holds them (pending), and the events that make them fire.
+pub fn put_under_load(
+    daemon: &Daemon,
+    sink: &super::sinks::HttpSink,
+    slow: &super::sinks::HttpSink,
+) {
+    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+    for (name, url) in [
+        ("taken", sink.url("/ok")),
+        ("refused", sink.url("/fail")),
+        ("held", slow.url("/slow")),
+    ] {
+        let watcher = json!({"name": name, "threshold": 1,
+            "aggregator": {"type": "fields", "fields": ["ip"]},
+            "action": {"type": "webhook", "url": url}});
+        let created = daemon.post("/event/logins/watcher/", &watcher.to_string());
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+    for ip in ["10.0.0.1", "10.0.0.2"] {
+        for _ in 0..2 {
+            let body = json!({ "ip": ip }).to_string();
+            assert_eq!(daemon.post("/event/logins/", &body).status, 200);
+        }
+    }
+}
