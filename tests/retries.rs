@@ -109,29 +109,27 @@ fn smtp_4xx_is_retried_and_5xx_is_not() {
     assert_eq!(failed_attempts(&daemon, "email", "smtp_5xx"), 2);
 }
 
-/// Every mail attempt failed so far.
-fn failed_mail_attempts(daemon: &Daemon) -> u64 {
-    daemon.metric_sum("eventsd_action_attempts_failed_total{action=\"email\"")
-}
-
-#[test]
-fn smtp_starttls_is_refused_by_a_relay_that_offers_none() {
-    let relay = SmtpSink::start();
-    let mut daemon = Daemon::new(&with_relay(&relay, "starttls = true\n"));
-    daemon.spawn_foreground(&[]);
-    daemon.wait_ready();
+/// A daemon with `[smtp]` towards `relay` (and `extra`) that has tried a mail there and
+/// failed: the commands the relay read.
+fn a_mail_refused(relay: &SmtpSink, extra: &str) -> (Daemon, Vec<String>) {
+    let daemon = Daemon::run(&with_relay(relay, extra));
     register_watcher(
         &daemon,
         "logins",
         &every_second_event("mail", email("ops@example.com")),
     );
     post_events(&daemon, "logins", &json!({}), 2);
-
     wait_for("a refused attempt", 20 * SECOND, || {
-        failed_mail_attempts(&daemon) >= 1
+        daemon.metric_sum("eventsd_action_attempts_failed_total{action=\"email\"") >= 1
     });
-    let commands = relay.commands();
-    assert!(relay.mails().is_empty(), "{commands:?}");
+    assert!(relay.mails().is_empty());
+    (daemon, relay.commands())
+}
+
+#[test]
+fn smtp_starttls_is_refused_by_a_relay_that_offers_none() {
+    let relay = SmtpSink::start();
+    let (daemon, commands) = a_mail_refused(&relay, "starttls = true\n");
     assert!(
         !commands
             .iter()
@@ -155,21 +153,8 @@ fn smtp_starttls_is_refused_by_a_relay_that_offers_none() {
 #[test]
 fn smtp_credentials_are_sent_over_tls_only() {
     let relay = SmtpSink::offering_auth_without_tls();
-    let daemon = Daemon::run(&with_relay(
-        &relay,
-        "username = \"alerts\"\npassword = \"hunter2\"\n",
-    ));
-    register_watcher(
-        &daemon,
-        "logins",
-        &every_second_event("mail", email("ops@example.com")),
-    );
-    post_events(&daemon, "logins", &json!({}), 2);
-
-    wait_for("a refused attempt", 20 * SECOND, || {
-        failed_mail_attempts(&daemon) >= 1
-    });
-    let commands = relay.commands();
+    let credentials = "username = \"alerts\"\npassword = \"hunter2\"\n";
+    let (_daemon, commands) = a_mail_refused(&relay, credentials);
     assert!(
         commands
             .iter()
@@ -182,5 +167,4 @@ fn smtp_credentials_are_sent_over_tls_only() {
             .any(|c| c.to_uppercase().starts_with("AUTH")),
         "no credentials in clear: {commands:?}"
     );
-    assert!(relay.mails().is_empty());
 }
