@@ -273,7 +273,8 @@ impl Documented {
     fn schemas(&self) -> BTreeSet<String> {
         let mut schemas = BTreeSet::new();
         for item in self.document["paths"].as_object().unwrap().values() {
-            for operation in item.as_object().unwrap().values() {
+            let operations = item.as_object().unwrap().iter();
+            for (_, operation) in operations.filter(|(key, _)| *key != "parameters") {
                 for response in operation["responses"].as_object().unwrap().values() {
                     for media in response["content"].as_object().into_iter().flatten() {
                         schemas.insert(media.1["schema"].to_string());
