@@ -23,8 +23,9 @@ fn post_events(daemon: &Daemon, payloads: &[serde_json::Value]) {
 }
 
 /// Waits until the master has counted `total` events of `logins`.
+/// 60 s: a million events take the master seconds on a loaded two-core machine.
 fn wait_counted(daemon: &Daemon, total: u64) {
-    wait_for(&format!("{total} events counted"), 10 * SECOND, || {
+    wait_for(&format!("{total} events counted"), 60 * SECOND, || {
         daemon.metric("eventsd_events_counted_total{type=\"logins\"}") == Some(total)
     });
 }
