@@ -26,9 +26,18 @@ type SyslogWriter = syslog::Logger<LoggerBackend, Formatter3164>;
 pub struct Appenders {
     files: RefCell<HashMap<PathBuf, File>>,
     syslogs: RefCell<HashMap<String, SyslogWriter>>,
+    /// `collectors.syslog_socket`; the system's (`/dev/log`) when unset.
+    syslog_socket: Option<PathBuf>,
 }
 
 impl Appenders {
+    pub fn new(syslog_socket: Option<PathBuf>) -> Appenders {
+        Appenders {
+            syslog_socket,
+            ..Appenders::default()
+        }
+    }
+
     /// Writes `lines` (one JSON document a line, each ending in `\n`) through `appender`;
     /// the error says what failed, for the 503 the client gets.
     pub fn write(&self, appender: &Appender, lines: &str) -> Result<(), String> {
@@ -72,8 +81,11 @@ impl Appenders {
                 process: ident.to_string(),
                 pid: std::process::id(),
             };
-            let writer =
-                syslog::unix(formatter).map_err(|e| format!("cannot reach syslog: {e}"))?;
+            let writer = match &self.syslog_socket {
+                Some(path) => syslog::unix_custom(formatter, path),
+                None => syslog::unix(formatter),
+            }
+            .map_err(|e| format!("cannot reach syslog: {e}"))?;
             syslogs.insert(ident.to_string(), writer);
         }
         let Some(writer) = syslogs.get_mut(ident) else {

@@ -6,22 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::rest::register_watcher;
 use common::sinks::{HttpSink, SmtpSink, dead_address};
-use common::{Daemon, wait_for};
+use common::{Daemon, SECOND, wait_for};
 use serde_json::{Value, json};
-
-const SECOND: Duration = Duration::from_secs(1);
-
-fn register(daemon: &Daemon, event: &str, watcher: Value) {
-    assert_eq!(
-        daemon
-            .post("/event/", &json!({"type": event}).to_string())
-            .status,
-        201
-    );
-    let response = daemon.post(&format!("/event/{event}/watcher/"), &watcher.to_string());
-    assert_eq!(response.status, 201, "{response:?}");
-}
 
 fn post(daemon: &Daemon, event: &str, payload: &Value, times: usize) {
     for _ in 0..times {
@@ -38,10 +26,10 @@ fn post(daemon: &Daemon, event: &str, payload: &Value, times: usize) {
 fn a_webhook_receives_the_firing_document() {
     let daemon = Daemon::run("");
     let sink = HttpSink::start(Duration::ZERO);
-    register(
+    register_watcher(
         &daemon,
         "logins",
-        json!({"name": "per-ip", "threshold": 2, "window_secs": 60,
+        &json!({"name": "per-ip", "threshold": 2, "window_secs": 60,
         "aggregator": {"type": "fields", "fields": ["ip"]},
         "action": {"type": "webhook", "url": sink.url("/hooks/ops"), "headers": {"X-Token": "abc"}}}),
     );
@@ -90,10 +78,10 @@ fn a_webhook_receives_the_firing_document() {
 fn values_from_events_reach_a_webhooks_text_with_slack_markup_escaped() {
     let daemon = Daemon::run("");
     let sink = HttpSink::start(Duration::ZERO);
-    register(
+    register_watcher(
         &daemon,
         "logins",
-        json!({"name": "per-user", "threshold": 1,
+        &json!({"name": "per-user", "threshold": 1,
         "aggregator": {"type": "fields", "fields": ["user"]},
         "action": {"type": "webhook", "url": sink.url("/slack")}}),
     );
@@ -120,10 +108,10 @@ fn an_email_arrives_with_its_recipient_subject_and_body() {
         "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"eventsd@test.example\"\n",
         smtp.address.port()
     ));
-    register(
+    register_watcher(
         &daemon,
         "logins",
-        json!({"name": "storm", "threshold": 1,
+        &json!({"name": "storm", "threshold": 1,
         "aggregator": {"type": "fields", "fields": ["user.id"]},
         "action": {"type": "email", "to": ["ops@example.com", "oncall@example.com"], "subject": "Login storm"}}),
     );
@@ -186,16 +174,16 @@ fn a_dead_and_a_slow_target_hold_up_no_other_alert_nor_ingestion() {
         json!({"name": name, "threshold": 1, "aggregator": {"type": "fields", "fields": ["n"]},
             "action": {"type": "webhook", "url": url}})
     };
-    register(&daemon, "watched", per_key("to-slow", &slow.url("/hook")));
+    register_watcher(&daemon, "watched", &per_key("to-slow", &slow.url("/hook")));
     let to_dead = daemon.post(
         "/event/watched/watcher/",
         &per_key("to-dead", &dead).to_string(),
     );
     assert_eq!(to_dead.status, 201);
-    register(
+    register_watcher(
         &daemon,
         "urgent",
-        json!({"name": "page", "threshold": 1, "aggregator": {"type": "single"},
+        &json!({"name": "page", "threshold": 1, "aggregator": {"type": "single"},
             "action": {"type": "webhook", "url": healthy.url("/page")}}),
     );
     assert_eq!(daemon.post("/event/", r#"{"type": "plain"}"#).status, 201);
@@ -219,21 +207,39 @@ fn a_dead_and_a_slow_target_hold_up_no_other_alert_nor_ingestion() {
         .map(|round| rate("watched", round) / rate("plain", round))
         .collect();
     ratios.sort_by(f64::total_cmp);
+    // For the record: the 10 % figure is the benchmark's to measure, not a timed
+    // assertion's. What holds whatever the timing: every event was acknowledged while
+    // the slow target had finished few of its 120 five-second deliveries.
     eprintln!("ingestion with dead and slow webhooks / without: {ratios:.2?}");
-    // Blocking on a 5 s target would divide the rate by orders of magnitude; the 10 %
-    // figure is the benchmark's to measure, not a timed assertion's.
-    assert!(ratios[1] > 0.5, "ingestion slowed down: {ratios:?}");
-    wait_for("120 firings per target", 5 * SECOND, || {
+    assert!(
+        slow.requests().len() < 120,
+        "ingestion waited on the slow target"
+    );
+    wait_for("120 firings per target", 10 * SECOND, || {
         daemon.metric("eventsd_watcher_firings_total{event=\"watched\",watcher=\"to-dead\"}")
             == Some(120)
     });
 
     post(&daemon, "urgent", &json!({}), 2);
     // Queued behind 240 slow and dead deliveries, it would wait minutes.
-    wait_for("the healthy target's alert", 3 * SECOND, || {
+    wait_for("the healthy target's alert", 10 * SECOND, || {
         !healthy.requests().is_empty()
     });
-    assert!(daemon.log().contains("retrying"));
+    // The dead target's alerts failed (connection refused) and wait for their retry:
+    // none is given up.
+    wait_for(
+        "an attempt at each of the dead target's alerts",
+        20 * SECOND,
+        || {
+            daemon.metric_sum(
+                "eventsd_action_attempts_failed_total{action=\"webhook\",error=\"connection\"}",
+            ) >= 120
+        },
+    );
+    assert_eq!(
+        daemon.metric_sum("eventsd_action_outcomes_total{action=\"webhook\",result=\"failed\"}"),
+        0
+    );
 }
 
 /// 150 crossings of one key towards a target that takes 2 s a call: a few deliveries,
@@ -242,10 +248,10 @@ fn a_dead_and_a_slow_target_hold_up_no_other_alert_nor_ingestion() {
 fn a_storm_of_crossings_reaches_a_slow_target_as_few_deliveries_counting_them_all() {
     let daemon = Daemon::run("");
     let slow = HttpSink::start(2 * SECOND);
-    register(
+    register_watcher(
         &daemon,
         "logins",
-        json!({"name": "storm", "threshold": 1, "aggregator": {"type": "single"},
+        &json!({"name": "storm", "threshold": 1, "aggregator": {"type": "single"},
             "action": {"type": "webhook", "url": slow.url("/hook")}}),
     );
     // One at a time, each counted before the next: every second event is a crossing.
@@ -322,10 +328,10 @@ fn firings_survive_a_stop_a_kill_9_and_restarts_until_their_target_is_up() {
     let mut daemon = Daemon::new("");
     daemon.spawn_foreground(&[]);
     daemon.wait_ready();
-    register(
+    register_watcher(
         &daemon,
         "logins",
-        json!({"name": "per-n", "threshold": 1, "aggregator": {"type": "fields", "fields": ["n"]},
+        &json!({"name": "per-n", "threshold": 1, "aggregator": {"type": "fields", "fields": ["n"]},
             "action": {"type": "webhook", "url": format!("http://{target}/hook")}}),
     );
     for n in 1..=3 {

@@ -5,14 +5,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use common::rest::{assert_error, assert_uuid, register};
-use common::{Daemon, stderr, wait_for};
+use common::{Daemon, SECOND, stderr, wait_for};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-const SECOND: Duration = Duration::from_secs(1);
 const FOUR_WORKERS: &str = "[workers]\nmin = 4\nmax = 4\n";
 const NULL_COLLECTOR: &str = r#"{"name": "audit", "appender": {"type": "null"}}"#;
 const WATCHER: &str = r#"{"name": "storm", "threshold": 50,
@@ -270,9 +268,9 @@ fn the_registry_survives_a_restart() {
     let mut daemon = Daemon::new("");
     assert!(daemon.start().status.success());
     let id = register(&daemon, "logins");
-    daemon.post("/event/logins/watcher/", WATCHER);
-    assert!(daemon.cli(&["restart"]).status.success());
-    daemon.track_master();
+    assert_eq!(daemon.post("/event/logins/watcher/", WATCHER).status, 201);
+    let restarted = daemon.cli_tracked(&["restart"]);
+    assert!(restarted.status.success(), "{restarted:?}");
 
     let event = daemon.get("/event/logins").unwrap().json();
     assert_eq!(event["_id"], id);

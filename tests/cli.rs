@@ -6,12 +6,9 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::time::Duration;
 
-use common::{Daemon, exists, is_gone, stderr, stdout, wait_for};
+use common::{Daemon, SECOND, exists, is_gone, stderr, stdout, wait_for};
 use nix::sys::signal::{Signal, kill};
-
-const SECOND: Duration = Duration::from_secs(1);
 
 fn started(extra: &str) -> Daemon {
     let mut daemon = Daemon::new(extra);
@@ -111,9 +108,8 @@ fn eventsctl_has_every_command_but_run_and_drives_the_same_daemon() {
         "`eventsctl run` started something"
     );
 
-    let started = daemon.ctl(&["start"]);
+    let started = daemon.ctl_tracked(&["start"]);
     assert!(started.status.success(), "{}", stderr(&started));
-    daemon.track_master();
     let master = daemon.pidfile_pid().expect("pidfile written");
     assert_eq!(daemon.get("/health").unwrap().status, 200);
     let status = daemon.ctl(&["status"]);
@@ -201,14 +197,13 @@ fn restart_and_hard_restart_replace_the_master() {
     let mut daemon = started("");
     for command in ["restart", "hard-restart"] {
         let before = daemon.pidfile_pid().unwrap();
-        let output = daemon.cli(&[command]);
+        let output = daemon.cli_tracked(&[command]);
         assert_eq!(
             output.status.code(),
             Some(0),
             "{command}: {}",
             stderr(&output)
         );
-        daemon.track_master();
         let after = daemon.pidfile_pid().unwrap();
         assert_ne!(before, after, "{command} kept the master");
         assert_eq!(daemon.get("/health").unwrap().status, 200, "{command}");

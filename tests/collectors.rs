@@ -4,13 +4,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use common::rest::{assert_error, file_collector, register};
-use common::{Daemon, wait_for};
+use common::{Daemon, SECOND, post_concurrently, wait_for};
 use serde_json::{Value, json};
 
-const SECOND: Duration = Duration::from_secs(1);
 const FOUR_WORKERS: &str = "[workers]\nmin = 4\nmax = 4\n";
 
 #[test]
@@ -25,28 +23,13 @@ fn every_acknowledged_event_is_in_the_file_appender() {
         201
     );
 
-    let address = daemon.address();
-    let clients: Vec<_> = (0..4)
-        .map(|client| {
-            std::thread::spawn(move || {
-                (0..50)
-                    .map(|n| {
-                        let body = json!({"client": client, "n": n, "user": {"id": n}}).to_string();
-                        let raw = format!(
-                            "POST /event/logins/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let response = common::request(address, &raw).unwrap();
-                        assert_eq!(response.status, 200);
-                        response.json()["_id"].as_str().unwrap().to_string()
-                    })
-                    .collect::<Vec<_>>()
-            })
+    let bodies: Vec<String> = (0..4)
+        .flat_map(|client| {
+            (0..50).map(move |n| json!({"client": client, "n": n, "user": {"id": n}}).to_string())
         })
         .collect();
-    let acknowledged: HashSet<String> = clients
+    let acknowledged: HashSet<String> = post_concurrently(daemon.address(), "logins", &bodies, 4)
         .into_iter()
-        .flat_map(|c| c.join().unwrap())
         .collect();
     let bulk = daemon.post("/event/logins/_bulk?ids=true", "{\"n\": 1}\n{\"n\": 2}\n");
     assert_eq!(bulk.json()["collected"], 2);
@@ -149,23 +132,62 @@ fn a_file_appender_that_could_never_write_is_refused_at_registration() {
     );
 }
 
+/// A syslog daemon the test owns: a datagram socket at `collectors.syslog_socket`.
+fn syslog_daemon(daemon: &Daemon) -> std::os::unix::net::UnixDatagram {
+    let socket = std::os::unix::net::UnixDatagram::bind(daemon.path("log")).unwrap();
+    socket.set_read_timeout(Some(10 * SECOND)).unwrap();
+    socket
+}
+
+const SYSLOG_COLLECTOR: &str =
+    r#"{"name": "sys", "appender": {"type": "syslog", "ident": "shop"}}"#;
+
 #[test]
-fn the_syslog_appender_writes_or_refuses_the_event() {
-    let daemon = Daemon::run("");
+fn the_syslog_appender_sends_every_acknowledged_event_to_syslog() {
+    let daemon = Daemon::run("[collectors]\nsyslog_socket = \"log\"\n");
+    let syslog = syslog_daemon(&daemon);
     register(&daemon, "logins");
-    let collector = r#"{"name": "sys", "appender": {"type": "syslog", "ident": "shop"}}"#;
-    assert_eq!(
-        daemon.post("/event/logins/collector/", collector).status,
-        201
-    );
-    let response = daemon.post("/event/logins/", "{\"user\": 1}");
-    // Without a syslog daemon (no /dev/log), the event must not be acknowledged.
-    let expected = if std::path::Path::new("/dev/log").exists() {
-        200
-    } else {
-        503
-    };
-    assert_eq!(response.status, expected, "{response:?}");
+    let created = daemon.post("/event/logins/collector/", SYSLOG_COLLECTOR);
+    assert_eq!(created.status, 201, "{created:?}");
+
+    let mut ids = HashSet::new();
+    for user in 0..5 {
+        let response = daemon.post("/event/logins/", &json!({ "user": user }).to_string());
+        assert_eq!(response.status, 200, "{response:?}");
+        ids.insert(response.json()["_id"].as_str().unwrap().to_string());
+    }
+    let mut received = HashSet::new();
+    let mut buffer = [0u8; 65_536];
+    while received.len() < ids.len() {
+        let n = syslog.recv(&mut buffer).expect("a syslog line per event");
+        let line = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        // RFC 3164: <PRI>TIMESTAMP HOST IDENT[PID]: MESSAGE
+        let (head, event) = line.split_once("]: ").unwrap_or_else(|| panic!("{line}"));
+        assert!(head.starts_with('<') && head.contains(" shop["), "{line}");
+        let event: Value = serde_json::from_str(event.trim_end()).unwrap();
+        received.insert(event["event_uuid"].as_str().unwrap().to_string());
+    }
+    assert_eq!(received, ids);
+}
+
+#[test]
+fn without_a_syslog_daemon_the_event_is_refused() {
+    let daemon = Daemon::run("[collectors]\nsyslog_socket = \"log\"\n");
+    register(&daemon, "logins");
+    let created = daemon.post("/event/logins/collector/", SYSLOG_COLLECTOR);
+    assert_eq!(created.status, 201, "{created:?}");
+    let refused = daemon.post("/event/logins/", "{\"user\": 1}");
+    assert_error(&refused, 503, "syslog");
+    assert!(refused.json().get("_id").is_none());
+    // The daemon comes up: the next event reaches it.
+    let syslog = syslog_daemon(&daemon);
+    assert_eq!(daemon.post("/event/logins/", "{\"user\": 2}").status, 200);
+    let mut buffer = [0u8; 65_536];
+    let n = syslog.recv(&mut buffer).expect("the line");
+    let line = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    let (_, event) = line.split_once("]: ").unwrap_or_else(|| panic!("{line}"));
+    let event: Value = serde_json::from_str(event.trim_end()).unwrap();
+    assert_eq!(event["user"], 2, "{line}");
 }
 
 #[test]
@@ -188,7 +210,8 @@ fn a_bad_bulk_line_rejects_the_whole_batch() {
     let daemon = Daemon::run("");
     let events = daemon.path("events.jsonl");
     register(&daemon, "logins");
-    daemon.post("/event/logins/collector/", &file_collector(&events));
+    let created = daemon.post("/event/logins/collector/", &file_collector(&events));
+    assert_eq!(created.status, 201, "{created:?}");
     assert_error(
         &daemon.post("/event/logins/_bulk", "{\"a\": 1}\n{\"a\": 2}\n[3]\n"),
         400,

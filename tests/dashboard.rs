@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
 use common::sinks::HttpSink;
-use common::{Daemon, free_port, request, wait_for};
-use serde_json::{Value, json};
+use common::{Daemon, SECOND, free_port, request, wait_for};
+use serde_json::Value;
 
-const SECOND: Duration = Duration::from_secs(1);
 const JOB: &str = "eventsd";
 /// What Grafana gives `$__rate_interval` at a 1 s scrape interval is 4 s at least; 10 s
 /// leaves room for a late scrape on a loaded machine.
@@ -183,29 +182,6 @@ fn cluster_node(redis: &RedisServer) -> Daemon {
     daemon
 }
 
-/// Watchers on `daemon` that fire towards a webhook that takes them, one that refuses
-/// them (500) and one that holds them (pending), and the events that make them fire.
-fn put_under_load(daemon: &Daemon, sink: &HttpSink, slow: &HttpSink) {
-    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
-    for (name, url) in [
-        ("taken", sink.url("/ok")),
-        ("refused", sink.url("/fail")),
-        ("held", slow.url("/slow")),
-    ] {
-        let watcher = json!({"name": name, "threshold": 1,
-            "aggregator": {"type": "fields", "fields": ["ip"]},
-            "action": {"type": "webhook", "url": url}});
-        let created = daemon.post("/event/logins/watcher/", &watcher.to_string());
-        assert_eq!(created.status, 201, "{created:?}");
-    }
-    for ip in ["10.0.0.1", "10.0.0.2"] {
-        for _ in 0..2 {
-            let body = json!({ "ip": ip }).to_string();
-            assert_eq!(daemon.post("/event/logins/", &body).status, 200);
-        }
-    }
-}
-
 /// Acceptance (issue 29): each query of the dashboard returns a series from a real
 /// Prometheus scraping two nodes under load; none errs, none stays empty.
 #[test]
@@ -226,7 +202,7 @@ fn every_dashboard_query_returns_a_series_from_a_real_prometheus() {
     let sink = HttpSink::answering(&[("/fail", 500)]);
     let slow = HttpSink::start(600 * SECOND);
     for node in &nodes {
-        put_under_load(node, &sink, &slow);
+        common::rest::put_under_load(node, &sink, &slow);
     }
     wait_for("deliveries taken and refused", 10 * SECOND, || {
         sink.requests_to("/ok") >= 2 && sink.requests_to("/fail") >= 2

@@ -8,22 +8,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::rest::register_watcher;
 use common::sinks::{HttpSink, SilentSink, SmtpSink, dead_address};
-use common::{Daemon, child_named, wait_for};
+use common::{Daemon, SECOND, child_named, wait_for};
 use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 
-const SECOND: Duration = Duration::from_secs(1);
 /// The spec's bound is 1 s; a loaded shared machine gets slack, a blocked alert (held for
 /// a retry, or behind hung deliveries of 10 s) does not.
 const PROMPTLY: Duration = Duration::from_secs(3);
-
-fn register(daemon: &Daemon, event: &str, watcher: Value) {
-    let created = daemon.post("/event/", &json!({"type": event}).to_string());
-    assert!([201, 409].contains(&created.status), "{created:?}");
-    let response = daemon.post(&format!("/event/{event}/watcher/"), &watcher.to_string());
-    assert_eq!(response.status, 201, "{response:?}");
-}
 
 /// A watcher that fires on every second event of a key (`n`), towards `action`.
 fn per_key(name: &str, action: Value) -> Value {
@@ -56,15 +49,15 @@ fn time_until(what: &str, bound: Duration, mut arrived: impl FnMut() -> bool) ->
 fn a_path_answering_500_holds_up_no_other_path_of_its_origin() {
     let daemon = Daemon::run("");
     let origin = HttpSink::answering(&[("/broken", 500)]);
-    register(
+    register_watcher(
         &daemon,
         "first",
-        per_key("broken", webhook(&origin.url("/broken"))),
+        &per_key("broken", webhook(&origin.url("/broken"))),
     );
-    register(
+    register_watcher(
         &daemon,
         "second",
-        per_key("fine", webhook(&origin.url("/fine"))),
+        &per_key("fine", webhook(&origin.url("/fine"))),
     );
     fire(&daemon, "first", 1);
     wait_for("the broken path's first attempt", 10 * SECOND, || {
@@ -92,12 +85,16 @@ fn a_greylisted_recipient_holds_up_no_other_mail() {
         relay.address.port()
     ));
     let email = |to: &str| json!({"type": "email", "to": [to], "subject": "alert"});
-    register(
+    register_watcher(
         &daemon,
         "first",
-        per_key("to-grey", email("grey@example.com")),
+        &per_key("to-grey", email("grey@example.com")),
     );
-    register(&daemon, "second", per_key("to-ok", email("ok@example.com")));
+    register_watcher(
+        &daemon,
+        "second",
+        &per_key("to-ok", email("ok@example.com")),
+    );
     fire(&daemon, "first", 1);
     wait_for("the greylisted recipient refused", 10 * SECOND, || {
         !relay.refused().is_empty()
@@ -125,10 +122,10 @@ fn sixteen_hung_targets_hold_up_no_healthy_one() {
     eprintln!("idle runner: {}", runner_size(&daemon));
     let hung: Vec<SilentSink> = (0..16).map(|_| SilentSink::start()).collect();
     for (index, sink) in hung.iter().enumerate() {
-        register(
+        register_watcher(
             &daemon,
             "hung",
-            per_key(&format!("hung{index}"), webhook(&sink.url("/"))),
+            &per_key(&format!("hung{index}"), webhook(&sink.url("/"))),
         );
     }
     for n in 0..8 {
@@ -139,10 +136,10 @@ fn sixteen_hung_targets_hold_up_no_healthy_one() {
         connections() >= 8
     });
     let healthy = HttpSink::start(Duration::ZERO);
-    register(
+    register_watcher(
         &daemon,
         "urgent",
-        per_key("page", webhook(&healthy.url("/page"))),
+        &per_key("page", webhook(&healthy.url("/page"))),
     );
     fire(&daemon, "urgent", 1);
     time_until("the healthy target's alert", PROMPTLY, || {
@@ -159,25 +156,18 @@ fn sixteen_hung_targets_hold_up_no_healthy_one() {
 /// The runner's resident memory and threads, for the record.
 fn runner_size(daemon: &Daemon) -> String {
     let runner = child_named(daemon.master_pid(), "eventsd-action").expect("a runner");
-    let status = std::fs::read_to_string(format!("/proc/{runner}/status")).unwrap();
-    let field = |key: &str| {
-        let line = status.lines().find(|l| l.starts_with(key)).unwrap_or("");
-        line.split_whitespace()
-            .skip(1)
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    format!("RSS {}, {} threads", field("VmRSS:"), field("Threads:"))
+    let field = |key: &str| common::proc_status(runner, key).unwrap_or_default();
+    format!("RSS {}, {} threads", field("VmRSS"), field("Threads"))
 }
 
 #[test]
 fn a_frozen_runner_is_replaced_within_the_heartbeat_timeout_and_delivers_what_waited() {
     let daemon = Daemon::run("[workers]\nheartbeat_timeout_secs = 2\n");
     let sink = HttpSink::start(Duration::ZERO);
-    register(
+    register_watcher(
         &daemon,
         "logins",
-        per_key("hook", webhook(&sink.url("/hook"))),
+        &per_key("hook", webhook(&sink.url("/hook"))),
     );
     let master = daemon.master_pid();
     let frozen = child_named(master, "eventsd-action").expect("an action runner");
@@ -253,7 +243,7 @@ fn a_reload_with_a_new_smtp_relay_sends_the_next_mail_there() {
     };
     let daemon = Daemon::run(&smtp(old_relay.address.port()));
     let email = json!({"type": "email", "to": ["ops@example.com"], "subject": "alert"});
-    register(&daemon, "logins", per_key("mail", email));
+    register_watcher(&daemon, "logins", &per_key("mail", email));
     fire(&daemon, "logins", 1);
     wait_for("the first mail, to the old relay", 10 * SECOND, || {
         old_relay.mails().len() == 1
@@ -282,10 +272,10 @@ fn a_deleted_watchers_pending_firings_are_dropped_and_never_delivered() {
     assert_eq!(daemon.metric(dropped), Some(0), "present from the start");
     let target = dead_address();
     let url = |path: &str| format!("http://{target}{path}");
-    register(
+    register_watcher(
         &daemon,
         "logins",
-        per_key("deadhook", webhook(&url("/deleted"))),
+        &per_key("deadhook", webhook(&url("/deleted"))),
     );
     for n in 0..5 {
         fire(&daemon, "logins", n);
@@ -304,7 +294,7 @@ fn a_deleted_watchers_pending_firings_are_dropped_and_never_delivered() {
     );
 
     let sink = HttpSink::start_on(target, Duration::ZERO);
-    register(&daemon, "logins", per_key("kept", webhook(&url("/kept"))));
+    register_watcher(&daemon, "logins", &per_key("kept", webhook(&url("/kept"))));
     fire(&daemon, "logins", 9);
     wait_for("the remaining watcher's alert", 10 * SECOND, || {
         sink.requests_to("/kept") == 1

@@ -7,9 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, parse_response, read_response, request, wait_for};
-
-const SECOND: Duration = Duration::from_secs(1);
+use common::{Daemon, SECOND, parse_response, read_response, request, wait_for};
 
 /// Reads until the server closes the connection; fails if it stays open `limit`.
 fn closed_by_server_within(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
@@ -161,16 +159,30 @@ fn the_connection_cap_holds_new_clients_until_a_slot_frees() {
     waiting
         .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();
-    waiting
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut byte = [0u8; 1];
-    let early = waiting.read(&mut byte);
-    assert!(early.is_err(), "served beyond the cap: {early:?}");
+    // Seen where it waits: in the listening socket's accept queue, not taken by the
+    // worker, which still holds one connection.
+    wait_for("the second client in the backlog", 10 * SECOND, || {
+        accept_queue(daemon.port) == Some(1)
+    });
+    assert_eq!(daemon.status().unwrap()["workers"][0]["connections"], 1);
 
     drop(holder);
     waiting.set_read_timeout(Some(10 * SECOND)).unwrap();
     assert_eq!(read_response(&mut waiting).unwrap().status, 200);
+}
+
+/// Connections waiting to be accepted on the loopback listener of `port`: the receive
+/// queue that `/proc/net/tcp` shows for a listening socket.
+fn accept_queue(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // local address, remote, state (0A: LISTEN), tx_queue:rx_queue
+        let listening = fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A");
+        let queue = fields.get(4)?.split_once(':')?.1;
+        listening.then(|| u64::from_str_radix(queue, 16).ok())?
+    })
 }
 
 #[test]
@@ -264,21 +276,19 @@ fn workers_drop_to_the_configured_user_when_started_as_root() {
     assert!(nix::unistd::geteuid().is_root(), "run this test as root");
     let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\nuser = \"nobody\"\n");
     let worker = daemon.serving_workers()[0];
-    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
-    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let uid_line = common::proc_status(worker, "Uid").expect("the worker runs");
     let uids: Vec<u32> = uid_line
         .split_whitespace()
-        .skip(1)
         .map(|u| u.parse().unwrap())
         .collect();
     assert!(
         uids.iter().all(|uid| *uid == nobody.uid.as_raw()),
         "{uid_line}"
     );
-    let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    let groups = common::proc_status(worker, "Groups").expect("the worker runs");
     assert_eq!(
-        groups.split_whitespace().skip(1).count(),
+        groups.split_whitespace().count(),
         1,
         "supplementary groups kept: {groups}"
     );

@@ -5,12 +5,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use common::{Daemon, wait_for};
+use common::sinks::HttpSink;
+use common::{Daemon, SECOND, wait_for};
 use nix::sys::signal::{Signal, kill};
-
-const SECOND: Duration = Duration::from_secs(1);
 
 fn metrics(daemon: &Daemon) -> String {
     let response = daemon.get("/metrics").unwrap();
@@ -149,12 +147,32 @@ fn metric_names(expr: &str) -> Vec<String> {
 }
 
 /// The exposition passes Prometheus' own linter (`promtool`, Debian's `prometheus`
-/// package, which `.ci/run` installs), histograms and all.
+/// package, which `.ci/run` installs), loaded: watchers with keys and firings, outcomes
+/// delivered and failed attempts, firings pending, the delivery histogram observed.
 #[test]
 fn the_exposition_passes_promtool_check_metrics() {
     let daemon = Daemon::run("");
-    assert_eq!(daemon.get("/health").unwrap().status, 200);
-    let text = metrics(&daemon);
+    let sink = HttpSink::answering(&[("/fail", 500)]);
+    let slow = HttpSink::start(60 * SECOND);
+    common::rest::put_under_load(&daemon, &sink, &slow);
+    let mut text = String::new();
+    wait_for("every labelled family with a series", 20 * SECOND, || {
+        text = metrics(&daemon);
+        [
+            "eventsd_watcher_firings_total{",
+            "eventsd_watcher_keys{",
+            "eventsd_action_outcomes_total{action=\"webhook\",result=\"delivered\"}",
+            "eventsd_action_attempts_failed_total{action=\"webhook\",error=\"http_5xx\"}",
+            "eventsd_action_pending{",
+            "eventsd_action_delivery_seconds_bucket{",
+            "eventsd_http_request_duration_seconds_bucket{",
+        ]
+        .iter()
+        .all(|series| {
+            text.lines()
+                .any(|l| l.starts_with(series) && !l.ends_with(" 0"))
+        })
+    });
     let findings = common::promtool_findings(&text);
     assert!(findings.is_empty(), "{findings}\n{text}");
 }

@@ -1,13 +1,15 @@
 //! The OpenAPI document (docs/openapi.json) against the routes the daemon really serves:
-//! the same paths and methods as the daemon's route table, and every documented
-//! operation answered by the live daemon with one of its documented status codes.
+//! the same paths and methods as the daemon's route table, every documented operation
+//! answered by the live daemon with its documented success, and every body the daemon
+//! answers (successes and errors) valid against the schema documented for its operation
+//! and status (a maintained JSON Schema validator, `jsonschema`), every schema met.
 
 mod common;
 
 use std::collections::BTreeSet;
 
-use common::Daemon;
-use serde_json::Value;
+use common::{Daemon, Response, request};
+use serde_json::{Value, json};
 
 fn document() -> Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
@@ -109,34 +111,224 @@ fn every_documented_operation_has_a_valid_request_in_this_test() {
     assert_eq!(covered, documented(&document()));
 }
 
+/// Requests for the documented errors a test can cause at will: (METHOD, path template,
+/// concrete path, body, extra header lines), in this order after `VALID_REQUESTS`' first
+/// twelve (`probe` exists, with its collector and watcher `thing`).
+const ERROR_REQUESTS: [(&str, &str, &str, &str, &str); 19] = [
+    ("POST", "/event/", "/event/", r#"{"type": "probe"}"#, ""),
+    ("POST", "/event/", "/event/", "{", ""),
+    (
+        "POST",
+        "/event/",
+        "/event/",
+        r#"{"type": "other"}"#,
+        "Authorization: Bearer wrong\r\n",
+    ),
+    ("GET", "/event/{type}/", "/event/nope/", "", ""),
+    ("POST", "/event/{type}/", "/event/nope/", "{}", ""),
+    ("POST", "/event/{type}/", "/event/probe/", "[1", ""),
+    ("DELETE", "/event/{type}/", "/event/nope/", "", ""),
+    (
+        "POST",
+        "/event/{type}/_bulk",
+        "/event/probe/_bulk",
+        "{}\n[\n",
+        "",
+    ),
+    (
+        "POST",
+        "/event/{type}/_bulk",
+        "/event/nope/_bulk",
+        "{}\n",
+        "",
+    ),
+    (
+        "GET",
+        "/event/{type}/collector/",
+        "/event/nope/collector/",
+        "",
+        "",
+    ),
+    (
+        "POST",
+        "/event/{type}/collector/",
+        "/event/probe/collector/",
+        r#"{"name": "thing", "appender": {"type": "null"}}"#,
+        "",
+    ),
+    (
+        "POST",
+        "/event/{type}/collector/",
+        "/event/probe/collector/",
+        r#"{"name": 1}"#,
+        "",
+    ),
+    (
+        "GET",
+        "/event/{type}/collector/{name}",
+        "/event/probe/collector/nope",
+        "",
+        "",
+    ),
+    (
+        "DELETE",
+        "/event/{type}/collector/{name}",
+        "/event/probe/collector/nope",
+        "",
+        "",
+    ),
+    (
+        "GET",
+        "/event/{type}/watcher/",
+        "/event/nope/watcher/",
+        "",
+        "",
+    ),
+    (
+        "POST",
+        "/event/{type}/watcher/",
+        "/event/probe/watcher/",
+        r#"{"name": "thing", "threshold": 5, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
+        "",
+    ),
+    (
+        "POST",
+        "/event/{type}/watcher/",
+        "/event/probe/watcher/",
+        r#"{"name": "x y"}"#,
+        "",
+    ),
+    (
+        "GET",
+        "/event/{type}/watcher/{name}",
+        "/event/probe/watcher/nope",
+        "",
+        "",
+    ),
+    (
+        "DELETE",
+        "/event/{type}/watcher/{name}",
+        "/event/probe/watcher/nope",
+        "",
+        "",
+    ),
+];
+
+const TOKEN: &str = "Authorization: Bearer s3cret\r\n";
+
+/// Each documented response's schema, checked against what the daemon answers.
+struct Documented {
+    document: Value,
+    /// The schemas (as written in the document) that a body was validated against.
+    met: BTreeSet<String>,
+}
+
+impl Documented {
+    fn new() -> Documented {
+        Documented {
+            document: document(),
+            met: BTreeSet::new(),
+        }
+    }
+
+    /// `response` to `METHOD template` is documented, of its documented media type, and
+    /// its body is valid against the documented schema.
+    fn check(&mut self, method: &str, template: &str, response: &Response) {
+        let what = format!("{method} {template} -> {}", response.status);
+        let operation = &self.document["paths"][template][method.to_lowercase()];
+        let documented = &operation["responses"][response.status.to_string()];
+        assert!(documented.is_object(), "{what}: undocumented status");
+        let Some(content) = documented["content"].as_object() else {
+            assert!(
+                response.body.is_empty(),
+                "{what}: a body where none is documented"
+            );
+            return;
+        };
+        let (media, described) = content.iter().next().expect("a media type");
+        let served = response.header("content-type").unwrap_or_default();
+        assert!(
+            media.starts_with(served.split(';').next().unwrap()),
+            "{what}: {served}"
+        );
+        let schema = &described["schema"];
+        let body: Value = if media == "application/json" {
+            serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{what}: {e}"))
+        } else {
+            Value::String(response.body.clone())
+        };
+        let validator = jsonschema::draft4::new(
+            &json!({"components": self.document["components"], "allOf": [schema]}),
+        )
+        .unwrap_or_else(|e| panic!("{what}: the documented schema does not compile: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(&body)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{what}: {errors:?}\n{body}");
+        self.met.insert(schema.to_string());
+    }
+
+    /// Every schema of a documented response.
+    fn schemas(&self) -> BTreeSet<String> {
+        let mut schemas = BTreeSet::new();
+        for item in self.document["paths"].as_object().unwrap().values() {
+            let operations = item.as_object().unwrap().iter();
+            for (_, operation) in operations.filter(|(key, _)| *key != "parameters") {
+                for response in operation["responses"].as_object().unwrap().values() {
+                    for media in response["content"].as_object().into_iter().flatten() {
+                        schemas.insert(media.1["schema"].to_string());
+                    }
+                }
+            }
+        }
+        schemas
+    }
+}
+
 #[test]
 fn the_live_daemon_answers_every_valid_request_with_its_documented_success() {
-    let daemon = Daemon::run("");
-    let document = document();
-    for (method, path, body) in VALID_REQUESTS {
+    let daemon = Daemon::run("[server]\napi_token = \"s3cret\"\n");
+    let mut documented = Documented::new();
+    for (i, (method, path, body)) in VALID_REQUESTS.into_iter().enumerate() {
         let concrete = path.replace("{type}", "probe").replace("{name}", "thing");
-        let responses = &document["paths"][path][method.to_lowercase()]["responses"];
-        let successes: Vec<&String> = responses
+        let responses = &documented.document["paths"][path][method.to_lowercase()]["responses"];
+        let successes: Vec<String> = responses
             .as_object()
             .unwrap()
             .keys()
             .filter(|code| code.starts_with('2'))
+            .cloned()
             .collect();
         assert_eq!(
             successes.len(),
             1,
             "{method} {path}: one documented success"
         );
-        let response = daemon.send(method, &concrete, body, "");
+        let response = daemon.send(method, &concrete, body, TOKEN);
         assert_eq!(
             response.status.to_string(),
-            *successes[0],
+            successes[0],
             "{method} {concrete}: {}",
             response.body
         );
+        documented.check(method, path, &response);
+        if i == 11 {
+            for (method, path, concrete, body, headers) in ERROR_REQUESTS {
+                let headers = if headers.is_empty() { TOKEN } else { headers };
+                let response = daemon.send(method, concrete, body, headers);
+                assert!(response.status >= 400, "{method} {concrete}: {response:?}");
+                documented.check(method, path, &response);
+            }
+            let unsized_change = "POST /event/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+            let response = request(daemon.address(), unsized_change).unwrap();
+            assert_eq!(response.status, 411);
+            documented.check("POST", "/event/", &response);
+        }
     }
     assert!(
         daemon.get("/event/probe/").unwrap().status == 404,
         "the deletions took effect"
     );
+    assert_eq!(documented.met, documented.schemas(), "every schema met");
 }

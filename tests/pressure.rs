@@ -9,11 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::rest::{assert_error, register};
-use common::{Daemon, process_state, wait_for};
+use common::{Daemon, SECOND, process_state, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-const SECOND: Duration = Duration::from_secs(1);
 
 /// `n` watchers of `logins`, all counting by `ip`: one field set.
 fn watchers_by_ip(daemon: &Daemon, n: usize) {

@@ -197,12 +197,7 @@ fn a_flood_of_fat_keys_is_collected_with_no_worker_dying_and_a_small_master() {
     );
     assert_eq!(daemon.serving_workers(), workers, "a worker died");
     let master = daemon.master_pid();
-    let status = std::fs::read_to_string(format!("/proc/{master}/status")).unwrap();
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let rss_kib = common::proc_status_number(master, "VmRSS").expect("the master runs");
     assert!(rss_kib < 150 * 1024, "master at {rss_kib} KiB");
 }
 
@@ -324,9 +319,7 @@ fn a_symlink_planted_as_the_pidfile_is_refused_and_its_target_untouched() {
 }
 
 fn uid_of_process(pid: nix::unistd::Pid) -> u32 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    common::proc_status_number(pid, "Uid").expect("the process runs") as u32
 }
 
 /// Run as root by `.ci/run` (`cargo test -- --ignored`).
@@ -415,9 +408,7 @@ fn a_webhook_whose_name_resolves_into_a_denied_network_is_never_called() {
 }
 
 fn capabilities(pid: nix::unistd::Pid, set: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with(set)).unwrap();
-    line.split_whitespace().nth(1).unwrap().to_string()
+    common::proc_status(pid, set.trim_end_matches(':')).expect("the process runs")
 }
 
 /// Even workers kept as root hold no capability. Run as root by `.ci/run`.

@@ -7,12 +7,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
-use common::{Daemon, stderr, stdout, wait_for};
+use common::{Daemon, SECOND, stderr, stdout, wait_for};
 use nix::sys::signal::Signal;
-
-const SECOND: Duration = Duration::from_secs(1);
 
 fn openssl(dir: &Path, args: &[&str]) {
     let output = Command::new("openssl")

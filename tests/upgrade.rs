@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,14 +12,12 @@ use std::time::Duration;
 
 use common::redis::RedisServer;
 use common::sinks::{HttpSink, dead_address};
-use common::{Daemon, Load, stderr, stdout, wait_for};
+use common::{Daemon, HalfSent, Load, SECOND, stderr, stdout, wait_for};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-
-const SECOND: Duration = Duration::from_secs(1);
 
 /// Puts `contents` at `path` as a package manager does: a new file renamed over the old
 /// one, so that the binary a master runs is never written to.
@@ -48,31 +45,11 @@ fn post_events(daemon: &Daemon, n: usize) {
     }
 }
 
-/// A request half sent to an old worker, which holds the hand-over open (the old
-/// worker drains it before the old master may exit), once a worker has it.
-fn hold_the_hand_over_open(daemon: &Daemon) -> TcpStream {
-    let mut half_sent = TcpStream::connect(daemon.address()).unwrap();
-    half_sent
-        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n")
-        .unwrap();
-    wait_for(
-        "an old worker holding the half-sent request",
-        5 * SECOND,
-        || {
-            status_of(daemon)["workers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|w| w["connections"].as_u64() > Some(0))
-        },
-    );
-    half_sent
-}
-
 /// Sends the rest of the half-sent request: it is answered, and the connection closes.
-fn answer_the_half_sent(mut half_sent: TcpStream) {
-    half_sent.write_all(b"\r\n").unwrap();
-    let reply = common::read_response(&mut half_sent).unwrap();
+fn answer_the_half_sent(half_sent: HalfSent) {
+    let reply = half_sent
+        .finish()
+        .expect("the half-sent request is answered");
     assert_eq!(reply.status, 200, "the half-sent request is answered");
 }
 
@@ -126,7 +103,7 @@ fn upgrade_under_load_with_a_crossing_across_it(extra: &str) {
 
     // A request half sent to an old worker holds the hand-over open, so that what
     // follows happens while both masters serve.
-    let half_sent = hold_the_hand_over_open(&daemon);
+    let half_sent = HalfSent::start(&daemon);
     let load = Load::start(daemon.address(), 4);
     std::thread::scope(|scope| {
         let upgrade = scope.spawn(|| daemon.cli(&["upgrade"]));
@@ -187,7 +164,7 @@ fn successor_of(master: Pid) -> Option<Pid> {
 fn a_stop_during_the_hand_over_stops_both_masters_and_cleans_up() {
     let mut daemon = daemon_from_a_copy("");
     let old = daemon.pidfile_pid().unwrap();
-    let half_sent = hold_the_hand_over_open(&daemon);
+    let half_sent = HalfSent::start(&daemon);
     nix::sys::signal::kill(old, Signal::SIGUSR2).unwrap();
     wait_handing_over(&daemon, old);
     let new = successor_of(old).expect("the new master runs");
@@ -362,9 +339,8 @@ fn status_racing_starts_and_upgrades_always_names_the_master() {
         for _ in 0..10 {
             let started = daemon.start();
             assert!(started.status.success(), "{}", stderr(&started));
-            let upgraded = daemon.cli(&["upgrade"]);
+            let upgraded = daemon.cli_tracked(&["upgrade"]);
             assert!(upgraded.status.success(), "{}", stderr(&upgraded));
-            daemon.track_master();
             let stopped = daemon.cli(&["stop"]);
             assert!(stopped.status.success(), "{}", stderr(&stopped));
         }

@@ -5,10 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, wait_for};
+use common::{Daemon, SECOND, post_concurrently, wait_for};
 use serde_json::json;
 
-const SECOND: Duration = Duration::from_secs(1);
 const FOUR_WORKERS: &str = "[workers]\nmin = 4\nmax = 4\n";
 
 fn watched(daemon: &Daemon, watcher: serde_json::Value) {
@@ -19,30 +18,14 @@ fn watched(daemon: &Daemon, watcher: serde_json::Value) {
 
 /// Posts every payload, from 8 concurrent clients so that the workers share them.
 fn post_events(daemon: &Daemon, payloads: &[serde_json::Value]) {
-    let address = daemon.address();
-    let clients: Vec<_> = payloads
-        .chunks(payloads.len().div_ceil(8))
-        .map(|chunk| {
-            let bodies: Vec<String> = chunk.iter().map(|p| p.to_string()).collect();
-            std::thread::spawn(move || {
-                for body in bodies {
-                    let raw = format!(
-                        "POST /event/logins/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    assert_eq!(common::request(address, &raw).unwrap().status, 200);
-                }
-            })
-        })
-        .collect();
-    for client in clients {
-        client.join().expect("client failed");
-    }
+    let bodies: Vec<String> = payloads.iter().map(|p| p.to_string()).collect();
+    post_concurrently(daemon.address(), "logins", &bodies, 8);
 }
 
 /// Waits until the master has counted `total` events of `logins`.
+/// 60 s: a million events take the master seconds on a loaded two-core machine.
 fn wait_counted(daemon: &Daemon, total: u64) {
-    wait_for(&format!("{total} events counted"), 10 * SECOND, || {
+    wait_for(&format!("{total} events counted"), 60 * SECOND, || {
         daemon.metric("eventsd_events_counted_total{type=\"logins\"}") == Some(total)
     });
 }
@@ -215,20 +198,9 @@ fn under_load_every_collected_event_is_counted() {
         json!({"name": "storm", "threshold": 1000000,
         "aggregator": {"type": "fields", "fields": ["field1", "field2"]}, "action": {"type": "null"}}),
     );
-    let address = daemon.address();
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let body = r#"{"message":"m","field1":"f1","field2":"f2"}"#;
-                let raw = format!(
-                    "POST /event/logins/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                (0..300).filter(|_| common::request(address, &raw).is_ok_and(|r| r.status == 200)).count() as u64
-            })
-        })
-        .collect();
-    let acknowledged: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let body = json!({"message": "m", "field1": "f1", "field2": "f2"}).to_string();
+    let acknowledged = post_concurrently(daemon.address(), "logins", &vec![body; 1200], 4);
+    let acknowledged = acknowledged.len() as u64;
     assert_eq!(acknowledged, 1200);
     wait_for("collected and counted to settle", 10 * SECOND, || {
         daemon.metric("eventsd_events_collected_total{type=\"logins\"}") == Some(acknowledged)
@@ -269,9 +241,7 @@ fn a_million_distinct_keys_leave_the_master_bounded_by_max_keys() {
 }
 
 fn resident_kib(pid: nix::unistd::Pid) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    common::proc_status_number(pid, "VmRSS").expect("the process runs")
 }
 
 const DECLARED: &str = "[[event]]\ntype = \"logins\"\n[[event.watcher]]\nname = \"storm\"\n\
@@ -288,8 +258,8 @@ fn counters_survive_a_reload_and_a_graceful_restart() {
     post_events(&daemon, &vec![json!({}); 2]);
     wait_counted(&daemon, 4);
 
-    assert!(daemon.cli(&["restart"]).status.success());
-    daemon.track_master();
+    let restarted = daemon.cli_tracked(&["restart"]);
+    assert!(restarted.status.success(), "{restarted:?}");
     assert!(daemon.path("state/counters.json").exists());
     // 2 + 2 before, 2 now: the sixth event exceeds 5 only if nothing was forgotten.
     post_events(&daemon, &vec![json!({}); 2]);
@@ -297,6 +267,10 @@ fn counters_survive_a_reload_and_a_graceful_restart() {
     wait_for("the firing", 5 * SECOND, || firings(&daemon, "storm") == 1);
 }
 
+/// The bound, not the restore: the kill comes a while after the counts reached the
+/// master, whatever the state folder holds then (the test never looks): a snapshot every
+/// `watchers.snapshot_secs` (1 s) must have saved them. 3 s, for a loaded machine; only
+/// a snapshot at stop, or a much rarer one, loses them.
 #[test]
 fn counts_made_a_second_before_a_kill_9_of_the_master_survive_it() {
     let mut daemon = Daemon::new(DECLARED);
@@ -304,10 +278,9 @@ fn counts_made_a_second_before_a_kill_9_of_the_master_survive_it() {
     daemon.wait_ready();
     post_events(&daemon, &vec![json!({}); 4]);
     wait_counted(&daemon, 4);
-    // The snapshot of at most `watchers.snapshot_secs` (1 s) later.
-    wait_for("the counters snapshot", 5 * SECOND, || {
-        daemon.counted_on_disk() == 4
-    });
+    let counted_at = std::time::Instant::now();
+    // The scenario's pace: the kill comes 3 s after the counts, not after a snapshot.
+    std::thread::sleep((3 * SECOND).saturating_sub(counted_at.elapsed()));
     nix::sys::signal::kill(daemon.master_pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
     daemon.wait_exit(5 * SECOND);
 

@@ -158,7 +158,8 @@ fn email(firing: &Firing, to: &[String], subject: &str, smtp: &Smtp) -> Result<(
     let mut relay = SmtpTransport::builder_dangerous(&smtp.host)
         .port(smtp.port)
         .timeout(Some(Duration::from_secs(smtp.timeout_secs)));
-    if smtp.starttls {
+    // Credentials go over TLS only: with them, a relay that offers no STARTTLS is refused.
+    if smtp.starttls || !smtp.username.is_empty() {
         let tls = TlsParameters::new(smtp.host.clone()).map_err(|e| {
             Failure::Permanent(
                 ErrorClass::Other,

@@ -157,6 +157,9 @@ pub struct Collectors {
     /// default (security.md). Config-declared appenders may name any path but eventsd's
     /// own files.
     pub file_dirs: Vec<PathBuf>,
+    /// The syslog daemon's socket of `syslog` appenders; unset: `/dev/log`.
+    #[serde(deserialize_with = "optional_path")]
+    pub syslog_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -449,6 +452,7 @@ impl Config {
             &mut server.tls_cert,
             &mut server.tls_key,
             &mut server.tls_client_ca,
+            &mut self.collectors.syslog_socket,
         ];
         for path in paths.into_iter().flatten() {
             *path = base_dir.join(&*path);

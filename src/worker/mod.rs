@@ -128,7 +128,7 @@ async fn serve_until_drained(
     let listener = tokio::net::TcpListener::from_std(listener)
         .context("cannot register the listening socket")?;
     let shutdown = Shutdown::new();
-    let appenders = Rc::new(Appenders::default());
+    let appenders = Rc::new(Appenders::new(config.collectors.syslog_socket.clone()));
     let files = link::Files {
         appenders: appenders.clone(),
         access_log: access_log.clone(),

@@ -23,6 +23,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_eventsd");
+pub const SECOND: Duration = Duration::from_secs(1);
 /// The control program: the same commands as `eventsd COMMAND` but `run`.
 pub const CTL: &str = env!("CARGO_BIN_EXE_eventsctl");
 
@@ -158,10 +159,22 @@ impl Daemon {
 
     /// `eventsd start`; the daemon it leaves behind is tracked for clean-up.
     pub fn start(&mut self) -> Output {
-        let output = self.cli(&["start"]);
-        if output.status.success() {
-            self.track_master();
-        }
+        self.cli_tracked(&["start"])
+    }
+
+    /// `eventsd ARGS...` of a command that may leave a new master (start, restart,
+    /// upgrade): whatever it says, the master it leaves is tracked before the caller
+    /// asserts anything, so that a failed command leaks no process.
+    pub fn cli_tracked(&mut self, args: &[&str]) -> Output {
+        let output = self.cli(args);
+        self.track_master();
+        output
+    }
+
+    /// `eventsctl ARGS...`, tracked as `cli_tracked`.
+    pub fn ctl_tracked(&mut self, args: &[&str]) -> Output {
+        let output = self.ctl(args);
+        self.track_master();
         output
     }
 
@@ -256,6 +269,20 @@ impl Daemon {
         let text = self.get("/metrics").ok()?.body;
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// The sum of every series of `/metrics` that starts with `prefix` (a family and the
+    /// first of its labels: `eventsd_action_outcomes_total{action="email"`); 0 when none.
+    pub fn metric_sum(&self, prefix: &str) -> u64 {
+        let Ok(response) = self.get("/metrics") else {
+            return 0;
+        };
+        response
+            .body
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum()
     }
 
     /// Workers by state: `("idle", pid)`...
@@ -435,7 +462,59 @@ pub fn parse_response(reply: &[u8]) -> std::io::Result<Response> {
     })
 }
 
-/// Clients hammering `GET /health`, one connection per request, recording every outcome.
+/// `POST /event/{event}/` of `body` on a connection of its own.
+pub fn post_event(address: SocketAddr, event: &str, body: &str) -> std::io::Result<Response> {
+    let raw = format!(
+        "POST /event/{event}/ HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    request(address, &raw)
+}
+
+/// Posts every body to `/event/{event}/` from `clients` concurrent clients (each body on
+/// a connection of its own, so that the workers share them), each acknowledged; the ids.
+/// The clients are scoped threads: none outlives the call, even when one fails.
+pub fn post_concurrently(
+    address: SocketAddr,
+    event: &str,
+    bodies: &[String],
+    clients: usize,
+) -> Vec<String> {
+    std::thread::scope(|scope| {
+        let clients: Vec<_> = bodies
+            .chunks(bodies.len().div_ceil(clients).max(1))
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let post = |body: &String| {
+                        let response = post_event(address, event, body)
+                            .unwrap_or_else(|e| panic!("POST /event/{event}/: {e}"));
+                        assert_eq!(response.status, 200, "{response:?}");
+                        response.json()["_id"].as_str().unwrap().to_string()
+                    };
+                    chunk.iter().map(post).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let ids = clients
+            .into_iter()
+            .map(|c| c.join().expect("a client failed"));
+        ids.flatten().collect()
+    })
+}
+
+/// What each client of a `Load` asks, again and again.
+#[derive(Clone)]
+pub enum Ask {
+    /// `GET /health`; the worker pid of each 200 is kept.
+    Health,
+    /// `POST /event/{type}/` of `{"client": C, "n": N}`; the id of each 200 is kept.
+    Events(String),
+}
+
+/// Clients asking in a loop, one connection per request, recording every outcome,
+/// until `finish` (or the drop, when a test fails first: the threads are stopped and
+/// joined, none is left running).
 pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Tally>>,
@@ -445,8 +524,10 @@ pub struct Load {
 pub struct Tally {
     pub ok: u64,
     pub failures: Vec<String>,
-    /// The worker pid of every 200, in order.
+    /// The worker pid of every 200 to `GET /health`, in order.
     pub workers: Vec<i32>,
+    /// The id of every acknowledged event.
+    pub acknowledged: Vec<String>,
 }
 
 impl Tally {
@@ -460,32 +541,37 @@ impl Tally {
             self.failures
         );
     }
+
+    fn add(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.failures.extend(other.failures);
+        self.workers.extend(other.workers);
+        self.acknowledged.extend(other.acknowledged);
+    }
 }
 
 impl Load {
+    /// `clients` asking `GET /health`.
     pub fn start(address: SocketAddr, clients: usize) -> Load {
+        Load::asking(address, clients, &Ask::Health)
+    }
+
+    /// `clients` posting events of `event`.
+    pub fn posting(address: SocketAddr, clients: usize, event: &str) -> Load {
+        Load::asking(address, clients, &Ask::Events(event.to_string()))
+    }
+
+    pub fn asking(address: SocketAddr, clients: usize, ask: &Ask) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..clients)
-            .map(|_| {
-                let stop = stop.clone();
+            .map(|client| {
+                let (stop, ask) = (stop.clone(), ask.clone());
                 std::thread::spawn(move || {
                     let mut tally = Tally::default();
+                    let mut n = 0;
                     while !stop.load(Ordering::Relaxed) {
-                        match request(
-                            address,
-                            "GET /health HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n",
-                        ) {
-                            Ok(response) if response.status == 200 => {
-                                tally.ok += 1;
-                                tally
-                                    .workers
-                                    .push(response.json()["worker"].as_i64().unwrap() as i32);
-                            }
-                            Ok(response) => {
-                                tally.failures.push(format!("status {}", response.status))
-                            }
-                            Err(e) => tally.failures.push(e.to_string()),
-                        }
+                        n += 1;
+                        tally.add(Load::ask_once(address, &ask, client, n));
                     }
                     tally
                 })
@@ -494,14 +580,42 @@ impl Load {
         Load { stop, threads }
     }
 
+    fn ask_once(address: SocketAddr, ask: &Ask, client: usize, n: u64) -> Tally {
+        let mut tally = Tally::default();
+        let reply = match ask {
+            Ask::Health => request(
+                address,
+                "GET /health HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n",
+            ),
+            Ask::Events(event) => post_event(
+                address,
+                event,
+                &format!("{{\"client\": {client}, \"n\": {n}}}"),
+            ),
+        };
+        match reply {
+            Ok(response) if response.status == 200 => {
+                tally.ok = 1;
+                let body = response.json();
+                match ask {
+                    Ask::Health => tally.workers.push(body["worker"].as_i64().unwrap() as i32),
+                    Ask::Events(_) => tally
+                        .acknowledged
+                        .push(body["_id"].as_str().unwrap().to_string()),
+                }
+            }
+            Ok(response) => tally.failures.push(format!("status {}", response.status)),
+            Err(e) => tally.failures.push(e.to_string()),
+        }
+        tally
+    }
+
+    /// The requests so far acknowledged: stops the clients, joins them, adds up.
     pub fn finish(mut self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = Tally::default();
         for thread in std::mem::take(&mut self.threads) {
-            let tally = thread.join().expect("load thread panicked");
-            total.ok += tally.ok;
-            total.failures.extend(tally.failures);
-            total.workers.extend(tally.workers);
+            total.add(thread.join().expect("load thread panicked"));
         }
         total
     }
@@ -510,6 +624,9 @@ impl Load {
 impl Drop for Load {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for thread in std::mem::take(&mut self.threads) {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -549,4 +666,60 @@ pub fn stderr(output: &Output) -> String {
 
 pub fn exists(path: &Path) -> bool {
     path.exists()
+}
+
+/// The value of one line of `/proc/PID/status` (`"CapEff"`, `"VmRSS"`, `"SigIgn"`...),
+/// without its name; `None` once the process is gone.
+pub fn proc_status(pid: Pid, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name == key).then(|| value.trim().to_string())
+    })
+}
+
+/// The first number of a `/proc/PID/status` line (`VmRSS` in KiB, `Uid`'s real id).
+pub fn proc_status_number(pid: Pid, key: &str) -> Option<u64> {
+    proc_status(pid, key)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A request whose head is sent but for its last line: a worker holds the connection
+/// until `finish` sends it (an in-flight request for stop, reload and upgrade tests).
+pub struct HalfSent {
+    stream: TcpStream,
+}
+
+impl HalfSent {
+    /// Sends all of a `GET /health` but its final empty line, once a worker holds it.
+    pub fn start(daemon: &Daemon) -> HalfSent {
+        let mut stream = TcpStream::connect(daemon.address()).expect("connect to eventsd");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n")
+            .unwrap();
+        wait_for(
+            "a worker holding the half-sent request",
+            10 * SECOND,
+            || {
+                daemon.status().is_some_and(|status| {
+                    status["workers"]
+                        .as_array()
+                        .is_some_and(|w| w.iter().any(|w| w["connections"].as_u64() > Some(0)))
+                })
+            },
+        );
+        HalfSent { stream }
+    }
+
+    /// Sends the last line; the reply.
+    pub fn finish(mut self) -> std::io::Result<Response> {
+        self.stream.write_all(b"\r\n")?;
+        read_response(&mut self.stream)
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, wait_for};
+use super::{Daemon, SECOND, free_port, wait_for};
 
 pub struct RedisServer {
     pub port: u16,
@@ -98,6 +98,32 @@ impl RedisServer {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Events counted in this server, over every counter (bucket fields `b…`).
+    pub fn counted(&self) -> u64 {
+        self.counted_matching("eventsd:c:*")
+    }
+
+    /// Events counted in this server for the watcher of id `watcher`.
+    pub fn counted_by(&self, watcher: &str) -> u64 {
+        self.counted_matching(&format!("eventsd:c:{{{watcher}/*"))
+    }
+
+    fn counted_matching(&self, pattern: &str) -> u64 {
+        let mut total = 0;
+        for key in self.cli(&["--scan", "--pattern", pattern]).lines() {
+            let fields = self.cli(&["HGETALL", key]);
+            let lines: Vec<&str> = fields.lines().collect();
+            for pair in lines.chunks(2) {
+                if let [name, value] = pair {
+                    if name.starts_with('b') {
+                        total += value.parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        }
+        total
+    }
+
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
@@ -151,4 +177,31 @@ impl RedisCluster {
             .map(|p| format!("redis://127.0.0.1:{}", p.port))
             .collect()
     }
+}
+
+/// A node of a cluster on `urls` (`mode`: standalone or cluster), serving, with Redis
+/// reached; calls time out after `timeout_ms`.
+pub fn node_with_timeout(name: &str, mode: &str, urls: &[String], timeout_ms: u64) -> Daemon {
+    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let daemon = Daemon::run(&format!(
+        "[cluster]\nmode = \"{mode}\"\nurls = [{}]\nnode_name = \"{name}\"\n\
+         timeout_ms = {timeout_ms}\n",
+        urls.join(", ")
+    ));
+    wait_for(&format!("node {name} reaching Redis"), 10 * SECOND, || {
+        shares(&daemon)
+    });
+    daemon
+}
+
+/// A node of a cluster on `urls`, calls timing out after 500 ms.
+pub fn node(name: &str, mode: &str, urls: &[String]) -> Daemon {
+    node_with_timeout(name, mode, urls, 500)
+}
+
+/// Whether the node counts in Redis (not degraded).
+pub fn shares(daemon: &Daemon) -> bool {
+    daemon
+        .status()
+        .is_some_and(|s| s["cluster"]["redis_reachable"] == true)
 }

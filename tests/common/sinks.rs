@@ -1,13 +1,45 @@
 //! Real protocol peers for action tests, on loopback in the test process: an SMTP server
-//! that records the mails it accepts (refusing some recipients with the code a test
-//! gives), and an HTTP server that records the requests it gets (optionally answering
-//! late, or with the status a test gives for a path).
+//! that records the mails it accepts and every command it reads (answering a recipient
+//! with the codes a test gives, in turn; offering AUTH when asked, never STARTTLS), and an
+//! HTTP server that records the requests it gets (optionally answering late, or a path
+//! with the statuses a test gives, in turn: a sink that can be told to fail).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Answers in turn per key (a recipient, a path): each answer is used once, the last one
+/// for good; a key not listed gets the default.
+#[derive(Clone, Default)]
+struct InTurn(Arc<Mutex<HashMap<String, VecDeque<u16>>>>);
+
+impl InTurn {
+    fn new(answers: &[(&str, &[u16])], key: impl Fn(&str) -> String) -> InTurn {
+        let answers = answers
+            .iter()
+            .map(|(name, codes)| (key(name), codes.iter().copied().collect()))
+            .collect();
+        InTurn(Arc::new(Mutex::new(answers)))
+    }
+
+    fn next(&self, key: &str, default: u16) -> u16 {
+        let mut answers = self.0.lock().unwrap();
+        match answers.get_mut(key) {
+            Some(codes) if codes.len() > 1 => codes.pop_front().unwrap(),
+            Some(codes) => codes.front().copied().unwrap_or(default),
+            None => default,
+        }
+    }
+
+    fn set(&self, key: String, codes: &[u16]) {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(key, codes.iter().copied().collect());
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct Mail {
@@ -16,12 +48,24 @@ pub struct Mail {
     pub data: String,
 }
 
-/// A minimal SMTP server (RFC 5321 happy path) that keeps every message.
+/// A minimal SMTP server (RFC 5321) that keeps every message, and every command line it
+/// read. It never offers STARTTLS: a relay where TLS cannot be had.
 pub struct SmtpSink {
     pub address: SocketAddr,
     pub mails: Arc<Mutex<Vec<Mail>>>,
     /// Every recipient refused, each time it was.
     pub refused: Arc<Mutex<Vec<String>>>,
+    /// Every command line read, in order, over all sessions.
+    pub commands: Arc<Mutex<Vec<String>>>,
+}
+
+/// What an `SmtpSink` says besides the happy path.
+#[derive(Clone, Default)]
+struct SmtpAnswers {
+    /// `RCPT TO` codes by `<address>`; 250 accepts.
+    recipients: InTurn,
+    /// Whether EHLO offers `AUTH PLAIN LOGIN` (a relay that takes credentials).
+    offers_auth: bool,
 }
 
 impl SmtpSink {
@@ -31,19 +75,40 @@ impl SmtpSink {
 
     /// A sink that answers `RCPT TO` of each listed address with its code (450: greylisted).
     pub fn answering(codes: &[(&str, u16)]) -> SmtpSink {
-        let codes: HashMap<String, u16> = codes
-            .iter()
-            .map(|(address, code)| (format!("<{address}>"), *code))
-            .collect();
+        let in_turn: Vec<(&str, [u16; 1])> = codes.iter().map(|(a, c)| (*a, [*c])).collect();
+        let in_turn: Vec<(&str, &[u16])> = in_turn.iter().map(|(a, c)| (*a, &c[..])).collect();
+        SmtpSink::answering_in_turn(&in_turn)
+    }
+
+    /// A sink that answers `RCPT TO` of each listed address with its codes in turn, the
+    /// last one for good (`[450, 250]`: greylisted once, then accepted).
+    pub fn answering_in_turn(codes: &[(&str, &[u16])]) -> SmtpSink {
+        SmtpSink::serve(SmtpAnswers {
+            recipients: InTurn::new(codes, |address| format!("<{address}>")),
+            offers_auth: false,
+        })
+    }
+
+    /// A relay that offers AUTH but not STARTTLS: credentials could only go in clear.
+    pub fn offering_auth_without_tls() -> SmtpSink {
+        SmtpSink::serve(SmtpAnswers {
+            offers_auth: true,
+            ..SmtpAnswers::default()
+        })
+    }
+
+    fn serve(answers: SmtpAnswers) -> SmtpSink {
         let refused = Arc::new(Mutex::new(Vec::new()));
-        let noted = refused.clone();
+        let commands = Arc::new(Mutex::new(Vec::new()));
+        let (noted, heard) = (refused.clone(), commands.clone());
         let (address, mails) = serve("127.0.0.1:0".parse().unwrap(), move |stream| {
-            smtp_session(stream, &codes, &noted)
+            smtp_session(stream, &answers, &noted, &heard)
         });
         SmtpSink {
             address,
             mails,
             refused,
+            commands,
         }
     }
 
@@ -54,12 +119,24 @@ impl SmtpSink {
     pub fn refused(&self) -> Vec<String> {
         self.refused.lock().unwrap().clone()
     }
+
+    /// The times `address` was refused.
+    pub fn refusals_of(&self, address: &str) -> usize {
+        let address = format!("<{address}>");
+        self.refused().iter().filter(|r| **r == address).count()
+    }
+
+    /// Every command line read, in order.
+    pub fn commands(&self) -> Vec<String> {
+        self.commands.lock().unwrap().clone()
+    }
 }
 
 fn smtp_session(
     stream: TcpStream,
-    codes: &HashMap<String, u16>,
+    answers: &SmtpAnswers,
     refused: &Mutex<Vec<String>>,
+    commands: &Mutex<Vec<String>>,
 ) -> Option<Mail> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -77,22 +154,28 @@ fn smtp_session(
             return delivered;
         }
         let command = line.trim_end().to_string();
+        commands.lock().unwrap().push(command.clone());
         let upper = command.to_uppercase();
-        if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+        if upper.starts_with("EHLO") && answers.offers_auth {
+            say("250-sink").ok()?;
+            say("250 AUTH PLAIN LOGIN").ok()?;
+        } else if upper.starts_with("EHLO") || upper.starts_with("HELO") {
             say("250 sink").ok()?;
+        } else if upper.starts_with("AUTH") {
+            say("235 accepted").ok()?;
         } else if let Some(from) = upper.strip_prefix("MAIL FROM:") {
             mail.from = command[command.len() - from.len()..].trim().to_string();
             say("250 ok").ok()?;
         } else if let Some(to) = upper.strip_prefix("RCPT TO:") {
             let to = command[command.len() - to.len()..].trim().to_string();
-            match codes.get(&to) {
-                Some(code) => {
-                    say(&format!("{code} not now")).ok()?;
-                    refused.lock().unwrap().push(to);
-                }
-                None => {
+            match answers.recipients.next(&to, 250) {
+                250 => {
                     say("250 ok").ok()?;
                     mail.to.push(to);
+                }
+                code => {
+                    say(&format!("{code} not now")).ok()?;
+                    refused.lock().unwrap().push(to);
                 }
             }
         } else if upper == "DATA" {
@@ -124,10 +207,11 @@ pub struct Received {
 }
 
 /// An HTTP server that keeps every request it reads, and answers it after `delay`: 200,
-/// or the status given for its path.
+/// or the statuses given for its path, in turn.
 pub struct HttpSink {
     pub address: SocketAddr,
     pub requests: Arc<Mutex<Vec<Received>>>,
+    statuses: InTurn,
 }
 
 impl HttpSink {
@@ -137,23 +221,40 @@ impl HttpSink {
 
     /// A sink on `address`: a target that was down (`dead_address`) comes up.
     pub fn start_on(address: SocketAddr, delay: Duration) -> HttpSink {
-        HttpSink::serve(address, delay, HashMap::new())
+        HttpSink::serve(address, delay, InTurn::default())
     }
 
     /// A sink that answers each listed path with its status, any other with 200.
     pub fn answering(statuses: &[(&str, u16)]) -> HttpSink {
-        let statuses = statuses
-            .iter()
-            .map(|(path, status)| (path.to_string(), *status))
-            .collect();
+        let sink = HttpSink::answering_in_turn(&[]);
+        for (path, status) in statuses {
+            sink.set_statuses(path, &[*status]);
+        }
+        sink
+    }
+
+    /// A sink that answers each listed path with its statuses in turn, the last one for
+    /// good (`[503, 200]`: fails once, then takes it); any other path with 200.
+    pub fn answering_in_turn(statuses: &[(&str, &[u16])]) -> HttpSink {
+        let statuses = InTurn::new(statuses, str::to_string);
         HttpSink::serve("127.0.0.1:0".parse().unwrap(), Duration::ZERO, statuses)
     }
 
-    fn serve(address: SocketAddr, delay: Duration, statuses: HashMap<String, u16>) -> HttpSink {
+    /// From now on, `path` is answered with `statuses` in turn.
+    pub fn set_statuses(&self, path: &str, statuses: &[u16]) {
+        self.statuses.set(path.to_string(), statuses);
+    }
+
+    fn serve(address: SocketAddr, delay: Duration, statuses: InTurn) -> HttpSink {
+        let answers = statuses.clone();
         let (address, requests) = serve(address, move |stream| {
-            http_exchange(stream, delay, &statuses)
+            http_exchange(stream, delay, &answers)
         });
-        HttpSink { address, requests }
+        HttpSink {
+            address,
+            requests,
+            statuses,
+        }
     }
 
     /// The requests to `path`.
@@ -174,11 +275,7 @@ impl HttpSink {
     }
 }
 
-fn http_exchange(
-    mut stream: TcpStream,
-    delay: Duration,
-    statuses: &HashMap<String, u16>,
-) -> Option<Received> {
+fn http_exchange(mut stream: TcpStream, delay: Duration, statuses: &InTurn) -> Option<Received> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
@@ -206,7 +303,7 @@ fn http_exchange(
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body).ok()?;
     let path = head.split(' ').nth(1).unwrap_or("");
-    let status = statuses.get(path).copied().unwrap_or(200);
+    let status = statuses.next(path, 200);
     let received = Received {
         head,
         body: String::from_utf8_lossy(&body).into_owned(),
@@ -242,10 +339,11 @@ fn serve<T: Send + 'static>(
     (address, kept)
 }
 
-/// A loopback address where nothing listens: connections are refused.
+/// A loopback address where nothing listens: connections are refused. Its port comes
+/// from `free_port`, below the ephemeral range where the sinks' and clients' port-0
+/// binds land: no sink of a parallel test takes it meanwhile.
 pub fn dead_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], super::free_port()))
 }
 
 /// A target that accepts connections and never answers (a hung webhook): it holds each

@@ -1,0 +1,87 @@
+//! A cluster node while Redis is down (cluster.md "When Redis is unreachable"): it fires
+//! from its own counts with `"degraded": true`, answers registry changes 503, and drops
+//! what it counted alone once Redis is back (never merged: nothing fires twice). Against
+//! the real binary and a real `redis-server` the test stops and starts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{RedisServer, node};
+use common::rest::{post_events, register_watcher, webhook};
+use common::sinks::HttpSink;
+use common::{Daemon, SECOND, wait_for};
+use serde_json::{Value, json};
+
+fn degraded(daemon: &Daemon) -> Option<u64> {
+    daemon.metric("eventsd_cluster_degraded")
+}
+
+fn firings(sink: &HttpSink) -> Vec<Value> {
+    sink.requests()
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect()
+}
+
+#[test]
+fn while_redis_is_down_firings_are_degraded_changes_get_503_and_local_counts_are_dropped_after() {
+    let mut redis = RedisServer::start();
+    let daemon = node("a", "standalone", &[redis.url()]);
+    let sink = HttpSink::start(Duration::ZERO);
+    let watcher = json!({"name": "storm", "threshold": 5, "aggregator": {"type": "single"},
+        "action": webhook(&sink.url("/hook"))});
+    register_watcher(&daemon, "logins", &watcher);
+
+    redis.stop();
+    // Once the node knows: what it sent before may have been counted, and is sent
+    // again later, never counted alone.
+    wait_for("degraded", 20 * SECOND, || degraded(&daemon) == Some(1));
+    post_events(&daemon, "logins", &json!({}), 6);
+    wait_for("a firing from the node's own counts", 20 * SECOND, || {
+        sink.requests().len() == 1
+    });
+    let alone = &firings(&sink)[0];
+    assert_eq!(alone["degraded"], true, "{alone}");
+    assert_eq!(alone["count"], 6, "{alone}");
+    assert!(alone.get("crossing").is_none(), "decided alone: {alone}");
+
+    let change = daemon.post("/event/", &json!({"type": "deploys"}).to_string());
+    common::rest::assert_error(&change, 503, "(Redis) is unreachable");
+    let deletion = daemon.delete("/event/logins/watcher/storm");
+    common::rest::assert_error(&deletion, 503, "(Redis) is unreachable");
+    assert_eq!(daemon.get("/event/deploys/").unwrap().status, 404);
+
+    post_events(&daemon, "logins", &json!({}), 4);
+    wait_for("4 events counted alone, saved", 20 * SECOND, || {
+        daemon.counted_on_disk() == 4
+    });
+
+    redis.restart();
+    wait_for("degraded no more", 20 * SECOND, || {
+        degraded(&daemon) == Some(0)
+    });
+    wait_for("the counts made alone dropped", 20 * SECOND, || {
+        daemon.counted_on_disk() == 0
+    });
+    assert!(daemon.log().contains("counted alone meanwhile are dropped"));
+    // Counting is shared again, from zero: Redis never gets the 4 made alone.
+    post_events(&daemon, "logins", &json!({}), 6);
+    wait_for("the shared crossing", 20 * SECOND, || {
+        sink.requests().len() == 2
+    });
+    let shared = &firings(&sink)[1];
+    assert!(
+        matches!(shared.get("degraded"), None | Some(Value::Bool(false))),
+        "{shared}"
+    );
+    assert!(shared["crossing"].is_string(), "decided by Redis: {shared}");
+    assert_eq!(shared["count"], 6, "{shared}");
+    assert_eq!(redis.counted(), 0, "the crossing reset the shared count");
+    assert_eq!(
+        daemon
+            .post("/event/", &json!({"type": "deploys"}).to_string())
+            .status,
+        201
+    );
+}
