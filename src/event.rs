@@ -3,6 +3,10 @@
 //! watcher asks for it. Its line for file collectors is the posted text plus three fields.
 //!
 //! Owns the rules of what a valid event is and what its line holds. It does no I/O.
+//! An event is read in one pass (`object`); serde_json reads what that pass does not
+//! take, and alone words a refusal.
+
+mod object;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -11,6 +15,8 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
+
+use object::{Field, is_canonical};
 
 /// The fields eventsd adds to every written event.
 const ADDED: [&str; 3] = ["event_uuid", "event_type", "received_at"];
@@ -26,7 +32,7 @@ pub trait Fields {
 pub struct Event<'a> {
     /// The object's text, on one line.
     text: &'a str,
-    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    fields: Vec<Field<'a>>,
 }
 
 impl<'a> Event<'a> {
@@ -35,16 +41,14 @@ impl<'a> Event<'a> {
         let text = std::str::from_utf8(body).map_err(|_| {
             "Only JSON object payload is accepted: the body is not UTF-8".to_string()
         })?;
-        let fields: Borrowed<'a> = serde_json::from_str(text).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                format!("Only JSON object payload is accepted: {e}")
-            } else {
-                "Only JSON object payload is accepted".to_string()
-            }
-        })?;
+        // Room for a typical event's fields at once: one allocation, not three.
+        let mut fields = Vec::with_capacity(FIELDS_AT_ONCE);
+        if object::scan(text, &mut fields).is_none() {
+            fields = read_by_serde(text)?;
+        }
         Ok(Event {
             text: text.trim(),
-            fields: fields.0,
+            fields,
         })
     }
 
@@ -55,7 +59,7 @@ impl<'a> Event<'a> {
         if self
             .fields
             .iter()
-            .any(|(key, _)| ADDED.contains(&key.as_ref()))
+            .any(|field| ADDED.contains(&field.key.as_ref()))
         {
             // The client sent one of our fields: ours replace it, as in a JSON object.
             return self.rebuilt_line(added);
@@ -81,14 +85,14 @@ impl<'a> Event<'a> {
     /// are copied as posted, never re-parsed: a number too large for a float stays whole.
     fn rebuilt_line(&self, added: [String; 3]) -> String {
         let mut line = String::from("{");
-        for (key, raw) in self
+        for field in self
             .fields
             .iter()
-            .filter(|(key, _)| !ADDED.contains(&key.as_ref()))
+            .filter(|field| !ADDED.contains(&field.key.as_ref()))
         {
-            line.push_str(&Value::from(key.as_ref()).to_string());
+            line.push_str(&Value::from(field.key.as_ref()).to_string());
             line.push(':');
-            line.push_str(raw.get());
+            line.push_str(field.value);
             line.push(',');
         }
         let ours: Vec<String> = ADDED
@@ -107,43 +111,32 @@ impl<'a> Event<'a> {
     /// in that form, and is copied as it came; anything else takes `get`'s way.
     pub fn write_json(&self, path: &str, out: &mut String) {
         if !path.contains('.') {
-            match self.fields.iter().rev().find(|(key, _)| key == path) {
+            match self.field(path) {
                 None => return out.push_str("null"),
-                Some((_, raw)) if is_canonical(raw.get()) => return out.push_str(raw.get()),
+                Some(field) if field.canonical => return out.push_str(field.value),
                 Some(_) => {}
             }
         }
         let value = self.get(path).unwrap_or(Value::Null);
         let _ = fmt::Write::write_fmt(out, format_args!("{value}"));
     }
+
+    /// The top-level field `key`: the last occurrence wins, as when a JSON object is read
+    /// into a map.
+    fn field(&self, key: &str) -> Option<&Field<'a>> {
+        self.fields.iter().rev().find(|field| field.key == key)
+    }
 }
 
 impl Fields for Event<'_> {
     fn get(&self, path: &str) -> Option<Value> {
         let mut parts = path.split('.');
-        let first = parts.next()?;
-        // The last occurrence wins, as when a JSON object is read into a map.
-        let (_, raw) = self.fields.iter().rev().find(|(key, _)| key == first)?;
-        let value: Value = serde_json::from_str(raw.get()).ok()?;
+        let field = self.field(parts.next()?)?;
+        let value: Value = serde_json::from_str(field.value).ok()?;
         parts.try_fold(value, |value, part| match value {
             Value::Object(mut object) => object.remove(part),
             _ => None,
         })
-    }
-}
-
-/// Whether serde_json prints the value of `raw` (valid JSON) as `raw` itself: a string
-/// without escapes (JSON forbids raw control characters and quotes in one), an integer
-/// that fits 64 bits (no sign on zero), `true`, `false`, `null`.
-fn is_canonical(raw: &str) -> bool {
-    let bytes = raw.as_bytes();
-    match bytes.first() {
-        Some(b'"') => !bytes.contains(&b'\\'),
-        Some(b'-' | b'0'..=b'9') => {
-            let digits = raw.strip_prefix('-').unwrap_or(raw);
-            digits.bytes().all(|b| b.is_ascii_digit()) && digits.len() <= 18 && raw != "-0"
-        }
-        _ => matches!(raw, "true" | "false" | "null"),
     }
 }
 
@@ -157,8 +150,23 @@ impl Fields for Map<String, Value> {
     }
 }
 
+/// A typical event's fields.
+const FIELDS_AT_ONCE: usize = 8;
+
+/// `text`'s fields as serde_json reads them, or why it is no JSON object.
+fn read_by_serde(text: &str) -> Result<Vec<Field<'_>>, String> {
+    let fields: Borrowed = serde_json::from_str(text).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            format!("Only JSON object payload is accepted: {e}")
+        } else {
+            "Only JSON object payload is accepted".to_string()
+        }
+    })?;
+    Ok(fields.0)
+}
+
 /// The fields of an object, keys borrowed unless they hold escapes.
-struct Borrowed<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+struct Borrowed<'a>(Vec<Field<'a>>);
 
 impl<'de> Deserialize<'de> for Borrowed<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -169,10 +177,16 @@ impl<'de> Deserialize<'de> for Borrowed<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Borrowed<'de>, A::Error> {
-                // Room for a typical event's fields at once: one allocation, not three.
-                let mut fields = Vec::with_capacity(8);
+                let mut fields = Vec::with_capacity(FIELDS_AT_ONCE);
                 while let Some(Key(key)) = map.next_key()? {
-                    fields.push((key, map.next_value()?));
+                    let value: &RawValue = map.next_value()?;
+                    let value = value.get();
+                    let canonical = is_canonical(value);
+                    fields.push(Field {
+                        key,
+                        value,
+                        canonical,
+                    });
                 }
                 Ok(Borrowed(fields))
             }
