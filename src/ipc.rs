@@ -55,6 +55,8 @@ pub enum Question {
     Change { change: Change, origin: Origin },
     /// The Prometheus exposition of the whole daemon.
     Metrics,
+    /// The status page's document (`GET /status`).
+    Status,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +64,8 @@ pub enum Answer {
     /// The id of what was created (nil for a deletion), or why the change was refused.
     Change(Result<Uuid, Refusal>),
     Metrics(String),
+    /// The `/status` document, as JSON text.
+    Status(String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

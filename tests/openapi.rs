@@ -68,7 +68,7 @@ fn every_template_routes_to_itself_with_or_without_its_trailing_slash() {
 
 /// One valid request per documented operation, in an order where each finds what it
 /// needs: (METHOD, path template, body).
-const VALID_REQUESTS: [(&str, &str, &str); 17] = [
+const VALID_REQUESTS: [(&str, &str, &str); 20] = [
     ("GET", "/health", ""),
     ("HEAD", "/health", ""),
     ("POST", "/event/", r#"{"type": "probe"}"#),
@@ -95,6 +95,9 @@ const VALID_REQUESTS: [(&str, &str, &str); 17] = [
         "{\"user\": \"ann\"}\n{\"user\": \"bob\"}\n",
     ),
     ("GET", "/metrics", ""),
+    ("GET", "/status", ""),
+    ("GET", "/ui/", ""),
+    ("GET", "/ui/{asset}", ""),
     ("DELETE", "/event/{type}/watcher/{name}", ""),
     ("DELETE", "/event/{type}/collector/{name}", ""),
     ("DELETE", "/event/{type}/", ""),
@@ -114,7 +117,10 @@ fn the_live_daemon_answers_every_valid_request_with_its_documented_success() {
     let daemon = Daemon::run("");
     let document = document();
     for (method, path, body) in VALID_REQUESTS {
-        let concrete = path.replace("{type}", "probe").replace("{name}", "thing");
+        let concrete = path
+            .replace("{type}", "probe")
+            .replace("{name}", "thing")
+            .replace("{asset}", "app.js");
         let responses = &document["paths"][path][method.to_lowercase()]["responses"];
         let successes: Vec<&String> = responses
             .as_object()

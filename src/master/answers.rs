@@ -33,7 +33,7 @@ impl Master {
     pub(super) fn answer(&mut self, asker: Asker, question: Question) {
         let change = match &question {
             Question::Change { change, .. } => Some(change.kind()),
-            Question::Metrics => None,
+            Question::Metrics | Question::Status => None,
         };
         if self.past_deadline(asker, change) {
             return;
@@ -72,6 +72,7 @@ impl Master {
                 write_process_families(&mut text);
                 Answer::Metrics(text)
             }
+            Question::Status => Answer::Status(self.status_document()),
             // In a cluster, Redis holds the registry: the change is published first.
             Question::Change { change, origin } if self.cluster.is_some() => {
                 self.publish_change(asker, change, origin);

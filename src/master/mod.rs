@@ -20,13 +20,15 @@
 //! reconcile), `reap`, `timeouts` (the tick), `reload` (SIGHUP, SIGUSR1), `answers`
 //! (registry changes and questions), `counting` (counts in slices), `actions` (counts to
 //! firings to the runner),
-//! `journal` (pending firings kept across stops and crashes),
+//! `journal` (pending firings kept across stops and crashes), `board` and `traffic`
+//! (the status page's document and its per-second rings),
 //! `snapshot` (counters written by a forked child), `upgrade` (both sides of a binary
 //! upgrade), `setup`, `announcer`, `control`, `signals`, `pool`.
 
 mod actions;
 mod announcer;
 mod answers;
+mod board;
 mod cluster;
 mod control;
 mod counting;
@@ -39,6 +41,7 @@ mod setup;
 mod signals;
 mod snapshot;
 mod timeouts;
+mod traffic;
 mod upgrade;
 mod workers;
 
@@ -70,6 +73,7 @@ use crate::watch::Watch;
 use crate::watch::store::MemoryStore;
 use actions::Actions;
 use answers::HeldAnswers;
+use board::Board;
 use control::ControlSocket;
 use counting::Backlog;
 use pool::Pool;
@@ -127,6 +131,8 @@ struct Master {
     succession: Option<Succession>,
     /// `[cluster]`: counters and registry shared through Redis.
     cluster: Option<cluster::ClusterState>,
+    /// The status page's traffic rings and last document.
+    board: Board,
 }
 
 /// Runs a master until it stops. Start-up failures are reported to `announcer` too.
@@ -247,6 +253,7 @@ impl Master {
             last_upgrade_error: None,
             succession,
             cluster,
+            board: Board::default(),
         };
         master.take_restored_counts();
         Ok(master)
@@ -263,6 +270,7 @@ impl Master {
             if requested.tick {
                 self.enforce_timeouts();
                 self.snapshot_counters_if_due();
+                self.sample_traffic();
             }
             self.reconcile();
             self.release_held_answers();

@@ -45,6 +45,15 @@ pub trait CounterStore {
     ) -> Vec<(Uuid, Key, u64)>;
     /// (watcher, keys held, keys evicted so far), for metrics.
     fn sizes(&self) -> Vec<(Uuid, usize, u64)>;
+    /// The `limit` keys of `watcher` with the highest counts at `now` (within `window`),
+    /// highest first: one pass over its keys, for the status page.
+    fn hottest(
+        &self,
+        watcher: Uuid,
+        now: Second,
+        window: Option<u64>,
+        limit: usize,
+    ) -> Vec<(Key, u64)>;
     /// Writes what a restart needs to `path`, atomically.
     fn save(&self, path: &Path) -> anyhow::Result<()>;
 }
@@ -182,6 +191,30 @@ impl CounterStore for MemoryStore {
             .collect()
     }
 
+    fn hottest(
+        &self,
+        watcher: Uuid,
+        now: Second,
+        window: Option<u64>,
+        limit: usize,
+    ) -> Vec<(Key, u64)> {
+        let Some(table) = self.watchers.get(&watcher) else {
+            return Vec::new();
+        };
+        let live = |second: Second| window.is_none_or(|w| second + w > now);
+        let mut counts: Vec<(&str, u64)> = table.counts(live).collect();
+        let by_count = |a: &(&str, u64), b: &(&str, u64)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+        if counts.len() > limit && limit > 0 {
+            counts.select_nth_unstable_by(limit - 1, by_count);
+        }
+        counts.truncate(limit);
+        counts.sort_unstable_by(by_count);
+        counts
+            .into_iter()
+            .map(|(key, count)| (Key::from(key), count))
+            .collect()
+    }
+
     fn save(&self, path: &Path) -> anyhow::Result<()> {
         let document = serde_json::to_vec(self).context("cannot serialize the counters")?;
         crate::files::replace_atomically(path, &document)
@@ -194,6 +227,23 @@ mod tests {
 
     fn key(text: &str) -> Key {
         serde_json::from_value(serde_json::Value::from(text)).unwrap()
+    }
+
+    #[test]
+    fn the_hottest_keys_come_highest_first_within_the_window() {
+        let (mut store, watcher) = (MemoryStore::new(100), Uuid::new_v4());
+        for (text, n) in [
+            ("[\"a\"]", 3),
+            ("[\"b\"]", 9),
+            ("[\"c\"]", 5),
+            ("[\"d\"]", 1),
+        ] {
+            store.add(watcher, &key(text), n, 100, Some(60));
+        }
+        store.add(watcher, &key("[\"old\"]"), 50, 10, Some(60));
+        let hottest = store.hottest(watcher, 100, Some(60), 2);
+        assert_eq!(hottest, [(key("[\"b\"]"), 9), (key("[\"c\"]"), 5)]);
+        assert!(store.hottest(Uuid::new_v4(), 100, None, 2).is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP API of a worker: the REST API of the PHP events-collector (routes, bodies,
-//! replies, errors) plus `/health`, `/metrics` and `_bulk`.
+//! replies, errors) plus `/health`, `/metrics`, `_bulk`, and the status page (`/status`,
+//! `/ui/`, whose files are `ui`'s).
 //!
 //! Owns what a request means and how every reply is shaped (`{"status_code","message"}`
 //! for errors). Reads come from the worker's copy of the registry; changes go to the
@@ -28,6 +29,7 @@ use super::ids::EventIds;
 use super::link::{Link, Served};
 use super::routes::Route;
 pub use super::routes::{ROUTES, route_template};
+use super::ui;
 use crate::appender::Appenders;
 use crate::config::Config;
 use crate::event::Event;
@@ -132,6 +134,9 @@ impl Api {
                 json(StatusCode::OK, &json!({"status": "ok", "worker": self.pid}))
             }
             (Route::Metrics, &Method::GET) => self.metrics().await,
+            (Route::Status, &Method::GET) => self.status(&parts.headers).await,
+            (Route::Ui, &Method::GET) => ui::page(),
+            (Route::UiAsset(name), &Method::GET) => ui::asset(name),
             (Route::Events, &Method::GET) => json(StatusCode::OK, &list_events(registry)),
             (Route::Event(event), &Method::GET) => {
                 with_event(registry, event, |e| show_event(event, e))
@@ -232,14 +237,7 @@ impl Api {
         peer: SocketAddr,
     ) -> Response<Body> {
         if !self.authorized(headers) {
-            let mut response = error(
-                StatusCode::UNAUTHORIZED,
-                "Registry changes need an `Authorization: Bearer` header with server.api_token",
-            );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+            return unauthorized("Registry changes need");
         }
         let deletion = matches!(
             change,
@@ -267,6 +265,24 @@ impl Api {
                     HeaderValue::from_static("text/plain; version=0.0.4"),
                 );
                 response
+            }
+            _ => master_unavailable(),
+        }
+    }
+
+    /// The daemon's state for the status page; with `server.api_token` set, only with it.
+    async fn status(&self, headers: &HeaderMap) -> Response<Body> {
+        if !self.authorized(headers) {
+            return ui::with_page_headers(unauthorized("The status needs"));
+        }
+        match self.ask(Question::Status).await {
+            Some(Answer::Status(document)) => {
+                let mut response = Response::new(Full::new(Bytes::from(document)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                ui::with_page_headers(response)
             }
             _ => master_unavailable(),
         }
@@ -349,6 +365,18 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
         status,
         &serde_json::json!({"status_code": status.as_u16(), "message": message}),
     )
+}
+
+/// 401: what `needs` the token (RFC 6750's challenge).
+fn unauthorized(needs: &str) -> Response<Body> {
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        &format!("{needs} an `Authorization: Bearer` header with server.api_token"),
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {

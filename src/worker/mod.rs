@@ -13,6 +13,7 @@ mod io;
 pub(crate) mod link;
 mod routes;
 mod server;
+mod ui;
 
 use std::fs::File;
 use std::io::Write;

@@ -10,7 +10,7 @@ use crate::registry::Change;
 
 /// Every route the daemon serves, as its OpenAPI template, with the methods it allows
 /// (the `Allow` header of a 405). The OpenAPI document is tested against this table.
-pub const ROUTES: [(&str, &str); 9] = [
+pub const ROUTES: [(&str, &str); 12] = [
     ("/health", "GET, HEAD"),
     ("/metrics", "GET"),
     ("/event/", "GET, POST"),
@@ -20,6 +20,9 @@ pub const ROUTES: [(&str, &str); 9] = [
     ("/event/{type}/collector/{name}", "GET, DELETE"),
     ("/event/{type}/watcher/", "GET, POST"),
     ("/event/{type}/watcher/{name}", "GET, DELETE"),
+    ("/status", "GET"),
+    ("/ui/", "GET"),
+    ("/ui/{asset}", "GET"),
 ];
 
 /// The route template that serves `path`, if any (a trailing slash is optional).
@@ -38,6 +41,9 @@ pub enum Route<'a> {
     Collector(&'a str, &'a str),
     Watchers(&'a str),
     Watcher(&'a str, &'a str),
+    Status,
+    Ui,
+    UiAsset(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -56,6 +62,9 @@ impl<'a> Route<'a> {
             ["event", event, "collector", name] => Route::Collector(event, name),
             ["event", event, "watcher"] => Route::Watchers(event),
             ["event", event, "watcher", name] => Route::Watcher(event, name),
+            ["status"] => Route::Status,
+            ["ui"] => Route::Ui,
+            ["ui", asset] => Route::UiAsset(asset),
             _ => return None,
         })
     }
@@ -71,6 +80,9 @@ impl<'a> Route<'a> {
             Route::Collector(..) => 6,
             Route::Watchers(_) => 7,
             Route::Watcher(..) => 8,
+            Route::Status => 9,
+            Route::Ui => 10,
+            Route::UiAsset(_) => 11,
         }
     }
 
@@ -124,6 +136,8 @@ mod tests {
             Some(Route::Watcher("x", "w"))
         );
         assert_eq!(Route::parse("/event/x/y/z"), None);
+        assert_eq!(Route::parse("/ui"), Some(Route::Ui));
+        assert_eq!(Route::parse("/ui/app.js"), Some(Route::UiAsset("app.js")));
         assert_eq!(Route::parse("health"), None);
     }
 }
