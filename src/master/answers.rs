@@ -17,8 +17,9 @@ use nix::unistd::Pid;
 use super::pool::Pool;
 use super::{Master, setup};
 use crate::clock::Stamp;
-use crate::ipc::{Answer, MasterMessage, Question};
-use crate::metrics::{label_value, write_family, write_process_families};
+use crate::exposition::{label_value, write_family};
+use crate::metrics::write_process_families;
+use crate::protocol::worker::{Answer, MasterMessage, Question};
 use crate::registry::{Change, Origin, Refusal, Registry};
 
 /// Who asked a question, and until when it may be answered.
@@ -40,12 +41,13 @@ impl Master {
         }
         // Taking over from an old master that still writes the registry: a change is
         // applied once it has handed over (`upgrade`), if still in time.
-        let question = match self.succession.as_mut() {
-            Some(succession) if change.is_some() => {
-                succession.defer_change(asker, question);
-                return;
+        let question = if change.is_some() {
+            match self.succession.defer_change(asker, question) {
+                Some((_, question)) => question,
+                None => return,
             }
-            _ => question,
+        } else {
+            question
         };
         let Asker {
             worker: pid, id, ..

@@ -92,9 +92,8 @@ impl Master {
     /// is taking over from an old one holds it until it has (`upgrade`).
     pub(super) fn count(&mut self, worker: Pid, batch: CountBatch) {
         let now = crate::watch::now();
-        match self.succession.as_mut() {
-            Some(succession) => succession.defer_counts(batch, now),
-            None => self.backlog.push(Some(worker), now, batch),
+        if let Some(batch) = self.succession.defer_counts(batch, now) {
+            self.backlog.push(Some(worker), now, batch);
         }
     }
 

@@ -1,5 +1,6 @@
 //! The master process: binds the listening socket, holds the pidfile, forks and
-//! supervises its children (the worker pool and the action runner), owns the registry and
+//! supervises its children (the worker pool, the action runner, counters snapshots, a new
+//! master during an upgrade, and in a cluster the cluster link), owns the registry and
 //! every counter, serves its status on the control socket.
 //!
 //! `run_loop` is the whole cycle, in the fixed order of gunicorn's arbiter and nginx's
@@ -16,14 +17,15 @@
 //! another one held) and never blocks: every socket it polls is non-blocking, and
 //! everything slow happens in children.
 //!
-//! Files, by owner: `events` (the wait and what children say), `workers` (spawn, stop,
-//! reconcile), `reap`, `timeouts` (the tick), `reload` (SIGHUP, SIGUSR1), `answers`
-//! (registry changes and questions), `counting` (counts in slices), `actions` (counts to
-//! firings to the runner),
-//! `journal` (pending firings kept across stops and crashes), `board` and `traffic`
-//! (the status page's document and its per-second rings),
-//! `snapshot` (counters written by a forked child), `upgrade` (both sides of a binary
-//! upgrade), `setup`, `announcer`, `control`, `signals`, `pool`.
+//! Files, by owner: `events` (the wait and what children say), `table` (the process
+//! table, the keep-alive of the runner and the link), `workers` (spawn, stop,
+//! reconcile), `reap` (the one exit path), `timeouts` (the tick), `reload` (SIGHUP,
+//! SIGUSR1), `answers` (registry changes and questions), `counting` (counts in slices),
+//! `actions` (counts to firings to the runner), `journal` (pending firings kept across
+//! stops and crashes), `board` and `traffic` (the status page's document and its
+//! per-second rings), `snapshot` (counters written by a forked child), `upgrade` (both
+//! sides of a binary upgrade), `cluster` (the cluster link: counts and registry shared
+//! through Redis), `setup`, `announcer`, `control`, `signals`, `pool`.
 
 mod actions;
 mod announcer;
@@ -40,12 +42,12 @@ mod reload;
 mod setup;
 mod signals;
 mod snapshot;
+mod table;
 mod timeouts;
 mod traffic;
 mod upgrade;
 mod workers;
 
-use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -59,7 +61,7 @@ pub use announcer::Announcer;
 pub use control::query;
 pub use upgrade::inherited_default_sink;
 
-use crate::child::{Child, Role};
+use crate::child::Role;
 use crate::config::{self, Config};
 use crate::logging::{self, Sink};
 use crate::metrics::Totals;
@@ -79,7 +81,7 @@ use counting::Backlog;
 use pool::Pool;
 use signals::{Requested, Signals};
 use snapshot::Snapshots;
-use upgrade::{Succession, Upgrade};
+use upgrade::Succession;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -123,12 +125,8 @@ struct Master {
     snapshots: Snapshots,
     /// The binary this master runs, as it was on disk at start: what an upgrade executes.
     binary: PathBuf,
-    /// The new master this one is upgrading to, if it is.
-    upgrade: Option<Upgrade>,
-    upgrades_failed: u64,
-    last_upgrade_error: Option<String>,
-    /// This master was started by an upgrade and has not taken over yet.
-    succession: Option<Succession>,
+    /// An upgrade in place, either side of it.
+    succession: Succession,
     /// `[cluster]`: counters and registry shared through Redis.
     cluster: Option<cluster::ClusterState>,
     /// The status page's traffic rings and last document.
@@ -178,30 +176,33 @@ impl Master {
         let daemon = &config.daemon;
         setup::prepare_state_dir(&daemon.state_dir)?;
         let binary = std::env::current_exe().context("cannot tell which binary runs")?;
-        let (inherited, succession) = Succession::inherited()?.unzip();
+        let (inherited, succession) = Succession::inherited()?;
         // A successor shares its predecessor's pidfile lock, and touches no state file
         // the predecessor still writes until it takes over.
-        let pidfile = match succession {
-            Some(_) => None,
-            None => Some(Pidfile::acquire(&daemon.pidfile)?),
+        let taking_over = succession.is_taking_over();
+        let pidfile = if taking_over {
+            None
+        } else {
+            Some(Pidfile::acquire(&daemon.pidfile)?)
         };
         setup::check_privileges(&config)?;
         logging::hand_over(&config.workers.privileges)?;
         logging::prepare_access_log(&config)?;
         let registry = setup::load_registry(&config)?;
         let mut totals = Totals::default();
-        let (store, journal) = match succession {
-            Some(_) => (
+        let (store, journal) = if taking_over {
+            (
                 MemoryStore::new(config.watchers.max_keys),
                 journal::Journal::unopened(
                     &setup::journal_path(&config),
                     config.watchers.action_queue,
                 ),
-            ),
-            None => (
+            )
+        } else {
+            (
                 MemoryStore::load(&setup::counters_path(&config), config.watchers.max_keys)?,
                 actions::open_journal(&config, &registry, &mut totals)?,
-            ),
+            )
         };
         let mut watch = Watch::new(Box::new(store));
         watch.sync(&registry);
@@ -209,9 +210,10 @@ impl Master {
             Some(socket) => socket,
             None => setup::activated_listener()?.map_or_else(|| setup::bind(&config), Ok)?,
         };
-        let control = match succession {
-            Some(_) => None,
-            None => Some(ControlSocket::bind(&daemon.control_socket)?),
+        let control = if taking_over {
+            None
+        } else {
+            Some(ControlSocket::bind(&daemon.control_socket)?)
         };
         let tls = tls::load(config.server.tls_files())?;
         let signals = Signals::install()?;
@@ -248,14 +250,15 @@ impl Master {
             actions: Actions::new(journal),
             snapshots: Snapshots::default(),
             binary,
-            upgrade: None,
-            upgrades_failed: 0,
-            last_upgrade_error: None,
             succession,
             cluster,
             board: Board::default(),
         };
-        master.take_restored_counts();
+        if taking_over {
+            master.hold_what_waits_for_the_take_over();
+        } else {
+            master.take_restored_counts();
+        }
         Ok(master)
     }
 
@@ -310,9 +313,7 @@ impl Master {
             self.phase = Phase::Draining;
         }
         if self.is_stopping() {
-            if let Some(upgrade) = self.upgrade.as_mut() {
-                upgrade.successor.terminate("eventsd is stopping");
-            }
+            self.succession.stop_successor("eventsd is stopping");
             return;
         }
         info!(
@@ -324,9 +325,7 @@ impl Master {
         self.phase = Phase::Draining;
         self.stop_children_but_the_successor("eventsd is stopping");
         // A new master still starting gives up, and leaves every file to this one.
-        if let Some(upgrade) = self.upgrade.as_mut() {
-            upgrade.successor.terminate("eventsd is stopping");
-        }
+        self.succession.stop_successor("eventsd is stopping");
     }
 
     /// Workers drain and a snapshot under way finishes; the outputs stop after them
@@ -351,7 +350,7 @@ impl Master {
             return;
         }
         let why = "every worker has stopped";
-        match self.cluster.as_ref().and_then(|c| c.link.as_ref()) {
+        match self.cluster.as_ref().and_then(|c| c.link.get()) {
             Some(_) => self.stop_cluster_link(why),
             None => self.stop_runner(why),
         }
@@ -376,7 +375,7 @@ impl Master {
     /// Saves the counters, removes the control socket, then the pidfile: the last sign
     /// of life goes last. A successor that never took over owns none of them.
     fn clean_up(&mut self) {
-        if self.succession.is_some() {
+        if self.succession.is_taking_over() {
             info!("new master stopped before taking over; the old one carries on");
             return;
         }
@@ -408,48 +407,17 @@ impl Master {
         }
     }
 
-    /// The process table: every live child, workers, the action runner, a snapshot and
-    /// a new master alike.
-    fn children(&self) -> impl Iterator<Item = &Child> {
-        let workers = self.pool.iter().map(|w| &w.child);
-        workers
-            .chain(self.actions.runner.as_ref())
-            .chain(self.snapshots.child.as_ref())
-            .chain(self.upgrade.as_ref().map(|u| &u.successor))
-            .chain(self.cluster.as_ref().and_then(|c| c.link.as_ref()))
-    }
-
-    fn children_mut(&mut self) -> impl Iterator<Item = &mut Child> {
-        let workers = self.pool.iter_mut().map(|w| &mut w.child);
-        workers
-            .chain(self.actions.runner.as_mut())
-            .chain(self.snapshots.child.as_mut())
-            .chain(self.upgrade.as_mut().map(|u| &mut u.successor))
-            .chain(self.cluster.as_mut().and_then(|c| c.link.as_mut()))
-    }
-
-    fn child_mut(&mut self, pid: Pid) -> Option<&mut Child> {
-        self.children_mut().find(|child| child.pid == pid)
-    }
-
-    /// Descriptors a new child must close right after the fork: the pidfile (or it would
-    /// hold the lock after the master died), the signalfd, the control socket, the start
-    /// pipe, the journal of pending firings, every other child's channels, and what a
-    /// successor inherited.
-    fn master_only_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.signals.raw_fd()];
-        fds.extend(self.actions.journal.raw_fd());
-        fds.extend(self.succession.iter().flat_map(Succession::raw_fds));
-        fds.extend(self.pidfile.as_ref().map(Pidfile::raw_fd));
-        fds.extend(self.control.as_ref().map(ControlSocket::raw_fd));
-        fds.extend(self.announcer.raw_fd());
-        fds.extend(self.children().filter_map(Child::channel_fd));
-        fds.extend(self.pool.iter().filter_map(pool::Worker::counts_fd));
-        fds
+    /// A master taking over from an old one starts no runner, link or snapshot until
+    /// it has (`upgrade.rs::take_over` releases them).
+    fn hold_what_waits_for_the_take_over(&mut self) {
+        self.actions.runner.hold();
+        self.hold_cluster_link();
+        self.snapshots.hold();
     }
 
     fn status(&self) -> Status {
         let now = Instant::now();
+        let (upgrade_in_progress, upgrades_failed, last_upgrade_error) = self.succession.report();
         let backoff = &self.pool.backoff;
         Status {
             pid: std::process::id(),
@@ -460,9 +428,9 @@ impl Master {
             reloads: self.reloads,
             last_reload_error: self.last_reload_error.clone(),
             reload_in_progress: self.reload_in_progress,
-            upgrade_in_progress: self.upgrade.is_some(),
-            upgrades_failed: self.upgrades_failed,
-            last_upgrade_error: self.last_upgrade_error.clone(),
+            upgrade_in_progress,
+            upgrades_failed,
+            last_upgrade_error,
             cluster: self
                 .cluster
                 .as_ref()

@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 
 use super::{Master, setup};
 use crate::child::{self, Child, Role};
-use crate::metrics::write_family;
+use crate::exposition::write_family;
 
 /// The snapshot child, when the last one was started, and how the last ones went.
 pub(super) struct Snapshots {
@@ -29,6 +29,9 @@ pub(super) struct Snapshots {
     last_saved_at: SystemTime,
     /// Whether the last snapshot that ended was written.
     last_ok: bool,
+    /// None is taken until released: a master taking over from an old one has nothing
+    /// of its own to save yet.
+    held: bool,
 }
 
 impl Default for Snapshots {
@@ -38,11 +41,20 @@ impl Default for Snapshots {
             last_started: None,
             last_saved_at: SystemTime::now(),
             last_ok: true,
+            held: false,
         }
     }
 }
 
 impl Snapshots {
+    pub(super) fn hold(&mut self) {
+        self.held = true;
+    }
+
+    pub(super) fn release(&mut self) {
+        self.held = false;
+    }
+
     pub(super) fn render(&self, out: &mut String) {
         let saved_at = self
             .last_saved_at
@@ -76,7 +88,7 @@ impl Master {
         // Stopping, the final save is `clean_up`'s, once every child is gone. A master
         // taking over from an old one has nothing of its own to save yet.
         if self.is_stopping()
-            || self.succession.is_some()
+            || self.snapshots.held
             || !due
             || self.snapshots.child.is_some()
             || !self.watch.take_changed()
@@ -127,11 +139,11 @@ impl Master {
         }
     }
 
-    /// Called by the reaper; tells whether `pid` was the snapshot. A failed snapshot
-    /// leaves the counters marked changed, for the next tick.
-    pub(super) fn on_snapshot_exit(&mut self, pid: Pid, how: &str, succeeded: bool) -> bool {
+    /// Called by the reaper for the snapshot. A failed snapshot leaves the counters
+    /// marked changed, for the next tick.
+    pub(super) fn on_snapshot_exit(&mut self, pid: Pid, how: &str, succeeded: bool) {
         if self.snapshots.child.take_if(|s| s.pid == pid).is_none() {
-            return false;
+            return;
         }
         self.snapshots.last_ok = succeeded;
         if succeeded {
@@ -141,6 +153,5 @@ impl Master {
             warn!("counters snapshot {pid} {how}; trying again at the next tick");
             self.watch.mark_changed();
         }
-        true
     }
 }

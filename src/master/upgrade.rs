@@ -39,10 +39,11 @@ use super::answers::Asker;
 use super::{Master, Phase, setup};
 use crate::child::{self, Child, Role};
 use crate::config;
-use crate::ipc::{Channel, Question};
 use crate::logging::Sink;
 use crate::notify;
 use crate::pidfile::Pidfile;
+use crate::protocol::channel::Channel;
+use crate::protocol::worker::Question;
 use crate::watch::store::{MemoryStore, Second};
 use crate::watch::{CountBatch, Watch};
 
@@ -83,16 +84,35 @@ pub(super) enum SuccessorMessage {
     Ready,
 }
 
+/// Succession, both sides of it: the component that owns an upgrade in place. Nothing
+/// outside this file tests its mode: the others are told when it changes (built held,
+/// released at the take-over) or hand it what it holds (`defer_change`).
+pub(super) struct Succession {
+    mode: Mode,
+    /// Upgrades that failed, and why the last one did (the status `eventsd upgrade` reads).
+    failed: u64,
+    last_error: Option<String>,
+}
+
+enum Mode {
+    /// Neither upgrading nor taking over.
+    Settled,
+    /// The old master's side: the successor it started.
+    Upgrading(Upgrade),
+    /// The successor's side, until it takes over.
+    TakingOver(Predecessor),
+}
+
 /// The old master's side: the successor it started.
-pub(super) struct Upgrade {
-    pub successor: Child,
+struct Upgrade {
+    successor: Child,
     /// It said `Ready`: this master is handing over.
     ready: bool,
 }
 
-/// The successor's side, until it takes over.
-pub(super) struct Succession {
-    predecessor: Channel,
+/// The successor's side: what it inherited from the master it replaces.
+struct Predecessor {
+    channel: Channel,
     control: OwnedFd,
     pidfile: OwnedFd,
     /// Counts its workers sent, with the second they arrived.
@@ -113,11 +133,17 @@ pub fn inherited_default_sink() -> Option<Sink> {
 }
 
 impl Succession {
-    /// What the previous master handed over, if this process is a successor. Taken once,
-    /// at start: the variable is removed so that nothing later takes it again.
-    pub(super) fn inherited() -> anyhow::Result<Option<(Socket, Succession)>> {
+    /// What the previous master handed over, if this process is a successor (its
+    /// listening socket, and the succession in `TakingOver`). Taken once, at start: the
+    /// variable is removed so that nothing later takes it again.
+    pub(super) fn inherited() -> anyhow::Result<(Option<Socket>, Succession)> {
+        let mut succession = Succession {
+            mode: Mode::Settled,
+            failed: 0,
+            last_error: None,
+        };
         let Ok(text) = std::env::var(INHERITANCE) else {
-            return Ok(None);
+            return Ok((None, succession));
         };
         // SAFETY: at start-up, before any thread or fork; nothing else reads it.
         unsafe { std::env::remove_var(INHERITANCE) };
@@ -135,42 +161,109 @@ impl Succession {
                 UnixStream::from_raw_fd(inheritance.predecessor),
             )
         };
-        let predecessor =
+        let channel =
             Channel::new(predecessor).context("cannot set up the channel to the old master")?;
-        let succession = Succession {
-            predecessor,
+        succession.mode = Mode::TakingOver(Predecessor {
+            channel,
             control,
             pidfile,
             deferred_counts: Vec::new(),
             deferred_changes: Vec::new(),
-        };
-        Ok(Some((listener, succession)))
+        });
+        Ok((Some(listener), succession))
+    }
+
+    /// A master taking over from an old one: until it has, it owns no state file (the
+    /// old one writes them), starts no runner, link or snapshot, and holds counts and
+    /// changes. What its components are built with; they are released by `take_over`.
+    pub(super) fn is_taking_over(&self) -> bool {
+        matches!(self.mode, Mode::TakingOver(_))
+    }
+
+    /// Its child, the successor, for the process table.
+    pub(super) fn child(&self) -> Option<&Child> {
+        match &self.mode {
+            Mode::Upgrading(upgrade) => Some(&upgrade.successor),
+            _ => None,
+        }
+    }
+
+    pub(super) fn child_mut(&mut self) -> Option<&mut Child> {
+        match &mut self.mode {
+            Mode::Upgrading(upgrade) => Some(&mut upgrade.successor),
+            _ => None,
+        }
     }
 
     /// Descriptors this master's own children must close at once.
-    pub(super) fn raw_fds(&self) -> [RawFd; 3] {
-        [
-            std::os::fd::AsFd::as_fd(&self.predecessor).as_raw_fd(),
-            self.control.as_raw_fd(),
-            self.pidfile.as_raw_fd(),
-        ]
+    pub(super) fn raw_fds(&self) -> Vec<RawFd> {
+        match &self.mode {
+            Mode::TakingOver(predecessor) => vec![
+                std::os::fd::AsFd::as_fd(&predecessor.channel).as_raw_fd(),
+                predecessor.control.as_raw_fd(),
+                predecessor.pidfile.as_raw_fd(),
+            ],
+            _ => Vec::new(),
+        }
     }
 
-    pub(super) fn poll_interest(&self) -> (std::os::fd::BorrowedFd<'_>, PollFlags) {
-        let flags = if self.predecessor.wants_write() {
+    /// What the wait polls for it: the old master's channel, while taking over.
+    pub(super) fn poll_interest(&self) -> Option<(std::os::fd::BorrowedFd<'_>, PollFlags)> {
+        let Mode::TakingOver(predecessor) = &self.mode else {
+            return None;
+        };
+        let flags = if predecessor.channel.wants_write() {
             PollFlags::POLLIN | PollFlags::POLLOUT
         } else {
             PollFlags::POLLIN
         };
-        (std::os::fd::AsFd::as_fd(&self.predecessor), flags)
+        Some((std::os::fd::AsFd::as_fd(&predecessor.channel), flags))
     }
 
-    pub(super) fn defer_counts(&mut self, batch: CountBatch, now: Second) {
-        self.deferred_counts.push((now, batch));
+    /// Counts, held while taking over (given back otherwise).
+    pub(super) fn defer_counts(&mut self, batch: CountBatch, now: Second) -> Option<CountBatch> {
+        match &mut self.mode {
+            Mode::TakingOver(predecessor) => {
+                predecessor.deferred_counts.push((now, batch));
+                None
+            }
+            _ => Some(batch),
+        }
     }
 
-    pub(super) fn defer_change(&mut self, asker: Asker, question: Question) {
-        self.deferred_changes.push((asker, question));
+    /// A registry change, held while taking over (given back otherwise).
+    pub(super) fn defer_change(
+        &mut self,
+        asker: Asker,
+        question: Question,
+    ) -> Option<(Asker, Question)> {
+        match &mut self.mode {
+            Mode::TakingOver(predecessor) => {
+                predecessor.deferred_changes.push((asker, question));
+                None
+            }
+            _ => Some((asker, question)),
+        }
+    }
+
+    /// A stop while the successor starts: it gives up, and leaves every file to this
+    /// master.
+    pub(super) fn stop_successor(&mut self, why: &str) {
+        if let Some(successor) = self.child_mut() {
+            successor.terminate(why);
+        }
+    }
+
+    /// (in progress, failed so far, the last failure): for the status.
+    pub(super) fn report(&self) -> (bool, u64, Option<String>) {
+        let in_progress = matches!(self.mode, Mode::Upgrading(_));
+        (in_progress, self.failed, self.last_error.clone())
+    }
+
+    fn failed(&mut self, error: String) {
+        error!("{error}; this master carries on");
+        self.failed += 1;
+        self.last_error = Some(error);
     }
 }
 
@@ -178,12 +271,16 @@ impl Master {
     /// SIGUSR2: starts a successor from the binary on disk, unless something else is
     /// under way.
     pub(super) fn begin_upgrade(&mut self) {
-        if self.upgrade.is_some() {
-            warn!("upgrade requested while one is under way; ignored");
-            return;
-        }
-        let busy = if self.succession.is_some() {
-            Some("this master is itself still taking over")
+        let busy = match self.succession.mode {
+            Mode::Upgrading(_) => {
+                warn!("upgrade requested while one is under way; ignored");
+                return;
+            }
+            Mode::TakingOver(_) => Some("this master is itself still taking over"),
+            Mode::Settled => None,
+        };
+        let busy = if busy.is_some() {
+            busy
         } else if self.reload_in_progress {
             Some("a reload is under way")
         } else if self.phase != Phase::Running {
@@ -192,7 +289,7 @@ impl Master {
             None
         };
         if let Some(why) = busy {
-            self.upgrade_failed(format!("upgrade refused: {why}"));
+            self.succession.failed(format!("upgrade refused: {why}"));
             return;
         }
         match self.spawn_successor() {
@@ -202,12 +299,12 @@ impl Master {
                     successor.pid,
                     self.binary.display()
                 );
-                self.upgrade = Some(Upgrade {
+                self.succession.mode = Mode::Upgrading(Upgrade {
                     successor,
                     ready: false,
                 });
             }
-            Err(e) => self.upgrade_failed(format!("cannot start the new master: {e:#}")),
+            Err(e) => (self.succession).failed(format!("cannot start the new master: {e:#}")),
         }
     }
 
@@ -231,15 +328,9 @@ impl Master {
         })
     }
 
-    fn upgrade_failed(&mut self, error: String) {
-        error!("{error}; this master carries on");
-        self.upgrades_failed += 1;
-        self.last_upgrade_error = Some(error);
-    }
-
     /// The successor's messages on the old master's side.
     pub(super) fn read_successor(&mut self, events: PollFlags) {
-        let Some(upgrade) = self.upgrade.as_mut() else {
+        let Mode::Upgrading(upgrade) = &mut self.succession.mode else {
             return;
         };
         for message in upgrade.successor.exchange::<SuccessorMessage>(events) {
@@ -261,38 +352,45 @@ impl Master {
 
     /// On the tick: a successor that is not ready in time is killed.
     pub(super) fn enforce_upgrade_deadline(&mut self, now: Instant) {
-        if let Some(upgrade) = self.upgrade.as_mut().filter(|u| !u.ready) {
-            if upgrade.successor.age(now) > READY_WITHIN {
+        if let Mode::Upgrading(upgrade) = &mut self.succession.mode {
+            if !upgrade.ready && upgrade.successor.age(now) > READY_WITHIN {
                 let details = format!("not ready within {}s", READY_WITHIN.as_secs());
                 upgrade.successor.kill("it was too slow to start", &details);
             }
         }
     }
 
-    /// Called by the reaper; tells whether `pid` was the successor. It exits while this
-    /// master still runs only when it failed: this master carries on, workers and all.
-    pub(super) fn on_successor_exit(&mut self, pid: Pid, how: &str) -> bool {
-        let Some(upgrade) = self.upgrade.take_if(|u| u.successor.pid == pid) else {
-            return false;
+    /// Called by the reaper for the successor. It exits while this master still runs
+    /// only when it failed: this master carries on, workers and all.
+    pub(super) fn on_successor_exit(&mut self, pid: Pid, how: &str) {
+        let Mode::Upgrading(upgrade) = &self.succession.mode else {
+            return;
+        };
+        if upgrade.successor.pid != pid {
+            return;
+        }
+        let Mode::Upgrading(upgrade) = std::mem::replace(&mut self.succession.mode, Mode::Settled)
+        else {
+            return;
         };
         let why = upgrade.successor.killed_because.map_or_else(
             || how.to_string(),
             |because| format!("was killed: {because}"),
         );
-        self.upgrade_failed(format!(
+        self.succession.failed(format!(
             "upgrade failed: the new master {pid} {why}; see its log"
         ));
         if self.phase == Phase::HandingOver {
             // Its workers are draining: `reconcile` replaces them.
             self.phase = Phase::Running;
         }
-        true
     }
 
     /// The old master's last act, once its children are gone: what the successor loads
     /// is saved, then the pidfile and the control socket are left to it.
     pub(super) fn hand_over(&mut self) {
-        let Some(upgrade) = self.upgrade.take() else {
+        let Mode::Upgrading(upgrade) = std::mem::replace(&mut self.succession.mode, Mode::Settled)
+        else {
             return;
         };
         let successor = upgrade.successor.pid;
@@ -313,23 +411,26 @@ impl Master {
         info!("upgrade: handed over to new master {successor}; exiting");
     }
 
-    /// The successor's side: its workers serve; the old master may hand over.
-    pub(super) fn announce_ready_to_predecessor(&mut self) {
-        if let Some(succession) = self.succession.as_mut() {
-            info!("ready; waiting for the old master to hand over");
-            if let Err(e) = succession.predecessor.send(&SuccessorMessage::Ready) {
-                warn!("cannot tell the old master that this one is ready: {e}");
-            }
+    /// Ready: a successor tells the old master, which may hand over; a master on its
+    /// own tells whoever started it.
+    pub(super) fn announce_ready(&mut self) {
+        let Mode::TakingOver(predecessor) = &mut self.succession.mode else {
+            self.announcer.ready(&self.config.server.listen.to_string());
+            return;
+        };
+        info!("ready; waiting for the old master to hand over");
+        if let Err(e) = predecessor.channel.send(&SuccessorMessage::Ready) {
+            warn!("cannot tell the old master that this one is ready: {e}");
         }
     }
 
     /// The successor's side: the old master's channel; its closing is the hand-over.
     pub(super) fn read_predecessor(&mut self, events: PollFlags) -> anyhow::Result<()> {
-        let Some(succession) = self.succession.as_mut() else {
+        let Mode::TakingOver(predecessor) = &mut self.succession.mode else {
             return Ok(());
         };
-        let handed_over = match succession
-            .predecessor
+        let handed_over = match predecessor
+            .channel
             .exchange::<()>(events.contains(PollFlags::POLLOUT))
         {
             Ok(received) => received.closed,
@@ -344,15 +445,25 @@ impl Master {
         Ok(())
     }
 
+    /// The components built held while taking over, released: from now on this master
+    /// keeps a runner and a link, and snapshots its counters.
+    fn release_what_waited_for_the_take_over(&mut self) {
+        self.actions.runner.release();
+        self.release_cluster_link();
+        self.snapshots.release();
+    }
+
     /// Loads what the old master left, applies what was held, then serves as the master.
     fn take_over(&mut self) -> anyhow::Result<()> {
-        let Some(succession) = self.succession.take() else {
+        let Mode::TakingOver(predecessor) =
+            std::mem::replace(&mut self.succession.mode, Mode::Settled)
+        else {
             return Ok(());
         };
         let daemon = &self.config.daemon;
-        self.pidfile = Some(Pidfile::adopt(succession.pidfile, &daemon.pidfile)?);
+        self.pidfile = Some(Pidfile::adopt(predecessor.pidfile, &daemon.pidfile)?);
         self.control = Some(ControlSocket::adopt(
-            succession.control,
+            predecessor.control,
             &daemon.control_socket,
         )?);
         match setup::load_registry(&self.config) {
@@ -370,15 +481,16 @@ impl Master {
         self.take_restored_counts();
         self.push_registry();
         self.actions.journal = open_journal(&self.config, &self.registry, &mut self.totals)?;
+        self.release_what_waited_for_the_take_over();
         let (counts, changes) = (
-            succession.deferred_counts.len(),
-            succession.deferred_changes.len(),
+            predecessor.deferred_counts.len(),
+            predecessor.deferred_changes.len(),
         );
-        for (at, batch) in succession.deferred_counts {
+        for (at, batch) in predecessor.deferred_counts {
             self.backlog.push(None, at, batch);
         }
         // What expired meanwhile was answered 503 by its worker, and is dropped.
-        for (asker, question) in succession.deferred_changes {
+        for (asker, question) in predecessor.deferred_changes {
             self.answer(asker, question);
         }
         info!(

@@ -16,8 +16,9 @@ use nix::unistd::Pid;
 use super::pool::Worker;
 use super::{Master, Phase};
 use crate::child::{self, Role};
-use crate::ipc::{Channel, MasterMessage};
 use crate::notify;
+use crate::protocol::channel::Channel;
+use crate::protocol::worker::MasterMessage;
 use crate::worker;
 
 impl Master {
@@ -65,11 +66,7 @@ impl Master {
                 self.pool.ready_count(),
                 self.config.server.listen
             );
-            if self.succession.is_some() {
-                self.announce_ready_to_predecessor();
-            } else {
-                self.announcer.ready(&self.config.server.listen.to_string());
-            }
+            self.announce_ready();
         } else if self.reload_in_progress {
             self.reload_in_progress = false;
             info!(
