@@ -8,6 +8,7 @@
 //! - `child`: one lifecycle for every forked child (fork, prologue, the master's record);
 //! - `ipc`: the frames and messages between them; `clock`: the time they stamp them with;
 //! - `watch`: aggregation keys, the counter store and firing decisions;
+//! - `oncall`: silences, the alert list and their answers (alerts.md);
 //! - `action`: the action runner process and the deliveries (email, webhook, command);
 //! - `cluster`: the cluster link process, which shares counters and registry through Redis;
 //! - `event`: a posted event on the hot path; `appender`: how events are written;
@@ -29,6 +30,7 @@ pub mod logging;
 pub mod master;
 pub mod metrics;
 pub mod notify;
+pub mod oncall;
 pub mod pidfile;
 pub mod privileges;
 pub mod registry;
