@@ -55,6 +55,8 @@ pub enum Question {
     Change { change: Change, origin: Origin },
     /// The Prometheus exposition of the whole daemon.
     Metrics,
+    /// Silences, the alert list, a watcher's live state (alerts.md).
+    OnCall(crate::oncall::Request),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +64,7 @@ pub enum Answer {
     /// The id of what was created (nil for a deletion), or why the change was refused.
     Change(Result<Uuid, Refusal>),
     Metrics(String),
+    OnCall(crate::oncall::Reply),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -33,9 +33,10 @@ use uuid::Uuid;
 use crate::config::{Cluster, Config};
 use crate::ipc;
 use crate::metrics::Histogram;
+use crate::oncall::silence::Silence;
 use crate::watch::store::Second;
 use crate::watch::{Crossing, Key, SharedCount};
-use redis_link::{CALL_ID_TTL, Redis};
+use redis_link::{Announcement, CALL_ID_TTL, Redis};
 
 /// What the master tells the link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +55,11 @@ pub enum ToCluster {
     },
     /// Calls a previous master's link left in doubt: sent again with their ids.
     Resend(Vec<CountCall>),
+    /// Silences made or expired on this node (or all of them, for a Redis that may
+    /// have lost them): written until Redis takes them.
+    ShareSilences(Vec<Silence>),
+    /// Silences expired long enough that every node forgets them.
+    ForgetSilences(Vec<Uuid>),
     Stop,
 }
 
@@ -72,6 +78,8 @@ pub enum FromCluster {
     /// when Redis holds none.
     Registry(Option<(u64, String)>),
     Published(Publication),
+    /// Every shared silence, when the set changed.
+    Silences(Vec<Silence>),
     /// Calls to Redis since the last report: their latency and how many failed.
     Calls {
         latency: Histogram,
@@ -157,6 +165,8 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
         in_doubt: Vec::new(),
         reachable: None,
         known_version: None,
+        silences_version: None,
+        unshared_silences: Vec::new(),
         retry_at: Instant::now(),
         backoff: MIN_BACKOFF,
         latency: Histogram::default(),
@@ -188,11 +198,11 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
             }
             _ = flush.tick() => link.flush().await?,
             _ = second.tick() => link.every_second().await?,
-            announced = link.redis.next_announcement() => {
-                if announced {
-                    link.poll_registry().await?;
-                }
-            }
+            announced = link.redis.next_announcement() => match announced {
+                Announcement::Registry => link.poll_registry().await?,
+                Announcement::Silences => link.poll_silences().await?,
+                Announcement::Ended => {}
+            },
         }
     }
     Ok(())
@@ -215,6 +225,10 @@ struct Link {
     reachable: Option<bool>,
     /// The registry version last reported (or written).
     known_version: Option<u64>,
+    /// The shared silences' version last reported.
+    silences_version: Option<u64>,
+    /// Silences Redis has not taken yet: written again every second.
+    unshared_silences: Vec<Silence>,
     /// While Redis is unreachable: when to try again, and the next wait.
     retry_at: Instant,
     backoff: Duration,
@@ -263,6 +277,15 @@ impl Link {
                 }
             }
             ToCluster::Resend(calls) => self.in_doubt.extend(calls),
+            ToCluster::ShareSilences(silences) => {
+                self.unshared_silences.extend(silences);
+                self.share_silences().await;
+            }
+            ToCluster::ForgetSilences(ids) => {
+                let started = Instant::now();
+                let outcome = self.redis.forget_silences(&ids).await;
+                let _ = self.judge(started, outcome);
+            }
             ToCluster::Stop => return Ok(false),
         }
         Ok(true)
@@ -368,6 +391,8 @@ impl Link {
         }
         if self.reachable == Some(true) {
             self.poll_registry().await?;
+            self.share_silences().await;
+            self.poll_silences().await?;
         }
         let latency = std::mem::take(&mut self.latency);
         let errors = std::mem::take(&mut self.errors);
@@ -392,6 +417,38 @@ impl Link {
         }
         self.known_version = Some(version);
         self.tell(&FromCluster::Registry(shared)).await
+    }
+
+    /// Writes the silences Redis has not taken yet; they wait for the next second if it
+    /// does not answer.
+    async fn share_silences(&mut self) {
+        if self.unshared_silences.is_empty() || !self.may_call().await {
+            return;
+        }
+        let started = Instant::now();
+        let outcome = self.redis.put_silences(&self.unshared_silences).await;
+        if self.judge(started, outcome).is_ok() {
+            self.unshared_silences.clear();
+        }
+    }
+
+    /// The shared silences, reported when their version differs from the last seen.
+    async fn poll_silences(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let outcome = self.redis.silences_version().await;
+        let Ok(version) = self.judge(started, outcome) else {
+            return Ok(());
+        };
+        if self.silences_version == Some(version) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let outcome = self.redis.silences().await;
+        let Ok(silences) = self.judge(started, outcome) else {
+            return Ok(());
+        };
+        self.silences_version = Some(version);
+        self.tell(&FromCluster::Silences(silences)).await
     }
 
     /// Records a call's latency and outcome; a failure starts the backoff.

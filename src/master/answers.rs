@@ -33,7 +33,7 @@ impl Master {
     pub(super) fn answer(&mut self, asker: Asker, question: Question) {
         let change = match &question {
             Question::Change { change, .. } => Some(change.kind()),
-            Question::Metrics => None,
+            Question::Metrics | Question::OnCall(_) => None,
         };
         if self.past_deadline(asker, change) {
             return;
@@ -66,12 +66,14 @@ impl Master {
                         .map(|(target, n)| (format!("target=\"{}\"", label_value(&target)), n)),
                 );
                 self.snapshots.render(&mut text);
+                self.oncall.render(&mut text);
                 if let Some(cluster) = &self.cluster {
                     cluster.render(&mut text);
                 }
                 write_process_families(&mut text);
                 Answer::Metrics(text)
             }
+            Question::OnCall(request) => self.answer_oncall(request),
             // In a cluster, Redis holds the registry: the change is published first.
             Question::Change { change, origin } if self.cluster.is_some() => {
                 self.publish_change(asker, change, origin);

@@ -20,7 +20,8 @@
 //! reconcile), `reap`, `timeouts` (the tick), `reload` (SIGHUP, SIGUSR1), `answers`
 //! (registry changes and questions), `counting` (counts in slices), `actions` (counts to
 //! firings to the runner),
-//! `journal` (pending firings kept across stops and crashes),
+//! `journal` (pending firings kept across stops and crashes), `oncall` (silences and the
+//! alert list on the firing, outcome, question and tick hooks),
 //! `snapshot` (counters written by a forked child), `upgrade` (both sides of a binary
 //! upgrade), `setup`, `announcer`, `control`, `signals`, `pool`.
 
@@ -32,6 +33,7 @@ mod control;
 mod counting;
 mod events;
 mod journal;
+mod oncall;
 mod pool;
 mod reap;
 mod reload;
@@ -61,6 +63,7 @@ use crate::config::{self, Config};
 use crate::logging::{self, Sink};
 use crate::metrics::Totals;
 use crate::notify;
+use crate::oncall::OnCall;
 use crate::pidfile::Pidfile;
 use crate::registry::Registry;
 use crate::status::{CrashLoop, Status};
@@ -127,6 +130,8 @@ struct Master {
     succession: Option<Succession>,
     /// `[cluster]`: counters and registry shared through Redis.
     cluster: Option<cluster::ClusterState>,
+    /// Silences and the alert list.
+    oncall: OnCall,
 }
 
 /// Runs a master until it stops. Start-up failures are reported to `announcer` too.
@@ -197,6 +202,10 @@ impl Master {
                 actions::open_journal(&config, &registry, &mut totals)?,
             ),
         };
+        let oncall = match succession {
+            Some(_) => OnCall::unopened(&config)?,
+            None => OnCall::open(&config)?,
+        };
         let mut watch = Watch::new(Box::new(store));
         watch.sync(&registry);
         let listener = match inherited {
@@ -247,6 +256,7 @@ impl Master {
             last_upgrade_error: None,
             succession,
             cluster,
+            oncall,
         };
         master.take_restored_counts();
         Ok(master)
@@ -263,6 +273,7 @@ impl Master {
             if requested.tick {
                 self.enforce_timeouts();
                 self.snapshot_counters_if_due();
+                self.oncall_tick();
             }
             self.reconcile();
             self.release_held_answers();

@@ -370,6 +370,7 @@ impl Master {
         self.take_restored_counts();
         self.push_registry();
         self.actions.journal = open_journal(&self.config, &self.registry, &mut self.totals)?;
+        self.oncall = crate::oncall::OnCall::open(&self.config)?;
         let (counts, changes) = (
             succession.deferred_counts.len(),
             succession.deferred_changes.len(),

@@ -93,6 +93,8 @@ pub struct Filter {
     pub watcher: Option<String>,
     pub state: Option<String>,
     pub limit: usize,
+    /// Key values may be shown (else each is `***`).
+    pub reveal_keys: bool,
 }
 
 impl Alert {
@@ -160,7 +162,18 @@ impl History {
     /// Replays `path` (missing: empty), keeping the newest `capacity` firings, then
     /// compacts it.
     pub fn open(path: &Path, capacity: usize) -> anyhow::Result<History> {
-        let mut history = History {
+        let mut history = History::unopened(path, capacity);
+        for alert in replay(path)? {
+            history.remember(alert);
+        }
+        history.compact()?;
+        Ok(history)
+    }
+
+    /// The history of a master that upgrades the running one: empty and unwritten until
+    /// it takes over (two writers, one compacting, would lose lines).
+    pub fn unopened(path: &Path, capacity: usize) -> History {
+        History {
             path: path.to_path_buf(),
             file: None,
             alerts: BTreeMap::new(),
@@ -168,12 +181,7 @@ impl History {
             next: 0,
             lines: 0,
             capacity: capacity.max(1),
-        };
-        for alert in replay(path)? {
-            history.remember(alert);
         }
-        history.compact()?;
-        Ok(history)
     }
 
     /// Records a new firing, or a new state of one already listed (its place kept).

@@ -115,14 +115,23 @@ pub struct OnCall {
 }
 
 impl OnCall {
+    /// Loads the silences and the alert history of the state dir.
     pub fn open(config: &Config) -> anyhow::Result<OnCall> {
-        let dir = &config.daemon.state_dir;
-        let silences = Silences::load(
-            &dir.join(SILENCES_FILE),
-            bounds(config),
-            config.silences.max,
-        )?;
-        let history = History::open(&dir.join(HISTORY_FILE), config.alerts.history)?;
+        let path = config.daemon.state_dir.join(HISTORY_FILE);
+        let history = History::open(&path, config.alerts.history)?;
+        OnCall::with_history(config, history)
+    }
+
+    /// For a master that upgrades the running one: the silences, and an alert history
+    /// left to the old master until it takes over (then `open`).
+    pub fn unopened(config: &Config) -> anyhow::Result<OnCall> {
+        let path = config.daemon.state_dir.join(HISTORY_FILE);
+        OnCall::with_history(config, History::unopened(&path, config.alerts.history))
+    }
+
+    fn with_history(config: &Config, history: History) -> anyhow::Result<OnCall> {
+        let path = config.daemon.state_dir.join(SILENCES_FILE);
+        let silences = Silences::load(&path, bounds(config), config.silences.max)?;
         Ok(OnCall {
             silences,
             history,
@@ -284,12 +293,29 @@ impl OnCall {
                     message: format!("Silence `{id}` does not exist"),
                 }),
             },
-            Request::Alerts(filter) => Reply::ok(200, &self.history.list(&filter)),
+            Request::Alerts(filter) => {
+                let listed = self.history.list(&filter).into_iter().cloned();
+                let shown: Vec<Alert> = listed.map(|a| shown(a, filter.reveal_keys)).collect();
+                Reply::ok(200, &shown)
+            }
             Request::WatcherState { .. } => Reply::refused(&Refusal {
                 status: 500,
                 message: "a watcher's state is the master's to answer".to_string(),
             }),
         }
+    }
+
+    /// The newest firing of a watcher, for its live state.
+    pub fn last_firing(&self, event: &str, watcher: &str, reveal_keys: bool) -> Option<Alert> {
+        let filter = Filter {
+            event: Some(event.to_string()),
+            watcher: Some(watcher.to_string()),
+            state: None,
+            limit: 1,
+            reveal_keys,
+        };
+        let last = self.history.list(&filter).into_iter().next()?;
+        Some(shown(last.clone(), reveal_keys))
     }
 
     /// Once a second: forgets silences expired a day ago, and notes silences that
@@ -347,6 +373,14 @@ impl OnCall {
         };
         self.silences.silencing(&facts, now)
     }
+}
+
+/// An alert as whoever asks may see it: key values masked unless `reveal_keys`.
+fn shown(mut alert: Alert, reveal_keys: bool) -> Alert {
+    if !reveal_keys {
+        alert.key = crate::watch::hidden(alert.key);
+    }
+    alert
 }
 
 fn previous_attempts(state: &AlertState) -> u32 {

@@ -8,6 +8,7 @@
 
 mod key;
 pub mod plan;
+mod state;
 pub mod store;
 mod table;
 
@@ -24,6 +25,7 @@ use uuid::Uuid;
 use crate::metrics::{label_value, write_family};
 use crate::registry::{Action, Aggregator, Registry, WatcherSpec};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
+pub use state::hidden;
 use store::{Cooldown, CounterStore, Second};
 
 /// What a worker ships to the master at least every 10 ms.
@@ -506,8 +508,9 @@ fn next_cooldown(spec: &WatcherSpec, previous: Option<Cooldown>) -> u64 {
     }
 }
 
-fn firing(event: &str, spec: &WatcherSpec, key: &Key, count: u64) -> Firing {
-    let key = match (&spec.aggregator, key.decode()) {
+/// `{field: value}` of a `fields` watcher's key, `null` for `single`.
+fn key_values(spec: &WatcherSpec, key: &Key) -> Value {
+    match (&spec.aggregator, key.decode()) {
         (Aggregator::Single {}, _) => Value::Null,
         (Aggregator::Fields { fields }, Ok(values)) => {
             Value::Object(fields.iter().cloned().zip(values).collect())
@@ -517,7 +520,11 @@ fn firing(event: &str, spec: &WatcherSpec, key: &Key, count: u64) -> Firing {
             warn!("watcher `{}`: {e}", spec.name);
             Value::Null
         }
-    };
+    }
+}
+
+fn firing(event: &str, spec: &WatcherSpec, key: &Key, count: u64) -> Firing {
+    let key = key_values(spec, key);
     // events-collector's wording, then the key of a `fields` watcher.
     let mut text = format!("Event `{event}` repeated {count} times");
     if let Some(window) = spec.window_secs {

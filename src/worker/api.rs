@@ -1,5 +1,6 @@
 //! The HTTP API of a worker: the REST API of the PHP events-collector (routes, bodies,
-//! replies, errors) plus `/health`, `/metrics` and `_bulk`.
+//! replies, errors) plus `/health`, `/metrics` and `_bulk`; the on-call routes are
+//! `oncall`'s.
 //!
 //! Owns what a request means and how every reply is shaped (`{"status_code","message"}`
 //! for errors). Reads come from the worker's copy of the registry; changes go to the
@@ -26,6 +27,7 @@ use super::access_log::{self, AccessLog};
 use super::batcher::Batcher;
 use super::ids::EventIds;
 use super::link::{Link, Served};
+use super::oncall;
 use super::routes::Route;
 pub use super::routes::{ROUTES, route_template};
 use crate::appender::Appenders;
@@ -46,6 +48,7 @@ pub struct Api {
     max_key_bytes: usize,
     read_timeout: Duration,
     api_token: Option<String>,
+    expose_keys_without_token: bool,
     link: Link,
     appenders: Rc<Appenders>,
     deltas: RefCell<Deltas>,
@@ -69,6 +72,7 @@ impl Api {
             max_key_bytes: config.watchers.max_key_bytes,
             read_timeout: config.read_timeout(),
             api_token: (!token.is_empty()).then(|| token.clone()),
+            expose_keys_without_token: config.server.expose_keys_without_token,
             link,
             appenders,
             deltas: RefCell::default(),
@@ -156,6 +160,7 @@ impl Api {
                 let reveal = self.api_token.is_some() && self.authorized(&parts.headers);
                 with_event(registry, event, |e| show(&e.watchers, event, name, reveal))
             }
+            (route, _) if oncall::serves(route) => self.oncall(route, parts, body, peer).await,
             (route, method) => match route.change(method, body) {
                 Some(change) => self.change(change, &parts.headers, peer).await,
                 None => method_not_allowed(route.allow()),
@@ -232,14 +237,7 @@ impl Api {
         peer: SocketAddr,
     ) -> Response<Body> {
         if !self.authorized(headers) {
-            let mut response = error(
-                StatusCode::UNAUTHORIZED,
-                "Registry changes need an `Authorization: Bearer` header with server.api_token",
-            );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+            return unauthorized();
         }
         let deletion = matches!(
             change,
@@ -254,6 +252,32 @@ impl Api {
             }
             Some(Answer::Change(Ok(id))) => json(StatusCode::CREATED, &json!({"_id": id})),
             Some(Answer::Change(Err(refused))) => refusal(refused),
+            _ => master_unavailable(),
+        }
+    }
+
+    /// Silences, alerts, a watcher's state: asked of the master; changes need the token
+    /// as registry changes do, and key values are shown only as the config says.
+    async fn oncall(
+        &self,
+        route: Route<'_>,
+        parts: &Parts,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let authorized = self.authorized(&parts.headers);
+        let access = oncall::Access {
+            client: peer.ip().to_string(),
+            reveal_keys: self.expose_keys_without_token || (self.api_token.is_some() && authorized),
+        };
+        let query = parts.uri.query();
+        let request = match oncall::request(route, &parts.method, query, body, &access) {
+            Ok(request) if request.is_change() && !authorized => return unauthorized(),
+            Ok(request) => request,
+            Err(refusal) => return *refusal,
+        };
+        match self.ask(Question::OnCall(request)).await {
+            Some(Answer::OnCall(reply)) => oncall::reply(reply),
             _ => master_unavailable(),
         }
     }
@@ -351,7 +375,19 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
     )
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<Body> {
+/// 401: changes need the token (registry changes and silences alike).
+fn unauthorized() -> Response<Body> {
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "Changes need an `Authorization: Bearer` header with server.api_token",
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+pub(super) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
     response
         .headers_mut()
