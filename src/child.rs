@@ -1,7 +1,9 @@
 //! One lifecycle for every process the master forks, whatever its role (an HTTP worker,
-//! the action runner, a counters snapshot): how it is forked with its channel, what it does first and last,
-//! and the record the master keeps of it (spawned at, stopping since, killed because).
-//! nginx keeps one process table; this is its row.
+//! the action runner, a counters snapshot, a new master during an upgrade, the cluster
+//! link): how it is forked with its channel, what it does first and last, what differs
+//! between roles (`RoleSpec`: names, heartbeats, respawn policy, unread limit), and the
+//! record the master keeps of it (spawned at, stopping since, killed because). nginx
+//! keeps one process table; this is its row (the table: `master/table.rs`).
 //!
 //! The child side never returns into the master's code: the master's objects copied by
 //! the fork are never dropped there, which is what makes closing their descriptors by
@@ -22,13 +24,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::clock::Stamp;
-use crate::ipc::Channel;
 use crate::logging;
+use crate::protocol::channel::Channel;
 
-/// What a child is for: it names the child in logs and in `ps`.
+/// What a child is for: it names the child in logs and in `ps`, and says how the master
+/// keeps it (`RoleSpec`, one row of the process table each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// Serves HTTP (`worker`).
     Worker,
+    /// Delivers firings (`action`).
     ActionRunner,
     /// Writes the counters from its copy-on-write image of the master, then exits.
     Snapshot,
@@ -38,53 +43,103 @@ pub enum Role {
     ClusterLink,
 }
 
+/// How the master keeps the children of a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Respawn {
+    /// As many as the pool's target, paced by its crash backoff (`master/pool.rs`).
+    Pool,
+    /// One, always: replaced when it exits, after a pause when it died young
+    /// (`master/table.rs::Kept`).
+    KeepOne,
+    /// Started for one job by its owner, never replaced.
+    Once,
+}
+
+/// One row of the process table: everything that differs between roles but their
+/// messages and what the master does with them.
+pub struct RoleSpec {
+    /// The name the child's log lines carry.
+    log_name: &'static str,
+    /// What `ps` shows as its command line, as nginx names its processes.
+    title: &'static str,
+    process_name: &'static CStr,
+    /// How the master's log names a child of this role.
+    describe: &'static str,
+    /// Whether it sends heartbeats, and is judged hung without them.
+    beats: bool,
+    respawn: Respawn,
+    /// What the master may have queued for it unread before it is judged stuck ("it
+    /// stopped reading") and killed. `None`: its heartbeat judges it (a worker may
+    /// legitimately be sent a registry of `registry.max_bytes` at once).
+    unread_limit: Option<usize>,
+}
+
+/// What the master may queue unread for a child that only ever gets small messages.
+const MAX_UNREAD_BYTES: usize = 64 * 1024 * 1024;
+
 impl Role {
+    fn spec(self) -> &'static RoleSpec {
+        match self {
+            Role::Worker => &RoleSpec {
+                log_name: "worker",
+                title: "eventsd: worker process",
+                process_name: c"eventsd-worker",
+                describe: "worker",
+                beats: true,
+                respawn: Respawn::Pool,
+                unread_limit: None,
+            },
+            Role::ActionRunner => &RoleSpec {
+                log_name: "action",
+                title: "eventsd: action runner",
+                process_name: c"eventsd-action",
+                describe: "action runner",
+                beats: true,
+                respawn: Respawn::KeepOne,
+                unread_limit: Some(MAX_UNREAD_BYTES),
+            },
+            Role::Snapshot => &RoleSpec {
+                log_name: "snapshot",
+                title: "eventsd: counters snapshot",
+                process_name: c"eventsd-snapshot",
+                describe: "counters snapshot",
+                beats: false,
+                respawn: Respawn::Once,
+                unread_limit: None,
+            },
+            Role::Successor => &RoleSpec {
+                log_name: "successor",
+                title: "eventsd: new master (upgrade)",
+                process_name: c"eventsd-next",
+                describe: "new master",
+                beats: false,
+                respawn: Respawn::Once,
+                unread_limit: None,
+            },
+            Role::ClusterLink => &RoleSpec {
+                log_name: "cluster",
+                title: "eventsd: cluster link",
+                process_name: c"eventsd-cluster",
+                describe: "cluster link",
+                beats: false,
+                respawn: Respawn::KeepOne,
+                unread_limit: Some(MAX_UNREAD_BYTES),
+            },
+        }
+    }
+
     /// Whether children of this role send heartbeats, and are judged hung without them.
     pub fn beats(self) -> bool {
-        matches!(self, Role::Worker | Role::ActionRunner)
+        self.spec().beats
     }
 
-    /// The name the child's log lines carry.
-    fn log_name(self) -> &'static str {
-        match self {
-            Role::Worker => "worker",
-            Role::ActionRunner => "action",
-            Role::Snapshot => "snapshot",
-            Role::Successor => "successor",
-            Role::ClusterLink => "cluster",
-        }
-    }
-
-    /// What `ps` shows as its command line, as nginx names its processes.
-    fn title(self) -> &'static str {
-        match self {
-            Role::Worker => "eventsd: worker process",
-            Role::ActionRunner => "eventsd: action runner",
-            Role::Snapshot => "eventsd: counters snapshot",
-            Role::Successor => "eventsd: new master (upgrade)",
-            Role::ClusterLink => "eventsd: cluster link",
-        }
-    }
-
-    fn process_name(self) -> &'static CStr {
-        match self {
-            Role::Worker => c"eventsd-worker",
-            Role::ActionRunner => c"eventsd-action",
-            Role::Snapshot => c"eventsd-snapshot",
-            Role::Successor => c"eventsd-next",
-            Role::ClusterLink => c"eventsd-cluster",
-        }
+    pub fn respawn(self) -> Respawn {
+        self.spec().respawn
     }
 
     /// How the master's log names a child of this role.
     pub fn describe(self) -> &'static str {
-        match self {
-            Role::Worker => "worker",
-            Role::ActionRunner => "action runner",
-            Role::Snapshot => "counters snapshot",
-            Role::Successor => "new master",
-            Role::ClusterLink => "cluster link",
-        }
+        self.spec().describe
     }
 }
 
@@ -143,7 +198,7 @@ pub fn fork_child(
 
 /// The child's whole life: its prologue, `body`, its exit code.
 fn run_child(role: Role, master_fds: &[RawFd], body: impl FnOnce() -> anyhow::Result<()>) -> ! {
-    logging::set_role(role.log_name());
+    logging::set_role(role.spec().log_name);
     for fd in master_fds {
         // SAFETY: these descriptors belong to the master's objects, never used or
         // dropped in this process (see the module comment).
@@ -166,8 +221,8 @@ fn run_child(role: Role, master_fds: &[RawFd], body: impl FnOnce() -> anyhow::Re
 /// that reaches the whole service must not end its workers (the signal's default). A
 /// successor keeps the default, since an ignored signal stays ignored across `exec`.
 fn prepare(role: Role) -> anyhow::Result<()> {
-    nix::sys::prctl::set_name(role.process_name()).context("cannot set the process name")?;
-    crate::title::set(role.title());
+    nix::sys::prctl::set_name(role.spec().process_name).context("cannot set the process name")?;
+    crate::title::set(role.spec().title);
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .context("cannot restore the signal mask")?;
     if role != Role::Successor {
@@ -236,7 +291,10 @@ impl Child {
             .is_some_and(|since| now.duration_since(since) > graceful_timeout)
     }
 
-    /// Queues `message`; a child that cannot be written to is about to be reaped.
+    /// Queues `message`; a child that cannot be written to is about to be reaped. The
+    /// one "stopped reading" rule: a child of a role with an unread limit that leaves
+    /// more than that unread is stuck, and killed: the master never buffers for it
+    /// without bound.
     pub fn send(&mut self, message: &impl Serialize) {
         let Some(channel) = self.channel.as_mut() else {
             return;
@@ -244,6 +302,16 @@ impl Child {
         if let Err(e) = channel.send(message) {
             warn!("cannot send to {self}: {e}");
         }
+        let queued = self.queued_bytes();
+        if let Some(limit) = self.role.spec().unread_limit.filter(|&l| queued > l) {
+            let details = format!("{} MiB unread", limit / (1024 * 1024));
+            self.kill("it stopped reading", &details);
+        }
+    }
+
+    /// Whether it still reads what the master sends: its channel open, not told to stop.
+    pub fn listens(&self) -> bool {
+        self.channel.is_some() && !self.is_stopping()
     }
 
     /// A sign of life the child stamped at `sent_at` (a heartbeat, or its start).

@@ -5,8 +5,10 @@
 //!
 //! - `master`: the supervisor process (its cycle, pool, signals, timeouts, control socket);
 //! - `worker`: an HTTP worker process (hyper on one tokio thread) and its REST API;
-//! - `child`: one lifecycle for every forked child (fork, prologue, the master's record);
-//! - `ipc`: the frames and messages between them; `clock`: the time they stamp them with;
+//! - `child`: one lifecycle for every forked child (fork, prologue, each role's row of the
+//!   process table, the master's record);
+//! - `protocol`: the frames and messages between them, every channel's; `clock`: the time
+//!   they stamp them with;
 //! - `watch`: aggregation keys, the counter store and firing decisions;
 //! - `oncall`: silences, the alert list and their answers (alerts.md);
 //! - `action`: the action runner process and the deliveries (email, webhook, command);
@@ -14,7 +16,8 @@
 //! - `event`: a posted event on the hot path; `appender`: how events are written;
 //! - `registry`: event types, collectors and watchers, owned by the master;
 //! - `config`, `cli` (the command line of both programs in `bin/`), `files`, `logging`,
-//!   `pidfile`, `privileges`, `notify`, `status`: the daemon's plumbing.
+//!   `pidfile`, `privileges`, `notify`, `status`, `metrics` and `exposition`: the
+//!   daemon's plumbing.
 
 pub mod action;
 pub mod appender;
@@ -24,8 +27,8 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod event;
+pub mod exposition;
 pub mod files;
-pub mod ipc;
 pub mod logging;
 pub mod master;
 pub mod metrics;
@@ -33,6 +36,7 @@ pub mod notify;
 pub mod oncall;
 pub mod pidfile;
 pub mod privileges;
+pub mod protocol;
 pub mod registry;
 pub mod status;
 pub mod title;

@@ -1,52 +1,18 @@
-//! Metrics: the counters workers keep between two heartbeats (`Deltas`), the totals the
-//! master adds them up into (`Totals`), and their Prometheus text exposition (0.0.4).
+//! Metrics: the totals the master adds the workers' counters (`protocol::worker::Deltas`,
+//! sent with each heartbeat) and the runner's outcomes up into (`Totals`), and their
+//! Prometheus families (written with `exposition`).
 //!
 //! Workers never keep totals: what they send is added once by the master, so a worker
 //! that dies loses at most its last half second of counts, and totals never go back.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
-use crate::action::report::{ActionKind, Delivery, DropReason, ErrorClass};
+use crate::exposition::{Histogram, label_value, write_family};
+use crate::protocol::runner::{ActionKind, Delivery, DropReason, ErrorClass};
+use crate::protocol::worker::{Deltas, REQUEST_BOUNDS};
 use crate::status::{WorkerState, WorkerStatus};
-
-/// Counters of one worker since its previous heartbeat.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Deltas {
-    /// (route template, status code) → requests. Borrowed on the worker's hot path, so
-    /// that counting a request allocates nothing.
-    pub requests: BTreeMap<(Cow<'static, str>, u16), u64>,
-    /// route template → how long its requests took.
-    pub durations: BTreeMap<Cow<'static, str>, Histogram>,
-    /// event type → events collected (acknowledged).
-    pub collected: BTreeMap<String, u64>,
-}
-
-impl Deltas {
-    pub fn record_request(&mut self, route: &'static str, status: u16, seconds: f64) {
-        *self
-            .requests
-            .entry((Cow::Borrowed(route), status))
-            .or_default() += 1;
-        self.durations
-            .entry(Cow::Borrowed(route))
-            .or_default()
-            .observe(&REQUEST_BOUNDS, seconds);
-    }
-
-    pub fn record_collected(&mut self, event: &str, count: u64) {
-        match self.collected.get_mut(event) {
-            Some(total) => *total += count,
-            None => {
-                self.collected.insert(event.to_string(), count);
-            }
-        }
-    }
-}
 
 /// The master's totals since it started.
 #[derive(Debug, Default)]
@@ -66,61 +32,6 @@ pub struct Totals {
 
 /// Delivery latency bounds: a healthy target answers within a second; retries reach an hour.
 const DELIVERY_BOUNDS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0, 3600.0];
-/// Request duration bounds: the hot path answers in well under a millisecond.
-const REQUEST_BOUNDS: [f64; 11] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
-];
-
-/// A Prometheus histogram's counts (seconds), over bounds its owner names; workers ship
-/// theirs in heartbeats and the master merges them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Histogram {
-    /// Observations at most each bound (made cumulative when rendered).
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    pub fn observe(&mut self, bounds: &[f64], value: f64) {
-        self.counts.resize(bounds.len(), 0);
-        if let Some(bucket) = bounds.iter().position(|&bound| value <= bound) {
-            self.counts[bucket] += 1;
-        }
-        self.sum += value;
-        self.count += 1;
-    }
-
-    pub fn merge(&mut self, other: &Histogram) {
-        if self.counts.len() < other.counts.len() {
-            self.counts.resize(other.counts.len(), 0);
-        }
-        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
-            *mine += theirs;
-        }
-        self.sum += other.sum;
-        self.count += other.count;
-    }
-
-    /// The `_bucket`, `_sum` and `_count` samples, with `labels` (`key="value",` or empty).
-    pub fn write_samples(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
-        let mut cumulative = 0;
-        for (index, bound) in bounds.iter().enumerate() {
-            cumulative += self.counts.get(index).copied().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
-        let plain = labels.trim_end_matches(',');
-        let braces = if plain.is_empty() {
-            String::new()
-        } else {
-            format!("{{{plain}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
-    }
-}
-
 impl Totals {
     pub fn add(&mut self, deltas: Deltas) {
         for (key, count) in deltas.requests {
@@ -429,43 +340,9 @@ pub fn write_process_families(out: &mut String) {
     );
 }
 
-/// `text` as a label value: backslash, quote and newline escaped (the exposition format).
-pub fn label_value(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// One metric family: its HELP and TYPE lines, then one sample per label set
-/// (`key="value",...`; empty for a family without labels).
-pub fn write_family<V: std::fmt::Display>(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (String, V)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let _ = if labels.is_empty() {
-            writeln!(out, "{name} {value}")
-        } else {
-            writeln!(out, "{name}{{{labels}}} {value}")
-        };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(
-            label_value("webhook http://a\"b\\c\n"),
-            "webhook http://a\\\"b\\\\c\\n"
-        );
-    }
 
     #[test]
     fn deltas_add_up_into_totals() {

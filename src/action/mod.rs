@@ -13,7 +13,6 @@
 
 pub mod deliver;
 mod queue;
-pub mod report;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -23,17 +22,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use log::{debug, info, warn};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::ipc;
 use crate::logging;
+use crate::protocol::frame::{self, Json};
+use crate::protocol::runner::{ActionKind, Delivery, ErrorClass, FromRunner, Outcome, ToRunner};
 use crate::watch::Job;
 use deliver::{Context, Failure};
 pub use queue::target_of;
 use queue::{Attempt, Limits, Pending, Queues, Settled};
-pub use report::{ActionKind, Delivery, DropReason, ErrorClass, FromRunner, Outcome};
 
 /// Deliveries in flight, all targets together: 128 targets hung at once, at the default
 /// 4 each. A delivery thread waiting on a hung webhook costs about 0.5 MiB of resident
@@ -42,23 +40,6 @@ const MAX_IN_FLIGHT: usize = 512;
 
 /// How often the scheduler tells the master it is alive.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
-
-/// What the master sends the runner.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ToRunner {
-    /// A job, as JSON (its action and key are JSON documents).
-    Deliver { job: String },
-    /// The master settled these firings (their watcher is gone): never deliver them.
-    Forget { ids: Vec<Uuid> },
-    /// Finish the deliveries under way and those due now, then exit: what waits for a
-    /// retry stays in the master's journal for the next runner.
-    Stop,
-    /// A new configuration: finish the deliveries under way, start no other, and exit;
-    /// the next runner, started with it, gets everything else from the journal.
-    Retire,
-    /// Reopen log files (SIGUSR1 reached the master).
-    ReopenLogs,
-}
 
 /// How the runner was told to stop.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -134,11 +115,8 @@ fn receive_jobs(mut channel: UnixStream, shared: &Shared) {
         };
         buffer.extend_from_slice(&chunk[..n]);
         loop {
-            match ipc::take_frame::<ToRunner>(&mut buffer) {
-                Ok(Some(ToRunner::Deliver { job })) => match serde_json::from_str::<Job>(&job) {
-                    Ok(job) => enqueue(shared, job),
-                    Err(e) => warn!("unreadable job from the master: {e}"),
-                },
+            match frame::take_frame::<ToRunner>(&mut buffer) {
+                Ok(Some(ToRunner::Deliver(Json(job)))) => enqueue(shared, *job),
                 Ok(Some(ToRunner::Forget { ids })) => forget(shared, ids),
                 Ok(Some(ToRunner::Stop)) => break 'read Stopping::DueNow,
                 Ok(Some(ToRunner::Retire)) => break 'read Stopping::InFlightOnly,
@@ -340,7 +318,7 @@ fn report_settled(shared: &Shared, settled: Settled, now: Instant) {
 }
 
 fn send(shared: &Shared, message: &FromRunner) {
-    let written = ipc::encode(message).and_then(|frame| lock(&shared.reports).write_all(&frame));
+    let written = frame::encode(message).and_then(|frame| lock(&shared.reports).write_all(&frame));
     if let Err(e) = written {
         warn!("cannot report to the master: {e}");
     }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::report::DropReason;
 use crate::config::Config;
+use crate::protocol::runner::DropReason;
 use crate::registry::Action;
 use crate::registry::address::origin;
 use crate::watch::Job;

@@ -25,88 +25,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use log::{info, warn};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use uuid::Uuid;
 
 use crate::config::{Cluster, Config};
-use crate::ipc;
-use crate::metrics::Histogram;
+use crate::exposition::Histogram;
 use crate::oncall::silence::Silence;
-use crate::watch::store::Second;
+use crate::protocol::cluster::{CountCall, FromCluster, Publication, ToCluster};
+use crate::protocol::frame;
 use crate::watch::{Crossing, Key, SharedCount};
 use redis_link::{Announcement, CALL_ID_TTL, Redis};
-
-/// What the master tells the link.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ToCluster {
-    Count(Vec<SharedCount>),
-    /// Write the registry `document` as `version` over `expected`, or report the conflict.
-    Publish {
-        expected: u64,
-        version: u64,
-        document: String,
-    },
-    /// Write this node's copy into a Redis that has none, or an older one.
-    Seed {
-        version: u64,
-        document: String,
-    },
-    /// Calls a previous master's link left in doubt: sent again with their ids.
-    Resend(Vec<CountCall>),
-    /// Silences made or expired on this node (or all of them, for a Redis that may
-    /// have lost them): written until Redis takes them.
-    ShareSilences(Vec<Silence>),
-    /// Silences expired long enough that every node forgets them.
-    ForgetSilences(Vec<Uuid>),
-    Stop,
-}
-
-/// What the link tells the master.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum FromCluster {
-    /// Redis answered again (`true`) or a call failed (`false`); sent on every change.
-    Reachable(bool),
-    Crossed(Vec<Crossing>),
-    /// Counts never sent (Redis unreachable): the master counts them locally.
-    Unreached(Vec<SharedCount>),
-    /// Calls still in doubt when the link stops: the master keeps them for the next
-    /// link, which sends them again with their ids.
-    InDoubt(Vec<CountCall>),
-    /// The shared registry (version, document), newer than the last one reported; `None`
-    /// when Redis holds none.
-    Registry(Option<(u64, String)>),
-    Published(Publication),
-    /// Every shared silence, when the set changed.
-    Silences(Vec<Silence>),
-    /// Calls to Redis since the last report: their latency and how many failed.
-    Calls {
-        latency: Histogram,
-        errors: u64,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Publication {
-    Written(u64),
-    /// Another node wrote first: its version and document.
-    Conflict(u64, String),
-    Failed(String),
-}
-
-/// One `eventsd_count` call: the counts of one slot under an id that Redis records with
-/// them, atomically. A call whose outcome is unknown (a timeout, a connection lost after
-/// sending) is sent again with the same id: Redis adds it once, and answers the second
-/// time with the replies of the first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CountCall {
-    id: Uuid,
-    counts: Vec<SharedCount>,
-    /// When it was first sent (seconds since the epoch: calls in doubt outlive a stop):
-    /// past `CALL_ID_TTL`, sending it again could add it twice.
-    sent_at: Option<Second>,
-}
 
 impl CountCall {
     fn new(counts: Vec<SharedCount>) -> CountCall {
@@ -190,7 +119,7 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
                     break;
                 }
                 inbound.extend_from_slice(&chunk[..n]);
-                while let Some(message) = ipc::take_frame::<ToCluster>(&mut inbound)? {
+                while let Some(message) = frame::take_frame::<ToCluster>(&mut inbound)? {
                     if !link.obey(message).await? {
                         return link.finish().await;
                     }
@@ -479,7 +408,7 @@ impl Link {
     }
 
     async fn tell(&mut self, message: &FromCluster) -> anyhow::Result<()> {
-        let frame = ipc::encode(message)?;
+        let frame = frame::encode(message)?;
         self.master
             .write_all(&frame)
             .await

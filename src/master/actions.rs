@@ -3,47 +3,41 @@
 //! without ever waiting on it, reads the runner's outcomes, and keeps a runner up (paced
 //! after a quick death). A runner that starts is handed everything the journal holds, so
 //! what a dead runner or a stopped master left undelivered goes out with its first id.
-//! A runner that stops reading, or whose heartbeat stops (`workers.heartbeat_timeout_secs`),
-//! is killed and replaced: the master never buffers for it without bound, and a frozen
-//! runner holds no alert longer than the timeout. A watcher deleted or changed takes its
+//! A runner that stops reading (`Child::send`), or whose heartbeat stops
+//! (`workers.heartbeat_timeout_secs`), is killed and replaced (`table::Kept`): the
+//! master never buffers for it without bound, and a frozen runner holds no alert longer
+//! than the timeout. A watcher deleted or changed takes its
 //! pending firings with it (dropped, `watcher_deleted`); a new `[smtp]` or `[actions]`
 //! retires the runner for one started with it.
 
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use log::{error, info, warn};
+use log::{info, warn};
 use nix::unistd::Pid;
 
 use super::journal::{self, Journal};
+use super::table::Kept;
 use super::{Master, setup};
-use crate::action::{ActionKind, Delivery, DropReason, FromRunner, Outcome, ToRunner};
 use crate::child::{self, Child, Role};
 use crate::config::Config;
 use crate::metrics::Totals;
+use crate::protocol::frame::Json;
+use crate::protocol::runner::{ActionKind, Delivery, DropReason, FromRunner, Outcome, ToRunner};
 use crate::registry::Registry;
 use crate::watch::store::Second;
 use crate::watch::{CountBatch, Job};
 
-/// A runner that dies sooner than this after its start waits this long to be replaced.
-const RESPAWN_PAUSE: Duration = Duration::from_secs(1);
-
-/// What the master may have written to the runner and it has not read yet: more, and
-/// the runner is stuck.
-const MAX_UNREAD_BYTES: usize = 64 * 1024 * 1024;
-
 /// The runner and what waits for it.
 pub(super) struct Actions {
-    pub runner: Option<Child>,
-    respawn_at: Option<Instant>,
+    pub runner: Kept,
     pub journal: Journal,
 }
 
 impl Actions {
     pub(super) fn new(journal: Journal) -> Actions {
         Actions {
-            runner: None,
-            respawn_at: None,
+            runner: Kept::new(Role::ActionRunner),
             journal,
         }
     }
@@ -135,39 +129,30 @@ impl Master {
         }
         self.record_drops(&orphans, DropReason::WatcherDeleted);
         let ids = orphans.iter().map(|j| j.firing.id).collect();
-        if let Some(runner) = self.actions.runner.as_mut() {
-            runner.send(&ToRunner::Forget { ids });
-        }
+        self.actions.runner.send(&ToRunner::Forget { ids });
     }
 
     fn hand_to_runner(&mut self, job: &Job) {
-        let Some(runner) = self.actions.runner.as_mut().filter(|r| r.channel.is_some()) else {
+        let Some(runner) = self
+            .actions
+            .runner
+            .get_mut()
+            .filter(|r| r.channel.is_some())
+        else {
             return;
         };
-        match serde_json::to_string(job) {
-            Ok(job) => runner.send(&ToRunner::Deliver { job }),
-            Err(e) => error!("cannot serialize a firing: {e}"),
-        }
-        if runner.queued_bytes() > MAX_UNREAD_BYTES {
-            let details = format!("{MAX_UNREAD_BYTES} bytes of firings unread");
-            runner.kill("it stopped reading", &details);
-        }
+        runner.send(&ToRunner::Deliver(Json(Box::new(job.clone()))));
     }
 
     /// Keeps a runner up (paced after a quick death) and feeds it what waited. A master
     /// taking over from an old one starts none until it has: the old one's runner
     /// still delivers from the same journal.
     pub(super) fn keep_runner(&mut self) {
-        let now = Instant::now();
-        if self.actions.runner.is_some()
-            || self.actions.respawn_at.is_some_and(|at| now < at)
-            || self.succession.is_some()
-        {
+        if !self.actions.runner.wants_one(Instant::now()) || self.succession.is_some() {
             return;
         }
-        if let Err(e) = self.spawn_runner() {
-            error!("cannot start the action runner: {e:#}");
-            self.actions.respawn_at = Some(now + RESPAWN_PAUSE);
+        let forked = self.spawn_runner();
+        if self.actions.runner.started(forked).is_none() {
             return;
         }
         let pending: Vec<Job> = self.actions.journal.pending().cloned().collect();
@@ -182,22 +167,20 @@ impl Master {
         }
     }
 
-    fn spawn_runner(&mut self) -> anyhow::Result<()> {
+    fn spawn_runner(&self) -> anyhow::Result<Child> {
         // The runner serves no HTTP: it closes the listening socket too.
         let mut master_fds = self.master_only_fds();
         master_fds.push(self.listener.as_raw_fd());
         let config = self.config.clone();
-        let runner = child::fork_child(Role::ActionRunner, &master_fds, |channel| {
+        child::fork_child(Role::ActionRunner, &master_fds, |channel| {
             crate::action::serve(&config, channel)
-        })?;
-        self.actions.runner = Some(runner);
-        Ok(())
+        })
     }
 
     pub(super) fn on_runner_message(&mut self, message: FromRunner) {
         match message {
             FromRunner::Heartbeat { sent_at } => {
-                if let Some(runner) = self.actions.runner.as_mut() {
+                if let Some(runner) = self.actions.runner.get_mut() {
                     runner.heard(sent_at);
                 }
             }
@@ -209,7 +192,7 @@ impl Master {
                 error,
                 retry_in_ms,
             } => {
-                let retry_in = Duration::from_millis(retry_in_ms);
+                let retry_in = std::time::Duration::from_millis(retry_in_ms);
                 self.oncall.retrying(&ids, &error, retry_in);
             }
             FromRunner::Settled(outcome) => self.record_outcome(outcome),
@@ -242,35 +225,21 @@ impl Master {
         }
     }
 
-    /// Called by the reaper; tells whether `pid` was the runner.
-    pub(super) fn on_runner_exit(&mut self, pid: Pid, how: &str) -> bool {
-        let Some(runner) = self.actions.runner.take_if(|r| r.pid == pid) else {
-            return false;
-        };
-        if runner.is_stopping() || self.is_stopping() {
-            info!("action runner {pid} {how}");
-        } else {
-            warn!("action runner {pid} {how}; starting another");
-            if runner.age(Instant::now()) < RESPAWN_PAUSE * 5 {
-                self.actions.respawn_at = Some(Instant::now() + RESPAWN_PAUSE);
-            }
-        }
-        true
+    /// Called by the reaper for the runner; the next one is started by `keep_runner`.
+    pub(super) fn on_runner_exit(&mut self, pid: Pid, how: &str) {
+        let stopping = self.is_stopping();
+        self.actions.runner.exited(pid, how, stopping);
     }
 
     /// Graceful stop: the runner delivers what is due, within the graceful timeout.
     pub(super) fn stop_runner(&mut self, why: &str) {
-        if let Some(runner) = self.actions.runner.as_mut() {
-            runner.stop(&ToRunner::Stop, why);
-        }
+        self.actions.runner.stop(&ToRunner::Stop, why);
     }
 
     /// A reload changed what the runner was started with: it finishes the deliveries
     /// under way and exits; the next one, with the new configuration, gets the rest from
     /// the journal (a runner reads its configuration once, after the fork).
     pub(super) fn retire_runner(&mut self, why: &str) {
-        if let Some(runner) = self.actions.runner.as_mut() {
-            runner.stop(&ToRunner::Retire, why);
-        }
+        self.actions.runner.stop(&ToRunner::Retire, why);
     }
 }

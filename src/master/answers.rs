@@ -17,8 +17,9 @@ use nix::unistd::Pid;
 use super::pool::Pool;
 use super::{Master, setup};
 use crate::clock::Stamp;
-use crate::ipc::{Answer, MasterMessage, Question};
-use crate::metrics::{label_value, write_family, write_process_families};
+use crate::exposition::{label_value, write_family};
+use crate::metrics::write_process_families;
+use crate::protocol::worker::{Answer, MasterMessage, Question};
 use crate::registry::{Change, Origin, Refusal, Registry};
 
 /// Who asked a question, and until when it may be answered.

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use log::{error, info, warn};
@@ -24,22 +24,18 @@ use nix::unistd::Pid;
 use uuid::Uuid;
 
 use super::answers::Asker;
+use super::table::Kept;
 use super::{Master, setup};
 use crate::child::{self, Child, Role};
-use crate::cluster::{self, CALL_BOUNDS, CountCall, FromCluster, Publication, ToCluster};
+use crate::cluster::{self, CALL_BOUNDS};
 use crate::config;
-use crate::ipc::{Answer, MasterMessage};
-use crate::metrics::{Histogram, write_family};
+use crate::exposition::{Histogram, write_family};
+use crate::protocol::cluster::{CountCall, FromCluster, Publication, ToCluster};
+use crate::protocol::worker::{Answer, MasterMessage};
 use crate::registry::{Change, Origin, Refusal, Registry};
 use crate::status::ClusterStatus;
 use crate::watch::store::Second;
 use crate::watch::{CountBatch, SetCounts, SharedCount};
-
-/// A link that dies sooner than this after its start waits this long to be replaced.
-const RESPAWN_PAUSE: Duration = Duration::from_secs(1);
-
-/// What the master may have queued for the link unread: more, and it is stuck.
-const MAX_UNREAD_BYTES: usize = 64 * 1024 * 1024;
 
 /// Batches held for Redis' first answer, at most (a link that cannot start): past them,
 /// counts are this node's own.
@@ -78,8 +74,7 @@ fn save_calls_in_doubt(path: &Path, calls: &[CountCall]) -> anyhow::Result<()> {
 
 pub(super) struct ClusterState {
     config: config::Cluster,
-    pub link: Option<Child>,
-    respawn_at: Option<Instant>,
+    pub link: Kept,
     /// Redis did not answer: counting locally since then.
     degraded_since: Option<Instant>,
     /// Redis answered or failed once: until then, counts are held for it.
@@ -115,8 +110,7 @@ impl ClusterState {
     pub(super) fn new(config: config::Cluster) -> ClusterState {
         ClusterState {
             config,
-            link: None,
-            respawn_at: None,
+            link: Kept::new(Role::ClusterLink),
             // Until Redis first answers, counts are this node's own.
             degraded_since: Some(Instant::now()),
             settled: false,
@@ -133,21 +127,11 @@ impl ClusterState {
     /// Counts go to Redis: the link is up, not told to stop (it would not read them),
     /// and Redis answered last.
     fn shares(&self) -> bool {
-        self.degraded_since.is_none()
-            && self
-                .link
-                .as_ref()
-                .is_some_and(|l| l.channel.is_some() && !l.is_stopping())
+        self.degraded_since.is_none() && self.link.get().is_some_and(Child::listens)
     }
 
     pub(super) fn send(&mut self, message: &ToCluster) {
-        let Some(link) = self.link.as_mut() else {
-            return;
-        };
-        link.send(message);
-        if link.queued_bytes() > MAX_UNREAD_BYTES {
-            link.kill("it stopped reading", "64 MiB of counts unread");
-        }
+        self.link.send(message);
     }
 
     pub(super) fn status(&self, registry_version: u64) -> ClusterStatus {
@@ -187,14 +171,10 @@ impl Master {
     /// Keeps the link up (paced after a quick death). A master taking over from an old
     /// one starts none until it has: it must not adopt registries the old one writes.
     pub(super) fn keep_cluster_link(&mut self) {
-        let now = Instant::now();
         let Some(cluster) = self.cluster.as_ref() else {
             return;
         };
-        if cluster.link.is_some()
-            || cluster.respawn_at.is_some_and(|at| now < at)
-            || self.succession.is_some()
-        {
+        if !cluster.link.wants_one(Instant::now()) || self.succession.is_some() {
             return;
         }
         let mut master_fds = self.master_only_fds();
@@ -206,17 +186,10 @@ impl Master {
             cluster::serve(&config, channel)
         });
         if let Some(cluster) = self.cluster.as_mut() {
-            match forked {
-                Ok(mut link) => {
-                    let in_doubt = std::mem::take(&mut cluster.in_doubt);
-                    if !in_doubt.is_empty() {
-                        link.send(&ToCluster::Resend(in_doubt));
-                    }
-                    cluster.link = Some(link);
-                }
-                Err(e) => {
-                    error!("cannot start the cluster link: {e:#}");
-                    cluster.respawn_at = Some(now + RESPAWN_PAUSE);
+            if let Some(link) = cluster.link.started(forked) {
+                let in_doubt = std::mem::take(&mut cluster.in_doubt);
+                if !in_doubt.is_empty() {
+                    link.send(&ToCluster::Resend(in_doubt));
                 }
             }
         }
@@ -243,7 +216,7 @@ impl Master {
     }
 
     pub(super) fn read_cluster_link(&mut self, events: PollFlags) {
-        let Some(link) = self.cluster.as_mut().and_then(|c| c.link.as_mut()) else {
+        let Some(link) = self.cluster.as_mut().and_then(|c| c.link.get_mut()) else {
             return;
         };
         for message in link.exchange::<FromCluster>(events) {
@@ -622,23 +595,18 @@ impl Master {
         self.push_registry();
     }
 
-    /// Called by the reaper; tells whether `pid` was the link.
-    pub(super) fn on_cluster_link_exit(&mut self, pid: Pid, how: &str) -> bool {
+    /// Called by the reaper for the link; the next one is started by
+    /// `keep_cluster_link`. Until it answers, this node counts alone.
+    pub(super) fn on_cluster_link_exit(&mut self, pid: Pid, how: &str) {
         let stopping = self.is_stopping();
         let Some(cluster) = self.cluster.as_mut() else {
-            return false;
+            return;
         };
-        let Some(link) = cluster.link.take_if(|l| l.pid == pid) else {
-            return false;
+        let Some(link) = cluster.link.exited(pid, how, stopping) else {
+            return;
         };
-        if link.is_stopping() || stopping {
-            info!("cluster link {pid} {how}");
-        } else {
-            warn!("cluster link {pid} {how}; starting another, counting alone meanwhile");
+        if !link.is_stopping() && !stopping {
             cluster.degraded_since.get_or_insert_with(Instant::now);
-            if link.age(Instant::now()) < RESPAWN_PAUSE * 5 {
-                cluster.respawn_at = Some(Instant::now() + RESPAWN_PAUSE);
-            }
         }
         // A change in flight is lost with the link: refused, to be sent again.
         let in_flight = cluster
@@ -651,12 +619,11 @@ impl Master {
                 message: "The cluster link restarted; try again".to_string(),
             }));
         }
-        true
     }
 
     pub(super) fn stop_cluster_link(&mut self, why: &str) {
-        if let Some(link) = self.cluster.as_mut().and_then(|c| c.link.as_mut()) {
-            link.stop(&ToCluster::Stop, why);
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.link.stop(&ToCluster::Stop, why);
         }
     }
 }

@@ -19,10 +19,10 @@ use nix::unistd::Pid;
 use super::Master;
 use super::answers::Asker;
 use super::signals::Requested;
-use crate::action::FromRunner;
 use crate::child::Role;
 use crate::clock::Stamp;
-use crate::ipc::WorkerMessage;
+use crate::protocol::runner::FromRunner;
+use crate::protocol::worker::WorkerMessage;
 use crate::watch::CountBatch;
 
 /// What a polled descriptor belongs to.
@@ -47,21 +47,16 @@ impl Master {
             match source {
                 Source::Signals => self.signals.read_into(&mut requested)?,
                 Source::Control => self.serve_control_clients(),
-                Source::Child(pid, Role::Worker) => self.read_worker(pid, events),
+                Source::Child(pid, role) => self.read_child(pid, role, events),
                 Source::Counts(pid) => self.read_counts(pid),
-                Source::Child(pid, Role::ActionRunner) => self.read_runner(pid, events),
-                // A snapshot says nothing: its exit code is its report.
-                Source::Child(pid, Role::Snapshot) => self.read_snapshot(pid, events),
-                Source::Child(_, Role::Successor) => self.read_successor(events),
-                Source::Child(_, Role::ClusterLink) => self.read_cluster_link(events),
                 Source::Predecessor => self.read_predecessor(events)?,
             }
         }
         Ok(requested)
     }
 
-    /// What a child sent; also called by the reaper for a child's last words, written
-    /// just before it exited.
+    /// What a child sent, handed to its role's handler; also called by the reaper for a
+    /// child's last words, written just before it exited.
     pub(super) fn read_child(&mut self, pid: Pid, role: Role, events: PollFlags) {
         match role {
             Role::Worker => self.read_worker(pid, events),
@@ -162,7 +157,7 @@ impl Master {
     }
 
     fn read_runner(&mut self, pid: Pid, events: PollFlags) {
-        let Some(runner) = self.actions.runner.as_mut().filter(|r| r.pid == pid) else {
+        let Some(runner) = self.actions.runner.get_mut().filter(|r| r.pid == pid) else {
             return;
         };
         for message in runner.exchange::<FromRunner>(events) {

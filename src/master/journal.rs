@@ -26,7 +26,7 @@ use log::warn;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::action::DropReason;
+use crate::protocol::runner::DropReason;
 use crate::registry::{Action, Destinations, Registry};
 use crate::watch::Job;
 

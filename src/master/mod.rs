@@ -1,5 +1,6 @@
 //! The master process: binds the listening socket, holds the pidfile, forks and
-//! supervises its children (the worker pool and the action runner), owns the registry and
+//! supervises its children (the worker pool, the action runner, counters snapshots, a new
+//! master during an upgrade, and in a cluster the cluster link), owns the registry and
 //! every counter, serves its status on the control socket.
 //!
 //! `run_loop` is the whole cycle, in the fixed order of gunicorn's arbiter and nginx's
@@ -16,14 +17,15 @@
 //! another one held) and never blocks: every socket it polls is non-blocking, and
 //! everything slow happens in children.
 //!
-//! Files, by owner: `events` (the wait and what children say), `workers` (spawn, stop,
-//! reconcile), `reap`, `timeouts` (the tick), `reload` (SIGHUP, SIGUSR1), `answers`
-//! (registry changes and questions), `counting` (counts in slices), `actions` (counts to
-//! firings to the runner),
-//! `journal` (pending firings kept across stops and crashes), `oncall` (silences and the
-//! alert list on the firing, outcome, question and tick hooks),
-//! `snapshot` (counters written by a forked child), `upgrade` (both sides of a binary
-//! upgrade), `setup`, `announcer`, `control`, `signals`, `pool`.
+//! Files, by owner: `events` (the wait and what children say), `table` (the process
+//! table, the keep-alive of the runner and the link), `workers` (spawn, stop,
+//! reconcile), `reap` (the one exit path), `timeouts` (the tick), `reload` (SIGHUP,
+//! SIGUSR1), `answers` (registry changes and questions), `counting` (counts in slices),
+//! `actions` (counts to firings to the runner), `journal` (pending firings kept across
+//! stops and crashes), `oncall` (silences and the alert list, on the firing, outcome,
+//! question and tick hooks), `snapshot` (counters written by a forked child), `upgrade` (both
+//! sides of a binary upgrade), `cluster` (the cluster link: counts and registry shared
+//! through Redis), `setup`, `announcer`, `control`, `signals`, `pool`.
 
 mod actions;
 mod announcer;
@@ -40,11 +42,11 @@ mod reload;
 mod setup;
 mod signals;
 mod snapshot;
+mod table;
 mod timeouts;
 mod upgrade;
 mod workers;
 
-use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -58,7 +60,7 @@ pub use announcer::Announcer;
 pub use control::query;
 pub use upgrade::inherited_default_sink;
 
-use crate::child::{Child, Role};
+use crate::child::Role;
 use crate::config::{self, Config};
 use crate::logging::{self, Sink};
 use crate::metrics::Totals;
@@ -354,7 +356,7 @@ impl Master {
             return;
         }
         let why = "every worker has stopped";
-        match self.cluster.as_ref().and_then(|c| c.link.as_ref()) {
+        match self.cluster.as_ref().and_then(|c| c.link.get()) {
             Some(_) => self.stop_cluster_link(why),
             None => self.stop_runner(why),
         }
@@ -409,46 +411,6 @@ impl Master {
             Phase::HandingOver => self.children().all(|c| c.role == Role::Successor),
             Phase::Starting | Phase::Running => false,
         }
-    }
-
-    /// The process table: every live child, workers, the action runner, a snapshot and
-    /// a new master alike.
-    fn children(&self) -> impl Iterator<Item = &Child> {
-        let workers = self.pool.iter().map(|w| &w.child);
-        workers
-            .chain(self.actions.runner.as_ref())
-            .chain(self.snapshots.child.as_ref())
-            .chain(self.upgrade.as_ref().map(|u| &u.successor))
-            .chain(self.cluster.as_ref().and_then(|c| c.link.as_ref()))
-    }
-
-    fn children_mut(&mut self) -> impl Iterator<Item = &mut Child> {
-        let workers = self.pool.iter_mut().map(|w| &mut w.child);
-        workers
-            .chain(self.actions.runner.as_mut())
-            .chain(self.snapshots.child.as_mut())
-            .chain(self.upgrade.as_mut().map(|u| &mut u.successor))
-            .chain(self.cluster.as_mut().and_then(|c| c.link.as_mut()))
-    }
-
-    fn child_mut(&mut self, pid: Pid) -> Option<&mut Child> {
-        self.children_mut().find(|child| child.pid == pid)
-    }
-
-    /// Descriptors a new child must close right after the fork: the pidfile (or it would
-    /// hold the lock after the master died), the signalfd, the control socket, the start
-    /// pipe, the journal of pending firings, every other child's channels, and what a
-    /// successor inherited.
-    fn master_only_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.signals.raw_fd()];
-        fds.extend(self.actions.journal.raw_fd());
-        fds.extend(self.succession.iter().flat_map(Succession::raw_fds));
-        fds.extend(self.pidfile.as_ref().map(Pidfile::raw_fd));
-        fds.extend(self.control.as_ref().map(ControlSocket::raw_fd));
-        fds.extend(self.announcer.raw_fd());
-        fds.extend(self.children().filter_map(Child::channel_fd));
-        fds.extend(self.pool.iter().filter_map(pool::Worker::counts_fd));
-        fds
     }
 
     fn status(&self) -> Status {

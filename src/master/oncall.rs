@@ -14,11 +14,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Master;
-use crate::action::{DropReason, ToRunner};
-use crate::cluster::ToCluster;
-use crate::ipc::Answer;
 use crate::oncall::silence::Silence;
 use crate::oncall::{Reply, Request};
+use crate::protocol::cluster::ToCluster;
+use crate::protocol::runner::{DropReason, ToRunner};
+use crate::protocol::worker::Answer;
 use crate::registry::Refusal;
 use crate::watch::Job;
 
@@ -75,9 +75,7 @@ impl Master {
         }
         self.actions.journal.done(&ids);
         info!("{} pending firings settled as silenced", ids.len());
-        if let Some(runner) = self.actions.runner.as_mut() {
-            runner.send(&ToRunner::Forget { ids });
-        }
+        self.actions.runner.send(&ToRunner::Forget { ids });
     }
 
     /// Silences made or expired here go to the other nodes through Redis; alone, a

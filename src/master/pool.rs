@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use crate::child::Child;
-use crate::ipc::{Channel, Heartbeat};
+use crate::protocol::channel::Channel;
+use crate::protocol::worker::Heartbeat;
 use crate::status::{WorkerState, WorkerStatus};
 
 /// A worker that exits sooner than this after its fork counts as a crash-loop exit. A

@@ -22,7 +22,7 @@ impl Master {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
                 Ok(status) => {
                     if let Some(pid) = status.pid() {
-                        self.on_child_exit(pid, status)?;
+                        self.on_child_exit(pid, status, true)?;
                     }
                 }
                 Err(Errno::EINTR) => continue,
@@ -31,20 +31,16 @@ impl Master {
         }
     }
 
-    /// After `halt`: every child got SIGKILL, so this blocking wait is short.
+    /// After `halt` on an error: every child got SIGKILL, so this blocking wait is short.
+    /// Each exit goes the one exit path, without reading what the child wrote last (the
+    /// master is failing: it handles no more questions); a worker that failed to start
+    /// no longer matters.
     pub(super) fn wait_for_every_child(&mut self) {
         while self.children().next().is_some() {
             match waitpid(None, None) {
                 Ok(status) => {
                     if let Some(pid) = status.pid() {
-                        let how = describe_exit(status);
-                        if !self.on_runner_exit(pid, &how)
-                            && !self.on_snapshot_exit(pid, &how, false)
-                            && !self.on_successor_exit(pid, &how)
-                            && !self.on_cluster_link_exit(pid, &how)
-                        {
-                            self.pool.remove(pid);
-                        }
+                        let _ = self.on_child_exit(pid, status, false);
                     }
                 }
                 Err(Errno::EINTR) => continue,
@@ -53,30 +49,45 @@ impl Master {
         }
     }
 
-    /// A child that wrote and exited after the last poll (a worker's final batch, the
-    /// cluster link's last crossings): what it wrote is read before its record goes.
-    fn read_last_words(&mut self, pid: Pid) {
-        let role = self.children().find(|c| c.pid == pid).map(|c| c.role);
-        if let Some(role) = role.filter(|&role| role != Role::Successor) {
+    /// The one exit path, whatever the role: what the child wrote last is read (when
+    /// `last_words`), then its owner takes its record out and judges the exit.
+    fn on_child_exit(
+        &mut self,
+        pid: Pid,
+        status: WaitStatus,
+        last_words: bool,
+    ) -> anyhow::Result<()> {
+        let how = describe_exit(status);
+        let Some(role) = self.role_of(pid) else {
+            debug!("reaped child {pid} ({how})");
+            return Ok(());
+        };
+        // A child that wrote and exited after the last poll (a worker's final batch,
+        // the cluster link's last crossings): what it wrote is read before its record
+        // goes.
+        if last_words && role != Role::Successor {
             self.read_child(pid, role, PollFlags::POLLIN);
         }
+        if last_words && role == Role::Worker {
+            // The counts it wrote before it exited, which a full backlog kept unread.
+            self.read_counts(pid);
+        }
+        match role {
+            Role::Worker => self.on_worker_exit(pid, &how)?,
+            Role::ActionRunner => self.on_runner_exit(pid, &how),
+            Role::Snapshot => {
+                self.on_snapshot_exit(pid, &how, matches!(status, WaitStatus::Exited(_, 0)))
+            }
+            Role::Successor => self.on_successor_exit(pid, &how),
+            Role::ClusterLink => self.on_cluster_link_exit(pid, &how),
+        }
+        Ok(())
     }
 
-    fn on_child_exit(&mut self, pid: Pid, status: WaitStatus) -> anyhow::Result<()> {
-        self.read_last_words(pid);
-        let how = describe_exit(status);
-        let succeeded = matches!(status, WaitStatus::Exited(_, 0));
-        if self.on_runner_exit(pid, &how)
-            || self.on_snapshot_exit(pid, &how, succeeded)
-            || self.on_successor_exit(pid, &how)
-            || self.on_cluster_link_exit(pid, &how)
-        {
-            return Ok(());
-        }
-        // The counts it wrote before it exited, which a full backlog kept unread.
-        self.read_counts(pid);
+    /// A worker's exit: expected (it was stopping), fatal (it failed while the master
+    /// starts), or a crash, which the pool's backoff paces.
+    fn on_worker_exit(&mut self, pid: Pid, how: &str) -> anyhow::Result<()> {
         let Some(worker) = self.pool.remove(pid) else {
-            debug!("reaped child {pid} ({how})");
             return Ok(());
         };
         let now = Instant::now();
@@ -97,7 +108,7 @@ impl Master {
         let what = match (worker.child.killed_because, worker.startup_failure) {
             (Some(why), _) => format!("was killed because {why}"),
             (None, Some(reason)) => format!("failed to start ({reason})"),
-            (None, None) => how,
+            (None, None) => how.to_string(),
         };
         match self.pool.backoff.record_exit(age, what.clone(), now) {
             None => warn!(

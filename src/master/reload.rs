@@ -7,11 +7,11 @@
 use log::{error, info, warn};
 
 use super::{Master, Phase, setup};
-use crate::action::ToRunner;
 use crate::config::{Actions, Config, Privileges, Smtp};
-use crate::ipc::MasterMessage;
 use crate::logging::{self, Sink};
 use crate::notify;
+use crate::protocol::runner::ToRunner;
+use crate::protocol::worker::MasterMessage;
 
 impl Master {
     /// SIGHUP: validate the new configuration, then roll a new generation of workers.
@@ -111,9 +111,7 @@ impl Master {
             Err(e) => error!("cannot reopen log files: {e:#}"),
         }
         self.broadcast(&MasterMessage::ReopenLogs);
-        if let Some(runner) = self.actions.runner.as_mut() {
-            runner.send(&ToRunner::ReopenLogs);
-        }
+        self.actions.runner.send(&ToRunner::ReopenLogs);
     }
 }
 

@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 
 use super::{Master, setup};
 use crate::child::{self, Child, Role};
-use crate::metrics::write_family;
+use crate::exposition::write_family;
 
 /// The snapshot child, when the last one was started, and how the last ones went.
 pub(super) struct Snapshots {
@@ -127,11 +127,11 @@ impl Master {
         }
     }
 
-    /// Called by the reaper; tells whether `pid` was the snapshot. A failed snapshot
-    /// leaves the counters marked changed, for the next tick.
-    pub(super) fn on_snapshot_exit(&mut self, pid: Pid, how: &str, succeeded: bool) -> bool {
+    /// Called by the reaper for the snapshot. A failed snapshot leaves the counters
+    /// marked changed, for the next tick.
+    pub(super) fn on_snapshot_exit(&mut self, pid: Pid, how: &str, succeeded: bool) {
         if self.snapshots.child.take_if(|s| s.pid == pid).is_none() {
-            return false;
+            return;
         }
         self.snapshots.last_ok = succeeded;
         if succeeded {
@@ -141,6 +141,5 @@ impl Master {
             warn!("counters snapshot {pid} {how}; trying again at the next tick");
             self.watch.mark_changed();
         }
-        true
     }
 }

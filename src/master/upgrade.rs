@@ -39,10 +39,11 @@ use super::answers::Asker;
 use super::{Master, Phase, setup};
 use crate::child::{self, Child, Role};
 use crate::config;
-use crate::ipc::{Channel, Question};
 use crate::logging::Sink;
 use crate::notify;
 use crate::pidfile::Pidfile;
+use crate::protocol::channel::Channel;
+use crate::protocol::worker::Question;
 use crate::watch::store::{MemoryStore, Second};
 use crate::watch::{CountBatch, Watch};
 
@@ -269,11 +270,11 @@ impl Master {
         }
     }
 
-    /// Called by the reaper; tells whether `pid` was the successor. It exits while this
-    /// master still runs only when it failed: this master carries on, workers and all.
-    pub(super) fn on_successor_exit(&mut self, pid: Pid, how: &str) -> bool {
+    /// Called by the reaper for the successor. It exits while this master still runs
+    /// only when it failed: this master carries on, workers and all.
+    pub(super) fn on_successor_exit(&mut self, pid: Pid, how: &str) {
         let Some(upgrade) = self.upgrade.take_if(|u| u.successor.pid == pid) else {
-            return false;
+            return;
         };
         let why = upgrade.successor.killed_because.map_or_else(
             || how.to_string(),
@@ -286,7 +287,6 @@ impl Master {
             // Its workers are draining: `reconcile` replaces them.
             self.phase = Phase::Running;
         }
-        true
     }
 
     /// The old master's last act, once its children are gone: what the successor loads

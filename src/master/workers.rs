@@ -16,8 +16,9 @@ use nix::unistd::Pid;
 use super::pool::Worker;
 use super::{Master, Phase};
 use crate::child::{self, Role};
-use crate::ipc::{Channel, MasterMessage};
 use crate::notify;
+use crate::protocol::channel::Channel;
+use crate::protocol::worker::MasterMessage;
 use crate::worker;
 
 impl Master {

@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::action::{Delivery, DropReason, Outcome, target_of};
+use crate::action::target_of;
 use crate::config::Config;
-use crate::metrics::{label_value, write_family};
+use crate::exposition::{label_value, write_family};
+use crate::protocol::runner::{Delivery, DropReason, Outcome};
 use crate::registry::Refusal;
 use crate::watch::{Firing, Job};
 use history::{Alert, AlertState, Filter, History};

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::metrics::{label_value, write_family};
+use crate::exposition::{label_value, write_family};
 use crate::registry::{Action, Aggregator, Registry, WatcherSpec};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
 pub use state::hidden;

@@ -33,8 +33,7 @@ pub use super::routes::{ROUTES, route_template};
 use crate::appender::Appenders;
 use crate::config::Config;
 use crate::event::Event;
-use crate::ipc::{Answer, Question};
-use crate::metrics::Deltas;
+use crate::protocol::worker::{Answer, Deltas, Question};
 use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry, Spec};
 
 pub type Body = Full<Bytes>;

@@ -25,8 +25,9 @@ use tokio::task::JoinHandle;
 use super::access_log::AccessLog;
 use crate::appender::Appenders;
 use crate::clock::Stamp;
-use crate::ipc::{self, Answer, MasterMessage, Question, WorkerMessage};
 use crate::logging;
+use crate::protocol::frame;
+use crate::protocol::worker::{Answer, MasterMessage, Question, WorkerMessage};
 use crate::registry::Registry;
 use crate::watch::CountBatch;
 use crate::watch::plan::Plans;
@@ -219,7 +220,7 @@ async fn write_frames<M: Serialize>(
     shutdown: Shutdown,
 ) {
     while let Some(Some(message)) = queue.recv().await {
-        let written = match ipc::encode(&message) {
+        let written = match frame::encode(&message) {
             Ok(frame) => writer.write_all(&frame).await,
             Err(e) => Err(e),
         };
@@ -254,7 +255,7 @@ async fn obey_until_closed(mut reader: OwnedReadHalf, link: &Link, shutdown: &Sh
         }
         buffer.extend_from_slice(&chunk[..n]);
         loop {
-            match ipc::take_frame::<MasterMessage>(&mut buffer) {
+            match frame::take_frame::<MasterMessage>(&mut buffer) {
                 Ok(Some(command)) => obey(command, link, shutdown),
                 Ok(None) => break,
                 Err(e) => {

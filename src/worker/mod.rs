@@ -29,7 +29,8 @@ use log::info;
 use crate::appender::Appenders;
 use crate::clock::Stamp;
 use crate::config::Config;
-use crate::ipc::{self, Heartbeat, WorkerMessage};
+use crate::protocol::frame;
+use crate::protocol::worker::{Heartbeat, WorkerMessage};
 use crate::registry::Registry;
 use crate::tls::Tls;
 use access_log::AccessLog;
@@ -73,7 +74,7 @@ pub fn serve(setup: Setup, mut channel: UnixStream) -> anyhow::Result<()> {
         Err(e) => {
             let reason = format!("{e:#}");
             // Best effort: if the master is gone there is no one left to tell.
-            let _ = ipc::encode(&WorkerMessage::StartupFailed { reason })
+            let _ = frame::encode(&WorkerMessage::StartupFailed { reason })
                 .and_then(|frame| channel.write_all(&frame));
             return Err(e);
         }

@@ -31,7 +31,7 @@ use super::api::{Api, Body};
 use super::io::ClientStream;
 use super::link::{Link, Shutdown};
 use crate::config::Config;
-use crate::ipc::{Heartbeat, WorkerMessage};
+use crate::protocol::worker::{Heartbeat, WorkerMessage};
 use crate::tls::Tls;
 
 /// How long the accept loop pauses after an accept error (EMFILE...) before retrying.

@@ -1,5 +1,6 @@
-//! What the action runner tells the master (its heartbeat, each failed attempt, each
-//! settled firing) and the closed sets that label them in metrics: action kinds, results,
+//! The action runner's channel: what the master tells the runner (`ToRunner`), what the
+//! runner tells the master (its heartbeat, each failed attempt, each settled firing:
+//! `FromRunner`), and the closed sets that label them in metrics: action kinds, results,
 //! drop reasons, error classes. Typed here once, so that the runner, the master and the
 //! metrics can never spell a label two ways, and every series can be shown from the start.
 //!
@@ -8,8 +9,27 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::frame::Json;
 use crate::clock::Stamp;
 use crate::registry::Action;
+use crate::watch::Job;
+
+/// What the master sends the runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToRunner {
+    /// A job (its action and key are JSON documents).
+    Deliver(Json<Box<Job>>),
+    /// The master settled these firings (their watcher is gone): never deliver them.
+    Forget { ids: Vec<Uuid> },
+    /// Finish the deliveries under way and those due now, then exit: what waits for a
+    /// retry stays in the master's journal for the next runner.
+    Stop,
+    /// A new configuration: finish the deliveries under way, start no other, and exit;
+    /// the next runner, started with it, gets everything else from the journal.
+    Retire,
+    /// Reopen log files (SIGUSR1 reached the master).
+    ReopenLogs,
+}
 
 /// One message from the runner to the master.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
