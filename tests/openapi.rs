@@ -68,7 +68,8 @@ fn every_template_routes_to_itself_with_or_without_its_trailing_slash() {
 
 /// One valid request per documented operation, in an order where each finds what it
 /// needs: (METHOD, path template, body).
-const VALID_REQUESTS: [(&str, &str, &str); 20] = [
+/// `{ends}` stands for a time an hour from now; `{id}` for the silence made before.
+const VALID_REQUESTS: [(&str, &str, &str); 26] = [
     ("GET", "/health", ""),
     ("HEAD", "/health", ""),
     ("POST", "/event/", r#"{"type": "probe"}"#),
@@ -88,6 +89,16 @@ const VALID_REQUESTS: [(&str, &str, &str); 20] = [
     ),
     ("GET", "/event/{type}/watcher/", ""),
     ("GET", "/event/{type}/watcher/{name}", ""),
+    ("GET", "/event/{type}/watcher/{name}/state", ""),
+    (
+        "POST",
+        "/silences",
+        r#"{"matchers": [{"name": "event", "value": "probe"}], "endsAt": "{ends}", "createdBy": "test"}"#,
+    ),
+    ("GET", "/silences", ""),
+    ("GET", "/silences/{id}", ""),
+    ("DELETE", "/silences/{id}", ""),
+    ("GET", "/alerts", ""),
     ("POST", "/event/{type}/", r#"{"user": "ann"}"#),
     (
         "POST",
@@ -116,11 +127,16 @@ fn every_documented_operation_has_a_valid_request_in_this_test() {
 fn the_live_daemon_answers_every_valid_request_with_its_documented_success() {
     let daemon = Daemon::run("");
     let document = document();
+    let in_an_hour = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let ends = humantime::format_rfc3339(in_an_hour).to_string();
+    let mut silence = String::new();
     for (method, path, body) in VALID_REQUESTS {
         let concrete = path
             .replace("{type}", "probe")
             .replace("{name}", "thing")
-            .replace("{asset}", "app.js");
+            .replace("{asset}", "app.js")
+            .replace("{id}", &silence);
+        let body = body.replace("{ends}", &ends);
         let responses = &document["paths"][path][method.to_lowercase()]["responses"];
         let successes: Vec<&String> = responses
             .as_object()
@@ -133,7 +149,11 @@ fn the_live_daemon_answers_every_valid_request_with_its_documented_success() {
             1,
             "{method} {path}: one documented success"
         );
-        let response = daemon.send(method, &concrete, body, "");
+        let response = daemon.send(method, &concrete, &body, "");
+        let reply = serde_json::from_str::<Value>(&response.body).unwrap_or_default();
+        if let Some(id) = reply.get("silenceID").and_then(Value::as_str) {
+            silence = id.to_string();
+        }
         assert_eq!(
             response.status.to_string(),
             *successes[0],

@@ -143,6 +143,83 @@ fn a_watchers_bar_grows_after_events_are_posted() {
 }
 
 #[test]
+fn a_silence_made_from_a_firing_is_listed_and_holds_back_the_next_one() {
+    let daemon = Daemon::run("");
+    watch_ips(&daemon, "logins", 1, "");
+    post_events(&daemon, "logins", "10.0.0.5", 2);
+    let browser = open_page(&daemon, 1280, 800);
+    let firing = "#firings tbody tr[data-state='delivered']";
+    browser.wait_until(
+        "the firing, delivered",
+        SHOWN,
+        &format!("return !!document.querySelector(\"{firing}\")"),
+    );
+    browser.click(&format!("{firing} button"));
+    let prefilled = browser.run(
+        "return [...document.querySelectorAll('#silence-matchers input:checked')]
+            .map(box => box.dataset.name + '=' + box.dataset.value)",
+    );
+    assert_eq!(
+        prefilled,
+        json!(["event=logins", "watcher=by_ip", "key.ip=10.0.0.5"])
+    );
+    assert_eq!(
+        browser.run("return document.getElementById('silence-hours').value"),
+        "2"
+    );
+    browser.click("#silence-submit");
+
+    common::wait_for("the silence, listed by GET /silences", SHOWN, || {
+        daemon
+            .get("/silences")
+            .unwrap()
+            .json()
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let listed = daemon.get("/silences").unwrap().json();
+    let silence = &listed[0];
+    assert_eq!(silence["status"]["state"], "active");
+    let matchers: Vec<(String, String)> = silence["matchers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().into(),
+                m["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        matchers.contains(&("key.ip".into(), "10.0.0.5".into())),
+        "{silence}"
+    );
+
+    post_events(&daemon, "logins", "10.0.0.5", 2);
+    browser.wait_until(
+        "the next firing, shown as silenced",
+        SHOWN,
+        "const newest = document.querySelector('#firings tbody tr');
+         return newest.dataset.state === 'silenced'
+            && newest.textContent.includes('silenced') && newest.textContent.includes('10.0.0.5')",
+    );
+
+    let id = silence["id"].as_str().unwrap();
+    browser.wait_until(
+        "the silence on the page",
+        SHOWN,
+        &format!("return !!document.querySelector(\"#silences tr[data-id='{id}'] button\")"),
+    );
+    browser.click(&format!("#silences tr[data-id='{id}'] button"));
+    common::wait_for("the silence expired", SHOWN, || {
+        daemon.get(&format!("/silences/{id}")).unwrap().json()["status"]["state"] == "expired"
+    });
+}
+
+#[test]
 fn a_key_value_of_html_renders_as_text() {
     let payload = "<img src=x onerror=alert(1)>";
     let daemon = Daemon::run("");

@@ -91,6 +91,9 @@ impl Master {
     /// Journals a firing, then hands it to the runner if one is up (a runner that
     /// starts gets the whole journal).
     pub(super) fn dispatch(&mut self, job: Job) {
+        if self.held_by_silence(&job) {
+            return;
+        }
         info!(
             "watcher `{}` fired: {}",
             job.firing.watcher, job.firing.text
@@ -101,6 +104,7 @@ impl Master {
                 oldest.firing.watcher, self.config.watchers.action_queue
             );
             count_drop(&mut self.totals, &oldest, DropReason::QueueFull);
+            self.record_drops(&[oldest], DropReason::QueueFull);
         }
         self.hand_to_runner(&job);
     }
@@ -123,6 +127,7 @@ impl Master {
         for job in &orphans {
             count_drop(&mut self.totals, job, DropReason::WatcherDeleted);
         }
+        self.record_drops(&orphans, DropReason::WatcherDeleted);
         let ids = orphans.iter().map(|j| j.firing.id).collect();
         self.actions.runner.send(&ToRunner::Forget { ids });
     }
@@ -182,6 +187,14 @@ impl Master {
             FromRunner::AttemptFailed { action, error } => {
                 self.totals.record_failed_attempt(action, error);
             }
+            FromRunner::Retrying {
+                ids,
+                error,
+                retry_in_ms,
+            } => {
+                let retry_in = std::time::Duration::from_millis(retry_in_ms);
+                self.oncall.retrying(&ids, &error, retry_in);
+            }
             FromRunner::Settled(outcome) => self.record_outcome(outcome),
         }
     }
@@ -193,6 +206,7 @@ impl Master {
         if firings == 0 {
             return;
         }
+        self.oncall.settled(&outcome);
         let message = format!(
             "watcher `{}`: {} action {}: {}",
             outcome.watcher,

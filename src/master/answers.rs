@@ -34,7 +34,7 @@ impl Master {
     pub(super) fn answer(&mut self, asker: Asker, question: Question) {
         let change = match &question {
             Question::Change { change, .. } => Some(change.kind()),
-            Question::Metrics | Question::Status => None,
+            Question::Metrics | Question::Status { .. } | Question::OnCall(_) => None,
         };
         if self.past_deadline(asker, change) {
             return;
@@ -68,13 +68,15 @@ impl Master {
                         .map(|(target, n)| (format!("target=\"{}\"", label_value(&target)), n)),
                 );
                 self.snapshots.render(&mut text);
+                self.oncall.render(&mut text);
                 if let Some(cluster) = &self.cluster {
                     cluster.render(&mut text);
                 }
                 write_process_families(&mut text);
                 Answer::Metrics(text)
             }
-            Question::Status => Answer::Status(self.status_document()),
+            Question::Status { reveal_keys } => Answer::Status(self.status_document(reveal_keys)),
+            Question::OnCall(request) => self.answer_oncall(request),
             // In a cluster, Redis holds the registry: the change is published first.
             Question::Change { change, origin } if self.cluster.is_some() => {
                 self.publish_change(asker, change, origin);

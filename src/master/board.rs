@@ -1,6 +1,7 @@
 //! The status board: what `GET /status` answers (ui.md), the facts the status page
 //! shows, as one JSON document built by the master from its own parts (the pool, the
-//! traffic rings, the watchers, the journal of pending firings, the cluster link).
+//! traffic rings, the watchers' live state, the alert list and the silences of
+//! `oncall`, the journal of pending firings, the cluster link).
 //!
 //! Built on request only, and at most once a second however many pages poll it (the
 //! document is kept for a second): serving the page costs the master nothing per event.
@@ -14,21 +15,26 @@ use log::error;
 use serde::Serialize;
 
 use super::Master;
+use super::oncall::LiveState;
 use super::traffic::{Traffic, TrafficReport};
 use crate::metrics::ProcessFigures;
+use crate::oncall::history::{Alert, AlertState, Filter};
+use crate::oncall::silences::Shown;
 use crate::status::{ClusterStatus, Status, WorkerStatus};
-use crate::watch::{self, WatcherState};
 
 /// How long a built document is served again: pages poll every 2 s.
 const REUSE_FOR: Duration = Duration::from_secs(1);
 /// The hottest keys shown per watcher.
 const HOTTEST_KEYS: usize = 10;
+/// The recent firings shown.
+const RECENT_FIRINGS: usize = 20;
 
 /// The master's side of the status page: the traffic rings and the last document.
 #[derive(Default)]
 pub struct Board {
     pub traffic: Traffic,
-    last: Option<(Instant, String)>,
+    /// When it was built, whether it shows key values, the document.
+    last: Option<(Instant, bool, String)>,
 }
 
 #[derive(Serialize)]
@@ -36,8 +42,10 @@ struct Document<'a> {
     daemon: Daemon,
     workers: Vec<WorkerRow>,
     traffic: TrafficReport<'a>,
-    watchers: Vec<WatcherState>,
+    watchers: Vec<LiveState>,
     pending: Vec<PendingTarget>,
+    firings: Vec<Alert>,
+    silences: Vec<Shown<'a>>,
     cluster: Option<ClusterStatus>,
 }
 
@@ -59,12 +67,19 @@ struct WorkerRow {
     cpu_seconds: f64,
 }
 
-#[derive(Serialize)]
+/// The firings waiting for one target, and how their delivery goes.
+#[derive(Default, Serialize)]
 struct PendingTarget {
     /// The target by origin (`https://hooks.example.com`, `smtp`, `command`): no
     /// credentials, paths or queries (security.md).
     target: String,
     firings: u64,
+    /// The most attempts any of them has had.
+    attempts: u32,
+    /// Why the last failed attempt of the most tried one failed.
+    last_error: Option<String>,
+    /// The soonest next attempt.
+    next_attempt_at: Option<String>,
 }
 
 impl Master {
@@ -79,23 +94,23 @@ impl Master {
         );
     }
 
-    /// The `/status` document, as JSON text.
-    pub(super) fn status_document(&mut self) -> String {
+    /// The `/status` document, as JSON text; key values only if `reveal_keys`.
+    pub(super) fn status_document(&mut self, reveal_keys: bool) -> String {
         let now = Instant::now();
-        if let Some((built, document)) = &self.board.last {
-            if now.saturating_duration_since(*built) < REUSE_FOR {
+        if let Some((built, revealed, document)) = &self.board.last {
+            if *revealed == reveal_keys && now.saturating_duration_since(*built) < REUSE_FOR {
                 return document.clone();
             }
         }
-        let document = serde_json::to_string(&self.document()).unwrap_or_else(|e| {
+        let document = serde_json::to_string(&self.document(reveal_keys)).unwrap_or_else(|e| {
             error!("the status document cannot be serialized: {e}");
             "{}".to_string()
         });
-        self.board.last = Some((now, document.clone()));
+        self.board.last = Some((now, reveal_keys, document.clone()));
         document
     }
 
-    fn document(&self) -> Document<'_> {
+    fn document(&self, reveal_keys: bool) -> Document<'_> {
         let mut status = self.status();
         let workers = std::mem::take(&mut status.workers)
             .into_iter()
@@ -110,6 +125,7 @@ impl Master {
             Some(cluster) if cluster.redis_reachable => "cluster",
             Some(_) => "cluster, degraded",
         };
+        let watchers = self.watch.states(HOTTEST_KEYS, reveal_keys);
         Document {
             daemon: Daemon {
                 version: env!("CARGO_PKG_VERSION"),
@@ -119,16 +135,70 @@ impl Master {
             },
             workers,
             traffic: self.board.traffic.report(),
-            watchers: self.watch.states(watch::now(), HOTTEST_KEYS),
-            pending: pending_targets(self.actions.journal.pending_by_target()),
+            watchers: watchers
+                .into_iter()
+                .map(|state| self.with_last_firing(state, reveal_keys))
+                .collect(),
+            pending: self.pending_targets(),
+            firings: self
+                .oncall
+                .alerts(&recent(None, RECENT_FIRINGS, reveal_keys)),
+            silences: self.oncall.silences(),
             cluster,
         }
     }
+
+    /// The journal's pending firings by target, with how their deliveries go as the
+    /// alert list has it.
+    fn pending_targets(&self) -> Vec<PendingTarget> {
+        let mut by_target: BTreeMap<String, PendingTarget> = self
+            .actions
+            .journal
+            .pending_by_target()
+            .into_iter()
+            .map(|(target, firings)| {
+                let entry = PendingTarget {
+                    target: target.clone(),
+                    firings,
+                    ..PendingTarget::default()
+                };
+                (target, entry)
+            })
+            .collect();
+        let pending = recent(Some("pending"), crate::oncall::MAX_ALERTS, false);
+        for alert in self.oncall.alerts(&pending) {
+            let AlertState::Pending {
+                target,
+                attempts,
+                last_error,
+                next_attempt_at,
+            } = alert.state
+            else {
+                continue;
+            };
+            let Some(entry) = by_target.get_mut(&target) else {
+                continue;
+            };
+            if attempts >= entry.attempts {
+                entry.attempts = attempts;
+                entry.last_error = last_error.or(entry.last_error.take());
+            }
+            entry.next_attempt_at = match (entry.next_attempt_at.take(), next_attempt_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        by_target.into_values().collect()
+    }
 }
 
-fn pending_targets(by_target: BTreeMap<String, u64>) -> Vec<PendingTarget> {
-    by_target
-        .into_iter()
-        .map(|(target, firings)| PendingTarget { target, firings })
-        .collect()
+/// The newest `limit` alerts, of `state` if given.
+fn recent(state: Option<&str>, limit: usize, reveal_keys: bool) -> Filter {
+    Filter {
+        event: None,
+        watcher: None,
+        state: state.map(str::to_string),
+        limit,
+        reveal_keys,
+    }
 }

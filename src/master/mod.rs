@@ -22,7 +22,8 @@
 //! reconcile), `reap` (the one exit path), `timeouts` (the tick), `reload` (SIGHUP,
 //! SIGUSR1), `answers` (registry changes and questions), `counting` (counts in slices),
 //! `actions` (counts to firings to the runner), `journal` (pending firings kept across
-//! stops and crashes), `board` and `traffic` (the status page's document and its
+//! stops and crashes), `oncall` (silences and the alert list, on the firing, outcome,
+//! question and tick hooks), `board` and `traffic` (the status page's document and its
 //! per-second rings), `snapshot` (counters written by a forked child), `upgrade` (both
 //! sides of a binary upgrade), `cluster` (the cluster link: counts and registry shared
 //! through Redis), `setup`, `announcer`, `control`, `signals`, `pool`.
@@ -36,6 +37,7 @@ mod control;
 mod counting;
 mod events;
 mod journal;
+mod oncall;
 mod pool;
 mod reap;
 mod reload;
@@ -66,6 +68,7 @@ use crate::config::{self, Config};
 use crate::logging::{self, Sink};
 use crate::metrics::Totals;
 use crate::notify;
+use crate::oncall::OnCall;
 use crate::pidfile::Pidfile;
 use crate::registry::Registry;
 use crate::status::{CrashLoop, Status};
@@ -131,6 +134,8 @@ struct Master {
     cluster: Option<cluster::ClusterState>,
     /// The status page's traffic rings and last document.
     board: Board,
+    /// Silences and the alert list.
+    oncall: OnCall,
 }
 
 /// Runs a master until it stops. Start-up failures are reported to `announcer` too.
@@ -204,6 +209,11 @@ impl Master {
                 actions::open_journal(&config, &registry, &mut totals)?,
             )
         };
+        let oncall = if taking_over {
+            OnCall::unopened(&config)?
+        } else {
+            OnCall::open(&config)?
+        };
         let mut watch = Watch::new(Box::new(store));
         watch.sync(&registry);
         let listener = match inherited {
@@ -253,6 +263,7 @@ impl Master {
             succession,
             cluster,
             board: Board::default(),
+            oncall,
         };
         if taking_over {
             master.hold_what_waits_for_the_take_over();
@@ -274,6 +285,7 @@ impl Master {
                 self.enforce_timeouts();
                 self.snapshot_counters_if_due();
                 self.sample_traffic();
+                self.oncall_tick();
             }
             self.reconcile();
             self.release_held_answers();

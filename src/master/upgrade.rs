@@ -481,6 +481,7 @@ impl Master {
         self.take_restored_counts();
         self.push_registry();
         self.actions.journal = open_journal(&self.config, &self.registry, &mut self.totals)?;
+        self.oncall = crate::oncall::OnCall::open(&self.config)?;
         self.release_what_waited_for_the_take_over();
         let (counts, changes) = (
             predecessor.deferred_counts.len(),

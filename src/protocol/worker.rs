@@ -45,8 +45,10 @@ pub enum Question {
     Change { change: Change, origin: Origin },
     /// The Prometheus exposition of the whole daemon.
     Metrics,
-    /// The status page's document (`GET /status`).
-    Status,
+    /// The status page's document (`GET /status`); key values only if `reveal_keys`.
+    Status { reveal_keys: bool },
+    /// Silences, the alert list, a watcher's live state (alerts.md).
+    OnCall(crate::oncall::Request),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +58,7 @@ pub enum Answer {
     Metrics(String),
     /// The `/status` document, as JSON text.
     Status(String),
+    OnCall(crate::oncall::Reply),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::exposition::{label_value, write_family};
 use crate::registry::{Action, Aggregator, Registry, WatcherSpec};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
-pub use state::{KeyCount, WatcherState};
+pub use state::{KeyCount, WatcherState, hidden};
 use store::{Cooldown, CounterStore, Second};
 
 /// What a worker ships to the master at least every 10 ms.
@@ -243,8 +243,6 @@ pub struct Watch {
     counted: BTreeMap<String, u64>,
     /// Firings by (event type, watcher): watcher names are unique only within a type.
     firings: BTreeMap<(String, String), u64>,
-    /// When each watcher last fired, since this master started (the status page).
-    last_fired: HashMap<Uuid, Second>,
     /// The counters changed since the last snapshot was taken.
     changed: bool,
 }
@@ -256,7 +254,6 @@ impl Watch {
             watchers: HashMap::new(),
             counted: BTreeMap::new(),
             firings: BTreeMap::new(),
-            last_fired: HashMap::new(),
             changed: false,
         }
     }
@@ -362,7 +359,6 @@ impl Watch {
         firing.crossing = Some(name);
         firing.node = Some(node.to_string());
         record_firing(&mut self.firings, &watched.event, spec.name.as_str());
-        self.last_fired.insert(crossing.watcher, now());
         Some(Job {
             firing,
             action: spec.action.clone(),
@@ -410,7 +406,6 @@ impl Watch {
         self.store
             .fired(id, key, now, next_cooldown(spec, previous));
         record_firing(&mut self.firings, &watched.event, spec.name.as_str());
-        self.last_fired.insert(id, now);
         Some(Job {
             firing: firing(&watched.event, spec, key, count),
             action: spec.action.clone(),
@@ -514,7 +509,7 @@ fn next_cooldown(spec: &WatcherSpec, previous: Option<Cooldown>) -> u64 {
 }
 
 /// `{field: value}` of a `fields` watcher's key, `null` for `single`.
-fn key_fields(spec: &WatcherSpec, key: &Key) -> Value {
+fn key_values(spec: &WatcherSpec, key: &Key) -> Value {
     match (&spec.aggregator, key.decode()) {
         (Aggregator::Single {}, _) => Value::Null,
         (Aggregator::Fields { fields }, Ok(values)) => {
@@ -529,7 +524,7 @@ fn key_fields(spec: &WatcherSpec, key: &Key) -> Value {
 }
 
 fn firing(event: &str, spec: &WatcherSpec, key: &Key, count: u64) -> Firing {
-    let key = key_fields(spec, key);
+    let key = key_values(spec, key);
     // events-collector's wording, then the key of a `fields` watcher.
     let mut text = format!("Event `{event}` repeated {count} times");
     if let Some(window) = spec.window_secs {

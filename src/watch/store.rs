@@ -43,10 +43,8 @@ pub trait CounterStore {
         now: Second,
         windows: &dyn Fn(Uuid) -> Option<u64>,
     ) -> Vec<(Uuid, Key, u64)>;
-    /// (watcher, keys held, keys evicted so far), for metrics.
-    fn sizes(&self) -> Vec<(Uuid, usize, u64)>;
     /// The `limit` keys of `watcher` with the highest counts at `now` (within `window`),
-    /// highest first: one pass over its keys, for the status page.
+    /// highest first: a watcher's live state (alerts.md).
     fn hottest(
         &self,
         watcher: Uuid,
@@ -54,6 +52,8 @@ pub trait CounterStore {
         window: Option<u64>,
         limit: usize,
     ) -> Vec<(Key, u64)>;
+    /// (watcher, keys held, keys evicted so far), for metrics.
+    fn sizes(&self) -> Vec<(Uuid, usize, u64)>;
     /// Writes what a restart needs to `path`, atomically.
     fn save(&self, path: &Path) -> anyhow::Result<()>;
 }
@@ -184,13 +184,6 @@ impl CounterStore for MemoryStore {
         counts
     }
 
-    fn sizes(&self) -> Vec<(Uuid, usize, u64)> {
-        self.watchers
-            .iter()
-            .map(|(id, table)| (*id, table.len(), table.evictions))
-            .collect()
-    }
-
     fn hottest(
         &self,
         watcher: Uuid,
@@ -206,12 +199,20 @@ impl CounterStore for MemoryStore {
         let by_count = |a: &(&str, u64), b: &(&str, u64)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
         if counts.len() > limit && limit > 0 {
             counts.select_nth_unstable_by(limit - 1, by_count);
+            counts.truncate(limit);
         }
-        counts.truncate(limit);
         counts.sort_unstable_by(by_count);
+        counts.truncate(limit);
         counts
             .into_iter()
             .map(|(key, count)| (Key::from(key), count))
+            .collect()
+    }
+
+    fn sizes(&self) -> Vec<(Uuid, usize, u64)> {
+        self.watchers
+            .iter()
+            .map(|(id, table)| (*id, table.len(), table.evictions))
             .collect()
     }
 

@@ -11,6 +11,7 @@ mod batcher;
 mod ids;
 mod io;
 pub(crate) mod link;
+mod oncall;
 mod routes;
 mod server;
 mod ui;

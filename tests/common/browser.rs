@@ -111,12 +111,24 @@ impl Browser {
         wait_for(what, timeout, || self.run(script) == Value::Bool(true));
     }
 
-    /// Clicks the element `css` selects.
+    /// Clicks the element `css` selects; found again if the page redrew it between the
+    /// finding and the click (a stale element).
     pub fn click(&self, css: &str) {
         let client = self.client();
-        self.runtime
-            .block_on(async { client.find(Locator::Css(css)).await?.click().await })
-            .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+        wait_for(
+            &format!("a click on {css}"),
+            Duration::from_secs(30),
+            || {
+                let clicked = self
+                    .runtime
+                    .block_on(async { client.find(Locator::Css(css)).await?.click().await });
+                match clicked {
+                    Ok(()) => true,
+                    Err(e) if e.to_string().contains("stale element") => false,
+                    Err(e) => panic!("cannot click {css}: {e}"),
+                }
+            },
+        );
     }
 
     /// Types `text` into the field `css` selects, after clearing it.

@@ -148,6 +148,7 @@
     board.hidden = true;
     for (const tbody of board.querySelectorAll('tbody')) tbody.replaceChildren();
     for (const id of ['daemon', 'traffic', 'watchers', 'rejected']) $(id).replaceChildren();
+    drawn = {};
     $('token-form').hidden = false;
     $('token-error').textContent = message || '';
     const connection = $('connection');
@@ -169,16 +170,27 @@
 
   // ---- drawing ----
 
+  /** What each section last drew, as JSON: a section is redrawn only when it changed,
+   *  so a button under the pointer, a selection or the focus survive the next poll. */
+  let drawn = {};
+
+  function section(name, data, draw) {
+    const text = JSON.stringify(data);
+    if (drawn[name] === text) return;
+    drawn[name] = text;
+    draw();
+  }
+
   function render(status) {
     // Redrawing changes heights for a moment: the reader stays where they were.
     const x = window.scrollX, y = window.scrollY;
     renderDaemon(status.daemon || {}, status.cluster);
-    renderWorkers(status.workers || []);
-    renderTraffic(status.traffic || {});
-    renderWatchers(status.watchers || []);
-    renderPending(status.pending || []);
-    renderFirings(status.firings || []);
-    renderSilences(status.silences || []);
+    section('workers', status.workers, () => renderWorkers(status.workers || []));
+    section('traffic', status.traffic, () => renderTraffic(status.traffic || {}));
+    section('watchers', status.watchers, () => renderWatchers(status.watchers || []));
+    section('pending', status.pending, () => renderPending(status.pending || []));
+    section('firings', status.firings, () => renderFirings(status.firings || []));
+    section('silences', status.silences, () => renderSilences(status.silences || []));
     window.scrollTo(x, y);
   }
 
@@ -264,11 +276,12 @@
 
   function renderWatchers(watchers) {
     const cards = watchers.map((w) => {
-      const bars = w.hottest.map((k) => keyBar(k.key, k.count, w.threshold));
+      const bars = w.keys.map((k) => keyBar(k.key, k.count, w.threshold));
+      const last = w.last_firing;
       const card = el('article', 'card watcher',
         el('h3', null, w.event + ' / ' + w.watcher),
-        el('p', 'rule', w.rule),
-        el('p', 'muted', w.keys + ' keys held; last fired: ' + (w.last_fired ? when(w.last_fired) : 'not since start')),
+        el('p', 'rule', w.description),
+        el('p', 'muted', w.keys_held + ' keys held; last fired: ' + (last ? when(last.fired_at) + ' (' + last.state + ')' : 'never')),
         bars.length ? el('ol', 'bars', ...bars) : el('p', 'muted', 'No events in the window.'));
       card.dataset.event = w.event;
       card.dataset.watcher = w.watcher;
@@ -278,7 +291,7 @@
   }
 
   function renderPending(pending) {
-    const rows = pending.map((p) => row(p.target, p.firings, p.attempts ?? '—', p.last_error || '—', p.next_attempt ? when(p.next_attempt) : '—'));
+    const rows = pending.map((p) => row(p.target, p.firings, p.attempts, p.last_error || '—', when(p.next_attempt_at)));
     $('pending').tBodies[0].replaceChildren(...(rows.length ? rows : [row('nothing waiting', '', '', '', '')]));
   }
 
@@ -286,15 +299,20 @@
 
   function renderFirings(firings) {
     const rows = firings.map((f) => {
-      const button = el('button', 'small', 'Silence 2 h…');
-      button.type = 'button';
-      button.addEventListener('click', () => openSilenceForm(f));
+      const action = el('td');
+      if (f.state !== 'silenced') {
+        const button = el('button', 'small', 'Silence 2 h…');
+        button.type = 'button';
+        button.addEventListener('click', () => openSilenceForm(f));
+        action.append(button);
+      }
       let detail = '';
-      if (f.state === 'pending') detail = (f.target || '') + (f.last_error ? ': ' + f.last_error : '');
-      if (f.state === 'dropped') detail = f.reason || '';
-      if (f.state === 'silenced') detail = 'by ' + (f.silenced_by || 'a silence');
+      if (f.state === 'pending') detail = 'to ' + f.target + ', ' + f.attempts + ' attempts' + (f.last_error ? ': ' + f.last_error : '');
+      if (f.state === 'delivered') detail = 'after ' + f.attempts + ' attempts';
+      if (f.state === 'dropped') detail = f.reason.replace(/_/g, ' ') + (f.error ? ': ' + f.error : '');
+      if (f.state === 'silenced') detail = 'by silence ' + f.silenced_by;
       const tr = row(when(f.fired_at), f.event, f.watcher, keyText(f.key), f.count + ' / ' + f.threshold,
-        el('td', null, badge(f.state, FIRING_STATES[f.state] || 'muted'), ' ', detail), el('td', null, button));
+        el('td', null, badge(f.state, FIRING_STATES[f.state] || 'muted'), ' ', detail), action);
       tr.dataset.id = f.id;
       tr.dataset.state = f.state;
       return tr;

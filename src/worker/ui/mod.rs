@@ -2,16 +2,18 @@
 //! compiled into the binary, served by every worker with the headers of ui.md (a CSP
 //! that allows only these files and requests to this origin, `nosniff`, no referrer).
 //!
-//! Owns the files and their headers only; the page's data comes from `GET /status`,
-//! which the master builds. Never serves anything read from disk or from a request:
-//! an unknown file name is a 404.
+//! Owns the files and their headers, and hands `GET /status` to the master, which
+//! builds the page's data. Never serves anything read from disk or from a request: an
+//! unknown file name is a 404.
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 
-use super::api::{Body, error};
+use super::api::{Body, MASTER_TIMEOUT, error, master_unavailable};
+use super::link::Link;
+use crate::protocol::worker::{Answer, Question};
 
 const INDEX: &str = include_str!("index.html");
 const SCRIPT: &str = include_str!("app.js");
@@ -46,6 +48,24 @@ pub fn asset(name: &str) -> Response<Body> {
             StatusCode::NOT_FOUND,
             &format!("The status page has no file `{name}`"),
         )),
+    }
+}
+
+/// `GET /status` (its token already checked): the master's document, as it is.
+pub async fn status(link: &Link, reveal_keys: bool) -> Response<Body> {
+    match link
+        .ask(Question::Status { reveal_keys }, MASTER_TIMEOUT)
+        .await
+    {
+        Some(Answer::Status(document)) => {
+            let mut response = Response::new(Full::new(Bytes::from(document)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            with_page_headers(response)
+        }
+        _ => master_unavailable(),
     }
 }
 
