@@ -410,6 +410,13 @@ fn screenshot_of_the_page_under_load() {
     for event in ["logins", "payments"] {
         watch_ips(&daemon, event, 400, "");
     }
+    let ends =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(7200));
+    let silence = json!({"matchers": [{"name": "event", "value": "payments"},
+        {"name": "key.ip", "value": "10.9.8.8"}], "endsAt": ends.to_string(),
+        "createdBy": "ops-oncall", "comment": "load test from 10.9.8.8"});
+    let created = daemon.post("/silences", &silence.to_string());
+    assert_eq!(created.status, 201, "{created:?}");
     let stop = Arc::new(AtomicBool::new(false));
     let posters: Vec<_> = [
         ("logins", ["10.0.0.7", "10.0.3.21", "192.168.1.4"]),
@@ -434,13 +441,14 @@ fn screenshot_of_the_page_under_load() {
         })
     })
     .into();
-    // 1280 wide as ui.md asks, tall enough to show the watchers below the traffic.
-    let browser = open_page(&daemon, 1280, 1500);
+    // 1280 wide as ui.md asks, tall enough to show everything down to the silences.
+    let browser = open_page(&daemon, 1280, 2000);
     browser.wait_until(
         "20 seconds of traffic on the chart",
         Duration::from_secs(120),
         "return [...document.querySelectorAll('#traffic figure')].length === 2
             && document.querySelectorAll('#watchers li.bar').length >= 4
+            && !!document.querySelector('#firings tr[data-state=\"silenced\"]')
             && document.querySelector('#traffic polyline').getAttribute('points').split(' ')
                 .filter(p => !p.endsWith(',39.0')).length >= 20",
     );
