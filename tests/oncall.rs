@@ -354,3 +354,49 @@ fn eventsctl_silences_and_lists_alerts_as_the_api_shows_them() {
         id.as_str()
     );
 }
+
+#[test]
+fn a_watchers_state_lists_its_hottest_keys_and_hides_their_values_where_told() {
+    let daemon =
+        Daemon::run("[server]\napi_token = \"s3cret\"\nexpose_keys_without_token = false\n");
+    let bearer = "Authorization: Bearer s3cret\r\n";
+    for (path, body) in [
+        ("/event/", json!({"type": "login"})),
+        (
+            "/event/login/watcher/",
+            json!({"name": "storm", "threshold": 10, "window_secs": 3600,
+                "aggregator": {"type": "fields", "fields": ["ip"]},
+                "action": {"type": "null"}}),
+        ),
+    ] {
+        let created = daemon.send("POST", path, &body.to_string(), bearer);
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+    for ip in ["10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.2"] {
+        let posted = daemon.post("/event/login/", &json!({"ip": ip}).to_string());
+        assert_eq!(posted.status, 200);
+    }
+    let path = "/event/login/watcher/storm/state";
+    let expected = json!([{"key": {"ip": "10.0.0.1"}, "count": 3},
+                          {"key": {"ip": "10.0.0.2"}, "count": 1}]);
+    wait_for("the four events counted", 10 * SECOND, || {
+        daemon.send("GET", path, "", bearer).json()["keys"] == expected
+    });
+    let state = daemon.send("GET", path, "", bearer).json();
+    assert_eq!(
+        (
+            &state["threshold"],
+            &state["keys_held"],
+            &state["last_firing"]
+        ),
+        (&json!(10), &json!(2), &Value::Null)
+    );
+    let hidden = daemon.get(path).unwrap().json();
+    assert_eq!(hidden["keys"][0], json!({"key": {"ip": "***"}, "count": 3}));
+    let one = daemon
+        .send("GET", &format!("{path}?limit=1"), "", bearer)
+        .json();
+    assert_eq!(one["keys"].as_array().unwrap().len(), 1);
+    let unknown = daemon.get("/event/login/watcher/nobody/state").unwrap();
+    assert_error(&unknown, 404, "nobody");
+}
