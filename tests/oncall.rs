@@ -274,3 +274,129 @@ fn a_planted_silences_file_loads_what_is_valid_and_logs_the_rest() {
         );
     }
 }
+
+#[test]
+fn eventsctl_silences_and_lists_alerts_as_the_api_shows_them() {
+    let sink = HttpSink::start(Duration::ZERO);
+    let daemon = Daemon::run("[server]\napi_token = \"s3cret\"\n");
+    let bearer = "Authorization: Bearer s3cret\r\n";
+    for (path, body) in [
+        ("/event/", json!({"type": "login"})),
+        (
+            "/event/login/watcher/",
+            json!({"name": "storm", "threshold": 1,
+                "aggregator": {"type": "fields", "fields": ["ip"]},
+                "action": {"type": "webhook", "url": sink.url("/hook")}}),
+        ),
+    ] {
+        let created = daemon.send("POST", path, &body.to_string(), bearer);
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+    let added = daemon.ctl(&[
+        "silence",
+        "add",
+        "event=login",
+        "watcher=storm",
+        "key.ip=~10\\.0\\..*",
+        "--for",
+        "2h",
+        "--comment",
+        "load test",
+    ]);
+    assert!(added.status.success(), "{}", common::stderr(&added));
+    let id = common::stdout(&added).trim().to_string();
+    let shown = daemon.get(&format!("/silences/{id}")).unwrap().json();
+    assert_eq!(shown["comment"], "load test");
+    assert_eq!(shown["matchers"][2]["isRegex"], true);
+    let span = |field: &str| humantime::parse_rfc3339_weak(shown[field].as_str().unwrap()).unwrap();
+    let lasts = span("endsAt").duration_since(span("startsAt")).unwrap();
+    // From the command's now to the daemon's: 2 h, less the moment between them.
+    assert!(
+        (2 * 3600 - 60..=2 * 3600).contains(&lasts.as_secs()),
+        "{lasts:?}"
+    );
+    let listed = common::stdout(&daemon.ctl(&["silence", "list"]));
+    assert!(
+        listed.contains(&id) && listed.contains("key.ip=~10\\.0\\..*"),
+        "{listed}"
+    );
+
+    cross(&daemon, "10.0.0.7");
+    cross(&daemon, "192.168.0.7");
+    wait_for("one delivered, one silenced", 10 * SECOND, || {
+        states_of(&daemon, "192.168.0.7") == ["delivered"]
+    });
+    let json_listed = daemon.ctl(&["alerts", "--json"]);
+    assert!(json_listed.status.success());
+    let from_cli: Value = serde_json::from_str(&common::stdout(&json_listed)).unwrap();
+    assert_eq!(from_cli, json!(alerts(&daemon, "")));
+    let silenced = common::stdout(&daemon.ctl(&["alerts", "--state", "silenced"]));
+    assert!(
+        silenced.contains("10.0.0.7") && !silenced.contains("192.168"),
+        "{silenced}"
+    );
+    let state = common::stdout(&daemon.ctl(&["watcher", "state", "login", "storm"]));
+    assert!(state.contains("threshold 1"), "{state}");
+
+    let refused = daemon.ctl(&["silence", "add", "key.ip=~.*"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        common::stderr(&refused).contains("at least one matcher"),
+        "{refused:?}"
+    );
+    let unknown = daemon.ctl(&["silence", "expire", "6f0c1d2e-0000-4000-8000-00000000000f"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(common::stderr(&unknown).contains("does not exist"));
+    assert!(daemon.ctl(&["silence", "expire", &id]).status.success());
+    let expired = common::stdout(&daemon.ctl(&["silence", "list", "--expired", "--json"]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&expired).unwrap()[0]["id"],
+        id.as_str()
+    );
+}
+
+#[test]
+fn a_watchers_state_lists_its_hottest_keys_and_hides_their_values_where_told() {
+    let daemon =
+        Daemon::run("[server]\napi_token = \"s3cret\"\nexpose_keys_without_token = false\n");
+    let bearer = "Authorization: Bearer s3cret\r\n";
+    for (path, body) in [
+        ("/event/", json!({"type": "login"})),
+        (
+            "/event/login/watcher/",
+            json!({"name": "storm", "threshold": 10, "window_secs": 3600,
+                "aggregator": {"type": "fields", "fields": ["ip"]},
+                "action": {"type": "null"}}),
+        ),
+    ] {
+        let created = daemon.send("POST", path, &body.to_string(), bearer);
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+    for ip in ["10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.2"] {
+        let posted = daemon.post("/event/login/", &json!({"ip": ip}).to_string());
+        assert_eq!(posted.status, 200);
+    }
+    let path = "/event/login/watcher/storm/state";
+    let expected = json!([{"key": {"ip": "10.0.0.1"}, "count": 3},
+                          {"key": {"ip": "10.0.0.2"}, "count": 1}]);
+    wait_for("the four events counted", 10 * SECOND, || {
+        daemon.send("GET", path, "", bearer).json()["keys"] == expected
+    });
+    let state = daemon.send("GET", path, "", bearer).json();
+    assert_eq!(
+        (
+            &state["threshold"],
+            &state["keys_held"],
+            &state["last_firing"]
+        ),
+        (&json!(10), &json!(2), &Value::Null)
+    );
+    let hidden = daemon.get(path).unwrap().json();
+    assert_eq!(hidden["keys"][0], json!({"key": {"ip": "***"}, "count": 3}));
+    let one = daemon
+        .send("GET", &format!("{path}?limit=1"), "", bearer)
+        .json();
+    assert_eq!(one["keys"].as_array().unwrap().len(), 1);
+    let unknown = daemon.get("/event/login/watcher/nobody/state").unwrap();
+    assert_error(&unknown, 404, "nobody");
+}

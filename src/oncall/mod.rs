@@ -7,6 +7,7 @@
 //! counts, never waits: the master asks, it answers at once; the journal and the runner
 //! stay the master's.
 
+pub mod ctl;
 pub mod history;
 pub mod silence;
 pub mod silences;
