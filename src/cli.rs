@@ -3,7 +3,8 @@
 //! CONFIG] COMMAND` (every command but `run`: what operators type).
 //!
 //! Owns argument parsing, what each command prints and its exit code (LSB codes for
-//! `status`). It talks to a running master only through the pidfile (its lock says
+//! `status`); the on-call commands (`silence`, `alerts`, `watcher`) are `oncall::ctl`'s,
+//! an HTTP client of the daemon. It talks to a running master only through the pidfile (its lock says
 //! whether a master lives), signals, and the control socket; it never touches the
 //! master's state files, and never signals a pid the control socket does not confirm.
 
@@ -24,6 +25,7 @@ use nix::unistd::Pid;
 use crate::config::{self, Config};
 use crate::logging::{self, Sink};
 use crate::master::{self, Announcer};
+use crate::oncall::ctl;
 use crate::pidfile::{self, Probe};
 use crate::status::Status;
 
@@ -132,6 +134,14 @@ enum Command {
     Configtest,
     /// Print this program's shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+    /// Silences: add, list, expire (over HTTP, with the config's address and token).
+    #[command(subcommand)]
+    Silence(ctl::SilenceCommand),
+    /// The recent firings and what became of each.
+    Alerts(ctl::AlertsArgs),
+    /// A watcher's live state.
+    #[command(subcommand)]
+    Watcher(ctl::WatcherCommand),
 }
 
 #[derive(clap::Args)]
@@ -211,6 +221,9 @@ fn execute(
         Command::Upgrade(wait) => upgrade(&source.load_checked()?, &wait),
         Command::Reopen => reopen(&source.load()?),
         Command::Completions { shell } => completions(shell, program()),
+        Command::Silence(command) => ctl::silence(&source.load()?, command),
+        Command::Alerts(args) => ctl::alerts(&source.load()?, args),
+        Command::Watcher(command) => ctl::watcher(&source.load()?, command),
     }
 }
 

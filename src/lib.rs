@@ -10,6 +10,7 @@
 //! - `protocol`: the frames and messages between them, every channel's; `clock`: the time
 //!   they stamp them with;
 //! - `watch`: aggregation keys, the counter store and firing decisions;
+//! - `oncall`: silences, the alert list and their answers (alerts.md);
 //! - `action`: the action runner process and the deliveries (email, webhook, command);
 //! - `cluster`: the cluster link process, which shares counters and registry through Redis;
 //! - `event`: a posted event on the hot path; `appender`: how events are written;
@@ -32,6 +33,7 @@ pub mod logging;
 pub mod master;
 pub mod metrics;
 pub mod notify;
+pub mod oncall;
 pub mod pidfile;
 pub mod privileges;
 pub mod protocol;

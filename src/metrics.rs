@@ -49,6 +49,22 @@ impl Totals {
         }
     }
 
+    /// Events collected since the master started, by event type.
+    pub fn collected(&self) -> &BTreeMap<String, u64> {
+        &self.deltas.collected
+    }
+
+    /// Requests refused (status 400 and above) since the master started, by status.
+    pub fn rejected(&self) -> BTreeMap<u16, u64> {
+        let mut by_status = BTreeMap::new();
+        for ((_, status), n) in &self.deltas.requests {
+            if *status >= 400 {
+                *by_status.entry(*status).or_default() += n;
+            }
+        }
+        by_status
+    }
+
     pub fn record_change(&mut self, kind: &'static str, result: &'static str) {
         *self.changes.entry((kind, result)).or_default() += 1;
     }

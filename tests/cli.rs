@@ -383,6 +383,14 @@ fn configtest_rejects_what_would_fail_later_naming_the_key() {
             "[server]\nlisten = \"localhost:1234\"\n".to_string(),
             "server.listen: expected IP:PORT",
         ),
+        (
+            "[silences]\nmax_duration_secs = 10\n".to_string(),
+            "silences.max_duration_secs: must be between 60",
+        ),
+        (
+            "[alerts]\nhistory = 0\n".to_string(),
+            "alerts.history: must be between 1",
+        ),
     ];
     let daemon = Daemon::new("");
     for (text, says) in rows {

@@ -637,3 +637,50 @@ fn fifty_and_fifty_watchers_created_at_once_on_two_nodes_are_all_created_everywh
         });
     }
 }
+
+/// alerts.md: a silence made on one node holds on every node: a crossing made through
+/// node c of a key node a silenced is counted and listed as silenced, never delivered,
+/// while another key's is.
+#[test]
+fn a_silence_made_on_node_a_silences_a_crossing_made_through_node_c() {
+    let redis = RedisServer::start();
+    let sink = HttpSink::start(Duration::ZERO);
+    let watcher = json!({"name": "storm", "threshold": 1,
+        "aggregator": {"type": "fields", "fields": ["ip"]},
+        "action": {"type": "webhook", "url": sink.url("/hook")}});
+    let [a, b, c] = three_nodes_watching("standalone", &[redis.url()], 0, "login", watcher);
+    let ends = humantime::format_rfc3339(std::time::SystemTime::now() + 3600 * SECOND);
+    let silence = json!({"matchers": [{"name": "key.ip", "value": "10.0.0.1"}],
+        "endsAt": ends.to_string(), "createdBy": "node-a"});
+    let created = a.post("/silences", &silence.to_string());
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json()["silenceID"].as_str().unwrap().to_string();
+    for node in [&b, &c] {
+        wait_for("the silence on the other nodes", 5 * SECOND, || {
+            node.get(&format!("/silences/{id}"))
+                .is_ok_and(|r| r.status == 200 && r.json()["status"]["state"] == "active")
+        });
+    }
+    post_spread(&[&c], "login", &[json!({"ip": "10.0.0.1"})], 2);
+    post_spread(&[&c], "login", &[json!({"ip": "10.0.0.2"})], 2);
+    let ips = || -> Vec<Value> {
+        sink.requests()
+            .iter()
+            .map(|r| serde_json::from_str::<Value>(&r.body).unwrap()["key"]["ip"].clone())
+            .collect()
+    };
+    wait_for("the other key delivered", 10 * SECOND, || {
+        ips() == [json!("10.0.0.2")]
+    });
+    let silenced: Vec<Value> = [&a, &b, &c]
+        .iter()
+        .flat_map(|node| {
+            let listed = node.get("/alerts?state=silenced").unwrap().json();
+            listed.as_array().unwrap().clone()
+        })
+        .collect();
+    assert_eq!(silenced.len(), 1, "{silenced:?}");
+    assert_eq!(silenced[0]["key"], json!({"ip": "10.0.0.1"}));
+    assert_eq!(silenced[0]["silenced_by"], id.as_str());
+    assert_eq!(ips(), [json!("10.0.0.2")]);
+}

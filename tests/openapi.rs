@@ -70,7 +70,8 @@ fn every_template_routes_to_itself_with_or_without_its_trailing_slash() {
 
 /// One valid request per documented operation, in an order where each finds what it
 /// needs: (METHOD, path template, body).
-const VALID_REQUESTS: [(&str, &str, &str); 17] = [
+/// `{ends}` stands for a time an hour from now; `{id}` for the silence made before.
+const VALID_REQUESTS: [(&str, &str, &str); 26] = [
     ("GET", "/health", ""),
     ("HEAD", "/health", ""),
     ("POST", "/event/", r#"{"type": "probe"}"#),
@@ -90,6 +91,16 @@ const VALID_REQUESTS: [(&str, &str, &str); 17] = [
     ),
     ("GET", "/event/{type}/watcher/", ""),
     ("GET", "/event/{type}/watcher/{name}", ""),
+    ("GET", "/event/{type}/watcher/{name}/state", ""),
+    (
+        "POST",
+        "/silences",
+        r#"{"matchers": [{"name": "event", "value": "probe"}], "endsAt": "{ends}", "createdBy": "test"}"#,
+    ),
+    ("GET", "/silences", ""),
+    ("GET", "/silences/{id}", ""),
+    ("DELETE", "/silences/{id}", ""),
+    ("GET", "/alerts", ""),
     ("POST", "/event/{type}/", r#"{"user": "ann"}"#),
     (
         "POST",
@@ -97,6 +108,9 @@ const VALID_REQUESTS: [(&str, &str, &str); 17] = [
         "{\"user\": \"ann\"}\n{\"user\": \"bob\"}\n",
     ),
     ("GET", "/metrics", ""),
+    ("GET", "/status", ""),
+    ("GET", "/ui/", ""),
+    ("GET", "/ui/{asset}", ""),
     ("DELETE", "/event/{type}/watcher/{name}", ""),
     ("DELETE", "/event/{type}/collector/{name}", ""),
     ("DELETE", "/event/{type}/", ""),
@@ -245,12 +259,13 @@ impl Documented {
             );
             return;
         };
-        let (media, described) = content.iter().next().expect("a media type");
+        // Of the documented media types (a script or a style sheet), the one served.
         let served = response.header("content-type").unwrap_or_default();
-        assert!(
-            media.starts_with(served.split(';').next().unwrap()),
-            "{what}: {served}"
-        );
+        let served_media = served.split(';').next().unwrap_or_default();
+        let (media, described) = content
+            .iter()
+            .find(|(media, _)| !served_media.is_empty() && media.starts_with(served_media))
+            .unwrap_or_else(|| panic!("{what}: {served} is not a documented media type"));
         let schema = &described["schema"];
         let body: Value = if media == "application/json" {
             serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{what}: {e}"))
@@ -290,8 +305,16 @@ impl Documented {
 fn the_live_daemon_answers_every_valid_request_with_its_documented_success() {
     let daemon = Daemon::run("[server]\napi_token = \"s3cret\"\n");
     let mut documented = Documented::new();
+    let in_an_hour = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let ends = humantime::format_rfc3339(in_an_hour).to_string();
+    let mut silence = String::new();
     for (i, (method, path, body)) in VALID_REQUESTS.into_iter().enumerate() {
-        let concrete = path.replace("{type}", "probe").replace("{name}", "thing");
+        let concrete = path
+            .replace("{type}", "probe")
+            .replace("{name}", "thing")
+            .replace("{asset}", "app.js")
+            .replace("{id}", &silence);
+        let body = body.replace("{ends}", &ends);
         let responses = &documented.document["paths"][path][method.to_lowercase()]["responses"];
         let successes: Vec<String> = responses
             .as_object()
@@ -305,7 +328,11 @@ fn the_live_daemon_answers_every_valid_request_with_its_documented_success() {
             1,
             "{method} {path}: one documented success"
         );
-        let response = daemon.send(method, &concrete, body, TOKEN);
+        let response = daemon.send(method, &concrete, &body, TOKEN);
+        let reply = serde_json::from_str::<Value>(&response.body).unwrap_or_default();
+        if let Some(id) = reply.get("silenceID").and_then(Value::as_str) {
+            silence = id.to_string();
+        }
         assert_eq!(
             response.status.to_string(),
             successes[0],

@@ -259,17 +259,35 @@ fn deliver_one(shared: &Shared, target: &str, pending: Pending) {
     finish(shared, target, pending, attempt);
 }
 
-/// Frees the delivery's slot, files its attempt, and reports what it settled.
+/// Frees the delivery's slot, files its attempt, and reports what it settled, or when
+/// it is tried again.
 fn finish(shared: &Shared, target: &str, pending: Pending, attempt: Attempt) {
     let now = Instant::now();
-    let settled = {
+    let retried = match &attempt {
+        Attempt::Transient(why) => Some((pending.job.clone(), why.clone())),
+        _ => None,
+    };
+    let (settled, retry) = {
         let mut state = lock(&shared.state);
         state.in_flight -= 1;
-        state.queues.finished(target, pending, attempt, now)
+        let settled = state.queues.finished(target, pending, attempt, now);
+        let retry = retried.and_then(|(job, why)| {
+            let (at, ids) = state.queues.retry_of(target, &job)?;
+            Some((at, ids, why))
+        });
+        (settled, retry)
     };
     shared.changed.notify_all();
     if let Some(settled) = settled {
         report_settled(shared, settled, now);
+    } else if let Some((at, ids, error)) = retry {
+        let retry_in_ms = u64::try_from(at.saturating_duration_since(now).as_millis());
+        let retrying = FromRunner::Retrying {
+            ids,
+            error,
+            retry_in_ms: retry_in_ms.unwrap_or(u64::MAX),
+        };
+        send(shared, &retrying);
     }
 }
 

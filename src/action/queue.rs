@@ -241,6 +241,14 @@ impl Queues {
         settled
     }
 
+    /// When the waiting delivery of `job`'s alert at `target_name` is tried next, and
+    /// the firings it stands for: what a failed attempt left waiting.
+    pub fn retry_of(&self, target_name: &str, job: &Job) -> Option<(Instant, Vec<Uuid>)> {
+        let target = self.targets.get(target_name)?;
+        let pending = target.waiting.get(target.by_alert.get(&Alert::of(job))?)?;
+        Some((pending.due_at, pending.ids.clone()))
+    }
+
     /// Forgets the firings of `ids` (the master settled them): those waiting leave at
     /// once, those in flight will be neither reported nor retried. Returns how many left.
     pub fn forget(&mut self, ids: &HashSet<Uuid>) -> usize {

@@ -338,8 +338,39 @@ local function registry_seed(keys, args)
   return 1
 end
 
+-- silences_put(KEYS[1], ARGV: channel, then id, end (ms), document per silence): of two
+-- copies of one silence the one that ends first is kept (expiring is the only change a
+-- silence sees), so nodes agree whatever order their writes come in. A change bumps
+-- `version` and is announced on the channel. Replies the version.
+local function silences_put(keys, args)
+  local changed = false
+  for i = 2, #args, 3 do
+    local ends = redis.call('HGET', keys[1], 'e:' .. args[i])
+    if not ends or tonumber(args[i + 1]) < tonumber(ends) then
+      redis.call('HSET', keys[1], 's:' .. args[i], args[i + 2], 'e:' .. args[i], args[i + 1])
+      changed = true
+    end
+  end
+  if changed then
+    redis.call('HINCRBY', keys[1], 'version', 1)
+    redis.call('PUBLISH', args[1], 'silences')
+  end
+  return tonumber(redis.call('HGET', keys[1], 'version') or '0')
+end
+
+-- silences_forget(KEYS[1], ARGV: ids): drops silences expired long enough that every
+-- node forgets them.
+local function silences_forget(keys, args)
+  for i = 1, #args do
+    redis.call('HDEL', keys[1], 's:' .. args[i], 'e:' .. args[i])
+  end
+  return #args
+end
+
 redis.register_function('eventsd_count', count)
 redis.register_function('eventsd_tick', tick)
+redis.register_function('eventsd_silences_put', silences_put)
+redis.register_function('eventsd_silences_forget', silences_forget)
 redis.register_function{function_name = 'eventsd_registry_get', callback = registry_get, flags = {'no-writes'}}
 redis.register_function('eventsd_registry_set', registry_set)
 redis.register_function('eventsd_registry_seed', registry_seed)

@@ -31,11 +31,12 @@ use uuid::Uuid;
 
 use crate::config::{Cluster, Config};
 use crate::exposition::Histogram;
+use crate::oncall::silence::Silence;
 use crate::protocol::cluster::{CountCall, FromCluster, Publication, ToCluster};
 use crate::protocol::frame;
 use crate::registry::Registry;
 use crate::watch::{ClockWatcher, Crossing, Key, SharedCount, clock_watchers};
-use redis_link::{CALL_ID_TTL, Redis};
+use redis_link::{Announcement, CALL_ID_TTL, Redis};
 pub use redis_link::{FUNCTIONS, KEYS_PER_TICK, count_command, tick_command, tick_crossings};
 
 impl CountCall {
@@ -96,6 +97,8 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
         in_doubt: Vec::new(),
         reachable: None,
         known_version: None,
+        silences_version: None,
+        unshared_silences: Vec::new(),
         retry_at: Instant::now(),
         backoff: MIN_BACKOFF,
         latency: Histogram::default(),
@@ -128,11 +131,11 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
             }
             _ = flush.tick() => link.flush().await?,
             _ = second.tick() => link.every_second().await?,
-            announced = link.redis.next_announcement() => {
-                if announced {
-                    link.poll_registry().await?;
-                }
-            }
+            announced = link.redis.next_announcement() => match announced {
+                Announcement::Registry => link.poll_registry().await?,
+                Announcement::Silences => link.poll_silences().await?,
+                Announcement::Ended => {}
+            },
         }
     }
     Ok(())
@@ -155,6 +158,10 @@ struct Link {
     reachable: Option<bool>,
     /// The registry version last reported (or written).
     known_version: Option<u64>,
+    /// The shared silences' version last reported.
+    silences_version: Option<u64>,
+    /// Silences Redis has not taken yet: written again every second.
+    unshared_silences: Vec<Silence>,
     /// While Redis is unreachable: when to try again, and the next wait.
     retry_at: Instant,
     backoff: Duration,
@@ -209,6 +216,15 @@ impl Link {
                 }
             }
             ToCluster::Resend(calls) => self.in_doubt.extend(calls),
+            ToCluster::ShareSilences(silences) => {
+                self.unshared_silences.extend(silences);
+                self.share_silences().await;
+            }
+            ToCluster::ForgetSilences(ids) => {
+                let started = Instant::now();
+                let outcome = self.redis.forget_silences(&ids).await;
+                let _ = self.judge(started, outcome);
+            }
             ToCluster::Stop => return Ok(false),
         }
         Ok(true)
@@ -315,6 +331,8 @@ impl Link {
         if self.reachable == Some(true) {
             self.poll_registry().await?;
             self.judge_on_the_clock().await?;
+            self.share_silences().await;
+            self.poll_silences().await?;
         }
         let latency = std::mem::take(&mut self.latency);
         let errors = std::mem::take(&mut self.errors);
@@ -386,6 +404,38 @@ impl Link {
             self.follow_clock_watchers(document);
         }
         self.tell(&FromCluster::Registry(shared)).await
+    }
+
+    /// Writes the silences Redis has not taken yet; they wait for the next second if it
+    /// does not answer.
+    async fn share_silences(&mut self) {
+        if self.unshared_silences.is_empty() || !self.may_call().await {
+            return;
+        }
+        let started = Instant::now();
+        let outcome = self.redis.put_silences(&self.unshared_silences).await;
+        if self.judge(started, outcome).is_ok() {
+            self.unshared_silences.clear();
+        }
+    }
+
+    /// The shared silences, reported when their version differs from the last seen.
+    async fn poll_silences(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let outcome = self.redis.silences_version().await;
+        let Ok(version) = self.judge(started, outcome) else {
+            return Ok(());
+        };
+        if self.silences_version == Some(version) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let outcome = self.redis.silences().await;
+        let Ok(silences) = self.judge(started, outcome) else {
+            return Ok(());
+        };
+        self.silences_version = Some(version);
+        self.tell(&FromCluster::Silences(silences)).await
     }
 
     /// Records a call's latency and outcome; a failure starts the backoff.

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::CountCall;
 use crate::config::{Cluster, ClusterMode};
+use crate::oncall::silence::Silence;
 use crate::watch::rule::RuleParams;
 use crate::watch::store::Second;
 use crate::watch::{ClockWatcher, Crossing, Key, SharedCount};
@@ -36,6 +37,14 @@ const REDIRECTS_FOLLOWED: u32 = 5;
 /// How long Redis remembers a count call's id (and its replies): a call sent again
 /// within it adds nothing twice. The link stops sending a call again well before.
 pub(super) const CALL_ID_TTL: Duration = Duration::from_secs(600);
+
+/// What a message on a subscribed channel announces.
+pub(super) enum Announcement {
+    Registry,
+    Silences,
+    /// The subscription ended: made again at the next connection.
+    Ended,
+}
 
 enum Connection {
     Server(MultiplexedConnection),
@@ -65,6 +74,12 @@ impl Redis {
 
     fn registry_key(&self) -> String {
         format!("{}:registry", self.prefix)
+    }
+
+    /// The shared silences: one hash (`s:ID` the silence, `e:ID` its end, `version`),
+    /// announced on a channel of the same name.
+    fn silences_key(&self) -> String {
+        format!("{}:silences", self.prefix)
     }
 
     /// Whether a connection is up: a call sent now reaches Redis' socket.
@@ -124,11 +139,12 @@ impl Redis {
     /// subscription that fails is logged and tried again at the next connection.
     async fn subscribe(&mut self) {
         let channel = self.registry_key();
+        let channels = [channel.clone(), self.silences_key()];
         let subscribed = async {
             let mut pubsub = Client::open(self.urls[0].as_str())?
                 .get_async_pubsub()
                 .await?;
-            pubsub.subscribe(&channel).await?;
+            pubsub.subscribe(&channels).await?;
             anyhow::Ok(pubsub.into_on_message())
         };
         match tokio::time::timeout(self.timeout * 10, subscribed).await {
@@ -138,17 +154,76 @@ impl Redis {
         }
     }
 
-    /// Resolves on the next registry announcement (`true`), or when the subscription
-    /// ends (`false`); never while there is none.
-    pub(super) async fn next_announcement(&mut self) -> bool {
+    /// Resolves on the next announcement of a registry or silences change, or when the
+    /// subscription ends; never while there is none.
+    pub(super) async fn next_announcement(&mut self) -> Announcement {
+        let silences = self.silences_key();
         let Some(stream) = self.announcements.as_mut() else {
             return std::future::pending().await;
         };
-        if stream.next().await.is_some() {
-            return true;
+        match stream.next().await {
+            Some(message) if message.get_channel_name() == silences => Announcement::Silences,
+            Some(_) => Announcement::Registry,
+            None => {
+                self.announcements = None;
+                Announcement::Ended
+            }
         }
-        self.announcements = None;
-        false
+    }
+
+    /// Writes silences made or expired on this node (of two copies, Redis keeps the
+    /// one that ends first).
+    pub(super) async fn put_silences(&mut self, silences: &[Silence]) -> anyhow::Result<()> {
+        let mut put = cmd("FCALL");
+        let key = self.silences_key();
+        put.arg("eventsd_silences_put").arg(1).arg(&key).arg(&key);
+        for silence in silences {
+            let document = serde_json::to_string(silence).context("cannot encode a silence")?;
+            put.arg(silence.id.to_string())
+                .arg(silence.ends_at)
+                .arg(document);
+        }
+        self.ensure_connected().await?;
+        self.call::<u64>(&put).await.map(|_| ())
+    }
+
+    /// Drops silences every node has forgotten.
+    pub(super) async fn forget_silences(&mut self, ids: &[Uuid]) -> anyhow::Result<()> {
+        let mut forget = cmd("FCALL");
+        forget
+            .arg("eventsd_silences_forget")
+            .arg(1)
+            .arg(self.silences_key());
+        for id in ids {
+            forget.arg(id.to_string());
+        }
+        self.ensure_connected().await?;
+        self.call::<u64>(&forget).await.map(|_| ())
+    }
+
+    /// The shared silences' version (0: none yet).
+    pub(super) async fn silences_version(&mut self) -> anyhow::Result<u64> {
+        let mut get = cmd("HGET");
+        get.arg(self.silences_key()).arg("version");
+        self.ensure_connected().await?;
+        Ok(self.call::<Option<u64>>(&get).await?.unwrap_or(0))
+    }
+
+    /// Every shared silence; one that does not parse is logged and skipped (the master
+    /// checks the rest as it checks a client's).
+    pub(super) async fn silences(&mut self) -> anyhow::Result<Vec<Silence>> {
+        let mut get = cmd("HGETALL");
+        get.arg(self.silences_key());
+        self.ensure_connected().await?;
+        let fields: BTreeMap<String, String> = self.call(&get).await?;
+        let documents = fields.iter().filter(|(field, _)| field.starts_with("s:"));
+        Ok(documents
+            .filter_map(|(field, document)| {
+                serde_json::from_str(document)
+                    .inspect_err(|e| log::warn!("shared silence {field} skipped: {e}"))
+                    .ok()
+            })
+            .collect())
     }
 
     /// The counts grouped as `eventsd_count` calls: one per hash slot (per

@@ -20,9 +20,11 @@ use ipnet::IpNet;
 mod checks;
 mod cluster;
 mod include;
+mod oncall;
 mod values;
 
 pub use cluster::{Cluster, ClusterMode};
+pub use oncall::{Alerts, Silences};
 use values::{
     DAY, GIB, HOUR, WEEK, listen_address, log_level, log_target, networks, optional_path, within,
 };
@@ -114,6 +116,8 @@ pub struct Config {
     pub actions: Actions,
     pub daemon: Daemon,
     pub smtp: Smtp,
+    pub silences: Silences,
+    pub alerts: Alerts,
     /// `[[event]]`: event types, collectors and watchers declared by the operator.
     pub event: Vec<EventDeclaration>,
     /// `[cluster]`: shared through Redis; `None`, a node alone.
@@ -148,6 +152,9 @@ pub struct Server {
     /// With TLS, client certificates signed by these CAs (PEM) are required.
     #[serde(deserialize_with = "optional_path")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Key values in a watcher's live state without the token (alerts.md): off where
+    /// they are personal data.
+    pub expose_keys_without_token: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -322,6 +329,7 @@ impl Default for Server {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            expose_keys_without_token: true,
         }
     }
 }

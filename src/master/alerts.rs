@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use log::{info, warn};
 use nix::unistd::Pid;
+use uuid::Uuid;
 
 use super::journal::{self, Journal};
 use super::kept::Kept;
@@ -102,30 +103,34 @@ impl Alerts {
     }
 
     /// Journals a firing, then hands it to the runner if one is up (a runner that
-    /// starts gets the whole journal). A full journal drops its oldest firing.
-    pub(super) fn fire(&mut self, job: Job, totals: &mut Totals) {
+    /// starts gets the whole journal). A full journal drops its oldest firing, which
+    /// is returned (for the alert list).
+    pub(super) fn fire(&mut self, job: Job, totals: &mut Totals) -> Option<Job> {
         info!(
             "watcher `{}` fired: {}",
             job.firing.watcher, job.firing.text
         );
-        if let Some(oldest) = self.journal.add(&job) {
+        let dropped = self.journal.add(&job);
+        if let Some(oldest) = &dropped {
             warn!(
                 "watcher `{}`: firing dropped, {} firings already wait for delivery",
                 oldest.firing.watcher,
                 self.journal.capacity()
             );
-            count_drop(totals, &oldest, DropReason::QueueFull);
+            count_drop(totals, oldest, DropReason::QueueFull);
         }
         self.hand_to_runner(&job);
+        dropped
     }
 
     /// Settles the pending firings of watchers deleted or changed since they fired
     /// (watchers.md): dropped, counted, and forgotten by the runner, never delivered.
-    /// After every change of the registry the master adopts.
-    pub(super) fn settle_orphans(&mut self, registry: &Registry, totals: &mut Totals) {
+    /// After every change of the registry the master adopts. Returns them (for the
+    /// alert list).
+    pub(super) fn settle_orphans(&mut self, registry: &Registry, totals: &mut Totals) -> Vec<Job> {
         let orphans = self.journal.settle_orphans(registry);
         if orphans.is_empty() {
-            return;
+            return orphans;
         }
         let watchers: std::collections::BTreeSet<&str> =
             orphans.iter().map(|j| j.firing.watcher.as_str()).collect();
@@ -138,6 +143,23 @@ impl Alerts {
             count_drop(totals, job, DropReason::WatcherDeleted);
         }
         let ids = orphans.iter().map(|j| j.firing.id).collect();
+        self.runner.send(&ToRunner::Forget { ids });
+        orphans
+    }
+
+    pub(super) fn pending_by_target(&self) -> std::collections::BTreeMap<String, u64> {
+        self.journal.pending_by_target()
+    }
+
+    pub(super) fn pending(&self) -> impl Iterator<Item = &Job> {
+        self.journal.pending()
+    }
+
+    /// Pending firings settled before delivery (a silence came to match them): out of
+    /// the journal, and forgotten by the runner (one in flight is neither reported nor
+    /// retried).
+    pub(super) fn forget(&mut self, ids: Vec<Uuid>) {
+        self.journal.done(&ids);
         self.runner.send(&ToRunner::Forget { ids });
     }
 
@@ -181,7 +203,13 @@ impl Alerts {
         self.runner.release();
     }
 
-    pub(super) fn on_message(&mut self, message: FromRunner, totals: &mut Totals) {
+    /// What the runner says; an outcome that settled firings is returned (for the
+    /// alert list), and a retry is the alert list's alone (`route::runner_said`).
+    pub(super) fn on_message(
+        &mut self,
+        message: FromRunner,
+        totals: &mut Totals,
+    ) -> Option<Outcome> {
         match message {
             FromRunner::Heartbeat { sent_at } => {
                 if let Some(runner) = self.runner.get_mut() {
@@ -191,16 +219,18 @@ impl Alerts {
             FromRunner::AttemptFailed { action, error } => {
                 totals.record_failed_attempt(action, error);
             }
-            FromRunner::Settled(outcome) => self.record_outcome(outcome, totals),
+            FromRunner::Retrying { .. } => {}
+            FromRunner::Settled(outcome) => return self.record_outcome(outcome, totals),
         }
+        None
     }
 
     /// Firings the runner settled; those the master settled first (their watcher went)
     /// are neither counted nor logged again.
-    fn record_outcome(&mut self, outcome: Outcome, totals: &mut Totals) {
+    fn record_outcome(&mut self, outcome: Outcome, totals: &mut Totals) -> Option<Outcome> {
         let firings = self.journal.done(&outcome.ids);
         if firings == 0 {
-            return;
+            return None;
         }
         let message = format!(
             "watcher `{}`: {} action {}: {}",
@@ -217,6 +247,7 @@ impl Alerts {
         if outcome.result == Delivery::Delivered {
             totals.record_delivery_latency(outcome.latency_secs);
         }
+        Some(outcome)
     }
 
     /// The runner exited; the next one is started by `keep_runner`.

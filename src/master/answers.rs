@@ -24,7 +24,7 @@ impl Master {
     pub(super) fn answer(&mut self, asker: Asker, question: Question) {
         let change = match &question {
             Question::Change { change, .. } => Some(change.kind()),
-            Question::Metrics => None,
+            Question::Metrics | Question::Status { .. } | Question::OnCall(_) => None,
         };
         if self.past_deadline(asker, change) {
             return;
@@ -44,6 +44,8 @@ impl Master {
         } = asker;
         let answer = match question {
             Question::Metrics => Answer::Metrics(self.metrics()),
+            Question::Status { reveal_keys } => Answer::Status(self.status_document(reveal_keys)),
+            Question::OnCall(request) => self.answer_oncall(request),
             // In a cluster, Redis holds the registry: the change is published first.
             Question::Change { change, origin } if self.cluster.is_some() => {
                 self.publish_change(asker, change, origin);
@@ -72,6 +74,7 @@ impl Master {
         let mut text = self.totals.render(&self.pool.statuses(Instant::now()));
         self.counting.render(&mut text);
         self.actions.render(&mut text);
+        self.oncall.render(&mut text);
         if let Some(cluster) = &self.cluster {
             cluster.render(&mut text);
         }

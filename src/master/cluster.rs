@@ -105,7 +105,16 @@ impl Master {
 
     fn on_cluster_message(&mut self, message: FromCluster) {
         match message {
-            FromCluster::Reachable(reachable) => self.set_reachable(reachable),
+            FromCluster::Reachable(reachable) => {
+                let was_degraded = self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.degraded_since.is_some());
+                self.set_reachable(reachable);
+                if reachable && was_degraded {
+                    self.share_every_silence();
+                }
+            }
             FromCluster::Crossed(crossings) => {
                 let node = self.cluster_node().unwrap_or_default();
                 for crossing in crossings {
@@ -125,6 +134,7 @@ impl Master {
             }
             FromCluster::Registry(shared) => self.follow_shared_registry(shared),
             FromCluster::Published(publication) => self.on_published(publication),
+            FromCluster::Silences(shared) => self.adopt_shared_silences(shared),
             FromCluster::Calls { latency, errors } => {
                 if let Some(cluster) = self.cluster.as_mut() {
                     cluster.latency.merge(&latency);

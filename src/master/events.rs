@@ -164,7 +164,7 @@ impl Master {
             return;
         };
         for message in runner.exchange::<FromRunner>(events) {
-            self.actions.on_message(message, &mut self.totals);
+            self.runner_said(message);
         }
     }
 

@@ -20,7 +20,8 @@
 //! `Master` holds components, each the owner of its state, in files that never name
 //! `Master`: `ground`, `pool` (workers, held answers), `counting` (counters, backlog,
 //! `snapshot`s), `alerts` (the `journal` and the runner), `succession` (an upgrade,
-//! either side), `cluster_state`, and `kept` (the keep-alive of a role kept at one
+//! either side), `cluster_state`, `oncall` (silences and the alert list), `board` (the status page's
+//! document and its per-second `traffic` rings), and `kept` (the keep-alive of a role kept at one
 //! child). The loop's verbs, which combine them, are the files above: `events` (the
 //! wait, what children say, handed to their role's owner), `reap` (the one exit path),
 //! `timeouts` (every child's deadlines on the tick), `workers` (spawn, stop, reconcile,
@@ -33,6 +34,7 @@
 mod alerts;
 mod announcer;
 mod answers;
+mod board;
 mod cluster;
 mod cluster_state;
 mod control;
@@ -41,6 +43,7 @@ mod events;
 mod ground;
 mod journal;
 mod kept;
+mod oncall;
 mod pool;
 mod reap;
 mod reload;
@@ -50,6 +53,7 @@ mod signals;
 mod snapshot;
 mod succession;
 mod timeouts;
+mod traffic;
 mod upgrade;
 mod workers;
 
@@ -70,6 +74,7 @@ use crate::config::{self, Config};
 use crate::logging::{self, Sink};
 use crate::metrics::Totals;
 use crate::notify;
+use crate::oncall::OnCall;
 use crate::pidfile::Pidfile;
 use crate::registry::Registry;
 use crate::status::{CrashLoop, Status};
@@ -77,6 +82,7 @@ use crate::title;
 use crate::watch::Watch;
 use crate::watch::store::MemoryStore;
 use alerts::Alerts;
+use board::Board;
 use cluster_state::ClusterState;
 use counting::Counting;
 use ground::Ground;
@@ -117,6 +123,10 @@ struct Master {
     succession: Succession,
     /// `[cluster]`: counters and registry shared through Redis.
     cluster: Option<ClusterState>,
+    /// The status page's traffic rings and last document.
+    board: Board,
+    /// Silences and the alert list.
+    oncall: OnCall,
 }
 
 /// Where the master stands in its life, and how its reloads went (for the status).
@@ -212,6 +222,11 @@ impl Master {
                 alerts::open_journal(&config, &registry, &mut totals)?,
             )
         };
+        let oncall = if taking_over {
+            OnCall::unopened(&config)?
+        } else {
+            OnCall::open(&config)?
+        };
         let mut watch = Watch::new(Box::new(store));
         watch.sync(&registry);
         let ground = Ground::open(&config, source, default_sink, pidfile, inherited)?;
@@ -235,6 +250,8 @@ impl Master {
             totals,
             succession,
             cluster,
+            board: Board::default(),
+            oncall,
         };
         if taking_over {
             master.hold_what_waits_for_the_take_over();
@@ -275,6 +292,8 @@ impl Master {
             fds
         });
         self.counting.on_tick(&self.config, fork_fds.as_deref());
+        self.sample_traffic();
+        self.oncall_tick();
     }
 
     /// What the signals asked for; the stops first, since they make the rest moot.

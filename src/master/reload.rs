@@ -82,6 +82,7 @@ impl Master {
             self.push_registry();
         }
         self.counting.watch.set_max_keys(new.watchers.max_keys);
+        self.oncall.reconfigure(&new);
         if let Some(listener) = listener {
             info!("now listening on {}", new.server.listen);
             // Old workers keep their copy of the previous socket until they have drained.

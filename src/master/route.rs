@@ -3,7 +3,8 @@
 //! counts a slice of it (`count_a_slice`); each piece goes to Redis in a cluster while
 //! it answers (`cluster.rs::share_counts`), and is counted in this master's store
 //! otherwise, firings then marked degraded in a cluster (`count_locally`); every firing
-//! goes to alert delivery (`alerts`).
+//! goes to alert delivery (`alerts`) unless a silence holds it (`oncall`), and what
+//! delivery settles or drops goes to the alert list.
 //!
 //! Glue only: the state is the components'.
 
@@ -13,6 +14,7 @@ use nix::unistd::Pid;
 
 use super::Master;
 use super::counting::{PIECE_ENTRIES, PIECE_WATCHERS, SLICE};
+use crate::protocol::runner::{DropReason, FromRunner};
 use crate::watch::store::Second;
 use crate::watch::{CountBatch, Job};
 
@@ -86,14 +88,39 @@ impl Master {
         }
     }
 
-    /// A firing, to alert delivery.
+    /// A firing, to alert delivery, unless a silence holds it back (`oncall`); the
+    /// alert list records it either way, and the firing a full journal drops.
     pub(super) fn dispatch(&mut self, job: Job) {
-        self.actions.fire(job, &mut self.totals);
+        if self.held_by_silence(&job) {
+            return;
+        }
+        if let Some(dropped) = self.actions.fire(job, &mut self.totals) {
+            self.record_drops(&[dropped], DropReason::QueueFull);
+        }
     }
 
     /// After every change of the registry the master adopts: the firings of watchers
-    /// gone or changed are settled (`Alerts::settle_orphans`).
+    /// gone or changed are settled (`Alerts::settle_orphans`), and marked in the alert
+    /// list.
     pub(super) fn settle_orphaned_firings(&mut self) {
-        (self.actions).settle_orphans(&self.registry, &mut self.totals);
+        let orphans = (self.actions).settle_orphans(&self.registry, &mut self.totals);
+        self.record_drops(&orphans, DropReason::WatcherDeleted);
+    }
+
+    /// What the runner says, to alert delivery; its retries and the outcomes that
+    /// settled firings, to the alert list.
+    pub(super) fn runner_said(&mut self, message: FromRunner) {
+        if let FromRunner::Retrying {
+            ids,
+            error,
+            retry_in_ms,
+        } = &message
+        {
+            let retry_in = std::time::Duration::from_millis(*retry_in_ms);
+            self.oncall.retrying(ids, error, retry_in);
+        }
+        if let Some(outcome) = self.actions.on_message(message, &mut self.totals) {
+            self.oncall.settled(&outcome);
+        }
     }
 }

@@ -271,6 +271,7 @@ impl Master {
         self.push_registry();
         let journal = open_journal(&self.config, &self.registry, &mut self.totals)?;
         self.actions.replace_journal(journal);
+        self.oncall = crate::oncall::OnCall::open(&self.config)?;
         self.release_what_waited_for_the_take_over();
         let (counts, changes) = (
             predecessor.deferred_counts.len(),

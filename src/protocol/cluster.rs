@@ -1,7 +1,8 @@
 //! The cluster link's channel: what the master tells the link (`ToCluster`: counts with
-//! the rules each key is judged by, registry writes, calls to send again, stop) and what
-//! the link tells the master (`FromCluster`: crossings, counts it could not send, calls
-//! in doubt, Redis' reachability, the shared registry, call figures). A `CountCall` is
+//! the rules each key is judged by, registry writes, calls to send again, silences to
+//! share, stop) and what the link tells the master (`FromCluster`: crossings, counts it
+//! could not send, calls in doubt, Redis' reachability, the shared registry and
+//! silences, call figures). A `CountCall` is
 //! one `eventsd_count` call under its id; the link builds and sends it (`cluster`).
 //!
 //! Plain data: no I/O.
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::exposition::Histogram;
+use crate::oncall::silence::Silence;
 use crate::watch::store::Second;
 use crate::watch::{Crossing, SharedCount};
 
@@ -30,6 +32,11 @@ pub enum ToCluster {
     },
     /// Calls a previous master's link left in doubt: sent again with their ids.
     Resend(Vec<CountCall>),
+    /// Silences made or expired on this node (or all of them, for a Redis that may
+    /// have lost them): written until Redis takes them.
+    ShareSilences(Vec<Silence>),
+    /// Silences expired long enough that every node forgets them.
+    ForgetSilences(Vec<Uuid>),
     Stop,
 }
 
@@ -48,6 +55,8 @@ pub enum FromCluster {
     /// when Redis holds none.
     Registry(Option<(u64, String)>),
     Published(Publication),
+    /// Every shared silence, when the set changed.
+    Silences(Vec<Silence>),
     /// Calls to Redis since the last report: their latency and how many failed.
     Calls {
         latency: Histogram,

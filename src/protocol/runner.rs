@@ -42,6 +42,12 @@ pub enum FromRunner {
         action: ActionKind,
         error: ErrorClass,
     },
+    /// A failed attempt left these firings waiting: tried again in `retry_in_ms`.
+    Retrying {
+        ids: Vec<Uuid>,
+        error: String,
+        retry_in_ms: u64,
+    },
     /// Firings settled.
     Settled(Outcome),
 }

@@ -45,6 +45,10 @@ pub enum Question {
     Change { change: Change, origin: Origin },
     /// The Prometheus exposition of the whole daemon.
     Metrics,
+    /// The status page's document (`GET /status`); key values only if `reveal_keys`.
+    Status { reveal_keys: bool },
+    /// Silences, the alert list, a watcher's live state (alerts.md).
+    OnCall(crate::oncall::Request),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +56,9 @@ pub enum Answer {
     /// The id of what was created (nil for a deletion), or why the change was refused.
     Change(Result<Uuid, Refusal>),
     Metrics(String),
+    /// The `/status` document, as JSON text.
+    Status(String),
+    OnCall(crate::oncall::Reply),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,7 @@ mod due;
 mod key;
 pub mod plan;
 pub mod rule;
+mod state;
 pub mod store;
 mod table;
 
@@ -27,6 +28,7 @@ use crate::exposition::{label_value, write_family};
 use crate::registry::{Action, Aggregator, Registry, RuleKind, WatcherSpec, expected_payload};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
 use rule::{OnTheClock, RuleParams, Verdict};
+pub use state::{KeyCount, WatcherState, hidden};
 use store::{CounterStore, Second};
 
 /// What a worker ships to the master at least every 10 ms.
@@ -577,8 +579,9 @@ fn watcher_labels(event: &str, watcher: &str) -> String {
     )
 }
 
-fn firing(event: &str, spec: &WatcherSpec, key: &Key, verdict: Verdict) -> Firing {
-    let key = match (&spec.aggregator, key.decode()) {
+/// `{field: value}` of a `fields` watcher's key, `null` for `single`.
+fn key_values(spec: &WatcherSpec, key: &Key) -> Value {
+    match (&spec.aggregator, key.decode()) {
         (Aggregator::Single {}, _) => Value::Null,
         (Aggregator::Fields { fields }, Ok(values)) => {
             Value::Object(fields.iter().cloned().zip(values).collect())
@@ -588,7 +591,11 @@ fn firing(event: &str, spec: &WatcherSpec, key: &Key, verdict: Verdict) -> Firin
             warn!("watcher `{}`: {e}", spec.name);
             Value::Null
         }
-    };
+    }
+}
+
+fn firing(event: &str, spec: &WatcherSpec, key: &Key, verdict: Verdict) -> Firing {
+    let key = key_values(spec, key);
     let count = verdict.count;
     let threshold = spec.threshold.unwrap_or(0);
     Firing {

@@ -56,6 +56,15 @@ pub trait CounterStore {
         now: Second,
         windows: &dyn Fn(Uuid) -> Option<u64>,
     ) -> Vec<(Uuid, Key, u64)>;
+    /// The `limit` keys of `watcher` with the highest counts at `now` (within `window`),
+    /// highest first: a watcher's live state (alerts.md).
+    fn hottest(
+        &self,
+        watcher: Uuid,
+        now: Second,
+        window: Option<u64>,
+        limit: usize,
+    ) -> Vec<(Key, u64)>;
     /// (watcher, keys held, keys evicted so far), for metrics.
     fn sizes(&self) -> Vec<(Uuid, usize, u64)>;
     /// Writes what a restart needs to `path`, atomically.
@@ -210,6 +219,31 @@ impl CounterStore for MemoryStore {
         counts
     }
 
+    fn hottest(
+        &self,
+        watcher: Uuid,
+        now: Second,
+        window: Option<u64>,
+        limit: usize,
+    ) -> Vec<(Key, u64)> {
+        let Some(table) = self.watchers.get(&watcher) else {
+            return Vec::new();
+        };
+        let live = |second: Second| window.is_none_or(|w| second + w > now);
+        let mut counts: Vec<(&str, u64)> = table.counts(live).collect();
+        let by_count = |a: &(&str, u64), b: &(&str, u64)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+        if counts.len() > limit && limit > 0 {
+            counts.select_nth_unstable_by(limit - 1, by_count);
+            counts.truncate(limit);
+        }
+        counts.sort_unstable_by(by_count);
+        counts.truncate(limit);
+        counts
+            .into_iter()
+            .map(|(key, count)| (Key::from(key), count))
+            .collect()
+    }
+
     fn sizes(&self) -> Vec<(Uuid, usize, u64)> {
         self.watchers
             .iter()
@@ -241,6 +275,23 @@ mod tests {
 
     fn cooldown(store: &mut MemoryStore, w: Uuid, key: &Key) -> Option<Cooldown> {
         super::super::rule::cooldown_of(store.existing(w, key)?)
+    }
+
+    #[test]
+    fn the_hottest_keys_come_highest_first_within_the_window() {
+        let (mut store, watcher) = (MemoryStore::new(100), Uuid::new_v4());
+        for (text, n) in [
+            ("[\"a\"]", 3),
+            ("[\"b\"]", 9),
+            ("[\"c\"]", 5),
+            ("[\"d\"]", 1),
+        ] {
+            store.add(watcher, &key(text), n, 100, Some(60));
+        }
+        store.add(watcher, &key("[\"old\"]"), 50, 10, Some(60));
+        let hottest = store.hottest(watcher, 100, Some(60), 2);
+        assert_eq!(hottest, [(key("[\"b\"]"), 9), (key("[\"c\"]"), 5)]);
+        assert!(store.hottest(Uuid::new_v4(), 100, None, 2).is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP API of a worker: the REST API of the PHP events-collector (routes, bodies,
-//! replies, errors) plus `/health`, `/metrics` and `_bulk`.
+//! replies, errors) plus `/health`, `/metrics`, `_bulk`, and the status page (`/status`,
+//! `/ui/`, whose files are `ui`'s); the on-call routes are `oncall`'s.
 //!
 //! Owns what a request means and how every reply is shaped (`{"status_code","message"}`
 //! for errors). Reads come from the worker's copy of the registry; changes go to the
@@ -26,8 +27,10 @@ use super::access_log::{self, AccessLog};
 use super::batcher::Batcher;
 use super::ids::EventIds;
 use super::link::{Link, Served};
+use super::oncall;
 use super::routes::Route;
 pub use super::routes::{ROUTES, route_template};
+use super::ui;
 use crate::appender::Appenders;
 use crate::config::Config;
 use crate::event::Event;
@@ -37,7 +40,7 @@ use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry
 pub type Body = Full<Bytes>;
 
 /// How long a registry change or a metrics request may wait for the master.
-const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Api {
     pid: u32,
@@ -45,6 +48,7 @@ pub struct Api {
     max_key_bytes: usize,
     read_timeout: Duration,
     api_token: Option<String>,
+    expose_keys_without_token: bool,
     link: Link,
     appenders: Rc<Appenders>,
     deltas: RefCell<Deltas>,
@@ -68,6 +72,7 @@ impl Api {
             max_key_bytes: config.watchers.max_key_bytes,
             read_timeout: config.read_timeout(),
             api_token: (!token.is_empty()).then(|| token.clone()),
+            expose_keys_without_token: config.server.expose_keys_without_token,
             link,
             appenders,
             deltas: RefCell::default(),
@@ -131,6 +136,12 @@ impl Api {
                 json(StatusCode::OK, &json!({"status": "ok", "worker": self.pid}))
             }
             (Route::Metrics, &Method::GET) => self.metrics().await,
+            (Route::Status, &Method::GET) if !self.authorized(&parts.headers) => {
+                ui::with_page_headers(unauthorized("The status needs"))
+            }
+            (Route::Status, &Method::GET) => ui::status(&self.link, self.reveals_keys(true)).await,
+            (Route::Ui, &Method::GET) => ui::page(),
+            (Route::UiAsset(name), &Method::GET) => ui::asset(name),
             (Route::Events, &Method::GET) => json(StatusCode::OK, &list_events(registry)),
             (Route::Event(event), &Method::GET) => {
                 with_event(registry, event, |e| show_event(event, e))
@@ -155,6 +166,7 @@ impl Api {
                 let reveal = self.api_token.is_some() && self.authorized(&parts.headers);
                 with_event(registry, event, |e| show(&e.watchers, event, name, reveal))
             }
+            (route, _) if oncall::serves(route) => self.oncall(route, parts, body, peer).await,
             (route, method) => match route.change(method, body) {
                 Some(change) => self.change(change, &parts.headers, peer).await,
                 None => method_not_allowed(route.allow()),
@@ -231,14 +243,7 @@ impl Api {
         peer: SocketAddr,
     ) -> Response<Body> {
         if !self.authorized(headers) {
-            let mut response = error(
-                StatusCode::UNAUTHORIZED,
-                "Registry changes need an `Authorization: Bearer` header with server.api_token",
-            );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+            return unauthorized("Changes need");
         }
         let deletion = matches!(
             change,
@@ -257,6 +262,34 @@ impl Api {
         }
     }
 
+    /// Silences, alerts, a watcher's state: asked of the master; changes need the token
+    /// as registry changes do, and key values are shown only as the config says.
+    async fn oncall(
+        &self,
+        route: Route<'_>,
+        parts: &Parts,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let authorized = self.authorized(&parts.headers);
+        let access = oncall::Access {
+            client: peer.ip().to_string(),
+            reveal_keys: self.reveals_keys(authorized),
+        };
+        let query = parts.uri.query();
+        let request = match oncall::request(route, &parts.method, query, body, &access) {
+            Ok(request) if request.is_change() && !authorized => {
+                return unauthorized("Changes need");
+            }
+            Ok(request) => request,
+            Err(refusal) => return *refusal,
+        };
+        match self.ask(Question::OnCall(request)).await {
+            Some(Answer::OnCall(reply)) => oncall::reply(reply),
+            _ => master_unavailable(),
+        }
+    }
+
     async fn metrics(&self) -> Response<Body> {
         match self.ask(Question::Metrics).await {
             Some(Answer::Metrics(text)) => {
@@ -269,6 +302,11 @@ impl Api {
             }
             _ => master_unavailable(),
         }
+    }
+
+    /// Key values may be shown: `server.expose_keys_without_token`, or the token.
+    fn reveals_keys(&self, authorized: bool) -> bool {
+        self.expose_keys_without_token || (self.api_token.is_some() && authorized)
     }
 
     async fn ask(&self, question: Question) -> Option<Answer> {
@@ -350,7 +388,20 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
     )
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<Body> {
+/// 401: what `needs` the token (registry changes and silences alike, the status page's
+/// data), with RFC 6750's challenge.
+fn unauthorized(needs: &str) -> Response<Body> {
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        &format!("{needs} an `Authorization: Bearer` header with server.api_token"),
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+pub(super) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
     response
         .headers_mut()
@@ -379,7 +430,7 @@ fn refusal(refused: registry::Refusal) -> Response<Body> {
 }
 
 /// Nothing was applied: the master drops a question once its worker gave up on it.
-fn master_unavailable() -> Response<Body> {
+pub(super) fn master_unavailable() -> Response<Body> {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "The master did not answer in time; nothing was changed (eventsd may be busy or \
@@ -527,31 +578,4 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bulk_lines_are_all_objects_or_the_batch_is_refused() {
-        assert_eq!(parse_lines(b"{\"a\":1}\n\n{\"b\":2}\n").unwrap().len(), 2);
-        let message = parse_lines(b"{\"a\":1}\n[2]\n").unwrap_err();
-        assert!(message.starts_with("Line 2:"), "{message}");
-        assert!(parse_lines(b"\n\n").is_err());
-    }
-
-    #[test]
-    fn bulk_ids_only_when_asked() {
-        assert!(wants_ids(Some("ids=true")));
-        assert!(wants_ids(Some("x=1&ids=1")));
-        assert!(!wants_ids(Some("ids=false")));
-        assert!(!wants_ids(Some("noids=true")));
-        assert!(!wants_ids(None));
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"secret"));
-    }
-}
+mod tests;

@@ -11,8 +11,10 @@ mod batcher;
 mod ids;
 mod io;
 pub(crate) mod link;
+mod oncall;
 mod routes;
 mod server;
+mod ui;
 
 use std::fs::File;
 use std::io::Write;

@@ -3,6 +3,7 @@
 //! process it started (by process group) when the test ends, also when it fails.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod proxy;
 pub mod redis;
 pub mod rest;

@@ -25,7 +25,7 @@ impl RuleKind {
         *self == RuleKind::Threshold
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             RuleKind::Threshold => "threshold",
             RuleKind::Flatline => "flatline",
