@@ -98,11 +98,6 @@ impl Reply {
     }
 }
 
-/// The rule that decided a firing: `threshold`, the only one this build has.
-fn rule_of(_firing: &Firing) -> &'static str {
-    "threshold"
-}
-
 pub struct OnCall {
     silences: Silences,
     history: History,
@@ -174,7 +169,7 @@ impl OnCall {
             },
         };
         self.history
-            .record(Alert::of(firing, rule_of(firing), state));
+            .record(Alert::of(firing, firing.rule.name(), state));
         silenced_by
     }
 
@@ -377,7 +372,7 @@ impl OnCall {
         let facts = Facts {
             event: &firing.event,
             watcher: &firing.watcher,
-            rule: rule_of(firing),
+            rule: firing.rule.name(),
             key: &firing.key,
         };
         self.silences.silencing(&facts, now)
