@@ -64,6 +64,10 @@
     return date.toLocaleTimeString([], { hour12: false });
   }
 
+  function attempts(n) {
+    return n + (n === 1 ? ' attempt' : ' attempts');
+  }
+
   function when(text) {
     if (!text) return '—';
     const date = new Date(text);
@@ -307,8 +311,8 @@
         action.append(button);
       }
       let detail = '';
-      if (f.state === 'pending') detail = 'to ' + f.target + ', ' + f.attempts + ' attempts' + (f.last_error ? ': ' + f.last_error : '');
-      if (f.state === 'delivered') detail = 'after ' + f.attempts + ' attempts';
+      if (f.state === 'pending') detail = 'to ' + f.target + ', ' + attempts(f.attempts) + (f.last_error ? ': ' + f.last_error : '');
+      if (f.state === 'delivered') detail = 'after ' + attempts(f.attempts);
       if (f.state === 'dropped') detail = f.reason.replace(/_/g, ' ') + (f.error ? ': ' + f.error : '');
       if (f.state === 'silenced') detail = 'by silence ' + f.silenced_by;
       const tr = row(when(f.fired_at), f.event, f.watcher, keyText(f.key), f.count + ' / ' + f.threshold,
