@@ -28,6 +28,7 @@ use super::batcher::Batcher;
 use super::ids::EventIds;
 use super::link::{Link, Served};
 use super::oncall;
+use super::reply::{Body, MASTER_TIMEOUT, error, json, master_unavailable, method_not_allowed};
 use super::routes::Route;
 pub use super::routes::{ROUTES, route_template};
 use super::ui;
@@ -36,11 +37,6 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::protocol::worker::{Answer, Deltas, Question};
 use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry, Spec};
-
-pub type Body = Full<Bytes>;
-
-/// How long a registry change or a metrics request may wait for the master.
-pub(super) const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Api {
     pid: u32,
@@ -367,27 +363,6 @@ impl Api {
     }
 }
 
-/// A JSON reply.
-pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
-    // Serializing our own reply types cannot fail; an empty object is a safe fallback.
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// An error reply in the shape the PHP events-collector used.
-pub fn error(status: StatusCode, message: &str) -> Response<Body> {
-    json(
-        status,
-        &serde_json::json!({"status_code": status.as_u16(), "message": message}),
-    )
-}
-
 /// 401: what `needs` the token (registry changes and silences alike, the status page's
 /// data), with RFC 6750's challenge.
 fn unauthorized(needs: &str) -> Response<Body> {
@@ -398,14 +373,6 @@ fn unauthorized(needs: &str) -> Response<Body> {
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
-pub(super) fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
 
@@ -427,15 +394,6 @@ fn closing(mut response: Response<Body>) -> Response<Body> {
 fn refusal(refused: registry::Refusal) -> Response<Body> {
     let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST);
     error(status, &refused.message)
-}
-
-/// Nothing was applied: the master drops a question once its worker gave up on it.
-pub(super) fn master_unavailable() -> Response<Body> {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "The master did not answer in time; nothing was changed (eventsd may be busy or \
-         shutting down)",
-    )
 }
 
 /// What a collecting request posted, and so what its reply holds.

@@ -12,6 +12,7 @@ mod ids;
 mod io;
 pub(crate) mod link;
 mod oncall;
+mod reply;
 mod routes;
 mod server;
 mod ui;

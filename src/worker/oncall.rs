@@ -9,7 +9,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use uuid::Uuid;
 
-use super::api::{Body, error};
+use super::reply::{Body, error};
 use super::routes::Route;
 use crate::oncall::history::Filter;
 use crate::oncall::silence::State;
@@ -76,7 +76,7 @@ pub(super) fn request(
             limit: limit(query, DEFAULT_KEYS, MAX_KEYS)?,
             reveal_keys: access.reveal_keys,
         },
-        (route, _) => return Err(Box::new(super::api::method_not_allowed(route.allow()))),
+        (route, _) => return Err(Box::new(super::reply::method_not_allowed(route.allow()))),
     })
 }
 

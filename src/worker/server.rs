@@ -27,9 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::api::{Api, Body};
+use super::api::Api;
 use super::io::ClientStream;
 use super::link::{Link, Shutdown};
+use super::reply::Body;
 use crate::config::Config;
 use crate::protocol::worker::{Heartbeat, WorkerMessage};
 use crate::tls::Tls;

@@ -11,8 +11,8 @@ use hyper::body::Bytes;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 
-use super::api::{Body, MASTER_TIMEOUT, error, master_unavailable};
 use super::link::Link;
+use super::reply::{Body, MASTER_TIMEOUT, error, master_unavailable};
 use crate::protocol::worker::{Answer, Question};
 
 const INDEX: &str = include_str!("index.html");
