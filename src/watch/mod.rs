@@ -7,6 +7,7 @@
 //! the master, which passes it to the action runner.
 
 mod due;
+mod firing;
 mod key;
 pub mod plan;
 pub mod rule;
@@ -15,17 +16,15 @@ pub mod store;
 mod table;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write;
 use std::path::Path;
 use std::time::SystemTime;
 
-use log::warn;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::exposition::{label_value, write_family};
-use crate::registry::{Action, Aggregator, Registry, RuleKind, WatcherSpec, expected_payload};
+use crate::registry::{Aggregator, Registry, WatcherSpec, expected_payload};
+pub use firing::{Firing, Job};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
 use rule::{OnTheClock, RuleParams, Verdict};
 pub use state::{KeyCount, WatcherState, hidden};
@@ -160,82 +159,6 @@ pub struct Crossing {
     pub resolved: bool,
 }
 
-/// A crossing: the document actions deliver (its `text` makes it a valid Slack or
-/// Mattermost incoming-webhook body).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Firing {
-    /// The crossing's id: the same across delivery attempts and restarts.
-    pub id: Uuid,
-    pub watcher: String,
-    pub event: String,
-    /// `{field: value}` for a `fields` watcher, `null` for `single`.
-    pub key: Value,
-    /// The rule that fired (rules.md); journals written before rules hold threshold's.
-    #[serde(default)]
-    pub rule: RuleKind,
-    pub count: u64,
-    pub threshold: u64,
-    pub window_secs: Option<u64>,
-    pub fired_at: String,
-    pub text: String,
-    /// The crossings this delivery stands for: more than 1 when later firings of the
-    /// same key joined it while it waited.
-    pub firings: u64,
-    /// The node that fired it, in a cluster.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// `watcher/key/epoch/sequence`, the crossing's name across nodes, in a cluster:
-    /// `id` is derived from it, so a crossing fired twice (a Redis failover) has one id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub crossing: Option<String>,
-    /// Fired from this node's own counts while Redis was unreachable.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub degraded: bool,
-    /// A flatline key heard from again (`send_resolved`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub resolved: bool,
-}
-
-/// A firing with the action that must deliver it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Job {
-    pub firing: Firing,
-    pub action: Action,
-    /// The registry id of the watcher that fired: a job outlives neither its watcher nor
-    /// a change to it (a changed watcher gets a new id). Nil in journals written before
-    /// it was kept.
-    #[serde(default)]
-    pub watcher_id: Uuid,
-}
-
-#[cfg(test)]
-impl Job {
-    /// A firing of `watcher` (a `single` key, count 2 over threshold 1) for `action`.
-    pub fn example(watcher: &str, action: Action) -> Job {
-        Job {
-            firing: Firing {
-                id: Uuid::new_v4(),
-                watcher: watcher.to_string(),
-                event: "logins".to_string(),
-                key: Value::Null,
-                rule: RuleKind::Threshold,
-                count: 2,
-                threshold: 1,
-                window_secs: None,
-                fired_at: String::new(),
-                text: String::new(),
-                firings: 1,
-                node: None,
-                crossing: None,
-                degraded: false,
-                resolved: false,
-            },
-            action,
-            watcher_id: Uuid::nil(),
-        }
-    }
-}
-
 struct Watched {
     event: String,
     spec: WatcherSpec,
@@ -368,7 +291,7 @@ impl Watch {
                     watched.spec.name.as_str(),
                 );
                 jobs.push(Job {
-                    firing: firing(&watched.event, &watched.spec, &key, verdict),
+                    firing: Firing::new(&watched.event, &watched.spec, &key, verdict),
                     action: watched.spec.action.clone(),
                     watcher_id: id,
                 });
@@ -443,7 +366,7 @@ impl Watch {
             count: crossing.count,
             resolved: crossing.resolved,
         };
-        let mut firing = firing(&watched.event, spec, &crossing.key, verdict);
+        let mut firing = Firing::new(&watched.event, spec, &crossing.key, verdict);
         let name = format!(
             "{}/{}/{}/{}",
             crossing.watcher,
@@ -493,7 +416,7 @@ impl Watch {
         let spec = &watched.spec;
         record_firing(&mut self.firings, &watched.event, spec.name.as_str());
         Some(Job {
-            firing: firing(&watched.event, spec, key, verdict),
+            firing: Firing::new(&watched.event, spec, key, verdict),
             action: spec.action.clone(),
             watcher_id: id,
         })
@@ -579,81 +502,6 @@ fn watcher_labels(event: &str, watcher: &str) -> String {
     )
 }
 
-/// `{field: value}` of a `fields` watcher's key, `null` for `single`.
-fn key_values(spec: &WatcherSpec, key: &Key) -> Value {
-    match (&spec.aggregator, key.decode()) {
-        (Aggregator::Single {}, _) => Value::Null,
-        (Aggregator::Fields { fields }, Ok(values)) => {
-            Value::Object(fields.iter().cloned().zip(values).collect())
-        }
-        // Keys are made by `Key::of` alone; the firing still goes out, without them.
-        (Aggregator::Fields { .. }, Err(e)) => {
-            warn!("watcher `{}`: {e}", spec.name);
-            Value::Null
-        }
-    }
-}
-
-fn firing(event: &str, spec: &WatcherSpec, key: &Key, verdict: Verdict) -> Firing {
-    let key = key_values(spec, key);
-    let count = verdict.count;
-    let threshold = spec.threshold.unwrap_or(0);
-    Firing {
-        id: Uuid::new_v4(),
-        watcher: spec.name.to_string(),
-        event: event.to_string(),
-        text: text(event, spec, &key, verdict),
-        key,
-        rule: spec.rule,
-        count,
-        threshold,
-        window_secs: spec.window_secs,
-        fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        firings: 1,
-        node: None,
-        crossing: None,
-        degraded: false,
-        resolved: verdict.resolved,
-    }
-}
-
-/// What happened, in the rule's words, the key of a `fields` watcher named.
-fn text(event: &str, spec: &WatcherSpec, key: &Value, verdict: Verdict) -> String {
-    let count = verdict.count;
-    let window = spec.window_secs.unwrap_or(0);
-    let threshold = spec.threshold.unwrap_or(0);
-    let for_key = match key {
-        Value::Object(fields) => {
-            let shown: Vec<String> = fields.iter().map(|(f, v)| format!("{f}={v}")).collect();
-            format!(" for {}", shown.join(", "))
-        }
-        _ => String::new(),
-    };
-    let mut text = match (spec.rule, verdict.resolved) {
-        // events-collector's wording, then the key of a `fields` watcher.
-        (RuleKind::Threshold, _) => {
-            let mut text = format!("Event `{event}` repeated {count} times");
-            if let Some(window) = spec.window_secs {
-                let _ = write!(text, " in {window} s");
-            }
-            text + &for_key
-        }
-        (RuleKind::Flatline, false) if count == 0 => {
-            format!("No `{event}` event{for_key} in the last {window} s")
-        }
-        (RuleKind::Flatline, false) => {
-            format!("Only {count} `{event}` events{for_key} in the last {window} s")
-        }
-        (RuleKind::Flatline, true) => {
-            format!("`{event}` events are back{for_key}: {count} in the last {window} s")
-        }
-    };
-    if spec.rule == RuleKind::Flatline {
-        let _ = write!(text, " (expected at least {threshold})");
-    }
-    text
-}
-
 /// Now, in the store's unit.
 pub fn now() -> Second {
     SystemTime::now()
@@ -662,177 +510,4 @@ pub fn now() -> Second {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::registry::{Change, Origin, Rules};
-    use store::MemoryStore;
-
-    fn registry_with(watcher: &str) -> Registry {
-        let mut registry = Registry::default();
-        let origin = Origin::LOCAL;
-        registry
-            .apply(
-                &Change::CreateEvent {
-                    body: br#"{"type": "logins"}"#.to_vec(),
-                },
-                origin,
-                &Rules::default(),
-            )
-            .unwrap();
-        let change = Change::CreateWatcher {
-            event: "logins".into(),
-            body: watcher.as_bytes().to_vec(),
-        };
-        registry.apply(&change, origin, &Rules::default()).unwrap();
-        registry
-    }
-
-    /// A registry holding `watcher` on `logins`, and a `Watch` following it.
-    fn watching(watcher: &str) -> (Registry, Watch) {
-        let registry = registry_with(watcher);
-        let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
-        watch.sync(&registry);
-        (registry, watch)
-    }
-
-    fn post(watch: &mut Watch, registry: &Registry, payloads: &[Value], now: Second) -> Vec<Job> {
-        let entry = registry.event("logins").unwrap();
-        let sets = entry
-            .watchers
-            .iter()
-            .map(|w| SetCounts {
-                watchers: vec![w.id],
-                keys: payloads
-                    .iter()
-                    .map(|p| (Key::of(&w.spec.aggregator, p.as_object().unwrap(), 1024), 1))
-                    .collect(),
-            })
-            .collect();
-        let batch = CountBatch {
-            events: vec![("logins".to_string(), payloads.len() as u64)],
-            sets,
-        };
-        watch.count(batch, now)
-    }
-
-    /// Pieces of a batch hold every (watcher, key) once, the events come with the last.
-    #[test]
-    fn a_batch_taken_in_pieces_loses_and_repeats_nothing() {
-        let set = |watchers: usize, keys: usize| SetCounts {
-            watchers: (0..watchers).map(|_| Uuid::new_v4()).collect(),
-            keys: (0..keys)
-                .map(|k| (Key::from(k.to_string().as_str()), 1))
-                .collect(),
-        };
-        let mut batch = CountBatch {
-            events: vec![("logins".to_string(), 7)],
-            sets: vec![set(200, 7), set(1, 1000), set(3, 0)],
-        };
-        let whole: Vec<(Uuid, Key)> = sorted_entries(&batch);
-        let mut pieces = Vec::new();
-        while !batch.is_empty() {
-            let piece = batch.take_piece(1024, 16);
-            assert!(piece.entries() <= 1024, "{} entries", piece.entries());
-            let tables: usize = piece.sets.iter().map(|s| s.watchers.len()).sum();
-            assert!(tables <= 16, "{tables} watchers' tables");
-            pieces.push(piece);
-        }
-        let events: Vec<usize> = pieces.iter().map(|p| p.events.len()).collect();
-        assert_eq!(events.iter().sum::<usize>(), 1);
-        assert_eq!(events.last(), Some(&1), "the events come last");
-        let mut counted: Vec<(Uuid, Key)> = pieces.iter().flat_map(sorted_entries).collect();
-        counted.sort();
-        assert_eq!(counted, whole);
-    }
-
-    fn sorted_entries(batch: &CountBatch) -> Vec<(Uuid, Key)> {
-        let mut entries: Vec<(Uuid, Key)> = batch
-            .sets
-            .iter()
-            .flat_map(SetCounts::counts)
-            .map(|(watcher, key, _)| (watcher, key.clone()))
-            .collect();
-        entries.sort();
-        entries
-    }
-
-    #[test]
-    fn threshold_is_exceeded_once_then_the_count_restarts() {
-        let (registry, mut watch) = watching(
-            r#"{"name": "w1", "threshold": 3, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
-        );
-        let one = [serde_json::json!({})];
-        let fired: Vec<usize> = (0..8)
-            .map(|_| post(&mut watch, &registry, &one, 1000).len())
-            .collect();
-        assert_eq!(fired, [0, 0, 0, 1, 0, 0, 0, 1]);
-    }
-
-    #[test]
-    fn a_fields_watcher_fires_for_the_crossing_key_only_naming_it() {
-        let (registry, mut watch) = watching(
-            r#"{"name": "w1", "threshold": 2, "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}"#,
-        );
-        let a = serde_json::json!({"ip": "a"});
-        let b = serde_json::json!({"ip": "b"});
-        let jobs = post(
-            &mut watch,
-            &registry,
-            &[a.clone(), b.clone(), a.clone(), b, a],
-            1000,
-        );
-        assert_eq!(jobs.len(), 1);
-        let firing = &jobs[0].firing;
-        assert_eq!(firing.key, serde_json::json!({"ip": "a"}));
-        assert_eq!(firing.text, "Event `logins` repeated 3 times for ip=\"a\"");
-    }
-
-    #[test]
-    fn a_cooldown_suppresses_repeats_but_events_still_count() {
-        let (registry, mut watch) = watching(
-            r#"{"name": "w1", "threshold": 1, "cooldown_secs": 60, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
-        );
-        let two = [serde_json::json!({}), serde_json::json!({})];
-        assert_eq!(post(&mut watch, &registry, &two, 1000).len(), 1);
-        assert_eq!(
-            post(&mut watch, &registry, &two, 1010).len(),
-            0,
-            "cooling down"
-        );
-        assert_eq!(
-            post(&mut watch, &registry, &two, 1060).len(),
-            1,
-            "cooldown over"
-        );
-    }
-
-    #[test]
-    fn exponential_realert_doubles_a_busy_cooldown_up_to_its_maximum_and_resets_after_quiet() {
-        let (registry, mut watch) = watching(
-            r#"{"name": "w1", "threshold": 1, "cooldown_secs": 10, "cooldown_max_secs": 40, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
-        );
-        let two = [serde_json::json!({}), serde_json::json!({})];
-        // Crossings every 5 s until 1100, one at 1250, then every 5 s from 1300.
-        let crossings = (1000..1100)
-            .step_by(5)
-            .chain([1250])
-            .chain((1300..1320).step_by(5));
-        let fired_at: Vec<u64> = crossings
-            .filter(|&second| !post(&mut watch, &registry, &two, second).is_empty())
-            .collect();
-        // Busy cooldowns: 10, 20, 40, 40 (the cap); the one from 1070 saw crossings, so
-        // 1250's is 40 again; it stays quiet, so 1300's is back to 10.
-        assert_eq!(fired_at, [1000, 1010, 1030, 1070, 1250, 1300, 1310]);
-    }
-
-    #[test]
-    fn deleted_watchers_lose_their_counters() {
-        let (registry, mut watch) = watching(
-            r#"{"name": "w1", "threshold": 5, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
-        );
-        post(&mut watch, &registry, &[serde_json::json!({})], 1000);
-        assert_eq!(watch.store().sizes().len(), 1);
-        watch.sync(&Registry::default());
-        assert_eq!(watch.store().sizes().len(), 0);
-    }
-}
+mod tests;

@@ -9,7 +9,8 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Watch, Watched, key_values, now};
+use super::firing::key_values;
+use super::{Watch, Watched, now};
 use crate::registry::{Aggregator, RuleKind, WatcherSpec};
 
 #[derive(Debug, Serialize)]

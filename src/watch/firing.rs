@@ -1,0 +1,169 @@
+//! A firing as actions deliver it: the document (`Firing`), its job (`Job`), and its
+//! `text` in the rule's words. Built by `Watch` from a rule's `Verdict`; never decides
+//! whether anything fires.
+
+use std::fmt::Write;
+use std::time::SystemTime;
+
+use log::warn;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::Key;
+use super::rule::Verdict;
+use crate::registry::{Action, Aggregator, RuleKind, WatcherSpec};
+
+/// A crossing: the document actions deliver (its `text` makes it a valid Slack or
+/// Mattermost incoming-webhook body).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Firing {
+    /// The crossing's id: the same across delivery attempts and restarts.
+    pub id: Uuid,
+    pub watcher: String,
+    pub event: String,
+    /// `{field: value}` for a `fields` watcher, `null` for `single`.
+    pub key: Value,
+    /// The rule that fired (rules.md); journals written before rules hold threshold's.
+    #[serde(default)]
+    pub rule: RuleKind,
+    pub count: u64,
+    pub threshold: u64,
+    pub window_secs: Option<u64>,
+    pub fired_at: String,
+    pub text: String,
+    /// The crossings this delivery stands for: more than 1 when later firings of the
+    /// same key joined it while it waited.
+    pub firings: u64,
+    /// The node that fired it, in a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `watcher/key/epoch/sequence`, the crossing's name across nodes, in a cluster:
+    /// `id` is derived from it, so a crossing fired twice (a Redis failover) has one id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossing: Option<String>,
+    /// Fired from this node's own counts while Redis was unreachable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
+    /// A flatline key heard from again (`send_resolved`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resolved: bool,
+}
+
+/// A firing with the action that must deliver it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub firing: Firing,
+    pub action: Action,
+    /// The registry id of the watcher that fired: a job outlives neither its watcher nor
+    /// a change to it (a changed watcher gets a new id). Nil in journals written before
+    /// it was kept.
+    #[serde(default)]
+    pub watcher_id: Uuid,
+}
+
+#[cfg(test)]
+impl Job {
+    /// A firing of `watcher` (a `single` key, count 2 over threshold 1) for `action`.
+    pub fn example(watcher: &str, action: Action) -> Job {
+        Job {
+            firing: Firing {
+                id: Uuid::new_v4(),
+                watcher: watcher.to_string(),
+                event: "logins".to_string(),
+                key: Value::Null,
+                rule: RuleKind::Threshold,
+                count: 2,
+                threshold: 1,
+                window_secs: None,
+                fired_at: String::new(),
+                text: String::new(),
+                firings: 1,
+                node: None,
+                crossing: None,
+                degraded: false,
+                resolved: false,
+            },
+            action,
+            watcher_id: Uuid::nil(),
+        }
+    }
+}
+
+/// `{field: value}` of a `fields` watcher's key, `null` for `single`.
+pub(super) fn key_values(spec: &WatcherSpec, key: &Key) -> Value {
+    match (&spec.aggregator, key.decode()) {
+        (Aggregator::Single {}, _) => Value::Null,
+        (Aggregator::Fields { fields }, Ok(values)) => {
+            Value::Object(fields.iter().cloned().zip(values).collect())
+        }
+        // Keys are made by `Key::of` alone; the firing still goes out, without them.
+        (Aggregator::Fields { .. }, Err(e)) => {
+            warn!("watcher `{}`: {e}", spec.name);
+            Value::Null
+        }
+    }
+}
+
+impl Firing {
+    /// The firing of `key` that `verdict` decided.
+    pub(super) fn new(event: &str, spec: &WatcherSpec, key: &Key, verdict: Verdict) -> Firing {
+        let key = key_values(spec, key);
+        let count = verdict.count;
+        let threshold = spec.threshold.unwrap_or(0);
+        Firing {
+            id: Uuid::new_v4(),
+            watcher: spec.name.to_string(),
+            event: event.to_string(),
+            text: text(event, spec, &key, verdict),
+            key,
+            rule: spec.rule,
+            count,
+            threshold,
+            window_secs: spec.window_secs,
+            fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            firings: 1,
+            node: None,
+            crossing: None,
+            degraded: false,
+            resolved: verdict.resolved,
+        }
+    }
+}
+
+/// What happened, in the rule's words, the key of a `fields` watcher named.
+fn text(event: &str, spec: &WatcherSpec, key: &Value, verdict: Verdict) -> String {
+    let count = verdict.count;
+    let window = spec.window_secs.unwrap_or(0);
+    let threshold = spec.threshold.unwrap_or(0);
+    let for_key = match key {
+        Value::Object(fields) => {
+            let shown: Vec<String> = fields.iter().map(|(f, v)| format!("{f}={v}")).collect();
+            format!(" for {}", shown.join(", "))
+        }
+        _ => String::new(),
+    };
+    let mut text = match (spec.rule, verdict.resolved) {
+        // events-collector's wording, then the key of a `fields` watcher.
+        (RuleKind::Threshold, _) => {
+            let mut text = format!("Event `{event}` repeated {count} times");
+            if let Some(window) = spec.window_secs {
+                let _ = write!(text, " in {window} s");
+            }
+            text + &for_key
+        }
+        (RuleKind::Flatline, false) if count == 0 => {
+            format!("No `{event}` event{for_key} in the last {window} s")
+        }
+        (RuleKind::Flatline, false) => {
+            format!("Only {count} `{event}` events{for_key} in the last {window} s")
+        }
+        (RuleKind::Flatline, true) => {
+            format!("`{event}` events are back{for_key}: {count} in the last {window} s")
+        }
+    };
+    if spec.rule == RuleKind::Flatline {
+        let _ = write!(text, " (expected at least {threshold})");
+    }
+    text
+}

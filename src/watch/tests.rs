@@ -1,0 +1,175 @@
+//! The watch unit tests: a `Watch` over the memory store, fed batches as workers ship them.
+
+use super::*;
+use crate::registry::{Change, Origin, Rules};
+use serde_json::Value;
+use store::MemoryStore;
+
+fn registry_with(watcher: &str) -> Registry {
+    let mut registry = Registry::default();
+    let origin = Origin::LOCAL;
+    registry
+        .apply(
+            &Change::CreateEvent {
+                body: br#"{"type": "logins"}"#.to_vec(),
+            },
+            origin,
+            &Rules::default(),
+        )
+        .unwrap();
+    let change = Change::CreateWatcher {
+        event: "logins".into(),
+        body: watcher.as_bytes().to_vec(),
+    };
+    registry.apply(&change, origin, &Rules::default()).unwrap();
+    registry
+}
+
+/// A registry holding `watcher` on `logins`, and a `Watch` following it.
+fn watching(watcher: &str) -> (Registry, Watch) {
+    let registry = registry_with(watcher);
+    let mut watch = Watch::new(Box::new(MemoryStore::new(100)));
+    watch.sync(&registry);
+    (registry, watch)
+}
+
+fn post(watch: &mut Watch, registry: &Registry, payloads: &[Value], now: Second) -> Vec<Job> {
+    let entry = registry.event("logins").unwrap();
+    let sets = entry
+        .watchers
+        .iter()
+        .map(|w| SetCounts {
+            watchers: vec![w.id],
+            keys: payloads
+                .iter()
+                .map(|p| (Key::of(&w.spec.aggregator, p.as_object().unwrap(), 1024), 1))
+                .collect(),
+        })
+        .collect();
+    let batch = CountBatch {
+        events: vec![("logins".to_string(), payloads.len() as u64)],
+        sets,
+    };
+    watch.count(batch, now)
+}
+
+/// Pieces of a batch hold every (watcher, key) once, the events come with the last.
+#[test]
+fn a_batch_taken_in_pieces_loses_and_repeats_nothing() {
+    let set = |watchers: usize, keys: usize| SetCounts {
+        watchers: (0..watchers).map(|_| Uuid::new_v4()).collect(),
+        keys: (0..keys)
+            .map(|k| (Key::from(k.to_string().as_str()), 1))
+            .collect(),
+    };
+    let mut batch = CountBatch {
+        events: vec![("logins".to_string(), 7)],
+        sets: vec![set(200, 7), set(1, 1000), set(3, 0)],
+    };
+    let whole: Vec<(Uuid, Key)> = sorted_entries(&batch);
+    let mut pieces = Vec::new();
+    while !batch.is_empty() {
+        let piece = batch.take_piece(1024, 16);
+        assert!(piece.entries() <= 1024, "{} entries", piece.entries());
+        let tables: usize = piece.sets.iter().map(|s| s.watchers.len()).sum();
+        assert!(tables <= 16, "{tables} watchers' tables");
+        pieces.push(piece);
+    }
+    let events: Vec<usize> = pieces.iter().map(|p| p.events.len()).collect();
+    assert_eq!(events.iter().sum::<usize>(), 1);
+    assert_eq!(events.last(), Some(&1), "the events come last");
+    let mut counted: Vec<(Uuid, Key)> = pieces.iter().flat_map(sorted_entries).collect();
+    counted.sort();
+    assert_eq!(counted, whole);
+}
+
+fn sorted_entries(batch: &CountBatch) -> Vec<(Uuid, Key)> {
+    let mut entries: Vec<(Uuid, Key)> = batch
+        .sets
+        .iter()
+        .flat_map(SetCounts::counts)
+        .map(|(watcher, key, _)| (watcher, key.clone()))
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn threshold_is_exceeded_once_then_the_count_restarts() {
+    let (registry, mut watch) = watching(
+        r#"{"name": "w1", "threshold": 3, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
+    );
+    let one = [serde_json::json!({})];
+    let fired: Vec<usize> = (0..8)
+        .map(|_| post(&mut watch, &registry, &one, 1000).len())
+        .collect();
+    assert_eq!(fired, [0, 0, 0, 1, 0, 0, 0, 1]);
+}
+
+#[test]
+fn a_fields_watcher_fires_for_the_crossing_key_only_naming_it() {
+    let (registry, mut watch) = watching(
+        r#"{"name": "w1", "threshold": 2, "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}"#,
+    );
+    let a = serde_json::json!({"ip": "a"});
+    let b = serde_json::json!({"ip": "b"});
+    let jobs = post(
+        &mut watch,
+        &registry,
+        &[a.clone(), b.clone(), a.clone(), b, a],
+        1000,
+    );
+    assert_eq!(jobs.len(), 1);
+    let firing = &jobs[0].firing;
+    assert_eq!(firing.key, serde_json::json!({"ip": "a"}));
+    assert_eq!(firing.text, "Event `logins` repeated 3 times for ip=\"a\"");
+}
+
+#[test]
+fn a_cooldown_suppresses_repeats_but_events_still_count() {
+    let (registry, mut watch) = watching(
+        r#"{"name": "w1", "threshold": 1, "cooldown_secs": 60, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
+    );
+    let two = [serde_json::json!({}), serde_json::json!({})];
+    assert_eq!(post(&mut watch, &registry, &two, 1000).len(), 1);
+    assert_eq!(
+        post(&mut watch, &registry, &two, 1010).len(),
+        0,
+        "cooling down"
+    );
+    assert_eq!(
+        post(&mut watch, &registry, &two, 1060).len(),
+        1,
+        "cooldown over"
+    );
+}
+
+#[test]
+fn exponential_realert_doubles_a_busy_cooldown_up_to_its_maximum_and_resets_after_quiet() {
+    let (registry, mut watch) = watching(
+        r#"{"name": "w1", "threshold": 1, "cooldown_secs": 10, "cooldown_max_secs": 40, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
+    );
+    let two = [serde_json::json!({}), serde_json::json!({})];
+    // Crossings every 5 s until 1100, one at 1250, then every 5 s from 1300.
+    let crossings = (1000..1100)
+        .step_by(5)
+        .chain([1250])
+        .chain((1300..1320).step_by(5));
+    let fired_at: Vec<u64> = crossings
+        .filter(|&second| !post(&mut watch, &registry, &two, second).is_empty())
+        .collect();
+    // Busy cooldowns: 10, 20, 40, 40 (the cap); the one from 1070 saw crossings, so
+    // 1250's is 40 again; it stays quiet, so 1300's is back to 10.
+    assert_eq!(fired_at, [1000, 1010, 1030, 1070, 1250, 1300, 1310]);
+}
+
+#[test]
+fn deleted_watchers_lose_their_counters() {
+    let (registry, mut watch) = watching(
+        r#"{"name": "w1", "threshold": 5, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
+    );
+    post(&mut watch, &registry, &[serde_json::json!({})], 1000);
+    assert_eq!(watch.store().sizes().len(), 1);
+    watch.sync(&Registry::default());
+    assert_eq!(watch.store().sizes().len(), 0);
+}
