@@ -1,12 +1,14 @@
 //! The status board: what `GET /status` answers (ui.md), the facts the status page
-//! shows, as one JSON document built by the master from its own parts (the pool, the
-//! traffic rings, the watchers' live state, the alert list and the silences of
-//! `oncall`, the journal of pending firings, the cluster link).
+//! shows, as one JSON document: the traffic rings it keeps itself, and the facts the
+//! other components hand it (`Facts`: the pool, the watchers' live state, the alert list
+//! and the silences, the journal of pending firings, the cluster link), gathered by the
+//! verb in `status_page.rs`.
 //!
 //! Built on request only, and at most once a second however many pages poll it (the
-//! document is kept for a second): serving the page costs the master nothing per event.
-//! It changes nothing, and holds no client-controlled string it did not get from the
-//! registry or the counters; the page inserts them all as text.
+//! document is kept for a second, and no facts are gathered meanwhile): serving
+//! the page costs the master nothing per event. It changes nothing, knows no other
+//! component, and holds no client-controlled string it did not get from the registry or
+//! the counters; the page inserts them all as text.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,8 +16,7 @@ use std::time::{Duration, Instant};
 use log::error;
 use serde::Serialize;
 
-use super::Master;
-use super::oncall::LiveState;
+use super::oncall_state::LiveState;
 use super::traffic::{Traffic, TrafficReport};
 use crate::metrics::ProcessFigures;
 use crate::oncall::history::{Alert, AlertState, Filter};
@@ -25,16 +26,28 @@ use crate::status::{ClusterStatus, Status, WorkerStatus};
 /// How long a built document is served again: pages poll every 2 s.
 const REUSE_FOR: Duration = Duration::from_secs(1);
 /// The hottest keys shown per watcher.
-const HOTTEST_KEYS: usize = 10;
+pub const HOTTEST_KEYS: usize = 10;
 /// The recent firings shown.
-const RECENT_FIRINGS: usize = 20;
+pub const RECENT_FIRINGS: usize = 20;
 
 /// The master's side of the status page: the traffic rings and the last document.
 #[derive(Default)]
 pub struct Board {
-    pub traffic: Traffic,
+    traffic: Traffic,
     /// When it was built, whether it shows key values, the document.
     last: Option<(Instant, bool, String)>,
+}
+
+/// What the other components tell the board for one document.
+pub struct Facts<'a> {
+    pub status: Status,
+    pub watchers: Vec<LiveState>,
+    /// The journal's pending firings, by target.
+    pub pending_by_target: BTreeMap<String, u64>,
+    /// The pending firings as the alert list has them: their attempts and errors.
+    pub pending_alerts: Vec<Alert>,
+    pub firings: Vec<Alert>,
+    pub silences: Vec<Shown<'a>>,
 }
 
 #[derive(Serialize)]
@@ -82,36 +95,39 @@ struct PendingTarget {
     next_attempt_at: Option<String>,
 }
 
-impl Master {
-    /// One tick of the traffic rings, from the totals the heartbeats brought.
-    pub(super) fn sample_traffic(&mut self) {
-        let registry = &self.registry;
-        self.board.traffic.tick(
-            Instant::now(),
-            self.totals.collected(),
-            &self.totals.rejected(),
-            |event| registry.event(event).is_some(),
-        );
+impl Board {
+    /// One tick of the traffic rings, from the totals the heartbeats brought;
+    /// `registered` tells an event type of the registry from a name a client made up.
+    pub fn sample_traffic(
+        &mut self,
+        collected: &BTreeMap<String, u64>,
+        rejected: &BTreeMap<u16, u64>,
+        registered: impl Fn(&str) -> bool,
+    ) {
+        let now = Instant::now();
+        self.traffic.tick(now, collected, rejected, registered);
     }
 
-    /// The `/status` document, as JSON text; key values only if `reveal_keys`.
-    pub(super) fn status_document(&mut self, reveal_keys: bool) -> String {
-        let now = Instant::now();
-        if let Some((built, revealed, document)) = &self.board.last {
-            if *revealed == reveal_keys && now.saturating_duration_since(*built) < REUSE_FOR {
-                return document.clone();
-            }
-        }
-        let document = serde_json::to_string(&self.document(reveal_keys)).unwrap_or_else(|e| {
+    /// The document built less than a second ago, if it shows key values as asked: the
+    /// facts need not be gathered again.
+    pub fn kept(&self, reveal_keys: bool) -> Option<String> {
+        let (built, revealed, document) = self.last.as_ref()?;
+        let fresh = Instant::now().saturating_duration_since(*built) < REUSE_FOR;
+        (*revealed == reveal_keys && fresh).then(|| document.clone())
+    }
+
+    /// The `/status` document of `facts`, as JSON text, kept for a second.
+    pub fn document(&mut self, reveal_keys: bool, facts: Facts<'_>) -> String {
+        let document = serde_json::to_string(&self.build(facts)).unwrap_or_else(|e| {
             error!("the status document cannot be serialized: {e}");
             "{}".to_string()
         });
-        self.board.last = Some((now, reveal_keys, document.clone()));
+        self.last = Some((Instant::now(), reveal_keys, document.clone()));
         document
     }
 
-    fn document(&self, reveal_keys: bool) -> Document<'_> {
-        let mut status = self.status();
+    fn build<'a>(&'a self, facts: Facts<'a>) -> Document<'a> {
+        let mut status = facts.status;
         let workers = std::mem::take(&mut status.workers)
             .into_iter()
             .map(|status| WorkerRow {
@@ -125,7 +141,6 @@ impl Master {
             Some(cluster) if cluster.redis_reachable => "cluster",
             Some(_) => "cluster, degraded",
         };
-        let watchers = self.counting.watch.states(HOTTEST_KEYS, reveal_keys);
         Document {
             daemon: Daemon {
                 version: env!("CARGO_PKG_VERSION"),
@@ -134,65 +149,57 @@ impl Master {
                 status,
             },
             workers,
-            traffic: self.board.traffic.report(),
-            watchers: watchers
-                .into_iter()
-                .map(|state| self.with_last_firing(state, reveal_keys))
-                .collect(),
-            pending: self.pending_targets(),
-            firings: self
-                .oncall
-                .alerts(&recent(None, RECENT_FIRINGS, reveal_keys)),
-            silences: self.oncall.silences(),
+            traffic: self.traffic.report(),
+            watchers: facts.watchers,
+            pending: pending_targets(facts.pending_by_target, facts.pending_alerts),
+            firings: facts.firings,
+            silences: facts.silences,
             cluster,
         }
     }
+}
 
-    /// The journal's pending firings by target, with how their deliveries go as the
-    /// alert list has it.
-    fn pending_targets(&self) -> Vec<PendingTarget> {
-        let mut by_target: BTreeMap<String, PendingTarget> = self
-            .actions
-            .pending_by_target()
-            .into_iter()
-            .map(|(target, firings)| {
-                let entry = PendingTarget {
-                    target: target.clone(),
-                    firings,
-                    ..PendingTarget::default()
-                };
-                (target, entry)
-            })
-            .collect();
-        let pending = recent(Some("pending"), crate::oncall::MAX_ALERTS, false);
-        for alert in self.oncall.alerts(&pending) {
-            let AlertState::Pending {
-                target,
-                attempts,
-                last_error,
-                next_attempt_at,
-            } = alert.state
-            else {
-                continue;
+/// The journal's pending firings by target, with how their deliveries go as the alert
+/// list has it.
+fn pending_targets(by_target: BTreeMap<String, u64>, alerts: Vec<Alert>) -> Vec<PendingTarget> {
+    let mut by_target: BTreeMap<String, PendingTarget> = by_target
+        .into_iter()
+        .map(|(target, firings)| {
+            let entry = PendingTarget {
+                target: target.clone(),
+                firings,
+                ..PendingTarget::default()
             };
-            let Some(entry) = by_target.get_mut(&target) else {
-                continue;
-            };
-            if attempts >= entry.attempts {
-                entry.attempts = attempts;
-                entry.last_error = last_error.or(entry.last_error.take());
-            }
-            entry.next_attempt_at = match (entry.next_attempt_at.take(), next_attempt_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            (target, entry)
+        })
+        .collect();
+    for alert in alerts {
+        let AlertState::Pending {
+            target,
+            attempts,
+            last_error,
+            next_attempt_at,
+        } = alert.state
+        else {
+            continue;
+        };
+        let Some(entry) = by_target.get_mut(&target) else {
+            continue;
+        };
+        if attempts >= entry.attempts {
+            entry.attempts = attempts;
+            entry.last_error = last_error.or(entry.last_error.take());
         }
-        by_target.into_values().collect()
+        entry.next_attempt_at = match (entry.next_attempt_at.take(), next_attempt_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
+    by_target.into_values().collect()
 }
 
 /// The newest `limit` alerts, of `state` if given.
-fn recent(state: Option<&str>, limit: usize, reveal_keys: bool) -> Filter {
+pub fn recent(state: Option<&str>, limit: usize, reveal_keys: bool) -> Filter {
     Filter {
         event: None,
         watcher: None,

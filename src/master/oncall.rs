@@ -1,4 +1,5 @@
-//! The master's on-call component (alerts.md): `oncall::OnCall` on the master's hooks.
+//! The master's on-call verbs (alerts.md): `OnCall` (`oncall_state.rs`) on the master's
+//! hooks, with the components it works beside (the journal, the link, the counters).
 //! A firing a silence holds back is recorded and counted, never journaled nor handed to
 //! the runner; a pending firing that a silence comes to match (made, started, or shared
 //! by another node) is settled in the journal and forgotten by the runner before its
@@ -10,18 +11,16 @@
 //! and come back by message.
 
 use log::info;
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::Master;
-use crate::oncall::history::Alert;
 use crate::oncall::silence::Silence;
-use crate::oncall::{Reply, Request};
 use crate::protocol::cluster::ToCluster;
+use crate::protocol::oncall::{Reply, Request};
 use crate::protocol::runner::DropReason;
 use crate::protocol::worker::Answer;
 use crate::registry::Refusal;
-use crate::watch::{Job, WatcherState};
+use crate::watch::Job;
 
 impl Master {
     /// Hook, for every new firing: whether a silence holds it back (then it goes no
@@ -120,22 +119,6 @@ impl Master {
                 message: format!("Watcher `{watcher}` of event type `{event}` is not registered"),
             });
         };
-        Reply::ok(200, &self.with_last_firing(state, reveal))
+        Reply::ok(200, &self.oncall.live_state(state, reveal))
     }
-
-    /// A watcher's live state with its newest firing, as `/state` and `/status` show it.
-    pub(super) fn with_last_firing(&self, state: WatcherState, reveal: bool) -> LiveState {
-        let last_firing = self
-            .oncall
-            .last_firing(&state.event, &state.watcher, reveal);
-        LiveState { state, last_firing }
-    }
-}
-
-/// A watcher's live state (alerts.md): its hottest keys and its newest firing.
-#[derive(Serialize)]
-pub(super) struct LiveState {
-    #[serde(flatten)]
-    state: WatcherState,
-    last_firing: Option<Alert>,
 }

@@ -35,6 +35,7 @@ use nix::poll::PollFlags;
 use nix::unistd::Pid;
 
 use super::alerts::open_journal;
+use super::oncall_state::OnCall;
 use super::succession::{INHERITANCE, Inheritance, Mode, SuccessorMessage, Upgrade};
 use super::{Master, Phase, setup};
 use crate::child::{self, Child, Role};
@@ -271,7 +272,7 @@ impl Master {
         self.push_registry();
         let journal = open_journal(&self.config, &self.registry, &mut self.totals)?;
         self.actions.replace_journal(journal);
-        self.oncall = crate::oncall::OnCall::open(&self.config)?;
+        self.oncall = OnCall::open(&self.config)?;
         self.release_what_waited_for_the_take_over();
         let (counts, changes) = (
             predecessor.deferred_counts.len(),

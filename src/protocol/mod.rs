@@ -9,5 +9,6 @@
 pub mod channel;
 pub mod cluster;
 pub mod frame;
+pub mod oncall;
 pub mod runner;
 pub mod worker;

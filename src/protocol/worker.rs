@@ -48,7 +48,7 @@ pub enum Question {
     /// The status page's document (`GET /status`); key values only if `reveal_keys`.
     Status { reveal_keys: bool },
     /// Silences, the alert list, a watcher's live state (alerts.md).
-    OnCall(crate::oncall::Request),
+    OnCall(super::oncall::Request),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,7 +58,7 @@ pub enum Answer {
     Metrics(String),
     /// The `/status` document, as JSON text.
     Status(String),
-    OnCall(crate::oncall::Reply),
+    OnCall(super::oncall::Reply),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

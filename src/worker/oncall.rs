@@ -13,7 +13,8 @@ use super::reply::{Body, error};
 use super::routes::Route;
 use crate::oncall::history::Filter;
 use crate::oncall::silence::State;
-use crate::oncall::{DEFAULT_ALERTS, MAX_ALERTS, Reply, Request};
+use crate::oncall::{DEFAULT_ALERTS, MAX_ALERTS};
+use crate::protocol::oncall::{Reply, Request};
 
 /// Keys a watcher's state lists when `?limit=` says nothing, and the most it may ask.
 const DEFAULT_KEYS: usize = 20;
