@@ -46,12 +46,11 @@ impl Master {
             Question::Metrics => Answer::Metrics(self.metrics()),
             Question::Status { reveal_keys } => Answer::Status(self.status_document(reveal_keys)),
             Question::OnCall(request) => self.answer_oncall(request),
-            // In a cluster, Redis holds the registry: the change is published first.
-            Question::Change { change, origin } if self.cluster.is_some() => {
-                self.publish_change(asker, change, origin);
-                return;
-            }
             Question::Change { change, origin } => {
+                // In a cluster, Redis holds the registry: the change is published first.
+                let Some((change, origin)) = self.publish_if_shared(asker, change, origin) else {
+                    return;
+                };
                 let outcome = self
                     .prepare_change(&change, origin)
                     .and_then(|(next, created)| self.adopt_change(next, &change).map(|()| created));
@@ -75,9 +74,7 @@ impl Master {
         self.counting.render(&mut text);
         self.actions.render(&mut text);
         self.oncall.render(&mut text);
-        if let Some(cluster) = &self.cluster {
-            cluster.render(&mut text);
-        }
+        self.render_cluster(&mut text);
         write_process_families(&mut text);
         text
     }

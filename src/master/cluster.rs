@@ -514,4 +514,33 @@ impl Master {
             cluster.link.stop(&ToCluster::Stop, why);
         }
     }
+
+    /// A registry change: in a cluster, published to Redis first (`publish_change`);
+    /// alone, given back to be applied here.
+    pub(super) fn publish_if_shared(
+        &mut self,
+        asker: Asker,
+        change: Change,
+        origin: Origin,
+    ) -> Option<(Change, Origin)> {
+        if self.cluster.is_none() {
+            return Some((change, origin));
+        }
+        self.publish_change(asker, change, origin);
+        None
+    }
+
+    /// To the other nodes, through the link; a node alone keeps it to itself.
+    pub(super) fn tell_cluster(&mut self, message: &ToCluster) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.send(message);
+        }
+    }
+
+    /// The link's metric families, in a cluster.
+    pub(super) fn render_cluster(&self, out: &mut String) {
+        if let Some(cluster) = &self.cluster {
+            cluster.render(out);
+        }
+    }
 }

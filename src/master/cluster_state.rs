@@ -27,6 +27,15 @@ use crate::watch::CountBatch;
 use crate::watch::SharedCount;
 use crate::watch::store::Second;
 
+/// The cluster link, while one runs: its line in the process table (none alone).
+pub(super) fn link_of(cluster: &Option<ClusterState>) -> Option<&Child> {
+    cluster.as_ref().and_then(|c| c.link.get())
+}
+
+pub(super) fn link_of_mut(cluster: &mut Option<ClusterState>) -> Option<&mut Child> {
+    cluster.as_mut().and_then(|c| c.link.get_mut())
+}
+
 pub(super) fn load_calls_in_doubt(path: &Path) -> anyhow::Result<Vec<CountCall>> {
     let Some(document) = crate::files::read_state_file(path, "calls in doubt")? else {
         return Ok(Vec::new());

@@ -38,10 +38,24 @@ pub(super) const PIECE_WATCHERS: usize = 16;
 /// read: about a tenth of a second of counting.
 const MAX_WAITING_ENTRIES: usize = 64 * 1024;
 
+/// Where counts go: chosen in one place (`route.rs::reroute_counts`), again only when a
+/// mode changes (a take-over ends); `[cluster]` is read at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    /// A node alone: this master's store judges every count, and the clock.
+    Local,
+    /// A master taking over: counts wait for the hand-over (the old master still judges).
+    Deferred,
+    /// A cluster: to Redis, which judges them and the clock for every node
+    /// (`cluster.rs::share_counts`; what Redis cannot take is counted here, degraded).
+    Shared,
+}
+
 /// The watchers' counters (`Watch`, over its store), the count batches waiting for them,
-/// and the snapshots that save them.
+/// where they go, and the snapshots that save them.
 pub(super) struct Counting {
     pub watch: Watch,
+    pub route: Route,
     /// Count batches read and not counted yet.
     pub backlog: Backlog,
     pub snapshots: Snapshots,
@@ -51,6 +65,7 @@ impl Counting {
     pub(super) fn new(watch: Watch) -> Counting {
         Counting {
             watch,
+            route: Route::Local,
             backlog: Backlog::default(),
             snapshots: Snapshots::default(),
         }

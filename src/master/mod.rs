@@ -255,6 +255,7 @@ impl Master {
             board: Board::default(),
             oncall,
         };
+        master.reroute_counts();
         if taking_over {
             master.hold_what_waits_for_the_take_over();
         } else {
@@ -363,7 +364,7 @@ impl Master {
             return;
         }
         let why = "every worker has stopped";
-        match self.cluster.as_ref().and_then(|c| c.link.get()) {
+        match cluster_state::link_of(&self.cluster) {
             Some(_) => self.stop_cluster_link(why),
             None => self.actions.stop_runner(why),
         }
@@ -440,7 +441,7 @@ impl Master {
             .chain(self.actions.runner())
             .chain(self.counting.snapshot())
             .chain(self.succession.child())
-            .chain(self.cluster.as_ref().and_then(|c| c.link.get()))
+            .chain(cluster_state::link_of(&self.cluster))
     }
 
     pub(super) fn children_mut(&mut self) -> impl Iterator<Item = &mut Child> {
@@ -449,7 +450,7 @@ impl Master {
             .chain(self.actions.runner_mut())
             .chain(self.counting.snapshot_mut())
             .chain(self.succession.child_mut())
-            .chain(self.cluster.as_mut().and_then(|c| c.link.get_mut()))
+            .chain(cluster_state::link_of_mut(&mut self.cluster))
     }
 
     pub(super) fn child_mut(&mut self, pid: Pid) -> Option<&mut Child> {

@@ -84,9 +84,7 @@ impl Master {
         if silences.is_empty() {
             return;
         }
-        if let Some(cluster) = self.cluster.as_mut() {
-            cluster.send(&ToCluster::ShareSilences(silences));
-        }
+        self.tell_cluster(&ToCluster::ShareSilences(silences));
     }
 
     /// Redis answers again (or for the first time): it may have lost what this node
@@ -94,8 +92,8 @@ impl Master {
     /// first).
     pub(super) fn share_every_silence(&mut self) {
         let silences = self.oncall.every_silence();
-        if let Some(cluster) = self.cluster.as_mut().filter(|_| !silences.is_empty()) {
-            cluster.send(&ToCluster::ShareSilences(silences));
+        if !silences.is_empty() {
+            self.tell_cluster(&ToCluster::ShareSilences(silences));
         }
     }
 
@@ -107,8 +105,8 @@ impl Master {
     }
 
     fn forget_shared_silences(&mut self, ids: Vec<Uuid>) {
-        if let Some(cluster) = self.cluster.as_mut().filter(|_| !ids.is_empty()) {
-            cluster.send(&ToCluster::ForgetSilences(ids));
+        if !ids.is_empty() {
+            self.tell_cluster(&ToCluster::ForgetSilences(ids));
         }
     }
 

@@ -1,10 +1,11 @@
 //! Where counts go, and the firings they make: a worker's batch waits in the backlog
-//! (`counting`), held by a master still taking over (`succession`); each turn of the loop
-//! counts a slice of it (`count_a_slice`); each piece goes to Redis in a cluster while
-//! it answers (`cluster.rs::share_counts`), and is counted in this master's store
-//! otherwise, firings then marked degraded in a cluster (`count_locally`); every firing
-//! goes to alert delivery (`alerts`) unless a silence holds it (`oncall`), and what
-//! delivery settles or drops goes to the alert list.
+//! (`counting`); each turn of the loop counts a slice of it (`count_a_slice`), along the
+//! one route chosen when a mode changes (`reroute_counts`, `counting::Route`): held by a
+//! master still taking over (`succession`), to Redis in a cluster (`cluster.rs::
+//! share_counts`, which gives back what Redis cannot take), or into this master's store
+//! (`count_locally`; in a cluster, firings then marked degraded). Every firing goes to
+//! alert delivery (`alerts`) unless a silence holds it (`oncall`), and what delivery
+//! settles or drops goes to the alert list.
 //!
 //! Glue only: the state is the components'.
 
@@ -13,17 +14,32 @@ use std::time::Instant;
 use nix::unistd::Pid;
 
 use super::Master;
-use super::counting::{PIECE_ENTRIES, PIECE_WATCHERS, SLICE};
+use super::counting::{PIECE_ENTRIES, PIECE_WATCHERS, Route, SLICE};
 use crate::protocol::runner::{DropReason, FromRunner};
 use crate::watch::store::Second;
 use crate::watch::{CountBatch, Job};
 
 impl Master {
+    /// The one place the counting route is chosen: at start, and when a take-over ends.
+    pub(super) fn reroute_counts(&mut self) {
+        self.counting.route = if self.succession.is_taking_over() {
+            Route::Deferred
+        } else if self.cluster_node().is_some() {
+            Route::Shared
+        } else {
+            Route::Local
+        };
+    }
+
     /// A worker's batch: counted in slices, from the next turn of the loop. A master that
     /// is taking over from an old one holds it until it has (`upgrade`).
     pub(super) fn count(&mut self, worker: Pid, batch: CountBatch) {
         let now = crate::watch::now();
-        if let Some(batch) = self.succession.defer_counts(batch, now) {
+        let batch = match self.counting.route {
+            Route::Deferred => self.succession.defer_counts(batch, now),
+            Route::Local | Route::Shared => Some(batch),
+        };
+        if let Some(batch) = batch {
             self.counting.backlog.push(Some(worker), now, batch);
         }
     }
@@ -54,7 +70,11 @@ impl Master {
     /// fires. In a cluster, the counts go to Redis, which decides the crossings
     /// (`cluster`); otherwise, or while Redis is unreachable, this master decides.
     fn count_at(&mut self, batch: CountBatch, now: Second) {
-        if let Some(batch) = self.share_counts(batch, now) {
+        let local = match self.counting.route {
+            Route::Shared => self.share_counts(batch, now),
+            Route::Local | Route::Deferred => Some(batch),
+        };
+        if let Some(batch) = local {
             self.count_locally(batch, now);
         }
     }
@@ -71,7 +91,7 @@ impl Master {
     /// events, too few to call a silence), nor while taking over (the old master
     /// still judges).
     pub(super) fn judge_on_the_clock(&mut self) {
-        if self.succession.is_taking_over() || self.cluster_node().is_some() {
+        if self.counting.route != Route::Local {
             return;
         }
         let jobs = self.counting.watch.tick(crate::watch::now());

@@ -250,6 +250,7 @@ impl Master {
         else {
             return Ok(());
         };
+        self.reroute_counts();
         let daemon = &self.config.daemon;
         self.ground.pidfile = Some(Pidfile::adopt(predecessor.pidfile, &daemon.pidfile)?);
         self.ground.control = Some(ControlSocket::adopt(
