@@ -4,18 +4,16 @@
 
 fn main() {
     println!("cargo:rerun-if-env-changed=EVENTSD_COMMIT");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
-    let commit = std::env::var("EVENTSD_COMMIT").ok().or_else(|| {
-        let output = std::process::Command::new("git")
-            .args(["rev-parse", "--short=12", "HEAD"])
-            .output()
-            .ok()?;
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
-    });
+    // Where git keeps them: in a worktree `.git` is a file, and a path that does not
+    // exist would make cargo run this script, and rebuild the crate, at every build.
+    for path in ["HEAD", "refs/heads"] {
+        if let Some(path) = git(&["rev-parse", "--git-path", path]) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    let commit = std::env::var("EVENTSD_COMMIT")
+        .ok()
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]));
     let commit = commit.filter(|c| !c.is_empty());
     if let Some(commit) = &commit {
         println!("cargo:rustc-env=EVENTSD_COMMIT={commit}");
@@ -27,4 +25,13 @@ fn main() {
         None => version,
     };
     println!("cargo:rustc-env=EVENTSD_VERSION_LINE={line}");
+}
+
+/// What `git ARGS` prints, trimmed; `None` outside a checkout or without git.
+fn git(args: &[&str]) -> Option<String> {
+    let output = std::process::Command::new("git").args(args).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::rest::register_watcher;
+use common::rest::{register, register_watcher};
 use common::sinks::{HttpSink, SmtpSink, dead_address};
 use common::{Daemon, SECOND, wait_for};
 use serde_json::{Value, json};
@@ -186,7 +186,7 @@ fn a_dead_and_a_slow_target_hold_up_no_other_alert_nor_ingestion() {
         &json!({"name": "page", "threshold": 1, "aggregator": {"type": "single"},
             "action": {"type": "webhook", "url": healthy.url("/page")}}),
     );
-    assert_eq!(daemon.post("/event/", r#"{"type": "plain"}"#).status, 201);
+    register(&daemon, "plain");
 
     // Side by side, alternating: the same requests to a type without watchers and to
     // the type whose every second event fires at the dead and the slow target.
@@ -303,22 +303,6 @@ fn delivered_ids(sink: &HttpSink) -> Vec<String> {
         .collect()
 }
 
-/// The ids of the firings the journal holds as pending, oldest first.
-fn journaled_ids(daemon: &Daemon) -> Vec<String> {
-    let text = std::fs::read_to_string(daemon.path("state/pending.jsonl")).unwrap_or_default();
-    let mut pending: Vec<String> = Vec::new();
-    for line in text.lines() {
-        let line: Value = serde_json::from_str(line).unwrap();
-        if let Some(id) = line["add"]["firing"]["id"].as_str() {
-            pending.push(id.to_string());
-        }
-        if let Some(done) = line["done"].as_array() {
-            pending.retain(|id| !done.iter().any(|d| d == id.as_str()));
-        }
-    }
-    pending
-}
-
 /// Firings whose target is down are kept through a graceful stop, a start, a `kill -9`
 /// of the master and another start, then delivered once the target is up, each with
 /// the id it was given when it fired.
@@ -338,9 +322,9 @@ fn firings_survive_a_stop_a_kill_9_and_restarts_until_their_target_is_up() {
         post(&daemon, "logins", &json!({"n": n}), 2);
     }
     wait_for("three firings journaled", 10 * SECOND, || {
-        journaled_ids(&daemon).len() == 3
+        daemon.journaled_ids().len() == 3
     });
-    let mut fired = journaled_ids(&daemon);
+    let mut fired = daemon.journaled_ids();
 
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(daemon.wait_exit(10 * SECOND).success());
@@ -364,6 +348,6 @@ fn firings_survive_a_stop_a_kill_9_and_restarts_until_their_target_is_up() {
     fired.sort();
     assert_eq!(delivered, fired);
     wait_for("the journal emptied", 5 * SECOND, || {
-        journaled_ids(&daemon).is_empty()
+        daemon.journaled_ids().is_empty()
     });
 }

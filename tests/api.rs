@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::rest::{assert_error, assert_uuid, register};
-use common::{Daemon, SECOND, stderr, wait_for};
+use common::{Daemon, HalfSent, SECOND, stderr, wait_for};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -474,26 +474,12 @@ fn config_declared_entries_are_applied_on_start_and_reload_and_protected() {
 fn registry_changes_are_refused_while_shutting_down() {
     let mut daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
     // A request whose body is half sent keeps the worker draining after SIGTERM.
-    let mut held = std::net::TcpStream::connect(daemon.address()).unwrap();
-    let body = r#"{"type": "late"}"#;
-    std::io::Write::write_all(
-        &mut held,
-        format!(
-            "POST /event/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{{",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    wait_for("the connection to be held", 5 * SECOND, || {
-        daemon.status().unwrap()["workers"][0]["connections"] == 1
-    });
+    let held = HalfSent::post(&daemon, "/event/", br#"{"type": "late"}"#);
     daemon.signal(Signal::SIGTERM);
     wait_for("draining", 5 * SECOND, || {
         daemon.workers().iter().any(|(s, _)| s == "shutdown")
     });
-    std::io::Write::write_all(&mut held, &body.as_bytes()[1..]).unwrap();
-    let response = common::read_response(&mut held).unwrap();
+    let response = held.finish().unwrap();
     assert_error(&response, 503, "shutting down");
     assert!(daemon.wait_exit(10 * SECOND).success());
 }

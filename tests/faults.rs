@@ -7,8 +7,6 @@ mod common;
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::rest::{file_collector, register, register_watcher};
@@ -145,7 +143,7 @@ fn raise_fd_limit(wanted: u64) {
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let daemon = Daemon::run("");
-    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+    register(&daemon, "logins");
     let mut stream = TcpStream::connect(daemon.address()).unwrap();
     let one = "POST /event/logins/ HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}";
     let last = "GET /event/nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
@@ -165,7 +163,7 @@ fn pipelined_requests_are_answered_in_order() {
 #[test]
 fn a_chunked_event_is_collected() {
     let daemon = Daemon::run("");
-    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+    register(&daemon, "logins");
     let body = r#"{"user": "chunked"}"#;
     let (a, b) = body.split_at(7);
     let raw = format!(
@@ -221,59 +219,26 @@ fn counting_all() -> serde_json::Value {
         "aggregator": {"type": "single"}, "action": {"type": "null"}})
 }
 
-/// Sets its flag when dropped: scoped client threads stop however their scope ends.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 #[test]
 fn sigterm_under_load_cuts_no_reply_and_saves_every_acknowledged_count() {
     let mut daemon = Daemon::run("[workers]\nmin = 2\nmax = 2\n");
     register_watcher(&daemon, "logins", &counting_all());
 
-    let stop = AtomicBool::new(false);
-    let outcomes = Mutex::new((0u64, Vec::new()));
-    let address = daemon.address();
-    // Scoped clients, stopped by a guard however the scope ends: a failed wait leaves
-    // none running.
-    let (acknowledged, cut) = std::thread::scope(|scope| {
-        let _stop_clients = StopOnDrop(&stop);
-        let (stop, outcomes) = (&stop, &outcomes);
-        for _ in 0..4 {
-            scope.spawn(move || {
-                let raw = "POST /event/logins/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}";
-                while !stop.load(Ordering::Relaxed) {
-                    // Refused or reset before any byte: never served, allowed once the
-                    // stop began. A reply cut midway is not.
-                    let Ok(mut stream) = TcpStream::connect(address) else { continue };
-                    let mut reply = Vec::new();
-                    if stream.write_all(raw.as_bytes()).is_err() || stream.read_to_end(&mut reply).is_err() && reply.is_empty() {
-                        continue;
-                    }
-                    if reply.is_empty() {
-                        continue;
-                    }
-                    let mut outcomes = outcomes.lock().unwrap();
-                    match common::parse_response(&reply) {
-                        Ok(response) if response.status == 200 && response.body.contains("_id") => outcomes.0 += 1,
-                        _ => outcomes.1.push(String::from_utf8_lossy(&reply).into_owned()),
-                    }
-                }
-            });
-        }
-        wait_for("load to flow", 10 * SECOND, || {
-            outcomes.lock().unwrap().0 > 500
-        });
-        daemon.signal(Signal::SIGTERM);
-        assert!(daemon.wait_exit(15 * SECOND).success());
-        stop.store(true, Ordering::Relaxed);
-        outcomes.lock().unwrap().clone()
+    let load = Load::posting(daemon.address(), 4, "logins");
+    wait_for("load to flow", 10 * SECOND, || {
+        daemon.metric("eventsd_events_collected_total{type=\"logins\"}") > Some(500)
     });
-    assert!(cut.is_empty(), "replies cut or refused midway: {cut:?}");
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait_exit(15 * SECOND).success());
+    let tally = load.finish();
+    // Refused or reset before any byte: never served, allowed once the stop began. A
+    // reply cut midway is not.
+    assert!(
+        tally.bad_replies.is_empty(),
+        "replies cut or refused midway: {:?}",
+        tally.bad_replies
+    );
+    let acknowledged = tally.acknowledged.len() as u64;
 
     let counted = daemon.counted_on_disk();
     eprintln!(
@@ -311,7 +276,7 @@ fn a_master_stalled_past_the_heartbeat_timeout_kills_no_healthy_worker() {
 #[test]
 fn counts_too_many_for_one_frame_are_all_counted() {
     let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n[watchers]\nmax_key_bytes = 65536\n");
-    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+    register(&daemon, "logins");
     for n in 0..200 {
         let watcher = serde_json::json!({"name": format!("w{n}"), "threshold": 1_000_000_000u64,
             "aggregator": {"type": "fields", "fields": ["u"]}, "action": {"type": "null"}});
@@ -363,7 +328,7 @@ fn a_request_header_beyond_max_header_bytes_gets_431_and_the_worker_lives_on() {
 #[test]
 fn a_client_that_sends_its_whole_body_before_reading_gets_the_413() {
     let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
-    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+    register(&daemon, "logins");
     let body = format!("{{\"a\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
     let mut stream = TcpStream::connect(daemon.address()).unwrap();
     stream.set_read_timeout(Some(10 * SECOND)).unwrap();
@@ -386,7 +351,7 @@ fn a_client_that_sends_its_whole_body_before_reading_gets_the_413() {
 #[test]
 fn a_client_that_never_reads_its_reply_is_cut_at_the_write_timeout() {
     let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n[server]\nwrite_timeout_secs = 1\n");
-    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+    register(&daemon, "logins");
     let bulk = "{}\n".repeat(300_000);
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();

@@ -6,21 +6,17 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::rest::assert_error;
+use common::rest::{assert_error, register_watcher};
 use common::sinks::{HttpSink, dead_address};
-use common::{Daemon, wait_for};
+use common::{Daemon, SECOND, wait_for};
 use serde_json::{Value, json};
-
-const SECOND: Duration = Duration::from_secs(1);
 
 /// `login` with `storm`: fires on every second event of one `ip`, towards `url`.
 fn watch_logins(daemon: &Daemon, url: &str) {
-    assert_eq!(daemon.post("/event/", r#"{"type": "login"}"#).status, 201);
     let watcher = json!({"name": "storm", "threshold": 1,
         "aggregator": {"type": "fields", "fields": ["ip"]},
         "action": {"type": "webhook", "url": url}});
-    let created = daemon.post("/event/login/watcher/", &watcher.to_string());
-    assert_eq!(created.status, 201, "{created:?}");
+    register_watcher(daemon, "login", &watcher);
 }
 
 /// Two events of `ip`: one crossing.

@@ -6,13 +6,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::browser::Browser;
 use common::rest::register;
-use common::{Daemon, stdout};
+use common::{Ask, Daemon, Load, stdout};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -417,30 +415,19 @@ fn screenshot_of_the_page_under_load() {
         "createdBy": "ops-oncall", "comment": "load test from 10.9.8.8"});
     let created = daemon.post("/silences", &silence.to_string());
     assert_eq!(created.status, 201, "{created:?}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let posters: Vec<_> = [
+    // Uneven on purpose: the chart and the bars show something to read.
+    let posters = [
         ("logins", ["10.0.0.7", "10.0.3.21", "192.168.1.4"]),
         ("payments", ["10.9.8.7", "10.9.8.8", "10.9.8.7"]),
     ]
     .map(|(event, ips)| {
-        let (stop, address) = (stop.clone(), daemon.address());
-        std::thread::spawn(move || {
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                // Uneven on purpose: the chart and the bars show something to read.
-                let ip = ips[(n * n / 7) % ips.len()];
-                n += 1;
-                let body = json!({"ip": ip}).to_string();
-                let raw = format!(
-                    "POST /event/{event}/ HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\
-                         Content-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = common::request(address, &raw);
-            }
-        })
-    })
-    .into();
+        let bodies = [0, 0, 0, 1, 2, 0, 2].map(|i| json!({"ip": ips[i]}).to_string());
+        let ask = Ask::Cycling {
+            event: event.to_string(),
+            bodies: bodies.to_vec(),
+        };
+        Load::asking(daemon.address(), 1, &ask)
+    });
     // 1280 wide as ui.md asks, tall enough to show everything down to the silences.
     let browser = open_page(&daemon, 1280, 2000);
     browser.wait_until(
@@ -452,9 +439,8 @@ fn screenshot_of_the_page_under_load() {
             && document.querySelector('#traffic polyline').getAttribute('points').split(' ')
                 .filter(p => !p.endsWith(',39.0')).length >= 20",
     );
-    stop.store(true, Ordering::Relaxed);
     for poster in posters {
-        poster.join().expect("a poster thread");
+        poster.finish();
     }
     let png = browser.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "a PNG");

@@ -198,11 +198,7 @@ fn firings_pending_before_an_upgrade_are_delivered_by_the_new_master_with_their_
     post_events(&daemon, 2);
     let mut pending_id = None;
     wait_for("a firing in the journal", 10 * SECOND, || {
-        let journal = std::fs::read_to_string(daemon.path("state/pending.jsonl"));
-        pending_id = journal.unwrap_or_default().lines().find_map(|line| {
-            let line: Value = serde_json::from_str(line).ok()?;
-            Some(line["add"]["firing"]["id"].as_str()?.to_string())
-        });
+        pending_id = daemon.journaled_ids().into_iter().next();
         pending_id.is_some()
     });
 

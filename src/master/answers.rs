@@ -52,8 +52,11 @@ impl Master {
                     return;
                 };
                 let outcome = self
-                    .prepare_change(&change, origin)
-                    .and_then(|(next, created)| self.adopt_change(next, &change).map(|()| created));
+                    .prepare_change(self.registry.clone(), &change, origin)
+                    .and_then(|(next, created)| {
+                        self.adopt_change(next, std::slice::from_ref(&change))
+                            .map(|()| created)
+                    });
                 match outcome {
                     Ok(created) => {
                         self.audit(&change, origin, created);
@@ -113,10 +116,12 @@ impl Master {
             .hold_answer(worker, id, answer, self.registry.version);
     }
 
-    /// Validates and applies a change on a copy of the registry: the copy, and the id of
-    /// what it created. The registry itself is left as it was.
+    /// Validates and applies a change on `next`, a copy of the registry (in a cluster,
+    /// with the changes published with it applied before): the copy, and the id of what
+    /// it created. The registry itself is left as it was.
     pub(super) fn prepare_change(
         &mut self,
+        mut next: Registry,
         change: &Change,
         origin: Origin,
     ) -> Result<(Registry, uuid::Uuid), Refusal> {
@@ -128,7 +133,6 @@ impl Master {
                 message: "eventsd is shutting down".to_string(),
             });
         }
-        let mut next = self.registry.clone();
         let rules = self.config.registry_rules();
         let id = next.apply(change, origin, &rules).inspect_err(|_| {
             self.totals.record_change(kind, "refused");
@@ -136,18 +140,27 @@ impl Master {
         Ok((next, id))
     }
 
-    /// Persists a prepared registry, then adopts it and pushes it to every worker. A
-    /// creation that would leave `registry.json` past `registry.max_bytes` is refused
-    /// (400). A failure leaves the registry as it was.
-    pub(super) fn adopt_change(&mut self, next: Registry, change: &Change) -> Result<(), Refusal> {
-        let kind = change.kind();
+    /// Persists a registry prepared by `changes` (one, or in a cluster those published
+    /// together), then adopts it and pushes it to every worker. Creations that would
+    /// leave `registry.json` past `registry.max_bytes` are refused (400). A failure
+    /// leaves the registry as it was.
+    pub(super) fn adopt_change(
+        &mut self,
+        next: Registry,
+        changes: &[Change],
+    ) -> Result<(), Refusal> {
+        let record = |master: &mut Master, outcome: &'static str| {
+            for change in changes {
+                master.totals.record_change(change.kind(), outcome);
+            }
+        };
         // One document for the size check, the file and the workers: at
         // `registry.max_bytes` each serialization is a good part of the change's time.
         let document = next.document().map_err(|e| e.to_string());
-        if let Ok(document) = &document {
+        if let (Ok(document), Some(growing)) = (&document, changes.iter().find(|c| c.grows())) {
             let rules = self.config.registry_rules();
-            if let Err(refusal) = Registry::check_size(change, || document.len(), &rules) {
-                self.totals.record_change(kind, "refused");
+            if let Err(refusal) = Registry::check_size(growing, || document.len(), &rules) {
+                record(self, "refused");
                 return Err(refusal);
             }
         }
@@ -159,16 +172,20 @@ impl Master {
         let document = match saved {
             Ok(document) => document,
             Err(e) => {
-                error!("registry change {kind} not applied: {e}");
-                self.totals.record_change(kind, "failed");
+                error!("registry change {} not applied: {e}", kinds(changes));
+                record(self, "failed");
                 return Err(Refusal {
                     status: 503,
                     message: format!("The registry could not be saved: {e}"),
                 });
             }
         };
-        self.totals.record_change(kind, "ok");
-        debug!("registry: {kind} applied (version {})", next.version);
+        record(self, "ok");
+        debug!(
+            "registry: {} applied (version {})",
+            kinds(changes),
+            next.version
+        );
         self.registry = next;
         self.counting.watch.sync(&self.registry);
         self.settle_orphaned_firings();
@@ -208,4 +225,10 @@ impl Master {
             self.send_to(pid, MasterMessage::Answer { id, answer });
         }
     }
+}
+
+/// The kinds of `changes`, for a log line: `create watcher, delete watcher`.
+fn kinds(changes: &[Change]) -> String {
+    let kinds: Vec<&str> = changes.iter().map(Change::kind).collect();
+    kinds.join(", ")
 }

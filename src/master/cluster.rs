@@ -10,7 +10,8 @@
 //! the calls the link left in doubt in `cluster-calls.json`; the next master sends the
 //! first at Redis' first answer and hands the second to its link.
 //!
-//! Never waits: the link answers by message, and a change waits in `publishing`.
+//! Never waits: the link answers by message, and a change waits in `publishing`; those
+//! that came while a write was in flight are published together as the next one.
 
 use std::os::fd::AsRawFd;
 use std::time::Instant;
@@ -20,7 +21,7 @@ use nix::poll::PollFlags;
 use nix::unistd::Pid;
 use uuid::Uuid;
 
-use super::cluster_state::{PendingChange, load_calls_in_doubt, save_calls_in_doubt};
+use super::cluster_state::{InFlight, PendingChange, load_calls_in_doubt, save_calls_in_doubt};
 use super::pool::Asker;
 use super::{Master, setup};
 use crate::child::{self, Role};
@@ -264,8 +265,8 @@ impl Master {
         self.cluster.as_ref().map(|c| c.config.node_name.clone())
     }
 
-    /// A registry change, in a cluster: published to Redis before it is adopted. One at
-    /// a time, in order.
+    /// A registry change, in a cluster: published to Redis before it is adopted, in the
+    /// order changes come.
     pub(super) fn publish_change(&mut self, asker: Asker, change: Change, origin: Origin) {
         if let Some(cluster) = self.cluster.as_mut() {
             cluster.publishing.push_back(PendingChange {
@@ -273,69 +274,69 @@ impl Master {
                 change,
                 origin,
                 attempts: 0,
-                in_flight: None,
             });
         }
         self.publish_next_change();
     }
 
+    /// Publishes every waiting change as one write over this node's registry, unless a
+    /// write is in flight or Redis has not answered yet (a start, a take-over). One
+    /// round trip for all the changes that came meanwhile: published one by one, a
+    /// burst of changes (and each race lost to another node) waits a round trip per
+    /// change, until the last ones pass their deadline and are answered 503 though no
+    /// other change touched their entry. A change the registry's checks refuse (its
+    /// entry taken or gone) is answered at once; the others apply on top of each other.
     fn publish_next_change(&mut self) {
-        loop {
-            let Some(cluster) = self.cluster.as_mut() else {
-                return;
-            };
-            let shares = cluster.shares();
-            // Before Redis first answers (a start, a take-over), changes wait for it.
-            if !cluster.settled {
-                return;
-            }
-            let Some(pending) = cluster.publishing.front_mut() else {
-                return;
-            };
-            if pending.in_flight.is_some() {
-                return;
-            }
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        if !cluster.settled || cluster.in_flight.is_some() {
+            return;
+        }
+        let shares = cluster.shares();
+        let waiting = std::mem::take(&mut cluster.publishing);
+        let mut next = self.registry.clone();
+        let mut changes = Vec::new();
+        for mut pending in waiting {
             // Its worker gave up while it waited its turn: dropped, never published.
-            let (asker, kind) = (pending.asker, pending.change.kind());
-            if self.past_deadline(asker, Some(kind)) {
-                if let Some(cluster) = self.cluster.as_mut() {
-                    cluster.publishing.pop_front();
-                }
+            if self.past_deadline(pending.asker, Some(pending.change.kind())) {
                 continue;
             }
-            let Some(pending) = self.cluster.as_mut().and_then(|c| c.publishing.front_mut()) else {
-                return;
-            };
-            let (change, origin) = (pending.change.clone(), pending.origin);
             pending.attempts += 1;
-            let refusal = if !shares {
-                Some(Refusal {
-                    status: 503,
-                    message: "The shared registry (Redis) is unreachable; try again".to_string(),
-                })
-            } else {
-                let rules = self.config.registry_rules();
-                let prepared = self
-                    .prepare_change(&change, origin)
-                    .and_then(|(next, created)| {
-                        Registry::check_size(&change, || next.document_len(), &rules)
-                            .map(|()| (next, created))
-                    });
-                match prepared {
-                    Ok((next, created)) => {
-                        self.send_publication(next, created);
-                        return;
-                    }
-                    Err(refusal) => Some(refusal),
+            match self.prepare_published(next.clone(), &pending, shares) {
+                Ok((prepared, created)) => {
+                    next = prepared;
+                    changes.push((pending, created));
                 }
-            };
-            if let Some(refusal) = refusal {
-                self.answer_first_change(Err(refusal));
+                Err(refusal) => self.refuse(pending.asker, refusal),
             }
+        }
+        if !changes.is_empty() {
+            self.send_publication(next, changes);
         }
     }
 
-    fn send_publication(&mut self, next: Registry, created: Uuid) {
+    /// `pending` applied on `next` (the registry with the changes published before it),
+    /// checked as a change on one node is, and for the size of the document it makes.
+    fn prepare_published(
+        &mut self,
+        next: Registry,
+        pending: &PendingChange,
+        shares: bool,
+    ) -> Result<(Registry, Uuid), Refusal> {
+        if !shares {
+            return Err(Refusal {
+                status: 503,
+                message: "The shared registry (Redis) is unreachable; try again".to_string(),
+            });
+        }
+        let (next, created) = self.prepare_change(next, &pending.change, pending.origin)?;
+        let rules = self.config.registry_rules();
+        Registry::check_size(&pending.change, || next.document_len(), &rules)?;
+        Ok((next, created))
+    }
+
+    fn send_publication(&mut self, next: Registry, changes: Vec<(PendingChange, Uuid)>) {
         let expected = self.registry.version;
         let Some(cluster) = self.cluster.as_mut() else {
             return;
@@ -347,78 +348,109 @@ impl Master {
                     version: next.version,
                     document,
                 });
-                if let Some(pending) = cluster.publishing.front_mut() {
-                    pending.in_flight = Some((next, created));
-                }
+                cluster.in_flight = Some(InFlight {
+                    registry: next,
+                    changes,
+                });
             }
             Err(e) => {
                 let refusal = Refusal {
                     status: 503,
                     message: format!("cannot serialize the registry: {e}"),
                 };
-                self.answer_first_change(Err(refusal));
+                self.refuse_all(changes, &refusal);
             }
         }
     }
 
     fn on_published(&mut self, publication: Publication) {
-        let Some(pending) = self.cluster.as_mut().and_then(|c| c.publishing.front_mut()) else {
+        let Some(InFlight { registry, changes }) =
+            self.cluster.as_mut().and_then(|c| c.in_flight.take())
+        else {
             return;
         };
-        let Some((next, created)) = pending.in_flight.take() else {
-            return;
-        };
-        let (attempts, change, origin) = (pending.attempts, pending.change.clone(), pending.origin);
         match publication {
             Publication::Written(version) => {
                 if let Some(cluster) = self.cluster.as_mut() {
                     cluster.shared_version = Some(version);
                 }
-                let outcome = self.adopt_change(next, &change).map(|()| created);
-                if outcome.is_ok() {
-                    self.audit(&change, origin, created);
-                }
-                self.answer_first_change(outcome);
+                self.adopt_published(registry, changes);
             }
             Publication::Conflict(version, document) => {
-                info!("registry: version {version} was written by another node first");
+                info!(
+                    "registry: version {version} was written by another node first; {} \
+                     changes made again on it",
+                    changes.len()
+                );
                 self.adopt_shared(version, &document);
-                if attempts >= PUBLISH_ATTEMPTS {
-                    self.answer_first_change(Err(Refusal {
-                        status: 503,
-                        message: "The registry changed under this change too often; try again"
-                            .to_string(),
-                    }));
-                }
+                self.replay(changes);
             }
             Publication::Failed(error) => {
                 warn!("registry change not shared: {error}");
-                self.answer_first_change(Err(Refusal {
+                let refusal = Refusal {
                     status: 503,
                     message: format!("The shared registry (Redis) failed: {error}"),
-                }));
+                };
+                self.refuse_all(changes, &refusal);
             }
         }
         self.publish_next_change();
     }
 
-    /// Settles the change at the head of the queue: refusals at once, successes held
-    /// until every worker serves the new version (read-your-writes).
-    fn answer_first_change(&mut self, outcome: Result<Uuid, Refusal>) {
-        let Some(pending) = self.cluster.as_mut().and_then(|c| c.publishing.pop_front()) else {
-            return;
-        };
-        let asker = pending.asker;
-        match outcome {
-            Ok(created) => self.applied(asker, Answer::Change(Ok(created))),
-            Err(refusal) => self.send_to(
-                asker.worker,
-                MasterMessage::Answer {
-                    id: asker.id,
-                    answer: Answer::Change(Err(refusal)),
-                },
-            ),
+    /// Changes Redis took: adopted here, each answered once every worker serves them
+    /// (read-your-writes).
+    fn adopt_published(&mut self, registry: Registry, changes: Vec<(PendingChange, Uuid)>) {
+        let made: Vec<Change> = changes.iter().map(|(p, _)| p.change.clone()).collect();
+        match self.adopt_change(registry, &made) {
+            Ok(()) => {
+                for (pending, created) in changes {
+                    self.audit(&pending.change, pending.origin, created);
+                    self.applied(pending.asker, Answer::Change(Ok(created)));
+                }
+            }
+            Err(refusal) => self.refuse_all(changes, &refusal),
         }
+    }
+
+    /// Changes that lost the race to another node's write go back to the head of the
+    /// queue, to be made again on the registry that won: one on the same entry is then
+    /// refused by the registry's own checks (the name taken, the watcher gone).
+    fn replay(&mut self, changes: Vec<(PendingChange, Uuid)>) {
+        let mut again = Vec::new();
+        for (pending, _) in changes {
+            if pending.attempts >= PUBLISH_ATTEMPTS {
+                let refusal = Refusal {
+                    status: 503,
+                    message: "The registry changed under this change too often; try again"
+                        .to_string(),
+                };
+                self.refuse(pending.asker, refusal);
+            } else {
+                again.push(pending);
+            }
+        }
+        if let Some(cluster) = self.cluster.as_mut() {
+            for pending in again.into_iter().rev() {
+                cluster.publishing.push_front(pending);
+            }
+        }
+    }
+
+    fn refuse_all(&mut self, changes: Vec<(PendingChange, Uuid)>, refusal: &Refusal) {
+        for (pending, _) in changes {
+            self.refuse(pending.asker, refusal.clone());
+        }
+    }
+
+    fn refuse(&mut self, asker: Asker, refusal: Refusal) {
+        let answer = Answer::Change(Err(refusal));
+        self.send_to(
+            asker.worker,
+            MasterMessage::Answer {
+                id: asker.id,
+                answer,
+            },
+        );
     }
 
     /// The shared registry as the link last read it: adopted when newer than this
@@ -483,16 +515,13 @@ impl Master {
         if !link.is_stopping() && !stopping {
             cluster.degraded_since.get_or_insert_with(Instant::now);
         }
-        // A change in flight is lost with the link: refused, to be sent again.
-        let in_flight = cluster
-            .publishing
-            .front()
-            .is_some_and(|p| p.in_flight.is_some());
-        if in_flight {
-            self.answer_first_change(Err(Refusal {
+        // Changes in flight are lost with the link: refused, to be sent again.
+        if let Some(in_flight) = cluster.in_flight.take() {
+            let refusal = Refusal {
                 status: 503,
                 message: "The cluster link restarted; try again".to_string(),
-            }));
+            };
+            self.refuse_all(in_flight.changes, &refusal);
         }
     }
 

@@ -1,8 +1,8 @@
 //! The master's state of a cluster (cluster.md): the cluster link's slot, whether Redis
 //! answers (and since when it does not), the counts held for its first answer or left by
 //! the previous master, the calls a stopped link left in doubt (kept in
-//! `cluster-calls.json` across a stop), the registry changes waiting to be published,
-//! and the figures of the calls to Redis. What the master does with them is
+//! `cluster-calls.json` across a stop), the registry changes waiting to be published or
+//! in flight, and the figures of the calls to Redis. What the master does with them is
 //! `cluster.rs`.
 //!
 //! Plain state and its files: never forks, never waits.
@@ -63,8 +63,10 @@ pub(super) struct ClusterState {
     pub(super) degraded_since: Option<Instant>,
     /// Redis answered or failed once: until then, counts are held for it.
     pub(super) settled: bool,
-    /// Registry changes waiting for Redis, the one in flight first.
+    /// Registry changes waiting for Redis, in the order they came.
     pub(super) publishing: VecDeque<PendingChange>,
+    /// The changes published together, waiting for Redis' outcome: one at a time.
+    pub(super) in_flight: Option<InFlight>,
     /// The version the link last reported for the shared registry.
     pub(super) shared_version: Option<u64>,
     /// Counts made before Redis first answered (a start, a new master taking over):
@@ -86,8 +88,13 @@ pub(super) struct PendingChange {
     pub(super) change: Change,
     pub(super) origin: Origin,
     pub(super) attempts: u32,
-    /// Published, waiting for the outcome: the registry it makes, and what it created.
-    pub(super) in_flight: Option<(Registry, Uuid)>,
+}
+
+/// Registry changes published as one write: the registry they make, and each change
+/// with what it created.
+pub(super) struct InFlight {
+    pub(super) registry: Registry,
+    pub(super) changes: Vec<(PendingChange, Uuid)>,
 }
 
 impl ClusterState {
@@ -99,6 +106,7 @@ impl ClusterState {
             degraded_since: Some(Instant::now()),
             settled: false,
             publishing: VecDeque::new(),
+            in_flight: None,
             shared_version: None,
             held: Vec::new(),
             restored: Vec::new(),

@@ -249,7 +249,6 @@ impl Daemon {
         Pid::from_raw(status["pid"].as_i64().unwrap() as i32)
     }
 
-    /// The value of one series of `/metrics` (`name{labels}`), if the daemon reports it.
     /// The events in the state folder's `counters.json` (every bucket of every key), 0
     /// while it is missing.
     pub fn counted_on_disk(&self) -> u64 {
@@ -266,6 +265,27 @@ impl Daemon {
             .sum()
     }
 
+    /// The ids of the firings the state folder's journal (`pending.jsonl`) holds as
+    /// pending, oldest first. A line the daemon is still appending is left for the next
+    /// read.
+    pub fn journaled_ids(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.path("state/pending.jsonl")).unwrap_or_default();
+        let mut pending: Vec<String> = Vec::new();
+        for line in text.lines() {
+            let Ok(line) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if let Some(id) = line["add"]["firing"]["id"].as_str() {
+                pending.push(id.to_string());
+            }
+            if let Some(done) = line["done"].as_array() {
+                pending.retain(|id| !done.iter().any(|d| d == id.as_str()));
+            }
+        }
+        pending
+    }
+
+    /// The value of one series of `/metrics` (`name{labels}`), if the daemon reports it.
     pub fn metric(&self, series: &str) -> Option<u64> {
         let text = self.get("/metrics").ok()?.body;
         text.lines()
@@ -275,15 +295,8 @@ impl Daemon {
     /// The sum of every series of `/metrics` that starts with `prefix` (a family and the
     /// first of its labels: `eventsd_action_outcomes_total{action="email"`); 0 when none.
     pub fn metric_sum(&self, prefix: &str) -> u64 {
-        let Ok(response) = self.get("/metrics") else {
-            return 0;
-        };
-        response
-            .body
-            .lines()
-            .filter(|line| line.starts_with(prefix))
-            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
-            .sum()
+        self.get("/metrics")
+            .map_or(0, |response| series_sum(&response.body, prefix))
     }
 
     /// Workers by state: `("idle", pid)`...
@@ -429,10 +442,24 @@ impl Response {
 
 /// Sends `raw` on a new connection and reads the reply until the server closes.
 pub fn request(address: SocketAddr, raw: &str) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(raw.as_bytes())?;
-    read_response(&mut stream)
+    let (reply, outcome) = exchange(address, raw);
+    outcome?;
+    parse_response(&reply)
+}
+
+/// Sends `raw` on a connection of its own and reads until the server closes it (at
+/// most 10 s): the bytes that came back, and what ended the exchange early (a refused
+/// connection, a reset, the timeout), which may have cut a reply midway.
+pub fn exchange(address: SocketAddr, raw: &str) -> (Vec<u8>, std::io::Result<()>) {
+    let mut reply = Vec::new();
+    let mut talk = || {
+        let mut stream = TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(raw.as_bytes())?;
+        stream.read_to_end(&mut reply).map(drop)
+    };
+    let outcome = talk();
+    (reply, outcome)
 }
 
 pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
@@ -465,12 +492,16 @@ pub fn parse_response(reply: &[u8]) -> std::io::Result<Response> {
 
 /// `POST /event/{event}/` of `body` on a connection of its own.
 pub fn post_event(address: SocketAddr, event: &str, body: &str) -> std::io::Result<Response> {
-    let raw = format!(
+    request(address, &event_request(event, body))
+}
+
+/// The bytes of a `POST /event/{event}/` of `body`, closing its connection.
+fn event_request(event: &str, body: &str) -> String {
+    format!(
         "POST /event/{event}/ HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    );
-    request(address, &raw)
+    )
 }
 
 /// Posts every body to `/event/{event}/` from `clients` concurrent clients (each body on
@@ -511,6 +542,25 @@ pub enum Ask {
     Health,
     /// `POST /event/{type}/` of `{"client": C, "n": N}`; the id of each 200 is kept.
     Events(String),
+    /// `POST /event/{type}/` of each body in turn; the id of each 200 is kept.
+    Cycling { event: String, bodies: Vec<String> },
+}
+
+impl Ask {
+    /// The request of client `client`'s `n`th turn.
+    fn request(&self, client: usize, n: u64) -> String {
+        match self {
+            Ask::Health => {
+                "GET /health HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n".to_string()
+            }
+            Ask::Events(event) => {
+                event_request(event, &format!("{{\"client\": {client}, \"n\": {n}}}"))
+            }
+            Ask::Cycling { event, bodies } => {
+                event_request(event, &bodies[(client + n as usize) % bodies.len()])
+            }
+        }
+    }
 }
 
 /// Clients asking in a loop, one connection per request, recording every outcome,
@@ -524,7 +574,11 @@ pub struct Load {
 #[derive(Debug, Default)]
 pub struct Tally {
     pub ok: u64,
+    /// Every request not answered 200, whatever the reason.
     pub failures: Vec<String>,
+    /// Among them, those whose reply began (an error status, a reply cut midway), as
+    /// opposed to those refused or reset before any byte of a reply.
+    pub bad_replies: Vec<String>,
     /// The worker pid of every 200 to `GET /health`, in order.
     pub workers: Vec<i32>,
     /// The id of every acknowledged event.
@@ -546,6 +600,7 @@ impl Tally {
     fn add(&mut self, other: Tally) {
         self.ok += other.ok;
         self.failures.extend(other.failures);
+        self.bad_replies.extend(other.bad_replies);
         self.workers.extend(other.workers);
         self.acknowledged.extend(other.acknowledged);
     }
@@ -583,30 +638,34 @@ impl Load {
 
     fn ask_once(address: SocketAddr, ask: &Ask, client: usize, n: u64) -> Tally {
         let mut tally = Tally::default();
-        let reply = match ask {
-            Ask::Health => request(
-                address,
-                "GET /health HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n",
-            ),
-            Ask::Events(event) => post_event(
-                address,
-                event,
-                &format!("{{\"client\": {client}, \"n\": {n}}}"),
-            ),
-        };
-        match reply {
+        let (reply, outcome) = exchange(address, &ask.request(client, n));
+        if reply.is_empty() {
+            let error = outcome
+                .err()
+                .map_or("no reply".to_string(), |e| e.to_string());
+            tally.failures.push(error);
+            return tally;
+        }
+        match outcome.and_then(|()| parse_response(&reply)) {
             Ok(response) if response.status == 200 => {
                 tally.ok = 1;
                 let body = response.json();
                 match ask {
                     Ask::Health => tally.workers.push(body["worker"].as_i64().unwrap() as i32),
-                    Ask::Events(_) => tally
+                    Ask::Events(_) | Ask::Cycling { .. } => tally
                         .acknowledged
                         .push(body["_id"].as_str().unwrap().to_string()),
                 }
             }
-            Ok(response) => tally.failures.push(format!("status {}", response.status)),
-            Err(e) => tally.failures.push(e.to_string()),
+            Ok(response) => {
+                tally.failures.push(format!("status {}", response.status));
+                tally.bad_replies.push(format!("{response:?}"));
+            }
+            Err(e) => {
+                tally.failures.push(e.to_string());
+                let cut = String::from_utf8_lossy(&reply).into_owned();
+                tally.bad_replies.push(format!("{e}: {cut}"));
+            }
         }
         tally
     }
@@ -629,6 +688,16 @@ impl Drop for Load {
             let _ = thread.join();
         }
     }
+}
+
+/// The sum of every series of an exposition that starts with `prefix` (see
+/// `Daemon::metric_sum`); 0 when none.
+pub fn series_sum(exposition: &str, prefix: &str) -> u64 {
+    exposition
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
 }
 
 /// Runs `promtool check metrics` (Debian's `prometheus`) on an exposition; its findings,
@@ -688,22 +757,39 @@ pub fn proc_status_number(pid: Pid, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// A request whose head is sent but for its last line: a worker holds the connection
-/// until `finish` sends it (an in-flight request for stop, reload and upgrade tests).
+/// A request sent but for its end: a worker holds the connection until `finish` sends
+/// the rest (an in-flight request for stop, reload and upgrade tests).
 pub struct HalfSent {
     stream: TcpStream,
+    rest: Vec<u8>,
 }
 
 impl HalfSent {
-    /// Sends all of a `GET /health` but its final empty line, once a worker holds it.
+    /// All of a `GET /health` but its final empty line, once a worker holds it.
     pub fn start(daemon: &Daemon) -> HalfSent {
+        let head = b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n";
+        HalfSent::hold(daemon, head, b"\r\n".to_vec())
+    }
+
+    /// A `POST` of `body` to `path` with the first half of the body sent, once a worker
+    /// holds it.
+    pub fn post(daemon: &Daemon, path: &str, body: &[u8]) -> HalfSent {
+        let mut sent = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        let (first, rest) = body.split_at(body.len() / 2);
+        sent.extend_from_slice(first);
+        HalfSent::hold(daemon, &sent, rest.to_vec())
+    }
+
+    fn hold(daemon: &Daemon, sent: &[u8], rest: Vec<u8>) -> HalfSent {
         let mut stream = TcpStream::connect(daemon.address()).expect("connect to eventsd");
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        stream
-            .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n")
-            .unwrap();
+        stream.write_all(sent).unwrap();
         wait_for(
             "a worker holding the half-sent request",
             10 * SECOND,
@@ -715,12 +801,22 @@ impl HalfSent {
                 })
             },
         );
-        HalfSent { stream }
+        HalfSent { stream, rest }
     }
 
-    /// Sends the last line; the reply.
+    /// Sends the rest; the reply.
     pub fn finish(mut self) -> std::io::Result<Response> {
-        self.stream.write_all(b"\r\n")?;
+        self.stream.write_all(&self.rest)?;
+        read_response(&mut self.stream)
+    }
+
+    /// Sends the rest in five pieces at the pace of a slow client; the reply.
+    pub fn finish_slowly(mut self) -> std::io::Result<Response> {
+        for piece in self.rest.chunks(self.rest.len() / 5 + 1) {
+            self.stream.write_all(piece)?;
+            // The pace of a slow client, not a synchronisation.
+            std::thread::sleep(Duration::from_millis(50));
+        }
         read_response(&mut self.stream)
     }
 }
