@@ -395,6 +395,7 @@ impl Master {
         }
         self.count_everything();
         self.keep_what_redis_lacks();
+        self.oncall.flush();
         match self
             .counting
             .watch

@@ -3,8 +3,10 @@
 //! which silence), newest first, bounded by `alerts.history`.
 //!
 //! Kept in `STATE_DIR/alerts.jsonl`, beside the journal of pending firings and written
-//! the same way: every new state of a firing is one appended line (the last line of an
-//! id wins), compacted now and then by an atomic replace. On load each line is checked
+//! the same way (`files::JsonLines`): every new state of a firing is one line (the last
+//! line of an id wins), compacted now and then by an atomic replace. Unlike the journal's,
+//! its lines are written when its owner says (`flush`: once a tick, before an answer, at
+//! a stop), so that a burst of firings costs one `write`. On load each line is checked
 //! as a client's input (bounded, well-formed); a bad one is logged and skipped.
 //! Never decides anything: it records what the master and the runner report.
 
@@ -212,6 +214,11 @@ impl History {
             .collect()
     }
 
+    /// Writes what was recorded since the last call, in one `write`.
+    pub fn flush(&mut self) {
+        self.file.flush();
+    }
+
     /// A reload changed `alerts.history`.
     pub fn set_capacity(&mut self, capacity: usize) {
         self.capacity = capacity.max(1);
@@ -242,7 +249,6 @@ impl History {
 
     fn append(&mut self, alert: &Alert) {
         self.file.push(alert);
-        self.file.flush();
     }
 
     /// Rewrites the file with what is listed, atomically, then appends to it.
