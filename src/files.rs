@@ -1,15 +1,19 @@
 //! File-system helpers shared by the daemon's parts: folders for the files it creates,
-//! its state files read and replaced without ever following a symlink (security.md), and
-//! removal of the files it owns when their owner goes away.
+//! its state files read and replaced without ever following a symlink (security.md), its
+//! JSON-lines state files (`JsonLines`: the journal of pending firings, the alert
+//! history), and removal of the files it owns when their owner goes away.
 //!
 //! Every error names the path and what was being done with it.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use log::warn;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Creates the folder that will hold `path`, if missing: that one folder, never a chain
 /// of parents (a mistyped path run as root must not build a tree).
@@ -112,8 +116,6 @@ pub fn remove_owned(path: &Path, what: &str) {
 /// random name and is created `O_EXCL`: nothing planted under a guessable name is
 /// ever written through (rename replaces a symlink at `path`, never its target).
 pub fn replace_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-
     create_parent_dir(path)?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -138,6 +140,134 @@ pub fn replace_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         return Err(e).with_context(|| format!("cannot replace {}", path.display()));
     }
     Ok(())
+}
+
+/// A state file of JSON lines, one record a line, the later lines of a record winning
+/// on replay: appended as things happen, compacted now and then by an atomic replace with
+/// what is still live. Lines are gathered by `push` and written by `flush`, each batch in
+/// one `write` of whole lines (no fsync: a crash of the process loses nothing written, a
+/// power loss may lose the last lines).
+pub struct JsonLines {
+    path: PathBuf,
+    /// `None` until opened: a master that upgrades the running one leaves the file to the
+    /// old one until it takes over (two writers, one compacting, would lose lines).
+    file: Option<File>,
+    /// Lines pushed and not written yet.
+    unwritten: Vec<u8>,
+    /// Lines in the file, and pushed: compaction is due when they far outnumber what is
+    /// live.
+    lines: usize,
+}
+
+impl JsonLines {
+    /// The file at `path`, not open: `replace` opens it.
+    pub fn unopened(path: &Path) -> JsonLines {
+        JsonLines {
+            path: path.to_path_buf(),
+            file: None,
+            unwritten: Vec::new(),
+            lines: 0,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its descriptor, while open: for a child to close.
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd)
+    }
+
+    /// Whether the lines far outnumber the `live` records: time to `replace`.
+    pub fn wants_compaction(&self, live: usize) -> bool {
+        self.lines > 2 * live + 1000
+    }
+
+    /// One record, as a line to write at the next `flush`.
+    pub fn push(&mut self, record: &impl Serialize) {
+        if self.file.is_none() {
+            warn!("{}: not open yet; a line is lost", self.path.display());
+            return;
+        }
+        match serde_json::to_writer(&mut self.unwritten, record) {
+            Ok(()) => {
+                self.unwritten.push(b'\n');
+                self.lines += 1;
+            }
+            Err(e) => warn!("cannot write to {}: {e}", self.path.display()),
+        }
+    }
+
+    /// Writes what was pushed, in one `write`.
+    pub fn flush(&mut self) {
+        if self.unwritten.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(&mut self.unwritten);
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        if let Err(e) = file.write_all(&lines) {
+            warn!("cannot write to {}: {e}", self.path.display());
+        }
+    }
+
+    /// Replaces the file with `records` (`what` they are, for errors), atomically, then
+    /// appends to it. What was pushed and not written is dropped: `records` holds it.
+    pub fn replace<T: Serialize>(
+        &mut self,
+        records: impl IntoIterator<Item = T>,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let (mut text, mut lines) = (Vec::new(), 0);
+        for record in records {
+            serde_json::to_writer(&mut text, &record)
+                .with_context(|| format!("cannot serialize {what}"))?;
+            text.push(b'\n');
+            lines += 1;
+        }
+        replace_atomically(&self.path, &text)?;
+        let file = open_for_append(&self.path)
+            .with_context(|| format!("cannot open {}", self.path.display()))?;
+        self.file = Some(file);
+        self.unwritten.clear();
+        self.lines = lines;
+        Ok(())
+    }
+
+    /// The records of the file at `path` (`what` it is, for errors; missing: none) in
+    /// the order they were written, each with where it stands (`FILE line N`) for the
+    /// reader's own checks. Lines cut by a crash, malformed, or longer than
+    /// `max_line_bytes` (no line eventsd writes is) are skipped with a log line.
+    pub fn read<T: DeserializeOwned>(
+        path: &Path,
+        what: &str,
+        max_line_bytes: usize,
+    ) -> anyhow::Result<Vec<(String, T)>> {
+        let Some(text) = read_state_file(path, what)? else {
+            return Ok(Vec::new());
+        };
+        let mut records = Vec::new();
+        for (number, line) in text.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let where_ = format!("{} line {}", path.display(), number + 1);
+            if line.len() > max_line_bytes {
+                warn!(
+                    "{where_}: {} bytes, more than any line of a {what}; skipped",
+                    line.len()
+                );
+                continue;
+            }
+            match serde_json::from_slice(line) {
+                Ok(record) => records.push((where_, record)),
+                Err(e) => warn!("{where_}: {e}; skipped"),
+            }
+        }
+        Ok(records)
+    }
 }
 
 #[cfg(test)]

@@ -233,6 +233,30 @@ fn silences_and_the_alert_history_survive_a_kill_9_of_the_master() {
 }
 
 #[test]
+fn every_firing_is_in_the_alert_list_after_a_graceful_stop() {
+    // The list's lines are written once a second; a stop writes what the last second
+    // fired, the firings of the counts the stop itself counts included.
+    let sink = HttpSink::start(Duration::ZERO);
+    let mut daemon = Daemon::run("");
+    watch_logins(&daemon, &sink.url("/hook"));
+    let ips: Vec<String> = (1..=20).map(|n| format!("10.0.1.{n}")).collect();
+    for ip in &ips {
+        cross(&daemon, ip);
+    }
+
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait_exit(30 * SECOND).success());
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+
+    let listed = alerts(&daemon, "");
+    for ip in &ips {
+        let firings = listed.iter().filter(|a| a["key"]["ip"] == *ip).count();
+        assert_eq!(firings, 1, "{ip}: {listed:#?}");
+    }
+}
+
+#[test]
 fn a_planted_silences_file_loads_what_is_valid_and_logs_the_rest() {
     let mut daemon = Daemon::new("");
     let path = daemon.path("state/silences.json");

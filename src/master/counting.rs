@@ -1,8 +1,8 @@
 //! Counting in slices. The workers' count batches wait in the `Backlog`, and each turn of
 //! the master's loop counts one slice of them (`route.rs::count_a_slice`, at most `SLICE`
-//! of work),
-//! so that between two slices the master answers its children, the control socket and
-//! every question: none waits for more than a slice of counting, whatever the batch.
+//! of work, along the one `Route` of the mode the master is in), so that between two
+//! slices the master answers its children, the control socket and every question: none
+//! waits for more than a slice of counting, whatever the batch.
 //!
 //! Owns the batches read and not yet counted, and never drops or repeats one: a batch is
 //! cut into pieces (`CountBatch::take_piece`), each counted once; what still waits is

@@ -17,15 +17,13 @@
 //! one has handed over: two writers, one of them compacting, would lose lines.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::Context;
 use log::warn;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::files::JsonLines;
 use crate::protocol::runner::DropReason;
 use crate::registry::{Action, Destinations, Registry};
 use crate::watch::Job;
@@ -48,16 +46,13 @@ enum Line {
 }
 
 pub(super) struct Journal {
-    path: PathBuf,
-    /// `None` until an upgrading master takes over: it counts nothing before then, so
+    /// Not open until an upgrading master takes over: it counts nothing before then, so
     /// nothing fires and nothing is written.
-    file: Option<File>,
+    file: JsonLines,
     /// Pending jobs in the order they fired.
     pending: BTreeMap<u64, Job>,
     order: HashMap<Uuid, u64>,
     next: u64,
-    /// Lines in the file: compaction is due when they far outnumber the pending jobs.
-    lines: usize,
     capacity: usize,
 }
 
@@ -92,12 +87,10 @@ impl Journal {
     /// The journal of a master that upgrades the running one: empty, not open yet.
     pub(super) fn unopened(path: &Path, capacity: usize) -> Journal {
         Journal {
-            path: path.to_path_buf(),
-            file: None,
+            file: JsonLines::unopened(path),
             pending: BTreeMap::new(),
             order: HashMap::new(),
             next: 0,
-            lines: 0,
             capacity: capacity.max(1),
         }
     }
@@ -133,9 +126,9 @@ impl Journal {
             }
         }
         self.append(&Line::Done(known));
-        if self.lines > 2 * self.pending.len() + 1000 {
+        if self.file.wants_compaction(self.pending.len()) {
             if let Err(e) = self.compact() {
-                warn!("cannot compact {}: {e:#}", self.path.display());
+                warn!("cannot compact {}: {e:#}", self.file.path().display());
             }
         }
         settled
@@ -160,15 +153,15 @@ impl Journal {
         self.pending.values()
     }
 
-    /// The journal's descriptor, which every child closes at once: no worker may append
-    /// to what the runner will execute.
     /// How many pending firings it keeps at most (`watchers.action_queue`).
     pub(super) fn capacity(&self) -> usize {
         self.capacity
     }
 
+    /// The journal's descriptor, which every child closes at once: no worker may append
+    /// to what the runner will execute.
     pub(super) fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd)
+        self.file.raw_fd()
     }
 
     /// Pending firings by delivery target, for metrics.
@@ -188,38 +181,17 @@ impl Journal {
         self.next += 1;
     }
 
+    /// Appends `line` at once, in one `write`: a firing is journaled before it goes.
     fn append(&mut self, line: &Line) {
-        let Some(file) = self.file.as_mut() else {
-            warn!("{}: not open yet; a line is lost", self.path.display());
-            return;
-        };
-        let written = serde_json::to_vec(line)
-            .map_err(std::io::Error::other)
-            .and_then(|mut bytes| {
-                bytes.push(b'\n');
-                file.write_all(&bytes)
-            });
-        match written {
-            Ok(()) => self.lines += 1,
-            Err(e) => warn!("cannot write to {}: {e}", self.path.display()),
-        }
+        self.file.push(line);
+        self.file.flush();
     }
 
     /// Rewrites the file with only what is pending, atomically, then appends to it.
     fn compact(&mut self) -> anyhow::Result<()> {
-        let mut text = Vec::new();
-        for job in self.pending.values() {
-            serde_json::to_writer(&mut text, &Line::Add(Box::new(job.clone())))
-                .context("cannot serialize a pending firing")?;
-            text.push(b'\n');
-        }
-        crate::files::replace_atomically(&self.path, &text)?;
-        self.file = Some(
-            crate::files::open_for_append(&self.path)
-                .with_context(|| format!("cannot open {}", self.path.display()))?,
-        );
-        self.lines = self.pending.len();
-        Ok(())
+        let pending = self.pending.values();
+        let lines = pending.map(|job| Line::Add(Box::new(job.clone())));
+        self.file.replace(lines, "a pending firing")
     }
 }
 
@@ -227,26 +199,10 @@ impl Journal {
 /// malformed or oversized are skipped with a log line.
 fn replay(path: &Path) -> anyhow::Result<Vec<Job>> {
     let mut pending = Vec::<Job>::new();
-    let Some(text) = crate::files::read_state_file(path, "journal of pending firings")? else {
-        return Ok(pending);
-    };
-    for (number, line) in text.split(|&b| b == b'\n').enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let where_ = format!("{} line {}", path.display(), number + 1);
-        if line.len() > MAX_LINE_BYTES {
-            warn!(
-                "{where_}: {} bytes, more than any firing; skipped",
-                line.len()
-            );
-            continue;
-        }
-        match serde_json::from_slice::<Line>(line) {
-            Ok(Line::Add(job)) => pending.push(*job),
-            Ok(Line::Done(ids)) => pending.retain(|job| !ids.contains(&job.firing.id)),
-            // A line cut by a crash mid-write: what it said is lost, the rest holds.
-            Err(e) => warn!("{where_}: {e}; skipped"),
+    for (_, line) in JsonLines::read(path, "journal of pending firings", MAX_LINE_BYTES)? {
+        match line {
+            Line::Add(job) => pending.push(*job),
+            Line::Done(ids) => pending.retain(|job| !ids.contains(&job.firing.id)),
         }
     }
     Ok(pending)
@@ -304,6 +260,8 @@ fn fired_by<'a>(job: &Job, registry: &'a Registry) -> Option<FiredBy<'a>> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
     use crate::registry::{Change, Origin, Rules};
 

@@ -18,16 +18,18 @@
 //! everything slow happens in children.
 //!
 //! `Master` holds components, each the owner of its state, in files that never name
-//! `Master`: `ground`, `pool` (workers, held answers), `counting` (counters, backlog,
-//! `snapshot`s), `alerts` (the `journal` and the runner), `succession` (an upgrade,
-//! either side), `cluster_state`, `oncall` (silences and the alert list), `board` (the status page's
-//! document and its per-second `traffic` rings), and `kept` (the keep-alive of a role kept at one
-//! child). The loop's verbs, which combine them, are the files above: `events` (the
-//! wait, what children say, handed to their role's owner), `reap` (the one exit path),
-//! `timeouts` (every child's deadlines on the tick), `workers` (spawn, stop, reconcile,
-//! keep the runner up), `route` (where counts go, the firings they make), `answers`
-//! (registry changes and questions), `reload` (SIGHUP, SIGUSR1), `upgrade` (both sides
-//! of a binary upgrade), `cluster` (counts and registry shared through Redis); `setup`,
+//! `Master`: `ground`, `pool` (workers, held answers), `counting` (counters, backlog, the
+//! route counts take, `snapshot`s), `alerts` (the `journal` and the runner),
+//! `succession` (an upgrade, either side), `cluster_state`, `oncall_state` (silences and
+//! the alert list), `board` (the status page's document and its per-second `traffic`
+//! rings), and `kept` (the keep-alive of a role kept at one child). The loop's verbs,
+//! which combine them, are the files above: `events` (the wait, what children say,
+//! handed to their role's owner), `reap` (the one exit path), `timeouts` (every child's
+//! deadlines on the tick), `workers` (spawn, stop, reconcile, keep the runner up),
+//! `route` (where counts go, the firings they make), `answers` (registry changes and
+//! questions), `oncall` (silences on the master's hooks), `status_page` (the facts of
+//! `/status`), `reload` (SIGHUP, SIGUSR1), `upgrade` (both sides of a binary upgrade),
+//! `cluster` (counts, registry and silences shared through Redis); `setup`,
 //! `announcer`, `control`, `signals` are their plumbing. The process table is
 //! `Master::children`.
 
@@ -395,6 +397,7 @@ impl Master {
         }
         self.count_everything();
         self.keep_what_redis_lacks();
+        self.oncall.flush();
         match self
             .counting
             .watch

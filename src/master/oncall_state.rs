@@ -3,8 +3,10 @@
 //! in the alert list, and answers `Request`s with the reply's status and JSON body.
 //!
 //! Owns the silences and the alert history (`src/oncall/`: `silences.json`,
-//! `alerts.jsonl`). Never delivers, never counts, never waits: the master asks, it
-//! answers at once; the journal and the runner stay `Alerts`'.
+//! `alerts.jsonl`, whose lines it writes once a tick, before an answer and at a stop:
+//! one `write` for a burst of firings, in the master's loop). Never delivers, never
+//! counts, never waits: the master asks, it answers at once; the journal and the runner
+//! stay `Alerts`'.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -186,6 +188,8 @@ impl OnCall {
     /// Answers a worker's question about silences and alerts; `WatcherState` is the
     /// master's to answer (it holds the counters), so it is not asked here.
     pub fn answer(&mut self, request: Request) -> Reply {
+        // What a client is shown of the alert list is on disk.
+        self.flush();
         let now = time::now();
         match request {
             Request::CreateSilence { body, client } => match self.silences.create(&body, now) {
@@ -261,7 +265,14 @@ impl OnCall {
             self.recheck_pending = true;
         }
         self.looked_at = now;
+        self.flush();
         self.silences.forget_expired(now)
+    }
+
+    /// Writes the alert list's new lines: on the tick, before an answer, and at a stop
+    /// or a hand-over, once the last counts have fired.
+    pub fn flush(&mut self) {
+        self.history.flush();
     }
 
     /// Silences another node made or expired (a cluster).

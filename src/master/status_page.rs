@@ -25,6 +25,8 @@ impl Master {
         if let Some(document) = self.board.kept(reveal_keys) {
             return document;
         }
+        // What a client is shown of the alert list is on disk.
+        self.oncall.flush();
         let oncall = &self.oncall;
         let facts = Facts {
             status: self.status(),

@@ -180,6 +180,7 @@ impl Master {
         let successor = upgrade.successor.pid;
         self.count_everything();
         self.keep_what_redis_lacks();
+        self.oncall.flush();
         if let Err(e) = self
             .counting
             .watch

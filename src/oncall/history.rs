@@ -3,22 +3,22 @@
 //! which silence), newest first, bounded by `alerts.history`.
 //!
 //! Kept in `STATE_DIR/alerts.jsonl`, beside the journal of pending firings and written
-//! the same way: every new state of a firing is one appended line (the last line of an
-//! id wins), compacted now and then by an atomic replace. On load each line is checked
+//! the same way (`files::JsonLines`): every new state of a firing is one line (the last
+//! line of an id wins), compacted now and then by an atomic replace. Unlike the journal's,
+//! its lines are written when its owner says (`flush`: once a tick, before an answer, at
+//! a stop), so that a burst of firings costs one `write`. On load each line is checked
 //! as a client's input (bounded, well-formed); a bad one is logged and skipped.
 //! Never decides anything: it records what the master and the runner report.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::Context;
 use log::warn;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::files::JsonLines;
 use crate::watch::Firing;
 
 /// Longer than any line eventsd writes (a key is at most 64 KiB).
@@ -148,13 +148,12 @@ impl Alert {
 }
 
 pub struct History {
-    path: PathBuf,
-    file: Option<File>,
+    /// Not open for a master that upgrades the running one, until it takes over.
+    file: JsonLines,
     /// By order of firing: the newest has the highest number.
     alerts: BTreeMap<u64, Alert>,
     order: HashMap<Uuid, u64>,
     next: u64,
-    lines: usize,
     capacity: usize,
 }
 
@@ -174,12 +173,10 @@ impl History {
     /// it takes over (two writers, one compacting, would lose lines).
     pub fn unopened(path: &Path, capacity: usize) -> History {
         History {
-            path: path.to_path_buf(),
-            file: None,
+            file: JsonLines::unopened(path),
             alerts: BTreeMap::new(),
             order: HashMap::new(),
             next: 0,
-            lines: 0,
             capacity: capacity.max(1),
         }
     }
@@ -188,9 +185,9 @@ impl History {
     pub fn record(&mut self, alert: Alert) {
         self.append(&alert);
         self.remember(alert);
-        if self.lines > 2 * self.alerts.len() + 1000 {
+        if self.file.wants_compaction(self.alerts.len()) {
             if let Err(e) = self.compact() {
-                warn!("cannot compact {}: {e:#}", self.path.display());
+                warn!("cannot compact {}: {e:#}", self.file.path().display());
             }
         }
     }
@@ -215,6 +212,11 @@ impl History {
             .filter(|a| a.passes(filter))
             .take(filter.limit)
             .collect()
+    }
+
+    /// Writes what was recorded since the last call, in one `write`.
+    pub fn flush(&mut self) {
+        self.file.flush();
     }
 
     /// A reload changed `alerts.history`.
@@ -246,62 +248,22 @@ impl History {
     }
 
     fn append(&mut self, alert: &Alert) {
-        let Some(file) = self.file.as_mut() else {
-            return;
-        };
-        let written = serde_json::to_vec(alert)
-            .map_err(std::io::Error::other)
-            .and_then(|mut line| {
-                line.push(b'\n');
-                file.write_all(&line)
-            });
-        match written {
-            Ok(()) => self.lines += 1,
-            Err(e) => warn!("cannot write to {}: {e}", self.path.display()),
-        }
+        self.file.push(alert);
     }
 
     /// Rewrites the file with what is listed, atomically, then appends to it.
     fn compact(&mut self) -> anyhow::Result<()> {
-        let mut text = Vec::new();
-        for alert in self.alerts.values() {
-            serde_json::to_writer(&mut text, alert).context("cannot serialize an alert")?;
-            text.push(b'\n');
-        }
-        crate::files::replace_atomically(&self.path, &text)?;
-        self.file = Some(
-            crate::files::open_for_append(&self.path)
-                .with_context(|| format!("cannot open {}", self.path.display()))?,
-        );
-        self.lines = self.alerts.len();
-        Ok(())
+        self.file.replace(self.alerts.values(), "an alert")
     }
 }
 
 /// The records of the file at `path` in the order they were written: lines cut by a
 /// crash, malformed, oversized or out of bounds are skipped with a log line.
 fn replay(path: &Path) -> anyhow::Result<Vec<Alert>> {
-    let Some(text) = crate::files::read_state_file(path, "alert history")? else {
-        return Ok(Vec::new());
-    };
     let mut alerts = Vec::new();
-    for (number, line) in text.split(|&b| b == b'\n').enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let where_ = format!("{} line {}", path.display(), number + 1);
-        if line.len() > MAX_LINE_BYTES {
-            warn!(
-                "{where_}: {} bytes, more than any alert; skipped",
-                line.len()
-            );
-            continue;
-        }
-        let checked = serde_json::from_slice::<Alert>(line)
-            .map_err(|e| e.to_string())
-            .and_then(|alert| alert.check().map(|()| alert));
-        match checked {
-            Ok(alert) => alerts.push(alert),
+    for (where_, alert) in JsonLines::read::<Alert>(path, "alert history", MAX_LINE_BYTES)? {
+        match alert.check() {
+            Ok(()) => alerts.push(alert),
             Err(e) => warn!("{where_}: {e}; skipped"),
         }
     }
@@ -319,6 +281,8 @@ pub fn cut(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
     use crate::registry::Action;
     use crate::watch::Job;

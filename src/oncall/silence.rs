@@ -327,15 +327,16 @@ fn first_line(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::json;
 
-    const BOUNDS: Bounds = Bounds {
+    /// The bounds and the time every silence test of `oncall` works with.
+    pub(in crate::oncall) const BOUNDS: Bounds = Bounds {
         max_duration_ms: 30 * 86_400_000,
         max_field_path_bytes: 256,
     };
-    const NOW: Millis = 1_800_000_000_000;
+    pub(in crate::oncall) const NOW: Millis = 1_800_000_000_000;
 
     fn silence(body: Value) -> Result<Checked, String> {
         let new: NewSilence = serde_json::from_value(body).map_err(|e| e.to_string())?;

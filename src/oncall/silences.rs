@@ -296,12 +296,7 @@ fn not_saved(e: &anyhow::Error) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const BOUNDS: Bounds = Bounds {
-        max_duration_ms: 30 * 86_400_000,
-        max_field_path_bytes: 256,
-    };
-    const NOW: Millis = 1_800_000_000_000;
+    use crate::oncall::silence::tests::{BOUNDS, NOW};
 
     fn body(event: &str) -> Vec<u8> {
         format!(

@@ -1,6 +1,6 @@
 //! The on-call routes of a worker (alerts.md): `/silences`, `/silences/{id}`, `/alerts`
 //! and a watcher's `/state`. Owns how their methods, paths and queries become a question
-//! for the master (`oncall::Request`), refusing what is malformed before asking, and how
+//! for the master (`protocol::oncall::Request`), refusing what is malformed before asking, and how
 //! the master's answer becomes a reply. Holds nothing: the master alone keeps silences,
 //! alerts and counters.
 
