@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::within;
+use super::values::within;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,7 +5,6 @@
 //! module may trust its values. This module never touches the running daemon; it only
 //! reads files (and the user database, to resolve `workers.user`/`workers.group`).
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,6 +25,7 @@ mod values;
 
 pub use cluster::{Cluster, ClusterMode};
 pub use oncall::{Alerts, Silences};
+pub use values::LogTarget;
 use values::{
     DAY, GIB, HOUR, WEEK, listen_address, log_level, log_target, networks, optional_path, within,
 };
@@ -295,16 +295,6 @@ pub struct Smtp {
     pub allowed_domains: Vec<String>,
 }
 
-/// `daemon.log`: where log lines go.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LogTarget {
-    /// Not configured: stderr for `run`, syslog for `start`.
-    Default,
-    Stderr,
-    Syslog,
-    File(PathBuf),
-}
-
 impl Server {
     /// The TLS files, when the listener speaks TLS (validation checked both are set).
     pub fn tls_files(&self) -> Option<crate::tls::Files<'_>> {
@@ -553,17 +543,6 @@ fn resolve_privileges(workers: &Workers) -> anyhow::Result<Privileges> {
         privileges.chroot = Some(workers.chroot.clone());
     }
     Ok(privileges)
-}
-
-impl fmt::Display for LogTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LogTarget::Default => f.write_str("default"),
-            LogTarget::Stderr => f.write_str("stderr"),
-            LogTarget::Syslog => f.write_str("syslog"),
-            LogTarget::File(path) => write!(f, "{}", path.display()),
-        }
-    }
 }
 
 #[cfg(test)]

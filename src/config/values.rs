@@ -1,8 +1,10 @@
 //! The configuration's values: the deserializers that check one key alone (so that toml
 //! reports the key and its line), and the wording of a value's error as people say it.
 //!
-//! Owns ranges, value syntaxes and error messages; never looks at more than one key.
+//! Owns ranges, value syntaxes (and the value types they make, such as `LogTarget`) and
+//! error messages; never looks at more than one key.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -10,12 +12,31 @@ use ipnet::IpNet;
 use log::LevelFilter;
 use serde::{Deserialize, Deserializer};
 
-use super::LogTarget;
-
 pub const HOUR: u64 = 3_600;
 pub const DAY: u64 = 86_400;
 pub const WEEK: u64 = 7 * DAY;
 pub const GIB: u64 = 1 << 30;
+
+/// `daemon.log`: where log lines go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogTarget {
+    /// Not configured: stderr for `run`, syslog for `start`.
+    Default,
+    Stderr,
+    Syslog,
+    File(PathBuf),
+}
+
+impl fmt::Display for LogTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogTarget::Default => f.write_str("default"),
+            LogTarget::Stderr => f.write_str("stderr"),
+            LogTarget::Syslog => f.write_str("syslog"),
+            LogTarget::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
 
 /// Every count, size and duration has a range: a value outside it is refused here, naming
 /// the range, rather than overflowing a deadline or an allocation later.

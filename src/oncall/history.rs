@@ -318,6 +318,7 @@ mod tests {
             delivered_at: "now".into(),
             attempts: 1,
         });
+        history.flush();
         drop(history);
         let mut file = std::fs::OpenOptions::new()
             .append(true)
@@ -336,6 +337,24 @@ mod tests {
             ..all()
         };
         assert_eq!(history.list(&delivered).len(), 1);
+    }
+
+    #[test]
+    fn recorded_states_reach_the_file_together_at_the_next_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.jsonl");
+        let mut history = History::open(&path, 10).unwrap();
+        for name in ["a", "b"] {
+            let job = Job::example(name, Action::Null {});
+            history.record(Alert::of(&job.firing, "threshold", pending()));
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"",
+            "written before the flush"
+        );
+        history.flush();
+        assert_eq!(History::open(&path, 10).unwrap().list(&all()).len(), 2);
     }
 
     #[test]
