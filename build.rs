@@ -4,12 +4,8 @@
 
 fn main() {
     println!("cargo:rerun-if-env-changed=EVENTSD_COMMIT");
-    // Where git keeps them: in a worktree `.git` is a file, and a path that does not
-    // exist would make cargo run this script, and rebuild the crate, at every build.
-    for path in ["HEAD", "refs/heads"] {
-        if let Some(path) = git(&["rev-parse", "--git-path", path]) {
-            println!("cargo:rerun-if-changed={path}");
-        }
+    for path in commit_files() {
+        println!("cargo:rerun-if-changed={path}");
     }
     let commit = std::env::var("EVENTSD_COMMIT")
         .ok()
@@ -25,6 +21,19 @@ fn main() {
         None => version,
     };
     println!("cargo:rustc-env=EVENTSD_VERSION_LINE={line}");
+}
+
+/// The files a new commit changes: `HEAD` and the branch it names, where git keeps them
+/// (in a worktree `.git` is a file). Only those that exist (a path that does not would
+/// make cargo run this script, and rebuild the crate, at every build), and not the
+/// folder of every branch (a commit on another worktree's would rebuild this one).
+fn commit_files() -> Vec<String> {
+    let mut refs = vec!["HEAD".to_string()];
+    refs.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    refs.iter()
+        .filter_map(|name| git(&["rev-parse", "--git-path", name]))
+        .filter(|path| std::path::Path::new(path).exists())
+        .collect()
 }
 
 /// What `git ARGS` prints, trimmed; `None` outside a checkout or without git.
