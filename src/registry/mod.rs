@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use rules::{DEFAULT_WEBHOOK_DENY, Destinations, Rules};
-pub use validation::rule::{RuleKind, expected_payload};
+pub use validation::rule::{Direction, RuleKind, expected_payload};
 pub use validation::{
     Action, Aggregator, Appender, CollectorSpec, EventDeclaration, Name, WatcherSpec,
 };
@@ -44,7 +44,9 @@ pub struct EventType {
     pub watchers: Vec<Watcher>,
 }
 
-/// A collector or a watcher as registered: its definition, its id, its origin.
+/// A collector or a watcher as registered: its definition, its id, its origin. The id
+/// is a UUIDv7: it tells when the definition was made (`created_secs`), which
+/// new_value's learning counts from, the same on every node of a cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry<S> {
     pub id: Uuid,
@@ -52,6 +54,15 @@ pub struct Entry<S> {
     #[serde(default)]
     pub declared: bool,
     pub spec: S,
+}
+
+impl<S> Entry<S> {
+    /// When the definition was made (seconds since the epoch); `None` for an id made
+    /// before ids told it (UUIDv4).
+    pub fn created_secs(&self) -> Option<u64> {
+        let (secs, _) = self.id.get_timestamp()?.to_unix();
+        Some(secs)
+    }
 }
 
 pub type Collector = Entry<CollectorSpec>;
@@ -491,7 +502,7 @@ fn declare_entries<S: Spec>(
     for spec in specs {
         let id = previous
             .and_then(|p| p.iter().find(|e| e.declared && e.spec == *spec))
-            .map_or_else(Uuid::new_v4, |e| e.id);
+            .map_or_else(Uuid::now_v7, |e| e.id);
         entries.retain(|e| e.spec.name() != spec.name());
         entries.push(Entry {
             id,
@@ -510,7 +521,7 @@ fn add<S: Spec>(entries: &mut Vec<Entry<S>>, event: &str, spec: S) -> Result<Uui
             conflict(format!("{subject} already registered"))
         });
     }
-    let id = Uuid::new_v4();
+    let id = Uuid::now_v7();
     entries.push(Entry {
         id,
         declared: false,
