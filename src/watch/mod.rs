@@ -178,8 +178,9 @@ pub struct SharedCount {
     pub key: Key,
     pub events: u64,
     pub rule: RuleParams,
-    /// cardinality: the hashes of the values the key was seen with.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// cardinality: the hashes of the values the key was seen with. (Always written:
+    /// bincode frames carry it, and bincode cannot skip a field.)
+    #[serde(default)]
     pub values: Vec<u64>,
 }
 
