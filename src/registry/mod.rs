@@ -44,25 +44,19 @@ pub struct EventType {
     pub watchers: Vec<Watcher>,
 }
 
-/// A collector or a watcher as registered: its definition, its id, its origin. The id
-/// is a UUIDv7: it tells when the definition was made (`created_secs`), which
-/// new_value's learning counts from, the same on every node of a cluster.
+/// A collector or a watcher as registered: its definition, its id, its origin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry<S> {
     pub id: Uuid,
     /// Declared in the config file: not deletable or replaceable over HTTP.
     #[serde(default)]
     pub declared: bool,
+    /// When the definition was made (seconds since the epoch), which new_value's
+    /// learning counts from, the same on every node of a cluster; absent from entries
+    /// made before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<u64>,
     pub spec: S,
-}
-
-impl<S> Entry<S> {
-    /// When the definition was made (seconds since the epoch); `None` for an id made
-    /// before ids told it (UUIDv4).
-    pub fn created_secs(&self) -> Option<u64> {
-        let (secs, _) = self.id.get_timestamp()?.to_unix();
-        Some(secs)
-    }
 }
 
 pub type Collector = Entry<CollectorSpec>;
@@ -500,13 +494,15 @@ fn declare_entries<S: Spec>(
     specs: &[S],
 ) {
     for spec in specs {
-        let id = previous
+        let kept = previous
             .and_then(|p| p.iter().find(|e| e.declared && e.spec == *spec))
-            .map_or_else(Uuid::now_v7, |e| e.id);
+            .map(|e| (e.id, e.created));
+        let (id, created) = kept.unwrap_or_else(|| (Uuid::new_v4(), Some(crate::watch::now())));
         entries.retain(|e| e.spec.name() != spec.name());
         entries.push(Entry {
             id,
             declared: true,
+            created,
             spec: spec.clone(),
         });
     }
@@ -521,10 +517,11 @@ fn add<S: Spec>(entries: &mut Vec<Entry<S>>, event: &str, spec: S) -> Result<Uui
             conflict(format!("{subject} already registered"))
         });
     }
-    let id = Uuid::now_v7();
+    let id = Uuid::new_v4();
     entries.push(Entry {
         id,
         declared: false,
+        created: Some(crate::watch::now()),
         spec,
     });
     Ok(id)

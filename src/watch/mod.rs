@@ -254,7 +254,7 @@ pub fn clock_watchers(registry: &Registry) -> Vec<ClockWatcher> {
         .iter()
         .flat_map(|(event, entry)| entry.watchers.iter().map(move |w| (event, w)))
         .map(|(event, w)| {
-            let created = w.created_secs().unwrap_or(0);
+            let created = w.created.unwrap_or(0);
             (w.id, Watched::new(event.as_str(), &w.spec, created, 0))
         })
         .filter(|(_, watched)| watched.rule.on_the_clock())
@@ -315,7 +315,7 @@ impl Watch {
     }
 
     fn first_seen(&mut self, w: &Watcher, event: &str, now: Second) -> Watched {
-        let created = w.created_secs().unwrap_or(0);
+        let created = w.created.unwrap_or(0);
         let watched = Watched::new(event, &w.spec, created, now);
         watched.rule.on_first_sight(
             self.store.as_mut(),
