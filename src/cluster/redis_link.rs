@@ -25,7 +25,11 @@ use crate::watch::store::Second;
 use crate::watch::{ClockWatcher, Crossing, Key, SharedCount};
 
 /// The Functions (`FUNCTION LOAD REPLACE`: the running version's, after an upgrade too).
-pub const FUNCTIONS: &str = include_str!("eventsd.lua");
+pub const FUNCTIONS: &str = concat!(
+    include_str!("eventsd.lua"),
+    include_str!("eventsd_rules.lua"),
+    include_str!("eventsd_calls.lua")
+);
 
 /// Keys per `eventsd_count` call on one server: bounds the time Redis spends in one call.
 const KEYS_PER_CALL: usize = 512;

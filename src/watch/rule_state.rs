@@ -67,7 +67,23 @@ impl RuleState {
 
 #[cfg(test)]
 mod tests {
+    use super::super::table::KeyCounter;
     use super::*;
+
+    /// Saved in `counters.json` with its key, so that a stop/start or a crash keeps it;
+    /// a counter of a file written before it loads without one.
+    #[test]
+    fn a_key_s_rule_state_is_saved_with_its_counter() {
+        let mut counter = KeyCounter::default();
+        let state = counter.rule.get_or_insert_default();
+        state.high = true;
+        state.since = 1000;
+        state.see(42, 1010, 3);
+        let saved = serde_json::to_string(&counter).unwrap();
+        assert_eq!(serde_json::from_str::<KeyCounter>(&saved).unwrap(), counter);
+        let before_rules: KeyCounter = serde_json::from_str(r#"{"buckets": [[1, 2]]}"#).unwrap();
+        assert_eq!(before_rules.rule, None);
+    }
 
     #[test]
     fn a_key_keeps_at_most_its_limit_of_values_the_newest() {
