@@ -186,6 +186,39 @@ impl Firing {
     }
 }
 
+impl Firing {
+    /// The rule and its figures as a command action's `EVENTSD_*` variables, besides
+    /// those every firing has: `EVENTSD_RULE`, `EVENTSD_RESOLVED` (`true`/`false`), and
+    /// the figures the firing carries (`EVENTSD_CURRENT`, `EVENTSD_PREVIOUS`,
+    /// `EVENTSD_RATIO`, `EVENTSD_DISTINCT`, `EVENTSD_MAX_DISTINCT`,
+    /// `EVENTSD_MIN_DISTINCT`, `EVENTSD_VALUE` as JSON).
+    pub fn rule_env(&self) -> Vec<(&'static str, String)> {
+        let figures = &self.figures;
+        let number = |name, figure: Option<u64>| figure.map(|n| (name, n.to_string()));
+        let mut env = vec![
+            ("EVENTSD_RULE", self.rule.name().to_string()),
+            ("EVENTSD_RESOLVED", self.resolved.to_string()),
+        ];
+        env.extend(
+            [
+                number("EVENTSD_CURRENT", figures.current),
+                number("EVENTSD_PREVIOUS", figures.previous),
+                figures.ratio.map(|r| ("EVENTSD_RATIO", r.to_string())),
+                number("EVENTSD_DISTINCT", figures.distinct),
+                number("EVENTSD_MAX_DISTINCT", figures.max_distinct),
+                number("EVENTSD_MIN_DISTINCT", figures.min_distinct),
+                figures
+                    .value
+                    .as_ref()
+                    .map(|v| ("EVENTSD_VALUE", v.to_string())),
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        env
+    }
+}
+
 /// `field=value, field=value`.
 fn shown(fields: &Value) -> String {
     match fields {
