@@ -370,6 +370,7 @@ fn command(firing: &Firing, argv: &[String], timeout: Duration) -> Result<(), Fa
         )
         .env("EVENTSD_FIRED_AT", &firing.fired_at)
         .env("EVENTSD_TEXT", &firing.text)
+        .envs(firing.rule_env())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -437,6 +438,7 @@ mod tests {
             crossing: None,
             degraded: false,
             resolved: false,
+            figures: Default::default(),
         }
     }
 
@@ -445,12 +447,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let script = format!(
-            "cat > {0}.json; echo \"$EVENTSD_WATCHER $EVENTSD_COUNT\" > {0}",
+            "cat > {0}.json; echo \"$EVENTSD_WATCHER $EVENTSD_COUNT $EVENTSD_RULE\" > {0}",
             out.display()
         );
         let argv = vec!["/bin/sh".to_string(), "-c".to_string(), script];
         command(&firing(), &argv, Duration::from_secs(5)).unwrap();
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), "storm 101\n");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "storm 101 threshold\n"
+        );
         let stdin: Firing =
             serde_json::from_slice(&std::fs::read(dir.path().join("out.json")).unwrap()).unwrap();
         assert_eq!(stdin, firing());

@@ -1,6 +1,8 @@
 #!lua name=eventsd
 
--- eventsd's Redis Functions (cluster.md), loaded on every primary with FUNCTION LOAD.
+-- eventsd's Redis Functions (cluster.md), loaded on every primary with FUNCTION LOAD, as
+-- one library: this file (the counters, the cooldown, threshold and flatline), then
+-- eventsd_rules.lua (spike, cardinality, new_value), then eventsd_calls.lua (the calls).
 --
 -- A counter is one hash per (watcher, key): buckets `b<second>` (`b0` without a window),
 -- `fired` (the second of its last firing), `cool` (the cooldown that started then),
@@ -26,20 +28,29 @@ local function given(value)
   return value
 end
 
--- A counter's fields: its state (`fired`, `cool`, `crossed`, `seq`, `silent`), its epoch,
--- its count within `window` seconds of `now` (0: no window), the older buckets deleted,
--- and its live buckets, {second, events} each.
+-- A counter's fields: its state (`fired`, `cool`, `crossed`, `seq`, `silent`, `high`,
+-- `low`, `seen`), its epoch, its count within `window` seconds of `now` (0: no window),
+-- the older buckets and values deleted, its live buckets, {second, events} each, and
+-- its live values (cardinality's `v<hash>` fields: hash -> the second last seen).
 local function read_counter(key, window, now)
   local fields = redis.call('HGETALL', key)
   local state = {}
   local total = 0
   local expired = {}
   local live = {}
+  local values = {}
   local epoch = nil
   for f = 1, #fields, 2 do
     local name, value = fields[f], fields[f + 1]
     if name == 'epoch' then
       epoch = value
+    elseif string.sub(name, 1, 1) == 'v' then
+      local seen = tonumber(value)
+      if window > 0 and seen + window <= now then
+        expired[#expired + 1] = name
+      else
+        values[string.sub(name, 2)] = seen
+      end
     elseif string.sub(name, 1, 1) == 'b' then
       local second = tonumber(string.sub(name, 2))
       if window > 0 and second + window <= now then
@@ -55,7 +66,7 @@ local function read_counter(key, window, now)
   if #expired > 0 then
     redis.call('HDEL', key, unpack(expired))
   end
-  return state, total, epoch, live
+  return state, total, epoch, live, values
 end
 
 -- The cooldown a firing starts (`RuleParams::next_cooldown`): `cooldown_secs`, doubled up
@@ -92,6 +103,31 @@ local function unless_cooling(key, params, state, epoch, now)
   return true, seq, next_cool
 end
 
+-- The cooldown every rule shares, for a rule whose key keeps its counts when it fires
+-- (spike, cardinality, new_value): fires unless it cools down (then its next cooldown may
+-- grow). Returns whether it fired, the sequence, and the second the cooldown ends when
+-- it did not fire.
+local function fire_in_place(key, params, state, epoch, now)
+  local fired = state['fired']
+  local cool = state['cool'] or 0
+  if fired and now < fired + cool then
+    redis.call('HSET', key, 'crossed', 1)
+    return false, state['seq'] or 0, fired + cool
+  end
+  local next_cool = next_cooldown(params, state)
+  local seq = (state['seq'] or 0) + 1
+  redis.call('HSET', key, 'fired', now, 'cool', next_cool, 'crossed', 0, 'seq', seq, 'epoch', epoch)
+  state['fired'], state['cool'], state['seq'] = now, next_cool, seq
+  return true, seq, nil
+end
+
+-- How long a counter of a rule that keeps its state outlives its last event: `window`,
+-- and the cooldown that may run.
+local function keep_for(params, state, window)
+  return window + math.max(state['cool'] or 0, given(params.cooldown_max_secs) or 0,
+    given(params.cooldown_secs) or 0) + 60
+end
+
 -- threshold: more than `threshold` events within the window (or since the last firing).
 -- Replies {crossed, count, seq, epoch}.
 local function count_threshold(key, params, delta, now, new_epoch)
@@ -121,7 +157,7 @@ local function count_threshold(key, params, delta, now, new_epoch)
     ttl = window + math.max(cool, given(params.cooldown_max_secs) or 0) + 60
   end
   redis.call('EXPIRE', key, ttl)
-  return {crossed, total, seq, epoch}
+  return {crossed, total, seq, epoch, 0}
 end
 
 -- flatline's keys of one watcher share its slot (`{watcher}`) with the watcher's queue of
@@ -181,13 +217,13 @@ local function count_flatline(key, params, delta, now, new_epoch, due, member)
     redis.call('ZADD', due, below_from(buckets, rule.threshold, rule.window_secs), member)
   end
   local seq = state['seq'] or 0
-  local reply = {0, total, seq, epoch}
+  local reply = {0, total, seq, epoch, 0}
   if state['silent'] == 1 and total >= rule.threshold then
     redis.call('HSET', key, 'silent', 0)
     if rule.send_resolved then
       seq = seq + 1
       redis.call('HSET', key, 'seq', seq)
-      reply = {2, total, seq, epoch}
+      reply = {2, total, seq, epoch, 0}
     end
   end
   redis.call('EXPIRE', key, rule.window_secs + rule.forget_after_secs + IDLE_TTL)
@@ -243,134 +279,6 @@ local function judge_silence(names, member, params, now, grace_until, new_epoch)
     forget = now + rule.forget_after_secs
   end
   reschedule(names.due, member, earliest(realert_at, forget))
-  return {member, 1, total, seq, epoch}
+  return {member, 1, total, seq, epoch, 0}
 end
 
--- tick(KEYS[1]: the watcher's due queue, ARGV[1]: JSON {prefix, watcher, params (its
--- `RuleParams`), kept (keys to watch from now on, never forgotten; absent: none new),
--- limit (keys judged at most), epoch, now (absent: Redis' `TIME`)}): judges the keys due,
--- atomically, so that each is handed to one node only (`cluster::tick_command`). Replies
--- {member, 1, count, seq, epoch} per key that fired.
-local function tick(keys, args)
-  local document = cjson.decode(args[1])
-  local now = given(document.now) or tonumber(redis.call('TIME')[1])
-  local params = document.params
-  local head, due, since, kept = flatline_names(document.prefix, document.watcher)
-  local names = {head = head, due = due, kept = kept}
-  redis.call('SET', since, now, 'NX')
-  local grace_until = tonumber(redis.call('GET', since)) + params.rule.flatline.window_secs
-  for _, member in ipairs(given(document.kept) or {}) do
-    redis.call('SADD', kept, member)
-    redis.call('ZADD', due, 'NX', grace_until, member)
-  end
-  local firings = {}
-  local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, document.limit)
-  for _, member in ipairs(members) do
-    local fired = judge_silence(names, member, params, now, grace_until, document.epoch)
-    if fired then
-      firings[#firings + 1] = fired
-    end
-  end
-  return firings
-end
-
--- count(KEYS, ARGV): KEYS are the counters, then the call's own key (its id); ARGV[1]
--- is the call, JSON-encoded (`cluster::count_command`): `counts`, one [delta, index in
--- `rules`] per counter; `rules`, the `RuleParams` of its watchers; `epoch`, the epoch of
--- the counters it creates; `ttl`, how long to remember the call; `now`, absent but in
--- the scenario table: Redis' own `TIME` (node clocks do not matter). Replies one
--- {crossed, count, seq, epoch} per counter; exactly one caller sees each crossing. A
--- call whose id Redis remembers was counted already (its sender did not get the reply):
--- it adds nothing and gets the replies of the first time.
-local function count(keys, args)
-  local call = keys[#keys]
-  local done = redis.call('GET', call)
-  if done then
-    return cjson.decode(done)
-  end
-  local document = cjson.decode(args[1])
-  local now = given(document.now) or tonumber(redis.call('TIME')[1])
-  local replies = {}
-  for i, counted in ipairs(document.counts) do
-    local params = document.rules[counted[2] + 1]
-    if params.rule.flatline then
-      local watcher = document.watchers[counted[2] + 1]
-      local head, due = flatline_names(document.prefix, watcher)
-      local member = string.sub(keys[i], #head + 1)
-      replies[i] = count_flatline(keys[i], params, counted[1], now, document.epoch, due, member)
-    else
-      replies[i] = count_threshold(keys[i], params, counted[1], now, document.epoch)
-    end
-  end
-  redis.call('SET', call, cjson.encode(replies), 'EX', document.ttl)
-  return replies
-end
-
--- registry_get(KEYS[1]): {version, document}; version 0 and '' when there is none.
-local function registry_get(keys, args)
-  local version = tonumber(redis.call('HGET', keys[1], 'version') or '0')
-  local document = redis.call('HGET', keys[1], 'document') or ''
-  return {version, document}
-end
-
--- registry_set(KEYS[1], ARGV: expected version, new version, document, channel): writes
--- only over the version the writer read (optimistic), then announces it. Replies
--- {1, version, ''} or, on a conflict, {0, current version, current document}.
-local function registry_set(keys, args)
-  local current = tonumber(redis.call('HGET', keys[1], 'version') or '0')
-  if current ~= tonumber(args[1]) then
-    return {0, current, redis.call('HGET', keys[1], 'document') or ''}
-  end
-  redis.call('HSET', keys[1], 'version', args[2], 'document', args[3])
-  redis.call('PUBLISH', args[4], args[2])
-  return {1, tonumber(args[2]), ''}
-end
-
--- registry_seed(KEYS[1], ARGV: version, document, channel): writes a node's copy back
--- into a Redis that lost it (or holds an older one); the highest version wins.
-local function registry_seed(keys, args)
-  local current = tonumber(redis.call('HGET', keys[1], 'version') or '0')
-  if current >= tonumber(args[1]) then
-    return 0
-  end
-  redis.call('HSET', keys[1], 'version', args[1], 'document', args[2])
-  redis.call('PUBLISH', args[3], args[1])
-  return 1
-end
-
--- silences_put(KEYS[1], ARGV: channel, then id, end (ms), document per silence): of two
--- copies of one silence the one that ends first is kept (expiring is the only change a
--- silence sees), so nodes agree whatever order their writes come in. A change bumps
--- `version` and is announced on the channel. Replies the version.
-local function silences_put(keys, args)
-  local changed = false
-  for i = 2, #args, 3 do
-    local ends = redis.call('HGET', keys[1], 'e:' .. args[i])
-    if not ends or tonumber(args[i + 1]) < tonumber(ends) then
-      redis.call('HSET', keys[1], 's:' .. args[i], args[i + 2], 'e:' .. args[i], args[i + 1])
-      changed = true
-    end
-  end
-  if changed then
-    redis.call('HINCRBY', keys[1], 'version', 1)
-    redis.call('PUBLISH', args[1], 'silences')
-  end
-  return tonumber(redis.call('HGET', keys[1], 'version') or '0')
-end
-
--- silences_forget(KEYS[1], ARGV: ids): drops silences expired long enough that every
--- node forgets them.
-local function silences_forget(keys, args)
-  for i = 1, #args do
-    redis.call('HDEL', keys[1], 's:' .. args[i], 'e:' .. args[i])
-  end
-  return #args
-end
-
-redis.register_function('eventsd_count', count)
-redis.register_function('eventsd_tick', tick)
-redis.register_function('eventsd_silences_put', silences_put)
-redis.register_function('eventsd_silences_forget', silences_forget)
-redis.register_function{function_name = 'eventsd_registry_get', callback = registry_get, flags = {'no-writes'}}
-redis.register_function('eventsd_registry_set', registry_set)
-redis.register_function('eventsd_registry_seed', registry_seed)

@@ -19,6 +19,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::Key;
+use super::rule_state::RuleState;
 
 /// Seconds since the Unix epoch: counters are saved and restored across restarts.
 pub type Second = u64;
@@ -43,6 +44,10 @@ pub struct KeyCounter {
     /// flatline: it fired for a silence it has not recovered from.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub silent: bool,
+    /// What the other rules remember of the key (`rule_state.rs`); none for threshold
+    /// and flatline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Box<RuleState>>,
 }
 
 fn is_zero(secs: &u32) -> bool {
@@ -468,8 +473,9 @@ mod tests {
     #[test]
     fn a_slot_stays_small() {
         assert_eq!(std::mem::size_of::<Buckets>(), 24);
+        // 64 bytes, and a pointer for the rules' own state (`KeyCounter::rule`).
         assert!(
-            std::mem::size_of::<Slot>() <= 64,
+            std::mem::size_of::<Slot>() <= 72,
             "{}",
             std::mem::size_of::<Slot>()
         );

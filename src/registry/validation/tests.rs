@@ -285,6 +285,79 @@ fn each_rule_requires_its_fields_and_refuses_another_rule_s() {
             format!(r#"{{{single}, "rule": "often", "threshold": 1}}"#),
             "rule",
         ),
+        (
+            format!(
+                r#"{{{single}, "rule": "spike", "window_secs": 60, "ratio": 1, "direction": "up"}}"#
+            ),
+            "ratio",
+        ),
+        (
+            format!(
+                r#"{{{single}, "rule": "spike", "window_secs": 60, "ratio": 0.5, "direction": "up"}}"#
+            ),
+            "ratio",
+        ),
+        (
+            format!(r#"{{{single}, "rule": "spike", "window_secs": 60, "ratio": 2}}"#),
+            "direction",
+        ),
+        (
+            format!(r#"{{{single}, "rule": "spike", "ratio": 2, "direction": "up"}}"#),
+            "window_secs",
+        ),
+        (
+            format!(
+                r#"{{{single}, "rule": "spike", "window_secs": 60, "ratio": 2, "direction": "sideways"}}"#
+            ),
+            "direction",
+        ),
+        (
+            format!(
+                r#"{{{single}, "rule": "spike", "threshold": 5, "window_secs": 60, "ratio": 2, "direction": "up"}}"#
+            ),
+            "threshold",
+        ),
+        (
+            format!(r#"{{{single}, "rule": "cardinality", "field": "user", "window_secs": 60}}"#),
+            "max_distinct",
+        ),
+        (
+            format!(
+                r#"{{{single}, "rule": "cardinality", "window_secs": 60, "max_distinct": 20}}"#
+            ),
+            "field",
+        ),
+        (
+            format!(
+                r#"{{{single}, "rule": "cardinality", "field": "user", "window_secs": 60, "max_distinct": 0}}"#
+            ),
+            "max_distinct",
+        ),
+        (
+            format!(
+                r#"{{{single}, "rule": "cardinality", "field": "user", "window_secs": 60, "max_distinct": 1000000}}"#
+            ),
+            "max_distinct",
+        ),
+        (
+            format!(
+                r#"{{{fields}, "rule": "cardinality", "field": "host", "window_secs": 60, "max_distinct": 2}}"#
+            ),
+            "field",
+        ),
+        (format!(r#"{{{single}, "rule": "new_value"}}"#), "field"),
+        (
+            format!(r#"{{{single}, "rule": "new_value", "field": "country", "fields": ["city"]}}"#),
+            "field",
+        ),
+        (
+            format!(r#"{{{single}, "rule": "new_value", "field": "country", "window_secs": 60}}"#),
+            "window_secs",
+        ),
+        (
+            format!(r#"{{{single}, "rule": "new_value", "field": "a..b"}}"#),
+            "field",
+        ),
     ] {
         let message = checked_watcher(&body).expect_err(&body);
         assert!(message.contains(&format!("`{field}`")), "{body}: {message}");
@@ -308,4 +381,28 @@ fn a_threshold_watcher_is_saved_as_before_rules_without_a_rule_field() {
         saved,
         serde_json::from_str::<serde_json::Value>(body).unwrap()
     );
+}
+
+#[test]
+fn spike_cardinality_and_new_value_definitions_are_saved_and_loaded_alike() {
+    let single = r#""name": "w1", "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}"#;
+    for body in [
+        format!(
+            r#"{{{single}, "rule": "spike", "window_secs": 60, "ratio": 2.5, "direction": "both",
+                "min_previous": 10, "min_current": 3}}"#
+        ),
+        format!(
+            r#"{{{single}, "rule": "cardinality", "field": "user", "window_secs": 300,
+                "max_distinct": 20, "min_distinct": 2}}"#
+        ),
+        format!(
+            r#"{{{single}, "rule": "new_value", "fields": ["country", "city"], "learn_secs": 86400,
+                "remember_secs": 2592000}}"#
+        ),
+    ] {
+        let spec = checked_watcher(&body).expect(&body);
+        let again: WatcherSpec =
+            serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+        assert_eq!(again, spec, "{body}");
+    }
 }

@@ -1,0 +1,151 @@
+-- eventsd's Redis Functions, the end (after eventsd.lua and eventsd_rules.lua): the
+-- calls nodes make, each rule's judgement dispatched by the figures it comes with, and
+-- their registration.
+
+-- tick(KEYS[1]: the watcher's due queue, ARGV[1]: JSON {prefix, watcher, params (its
+-- `RuleParams`), kept (keys to watch from now on, never forgotten; absent: none new),
+-- limit (keys judged at most), epoch, now (absent: Redis' `TIME`)}): judges the keys due,
+-- atomically, so that each is handed to one node only (`cluster::tick_command`). Replies
+-- {member, 1, count, seq, epoch} per key that fired.
+local function tick(keys, args)
+  local document = cjson.decode(args[1])
+  local now = given(document.now) or tonumber(redis.call('TIME')[1])
+  local params = document.params
+  local head, due, since, kept = flatline_names(document.prefix, document.watcher)
+  local names = {head = head, due = due, kept = kept}
+  local judge, window = judge_silence, nil
+  if params.rule.spike then
+    judge, window = judge_drop, 2 * params.rule.spike.window_secs
+  elseif params.rule.cardinality then
+    judge, window = judge_few, params.rule.cardinality.window_secs
+  else
+    window = params.rule.flatline.window_secs
+  end
+  redis.call('SET', since, now, 'NX')
+  local grace_until = tonumber(redis.call('GET', since)) + window
+  for _, member in ipairs(given(document.kept) or {}) do
+    redis.call('SADD', kept, member)
+    redis.call('ZADD', due, 'NX', grace_until, member)
+  end
+  local firings = {}
+  local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, document.limit)
+  for _, member in ipairs(members) do
+    local fired = judge(names, member, params, now, grace_until, document.epoch)
+    if fired then
+      firings[#firings + 1] = fired
+    end
+  end
+  return firings
+end
+
+-- count(KEYS, ARGV): KEYS are the counters, then the call's own key (its id); ARGV[1]
+-- is the call, JSON-encoded (`cluster::count_command`): `counts`, one [delta, index in
+-- `rules`] per counter; `rules`, the `RuleParams` of its watchers; `epoch`, the epoch of
+-- the counters it creates; `ttl`, how long to remember the call; `now`, absent but in
+-- the scenario table: Redis' own `TIME` (node clocks do not matter). Replies one
+-- {crossed, count, seq, epoch} per counter; exactly one caller sees each crossing. A
+-- call whose id Redis remembers was counted already (its sender did not get the reply):
+-- it adds nothing and gets the replies of the first time.
+local function count(keys, args)
+  local call = keys[#keys]
+  local done = redis.call('GET', call)
+  if done then
+    return cjson.decode(done)
+  end
+  local document = cjson.decode(args[1])
+  local now = given(document.now) or tonumber(redis.call('TIME')[1])
+  local replies = {}
+  local hashes_of = {}
+  for _, valued in ipairs(given(document.values) or {}) do
+    hashes_of[valued[1] + 1] = valued[2]
+  end
+  for i, counted in ipairs(document.counts) do
+    local params = document.rules[counted[2] + 1]
+    local head, due = flatline_names(document.prefix, document.watchers[counted[2] + 1])
+    local member = string.sub(keys[i], #head + 1)
+    local rule, epoch = params.rule, document.epoch
+    if rule.flatline then
+      replies[i] = count_flatline(keys[i], params, counted[1], now, epoch, due, member)
+    elseif rule.spike then
+      replies[i] = count_spike(keys[i], params, counted[1], now, epoch, due, member)
+    elseif rule.cardinality then
+      local hashes = hashes_of[i] or {}
+      replies[i] = count_distinct(keys[i], params, hashes, now, epoch, due, member)
+    elseif rule.new_value then
+      replies[i] = count_new_value(keys[i], params, counted[1], now, epoch)
+    else
+      replies[i] = count_threshold(keys[i], params, counted[1], now, epoch)
+    end
+  end
+  redis.call('SET', call, cjson.encode(replies), 'EX', document.ttl)
+  return replies
+end
+
+-- registry_get(KEYS[1]): {version, document}; version 0 and '' when there is none.
+local function registry_get(keys, args)
+  local version = tonumber(redis.call('HGET', keys[1], 'version') or '0')
+  local document = redis.call('HGET', keys[1], 'document') or ''
+  return {version, document}
+end
+
+-- registry_set(KEYS[1], ARGV: expected version, new version, document, channel): writes
+-- only over the version the writer read (optimistic), then announces it. Replies
+-- {1, version, ''} or, on a conflict, {0, current version, current document}.
+local function registry_set(keys, args)
+  local current = tonumber(redis.call('HGET', keys[1], 'version') or '0')
+  if current ~= tonumber(args[1]) then
+    return {0, current, redis.call('HGET', keys[1], 'document') or ''}
+  end
+  redis.call('HSET', keys[1], 'version', args[2], 'document', args[3])
+  redis.call('PUBLISH', args[4], args[2])
+  return {1, tonumber(args[2]), ''}
+end
+
+-- registry_seed(KEYS[1], ARGV: version, document, channel): writes a node's copy back
+-- into a Redis that lost it (or holds an older one); the highest version wins.
+local function registry_seed(keys, args)
+  local current = tonumber(redis.call('HGET', keys[1], 'version') or '0')
+  if current >= tonumber(args[1]) then
+    return 0
+  end
+  redis.call('HSET', keys[1], 'version', args[1], 'document', args[2])
+  redis.call('PUBLISH', args[3], args[1])
+  return 1
+end
+
+-- silences_put(KEYS[1], ARGV: channel, then id, end (ms), document per silence): of two
+-- copies of one silence the one that ends first is kept (expiring is the only change a
+-- silence sees), so nodes agree whatever order their writes come in. A change bumps
+-- `version` and is announced on the channel. Replies the version.
+local function silences_put(keys, args)
+  local changed = false
+  for i = 2, #args, 3 do
+    local ends = redis.call('HGET', keys[1], 'e:' .. args[i])
+    if not ends or tonumber(args[i + 1]) < tonumber(ends) then
+      redis.call('HSET', keys[1], 's:' .. args[i], args[i + 2], 'e:' .. args[i], args[i + 1])
+      changed = true
+    end
+  end
+  if changed then
+    redis.call('HINCRBY', keys[1], 'version', 1)
+    redis.call('PUBLISH', args[1], 'silences')
+  end
+  return tonumber(redis.call('HGET', keys[1], 'version') or '0')
+end
+
+-- silences_forget(KEYS[1], ARGV: ids): drops silences expired long enough that every
+-- node forgets them.
+local function silences_forget(keys, args)
+  for i = 1, #args do
+    redis.call('HDEL', keys[1], 's:' .. args[i], 'e:' .. args[i])
+  end
+  return #args
+end
+
+redis.register_function('eventsd_count', count)
+redis.register_function('eventsd_tick', tick)
+redis.register_function('eventsd_silences_put', silences_put)
+redis.register_function('eventsd_silences_forget', silences_forget)
+redis.register_function{function_name = 'eventsd_registry_get', callback = registry_get, flags = {'no-writes'}}
+redis.register_function('eventsd_registry_set', registry_set)
+redis.register_function('eventsd_registry_seed', registry_seed)

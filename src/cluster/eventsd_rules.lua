@@ -1,0 +1,267 @@
+-- eventsd's Redis Functions, continued (after eventsd.lua, before eventsd_calls.lua: one
+-- library, loaded as their concatenation, `FUNCTIONS`): the rules spike, cardinality and
+-- new_value, as src/watch/spike.rs, src/watch/distinct.rs and src/watch/rule.rs decide
+-- them, over the helpers of eventsd.lua.
+
+-- spike (src/watch/spike.rs): the events of the last `window` seconds and of the window
+-- before, at `now`.
+local function spike_windows(buckets, window, now)
+  local current, previous = 0, 0
+  for _, bucket in ipairs(buckets) do
+    if bucket[1] + window > now then
+      current = current + bucket[2]
+    elseif bucket[1] + 2 * window > now then
+      previous = previous + bucket[2]
+    end
+  end
+  return current, previous
+end
+
+-- `next_move`: the next second a bucket moves from a window to the next; nil for none.
+local function next_move(buckets, window, now)
+  local next_at = nil
+  for _, bucket in ipairs(buckets) do
+    for _, at in ipairs({bucket[1] + window, bucket[1] + 2 * window}) do
+      if at > now and (not next_at or at < next_at) then
+        next_at = at
+      end
+    end
+  end
+  return next_at
+end
+
+-- `RuleParams::spiking`: whether the windows are a spike up, and a drop, of a key counted
+-- since `since`: at `now`, past its baseline of two windows.
+local function spiking(rule, current, previous, since, now)
+  local enough = now >= since + 2 * rule.window_secs and previous >= rule.min_previous and
+    current >= rule.min_current
+  return enough and current >= rule.ratio * previous, enough and current * rule.ratio <= previous
+end
+
+-- Sets a flag field to 0 when it was 1 and no longer holds.
+local function clear_flag(key, state, flag, holds)
+  if state[flag] == 1 and not holds then
+    redis.call('HSET', key, flag, 0)
+  end
+end
+
+-- spike, when counts arrive (`spike_on_count`): up fires once per spike; a drop under way
+-- may end; a key watched for drops is queued for its next move if it is not.
+local function count_spike(key, params, delta, now, new_epoch, due, member)
+  local rule = params.rule.spike
+  local window = rule.window_secs
+  local state, _, epoch, buckets = read_counter(key, 2 * window, now)
+  redis.call('HINCRBY', key, 'b' .. now, delta)
+  buckets[#buckets + 1] = {now, delta}
+  if not epoch then
+    epoch = new_epoch
+    redis.call('HSET', key, 'epoch', epoch)
+  end
+  if rule.direction ~= 'up' and not redis.call('ZSCORE', due, member) then
+    redis.call('ZADD', due, next_move(buckets, window, now), member)
+  end
+  if not state['since'] then
+    state['since'] = now
+    redis.call('HSET', key, 'since', now)
+  end
+  local current, previous = spike_windows(buckets, window, now)
+  local up, down = spiking(rule, current, previous, state['since'], now)
+  clear_flag(key, state, 'low', down)
+  clear_flag(key, state, 'high', up)
+  local reply = {0, current, state['seq'] or 0, epoch, previous}
+  local again = state['high'] ~= 1 or given(params.cooldown_secs)
+  if rule.direction ~= 'down' and up and again then
+    local fired, seq = fire_in_place(key, params, state, epoch, now)
+    if fired then
+      redis.call('HSET', key, 'high', 1)
+      reply = {1, current, seq, epoch, previous}
+    end
+  end
+  redis.call('EXPIRE', key, keep_for(params, state, 2 * window))
+  return reply
+end
+
+-- spike down, on the clock (`judge_drop`): a key whose count dropped fires (past the
+-- grace, once per drop, again after its cooldown), judged again at its next move; a key
+-- without buckets left is forgotten.
+local function judge_drop(names, member, params, now, grace_until, new_epoch)
+  local rule = params.rule.spike
+  local window = rule.window_secs
+  local key = names.head .. member
+  local state, _, epoch, buckets = read_counter(key, 2 * window, now)
+  local next_at = next_move(buckets, window, now)
+  if not next_at then
+    redis.call('DEL', key)
+    reschedule(names.due, member, nil)
+    return nil
+  end
+  local current, previous = spike_windows(buckets, window, now)
+  local _, down = spiking(rule, current, previous, state['since'] or 0, now)
+  local was_down = state['low'] == 1
+  clear_flag(key, state, 'low', down)
+  if now < grace_until then
+    reschedule(names.due, member, grace_until)
+    return nil
+  end
+  if not down or (was_down and not given(params.cooldown_secs)) then
+    reschedule(names.due, member, next_at)
+    return nil
+  end
+  local fired, seq, cooled_at = fire_in_place(key, params, state, epoch or new_epoch, now)
+  if not fired then
+    reschedule(names.due, member, math.min(cooled_at, next_at))
+    return nil
+  end
+  redis.call('HSET', key, 'low', 1)
+  redis.call('EXPIRE', key, keep_for(params, state, 2 * window))
+  reschedule(names.due, member, next_at)
+  return {member, 1, current, seq, epoch or new_epoch, previous}
+end
+
+-- cardinality (src/watch/distinct.rs): the values a key keeps.
+local function kept_values(rule)
+  local max = given(rule.max_distinct)
+  local enough = 0
+  if max then
+    enough = max + 1
+  end
+  return math.max(enough, given(rule.min_distinct) or 0, 1)
+end
+
+-- The number of values, and the first second at which fewer than `min` are within
+-- `window` if none comes (0 when fewer already).
+local function below_values(values, min, window)
+  local seen = {}
+  for _, at in pairs(values) do
+    seen[#seen + 1] = at
+  end
+  table.sort(seen, function(a, b) return a > b end)
+  if min and seen[min] then
+    return #seen, seen[min] + window
+  end
+  return #seen, 0
+end
+
+-- `RuleState::see`: `hash` seen at `now`; a new value past `keep` replaces the least
+-- recently seen (of equals, the lowest hash).
+local function see_value(key, values, hash, now, keep)
+  if values[hash] then
+    values[hash] = math.max(values[hash], now)
+    redis.call('HSET', key, 'v' .. hash, values[hash])
+    return
+  end
+  values[hash] = now
+  redis.call('HSET', key, 'v' .. hash, now)
+  local count, oldest = 0, nil
+  for other, at in pairs(values) do
+    count = count + 1
+    if other ~= hash and (not oldest or at < values[oldest] or
+        (at == values[oldest] and other < oldest)) then
+      oldest = other
+    end
+  end
+  if count > keep and oldest then
+    values[oldest] = nil
+    redis.call('HDEL', key, 'v' .. oldest)
+  end
+end
+
+-- cardinality, when values arrive (`distinct_on_values`): too many fires once per
+-- episode; too few may end, and a key watched for too few is queued if it is not.
+local function count_distinct(key, params, hashes, now, new_epoch, due, member)
+  local rule = params.rule.cardinality
+  local state, _, epoch, _, values = read_counter(key, rule.window_secs, now)
+  if not epoch then
+    epoch = new_epoch
+    redis.call('HSET', key, 'epoch', epoch)
+  end
+  for _, hash in ipairs(hashes) do
+    see_value(key, values, hash, now, kept_values(rule))
+  end
+  local min, max = given(rule.min_distinct), given(rule.max_distinct)
+  local distinct, below = below_values(values, min, rule.window_secs)
+  local reply = {0, distinct, state['seq'] or 0, epoch, 0}
+  if min then
+    clear_flag(key, state, 'low', distinct < min)
+    if not redis.call('ZSCORE', due, member) then
+      redis.call('ZADD', due, below, member)
+    end
+  end
+  if max then
+    clear_flag(key, state, 'high', distinct > max)
+    local again = state['high'] ~= 1 or given(params.cooldown_secs)
+    if distinct > max and again then
+      local fired, seq = fire_in_place(key, params, state, epoch, now)
+      if fired then
+        redis.call('HSET', key, 'high', 1)
+        reply = {1, distinct, seq, epoch, 0}
+      end
+    end
+  end
+  redis.call('EXPIRE', key, keep_for(params, state, rule.window_secs))
+  return reply
+end
+
+-- cardinality's `min_distinct`, on the clock (`judge_few`): a key with too few values
+-- fires (past the grace, once per episode, again after its cooldown); otherwise it waits
+-- for the second it would. A key without values that fired is forgotten.
+local function judge_few(names, member, params, now, grace_until, new_epoch)
+  local rule = params.rule.cardinality
+  local key = names.head .. member
+  if redis.call('EXISTS', key) == 0 then
+    reschedule(names.due, member, nil)
+    return nil
+  end
+  local state, _, epoch, _, values = read_counter(key, rule.window_secs, now)
+  local distinct, below = below_values(values, rule.min_distinct, rule.window_secs)
+  below = math.max(below, grace_until)
+  local cooldown = given(params.cooldown_secs)
+  if below > now then
+    reschedule(names.due, member, below)
+    return nil
+  end
+  if state['low'] == 1 and not cooldown then
+    if distinct == 0 then
+      redis.call('DEL', key)
+    end
+    reschedule(names.due, member, nil)
+    return nil
+  end
+  local fired, seq, cooled_at = fire_in_place(key, params, state, epoch or new_epoch, now)
+  if not fired then
+    reschedule(names.due, member, cooled_at)
+    return nil
+  end
+  redis.call('HSET', key, 'low', 1)
+  redis.call('EXPIRE', key, keep_for(params, state, rule.window_secs))
+  local realert_at = nil
+  if cooldown then
+    realert_at = now + state['cool']
+  end
+  reschedule(names.due, member, realert_at)
+  return {member, 1, distinct, seq, epoch or new_epoch, 0}
+end
+
+-- new_value (`RuleParams::on_count`): a key (its last value the watched one) not seen
+-- within `remember_secs` fires, from `learn_until` on, unless its value is missing.
+local function count_new_value(key, params, delta, now, new_epoch)
+  local rule = params.rule.new_value
+  local state, total, epoch = read_counter(key, 0, now)
+  local known = state['seen'] and now < state['seen'] + rule.remember_secs
+  redis.call('HSET', key, 'seen', now, 'b0', total + delta)
+  if not epoch then
+    epoch = new_epoch
+    redis.call('HSET', key, 'epoch', epoch)
+  end
+  local missing = string.sub(key, -7) == ',null]}' or string.sub(key, -8) == '/[null]}'
+  local reply = {0, delta, state['seq'] or 0, epoch, 0}
+  if not known and now >= rule.learn_until and not missing then
+    local fired, seq = fire_in_place(key, params, state, epoch, now)
+    if fired then
+      reply = {1, delta, seq, epoch, 0}
+    end
+  end
+  redis.call('EXPIRE', key, keep_for(params, state, rule.remember_secs))
+  return reply
+end
+
