@@ -3,12 +3,26 @@
 //! worker stamps (a heartbeat's, a question's deadline) means the same in the master.
 //! Neither wall-clock steps nor a stalled process move it.
 //!
-//! Owns only reading that clock; it never sleeps or waits.
+//! Beside it, the wall clock's second (`Second`), which saved state is stamped with: a
+//! counter's buckets and a watcher's creation must mean the same after a restart, where
+//! the monotonic clock starts again.
+//!
+//! Owns only reading those clocks; it never sleeps or waits.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use nix::time::{ClockId, clock_gettime};
 use serde::{Deserialize, Serialize};
+
+/// Seconds since the Unix epoch.
+pub type Second = u64;
+
+/// Now, in `Second`s (0 for a clock set before the epoch).
+pub fn epoch_second() -> Second {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// A point on the system's monotonic clock, comparable across processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

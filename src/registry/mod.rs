@@ -497,7 +497,8 @@ fn declare_entries<S: Spec>(
         let kept = previous
             .and_then(|p| p.iter().find(|e| e.declared && e.spec == *spec))
             .map(|e| (e.id, e.created));
-        let (id, created) = kept.unwrap_or_else(|| (Uuid::new_v4(), Some(crate::watch::now())));
+        let (id, created) =
+            kept.unwrap_or_else(|| (Uuid::new_v4(), Some(crate::clock::epoch_second())));
         entries.retain(|e| e.spec.name() != spec.name());
         entries.push(Entry {
             id,
@@ -521,7 +522,7 @@ fn add<S: Spec>(entries: &mut Vec<Entry<S>>, event: &str, spec: S) -> Result<Uui
     entries.push(Entry {
         id,
         declared: false,
-        created: Some(crate::watch::now()),
+        created: Some(crate::clock::epoch_second()),
         spec,
     });
     Ok(id)

@@ -20,7 +20,6 @@ mod table;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -580,11 +579,7 @@ fn watcher_labels(event: &str, watcher: &str) -> String {
 }
 
 /// Now, in the store's unit.
-pub fn now() -> Second {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use crate::clock::epoch_second as now;
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::table::Second;
+use crate::clock::Second;
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuleState {

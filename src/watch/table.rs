@@ -21,8 +21,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::Key;
 use super::rule_state::RuleState;
 
-/// Seconds since the Unix epoch: counters are saved and restored across restarts.
-pub type Second = u64;
+/// Counters are saved and restored across restarts: their seconds are the wall clock's.
+pub use crate::clock::Second;
 
 /// Slots looked at to choose the key to evict.
 const EVICTION_SAMPLE: usize = 16;
