@@ -14,7 +14,7 @@ use eventsd::cluster::{FUNCTIONS, count_command, tick_command, tick_crossings};
 use eventsd::protocol::cluster::CountCall;
 use eventsd::registry::WatcherSpec;
 use eventsd::watch::rule::{OnTheClock, RuleParams};
-use eventsd::watch::store::MemoryStore;
+use eventsd::watch::store::{CounterStore, MemoryStore};
 use eventsd::watch::{Key, SharedCount};
 use uuid::Uuid;
 
@@ -285,8 +285,12 @@ impl Engine for Memory {
         events: u64,
         now: u64,
     ) -> Option<(u64, bool)> {
-        let verdict = rule.on_count(&mut self.store, watcher, &Key::from(key), events, now)?;
-        Some((verdict.count, verdict.resolved))
+        let mut verdict = None;
+        let keys = [(Key::from(key), events)];
+        (self.store).count_set(&[watcher], &keys, &mut |_, mut at, events| {
+            verdict = rule.on_count(&mut at, events, now);
+        });
+        verdict.map(|verdict| (verdict.count, verdict.resolved))
     }
 
     fn first_sight(&mut self, rule: RuleParams, watcher: Uuid, kept: &[&'static str], now: u64) {

@@ -6,6 +6,7 @@
 //! master's `CounterStore`. It does no I/O and never waits: a firing is handed back to
 //! the master, which passes it to the action runner.
 
+mod column;
 mod due;
 mod firing;
 mod key;
@@ -28,7 +29,7 @@ pub use firing::{Firing, Job};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
 use rule::{OnTheClock, RuleParams, Verdict};
 pub use state::{KeyCount, WatcherState, hidden};
-use store::{CounterStore, Second};
+use store::{CounterStore, Second, WatcherKey};
 
 /// What a worker ships to the master at least every 10 ms.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -255,8 +256,8 @@ impl Watch {
                 self.watchers.insert(w.id, watched);
             }
         }
-        let live: Vec<Uuid> = self.watchers.keys().copied().collect();
-        self.store.retain_watchers(&|id| live.contains(&id));
+        let sets = plan::Plans::compile(registry).field_sets();
+        self.store.arrange(&sets);
         self.changed = true;
     }
 
@@ -389,37 +390,40 @@ impl Watch {
     /// the keys dropped.
     pub fn clear_counts(&mut self) -> usize {
         let keys = self.store.sizes().iter().map(|(_, keys, _)| keys).sum();
-        self.store.retain_watchers(&|_| false);
+        self.store.clear();
         self.changed = true;
         keys
     }
 
     /// Adds a worker's batch; returns the jobs of the keys that crossed their threshold.
+    /// Each key is found once for its field set, each watcher of the set decides on its
+    /// own counter of it.
     pub fn count(&mut self, batch: CountBatch, now: Second) -> Vec<Job> {
         self.record_counted(batch.events);
         self.changed |= batch.sets.iter().any(|set| !set.keys.is_empty());
-        batch
-            .sets
-            .iter()
-            .flat_map(SetCounts::counts)
-            .filter_map(|(watcher, key, events)| self.count_key(watcher, key, events, now))
-            .collect()
-    }
-
-    /// Adds `events` to `key` of `watcher`; its job if its rule fires.
-    fn count_key(&mut self, id: Uuid, key: &Key, events: u64, now: Second) -> Option<Job> {
-        // Counts for a watcher deleted since the worker computed them are dropped.
-        let watched = self.watchers.get(&id)?;
-        let verdict = watched
-            .rule
-            .on_count(self.store.as_mut(), id, key, events, now)?;
-        let spec = &watched.spec;
-        record_firing(&mut self.firings, &watched.event, spec.name.as_str());
-        Some(Job {
-            firing: Firing::new(&watched.event, spec, key, verdict),
-            action: spec.action.clone(),
-            watcher_id: id,
-        })
+        let mut jobs = Vec::new();
+        for set in &batch.sets {
+            // Counts for a watcher deleted since the worker computed them are dropped.
+            let (ids, watched): (Vec<Uuid>, Vec<&Watched>) = (set.watchers.iter())
+                .filter_map(|id| Some((*id, self.watchers.get(id)?)))
+                .unzip();
+            let firings = &mut self.firings;
+            let mut judge = |at: usize, mut key: WatcherKey<'_>, events: u64| {
+                let watched = watched[at];
+                let verdict = watched.rule.on_count(&mut key, events, now);
+                if let Some(verdict) = verdict {
+                    let spec = &watched.spec;
+                    record_firing(firings, &watched.event, spec.name.as_str());
+                    jobs.push(Job {
+                        firing: Firing::new(&watched.event, spec, key.key(), verdict),
+                        action: spec.action.clone(),
+                        watcher_id: ids[at],
+                    });
+                }
+            };
+            self.store.count_set(&ids, &set.keys, &mut judge);
+        }
+        jobs
     }
 
     pub fn store(&self) -> &dyn CounterStore {
