@@ -13,6 +13,7 @@ use common::{Daemon, wait_for};
 use serde_json::{Value, json};
 
 const SECOND: Duration = Duration::from_secs(1);
+const MILLI: Duration = Duration::from_millis(1);
 
 /// A heartbeat far more often than the 2 s windows below, even on a loaded machine.
 const BEAT: Duration = Duration::from_millis(100);
@@ -142,6 +143,157 @@ fn a_flatline_definition_without_its_window_is_refused_naming_it() {
     assert_eq!(response.status, 400, "{response:?}");
     let message = response.json()["message"].as_str().unwrap().to_string();
     assert!(message.contains("`window_secs`"), "{message}");
+}
+
+/// Posts `payload` `per_beat` times every `beat` for `phase`, in one `_bulk` each time.
+fn post_at_rate(
+    daemon: &Daemon,
+    payload: &Value,
+    per_beat: usize,
+    beat: Duration,
+    phase: Duration,
+) {
+    let lines = format!("{payload}\n").repeat(per_beat);
+    let started = Instant::now();
+    while started.elapsed() < phase {
+        let response = daemon.post("/event/logins/_bulk", &lines);
+        assert_eq!(response.status, 200, "{response:?}");
+        std::thread::sleep(beat);
+    }
+}
+
+#[test]
+fn a_spike_from_5_to_50_events_per_window_fires_once() {
+    let sink = HttpSink::start(Duration::ZERO);
+    let daemon = Daemon::run("");
+    watched(
+        &daemon,
+        json!({"name": "surge", "rule": "spike", "window_secs": 2, "ratio": 5,
+               "direction": "up", "min_previous": 3, "aggregator": {"type": "single"},
+               "action": {"type": "webhook", "url": sink.url("/hooks")}}),
+    );
+    // 5 events per 2 s window, past the key's baseline of two windows: no spike.
+    post_at_rate(&daemon, &json!({}), 1, 400 * MILLI, 6 * SECOND);
+    assert!(firings(&sink).is_empty(), "{:?}", firings(&sink));
+    // 50 per window (5 every 200 ms), for a window and a half: one spike.
+    post_at_rate(&daemon, &json!({}), 5, 200 * MILLI, 3 * SECOND);
+    wait_for("the spike's firing", 15 * SECOND, || {
+        !firings(&sink).is_empty()
+    });
+    // Quiet for two windows more: still the one firing.
+    let quiet = Instant::now();
+    wait_for("two quiet windows", 10 * SECOND, || {
+        quiet.elapsed() > 4 * SECOND
+    });
+
+    let fired = firings(&sink);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    let spike = &fired[0];
+    assert_eq!(spike["rule"], "spike");
+    assert_eq!(spike["ratio"], 5.0);
+    let (current, previous) = (
+        spike["current"].as_u64().unwrap(),
+        spike["previous"].as_u64().unwrap(),
+    );
+    assert!(previous >= 3 && current >= 5 * previous, "{spike}");
+    assert_eq!(
+        spike["text"],
+        format!("Event `logins` rose from {previous} to {current} per 2 s")
+    );
+}
+
+/// Whether the master counted `n` logins (the watchers have judged them).
+fn counted(daemon: &Daemon, n: u64) -> bool {
+    daemon.metric("eventsd_events_counted_total{type=\"logins\"}") == Some(n)
+}
+
+/// Posts one login from `ip` for each of `users`.
+fn logins_from(daemon: &Daemon, ip: &str, users: impl Iterator<Item = String>) {
+    let lines: String = users
+        .map(|user| format!("{}\n", json!({"ip": ip, "user": user})))
+        .collect();
+    let response = daemon.post("/event/logins/_bulk", &lines);
+    assert_eq!(response.status, 200, "{response:?}");
+}
+
+#[test]
+fn twenty_one_distinct_users_from_one_ip_fire_a_cardinality_watcher_once_twenty_do_not() {
+    let sink = HttpSink::start(Duration::ZERO);
+    let daemon = Daemon::run("");
+    watched(
+        &daemon,
+        json!({"name": "stuffing", "rule": "cardinality", "field": "user",
+               "max_distinct": 20, "window_secs": 300,
+               "aggregator": {"type": "fields", "fields": ["ip"]},
+               "action": {"type": "webhook", "url": sink.url("/hooks")}}),
+    );
+    // 20 users from one address, each twice, and 21 from another, then more of them.
+    logins_from(
+        &daemon,
+        "10.0.0.20",
+        (0..40).map(|n| format!("user{}", n % 20)),
+    );
+    logins_from(&daemon, "10.0.0.21", (0..21).map(|n| format!("user{n}")));
+    wait_for("the cardinality firing", 15 * SECOND, || {
+        !firings(&sink).is_empty()
+    });
+    logins_from(&daemon, "10.0.0.21", (21..100).map(|n| format!("user{n}")));
+    logins_from(&daemon, "10.0.0.20", (0..20).map(|n| format!("user{n}")));
+    wait_for("every login counted", 15 * SECOND, || counted(&daemon, 160));
+
+    let fired = firings(&sink);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    let stuffing = &fired[0];
+    assert_eq!(stuffing["rule"], "cardinality");
+    assert_eq!(stuffing["key"], json!({"ip": "10.0.0.21"}));
+    assert_eq!(
+        (
+            stuffing["distinct"].as_u64(),
+            stuffing["max_distinct"].as_u64()
+        ),
+        (Some(21), Some(20))
+    );
+    assert_eq!(
+        stuffing["text"],
+        "21 distinct user values for ip=\"10.0.0.21\" in 300 s (limit 20)"
+    );
+}
+
+#[test]
+fn a_new_country_fires_once_after_learning_a_known_one_never() {
+    let sink = HttpSink::start(Duration::ZERO);
+    let daemon = Daemon::run("");
+    watched(
+        &daemon,
+        json!({"name": "new-country", "rule": "new_value", "field": "country",
+               "learn_secs": 2, "aggregator": {"type": "fields", "fields": ["user"]},
+               "action": {"type": "webhook", "url": sink.url("/hooks")}}),
+    );
+    let login = |country: &str| beat(&daemon, &json!({"user": 42, "country": country}));
+    login("FR");
+    login("DE");
+    let learning = Instant::now();
+    wait_for("the end of learning", 10 * SECOND, || {
+        learning.elapsed() > 3 * SECOND
+    });
+    for _ in 0..3 {
+        login("FR");
+        login("NZ");
+        login("DE");
+    }
+    wait_for("the new country's firing", 15 * SECOND, || {
+        !firings(&sink).is_empty()
+    });
+    beat(&daemon, &json!({"user": 42}));
+    wait_for("every login counted", 15 * SECOND, || counted(&daemon, 12));
+
+    let fired = firings(&sink);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    let new = &fired[0];
+    assert_eq!(new["rule"], "new_value");
+    assert_eq!(new["key"], json!({"user": 42}));
+    assert_eq!(new["value"], json!({"country": "NZ"}));
+    assert_eq!(new["text"], "New country=\"NZ\" for user=42");
 }
 
 /// A node of a cluster on `redis`, with Redis reached.

@@ -595,6 +595,7 @@ fn fat_registry(watchers: usize, last_path_bytes: usize) -> Vec<u8> {
         event.watchers.push(Entry {
             id: uuid::Uuid::new_v4(),
             declared: false,
+            created: None,
             spec,
         });
     }

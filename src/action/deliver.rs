@@ -437,6 +437,7 @@ mod tests {
             crossing: None,
             degraded: false,
             resolved: false,
+            figures: Default::default(),
         }
     }
 

@@ -37,7 +37,9 @@ use crate::protocol::frame;
 use crate::registry::Registry;
 use crate::watch::{ClockWatcher, Crossing, Key, SharedCount, clock_watchers};
 use redis_link::{Announcement, CALL_ID_TTL, Redis};
-pub use redis_link::{FUNCTIONS, KEYS_PER_TICK, count_command, tick_command, tick_crossings};
+pub use redis_link::{
+    CountReply, FUNCTIONS, KEYS_PER_TICK, count_command, tick_command, tick_crossings,
+};
 
 impl CountCall {
     pub fn new(counts: Vec<SharedCount>) -> CountCall {
@@ -53,19 +55,22 @@ impl CountCall {
     }
 
     /// The crossings among Redis' replies, one reply per counter: 1 fired, 2 resolved.
-    pub fn crossings(&self, replies: Vec<(u64, u64, u64, String)>) -> Vec<Crossing> {
+    pub fn crossings(&self, replies: Vec<CountReply>) -> Vec<Crossing> {
         self.counts
             .iter()
             .zip(replies)
             .filter(|(_, (crossed, ..))| *crossed > 0)
-            .map(|(count, (crossed, total, sequence, epoch))| Crossing {
-                watcher: count.watcher,
-                key: count.key.clone(),
-                count: total,
-                epoch,
-                sequence,
-                resolved: crossed == 2,
-            })
+            .map(
+                |(count, (crossed, total, sequence, epoch, previous))| Crossing {
+                    watcher: count.watcher,
+                    key: count.key.clone(),
+                    count: total,
+                    epoch,
+                    sequence,
+                    resolved: crossed == 2,
+                    previous,
+                },
+            )
             .collect()
     }
 }
@@ -184,6 +189,7 @@ impl Link {
                         .and_modify(|pending| {
                             pending.events += count.events;
                             pending.rule = count.rule;
+                            pending.values.extend_from_slice(&count.values);
                         })
                         .or_insert(count);
                 }

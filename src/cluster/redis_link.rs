@@ -30,6 +30,10 @@ pub const FUNCTIONS: &str = include_str!("eventsd.lua");
 /// Keys per `eventsd_count` call on one server: bounds the time Redis spends in one call.
 const KEYS_PER_CALL: usize = 512;
 
+/// `eventsd_count`'s reply per counter: {crossed (1 fired, 2 resolved), count,
+/// sequence, epoch, the previous window's count (spike)}.
+pub type CountReply = (u64, u64, u64, String, u64);
+
 /// Attempts of a call to a Redis Cluster that is redirected (MOVED, ASK) or asked to
 /// try again (TRYAGAIN) during a reshard or a failover.
 const REDIRECTS_FOLLOWED: u32 = 5;
@@ -249,7 +253,7 @@ impl Redis {
         let replies = futures_util::future::join_all(
             commands
                 .iter()
-                .map(|command| self.call::<Vec<(u64, u64, u64, String)>>(command)),
+                .map(|command| self.call::<Vec<CountReply>>(command)),
         )
         .await;
         calls
@@ -382,6 +386,10 @@ struct CallDocument<'a> {
     watchers: Vec<Uuid>,
     /// [events, index in `rules`] per counter key, in the keys' order.
     counts: Vec<(u64, usize)>,
+    /// cardinality: [index in `counts`, the values' hashes] of the counters that have
+    /// them, each hash as 16 hex digits (JSON numbers would lose bits in Lua).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    values: Vec<(usize, Vec<String>)>,
 }
 
 /// `FCALL eventsd_count`: the counter keys, then the call's own key (in the slot of the
@@ -409,8 +417,13 @@ pub fn count_command(prefix: &str, call: &CountCall, now: Option<Second>) -> Cmd
         rules: Vec::new(),
         watchers: Vec::new(),
         counts: Vec::with_capacity(call.counts.len()),
+        values: Vec::new(),
     };
-    for count in &call.counts {
+    for (at, count) in call.counts.iter().enumerate() {
+        if !count.values.is_empty() {
+            let hashes = count.values.iter().map(|h| format!("{h:016x}")).collect();
+            document.values.push((at, hashes));
+        }
         let index = *rule_of.entry(count.watcher).or_insert_with(|| {
             document.rules.push(&count.rule);
             document.watchers.push(count.watcher);
@@ -474,17 +487,18 @@ pub fn tick_command(
 /// The firings of an `eventsd_tick` reply: {key, 1, count, sequence, epoch} each.
 pub fn tick_crossings(
     watcher: Uuid,
-    replies: Vec<(String, u64, u64, u64, String)>,
+    replies: Vec<(String, u64, u64, u64, String, u64)>,
 ) -> Vec<Crossing> {
     replies
         .into_iter()
-        .map(|(key, _, count, sequence, epoch)| Crossing {
+        .map(|(key, _, count, sequence, epoch, previous)| Crossing {
             watcher,
             key: Key::from(key.as_str()),
             count,
             epoch,
             sequence,
             resolved: false,
+            previous,
         })
         .collect()
 }

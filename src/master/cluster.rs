@@ -29,7 +29,7 @@ use crate::protocol::cluster::{FromCluster, Publication, ToCluster};
 use crate::protocol::worker::{Answer, MasterMessage};
 use crate::registry::{Change, Origin, Refusal, Registry};
 use crate::watch::store::Second;
-use crate::watch::{CountBatch, SetCounts, SharedCount};
+use crate::watch::{CountBatch, SetCounts, SetValues, SharedCount};
 
 /// Batches held for Redis' first answer, at most (a link that cannot start): past them,
 /// counts are this node's own.
@@ -246,13 +246,22 @@ impl Master {
 
     /// Counts Redis did not take, counted here; what fires is marked degraded.
     fn count_alone(&mut self, counts: Vec<SharedCount>) {
+        let (valued, counted): (Vec<SharedCount>, Vec<SharedCount>) =
+            counts.into_iter().partition(|c| !c.values.is_empty());
         let batch = CountBatch {
             events: Vec::new(),
-            sets: counts
+            sets: counted
                 .into_iter()
                 .map(|c| SetCounts {
                     watchers: vec![c.watcher],
                     keys: vec![(c.key, c.events)],
+                })
+                .collect(),
+            values: valued
+                .into_iter()
+                .map(|c| SetValues {
+                    watchers: vec![c.watcher],
+                    keys: vec![(c.key, c.values)],
                 })
                 .collect(),
         };

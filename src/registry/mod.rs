@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use rules::{DEFAULT_WEBHOOK_DENY, Destinations, Rules};
-pub use validation::rule::{RuleKind, expected_payload};
+pub use validation::rule::{Direction, RuleKind, expected_payload};
 pub use validation::{
     Action, Aggregator, Appender, CollectorSpec, EventDeclaration, Name, WatcherSpec,
 };
@@ -51,6 +51,11 @@ pub struct Entry<S> {
     /// Declared in the config file: not deletable or replaceable over HTTP.
     #[serde(default)]
     pub declared: bool,
+    /// When the definition was made (seconds since the epoch), which new_value's
+    /// learning counts from, the same on every node of a cluster; absent from entries
+    /// made before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<u64>,
     pub spec: S,
 }
 
@@ -489,13 +494,15 @@ fn declare_entries<S: Spec>(
     specs: &[S],
 ) {
     for spec in specs {
-        let id = previous
+        let kept = previous
             .and_then(|p| p.iter().find(|e| e.declared && e.spec == *spec))
-            .map_or_else(Uuid::new_v4, |e| e.id);
+            .map(|e| (e.id, e.created));
+        let (id, created) = kept.unwrap_or_else(|| (Uuid::new_v4(), Some(crate::watch::now())));
         entries.retain(|e| e.spec.name() != spec.name());
         entries.push(Entry {
             id,
             declared: true,
+            created,
             spec: spec.clone(),
         });
     }
@@ -514,6 +521,7 @@ fn add<S: Spec>(entries: &mut Vec<Entry<S>>, event: &str, spec: S) -> Result<Uui
     entries.push(Entry {
         id,
         declared: false,
+        created: Some(crate::watch::now()),
         spec,
     });
     Ok(id)

@@ -180,6 +180,7 @@ fn a_loaded_registry_loses_what_only_the_config_may_hold() {
         entry.watchers.push(Entry {
             id: Uuid::new_v4(),
             declared: false,
+            created: None,
             spec: watcher,
         });
     }
@@ -190,6 +191,7 @@ fn a_loaded_registry_loses_what_only_the_config_may_hold() {
     entry.collectors.push(Entry {
         id: Uuid::new_v4(),
         declared: false,
+        created: None,
         spec: collector,
     });
     let dropped = registry.drop_forbidden(&Rules::default());

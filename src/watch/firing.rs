@@ -48,6 +48,32 @@ pub struct Firing {
     /// A flatline key heard from again (`send_resolved`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resolved: bool,
+    /// The figures of the rules other than threshold and flatline.
+    #[serde(flatten)]
+    pub figures: RuleFigures,
+}
+
+/// A firing's figures of spike, cardinality and new_value (rules.md, "Firings"); each
+/// absent from a firing of another rule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuleFigures {
+    /// spike: the events of the current window and of the one before, and the ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// cardinality: the distinct values within the window, and the limit crossed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinct: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_distinct: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_distinct: Option<u64>,
+    /// new_value: the value seen for the first time (`{field: value}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
 }
 
 /// A firing with the action that must deliver it.
@@ -83,6 +109,7 @@ impl Job {
                 crossing: None,
                 degraded: false,
                 resolved: false,
+                figures: RuleFigures::default(),
             },
             action,
             watcher_id: Uuid::nil(),
@@ -90,32 +117,51 @@ impl Job {
     }
 }
 
-/// `{field: value}` of a `fields` watcher's key, `null` for `single`.
+/// `{field: value}` of a `fields` watcher's key, `null` for `single`; a new_value
+/// watcher's key without its value.
 pub(super) fn key_values(spec: &WatcherSpec, key: &Key) -> Value {
-    match (&spec.aggregator, key.decode()) {
-        (Aggregator::Single {}, _) => Value::Null,
-        (Aggregator::Fields { fields }, Ok(values)) => {
-            Value::Object(fields.iter().cloned().zip(values).collect())
-        }
+    split_key(spec, key).0
+}
+
+/// The key's `{field: value}` (`null` for `single`) and, for new_value, its value's.
+fn split_key(spec: &WatcherSpec, key: &Key) -> (Value, Option<Value>) {
+    let fields = match spec.counted_by() {
+        Aggregator::Single {} => return (Value::Null, None),
+        Aggregator::Fields { fields } => fields,
+    };
+    let values = match key.decode() {
+        Ok(values) => values,
         // Keys are made by `Key::of` alone; the firing still goes out, without them.
-        (Aggregator::Fields { .. }, Err(e)) => {
+        Err(e) => {
             warn!("watcher `{}`: {e}", spec.name);
-            Value::Null
+            return (Value::Null, None);
         }
-    }
+    };
+    let mut named: Vec<(String, Value)> = fields.into_iter().zip(values).collect();
+    let value = (spec.rule == RuleKind::NewValue).then(|| {
+        let at = named.len().saturating_sub(spec.value_fields().len());
+        Value::Object(named.split_off(at).into_iter().collect())
+    });
+    let key = match (&spec.aggregator, named.is_empty()) {
+        (Aggregator::Single {}, _) | (_, true) => Value::Null,
+        _ => Value::Object(named.into_iter().collect()),
+    };
+    (key, value)
 }
 
 impl Firing {
     /// The firing of `key` that `verdict` decided.
     pub(super) fn new(event: &str, spec: &WatcherSpec, key: &Key, verdict: Verdict) -> Firing {
-        let key = key_values(spec, key);
+        let (key, value) = split_key(spec, key);
         let count = verdict.count;
         let threshold = spec.threshold.unwrap_or(0);
+        let spike = spec.rule == RuleKind::Spike;
+        let cardinality = spec.rule == RuleKind::Cardinality;
         Firing {
             id: Uuid::new_v4(),
             watcher: spec.name.to_string(),
             event: event.to_string(),
-            text: text(event, spec, &key, verdict),
+            text: text(event, spec, &key, value.as_ref(), verdict),
             key,
             rule: spec.rule,
             count,
@@ -127,23 +173,46 @@ impl Firing {
             crossing: None,
             degraded: false,
             resolved: verdict.resolved,
+            figures: RuleFigures {
+                current: spike.then_some(count),
+                previous: spike.then_some(verdict.previous),
+                ratio: spec.ratio.filter(|_| spike),
+                distinct: cardinality.then_some(count),
+                max_distinct: spec.max_distinct.filter(|_| cardinality),
+                min_distinct: spec.min_distinct.filter(|_| cardinality),
+                value,
+            },
         }
     }
 }
 
+/// `field=value, field=value`.
+fn shown(fields: &Value) -> String {
+    match fields {
+        Value::Object(fields) => {
+            let shown: Vec<String> = fields.iter().map(|(f, v)| format!("{f}={v}")).collect();
+            shown.join(", ")
+        }
+        _ => String::new(),
+    }
+}
+
 /// What happened, in the rule's words, the key of a `fields` watcher named.
-fn text(event: &str, spec: &WatcherSpec, key: &Value, verdict: Verdict) -> String {
+fn text(
+    event: &str,
+    spec: &WatcherSpec,
+    key: &Value,
+    value: Option<&Value>,
+    verdict: Verdict,
+) -> String {
     let count = verdict.count;
     let window = spec.window_secs.unwrap_or(0);
     let threshold = spec.threshold.unwrap_or(0);
     let for_key = match key {
-        Value::Object(fields) => {
-            let shown: Vec<String> = fields.iter().map(|(f, v)| format!("{f}={v}")).collect();
-            format!(" for {}", shown.join(", "))
-        }
+        Value::Object(_) => format!(" for {}", shown(key)),
         _ => String::new(),
     };
-    let mut text = match (spec.rule, verdict.resolved) {
+    match (spec.rule, verdict.resolved) {
         // events-collector's wording, then the key of a `fields` watcher.
         (RuleKind::Threshold, _) => {
             let mut text = format!("Event `{event}` repeated {count} times");
@@ -152,18 +221,39 @@ fn text(event: &str, spec: &WatcherSpec, key: &Value, verdict: Verdict) -> Strin
             }
             text + &for_key
         }
-        (RuleKind::Flatline, false) if count == 0 => {
-            format!("No `{event}` event{for_key} in the last {window} s")
+        (RuleKind::Flatline, false) if count == 0 => format!(
+            "No `{event}` event{for_key} in the last {window} s (expected at least {threshold})"
+        ),
+        (RuleKind::Flatline, false) => format!(
+            "Only {count} `{event}` events{for_key} in the last {window} s \
+             (expected at least {threshold})"
+        ),
+        (RuleKind::Flatline, true) => format!(
+            "`{event}` events are back{for_key}: {count} in the last {window} s \
+             (expected at least {threshold})"
+        ),
+        (RuleKind::Spike, _) => {
+            let way = if count >= verdict.previous {
+                "rose"
+            } else {
+                "fell"
+            };
+            let previous = verdict.previous;
+            format!("Event `{event}` {way} from {previous} to {count} per {window} s{for_key}")
         }
-        (RuleKind::Flatline, false) => {
-            format!("Only {count} `{event}` events{for_key} in the last {window} s")
+        (RuleKind::Cardinality, _) => {
+            let field = spec.field.as_deref().unwrap_or("?");
+            let limit = match (spec.max_distinct, spec.min_distinct) {
+                (Some(max), _) if count > max => format!("limit {max}"),
+                (_, Some(min)) => format!("at least {min} expected"),
+                (Some(max), None) => format!("limit {max}"),
+                (None, None) => String::new(),
+            };
+            format!("{count} distinct {field} values{for_key} in {window} s ({limit})")
         }
-        (RuleKind::Flatline, true) => {
-            format!("`{event}` events are back{for_key}: {count} in the last {window} s")
+        (RuleKind::NewValue, _) => {
+            let value = value.map(shown).unwrap_or_default();
+            format!("New {value}{for_key}")
         }
-    };
-    if spec.rule == RuleKind::Flatline {
-        let _ = write!(text, " (expected at least {threshold})");
     }
-    text
 }

@@ -7,11 +7,15 @@
 //! the master, which passes it to the action runner.
 
 mod column;
+mod counter;
+mod distinct;
 mod due;
 mod firing;
 mod key;
 pub mod plan;
 pub mod rule;
+mod rule_state;
+mod spike;
 mod state;
 pub mod store;
 mod table;
@@ -24,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::exposition::{label_value, write_family};
-use crate::registry::{Aggregator, Registry, WatcherSpec, expected_payload};
+use crate::registry::{Aggregator, Registry, Watcher, WatcherSpec, expected_payload};
 pub use firing::{Firing, Job};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
 use rule::{OnTheClock, RuleParams, Verdict};
@@ -39,15 +43,21 @@ pub struct CountBatch {
     /// The counts of each field set (`plan`): a key is named once for its set, however
     /// many watchers count by it.
     pub sets: Vec<SetCounts>,
+    /// The watched values' hashes of each field set whose watchers need them
+    /// (cardinality), instead of its counts.
+    #[serde(default)]
+    pub values: Vec<SetValues>,
 }
 
 impl CountBatch {
     /// What counting it costs: one update per key and watcher of its set.
     pub fn entries(&self) -> usize {
-        self.sets
+        let counts: usize = self
+            .sets
             .iter()
             .map(|s| s.keys.len() * s.watchers.len())
-            .sum()
+            .sum();
+        counts + self.values.iter().map(SetValues::entries).sum::<usize>()
     }
 
     /// Takes at most `entries` updates (at least one) of at most `watchers` watchers out
@@ -82,12 +92,13 @@ impl CountBatch {
         }
         if self.sets.is_empty() {
             piece.events = std::mem::take(&mut self.events);
+            piece.values = std::mem::take(&mut self.values);
         }
         piece
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.sets.is_empty()
+        self.events.is_empty() && self.sets.is_empty() && self.values.is_empty()
     }
 }
 
@@ -134,6 +145,34 @@ impl SetCounts {
     }
 }
 
+/// The watchers of one field set that watch a value (cardinality), and the hashes of
+/// the values each key was seen with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SetValues {
+    pub watchers: Vec<Uuid>,
+    pub keys: Vec<(Key, Vec<u64>)>,
+}
+
+impl SetValues {
+    fn entries(&self) -> usize {
+        let hashes: usize = self
+            .keys
+            .iter()
+            .map(|(_, hashes)| hashes.len().max(1))
+            .sum();
+        hashes * self.watchers.len()
+    }
+
+    /// (watcher, key, hashes) for each key and watcher of the set.
+    pub fn values(&self) -> impl Iterator<Item = (Uuid, &Key, &[u64])> {
+        self.keys.iter().flat_map(|(key, hashes)| {
+            self.watchers
+                .iter()
+                .map(move |&watcher| (watcher, key, hashes.as_slice()))
+        })
+    }
+}
+
 /// Events of one (watcher, key), with what Redis judges the key by.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SharedCount {
@@ -141,6 +180,10 @@ pub struct SharedCount {
     pub key: Key,
     pub events: u64,
     pub rule: RuleParams,
+    /// cardinality: the hashes of the values the key was seen with. (Always written:
+    /// bincode frames carry it, and bincode cannot skip a field.)
+    #[serde(default)]
+    pub values: Vec<u64>,
 }
 
 /// A crossing Redis reported to this node alone.
@@ -158,6 +201,9 @@ pub struct Crossing {
     /// A flatline key heard from again (`send_resolved`).
     #[serde(default)]
     pub resolved: bool,
+    /// spike: the count of the window before.
+    #[serde(default)]
+    pub previous: u64,
 }
 
 struct Watched {
@@ -172,8 +218,8 @@ struct Watched {
 }
 
 impl Watched {
-    fn new(event: &str, spec: &WatcherSpec, now: Second) -> Watched {
-        let rule = RuleParams::of(spec);
+    fn new(event: &str, spec: &WatcherSpec, created: Second, now: Second) -> Watched {
+        let rule = RuleParams::of(spec, created);
         let kept = match (&spec.aggregator, &spec.expect) {
             _ if !rule.on_the_clock() => HashSet::new(),
             (Aggregator::Single {}, _) => HashSet::from([Key::default()]),
@@ -209,7 +255,10 @@ pub fn clock_watchers(registry: &Registry) -> Vec<ClockWatcher> {
         .events
         .iter()
         .flat_map(|(event, entry)| entry.watchers.iter().map(move |w| (event, w)))
-        .map(|(event, w)| (w.id, Watched::new(event.as_str(), &w.spec, 0)))
+        .map(|(event, w)| {
+            let created = w.created.unwrap_or(0);
+            (w.id, Watched::new(event.as_str(), &w.spec, created, 0))
+        })
         .filter(|(_, watched)| watched.rule.on_the_clock())
         .map(|(id, watched)| ClockWatcher {
             id,
@@ -252,7 +301,7 @@ impl Watch {
             for w in &entry.watchers {
                 let watched = previous
                     .remove(&w.id)
-                    .unwrap_or_else(|| self.first_seen(w.id, event.as_str(), &w.spec, now));
+                    .unwrap_or_else(|| self.first_seen(w, event.as_str(), now));
                 self.watchers.insert(w.id, watched);
             }
         }
@@ -261,11 +310,12 @@ impl Watch {
         self.changed = true;
     }
 
-    fn first_seen(&mut self, id: Uuid, event: &str, spec: &WatcherSpec, now: Second) -> Watched {
-        let watched = Watched::new(event, spec, now);
+    fn first_seen(&mut self, w: &Watcher, event: &str, now: Second) -> Watched {
+        let created = w.created.unwrap_or(0);
+        let watched = Watched::new(event, &w.spec, created, now);
         watched.rule.on_first_sight(
             self.store.as_mut(),
-            id,
+            w.id,
             watched.kept.iter(),
             watched.grace_until,
         );
@@ -326,12 +376,22 @@ impl Watch {
     /// rules; counts for a watcher deleted meanwhile are dropped.
     pub fn shared_counts(&mut self, batch: CountBatch) -> Vec<SharedCount> {
         self.record_counted(batch.events);
-        batch
+        let counts = batch
             .sets
             .iter()
             .flat_map(SetCounts::counts)
-            .filter_map(|(watcher, key, events)| self.shared_count(watcher, key.clone(), events))
-            .collect()
+            .filter_map(|(watcher, key, events)| self.shared_count(watcher, key.clone(), events));
+        let values =
+            batch
+                .values
+                .iter()
+                .flat_map(SetValues::values)
+                .filter_map(|(watcher, key, hashes)| {
+                    let mut count = self.shared_count(watcher, key.clone(), hashes.len() as u64)?;
+                    count.values = hashes.to_vec();
+                    Some(count)
+                });
+        counts.chain(values).collect()
     }
 
     /// Takes every count out of the store, as the counts Redis judges: a cluster node's
@@ -355,6 +415,7 @@ impl Watch {
             key,
             events,
             rule,
+            values: Vec::new(),
         })
     }
 
@@ -365,6 +426,7 @@ impl Watch {
         let spec = &watched.spec;
         let verdict = Verdict {
             count: crossing.count,
+            previous: crossing.previous,
             resolved: crossing.resolved,
         };
         let mut firing = Firing::new(&watched.event, spec, &crossing.key, verdict);
@@ -401,6 +463,7 @@ impl Watch {
     pub fn count(&mut self, batch: CountBatch, now: Second) -> Vec<Job> {
         self.record_counted(batch.events);
         self.changed |= batch.sets.iter().any(|set| !set.keys.is_empty());
+        self.changed |= !batch.values.is_empty();
         let mut jobs = Vec::new();
         for set in &batch.sets {
             // Counts for a watcher deleted since the worker computed them are dropped.
@@ -409,21 +472,28 @@ impl Watch {
                 .unzip();
             let firings = &mut self.firings;
             let mut judge = |at: usize, mut key: WatcherKey<'_>, events: u64| {
-                let watched = watched[at];
-                let verdict = watched.rule.on_count(&mut key, events, now);
+                let verdict = watched[at].rule.on_count(&mut key, events, now);
                 if let Some(verdict) = verdict {
-                    let spec = &watched.spec;
-                    record_firing(firings, &watched.event, spec.name.as_str());
-                    jobs.push(Job {
-                        firing: Firing::new(&watched.event, spec, key.key(), verdict),
-                        action: spec.action.clone(),
-                        watcher_id: ids[at],
-                    });
+                    jobs.push(fired(firings, watched[at], ids[at], key.key(), verdict));
                 }
             };
             self.store.count_set(&ids, &set.keys, &mut judge);
         }
+        let values = batch.values.iter().flat_map(SetValues::values);
+        jobs.extend(
+            values
+                .filter_map(|(watcher, key, hashes)| self.count_values(watcher, key, hashes, now)),
+        );
         jobs
+    }
+
+    /// The hashes of `key`'s values for `watcher` (cardinality); its job if its rule fires.
+    fn count_values(&mut self, id: Uuid, key: &Key, hashes: &[u64], now: Second) -> Option<Job> {
+        // Values for a watcher deleted since the worker computed them are dropped.
+        let watched = self.watchers.get(&id)?;
+        let store = self.store.as_mut();
+        let verdict = watched.rule.on_values(store, id, key, hashes, now)?;
+        Some(fired(&mut self.firings, watched, id, key, verdict))
     }
 
     pub fn store(&self) -> &dyn CounterStore {
@@ -487,6 +557,23 @@ impl Watch {
                 .iter()
                 .map(|(labels, _, evictions)| (labels.clone(), *evictions)),
         );
+    }
+}
+
+/// The job of `watched`'s key that fired, recorded for metrics.
+fn fired(
+    firings: &mut BTreeMap<(String, String), u64>,
+    watched: &Watched,
+    id: Uuid,
+    key: &Key,
+    verdict: Verdict,
+) -> Job {
+    let spec = &watched.spec;
+    record_firing(firings, &watched.event, spec.name.as_str());
+    Job {
+        firing: Firing::new(&watched.event, spec, key, verdict),
+        action: spec.action.clone(),
+        watcher_id: id,
     }
 }
 

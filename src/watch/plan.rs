@@ -10,11 +10,15 @@ use uuid::Uuid;
 
 use crate::registry::{Aggregator, Registry};
 
-/// Watchers of one event type that count by the same fields.
+/// Watchers of one event type that count by the same fields (and, for cardinality, that
+/// watch the same field's values).
 #[derive(Debug, PartialEq)]
 pub struct FieldSet {
     pub aggregator: Aggregator,
     pub watchers: Vec<Uuid>,
+    /// cardinality: the field whose values' hashes the set's keys ship, instead of
+    /// their counts.
+    pub hashed: Option<String>,
 }
 
 /// The field sets of every event type of one registry version.
@@ -31,12 +35,17 @@ impl Plans {
             .map(|(name, entry)| {
                 let mut sets: Vec<FieldSet> = Vec::new();
                 for watcher in &entry.watchers {
-                    let aggregator = &watcher.spec.aggregator;
-                    match sets.iter_mut().find(|set| &set.aggregator == aggregator) {
+                    let aggregator = watcher.spec.counted_by();
+                    let hashed = watcher.spec.hashed_field();
+                    let same = |set: &&mut FieldSet| {
+                        set.aggregator == aggregator && set.hashed.as_deref() == hashed
+                    };
+                    match sets.iter_mut().find(same) {
                         Some(set) => set.watchers.push(watcher.id),
                         None => sets.push(FieldSet {
-                            aggregator: aggregator.clone(),
+                            aggregator,
                             watchers: vec![watcher.id],
+                            hashed: hashed.map(str::to_string),
                         }),
                     }
                 }

@@ -17,10 +17,14 @@ use uuid::Uuid;
 use super::Key;
 use super::store::{Cooldown, CounterStore, KeyCounter, Second, WatcherKey};
 use super::table::Buckets;
+pub use crate::registry::Direction;
 use crate::registry::{RuleKind, WatcherSpec};
 
 /// How long a flatline key silent after it fired is kept, by default: a day.
 pub const FORGET_AFTER_SECS: u64 = 86_400;
+
+/// How long new_value remembers a value, by default: 30 days.
+pub const REMEMBER_SECS: u64 = 30 * 86_400;
 
 /// What a key is judged by, and its figures.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -42,6 +46,31 @@ pub enum Rule {
         forget_after_secs: u64,
         send_resolved: bool,
     },
+    /// The count of the last `window_secs` at least `ratio` times that of the window
+    /// before (up, decided when counts arrive), or at most that count / `ratio` (down,
+    /// decided on the clock), both windows holding at least their minimum: once per
+    /// spike (`spike.rs`).
+    Spike {
+        window_secs: u64,
+        ratio: f64,
+        direction: Direction,
+        min_previous: u64,
+        min_current: u64,
+    },
+    /// More than `max_distinct` distinct values within the last `window_secs` (decided
+    /// when values arrive), or fewer than `min_distinct` (on the clock): once per
+    /// episode (`distinct.rs`).
+    Cardinality {
+        window_secs: u64,
+        max_distinct: Option<u64>,
+        min_distinct: Option<u64>,
+    },
+    /// A key (the watched value in it: `WatcherSpec::counted_by`) not seen within
+    /// `remember_secs` fires, from `learn_until` on.
+    NewValue {
+        learn_until: Second,
+        remember_secs: u64,
+    },
 }
 
 /// A key's rule with the cooldown every rule shares: the one definition of what both
@@ -59,15 +88,20 @@ pub struct RuleParams {
 /// A key fired: the figures its firing reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Verdict {
+    /// The events counted (threshold, flatline, new_value), of the current window
+    /// (spike), or the distinct values (cardinality).
     pub count: u64,
+    /// spike: the events of the window before.
+    pub previous: u64,
     /// A flatline key heard from again (`send_resolved`).
     pub resolved: bool,
 }
 
 impl Verdict {
-    fn fired(count: u64) -> Verdict {
+    pub(super) fn fired(count: u64) -> Verdict {
         Verdict {
             count,
+            previous: 0,
             resolved: false,
         }
     }
@@ -83,10 +117,13 @@ pub struct OnTheClock<'a> {
 }
 
 impl RuleParams {
-    /// The figures of a watcher's definition (checked by `registry::validation::rule::check`;
-    /// a figure missing from a damaged `registry.json` counts as 1).
-    pub fn of(spec: &WatcherSpec) -> RuleParams {
+    /// The figures of a watcher's definition, made at `created` (seconds since the
+    /// epoch: `Entry::created_secs`, 0 when unknown), checked by
+    /// `registry::validation::rule::check` (a figure missing from a damaged
+    /// `registry.json` counts as 1).
+    pub fn of(spec: &WatcherSpec, created: Second) -> RuleParams {
         let threshold = spec.threshold.unwrap_or(1);
+        let window_secs = spec.window_secs.unwrap_or(1);
         let rule = match spec.rule {
             RuleKind::Threshold => Rule::Threshold {
                 threshold,
@@ -94,9 +131,25 @@ impl RuleParams {
             },
             RuleKind::Flatline => Rule::Flatline {
                 threshold,
-                window_secs: spec.window_secs.unwrap_or(1),
+                window_secs,
                 forget_after_secs: spec.forget_after_secs.unwrap_or(FORGET_AFTER_SECS),
                 send_resolved: spec.send_resolved.unwrap_or(false),
+            },
+            RuleKind::Spike => Rule::Spike {
+                window_secs,
+                ratio: spec.ratio.unwrap_or(2.0),
+                direction: spec.direction.unwrap_or(Direction::Up),
+                min_previous: spec.min_previous.unwrap_or(1),
+                min_current: spec.min_current.unwrap_or(1),
+            },
+            RuleKind::Cardinality => Rule::Cardinality {
+                window_secs,
+                max_distinct: spec.max_distinct,
+                min_distinct: spec.min_distinct,
+            },
+            RuleKind::NewValue => Rule::NewValue {
+                learn_until: created.saturating_add(spec.learn_secs.unwrap_or(0)),
+                remember_secs: spec.remember_secs.unwrap_or(REMEMBER_SECS),
             },
         };
         RuleParams {
@@ -106,11 +159,15 @@ impl RuleParams {
         }
     }
 
-    /// The window the store keeps a key's events for, if the rule has one.
+    /// The window the store keeps a key's events for, if the rule has one: spike keeps
+    /// two (the current one and the one before).
     pub fn window_secs(&self) -> Option<u64> {
         match self.rule {
             Rule::Threshold { window_secs, .. } => window_secs,
             Rule::Flatline { window_secs, .. } => Some(window_secs),
+            Rule::Spike { window_secs, .. } => Some(window_secs.saturating_mul(2)),
+            Rule::Cardinality { window_secs, .. } => Some(window_secs),
+            Rule::NewValue { .. } => None,
         }
     }
 
@@ -120,9 +177,14 @@ impl RuleParams {
         first_seen.saturating_add(self.window_secs().unwrap_or(0))
     }
 
-    /// Whether the rule is decided on the clock (`on_tick`).
+    /// Whether the rule is decided on the clock (`on_tick`), at least in part.
     pub fn on_the_clock(&self) -> bool {
-        matches!(self.rule, Rule::Flatline { .. })
+        match self.rule {
+            Rule::Flatline { .. } => true,
+            Rule::Spike { direction, .. } => direction.down(),
+            Rule::Cardinality { min_distinct, .. } => min_distinct.is_some(),
+            Rule::Threshold { .. } | Rule::NewValue { .. } => false,
+        }
     }
 
     /// A watcher decided on the clock, first seen (created, changed, restored at a
@@ -182,9 +244,45 @@ impl RuleParams {
                 }
                 (recovered && send_resolved).then_some(Verdict {
                     count,
+                    previous: 0,
                     resolved: true,
                 })
             }
+            Rule::Spike { .. } => self.spike_on_count(at, events, now),
+            Rule::Cardinality { .. } => None,
+            Rule::NewValue {
+                learn_until,
+                remember_secs,
+            } => {
+                let null = is_null_value(at.key());
+                let counter = at.counter();
+                let known = (counter.buckets.newest_first().next())
+                    .is_some_and(|(seen, _)| now < seen.saturating_add(remember_secs));
+                let seen = counter.buckets.total().saturating_add(events);
+                counter.buckets = Buckets::One(now, seen);
+                if known || now < learn_until || null {
+                    return None;
+                }
+                self.unless_cooling(counter, now).ok()?;
+                self.fire(counter, now);
+                Some(Verdict::fired(events))
+            }
+        }
+    }
+
+    /// The hashes of the watched value seen for `key` at `now` (cardinality): whether
+    /// the key fires. None for the other rules, which ship no values.
+    pub fn on_values(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        key: &Key,
+        hashes: &[u64],
+        now: Second,
+    ) -> Option<Verdict> {
+        match self.rule {
+            Rule::Cardinality { .. } => self.distinct_on_values(store, watcher, key, hashes, now),
+            _ => None,
         }
     }
 
@@ -197,17 +295,21 @@ impl RuleParams {
         now: Second,
         clock: &OnTheClock,
     ) -> Vec<(Key, Verdict)> {
-        match self.rule {
-            Rule::Threshold { .. } => Vec::new(),
-            Rule::Flatline { .. } => store
-                .take_due(watcher, now)
-                .into_iter()
-                .filter_map(|key| {
-                    let verdict = self.judge_silence(store, watcher, &key, now, clock)?;
-                    Some((key, verdict))
-                })
-                .collect(),
+        if !self.on_the_clock() {
+            return Vec::new();
         }
+        store
+            .take_due(watcher, now)
+            .into_iter()
+            .filter_map(|key| {
+                let verdict = match self.rule {
+                    Rule::Spike { .. } => self.judge_drop(store, watcher, &key, now, clock),
+                    Rule::Cardinality { .. } => self.judge_few(store, watcher, &key, now, clock),
+                    _ => self.judge_silence(store, watcher, &key, now, clock),
+                }?;
+                Some((key, verdict))
+            })
+            .collect()
     }
 
     /// A flatline key come up on the clock: below its threshold (past the grace), it
@@ -273,7 +375,11 @@ impl RuleParams {
 
     /// A key that met its rule at `now` fires unless it cools down; cooling, it is
     /// marked (its next cooldown may grow) and the second the cooldown ends is returned.
-    fn unless_cooling(&self, counter: &mut KeyCounter, now: Second) -> Result<(), Second> {
+    pub(super) fn unless_cooling(
+        &self,
+        counter: &mut KeyCounter,
+        now: Second,
+    ) -> Result<(), Second> {
         if let Some(previous) = cooldown_of(counter) {
             let ends = previous.last_fired.saturating_add(previous.secs);
             if now < ends {
@@ -285,7 +391,7 @@ impl RuleParams {
     }
 
     /// The key fires at `now`: its cooldown starts.
-    fn fire(&self, counter: &mut KeyCounter, now: Second) {
+    pub(super) fn fire(&self, counter: &mut KeyCounter, now: Second) {
         let cooldown = self.next_cooldown(cooldown_of(counter));
         counter.last_fired = NonZeroU64::new(now);
         counter.cooldown_secs = u32::try_from(cooldown).unwrap_or(u32::MAX);
@@ -331,6 +437,13 @@ fn below_from(counter: &KeyCounter, threshold: u64, window: u64) -> Second {
     0
 }
 
-fn earliest(a: Option<Second>, b: Option<Second>) -> Option<Second> {
+/// new_value: a key whose watched value is missing (`null`, the last of the key's
+/// values) never fires: an event without the field has no value to be new.
+fn is_null_value(key: &Key) -> bool {
+    let text = key.as_str();
+    text == "[null]" || text.ends_with(",null]")
+}
+
+pub(super) fn earliest(a: Option<Second>, b: Option<Second>) -> Option<Second> {
     a.into_iter().chain(b).min()
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::firing::key_values;
 use super::{Watch, Watched, now};
-use crate::registry::{Aggregator, RuleKind, WatcherSpec};
+use crate::registry::{Aggregator, Direction, RuleKind, WatcherSpec};
 
 #[derive(Debug, Serialize)]
 pub struct WatcherState {
@@ -121,6 +121,27 @@ fn description(spec: &WatcherSpec) -> String {
     let mut rule = match spec.rule {
         RuleKind::Threshold => format!("more than {threshold} events"),
         RuleKind::Flatline => format!("fewer than {threshold} events"),
+        RuleKind::Spike => {
+            let way = match spec.direction {
+                Some(Direction::Down) => "at most 1/",
+                Some(Direction::Both) => "at least or at most 1/",
+                _ => "at least ",
+            };
+            let ratio = spec.ratio.unwrap_or(0.0);
+            format!("{way}{ratio} times the events of the window before")
+        }
+        RuleKind::Cardinality => {
+            let field = spec.field.as_deref().unwrap_or("?");
+            let limits: Vec<String> = [
+                spec.max_distinct.map(|max| format!("more than {max}")),
+                spec.min_distinct.map(|min| format!("fewer than {min}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            format!("{} distinct {field} values", limits.join(" or "))
+        }
+        RuleKind::NewValue => format!("a new {}", spec.value_fields().join(", ")),
     };
     if let Some(window) = spec.window_secs {
         rule.push_str(&format!(" in {window} s"));

@@ -49,6 +49,7 @@ fn post(watch: &mut Watch, registry: &Registry, payloads: &[Value], now: Second)
     let batch = CountBatch {
         events: vec![("logins".to_string(), payloads.len() as u64)],
         sets,
+        values: Vec::new(),
     };
     watch.count(batch, now)
 }
@@ -65,6 +66,7 @@ fn a_batch_taken_in_pieces_loses_and_repeats_nothing() {
     let mut batch = CountBatch {
         events: vec![("logins".to_string(), 7)],
         sets: vec![set(200, 7), set(1, 1000), set(3, 0)],
+        values: Vec::new(),
     };
     let whole: Vec<(Uuid, Key)> = sorted_entries(&batch);
     let mut pieces = Vec::new();
@@ -222,6 +224,7 @@ fn post_to_set(
     let batch = CountBatch {
         events: Vec::new(),
         sets,
+        values: Vec::new(),
     };
     let jobs = watch.count(batch, now);
     jobs.iter()

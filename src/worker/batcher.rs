@@ -11,6 +11,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tokio::sync::Notify;
 use super::link::Link;
 use crate::event::Event;
 use crate::watch::plan::FieldSet;
-use crate::watch::{CountBatch, FnvBuildHasher, Key, SetCounts};
+use crate::watch::{CountBatch, FnvBuildHasher, Key, SetCounts, SetValues};
 
 /// Watcher counts reach the master at most this long after the event was acknowledged...
 const BATCH_DELAY: Duration = Duration::from_millis(10);
@@ -34,6 +35,8 @@ pub struct Batcher {
     batch: RefCell<Batch>,
     /// Where each event's key is written, reused: no allocation per watcher and event.
     key: RefCell<String>,
+    /// Where a watched value is written to be hashed (cardinality), reused likewise.
+    value: RefCell<String>,
     started: Notify,
 }
 
@@ -43,6 +46,7 @@ impl Batcher {
             link,
             batch: RefCell::default(),
             key: RefCell::default(),
+            value: RefCell::default(),
             started: Notify::new(),
         }
     }
@@ -57,13 +61,15 @@ impl Batcher {
         }
         let mut batch = self.batch.borrow_mut();
         let mut key = self.key.borrow_mut();
+        let mut value = self.value.borrow_mut();
         if batch.is_empty() {
             self.started.notify_one();
         }
         for set in sets {
             let mut rest = events;
             while !rest.is_empty() {
-                let counted = batch.add_set_keys(set, rest, max_key_bytes, &mut key);
+                let buffers = (&mut *key, &mut *value);
+                let counted = batch.add_set_keys(set, rest, max_key_bytes, buffers);
                 rest = &rest[counted..];
                 if batch.is_full() {
                     self.link.send_counts(batch.take());
@@ -101,8 +107,20 @@ impl Batcher {
     }
 }
 
-/// Events per key of one field set.
-type KeyCounts = HashMap<Key, u64, FnvBuildHasher>;
+/// Events per key of one field set, and, for a set that watches a value
+/// (cardinality), the hashes of the values seen with it, sorted.
+type KeyCounts = HashMap<Key, (u64, Vec<u64>), FnvBuildHasher>;
+
+/// The 64-bit hash of a watched value as its event carries it (compact JSON), the same
+/// in every worker and across restarts (FNV-1a): what the master and Redis keep of it.
+/// `None` for a missing value.
+fn value_hash(value: &str) -> Option<u64> {
+    (value != "null").then(|| {
+        let mut hasher = FnvBuildHasher::default().build_hasher();
+        hasher.write(value.as_bytes());
+        hasher.finish()
+    })
+}
 
 /// The batch being filled, summed per event type and per (field set, key): the hot path
 /// does one lookup per field set and event, with the key as written, and allocates only
@@ -128,14 +146,15 @@ impl Batch {
         }
     }
 
-    /// Counts each of `events` under its key for `set` (written into `key`), the set's
-    /// counts found once; stops when the batch is full. Returns the events counted.
+    /// Counts each of `events` under its key for `set` (written into the first buffer;
+    /// a watched value into the second, to be hashed), the set's counts found once;
+    /// stops when the batch is full. Returns the events counted.
     fn add_set_keys(
         &mut self,
         set: &Rc<FieldSet>,
         events: &[Event<'_>],
         max_key_bytes: usize,
-        key: &mut String,
+        (key, value): (&mut String, &mut String),
     ) -> usize {
         let (_, keys) = self
             .sets
@@ -143,15 +162,27 @@ impl Batch {
             .or_insert_with(|| (set.clone(), HashMap::default()));
         for (index, event) in events.iter().enumerate() {
             Key::encode_into(&set.aggregator, event, max_key_bytes, key);
+            let hash = set.hashed.as_deref().and_then(|field| {
+                value.clear();
+                event.write_json(field, value);
+                value_hash(value)
+            });
+            let mut new_entries = 0;
             match keys.get_mut(key.as_str()) {
-                Some(count) => *count += 1,
+                Some((count, hashes)) => {
+                    *count += 1;
+                    new_entries += hash.is_some_and(|hash| add_hash(hashes, hash)) as usize;
+                }
                 None => {
-                    keys.insert(Key::from(key.as_str()), 1);
-                    self.entries += set.watchers.len();
+                    keys.insert(Key::from(key.as_str()), (1, hash.into_iter().collect()));
+                    new_entries = 1;
                     self.key_bytes += key.len();
-                    if beyond_limits(self.entries + self.events.len(), self.key_bytes) {
-                        return index + 1;
-                    }
+                }
+            }
+            if new_entries > 0 {
+                self.entries += set.watchers.len();
+                if beyond_limits(self.entries + self.events.len(), self.key_bytes) {
+                    return index + 1;
                 }
             }
         }
@@ -169,17 +200,37 @@ impl Batch {
     fn take(&mut self) -> CountBatch {
         self.entries = 0;
         self.key_bytes = 0;
-        let sets = self
-            .sets
-            .drain()
-            .map(|(_, (set, counts))| SetCounts {
-                watchers: set.watchers.clone(),
-                keys: counts.into_iter().collect(),
-            })
-            .collect();
-        CountBatch {
+        let mut batch = CountBatch {
             events: self.events.drain().collect(),
-            sets,
+            ..CountBatch::default()
+        };
+        for (_, (set, counts)) in self.sets.drain() {
+            let watchers = set.watchers.clone();
+            if set.hashed.is_some() {
+                let keys = counts.into_iter().map(|(key, (_, hashes))| (key, hashes));
+                batch.values.push(SetValues {
+                    watchers,
+                    keys: keys.collect(),
+                });
+            } else {
+                let keys = counts.into_iter().map(|(key, (events, _))| (key, events));
+                batch.sets.push(SetCounts {
+                    watchers,
+                    keys: keys.collect(),
+                });
+            }
+        }
+        batch
+    }
+}
+
+/// Adds `hash` to a key's sorted hashes; whether it was new.
+fn add_hash(hashes: &mut Vec<u64>, hash: u64) -> bool {
+    match hashes.binary_search(&hash) {
+        Ok(_) => false,
+        Err(at) => {
+            hashes.insert(at, hash);
+            true
         }
     }
 }
@@ -200,6 +251,7 @@ mod tests {
         Rc::new(FieldSet {
             aggregator,
             watchers: watchers.to_vec(),
+            hashed: None,
         })
     }
 
@@ -215,7 +267,12 @@ mod tests {
             .iter()
             .map(|b| Event::parse(b.as_bytes()).unwrap())
             .collect();
-        batch.add_set_keys(set, &events, 1 << 20, &mut String::new())
+        batch.add_set_keys(
+            set,
+            &events,
+            1 << 20,
+            (&mut String::new(), &mut String::new()),
+        )
     }
 
     fn ips(values: &[&str]) -> Vec<String> {

@@ -140,6 +140,70 @@ pub struct WatcherSpec {
     /// flatline: a key back at its threshold fires once more, `"resolved": true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_resolved: Option<bool>,
+    /// spike: how many times the window before the current one must be exceeded (up) or
+    /// undercut (down); greater than 1.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rule::spike_ratio"
+    )]
+    pub ratio: Option<f64>,
+    /// spike: `up`, `down` or `both`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<rule::Direction>,
+    /// spike: the fewest events of the previous window that may make a spike (default 1).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_at_least_one"
+    )]
+    pub min_previous: Option<u64>,
+    /// spike: the fewest events of the current window that may make a spike (default 1).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_at_least_one"
+    )]
+    pub min_current: Option<u64>,
+    /// cardinality, new_value: the field whose values are watched (a path like `user.id`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rule::value_field"
+    )]
+    pub field: Option<String>,
+    /// new_value: the fields whose values together are watched, instead of `field`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rule::value_fields"
+    )]
+    pub fields: Option<Vec<String>>,
+    /// cardinality: a key fires with more distinct values than this within the window.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rule::distinct_limit"
+    )]
+    pub max_distinct: Option<u64>,
+    /// cardinality: a key fires with fewer distinct values than this within the window.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rule::distinct_limit"
+    )]
+    pub min_distinct: Option<u64>,
+    /// new_value: values are recorded without firing for this long after the watcher's
+    /// creation (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn_secs: Option<u64>,
+    /// new_value: a value not seen for this long is new again (default 30 days).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_at_least_one"
+    )]
+    pub remember_secs: Option<u64>,
     pub action: Action,
 }
 
@@ -261,7 +325,9 @@ fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     Ok(value)
 }
 
-fn optional_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(super) fn optional_at_least_one<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u64>, D::Error> {
     at_least_one(d).map(Some)
 }
 
@@ -300,7 +366,7 @@ fn absolute_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
     }
 }
 
-fn field_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(super) fn field_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let fields = Vec::<String>::deserialize(d).map_err(|e| named("fields", e))?;
     if fields.is_empty() {
         return Err(D::Error::custom("`fields` must list at least one field"));
@@ -474,7 +540,7 @@ fn command_line<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
 
 /// Names the field in an error raised inside an internally tagged enum, where serde
 /// loses the path.
-fn named<E: serde::de::Error>(field: &str, error: E) -> E {
+pub(super) fn named<E: serde::de::Error>(field: &str, error: E) -> E {
     E::custom(format!("`{field}`: {error}"))
 }
 

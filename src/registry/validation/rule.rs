@@ -18,6 +18,31 @@ pub enum RuleKind {
     Threshold,
     /// Too few: a key's count over the last `window_secs` is below `threshold`.
     Flatline,
+    /// Suddenly more (or fewer) than the window before.
+    Spike,
+    /// Too many (or too few) distinct values of a field per key.
+    Cardinality,
+    /// A value never seen before for the key.
+    NewValue,
+}
+
+/// Which way a spike goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Up,
+    Down,
+    Both,
+}
+
+impl Direction {
+    pub fn up(self) -> bool {
+        self != Direction::Down
+    }
+
+    pub fn down(self) -> bool {
+        self != Direction::Up
+    }
 }
 
 impl RuleKind {
@@ -29,12 +54,67 @@ impl RuleKind {
         match self {
             RuleKind::Threshold => "threshold",
             RuleKind::Flatline => "flatline",
+            RuleKind::Spike => "spike",
+            RuleKind::Cardinality => "cardinality",
+            RuleKind::NewValue => "new_value",
         }
     }
 }
 
 /// Keys a flatline watcher lists in `expect`, at most.
 pub const MAX_EXPECTED_KEYS: usize = 1_000;
+
+/// The largest `max_distinct` or `min_distinct`: a key keeps that many values' hashes.
+pub const MAX_DISTINCT_LIMIT: u64 = 10_000;
+
+/// The most fields a new_value watcher's value is made of.
+pub const MAX_VALUE_FIELDS: usize = 8;
+
+/// `ratio`: a finite number greater than 1.
+pub(super) fn spike_ratio<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let ratio = f64::deserialize(d)?;
+    if !ratio.is_finite() || ratio <= 1.0 {
+        return Err(D::Error::custom("must be a number greater than 1"));
+    }
+    Ok(Some(ratio))
+}
+
+/// `max_distinct`, `min_distinct`: 1 to `MAX_DISTINCT_LIMIT`.
+pub(super) fn distinct_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let limit = u64::deserialize(d)?;
+    if !(1..=MAX_DISTINCT_LIMIT).contains(&limit) {
+        return Err(D::Error::custom(format!(
+            "must be an integer from 1 to {MAX_DISTINCT_LIMIT}"
+        )));
+    }
+    Ok(Some(limit))
+}
+
+/// `field`: one field path.
+pub(super) fn value_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let field = String::deserialize(d)?;
+    if field.is_empty() || field.len() > 256 || field.split('.').any(str::is_empty) {
+        return Err(D::Error::custom(format!(
+            "`{}` is not a field path like `user.id`",
+            field.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(Some(field))
+}
+
+/// `fields` (new_value): 1 to `MAX_VALUE_FIELDS` field paths.
+pub(super) fn value_fields<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    let fields = super::field_paths(d)?;
+    if fields.len() > MAX_VALUE_FIELDS {
+        return Err(D::Error::custom(format!(
+            "`fields`: {} fields, more than {MAX_VALUE_FIELDS}",
+            fields.len()
+        )));
+    }
+    Ok(Some(fields))
+}
 
 /// `expect`: the values of the watcher's fields for each key it must hear from: a value
 /// per key for one field, an array of values per key for several (checked against the
@@ -72,6 +152,16 @@ pub fn check(spec: &WatcherSpec) -> Result<(), String> {
         ("expect", spec.expect.is_some()),
         ("forget_after_secs", spec.forget_after_secs.is_some()),
         ("send_resolved", spec.send_resolved.is_some()),
+        ("ratio", spec.ratio.is_some()),
+        ("direction", spec.direction.is_some()),
+        ("min_previous", spec.min_previous.is_some()),
+        ("min_current", spec.min_current.is_some()),
+        ("field", spec.field.is_some()),
+        ("fields", spec.fields.is_some()),
+        ("max_distinct", spec.max_distinct.is_some()),
+        ("min_distinct", spec.min_distinct.is_some()),
+        ("learn_secs", spec.learn_secs.is_some()),
+        ("remember_secs", spec.remember_secs.is_some()),
     ];
     let (required, allowed): (&[&str], &[&str]) = match rule {
         RuleKind::Threshold => (&["threshold"], &["window_secs"]),
@@ -79,6 +169,12 @@ pub fn check(spec: &WatcherSpec) -> Result<(), String> {
             &["threshold", "window_secs"],
             &["expect", "forget_after_secs", "send_resolved"],
         ),
+        RuleKind::Spike => (
+            &["window_secs", "ratio", "direction"],
+            &["min_previous", "min_current"],
+        ),
+        RuleKind::Cardinality => (&["field", "window_secs"], &["max_distinct", "min_distinct"]),
+        RuleKind::NewValue => (&[], &["field", "fields", "learn_secs", "remember_secs"]),
     };
     for (field, present) in given {
         if !present && required.contains(&field) {
@@ -94,7 +190,36 @@ pub fn check(spec: &WatcherSpec) -> Result<(), String> {
             ));
         }
     }
-    check_expected_keys(spec)
+    check_expected_keys(spec)?;
+    check_watched_values(spec)
+}
+
+/// cardinality names a limit; new_value names its value by `field` or `fields`, one of
+/// them, and a field that is not already the key's.
+fn check_watched_values(spec: &WatcherSpec) -> Result<(), String> {
+    match spec.rule {
+        RuleKind::Cardinality if spec.max_distinct.is_none() && spec.min_distinct.is_none() => Err(
+            "Invalid `max_distinct`: the cardinality rule requires `max_distinct` or \
+                 `min_distinct` (or both)"
+                .to_string(),
+        ),
+        RuleKind::NewValue if spec.field.is_some() == spec.fields.is_some() => Err(
+            "Invalid `field`: the new_value rule requires `field` or `fields`, one of them"
+                .to_string(),
+        ),
+        _ => {
+            let key_fields: &[String] = match &spec.aggregator {
+                Aggregator::Fields { fields } => fields,
+                Aggregator::Single {} => &[],
+            };
+            match spec.value_fields().iter().find(|f| key_fields.contains(f)) {
+                Some(field) => Err(format!(
+                    "Invalid `field`: `{field}` is already a field of the aggregator's key"
+                )),
+                None => Ok(()),
+            }
+        }
+    }
 }
 
 /// Each key of `expect` names a value for each field of the aggregator.
@@ -153,5 +278,40 @@ fn insert_at(object: &mut Map<String, Value>, path: &str, value: Value) {
                 insert_at(inner, rest, value);
             }
         }
+    }
+}
+
+impl WatcherSpec {
+    /// The fields whose values a cardinality or new_value watcher watches; none for
+    /// another rule.
+    pub fn value_fields(&self) -> &[String] {
+        match (&self.field, &self.fields) {
+            (Some(field), _) => std::slice::from_ref(field),
+            (None, Some(fields)) => fields,
+            (None, None) => &[],
+        }
+    }
+
+    /// What a worker keys the watcher's counts by: its aggregator, and for new_value the
+    /// watched value's fields after the aggregator's, so that each (key, value) is a
+    /// counter of its own: remembered, bounded and evicted as counters are.
+    pub fn counted_by(&self) -> Aggregator {
+        let key_fields: &[String] = match &self.aggregator {
+            Aggregator::Fields { fields } => fields,
+            Aggregator::Single {} => &[],
+        };
+        if self.rule != RuleKind::NewValue || self.value_fields().is_empty() {
+            return self.aggregator.clone();
+        }
+        Aggregator::Fields {
+            fields: [key_fields, self.value_fields()].concat(),
+        }
+    }
+
+    /// The field whose values' hashes a worker ships for the watcher (cardinality).
+    pub fn hashed_field(&self) -> Option<&str> {
+        (self.rule == RuleKind::Cardinality)
+            .then_some(self.field.as_deref())
+            .flatten()
     }
 }

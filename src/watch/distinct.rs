@@ -1,0 +1,136 @@
+//! The cardinality rule (rules.md): the distinct values of a field per key within the
+//! last `window_secs`, kept as 64-bit hashes with their last-seen second
+//! (`RuleState::distinct`), at most `max_distinct + 1` of them (or `min_distinct`):
+//! memory per key is bounded by the limit, not by the traffic. Too many is decided when
+//! values arrive; too few on the clock, each key judged when its count would fall below
+//! the limit. A key fires once per episode: again only after it ended, or after its
+//! cooldown.
+//!
+//! The same rule as `count_distinct` and `judge_few` of `src/cluster/eventsd.lua`.
+
+use uuid::Uuid;
+
+use super::Key;
+use super::rule::{OnTheClock, Rule, RuleParams, Verdict, earliest};
+use super::rule_state::RuleState;
+use super::store::{CounterStore, Second};
+
+/// The values a key keeps: enough to tell `max_distinct` exceeded and `min_distinct` met.
+fn kept(max_distinct: Option<u64>, min_distinct: Option<u64>) -> usize {
+    let enough = max_distinct
+        .map_or(0, |max| max + 1)
+        .max(min_distinct.unwrap_or(0));
+    usize::try_from(enough).unwrap_or(usize::MAX)
+}
+
+/// The first second at which fewer than `min` values are within `window` if no value
+/// comes: a window after the `min`-th most recently seen; 0 when fewer already.
+fn below_from(state: &RuleState, min: u64, window: u64) -> Second {
+    let index = usize::try_from(min.saturating_sub(1)).unwrap_or(usize::MAX);
+    state
+        .seen_newest_first()
+        .get(index)
+        .map_or(0, |seen| seen.saturating_add(window))
+}
+
+impl RuleParams {
+    /// cardinality, when values arrive: too many fires; too few may end, and a key
+    /// watched for too few waits for the second it would be.
+    pub(super) fn distinct_on_values(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        key: &Key,
+        hashes: &[u64],
+        now: Second,
+    ) -> Option<Verdict> {
+        let Rule::Cardinality {
+            window_secs,
+            max_distinct,
+            min_distinct,
+        } = self.rule
+        else {
+            return None;
+        };
+        let waiting = store.is_waiting(watcher, key);
+        let counter = store.counter(watcher, key);
+        let state = counter.rule.get_or_insert_default();
+        state.expire(window_secs, now);
+        for &hash in hashes {
+            state.see(hash, now, kept(max_distinct, min_distinct));
+        }
+        let distinct = state.distinct.len() as u64;
+        if let Some(min) = min_distinct {
+            state.low &= distinct < min;
+            if !waiting {
+                let due = below_from(state, min, window_secs);
+                store.schedule(watcher, key, due);
+            }
+        }
+        let max = max_distinct?;
+        let counter = store.counter(watcher, key);
+        let state = counter.rule.get_or_insert_default();
+        let was_high = state.high;
+        state.high &= distinct > max;
+        if distinct <= max || (was_high && self.cooldown_secs.is_none()) {
+            return None;
+        }
+        self.unless_cooling(counter, now).ok()?;
+        self.fire(counter, now);
+        counter.rule.get_or_insert_default().high = true;
+        Some(Verdict::fired(distinct))
+    }
+
+    /// cardinality's `min_distinct`, on the clock: a key with too few values fires (past
+    /// the grace, once per episode, again after its cooldown); otherwise it waits for
+    /// the second it would have too few. A key without values that fired is forgotten.
+    pub(super) fn judge_few(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        key: &Key,
+        now: Second,
+        clock: &OnTheClock,
+    ) -> Option<Verdict> {
+        let Rule::Cardinality {
+            window_secs,
+            min_distinct: Some(min),
+            ..
+        } = self.rule
+        else {
+            return None;
+        };
+        let counter = store.existing(watcher, key)?;
+        let state = counter.rule.get_or_insert_default();
+        state.expire(window_secs, now);
+        let below = below_from(state, min, window_secs).max(clock.grace_until);
+        let (distinct, was_low) = (state.distinct.len() as u64, state.low);
+        let wait = if below > now {
+            Some(below)
+        } else if was_low && self.cooldown_secs.is_none() {
+            if distinct == 0 {
+                store.forget(watcher, key);
+            }
+            None
+        } else {
+            match self.unless_cooling(counter, now) {
+                Err(cooled_at) => earliest(Some(cooled_at), None),
+                Ok(()) => {
+                    self.fire(counter, now);
+                    counter.rule.get_or_insert_default().low = true;
+                    let realert_at = self
+                        .cooldown_secs
+                        .map(|_| now.saturating_add(counter.cooldown_secs.into()));
+                    if let Some(at) = realert_at {
+                        store.schedule(watcher, key, at);
+                    }
+                    return Some(Verdict::fired(distinct));
+                }
+            }
+        };
+        if let Some(at) = wait {
+            store.schedule(watcher, key, at);
+        }
+        None
+    }
+}

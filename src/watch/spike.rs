@@ -1,0 +1,171 @@
+//! The spike rule (rules.md): a key's count over the last `window_secs` against that of
+//! the window before it, both sliding with 1 s buckets (the store keeps two windows).
+//! Up is decided when counts arrive; down on the clock, each key judged when one of its
+//! buckets moves from a window to the next (`next_move`): a quiet key costs nothing
+//! once its buckets are gone. A key fires once per spike: again only after the
+//! condition stopped holding, or after its cooldown; and not before two windows have
+//! passed since it was first counted (its baseline: a key's first events are no spike).
+//!
+//! The same rule as `count_spike` and `judge_drop` of `src/cluster/eventsd.lua`.
+
+use uuid::Uuid;
+
+use super::Key;
+use super::rule::{OnTheClock, Rule, RuleParams, Verdict, earliest};
+use super::store::{CounterStore, Second, WatcherKey};
+use super::table::Buckets;
+
+/// The two windows a spike compares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Windows {
+    current: u64,
+    previous: u64,
+}
+
+/// The events of the last `window` seconds and of the `window` seconds before, at `now`.
+fn windows(buckets: &Buckets, window: u64, now: Second) -> Windows {
+    let mut counted = Windows {
+        current: 0,
+        previous: 0,
+    };
+    for (second, events) in buckets.newest_first() {
+        if second.saturating_add(window) > now {
+            counted.current += events;
+        } else if second.saturating_add(window.saturating_mul(2)) > now {
+            counted.previous += events;
+        }
+    }
+    counted
+}
+
+/// The next second after `now` at which a bucket moves from the current window to the
+/// previous one, or out of both: when a drop may start.
+fn next_move(buckets: &Buckets, window: u64, now: Second) -> Option<Second> {
+    buckets
+        .newest_first()
+        .flat_map(|(second, _)| [second + window, second + 2 * window])
+        .filter(|&at| at > now)
+        .min()
+}
+
+impl RuleParams {
+    /// Whether `counted` is a spike up, and a drop (`(up, down)`), both windows holding
+    /// their minimum, of a key counted since `since`: at `now`, past its baseline.
+    fn spiking(&self, counted: Windows, since: Second, now: Second) -> (bool, bool) {
+        let Rule::Spike {
+            window_secs,
+            ratio,
+            min_previous,
+            min_current,
+            ..
+        } = self.rule
+        else {
+            return (false, false);
+        };
+        let (current, previous) = (counted.current as f64, counted.previous as f64);
+        let established = now >= since.saturating_add(window_secs.saturating_mul(2));
+        let enough =
+            established && counted.previous >= min_previous && counted.current >= min_current;
+        (
+            enough && current >= ratio * previous,
+            enough && current * ratio <= previous,
+        )
+    }
+
+    /// spike, when counts arrive: up fires; a drop under way may end.
+    pub(super) fn spike_on_count(
+        &self,
+        at: &mut WatcherKey<'_>,
+        events: u64,
+        now: Second,
+    ) -> Option<Verdict> {
+        let Rule::Spike {
+            window_secs,
+            direction,
+            ..
+        } = self.rule
+        else {
+            return None;
+        };
+        at.add(events, now, self.window_secs());
+        if direction.down() && !at.is_waiting() {
+            if let Some(due) = next_move(&at.counter().buckets, window_secs, now) {
+                at.schedule(due);
+            }
+        }
+        let counter = at.counter();
+        let counted = windows(&counter.buckets, window_secs, now);
+        let state = counter.rule.get_or_insert_default();
+        if state.since == 0 {
+            state.since = now;
+        }
+        let (up, down) = self.spiking(counted, state.since, now);
+        state.low &= down;
+        let was_up = state.high;
+        state.high &= up;
+        if !direction.up() || !up || (was_up && self.cooldown_secs.is_none()) {
+            return None;
+        }
+        self.unless_cooling(counter, now).ok()?;
+        self.fire(counter, now);
+        counter.rule.get_or_insert_default().high = true;
+        Some(Verdict {
+            count: counted.current,
+            previous: counted.previous,
+            resolved: false,
+        })
+    }
+
+    /// spike down, on the clock: a key whose count dropped fires (past the grace, once
+    /// per drop, again after its cooldown); it is judged again when a bucket next
+    /// moves; a key without buckets left is forgotten.
+    pub(super) fn judge_drop(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        key: &Key,
+        now: Second,
+        clock: &OnTheClock,
+    ) -> Option<Verdict> {
+        let Rule::Spike { window_secs, .. } = self.rule else {
+            return None;
+        };
+        let counter = store.existing(watcher, key)?;
+        let kept = window_secs.saturating_mul(2);
+        counter
+            .buckets
+            .drop_front_while(|second| second.saturating_add(kept) <= now);
+        let Some(next) = next_move(&counter.buckets, window_secs, now) else {
+            store.forget(watcher, key);
+            return None;
+        };
+        let counted = windows(&counter.buckets, window_secs, now);
+        let state = counter.rule.get_or_insert_default();
+        let (_, down) = self.spiking(counted, state.since, now);
+        let was_down = state.low;
+        state.low &= down;
+        let wait = if now < clock.grace_until {
+            Some(clock.grace_until)
+        } else if !down || (was_down && self.cooldown_secs.is_none()) {
+            Some(next)
+        } else {
+            match self.unless_cooling(counter, now) {
+                Err(cooled_at) => earliest(Some(cooled_at), Some(next)),
+                Ok(()) => {
+                    self.fire(counter, now);
+                    counter.rule.get_or_insert_default().low = true;
+                    store.schedule(watcher, key, next);
+                    return Some(Verdict {
+                        count: counted.current,
+                        previous: counted.previous,
+                        resolved: false,
+                    });
+                }
+            }
+        };
+        if let Some(at) = wait {
+            store.schedule(watcher, key, at);
+        }
+        None
+    }
+}
