@@ -22,7 +22,7 @@ use eventsd::cluster::{CountReply, FUNCTIONS, count_command, tick_command, tick_
 use eventsd::protocol::cluster::CountCall;
 use eventsd::registry::WatcherSpec;
 use eventsd::watch::rule::{OnTheClock, RuleParams};
-use eventsd::watch::store::MemoryStore;
+use eventsd::watch::store::{CounterStore, MemoryStore};
 use eventsd::watch::{Key, SharedCount};
 use uuid::Uuid;
 
@@ -189,10 +189,17 @@ impl Engine for Memory {
         counted: Counted,
         now: u64,
     ) -> Option<Outcome> {
-        let (store, key) = (&mut self.store, &Key::from(key));
+        let key = Key::from(key);
         let verdict = match counted {
-            Counted::Events(events) => rule.on_count(store, watcher, key, events, now),
-            Counted::Values(hashes) => rule.on_values(store, watcher, key, &hashes, now),
+            Counted::Events(events) => {
+                let mut verdict = None;
+                let keys = [(key, events)];
+                (self.store).count_set(&[watcher], &keys, &mut |_, mut at, events| {
+                    verdict = rule.on_count(&mut at, events, now);
+                });
+                verdict
+            }
+            Counted::Values(hashes) => rule.on_values(&mut self.store, watcher, &key, &hashes, now),
         }?;
         Some((verdict.count, verdict.previous, verdict.resolved))
     }

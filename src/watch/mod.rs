@@ -6,6 +6,8 @@
 //! master's `CounterStore`. It does no I/O and never waits: a firing is handed back to
 //! the master, which passes it to the action runner.
 
+mod column;
+mod counter;
 mod distinct;
 mod due;
 mod firing;
@@ -30,7 +32,7 @@ pub use firing::{Firing, Job};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
 use rule::{OnTheClock, RuleParams, Verdict};
 pub use state::{KeyCount, WatcherState, hidden};
-use store::{CounterStore, Second};
+use store::{CounterStore, Second, WatcherKey};
 
 /// What a worker ships to the master at least every 10 ms.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -265,12 +267,6 @@ pub fn clock_watchers(registry: &Registry) -> Vec<ClockWatcher> {
         .collect()
 }
 
-/// What a worker counted of a key: its events, or the hashes of its values.
-enum Counted<'a> {
-    Events(u64),
-    Values(&'a [u64]),
-}
-
 /// The master's counters and firing decisions, over whichever store holds the counts.
 pub struct Watch {
     store: Box<dyn CounterStore>,
@@ -308,8 +304,8 @@ impl Watch {
                 self.watchers.insert(w.id, watched);
             }
         }
-        let live: Vec<Uuid> = self.watchers.keys().copied().collect();
-        self.store.retain_watchers(&|id| live.contains(&id));
+        let sets = plan::Plans::compile(registry).field_sets();
+        self.store.arrange(&sets);
         self.changed = true;
     }
 
@@ -455,47 +451,48 @@ impl Watch {
     /// the keys dropped.
     pub fn clear_counts(&mut self) -> usize {
         let keys = self.store.sizes().iter().map(|(_, keys, _)| keys).sum();
-        self.store.retain_watchers(&|_| false);
+        self.store.clear();
         self.changed = true;
         keys
     }
 
     /// Adds a worker's batch; returns the jobs of the keys that crossed their threshold.
+    /// Each key is found once for its field set, each watcher of the set decides on its
+    /// own counter of it.
     pub fn count(&mut self, batch: CountBatch, now: Second) -> Vec<Job> {
         self.record_counted(batch.events);
         self.changed |= batch.sets.iter().any(|set| !set.keys.is_empty());
         self.changed |= !batch.values.is_empty();
-        let mut jobs: Vec<Job> = batch
-            .sets
-            .iter()
-            .flat_map(SetCounts::counts)
-            .filter_map(|(watcher, key, events)| {
-                self.count_key(watcher, key, Counted::Events(events), now)
-            })
-            .collect();
+        let mut jobs = Vec::new();
+        for set in &batch.sets {
+            // Counts for a watcher deleted since the worker computed them are dropped.
+            let (ids, watched): (Vec<Uuid>, Vec<&Watched>) = (set.watchers.iter())
+                .filter_map(|id| Some((*id, self.watchers.get(id)?)))
+                .unzip();
+            let firings = &mut self.firings;
+            let mut judge = |at: usize, mut key: WatcherKey<'_>, events: u64| {
+                let verdict = watched[at].rule.on_count(&mut key, events, now);
+                if let Some(verdict) = verdict {
+                    jobs.push(fired(firings, watched[at], ids[at], key.key(), verdict));
+                }
+            };
+            self.store.count_set(&ids, &set.keys, &mut judge);
+        }
         let values = batch.values.iter().flat_map(SetValues::values);
-        jobs.extend(values.filter_map(|(watcher, key, hashes)| {
-            self.count_key(watcher, key, Counted::Values(hashes), now)
-        }));
+        jobs.extend(
+            values
+                .filter_map(|(watcher, key, hashes)| self.count_values(watcher, key, hashes, now)),
+        );
         jobs
     }
 
-    /// Adds what was counted of `key` of `watcher`; its job if its rule fires.
-    fn count_key(&mut self, id: Uuid, key: &Key, counted: Counted, now: Second) -> Option<Job> {
-        // Counts for a watcher deleted since the worker computed them are dropped.
+    /// The hashes of `key`'s values for `watcher` (cardinality); its job if its rule fires.
+    fn count_values(&mut self, id: Uuid, key: &Key, hashes: &[u64], now: Second) -> Option<Job> {
+        // Values for a watcher deleted since the worker computed them are dropped.
         let watched = self.watchers.get(&id)?;
         let store = self.store.as_mut();
-        let verdict = match counted {
-            Counted::Events(events) => watched.rule.on_count(store, id, key, events, now),
-            Counted::Values(hashes) => watched.rule.on_values(store, id, key, hashes, now),
-        }?;
-        let spec = &watched.spec;
-        record_firing(&mut self.firings, &watched.event, spec.name.as_str());
-        Some(Job {
-            firing: Firing::new(&watched.event, spec, key, verdict),
-            action: spec.action.clone(),
-            watcher_id: id,
-        })
+        let verdict = watched.rule.on_values(store, id, key, hashes, now)?;
+        Some(fired(&mut self.firings, watched, id, key, verdict))
     }
 
     pub fn store(&self) -> &dyn CounterStore {
@@ -559,6 +556,23 @@ impl Watch {
                 .iter()
                 .map(|(labels, _, evictions)| (labels.clone(), *evictions)),
         );
+    }
+}
+
+/// The job of `watched`'s key that fired, recorded for metrics.
+fn fired(
+    firings: &mut BTreeMap<(String, String), u64>,
+    watched: &Watched,
+    id: Uuid,
+    key: &Key,
+    verdict: Verdict,
+) -> Job {
+    let spec = &watched.spec;
+    record_firing(firings, &watched.event, spec.name.as_str());
+    Job {
+        firing: Firing::new(&watched.event, spec, key, verdict),
+        action: spec.action.clone(),
+        watcher_id: id,
     }
 }
 

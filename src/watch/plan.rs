@@ -55,6 +55,14 @@ impl Plans {
         Plans { by_type }
     }
 
+    /// The watchers of each field set, of every event type: how the master keeps their
+    /// counters (`store::CounterStore::arrange`).
+    pub fn field_sets(&self) -> Vec<Vec<Uuid>> {
+        (self.by_type.values().flatten())
+            .map(|set| set.watchers.clone())
+            .collect()
+    }
+
     /// The field sets of `event`'s watchers; none for an unknown type.
     pub fn of(&self, event: &str) -> &[Rc<FieldSet>] {
         self.by_type.get(event).map_or(&[], Vec::as_slice)

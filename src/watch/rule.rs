@@ -1,8 +1,9 @@
 //! A watcher's rule (rules.md): what decides that a key fires. One definition of the
 //! figures a key is judged by (`RuleParams`: the rule and the cooldown every rule shares),
 //! read by both engines that judge: this module's, over the master's `CounterStore`
-//! (`on_count`, `on_tick`), and the Redis Function's (`src/cluster/eventsd.lua`), which
-//! gets the same figures JSON-encoded as one argument (`cluster::count_command`).
+//! (`on_count`, on one watcher's counter of a key found once for its field set;
+//! `on_tick`), and the Redis Function's (`src/cluster/eventsd.lua`), which gets the same
+//! figures JSON-encoded as one argument (`cluster::count_command`).
 //! `tests/rules.rs` runs one table of scenarios against both, so they cannot drift.
 //!
 //! Never does I/O and never reads the clock: `now` is given, so that the scenarios
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::Key;
-use super::store::{Cooldown, CounterStore, KeyCounter, Second};
+use super::store::{Cooldown, CounterStore, KeyCounter, Second, WatcherKey};
 use super::table::Buckets;
 pub use crate::registry::Direction;
 use crate::registry::{RuleKind, WatcherSpec};
@@ -207,25 +208,18 @@ impl RuleParams {
         }
     }
 
-    /// `events` of `key` seen at `now`: whether the key fires.
-    pub fn on_count(
-        &self,
-        store: &mut dyn CounterStore,
-        watcher: Uuid,
-        key: &Key,
-        events: u64,
-        now: Second,
-    ) -> Option<Verdict> {
+    /// `events` of a key seen at `now`, on the watcher's counter of it: whether it fires.
+    pub fn on_count(&self, at: &mut WatcherKey<'_>, events: u64, now: Second) -> Option<Verdict> {
         match self.rule {
             Rule::Threshold {
                 threshold,
                 window_secs,
             } => {
-                let count = store.add(watcher, key, events, now, window_secs);
+                let count = at.add(events, now, window_secs);
                 if count <= threshold {
                     return None;
                 }
-                let counter = store.counter(watcher, key);
+                let counter = at.counter();
                 self.unless_cooling(counter, now).ok()?;
                 // The count starts again from zero.
                 counter.buckets = Buckets::Empty;
@@ -238,13 +232,12 @@ impl RuleParams {
                 send_resolved,
                 ..
             } => {
-                let count = store.add(watcher, key, events, now, Some(window_secs));
-                if !store.is_waiting(watcher, key) {
-                    let counter = store.counter(watcher, key);
-                    let due = below_from(counter, threshold, window_secs);
-                    store.schedule(watcher, key, due);
+                let count = at.add(events, now, Some(window_secs));
+                if !at.is_waiting() {
+                    let due = below_from(at.counter(), threshold, window_secs);
+                    at.schedule(due);
                 }
-                let counter = store.counter(watcher, key);
+                let counter = at.counter();
                 let recovered = counter.silent && count >= threshold;
                 if recovered {
                     counter.silent = false;
@@ -255,20 +248,19 @@ impl RuleParams {
                     resolved: true,
                 })
             }
-            Rule::Spike { .. } => self.spike_on_count(store, watcher, key, events, now),
+            Rule::Spike { .. } => self.spike_on_count(at, events, now),
             Rule::Cardinality { .. } => None,
             Rule::NewValue {
                 learn_until,
                 remember_secs,
             } => {
-                let known = store
-                    .existing(watcher, key)
-                    .and_then(|counter| counter.buckets.newest_first().next())
+                let null = is_null_value(at.key());
+                let counter = at.counter();
+                let known = (counter.buckets.newest_first().next())
                     .is_some_and(|(seen, _)| now < seen.saturating_add(remember_secs));
-                let counter = store.counter(watcher, key);
                 let seen = counter.buckets.total().saturating_add(events);
                 counter.buckets = Buckets::One(now, seen);
-                if known || now < learn_until || is_null_value(key) {
+                if known || now < learn_until || null {
                     return None;
                 }
                 self.unless_cooling(counter, now).ok()?;

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::Key;
 use super::rule::{OnTheClock, Rule, RuleParams, Verdict, earliest};
-use super::store::{CounterStore, Second};
+use super::store::{CounterStore, Second, WatcherKey};
 use super::table::Buckets;
 
 /// The two windows a spike compares.
@@ -75,9 +75,7 @@ impl RuleParams {
     /// spike, when counts arrive: up fires; a drop under way may end.
     pub(super) fn spike_on_count(
         &self,
-        store: &mut dyn CounterStore,
-        watcher: Uuid,
-        key: &Key,
+        at: &mut WatcherKey<'_>,
         events: u64,
         now: Second,
     ) -> Option<Verdict> {
@@ -89,14 +87,13 @@ impl RuleParams {
         else {
             return None;
         };
-        store.add(watcher, key, events, now, self.window_secs());
-        if direction.down() && !store.is_waiting(watcher, key) {
-            let counter = store.counter(watcher, key);
-            if let Some(at) = next_move(&counter.buckets, window_secs, now) {
-                store.schedule(watcher, key, at);
+        at.add(events, now, self.window_secs());
+        if direction.down() && !at.is_waiting() {
+            if let Some(due) = next_move(&at.counter().buckets, window_secs, now) {
+                at.schedule(due);
             }
         }
-        let counter = store.counter(watcher, key);
+        let counter = at.counter();
         let counted = windows(&counter.buckets, window_secs, now);
         let state = counter.rule.get_or_insert_default();
         if state.since == 0 {

@@ -1,316 +1,154 @@
-//! One watcher's counters in the master, laid out for many keys (benchmark.md: at most
-//! 200 bytes a key): each key's text is allocated once (`Rc<str>`, shared by the index
-//! and its slot), the index maps it to a slot number, the slots sit in one vector, and a
-//! key's buckets are inline until it has more than one (a window that saw several
-//! seconds).
+//! One field set's counters in the master, laid out for many keys and many watchers
+//! (benchmark.md: at most 120 bytes a key). The workers name a key once per field set
+//! (`SetCounts`), and the master finds it once per set: one slot per key, its text
+//! allocated once; per watcher of the set a column of counter blocks parallel to the
+//! slots (`column::Column`, struct of arrays), a key's window inline until it has more
+//! than one bucket; an index of slot numbers only, hashed (keyed) by the slot's text.
 //!
-//! Past `max_keys`, the least recently updated key of a sample is evicted, as Redis'
-//! `allkeys-lru` does: no per-key recency index to keep, and the exact least recent key
-//! whenever the table is no larger than the sample.
+//! A watcher holds a key from its first count until the key is evicted, or forgotten
+//! for that watcher alone (a flatline key silent too long); a slot no watcher holds is
+//! dropped. Past `max_keys`, the least recently updated key of a sample is evicted for
+//! every watcher of the set, as Redis' `allkeys-lru` does: no per-key recency index to
+//! keep, and the exact least recent key whenever the table is no larger than the sample.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::num::NonZeroU64;
-use std::rc::Rc;
+use std::hash::{BuildHasher, RandomState};
 
+use hashbrown::HashTable;
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
 
-use super::Key;
-use super::rule_state::RuleState;
-
-/// Counters are saved and restored across restarts: their seconds are the wall clock's.
-pub use crate::clock::Second;
+use super::column::Column;
+pub use super::counter::{Buckets, KeyCounter, Second};
 
 /// Slots looked at to choose the key to evict.
 const EVICTION_SAMPLE: usize = 16;
 
-/// One key's count and cooldown. Saved without the fields at their defaults: a million
-/// keys are a million of these in `counters.json`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KeyCounter {
-    /// (second, events in it), oldest first; one entry when there is no window.
-    #[serde(default)]
-    pub buckets: Buckets,
-    /// The second of its last firing (never 0: seconds since the epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_fired: Option<NonZeroU64>,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub cooldown_secs: u32,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub crossed_while_cooling: bool,
-    /// flatline: it fired for a silence it has not recovered from.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub silent: bool,
-    /// What the other rules remember of the key (`rule_state.rs`); none for threshold
-    /// and flatline.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<Box<RuleState>>,
-}
-
-fn is_zero(secs: &u32) -> bool {
-    *secs == 0
-}
-
-/// A key's buckets: inline while there is at most one.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub enum Buckets {
-    #[default]
-    Empty,
-    One(Second, u64),
-    // Boxed on purpose: the enum stays 24 bytes, not 40, in every key's counter.
-    #[allow(clippy::box_collection)]
-    Many(Box<VecDeque<(Second, u64)>>),
-}
-
-impl Buckets {
-    /// Drops the buckets `expired` says are past, oldest first.
-    pub fn drop_front_while(&mut self, expired: impl Fn(Second) -> bool) {
-        match self {
-            Buckets::Empty => {}
-            Buckets::One(second, _) => {
-                if expired(*second) {
-                    *self = Buckets::Empty;
-                }
-            }
-            Buckets::Many(buckets) => {
-                while buckets.front().is_some_and(|&(second, _)| expired(second)) {
-                    buckets.pop_front();
-                }
-            }
-        }
-    }
-
-    /// Adds `n` to the newest bucket if it is at least `second`, else in a new one.
-    pub fn add(&mut self, second: Second, n: u64) {
-        match self {
-            Buckets::Empty => *self = Buckets::One(second, n),
-            Buckets::One(last, count) if *last >= second => *count += n,
-            Buckets::One(last, count) => {
-                *self = Buckets::Many(Box::new(VecDeque::from([(*last, *count), (second, n)])));
-            }
-            Buckets::Many(buckets) => match buckets.back_mut() {
-                Some((last, count)) if *last >= second => *count += n,
-                _ => buckets.push_back((second, n)),
-            },
-        }
-    }
-
-    /// (second, events) of each bucket, the newest first.
-    pub fn newest_first(&self) -> impl Iterator<Item = (Second, u64)> + '_ {
-        let (one, many) = match self {
-            Buckets::Empty => (None, None),
-            Buckets::One(second, count) => (Some((*second, *count)), None),
-            Buckets::Many(buckets) => (None, Some(buckets.iter().rev().copied())),
-        };
-        one.into_iter().chain(many.into_iter().flatten())
-    }
-
-    /// Adds `n` to the one bucket of a count without a window.
-    pub fn add_to_first(&mut self, second: Second, n: u64) {
-        match self {
-            Buckets::Empty => *self = Buckets::One(second, n),
-            Buckets::One(_, count) => *count += n,
-            Buckets::Many(buckets) => match buckets.front_mut() {
-                Some((_, count)) => *count += n,
-                None => buckets.push_back((second, n)),
-            },
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        match self {
-            Buckets::Empty => 0,
-            Buckets::One(_, count) => *count,
-            Buckets::Many(buckets) => buckets.iter().map(|(_, count)| count).sum(),
-        }
-    }
-
-    fn to_vec(&self) -> Vec<(Second, u64)> {
-        match self {
-            Buckets::Empty => Vec::new(),
-            Buckets::One(second, count) => vec![(*second, *count)],
-            Buckets::Many(buckets) => buckets.iter().copied().collect(),
-        }
-    }
-
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        match self {
-            Buckets::Empty => 0,
-            Buckets::One(..) => 1,
-            Buckets::Many(buckets) => buckets.len(),
-        }
-    }
-}
-
-/// Saved as `counters.json` always had it: a list of `[second, count]`.
-impl Serialize for Buckets {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.to_vec().serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Buckets {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut buckets = Buckets::Empty;
-        for (second, count) in Vec::<(Second, u64)>::deserialize(deserializer)? {
-            buckets.add(second, count);
-        }
-        Ok(buckets)
-    }
-}
-
 struct Slot {
-    key: Rc<str>,
-    counter: KeyCounter,
+    key: Box<str>,
     /// The store's clock when the key was last updated.
     touched: u64,
 }
 
-/// The text of the key created last, in any watcher's table: the watchers of one field
-/// set create the same key one after the other (a batch names a key once for its set),
-/// and share one copy of its text.
+/// The keys of one field set, and a column of counters per watcher of the set.
 #[derive(Default)]
-pub struct LastKey(Option<Rc<str>>);
-
-impl LastKey {
-    fn text_of(&mut self, key: &str) -> Rc<str> {
-        match &self.0 {
-            Some(last) if **last == *key => last.clone(),
-            _ => {
-                let text: Rc<str> = Rc::from(key);
-                self.0 = Some(text.clone());
-                text
-            }
-        }
-    }
-}
-
-/// One watcher's keys.
-#[derive(Default)]
-pub struct KeyTable {
-    index: HashMap<Rc<str>, u32>,
+pub struct SetTable {
+    /// Slot numbers, found by the text of their slot's key.
+    index: HashTable<u32>,
+    /// Keyed: the keys are the clients' values, which must not be able to make them collide.
+    hasher: RandomState,
     slots: Vec<Slot>,
-    pub evictions: u64,
+    columns: Vec<Column>,
     /// For the eviction sample: any sequence that is not always the same will do.
     sampler: u64,
 }
 
-impl KeyTable {
+impl SetTable {
+    /// The keys held by any watcher of the set.
     pub fn len(&self) -> usize {
         self.slots.len()
     }
 
-    /// (key, count) of every key that holds events in the seconds `live` keeps.
-    pub fn counts(&self, live: impl Fn(Second) -> bool) -> impl Iterator<Item = (&str, u64)> {
-        self.slots
-            .iter()
-            .map(move |slot| {
-                let buckets = slot.counter.buckets.to_vec().into_iter();
-                let count = buckets.filter(|(second, _)| live(*second)).map(|(_, n)| n);
-                (&*slot.key, count.sum())
-            })
-            .filter(|(_, count)| *count > 0)
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
     }
 
-    #[cfg(test)]
-    pub fn get(&self, key: &Key) -> Option<&KeyCounter> {
-        let slot = *self.index.get(key.as_str())?;
-        Some(&self.slots[slot as usize].counter)
+    pub fn column_mut(&mut self, column: usize) -> &mut Column {
+        &mut self.columns[column]
     }
 
-    /// The counter of `key` if the table holds it, not marked as updated.
-    pub fn get_mut(&mut self, key: &Key) -> Option<&mut KeyCounter> {
-        let slot = *self.index.get(key.as_str())?;
-        Some(&mut self.slots[slot as usize].counter)
+    /// The column of `watcher`, added: it holds none of the keys yet.
+    pub fn add_column(&mut self, watcher: Uuid) -> usize {
+        self.columns.push(Column::new(watcher, self.slots.len()));
+        self.columns.len() - 1
     }
 
-    /// Every key the table holds.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.slots.iter().map(|slot| &*slot.key)
-    }
-
-    /// Drops `key`, if the table holds it.
-    pub fn remove(&mut self, key: &Key) {
-        if let Some(&slot) = self.index.get(key.as_str()) {
-            self.remove_slot(slot as usize);
+    /// Keeps the columns of the watchers `keep` accepts; drops the keys no one holds then.
+    pub fn retain_columns(&mut self, keep: impl Fn(Uuid) -> bool) {
+        let before = self.columns.len();
+        self.columns.retain(|column| keep(column.watcher));
+        if self.columns.len() == before {
+            return;
+        }
+        // From the end: the slot a removal moves in was looked at already.
+        for slot in (0..self.slots.len()).rev() {
+            if !self.is_held(slot) {
+                self.remove_slot(slot);
+            }
         }
     }
 
-    fn remove_slot(&mut self, slot: usize) {
-        let removed = self.slots.swap_remove(slot);
-        self.index.remove(&removed.key);
-        if let Some(moved) = self.slots.get(slot) {
-            self.index.insert(moved.key.clone(), slot as u32);
-        }
+    /// The slot of `key`, if a watcher of the set holds it.
+    pub fn slot_of(&self, key: &str) -> Option<usize> {
+        let slots = &self.slots;
+        let found = self.index.find(self.hasher.hash_one(key), |&slot| {
+            *slots[slot as usize].key == *key
+        });
+        found.map(|&slot| slot as usize)
     }
 
-    /// The counter of `key`, created if new (evicting a key first when the table holds
-    /// `max_keys`, its text shared with the table that created the same key last),
-    /// marked as updated at `stamp`.
-    pub fn touch(
-        &mut self,
-        key: &Key,
-        stamp: u64,
-        max_keys: usize,
-        last_created: &mut LastKey,
-    ) -> &mut KeyCounter {
-        let slot = match self.index.get(key.as_str()) {
-            Some(&slot) => slot as usize,
+    /// The slot of `key`, created if new (evicting a key first when the table holds
+    /// `max_keys`), marked as updated at `stamp`.
+    pub fn touch(&mut self, key: &str, stamp: u64, max_keys: usize) -> usize {
+        let slot = match self.slot_of(key) {
+            Some(slot) => slot,
             None => {
                 if self.slots.len() >= max_keys {
                     self.evict_one();
                 }
-                let text = last_created.text_of(key.as_str());
-                self.insert(text, KeyCounter::default(), stamp)
+                self.insert(key.into(), stamp)
             }
         };
-        let slot = &mut self.slots[slot];
-        slot.touched = stamp;
-        &mut slot.counter
-    }
-
-    fn insert(&mut self, key: Rc<str>, counter: KeyCounter, touched: u64) -> usize {
-        let slot = self.slots.len();
-        self.index.insert(key.clone(), slot as u32);
-        self.slots.push(Slot {
-            key,
-            counter,
-            touched,
-        });
+        self.slots[slot].touched = stamp;
         slot
     }
 
-    /// The table of the keys `listed`, in their order; of a key listed twice, the last.
-    /// The index is made at its final size once all are read: grown while reading, it
-    /// hashed a million keys twice over, half the time of a restore. The slots are
-    /// compacted in place, so a restore holds one copy of them.
-    fn from_listed(mut slots: Vec<Slot>) -> KeyTable {
-        let mut index = HashMap::with_capacity(slots.len());
-        // slots[..kept] are the keys kept; slots[kept..at] those replaced by a later copy.
-        let mut kept = 0;
-        for at in 0..slots.len() {
-            match index.entry(slots[at].key.clone()) {
-                Entry::Occupied(listed_before) => slots.swap(*listed_before.get() as usize, at),
-                Entry::Vacant(new) => {
-                    new.insert(kept as u32);
-                    slots.swap(kept, at);
-                    kept += 1;
-                }
-            }
+    fn insert(&mut self, key: Box<str>, touched: u64) -> usize {
+        let slot = self.slots.len();
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        let rehash = |&slot: &u32| hasher.hash_one(&*slots[slot as usize].key);
+        self.index
+            .insert_unique(hasher.hash_one(&*key), slot as u32, rehash);
+        self.slots.push(Slot { key, touched });
+        for column in &mut self.columns {
+            column.push();
         }
-        slots.truncate(kept);
-        KeyTable {
-            index,
-            slots,
-            ..KeyTable::default()
+        slot
+    }
+
+    /// Drops `column`'s counter of `slot`; the key goes when no watcher holds it.
+    pub fn release(&mut self, column: usize, slot: usize) {
+        self.columns[column].release(slot);
+        if !self.is_held(slot) {
+            self.remove_slot(slot);
         }
     }
 
-    /// Evicts the least recently updated key of a sample of the slots.
+    fn is_held(&self, slot: usize) -> bool {
+        self.columns.iter().any(|column| column.holds(slot))
+    }
+
+    fn remove_slot(&mut self, slot: usize) {
+        let hash = self.hasher.hash_one(&*self.slots[slot].key);
+        if let Ok(entry) = self.index.find_entry(hash, |&at| at as usize == slot) {
+            entry.remove();
+        }
+        let last = self.slots.len() - 1;
+        self.slots.swap_remove(slot);
+        for column in &mut self.columns {
+            column.swap_remove(slot);
+        }
+        if slot != last {
+            let hash = self.hasher.hash_one(&*self.slots[slot].key);
+            if let Some(moved) = self.index.find_mut(hash, |&at| at as usize == last) {
+                *moved = slot as u32;
+            }
+        }
+    }
+
+    /// Evicts the least recently updated key of a sample of the slots, for every watcher.
     fn evict_one(&mut self) {
         let len = self.slots.len();
         let sample: Vec<usize> = if len <= EVICTION_SAMPLE {
@@ -324,8 +162,10 @@ impl KeyTable {
         let Some(victim) = victim else {
             return;
         };
+        for column in &mut self.columns {
+            column.evictions += u64::from(column.holds(victim));
+        }
         self.remove_slot(victim);
-        self.evictions += 1;
     }
 
     /// xorshift64: a sample position, not a secret.
@@ -338,35 +178,125 @@ impl KeyTable {
         self.sampler ^= self.sampler << 17;
         self.sampler as usize
     }
+
+    /// The columns of `other` moved into this table (watchers restored alone joining
+    /// their set), with the keys they hold; a key both hold keeps its latest update.
+    pub fn absorb(&mut self, mut other: SetTable) {
+        for mut moved in std::mem::take(&mut other.columns) {
+            let column = self.add_column(moved.watcher);
+            for (from, slot) in other.slots.iter().enumerate() {
+                if !moved.holds(from) {
+                    continue;
+                }
+                let here = match self.slot_of(&slot.key) {
+                    Some(here) => here,
+                    None => self.insert(slot.key.clone(), slot.touched),
+                };
+                let touched = &mut self.slots[here].touched;
+                *touched = (*touched).max(slot.touched);
+                self.columns[column].put(here, moved.release(from));
+            }
+            let joined = &mut self.columns[column];
+            joined.evictions = moved.evictions;
+            joined.due = std::mem::take(&mut moved.due);
+        }
+    }
+
+    /// (slot, key) of every key `column` holds.
+    pub fn held_by(&self, column: usize) -> impl Iterator<Item = (usize, &str)> {
+        let column = &self.columns[column];
+        (self.slots.iter().enumerate())
+            .filter(|(slot, _)| column.holds(*slot))
+            .map(|(slot, held)| (slot, &*held.key))
+    }
+
+    /// (key, count) of every key of `column` that holds events in the seconds `live` keeps.
+    pub fn counts(
+        &self,
+        column: usize,
+        live: impl Fn(Second) -> bool,
+    ) -> impl Iterator<Item = (&str, u64)> {
+        self.held_by(column)
+            .map(move |(slot, key)| {
+                let buckets = self.columns[column].counter(slot).buckets.newest_first();
+                let count = buckets.filter(|(second, _)| live(*second)).map(|(_, n)| n);
+                (key, count.sum())
+            })
+            .filter(|(_, count)| *count > 0)
+    }
+
+    /// An empty table with the same watchers.
+    pub fn emptied(&self) -> SetTable {
+        let mut empty = SetTable::default();
+        for column in &self.columns {
+            empty.add_column(column.watcher);
+        }
+        empty
+    }
+
+    /// `column`'s keys as `counters.json` always had a watcher's: `{"keys": {key: counter}}`.
+    pub fn saved(&self, column: usize) -> SavedColumn<'_> {
+        SavedColumn {
+            table: self,
+            column,
+        }
+    }
+
+    /// A table of one watcher's keys `listed` (the file's order is their update order);
+    /// of a key listed twice, the last. Sized once, from the list.
+    fn of_listed(listed: Vec<(String, KeyCounter)>) -> SetTable {
+        let mut table = SetTable {
+            index: HashTable::with_capacity(listed.len()),
+            slots: Vec::with_capacity(listed.len()),
+            ..SetTable::default()
+        };
+        let column = table.add_column(Uuid::nil());
+        for (stamp, (key, counter)) in listed.into_iter().enumerate() {
+            let slot = match table.slot_of(&key) {
+                Some(slot) => slot,
+                None => table.insert(key.into_boxed_str(), stamp as u64),
+            };
+            table.slots[slot].touched = stamp as u64;
+            table.columns[column].put(slot, counter);
+        }
+        table
+    }
 }
 
-/// Saved as `counters.json` always had it: `{"keys": {key: counter}}`.
-impl Serialize for KeyTable {
+/// One watcher's keys, saved.
+pub struct SavedColumn<'a> {
+    table: &'a SetTable,
+    column: usize,
+}
+
+impl Serialize for SavedColumn<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        struct Keys<'a>(&'a [Slot]);
+        struct Keys<'a>(&'a SavedColumn<'a>);
         impl Serialize for Keys<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut map = serializer.serialize_map(Some(self.0.len()))?;
-                for slot in self.0 {
-                    map.serialize_entry(&*slot.key, &slot.counter)?;
+                let (table, column) = (self.0.table, self.0.column);
+                let mut map = serializer.serialize_map(Some(table.columns[column].held_keys()))?;
+                for (slot, key) in table.held_by(column) {
+                    map.serialize_entry(key, table.columns[column].counter(slot))?;
                 }
                 map.end()
             }
         }
         let mut map = serializer.serialize_map(Some(1))?;
-        map.serialize_entry("keys", &Keys(&self.slots))?;
+        map.serialize_entry("keys", &Keys(self))?;
         map.end()
     }
 }
 
-/// Restored keys count as updated in the order the file lists them.
-impl<'de> Deserialize<'de> for KeyTable {
+/// One watcher's saved keys, as a table of its own (its column's watcher is nil until
+/// the store names it). Restored keys count as updated in the order the file lists them.
+impl<'de> Deserialize<'de> for SetTable {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         struct Saved {
             keys: Keys,
         }
-        struct Keys(KeyTable);
+        struct Keys(SetTable);
         impl<'de> Deserialize<'de> for Keys {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 deserializer.deserialize_map(KeysVisitor)
@@ -380,14 +310,10 @@ impl<'de> Deserialize<'de> for KeyTable {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
                 let mut listed = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some((key, counter)) = map.next_entry::<String, KeyCounter>()? {
-                    listed.push(Slot {
-                        key: Rc::from(key),
-                        counter,
-                        touched: listed.len() as u64,
-                    });
+                while let Some(entry) = map.next_entry::<String, KeyCounter>()? {
+                    listed.push(entry);
                 }
-                Ok(Keys(KeyTable::from_listed(listed)))
+                Ok(Keys(SetTable::of_listed(listed)))
             }
         }
         Ok(Saved::deserialize(deserializer)?.keys.0)
@@ -398,102 +324,136 @@ impl<'de> Deserialize<'de> for KeyTable {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_full_table_evicts_the_least_recently_updated_key_of_its_sample() {
-        let mut table = KeyTable::default();
-        let keys: Vec<Key> = (0..1000)
-            .map(|n| Key::from(format!("[{n}]").as_str()))
-            .collect();
-        for (stamp, key) in keys.iter().enumerate() {
-            table.touch(key, stamp as u64, 1000, &mut LastKey::default());
+    fn table_of(watchers: usize) -> SetTable {
+        let mut table = SetTable::default();
+        for _ in 0..watchers {
+            table.add_column(Uuid::new_v4());
         }
-        // The first 900 keys are updated again: the last 100 are the least recent.
-        for (stamp, key) in keys.iter().take(900).enumerate() {
-            table.touch(key, 1000 + stamp as u64, 1000, &mut LastKey::default());
-        }
-        for n in 0..50 {
-            let key = Key::from(format!("[new{n}]").as_str());
-            table.touch(&key, 5000 + n, 1000, &mut LastKey::default());
-        }
-        assert_eq!((table.len(), table.evictions), (1000, 50));
-        let kept_recent = keys
-            .iter()
-            .take(900)
-            .filter(|k| table.get(k).is_some())
-            .count();
-        assert!(kept_recent >= 850, "{kept_recent} of 900 recent keys kept");
+        table
+    }
+
+    fn index_agrees(table: &SetTable) {
+        assert_eq!(table.index.len(), table.slots.len());
         for (slot, entry) in table.slots.iter().enumerate() {
             assert_eq!(
-                table.index[&entry.key], slot as u32,
+                table.slot_of(&entry.key),
+                Some(slot),
                 "index and slots agree"
             );
         }
     }
 
-    /// A restored table lists each key once, in the file's order, the last of a key that
-    /// a hand-edited file lists twice; its index and slots agree.
+    #[test]
+    fn a_full_table_evicts_the_least_recently_updated_key_of_its_sample() {
+        let mut table = table_of(2);
+        let keys: Vec<String> = (0..1000).map(|n| format!("[{n}]")).collect();
+        for (stamp, key) in keys.iter().enumerate() {
+            let slot = table.touch(key, stamp as u64, 1000);
+            table.column_mut(0).hold(slot);
+        }
+        // The first 900 keys are updated again: the last 100 are the least recent.
+        for (stamp, key) in keys.iter().take(900).enumerate() {
+            table.touch(key, 1000 + stamp as u64, 1000);
+        }
+        for n in 0..50 {
+            let slot = table.touch(&format!("[new{n}]"), 5000 + n, 1000);
+            table.column_mut(1).hold(slot);
+        }
+        assert_eq!(table.len(), 1000);
+        let evictions: Vec<u64> = table.columns().iter().map(|c| c.evictions).collect();
+        assert_eq!(
+            evictions,
+            [50, 0],
+            "evicted keys are counted for who held them"
+        );
+        let kept_recent = keys
+            .iter()
+            .take(900)
+            .filter(|k| table.slot_of(k).is_some())
+            .count();
+        assert!(kept_recent >= 850, "{kept_recent} of 900 recent keys kept");
+        index_agrees(&table);
+    }
+
+    /// A key one watcher lets go stays for the others; the last one drops it.
+    #[test]
+    fn a_key_stays_while_one_watcher_holds_it() {
+        let mut table = table_of(2);
+        let slot = table.touch("[1]", 1, 10);
+        table.column_mut(0).hold(slot).cooldown_secs = 7;
+        table.column_mut(1).hold(slot).cooldown_secs = 9;
+        let other = table.touch("[2]", 2, 10);
+        table.column_mut(0).hold(other);
+        table.release(0, table.slot_of("[1]").unwrap());
+        let slot = table
+            .slot_of("[1]")
+            .expect("the second watcher still holds it");
+        assert!(!table.columns()[0].holds(slot));
+        assert_eq!(table.columns()[1].counter(slot).cooldown_secs, 9);
+        table.release(1, slot);
+        assert_eq!((table.slot_of("[1]"), table.len()), (None, 1));
+        index_agrees(&table);
+    }
+
+    /// A table restored per watcher lists each key once, in the file's order, the last of
+    /// a key that a hand-edited file lists twice; its index and slots agree.
     #[test]
     fn a_restored_table_keeps_the_last_of_a_key_listed_twice() {
         let saved = r#"{"keys": {"[1]": {"buckets": [[10, 1]]}, "[2]": {"buckets": [[10, 2]]},
                                  "[1]": {"buckets": [[11, 5]]}, "[3]": {"buckets": [[10, 3]]},
                                  "[1]": {"buckets": [[12, 6]]}}}"#;
-        let mut table: KeyTable = serde_json::from_str(saved).unwrap();
+        let mut table: SetTable = serde_json::from_str(saved).unwrap();
         assert_eq!(table.len(), 3);
-        let one = Key::from("[1]");
-        assert_eq!(table.get(&one).unwrap().buckets, Buckets::One(12, 6));
-        assert_eq!(table.get(&Key::from("[2]")).unwrap().buckets.total(), 2);
-        assert_eq!(table.get(&Key::from("[3]")).unwrap().buckets.total(), 3);
-        for (slot, entry) in table.slots.iter().enumerate() {
-            assert_eq!(table.index[&entry.key], slot as u32);
-        }
-        table.touch(&Key::from("[4]"), 99, 3, &mut LastKey::default());
-        assert_eq!((table.len(), table.evictions), (3, 1));
-        let saved = serde_json::to_value(&table).unwrap();
+        let counter = |table: &SetTable, key: &str| {
+            let slot = table.slot_of(key).unwrap();
+            table.columns()[0].counter(slot).clone()
+        };
+        assert_eq!(counter(&table, "[1]").buckets, Buckets::One(12, 6));
+        assert_eq!(counter(&table, "[2]").buckets.total(), 2);
+        assert_eq!(counter(&table, "[3]").buckets.total(), 3);
+        index_agrees(&table);
+        let slot = table.touch("[4]", 99, 3);
+        table.column_mut(0).hold(slot);
+        assert_eq!((table.len(), table.columns()[0].evictions), (3, 1));
+        let saved = serde_json::to_value(table.saved(0)).unwrap();
         assert_eq!(saved["keys"].as_object().unwrap().len(), 3);
     }
 
-    /// The watchers of one field set create a key one after the other: one copy of its
-    /// text serves them all; another key gets its own.
+    /// Watchers restored alone join their set: a key both hold is one slot.
     #[test]
-    fn tables_creating_the_same_key_in_turn_share_its_text() {
-        let (mut first, mut second) = (KeyTable::default(), KeyTable::default());
-        let mut last_created = LastKey::default();
-        let ip = Key::from(r#"["10.0.0.1"]"#);
-        first.touch(&ip, 1, 10, &mut last_created);
-        second.touch(&ip, 2, 10, &mut last_created);
-        assert!(Rc::ptr_eq(&first.slots[0].key, &second.slots[0].key));
-        first.touch(&Key::from(r#"["10.0.0.2"]"#), 3, 10, &mut last_created);
-        second.touch(&ip, 4, 10, &mut last_created);
-        assert_eq!(second.len(), 1, "a key the table has is not created again");
-        assert!(!Rc::ptr_eq(&first.slots[1].key, &second.slots[0].key));
-        assert_eq!(&*first.slots[1].key, r#"["10.0.0.2"]"#);
+    fn an_absorbed_table_brings_its_watchers_keys() {
+        let mut first: SetTable = serde_json::from_str(
+            r#"{"keys": {"[1]": {"buckets": [[10, 1]]},
+            "[2]": {"buckets": [[10, 2]]}}}"#,
+        )
+        .unwrap();
+        let second: SetTable = serde_json::from_str(
+            r#"{"keys": {"[2]": {"buckets": [[10, 5]]},
+            "[3]": {"buckets": [[10, 3]]}}}"#,
+        )
+        .unwrap();
+        first.absorb(second);
+        assert_eq!((first.len(), first.columns().len()), (3, 2));
+        let two = first.slot_of("[2]").unwrap();
+        let totals: Vec<u64> = (first.columns().iter())
+            .map(|c| c.counter(two).buckets.total())
+            .collect();
+        assert_eq!(totals, [2, 5]);
+        let held: Vec<usize> = first.columns().iter().map(Column::held_keys).collect();
+        assert_eq!(held, [2, 2]);
+        index_agrees(&first);
     }
 
-    /// The layout the per-key budget rests on (benchmark.md: at most 200 bytes a key).
+    /// The layout the per-key budget rests on (benchmark.md: at most 120 bytes a key).
     #[test]
-    fn a_slot_stays_small() {
+    fn a_slot_and_a_counter_stay_small() {
         assert_eq!(std::mem::size_of::<Buckets>(), 24);
-        // 64 bytes, and a pointer for the rules' own state (`KeyCounter::rule`).
+        assert!(std::mem::size_of::<Slot>() <= 24);
+        // 40 bytes, and a pointer for the rules' own state (`KeyCounter::rule`).
         assert!(
-            std::mem::size_of::<Slot>() <= 72,
+            std::mem::size_of::<KeyCounter>() <= 48,
             "{}",
-            std::mem::size_of::<Slot>()
+            std::mem::size_of::<KeyCounter>()
         );
-    }
-
-    #[test]
-    fn buckets_stay_inline_until_a_second_one_and_save_as_a_list() {
-        let mut buckets = Buckets::default();
-        buckets.add(100, 2);
-        buckets.add(100, 1);
-        assert_eq!(buckets, Buckets::One(100, 3));
-        buckets.add(101, 4);
-        assert_eq!((buckets.len(), buckets.total()), (2, 7));
-        assert_eq!(
-            serde_json::to_string(&buckets).unwrap(),
-            "[[100,3],[101,4]]"
-        );
-        buckets.drop_front_while(|second| second < 101);
-        assert_eq!(buckets.total(), 4);
     }
 }

@@ -175,3 +175,112 @@ fn deleted_watchers_lose_their_counters() {
     watch.sync(&Registry::default());
     assert_eq!(watch.store().sizes().len(), 0);
 }
+
+/// `watchers` on `logins`, in one field set (`["ip"]`), and a `Watch` holding at most
+/// `max_keys` keys a set.
+fn watching_one_set(watchers: &[&str], max_keys: usize) -> (Vec<Uuid>, Watch) {
+    let mut registry = registry_with(watchers[0]);
+    for watcher in &watchers[1..] {
+        let change = Change::CreateWatcher {
+            event: "logins".into(),
+            body: watcher.as_bytes().to_vec(),
+        };
+        registry
+            .apply(&change, Origin::LOCAL, &Rules::default())
+            .unwrap();
+    }
+    let mut watch = Watch::new(Box::new(MemoryStore::new(max_keys)));
+    watch.sync(&registry);
+    let ids = watchers
+        .iter()
+        .map(|body| {
+            let name: Value = serde_json::from_str(body).unwrap();
+            let entry = registry.event("logins").unwrap();
+            let spec = entry
+                .watchers
+                .iter()
+                .find(|w| w.spec.name.as_str() == name["name"]);
+            spec.unwrap().id
+        })
+        .collect();
+    (ids, watch)
+}
+
+/// A batch as a worker ships it: each ip named once for the set's watchers.
+fn post_to_set(
+    watch: &mut Watch,
+    watchers: &[Uuid],
+    ips: &[(&str, u64)],
+    now: Second,
+) -> Vec<(Uuid, u64)> {
+    let keys = ips
+        .iter()
+        .map(|(ip, events)| (Key::from(format!("[\"{ip}\"]").as_str()), *events))
+        .collect();
+    let sets = vec![SetCounts {
+        watchers: watchers.to_vec(),
+        keys,
+    }];
+    let batch = CountBatch {
+        events: Vec::new(),
+        sets,
+        values: Vec::new(),
+    };
+    let jobs = watch.count(batch, now);
+    jobs.iter()
+        .map(|job| (job.watcher_id, job.firing.count))
+        .collect()
+}
+
+/// The watchers of one field set share a table, never their counts: each counts the
+/// set's keys in its own window against its own threshold, a key forgotten for one is
+/// kept for the others, and an eviction counts for those that held the key.
+#[test]
+fn the_watchers_of_one_field_set_keep_their_own_counts_windows_and_evictions() {
+    let by_ip =
+        r#""aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}"#;
+    let (ids, mut watch) = watching_one_set(
+        &[
+            &format!(r#"{{"name": "burst", "threshold": 2, "window_secs": 10, {by_ip}"#),
+            &format!(r#"{{"name": "slow", "threshold": 4, {by_ip}"#),
+            &format!(
+                r#"{{"name": "gone", "rule": "flatline", "threshold": 1, "window_secs": 5,
+                    "forget_after_secs": 20, {by_ip}"#
+            ),
+        ],
+        2,
+    );
+    let [burst, slow, gone] = ids[..] else {
+        panic!("{ids:?}")
+    };
+    let t0 = now() + 10;
+    assert!(post_to_set(&mut watch, &ids, &[("a", 2)], t0).is_empty());
+    // burst's window lost t0's 2 events; slow, without a window, keeps them.
+    assert!(post_to_set(&mut watch, &ids, &[("a", 1)], t0 + 11).is_empty());
+    assert_eq!(
+        post_to_set(&mut watch, &ids, &[("a", 2)], t0 + 12),
+        [(burst, 3), (slow, 5)]
+    );
+    // gone: silent from t0 + 17, fires, and is forgotten 20 s later, for gone alone.
+    let fired: Vec<Uuid> = watch
+        .tick(t0 + 17)
+        .iter()
+        .map(|job| job.watcher_id)
+        .collect();
+    assert_eq!(fired, [gone]);
+    assert!(watch.tick(t0 + 37).is_empty());
+    let a = Key::from(r#"["a"]"#);
+    assert!(!watch.store().keys(gone).contains(&a), "forgotten for gone");
+    assert_eq!(
+        watch.store().keys(burst),
+        std::slice::from_ref(&a),
+        "kept for burst"
+    );
+    assert_eq!(watch.store().keys(slow), [a]);
+    // Two keys a set: c evicts a, the least recently updated, from those that held it.
+    post_to_set(&mut watch, &ids, &[("b", 1)], t0 + 38);
+    post_to_set(&mut watch, &ids, &[("c", 1)], t0 + 39);
+    let mut sizes = watch.store().sizes();
+    sizes.sort_by_key(|(id, ..)| ids.iter().position(|w| w == id));
+    assert_eq!(sizes, [(burst, 2, 1), (slow, 2, 1), (gone, 2, 0)]);
+}
