@@ -5,8 +5,10 @@
 //! verb in `status_page.rs`.
 //!
 //! Built on request only, and at most once a second however many pages poll it (the
-//! document is kept for a second, and no facts are gathered meanwhile): serving
-//! the page costs the master nothing per event. It changes nothing, knows no other
+//! document is kept, and no facts are gathered meanwhile); kept longer when it was
+//! costly to build (a million keys to rank): open pages take at most a fiftieth of the
+//! master's time, whatever the watchers hold. Serving the page costs the master nothing
+//! per event. It changes nothing, knows no other
 //! component, and holds no client-controlled string it did not get from the registry or
 //! the counters; the page inserts them all as text.
 
@@ -23,8 +25,10 @@ use crate::oncall::history::{Alert, AlertState, Filter};
 use crate::oncall::silences::Shown;
 use crate::status::{ClusterStatus, Status, WorkerStatus};
 
-/// How long a built document is served again: pages poll every 2 s.
-const REUSE_FOR: Duration = Duration::from_secs(1);
+/// How long a built document is served again at least: pages poll every 2 s.
+const REUSE_AT_LEAST: Duration = Duration::from_secs(1);
+/// ... and at least this many times as long as it took to build.
+const REUSE_PER_BUILD_TIME: u32 = 50;
 /// The hottest keys shown per watcher.
 pub const HOTTEST_KEYS: usize = 10;
 /// The recent firings shown.
@@ -34,8 +38,13 @@ pub const RECENT_FIRINGS: usize = 20;
 #[derive(Default)]
 pub struct Board {
     traffic: Traffic,
-    /// When it was built, whether it shows key values, the document.
-    last: Option<(Instant, bool, String)>,
+    /// The last document built, without and with key values.
+    last: [Option<Kept>; 2],
+}
+
+struct Kept {
+    serves_until: Instant,
+    document: String,
 }
 
 /// What the other components tell the board for one document.
@@ -48,6 +57,11 @@ pub struct Facts<'a> {
     pub pending_alerts: Vec<Alert>,
     pub firings: Vec<Alert>,
     pub silences: Vec<Shown<'a>>,
+}
+
+/// How long a document that took `cost` to build is served again.
+fn serves_for(cost: Duration) -> Duration {
+    REUSE_AT_LEAST.max(cost * REUSE_PER_BUILD_TIME)
 }
 
 #[derive(Serialize)]
@@ -108,21 +122,26 @@ impl Board {
         self.traffic.tick(now, collected, rejected, registered);
     }
 
-    /// The document built less than a second ago, if it shows key values as asked: the
-    /// facts need not be gathered again.
+    /// The document built lately that shows key values as asked, while it still
+    /// serves: the facts need not be gathered again.
     pub fn kept(&self, reveal_keys: bool) -> Option<String> {
-        let (built, revealed, document) = self.last.as_ref()?;
-        let fresh = Instant::now().saturating_duration_since(*built) < REUSE_FOR;
-        (*revealed == reveal_keys && fresh).then(|| document.clone())
+        let kept = self.last[usize::from(reveal_keys)].as_ref()?;
+        (Instant::now() < kept.serves_until).then(|| kept.document.clone())
     }
 
-    /// The `/status` document of `facts`, as JSON text, kept for a second.
-    pub fn document(&mut self, reveal_keys: bool, facts: Facts<'_>) -> String {
+    /// The `/status` document of `facts`, gathered from `started` on, as JSON text; kept
+    /// for a second, or fifty times as long as it took.
+    pub fn document(&mut self, reveal_keys: bool, facts: Facts<'_>, started: Instant) -> String {
         let document = serde_json::to_string(&self.build(facts)).unwrap_or_else(|e| {
             error!("the status document cannot be serialized: {e}");
             "{}".to_string()
         });
-        self.last = Some((Instant::now(), reveal_keys, document.clone()));
+        let built = Instant::now();
+        let serves_until = built + serves_for(built.saturating_duration_since(started));
+        self.last[usize::from(reveal_keys)] = Some(Kept {
+            serves_until,
+            document: document.clone(),
+        });
         document
     }
 
@@ -206,5 +225,20 @@ pub fn recent(state: Option<&str>, limit: usize, reveal_keys: bool) -> Filter {
         state: state.map(str::to_string),
         limit,
         reveal_keys,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However many keys the watchers hold, open pages cost the master a fiftieth of it.
+    #[test]
+    fn a_costly_document_is_served_again_for_fifty_times_its_cost() {
+        assert_eq!(serves_for(Duration::from_millis(2)), REUSE_AT_LEAST);
+        assert_eq!(
+            serves_for(Duration::from_millis(100)),
+            Duration::from_secs(5)
+        );
     }
 }

@@ -5,6 +5,8 @@
 //! Glue only: each fact is asked of the component that owns it; nothing here keeps
 //! state or changes any.
 
+use std::time::Instant;
+
 use super::Master;
 use super::board::{Facts, HOTTEST_KEYS, RECENT_FIRINGS, recent};
 use crate::oncall::MAX_ALERTS;
@@ -25,6 +27,7 @@ impl Master {
         if let Some(document) = self.board.kept(reveal_keys) {
             return document;
         }
+        let started = Instant::now();
         // What a client is shown of the alert list is on disk.
         self.oncall.flush();
         let oncall = &self.oncall;
@@ -42,6 +45,6 @@ impl Master {
             firings: oncall.alerts(&recent(None, RECENT_FIRINGS, reveal_keys)),
             silences: oncall.silences(),
         };
-        self.board.document(reveal_keys, facts)
+        self.board.document(reveal_keys, facts, started)
     }
 }

@@ -9,7 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use super::Key;
-use super::table::Second;
+use crate::clock::Second;
 
 #[derive(Default)]
 pub struct DueQueue {
