@@ -2,14 +2,15 @@
 //! under `valgrind --tool=callgrind` (instruction counts hold on a loaded machine; wall
 //! clock does not): a 1 MB NDJSON body of the curve payload is split into lines, every
 //! line is checked and read as an event, and its key for each of the row's 10 field sets
-//! is written and looked up in a per-set map, as the worker's `parse_lines` and batch do.
+//! is written and looked up in a per-set map: the worker's own `parse_lines`, then what its
+//! batch does.
 //! A benchmark tool: not built into the daemon.
 //!
 //! Usage: bulk-keys [ROUNDS] (default 10); prints the events read and their keys' sum.
 
 use std::collections::HashMap;
 
-use eventsd::event::Event;
+use eventsd::event::parse_lines;
 use eventsd::registry::Aggregator;
 use eventsd::watch::{FnvBuildHasher, Key};
 
@@ -80,20 +81,4 @@ fn body() -> String {
         line += 1;
     }
     body
-}
-
-/// As the worker's `parse_lines`: NDJSON, blank lines skipped, a bad line refuses all.
-fn parse_lines(body: &[u8]) -> Result<Vec<Event<'_>>, String> {
-    let mut events = Vec::new();
-    let mut start = 0;
-    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
-    for (index, end) in ends.enumerate() {
-        let line = &body[start..end];
-        start = end + 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        events.push(Event::parse(line).map_err(|e| format!("Line {}: {e}", index + 1))?);
-    }
-    Ok(events)
 }

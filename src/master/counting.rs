@@ -23,17 +23,15 @@ use super::setup;
 use super::snapshot::Snapshots;
 use crate::child::Child;
 use crate::config::Config;
+use crate::exposition::write_family;
 use crate::watch::store::Second;
 use crate::watch::{CountBatch, Watch};
 
 /// The longest the master counts before it looks at its descriptors again.
 pub(super) const SLICE: Duration = Duration::from_millis(10);
-/// A piece: at most this many updates...
+/// A piece: whole keys, each for every watcher of its set, up to this many updates (a
+/// few tens of microseconds), so that a slice ends close to `SLICE`.
 pub(super) const PIECE_ENTRIES: usize = 1024;
-/// ...of at most this many watchers, so that a slice ends close to `SLICE` even when
-/// every watcher's table grows in it (200 watchers of one field set grow theirs at the
-/// same key).
-pub(super) const PIECE_WATCHERS: usize = 16;
 /// (watcher, key) updates of one worker waiting to be counted, beyond which it is not
 /// read: about a tenth of a second of counting.
 const MAX_WAITING_ENTRIES: usize = 64 * 1024;
@@ -59,6 +57,9 @@ pub(super) struct Counting {
     /// Count batches read and not counted yet.
     pub backlog: Backlog,
     pub snapshots: Snapshots,
+    /// The longest turn of the loop spent counting so far: how long a question may have
+    /// waited for counting (reliability.md: at most 100 ms).
+    longest_slice: Duration,
 }
 
 impl Counting {
@@ -68,7 +69,13 @@ impl Counting {
             route: Route::Local,
             backlog: Backlog::default(),
             snapshots: Snapshots::default(),
+            longest_slice: Duration::ZERO,
         }
+    }
+
+    /// A turn of the loop counted for `took`.
+    pub(super) fn slice_took(&mut self, took: Duration) {
+        self.longest_slice = self.longest_slice.max(took);
     }
 
     /// On the tick: a snapshot that writes past its deadline killed, and a new one
@@ -85,10 +92,18 @@ impl Counting {
         }
     }
 
-    /// Its metric families: the watchers' (`Watch::render`), the snapshots'.
+    /// Its metric families: the watchers' (`Watch::render`), the snapshots', the
+    /// longest slice.
     pub(super) fn render(&self, out: &mut String) {
         self.watch.render(out);
         self.snapshots.render(out);
+        write_family(
+            out,
+            "eventsd_count_slice_longest_seconds",
+            "gauge",
+            "The longest turn of the master's loop spent counting since it started.",
+            [(String::new(), self.longest_slice.as_secs_f64())],
+        );
     }
 
     pub(super) fn snapshot(&self) -> Option<&Child> {
@@ -162,13 +177,9 @@ impl Backlog {
     }
 
     /// The next piece (`CountBatch::take_piece`), with the second it counts in.
-    pub(super) fn next_piece(
-        &mut self,
-        entries: usize,
-        watchers: usize,
-    ) -> Option<(Second, CountBatch)> {
+    pub(super) fn next_piece(&mut self, entries: usize) -> Option<(Second, CountBatch)> {
         let oldest = self.batches.front_mut()?;
-        let piece = oldest.batch.take_piece(entries, watchers);
+        let piece = oldest.batch.take_piece(entries);
         let (from, at) = (oldest.from, oldest.at);
         if oldest.batch.is_empty() {
             self.batches.pop_front();

@@ -14,7 +14,7 @@ use std::time::Instant;
 use nix::unistd::Pid;
 
 use super::Master;
-use super::counting::{PIECE_ENTRIES, PIECE_WATCHERS, Route, SLICE};
+use super::counting::{PIECE_ENTRIES, Route, SLICE};
 use crate::protocol::runner::{DropReason, FromRunner};
 use crate::watch::store::Second;
 use crate::watch::{CountBatch, Job};
@@ -48,20 +48,17 @@ impl Master {
     pub(super) fn count_a_slice(&mut self) {
         let started = Instant::now();
         while started.elapsed() < SLICE {
-            let Some((at, piece)) = self
-                .counting
-                .backlog
-                .next_piece(PIECE_ENTRIES, PIECE_WATCHERS)
-            else {
-                return;
+            let Some((at, piece)) = self.counting.backlog.next_piece(PIECE_ENTRIES) else {
+                break;
             };
             self.count_at(piece, at);
         }
+        self.counting.slice_took(started.elapsed());
     }
 
     /// Everything still waiting, at once: the counters are about to be saved for good.
     pub(super) fn count_everything(&mut self) {
-        while let Some((at, piece)) = self.counting.backlog.next_piece(usize::MAX, usize::MAX) {
+        while let Some((at, piece)) = self.counting.backlog.next_piece(usize::MAX) {
             self.count_at(piece, at);
         }
     }

@@ -3,16 +3,20 @@
 //! watcher holds, one bit a slot. Its keys decided on the clock wait in its own due queue.
 //!
 //! Knows nothing of keys or eviction: the table moves its slots, and every column with
-//! them, so that a column never disagrees with the slots in length or order.
+//! them, so that a column never disagrees with the slots in length or order. Its blocks
+//! are kept in chunks (`Blocks`), so that a column grows without copying what it holds.
 
 use uuid::Uuid;
 
 use super::counter::KeyCounter;
 use super::due::DueQueue;
 
+/// Blocks a chunk: 48 KiB of counters, allocated once at this size past the first chunk.
+const CHUNK: usize = 1024;
+
 pub struct Column {
     pub watcher: Uuid,
-    counters: Vec<KeyCounter>,
+    counters: Blocks,
     /// Bit `slot % 64` of word `slot / 64`: the watcher holds the slot's key.
     held: Vec<u64>,
     held_keys: usize,
@@ -27,7 +31,7 @@ impl Column {
     pub fn new(watcher: Uuid, slots: usize) -> Column {
         Column {
             watcher,
-            counters: vec![KeyCounter::default(); slots],
+            counters: Blocks::filled(slots),
             held: vec![0; slots.div_ceil(64)],
             held_keys: 0,
             evictions: 0,
@@ -50,23 +54,23 @@ impl Column {
             self.write_bit(slot, true);
             self.held_keys += 1;
         }
-        &mut self.counters[slot]
+        self.counters.get_mut(slot)
     }
 
     /// Its counter at `slot`, held from now on, with its due queue: what its rule decides
     /// on when counts arrive.
     pub fn block(&mut self, slot: usize) -> (&mut KeyCounter, &mut DueQueue) {
         self.hold(slot);
-        (&mut self.counters[slot], &mut self.due)
+        (self.counters.get_mut(slot), &mut self.due)
     }
 
     /// Its counter at `slot`, if it holds it.
     pub fn held(&mut self, slot: usize) -> Option<&mut KeyCounter> {
-        self.holds(slot).then(|| &mut self.counters[slot])
+        self.holds(slot).then(|| self.counters.get_mut(slot))
     }
 
     pub fn counter(&self, slot: usize) -> &KeyCounter {
-        &self.counters[slot]
+        self.counters.get(slot)
     }
 
     /// Its counter at `slot` set to `counter`, held.
@@ -80,20 +84,20 @@ impl Column {
             self.write_bit(slot, false);
             self.held_keys -= 1;
         }
-        std::mem::take(&mut self.counters[slot])
+        std::mem::take(self.counters.get_mut(slot))
     }
 
     /// A slot added at the end of the table.
     pub fn push(&mut self) {
         self.counters.push(KeyCounter::default());
-        if self.counters.len() > self.held.len() * 64 {
+        if self.counters.len > self.held.len() * 64 {
             self.held.push(0);
         }
     }
 
     /// The table's `swap_remove` of `slot`: its last slot moves there.
     pub fn swap_remove(&mut self, slot: usize) {
-        let last = self.counters.len() - 1;
+        let last = self.counters.len - 1;
         let moved = self.holds(last);
         self.release(slot);
         self.counters.swap_remove(slot);
@@ -110,6 +114,71 @@ impl Column {
         } else {
             self.held[word] &= !bit;
         }
+    }
+}
+
+/// A column's counter blocks, in chunks of `CHUNK` that never move once full: a key new
+/// to a set of 200 watchers costs 200 pushes, never 200 reallocations of whole columns
+/// (a pause of the master's loop that would grow with the table). Only the first chunk
+/// grows as a vector does, so that a watcher of few keys holds few blocks.
+#[derive(Default)]
+struct Blocks {
+    chunks: Vec<Vec<KeyCounter>>,
+    len: usize,
+}
+
+impl Blocks {
+    fn filled(len: usize) -> Blocks {
+        let mut blocks = Blocks::default();
+        for _ in 0..len {
+            blocks.push(KeyCounter::default());
+        }
+        blocks
+    }
+
+    fn get(&self, slot: usize) -> &KeyCounter {
+        &self.chunks[slot / CHUNK][slot % CHUNK]
+    }
+
+    fn get_mut(&mut self, slot: usize) -> &mut KeyCounter {
+        &mut self.chunks[slot / CHUNK][slot % CHUNK]
+    }
+
+    fn push(&mut self, counter: KeyCounter) {
+        if self.len % CHUNK == 0 {
+            let chunk = if self.chunks.is_empty() {
+                Vec::new()
+            } else {
+                Vec::with_capacity(CHUNK)
+            };
+            self.chunks.push(chunk);
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(counter);
+            self.len += 1;
+        }
+    }
+
+    /// The block at `slot` removed, the last one moved in its place.
+    fn swap_remove(&mut self, slot: usize) -> KeyCounter {
+        let mut removed = self.pop();
+        if slot < self.len {
+            std::mem::swap(self.get_mut(slot), &mut removed);
+        }
+        removed
+    }
+
+    /// The last block taken out; no chunk is ever left empty.
+    fn pop(&mut self) -> KeyCounter {
+        let Some(chunk) = self.chunks.last_mut() else {
+            return KeyCounter::default();
+        };
+        let last = chunk.pop().unwrap_or_default();
+        if chunk.is_empty() {
+            self.chunks.pop();
+        }
+        self.len = self.len.saturating_sub(1);
+        last
     }
 }
 
@@ -140,5 +209,28 @@ mod tests {
         );
         column.push();
         assert!(!column.holds(128), "a new slot is not held");
+    }
+
+    /// Past a chunk, the last block still moves into a removed slot, from chunk to chunk.
+    #[test]
+    fn a_column_of_several_chunks_keeps_its_blocks_in_place() {
+        let slots = 2 * CHUNK + 5;
+        let mut column = Column::new(Uuid::nil(), slots);
+        for slot in 0..slots {
+            column.hold(slot).cooldown_secs = slot as u32;
+        }
+        column.swap_remove(7);
+        assert_eq!(column.counter(7).cooldown_secs, (slots - 1) as u32);
+        for _ in 0..6 {
+            column.swap_remove(CHUNK + 1);
+        }
+        assert_eq!(column.counters.len, 2 * CHUNK - 2);
+        assert_eq!(column.counters.chunks.len(), 2, "an emptied chunk goes");
+        assert_eq!(column.counter(CHUNK - 1).cooldown_secs, (CHUNK - 1) as u32);
+        assert_eq!(
+            column.counter(CHUNK + 1).cooldown_secs,
+            (2 * CHUNK - 2) as u32
+        );
+        assert_eq!(column.held_keys(), 2 * CHUNK - 2);
     }
 }

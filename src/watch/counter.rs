@@ -4,8 +4,10 @@
 //! `[second, count]` that `counters.json` always had.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::num::NonZeroU64;
 
+use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::rule_state::RuleState;
@@ -114,14 +116,6 @@ impl Buckets {
         }
     }
 
-    fn to_vec(&self) -> Vec<(Second, u64)> {
-        match self {
-            Buckets::Empty => Vec::new(),
-            Buckets::One(second, count) => vec![(*second, *count)],
-            Buckets::Many(buckets) => buckets.iter().copied().collect(),
-        }
-    }
-
     #[cfg(test)]
     pub fn len(&self) -> usize {
         match self {
@@ -135,17 +129,32 @@ impl Buckets {
 /// Saved as `counters.json` always had it: a list of `[second, count]`.
 impl Serialize for Buckets {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.to_vec().serialize(serializer)
+        match self {
+            Buckets::Empty => serializer.collect_seq(std::iter::empty::<(Second, u64)>()),
+            Buckets::One(second, count) => serializer.collect_seq([(*second, *count)]),
+            Buckets::Many(buckets) => serializer.collect_seq(buckets.iter()),
+        }
     }
 }
 
+/// Read bucket by bucket, with no list in between: a restore reads a million of these.
 impl<'de> Deserialize<'de> for Buckets {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut buckets = Buckets::Empty;
-        for (second, count) in Vec::<(Second, u64)>::deserialize(deserializer)? {
-            buckets.add(second, count);
+        struct BucketsVisitor;
+        impl<'de> Visitor<'de> for BucketsVisitor {
+            type Value = Buckets;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of [second, count]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Buckets, A::Error> {
+                let mut buckets = Buckets::Empty;
+                while let Some((second, count)) = seq.next_element::<(Second, u64)>()? {
+                    buckets.add(second, count);
+                }
+                Ok(buckets)
+            }
         }
-        Ok(buckets)
+        deserializer.deserialize_seq(BucketsVisitor)
     }
 }
 

@@ -59,34 +59,27 @@ impl CountBatch {
         counts + self.values.iter().map(SetValues::entries).sum::<usize>()
     }
 
-    /// Takes at most `entries` updates (at least one) of at most `watchers` watchers out
-    /// of the batch, as a batch of their own: whole keys while their set's watchers fit,
-    /// else one key for some of its watchers, so that a piece makes few watchers' tables
-    /// grow at once. The events go with the last piece: once a batch's events are
-    /// counted, all of their keys are.
-    pub fn take_piece(&mut self, entries: usize, watchers: usize) -> CountBatch {
+    /// Takes whole keys, each for every watcher of its set, up to `entries` updates (at
+    /// least one key) out of the batch, as a batch of their own: a key is found once in
+    /// its set's table however many watchers share it, and a piece costs a few
+    /// microseconds whatever its set. The events go with the last piece: once a batch's
+    /// events are counted, all of their keys are.
+    pub fn take_piece(&mut self, entries: usize) -> CountBatch {
         let mut piece = CountBatch::default();
-        let (mut taken, mut tables) = (0, 0);
-        while taken < entries && tables < watchers {
+        let mut taken = 0;
+        while taken < entries {
             let Some(set) = self.sets.last_mut() else {
                 break;
             };
-            let room = (entries - taken).min(watchers - tables);
-            if set.watchers.len() > room && set.keys.len() > 1 {
-                // Its last key apart, to be taken for some of its watchers at a time.
-                let alone = SetCounts {
-                    watchers: set.watchers.clone(),
-                    keys: set.keys.split_off(set.keys.len() - 1),
-                };
-                self.sets.push(alone);
-                continue;
+            let room = entries - taken;
+            if taken > 0 && !set.keys.is_empty() && set.watchers.len() > room {
+                break;
             }
-            let part = set.take_part(entries - taken, watchers - tables);
-            if set.keys.is_empty() || set.watchers.is_empty() {
+            let part = set.take_keys(room);
+            if set.keys.is_empty() {
                 self.sets.pop();
             }
             taken += part.entries().max(1);
-            tables += part.watchers.len();
             piece.sets.push(part);
         }
         if self.sets.is_empty() {
@@ -113,24 +106,16 @@ impl SetCounts {
         self.keys.len() * self.watchers.len()
     }
 
-    /// At most `entries` of the set's updates, for at most `tables` of its watchers,
-    /// taken out of it: the whole set, whole keys for all its watchers, or, when even one
-    /// key has more watchers than that (then it is the set's only key:
-    /// `CountBatch::take_piece`), some of the watchers.
-    fn take_part(&mut self, entries: usize, tables: usize) -> SetCounts {
-        let (watchers, keys) = (self.watchers.len(), self.keys.len());
-        if watchers <= tables && self.entries() <= entries {
+    /// Its last keys, as many as `room` updates hold for all of its watchers (at least
+    /// one key), taken out of it.
+    fn take_keys(&mut self, room: usize) -> SetCounts {
+        let fit = (room / self.watchers.len().max(1)).max(1);
+        if fit >= self.keys.len() {
             return std::mem::take(self);
         }
-        if watchers <= entries.min(tables) {
-            return SetCounts {
-                watchers: self.watchers.clone(),
-                keys: self.keys.split_off(keys - entries / watchers),
-            };
-        }
         SetCounts {
-            watchers: self.watchers.split_off(watchers - entries.min(tables)),
-            keys: self.keys.clone(),
+            watchers: self.watchers.clone(),
+            keys: self.keys.split_off(self.keys.len() - fit),
         }
     }
 

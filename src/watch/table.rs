@@ -82,35 +82,38 @@ impl SetTable {
 
     /// The slot of `key`, if a watcher of the set holds it.
     pub fn slot_of(&self, key: &str) -> Option<usize> {
+        self.slot_hashed(key, self.hasher.hash_one(key))
+    }
+
+    fn slot_hashed(&self, key: &str, hash: u64) -> Option<usize> {
         let slots = &self.slots;
-        let found = self.index.find(self.hasher.hash_one(key), |&slot| {
-            *slots[slot as usize].key == *key
-        });
+        let found = (self.index).find(hash, |&slot| *slots[slot as usize].key == *key);
         found.map(|&slot| slot as usize)
     }
 
     /// The slot of `key`, created if new (evicting a key first when the table holds
-    /// `max_keys`), marked as updated at `stamp`.
+    /// `max_keys`), marked as updated at `stamp`. The key is hashed once.
     pub fn touch(&mut self, key: &str, stamp: u64, max_keys: usize) -> usize {
-        let slot = match self.slot_of(key) {
+        let hash = self.hasher.hash_one(key);
+        let slot = match self.slot_hashed(key, hash) {
             Some(slot) => slot,
             None => {
                 if self.slots.len() >= max_keys {
                     self.evict_one();
                 }
-                self.insert(key.into(), stamp)
+                self.insert(key.into(), hash, stamp)
             }
         };
         self.slots[slot].touched = stamp;
         slot
     }
 
-    fn insert(&mut self, key: Box<str>, touched: u64) -> usize {
+    /// A slot for `key` (hashed `hash`), new to the table.
+    fn insert(&mut self, key: Box<str>, hash: u64, touched: u64) -> usize {
         let slot = self.slots.len();
         let (slots, hasher) = (&self.slots, &self.hasher);
         let rehash = |&slot: &u32| hasher.hash_one(&*slots[slot as usize].key);
-        self.index
-            .insert_unique(hasher.hash_one(&*key), slot as u32, rehash);
+        self.index.insert_unique(hash, slot as u32, rehash);
         self.slots.push(Slot { key, touched });
         for column in &mut self.columns {
             column.push();
@@ -188,9 +191,10 @@ impl SetTable {
                 if !moved.holds(from) {
                     continue;
                 }
-                let here = match self.slot_of(&slot.key) {
+                let hash = self.hasher.hash_one(&*slot.key);
+                let here = match self.slot_hashed(&slot.key, hash) {
                     Some(here) => here,
-                    None => self.insert(slot.key.clone(), slot.touched),
+                    None => self.insert(slot.key.clone(), hash, slot.touched),
                 };
                 let touched = &mut self.slots[here].touched;
                 *touched = (*touched).max(slot.touched);
@@ -242,24 +246,16 @@ impl SetTable {
         }
     }
 
-    /// A table of one watcher's keys `listed` (the file's order is their update order);
-    /// of a key listed twice, the last. Sized once, from the list.
-    fn of_listed(listed: Vec<(String, KeyCounter)>) -> SetTable {
-        let mut table = SetTable {
-            index: HashTable::with_capacity(listed.len()),
-            slots: Vec::with_capacity(listed.len()),
-            ..SetTable::default()
+    /// `counter` of `key` restored into `column`: the file's `stamp`-th key, of a key
+    /// listed twice the last.
+    fn restore(&mut self, column: usize, key: Box<str>, counter: KeyCounter, stamp: u64) {
+        let hash = self.hasher.hash_one(&*key);
+        let slot = match self.slot_hashed(&key, hash) {
+            Some(slot) => slot,
+            None => self.insert(key, hash, stamp),
         };
-        let column = table.add_column(Uuid::nil());
-        for (stamp, (key, counter)) in listed.into_iter().enumerate() {
-            let slot = match table.slot_of(&key) {
-                Some(slot) => slot,
-                None => table.insert(key.into_boxed_str(), stamp as u64),
-            };
-            table.slots[slot].touched = stamp as u64;
-            table.columns[column].put(slot, counter);
-        }
-        table
+        self.slots[slot].touched = stamp;
+        self.columns[column].put(slot, counter);
     }
 }
 
@@ -308,12 +304,16 @@ impl<'de> Deserialize<'de> for SetTable {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a map of aggregation keys to counters")
             }
+            /// Each key into the table as it is read: no list of a million keys first.
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
-                let mut listed = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some(entry) = map.next_entry::<String, KeyCounter>()? {
-                    listed.push(entry);
+                let mut table = SetTable::default();
+                let column = table.add_column(Uuid::nil());
+                let mut stamp = 0;
+                while let Some((key, counter)) = map.next_entry::<Box<str>, KeyCounter>()? {
+                    table.restore(column, key, counter, stamp);
+                    stamp += 1;
                 }
-                Ok(Keys(SetTable::of_listed(listed)))
+                Ok(Keys(table))
             }
         }
         Ok(Saved::deserialize(deserializer)?.keys.0)

@@ -34,7 +34,7 @@ pub use super::routes::{ROUTES, route_template};
 use super::ui;
 use crate::appender::Appenders;
 use crate::config::Config;
-use crate::event::Event;
+use crate::event::{Event, parse_lines};
 use crate::protocol::worker::{Answer, Deltas, Question};
 use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry, Spec};
 
@@ -493,28 +493,6 @@ fn with_id(id: Uuid, value: &impl Serialize) -> Value {
         object.extend(fields);
     }
     Value::Object(object)
-}
-
-/// NDJSON: one object a line; blank lines are skipped; any bad line rejects the batch.
-fn parse_lines(body: &[u8]) -> Result<Vec<Event<'_>>, String> {
-    let mut events = Vec::new();
-    // `memchr` finds the line ends a word at a time: byte by byte, the split alone was a
-    // tenth of a large `_bulk`'s cost.
-    let mut start = 0;
-    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
-    for (index, end) in ends.enumerate() {
-        let line = &body[start..end];
-        start = end + 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let event = Event::parse(line).map_err(|e| format!("Line {}: {e}", index + 1))?;
-        events.push(event);
-    }
-    if events.is_empty() {
-        return Err("The body holds no event (NDJSON: one JSON object a line)".to_string());
-    }
-    Ok(events)
 }
 
 /// Compares without an early exit, so the time taken does not tell how much matched.
