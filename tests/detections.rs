@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
-use common::sinks::HttpSink;
+use common::sinks::{HttpSink, SmtpSink};
 use common::{Daemon, wait_for};
 use serde_json::{Value, json};
 
@@ -257,6 +257,39 @@ fn twenty_one_distinct_users_from_one_ip_fire_a_cardinality_watcher_once_twenty_
         stuffing["text"],
         "21 distinct user values for ip=\"10.0.0.21\" in 300 s (limit 20)"
     );
+}
+
+/// rules.md, "Firings": the e-mail carries what the webhook document does, in the rule's
+/// words: its `text`, the rule, and its figures (never threshold's for another rule).
+#[test]
+fn a_cardinality_firing_mails_the_rule_its_figures_and_its_text() {
+    let smtp = SmtpSink::start();
+    let daemon = Daemon::run(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"eventsd@test.example\"\n",
+        smtp.address.port()
+    ));
+    watched(
+        &daemon,
+        json!({"name": "stuffing", "rule": "cardinality", "field": "user",
+               "max_distinct": 2, "window_secs": 300,
+               "aggregator": {"type": "fields", "fields": ["ip"]},
+               "action": {"type": "email", "to": ["ops@example.com"], "subject": "Stuffing"}}),
+    );
+    logins_from(&daemon, "10.0.0.3", (0..3).map(|n| format!("user{n}")));
+    wait_for("the mail", 15 * SECOND, || !smtp.mails().is_empty());
+
+    let mail = &smtp.mails()[0].data;
+    for part in [
+        "3 distinct user values for ip=\"10.0.0.3\" in 300 s (limit 2)",
+        "Watcher: stuffing",
+        "Key: {\"ip\":\"10.0.0.3\"}",
+        "Rule: cardinality",
+        "Distinct values: 3 (limit 2)",
+        "Window: the last 300 s",
+    ] {
+        assert!(mail.contains(part), "`{part}` missing from {mail}");
+    }
+    assert!(!mail.contains("threshold"), "threshold's figures: {mail}");
 }
 
 #[test]
