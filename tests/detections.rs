@@ -292,6 +292,74 @@ fn a_cardinality_firing_mails_the_rule_its_figures_and_its_text() {
     assert!(!mail.contains("threshold"), "threshold's figures: {mail}");
 }
 
+/// Hostile input stays bounded (rules.md): a million distinct users from one address
+/// leave the cardinality key with `max_distinct + 1` hashed values, and a million
+/// distinct hosts leave a flatline watcher `max_keys` keys, its queue of keys due with
+/// them: the master grows by far less than a million of either would take (a key
+/// waiting in the due queue alone costs over 100 bytes).
+#[test]
+fn a_million_distinct_values_and_keys_leave_the_master_bounded_by_the_rules_limits() {
+    let daemon = Daemon::run("[watchers]\nmax_keys = 1000\n[server]\nmax_body_bytes = 4194304\n");
+    watched(
+        &daemon,
+        json!({"name": "stuffing", "rule": "cardinality", "field": "user",
+               "max_distinct": 20, "window_secs": 3600,
+               "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}),
+    );
+    let hosts = json!({"name": "hosts", "rule": "flatline", "threshold": 1,
+        "window_secs": 3600, "aggregator": {"type": "fields", "fields": ["host"]},
+        "action": {"type": "null"}});
+    let created = daemon.post("/event/logins/watcher/", &hosts.to_string());
+    assert_eq!(created.status, 201, "{created:?}");
+    let master = daemon.master_pid();
+    let rss_before = resident_kib(master);
+    let per_batch = 50_000;
+    for batch in 0..20 {
+        let body: String = (batch * per_batch..(batch + 1) * per_batch)
+            .map(|n| format!("{{\"ip\":\"10.0.0.1\",\"user\":\"u{n}\",\"host\":\"h{n}\"}}\n"))
+            .collect();
+        let response = daemon.post("/event/logins/_bulk", &body);
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    // A debug build on a loaded machine: a minute or more.
+    wait_for("a million logins counted", 240 * SECOND, || {
+        counted(&daemon, 1_000_000)
+    });
+
+    let series = |family: &str| format!("{family}{{event=\"logins\",watcher=\"hosts\"}}");
+    assert_eq!(daemon.metric(&series("eventsd_watcher_keys")), Some(1000));
+    assert_eq!(
+        daemon.metric(&series("eventsd_watcher_key_evictions_total")),
+        Some(999_000)
+    );
+    wait_for("the cardinality key saved", 30 * SECOND, || {
+        saved_values_per_key(&daemon) == [21]
+    });
+    let grown = resident_kib(master).saturating_sub(rss_before);
+    eprintln!("master RSS grew by {grown} KiB for a million values and a million keys");
+    assert!(grown < 64 * 1024, "master grew by {grown} KiB");
+}
+
+fn resident_kib(pid: nix::unistd::Pid) -> u64 {
+    common::proc_status_number(pid, "VmRSS").expect("the process runs")
+}
+
+/// The hashed values each key keeps (cardinality's), as the last snapshot saved them.
+fn saved_values_per_key(daemon: &Daemon) -> Vec<usize> {
+    let text = std::fs::read_to_string(daemon.path("state/counters.json")).unwrap_or_default();
+    let Ok(document) = serde_json::from_str::<Value>(&text) else {
+        return Vec::new();
+    };
+    let watchers = document["watchers"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let keys = watchers.values().filter_map(|w| w["keys"].as_object());
+    keys.flat_map(|keys| keys.values())
+        .filter_map(|counter| counter["rule"]["distinct"].as_array().map(Vec::len))
+        .collect()
+}
+
 #[test]
 fn a_new_country_fires_once_after_learning_a_known_one_never() {
     let sink = HttpSink::start(Duration::ZERO);
