@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::redis::{RedisServer, node};
 use common::rest::{post_events, register_watcher, webhook};
+use common::rules::saved_values_per_key;
 use common::sinks::HttpSink;
 use common::{Daemon, SECOND, wait_for};
 use serde_json::{Value, json};
@@ -86,23 +87,6 @@ fn while_redis_is_down_firings_are_degraded_changes_get_503_and_local_counts_are
     );
 }
 
-/// The distinct values of a key in the node's own store, as its last snapshot saved
-/// them (cardinality's hashed values).
-fn values_on_disk(daemon: &Daemon) -> usize {
-    let text = std::fs::read_to_string(daemon.path("state/counters.json")).unwrap_or_default();
-    let Ok(document) = serde_json::from_str::<Value>(&text) else {
-        return 0;
-    };
-    let watchers = document["watchers"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let keys = watchers.values().filter_map(|w| w["keys"].as_object());
-    keys.flat_map(|keys| keys.values())
-        .filter_map(|counter| counter["rule"]["distinct"].as_array().map(Vec::len))
-        .sum()
-}
-
 fn logins(daemon: &Daemon, users: std::ops::Range<usize>) {
     for n in users {
         let login = json!({"ip": "10.0.0.7", "user": format!("u{n}")});
@@ -131,7 +115,7 @@ fn distinct_values_seen_alone_while_redis_is_down_are_dropped_when_it_is_back() 
     wait_for("degraded", 20 * SECOND, || degraded(&daemon) == Some(1));
     logins(&daemon, 0..4);
     wait_for("4 values seen alone, saved", 20 * SECOND, || {
-        values_on_disk(&daemon) == 4
+        saved_values_per_key(&daemon).iter().sum::<usize>() == 4
     });
 
     redis.restart();
@@ -139,7 +123,7 @@ fn distinct_values_seen_alone_while_redis_is_down_are_dropped_when_it_is_back() 
         degraded(&daemon) == Some(0)
     });
     wait_for("the values seen alone dropped", 20 * SECOND, || {
-        values_on_disk(&daemon) == 0
+        saved_values_per_key(&daemon).iter().sum::<usize>() == 0
     });
     // 2 new users: 6 with those seen alone, 2 in Redis, which has the say.
     logins(&daemon, 4..6);

@@ -89,6 +89,12 @@ fn fired(sink: &HttpSink) -> BTreeMap<String, usize> {
     fired
 }
 
+/// Firings per watcher when each rule fired once, and `markers` markers.
+fn each_rule_once(markers: usize) -> BTreeMap<String, usize> {
+    let once = RULES.iter().map(|rule| (rule.to_string(), 1));
+    once.chain([("marker".to_string(), markers)]).collect()
+}
+
 /// Each node's earlier events judged in Redis: a crossing of `marker` posted through
 /// each node after them (its link sends them in order) has come back.
 fn settle(nodes: &[Daemon], sink: &HttpSink, round: &str) {
@@ -184,12 +190,7 @@ fn every_rule_fires_once_across_three_nodes_and_not_again_after_a_kill_9_of_a_ma
         RULES.iter().all(|rule| fired.contains_key(*rule))
     });
     settle(&nodes, &sink, "crossed");
-    let once: BTreeMap<String, usize> = RULES
-        .iter()
-        .map(|rule| (rule.to_string(), 1))
-        .chain([("marker".to_string(), 3)])
-        .collect();
-    assert_eq!(fired(&sink), once, "{:#?}", firings(&sink));
+    assert_eq!(fired(&sink), each_rule_once(3), "{:#?}", firings(&sink));
 
     // Node a's master killed once its firings are delivered (a firing pending at a
     // crash is delivered again, under its id, by design), and started again.
@@ -224,12 +225,7 @@ fn every_rule_fires_once_across_three_nodes_and_not_again_after_a_kill_9_of_a_ma
     });
     settle(&nodes, &sink, "restarted");
 
-    let once_more: BTreeMap<String, usize> = RULES
-        .iter()
-        .map(|rule| (rule.to_string(), 1))
-        .chain([("marker".to_string(), 6)])
-        .collect();
-    assert_eq!(fired(&sink), once_more, "{:#?}", firings(&sink));
+    assert_eq!(fired(&sink), each_rule_once(6), "{:#?}", firings(&sink));
     for firing in firings(&sink) {
         assert!(firing.get("degraded").is_none(), "{firing}");
         assert!(firing["crossing"].is_string(), "decided by Redis: {firing}");

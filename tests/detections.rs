@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
+use common::rules::saved_values_per_key;
 use common::sinks::{HttpSink, SmtpSink};
 use common::{Daemon, wait_for};
 use serde_json::{Value, json};
@@ -342,22 +343,6 @@ fn a_million_distinct_values_and_keys_leave_the_master_bounded_by_the_rules_limi
 
 fn resident_kib(pid: nix::unistd::Pid) -> u64 {
     common::proc_status_number(pid, "VmRSS").expect("the process runs")
-}
-
-/// The hashed values each key keeps (cardinality's), as the last snapshot saved them.
-fn saved_values_per_key(daemon: &Daemon) -> Vec<usize> {
-    let text = std::fs::read_to_string(daemon.path("state/counters.json")).unwrap_or_default();
-    let Ok(document) = serde_json::from_str::<Value>(&text) else {
-        return Vec::new();
-    };
-    let watchers = document["watchers"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let keys = watchers.values().filter_map(|w| w["keys"].as_object());
-    keys.flat_map(|keys| keys.values())
-        .filter_map(|counter| counter["rule"]["distinct"].as_array().map(Vec::len))
-        .collect()
 }
 
 #[test]
