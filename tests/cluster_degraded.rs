@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::redis::{RedisServer, node};
 use common::rest::{post_events, register_watcher, webhook};
+use common::rules::saved_values_per_key;
 use common::sinks::HttpSink;
 use common::{Daemon, SECOND, wait_for};
 use serde_json::{Value, json};
@@ -84,4 +85,63 @@ fn while_redis_is_down_firings_are_degraded_changes_get_503_and_local_counts_are
             .status,
         201
     );
+}
+
+fn logins(daemon: &Daemon, users: std::ops::Range<usize>) {
+    for n in users {
+        let login = json!({"ip": "10.0.0.7", "user": format!("u{n}")});
+        post_events(daemon, "logins", &login, 1);
+    }
+}
+
+/// Cardinality's values are counts like the others (README, "When Redis is down"): those
+/// a node saw alone are dropped when Redis is back, never handed over, so Redis judges
+/// the key on what it saw itself: 4 users alone and 2 after make no episode, 4 more do.
+#[test]
+fn distinct_values_seen_alone_while_redis_is_down_are_dropped_when_it_is_back() {
+    let mut redis = RedisServer::start();
+    let daemon = node("a", "standalone", &[redis.url()]);
+    let sink = HttpSink::start(Duration::ZERO);
+    let action = webhook(&sink.url("/hook"));
+    let stuffing = json!({"name": "stuffing", "rule": "cardinality", "field": "user",
+        "max_distinct": 5, "window_secs": 300,
+        "aggregator": {"type": "fields", "fields": ["ip"]}, "action": action});
+    register_watcher(&daemon, "logins", &stuffing);
+    let marker = json!({"name": "marker", "threshold": 1,
+        "aggregator": {"type": "fields", "fields": ["mark"]}, "action": action});
+    register_watcher(&daemon, "marks", &marker);
+
+    redis.stop();
+    wait_for("degraded", 20 * SECOND, || degraded(&daemon) == Some(1));
+    logins(&daemon, 0..4);
+    wait_for("4 values seen alone, saved", 20 * SECOND, || {
+        saved_values_per_key(&daemon).iter().sum::<usize>() == 4
+    });
+
+    redis.restart();
+    wait_for("degraded no more", 20 * SECOND, || {
+        degraded(&daemon) == Some(0)
+    });
+    wait_for("the values seen alone dropped", 20 * SECOND, || {
+        saved_values_per_key(&daemon).iter().sum::<usize>() == 0
+    });
+    // 2 new users: 6 with those seen alone, 2 in Redis, which has the say.
+    logins(&daemon, 4..6);
+    post_events(&daemon, "marks", &json!({"mark": 1}), 2);
+    wait_for(
+        "the marker's crossing, after the logins",
+        20 * SECOND,
+        || !firings(&sink).is_empty(),
+    );
+    assert_eq!(firings(&sink).len(), 1, "{:?}", firings(&sink));
+    // 4 more: 6 distinct in Redis.
+    logins(&daemon, 6..10);
+    wait_for("the shared episode", 20 * SECOND, || {
+        firings(&sink).len() == 2
+    });
+    let shared = &firings(&sink)[1];
+    assert_eq!(shared["watcher"], "stuffing", "{shared}");
+    assert_eq!(shared["distinct"], 6, "{shared}");
+    assert!(shared["crossing"].is_string(), "decided by Redis: {shared}");
+    assert!(shared.get("degraded").is_none(), "{shared}");
 }

@@ -197,20 +197,20 @@ fn smtp_error_class(error: &lettre::transport::smtp::Error) -> ErrorClass {
     }
 }
 
-/// The mail body: what happened, to which key, how often, over which window.
+/// The mail body: what happened (`text`), to which key, and the rule with its figures
+/// in the rule's words (`Firing::figure_lines`: how often, over which window).
 pub fn email_body(firing: &Firing) -> String {
-    let window = firing.window_secs.map_or_else(
-        || "since the last firing".to_string(),
-        |w| format!("the last {w} s"),
-    );
     let key = if firing.key.is_null() {
         "(all events)".to_string()
     } else {
         firing.key.to_string()
     };
+    let figures: String = (firing.figure_lines().iter())
+        .map(|(name, value)| format!("{name}: {value}\n"))
+        .collect();
     format!(
-        "{}\n\nEvent type: {}\nWatcher: {}\nKey: {key}\nCount: {} (threshold {})\nWindow: {window}\nFired at: {}\n",
-        firing.text, firing.event, firing.watcher, firing.count, firing.threshold, firing.fired_at
+        "{}\n\nEvent type: {}\nWatcher: {}\nKey: {key}\n{figures}Fired at: {}\n",
+        firing.text, firing.event, firing.watcher, firing.fired_at
     )
 }
 
@@ -590,5 +590,32 @@ mod tests {
         ] {
             assert!(body.contains(part), "{part} missing from {body}");
         }
+    }
+
+    /// Each rule's body states its own figures, never threshold's.
+    #[test]
+    fn the_mail_body_states_the_rule_and_its_figures_in_its_words() {
+        let mut spike = firing();
+        spike.rule = crate::registry::RuleKind::Spike;
+        spike.figures.current = Some(96);
+        spike.figures.previous = Some(12);
+        spike.figures.ratio = Some(5.0);
+        let body = email_body(&spike);
+        for part in [
+            "Rule: spike",
+            "Current window: 96 events",
+            "Previous window: 12 events",
+            "Ratio: 5",
+            "Window: the last 60 s",
+        ] {
+            assert!(body.contains(part), "{part} missing from {body}");
+        }
+        assert!(!body.contains("threshold"), "{body}");
+        let mut flatline = firing();
+        flatline.rule = crate::registry::RuleKind::Flatline;
+        flatline.resolved = true;
+        let body = email_body(&flatline);
+        assert!(body.contains("(expected at least 100)"), "{body}");
+        assert!(body.contains("Resolved: yes"), "{body}");
     }
 }

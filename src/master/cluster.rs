@@ -1,6 +1,7 @@
 //! The master's side of a cluster (cluster.md): it keeps the cluster link (`src/cluster/`)
 //! up, sends it the counts while Redis answers and counts locally what the link could
-//! not send (firings marked `degraded`, local counts dropped when Redis is back), turns
+//! not send (firings marked `degraded`; local counts, every rule's values and episodes
+//! with them, dropped when Redis is back, never handed over), turns
 //! the crossings Redis reports into firings, and shares the registry: a change is
 //! published to Redis (optimistically, over the version it was made on, replayed on the
 //! newer one when another node's change won) before it is adopted, a newer version from

@@ -11,7 +11,7 @@
 use uuid::Uuid;
 
 use super::Key;
-use super::rule::{OnTheClock, Rule, RuleParams, Verdict, earliest};
+use super::rule::{DueKey, Rule, RuleParams, Turn, Verdict};
 use super::rule_state::RuleState;
 use super::store::{CounterStore, Second};
 
@@ -72,11 +72,12 @@ impl RuleParams {
         let state = counter.rule.get_or_insert_default();
         let was_high = state.high;
         state.high &= distinct > max;
-        if distinct <= max || (was_high && self.cooldown_secs.is_none()) {
+        if distinct <= max {
             return None;
         }
-        self.unless_cooling(counter, now).ok()?;
-        self.fire(counter, now);
+        let Turn::Fires { .. } = self.episode_turn(counter, was_high, now) else {
+            return None;
+        };
         counter.rule.get_or_insert_default().high = true;
         Some(Verdict::fired(distinct))
     }
@@ -84,14 +85,7 @@ impl RuleParams {
     /// cardinality's `min_distinct`, on the clock: a key with too few values fires (past
     /// the grace, once per episode, again after its cooldown); otherwise it waits for
     /// the second it would have too few. A key without values that fired is forgotten.
-    pub(super) fn judge_few(
-        &self,
-        store: &mut dyn CounterStore,
-        watcher: Uuid,
-        key: &Key,
-        now: Second,
-        clock: &OnTheClock,
-    ) -> Option<Verdict> {
+    pub(super) fn judge_few(&self, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
         let Rule::Cardinality {
             window_secs,
             min_distinct: Some(min),
@@ -100,37 +94,31 @@ impl RuleParams {
         else {
             return None;
         };
-        let counter = store.existing(watcher, key)?;
+        let (now, grace_until) = (due.now, due.grace_until());
+        let counter = due.counter()?;
         let state = counter.rule.get_or_insert_default();
         state.expire(window_secs, now);
-        let below = below_from(state, min, window_secs).max(clock.grace_until);
+        let below = below_from(state, min, window_secs).max(grace_until);
         let (distinct, was_low) = (state.distinct.len() as u64, state.low);
-        let wait = if below > now {
-            Some(below)
-        } else if was_low && self.cooldown_secs.is_none() {
-            if distinct == 0 {
-                store.forget(watcher, key);
-            }
-            None
-        } else {
-            match self.unless_cooling(counter, now) {
-                Err(cooled_at) => earliest(Some(cooled_at), None),
-                Ok(()) => {
-                    self.fire(counter, now);
-                    counter.rule.get_or_insert_default().low = true;
-                    let realert_at = self
-                        .cooldown_secs
-                        .map(|_| now.saturating_add(counter.cooldown_secs.into()));
-                    if let Some(at) = realert_at {
-                        store.schedule(watcher, key, at);
-                    }
-                    return Some(Verdict::fired(distinct));
-                }
-            }
-        };
-        if let Some(at) = wait {
-            store.schedule(watcher, key, at);
+        if below > now {
+            due.wait(Some(below));
+            return None;
         }
-        None
+        match self.episode_turn(counter, was_low, now) {
+            Turn::Fires { realert_at } => {
+                counter.rule.get_or_insert_default().low = true;
+                due.wait(realert_at);
+                Some(Verdict::fired(distinct))
+            }
+            // Fired for this episode: a key without values left is done with.
+            Turn::Waits(None) if distinct == 0 => {
+                due.forget();
+                None
+            }
+            Turn::Waits(at) => {
+                due.wait(at);
+                None
+            }
+        }
     }
 }

@@ -2,14 +2,20 @@
 //! due: what a tick costs is the keys due then, never a scan of every key held.
 //!
 //! A key waits once, at its earliest due second; a key judged earlier than it waited
-//! for leaves a stale entry behind, skipped when it comes up. Never saved: the keys of a
-//! restored table are queued again when their watcher is first seen (`Watch::sync`).
+//! for leaves a stale entry behind, skipped when it comes up. A key evicted or forgotten
+//! leaves the queue (`forget`), and the stale entries are swept out once they outnumber
+//! the keys waiting: the queue is bounded by the keys its watcher holds
+//! (`watchers.max_keys`), whatever the traffic. Never saved: the keys of a restored
+//! table are queued again when their watcher is first seen (`Watch::sync`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use super::Key;
 use crate::clock::Second;
+
+/// Stale entries the heap may hold beyond twice the keys waiting before it is swept.
+const STALE_SLACK: usize = 64;
 
 #[derive(Default)]
 pub struct DueQueue {
@@ -25,6 +31,25 @@ impl DueQueue {
         }
         self.waiting.insert(key.clone(), due);
         self.queue.push(Reverse((due, key.clone())));
+        self.sweep_if_stale();
+    }
+
+    /// `key` waits no more: it was evicted or forgotten.
+    pub fn forget(&mut self, key: &str) {
+        if !self.waiting.is_empty() && self.waiting.remove(key).is_some() {
+            self.sweep_if_stale();
+        }
+    }
+
+    /// The heap rebuilt from the keys waiting once its stale entries outnumber them:
+    /// each sweep follows as many changes as it costs.
+    fn sweep_if_stale(&mut self) {
+        if self.queue.len() > 2 * self.waiting.len() + STALE_SLACK {
+            let waiting = self.waiting.iter();
+            self.queue = waiting
+                .map(|(key, &due)| Reverse((due, key.clone())))
+                .collect();
+        }
     }
 
     pub fn is_waiting(&self, key: &Key) -> bool {
@@ -63,5 +88,30 @@ mod tests {
         assert_eq!(due.take_due(20), vec![b.clone(), a.clone()]);
         assert!(due.take_due(100).is_empty(), "stale entries are skipped");
         assert!(!due.is_waiting(&a));
+    }
+
+    /// 200,000 keys that came and went (evicted, forgotten) leave the queue no larger
+    /// than the keys still waiting, and those still come up.
+    #[test]
+    fn keys_forgotten_leave_the_queue_bounded_by_the_keys_waiting() {
+        let mut due = DueQueue::default();
+        let kept = Key::from("kept");
+        due.schedule(&kept, 500);
+        for n in 0..200_000u64 {
+            let key = Key::from(n.to_string().as_str());
+            due.schedule(&key, 100 + n % 300);
+            if n % 1000 != 0 {
+                due.forget(key.as_str());
+            }
+        }
+        assert_eq!(due.waiting.len(), 201);
+        assert!(
+            due.queue.len() <= 2 * 201 + STALE_SLACK,
+            "{}",
+            due.queue.len()
+        );
+        let came_up = due.take_due(1_000);
+        assert_eq!(came_up.len(), 201);
+        assert!(came_up.contains(&kept));
     }
 }

@@ -219,6 +219,66 @@ impl Firing {
     }
 }
 
+impl Firing {
+    /// The rule and its figures as an e-mail body lists them (`Name: value`), in the
+    /// rule's words: what the webhook document and `rule_env` carry, for a reader.
+    pub fn figure_lines(&self) -> Vec<(&'static str, String)> {
+        let figures = &self.figures;
+        let (count, threshold) = (self.count, self.threshold);
+        let mut lines = vec![("Rule", self.rule.name().to_string())];
+        match self.rule {
+            RuleKind::Threshold => {
+                lines.push(("Count", format!("{count} (threshold {threshold})")));
+                let window = self.window_secs.map(|w| format!("the last {w} s"));
+                let window = window.unwrap_or_else(|| "since the last firing".to_string());
+                lines.push(("Window", window));
+                return lines;
+            }
+            RuleKind::Flatline => {
+                lines.push(("Count", format!("{count} (expected at least {threshold})")));
+            }
+            RuleKind::Spike => {
+                let current = figures.current.unwrap_or(count);
+                lines.push(("Current window", format!("{current} events")));
+                let previous = figures.previous.unwrap_or(0);
+                lines.push(("Previous window", format!("{previous} events")));
+                if let Some(ratio) = figures.ratio {
+                    lines.push(("Ratio", ratio.to_string()));
+                }
+            }
+            RuleKind::Cardinality => {
+                let distinct = figures.distinct.unwrap_or(count);
+                let limit = distinct_limit(distinct, figures.max_distinct, figures.min_distinct);
+                lines.push(("Distinct values", format!("{distinct} ({limit})")));
+            }
+            RuleKind::NewValue => {
+                if let Some(value) = &figures.value {
+                    lines.push(("New value", value.to_string()));
+                }
+                return lines;
+            }
+        }
+        if let Some(window) = self.window_secs {
+            lines.push(("Window", format!("the last {window} s")));
+        }
+        if self.resolved {
+            lines.push(("Resolved", "yes: the key is heard from again".to_string()));
+        }
+        lines
+    }
+}
+
+/// The limit a cardinality key crossed, in words: `max_distinct` when it has more
+/// values, else `min_distinct`.
+fn distinct_limit(distinct: u64, max: Option<u64>, min: Option<u64>) -> String {
+    match (max, min) {
+        (Some(max), _) if distinct > max => format!("limit {max}"),
+        (_, Some(min)) => format!("at least {min} expected"),
+        (Some(max), None) => format!("limit {max}"),
+        (None, None) => String::new(),
+    }
+}
+
 /// `field=value, field=value`.
 fn shown(fields: &Value) -> String {
     match fields {
@@ -276,12 +336,7 @@ fn text(
         }
         (RuleKind::Cardinality, _) => {
             let field = spec.field.as_deref().unwrap_or("?");
-            let limit = match (spec.max_distinct, spec.min_distinct) {
-                (Some(max), _) if count > max => format!("limit {max}"),
-                (_, Some(min)) => format!("at least {min} expected"),
-                (Some(max), None) => format!("limit {max}"),
-                (None, None) => String::new(),
-            };
+            let limit = distinct_limit(count, spec.max_distinct, spec.min_distinct);
             format!("{count} distinct {field} values{for_key} in {window} s ({limit})")
         }
         (RuleKind::NewValue, _) => {

@@ -432,8 +432,9 @@ impl Watch {
         })
     }
 
-    /// Forgets every count (a node back on Redis drops what it counted alone); returns
-    /// the keys dropped.
+    /// Forgets every count and what every rule remembers (a node back on Redis drops
+    /// what it counted alone, cardinality's and new_value's values with the counts:
+    /// Redis judges on what it saw itself); returns the keys dropped.
     pub fn clear_counts(&mut self) -> usize {
         let keys = self.store.sizes().iter().map(|(_, keys, _)| keys).sum();
         self.store.clear();

@@ -116,7 +116,77 @@ pub struct OnTheClock<'a> {
     pub kept: &'a dyn Fn(&Key) -> bool,
 }
 
+/// A key of a watcher decided on the clock, come up at `now`: what its judge
+/// (`judge_silence`, `spike.rs::judge_drop`, `distinct.rs::judge_few`) reads, and where
+/// it says when the key is judged next.
+pub(super) struct DueKey<'a, 'c> {
+    store: &'a mut dyn CounterStore,
+    watcher: Uuid,
+    key: &'a Key,
+    pub(super) now: Second,
+    clock: &'c OnTheClock<'c>,
+}
+
+impl DueKey<'_, '_> {
+    /// Its counter, if the store still holds it (not evicted, not forgotten).
+    pub(super) fn counter(&mut self) -> Option<&mut KeyCounter> {
+        self.store.existing(self.watcher, self.key)
+    }
+
+    /// Judged again at `at`, if any.
+    pub(super) fn wait(&mut self, at: Option<Second>) {
+        if let Some(at) = at {
+            self.store.schedule(self.watcher, self.key, at);
+        }
+    }
+
+    /// Dropped for its watcher: nothing is left to judge.
+    pub(super) fn forget(&mut self) {
+        self.store.forget(self.watcher, self.key);
+    }
+
+    pub(super) fn grace_until(&self) -> Second {
+        self.clock.grace_until
+    }
+
+    /// Watched whatever it does: never forgotten.
+    fn kept(&self) -> bool {
+        (self.clock.kept)(self.key)
+    }
+}
+
+/// What a key whose rule's condition holds does at its turn.
+pub(super) enum Turn {
+    /// It fires (its cooldown started); with a cooldown, it may fire again once that
+    /// ends, at `realert_at`.
+    Fires { realert_at: Option<Second> },
+    /// It does not: it fired for this episode already (`None`: once per episode), or it
+    /// cools down until `Some`.
+    Waits(Option<Second>),
+}
+
 impl RuleParams {
+    /// The turn of a key whose condition holds at `now`, once per episode (`in_episode`:
+    /// it fired for this one already), again after its cooldown: the episode's rule of
+    /// every rule that fires for a state (a silence, a spike, too many or too few values).
+    pub(super) fn episode_turn(
+        &self,
+        counter: &mut KeyCounter,
+        in_episode: bool,
+        now: Second,
+    ) -> Turn {
+        if in_episode && self.cooldown_secs.is_none() {
+            return Turn::Waits(None);
+        }
+        if let Err(cooled_at) = self.unless_cooling(counter, now) {
+            return Turn::Waits(Some(cooled_at));
+        }
+        self.fire(counter, now);
+        let realert_at =
+            (self.cooldown_secs).map(|_| now.saturating_add(counter.cooldown_secs.into()));
+        Turn::Fires { realert_at }
+    }
+
     /// The figures of a watcher's definition, made at `created` (seconds since the
     /// epoch: `Entry::created_secs`, 0 when unknown), checked by
     /// `registry::validation::rule::check` (a figure missing from a damaged
@@ -298,14 +368,20 @@ impl RuleParams {
         if !self.on_the_clock() {
             return Vec::new();
         }
-        store
-            .take_due(watcher, now)
-            .into_iter()
+        let due = store.take_due(watcher, now);
+        due.into_iter()
             .filter_map(|key| {
+                let mut due = DueKey {
+                    store: &mut *store,
+                    watcher,
+                    key: &key,
+                    now,
+                    clock,
+                };
                 let verdict = match self.rule {
-                    Rule::Spike { .. } => self.judge_drop(store, watcher, &key, now, clock),
-                    Rule::Cardinality { .. } => self.judge_few(store, watcher, &key, now, clock),
-                    _ => self.judge_silence(store, watcher, &key, now, clock),
+                    Rule::Spike { .. } => self.judge_drop(&mut due),
+                    Rule::Cardinality { .. } => self.judge_few(&mut due),
+                    _ => self.judge_silence(&mut due),
                 }?;
                 Some((key, verdict))
             })
@@ -316,14 +392,7 @@ impl RuleParams {
     /// fires once per silence, again only after its cooldown; silent `forget_after_secs`
     /// after it fired, it is dropped unless kept; otherwise it waits for the second it
     /// would be below.
-    fn judge_silence(
-        &self,
-        store: &mut dyn CounterStore,
-        watcher: Uuid,
-        key: &Key,
-        now: Second,
-        clock: &OnTheClock,
-    ) -> Option<Verdict> {
+    fn judge_silence(&self, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
         let Rule::Flatline {
             threshold,
             window_secs,
@@ -333,53 +402,40 @@ impl RuleParams {
         else {
             return None;
         };
-        let kept = (clock.kept)(key);
-        let counter = store.existing(watcher, key)?;
+        let (now, kept, grace_until) = (due.now, due.kept(), due.grace_until());
+        let counter = due.counter()?;
         counter
             .buckets
             .drop_front_while(|second| second.saturating_add(window_secs) <= now);
-        let below = below_from(counter, threshold, window_secs).max(clock.grace_until);
+        let below = below_from(counter, threshold, window_secs).max(grace_until);
         let last_fired = counter.last_fired.map_or(0, |second| second.get());
         let forget_at = (!kept).then(|| last_fired.saturating_add(forget_after_secs));
+        let silent = counter.silent;
         let wait_until = if below > now {
             Some(below)
-        } else if counter.silent && forget_at.is_some_and(|at| now >= at) {
-            store.forget(watcher, key);
+        } else if silent && forget_at.is_some_and(|at| now >= at) {
+            due.forget();
             return None;
-        } else if counter.silent && self.cooldown_secs.is_none() {
-            // Once per silence: it waits only to be forgotten.
-            forget_at
         } else {
-            match self.unless_cooling(counter, now) {
-                Err(cooled_at) => earliest(Some(cooled_at), forget_at),
-                Ok(()) => {
-                    let count = counter.buckets.total();
-                    self.fire(counter, now);
+            let count = counter.buckets.total();
+            match self.episode_turn(counter, silent, now) {
+                // Once per silence, it waits only to be forgotten.
+                Turn::Waits(at) => earliest(at, forget_at),
+                Turn::Fires { realert_at } => {
                     counter.silent = true;
-                    let realert_at = self
-                        .cooldown_secs
-                        .map(|_| now.saturating_add(counter.cooldown_secs.into()));
                     let forget_at = (!kept).then(|| now.saturating_add(forget_after_secs));
-                    if let Some(at) = earliest(realert_at, forget_at) {
-                        store.schedule(watcher, key, at);
-                    }
+                    due.wait(earliest(realert_at, forget_at));
                     return Some(Verdict::fired(count));
                 }
             }
         };
-        if let Some(at) = wait_until {
-            store.schedule(watcher, key, at);
-        }
+        due.wait(wait_until);
         None
     }
 
     /// A key that met its rule at `now` fires unless it cools down; cooling, it is
     /// marked (its next cooldown may grow) and the second the cooldown ends is returned.
-    pub(super) fn unless_cooling(
-        &self,
-        counter: &mut KeyCounter,
-        now: Second,
-    ) -> Result<(), Second> {
+    fn unless_cooling(&self, counter: &mut KeyCounter, now: Second) -> Result<(), Second> {
         if let Some(previous) = cooldown_of(counter) {
             let ends = previous.last_fired.saturating_add(previous.secs);
             if now < ends {

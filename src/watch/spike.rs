@@ -8,11 +8,8 @@
 //!
 //! The same rule as `count_spike` and `judge_drop` of `src/cluster/eventsd.lua`.
 
-use uuid::Uuid;
-
-use super::Key;
-use super::rule::{OnTheClock, Rule, RuleParams, Verdict, earliest};
-use super::store::{CounterStore, Second, WatcherKey};
+use super::rule::{DueKey, Rule, RuleParams, Turn, Verdict, earliest};
+use super::store::{Second, WatcherKey};
 use super::table::Buckets;
 
 /// The two windows a spike compares.
@@ -103,11 +100,12 @@ impl RuleParams {
         state.low &= down;
         let was_up = state.high;
         state.high &= up;
-        if !direction.up() || !up || (was_up && self.cooldown_secs.is_none()) {
+        if !direction.up() || !up {
             return None;
         }
-        self.unless_cooling(counter, now).ok()?;
-        self.fire(counter, now);
+        let Turn::Fires { .. } = self.episode_turn(counter, was_up, now) else {
+            return None;
+        };
         counter.rule.get_or_insert_default().high = true;
         Some(Verdict {
             count: counted.current,
@@ -119,24 +117,18 @@ impl RuleParams {
     /// spike down, on the clock: a key whose count dropped fires (past the grace, once
     /// per drop, again after its cooldown); it is judged again when a bucket next
     /// moves; a key without buckets left is forgotten.
-    pub(super) fn judge_drop(
-        &self,
-        store: &mut dyn CounterStore,
-        watcher: Uuid,
-        key: &Key,
-        now: Second,
-        clock: &OnTheClock,
-    ) -> Option<Verdict> {
+    pub(super) fn judge_drop(&self, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
         let Rule::Spike { window_secs, .. } = self.rule else {
             return None;
         };
-        let counter = store.existing(watcher, key)?;
+        let (now, grace_until) = (due.now, due.grace_until());
+        let counter = due.counter()?;
         let kept = window_secs.saturating_mul(2);
         counter
             .buckets
             .drop_front_while(|second| second.saturating_add(kept) <= now);
         let Some(next) = next_move(&counter.buckets, window_secs, now) else {
-            store.forget(watcher, key);
+            due.forget();
             return None;
         };
         let counted = windows(&counter.buckets, window_secs, now);
@@ -144,17 +136,16 @@ impl RuleParams {
         let (_, down) = self.spiking(counted, state.since, now);
         let was_down = state.low;
         state.low &= down;
-        let wait = if now < clock.grace_until {
-            Some(clock.grace_until)
-        } else if !down || (was_down && self.cooldown_secs.is_none()) {
+        let wait = if now < grace_until {
+            Some(grace_until)
+        } else if !down {
             Some(next)
         } else {
-            match self.unless_cooling(counter, now) {
-                Err(cooled_at) => earliest(Some(cooled_at), Some(next)),
-                Ok(()) => {
-                    self.fire(counter, now);
+            match self.episode_turn(counter, was_down, now) {
+                Turn::Waits(at) => earliest(at, Some(next)),
+                Turn::Fires { .. } => {
                     counter.rule.get_or_insert_default().low = true;
-                    store.schedule(watcher, key, next);
+                    due.wait(Some(next));
                     return Some(Verdict {
                         count: counted.current,
                         previous: counted.previous,
@@ -163,9 +154,7 @@ impl RuleParams {
                 }
             }
         };
-        if let Some(at) = wait {
-            store.schedule(watcher, key, at);
-        }
+        due.wait(wait);
         None
     }
 }

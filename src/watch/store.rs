@@ -304,6 +304,7 @@ impl CounterStore for MemoryStore {
 
     fn forget(&mut self, watcher: Uuid, key: &Key) {
         if let Some((set, column, slot)) = self.find(watcher, key) {
+            self.sets[set].column_mut(column).due.forget(key.as_str());
             self.sets[set].release(column, slot);
         }
     }

@@ -144,8 +144,9 @@ impl SetTable {
             entry.remove();
         }
         let last = self.slots.len() - 1;
-        self.slots.swap_remove(slot);
+        let removed = self.slots.swap_remove(slot);
         for column in &mut self.columns {
+            column.due.forget(&removed.key);
             column.swap_remove(slot);
         }
         if slot != last {

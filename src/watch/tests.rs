@@ -295,3 +295,32 @@ fn the_watchers_of_one_field_set_keep_their_own_counts_windows_and_evictions() {
     sizes.sort_by_key(|(id, ..)| ids.iter().position(|w| w == id));
     assert_eq!(sizes, [(burst, 2, 1), (slow, 2, 1), (gone, 2, 0)]);
 }
+
+/// Hostile input to a watcher decided on the clock: keys past `max_keys` are evicted and
+/// leave its due queue with their counters, so the queue holds no more keys than the
+/// watcher; those it holds still come up when due.
+#[test]
+fn a_flatline_key_evicted_leaves_the_due_queue() {
+    let (ids, mut watch) = watching_one_set(
+        &[
+            r#"{"name": "hosts", "rule": "flatline", "threshold": 1, "window_secs": 300,
+              "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}"#,
+        ],
+        100,
+    );
+    let t0 = now() + 10;
+    let ips: Vec<String> = (0..10_000).map(|n| n.to_string()).collect();
+    for chunk in ips.chunks(1000) {
+        let batch: Vec<(&str, u64)> = chunk.iter().map(|ip| (ip.as_str(), 1)).collect();
+        post_to_set(&mut watch, &ids, &batch, t0);
+    }
+    let waiting = (ips.iter())
+        .filter(|ip| {
+            let key = Key::from(format!("[\"{ip}\"]").as_str());
+            watch.store().is_waiting(ids[0], &key)
+        })
+        .count();
+    assert_eq!(waiting, 100, "only the keys held wait");
+    assert_eq!(watch.store().keys(ids[0]).len(), 100);
+    assert_eq!(watch.tick(t0 + 300).len(), 100, "the keys held come up");
+}

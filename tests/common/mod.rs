@@ -7,6 +7,7 @@ pub mod browser;
 pub mod proxy;
 pub mod redis;
 pub mod rest;
+pub mod rules;
 pub mod sinks;
 
 use std::io::{ErrorKind, Read, Write};
