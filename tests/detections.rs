@@ -8,21 +8,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
+use common::rest::register_watcher;
 use common::sinks::HttpSink;
-use common::{Daemon, wait_for};
+use common::{Daemon, SECOND, wait_for};
 use serde_json::{Value, json};
 
-const SECOND: Duration = Duration::from_secs(1);
 const MILLI: Duration = Duration::from_millis(1);
 
 /// A heartbeat far more often than the 2 s windows below, even on a loaded machine.
 const BEAT: Duration = Duration::from_millis(100);
-
-fn watched(daemon: &Daemon, watcher: Value) {
-    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
-    let response = daemon.post("/event/logins/watcher/", &watcher.to_string());
-    assert_eq!(response.status, 201, "{response:?}");
-}
 
 fn beat(daemon: &Daemon, payload: &Value) {
     assert_eq!(
@@ -62,9 +56,10 @@ fn beat_until(
 fn a_flatline_fires_once_when_events_stop_and_once_resolved_when_they_resume() {
     let sink = HttpSink::start(Duration::ZERO);
     let daemon = Daemon::run("");
-    watched(
+    register_watcher(
         &daemon,
-        json!({"name": "heartbeat", "rule": "flatline", "threshold": 1, "window_secs": 2,
+        "logins",
+        &json!({"name": "heartbeat", "rule": "flatline", "threshold": 1, "window_secs": 2,
                "send_resolved": true, "aggregator": {"type": "single"},
                "action": {"type": "webhook", "url": sink.url("/hooks")}}),
     );
@@ -110,9 +105,10 @@ fn a_flatline_fires_once_when_events_stop_and_once_resolved_when_they_resume() {
 fn a_fields_flatline_fires_for_the_expected_host_that_never_sent_anything() {
     let sink = HttpSink::start(Duration::ZERO);
     let daemon = Daemon::run("");
-    watched(
+    register_watcher(
         &daemon,
-        json!({"name": "hosts", "rule": "flatline", "threshold": 1, "window_secs": 2,
+        "logins",
+        &json!({"name": "hosts", "rule": "flatline", "threshold": 1, "window_secs": 2,
                "aggregator": {"type": "fields", "fields": ["host"]},
                "expect": ["a", "b", "c"],
                "action": {"type": "webhook", "url": sink.url("/hooks")}}),
@@ -166,9 +162,10 @@ fn post_at_rate(
 fn a_spike_from_5_to_50_events_per_window_fires_once() {
     let sink = HttpSink::start(Duration::ZERO);
     let daemon = Daemon::run("");
-    watched(
+    register_watcher(
         &daemon,
-        json!({"name": "surge", "rule": "spike", "window_secs": 2, "ratio": 5,
+        "logins",
+        &json!({"name": "surge", "rule": "spike", "window_secs": 2, "ratio": 5,
                "direction": "up", "min_previous": 3, "aggregator": {"type": "single"},
                "action": {"type": "webhook", "url": sink.url("/hooks")}}),
     );
@@ -220,9 +217,10 @@ fn logins_from(daemon: &Daemon, ip: &str, users: impl Iterator<Item = String>) {
 fn twenty_one_distinct_users_from_one_ip_fire_a_cardinality_watcher_once_twenty_do_not() {
     let sink = HttpSink::start(Duration::ZERO);
     let daemon = Daemon::run("");
-    watched(
+    register_watcher(
         &daemon,
-        json!({"name": "stuffing", "rule": "cardinality", "field": "user",
+        "logins",
+        &json!({"name": "stuffing", "rule": "cardinality", "field": "user",
                "max_distinct": 20, "window_secs": 300,
                "aggregator": {"type": "fields", "fields": ["ip"]},
                "action": {"type": "webhook", "url": sink.url("/hooks")}}),
@@ -263,9 +261,10 @@ fn twenty_one_distinct_users_from_one_ip_fire_a_cardinality_watcher_once_twenty_
 fn a_new_country_fires_once_after_learning_a_known_one_never() {
     let sink = HttpSink::start(Duration::ZERO);
     let daemon = Daemon::run("");
-    watched(
+    register_watcher(
         &daemon,
-        json!({"name": "new-country", "rule": "new_value", "field": "country",
+        "logins",
+        &json!({"name": "new-country", "rule": "new_value", "field": "country",
                "learn_secs": 2, "aggregator": {"type": "fields", "fields": ["user"]},
                "action": {"type": "webhook", "url": sink.url("/hooks")}}),
     );
@@ -315,9 +314,10 @@ fn three_nodes_sharing_one_redis_fire_a_flatline_and_its_recovery_once_each() {
     let redis = RedisServer::start();
     let sink = HttpSink::start(Duration::ZERO);
     let nodes = [node("a", &redis), node("b", &redis), node("c", &redis)];
-    watched(
+    register_watcher(
         &nodes[0],
-        json!({"name": "heartbeat", "rule": "flatline", "threshold": 1, "window_secs": 2,
+        "logins",
+        &json!({"name": "heartbeat", "rule": "flatline", "threshold": 1, "window_secs": 2,
                "send_resolved": true, "aggregator": {"type": "single"},
                "action": {"type": "webhook", "url": sink.url("/hooks")}}),
     );

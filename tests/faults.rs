@@ -271,12 +271,10 @@ fn a_master_stalled_past_the_heartbeat_timeout_kills_no_healthy_worker() {
 #[test]
 fn counts_too_many_for_one_frame_are_all_counted() {
     let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n[watchers]\nmax_key_bytes = 65536\n");
-    register(&daemon, "logins");
     for n in 0..200 {
         let watcher = serde_json::json!({"name": format!("w{n}"), "threshold": 1_000_000_000u64,
             "aggregator": {"type": "fields", "fields": ["u"]}, "action": {"type": "null"}});
-        let created = daemon.post("/event/logins/watcher/", &watcher.to_string());
-        assert_eq!(created.status, 201);
+        register_watcher(&daemon, "logins", &watcher);
     }
     let worker = daemon.serving_workers();
     let fat = "u".repeat(60_000);

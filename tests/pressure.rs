@@ -10,19 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::redis::{RedisServer, node_with_timeout};
-use common::rest::{assert_error, register};
+use common::rest::{assert_error, register_watcher};
 use common::{Daemon, Response, SECOND, child_named, process_state, series_sum, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// `n` watchers of `logins`, all counting by `ip`: one field set.
 fn watchers_by_ip(daemon: &Daemon, n: usize) {
-    register(daemon, "logins");
     for i in 0..n {
         let watcher = serde_json::json!({"name": format!("w{i}"), "threshold": 1_000_000_000u64,
             "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}});
-        let created = daemon.post("/event/logins/watcher/", &watcher.to_string());
-        assert_eq!(created.status, 201, "{created:?}");
+        register_watcher(daemon, "logins", &watcher);
     }
 }
 

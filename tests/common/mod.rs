@@ -198,6 +198,20 @@ impl Daemon {
         self.command(CTL, args)
     }
 
+    /// `eventsd -c CONFIG ARGS...` as the user and group `id` (65534: nobody), from a
+    /// test run as root.
+    pub fn cli_as(&self, id: u32, args: &[&str]) -> Output {
+        Command::new(BINARY)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .uid(id)
+            .gid(id)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run eventsd as {id}: {e}"))
+    }
+
     fn command(&self, program: &str, args: &[&str]) -> Output {
         Command::new(program)
             .arg("-c")
