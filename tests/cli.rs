@@ -465,19 +465,11 @@ fn reopen_makes_the_master_and_its_children_reopen_their_logs() {
 #[test]
 #[ignore = "needs root"]
 fn status_as_a_user_who_cannot_read_the_pidfile_says_unknown_not_stopped() {
-    use std::os::unix::process::CommandExt;
     let daemon = started("");
     // The config readable by everyone; the state folder stays eventsd's (0750).
     std::fs::set_permissions(daemon.path(""), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&daemon.config, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let output = std::process::Command::new(common::BINARY)
-        .arg("-c")
-        .arg(&daemon.config)
-        .arg("status")
-        .uid(65_534)
-        .gid(65_534)
-        .output()
-        .unwrap();
+    let output = daemon.cli_as(65_534, &["status"]);
     assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("cannot tell"),

@@ -279,11 +279,7 @@ fn redis_stopped_under_load_then_back_empty_loses_no_event_and_is_re_seeded() {
             .is_ok_and(|version| version > 0)
     });
     // Counting is shared again: a watcher made now counts in Redis alone.
-    let created = a.post("/event/", &json!({"type": "rollouts"}).to_string());
-    assert_eq!(created.status, 201, "{created:?}");
-    let watcher = a.post("/event/rollouts/watcher/", &counting_only().to_string());
-    assert_eq!(watcher.status, 201, "{watcher:?}");
-    let id = watcher.json()["_id"].as_str().unwrap().to_string();
+    let id = register_watcher(&a, "rollouts", &counting_only());
     wait_for("the new watcher on b", 5 * SECOND, || {
         watcher_names(&b, "rollouts") == Some(vec!["storm".to_string()])
     });

@@ -1,7 +1,8 @@
 //! A cluster node while Redis is down (cluster.md "When Redis is unreachable"): it fires
-//! from its own counts with `"degraded": true`, answers registry changes 503, and drops
-//! what it counted alone once Redis is back (never merged: nothing fires twice). Against
-//! the real binary and a real `redis-server` the test stops and starts.
+//! from its own counts with `"degraded": true`, answers registry changes 503 (504 when
+//! Redis took one without answering), and drops what it counted alone once Redis is back
+//! (never merged: nothing fires twice). Against the real binary and a real
+//! `redis-server` the test stops and starts.
 
 mod common;
 
@@ -144,4 +145,27 @@ fn distinct_values_seen_alone_while_redis_is_down_are_dropped_when_it_is_back() 
     assert_eq!(shared["distinct"], 6, "{shared}");
     assert!(shared["crossing"].is_string(), "decided by Redis: {shared}");
     assert!(shared.get("degraded").is_none(), "{shared}");
+}
+
+/// A registry change Redis takes but does not answer in time (stopped past
+/// `cluster.timeout_ms`) is in doubt: Redis runs it when it resumes. It is answered 504
+/// "may or may not be applied", never 503 (which says "not applied"), and the node has
+/// it once Redis ran it. Before: 503, and the type there all the same.
+#[test]
+fn a_registry_change_redis_does_not_answer_in_time_is_answered_504_not_503() {
+    let redis = RedisServer::start();
+    let daemon = node("a", "standalone", &[redis.url()]);
+    redis.pause();
+    let reply = daemon.post("/event/", &json!({"type": "doubted"}).to_string());
+    redis.resume();
+    common::rest::assert_error(&reply, 504, "may or may not be applied");
+    wait_for(
+        "the change Redis ran after all, on the node",
+        30 * SECOND,
+        || {
+            daemon
+                .get("/event/doubted/")
+                .is_ok_and(|reply| reply.status == 200)
+        },
+    );
 }

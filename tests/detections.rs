@@ -8,22 +8,16 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
+use common::rest::register_watcher;
 use common::rules::saved_values_per_key;
 use common::sinks::{HttpSink, SmtpSink};
-use common::{Daemon, wait_for};
+use common::{Daemon, SECOND, wait_for};
 use serde_json::{Value, json};
 
-const SECOND: Duration = Duration::from_secs(1);
 const MILLI: Duration = Duration::from_millis(1);
 
 /// A heartbeat far more often than the 2 s windows below, even on a loaded machine.
 const BEAT: Duration = Duration::from_millis(100);
-
-fn watched(daemon: &Daemon, watcher: Value) {
-    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
-    let response = daemon.post("/event/logins/watcher/", &watcher.to_string());
-    assert_eq!(response.status, 201, "{response:?}");
-}
 
 fn beat(daemon: &Daemon, payload: &Value) {
     assert_eq!(
@@ -63,9 +57,10 @@ fn beat_until(
 fn a_flatline_fires_once_when_events_stop_and_once_resolved_when_they_resume() {
     let sink = HttpSink::start(Duration::ZERO);
     let daemon = Daemon::run("");
-    watched(
+    register_watcher(
         &daemon,
-        json!({"name": "heartbeat", "rule": "flatline", "threshold": 1, "window_secs": 2,
+        "logins",
+        &json!({"name": "heartbeat", "rule": "flatline", "threshold": 1, "window_secs": 2,
                "send_resolved": true, "aggregator": {"type": "single"},
                "action": {"type": "webhook", "url": sink.url("/hooks")}}),
     );
@@ -111,9 +106,10 @@ fn a_flatline_fires_once_when_events_stop_and_once_resolved_when_they_resume() {
 fn a_fields_flatline_fires_for_the_expected_host_that_never_sent_anything() {
     let sink = HttpSink::start(Duration::ZERO);
     let daemon = Daemon::run("");
-    watched(
+    register_watcher(
         &daemon,
-        json!({"name": "hosts", "rule": "flatline", "threshold": 1, "window_secs": 2,
+        "logins",
+        &json!({"name": "hosts", "rule": "flatline", "threshold": 1, "window_secs": 2,
                "aggregator": {"type": "fields", "fields": ["host"]},
                "expect": ["a", "b", "c"],
                "action": {"type": "webhook", "url": sink.url("/hooks")}}),
@@ -167,9 +163,10 @@ fn post_at_rate(
 fn a_spike_from_5_to_50_events_per_window_fires_once() {
     let sink = HttpSink::start(Duration::ZERO);
     let daemon = Daemon::run("");
-    watched(
+    register_watcher(
         &daemon,
-        json!({"name": "surge", "rule": "spike", "window_secs": 2, "ratio": 5,
+        "logins",
+        &json!({"name": "surge", "rule": "spike", "window_secs": 2, "ratio": 5,
                "direction": "up", "min_previous": 3, "aggregator": {"type": "single"},
                "action": {"type": "webhook", "url": sink.url("/hooks")}}),
     );
@@ -224,9 +221,10 @@ fn logins_from(daemon: &Daemon, ip: &str, users: impl Iterator<Item = String>) {
 fn twenty_one_distinct_users_from_one_ip_fire_a_cardinality_watcher_once_twenty_do_not() {
     let sink = HttpSink::start(Duration::ZERO);
     let daemon = Daemon::run("");
-    watched(
+    register_watcher(
         &daemon,
-        json!({"name": "stuffing", "rule": "cardinality", "field": "user",
+        "logins",
+        &json!({"name": "stuffing", "rule": "cardinality", "field": "user",
                "max_distinct": 20, "window_secs": 300,
                "aggregator": {"type": "fields", "fields": ["ip"]},
                "action": {"type": "webhook", "url": sink.url("/hooks")}}),
@@ -272,9 +270,10 @@ fn a_cardinality_firing_mails_the_rule_its_figures_and_its_text() {
         "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"eventsd@test.example\"\n",
         smtp.address.port()
     ));
-    watched(
+    register_watcher(
         &daemon,
-        json!({"name": "stuffing", "rule": "cardinality", "field": "user",
+        "logins",
+        &json!({"name": "stuffing", "rule": "cardinality", "field": "user",
                "max_distinct": 2, "window_secs": 300,
                "aggregator": {"type": "fields", "fields": ["ip"]},
                "action": {"type": "email", "to": ["ops@example.com"], "subject": "Stuffing"}}),
@@ -304,9 +303,10 @@ fn a_cardinality_firing_mails_the_rule_its_figures_and_its_text() {
 #[test]
 fn a_million_distinct_values_and_keys_leave_the_master_bounded_by_the_rules_limits() {
     let daemon = Daemon::run("[watchers]\nmax_keys = 1000\n[server]\nmax_body_bytes = 4194304\n");
-    watched(
+    register_watcher(
         &daemon,
-        json!({"name": "stuffing", "rule": "cardinality", "field": "user",
+        "logins",
+        &json!({"name": "stuffing", "rule": "cardinality", "field": "user",
                "max_distinct": 20, "window_secs": 3600,
                "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}),
     );
@@ -352,9 +352,10 @@ fn resident_kib(pid: nix::unistd::Pid) -> u64 {
 fn a_new_country_fires_once_after_learning_a_known_one_never() {
     let sink = HttpSink::start(Duration::ZERO);
     let daemon = Daemon::run("");
-    watched(
+    register_watcher(
         &daemon,
-        json!({"name": "new-country", "rule": "new_value", "field": "country",
+        "logins",
+        &json!({"name": "new-country", "rule": "new_value", "field": "country",
                "learn_secs": 2, "aggregator": {"type": "fields", "fields": ["user"]},
                "action": {"type": "webhook", "url": sink.url("/hooks")}}),
     );
@@ -404,9 +405,10 @@ fn three_nodes_sharing_one_redis_fire_a_flatline_and_its_recovery_once_each() {
     let redis = RedisServer::start();
     let sink = HttpSink::start(Duration::ZERO);
     let nodes = [node("a", &redis), node("b", &redis), node("c", &redis)];
-    watched(
+    register_watcher(
         &nodes[0],
-        json!({"name": "heartbeat", "rule": "flatline", "threshold": 1, "window_secs": 2,
+        "logins",
+        &json!({"name": "heartbeat", "rule": "flatline", "threshold": 1, "window_secs": 2,
                "send_resolved": true, "aggregator": {"type": "single"},
                "action": {"type": "webhook", "url": sink.url("/hooks")}}),
     );

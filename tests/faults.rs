@@ -10,8 +10,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::rest::{file_collector, register, register_watcher};
-use common::{Daemon, Load, SECOND, wait_for};
+use common::{Daemon, Load, SECOND, set_fd_limit, wait_for};
 use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 #[test]
 fn workers_killed_every_2s_under_load_lose_no_acknowledged_event() {
@@ -94,7 +95,8 @@ fn workers_killed_every_2s_under_load_lose_no_acknowledged_event() {
 
 #[test]
 fn two_thousand_slowloris_connections_do_not_stop_other_clients() {
-    raise_fd_limit(8192);
+    // The test process and the daemon it starts need more descriptors than the default.
+    set_fd_limit(Pid::this(), 8192);
     let daemon = Daemon::run("[server]\nread_timeout_secs = 2\n[workers]\nmin = 2\nmax = 2\n");
     let mut trickling = Vec::new();
     for n in 0..2000 {
@@ -131,13 +133,6 @@ fn two_thousand_slowloris_connections_do_not_stop_other_clients() {
         }
     }
     assert_eq!(daemon.get("/health").unwrap().status, 200);
-}
-
-/// The test process and the daemon it starts need more descriptors than the default.
-fn raise_fd_limit(wanted: u64) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    setrlimit(Resource::RLIMIT_NOFILE, wanted.min(hard), hard).unwrap();
 }
 
 #[test]
@@ -276,12 +271,10 @@ fn a_master_stalled_past_the_heartbeat_timeout_kills_no_healthy_worker() {
 #[test]
 fn counts_too_many_for_one_frame_are_all_counted() {
     let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n[watchers]\nmax_key_bytes = 65536\n");
-    register(&daemon, "logins");
     for n in 0..200 {
         let watcher = serde_json::json!({"name": format!("w{n}"), "threshold": 1_000_000_000u64,
             "aggregator": {"type": "fields", "fields": ["u"]}, "action": {"type": "null"}});
-        let created = daemon.post("/event/logins/watcher/", &watcher.to_string());
-        assert_eq!(created.status, 201);
+        register_watcher(&daemon, "logins", &watcher);
     }
     let worker = daemon.serving_workers();
     let fat = "u".repeat(60_000);
@@ -361,14 +354,16 @@ fn a_client_that_never_reads_its_reply_is_cut_at_the_write_timeout() {
         "POST /event/logins/_bulk?ids=true HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
         bulk.len()
     );
+    let cut = format!("connection from {}: ", stream.local_addr().unwrap());
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(bulk.as_bytes()).unwrap();
-    let connections = || daemon.status().unwrap()["workers"][0]["connections"].clone();
-    wait_for("the worker to report the connection", 10 * SECOND, || {
-        connections() == 1
+    // The worker's own word that it ended this connection (it logs why), however long
+    // 300,000 events take a debug build on a loaded machine; then it holds nothing.
+    wait_for("the worker to cut the connection", 120 * SECOND, || {
+        daemon.log().contains(&cut)
     });
-    wait_for("the worker to cut the connection", 10 * SECOND, || {
-        connections() == 0
+    wait_for("the worker to hold no connection", 30 * SECOND, || {
+        daemon.status().unwrap()["workers"][0]["connections"] == 0
     });
     let mut received = Vec::new();
     stream.set_read_timeout(Some(5 * SECOND)).unwrap();

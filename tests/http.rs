@@ -7,7 +7,10 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, SECOND, parse_response, read_response, request, wait_for};
+use common::{
+    Daemon, SECOND, exhaust_descriptors, parse_response, read_response, request, set_fd_limit,
+    wait_for,
+};
 
 /// Reads until the server closes the connection; fails if it stays open `limit`.
 fn closed_by_server_within(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
@@ -189,11 +192,8 @@ fn accept_queue(port: u16) -> Option<u64> {
 fn accept_errors_are_survived_by_the_worker() {
     let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
     let worker = daemon.serving_workers()[0];
-    // Leave the worker no free descriptor: every accept fails with EMFILE.
-    let open = std::fs::read_dir(format!("/proc/{worker}/fd"))
-        .unwrap()
-        .count() as u64;
-    set_fd_limit(worker, open);
+    // Every accept fails with EMFILE.
+    exhaust_descriptors(worker);
     let clients: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(daemon.address()).unwrap())
         .collect();
@@ -210,37 +210,6 @@ fn accept_errors_are_survived_by_the_worker() {
         worker.as_raw(),
         "the same worker serves again"
     );
-}
-
-/// Sets the soft limit of open files of `pid`, keeping its hard limit.
-fn set_fd_limit(pid: nix::unistd::Pid, soft: u64) {
-    let mut current = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit reading into a valid rlimit, then writing a valid one.
-    let read = unsafe {
-        libc::prlimit(
-            pid.as_raw(),
-            libc::RLIMIT_NOFILE,
-            std::ptr::null(),
-            &mut current,
-        )
-    };
-    assert_eq!(read, 0, "prlimit: {}", std::io::Error::last_os_error());
-    let wanted = libc::rlimit {
-        rlim_cur: soft.min(current.rlim_max),
-        rlim_max: current.rlim_max,
-    };
-    let written = unsafe {
-        libc::prlimit(
-            pid.as_raw(),
-            libc::RLIMIT_NOFILE,
-            &wanted,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(written, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
 #[test]
@@ -313,10 +282,7 @@ fn workers_drop_to_the_configured_user_when_started_as_root() {
 fn a_worker_out_of_descriptors_for_good_is_replaced_and_the_daemon_keeps_serving() {
     let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n");
     let exhausted = daemon.serving_workers()[0];
-    let open = std::fs::read_dir(format!("/proc/{exhausted}/fd"))
-        .unwrap()
-        .count() as u64;
-    set_fd_limit(exhausted, open);
+    exhaust_descriptors(exhausted);
     let _clients: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(daemon.address()).unwrap())
         .collect();

@@ -182,12 +182,10 @@ fn the_exposition_passes_promtool_check_metrics() {
 #[test]
 fn watchers_of_the_same_name_on_two_types_are_two_series() {
     let daemon = Daemon::run("");
-    let storm = r#"{"name": "storm", "threshold": 1, "aggregator": {"type": "single"},
-                    "action": {"type": "null"}}"#;
+    let storm = serde_json::json!({"name": "storm", "threshold": 1,
+        "aggregator": {"type": "single"}, "action": {"type": "null"}});
     for event in ["shop", "blog"] {
-        common::rest::register(&daemon, event);
-        let created = daemon.post(&format!("/event/{event}/watcher/"), storm);
-        assert_eq!(created.status, 201, "{created:?}");
+        common::rest::register_watcher(&daemon, event, &storm);
     }
     for _ in 0..2 {
         assert_eq!(daemon.post("/event/shop/", "{}").status, 200);

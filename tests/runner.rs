@@ -117,7 +117,8 @@ fn an_action_runner_that_stops_reading_is_replaced_and_the_next_delivers_what_it
         daemon.log()
     );
 
-    // A master busy handing 72 MB to the new runner may answer 503: "retry".
+    // A master busy handing 72 MB to the new runner may drop the change: 503, nothing
+    // applied, "retry".
     for name in &flood {
         let path = format!("/event/flood/watcher/{name}");
         let mut status = 0;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::rest::{assert_error, file_collector, register};
-use common::{Daemon, stderr};
+use common::{Daemon, open_files, stderr};
 
 fn collector_at(daemon: &Daemon, path: &Path) -> common::Response {
     daemon.post("/event/logins/collector/", &file_collector(path))
@@ -70,11 +70,11 @@ fn a_fifo_at_an_appender_path_fails_the_event_and_blocks_no_worker() {
     let fifo = daemon.path("events.jsonl");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     assert_eq!(collector_at(&daemon, &fifo).status, 201);
-    let started = Instant::now();
+    let worker = daemon.serving_workers();
     assert_error(&daemon.post("/event/logins/", "{}"), 503, "FIFO");
     assert_eq!(daemon.get("/health").unwrap().status, 200);
-    // Far below the 30 s a blocked open() held the worker before.
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // A worker blocked in open() (as it was before) stops beating and is replaced.
+    assert_eq!(daemon.serving_workers(), worker, "the worker was replaced");
 }
 
 #[test]
@@ -140,14 +140,6 @@ fn out_of_range_config_values_are_refused_by_configtest_with_the_key_and_range()
 fn assert_no_watcher(daemon: &Daemon) {
     let watchers = daemon.get("/event/logins/watcher/").unwrap().json();
     assert_eq!(watchers, serde_json::json!([]));
-}
-
-/// What the descriptors of `pid` point at.
-fn open_files(pid: nix::unistd::Pid) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .collect()
 }
 
 fn watcher_body(name: &str, aggregator: &serde_json::Value, action: &serde_json::Value) -> String {
@@ -603,9 +595,9 @@ fn fat_registry(watchers: usize, last_path_bytes: usize) -> Vec<u8> {
 }
 
 /// `registry.max_bytes`, filled to a few KB short by a planted `registry.json`: a change
-/// that fits is answered quickly, one that would not fit is a 400 naming the setting and
-/// leaves nothing behind. 2 MiB here, for a debug build; `bench/run` times the default
-/// 16 MiB on a release one.
+/// that fits is answered, one that would not fit is a 400 naming the setting and leaves
+/// the registry as it was. 2 MiB here, for a debug build; how fast is `bench/run`'s to
+/// measure (the default 16 MiB on a release build).
 #[test]
 fn a_registry_at_max_bytes_still_answers_and_refuses_to_grow_past_it() {
     const MAX_BYTES: usize = 2 * 1024 * 1024;
@@ -632,16 +624,10 @@ fn a_registry_at_max_bytes_still_answers_and_refuses_to_grow_past_it() {
     daemon.spawn_foreground(&[]);
     daemon.wait_ready();
 
-    let started = Instant::now();
     let created = daemon.post("/event/", r#"{"type": "unrelated"}"#);
-    let took = started.elapsed();
     assert_eq!(created.status, 201, "{}", created.body);
-    eprintln!(
-        "a change to a registry of {} bytes took {took:?}",
-        planted.len()
-    );
-    // security.md: 100 ms; a generous bound for a debug build on a shared machine.
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    let before = std::fs::read(daemon.path("state/registry.json")).unwrap();
+    assert!(before.len() <= MAX_BYTES, "{}", before.len());
 
     assert_error(
         &daemon.post("/event/unrelated/watcher/", &fat_watcher("fat", 256)),
@@ -650,8 +636,8 @@ fn a_registry_at_max_bytes_still_answers_and_refuses_to_grow_past_it() {
     );
     let watchers = daemon.get("/event/unrelated/watcher/").unwrap().json();
     assert_eq!(watchers, serde_json::json!([]));
-    let saved = std::fs::metadata(daemon.path("state/registry.json")).unwrap();
-    assert!(saved.len() <= MAX_BYTES as u64, "{}", saved.len());
+    let after = std::fs::read(daemon.path("state/registry.json")).unwrap();
+    assert!(after == before, "the refused change touched registry.json");
     assert_eq!(
         daemon.delete("/event/type000").status,
         200,

@@ -227,7 +227,6 @@ fn a_key_that_does_not_match_the_certificate_is_refused_by_configtest() {
 #[ignore = "needs root"]
 fn status_needs_no_access_to_the_tls_key() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let (daemon, dir) = daemon_with_tls("");
     let daemon = run(daemon);
     let mode = |path: &Path, mode| {
@@ -238,14 +237,7 @@ fn status_needs_no_access_to_the_tls_key() {
     mode(&dir.join("server.pem"), 0o644);
     mode(&dir.join("server.key"), 0o600);
     mode(&daemon.path("state"), 0o755);
-    let output = Command::new(common::BINARY)
-        .arg("-c")
-        .arg(&daemon.config)
-        .arg("status")
-        .uid(65_534)
-        .gid(65_534)
-        .output()
-        .unwrap();
+    let output = daemon.cli_as(65_534, &["status"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(stdout(&output).contains("running"), "{}", stdout(&output));
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::redis::RedisServer;
+use common::rest::register_watcher;
 use common::sinks::{HttpSink, dead_address};
 use common::{Daemon, HalfSent, Load, SECOND, stderr, stdout, wait_for};
 use nix::errno::Errno;
@@ -92,12 +93,10 @@ fn upgrade_under_load_with_a_crossing_across_it(extra: &str) {
         let status = status_of(&daemon);
         status["cluster"].is_null() || status["cluster"]["redis_reachable"] == true
     });
-    assert_eq!(daemon.post("/event/", r#"{"type": "deploys"}"#).status, 201);
     let watcher = json!({"name": "many-deploys", "threshold": 100,
         "aggregator": {"type": "single"},
         "action": {"type": "webhook", "url": sink.url("/hook")}});
-    let response = daemon.post("/event/deploys/watcher/", &watcher.to_string());
-    assert_eq!(response.status, 201, "{response:?}");
+    register_watcher(&daemon, "deploys", &watcher);
     post_events(&daemon, 60);
     let old = daemon.pidfile_pid().unwrap();
 

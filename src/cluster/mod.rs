@@ -36,7 +36,7 @@ use crate::protocol::cluster::{CountCall, FromCluster, Publication, ToCluster};
 use crate::protocol::frame;
 use crate::registry::Registry;
 use crate::watch::{ClockWatcher, Crossing, Key, SharedCount, clock_watchers};
-use redis_link::{Announcement, CALL_ID_TTL, Redis};
+use redis_link::{Announcement, CALL_ID_TTL, NoReply, Redis};
 pub use redis_link::{
     CountReply, FUNCTIONS, KEYS_PER_TICK, count_command, tick_command, tick_crossings,
 };
@@ -208,6 +208,7 @@ impl Link {
                         Publication::Written(version)
                     }
                     Ok(other) => other,
+                    Err(e) if e.is::<NoReply>() => Publication::InDoubt(format!("{e:#}")),
                     Err(e) => Publication::Failed(format!("{e:#}")),
                 };
                 self.tell(&FromCluster::Published(publication)).await?;

@@ -4,7 +4,8 @@
 //! announces new registry versions.
 //!
 //! Every call is bounded by `cluster.timeout_ms`; after a failed one the link drops the
-//! connection (`disconnect`), and the next call connects again.
+//! connection (`disconnect`), and the next call connects again. A call sent without an
+//! answer fails with `NoReply`: Redis may have run it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -57,6 +58,29 @@ pub(super) enum Announcement {
 enum Connection {
     Server(MultiplexedConnection),
     Cluster(ClusterConnection),
+}
+
+/// A call sent without an answer (none in time, the connection lost, a reply that does
+/// not read): Redis may have run it.
+#[derive(Debug)]
+pub(super) struct NoReply(String);
+
+impl std::fmt::Display for NoReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoReply {}
+
+/// Whether a failed call may still have run: anything but an error Redis answered, or a
+/// connection it refused, leaves it in doubt.
+fn in_doubt(error: &redis::RedisError) -> bool {
+    use redis::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::Io | ErrorKind::Parse | ErrorKind::UnexpectedReturnType
+    ) && !error.is_connection_refusal()
 }
 
 pub(super) struct Redis {
@@ -355,8 +379,11 @@ impl Redis {
         };
         match reply {
             Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if in_doubt(&e) => Err(NoReply(e.to_string()).into()),
             Ok(Err(e)) => Err(e.into()),
-            Err(_) => bail!("no reply within {} ms", self.timeout.as_millis()),
+            Err(_) => {
+                Err(NoReply(format!("no reply within {} ms", self.timeout.as_millis())).into())
+            }
         }
     }
 }

@@ -5,9 +5,10 @@
 //! worker, sees the change.
 //!
 //! A question carries its deadline, on the clock both processes share (`clock`): read
-//! past it, its worker has already answered 503, so it is dropped unapplied, and a 503
-//! always means "not applied". A change applied in time is said so at once (`Applied`),
-//! and its worker then waits for the held answer however long that takes.
+//! past it, it is dropped unapplied and its worker told so (`Dropped`), which it answers
+//! 503: a 503 always means "not applied". A change applied in time is said so at once
+//! (`Applied`), and its worker then waits for the held answer however long that takes.
+//! The worker never guesses: it waits for one word or the other (`worker::link`).
 
 use std::time::Instant;
 
@@ -82,9 +83,9 @@ impl Master {
         text
     }
 
-    /// Whether the question is read past its deadline: its worker has given up and
-    /// answered 503, so it must change nothing. Dropped, logged, and, for a registry
-    /// change of `kind`, counted as `expired`.
+    /// Whether the question is read past its deadline: then it must change nothing.
+    /// Dropped, its worker told so (it answers 503), logged, and, for a registry change
+    /// of `kind`, counted as `expired`.
     pub(super) fn past_deadline(&mut self, asker: Asker, kind: Option<&'static str>) -> bool {
         let now = Stamp::now();
         if now < asker.deadline {
@@ -92,11 +93,12 @@ impl Master {
         }
         warn!(
             "question {} of worker {} dropped unanswered: read {} ms past its deadline \
-             (the worker answered 503)",
+             (the worker answers 503)",
             asker.id,
             asker.worker,
             asker.deadline.age(now).as_millis()
         );
+        self.send_to(asker.worker, MasterMessage::Dropped { id: asker.id });
         if let Some(kind) = kind {
             self.totals.record_change(kind, "expired");
         }

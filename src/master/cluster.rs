@@ -403,6 +403,19 @@ impl Master {
                 };
                 self.refuse_all(changes, &refusal);
             }
+            // Redis may have written it: a 503 would be a lie. Written, it comes back
+            // with the version poll, as another node's change does.
+            Publication::InDoubt(error) => {
+                warn!("registry change sent to Redis without an answer: {error}");
+                let refusal = Refusal {
+                    status: 504,
+                    message: format!(
+                        "The shared registry (Redis) did not answer ({error}): the change \
+                         may or may not be applied; read it back before retrying"
+                    ),
+                };
+                self.refuse_all(changes, &refusal);
+            }
         }
         self.publish_next_change();
     }

@@ -69,7 +69,11 @@ pub enum Publication {
     Written(u64),
     /// Another node wrote first: its version and document.
     Conflict(u64, String),
+    /// Not written (not sent, or refused by Redis).
     Failed(String),
+    /// Sent without an answer (no reply in time, the connection lost): Redis may have
+    /// written it, and the version poll then brings it.
+    InDoubt(String),
 }
 
 /// One `eventsd_count` call: the counts of one slot under an id that Redis records with

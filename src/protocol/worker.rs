@@ -28,8 +28,8 @@ pub enum WorkerMessage {
     /// Set-up failed (privileges, runtime): the reason, sent just before exiting.
     StartupFailed { reason: String },
     /// A question the master answers with `MasterMessage::Answer` and the same `id`,
-    /// if it reads it before `deadline`; past it, the worker has given up (503) and the
-    /// master drops it unapplied.
+    /// if it reads it before `deadline`; past it, the master drops it unapplied and says
+    /// so (`MasterMessage::Dropped`).
     Ask {
         id: u64,
         deadline: Stamp,
@@ -49,6 +49,18 @@ pub enum Question {
     Status { reveal_keys: bool },
     /// Silences, the alert list, a watcher's live state (alerts.md).
     OnCall(super::oncall::Request),
+}
+
+impl Question {
+    /// Whether answering it changes state (the registry, a silence): then only the
+    /// master knows, once it has read it, whether it applied it.
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Question::Change { .. } => true,
+            Question::OnCall(request) => request.is_change(),
+            Question::Metrics | Question::Status { .. } => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +109,11 @@ pub enum MasterMessage {
     Answer {
         id: u64,
         answer: Answer,
+    },
+    /// A question read past its deadline: dropped, nothing applied. Its worker answers
+    /// 503, which so always means "not applied".
+    Dropped {
+        id: u64,
     },
 }
 

@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::access_log::AccessLog;
@@ -27,8 +27,9 @@ use crate::appender::Appenders;
 use crate::clock::Stamp;
 use crate::logging;
 use crate::protocol::frame;
+use crate::protocol::oncall::Reply;
 use crate::protocol::worker::{Answer, MasterMessage, Question, WorkerMessage};
-use crate::registry::Registry;
+use crate::registry::{Refusal, Registry};
 use crate::watch::CountBatch;
 use crate::watch::plan::Plans;
 
@@ -40,9 +41,11 @@ pub struct Channels {
     pub counts: StdUnixStream,
 }
 
-/// The master's deadline for a question is this much before the worker gives up: room
-/// for the word that it applied a change to reach the worker.
-const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+/// How long past its deadline a change waits for the master's word on it, a master
+/// stalled all that time (SIGSTOP, swap) notwithstanding. Only the master knows whether
+/// it applied a change, and it says so as soon as it reads the question: applied, or
+/// dropped (503). Past this, the client is told the truth: nobody here knows (504).
+const WORD_GRACE: Duration = Duration::from_secs(25);
 
 /// Every reason a worker stops (the master's `Stop`, the master gone, SIGTERM,
 /// `max_requests`) goes through this one signal, mini-redis style.
@@ -105,11 +108,20 @@ pub struct Files {
 /// What the reader task and the request handlers share.
 struct Shared {
     registry: RefCell<Rc<Served>>,
-    waiting: RefCell<HashMap<u64, oneshot::Sender<Answer>>>,
-    /// The changes the master applied and has not answered yet, with their answer.
-    applied: RefCell<HashMap<u64, Answer>>,
+    /// The questions asked and not yet answered, each with where the master's words on
+    /// it go.
+    waiting: RefCell<HashMap<u64, mpsc::UnboundedSender<Word>>>,
     next_question: Cell<u64>,
     files: Files,
+}
+
+/// What the master said of a question.
+enum Word {
+    /// A change applied in time; the answer follows once every worker serves it.
+    Applied(Answer),
+    Answer(Answer),
+    /// Read past its deadline, dropped: nothing was applied.
+    Dropped,
 }
 
 impl Link {
@@ -131,7 +143,6 @@ impl Link {
             shared: Rc::new(Shared {
                 registry: RefCell::new(Served::new(registry)),
                 waiting: RefCell::default(),
-                applied: RefCell::default(),
                 next_question: Cell::new(1),
                 files,
             }),
@@ -162,35 +173,41 @@ impl Link {
         let _ = self.counts.send(None);
     }
 
-    /// Asks the master, which may take `within` to answer; `None` if it did not, in which
-    /// case nothing was applied: the master drops a question it reads past its deadline,
-    /// set `ANSWER_MARGIN` earlier for its word to reach this worker. A change applied in
-    /// time is waited for until every worker serves it; if the master goes away first,
-    /// its answer stands (the change is persisted).
+    /// Asks the master, which has `within` to take the question up: an answer, or
+    /// `None` when nothing was applied. A question that changes nothing is given up at
+    /// `within`. A change is answered on the master's word only: applied (then waited
+    /// for until every worker serves it; should the master go away first, its answer
+    /// stands, the change is persisted) or dropped past its deadline (`None`, 503). A
+    /// master that says neither within `WORD_GRACE` more, or goes away without a word,
+    /// leaves the change's fate unknown: so says the answer (504).
     pub async fn ask(&self, question: Question, within: Duration) -> Option<Answer> {
         let id = self.shared.next_question.get();
         self.shared.next_question.set(id + 1);
-        let (answer, mut answered) = oneshot::channel();
-        self.shared.waiting.borrow_mut().insert(id, answer);
+        let (words_to, mut words) = mpsc::unbounded_channel();
+        self.shared.waiting.borrow_mut().insert(id, words_to);
         // Dropped unanswered (timeout, closed connection): forget the question.
         let _forget = Forget {
             shared: &self.shared,
             id,
         };
-        let deadline = Stamp::now().after(within.saturating_sub(ANSWER_MARGIN));
+        let unknown = question.changes_state().then(|| fate_unknown(&question));
         self.send(WorkerMessage::Ask {
             id,
-            deadline,
+            deadline: Stamp::now().after(within),
             question,
         });
-        let applied = || self.shared.applied.borrow_mut().remove(&id);
-        match tokio::time::timeout(within, &mut answered).await {
-            Ok(Ok(answer)) => Some(answer),
-            Ok(Err(_)) => applied(),
-            Err(_) if self.shared.applied.borrow().contains_key(&id) => {
-                answered.await.ok().or_else(applied)
-            }
-            Err(_) => None,
+        let mut applied = None;
+        let heard = tokio::time::timeout(within, last_word(&mut words, &mut applied)).await;
+        let verdict = match heard {
+            Ok(verdict) => verdict,
+            // A question that changes nothing: nothing to be unsure of.
+            Err(_) if unknown.is_none() => return None,
+            Err(_) => past_deadline(id, &mut words, &mut applied).await,
+        };
+        match verdict {
+            Verdict::Answer(answer) => Some(answer),
+            Verdict::Dropped => None,
+            Verdict::Silent => unknown,
         }
     }
 
@@ -208,7 +225,71 @@ struct Forget<'a> {
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
         self.shared.waiting.borrow_mut().remove(&self.id);
-        self.shared.applied.borrow_mut().remove(&self.id);
+    }
+}
+
+/// The master's last word on a question.
+enum Verdict {
+    Answer(Answer),
+    Dropped,
+    /// The master went away without a word.
+    Silent,
+}
+
+/// Reads the master's words on a question until its last: an `Applied` is kept in
+/// `applied` (cancelling this loses nothing), and stands if the master goes away.
+async fn last_word(
+    words: &mut mpsc::UnboundedReceiver<Word>,
+    applied: &mut Option<Answer>,
+) -> Verdict {
+    loop {
+        match words.recv().await {
+            Some(Word::Applied(answer)) => *applied = Some(answer),
+            Some(Word::Answer(answer)) => return Verdict::Answer(answer),
+            Some(Word::Dropped) => return Verdict::Dropped,
+            None => return applied.take().map_or(Verdict::Silent, Verdict::Answer),
+        }
+    }
+}
+
+/// A change past its deadline: applied, it is waited for without limit (every worker
+/// serves it in the end, or is killed); not yet heard of, the master still has to read
+/// it and say what it did, given `WORD_GRACE` (and no limit once it says "applied").
+async fn past_deadline(
+    id: u64,
+    words: &mut mpsc::UnboundedReceiver<Word>,
+    applied: &mut Option<Answer>,
+) -> Verdict {
+    if applied.is_none() {
+        warn!(
+            "question {id}: no word from the master by its deadline; waiting up to {} s \
+             more to hear whether it applied the change",
+            WORD_GRACE.as_secs()
+        );
+        if let Ok(verdict) = tokio::time::timeout(WORD_GRACE, last_word(words, applied)).await {
+            return verdict;
+        }
+        if applied.is_none() {
+            warn!("question {id}: still no word from the master: its fate is unknown (504)");
+            return Verdict::Silent;
+        }
+    }
+    last_word(words, applied).await
+}
+
+/// The answer to a change the master said nothing of: a 504 that says so, in the shape
+/// of the question's answer.
+fn fate_unknown(question: &Question) -> Answer {
+    let refusal = Refusal {
+        status: 504,
+        message: "The master did not say in time whether it applied the change: it may \
+                  or may not be applied; read it back before retrying (eventsd may be \
+                  stalled or restarting)"
+            .to_string(),
+    };
+    match question {
+        Question::OnCall(_) => Answer::OnCall(Reply::refused(&refusal)),
+        _ => Answer::Change(Err(refusal)),
     }
 }
 
@@ -296,15 +377,176 @@ fn obey(command: MasterMessage, link: &Link, shutdown: &Shutdown) {
                 shutdown.trigger("the registry from the master is unreadable");
             }
         },
-        MasterMessage::Applied { id, answer } => {
-            if shared.waiting.borrow().contains_key(&id) {
-                shared.applied.borrow_mut().insert(id, answer);
-            }
+        MasterMessage::Applied { id, answer } => tell(shared, id, Word::Applied(answer)),
+        MasterMessage::Answer { id, answer } => tell(shared, id, Word::Answer(answer)),
+        MasterMessage::Dropped { id } => tell(shared, id, Word::Dropped),
+    }
+}
+
+/// Hands the master's `word` on question `id` to whoever still waits for it.
+fn tell(shared: &Shared, id: u64, word: Word) {
+    if let Some(waiting) = shared.waiting.borrow().get(&id) {
+        let _ = waiting.send(word);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `ask` against a master played by the test over a real socketpair: what the client
+    //! is answered follows what the master said, never the worker's own clock.
+
+    use super::*;
+    use crate::registry::{Change, Origin};
+
+    const WITHIN: Duration = Duration::from_millis(100);
+
+    /// A link, and the master's end of its message channel.
+    fn link() -> (Link, UnixStream) {
+        let (worker_end, master_end) = StdUnixStream::pair().unwrap();
+        let (counts, _) = StdUnixStream::pair().unwrap();
+        for end in [&worker_end, &master_end, &counts] {
+            end.set_nonblocking(true).unwrap();
         }
-        MasterMessage::Answer { id, answer } => {
-            if let Some(waiting) = shared.waiting.borrow_mut().remove(&id) {
-                let _ = waiting.send(answer);
-            }
+        let channels = Channels {
+            messages: worker_end,
+            counts,
+        };
+        let files = Files {
+            appenders: Rc::new(Appenders::new(None)),
+            access_log: None,
+        };
+        let (link, _) = Link::start(channels, Shutdown::new(), Registry::default(), files).unwrap();
+        (link, UnixStream::from_std(master_end).unwrap())
+    }
+
+    fn create_type() -> Question {
+        Question::Change {
+            change: Change::CreateEvent {
+                body: br#"{"type": "logins"}"#.to_vec(),
+            },
+            origin: Origin::LOCAL,
         }
+    }
+
+    /// The id of the next question the master reads (registry acks skipped).
+    async fn read_question(master: &mut UnixStream) -> u64 {
+        let mut buffer = Vec::new();
+        loop {
+            if let Some(WorkerMessage::Ask { id, .. }) = frame::take_frame(&mut buffer).unwrap() {
+                return id;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = master.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the worker closed its channel");
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn say(master: &mut UnixStream, message: MasterMessage) {
+        master
+            .write_all(&frame::encode(&message).unwrap())
+            .await
+            .unwrap();
+    }
+
+    /// Runs `test` with a link on a current-thread runtime, as a worker does.
+    fn run<F: std::future::Future<Output = ()>>(test: impl FnOnce(Link, UnixStream) -> F) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, async {
+            let (link, master) = link();
+            test(link, master).await;
+        });
+    }
+
+    #[test]
+    fn a_change_applied_after_the_deadline_is_answered_as_applied() {
+        run(|link, mut master| async move {
+            let asked =
+                tokio::task::spawn_local(async move { link.ask(create_type(), WITHIN).await });
+            let id = read_question(&mut master).await;
+            // The master applied it in time, but its word comes after the worker's
+            // deadline (busy, descheduled): the client must not be told 503.
+            tokio::time::sleep(3 * WITHIN).await;
+            let created = Answer::Change(Ok(uuid::Uuid::nil()));
+            say(
+                &mut master,
+                MasterMessage::Applied {
+                    id,
+                    answer: created.clone(),
+                },
+            )
+            .await;
+            say(
+                &mut master,
+                MasterMessage::Answer {
+                    id,
+                    answer: created.clone(),
+                },
+            )
+            .await;
+            assert_eq!(asked.await.unwrap(), Some(created));
+        });
+    }
+
+    #[test]
+    fn a_change_the_master_dropped_is_answered_not_applied() {
+        run(|link, mut master| async move {
+            let asked =
+                tokio::task::spawn_local(async move { link.ask(create_type(), WITHIN).await });
+            let id = read_question(&mut master).await;
+            tokio::time::sleep(3 * WITHIN).await;
+            say(&mut master, MasterMessage::Dropped { id }).await;
+            assert_eq!(asked.await.unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn a_change_the_master_went_away_from_without_a_word_is_of_unknown_fate() {
+        run(|link, mut master| async move {
+            let asked =
+                tokio::task::spawn_local(async move { link.ask(create_type(), WITHIN).await });
+            read_question(&mut master).await;
+            drop(master);
+            match asked.await.unwrap() {
+                Some(Answer::Change(Err(refusal))) => assert_eq!(refusal.status, 504),
+                other => panic!("{other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn a_change_applied_then_left_by_its_master_stands() {
+        run(|link, mut master| async move {
+            let asked =
+                tokio::task::spawn_local(async move { link.ask(create_type(), WITHIN).await });
+            let id = read_question(&mut master).await;
+            let created = Answer::Change(Ok(uuid::Uuid::nil()));
+            say(
+                &mut master,
+                MasterMessage::Applied {
+                    id,
+                    answer: created.clone(),
+                },
+            )
+            .await;
+            tokio::time::sleep(3 * WITHIN).await;
+            drop(master);
+            assert_eq!(asked.await.unwrap(), Some(created));
+        });
+    }
+
+    #[test]
+    fn a_question_that_changes_nothing_is_given_up_at_its_deadline() {
+        run(|link, mut master| async move {
+            let asked =
+                tokio::task::spawn_local(async move { link.ask(Question::Metrics, WITHIN).await });
+            read_question(&mut master).await;
+            // The master still holds the channel: the worker gives up on its own.
+            assert_eq!(asked.await.unwrap(), None);
+            drop(master);
+        });
     }
 }

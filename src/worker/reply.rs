@@ -45,7 +45,8 @@ pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
     response
 }
 
-/// Nothing was applied: the master drops a question once its worker gave up on it.
+/// Nothing was applied: the master said it dropped the question (read past its
+/// deadline), or the question changes nothing.
 pub fn master_unavailable() -> Response<Body> {
     error(
         StatusCode::SERVICE_UNAVAILABLE,

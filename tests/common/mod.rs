@@ -199,6 +199,20 @@ impl Daemon {
         self.command(CTL, args)
     }
 
+    /// `eventsd -c CONFIG ARGS...` as the user and group `id` (65534: nobody), from a
+    /// test run as root.
+    pub fn cli_as(&self, id: u32, args: &[&str]) -> Output {
+        Command::new(BINARY)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .uid(id)
+            .gid(id)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run eventsd as {id}: {e}"))
+    }
+
     fn command(&self, program: &str, args: &[&str]) -> Output {
         Command::new(program)
             .arg("-c")
@@ -449,13 +463,14 @@ pub fn request(address: SocketAddr, raw: &str) -> std::io::Result<Response> {
 }
 
 /// Sends `raw` on a connection of its own and reads until the server closes it (at
-/// most 10 s): the bytes that came back, and what ended the exchange early (a refused
-/// connection, a reset, the timeout), which may have cut a reply midway.
+/// most 40 s without a byte: longer than the 30 s a worker may wait for the master's
+/// word on a change): the bytes that came back, and what ended the exchange early (a
+/// refused connection, a reset, the timeout), which may have cut a reply midway.
 pub fn exchange(address: SocketAddr, raw: &str) -> (Vec<u8>, std::io::Result<()>) {
     let mut reply = Vec::new();
     let mut talk = || {
         let mut stream = TcpStream::connect(address)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_read_timeout(Some(Duration::from_secs(40)))?;
         stream.write_all(raw.as_bytes())?;
         stream.read_to_end(&mut reply).map(drop)
     };
@@ -747,6 +762,52 @@ pub fn proc_status(pid: Pid, key: &str) -> Option<String> {
         let (name, value) = line.split_once(':')?;
         (name == key).then(|| value.trim().to_string())
     })
+}
+
+/// What the descriptors of `pid` point at (`/proc/PID/fd`).
+pub fn open_files(pid: Pid) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .collect()
+}
+
+/// Sets the soft limit of open files of `pid` (a daemon's process, or this test's own:
+/// `Pid::this()`), within its hard limit.
+pub fn set_fd_limit(pid: Pid, soft: u64) {
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reading into a valid rlimit, then writing a valid one.
+    let read = unsafe {
+        libc::prlimit(
+            pid.as_raw(),
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut current,
+        )
+    };
+    assert_eq!(read, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let wanted = libc::rlimit {
+        rlim_cur: soft.min(current.rlim_max),
+        rlim_max: current.rlim_max,
+    };
+    let written = unsafe {
+        libc::prlimit(
+            pid.as_raw(),
+            libc::RLIMIT_NOFILE,
+            &wanted,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(written, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Leaves `pid` no free descriptor: its limit is what it holds open, so that its next
+/// accept or open fails with EMFILE.
+pub fn exhaust_descriptors(pid: Pid) {
+    set_fd_limit(pid, open_files(pid).len() as u64);
 }
 
 /// The first number of a `/proc/PID/status` line (`VmRSS` in KiB, `Uid`'s real id).

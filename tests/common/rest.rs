@@ -39,12 +39,14 @@ pub fn file_collector(path: &std::path::Path) -> String {
     json!({"name": "audit", "appender": {"type": "file", "path": path}}).to_string()
 }
 
-/// Registers `watcher` for `event`, creating the type unless it exists (201 or 409).
-pub fn register_watcher(daemon: &Daemon, event: &str, watcher: &Value) {
+/// Registers `watcher` for `event`, creating the type unless it exists (201 or 409); the
+/// watcher's id.
+pub fn register_watcher(daemon: &Daemon, event: &str, watcher: &Value) -> String {
     let created = daemon.post("/event/", &json!({"type": event}).to_string());
     assert!([201, 409].contains(&created.status), "{created:?}");
     let response = daemon.post(&format!("/event/{event}/watcher/"), &watcher.to_string());
     assert_eq!(response.status, 201, "{response:?}");
+    assert_uuid(&response.json()["_id"])
 }
 
 /// A watcher named `name` that fires on every second event of `event` (threshold 1,
