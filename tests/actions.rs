@@ -104,10 +104,7 @@ fn values_from_events_reach_a_webhooks_text_with_slack_markup_escaped() {
 #[test]
 fn an_email_arrives_with_its_recipient_subject_and_body() {
     let smtp = SmtpSink::start();
-    let daemon = Daemon::run(&format!(
-        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"eventsd@test.example\"\n",
-        smtp.address.port()
-    ));
+    let daemon = Daemon::run(&smtp.config());
     register_watcher(
         &daemon,
         "logins",

@@ -266,10 +266,7 @@ fn twenty_one_distinct_users_from_one_ip_fire_a_cardinality_watcher_once_twenty_
 #[test]
 fn a_cardinality_firing_mails_the_rule_its_figures_and_its_text() {
     let smtp = SmtpSink::start();
-    let daemon = Daemon::run(&format!(
-        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"eventsd@test.example\"\n",
-        smtp.address.port()
-    ));
+    let daemon = Daemon::run(&smtp.config());
     register_watcher(
         &daemon,
         "logins",

@@ -73,6 +73,14 @@ impl SmtpSink {
         SmtpSink::answering(&[])
     }
 
+    /// The `[smtp]` section of a daemon that relays its mail through this sink.
+    pub fn config(&self) -> String {
+        format!(
+            "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"eventsd@test.example\"\n",
+            self.address.port()
+        )
+    }
+
     /// A sink that answers `RCPT TO` of each listed address with its code (450: greylisted).
     pub fn answering(codes: &[(&str, u16)]) -> SmtpSink {
         let in_turn: Vec<(&str, [u16; 1])> = codes.iter().map(|(a, c)| (*a, [*c])).collect();
