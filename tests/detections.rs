@@ -217,6 +217,13 @@ fn logins_from(daemon: &Daemon, ip: &str, users: impl Iterator<Item = String>) {
     assert_eq!(response.status, 200, "{response:?}");
 }
 
+/// A cardinality watcher of the users seen per ip within 300 s, at most `max_distinct`.
+fn stuffing(max_distinct: u64, action: Value) -> Value {
+    json!({"name": "stuffing", "rule": "cardinality", "field": "user",
+           "max_distinct": max_distinct, "window_secs": 300,
+           "aggregator": {"type": "fields", "fields": ["ip"]}, "action": action})
+}
+
 #[test]
 fn twenty_one_distinct_users_from_one_ip_fire_a_cardinality_watcher_once_twenty_do_not() {
     let sink = HttpSink::start(Duration::ZERO);
@@ -224,10 +231,7 @@ fn twenty_one_distinct_users_from_one_ip_fire_a_cardinality_watcher_once_twenty_
     register_watcher(
         &daemon,
         "logins",
-        &json!({"name": "stuffing", "rule": "cardinality", "field": "user",
-               "max_distinct": 20, "window_secs": 300,
-               "aggregator": {"type": "fields", "fields": ["ip"]},
-               "action": {"type": "webhook", "url": sink.url("/hooks")}}),
+        &stuffing(20, json!({"type": "webhook", "url": sink.url("/hooks")})),
     );
     // 20 users from one address, each twice, and 21 from another, then more of them.
     logins_from(
@@ -270,10 +274,10 @@ fn a_cardinality_firing_mails_the_rule_its_figures_and_its_text() {
     register_watcher(
         &daemon,
         "logins",
-        &json!({"name": "stuffing", "rule": "cardinality", "field": "user",
-               "max_distinct": 2, "window_secs": 300,
-               "aggregator": {"type": "fields", "fields": ["ip"]},
-               "action": {"type": "email", "to": ["ops@example.com"], "subject": "Stuffing"}}),
+        &stuffing(
+            2,
+            json!({"type": "email", "to": ["ops@example.com"], "subject": "Stuffing"}),
+        ),
     );
     logins_from(&daemon, "10.0.0.3", (0..3).map(|n| format!("user{n}")));
     wait_for("the mail", 15 * SECOND, || !smtp.mails().is_empty());

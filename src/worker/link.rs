@@ -449,33 +449,38 @@ mod tests {
             .unwrap();
     }
 
-    /// Runs `test` with a link on a current-thread runtime, as a worker does.
-    fn run<F: std::future::Future<Output = ()>>(test: impl FnOnce(Link, UnixStream) -> F) {
+    /// Runs `test` on a current-thread runtime, as a worker does, once a link has asked
+    /// the master `question` and the master has read it: the answer to come, the
+    /// question's id, the master's end of the channel.
+    fn asked<F: std::future::Future<Output = ()>>(
+        question: Question,
+        test: impl FnOnce(tokio::task::JoinHandle<Option<Answer>>, u64, UnixStream) -> F,
+    ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         tokio::task::LocalSet::new().block_on(&runtime, async {
-            let (link, master) = link();
-            test(link, master).await;
+            let (link, mut master) = link();
+            let answer = tokio::task::spawn_local(async move { link.ask(question, WITHIN).await });
+            let id = read_question(&mut master).await;
+            test(answer, id, master).await;
         });
     }
 
+    const CREATED: Answer = Answer::Change(Ok(uuid::Uuid::nil()));
+
     #[test]
     fn a_change_applied_after_the_deadline_is_answered_as_applied() {
-        run(|link, mut master| async move {
-            let asked =
-                tokio::task::spawn_local(async move { link.ask(create_type(), WITHIN).await });
-            let id = read_question(&mut master).await;
+        asked(create_type(), |answer, id, mut master| async move {
             // The master applied it in time, but its word comes after the worker's
             // deadline (busy, descheduled): the client must not be told 503.
             tokio::time::sleep(3 * WITHIN).await;
-            let created = Answer::Change(Ok(uuid::Uuid::nil()));
             say(
                 &mut master,
                 MasterMessage::Applied {
                     id,
-                    answer: created.clone(),
+                    answer: CREATED,
                 },
             )
             .await;
@@ -483,34 +488,28 @@ mod tests {
                 &mut master,
                 MasterMessage::Answer {
                     id,
-                    answer: created.clone(),
+                    answer: CREATED,
                 },
             )
             .await;
-            assert_eq!(asked.await.unwrap(), Some(created));
+            assert_eq!(answer.await.unwrap(), Some(CREATED));
         });
     }
 
     #[test]
     fn a_change_the_master_dropped_is_answered_not_applied() {
-        run(|link, mut master| async move {
-            let asked =
-                tokio::task::spawn_local(async move { link.ask(create_type(), WITHIN).await });
-            let id = read_question(&mut master).await;
+        asked(create_type(), |answer, id, mut master| async move {
             tokio::time::sleep(3 * WITHIN).await;
             say(&mut master, MasterMessage::Dropped { id }).await;
-            assert_eq!(asked.await.unwrap(), None);
+            assert_eq!(answer.await.unwrap(), None);
         });
     }
 
     #[test]
     fn a_change_the_master_went_away_from_without_a_word_is_of_unknown_fate() {
-        run(|link, mut master| async move {
-            let asked =
-                tokio::task::spawn_local(async move { link.ask(create_type(), WITHIN).await });
-            read_question(&mut master).await;
+        asked(create_type(), |answer, _, master| async move {
             drop(master);
-            match asked.await.unwrap() {
+            match answer.await.unwrap() {
                 Some(Answer::Change(Err(refusal))) => assert_eq!(refusal.status, 504),
                 other => panic!("{other:?}"),
             }
@@ -519,33 +518,26 @@ mod tests {
 
     #[test]
     fn a_change_applied_then_left_by_its_master_stands() {
-        run(|link, mut master| async move {
-            let asked =
-                tokio::task::spawn_local(async move { link.ask(create_type(), WITHIN).await });
-            let id = read_question(&mut master).await;
-            let created = Answer::Change(Ok(uuid::Uuid::nil()));
+        asked(create_type(), |answer, id, mut master| async move {
             say(
                 &mut master,
                 MasterMessage::Applied {
                     id,
-                    answer: created.clone(),
+                    answer: CREATED,
                 },
             )
             .await;
             tokio::time::sleep(3 * WITHIN).await;
             drop(master);
-            assert_eq!(asked.await.unwrap(), Some(created));
+            assert_eq!(answer.await.unwrap(), Some(CREATED));
         });
     }
 
     #[test]
     fn a_question_that_changes_nothing_is_given_up_at_its_deadline() {
-        run(|link, mut master| async move {
-            let asked =
-                tokio::task::spawn_local(async move { link.ask(Question::Metrics, WITHIN).await });
-            read_question(&mut master).await;
+        asked(Question::Metrics, |answer, _, master| async move {
             // The master still holds the channel: the worker gives up on its own.
-            assert_eq!(asked.await.unwrap(), None);
+            assert_eq!(answer.await.unwrap(), None);
             drop(master);
         });
     }
