@@ -74,7 +74,10 @@ impl Master {
     /// The Prometheus exposition of the whole daemon: the totals, then each component's
     /// families. A component with figures of its own adds its `render` here.
     fn metrics(&self) -> String {
-        let mut text = self.totals.render(&self.pool.statuses(Instant::now()));
+        let mut text = self
+            .board
+            .totals()
+            .render(&self.pool.statuses(Instant::now()));
         self.counting.render(&mut text);
         self.actions.render(&mut text);
         self.oncall.render(&mut text);
@@ -100,7 +103,7 @@ impl Master {
         );
         self.send_to(asker.worker, MasterMessage::Dropped { id: asker.id });
         if let Some(kind) = kind {
-            self.totals.record_change(kind, "expired");
+            self.board.totals_mut().record_change(kind, "expired");
         }
         true
     }
@@ -129,7 +132,7 @@ impl Master {
     ) -> Result<(Registry, uuid::Uuid), Refusal> {
         let kind = change.kind();
         if self.is_stopping() {
-            self.totals.record_change(kind, "refused");
+            self.board.totals_mut().record_change(kind, "refused");
             return Err(Refusal {
                 status: 503,
                 message: "eventsd is shutting down".to_string(),
@@ -137,7 +140,7 @@ impl Master {
         }
         let rules = self.config.registry_rules();
         let id = next.apply(change, origin, &rules).inspect_err(|_| {
-            self.totals.record_change(kind, "refused");
+            self.board.totals_mut().record_change(kind, "refused");
         })?;
         Ok((next, id))
     }
@@ -153,7 +156,10 @@ impl Master {
     ) -> Result<(), Refusal> {
         let record = |master: &mut Master, outcome: &'static str| {
             for change in changes {
-                master.totals.record_change(change.kind(), outcome);
+                master
+                    .board
+                    .totals_mut()
+                    .record_change(change.kind(), outcome);
             }
         };
         // One document for the size check, the file and the workers: at

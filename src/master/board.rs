@@ -1,16 +1,17 @@
-//! The status board: what `GET /status` answers (ui.md), the facts the status page
-//! shows, as one JSON document: the traffic rings it keeps itself, and the facts the
-//! other components hand it (`Facts`: the pool, the watchers' live state, the alert list
-//! and the silences, the journal of pending firings, the cluster link), gathered by the
-//! verb in `status_page.rs`.
+//! The status board: what the master shows of itself. The figures `/metrics` adds up
+//! since start (`Totals`: what the workers' heartbeats carry, deliveries, registry
+//! changes; the components that count add to them), and what `GET /status` answers
+//! (ui.md) as one JSON document: the traffic rings sampled from those figures on the
+//! tick, and the facts the other components hand it (`Facts`: the pool, the watchers'
+//! live state, the alert list and the silences, the journal of pending firings, the
+//! cluster link), gathered by the verb in `status_page.rs`.
 //!
-//! Built on request only, and at most once a second however many pages poll it (the
-//! document is kept, and no facts are gathered meanwhile); kept longer when it was
+//! The document is built on request only, and at most once a second however many pages
+//! poll it (it is kept, and no facts are gathered meanwhile); kept longer when it was
 //! costly to build (a million keys to rank): open pages take at most a fiftieth of the
 //! master's time, whatever the watchers hold. Serving the page costs the master nothing
-//! per event. It changes nothing, knows no other
-//! component, and holds no client-controlled string it did not get from the registry or
-//! the counters; the page inserts them all as text.
+//! per event. The board knows no other component, and holds no client-controlled string
+//! it did not get from the registry or the counters; the page inserts them all as text.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use serde::Serialize;
 
 use super::oncall_state::LiveState;
 use super::traffic::{Traffic, TrafficReport};
-use crate::metrics::ProcessFigures;
+use crate::metrics::{ProcessFigures, Totals};
 use crate::oncall::history::{Alert, AlertState, Filter};
 use crate::oncall::silences::Shown;
 use crate::status::{ClusterStatus, Status, WorkerStatus};
@@ -34,9 +35,11 @@ pub const HOTTEST_KEYS: usize = 10;
 /// The recent firings shown.
 pub const RECENT_FIRINGS: usize = 20;
 
-/// The master's side of the status page: the traffic rings and the last document.
+/// The master's figures, and its side of the status page: the traffic rings and the last
+/// document.
 #[derive(Default)]
 pub struct Board {
+    totals: Totals,
     traffic: Traffic,
     /// The last document built, without and with key values.
     last: [Option<Kept>; 2],
@@ -110,16 +113,30 @@ struct PendingTarget {
 }
 
 impl Board {
+    /// A board whose figures start from `totals` (what opening the journal counted).
+    pub fn new(totals: Totals) -> Board {
+        Board {
+            totals,
+            ..Board::default()
+        }
+    }
+
+    /// The figures since start, for `/metrics`.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The figures since start, for the components that add to them.
+    pub fn totals_mut(&mut self) -> &mut Totals {
+        &mut self.totals
+    }
+
     /// One tick of the traffic rings, from the totals the heartbeats brought;
     /// `registered` tells an event type of the registry from a name a client made up.
-    pub fn sample_traffic(
-        &mut self,
-        collected: &BTreeMap<String, u64>,
-        rejected: &BTreeMap<u16, u64>,
-        registered: impl Fn(&str) -> bool,
-    ) {
+    pub fn sample_traffic(&mut self, registered: impl Fn(&str) -> bool) {
         let now = Instant::now();
-        self.traffic.tick(now, collected, rejected, registered);
+        let totals = &self.totals;
+        (self.traffic).tick(now, totals.collected(), &totals.rejected(), registered);
     }
 
     /// The document built lately that shows key values as asked, while it still

@@ -181,7 +181,9 @@ impl Master {
                 info!("worker {pid} ready (generation {})", worker.generation);
             }
             WorkerMessage::Heartbeat(mut report) => {
-                self.totals.add(std::mem::take(&mut report.deltas));
+                self.board
+                    .totals_mut()
+                    .add(std::mem::take(&mut report.deltas));
                 worker.child.heard(report.sent_at);
                 worker.record_heartbeat(report, now);
             }

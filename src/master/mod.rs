@@ -21,8 +21,8 @@
 //! `Master`: `ground`, `pool` (workers, held answers), `counting` (counters, backlog, the
 //! route counts take, `snapshot`s), `alerts` (the `journal` and the runner),
 //! `succession` (an upgrade, either side), `cluster_state`, `oncall_state` (silences and
-//! the alert list), `board` (the status page's document and its per-second `traffic`
-//! rings), and `kept` (the keep-alive of a role kept at one child). The loop's verbs,
+//! the alert list), `board` (the figures `/metrics` adds up, the status page's document and its
+//! per-second `traffic` rings), and `kept` (the keep-alive of a role kept at one child). The loop's verbs,
 //! which combine them, are the files above: `events` (the wait, what children say,
 //! handed to their role's owner), `reap` (the one exit path), `timeouts` (every child's
 //! deadlines on the tick), `workers` (spawn, stop, reconcile, keep the runner up),
@@ -121,13 +121,12 @@ struct Master {
     counting: Counting,
     /// Alert delivery: the journal of pending firings and the action runner.
     actions: Alerts,
-    /// The figures `/metrics` shows, added up since start.
-    totals: Totals,
     /// An upgrade in place, either side of it.
     succession: Succession,
     /// `[cluster]`: counters and registry shared through Redis.
     cluster: Option<ClusterState>,
-    /// The status page's traffic rings and last document.
+    /// The figures `/metrics` shows, added up since start, and the status page's traffic
+    /// rings and last document.
     board: Board,
     /// Silences and the alert list.
     oncall: OnCall,
@@ -251,10 +250,9 @@ impl Master {
             registry,
             counting: Counting::new(watch),
             actions: Alerts::new(journal),
-            totals,
             succession,
             cluster,
-            board: Board::default(),
+            board: Board::new(totals),
             oncall,
         };
         master.reroute_counts();

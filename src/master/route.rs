@@ -111,7 +111,7 @@ impl Master {
         if self.held_by_silence(&job) {
             return;
         }
-        if let Some(dropped) = self.actions.fire(job, &mut self.totals) {
+        if let Some(dropped) = self.actions.fire(job, self.board.totals_mut()) {
             self.record_drops(&[dropped], DropReason::QueueFull);
         }
     }
@@ -120,7 +120,7 @@ impl Master {
     /// gone or changed are settled (`Alerts::settle_orphans`), and marked in the alert
     /// list.
     pub(super) fn settle_orphaned_firings(&mut self) {
-        let orphans = (self.actions).settle_orphans(&self.registry, &mut self.totals);
+        let orphans = (self.actions).settle_orphans(&self.registry, self.board.totals_mut());
         self.record_drops(&orphans, DropReason::WatcherDeleted);
     }
 
@@ -136,7 +136,7 @@ impl Master {
             let retry_in = std::time::Duration::from_millis(*retry_in_ms);
             self.oncall.retrying(ids, error, retry_in);
         }
-        if let Some(outcome) = self.actions.on_message(message, &mut self.totals) {
+        if let Some(outcome) = self.actions.on_message(message, self.board.totals_mut()) {
             self.oncall.settled(&outcome);
         }
     }

@@ -16,10 +16,7 @@ impl Master {
     /// heartbeats brought.
     pub(super) fn sample_traffic(&mut self) {
         let registry = &self.registry;
-        self.board
-            .sample_traffic(self.totals.collected(), &self.totals.rejected(), |event| {
-                registry.event(event).is_some()
-            });
+        (self.board).sample_traffic(|event| registry.event(event).is_some());
     }
 
     /// The `/status` document, as JSON text; key values only if `reveal_keys`.

@@ -272,7 +272,7 @@ impl Master {
         self.counting.watch.sync(&self.registry);
         self.take_restored_counts();
         self.push_registry();
-        let journal = open_journal(&self.config, &self.registry, &mut self.totals)?;
+        let journal = open_journal(&self.config, &self.registry, self.board.totals_mut())?;
         self.actions.replace_journal(journal);
         self.oncall = OnCall::open(&self.config)?;
         self.release_what_waited_for_the_take_over();
