@@ -8,6 +8,7 @@
 
 mod column;
 mod counter;
+#[path = "rule/cardinality.rs"]
 mod distinct;
 mod due;
 mod firing;
@@ -15,6 +16,7 @@ mod key;
 pub mod plan;
 pub mod rule;
 mod rule_state;
+#[path = "rule/spike.rs"]
 mod spike;
 mod state;
 pub mod store;
