@@ -8,16 +8,12 @@
 
 mod column;
 mod counter;
-#[path = "rule/cardinality.rs"]
-mod distinct;
 mod due;
 mod firing;
 mod key;
 pub mod plan;
 pub mod rule;
 mod rule_state;
-#[path = "rule/spike.rs"]
-mod spike;
 mod state;
 pub mod store;
 mod table;

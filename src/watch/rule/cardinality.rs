@@ -6,14 +6,35 @@
 //! the limit. A key fires once per episode: again only after it ended, or after its
 //! cooldown.
 //!
-//! The same rule as `count_distinct` and `judge_few` of `src/cluster/eventsd.lua`.
+//! The same rule as `count_distinct` and `judge_few` of `src/cluster/eventsd_rules.lua`.
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::Key;
-use super::rule::{DueKey, Rule, RuleParams, Turn, Verdict};
-use super::rule_state::RuleState;
-use super::store::{CounterStore, Second};
+use super::super::Key;
+use super::super::firing::{Firing, RuleFigures, Said};
+use super::super::rule_state::RuleState;
+use super::super::store::{CounterStore, Second, WatcherKey};
+use super::judge::{DueKey, Turn};
+use super::{Judge, RuleParams, Verdict, Wording};
+use crate::registry::WatcherSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Cardinality {
+    window_secs: u64,
+    max_distinct: Option<u64>,
+    min_distinct: Option<u64>,
+}
+
+impl Cardinality {
+    pub(super) fn of(spec: &WatcherSpec) -> Cardinality {
+        Cardinality {
+            window_secs: spec.window_secs.unwrap_or(1),
+            max_distinct: spec.max_distinct,
+            min_distinct: spec.min_distinct,
+        }
+    }
+}
 
 /// The values a key keeps: enough to tell `max_distinct` exceeded and `min_distinct` met.
 fn kept(max_distinct: Option<u64>, min_distinct: Option<u64>) -> usize {
@@ -33,25 +54,43 @@ fn below_from(state: &RuleState, min: u64, window: u64) -> Second {
         .map_or(0, |seen| seen.saturating_add(window))
 }
 
-impl RuleParams {
-    /// cardinality, when values arrive: too many fires; too few may end, and a key
-    /// watched for too few waits for the second it would be.
-    pub(super) fn distinct_on_values(
+impl Judge for Cardinality {
+    fn kept_window(&self) -> Option<u64> {
+        Some(self.window_secs)
+    }
+
+    /// Too few is decided on the clock.
+    fn on_the_clock(&self) -> bool {
+        self.min_distinct.is_some()
+    }
+
+    /// Counts alone decide nothing: the values do.
+    fn on_count(
         &self,
+        _params: &RuleParams,
+        _at: &mut WatcherKey<'_>,
+        _events: u64,
+        _now: Second,
+    ) -> Option<Verdict> {
+        None
+    }
+
+    /// When values arrive: too many fires; too few may end, and a key watched for too
+    /// few waits for the second it would be.
+    fn on_values(
+        &self,
+        params: &RuleParams,
         store: &mut dyn CounterStore,
         watcher: Uuid,
         key: &Key,
         hashes: &[u64],
         now: Second,
     ) -> Option<Verdict> {
-        let Rule::Cardinality {
+        let Cardinality {
             window_secs,
             max_distinct,
             min_distinct,
-        } = self.rule
-        else {
-            return None;
-        };
+        } = *self;
         let waiting = store.is_waiting(watcher, key);
         let counter = store.counter(watcher, key);
         let state = counter.rule.get_or_insert_default();
@@ -75,22 +114,22 @@ impl RuleParams {
         if distinct <= max {
             return None;
         }
-        let Turn::Fires { .. } = self.episode_turn(counter, was_high, now) else {
+        let Turn::Fires { .. } = params.episode_turn(counter, was_high, now) else {
             return None;
         };
         counter.rule.get_or_insert_default().high = true;
         Some(Verdict::fired(distinct))
     }
 
-    /// cardinality's `min_distinct`, on the clock: a key with too few values fires (past
-    /// the grace, once per episode, again after its cooldown); otherwise it waits for
-    /// the second it would have too few. A key without values that fired is forgotten.
-    pub(super) fn judge_few(&self, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
-        let Rule::Cardinality {
+    /// `min_distinct`, on the clock: a key with too few values fires (past the grace,
+    /// once per episode, again after its cooldown); otherwise it waits for the second
+    /// it would have too few. A key without values that fired is forgotten.
+    fn on_due(&self, params: &RuleParams, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
+        let Cardinality {
             window_secs,
             min_distinct: Some(min),
             ..
-        } = self.rule
+        } = *self
         else {
             return None;
         };
@@ -104,7 +143,7 @@ impl RuleParams {
             due.wait(Some(below));
             return None;
         }
-        match self.episode_turn(counter, was_low, now) {
+        match params.episode_turn(counter, was_low, now) {
             Turn::Fires { realert_at } => {
                 counter.rule.get_or_insert_default().low = true;
                 due.wait(realert_at);
@@ -120,5 +159,60 @@ impl RuleParams {
                 None
             }
         }
+    }
+}
+
+/// The limit a key crossed, in words: `max_distinct` when it has more values, else
+/// `min_distinct`.
+fn distinct_limit(distinct: u64, max: Option<u64>, min: Option<u64>) -> String {
+    match (max, min) {
+        (Some(max), _) if distinct > max => format!("limit {max}"),
+        (_, Some(min)) => format!("at least {min} expected"),
+        (Some(max), None) => format!("limit {max}"),
+        (None, None) => String::new(),
+    }
+}
+
+pub(super) struct Words;
+
+impl Wording for Words {
+    fn text(&self, said: &Said<'_>) -> String {
+        let (spec, count) = (said.spec, said.verdict.count);
+        let field = spec.field.as_deref().unwrap_or("?");
+        let limit = distinct_limit(count, spec.max_distinct, spec.min_distinct);
+        let window = spec.window_secs.unwrap_or(0);
+        let for_key = said.for_key;
+        format!("{count} distinct {field} values{for_key} in {window} s ({limit})")
+    }
+
+    /// The distinct values within the window, and the limits.
+    fn figures(&self, spec: &WatcherSpec, verdict: Verdict) -> RuleFigures {
+        RuleFigures {
+            distinct: Some(verdict.count),
+            max_distinct: spec.max_distinct,
+            min_distinct: spec.min_distinct,
+            ..RuleFigures::default()
+        }
+    }
+
+    fn figure_lines(&self, firing: &Firing) -> Vec<(&'static str, String)> {
+        let figures = &firing.figures;
+        let distinct = figures.distinct.unwrap_or(firing.count);
+        let limit = distinct_limit(distinct, figures.max_distinct, figures.min_distinct);
+        let mut lines = vec![("Distinct values", format!("{distinct} ({limit})"))];
+        firing.window_lines(&mut lines);
+        lines
+    }
+
+    fn description(&self, spec: &WatcherSpec) -> String {
+        let field = spec.field.as_deref().unwrap_or("?");
+        let limits: Vec<String> = [
+            spec.max_distinct.map(|max| format!("more than {max}")),
+            spec.min_distinct.map(|min| format!("fewer than {min}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        format!("{} distinct {field} values", limits.join(" or "))
     }
 }
