@@ -1,5 +1,5 @@
 //! The master's counter store: counts per (watcher, key) over time, behind one narrow
-//! interface (`CounterStore`) that the rules (`rule.rs`) are written against. A
+//! interface (`CounterStore`) that the rules (`rule/`) are written against. A
 //! `CounterStore` answers at once, in the master's loop, which never waits: only a store
 //! in the master's memory can be one. `MemoryStore` is it.
 //!

@@ -1,7 +1,7 @@
 //! A watcher's `rule` as its definition states it (rules.md): which rule, and which of
 //! the definition's fields it requires or refuses, checked together (`check`) so that a
 //! definition is refused naming the field at fault. What the rules decide is
-//! `src/watch/rule.rs`'s business.
+//! `src/watch/rule/`'s business (a file per rule).
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
