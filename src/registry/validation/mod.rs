@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::address::WebhookUrl;
 use rule::RuleKind;
 
+#[path = "watcher.rs"]
 pub mod rule;
 
 /// An event type, collector or watcher name: `^[a-zA-Z][a-zA-Z0-9_-]{1,127}$`.
