@@ -27,7 +27,7 @@ pub struct Cardinality {
 }
 
 impl Cardinality {
-    pub(super) fn of(spec: &WatcherSpec) -> Cardinality {
+    pub(super) fn of(spec: &WatcherSpec, _created: Second) -> Cardinality {
         Cardinality {
             window_secs: spec.window_secs.unwrap_or(1),
             max_distinct: spec.max_distinct,

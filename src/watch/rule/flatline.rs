@@ -28,7 +28,7 @@ pub struct Flatline {
 }
 
 impl Flatline {
-    pub(super) fn of(spec: &WatcherSpec) -> Flatline {
+    pub(super) fn of(spec: &WatcherSpec, _created: Second) -> Flatline {
         Flatline {
             threshold: spec.threshold.unwrap_or(1),
             window_secs: spec.window_secs.unwrap_or(1),

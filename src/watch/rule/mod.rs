@@ -1,10 +1,12 @@
-//! A watcher's rule (rules.md): what decides that a key fires, and the one list of the
-//! rules (`Rule`, `wording`). Each rule is one file beside this one (`threshold.rs`,
-//! `flatline.rs`, `spike.rs`, `cardinality.rs`, `new_value.rs`): its figures read from
-//! the watcher's definition, what it decides when counts arrive and on the clock
-//! (`Judge`), and its words (`Wording`: the firing's text and figures, the e-mail's
-//! lines, the live state's description). What every rule shares (the verdict, the
-//! cooldown and realert, once per episode, the keys due on the clock) is `judge.rs`.
+//! A watcher's rule (rules.md): what decides that a key fires. Each rule is one file
+//! beside this one (`threshold.rs`, `flatline.rs`, `spike.rs`, `cardinality.rs`,
+//! `new_value.rs`): its figures read from the watcher's definition, what it decides when
+//! counts arrive and on the clock (`Judge`), and its words (`Wording`: the firing's text
+//! and figures, the e-mail's lines, the live state's description). The files are listed
+//! once, in the registry's `every_rule` (with the fields each rule requires or refuses);
+//! this module makes `Rule` and `wording` from that list. What every rule shares (the
+//! verdict, the cooldown and realert, once per episode, the keys due on the clock) is
+//! `judge.rs`.
 //!
 //! One definition of the figures a key is judged by (`RuleParams`: the rule and the
 //! cooldown every rule shares), read by both engines that judge: this module's, over the
@@ -16,12 +18,7 @@
 //! Never does I/O and never reads the clock: `now` is given, so that the scenarios
 //! control it.
 
-mod cardinality;
-mod flatline;
 mod judge;
-mod new_value;
-mod spike;
-mod threshold;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -29,61 +26,51 @@ use uuid::Uuid;
 use super::Key;
 use super::firing::{Firing, RuleFigures, Said};
 use super::store::{CounterStore, Second, WatcherKey};
+use crate::registry::validation::watcher::every_rule;
 use crate::registry::{RuleKind, WatcherSpec};
-use cardinality::Cardinality;
-use flatline::Flatline;
 use judge::DueKey;
 pub use judge::{OnTheClock, Verdict, cooldown_of};
-use new_value::NewValue;
-use spike::Spike;
-use threshold::Threshold;
 
-/// What a key is judged by, and its figures: one variant per rule, the rule's file
-/// saying what each figure means.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rule {
-    Threshold(Threshold),
-    Flatline(Flatline),
-    Spike(Spike),
-    Cardinality(Cardinality),
-    NewValue(NewValue),
-}
+/// The watch's list of rules, from the registry's (`every_rule`): each rule's file, the
+/// variant of `Rule` holding its figures, and its `Judge` and `Wording`.
+macro_rules! rules {
+    ($($(#[$doc:meta])* $kind:ident $file:ident,)*) => {
+        $(mod $file;)*
 
-impl Rule {
-    /// The figures of a watcher's definition, made at `created`.
-    fn of(spec: &WatcherSpec, created: Second) -> Rule {
-        match spec.rule {
-            RuleKind::Threshold => Rule::Threshold(Threshold::of(spec)),
-            RuleKind::Flatline => Rule::Flatline(Flatline::of(spec)),
-            RuleKind::Spike => Rule::Spike(Spike::of(spec)),
-            RuleKind::Cardinality => Rule::Cardinality(Cardinality::of(spec)),
-            RuleKind::NewValue => Rule::NewValue(NewValue::of(spec, created)),
+        /// What a key is judged by, and its figures: one variant per rule, the rule's
+        /// file saying what each figure means.
+        #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Rule {
+            $($kind($file::$kind),)*
         }
-    }
 
-    fn judge(&self) -> &dyn Judge {
-        match self {
-            Rule::Threshold(rule) => rule,
-            Rule::Flatline(rule) => rule,
-            Rule::Spike(rule) => rule,
-            Rule::Cardinality(rule) => rule,
-            Rule::NewValue(rule) => rule,
+        impl Rule {
+            /// The figures of a watcher's definition, made at `created`.
+            fn of(spec: &WatcherSpec, created: Second) -> Rule {
+                match spec.rule {
+                    $(RuleKind::$kind => Rule::$kind($file::$kind::of(spec, created)),)*
+                }
+            }
+
+            fn judge(&self) -> &dyn Judge {
+                match self {
+                    $(Rule::$kind(rule) => rule,)*
+                }
+            }
         }
-    }
+
+        /// A rule's words, by its kind: a firing read back from the journal knows its
+        /// kind and figures, not its watcher's rule.
+        pub(super) fn wording(kind: RuleKind) -> &'static dyn Wording {
+            match kind {
+                $(RuleKind::$kind => &$file::Words,)*
+            }
+        }
+    };
 }
 
-/// A rule's words, by its kind: a firing read back from the journal knows its kind and
-/// figures, not its watcher's rule.
-pub(super) fn wording(kind: RuleKind) -> &'static dyn Wording {
-    match kind {
-        RuleKind::Threshold => &threshold::Words,
-        RuleKind::Flatline => &flatline::Words,
-        RuleKind::Spike => &spike::Words,
-        RuleKind::Cardinality => &cardinality::Words,
-        RuleKind::NewValue => &new_value::Words,
-    }
-}
+every_rule!(rules);
 
 /// What a rule decides, over its figures. A rule decided on the clock says when each
 /// key is judged next (`DueKey::wait`, `WatcherKey::schedule`).
@@ -158,7 +145,7 @@ pub struct RuleParams {
 impl RuleParams {
     /// The figures of a watcher's definition, made at `created` (seconds since the
     /// epoch: `Entry::created_secs`, 0 when unknown), checked by
-    /// `registry::validation::rule::check` (a figure missing from a damaged
+    /// `registry::validation::watcher::check` (a figure missing from a damaged
     /// `registry.json` counts as 1).
     pub fn of(spec: &WatcherSpec, created: Second) -> RuleParams {
         RuleParams {

@@ -27,7 +27,7 @@ pub struct Spike {
 }
 
 impl Spike {
-    pub(super) fn of(spec: &WatcherSpec) -> Spike {
+    pub(super) fn of(spec: &WatcherSpec, _created: Second) -> Spike {
         Spike {
             window_secs: spec.window_secs.unwrap_or(1),
             ratio: spec.ratio.unwrap_or(2.0),

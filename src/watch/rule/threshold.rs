@@ -21,7 +21,7 @@ pub struct Threshold {
 }
 
 impl Threshold {
-    pub(super) fn of(spec: &WatcherSpec) -> Threshold {
+    pub(super) fn of(spec: &WatcherSpec, _created: Second) -> Threshold {
         Threshold {
             threshold: spec.threshold.unwrap_or(1),
             window_secs: spec.window_secs,
