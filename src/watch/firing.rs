@@ -1,9 +1,7 @@
-//! A firing as actions deliver it: the document (`Firing`) and its job (`Job`), built by
-//! `Watch` from a rule's `Verdict`, its `text`, figures and e-mail lines in the rule's
-//! words (each rule's `Wording`, in its file under `rule/`). Never decides whether
-//! anything fires, and says nothing of one rule: the rules do.
-
-use std::time::SystemTime;
+//! A firing as actions deliver it: the document (`Firing`) and its job (`Job`), the
+//! figures a command action gets (`rule_env`). Made by `rule/` from a rule's verdict in
+//! the rule's words (`Firing::new`, `figure_lines`); never decides whether anything
+//! fires, and says nothing of one rule: the rules do.
 
 use log::warn;
 use serde::{Deserialize, Serialize};
@@ -11,7 +9,6 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Key;
-use super::rule::{Verdict, wording};
 use crate::registry::{Action, Aggregator, RuleKind, WatcherSpec};
 
 /// A crossing: the document actions deliver (its `text` makes it a valid Slack or
@@ -125,7 +122,7 @@ pub(super) fn key_values(spec: &WatcherSpec, key: &Key) -> Value {
 
 /// The key's `{field: value}` (`null` for `single`) and, for a watcher that counts by
 /// its watched value too (new_value: `WatcherSpec::counted_by`), the value's.
-fn split_key(spec: &WatcherSpec, key: &Key) -> (Value, Option<Value>) {
+pub(super) fn split_key(spec: &WatcherSpec, key: &Key) -> (Value, Option<Value>) {
     let fields = match spec.counted_by() {
         Aggregator::Single {} => return (Value::Null, None),
         Aggregator::Fields { fields } => fields,
@@ -149,57 +146,6 @@ fn split_key(spec: &WatcherSpec, key: &Key) -> (Value, Option<Value>) {
         _ => Value::Object(named.into_iter().collect()),
     };
     (key, value)
-}
-
-/// What a rule's `Wording::text` words a firing from.
-pub(super) struct Said<'a> {
-    pub event: &'a str,
-    pub spec: &'a WatcherSpec,
-    /// ` for field=value, field=value` for a `fields` watcher's key; empty for `single`.
-    pub for_key: &'a str,
-    /// new_value: the value seen for the first time (`{field: value}`).
-    pub value: Option<&'a Value>,
-    pub verdict: Verdict,
-}
-
-impl Firing {
-    /// The firing of `key` that `verdict` decided.
-    pub(super) fn new(event: &str, spec: &WatcherSpec, key: &Key, verdict: Verdict) -> Firing {
-        let (key, value) = split_key(spec, key);
-        let wording = wording(spec.rule);
-        let for_key = match &key {
-            Value::Object(_) => format!(" for {}", shown(&key)),
-            _ => String::new(),
-        };
-        let said = Said {
-            event,
-            spec,
-            for_key: &for_key,
-            value: value.as_ref(),
-            verdict,
-        };
-        Firing {
-            id: Uuid::new_v4(),
-            watcher: spec.name.to_string(),
-            event: event.to_string(),
-            text: wording.text(&said),
-            key,
-            rule: spec.rule,
-            count: verdict.count,
-            threshold: spec.threshold.unwrap_or(0),
-            window_secs: spec.window_secs,
-            fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            firings: 1,
-            node: None,
-            crossing: None,
-            degraded: false,
-            resolved: verdict.resolved,
-            figures: RuleFigures {
-                value,
-                ..wording.figures(spec, verdict)
-            },
-        }
-    }
 }
 
 impl Firing {
@@ -232,14 +178,6 @@ impl Firing {
             .flatten(),
         );
         env
-    }
-
-    /// The rule and its figures as an e-mail body lists them (`Name: value`), in the
-    /// rule's words: what the webhook document and `rule_env` carry, for a reader.
-    pub fn figure_lines(&self) -> Vec<(&'static str, String)> {
-        let mut lines = vec![("Rule", self.rule.name().to_string())];
-        lines.extend(wording(self.rule).figure_lines(self));
-        lines
     }
 
     /// The lines a rule over a window ends with: the window, and whether the key

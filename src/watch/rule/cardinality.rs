@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::super::Key;
-use super::super::firing::{Firing, RuleFigures, Said};
+use super::super::firing::{Firing, RuleFigures};
 use super::super::rule_state::RuleState;
 use super::super::store::{CounterStore, Second, WatcherKey};
-use super::judge::{DueKey, Turn};
-use super::{Judge, RuleParams, Verdict, Wording};
+use super::judge::{Cooling, DueKey, Turn};
+use super::{Judge, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -67,7 +67,7 @@ impl Judge for Cardinality {
     /// Counts alone decide nothing: the values do.
     fn on_count(
         &self,
-        _params: &RuleParams,
+        _cooling: &Cooling,
         _at: &mut WatcherKey<'_>,
         _events: u64,
         _now: Second,
@@ -79,7 +79,7 @@ impl Judge for Cardinality {
     /// few waits for the second it would be.
     fn on_values(
         &self,
-        params: &RuleParams,
+        cooling: &Cooling,
         store: &mut dyn CounterStore,
         watcher: Uuid,
         key: &Key,
@@ -114,7 +114,7 @@ impl Judge for Cardinality {
         if distinct <= max {
             return None;
         }
-        let Turn::Fires { .. } = params.episode_turn(counter, was_high, now) else {
+        let Turn::Fires { .. } = cooling.episode_turn(counter, was_high, now) else {
             return None;
         };
         counter.rule.get_or_insert_default().high = true;
@@ -124,7 +124,7 @@ impl Judge for Cardinality {
     /// `min_distinct`, on the clock: a key with too few values fires (past the grace,
     /// once per episode, again after its cooldown); otherwise it waits for the second
     /// it would have too few. A key without values that fired is forgotten.
-    fn on_due(&self, params: &RuleParams, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
+    fn on_due(&self, cooling: &Cooling, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
         let Cardinality {
             window_secs,
             min_distinct: Some(min),
@@ -143,7 +143,7 @@ impl Judge for Cardinality {
             due.wait(Some(below));
             return None;
         }
-        match params.episode_turn(counter, was_low, now) {
+        match cooling.episode_turn(counter, was_low, now) {
             Turn::Fires { realert_at } => {
                 counter.rule.get_or_insert_default().low = true;
                 due.wait(realert_at);

@@ -10,10 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::super::firing::{Firing, Said};
+use super::super::firing::Firing;
 use super::super::store::{KeyCounter, Second, WatcherKey};
-use super::judge::{DueKey, Turn, earliest};
-use super::{Judge, RuleParams, Verdict, Wording};
+use super::judge::{Cooling, DueKey, Turn, earliest};
+use super::{Judge, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
 
 /// How long a flatline key silent after it fired is kept, by default: a day.
@@ -51,7 +51,7 @@ impl Judge for Flatline {
     /// key back at its threshold recovers (and fires with `send_resolved`).
     fn on_count(
         &self,
-        _params: &RuleParams,
+        _cooling: &Cooling,
         at: &mut WatcherKey<'_>,
         events: u64,
         now: Second,
@@ -77,7 +77,7 @@ impl Judge for Flatline {
     /// per silence, again only after its cooldown; silent `forget_after_secs` after it
     /// fired, it is dropped unless kept; otherwise it waits for the second it would be
     /// below.
-    fn on_due(&self, params: &RuleParams, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
+    fn on_due(&self, cooling: &Cooling, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
         let (window_secs, forget_after_secs) = (self.window_secs, self.forget_after_secs);
         let (now, kept, grace_until) = (due.now, due.kept(), due.grace_until());
         let counter = due.counter()?;
@@ -95,7 +95,7 @@ impl Judge for Flatline {
             return None;
         } else {
             let count = counter.buckets.total();
-            match params.episode_turn(counter, silent, now) {
+            match cooling.episode_turn(counter, silent, now) {
                 // Once per silence, it waits only to be forgotten.
                 Turn::Waits(at) => earliest(at, forget_at),
                 Turn::Fires { realert_at } => {

@@ -1,7 +1,7 @@
 //! What every rule's judgement shares: the verdict a key that fires gets, the cooldown
-//! and its exponential realert, "once per episode", and the keys due on the clock
-//! (`on_first_sight`, `on_tick`, the `DueKey` a rule's `on_due` reads). Decides no rule:
-//! each rule's file does, through these.
+//! and its exponential realert (`Cooling`), "once per episode" (`episode_turn`), and a
+//! key due on the clock (the `DueKey` a rule's `on_due` reads). Decides no rule: each
+//! rule's file does, through these.
 //!
 //! Never does I/O and never reads the clock: `now` is given.
 
@@ -11,7 +11,6 @@ use uuid::Uuid;
 
 use super::super::Key;
 use super::super::store::{Cooldown, CounterStore, KeyCounter, Second};
-use super::RuleParams;
 
 /// A key fired: the figures its firing reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,7 +53,23 @@ pub(super) struct DueKey<'a, 'c> {
     clock: &'c OnTheClock<'c>,
 }
 
-impl DueKey<'_, '_> {
+impl<'a, 'c> DueKey<'a, 'c> {
+    pub(super) fn new(
+        store: &'a mut dyn CounterStore,
+        watcher: Uuid,
+        key: &'a Key,
+        now: Second,
+        clock: &'c OnTheClock<'c>,
+    ) -> DueKey<'a, 'c> {
+        DueKey {
+            store,
+            watcher,
+            key,
+            now,
+            clock,
+        }
+    }
+
     /// Its counter, if the store still holds it (not evicted, not forgotten).
     pub(super) fn counter(&mut self) -> Option<&mut KeyCounter> {
         self.store.existing(self.watcher, self.key)
@@ -92,56 +107,17 @@ pub(super) enum Turn {
     Waits(Option<Second>),
 }
 
-impl RuleParams {
-    /// A watcher decided on the clock, first seen (created, changed, restored at a
-    /// start): the keys it holds and those it always watches (`kept`) wait for the end
-    /// of its grace.
-    pub fn on_first_sight<'k>(
-        &self,
-        store: &mut dyn CounterStore,
-        watcher: Uuid,
-        kept: impl Iterator<Item = &'k Key>,
-        grace_until: Second,
-    ) {
-        if !self.on_the_clock() {
-            return;
-        }
-        let mut keys = store.keys(watcher);
-        keys.extend(kept.cloned());
-        for key in &keys {
-            store.counter(watcher, key);
-            store.schedule(watcher, key, grace_until);
-        }
-    }
+/// The cooldown a watcher's keys share (`cooldown_secs`, `cooldown_max_secs`), every
+/// rule's: whether a key whose rule holds fires, and the cooldown its firing starts.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cooling {
+    /// After a firing, the key does not fire again for this long.
+    pub(super) secs: Option<u64>,
+    /// Exponential realert: up to this, doubled while the key keeps crossing.
+    pub(super) max_secs: Option<u64>,
+}
 
-    /// The keys of `watcher` that fire on the clock at `now`: none for a rule decided
-    /// when counts arrive. Costs the keys due, not the keys held.
-    pub fn on_tick(
-        &self,
-        store: &mut dyn CounterStore,
-        watcher: Uuid,
-        now: Second,
-        clock: &OnTheClock,
-    ) -> Vec<(Key, Verdict)> {
-        if !self.on_the_clock() {
-            return Vec::new();
-        }
-        let due = store.take_due(watcher, now);
-        due.into_iter()
-            .filter_map(|key| {
-                let mut due = DueKey {
-                    store: &mut *store,
-                    watcher,
-                    key: &key,
-                    now,
-                    clock,
-                };
-                let verdict = self.rule.judge().on_due(self, &mut due)?;
-                Some((key, verdict))
-            })
-            .collect()
-    }
-
+impl Cooling {
     /// The turn of a key whose condition holds at `now`, once per episode (`in_episode`:
     /// it fired for this one already), again after its cooldown: the episode's rule of
     /// every rule that fires for a state (a silence, a spike, too many or too few values).
@@ -151,15 +127,14 @@ impl RuleParams {
         in_episode: bool,
         now: Second,
     ) -> Turn {
-        if in_episode && self.cooldown_secs.is_none() {
+        if in_episode && self.secs.is_none() {
             return Turn::Waits(None);
         }
         if let Err(cooled_at) = self.unless_cooling(counter, now) {
             return Turn::Waits(Some(cooled_at));
         }
         self.fire(counter, now);
-        let realert_at =
-            (self.cooldown_secs).map(|_| now.saturating_add(counter.cooldown_secs.into()));
+        let realert_at = (self.secs).map(|_| now.saturating_add(counter.cooldown_secs.into()));
         Turn::Fires { realert_at }
     }
 
@@ -192,10 +167,10 @@ impl RuleParams {
     /// (exponential realert), twice the previous one when the key crossed again during
     /// it, up to the maximum, and `cooldown_secs` again after a quiet one.
     fn next_cooldown(&self, previous: Option<Cooldown>) -> u64 {
-        let Some(base) = self.cooldown_secs else {
+        let Some(base) = self.secs else {
             return 0;
         };
-        match (self.cooldown_max_secs, previous) {
+        match (self.max_secs, previous) {
             (Some(max), Some(previous)) if previous.crossed => {
                 previous.secs.max(base).saturating_mul(2).min(max)
             }

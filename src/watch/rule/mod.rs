@@ -4,9 +4,9 @@
 //! counts arrive and on the clock (`Judge`), and its words (`Wording`: the firing's text
 //! and figures, the e-mail's lines, the live state's description). The files are listed
 //! once, in the registry's `every_rule` (with the fields each rule requires or refuses);
-//! this module makes `Rule` and `wording` from that list. What every rule shares (the
-//! verdict, the cooldown and realert, once per episode, the keys due on the clock) is
-//! `judge.rs`.
+//! this module makes `Rule` and `wording` from that list, and a rule's firing in its
+//! words (`Firing::new`, `Firing::figure_lines`). What every rule shares (the verdict,
+//! the cooldown and realert, once per episode, a key due on the clock) is `judge.rs`.
 //!
 //! One definition of the figures a key is judged by (`RuleParams`: the rule and the
 //! cooldown every rule shares), read by both engines that judge: this module's, over the
@@ -20,15 +20,18 @@
 
 mod judge;
 
+use std::time::SystemTime;
+
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::Key;
-use super::firing::{Firing, RuleFigures, Said};
+use super::firing::{Firing, RuleFigures, shown, split_key};
 use super::store::{CounterStore, Second, WatcherKey};
 use crate::registry::validation::watcher::every_rule;
 use crate::registry::{RuleKind, WatcherSpec};
-use judge::DueKey;
+use judge::{Cooling, DueKey};
 pub use judge::{OnTheClock, Verdict, cooldown_of};
 
 /// The watch's list of rules, from the registry's (`every_rule`): each rule's file, the
@@ -86,7 +89,7 @@ trait Judge {
     /// `events` of a key seen at `now`, on the watcher's counter of it: whether it fires.
     fn on_count(
         &self,
-        params: &RuleParams,
+        cooling: &Cooling,
         at: &mut WatcherKey<'_>,
         events: u64,
         now: Second,
@@ -96,7 +99,7 @@ trait Judge {
     /// None for a rule that ships no values.
     fn on_values(
         &self,
-        _params: &RuleParams,
+        _cooling: &Cooling,
         _store: &mut dyn CounterStore,
         _watcher: Uuid,
         _key: &Key,
@@ -107,7 +110,7 @@ trait Judge {
     }
 
     /// A key come up on the clock: whether it fires.
-    fn on_due(&self, _params: &RuleParams, _due: &mut DueKey<'_, '_>) -> Option<Verdict> {
+    fn on_due(&self, _cooling: &Cooling, _due: &mut DueKey<'_, '_>) -> Option<Verdict> {
         None
     }
 }
@@ -174,7 +177,7 @@ impl RuleParams {
 
     /// `events` of a key seen at `now`, on the watcher's counter of it: whether it fires.
     pub fn on_count(&self, at: &mut WatcherKey<'_>, events: u64, now: Second) -> Option<Verdict> {
-        self.rule.judge().on_count(self, at, events, now)
+        self.rule.judge().on_count(&self.cooling(), at, events, now)
     }
 
     /// The hashes of the watched value seen for `key` at `now` (cardinality): whether
@@ -187,6 +190,122 @@ impl RuleParams {
         hashes: &[u64],
         now: Second,
     ) -> Option<Verdict> {
-        (self.rule.judge()).on_values(self, store, watcher, key, hashes, now)
+        (self.rule.judge()).on_values(&self.cooling(), store, watcher, key, hashes, now)
+    }
+
+    fn cooling(&self) -> Cooling {
+        Cooling {
+            secs: self.cooldown_secs,
+            max_secs: self.cooldown_max_secs,
+        }
+    }
+
+    /// A watcher decided on the clock, first seen (created, changed, restored at a
+    /// start): the keys it holds and those it always watches (`kept`) wait for the end
+    /// of its grace.
+    pub fn on_first_sight<'k>(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        kept: impl Iterator<Item = &'k Key>,
+        grace_until: Second,
+    ) {
+        if !self.on_the_clock() {
+            return;
+        }
+        let mut keys = store.keys(watcher);
+        keys.extend(kept.cloned());
+        for key in &keys {
+            store.counter(watcher, key);
+            store.schedule(watcher, key, grace_until);
+        }
+    }
+
+    /// The keys of `watcher` that fire on the clock at `now`: none for a rule decided
+    /// when counts arrive. Costs the keys due, not the keys held.
+    pub fn on_tick(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        now: Second,
+        clock: &OnTheClock,
+    ) -> Vec<(Key, Verdict)> {
+        if !self.on_the_clock() {
+            return Vec::new();
+        }
+        let due = store.take_due(watcher, now);
+        due.into_iter()
+            .filter_map(|key| {
+                let mut due = DueKey::new(&mut *store, watcher, &key, now, clock);
+                let verdict = self.rule.judge().on_due(&self.cooling(), &mut due)?;
+                Some((key, verdict))
+            })
+            .collect()
+    }
+}
+
+/// What a rule's `Wording::text` words a firing from.
+pub(super) struct Said<'a> {
+    pub event: &'a str,
+    pub spec: &'a WatcherSpec,
+    /// ` for field=value, field=value` for a `fields` watcher's key; empty for `single`.
+    pub for_key: &'a str,
+    /// new_value: the value seen for the first time (`{field: value}`).
+    pub value: Option<&'a Value>,
+    pub verdict: Verdict,
+}
+
+impl Firing {
+    /// The firing of `key` that `verdict` decided.
+    pub(in crate::watch) fn new(
+        event: &str,
+        spec: &WatcherSpec,
+        key: &Key,
+        verdict: Verdict,
+    ) -> Firing {
+        let (key, value) = split_key(spec, key);
+        let wording = wording(spec.rule);
+        let for_key = match &key {
+            Value::Object(_) => format!(" for {}", shown(&key)),
+            _ => String::new(),
+        };
+        let said = Said {
+            event,
+            spec,
+            for_key: &for_key,
+            value: value.as_ref(),
+            verdict,
+        };
+        Firing {
+            id: Uuid::new_v4(),
+            watcher: spec.name.to_string(),
+            event: event.to_string(),
+            text: wording.text(&said),
+            key,
+            rule: spec.rule,
+            count: verdict.count,
+            threshold: spec.threshold.unwrap_or(0),
+            window_secs: spec.window_secs,
+            fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            firings: 1,
+            node: None,
+            crossing: None,
+            degraded: false,
+            resolved: verdict.resolved,
+            figures: RuleFigures {
+                value,
+                ..wording.figures(spec, verdict)
+            },
+        }
+    }
+}
+
+impl Firing {
+    /// The rule and its figures as an e-mail body lists them (`Name: value`), in the
+    /// rule's words: what the webhook document and `rule_env` carry, for a reader.
+    pub fn figure_lines(&self) -> Vec<(&'static str, String)> {
+        let mut lines = vec![("Rule", self.rule.name().to_string())];
+        lines.extend(wording(self.rule).figure_lines(self));
+        lines
     }
 }

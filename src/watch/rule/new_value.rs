@@ -8,10 +8,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::super::Key;
-use super::super::firing::{Firing, Said, shown};
+use super::super::firing::{Firing, shown};
 use super::super::store::{Second, WatcherKey};
 use super::super::table::Buckets;
-use super::{Judge, RuleParams, Verdict, Wording};
+use super::judge::Cooling;
+use super::{Judge, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
 
 /// How long new_value remembers a value, by default: 30 days.
@@ -39,7 +40,7 @@ impl Judge for NewValue {
 
     fn on_count(
         &self,
-        params: &RuleParams,
+        cooling: &Cooling,
         at: &mut WatcherKey<'_>,
         events: u64,
         now: Second,
@@ -53,8 +54,8 @@ impl Judge for NewValue {
         if known || now < self.learn_until || null {
             return None;
         }
-        params.unless_cooling(counter, now).ok()?;
-        params.fire(counter, now);
+        cooling.unless_cooling(counter, now).ok()?;
+        cooling.fire(counter, now);
         Some(Verdict::fired(events))
     }
 }

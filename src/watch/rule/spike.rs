@@ -10,11 +10,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::super::firing::{Firing, RuleFigures, Said};
+use super::super::firing::{Firing, RuleFigures};
 use super::super::store::{Second, WatcherKey};
 use super::super::table::Buckets;
-use super::judge::{DueKey, Turn, earliest};
-use super::{Judge, RuleParams, Verdict, Wording};
+use super::judge::{Cooling, DueKey, Turn, earliest};
+use super::{Judge, Said, Verdict, Wording};
 use crate::registry::{Direction, WatcherSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -107,7 +107,7 @@ impl Judge for Spike {
     /// When counts arrive: up fires; a drop under way may end.
     fn on_count(
         &self,
-        params: &RuleParams,
+        cooling: &Cooling,
         at: &mut WatcherKey<'_>,
         events: u64,
         now: Second,
@@ -136,7 +136,7 @@ impl Judge for Spike {
         if !direction.up() || !up {
             return None;
         }
-        let Turn::Fires { .. } = params.episode_turn(counter, was_up, now) else {
+        let Turn::Fires { .. } = cooling.episode_turn(counter, was_up, now) else {
             return None;
         };
         counter.rule.get_or_insert_default().high = true;
@@ -150,7 +150,7 @@ impl Judge for Spike {
     /// Down, on the clock: a key whose count dropped fires (past the grace, once per
     /// drop, again after its cooldown); it is judged again when a bucket next moves; a
     /// key without buckets left is forgotten.
-    fn on_due(&self, params: &RuleParams, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
+    fn on_due(&self, cooling: &Cooling, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
         let window_secs = self.window_secs;
         let (now, grace_until) = (due.now, due.grace_until());
         let counter = due.counter()?;
@@ -172,7 +172,7 @@ impl Judge for Spike {
         } else if !down {
             Some(next)
         } else {
-            match params.episode_turn(counter, was_down, now) {
+            match cooling.episode_turn(counter, was_down, now) {
                 Turn::Waits(at) => earliest(at, Some(next)),
                 Turn::Fires { .. } => {
                     counter.rule.get_or_insert_default().low = true;

@@ -8,10 +8,11 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use super::super::firing::{Firing, Said};
+use super::super::firing::Firing;
 use super::super::store::{Second, WatcherKey};
 use super::super::table::Buckets;
-use super::{Judge, RuleParams, Verdict, Wording};
+use super::judge::Cooling;
+use super::{Judge, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -36,7 +37,7 @@ impl Judge for Threshold {
 
     fn on_count(
         &self,
-        params: &RuleParams,
+        cooling: &Cooling,
         at: &mut WatcherKey<'_>,
         events: u64,
         now: Second,
@@ -46,10 +47,10 @@ impl Judge for Threshold {
             return None;
         }
         let counter = at.counter();
-        params.unless_cooling(counter, now).ok()?;
+        cooling.unless_cooling(counter, now).ok()?;
         // The count starts again from zero.
         counter.buckets = Buckets::Empty;
-        params.fire(counter, now);
+        cooling.fire(counter, now);
         Some(Verdict::fired(count))
     }
 }
