@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::Key;
 use super::rule::{DueKey, Rule, RuleParams, Turn, Verdict};
 use super::rule_state::RuleState;
-use super::store::{CounterStore, Second};
+use super::store::{CounterStore, KeyCounter, Second};
 
 /// The values a key keeps: enough to tell `max_distinct` exceeded and `min_distinct` met.
 fn kept(max_distinct: Option<u64>, min_distinct: Option<u64>) -> usize {
@@ -35,7 +35,8 @@ fn below_from(state: &RuleState, min: u64, window: u64) -> Second {
 
 impl RuleParams {
     /// cardinality, when values arrive: too many fires; too few may end, and a key
-    /// watched for too few waits for the second it would be.
+    /// watched for too few waits for the second it would be. The key's counter is found
+    /// once for all its hashes (per event, this is the rule's cost in the master).
     pub(super) fn distinct_on_values(
         &self,
         store: &mut dyn CounterStore,
@@ -52,23 +53,34 @@ impl RuleParams {
         else {
             return None;
         };
-        let waiting = store.is_waiting(watcher, key);
         let counter = store.counter(watcher, key);
         let state = counter.rule.get_or_insert_default();
         state.expire(window_secs, now);
+        let keep = kept(max_distinct, min_distinct);
         for &hash in hashes {
-            state.see(hash, now, kept(max_distinct, min_distinct));
+            state.see(hash, now, keep);
         }
         let distinct = state.distinct.len() as u64;
-        if let Some(min) = min_distinct {
+        let below = min_distinct.map(|min| {
             state.low &= distinct < min;
-            if !waiting {
-                let due = below_from(state, min, window_secs);
-                store.schedule(watcher, key, due);
-            }
+            below_from(state, min, window_secs)
+        });
+        let verdict = max_distinct.and_then(|max| self.too_many(counter, max, distinct, now));
+        if let Some(due) = below.filter(|_| !store.is_waiting(watcher, key)) {
+            store.schedule(watcher, key, due);
         }
-        let max = max_distinct?;
-        let counter = store.counter(watcher, key);
+        verdict
+    }
+
+    /// cardinality's `max_distinct`, with `distinct` values in the window: fires once
+    /// per episode, again after its cooldown.
+    fn too_many(
+        &self,
+        counter: &mut KeyCounter,
+        max: u64,
+        distinct: u64,
+        now: Second,
+    ) -> Option<Verdict> {
         let state = counter.rule.get_or_insert_default();
         let was_high = state.high;
         state.high &= distinct > max;
