@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::super::Key;
 use super::super::firing::{Firing, RuleFigures};
 use super::super::rule_state::RuleState;
-use super::super::store::{CounterStore, Second, WatcherKey};
+use super::super::store::{CounterStore, KeyCounter, Second, WatcherKey};
 use super::judge::{Cooling, DueKey, Turn};
 use super::{Judge, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
@@ -76,7 +76,8 @@ impl Judge for Cardinality {
     }
 
     /// When values arrive: too many fires; too few may end, and a key watched for too
-    /// few waits for the second it would be.
+    /// few waits for the second it would be. The key's counter is found once for all its
+    /// hashes (per event, this is the rule's cost in the master).
     fn on_values(
         &self,
         cooling: &Cooling,
@@ -91,34 +92,23 @@ impl Judge for Cardinality {
             max_distinct,
             min_distinct,
         } = *self;
-        let waiting = store.is_waiting(watcher, key);
         let counter = store.counter(watcher, key);
         let state = counter.rule.get_or_insert_default();
         state.expire(window_secs, now);
+        let keep = kept(max_distinct, min_distinct);
         for &hash in hashes {
-            state.see(hash, now, kept(max_distinct, min_distinct));
+            state.see(hash, now, keep);
         }
         let distinct = state.distinct.len() as u64;
-        if let Some(min) = min_distinct {
+        let below = min_distinct.map(|min| {
             state.low &= distinct < min;
-            if !waiting {
-                let due = below_from(state, min, window_secs);
-                store.schedule(watcher, key, due);
-            }
+            below_from(state, min, window_secs)
+        });
+        let verdict = max_distinct.and_then(|max| too_many(cooling, counter, max, distinct, now));
+        if let Some(due) = below.filter(|_| !store.is_waiting(watcher, key)) {
+            store.schedule(watcher, key, due);
         }
-        let max = max_distinct?;
-        let counter = store.counter(watcher, key);
-        let state = counter.rule.get_or_insert_default();
-        let was_high = state.high;
-        state.high &= distinct > max;
-        if distinct <= max {
-            return None;
-        }
-        let Turn::Fires { .. } = cooling.episode_turn(counter, was_high, now) else {
-            return None;
-        };
-        counter.rule.get_or_insert_default().high = true;
-        Some(Verdict::fired(distinct))
+        verdict
     }
 
     /// `min_distinct`, on the clock: a key with too few values fires (past the grace,
@@ -160,6 +150,28 @@ impl Judge for Cardinality {
             }
         }
     }
+}
+
+/// `max_distinct`, with `distinct` values in the window: fires once per episode, again
+/// after its cooldown.
+fn too_many(
+    cooling: &Cooling,
+    counter: &mut KeyCounter,
+    max: u64,
+    distinct: u64,
+    now: Second,
+) -> Option<Verdict> {
+    let state = counter.rule.get_or_insert_default();
+    let was_high = state.high;
+    state.high &= distinct > max;
+    if distinct <= max {
+        return None;
+    }
+    let Turn::Fires { .. } = cooling.episode_turn(counter, was_high, now) else {
+        return None;
+    };
+    counter.rule.get_or_insert_default().high = true;
+    Some(Verdict::fired(distinct))
 }
 
 /// The limit a key crossed, in words: `max_distinct` when it has more values, else
