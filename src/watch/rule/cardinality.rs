@@ -19,6 +19,8 @@ use super::judge::{Cooling, DueKey, Turn};
 use super::{Judge, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
 
+/// cardinality's figures, read from the definition (`of`): what `Rule::Cardinality`
+/// holds and the Lua reads as `rule.cardinality`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Cardinality {
     window_secs: u64,

@@ -19,6 +19,8 @@ use crate::registry::WatcherSpec;
 /// How long a flatline key silent after it fired is kept, by default: a day.
 pub const FORGET_AFTER_SECS: u64 = 86_400;
 
+/// flatline's figures, read from the definition (`of`), defaults filled in: what
+/// `Rule::Flatline` holds and the Lua reads as `rule.flatline`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Flatline {
     threshold: u64,

@@ -18,6 +18,8 @@ use crate::registry::WatcherSpec;
 /// How long new_value remembers a value, by default: 30 days.
 pub const REMEMBER_SECS: u64 = 30 * 86_400;
 
+/// new_value's figures, read from the definition and its creation (`of`): what
+/// `Rule::NewValue` holds and the Lua reads as `rule.new_value`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct NewValue {
     learn_until: Second,

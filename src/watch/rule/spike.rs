@@ -17,6 +17,8 @@ use super::judge::{Cooling, DueKey, Turn, earliest};
 use super::{Judge, Said, Verdict, Wording};
 use crate::registry::{Direction, WatcherSpec};
 
+/// spike's figures, read from the definition (`of`), defaults filled in: what
+/// `Rule::Spike` holds and the Lua reads as `rule.spike`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Spike {
     window_secs: u64,

@@ -15,6 +15,8 @@ use super::judge::Cooling;
 use super::{Judge, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
 
+/// threshold's figures, read from the definition (`of`): what `Rule::Threshold` holds
+/// and the Lua reads as `rule.threshold`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Threshold {
     threshold: u64,
