@@ -201,8 +201,8 @@ impl RuleParams {
     }
 
     /// A watcher decided on the clock, first seen (created, changed, restored at a
-    /// start): the keys it holds and those it always watches (`kept`) wait for the end
-    /// of its grace.
+    /// start): the keys it holds and those it always watches (`kept`, never evicted)
+    /// wait for the end of its grace.
     pub fn on_first_sight<'k>(
         &self,
         store: &mut dyn CounterStore,
@@ -214,7 +214,10 @@ impl RuleParams {
             return;
         }
         let mut keys = store.keys(watcher);
-        keys.extend(kept.cloned());
+        for key in kept {
+            store.keep(watcher, key);
+            keys.push(key.clone());
+        }
         for key in &keys {
             store.counter(watcher, key);
             store.schedule(watcher, key, grace_until);
