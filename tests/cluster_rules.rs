@@ -1,6 +1,7 @@
-//! Every rule (rules.md) decided once cluster-wide: three nodes sharing one real
-//! `redis-server`, each rule's events spread over the nodes, firings counted at a webhook
-//! sink in the test process. Then the master of one node is killed with SIGKILL and
+//! Every rule (rules.md) decided once cluster-wide, each decided on the clock (flatline,
+//! spike `down`, cardinality `min_distinct`) claimed by one node: three nodes sharing one
+//! real `redis-server`, each rule's events spread over the nodes, firings counted at a
+//! webhook sink in the test process. Then the master of one node is killed with SIGKILL and
 //! started again, and the same keys go on without a second firing: their state is in
 //! Redis, not in the master that died. The rules' edges are pinned by tests/rules.rs;
 //! threshold across nodes also by tests/cluster.rs.
@@ -17,12 +18,12 @@ use common::{Daemon, SECOND, wait_for};
 use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 
-/// The pace of the events posted while the clock matters (flatline, spike).
+/// The pace of the events posted while the clock matters (flatline, spike, too few).
 const TURN: Duration = Duration::from_millis(200);
 
 /// The rule watchers, one on an event type of its own, and `marker` (a threshold of 1
 /// per `mark`), whose crossings tell that a node's earlier events reached Redis.
-fn watchers(action: &Value) -> [(&'static str, Value); 6] {
+fn watchers(action: &Value) -> [(&'static str, Value); 8] {
     [
         (
             "hits",
@@ -38,6 +39,18 @@ fn watchers(action: &Value) -> [(&'static str, Value); 6] {
             "surge",
             json!({"name": "spike", "rule": "spike", "window_secs": 2, "ratio": 5,
                    "direction": "up", "min_previous": 3, "aggregator": {"type": "single"},
+                   "action": action}),
+        ),
+        (
+            "ebb",
+            json!({"name": "drop", "rule": "spike", "window_secs": 2, "ratio": 10,
+                   "direction": "down", "min_previous": 10, "aggregator": {"type": "single"},
+                   "action": action}),
+        ),
+        (
+            "pool",
+            json!({"name": "too-few", "rule": "cardinality", "field": "worker",
+                   "min_distinct": 2, "window_secs": 3, "aggregator": {"type": "single"},
                    "action": action}),
         ),
         (
@@ -59,7 +72,15 @@ fn watchers(action: &Value) -> [(&'static str, Value); 6] {
     ]
 }
 
-const RULES: [&str; 5] = ["too-many", "silent", "spike", "stuffing", "new-country"];
+const RULES: [&str; 7] = [
+    "too-many",
+    "silent",
+    "spike",
+    "drop",
+    "too-few",
+    "stuffing",
+    "new-country",
+];
 
 fn post(daemon: &Daemon, event: &str, payload: &Value) {
     let response = daemon.post(&format!("/event/{event}/"), &payload.to_string());
@@ -152,18 +173,24 @@ fn every_rule_fires_once_across_three_nodes_and_not_again_after_a_kill_9_of_a_ma
         }
     }
 
-    // Heartbeats, and the surge's steady 5 events per 2 s window past its baseline of
-    // two windows, spread over the nodes: nothing fires.
+    // Heartbeats, the surge's steady 5 events per 2 s window past its baseline of two
+    // windows, the ebb's steady 4 a turn (a drop to a tenth takes a stall of most of a
+    // window), two workers in the pool every turn, spread over the nodes: nothing fires.
     every_turn_for(6 * SECOND, |n| {
-        post(&nodes[n % 3], "heartbeat", &json!({}));
+        let daemon = &nodes[n % 3];
+        post(daemon, "heartbeat", &json!({}));
         if n % 2 == 0 {
-            post(&nodes[n % 3], "surge", &json!({}));
+            post(daemon, "surge", &json!({}));
         }
+        post_many(daemon, "ebb", &json!({}), 4);
+        post(daemon, "pool", &json!({"worker": "w1"}));
+        post(daemon, "pool", &json!({"worker": "w2"}));
     });
     assert!(fired(&sink).is_empty(), "{:?}", firings(&sink));
 
     // The heartbeats stop; the surge jumps to 120 at once, then stops (a surge that
     // went on could, by its 1 s buckets, stop holding and hold again: a second spike);
+    // the ebb drops to one event (a drop needs one in its window) and the pool stops;
     // 10 hits over a threshold of 9, 6 distinct users from one address over a limit of
     // 5, and a new country, each spread over the nodes.
     for daemon in &nodes {
@@ -183,6 +210,9 @@ fn every_rule_fires_once_across_three_nodes_and_not_again_after_a_kill_9_of_a_ma
         }
         if n < 3 {
             post(daemon, "access", &json!({"user": 42, "country": "NZ"}));
+        }
+        if n == 5 {
+            post(daemon, "ebb", &json!({}));
         }
     });
     wait_for("every rule's firing", 30 * SECOND, || {
@@ -207,7 +237,7 @@ fn every_rule_fires_once_across_three_nodes_and_not_again_after_a_kill_9_of_a_ma
 
     // The same keys go on, through every node: 5 more hits (the count started again
     // from zero), 10 more users from the address, the country again; the heartbeat
-    // stays silent and the surge quiet.
+    // stays silent, the surge and the ebb quiet, the pool empty.
     for (n, daemon) in nodes.iter().cycle().take(10).enumerate() {
         if n < 5 {
             post(daemon, "hits", &json!({}));

@@ -1,8 +1,9 @@
 #!lua name=eventsd
 
 -- eventsd's Redis Functions (cluster.md), loaded on every primary with FUNCTION LOAD, as
--- one library: this file (the counters, the cooldown, threshold and flatline), then
--- eventsd_rules.lua (spike, cardinality, new_value), then eventsd_calls.lua (the calls).
+-- one library: this file (the counters, the cooldown, the due queues: what every rule
+-- shares), then eventsd_rules.lua (each rule, and `RULES`, their list), then
+-- eventsd_calls.lua (the calls).
 --
 -- A counter is one hash per (watcher, key): buckets `b<second>` (`b0` without a window),
 -- `fired` (the second of its last firing), `cool` (the cooldown that started then),
@@ -10,7 +11,7 @@
 -- random incarnation, set when the counter is created: a Redis restarted empty starts
 -- `seq` again under another epoch, so a crossing's `epoch/seq` is never re-issued).
 --
--- The rules are those of src/watch/rule.rs (`RuleParams::on_count`), decided here
+-- The rules are those of src/watch/rule/ (`RuleParams::on_count`), decided here
 -- because only a script runs atomically next to the data. Both read one definition of
 -- the figures, `RuleParams`, which reaches this file JSON-encoded (`rule` is
 -- `{"threshold": {"threshold": N, "window_secs": N|null}}`, then `cooldown_secs` and
@@ -128,38 +129,6 @@ local function keep_for(params, state, window)
     given(params.cooldown_secs) or 0) + 60
 end
 
--- threshold: more than `threshold` events within the window (or since the last firing).
--- Replies {crossed, count, seq, epoch}.
-local function count_threshold(key, params, delta, now, new_epoch)
-  local rule = params.rule.threshold
-  local window = given(rule.window_secs) or 0
-  local state, total, epoch = read_counter(key, window, now)
-  local bucket = 'b0'
-  if window > 0 then
-    bucket = 'b' .. now
-  end
-  redis.call('HINCRBY', key, bucket, delta)
-  total = total + delta
-  if not epoch then
-    epoch = new_epoch
-    redis.call('HSET', key, 'epoch', epoch)
-  end
-  local crossed, seq, cool = 0, state['seq'] or 0, state['cool'] or 0
-  if total > rule.threshold then
-    local fired
-    fired, seq, cool = unless_cooling(key, params, state, epoch, now)
-    if fired then
-      crossed = 1
-    end
-  end
-  local ttl = IDLE_TTL
-  if window > 0 then
-    ttl = window + math.max(cool, given(params.cooldown_max_secs) or 0) + 60
-  end
-  redis.call('EXPIRE', key, ttl)
-  return {crossed, total, seq, epoch, 0}
-end
-
 -- flatline's keys of one watcher share its slot (`{watcher}`) with the watcher's queue of
 -- due seconds (a sorted set: `watch/due.rs`'s), `since` (the second it was first judged:
 -- the grace ends a window later) and `kept` (the keys never forgotten). Returns the
@@ -168,20 +137,6 @@ local function flatline_names(prefix, watcher)
   local tag = '{' .. watcher .. '}'
   return prefix .. ':c:' .. tag .. ':', prefix .. ':due:' .. tag, prefix .. ':since:' .. tag,
     prefix .. ':kept:' .. tag
-end
-
--- `rule.rs`'s `below_from`: the first second from which the count over the last
--- `window` seconds is below `threshold` if no event comes; 0 when it is below already.
-local function below_from(buckets, threshold, window)
-  table.sort(buckets, function(a, b) return a[1] > b[1] end)
-  local newer = 0
-  for _, bucket in ipairs(buckets) do
-    newer = newer + bucket[2]
-    if newer >= threshold then
-      return bucket[1] + window
-    end
-  end
-  return 0
 end
 
 -- Judged again at `at`, or no longer queued (nil).
@@ -199,86 +154,3 @@ local function earliest(a, b)
   end
   return a or b
 end
-
--- flatline, when events arrive (`RuleParams::on_count`): the key is queued if it is not
--- (at the second it would be below), and a silent key back at its threshold recovers,
--- replying 2 (resolved) with `send_resolved`.
-local function count_flatline(key, params, delta, now, new_epoch, due, member)
-  local rule = params.rule.flatline
-  local state, total, epoch, buckets = read_counter(key, rule.window_secs, now)
-  redis.call('HINCRBY', key, 'b' .. now, delta)
-  buckets[#buckets + 1] = {now, delta}
-  total = total + delta
-  if not epoch then
-    epoch = new_epoch
-    redis.call('HSET', key, 'epoch', epoch)
-  end
-  if not redis.call('ZSCORE', due, member) then
-    redis.call('ZADD', due, below_from(buckets, rule.threshold, rule.window_secs), member)
-  end
-  local seq = state['seq'] or 0
-  local reply = {0, total, seq, epoch, 0}
-  if state['silent'] == 1 and total >= rule.threshold then
-    redis.call('HSET', key, 'silent', 0)
-    if rule.send_resolved then
-      seq = seq + 1
-      redis.call('HSET', key, 'seq', seq)
-      reply = {2, total, seq, epoch, 0}
-    end
-  end
-  redis.call('EXPIRE', key, rule.window_secs + rule.forget_after_secs + IDLE_TTL)
-  return reply
-end
-
--- flatline, on the clock (`RuleParams::judge_silence`): a key below its threshold past
--- the grace fires once per silence, again only after its cooldown; silent
--- `forget_after_secs` after it fired, it is dropped unless kept; otherwise it waits for
--- the second it would be below. Replies {member, 1, count, seq, epoch} when it fires.
-local function judge_silence(names, member, params, now, grace_until, new_epoch)
-  local rule = params.rule.flatline
-  local key = names.head .. member
-  local kept = redis.call('SISMEMBER', names.kept, member) == 1
-  local state, total, epoch, buckets = read_counter(key, rule.window_secs, now)
-  local below = math.max(below_from(buckets, rule.threshold, rule.window_secs), grace_until)
-  if below > now then
-    reschedule(names.due, member, below)
-    return nil
-  end
-  local forget_at = nil
-  if not kept then
-    forget_at = (state['fired'] or 0) + rule.forget_after_secs
-  end
-  local silent = state['silent'] == 1
-  if silent and forget_at and now >= forget_at then
-    redis.call('DEL', key)
-    reschedule(names.due, member, nil)
-    return nil
-  end
-  local cooldown = given(params.cooldown_secs)
-  if silent and not cooldown then
-    reschedule(names.due, member, forget_at)
-    return nil
-  end
-  if state['fired'] and now < state['fired'] + (state['cool'] or 0) then
-    redis.call('HSET', key, 'crossed', 1)
-    reschedule(names.due, member, earliest(state['fired'] + state['cool'], forget_at))
-    return nil
-  end
-  local next_cool = next_cooldown(params, state)
-  local seq = (state['seq'] or 0) + 1
-  epoch = epoch or new_epoch
-  redis.call('HSET', key, 'fired', now, 'cool', next_cool, 'crossed', 0, 'silent', 1, 'seq', seq,
-    'epoch', epoch)
-  redis.call('EXPIRE', key, rule.window_secs + rule.forget_after_secs + IDLE_TTL)
-  local realert_at = nil
-  if cooldown then
-    realert_at = now + next_cool
-  end
-  local forget = nil
-  if not kept then
-    forget = now + rule.forget_after_secs
-  end
-  reschedule(names.due, member, earliest(realert_at, forget))
-  return {member, 1, total, seq, epoch, 0}
-end
-

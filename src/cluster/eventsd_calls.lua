@@ -1,6 +1,6 @@
 -- eventsd's Redis Functions, the end (after eventsd.lua and eventsd_rules.lua): the
--- calls nodes make, each rule's judgement dispatched by the figures it comes with, and
--- their registration.
+-- calls nodes make, each rule's judgement dispatched by the name its figures come under
+-- (eventsd_rules.lua's `RULES`), and their registration.
 
 -- tick(KEYS[1]: the watcher's due queue, ARGV[1]: JSON {prefix, watcher, params (its
 -- `RuleParams`), kept (keys to watch from now on, never forgotten; absent: none new),
@@ -13,14 +13,8 @@ local function tick(keys, args)
   local params = document.params
   local head, due, since, kept = flatline_names(document.prefix, document.watcher)
   local names = {head = head, due = due, kept = kept}
-  local judge, window = judge_silence, nil
-  if params.rule.spike then
-    judge, window = judge_drop, 2 * params.rule.spike.window_secs
-  elseif params.rule.cardinality then
-    judge, window = judge_few, params.rule.cardinality.window_secs
-  else
-    window = params.rule.flatline.window_secs
-  end
+  local name, figures = next(params.rule)
+  local judge, window = RULES[name].judge, RULES[name].grace(figures)
   redis.call('SET', since, now, 'NX')
   local grace_until = tonumber(redis.call('GET', since)) + window
   for _, member in ipairs(given(document.kept) or {}) do
@@ -63,19 +57,9 @@ local function count(keys, args)
     local params = document.rules[counted[2] + 1]
     local head, due = flatline_names(document.prefix, document.watchers[counted[2] + 1])
     local member = string.sub(keys[i], #head + 1)
-    local rule, epoch = params.rule, document.epoch
-    if rule.flatline then
-      replies[i] = count_flatline(keys[i], params, counted[1], now, epoch, due, member)
-    elseif rule.spike then
-      replies[i] = count_spike(keys[i], params, counted[1], now, epoch, due, member)
-    elseif rule.cardinality then
-      local hashes = hashes_of[i] or {}
-      replies[i] = count_distinct(keys[i], params, hashes, now, epoch, due, member)
-    elseif rule.new_value then
-      replies[i] = count_new_value(keys[i], params, counted[1], now, epoch)
-    else
-      replies[i] = count_threshold(keys[i], params, counted[1], now, epoch)
-    end
+    local count_rule = RULES[next(params.rule)].count
+    replies[i] = count_rule(keys[i], params, counted[1], hashes_of[i] or {}, now, document.epoch,
+      due, member)
   end
   redis.call('SET', call, cjson.encode(replies), 'EX', document.ttl)
   return replies

@@ -1,10 +1,142 @@
 -- eventsd's Redis Functions, continued (after eventsd.lua, before eventsd_calls.lua: one
--- library, loaded as their concatenation, `FUNCTIONS`): the rules spike, cardinality and
--- new_value, as src/watch/spike.rs, src/watch/distinct.rs and src/watch/rule.rs decide
--- them, over the helpers of eventsd.lua.
+-- library, loaded as their concatenation, `FUNCTIONS`): each rule as its file of
+-- src/watch/rule/ decides it, over the helpers of eventsd.lua, and `RULES`, the list the
+-- calls dispatch by (the name a rule's figures come under, `Rule`'s variant). A new rule
+-- is its functions and its entry in `RULES`.
 
--- spike (src/watch/spike.rs): the events of the last `window` seconds and of the window
--- before, at `now`.
+-- threshold (src/watch/rule/threshold.rs): more than `threshold` events within the
+-- window (or since the last firing).
+-- Replies {crossed, count, seq, epoch}.
+local function count_threshold(key, params, delta, now, new_epoch)
+  local rule = params.rule.threshold
+  local window = given(rule.window_secs) or 0
+  local state, total, epoch = read_counter(key, window, now)
+  local bucket = 'b0'
+  if window > 0 then
+    bucket = 'b' .. now
+  end
+  redis.call('HINCRBY', key, bucket, delta)
+  total = total + delta
+  if not epoch then
+    epoch = new_epoch
+    redis.call('HSET', key, 'epoch', epoch)
+  end
+  local crossed, seq, cool = 0, state['seq'] or 0, state['cool'] or 0
+  if total > rule.threshold then
+    local fired
+    fired, seq, cool = unless_cooling(key, params, state, epoch, now)
+    if fired then
+      crossed = 1
+    end
+  end
+  local ttl = IDLE_TTL
+  if window > 0 then
+    ttl = window + math.max(cool, given(params.cooldown_max_secs) or 0) + 60
+  end
+  redis.call('EXPIRE', key, ttl)
+  return {crossed, total, seq, epoch, 0}
+end
+
+-- flatline (src/watch/rule/flatline.rs): `below_from`, the first second from which the
+-- count over the last `window` seconds is below `threshold` if no event comes; 0 when it
+-- is below already.
+local function below_from(buckets, threshold, window)
+  table.sort(buckets, function(a, b) return a[1] > b[1] end)
+  local newer = 0
+  for _, bucket in ipairs(buckets) do
+    newer = newer + bucket[2]
+    if newer >= threshold then
+      return bucket[1] + window
+    end
+  end
+  return 0
+end
+
+-- flatline, when events arrive (`Flatline::on_count`): the key is queued if it is not
+-- (at the second it would be below), and a silent key back at its threshold recovers,
+-- replying 2 (resolved) with `send_resolved`.
+local function count_flatline(key, params, delta, now, new_epoch, due, member)
+  local rule = params.rule.flatline
+  local state, total, epoch, buckets = read_counter(key, rule.window_secs, now)
+  redis.call('HINCRBY', key, 'b' .. now, delta)
+  buckets[#buckets + 1] = {now, delta}
+  total = total + delta
+  if not epoch then
+    epoch = new_epoch
+    redis.call('HSET', key, 'epoch', epoch)
+  end
+  if not redis.call('ZSCORE', due, member) then
+    redis.call('ZADD', due, below_from(buckets, rule.threshold, rule.window_secs), member)
+  end
+  local seq = state['seq'] or 0
+  local reply = {0, total, seq, epoch, 0}
+  if state['silent'] == 1 and total >= rule.threshold then
+    redis.call('HSET', key, 'silent', 0)
+    if rule.send_resolved then
+      seq = seq + 1
+      redis.call('HSET', key, 'seq', seq)
+      reply = {2, total, seq, epoch, 0}
+    end
+  end
+  redis.call('EXPIRE', key, rule.window_secs + rule.forget_after_secs + IDLE_TTL)
+  return reply
+end
+
+-- flatline, on the clock (`Flatline::on_due`): a key below its threshold past
+-- the grace fires once per silence, again only after its cooldown; silent
+-- `forget_after_secs` after it fired, it is dropped unless kept; otherwise it waits for
+-- the second it would be below. Replies {member, 1, count, seq, epoch} when it fires.
+local function judge_silence(names, member, params, now, grace_until, new_epoch)
+  local rule = params.rule.flatline
+  local key = names.head .. member
+  local kept = redis.call('SISMEMBER', names.kept, member) == 1
+  local state, total, epoch, buckets = read_counter(key, rule.window_secs, now)
+  local below = math.max(below_from(buckets, rule.threshold, rule.window_secs), grace_until)
+  if below > now then
+    reschedule(names.due, member, below)
+    return nil
+  end
+  local forget_at = nil
+  if not kept then
+    forget_at = (state['fired'] or 0) + rule.forget_after_secs
+  end
+  local silent = state['silent'] == 1
+  if silent and forget_at and now >= forget_at then
+    redis.call('DEL', key)
+    reschedule(names.due, member, nil)
+    return nil
+  end
+  local cooldown = given(params.cooldown_secs)
+  if silent and not cooldown then
+    reschedule(names.due, member, forget_at)
+    return nil
+  end
+  if state['fired'] and now < state['fired'] + (state['cool'] or 0) then
+    redis.call('HSET', key, 'crossed', 1)
+    reschedule(names.due, member, earliest(state['fired'] + state['cool'], forget_at))
+    return nil
+  end
+  local next_cool = next_cooldown(params, state)
+  local seq = (state['seq'] or 0) + 1
+  epoch = epoch or new_epoch
+  redis.call('HSET', key, 'fired', now, 'cool', next_cool, 'crossed', 0, 'silent', 1, 'seq', seq,
+    'epoch', epoch)
+  redis.call('EXPIRE', key, rule.window_secs + rule.forget_after_secs + IDLE_TTL)
+  local realert_at = nil
+  if cooldown then
+    realert_at = now + next_cool
+  end
+  local forget = nil
+  if not kept then
+    forget = now + rule.forget_after_secs
+  end
+  reschedule(names.due, member, earliest(realert_at, forget))
+  return {member, 1, total, seq, epoch, 0}
+end
+
+
+-- spike (src/watch/rule/spike.rs): the events of the last `window` seconds and of the
+-- window before, at `now`.
 local function spike_windows(buckets, window, now)
   local current, previous = 0, 0
   for _, bucket in ipairs(buckets) do
@@ -30,7 +162,7 @@ local function next_move(buckets, window, now)
   return next_at
 end
 
--- `RuleParams::spiking`: whether the windows are a spike up, and a drop, of a key counted
+-- `Spike::spiking`: whether the windows are a spike up, and a drop, of a key counted
 -- since `since`: at `now`, past its baseline of two windows.
 local function spiking(rule, current, previous, since, now)
   local enough = now >= since + 2 * rule.window_secs and previous >= rule.min_previous and
@@ -45,7 +177,7 @@ local function clear_flag(key, state, flag, holds)
   end
 end
 
--- spike, when counts arrive (`spike_on_count`): up fires once per spike; a drop under way
+-- spike, when counts arrive (`Spike::on_count`): up fires once per spike; a drop under way
 -- may end; a key watched for drops is queued for its next move if it is not.
 local function count_spike(key, params, delta, now, new_epoch, due, member)
   local rule = params.rule.spike
@@ -81,7 +213,7 @@ local function count_spike(key, params, delta, now, new_epoch, due, member)
   return reply
 end
 
--- spike down, on the clock (`judge_drop`): a key whose count dropped fires (past the
+-- spike down, on the clock (`Spike::on_due`): a key whose count dropped fires (past the
 -- grace, once per drop, again after its cooldown), judged again at its next move; a key
 -- without buckets left is forgotten.
 local function judge_drop(names, member, params, now, grace_until, new_epoch)
@@ -118,7 +250,7 @@ local function judge_drop(names, member, params, now, grace_until, new_epoch)
   return {member, 1, current, seq, epoch or new_epoch, previous}
 end
 
--- cardinality (src/watch/distinct.rs): the values a key keeps.
+-- cardinality (src/watch/rule/cardinality.rs): the values a key keeps.
 local function kept_values(rule)
   local max = given(rule.max_distinct)
   local enough = 0
@@ -166,7 +298,7 @@ local function see_value(key, values, hash, now, keep)
   end
 end
 
--- cardinality, when values arrive (`distinct_on_values`): too many fires once per
+-- cardinality, when values arrive (`Cardinality::on_values`): too many fires once per
 -- episode; too few may end, and a key watched for too few is queued if it is not.
 local function count_distinct(key, params, hashes, now, new_epoch, due, member)
   local rule = params.rule.cardinality
@@ -202,7 +334,7 @@ local function count_distinct(key, params, hashes, now, new_epoch, due, member)
   return reply
 end
 
--- cardinality's `min_distinct`, on the clock (`judge_few`): a key with too few values
+-- cardinality's `min_distinct`, on the clock (`Cardinality::on_due`): a key with too few values
 -- fires (past the grace, once per episode, again after its cooldown); otherwise it waits
 -- for the second it would. A key without values that fired is forgotten.
 local function judge_few(names, member, params, now, grace_until, new_epoch)
@@ -242,7 +374,7 @@ local function judge_few(names, member, params, now, grace_until, new_epoch)
   return {member, 1, distinct, seq, epoch or new_epoch, 0}
 end
 
--- new_value (`RuleParams::on_count`): a key (its last value the watched one) not seen
+-- new_value (src/watch/rule/new_value.rs): a key (its last value the watched one) not seen
 -- within `remember_secs` fires, from `learn_until` on, unless its value is missing.
 local function count_new_value(key, params, delta, now, new_epoch)
   local rule = params.rule.new_value
@@ -265,3 +397,41 @@ local function count_new_value(key, params, delta, now, new_epoch)
   return reply
 end
 
+-- The rules, by the name their figures come under (`Rule`'s variants): `count`, when
+-- counts (and, for cardinality, values' hashes) arrive, replying {crossed, count, seq,
+-- epoch, previous}; for a rule decided on the clock, `judge`, a key come up in its
+-- watcher's due queue, and `grace`, the seconds after a watcher is first judged before
+-- any of its keys may fire (its window: what `RuleParams::grace_until` counts).
+local RULES = {
+  threshold = {
+    count = function(key, params, delta, _, now, epoch)
+      return count_threshold(key, params, delta, now, epoch)
+    end,
+  },
+  flatline = {
+    count = function(key, params, delta, _, now, epoch, due, member)
+      return count_flatline(key, params, delta, now, epoch, due, member)
+    end,
+    judge = judge_silence,
+    grace = function(rule) return rule.window_secs end,
+  },
+  spike = {
+    count = function(key, params, delta, _, now, epoch, due, member)
+      return count_spike(key, params, delta, now, epoch, due, member)
+    end,
+    judge = judge_drop,
+    grace = function(rule) return 2 * rule.window_secs end,
+  },
+  cardinality = {
+    count = function(key, params, _, hashes, now, epoch, due, member)
+      return count_distinct(key, params, hashes, now, epoch, due, member)
+    end,
+    judge = judge_few,
+    grace = function(rule) return rule.window_secs end,
+  },
+  new_value = {
+    count = function(key, params, delta, _, now, epoch)
+      return count_new_value(key, params, delta, now, epoch)
+    end,
+  },
+}

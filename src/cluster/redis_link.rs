@@ -398,7 +398,7 @@ fn counter_key(prefix: &str, count: &SharedCount) -> String {
     format!("{prefix}:c:{{{}/{}}}", count.watcher, count.key.as_str())
 }
 
-/// An `eventsd_count` call as Redis reads it: one JSON argument (`eventsd.lua`'s `count`).
+/// An `eventsd_count` call as Redis reads it: one JSON argument (`eventsd_calls.lua`'s `count`).
 #[derive(Serialize)]
 struct CallDocument<'a> {
     /// The second the call counts at; absent, Redis' own clock (only the scenario table
@@ -471,7 +471,7 @@ pub fn count_command(prefix: &str, call: &CountCall, now: Option<Second>) -> Cmd
 /// the time Redis spends in it; the rest are judged at the next tick.
 pub const KEYS_PER_TICK: usize = 1_000;
 
-/// An `eventsd_tick` call as Redis reads it: one JSON argument (`eventsd.lua`'s `tick`).
+/// An `eventsd_tick` call as Redis reads it: one JSON argument (`eventsd_calls.lua`'s `tick`).
 #[derive(Serialize)]
 struct TickDocument<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]

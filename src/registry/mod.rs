@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use rules::{DEFAULT_WEBHOOK_DENY, Destinations, Rules};
-pub use validation::rule::{Direction, RuleKind, expected_payload};
+pub use validation::watcher::{Direction, RuleKind, expected_payload};
 pub use validation::{
     Action, Aggregator, Appender, CollectorSpec, EventDeclaration, Name, WatcherSpec,
 };

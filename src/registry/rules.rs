@@ -232,7 +232,7 @@ impl Rules {
         spec.action
             .check_headers()
             .map_err(|message| format!("Invalid `action`: {message}"))?;
-        super::validation::rule::check(spec)?;
+        super::validation::watcher::check(spec)?;
         if let Some(max) = spec.cooldown_max_secs {
             if spec.cooldown_secs.is_none_or(|base| max < base) {
                 return Err(format!(

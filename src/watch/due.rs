@@ -5,11 +5,15 @@
 //! for leaves a stale entry behind, skipped when it comes up. A key evicted or forgotten
 //! leaves the queue (`forget`), and the stale entries are swept out once they outnumber
 //! the keys waiting: the queue is bounded by the keys its watcher holds
-//! (`watchers.max_keys`), whatever the traffic. Never saved: the keys of a restored
-//! table are queued again when their watcher is first seen (`Watch::sync`).
+//! (`watchers.max_keys`), whatever the traffic.
+//!
+//! It also knows the keys watched whatever they do (`single`'s, `expect`'s): its table
+//! never evicts them (`table::SetTable::evict_one`), so that a key an operator named is
+//! never silently unwatched. Never saved: the keys of a restored table are queued and
+//! kept again when their watcher is first seen (`Watch::sync`).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use super::Key;
 use crate::clock::Second;
@@ -21,6 +25,8 @@ const STALE_SLACK: usize = 64;
 pub struct DueQueue {
     queue: BinaryHeap<Reverse<(Second, Key)>>,
     waiting: HashMap<Key, Second>,
+    /// Never evicted: at most `MAX_EXPECTED_KEYS` (or `single`'s one key).
+    kept: HashSet<Key>,
 }
 
 impl DueQueue {
@@ -50,6 +56,15 @@ impl DueQueue {
                 .map(|(key, &due)| Reverse((due, key.clone())))
                 .collect();
         }
+    }
+
+    /// `key` is watched whatever it does: never evicted.
+    pub fn keep(&mut self, key: &Key) {
+        self.kept.insert(key.clone());
+    }
+
+    pub fn keeps(&self, key: &str) -> bool {
+        self.kept.contains(key)
     }
 
     pub fn is_waiting(&self, key: &Key) -> bool {

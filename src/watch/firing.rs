@@ -1,9 +1,7 @@
-//! A firing as actions deliver it: the document (`Firing`), its job (`Job`), and its
-//! `text` in the rule's words. Built by `Watch` from a rule's `Verdict`; never decides
-//! whether anything fires.
-
-use std::fmt::Write;
-use std::time::SystemTime;
+//! A firing as actions deliver it: the document (`Firing`) and its job (`Job`), the
+//! figures a command action gets (`rule_env`). Made by `rule/` from a rule's verdict in
+//! the rule's words (`Firing::new`, `figure_lines`); never decides whether anything
+//! fires, and says nothing of one rule: the rules do.
 
 use log::warn;
 use serde::{Deserialize, Serialize};
@@ -11,7 +9,6 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Key;
-use super::rule::Verdict;
 use crate::registry::{Action, Aggregator, RuleKind, WatcherSpec};
 
 /// A crossing: the document actions deliver (its `text` makes it a valid Slack or
@@ -123,8 +120,9 @@ pub(super) fn key_values(spec: &WatcherSpec, key: &Key) -> Value {
     split_key(spec, key).0
 }
 
-/// The key's `{field: value}` (`null` for `single`) and, for new_value, its value's.
-fn split_key(spec: &WatcherSpec, key: &Key) -> (Value, Option<Value>) {
+/// The key's `{field: value}` (`null` for `single`) and, for a watcher that counts by
+/// its watched value too (new_value: `WatcherSpec::counted_by`), the value's.
+pub(super) fn split_key(spec: &WatcherSpec, key: &Key) -> (Value, Option<Value>) {
     let fields = match spec.counted_by() {
         Aggregator::Single {} => return (Value::Null, None),
         Aggregator::Fields { fields } => fields,
@@ -138,8 +136,9 @@ fn split_key(spec: &WatcherSpec, key: &Key) -> (Value, Option<Value>) {
         }
     };
     let mut named: Vec<(String, Value)> = fields.into_iter().zip(values).collect();
-    let value = (spec.rule == RuleKind::NewValue).then(|| {
-        let at = named.len().saturating_sub(spec.value_fields().len());
+    let value_fields = spec.value_fields().len();
+    let value = (spec.counted_by() != spec.aggregator).then(|| {
+        let at = named.len().saturating_sub(value_fields);
         Value::Object(named.split_off(at).into_iter().collect())
     });
     let key = match (&spec.aggregator, named.is_empty()) {
@@ -147,43 +146,6 @@ fn split_key(spec: &WatcherSpec, key: &Key) -> (Value, Option<Value>) {
         _ => Value::Object(named.into_iter().collect()),
     };
     (key, value)
-}
-
-impl Firing {
-    /// The firing of `key` that `verdict` decided.
-    pub(super) fn new(event: &str, spec: &WatcherSpec, key: &Key, verdict: Verdict) -> Firing {
-        let (key, value) = split_key(spec, key);
-        let count = verdict.count;
-        let threshold = spec.threshold.unwrap_or(0);
-        let spike = spec.rule == RuleKind::Spike;
-        let cardinality = spec.rule == RuleKind::Cardinality;
-        Firing {
-            id: Uuid::new_v4(),
-            watcher: spec.name.to_string(),
-            event: event.to_string(),
-            text: text(event, spec, &key, value.as_ref(), verdict),
-            key,
-            rule: spec.rule,
-            count,
-            threshold,
-            window_secs: spec.window_secs,
-            fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            firings: 1,
-            node: None,
-            crossing: None,
-            degraded: false,
-            resolved: verdict.resolved,
-            figures: RuleFigures {
-                current: spike.then_some(count),
-                previous: spike.then_some(verdict.previous),
-                ratio: spec.ratio.filter(|_| spike),
-                distinct: cardinality.then_some(count),
-                max_distinct: spec.max_distinct.filter(|_| cardinality),
-                min_distinct: spec.min_distinct.filter(|_| cardinality),
-                value,
-            },
-        }
-    }
 }
 
 impl Firing {
@@ -217,131 +179,26 @@ impl Firing {
         );
         env
     }
-}
 
-impl Firing {
-    /// The rule and its figures as an e-mail body lists them (`Name: value`), in the
-    /// rule's words: what the webhook document and `rule_env` carry, for a reader.
-    pub fn figure_lines(&self) -> Vec<(&'static str, String)> {
-        let figures = &self.figures;
-        let (count, threshold) = (self.count, self.threshold);
-        let mut lines = vec![("Rule", self.rule.name().to_string())];
-        match self.rule {
-            RuleKind::Threshold => {
-                lines.push(("Count", format!("{count} (threshold {threshold})")));
-                let window = self.window_secs.map(|w| format!("the last {w} s"));
-                let window = window.unwrap_or_else(|| "since the last firing".to_string());
-                lines.push(("Window", window));
-                return lines;
-            }
-            RuleKind::Flatline => {
-                lines.push(("Count", format!("{count} (expected at least {threshold})")));
-            }
-            RuleKind::Spike => {
-                let current = figures.current.unwrap_or(count);
-                lines.push(("Current window", format!("{current} events")));
-                let previous = figures.previous.unwrap_or(0);
-                lines.push(("Previous window", format!("{previous} events")));
-                if let Some(ratio) = figures.ratio {
-                    lines.push(("Ratio", ratio.to_string()));
-                }
-            }
-            RuleKind::Cardinality => {
-                let distinct = figures.distinct.unwrap_or(count);
-                let limit = distinct_limit(distinct, figures.max_distinct, figures.min_distinct);
-                lines.push(("Distinct values", format!("{distinct} ({limit})")));
-            }
-            RuleKind::NewValue => {
-                if let Some(value) = &figures.value {
-                    lines.push(("New value", value.to_string()));
-                }
-                return lines;
-            }
-        }
+    /// The lines a rule over a window ends with: the window, and whether the key
+    /// recovered.
+    pub(super) fn window_lines(&self, lines: &mut Vec<(&'static str, String)>) {
         if let Some(window) = self.window_secs {
             lines.push(("Window", format!("the last {window} s")));
         }
         if self.resolved {
             lines.push(("Resolved", "yes: the key is heard from again".to_string()));
         }
-        lines
-    }
-}
-
-/// The limit a cardinality key crossed, in words: `max_distinct` when it has more
-/// values, else `min_distinct`.
-fn distinct_limit(distinct: u64, max: Option<u64>, min: Option<u64>) -> String {
-    match (max, min) {
-        (Some(max), _) if distinct > max => format!("limit {max}"),
-        (_, Some(min)) => format!("at least {min} expected"),
-        (Some(max), None) => format!("limit {max}"),
-        (None, None) => String::new(),
     }
 }
 
 /// `field=value, field=value`.
-fn shown(fields: &Value) -> String {
+pub(super) fn shown(fields: &Value) -> String {
     match fields {
         Value::Object(fields) => {
             let shown: Vec<String> = fields.iter().map(|(f, v)| format!("{f}={v}")).collect();
             shown.join(", ")
         }
         _ => String::new(),
-    }
-}
-
-/// What happened, in the rule's words, the key of a `fields` watcher named.
-fn text(
-    event: &str,
-    spec: &WatcherSpec,
-    key: &Value,
-    value: Option<&Value>,
-    verdict: Verdict,
-) -> String {
-    let count = verdict.count;
-    let window = spec.window_secs.unwrap_or(0);
-    let threshold = spec.threshold.unwrap_or(0);
-    let for_key = match key {
-        Value::Object(_) => format!(" for {}", shown(key)),
-        _ => String::new(),
-    };
-    match (spec.rule, verdict.resolved) {
-        // events-collector's wording, then the key of a `fields` watcher.
-        (RuleKind::Threshold, _) => {
-            let mut text = format!("Event `{event}` repeated {count} times");
-            if let Some(window) = spec.window_secs {
-                let _ = write!(text, " in {window} s");
-            }
-            text + &for_key
-        }
-        (RuleKind::Flatline, false) if count == 0 => format!(
-            "No `{event}` event{for_key} in the last {window} s (expected at least {threshold})"
-        ),
-        (RuleKind::Flatline, false) => format!(
-            "Only {count} `{event}` events{for_key} in the last {window} s \
-             (expected at least {threshold})"
-        ),
-        (RuleKind::Flatline, true) => format!(
-            "`{event}` events are back{for_key}: {count} in the last {window} s \
-             (expected at least {threshold})"
-        ),
-        (RuleKind::Spike, _) => {
-            let way = if count >= verdict.previous {
-                "rose"
-            } else {
-                "fell"
-            };
-            let previous = verdict.previous;
-            format!("Event `{event}` {way} from {previous} to {count} per {window} s{for_key}")
-        }
-        (RuleKind::Cardinality, _) => {
-            let field = spec.field.as_deref().unwrap_or("?");
-            let limit = distinct_limit(count, spec.max_distinct, spec.min_distinct);
-            format!("{count} distinct {field} values{for_key} in {window} s ({limit})")
-        }
-        (RuleKind::NewValue, _) => {
-            let value = value.map(shown).unwrap_or_default();
-            format!("New {value}{for_key}")
-        }
     }
 }

@@ -8,14 +8,12 @@
 
 mod column;
 mod counter;
-mod distinct;
 mod due;
 mod firing;
 mod key;
 pub mod plan;
 pub mod rule;
 mod rule_state;
-mod spike;
 mod state;
 pub mod store;
 mod table;

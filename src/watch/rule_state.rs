@@ -2,8 +2,8 @@
 //! whether an episode (a spike, too many or too few distinct values) is under way, so
 //! that it fires once, and cardinality's distinct values. One type for every rule, boxed
 //! in the key's counter and saved with it in `counters.json`: a key whose rule needs
-//! none costs a pointer. Decides nothing: the rules (`rule.rs`, `spike.rs`,
-//! `distinct.rs`) do.
+//! none costs a pointer. Decides nothing: the rules (`rule/spike.rs`,
+//! `rule/cardinality.rs`) do.
 
 use serde::{Deserialize, Serialize};
 

@@ -10,8 +10,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::firing::key_values;
+use super::rule::wording;
 use super::{Watch, Watched, now};
-use crate::registry::{Aggregator, Direction, RuleKind, WatcherSpec};
+use crate::registry::{Aggregator, WatcherSpec};
 
 #[derive(Debug, Serialize)]
 pub struct WatcherState {
@@ -115,34 +116,10 @@ fn fields_of(spec: &WatcherSpec) -> &[String] {
     }
 }
 
-/// `more than 10 events in 60 s per ip, user`; `fewer than 1 events in 300 s per host`.
+/// `more than 10 events in 60 s per ip, user`; `fewer than 1 events in 300 s per host`:
+/// the rule's words, then its window and its key's fields.
 fn description(spec: &WatcherSpec) -> String {
-    let threshold = spec.threshold.unwrap_or(0);
-    let mut rule = match spec.rule {
-        RuleKind::Threshold => format!("more than {threshold} events"),
-        RuleKind::Flatline => format!("fewer than {threshold} events"),
-        RuleKind::Spike => {
-            let way = match spec.direction {
-                Some(Direction::Down) => "at most 1/",
-                Some(Direction::Both) => "at least or at most 1/",
-                _ => "at least ",
-            };
-            let ratio = spec.ratio.unwrap_or(0.0);
-            format!("{way}{ratio} times the events of the window before")
-        }
-        RuleKind::Cardinality => {
-            let field = spec.field.as_deref().unwrap_or("?");
-            let limits: Vec<String> = [
-                spec.max_distinct.map(|max| format!("more than {max}")),
-                spec.min_distinct.map(|min| format!("fewer than {min}")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            format!("{} distinct {field} values", limits.join(" or "))
-        }
-        RuleKind::NewValue => format!("a new {}", spec.value_fields().join(", ")),
-    };
+    let mut rule = wording(spec.rule).description(spec);
     if let Some(window) = spec.window_secs {
         rule.push_str(&format!(" in {window} s"));
     }

@@ -1,5 +1,5 @@
 //! The master's counter store: counts per (watcher, key) over time, behind one narrow
-//! interface (`CounterStore`) that the rules (`rule.rs`) are written against. A
+//! interface (`CounterStore`) that the rules (`rule/`) are written against. A
 //! `CounterStore` answers at once, in the master's loop, which never waits: only a store
 //! in the master's memory can be one. `MemoryStore` is it.
 //!
@@ -60,6 +60,8 @@ pub trait CounterStore {
     /// Judges `key` on the clock at `due` (`due::DueQueue::schedule`).
     fn schedule(&mut self, watcher: Uuid, key: &Key, due: Second);
     fn is_waiting(&self, watcher: Uuid, key: &Key) -> bool;
+    /// Watches `key` whatever it does (`single`'s, `expect`'s): never evicted.
+    fn keep(&mut self, watcher: Uuid, key: &Key);
     /// The keys of `watcher` due at `now`, which wait no longer.
     fn take_due(&mut self, watcher: Uuid, now: Second) -> Vec<Key>;
     /// Drops every counter; the watchers stay where `arrange` put them.
@@ -325,6 +327,11 @@ impl CounterStore for MemoryStore {
     fn is_waiting(&self, watcher: Uuid, key: &Key) -> bool {
         self.column_of(watcher)
             .is_some_and(|column| column.due.is_waiting(key))
+    }
+
+    fn keep(&mut self, watcher: Uuid, key: &Key) {
+        let (set, column) = self.place(watcher);
+        self.sets[set].column_mut(column).due.keep(key);
     }
 
     fn take_due(&mut self, watcher: Uuid, now: Second) -> Vec<Key> {

@@ -10,6 +10,10 @@
 //! dropped. Past `max_keys`, the least recently updated key of a sample is evicted for
 //! every watcher of the set, as Redis' `allkeys-lru` does: no per-key recency index to
 //! keep, and the exact least recent key whenever the table is no larger than the sample.
+//! A key a watcher keeps (`due::DueQueue::keeps`: `single`'s, `expect`'s) is never
+//! evicted: a silent expected host is the least recently updated key of all, and evicting
+//! it would stop watching it without a word; the table then holds at most its kept keys
+//! (bounded by `expect`'s limit) and `max_keys` others.
 
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
@@ -157,7 +161,9 @@ impl SetTable {
         }
     }
 
-    /// Evicts the least recently updated key of a sample of the slots, for every watcher.
+    /// Evicts the least recently updated key of a sample of the slots, for every watcher,
+    /// never a kept one: of a sample of kept keys only, the least recent of all the
+    /// others (a scan, as rare as such a sample); none when every key is kept.
     fn evict_one(&mut self) {
         let len = self.slots.len();
         let sample: Vec<usize> = if len <= EVICTION_SAMPLE {
@@ -167,7 +173,10 @@ impl SetTable {
                 .map(|_| self.next_sample() % len)
                 .collect()
         };
-        let victim = sample.into_iter().min_by_key(|&i| self.slots[i].touched);
+        let evictable = |&slot: &usize| !self.is_kept(slot);
+        let touched = |&slot: &usize| self.slots[slot].touched;
+        let victim = (sample.into_iter().filter(evictable).min_by_key(touched))
+            .or_else(|| (0..len).filter(evictable).min_by_key(touched));
         let Some(victim) = victim else {
             return;
         };
@@ -175,6 +184,12 @@ impl SetTable {
             column.evictions += u64::from(column.holds(victim));
         }
         self.remove_slot(victim);
+    }
+
+    /// Whether a watcher of the set keeps the key of `slot`.
+    fn is_kept(&self, slot: usize) -> bool {
+        let key = &self.slots[slot].key;
+        self.columns.iter().any(|column| column.due.keeps(key))
     }
 
     /// xorshift64: a sample position, not a secret.
@@ -343,6 +358,7 @@ impl<'de> Deserialize<'de> for SetTable {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Key;
     use super::*;
 
     fn table_of(watchers: usize) -> SetTable {
@@ -393,6 +409,34 @@ mod tests {
             .filter(|k| table.slot_of(k).is_some())
             .count();
         assert!(kept_recent >= 850, "{kept_recent} of 900 recent keys kept");
+        index_agrees(&table);
+    }
+
+    /// A key a watcher keeps (`expect`'s) is never evicted, however long it stays
+    /// silent: the least recent of the others goes instead; kept keys alone, none goes.
+    #[test]
+    fn a_kept_key_is_never_evicted() {
+        let mut table = table_of(2);
+        table.column_mut(1).due.keep(&Key::from("[\"quiet\"]"));
+        let quiet = table.touch("[\"quiet\"]", 0, 3);
+        table.column_mut(1).hold(quiet);
+        for n in 1..100 {
+            let slot = table.touch(&format!("[{n}]"), n, 3);
+            table.column_mut(0).hold(slot);
+        }
+        assert_eq!(table.len(), 3);
+        assert!(table.slot_of("[\"quiet\"]").is_some());
+        assert!(table.slot_of("[99]").is_some() && table.slot_of("[98]").is_some());
+        assert_eq!(table.columns()[1].evictions, 0);
+        assert_eq!(table.columns()[0].evictions, 97);
+        let mut all_kept = table_of(1);
+        for n in 0..3 {
+            let key = format!("[k{n}]");
+            all_kept.column_mut(0).due.keep(&Key::from(key.as_str()));
+            let slot = all_kept.touch(&key, n, 2);
+            all_kept.column_mut(0).hold(slot);
+        }
+        assert_eq!(all_kept.len(), 3, "kept keys stay past max_keys");
         index_agrees(&table);
     }
 

@@ -1,5 +1,6 @@
 //! Definitions of collectors and watchers as clients send them (JSON bodies) and as the
-//! config file declares them (`[[event]]`): one set of types, one set of checks.
+//! config file declares them (`[[event]]`): one set of types, one set of checks (a
+//! watcher's, with the list of rules, in `watcher.rs`).
 //!
 //! Every check of a value's form lives in a deserializer, so that an error names its
 //! field (through `serde_path_to_error` for JSON, toml's own path and line for the
@@ -14,9 +15,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::address::WebhookUrl;
-use rule::RuleKind;
+pub use watcher::WatcherSpec;
 
-pub mod rule;
+pub mod watcher;
 
 /// An event type, collector or watcher name: `^[a-zA-Z][a-zA-Z0-9_-]{1,127}$`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -93,118 +94,6 @@ pub enum Appender {
         #[serde(deserialize_with = "absolute_path")]
         path: PathBuf,
     },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WatcherSpec {
-    pub name: Name,
-    /// What the watcher detects (rules.md); absent, `threshold`, so that every
-    /// definition written before rules keeps its meaning and its form.
-    #[serde(default, skip_serializing_if = "RuleKind::is_threshold")]
-    pub rule: RuleKind,
-    /// Which figures each rule requires or refuses: `rule::check`.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "optional_at_least_one"
-    )]
-    pub threshold: Option<u64>,
-    pub aggregator: Aggregator,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "optional_at_least_one"
-    )]
-    pub window_secs: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cooldown_secs: Option<u64>,
-    /// Exponential realert (ElastAlert's): a key that keeps crossing during its cooldown
-    /// gets the next one doubled, up to this; a quiet cooldown resets it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cooldown_max_secs: Option<u64>,
-    /// flatline: keys watched from the watcher's creation, before any event.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "rule::expected_keys"
-    )]
-    pub expect: Option<Vec<serde_json::Value>>,
-    /// flatline: a key silent this long after it fired is dropped (default a day).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "optional_at_least_one"
-    )]
-    pub forget_after_secs: Option<u64>,
-    /// flatline: a key back at its threshold fires once more, `"resolved": true`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub send_resolved: Option<bool>,
-    /// spike: how many times the window before the current one must be exceeded (up) or
-    /// undercut (down); greater than 1.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "rule::spike_ratio"
-    )]
-    pub ratio: Option<f64>,
-    /// spike: `up`, `down` or `both`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direction: Option<rule::Direction>,
-    /// spike: the fewest events of the previous window that may make a spike (default 1).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "optional_at_least_one"
-    )]
-    pub min_previous: Option<u64>,
-    /// spike: the fewest events of the current window that may make a spike (default 1).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "optional_at_least_one"
-    )]
-    pub min_current: Option<u64>,
-    /// cardinality, new_value: the field whose values are watched (a path like `user.id`).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "rule::value_field"
-    )]
-    pub field: Option<String>,
-    /// new_value: the fields whose values together are watched, instead of `field`.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "rule::value_fields"
-    )]
-    pub fields: Option<Vec<String>>,
-    /// cardinality: a key fires with more distinct values than this within the window.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "rule::distinct_limit"
-    )]
-    pub max_distinct: Option<u64>,
-    /// cardinality: a key fires with fewer distinct values than this within the window.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "rule::distinct_limit"
-    )]
-    pub min_distinct: Option<u64>,
-    /// new_value: values are recorded without firing for this long after the watcher's
-    /// creation (default 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub learn_secs: Option<u64>,
-    /// new_value: a value not seen for this long is new again (default 30 days).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "optional_at_least_one"
-    )]
-    pub remember_secs: Option<u64>,
-    pub action: Action,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! Definitions as clients send them: every check names its field.
 
+use super::watcher::RuleKind;
 use super::*;
 
 fn watcher(body: &str) -> Result<WatcherSpec, String> {
@@ -232,7 +233,7 @@ fn appenders_are_checked() {
 /// A definition checked whole, as a registration or the config file checks it.
 fn checked_watcher(body: &str) -> Result<WatcherSpec, String> {
     let spec = watcher(body)?;
-    rule::check(&spec)?;
+    watcher::check(&spec)?;
     Ok(spec)
 }
 

@@ -1,30 +1,177 @@
-//! A watcher's `rule` as its definition states it (rules.md): which rule, and which of
-//! the definition's fields it requires or refuses, checked together (`check`) so that a
-//! definition is refused naming the field at fault. What the rules decide is
-//! `src/watch/rule.rs`'s business.
+//! A watcher's definition (`WatcherSpec`) and its `rule` as the definition states it
+//! (rules.md): the list of rules (`every_rule`, from which `RuleKind` and the watch's
+//! engine are made), and which of the definition's fields each rule requires or refuses,
+//! checked together (`check`) so that a definition is refused naming the field at
+//! fault. What the rules decide is `src/watch/rule/`'s business (a file per rule);
+//! nothing here knows it.
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::{Aggregator, WatcherSpec};
+use super::{Action, Aggregator, Name};
 
-/// What a watcher detects.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RuleKind {
-    /// Too many: a key's count exceeds `threshold` (events-collector's rule).
-    #[default]
-    Threshold,
-    /// Too few: a key's count over the last `window_secs` is below `threshold`.
-    Flatline,
-    /// Suddenly more (or fewer) than the window before.
-    Spike,
-    /// Too many (or too few) distinct values of a field per key.
-    Cardinality,
-    /// A value never seen before for the key.
-    NewValue,
+/// A watcher: what it watches for (its rule and the rule's figures), per which key, and
+/// what it does when a key fires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatcherSpec {
+    pub name: Name,
+    /// What the watcher detects (rules.md); absent, `threshold`, so that every
+    /// definition written before rules keeps its meaning and its form.
+    #[serde(default, skip_serializing_if = "RuleKind::is_threshold")]
+    pub rule: RuleKind,
+    /// Which figures each rule requires or refuses: `check`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::optional_at_least_one"
+    )]
+    pub threshold: Option<u64>,
+    pub aggregator: Aggregator,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::optional_at_least_one"
+    )]
+    pub window_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_secs: Option<u64>,
+    /// Exponential realert (ElastAlert's): a key that keeps crossing during its cooldown
+    /// gets the next one doubled, up to this; a quiet cooldown resets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_max_secs: Option<u64>,
+    /// flatline: keys watched from the watcher's creation, before any event.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "expected_keys"
+    )]
+    pub expect: Option<Vec<serde_json::Value>>,
+    /// flatline: a key silent this long after it fired is dropped (default a day).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::optional_at_least_one"
+    )]
+    pub forget_after_secs: Option<u64>,
+    /// flatline: a key back at its threshold fires once more, `"resolved": true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_resolved: Option<bool>,
+    /// spike: how many times the window before the current one must be exceeded (up) or
+    /// undercut (down); greater than 1.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "spike_ratio"
+    )]
+    pub ratio: Option<f64>,
+    /// spike: `up`, `down` or `both`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    /// spike: the fewest events of the previous window that may make a spike (default 1).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::optional_at_least_one"
+    )]
+    pub min_previous: Option<u64>,
+    /// spike: the fewest events of the current window that may make a spike (default 1).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::optional_at_least_one"
+    )]
+    pub min_current: Option<u64>,
+    /// cardinality, new_value: the field whose values are watched (a path like `user.id`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value_field"
+    )]
+    pub field: Option<String>,
+    /// new_value: the fields whose values together are watched, instead of `field`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "value_fields"
+    )]
+    pub fields: Option<Vec<String>>,
+    /// cardinality: a key fires with more distinct values than this within the window.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "distinct_limit"
+    )]
+    pub max_distinct: Option<u64>,
+    /// cardinality: a key fires with fewer distinct values than this within the window.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "distinct_limit"
+    )]
+    pub min_distinct: Option<u64>,
+    /// new_value: values are recorded without firing for this long after the watcher's
+    /// creation (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learn_secs: Option<u64>,
+    /// new_value: a value not seen for this long is new again (default 30 days).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::optional_at_least_one"
+    )]
+    pub remember_secs: Option<u64>,
+    pub action: Action,
 }
+
+/// Every rule, once (rules.md): its kind, `RuleKind`'s variant, and its file in
+/// `src/watch/rule/`, whose name is the rule's (`"rule": "new_value"`). `RuleKind` is
+/// made from this list, and so is the watch's (`watch::rule::Rule`, the engine's), so
+/// that a rule is registered by one row: the registry sits below the watch and cannot
+/// name its types, the watch reads the list through this macro. `$make` is a macro
+/// taking the rows.
+macro_rules! every_rule {
+    ($make:ident) => {
+        $make! {
+            /// Too many: a key's count exceeds `threshold` (events-collector's rule).
+            #[default]
+            Threshold threshold,
+            /// Too few: a key's count over the last `window_secs` is below `threshold`.
+            Flatline flatline,
+            /// Suddenly more (or fewer) than the window before.
+            Spike spike,
+            /// Too many (or too few) distinct values of a field per key.
+            Cardinality cardinality,
+            /// A value never seen before for the key.
+            NewValue new_value,
+        }
+    };
+}
+pub(crate) use every_rule;
+
+/// `RuleKind` from the rows of `every_rule`.
+macro_rules! rule_kinds {
+    ($($(#[$attr:meta])* $kind:ident $file:ident,)*) => {
+        /// What a watcher detects.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum RuleKind {
+            $($(#[$attr])* $kind,)*
+        }
+
+        impl RuleKind {
+            /// The name the rule goes by in a definition, a firing, a state.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(RuleKind::$kind => stringify!($file),)*
+                }
+            }
+        }
+    };
+}
+
+every_rule!(rule_kinds);
 
 /// Which way a spike goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,16 +195,6 @@ impl Direction {
 impl RuleKind {
     pub fn is_threshold(&self) -> bool {
         *self == RuleKind::Threshold
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            RuleKind::Threshold => "threshold",
-            RuleKind::Flatline => "flatline",
-            RuleKind::Spike => "spike",
-            RuleKind::Cardinality => "cardinality",
-            RuleKind::NewValue => "new_value",
-        }
     }
 }
 

@@ -6,11 +6,39 @@
 //! condition stopped holding, or after its cooldown; and not before two windows have
 //! passed since it was first counted (its baseline: a key's first events are no spike).
 //!
-//! The same rule as `count_spike` and `judge_drop` of `src/cluster/eventsd.lua`.
+//! The same rule as `count_spike` and `judge_drop` of `src/cluster/eventsd_rules.lua`.
 
-use super::rule::{DueKey, Rule, RuleParams, Turn, Verdict, earliest};
-use super::store::{Second, WatcherKey};
-use super::table::Buckets;
+use serde::{Deserialize, Serialize};
+
+use super::super::firing::{Firing, RuleFigures};
+use super::super::store::{Second, WatcherKey};
+use super::super::table::Buckets;
+use super::judge::{Cooling, DueKey, Turn, earliest};
+use super::{Judge, Said, Verdict, Wording};
+use crate::registry::{Direction, WatcherSpec};
+
+/// spike's figures, read from the definition (`of`), defaults filled in: what
+/// `Rule::Spike` holds and the Lua reads as `rule.spike`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spike {
+    window_secs: u64,
+    ratio: f64,
+    direction: Direction,
+    min_previous: u64,
+    min_current: u64,
+}
+
+impl Spike {
+    pub(super) fn of(spec: &WatcherSpec, _created: Second) -> Spike {
+        Spike {
+            window_secs: spec.window_secs.unwrap_or(1),
+            ratio: spec.ratio.unwrap_or(2.0),
+            direction: spec.direction.unwrap_or(Direction::Up),
+            min_previous: spec.min_previous.unwrap_or(1),
+            min_current: spec.min_current.unwrap_or(1),
+        }
+    }
+}
 
 /// The two windows a spike compares.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,20 +73,17 @@ fn next_move(buckets: &Buckets, window: u64, now: Second) -> Option<Second> {
         .min()
 }
 
-impl RuleParams {
+impl Spike {
     /// Whether `counted` is a spike up, and a drop (`(up, down)`), both windows holding
     /// their minimum, of a key counted since `since`: at `now`, past its baseline.
     fn spiking(&self, counted: Windows, since: Second, now: Second) -> (bool, bool) {
-        let Rule::Spike {
+        let Spike {
             window_secs,
             ratio,
             min_previous,
             min_current,
             ..
-        } = self.rule
-        else {
-            return (false, false);
-        };
+        } = *self;
         let (current, previous) = (counted.current as f64, counted.previous as f64);
         let established = now >= since.saturating_add(window_secs.saturating_mul(2));
         let enough =
@@ -68,23 +93,33 @@ impl RuleParams {
             enough && current * ratio <= previous,
         )
     }
+}
 
-    /// spike, when counts arrive: up fires; a drop under way may end.
-    pub(super) fn spike_on_count(
+impl Judge for Spike {
+    /// Two windows: the current one and the one before.
+    fn kept_window(&self) -> Option<u64> {
+        Some(self.window_secs.saturating_mul(2))
+    }
+
+    /// A drop is decided on the clock.
+    fn on_the_clock(&self) -> bool {
+        self.direction.down()
+    }
+
+    /// When counts arrive: up fires; a drop under way may end.
+    fn on_count(
         &self,
+        cooling: &Cooling,
         at: &mut WatcherKey<'_>,
         events: u64,
         now: Second,
     ) -> Option<Verdict> {
-        let Rule::Spike {
+        let Spike {
             window_secs,
             direction,
             ..
-        } = self.rule
-        else {
-            return None;
-        };
-        at.add(events, now, self.window_secs());
+        } = *self;
+        at.add(events, now, self.kept_window());
         if direction.down() && !at.is_waiting() {
             if let Some(due) = next_move(&at.counter().buckets, window_secs, now) {
                 at.schedule(due);
@@ -103,7 +138,7 @@ impl RuleParams {
         if !direction.up() || !up {
             return None;
         }
-        let Turn::Fires { .. } = self.episode_turn(counter, was_up, now) else {
+        let Turn::Fires { .. } = cooling.episode_turn(counter, was_up, now) else {
             return None;
         };
         counter.rule.get_or_insert_default().high = true;
@@ -114,13 +149,11 @@ impl RuleParams {
         })
     }
 
-    /// spike down, on the clock: a key whose count dropped fires (past the grace, once
-    /// per drop, again after its cooldown); it is judged again when a bucket next
-    /// moves; a key without buckets left is forgotten.
-    pub(super) fn judge_drop(&self, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
-        let Rule::Spike { window_secs, .. } = self.rule else {
-            return None;
-        };
+    /// Down, on the clock: a key whose count dropped fires (past the grace, once per
+    /// drop, again after its cooldown); it is judged again when a bucket next moves; a
+    /// key without buckets left is forgotten.
+    fn on_due(&self, cooling: &Cooling, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
+        let window_secs = self.window_secs;
         let (now, grace_until) = (due.now, due.grace_until());
         let counter = due.counter()?;
         let kept = window_secs.saturating_mul(2);
@@ -141,7 +174,7 @@ impl RuleParams {
         } else if !down {
             Some(next)
         } else {
-            match self.episode_turn(counter, was_down, now) {
+            match cooling.episode_turn(counter, was_down, now) {
                 Turn::Waits(at) => earliest(at, Some(next)),
                 Turn::Fires { .. } => {
                     counter.rule.get_or_insert_default().low = true;
@@ -156,5 +189,54 @@ impl RuleParams {
         };
         due.wait(wait);
         None
+    }
+}
+
+pub(super) struct Words;
+
+impl Wording for Words {
+    fn text(&self, said: &Said<'_>) -> String {
+        let (event, count, previous) = (said.event, said.verdict.count, said.verdict.previous);
+        let way = if count >= previous { "rose" } else { "fell" };
+        let window = said.spec.window_secs.unwrap_or(0);
+        format!(
+            "Event `{event}` {way} from {previous} to {count} per {window} s{}",
+            said.for_key
+        )
+    }
+
+    /// The events of the current window and of the one before, and the ratio.
+    fn figures(&self, spec: &WatcherSpec, verdict: Verdict) -> RuleFigures {
+        RuleFigures {
+            current: Some(verdict.count),
+            previous: Some(verdict.previous),
+            ratio: spec.ratio,
+            ..RuleFigures::default()
+        }
+    }
+
+    fn figure_lines(&self, firing: &Firing) -> Vec<(&'static str, String)> {
+        let figures = &firing.figures;
+        let current = figures.current.unwrap_or(firing.count);
+        let previous = figures.previous.unwrap_or(0);
+        let mut lines = vec![
+            ("Current window", format!("{current} events")),
+            ("Previous window", format!("{previous} events")),
+        ];
+        if let Some(ratio) = figures.ratio {
+            lines.push(("Ratio", ratio.to_string()));
+        }
+        firing.window_lines(&mut lines);
+        lines
+    }
+
+    fn description(&self, spec: &WatcherSpec) -> String {
+        let way = match spec.direction {
+            Some(Direction::Down) => "at most 1/",
+            Some(Direction::Both) => "at least or at most 1/",
+            _ => "at least ",
+        };
+        let ratio = spec.ratio.unwrap_or(0.0);
+        format!("{way}{ratio} times the events of the window before")
     }
 }

@@ -1,0 +1,314 @@
+//! A watcher's rule (rules.md): what decides that a key fires. Each rule is one file
+//! beside this one (`threshold.rs`, `flatline.rs`, `spike.rs`, `cardinality.rs`,
+//! `new_value.rs`): its figures read from the watcher's definition, what it decides when
+//! counts arrive and on the clock (`Judge`), and its words (`Wording`: the firing's text
+//! and figures, the e-mail's lines, the live state's description). The files are listed
+//! once, in the registry's `every_rule` (with the fields each rule requires or refuses);
+//! this module makes `Rule` and `wording` from that list, and a rule's firing in its
+//! words (`Firing::new`, `Firing::figure_lines`). What every rule shares (the verdict,
+//! the cooldown and realert, once per episode, a key due on the clock) is `judge.rs`.
+//!
+//! One definition of the figures a key is judged by (`RuleParams`: the rule and the
+//! cooldown every rule shares), read by both engines that judge: this module's, over the
+//! master's `CounterStore` (`on_count`, on one watcher's counter of a key found once for
+//! its field set; `on_tick`), and the Redis Function's (`src/cluster/eventsd_rules.lua`),
+//! which gets the same figures JSON-encoded as one argument (`cluster::count_command`).
+//! `tests/rules.rs` runs one table of scenarios against both, so they cannot drift.
+//!
+//! Never does I/O and never reads the clock: `now` is given, so that the scenarios
+//! control it.
+
+mod judge;
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::Key;
+use super::firing::{Firing, RuleFigures, shown, split_key};
+use super::store::{CounterStore, Second, WatcherKey};
+use crate::registry::validation::watcher::every_rule;
+use crate::registry::{RuleKind, WatcherSpec};
+use judge::{Cooling, DueKey};
+pub use judge::{OnTheClock, Verdict, cooldown_of};
+
+/// The watch's list of rules, from the registry's (`every_rule`): each rule's file, the
+/// variant of `Rule` holding its figures, and its `Judge` and `Wording`.
+macro_rules! rules {
+    ($($(#[$doc:meta])* $kind:ident $file:ident,)*) => {
+        $(mod $file;)*
+
+        /// What a key is judged by, and its figures: one variant per rule, the rule's
+        /// file saying what each figure means.
+        #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Rule {
+            $($kind($file::$kind),)*
+        }
+
+        impl Rule {
+            /// The figures of a watcher's definition, made at `created`.
+            fn of(spec: &WatcherSpec, created: Second) -> Rule {
+                match spec.rule {
+                    $(RuleKind::$kind => Rule::$kind($file::$kind::of(spec, created)),)*
+                }
+            }
+
+            fn judge(&self) -> &dyn Judge {
+                match self {
+                    $(Rule::$kind(rule) => rule,)*
+                }
+            }
+        }
+
+        /// A rule's words, by its kind: a firing read back from the journal knows its
+        /// kind and figures, not its watcher's rule.
+        pub(super) fn wording(kind: RuleKind) -> &'static dyn Wording {
+            match kind {
+                $(RuleKind::$kind => &$file::Words,)*
+            }
+        }
+    };
+}
+
+every_rule!(rules);
+
+/// What a rule decides, over its figures. A rule decided on the clock says when each
+/// key is judged next (`DueKey::wait`, `WatcherKey::schedule`).
+trait Judge {
+    /// The window the store keeps a key's events for, if the rule has one.
+    fn kept_window(&self) -> Option<u64>;
+
+    /// Whether the rule is decided on the clock (`on_due`), at least in part.
+    fn on_the_clock(&self) -> bool {
+        false
+    }
+
+    /// `events` of a key seen at `now`, on the watcher's counter of it: whether it fires.
+    fn on_count(
+        &self,
+        cooling: &Cooling,
+        at: &mut WatcherKey<'_>,
+        events: u64,
+        now: Second,
+    ) -> Option<Verdict>;
+
+    /// The hashes of the watched value seen for `key` at `now`: whether the key fires.
+    /// None for a rule that ships no values.
+    fn on_values(
+        &self,
+        _cooling: &Cooling,
+        _store: &mut dyn CounterStore,
+        _watcher: Uuid,
+        _key: &Key,
+        _hashes: &[u64],
+        _now: Second,
+    ) -> Option<Verdict> {
+        None
+    }
+
+    /// A key come up on the clock: whether it fires.
+    fn on_due(&self, _cooling: &Cooling, _due: &mut DueKey<'_, '_>) -> Option<Verdict> {
+        None
+    }
+}
+
+/// What a rule says (rules.md, "Firings"; alerts.md): read from the watcher's
+/// definition, or from the firing alone once it is journalled.
+pub(super) trait Wording {
+    /// The firing's `text`.
+    fn text(&self, said: &Said<'_>) -> String;
+
+    /// The firing's figures of this rule (the watched value's is every rule's).
+    fn figures(&self, _spec: &WatcherSpec, _verdict: Verdict) -> RuleFigures {
+        RuleFigures::default()
+    }
+
+    /// The e-mail's lines after `Rule`.
+    fn figure_lines(&self, firing: &Firing) -> Vec<(&'static str, String)>;
+
+    /// The live state's `description`, before its window and its key's fields.
+    fn description(&self, spec: &WatcherSpec) -> String;
+}
+
+/// A key's rule with the cooldown every rule shares: the one definition of what both
+/// engines judge a key by.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RuleParams {
+    pub rule: Rule,
+    /// After a firing, the key does not fire again for this long.
+    pub cooldown_secs: Option<u64>,
+    /// Exponential realert: a key that keeps crossing during its cooldown gets the next
+    /// one doubled, up to this.
+    pub cooldown_max_secs: Option<u64>,
+}
+
+impl RuleParams {
+    /// The figures of a watcher's definition, made at `created` (seconds since the
+    /// epoch: `Entry::created_secs`, 0 when unknown), checked by
+    /// `registry::validation::watcher::check` (a figure missing from a damaged
+    /// `registry.json` counts as 1).
+    pub fn of(spec: &WatcherSpec, created: Second) -> RuleParams {
+        RuleParams {
+            rule: Rule::of(spec, created),
+            cooldown_secs: spec.cooldown_secs,
+            cooldown_max_secs: spec.cooldown_max_secs,
+        }
+    }
+
+    /// The window the store keeps a key's events for, if the rule has one: spike keeps
+    /// two (the current one and the one before).
+    pub fn window_secs(&self) -> Option<u64> {
+        self.rule.judge().kept_window()
+    }
+
+    /// For a rule decided on the clock, first seen at `first_seen`: the end of its grace,
+    /// a window later (the Redis Function's `tick` counts from its own first sight).
+    pub fn grace_until(&self, first_seen: Second) -> Second {
+        first_seen.saturating_add(self.window_secs().unwrap_or(0))
+    }
+
+    /// Whether the rule is decided on the clock (`on_tick`), at least in part.
+    pub fn on_the_clock(&self) -> bool {
+        self.rule.judge().on_the_clock()
+    }
+
+    /// `events` of a key seen at `now`, on the watcher's counter of it: whether it fires.
+    pub fn on_count(&self, at: &mut WatcherKey<'_>, events: u64, now: Second) -> Option<Verdict> {
+        self.rule.judge().on_count(&self.cooling(), at, events, now)
+    }
+
+    /// The hashes of the watched value seen for `key` at `now` (cardinality): whether
+    /// the key fires. None for the other rules, which ship no values.
+    pub fn on_values(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        key: &Key,
+        hashes: &[u64],
+        now: Second,
+    ) -> Option<Verdict> {
+        (self.rule.judge()).on_values(&self.cooling(), store, watcher, key, hashes, now)
+    }
+
+    fn cooling(&self) -> Cooling {
+        Cooling {
+            secs: self.cooldown_secs,
+            max_secs: self.cooldown_max_secs,
+        }
+    }
+
+    /// A watcher decided on the clock, first seen (created, changed, restored at a
+    /// start): the keys it holds and those it always watches (`kept`, never evicted)
+    /// wait for the end of its grace.
+    pub fn on_first_sight<'k>(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        kept: impl Iterator<Item = &'k Key>,
+        grace_until: Second,
+    ) {
+        if !self.on_the_clock() {
+            return;
+        }
+        let mut keys = store.keys(watcher);
+        for key in kept {
+            store.keep(watcher, key);
+            keys.push(key.clone());
+        }
+        for key in &keys {
+            store.counter(watcher, key);
+            store.schedule(watcher, key, grace_until);
+        }
+    }
+
+    /// The keys of `watcher` that fire on the clock at `now`: none for a rule decided
+    /// when counts arrive. Costs the keys due, not the keys held.
+    pub fn on_tick(
+        &self,
+        store: &mut dyn CounterStore,
+        watcher: Uuid,
+        now: Second,
+        clock: &OnTheClock,
+    ) -> Vec<(Key, Verdict)> {
+        if !self.on_the_clock() {
+            return Vec::new();
+        }
+        let due = store.take_due(watcher, now);
+        due.into_iter()
+            .filter_map(|key| {
+                let mut due = DueKey::new(&mut *store, watcher, &key, now, clock);
+                let verdict = self.rule.judge().on_due(&self.cooling(), &mut due)?;
+                Some((key, verdict))
+            })
+            .collect()
+    }
+}
+
+/// What a rule's `Wording::text` words a firing from.
+pub(super) struct Said<'a> {
+    pub event: &'a str,
+    pub spec: &'a WatcherSpec,
+    /// ` for field=value, field=value` for a `fields` watcher's key; empty for `single`.
+    pub for_key: &'a str,
+    /// new_value: the value seen for the first time (`{field: value}`).
+    pub value: Option<&'a Value>,
+    pub verdict: Verdict,
+}
+
+impl Firing {
+    /// The firing of `key` that `verdict` decided.
+    pub(in crate::watch) fn new(
+        event: &str,
+        spec: &WatcherSpec,
+        key: &Key,
+        verdict: Verdict,
+    ) -> Firing {
+        let (key, value) = split_key(spec, key);
+        let wording = wording(spec.rule);
+        let for_key = match &key {
+            Value::Object(_) => format!(" for {}", shown(&key)),
+            _ => String::new(),
+        };
+        let said = Said {
+            event,
+            spec,
+            for_key: &for_key,
+            value: value.as_ref(),
+            verdict,
+        };
+        Firing {
+            id: Uuid::new_v4(),
+            watcher: spec.name.to_string(),
+            event: event.to_string(),
+            text: wording.text(&said),
+            key,
+            rule: spec.rule,
+            count: verdict.count,
+            threshold: spec.threshold.unwrap_or(0),
+            window_secs: spec.window_secs,
+            fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            firings: 1,
+            node: None,
+            crossing: None,
+            degraded: false,
+            resolved: verdict.resolved,
+            figures: RuleFigures {
+                value,
+                ..wording.figures(spec, verdict)
+            },
+        }
+    }
+}
+
+impl Firing {
+    /// The rule and its figures as an e-mail body lists them (`Name: value`), in the
+    /// rule's words: what the webhook document and `rule_env` carry, for a reader.
+    pub fn figure_lines(&self) -> Vec<(&'static str, String)> {
+        let mut lines = vec![("Rule", self.rule.name().to_string())];
+        lines.extend(wording(self.rule).figure_lines(self));
+        lines
+    }
+}
