@@ -43,7 +43,7 @@ fn watchers(action: &Value) -> [(&'static str, Value); 8] {
         ),
         (
             "ebb",
-            json!({"name": "drop", "rule": "spike", "window_secs": 2, "ratio": 10,
+            json!({"name": "drop", "rule": "spike", "window_secs": 2, "ratio": 20,
                    "direction": "down", "min_previous": 10, "aggregator": {"type": "single"},
                    "action": action}),
         ),
@@ -174,15 +174,17 @@ fn every_rule_fires_once_across_three_nodes_and_not_again_after_a_kill_9_of_a_ma
     }
 
     // Heartbeats, the surge's steady 5 events per 2 s window past its baseline of two
-    // windows, the ebb's steady 4 a turn (a drop to a tenth takes a stall of most of a
-    // window), two workers in the pool every turn, spread over the nodes: nothing fires.
+    // windows, the ebb's steady 10 a turn, two workers in the pool every turn, spread over
+    // the nodes: nothing fires. The ebb's ratio of 20 is twice the turns in a window: the
+    // last turn's 10 events, alone in a window when the ebb stops, never read as a drop
+    // (at a ratio of 10, 4 a turn, they did: a second firing when the single event came).
     every_turn_for(6 * SECOND, |n| {
         let daemon = &nodes[n % 3];
         post(daemon, "heartbeat", &json!({}));
         if n % 2 == 0 {
             post(daemon, "surge", &json!({}));
         }
-        post_many(daemon, "ebb", &json!({}), 4);
+        post_many(daemon, "ebb", &json!({}), 10);
         post(daemon, "pool", &json!({"worker": "w1"}));
         post(daemon, "pool", &json!({"worker": "w2"}));
     });
