@@ -25,6 +25,14 @@ use crate::protocol::runner::FromRunner;
 use crate::protocol::worker::WorkerMessage;
 use crate::watch::CountBatch;
 
+/// The most of a worker's counts read in one turn of the loop. The backlog's room is
+/// judged before the read, so this is how far one read may overshoot it: at about a byte
+/// an update at best (a batch names its set's watchers once, then its keys), no more
+/// than the backlog holds, and a few reads' worth of decoding. Unbounded, a busy
+/// worker's channel was read for as long as it kept writing, megabytes of batches taken
+/// in and decoded in one turn while questions waited.
+const COUNTS_READ_BYTES: usize = 64 * 1024;
+
 /// What a polled descriptor belongs to.
 #[derive(Clone, Copy)]
 enum Source {
@@ -48,7 +56,7 @@ impl Master {
                 Source::Signals => self.ground.signals.read_into(&mut requested)?,
                 Source::Control => self.serve_control_clients(),
                 Source::Child(pid, role) => self.read_child(pid, role, events),
-                Source::Counts(pid) => self.read_counts(pid),
+                Source::Counts(pid) => self.read_counts_up_to(pid, COUNTS_READ_BYTES),
                 Source::Predecessor => self.read_predecessor(events)?,
             }
         }
@@ -132,16 +140,23 @@ impl Master {
         }
     }
 
-    /// Every batch the worker's counts channel holds, into the backlog. A channel that
-    /// breaks gets the worker killed, as its other channel would.
+    /// Every batch the worker's counts channel holds, into the backlog: its last words,
+    /// written before it exited, which a full backlog kept unread.
     pub(super) fn read_counts(&mut self, pid: Pid) {
+        self.read_counts_up_to(pid, usize::MAX);
+    }
+
+    /// The batches of up to `bytes` of the worker's counts channel, into the backlog;
+    /// the rest waits in the socket. A channel that breaks gets the worker killed, as
+    /// its other channel would.
+    fn read_counts_up_to(&mut self, pid: Pid, bytes: usize) {
         let Some(worker) = self.pool.get_mut(pid) else {
             return;
         };
         let Some(channel) = worker.counts.as_mut() else {
             return;
         };
-        let received = match channel.receive::<CountBatch>() {
+        let received = match channel.receive_at_most::<CountBatch>(bytes) {
             Ok(received) => received,
             Err(e) => {
                 worker.counts = None;

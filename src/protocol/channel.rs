@@ -10,7 +10,7 @@ use nix::sys::socket::{MsgFlags, recv};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::frame::{encode, take_frame};
+use super::frame::{encode, take_frames};
 
 /// The master's end of one child's socketpair.
 pub struct Channel {
@@ -103,24 +103,37 @@ impl Channel {
 
     /// Reads everything available and decodes the complete frames.
     pub fn receive<M: DeserializeOwned>(&mut self) -> io::Result<Received<M>> {
+        self.receive_at_most(usize::MAX)
+    }
+
+    /// Reads what is available, up to about `bytes` (whole reads of 16 KiB, at least
+    /// one), and decodes the complete frames. The rest stays in the socket, where the
+    /// peer's writes wait for it: for a channel the master reads only while it has room
+    /// for what comes (a worker's counts), an unbounded read would take in everything
+    /// the peer can write meanwhile.
+    pub fn receive_at_most<M: DeserializeOwned>(
+        &mut self,
+        bytes: usize,
+    ) -> io::Result<Received<M>> {
         let mut closed = false;
         let mut chunk = [0u8; 16 * 1024];
-        loop {
+        let mut read = 0;
+        while read < bytes {
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
                     closed = true;
                     break;
                 }
-                Ok(n) => self.inbound.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    self.inbound.extend_from_slice(&chunk[..n]);
+                    read += n;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         }
-        let mut messages = Vec::new();
-        while let Some(message) = take_frame(&mut self.inbound)? {
-            messages.push(message);
-        }
+        let messages = take_frames(&mut self.inbound)?;
         Ok(Received { messages, closed })
     }
 }
@@ -156,5 +169,19 @@ mod tests {
         let received = channel.receive::<WorkerMessage>().unwrap();
         assert_eq!(received.messages, vec![WorkerMessage::Ready]);
         assert!(received.closed);
+    }
+
+    #[test]
+    fn a_bounded_read_leaves_the_rest_in_the_socket() {
+        let (master_end, mut worker_end) = UnixStream::pair().unwrap();
+        let mut channel = Channel::new(master_end).unwrap();
+        let ready = encode(&WorkerMessage::Ready).unwrap();
+        let frames = 64 * 1024 / ready.len();
+        worker_end.write_all(&ready.repeat(frames)).unwrap();
+        let first = channel.receive_at_most::<WorkerMessage>(1).unwrap();
+        assert!(!first.messages.is_empty() && first.messages.len() < frames);
+        assert!(channel.has_unread());
+        let rest = channel.receive::<WorkerMessage>().unwrap();
+        assert_eq!(first.messages.len() + rest.messages.len(), frames);
     }
 }

@@ -32,7 +32,32 @@ pub fn encode<M: Serialize>(message: &M) -> io::Result<Vec<u8>> {
 /// Removes the first complete frame from `buffer` and decodes it; `None` when the
 /// buffer does not hold a whole frame yet.
 pub fn take_frame<M: DeserializeOwned>(buffer: &mut Vec<u8>) -> io::Result<Option<M>> {
-    let Some(header) = buffer.get(..LENGTH_BYTES) else {
+    let Some((message, used)) = decode_front(buffer)? else {
+        return Ok(None);
+    };
+    buffer.drain(..used);
+    Ok(Some(message))
+}
+
+/// Removes every complete frame from `buffer` and decodes them, in order. The buffer is
+/// cut once, not once a frame: a read of megabytes of small frames (a worker's count
+/// batches) otherwise moves the rest of the buffer for each of them, quadratic in the
+/// read (hundreds of milliseconds of a master that answers nothing meanwhile).
+pub fn take_frames<M: DeserializeOwned>(buffer: &mut Vec<u8>) -> io::Result<Vec<M>> {
+    let mut messages = Vec::new();
+    let mut used = 0;
+    while let Some((message, length)) = decode_front(&buffer[used..])? {
+        messages.push(message);
+        used += length;
+    }
+    buffer.drain(..used);
+    Ok(messages)
+}
+
+/// The frame at the front of `bytes`, decoded, and the bytes it took; `None` when they
+/// do not hold a whole frame yet.
+fn decode_front<M: DeserializeOwned>(bytes: &[u8]) -> io::Result<Option<(M, usize)>> {
+    let Some(header) = bytes.get(..LENGTH_BYTES) else {
         return Ok(None);
     };
     let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
@@ -42,10 +67,9 @@ pub fn take_frame<M: DeserializeOwned>(buffer: &mut Vec<u8>) -> io::Result<Optio
             format!("frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"),
         ));
     }
-    if buffer.len() < LENGTH_BYTES + length {
+    let Some(payload) = bytes.get(LENGTH_BYTES..LENGTH_BYTES + length) else {
         return Ok(None);
-    }
-    let payload = &buffer[LENGTH_BYTES..LENGTH_BYTES + length];
+    };
     let (message, used) =
         bincode::serde::decode_from_slice(payload, bincode::config::standard())
             .map_err(|e| io::Error::new(ErrorKind::InvalidData, format!("bad frame: {e}")))?;
@@ -55,8 +79,7 @@ pub fn take_frame<M: DeserializeOwned>(buffer: &mut Vec<u8>) -> io::Result<Optio
             "frame has trailing bytes",
         ));
     }
-    buffer.drain(..LENGTH_BYTES + length);
-    Ok(Some(message))
+    Ok(Some((message, LENGTH_BYTES + length)))
 }
 
 /// A value that travels as its JSON text: for messages holding free-form JSON (a job's
@@ -109,6 +132,24 @@ mod tests {
             }
         }
         assert_eq!(decoded, vec![heartbeat, WorkerMessage::Ready]);
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn frames_taken_at_once_leave_a_partial_one_for_later() {
+        let mut wire = Vec::new();
+        for _ in 0..1000 {
+            wire.extend(encode(&WorkerMessage::Ready).unwrap());
+        }
+        let stop = encode(&MasterMessage::Stop).unwrap();
+        let mut buffer = wire.clone();
+        buffer.extend_from_slice(&stop[..2]);
+        let decoded = take_frames::<WorkerMessage>(&mut buffer).unwrap();
+        assert_eq!(decoded, vec![WorkerMessage::Ready; 1000]);
+        assert_eq!(buffer, stop[..2]);
+        buffer.extend_from_slice(&stop[2..]);
+        let rest = take_frames::<MasterMessage>(&mut buffer).unwrap();
+        assert_eq!(rest, vec![MasterMessage::Stop]);
         assert!(buffer.is_empty());
     }
 
