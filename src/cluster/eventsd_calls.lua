@@ -13,8 +13,8 @@ local function tick(keys, args)
   local params = document.params
   local head, due, since, kept = flatline_names(document.prefix, document.watcher)
   local names = {head = head, due = due, kept = kept}
-  local name, figures = next(params.rule)
-  local judge, window = RULES[name].judge, RULES[name].grace(figures)
+  local rule, figures = rule_of(params)
+  local judge, window = rule.judge, rule.grace(figures)
   redis.call('SET', since, now, 'NX')
   local grace_until = tonumber(redis.call('GET', since)) + window
   for _, member in ipairs(given(document.kept) or {}) do
@@ -57,8 +57,7 @@ local function count(keys, args)
     local params = document.rules[counted[2] + 1]
     local head, due = flatline_names(document.prefix, document.watchers[counted[2] + 1])
     local member = string.sub(keys[i], #head + 1)
-    local count_rule = RULES[next(params.rule)].count
-    replies[i] = count_rule(keys[i], params, counted[1], hashes_of[i] or {}, now, document.epoch,
+    replies[i] = rule_of(params).count(keys[i], params, counted[1], hashes_of[i] or {}, now, document.epoch,
       due, member)
   end
   redis.call('SET', call, cjson.encode(replies), 'EX', document.ttl)

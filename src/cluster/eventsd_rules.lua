@@ -7,7 +7,7 @@
 -- threshold (src/watch/rule/threshold.rs): more than `threshold` events within the
 -- window (or since the last firing).
 -- Replies {crossed, count, seq, epoch}.
-local function count_threshold(key, params, delta, now, new_epoch)
+local function count_threshold(key, params, delta, _, now, new_epoch)
   local rule = params.rule.threshold
   local window = given(rule.window_secs) or 0
   local state, total, epoch = read_counter(key, window, now)
@@ -55,7 +55,7 @@ end
 -- flatline, when events arrive (`Flatline::on_count`): the key is queued if it is not
 -- (at the second it would be below), and a silent key back at its threshold recovers,
 -- replying 2 (resolved) with `send_resolved`.
-local function count_flatline(key, params, delta, now, new_epoch, due, member)
+local function count_flatline(key, params, delta, _, now, new_epoch, due, member)
   local rule = params.rule.flatline
   local state, total, epoch, buckets = read_counter(key, rule.window_secs, now)
   redis.call('HINCRBY', key, 'b' .. now, delta)
@@ -179,7 +179,7 @@ end
 
 -- spike, when counts arrive (`Spike::on_count`): up fires once per spike; a drop under way
 -- may end; a key watched for drops is queued for its next move if it is not.
-local function count_spike(key, params, delta, now, new_epoch, due, member)
+local function count_spike(key, params, delta, _, now, new_epoch, due, member)
   local rule = params.rule.spike
   local window = rule.window_secs
   local state, _, epoch, buckets = read_counter(key, 2 * window, now)
@@ -300,7 +300,7 @@ end
 
 -- cardinality, when values arrive (`Cardinality::on_values`): too many fires once per
 -- episode; too few may end, and a key watched for too few is queued if it is not.
-local function count_distinct(key, params, hashes, now, new_epoch, due, member)
+local function count_distinct(key, params, _, hashes, now, new_epoch, due, member)
   local rule = params.rule.cardinality
   local state, _, epoch, _, values = read_counter(key, rule.window_secs, now)
   if not epoch then
@@ -376,7 +376,7 @@ end
 
 -- new_value (src/watch/rule/new_value.rs): a key (its last value the watched one) not seen
 -- within `remember_secs` fires, from `learn_until` on, unless its value is missing.
-local function count_new_value(key, params, delta, now, new_epoch)
+local function count_new_value(key, params, delta, _, now, new_epoch)
   local rule = params.rule.new_value
   local state, total, epoch = read_counter(key, 0, now)
   local known = state['seen'] and now < state['seen'] + rule.remember_secs
@@ -399,39 +399,33 @@ end
 
 -- The rules, by the name their figures come under (`Rule`'s variants): `count`, when
 -- counts (and, for cardinality, values' hashes) arrive, replying {crossed, count, seq,
--- epoch, previous}; for a rule decided on the clock, `judge`, a key come up in its
+-- epoch, previous}, every rule's with one signature (key, params, delta, hashes, now,
+-- epoch, due, member); for a rule decided on the clock, `judge`, a key come up in its
 -- watcher's due queue, and `grace`, the seconds after a watcher is first judged before
 -- any of its keys may fire (its window: what `RuleParams::grace_until` counts).
 local RULES = {
-  threshold = {
-    count = function(key, params, delta, _, now, epoch)
-      return count_threshold(key, params, delta, now, epoch)
-    end,
-  },
+  threshold = {count = count_threshold},
   flatline = {
-    count = function(key, params, delta, _, now, epoch, due, member)
-      return count_flatline(key, params, delta, now, epoch, due, member)
-    end,
+    count = count_flatline,
     judge = judge_silence,
     grace = function(rule) return rule.window_secs end,
   },
   spike = {
-    count = function(key, params, delta, _, now, epoch, due, member)
-      return count_spike(key, params, delta, now, epoch, due, member)
-    end,
+    count = count_spike,
     judge = judge_drop,
     grace = function(rule) return 2 * rule.window_secs end,
   },
   cardinality = {
-    count = function(key, params, _, hashes, now, epoch, due, member)
-      return count_distinct(key, params, hashes, now, epoch, due, member)
-    end,
+    count = count_distinct,
     judge = judge_few,
     grace = function(rule) return rule.window_secs end,
   },
-  new_value = {
-    count = function(key, params, delta, _, now, epoch)
-      return count_new_value(key, params, delta, now, epoch)
-    end,
-  },
+  new_value = {count = count_new_value},
 }
+
+-- A watcher's rule, from its `RuleParams`: its entry in `RULES` and its figures (the one
+-- key of `params.rule`), what both calls dispatch by.
+local function rule_of(params)
+  local name, figures = next(params.rule)
+  return RULES[name], figures
+end
