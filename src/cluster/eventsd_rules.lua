@@ -336,11 +336,13 @@ end
 
 -- cardinality's `min_distinct`, on the clock (`Cardinality::on_due`): a key with too few values
 -- fires (past the grace, once per episode, again after its cooldown); otherwise it waits
--- for the second it would. A key without values that fired is forgotten.
+-- for the second it would. A key without values that fired is forgotten. A key watched
+-- from the start (`single`'s, kept) is judged whether or not a value ever came: none is
+-- fewer than `min_distinct` (as the memory store judges the counter it keeps for it).
 local function judge_few(names, member, params, now, grace_until, new_epoch)
   local rule = params.rule.cardinality
   local key = names.head .. member
-  if redis.call('EXISTS', key) == 0 then
+  if redis.call('EXISTS', key) == 0 and redis.call('SISMEMBER', names.kept, member) == 0 then
     reschedule(names.due, member, nil)
     return nil
   end

@@ -337,6 +337,23 @@ pub(crate) fn cardinality() -> Vec<Scenario> {
             ]
             .concat(),
         ),
+        Scenario::on_the_clock(
+            "cardinality: a single min_distinct watcher that never gets a value fires once \
+             after its grace, with 0 values",
+            r#"{"rule": "cardinality", "field": "user", "window_secs": 3, "min_distinct": 2}"#,
+            (vec![""], 1000, 1012),
+            vec![],
+            vec![fired(1003, "", 0)],
+        ),
+        Scenario::on_the_clock(
+            "cardinality: a single min_distinct watcher without values, with a cooldown, \
+             fires again each cooldown",
+            r#"{"rule": "cardinality", "field": "user", "window_secs": 3, "min_distinct": 2,
+                "cooldown_secs": 4}"#,
+            (vec![""], 1000, 1012),
+            vec![],
+            vec![fired(1003, "", 0), fired(1007, "", 0), fired(1011, "", 0)],
+        ),
     ]
 }
 
