@@ -9,6 +9,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Key;
+use super::rule::RuleFigures;
 use crate::registry::{Action, Aggregator, RuleKind, WatcherSpec};
 
 /// A crossing: the document actions deliver (its `text` makes it a valid Slack or
@@ -45,32 +46,10 @@ pub struct Firing {
     /// A flatline key heard from again (`send_resolved`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resolved: bool,
-    /// The figures of the rules other than threshold and flatline.
+    /// The figures of the rule that fired besides those above (`RuleFigures`: each
+    /// rule's own, from its file in `rule/`).
     #[serde(flatten)]
     pub figures: RuleFigures,
-}
-
-/// A firing's figures of spike, cardinality and new_value (rules.md, "Firings"); each
-/// absent from a firing of another rule.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RuleFigures {
-    /// spike: the events of the current window and of the one before, and the ratio.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ratio: Option<f64>,
-    /// cardinality: the distinct values within the window, and the limit crossed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub distinct: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_distinct: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_distinct: Option<u64>,
-    /// new_value: the value seen for the first time (`{field: value}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<Value>,
 }
 
 /// A firing with the action that must deliver it.
@@ -155,28 +134,11 @@ impl Firing {
     /// `EVENTSD_RATIO`, `EVENTSD_DISTINCT`, `EVENTSD_MAX_DISTINCT`,
     /// `EVENTSD_MIN_DISTINCT`, `EVENTSD_VALUE` as JSON).
     pub fn rule_env(&self) -> Vec<(&'static str, String)> {
-        let figures = &self.figures;
-        let number = |name, figure: Option<u64>| figure.map(|n| (name, n.to_string()));
         let mut env = vec![
             ("EVENTSD_RULE", self.rule.name().to_string()),
             ("EVENTSD_RESOLVED", self.resolved.to_string()),
         ];
-        env.extend(
-            [
-                number("EVENTSD_CURRENT", figures.current),
-                number("EVENTSD_PREVIOUS", figures.previous),
-                figures.ratio.map(|r| ("EVENTSD_RATIO", r.to_string())),
-                number("EVENTSD_DISTINCT", figures.distinct),
-                number("EVENTSD_MAX_DISTINCT", figures.max_distinct),
-                number("EVENTSD_MIN_DISTINCT", figures.min_distinct),
-                figures
-                    .value
-                    .as_ref()
-                    .map(|v| ("EVENTSD_VALUE", v.to_string())),
-            ]
-            .into_iter()
-            .flatten(),
-        );
+        env.extend(self.figures.env());
         env
     }
 

@@ -179,9 +179,9 @@ fn the_mail_body_names_type_key_count_and_window() {
 fn the_mail_body_states_the_rule_and_its_figures_in_its_words() {
     let mut spike = firing();
     spike.rule = crate::registry::RuleKind::Spike;
-    spike.figures.current = Some(96);
-    spike.figures.previous = Some(12);
-    spike.figures.ratio = Some(5.0);
+    spike.figures.spike.current = Some(96);
+    spike.figures.spike.previous = Some(12);
+    spike.figures.spike.ratio = Some(5.0);
     let body = email_body(&spike);
     for part in [
         "Rule: spike",

@@ -1,12 +1,14 @@
 //! A watcher's rule (rules.md): what decides that a key fires. Each rule is one file
 //! beside this one (`threshold.rs`, `flatline.rs`, `spike.rs`, `cardinality.rs`,
 //! `new_value.rs`): its figures read from the watcher's definition, what it decides when
-//! counts arrive and on the clock (`Judge`), and its words (`Wording`: the firing's text
+//! counts arrive and on the clock (`Judge`), what it remembers of a key (`State`), the
+//! figures its firings report (`Figures`) and its words (`Wording`: the firing's text
 //! and figures, the e-mail's lines, the live state's description). The files are listed
 //! once, in the registry's `every_rule` (with the fields each rule requires or refuses);
-//! this module makes `Rule` and `wording` from that list, and a rule's firing in its
-//! words (`Firing::new`, `Firing::figure_lines`). What every rule shares (the verdict,
-//! the cooldown and realert, once per episode, a key due on the clock) is `judge.rs`.
+//! this module makes `Rule`, `RuleState`, `RuleFigures` and `wording` from that list,
+//! and a rule's firing in its words (`Firing::new`, `Firing::figure_lines`). What every
+//! rule shares (the verdict, the cooldown and realert, once per episode, a key due on
+//! the clock) is `judge.rs`.
 //!
 //! One definition of the figures a key is judged by (`RuleParams`: the rule and the
 //! cooldown every rule shares), read by both engines that judge: this module's, over the
@@ -27,7 +29,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Key;
-use super::firing::{Firing, RuleFigures, shown, split_key};
+use super::firing::{Firing, shown, split_key};
 use super::store::{CounterStore, Second, WatcherKey};
 use crate::registry::validation::watcher::every_rule;
 use crate::registry::{RuleKind, WatcherSpec};
@@ -35,10 +37,52 @@ use judge::{Cooling, DueKey};
 pub use judge::{OnTheClock, Verdict, cooldown_of};
 
 /// The watch's list of rules, from the registry's (`every_rule`): each rule's file, the
-/// variant of `Rule` holding its figures, and its `Judge` and `Wording`.
+/// variant of `Rule` holding its figures, its `Judge` and `Wording`, and its part of
+/// `RuleState` and `RuleFigures` (its file's `State` and `Figures`).
 macro_rules! rules {
     ($($(#[$doc:meta])* $kind:ident $file:ident,)*) => {
         $(mod $file;)*
+
+        /// What a key's rule remembers besides its buckets and cooldown
+        /// (`KeyCounter::rule`): whether an episode (a spike, too many or too few
+        /// distinct values) is under way, so that it fires once, and each rule's own
+        /// (its file's `State`). Boxed in the key's counter and saved with it in
+        /// `counters.json`, each rule's fields at the top level, as they always were: a
+        /// key whose rule needs none costs a pointer. Decides nothing: the rules do.
+        #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+        pub struct RuleState {
+            /// spike up, cardinality's `max_distinct`: it fired for an episode that
+            /// still holds.
+            #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+            pub high: bool,
+            /// spike down, cardinality's `min_distinct`: likewise.
+            #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+            pub low: bool,
+            $(
+                #[serde(flatten)]
+                pub $file: $file::State,
+            )*
+        }
+
+        /// A firing's figures besides those every firing has (rules.md, "Firings"):
+        /// each rule's own (its file's `Figures`), at the top level of the firing
+        /// document, each absent from a firing of another rule.
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        pub struct RuleFigures {
+            $(
+                #[serde(flatten)]
+                pub $file: $file::Figures,
+            )*
+        }
+
+        impl RuleFigures {
+            /// The figures as a command action's `EVENTSD_*` variables (`rule_env`).
+            pub fn env(&self) -> Vec<(&'static str, String)> {
+                let mut env = Vec::new();
+                $(self.$file.env(&mut env);)*
+                env
+            }
+        }
 
         /// What a key is judged by, and its figures: one variant per rule, the rule's
         /// file saying what each figure means.
@@ -121,8 +165,8 @@ pub(super) trait Wording {
     /// The firing's `text`.
     fn text(&self, said: &Said<'_>) -> String;
 
-    /// The firing's figures of this rule (the watched value's is every rule's).
-    fn figures(&self, _spec: &WatcherSpec, _verdict: Verdict) -> RuleFigures {
+    /// The firing's figures of this rule.
+    fn figures(&self, _said: &Said<'_>) -> RuleFigures {
         RuleFigures::default()
     }
 
@@ -132,6 +176,26 @@ pub(super) trait Wording {
     /// The live state's `description`, before its window and its key's fields.
     fn description(&self, spec: &WatcherSpec) -> String;
 }
+
+/// A rule's figures as a command action's `EVENTSD_*` variables.
+trait FigureEnv {
+    /// Adds the figures the firing carries to `env`.
+    fn env(&self, env: &mut Vec<(&'static str, String)>);
+}
+
+/// The figures of a rule whose firings report only those every firing has (`count`,
+/// `threshold`, `window_secs`, `resolved`): its file's `Figures`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NoFigures {}
+
+impl FigureEnv for NoFigures {
+    fn env(&self, _env: &mut Vec<(&'static str, String)>) {}
+}
+
+/// What a rule that remembers nothing of a key besides its buckets and cooldown keeps:
+/// its file's `State`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NoState {}
 
 /// A key's rule with the cooldown every rule shares: the one definition of what both
 /// engines judge a key by.
@@ -295,10 +359,7 @@ impl Firing {
             crossing: None,
             degraded: false,
             resolved: verdict.resolved,
-            figures: RuleFigures {
-                value,
-                ..wording.figures(spec, verdict)
-            },
+            figures: wording.figures(&said),
         }
     }
 }
@@ -310,5 +371,59 @@ impl Firing {
         let mut lines = vec![("Rule", self.rule.name().to_string())];
         lines.extend(wording(self.rule).figure_lines(self));
         lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::table::KeyCounter;
+    use super::*;
+
+    /// Saved in `counters.json` with its key, each rule's fields at the top level as
+    /// before they had a file each, so that a stop/start or a crash keeps it; a counter
+    /// of a file written before rules loads without one.
+    #[test]
+    fn a_key_s_rule_state_is_saved_with_its_counter_in_the_layout_of_before() {
+        let mut counter = KeyCounter::default();
+        let state = counter.rule.get_or_insert_default();
+        state.high = true;
+        state.spike.since = 1000;
+        state.cardinality.see(42, 1010, 3);
+        let saved = serde_json::to_string(&counter).unwrap();
+        assert_eq!(
+            saved,
+            r#"{"buckets":[],"rule":{"high":true,"since":1000,"distinct":[[42,1010]]}}"#
+        );
+        assert_eq!(serde_json::from_str::<KeyCounter>(&saved).unwrap(), counter);
+        let before_rules: KeyCounter = serde_json::from_str(r#"{"buckets": [[1, 2]]}"#).unwrap();
+        assert_eq!(before_rules.rule, None);
+    }
+
+    /// Each rule's figures at the top level of the firing document, and as
+    /// `EVENTSD_*` variables.
+    #[test]
+    fn a_rule_s_figures_are_the_firing_s_own_fields_and_its_variables() {
+        let mut figures = RuleFigures::default();
+        figures.spike.current = Some(96);
+        figures.cardinality.max_distinct = Some(20);
+        figures.new_value.value = Some(serde_json::json!({"country": "NZ"}));
+        let document = serde_json::to_string(&figures).unwrap();
+        assert_eq!(
+            document,
+            r#"{"current":96,"max_distinct":20,"value":{"country":"NZ"}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<RuleFigures>(&document).unwrap(),
+            figures
+        );
+        let env = figures.env();
+        let expected = [
+            ("EVENTSD_CURRENT", "96"),
+            ("EVENTSD_MAX_DISTINCT", "20"),
+            ("EVENTSD_VALUE", r#"{"country":"NZ"}"#),
+        ];
+        let expected: Vec<(&str, String)> =
+            expected.iter().map(|&(n, v)| (n, v.to_string())).collect();
+        assert_eq!(env, expected);
     }
 }

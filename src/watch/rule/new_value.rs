@@ -6,13 +6,14 @@
 //! The same rule as `count_new_value` of `src/cluster/eventsd_rules.lua`.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::super::Key;
 use super::super::firing::{Firing, shown};
 use super::super::store::{Second, WatcherKey};
 use super::super::table::Buckets;
 use super::judge::Cooling;
-use super::{Judge, Said, Verdict, Wording};
+use super::{FigureEnv, Judge, NoState, RuleFigures, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
 
 /// How long new_value remembers a value, by default: 30 days.
@@ -24,6 +25,24 @@ pub const REMEMBER_SECS: u64 = 30 * 86_400;
 pub struct NewValue {
     learn_until: Second,
     remember_secs: u64,
+}
+
+/// new_value remembers nothing of a key besides its counter: the value is in the key.
+pub type State = NoState;
+
+/// A new_value firing's figures (`RuleFigures::new_value`): the value seen for the
+/// first time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    /// `{field: value}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+}
+
+impl FigureEnv for Figures {
+    fn env(&self, env: &mut Vec<(&'static str, String)>) {
+        env.extend(self.value.as_ref().map(|v| ("EVENTSD_VALUE", v.to_string())));
+    }
 }
 
 impl NewValue {
@@ -77,8 +96,18 @@ impl Wording for Words {
         format!("New {value}{}", said.for_key)
     }
 
+    /// The value seen for the first time.
+    fn figures(&self, said: &Said<'_>) -> RuleFigures {
+        RuleFigures {
+            new_value: Figures {
+                value: said.value.cloned(),
+            },
+            ..RuleFigures::default()
+        }
+    }
+
     fn figure_lines(&self, firing: &Firing) -> Vec<(&'static str, String)> {
-        let value = firing.figures.value.as_ref();
+        let value = firing.figures.new_value.value.as_ref();
         value
             .map(|v| ("New value", v.to_string()))
             .into_iter()

@@ -10,11 +10,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::super::firing::{Firing, RuleFigures};
+use super::super::firing::Firing;
 use super::super::store::{Second, WatcherKey};
 use super::super::table::Buckets;
 use super::judge::{Cooling, DueKey, Turn, earliest};
-use super::{Judge, Said, Verdict, Wording};
+use super::{FigureEnv, Judge, RuleFigures, Said, Verdict, Wording};
 use crate::registry::{Direction, WatcherSpec};
 
 /// spike's figures, read from the definition (`of`), defaults filled in: what
@@ -37,6 +37,42 @@ impl Spike {
             min_previous: spec.min_previous.unwrap_or(1),
             min_current: spec.min_current.unwrap_or(1),
         }
+    }
+}
+
+/// What spike remembers of a key (`RuleState::spike`), besides the episode's flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// The second the key was first counted; it may fire once two windows have passed
+    /// since (its baseline, ElastAlert's), not on its first events.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub since: Second,
+}
+
+fn is_zero(second: &Second) -> bool {
+    *second == 0
+}
+
+/// A spike's firing figures (`RuleFigures::spike`): the events of the current window
+/// and of the one before, and the ratio.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+}
+
+impl FigureEnv for Figures {
+    fn env(&self, env: &mut Vec<(&'static str, String)>) {
+        let named = [
+            ("EVENTSD_CURRENT", self.current.map(|n| n.to_string())),
+            ("EVENTSD_PREVIOUS", self.previous.map(|n| n.to_string())),
+            ("EVENTSD_RATIO", self.ratio.map(|r| r.to_string())),
+        ];
+        env.extend(named.into_iter().filter_map(|(name, v)| Some((name, v?))));
     }
 }
 
@@ -128,10 +164,10 @@ impl Judge for Spike {
         let counter = at.counter();
         let counted = windows(&counter.buckets, window_secs, now);
         let state = counter.rule.get_or_insert_default();
-        if state.since == 0 {
-            state.since = now;
+        if state.spike.since == 0 {
+            state.spike.since = now;
         }
-        let (up, down) = self.spiking(counted, state.since, now);
+        let (up, down) = self.spiking(counted, state.spike.since, now);
         state.low &= down;
         let was_up = state.high;
         state.high &= up;
@@ -166,7 +202,7 @@ impl Judge for Spike {
         };
         let counted = windows(&counter.buckets, window_secs, now);
         let state = counter.rule.get_or_insert_default();
-        let (_, down) = self.spiking(counted, state.since, now);
+        let (_, down) = self.spiking(counted, state.spike.since, now);
         let was_down = state.low;
         state.low &= down;
         let wait = if now < grace_until {
@@ -206,17 +242,20 @@ impl Wording for Words {
     }
 
     /// The events of the current window and of the one before, and the ratio.
-    fn figures(&self, spec: &WatcherSpec, verdict: Verdict) -> RuleFigures {
+    fn figures(&self, said: &Said<'_>) -> RuleFigures {
+        let spike = Figures {
+            current: Some(said.verdict.count),
+            previous: Some(said.verdict.previous),
+            ratio: said.spec.ratio,
+        };
         RuleFigures {
-            current: Some(verdict.count),
-            previous: Some(verdict.previous),
-            ratio: spec.ratio,
+            spike,
             ..RuleFigures::default()
         }
     }
 
     fn figure_lines(&self, firing: &Firing) -> Vec<(&'static str, String)> {
-        let figures = &firing.figures;
+        let figures = &firing.figures.spike;
         let current = figures.current.unwrap_or(firing.count);
         let previous = figures.previous.unwrap_or(0);
         let mut lines = vec![
