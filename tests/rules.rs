@@ -60,6 +60,9 @@ pub(crate) struct Scenario {
     events: Vec<(u64, &'static str, u64)>,
     /// cardinality: (second, key, value), in order.
     values: Vec<(u64, &'static str, &'static str)>,
+    /// A rule decided on the clock: the seconds the watcher is first seen again (a
+    /// restart of the master: `kept` watched again, before that second's events).
+    restarts: Vec<u64>,
     fired: Vec<Fired>,
 }
 
@@ -103,6 +106,11 @@ impl Scenario {
     /// The same row with values seen (cardinality).
     pub(crate) fn with_values(self, values: Vec<(u64, &'static str, &'static str)>) -> Scenario {
         Scenario { values, ..self }
+    }
+
+    /// The same row with the master restarted at `restarts`.
+    pub(crate) fn restarted_at(self, restarts: Vec<u64>) -> Scenario {
+        Scenario { restarts, ..self }
     }
 
     /// The same row for a watcher created at `created` (new_value).
@@ -364,6 +372,9 @@ fn run(engine: &mut dyn Engine, scenario: &Scenario) -> Vec<Fired> {
     }
     engine.first_sight(rule, watcher, &scenario.kept, scenario.start);
     for second in scenario.start..=scenario.until {
+        if scenario.restarts.contains(&second) {
+            engine.first_sight(rule, watcher, &scenario.kept, second);
+        }
         count_at(engine, second, &mut fired);
         for (key, (count, previous, _)) in engine.tick(rule, watcher, second) {
             fired.push((second, key_of(&key), count, previous, false));

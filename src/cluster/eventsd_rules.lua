@@ -336,13 +336,15 @@ end
 
 -- cardinality's `min_distinct`, on the clock (`Cardinality::on_due`): a key with too few values
 -- fires (past the grace, once per episode, again after its cooldown); otherwise it waits
--- for the second it would. A key without values that fired is forgotten. A key watched
--- from the start (`single`'s, kept) is judged whether or not a value ever came: none is
--- fewer than `min_distinct` (as the memory store judges the counter it keeps for it).
+-- for the second it would. A key without values that fired is forgotten, unless kept. A
+-- key watched from the start (`single`'s, kept) is judged whether or not a value ever
+-- came: none is fewer than `min_distinct` (as the memory store judges the counter it
+-- keeps for it); and never forgotten: it would fire again when a node restarts.
 local function judge_few(names, member, params, now, grace_until, new_epoch)
   local rule = params.rule.cardinality
   local key = names.head .. member
-  if redis.call('EXISTS', key) == 0 and redis.call('SISMEMBER', names.kept, member) == 0 then
+  local kept = redis.call('SISMEMBER', names.kept, member) == 1
+  if redis.call('EXISTS', key) == 0 and not kept then
     reschedule(names.due, member, nil)
     return nil
   end
@@ -355,7 +357,7 @@ local function judge_few(names, member, params, now, grace_until, new_epoch)
     return nil
   end
   if state['low'] == 1 and not cooldown then
-    if distinct == 0 then
+    if distinct == 0 and not kept then
       redis.call('DEL', key)
     end
     reschedule(names.due, member, nil)

@@ -354,6 +354,15 @@ pub(crate) fn cardinality() -> Vec<Scenario> {
             vec![],
             vec![fired(1003, "", 0), fired(1007, "", 0), fired(1011, "", 0)],
         ),
+        Scenario::on_the_clock(
+            "cardinality: a single min_distinct watcher without values fires once, and not \
+             again after restarts",
+            r#"{"rule": "cardinality", "field": "user", "window_secs": 3, "min_distinct": 2}"#,
+            (vec![""], 1000, 1020),
+            vec![],
+            vec![fired(1003, "", 0)],
+        )
+        .restarted_at(vec![1008, 1014]),
     ]
 }
 

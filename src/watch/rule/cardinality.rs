@@ -182,7 +182,8 @@ impl Judge for Cardinality {
 
     /// `min_distinct`, on the clock: a key with too few values fires (past the grace,
     /// once per episode, again after its cooldown); otherwise it waits for the second
-    /// it would have too few. A key without values that fired is forgotten.
+    /// it would have too few. A key without values that fired is forgotten, unless it
+    /// is always watched (`single`'s): forgotten, it would fire again after a restart.
     fn on_due(&self, cooling: &Cooling, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
         let Cardinality {
             window_secs,
@@ -210,7 +211,7 @@ impl Judge for Cardinality {
                 Some(Verdict::fired(distinct))
             }
             // Fired for this episode: a key without values left is done with.
-            Turn::Waits(None) if distinct == 0 => {
+            Turn::Waits(None) if distinct == 0 && !due.kept() => {
                 due.forget();
                 None
             }
