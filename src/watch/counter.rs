@@ -1,6 +1,6 @@
 //! One watcher's counter of one key (a block of its column, `column.rs`): its events in
 //! buckets of a second, its cooldown, and what the other rules remember of it
-//! (`rule::RuleState`). Saved without the fields at their defaults, buckets as the list of
+//! (`rule_state.rs`). Saved without the fields at their defaults, buckets as the list of
 //! `[second, count]` that `counters.json` always had.
 
 use std::collections::VecDeque;
@@ -10,7 +10,7 @@ use std::num::NonZeroU64;
 use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::rule::RuleState;
+use super::rule_state::RuleState;
 
 /// Counters are saved and restored across restarts: their seconds are the wall clock's.
 pub use crate::clock::Second;
@@ -32,7 +32,7 @@ pub struct KeyCounter {
     /// flatline: it fired for a silence it has not recovered from.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub silent: bool,
-    /// What the other rules remember of the key (`rule::RuleState`); none for threshold
+    /// What the other rules remember of the key (`rule_state.rs`); none for threshold
     /// and flatline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Box<RuleState>>,

@@ -13,6 +13,7 @@ mod firing;
 mod key;
 pub mod plan;
 pub mod rule;
+mod rule_state;
 mod state;
 pub mod store;
 mod table;

@@ -1,6 +1,6 @@
 //! The cardinality rule (rules.md): the distinct values of a field per key within the
 //! last `window_secs`, kept as 64-bit hashes with their last-seen second
-//! (`State::distinct`), at most `max_distinct + 1` of them (or `min_distinct`):
+//! (`RuleState::distinct`), at most `max_distinct + 1` of them (or `min_distinct`):
 //! memory per key is bounded by the limit, not by the traffic. Too many is decided when
 //! values arrive; too few on the clock, each key judged when its count would fall below
 //! the limit. A key fires once per episode: again only after it ended, or after its
@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::super::Key;
 use super::super::firing::Firing;
+use super::super::rule_state::RuleState;
 use super::super::store::{CounterStore, KeyCounter, Second, WatcherKey};
 use super::judge::{Cooling, DueKey, Turn};
 use super::{FigureEnv, Judge, RuleFigures, Said, Verdict, Wording};
@@ -34,50 +35,6 @@ impl Cardinality {
             max_distinct: spec.max_distinct,
             min_distinct: spec.min_distinct,
         }
-    }
-}
-
-/// What cardinality remembers of a key (`RuleState::cardinality`), besides the
-/// episode's flags: its distinct values.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct State {
-    /// (the value's 64-bit hash, the second it was last seen), sorted by hash, never
-    /// more than the rule keeps (`see`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub distinct: Vec<(u64, Second)>,
-}
-
-impl State {
-    /// Drops the values last seen `window` seconds before `now` or earlier.
-    pub fn expire(&mut self, window: u64, now: Second) {
-        self.distinct
-            .retain(|&(_, seen)| seen.saturating_add(window) > now);
-    }
-
-    /// `hash` seen at `now`; a new value past `keep` values replaces the least recently
-    /// seen, so that memory per key is bounded by the rule's limit, not by the traffic.
-    pub fn see(&mut self, hash: u64, now: Second, keep: usize) {
-        match self.distinct.binary_search_by_key(&hash, |&(h, _)| h) {
-            Ok(at) => self.distinct[at].1 = self.distinct[at].1.max(now),
-            Err(at) => {
-                self.distinct.insert(at, (hash, now));
-                if self.distinct.len() > keep.max(1) {
-                    let oldest = (0..self.distinct.len())
-                        .filter(|&i| self.distinct[i].0 != hash)
-                        .min_by_key(|&i| self.distinct[i].1);
-                    if let Some(oldest) = oldest {
-                        self.distinct.remove(oldest);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The last-seen seconds of the values, newest first.
-    fn seen_newest_first(&self) -> Vec<Second> {
-        let mut seen: Vec<Second> = self.distinct.iter().map(|&(_, at)| at).collect();
-        seen.sort_unstable_by(|a, b| b.cmp(a));
-        seen
     }
 }
 
@@ -114,7 +71,7 @@ fn kept(max_distinct: Option<u64>, min_distinct: Option<u64>) -> usize {
 
 /// The first second at which fewer than `min` values are within `window` if no value
 /// comes: a window after the `min`-th most recently seen; 0 when fewer already.
-fn below_from(state: &State, min: u64, window: u64) -> Second {
+fn below_from(state: &RuleState, min: u64, window: u64) -> Second {
     let index = usize::try_from(min.saturating_sub(1)).unwrap_or(usize::MAX);
     state
         .seen_newest_first()
@@ -161,8 +118,7 @@ impl Judge for Cardinality {
             min_distinct,
         } = *self;
         let counter = store.counter(watcher, key);
-        let rule_state = counter.rule.get_or_insert_default();
-        let state = &mut rule_state.cardinality;
+        let state = counter.rule.get_or_insert_default();
         state.expire(window_secs, now);
         let keep = kept(max_distinct, min_distinct);
         for &hash in hashes {
@@ -170,8 +126,8 @@ impl Judge for Cardinality {
         }
         let distinct = state.distinct.len() as u64;
         let below = min_distinct.map(|min| {
-            rule_state.low &= distinct < min;
-            below_from(&rule_state.cardinality, min, window_secs)
+            state.low &= distinct < min;
+            below_from(state, min, window_secs)
         });
         let verdict = max_distinct.and_then(|max| too_many(cooling, counter, max, distinct, now));
         if let Some(due) = below.filter(|_| !store.is_waiting(watcher, key)) {
@@ -195,11 +151,10 @@ impl Judge for Cardinality {
         };
         let (now, grace_until) = (due.now, due.grace_until());
         let counter = due.counter()?;
-        let rule_state = counter.rule.get_or_insert_default();
-        let state = &mut rule_state.cardinality;
+        let state = counter.rule.get_or_insert_default();
         state.expire(window_secs, now);
         let below = below_from(state, min, window_secs).max(grace_until);
-        let (distinct, was_low) = (state.distinct.len() as u64, rule_state.low);
+        let (distinct, was_low) = (state.distinct.len() as u64, state.low);
         if below > now {
             due.wait(Some(below));
             return None;
@@ -300,33 +255,5 @@ impl Wording for Words {
         .flatten()
         .collect();
         format!("{} distinct {field} values", limits.join(" or "))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_key_keeps_at_most_its_limit_of_values_the_newest() {
-        let mut state = State::default();
-        for n in 0..1_000_000u64 {
-            state.see(n.wrapping_mul(0x9E37_79B9_7F4A_7C15), n, 21);
-        }
-        assert_eq!(state.distinct.len(), 21);
-        assert!(
-            state
-                .distinct
-                .iter()
-                .all(|&(_, seen)| seen >= 1_000_000 - 21)
-        );
-        state.see(state.distinct[3].0, 2_000_000, 21);
-        assert_eq!(state.distinct.len(), 21, "a value seen again is not new");
-        state.expire(10, 1_000_010);
-        assert_eq!(
-            state.distinct.len(),
-            1,
-            "only the value seen again is in the window"
-        );
     }
 }

@@ -13,15 +13,11 @@ use serde::{Deserialize, Serialize};
 use super::super::firing::Firing;
 use super::super::store::{KeyCounter, Second, WatcherKey};
 use super::judge::{Cooling, DueKey, Turn, earliest};
-use super::{Judge, NoFigures, NoState, Said, Verdict, Wording};
+use super::{Judge, NoFigures, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
 
 /// How long a flatline key silent after it fired is kept, by default: a day.
 pub const FORGET_AFTER_SECS: u64 = 86_400;
-
-/// flatline remembers of a key, besides its buckets and cooldown, whether it is silent
-/// (`KeyCounter::silent`, saved with the counter since before rules had a state).
-pub type State = NoState;
 
 /// A flatline firing reports what every firing has: `count`, `threshold`, `resolved`.
 pub type Figures = NoFigures;

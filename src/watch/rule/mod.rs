@@ -1,11 +1,11 @@
 //! A watcher's rule (rules.md): what decides that a key fires. Each rule is one file
 //! beside this one (`threshold.rs`, `flatline.rs`, `spike.rs`, `cardinality.rs`,
 //! `new_value.rs`): its figures read from the watcher's definition, what it decides when
-//! counts arrive and on the clock (`Judge`), what it remembers of a key (`State`), the
-//! figures its firings report (`Figures`) and its words (`Wording`: the firing's text
-//! and figures, the e-mail's lines, the live state's description). The files are listed
-//! once, in the registry's `every_rule` (with the fields each rule requires or refuses);
-//! this module makes `Rule`, `RuleState`, `RuleFigures` and `wording` from that list,
+//! counts arrive and on the clock (`Judge`), the figures its firings report (`Figures`)
+//! and its words (`Wording`: the firing's text and figures, the e-mail's lines, the live
+//! state's description). The files are listed once, in the registry's `every_rule`
+//! (with the fields each rule requires or refuses); this module makes `Rule`,
+//! `RuleFigures` and `wording` from that list,
 //! and a rule's firing in its words (`Firing::new`, `Firing::figure_lines`). What every
 //! rule shares (the verdict, the cooldown and realert, once per episode, a key due on
 //! the clock) is `judge.rs`.
@@ -38,31 +38,10 @@ pub use judge::{OnTheClock, Verdict, cooldown_of};
 
 /// The watch's list of rules, from the registry's (`every_rule`): each rule's file, the
 /// variant of `Rule` holding its figures, its `Judge` and `Wording`, and its part of
-/// `RuleState` and `RuleFigures` (its file's `State` and `Figures`).
+/// `RuleFigures` (its file's `Figures`).
 macro_rules! rules {
     ($($(#[$doc:meta])* $kind:ident $file:ident,)*) => {
         $(mod $file;)*
-
-        /// What a key's rule remembers besides its buckets and cooldown
-        /// (`KeyCounter::rule`): whether an episode (a spike, too many or too few
-        /// distinct values) is under way, so that it fires once, and each rule's own
-        /// (its file's `State`). Boxed in the key's counter and saved with it in
-        /// `counters.json`, each rule's fields at the top level, as they always were: a
-        /// key whose rule needs none costs a pointer. Decides nothing: the rules do.
-        #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-        pub struct RuleState {
-            /// spike up, cardinality's `max_distinct`: it fired for an episode that
-            /// still holds.
-            #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-            pub high: bool,
-            /// spike down, cardinality's `min_distinct`: likewise.
-            #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-            pub low: bool,
-            $(
-                #[serde(flatten)]
-                pub $file: $file::State,
-            )*
-        }
 
         /// A firing's figures besides those every firing has (rules.md, "Firings"):
         /// each rule's own (its file's `Figures`), at the top level of the firing
@@ -191,11 +170,6 @@ pub struct NoFigures {}
 impl FigureEnv for NoFigures {
     fn env(&self, _env: &mut Vec<(&'static str, String)>) {}
 }
-
-/// What a rule that remembers nothing of a key besides its buckets and cooldown keeps:
-/// its file's `State`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct NoState {}
 
 /// A key's rule with the cooldown every rule shares: the one definition of what both
 /// engines judge a key by.
@@ -376,28 +350,7 @@ impl Firing {
 
 #[cfg(test)]
 mod tests {
-    use super::super::table::KeyCounter;
     use super::*;
-
-    /// Saved in `counters.json` with its key, each rule's fields at the top level as
-    /// before they had a file each, so that a stop/start or a crash keeps it; a counter
-    /// of a file written before rules loads without one.
-    #[test]
-    fn a_key_s_rule_state_is_saved_with_its_counter_in_the_layout_of_before() {
-        let mut counter = KeyCounter::default();
-        let state = counter.rule.get_or_insert_default();
-        state.high = true;
-        state.spike.since = 1000;
-        state.cardinality.see(42, 1010, 3);
-        let saved = serde_json::to_string(&counter).unwrap();
-        assert_eq!(
-            saved,
-            r#"{"buckets":[],"rule":{"high":true,"since":1000,"distinct":[[42,1010]]}}"#
-        );
-        assert_eq!(serde_json::from_str::<KeyCounter>(&saved).unwrap(), counter);
-        let before_rules: KeyCounter = serde_json::from_str(r#"{"buckets": [[1, 2]]}"#).unwrap();
-        assert_eq!(before_rules.rule, None);
-    }
 
     /// Each rule's figures at the top level of the firing document, and as
     /// `EVENTSD_*` variables.

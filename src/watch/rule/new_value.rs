@@ -13,7 +13,7 @@ use super::super::firing::{Firing, shown};
 use super::super::store::{Second, WatcherKey};
 use super::super::table::Buckets;
 use super::judge::Cooling;
-use super::{FigureEnv, Judge, NoState, RuleFigures, Said, Verdict, Wording};
+use super::{FigureEnv, Judge, RuleFigures, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
 
 /// How long new_value remembers a value, by default: 30 days.
@@ -26,9 +26,6 @@ pub struct NewValue {
     learn_until: Second,
     remember_secs: u64,
 }
-
-/// new_value remembers nothing of a key besides its counter: the value is in the key.
-pub type State = NoState;
 
 /// A new_value firing's figures (`RuleFigures::new_value`): the value seen for the
 /// first time.

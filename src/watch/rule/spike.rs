@@ -40,19 +40,6 @@ impl Spike {
     }
 }
 
-/// What spike remembers of a key (`RuleState::spike`), besides the episode's flags.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct State {
-    /// The second the key was first counted; it may fire once two windows have passed
-    /// since (its baseline, ElastAlert's), not on its first events.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub since: Second,
-}
-
-fn is_zero(second: &Second) -> bool {
-    *second == 0
-}
-
 /// A spike's firing figures (`RuleFigures::spike`): the events of the current window
 /// and of the one before, and the ratio.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -164,10 +151,10 @@ impl Judge for Spike {
         let counter = at.counter();
         let counted = windows(&counter.buckets, window_secs, now);
         let state = counter.rule.get_or_insert_default();
-        if state.spike.since == 0 {
-            state.spike.since = now;
+        if state.since == 0 {
+            state.since = now;
         }
-        let (up, down) = self.spiking(counted, state.spike.since, now);
+        let (up, down) = self.spiking(counted, state.since, now);
         state.low &= down;
         let was_up = state.high;
         state.high &= up;
@@ -202,7 +189,7 @@ impl Judge for Spike {
         };
         let counted = windows(&counter.buckets, window_secs, now);
         let state = counter.rule.get_or_insert_default();
-        let (_, down) = self.spiking(counted, state.spike.since, now);
+        let (_, down) = self.spiking(counted, state.since, now);
         let was_down = state.low;
         state.low &= down;
         let wait = if now < grace_until {

@@ -12,11 +12,8 @@ use super::super::firing::Firing;
 use super::super::store::{Second, WatcherKey};
 use super::super::table::Buckets;
 use super::judge::Cooling;
-use super::{Judge, NoFigures, NoState, Said, Verdict, Wording};
+use super::{Judge, NoFigures, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
-
-/// threshold remembers nothing of a key besides its buckets and cooldown.
-pub type State = NoState;
 
 /// A threshold firing reports what every firing has: `count`, `threshold`.
 pub type Figures = NoFigures;
