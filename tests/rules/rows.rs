@@ -256,6 +256,13 @@ pub(crate) fn spike() -> Vec<Scenario> {
             every(1, 1000, 1029, "k", 3),
             vec![spiked(1036, "k", 9, 30)],
         ),
+        Scenario::on_the_clock(
+            "spike: a drop that emptied its window and then trickles is the same drop",
+            SPIKE_DOWN,
+            (vec![], 1000, 1070),
+            [every(1, 1000, 1029, "k", 3), vec![(1045, "k", 1)]].concat(),
+            vec![spiked(1036, "k", 9, 30)],
+        ),
     ]
 }
 
