@@ -368,5 +368,13 @@ pub(crate) fn new_value() -> Vec<Scenario> {
             vec![fired(1000, FR, 3), fired(1001, NZ, 1)],
         )
         .created_at(1000),
+        Scenario::on_counts(
+            "new_value: a value last seen remember_secs ago is new again; one seen a \
+             second later is still known",
+            r#"{"rule": "new_value", "field": "country", "remember_secs": 100}"#,
+            vec![(1000, FR, 1), (1100, FR, 1), (1199, FR, 1)],
+            vec![fired(1000, FR, 1), fired(1100, FR, 1)],
+        )
+        .created_at(1000),
     ]
 }
