@@ -142,6 +142,51 @@ fn a_flatline_definition_without_its_window_is_refused_naming_it() {
     assert!(message.contains("`window_secs`"), "{message}");
 }
 
+/// `expect` names keys that are never evicted: each must be a key the workers can count
+/// under itself (no longer than `watchers.max_key_bytes`: a longer one would be counted
+/// under its digest and so fire for a host that does send), and a type's watchers together
+/// expect at most 10,000 keys (they share its counter tables beside `max_keys` others).
+/// Refused with a 400 naming the field, and the watcher not created.
+#[test]
+fn expected_keys_too_long_or_too_many_for_their_type_are_refused() {
+    let daemon = Daemon::run("[watchers]\nmax_fields = 2\nmax_key_bytes = 64\n");
+    assert_eq!(daemon.post("/event/", r#"{"type": "beats"}"#).status, 201);
+    let flatline = |name: &str, expect: Vec<String>| {
+        json!({"name": name, "rule": "flatline", "threshold": 1, "window_secs": 60,
+               "aggregator": {"type": "fields", "fields": ["host"]}, "expect": expect,
+               "action": {"type": "null"}})
+        .to_string()
+    };
+    let refused = |body: String, name: &str, says: &str| {
+        let response = daemon.post("/event/beats/watcher/", &body);
+        assert_eq!(response.status, 400, "{response:?}");
+        let message = response.json()["message"].as_str().unwrap().to_string();
+        assert!(
+            message.contains("`expect`") && message.contains(says),
+            "{message}"
+        );
+        let path = format!("/event/beats/watcher/{name}");
+        assert_eq!(daemon.get(&path).unwrap().status, 404, "{name} created");
+    };
+
+    refused(
+        flatline("long", vec!["h".repeat(100)]),
+        "long",
+        "more than watchers.max_key_bytes (64)",
+    );
+    let hosts: Vec<String> = (0..1000).map(|n| format!("h{n}")).collect();
+    for n in 0..10 {
+        let body = flatline(&format!("w{n}"), hosts.clone());
+        let response = daemon.post("/event/beats/watcher/", &body);
+        assert_eq!(response.status, 201, "{response:?}");
+    }
+    refused(
+        flatline("one-more", vec!["h".to_string()]),
+        "one-more",
+        "would expect 10001 keys, more than 10000",
+    );
+}
+
 /// Posts `payload` `per_beat` times every `beat` for `phase`, in one `_bulk` each time.
 fn post_at_rate(
     daemon: &Daemon,

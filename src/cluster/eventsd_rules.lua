@@ -170,6 +170,12 @@ local function spiking(rule, current, previous, since, now)
   return enough and current >= rule.ratio * previous, enough and current * rule.ratio <= previous
 end
 
+-- `Spike::drop_goes_on`: a drop still holds, or went on below `min_current` (not a
+-- recovery: the trickle after it is the same drop).
+local function drop_goes_on(rule, current, down)
+  return down or current < rule.min_current
+end
+
 -- Sets a flag field to 0 when it was 1 and no longer holds.
 local function clear_flag(key, state, flag, holds)
   if state[flag] == 1 and not holds then
@@ -198,7 +204,7 @@ local function count_spike(key, params, delta, _, now, new_epoch, due, member)
   end
   local current, previous = spike_windows(buckets, window, now)
   local up, down = spiking(rule, current, previous, state['since'], now)
-  clear_flag(key, state, 'low', down)
+  clear_flag(key, state, 'low', drop_goes_on(rule, current, down))
   clear_flag(key, state, 'high', up)
   local reply = {0, current, state['seq'] or 0, epoch, previous}
   local again = state['high'] ~= 1 or given(params.cooldown_secs)
@@ -230,7 +236,7 @@ local function judge_drop(names, member, params, now, grace_until, new_epoch)
   local current, previous = spike_windows(buckets, window, now)
   local _, down = spiking(rule, current, previous, state['since'] or 0, now)
   local was_down = state['low'] == 1
-  clear_flag(key, state, 'low', down)
+  clear_flag(key, state, 'low', drop_goes_on(rule, current, down))
   if now < grace_until then
     reschedule(names.due, member, grace_until)
     return nil

@@ -128,7 +128,8 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
                     break;
                 }
                 inbound.extend_from_slice(&chunk[..n]);
-                while let Some(message) = frame::take_frame::<ToCluster>(&mut inbound)? {
+                // The master's count stream: many small frames a read, cut off at once.
+                for message in frame::take_frames::<ToCluster>(&mut inbound)? {
                     if !link.obey(message).await? {
                         return link.finish().await;
                     }

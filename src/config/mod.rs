@@ -466,6 +466,7 @@ impl Config {
             max_watchers: self.watchers.max_per_type,
             max_fields: self.watchers.max_fields,
             max_field_path_bytes: self.watchers.max_field_path_bytes,
+            max_key_bytes: self.watchers.max_key_bytes,
             max_bytes: self.registry.max_bytes,
             destinations: self.destinations(),
         }

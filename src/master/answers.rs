@@ -81,7 +81,7 @@ impl Master {
         self.counting.render(&mut text);
         self.actions.render(&mut text);
         self.oncall.render(&mut text);
-        self.render_cluster(&mut text);
+        self.cluster.render(&mut text);
         write_process_families(&mut text);
         text
     }
@@ -138,7 +138,7 @@ impl Master {
                 message: "eventsd is shutting down".to_string(),
             });
         }
-        let rules = self.config.registry_rules();
+        let rules = self.ground.config.registry_rules();
         let id = next.apply(change, origin, &rules).inspect_err(|_| {
             self.board.totals_mut().record_change(kind, "refused");
         })?;
@@ -166,14 +166,14 @@ impl Master {
         // `registry.max_bytes` each serialization is a good part of the change's time.
         let document = next.document().map_err(|e| e.to_string());
         if let (Ok(document), Some(growing)) = (&document, changes.iter().find(|c| c.grows())) {
-            let rules = self.config.registry_rules();
+            let rules = self.ground.config.registry_rules();
             if let Err(refusal) = Registry::check_size(growing, || document.len(), &rules) {
                 record(self, "refused");
                 return Err(refusal);
             }
         }
         let saved = document.and_then(|document| {
-            crate::files::replace_atomically(&setup::registry_path(&self.config), &document)
+            crate::files::replace_atomically(&setup::registry_path(&self.ground.config), &document)
                 .map(|()| document)
                 .map_err(|e| format!("{e:#}"))
         });

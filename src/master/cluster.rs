@@ -52,7 +52,7 @@ impl Master {
     /// Keeps the link up (paced after a quick death). A master taking over from an old
     /// one starts none until it has: it must not adopt registries the old one writes.
     pub(super) fn keep_cluster_link(&mut self) {
-        let Some(cluster) = self.cluster.as_ref() else {
+        let Some(cluster) = self.cluster.member() else {
             return;
         };
         if !cluster.link.wants_one(Instant::now()) {
@@ -61,12 +61,12 @@ impl Master {
         let mut master_fds = self.master_only_fds();
         master_fds.push(self.ground.listener.as_raw_fd());
         // The section read at start: `[cluster]` changes take a restart or an upgrade.
-        let mut config = self.config.clone();
+        let mut config = self.ground.config.clone();
         config.cluster = Some(cluster.config.clone());
         let forked = child::fork_child(Role::ClusterLink, &master_fds, |channel| {
             cluster::serve(&config, channel)
         });
-        if let Some(cluster) = self.cluster.as_mut() {
+        if let Some(cluster) = self.cluster.member_mut() {
             if let Some(link) = cluster.link.started(forked) {
                 let in_doubt = std::mem::take(&mut cluster.in_doubt);
                 if !in_doubt.is_empty() {
@@ -79,7 +79,7 @@ impl Master {
     /// Counts shared through Redis, or this node's own while it is unreachable; held
     /// until Redis first answers or fails. `None` when the batch went to Redis or waits.
     pub(super) fn share_counts(&mut self, batch: CountBatch, at: Second) -> Option<CountBatch> {
-        let Some(cluster) = self.cluster.as_mut() else {
+        let Some(cluster) = self.cluster.member_mut() else {
             return Some(batch);
         };
         if !cluster.settled && cluster.held.len() < MAX_HELD_BATCHES {
@@ -97,7 +97,7 @@ impl Master {
     }
 
     pub(super) fn read_cluster_link(&mut self, events: PollFlags) {
-        let Some(link) = self.cluster.as_mut().and_then(|c| c.link.get_mut()) else {
+        let Some(link) = self.cluster.member_mut().and_then(|c| c.link.get_mut()) else {
             return;
         };
         for message in link.exchange::<FromCluster>(events) {
@@ -110,7 +110,7 @@ impl Master {
             FromCluster::Reachable(reachable) => {
                 let was_degraded = self
                     .cluster
-                    .as_ref()
+                    .member()
                     .is_some_and(|c| c.degraded_since.is_some());
                 self.set_reachable(reachable);
                 if reachable && was_degraded {
@@ -118,7 +118,8 @@ impl Master {
                 }
             }
             FromCluster::Crossed(crossings) => {
-                let node = self.cluster_node().unwrap_or_default();
+                let node = self.cluster.member().map(|c| c.config.node_name.clone());
+                let node = node.unwrap_or_default();
                 for crossing in crossings {
                     if let Some(job) = self.counting.watch.job_of(&crossing, &node) {
                         self.dispatch(job);
@@ -130,7 +131,7 @@ impl Master {
                 self.count_alone(counts);
             }
             FromCluster::InDoubt(calls) => {
-                if let Some(cluster) = self.cluster.as_mut() {
+                if let Some(cluster) = self.cluster.member_mut() {
                     cluster.in_doubt.extend(calls);
                 }
             }
@@ -138,7 +139,7 @@ impl Master {
             FromCluster::Published(publication) => self.on_published(publication),
             FromCluster::Silences(shared) => self.adopt_shared_silences(shared),
             FromCluster::Calls { latency, errors } => {
-                if let Some(cluster) = self.cluster.as_mut() {
+                if let Some(cluster) = self.cluster.member_mut() {
                     cluster.latency.merge(&latency);
                     cluster.errors += errors;
                 }
@@ -147,7 +148,7 @@ impl Master {
     }
 
     fn set_reachable(&mut self, reachable: bool) {
-        let Some(cluster) = self.cluster.as_mut() else {
+        let Some(cluster) = self.cluster.member_mut() else {
             return;
         };
         let first = !cluster.settled;
@@ -179,7 +180,7 @@ impl Master {
         }
         let held = self
             .cluster
-            .as_mut()
+            .member_mut()
             .map(|c| std::mem::take(&mut c.held))
             .unwrap_or_default();
         for (at, batch) in held {
@@ -198,10 +199,10 @@ impl Master {
     /// saves them again (`keep_what_redis_lacks`). The calls it left in doubt go to
     /// the link, which sends them again with their ids.
     pub(super) fn take_restored_counts(&mut self) {
-        let Some(cluster) = self.cluster.as_mut() else {
+        let Some(cluster) = self.cluster.member_mut() else {
             return;
         };
-        let path = self.config.daemon.state_dir.join(CALLS_IN_DOUBT);
+        let path = self.ground.config.daemon.state_dir.join(CALLS_IN_DOUBT);
         match load_calls_in_doubt(&path) {
             Ok(calls) => cluster.in_doubt = calls,
             Err(e) => error!("{e:#}; their counts may be missing from Redis"),
@@ -218,7 +219,7 @@ impl Master {
     }
 
     fn send_restored_counts(&mut self) {
-        let Some(cluster) = self.cluster.as_mut().filter(|c| c.shares()) else {
+        let Some(cluster) = self.cluster.member_mut().filter(|c| c.shares()) else {
             return;
         };
         let restored = std::mem::take(&mut cluster.restored);
@@ -231,12 +232,12 @@ impl Master {
     /// (held for its first answer, restored at start) join this node's own, so that
     /// `counters.json` keeps them for the next master to send.
     pub(super) fn keep_what_redis_lacks(&mut self) {
-        let Some(cluster) = self.cluster.as_mut() else {
+        let Some(cluster) = self.cluster.member_mut() else {
             return;
         };
         let held = std::mem::take(&mut cluster.held);
         let restored = std::mem::take(&mut cluster.restored);
-        let path = self.config.daemon.state_dir.join(CALLS_IN_DOUBT);
+        let path = self.ground.config.daemon.state_dir.join(CALLS_IN_DOUBT);
         if let Err(e) = save_calls_in_doubt(&path, &cluster.in_doubt) {
             error!("{e:#}; their counts may be missing from Redis");
         }
@@ -270,15 +271,10 @@ impl Master {
         self.count_locally(batch, crate::watch::now());
     }
 
-    /// This node's name, in a cluster: a firing from its own counts is then degraded.
-    pub(super) fn cluster_node(&self) -> Option<String> {
-        self.cluster.as_ref().map(|c| c.config.node_name.clone())
-    }
-
     /// A registry change, in a cluster: published to Redis before it is adopted, in the
     /// order changes come.
     pub(super) fn publish_change(&mut self, asker: Asker, change: Change, origin: Origin) {
-        if let Some(cluster) = self.cluster.as_mut() {
+        if let Some(cluster) = self.cluster.member_mut() {
             cluster.publishing.push_back(PendingChange {
                 asker,
                 change,
@@ -297,7 +293,7 @@ impl Master {
     /// other change touched their entry. A change the registry's checks refuse (its
     /// entry taken or gone) is answered at once; the others apply on top of each other.
     fn publish_next_change(&mut self) {
-        let Some(cluster) = self.cluster.as_mut() else {
+        let Some(cluster) = self.cluster.member_mut() else {
             return;
         };
         if !cluster.settled || cluster.in_flight.is_some() {
@@ -341,14 +337,14 @@ impl Master {
             });
         }
         let (next, created) = self.prepare_change(next, &pending.change, pending.origin)?;
-        let rules = self.config.registry_rules();
+        let rules = self.ground.config.registry_rules();
         Registry::check_size(&pending.change, || next.document_len(), &rules)?;
         Ok((next, created))
     }
 
     fn send_publication(&mut self, next: Registry, changes: Vec<(PendingChange, Uuid)>) {
         let expected = self.registry.version;
-        let Some(cluster) = self.cluster.as_mut() else {
+        let Some(cluster) = self.cluster.member_mut() else {
             return;
         };
         match serde_json::to_string(&next) {
@@ -375,13 +371,13 @@ impl Master {
 
     fn on_published(&mut self, publication: Publication) {
         let Some(InFlight { registry, changes }) =
-            self.cluster.as_mut().and_then(|c| c.in_flight.take())
+            self.cluster.member_mut().and_then(|c| c.in_flight.take())
         else {
             return;
         };
         match publication {
             Publication::Written(version) => {
-                if let Some(cluster) = self.cluster.as_mut() {
+                if let Some(cluster) = self.cluster.member_mut() {
                     cluster.shared_version = Some(version);
                 }
                 self.adopt_published(registry, changes);
@@ -452,7 +448,7 @@ impl Master {
                 again.push(pending);
             }
         }
-        if let Some(cluster) = self.cluster.as_mut() {
+        if let Some(cluster) = self.cluster.member_mut() {
             for pending in again.into_iter().rev() {
                 cluster.publishing.push_front(pending);
             }
@@ -480,7 +476,7 @@ impl Master {
     /// node's, and this node's copy written back when Redis lost it or holds an older one.
     fn follow_shared_registry(&mut self, shared: Option<(u64, String)>) {
         let version = shared.as_ref().map_or(0, |(version, _)| *version);
-        if let Some(cluster) = self.cluster.as_mut() {
+        if let Some(cluster) = self.cluster.member_mut() {
             cluster.shared_version = Some(version);
         }
         match shared {
@@ -490,7 +486,7 @@ impl Master {
             _ if version < self.registry.version => match serde_json::to_string(&self.registry) {
                 Ok(document) => {
                     let version = self.registry.version;
-                    if let Some(cluster) = self.cluster.as_mut() {
+                    if let Some(cluster) = self.cluster.member_mut() {
                         cluster.send(&ToCluster::Seed { version, document });
                     }
                 }
@@ -510,12 +506,12 @@ impl Master {
                 return;
             }
         };
-        for refusal in registry.drop_forbidden(&self.config.registry_rules()) {
+        for refusal in registry.drop_forbidden(&self.ground.config.registry_rules()) {
             error!("shared registry version {version}: {refusal}; dropped on this node");
         }
-        registry.declare(&self.config.event);
+        registry.declare(&self.ground.config.event);
         registry.version = version;
-        if let Err(e) = registry.save(&setup::registry_path(&self.config)) {
+        if let Err(e) = registry.save(&setup::registry_path(&self.ground.config)) {
             error!("shared registry version {version} not saved locally: {e:#}");
         }
         info!("registry: version {version} adopted from the cluster");
@@ -529,7 +525,7 @@ impl Master {
     /// `keep_cluster_link`. Until it answers, this node counts alone.
     pub(super) fn on_cluster_link_exit(&mut self, pid: Pid, how: &str) {
         let stopping = self.is_stopping();
-        let Some(cluster) = self.cluster.as_mut() else {
+        let Some(cluster) = self.cluster.member_mut() else {
             return;
         };
         let Some(link) = cluster.link.exited(pid, how, stopping) else {
@@ -548,25 +544,6 @@ impl Master {
         }
     }
 
-    /// Built held by a master taking over (`hold_cluster_link`), released when it has.
-    pub(super) fn hold_cluster_link(&mut self) {
-        if let Some(cluster) = self.cluster.as_mut() {
-            cluster.link.hold();
-        }
-    }
-
-    pub(super) fn release_cluster_link(&mut self) {
-        if let Some(cluster) = self.cluster.as_mut() {
-            cluster.link.release();
-        }
-    }
-
-    pub(super) fn stop_cluster_link(&mut self, why: &str) {
-        if let Some(cluster) = self.cluster.as_mut() {
-            cluster.link.stop(&ToCluster::Stop, why);
-        }
-    }
-
     /// A registry change: in a cluster, published to Redis first (`publish_change`);
     /// alone, given back to be applied here.
     pub(super) fn publish_if_shared(
@@ -575,24 +552,10 @@ impl Master {
         change: Change,
         origin: Origin,
     ) -> Option<(Change, Origin)> {
-        if self.cluster.is_none() {
+        if self.cluster.member().is_none() {
             return Some((change, origin));
         }
         self.publish_change(asker, change, origin);
         None
-    }
-
-    /// To the other nodes, through the link; a node alone keeps it to itself.
-    pub(super) fn tell_cluster(&mut self, message: &ToCluster) {
-        if let Some(cluster) = self.cluster.as_mut() {
-            cluster.send(message);
-        }
-    }
-
-    /// The link's metric families, in a cluster.
-    pub(super) fn render_cluster(&self, out: &mut String) {
-        if let Some(cluster) = &self.cluster {
-            cluster.render(out);
-        }
     }
 }

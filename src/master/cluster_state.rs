@@ -1,11 +1,14 @@
-//! The master's state of a cluster (cluster.md): the cluster link's slot, whether Redis
-//! answers (and since when it does not), the counts held for its first answer or left by
-//! the previous master, the calls a stopped link left in doubt (kept in
-//! `cluster-calls.json` across a stop), the registry changes waiting to be published or
-//! in flight, and the figures of the calls to Redis. What the master does with them is
-//! `cluster.rs`.
+//! The cluster, the component (cluster.md): whether this node is alone or a member of a
+//! cluster (`Cluster`, `[cluster]` as read at start), and a member's state
+//! (`ClusterState`): the cluster link's slot, whether Redis answers (and since when it
+//! does not), the counts held for its first answer or left by the previous master, the
+//! calls a stopped link left in doubt (kept in `cluster-calls.json` across a stop), the
+//! registry changes waiting to be published or in flight, and the figures of the calls to
+//! Redis. What the master does with them is `cluster.rs`.
 //!
-//! Plain state and its files: never forks, never waits.
+//! Nothing outside this file and `cluster.rs` opens the mode: the others call `Cluster`'s
+//! hooks, which answer the same way alone (nothing to do, no line in the process table)
+//! and in a cluster. Plain state and its files: never forks, never waits.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -14,6 +17,7 @@ use std::time::Instant;
 use anyhow::Context;
 use uuid::Uuid;
 
+use super::counting::Route;
 use super::kept::Kept;
 use super::pool::Asker;
 use crate::child::{Child, Role};
@@ -24,16 +28,93 @@ use crate::protocol::cluster::{CountCall, ToCluster};
 use crate::registry::{Change, Origin, Registry};
 use crate::status::ClusterStatus;
 use crate::watch::CountBatch;
+use crate::watch::Firing;
 use crate::watch::SharedCount;
 use crate::watch::store::Second;
 
-/// The cluster link, while one runs: its line in the process table (none alone).
-pub(super) fn link_of(cluster: &Option<ClusterState>) -> Option<&Child> {
-    cluster.as_ref().and_then(|c| c.link.get())
+/// This node alone, or a member of a cluster with its state: the mode, chosen at start.
+pub(super) struct Cluster {
+    member: Option<ClusterState>,
 }
 
-pub(super) fn link_of_mut(cluster: &mut Option<ClusterState>) -> Option<&mut Child> {
-    cluster.as_mut().and_then(|c| c.link.get_mut())
+impl Cluster {
+    pub(super) fn new(config: Option<config::Cluster>) -> Cluster {
+        Cluster {
+            member: config.map(ClusterState::new),
+        }
+    }
+
+    /// A member's state, for the verbs of `cluster.rs` only.
+    pub(super) fn member(&self) -> Option<&ClusterState> {
+        self.member.as_ref()
+    }
+
+    pub(super) fn member_mut(&mut self) -> Option<&mut ClusterState> {
+        self.member.as_mut()
+    }
+
+    /// The cluster link, while one runs: its line in the process table (none alone).
+    pub(super) fn link(&self) -> Option<&Child> {
+        self.member.as_ref().and_then(|c| c.link.get())
+    }
+
+    pub(super) fn link_mut(&mut self) -> Option<&mut Child> {
+        self.member.as_mut().and_then(|c| c.link.get_mut())
+    }
+
+    /// Where counts go once this master is in charge: to Redis in a cluster.
+    pub(super) fn route(&self) -> Route {
+        match self.member {
+            Some(_) => Route::Shared,
+            None => Route::Local,
+        }
+    }
+
+    /// A firing of this master's own store: in a cluster, marked degraded (Redis judged
+    /// none of it) and named after this node.
+    pub(super) fn mark_own(&self, firing: &mut Firing) {
+        firing.degraded = self.member.is_some();
+        firing.node = self.member.as_ref().map(|c| c.config.node_name.clone());
+    }
+
+    /// To the other nodes, through the link; a node alone keeps it to itself.
+    pub(super) fn tell(&mut self, message: &ToCluster) {
+        if let Some(member) = self.member.as_mut() {
+            member.send(message);
+        }
+    }
+
+    /// Built held by a master taking over, released when it has.
+    pub(super) fn hold_link(&mut self) {
+        if let Some(member) = self.member.as_mut() {
+            member.link.hold();
+        }
+    }
+
+    pub(super) fn release_link(&mut self) {
+        if let Some(member) = self.member.as_mut() {
+            member.link.release();
+        }
+    }
+
+    /// A stop: the link sends its last counts, then exits.
+    pub(super) fn stop_link(&mut self, why: &str) {
+        if let Some(member) = self.member.as_mut() {
+            member.link.stop(&ToCluster::Stop, why);
+        }
+    }
+
+    /// The `cluster` section of the status, in a cluster.
+    pub(super) fn status(&self, registry_version: u64) -> Option<ClusterStatus> {
+        (self.member.as_ref()).map(|member| member.status(registry_version))
+    }
+
+    /// The link's metric families, in a cluster.
+    pub(super) fn render(&self, out: &mut String) {
+        if let Some(member) = &self.member {
+            member.render(out);
+        }
+    }
 }
 
 pub(super) fn load_calls_in_doubt(path: &Path) -> anyhow::Result<Vec<CountCall>> {
@@ -98,7 +179,7 @@ pub(super) struct InFlight {
 }
 
 impl ClusterState {
-    pub(super) fn new(config: config::Cluster) -> ClusterState {
+    fn new(config: config::Cluster) -> ClusterState {
         ClusterState {
             config,
             link: Kept::new(Role::ClusterLink),
@@ -126,7 +207,7 @@ impl ClusterState {
         self.link.send(message);
     }
 
-    pub(super) fn status(&self, registry_version: u64) -> ClusterStatus {
+    fn status(&self, registry_version: u64) -> ClusterStatus {
         ClusterStatus {
             mode: self.config.mode.name().to_string(),
             node: self.config.node_name.clone(),
@@ -136,7 +217,7 @@ impl ClusterState {
         }
     }
 
-    pub(super) fn render(&self, out: &mut String) {
+    fn render(&self, out: &mut String) {
         write_family(
             out,
             "eventsd_cluster_degraded",

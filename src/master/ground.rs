@@ -1,7 +1,7 @@
-//! What the master stands on: how it was started (its configuration's source, its log
-//! sink by default, its binary) and the descriptors it holds for the outside world (the
-//! listening socket and its TLS, the signalfd, the control socket, the pidfile, the
-//! start pipe). Owned by the master for its whole life; a successor inherits the
+//! What the master stands on: how it was started (the configuration it runs, replaced
+//! whole by a reload, and its source; its log sink by default, its binary) and the
+//! descriptors it holds for the outside world (the listening socket and its TLS, the
+//! signalfd, the control socket, the pidfile, the start pipe). Owned by the master for its whole life; a successor inherits the
 //! listening socket, the control socket and the pidfile (`upgrade`).
 //!
 //! Plain holdings: what reads or writes them lives with its verb (`events`, `reload`,
@@ -22,6 +22,8 @@ use crate::pidfile::Pidfile;
 use crate::tls::{self, Tls};
 
 pub(super) struct Ground {
+    /// The configuration in force: the one read at start, or the last reload's.
+    pub config: Config,
     pub source: config::Source,
     /// Where logs go when `daemon.log` says nothing: stderr for `run`, syslog for `start`.
     pub default_sink: Sink,
@@ -43,7 +45,7 @@ impl Ground {
     /// taking over: the old master still serves it; `pidfile` is `None` then too), the
     /// listener's TLS, the signalfd.
     pub(super) fn open(
-        config: &Config,
+        config: Config,
         source: config::Source,
         default_sink: Sink,
         pidfile: Option<Pidfile>,
@@ -52,18 +54,19 @@ impl Ground {
         let binary = std::env::current_exe().context("cannot tell which binary runs")?;
         let listener = match inherited {
             Some(socket) => socket,
-            None => setup::activated_listener()?.map_or_else(|| setup::bind(config), Ok)?,
+            None => setup::activated_listener()?.map_or_else(|| setup::bind(&config), Ok)?,
         };
         let control = match pidfile {
             None => None,
             Some(_) => Some(ControlSocket::bind(&config.daemon.control_socket)?),
         };
         Ok(Ground {
+            tls: tls::load(config.server.tls_files())?,
+            config,
             source,
             default_sink,
             binary,
             listener,
-            tls: tls::load(config.server.tls_files())?,
             signals: Signals::install()?,
             control,
             pidfile,

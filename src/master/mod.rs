@@ -18,9 +18,11 @@
 //! everything slow happens in children.
 //!
 //! `Master` holds components, each the owner of its state, in files that never name
-//! `Master`: `ground`, `pool` (workers, held answers), `counting` (counters, backlog, the
-//! route counts take, `snapshot`s), `alerts` (the `journal` and the runner),
-//! `succession` (an upgrade, either side), `cluster_state`, `oncall_state` (silences and
+//! `Master`: `ground` (the configuration in force, the descriptors), `pool` (workers,
+//! held answers), `counting` (counters, backlog, the route counts take, `snapshot`s),
+//! `alerts` (the `journal` and the runner), `succession` (an upgrade, either side),
+//! `cluster_state` (alone or a member of a cluster: a mode only it and `cluster` open,
+//! hooks that answer alike either way), `oncall_state` (silences and
 //! the alert list), `board` (the figures `/metrics` adds up, the status page's document and its
 //! per-second `traffic` rings), and `kept` (the keep-alive of a role kept at one child). The loop's verbs,
 //! which combine them, are the files above: `events` (the wait, what children say,
@@ -86,7 +88,7 @@ use crate::watch::Watch;
 use crate::watch::store::MemoryStore;
 use alerts::Alerts;
 use board::Board;
-use cluster_state::ClusterState;
+use cluster_state::Cluster;
 use counting::Counting;
 use ground::Ground;
 use oncall_state::OnCall;
@@ -110,8 +112,8 @@ enum Phase {
 /// The supervisor: a few components, each the owner of its state, and the loop that
 /// drives them (`run_loop`).
 struct Master {
-    config: Config,
-    /// How it was started, and the descriptors it holds for the outside world.
+    /// The configuration in force, how it was started, and the descriptors it holds for
+    /// the outside world.
     ground: Ground,
     lifecycle: Lifecycle,
     /// The workers, and the answers held until they all serve a registry version.
@@ -123,8 +125,9 @@ struct Master {
     actions: Alerts,
     /// An upgrade in place, either side of it.
     succession: Succession,
-    /// `[cluster]`: counters and registry shared through Redis.
-    cluster: Option<ClusterState>,
+    /// This node alone, or a member of a cluster sharing counters and registry through
+    /// Redis.
+    cluster: Cluster,
     /// The figures `/metrics` shows, added up since start, and the status page's traffic
     /// rings and last document.
     board: Board,
@@ -232,18 +235,17 @@ impl Master {
         };
         let mut watch = Watch::new(Box::new(store));
         watch.sync(&registry);
-        let ground = Ground::open(&config, source, default_sink, pidfile, inherited)?;
         let pool = Pool::new(config.workers.min);
-        let cluster = config.cluster.clone().map(ClusterState::new);
+        let cluster = Cluster::new(config.cluster.clone());
         info!(
             "eventsd {} starting: listening on {}, {} workers, config {}",
             env!("CARGO_PKG_VERSION"),
             config.server.listen,
             config.workers.min,
-            ground.source.describe()
+            source.describe()
         );
+        let ground = Ground::open(config, source, default_sink, pidfile, inherited)?;
         let mut master = Master {
-            config,
             ground,
             lifecycle: Lifecycle::new(),
             pool,
@@ -294,7 +296,8 @@ impl Master {
             fds.push(self.ground.listener.as_raw_fd());
             fds
         });
-        self.counting.on_tick(&self.config, fork_fds.as_deref());
+        self.counting
+            .on_tick(&self.ground.config, fork_fds.as_deref());
         self.sample_traffic();
         self.oncall_tick();
     }
@@ -335,7 +338,7 @@ impl Master {
         info!(
             "graceful stop: draining {} workers (up to {}s)",
             self.pool.iter().count(),
-            self.config.workers.graceful_timeout_secs
+            self.ground.config.workers.graceful_timeout_secs
         );
         notify::send(notify::STOPPING);
         self.lifecycle.phase = Phase::Draining;
@@ -364,9 +367,10 @@ impl Master {
             return;
         }
         let why = "every worker has stopped";
-        match cluster_state::link_of(&self.cluster) {
-            Some(_) => self.stop_cluster_link(why),
-            None => self.actions.stop_runner(why),
+        if self.children().any(|c| c.role == Role::ClusterLink) {
+            self.cluster.stop_link(why);
+        } else {
+            self.actions.stop_runner(why);
         }
     }
 
@@ -399,7 +403,7 @@ impl Master {
         match self
             .counting
             .watch
-            .save(&setup::counters_path(&self.config))
+            .save(&setup::counters_path(&self.ground.config))
         {
             Ok(()) => info!("counters saved"),
             Err(e) => error!("counters not saved: {e:#}"),
@@ -430,7 +434,7 @@ impl Master {
     /// it has (`upgrade.rs::take_over` releases them).
     fn hold_what_waits_for_the_take_over(&mut self) {
         self.actions.hold_runner();
-        self.hold_cluster_link();
+        self.cluster.hold_link();
         self.counting.hold_snapshots();
     }
 
@@ -442,7 +446,7 @@ impl Master {
             .chain(self.actions.runner())
             .chain(self.counting.snapshot())
             .chain(self.succession.child())
-            .chain(cluster_state::link_of(&self.cluster))
+            .chain(self.cluster.link())
     }
 
     pub(super) fn children_mut(&mut self) -> impl Iterator<Item = &mut Child> {
@@ -451,7 +455,7 @@ impl Master {
             .chain(self.actions.runner_mut())
             .chain(self.counting.snapshot_mut())
             .chain(self.succession.child_mut())
-            .chain(cluster_state::link_of_mut(&mut self.cluster))
+            .chain(self.cluster.link_mut())
     }
 
     pub(super) fn child_mut(&mut self, pid: Pid) -> Option<&mut Child> {
@@ -492,7 +496,7 @@ impl Master {
         Status {
             pid: std::process::id(),
             uptime_secs: self.lifecycle.started_at.elapsed().as_secs(),
-            listen: self.config.server.listen.to_string(),
+            listen: self.ground.config.server.listen.to_string(),
             config: self.ground.source.describe(),
             generation: self.pool.generation,
             reloads: self.lifecycle.reloads,
@@ -501,13 +505,10 @@ impl Master {
             upgrade_in_progress,
             upgrades_failed,
             last_upgrade_error,
-            cluster: self
-                .cluster
-                .as_ref()
-                .map(|c| c.status(self.registry.version)),
+            cluster: self.cluster.status(self.registry.version),
             target_workers: self.pool.target,
-            min_workers: self.config.workers.min,
-            max_workers: self.config.workers.max,
+            min_workers: self.ground.config.workers.min,
+            max_workers: self.ground.config.workers.max,
             crash_loop: backoff.in_crash_loop().then(|| CrashLoop {
                 quick_exits: backoff.quick_exits(),
                 last_exit: backoff.last_exit().to_string(),

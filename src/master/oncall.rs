@@ -84,7 +84,7 @@ impl Master {
         if silences.is_empty() {
             return;
         }
-        self.tell_cluster(&ToCluster::ShareSilences(silences));
+        self.cluster.tell(&ToCluster::ShareSilences(silences));
     }
 
     /// Redis answers again (or for the first time): it may have lost what this node
@@ -93,7 +93,7 @@ impl Master {
     pub(super) fn share_every_silence(&mut self) {
         let silences = self.oncall.every_silence();
         if !silences.is_empty() {
-            self.tell_cluster(&ToCluster::ShareSilences(silences));
+            self.cluster.tell(&ToCluster::ShareSilences(silences));
         }
     }
 
@@ -106,7 +106,7 @@ impl Master {
 
     fn forget_shared_silences(&mut self, ids: Vec<Uuid>) {
         if !ids.is_empty() {
-            self.tell_cluster(&ToCluster::ForgetSilences(ids));
+            self.cluster.tell(&ToCluster::ForgetSilences(ids));
         }
     }
 

@@ -43,7 +43,7 @@ impl Master {
 
     fn apply_new_config(&mut self) -> anyhow::Result<()> {
         let mut new = self.ground.source.load_checked()?;
-        let old = &self.config;
+        let old = &self.ground.config;
         let runner_changed = runner_settings(&new) != runner_settings(old);
         if new.daemon.state_dir != old.daemon.state_dir
             || new.daemon.pidfile != old.daemon.pidfile
@@ -90,7 +90,7 @@ impl Master {
         }
         self.pool.clamp_target(new.workers.min, new.workers.max);
         self.ground.tls = tls;
-        self.config = new;
+        self.ground.config = new;
         if runner_changed {
             self.actions.retire_runner(
                 "[smtp], [actions], watchers.action_queue or the workers' user changed",
@@ -101,10 +101,10 @@ impl Master {
 
     /// SIGUSR1 (logrotate): the master's log files, then every child's.
     pub(super) fn reopen_logs(&mut self) {
-        let privileges = &self.config.workers.privileges;
+        let privileges = &self.ground.config.workers.privileges;
         let reopened = logging::reopen()
             .and_then(|()| logging::hand_over(privileges))
-            .and_then(|()| logging::prepare_access_log(&self.config));
+            .and_then(|()| logging::prepare_access_log(&self.ground.config));
         match reopened {
             Ok(()) => info!("reopened log files"),
             Err(e) => error!("cannot reopen log files: {e:#}"),

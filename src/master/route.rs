@@ -24,10 +24,8 @@ impl Master {
     pub(super) fn reroute_counts(&mut self) {
         self.counting.route = if self.succession.is_taking_over() {
             Route::Deferred
-        } else if self.cluster_node().is_some() {
-            Route::Shared
         } else {
-            Route::Local
+            self.cluster.route()
         };
     }
 
@@ -97,10 +95,8 @@ impl Master {
 
     /// Firings of this master's store; in a cluster, marked degraded.
     fn dispatch_local(&mut self, jobs: Vec<Job>) {
-        let node = self.cluster_node();
         for mut job in jobs {
-            job.firing.degraded = node.is_some();
-            job.firing.node.clone_from(&node);
+            self.cluster.mark_own(&mut job.firing);
             self.dispatch(job);
         }
     }

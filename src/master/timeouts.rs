@@ -36,7 +36,8 @@ impl Master {
     /// The one heartbeat rule, for every child that beats (workers, the action runner):
     /// silent past `heartbeat_timeout_secs`, with nothing unread from it, it hung.
     fn kill_hung_children(&mut self) {
-        let (now, heartbeat_timeout) = (Stamp::now(), self.config.workers.heartbeat_timeout());
+        let (now, heartbeat_timeout) =
+            (Stamp::now(), self.ground.config.workers.heartbeat_timeout());
         let hung: Vec<(Pid, Role, u64)> = self
             .children()
             .filter(|child| child.role.beats())
@@ -59,7 +60,7 @@ impl Master {
     }
 
     fn kill_overdue_children(&mut self, now: Instant) {
-        let graceful_timeout = self.config.workers.graceful_timeout();
+        let graceful_timeout = self.ground.config.workers.graceful_timeout();
         let overdue: Vec<(Pid, Role)> = self
             .children()
             .filter(|child| child.is_overdue(now, graceful_timeout))
@@ -81,7 +82,10 @@ impl Master {
     /// Prefork MPM: when `min < max`, grow by one when every worker is busy and none is
     /// still starting; retire a worker that has been idle for `idle_timeout_secs`.
     fn adjust_dynamic_pool(&mut self, now: Instant) {
-        let (min, max) = (self.config.workers.min, self.config.workers.max);
+        let (min, max) = (
+            self.ground.config.workers.min,
+            self.ground.config.workers.max,
+        );
         if min == max {
             return;
         }
@@ -99,7 +103,7 @@ impl Master {
         if self.pool.target <= min {
             return;
         }
-        let idle_timeout = self.config.workers.idle_timeout();
+        let idle_timeout = self.ground.config.workers.idle_timeout();
         let idle = self
             .pool
             .active()

@@ -184,7 +184,7 @@ impl Master {
         if let Err(e) = self
             .counting
             .watch
-            .save(&setup::counters_path(&self.config))
+            .save(&setup::counters_path(&self.ground.config))
         {
             error!("counters not saved for the new master: {e:#}");
         }
@@ -206,7 +206,7 @@ impl Master {
         let Mode::TakingOver(predecessor) = &mut self.succession.mode else {
             self.ground
                 .announcer
-                .ready(&self.config.server.listen.to_string());
+                .ready(&self.ground.config.server.listen.to_string());
             return;
         };
         info!("ready; waiting for the old master to hand over");
@@ -240,7 +240,7 @@ impl Master {
     /// keeps a runner and a link, and snapshots its counters.
     fn release_what_waited_for_the_take_over(&mut self) {
         self.actions.release_runner();
-        self.release_cluster_link();
+        self.cluster.release_link();
         self.counting.release_snapshots();
     }
 
@@ -252,29 +252,29 @@ impl Master {
             return Ok(());
         };
         self.reroute_counts();
-        let daemon = &self.config.daemon;
+        let daemon = &self.ground.config.daemon;
         self.ground.pidfile = Some(Pidfile::adopt(predecessor.pidfile, &daemon.pidfile)?);
         self.ground.control = Some(ControlSocket::adopt(
             predecessor.control,
             &daemon.control_socket,
         )?);
-        match setup::load_registry(&self.config) {
+        match setup::load_registry(&self.ground.config) {
             Ok(registry) => self.registry = registry,
             Err(e) => error!("keeping the registry read at start: {e:#}"),
         }
-        let counters = setup::counters_path(&self.config);
-        let store =
-            MemoryStore::load(&counters, self.config.watchers.max_keys).unwrap_or_else(|e| {
+        let counters = setup::counters_path(&self.ground.config);
+        let store = MemoryStore::load(&counters, self.ground.config.watchers.max_keys)
+            .unwrap_or_else(|e| {
                 error!("starting with empty counters: {e:#}");
-                MemoryStore::new(self.config.watchers.max_keys)
+                MemoryStore::new(self.ground.config.watchers.max_keys)
             });
         self.counting.watch = Watch::new(Box::new(store));
         self.counting.watch.sync(&self.registry);
         self.take_restored_counts();
         self.push_registry();
-        let journal = open_journal(&self.config, &self.registry, self.board.totals_mut())?;
+        let journal = open_journal(&self.ground.config, &self.registry, self.board.totals_mut())?;
         self.actions.replace_journal(journal);
-        self.oncall = OnCall::open(&self.config)?;
+        self.oncall = OnCall::open(&self.ground.config)?;
         self.release_what_waited_for_the_take_over();
         let (counts, changes) = (
             predecessor.deferred_counts.len(),
@@ -294,7 +294,7 @@ impl Master {
         notify::send(&format!("MAINPID={}", std::process::id()));
         self.ground
             .announcer
-            .ready(&self.config.server.listen.to_string());
+            .ready(&self.ground.config.server.listen.to_string());
         Ok(())
     }
 }

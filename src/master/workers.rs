@@ -66,7 +66,7 @@ impl Master {
         }
         let mut master_fds = self.master_only_fds();
         master_fds.push(self.ground.listener.as_raw_fd());
-        let config = self.config.clone();
+        let config = self.ground.config.clone();
         self.actions.keep_runner(|| {
             child::fork_child(Role::ActionRunner, &master_fds, |channel| {
                 crate::action::serve(&config, channel)
@@ -80,7 +80,7 @@ impl Master {
             info!(
                 "eventsd ready: {} workers serving {}",
                 self.pool.ready_count(),
-                self.config.server.listen
+                self.ground.config.server.listen
             );
             self.announce_ready();
         } else if self.lifecycle.reload_in_progress {
@@ -99,7 +99,7 @@ impl Master {
         let setup = worker::Setup {
             listener: self.ground.listener.as_raw_fd(),
             tls: self.ground.tls.clone(),
-            config: self.config.clone(),
+            config: self.ground.config.clone(),
             registry: self.registry.clone(),
             counts: worker_end,
         };
@@ -155,7 +155,10 @@ impl Master {
             return;
         }
         let wanted = self.pool.target.saturating_add_signed(delta);
-        let (min, max) = (self.config.workers.min, self.config.workers.max);
+        let (min, max) = (
+            self.ground.config.workers.min,
+            self.ground.config.workers.max,
+        );
         let target = wanted.clamp(min, max);
         if target == self.pool.target {
             info!(

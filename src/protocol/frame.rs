@@ -1,7 +1,7 @@
 //! The one frame format of every channel between the master and its children: a 4-byte
 //! little-endian length followed by that many bytes of bincode 2 (standard
-//! configuration). Both ends of every channel decode with `take_frame`, so there is one
-//! codec; `Json` is the one wrapper for a value bincode cannot carry (a document with
+//! configuration). Both ends of every channel decode with `take_frame`, or `take_frames`
+//! where one read carries many (count streams), so there is one codec; `Json` is the one wrapper for a value bincode cannot carry (a document with
 //! free-form JSON in it), sent as its JSON text inside the frame.
 //!
 //! Plain data: no I/O.

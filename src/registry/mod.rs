@@ -318,7 +318,7 @@ impl Registry {
             .map_err(|message| Refusal::new(403, format!("Invalid `action`: {message}")))?;
         let watchers = &mut self.event_mut_or_404(event)?.watchers;
         rules
-            .check_watcher(&spec, watchers.len())
+            .check_watcher(&spec, watchers.iter().map(|w| &w.spec))
             .map_err(bad_request)?;
         add(watchers, event, spec)
     }

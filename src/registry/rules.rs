@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use super::address::{Host, WebhookUrl, canonical, destination};
+use super::validation::watcher::{MAX_EXPECTED_PER_TYPE, expected_key_bytes};
 use super::validation::{Action, Aggregator, EventDeclaration, WatcherSpec, url_without_secrets};
 
 /// Collectors of one event type: each file collector is a descriptor in every worker.
@@ -38,6 +39,9 @@ pub struct Rules {
     pub max_fields: usize,
     /// `watchers.max_field_path_bytes`.
     pub max_field_path_bytes: usize,
+    /// `watchers.max_key_bytes`: an expected key (`expect`) longer than this would be
+    /// counted by the workers under its digest, never under itself.
+    pub max_key_bytes: usize,
     /// `registry.max_bytes`: of `registry.json`, as a change would leave it.
     pub max_bytes: usize,
     /// Where actions may send firings.
@@ -194,6 +198,7 @@ impl Default for Rules {
             max_watchers: 256,
             max_fields: 16,
             max_field_path_bytes: 256,
+            max_key_bytes: 1024,
             max_bytes: 16 * 1024 * 1024,
             destinations: Destinations::default(),
         }
@@ -221,14 +226,20 @@ impl Rules {
         )
     }
 
-    /// One more watcher, `spec`, on a type that has `count`.
-    pub fn check_watcher(&self, spec: &WatcherSpec, count: usize) -> Result<(), String> {
+    /// One more watcher, `spec`, on a type whose watchers are `others`.
+    pub fn check_watcher<'a>(
+        &self,
+        spec: &WatcherSpec,
+        others: impl ExactSizeIterator<Item = &'a WatcherSpec>,
+    ) -> Result<(), String> {
         bounded(
-            count,
+            others.len(),
             self.max_watchers,
             "watchers on an event type",
             "watchers.max_per_type",
         )?;
+        let expected_by_others = others.map(|other| other.expect.as_ref().map_or(0, Vec::len));
+        self.check_expect(spec, expected_by_others.sum())?;
         spec.action
             .check_headers()
             .map_err(|message| format!("Invalid `action`: {message}"))?;
@@ -274,13 +285,40 @@ impl Rules {
         Ok(())
     }
 
+    /// `expect`'s keys, each no longer than a key may be, and with the keys the type's
+    /// other watchers expect (`expected_by_others`) no more than `MAX_EXPECTED_PER_TYPE`.
+    fn check_expect(&self, spec: &WatcherSpec, expected_by_others: usize) -> Result<(), String> {
+        let Some(keys) = &spec.expect else {
+            return Ok(());
+        };
+        if let Some(long) = keys
+            .iter()
+            .find(|key| expected_key_bytes(key) > self.max_key_bytes)
+        {
+            return Err(format!(
+                "Invalid `expect`: the key {} is {} bytes, more than watchers.max_key_bytes ({})",
+                long.to_string().chars().take(64).collect::<String>(),
+                expected_key_bytes(long),
+                self.max_key_bytes
+            ));
+        }
+        let expected = expected_by_others + keys.len();
+        if expected > MAX_EXPECTED_PER_TYPE {
+            return Err(format!(
+                "Invalid `expect`: the event type's watchers would expect {expected} keys, \
+                 more than {MAX_EXPECTED_PER_TYPE}"
+            ));
+        }
+        Ok(())
+    }
+
     /// The same bounds for what the config file declares.
     pub fn check_declaration(&self, declaration: &EventDeclaration) -> Result<(), String> {
         if let Some(extra) = declaration.collector.len().checked_sub(1) {
             self.check_collector_count(extra)?;
         }
         for (count, watcher) in declaration.watcher.iter().enumerate() {
-            self.check_watcher(watcher, count)
+            self.check_watcher(watcher, declaration.watcher[..count].iter())
                 .map_err(|message| format!("watcher `{}`: {message}", watcher.name))?;
         }
         Ok(())

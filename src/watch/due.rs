@@ -63,6 +63,10 @@ impl DueQueue {
         self.kept.insert(key.clone());
     }
 
+    pub fn kept_len(&self) -> usize {
+        self.kept.len()
+    }
+
     pub fn keeps(&self, key: &str) -> bool {
         self.kept.contains(key)
     }

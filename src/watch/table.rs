@@ -12,8 +12,8 @@
 //! keep, and the exact least recent key whenever the table is no larger than the sample.
 //! A key a watcher keeps (`due::DueQueue::keeps`: `single`'s, `expect`'s) is never
 //! evicted: a silent expected host is the least recently updated key of all, and evicting
-//! it would stop watching it without a word; the table then holds at most its kept keys
-//! (bounded by `expect`'s limit) and `max_keys` others.
+//! it would stop watching it without a word. Kept keys take no room from the others: the
+//! table holds its kept keys (bounded by `expect`'s limits) and `max_keys` others.
 
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
@@ -96,13 +96,14 @@ impl SetTable {
     }
 
     /// The slot of `key`, created if new (evicting a key first when the table holds
-    /// `max_keys`), marked as updated at `stamp`. The key is hashed once.
+    /// `max_keys` besides the kept ones), marked as updated at `stamp`. The key is hashed
+    /// once.
     pub fn touch(&mut self, key: &str, stamp: u64, max_keys: usize) -> usize {
         let hash = self.hasher.hash_one(key);
         let slot = match self.slot_hashed(key, hash) {
             Some(slot) => slot,
             None => {
-                if self.slots.len() >= max_keys {
+                if self.slots.len() >= max_keys.saturating_add(self.kept_keys()) {
                     self.evict_one();
                 }
                 self.insert(key.into(), hash, stamp)
@@ -184,6 +185,16 @@ impl SetTable {
             column.evictions += u64::from(column.holds(victim));
         }
         self.remove_slot(victim);
+    }
+
+    /// The keys the watchers of the set keep, at most (a key two of them keep, or one
+    /// not counted yet, counts too): room they take beside the `max_keys` others, so
+    /// that expected hosts never crowd out the keys of the set's other watchers.
+    fn kept_keys(&self) -> usize {
+        self.columns
+            .iter()
+            .map(|column| column.due.kept_len())
+            .sum()
     }
 
     /// Whether a watcher of the set keeps the key of `slot`.
@@ -424,11 +435,11 @@ mod tests {
             let slot = table.touch(&format!("[{n}]"), n, 3);
             table.column_mut(0).hold(slot);
         }
-        assert_eq!(table.len(), 3);
+        assert_eq!(table.len(), 4, "the kept key and max_keys others");
         assert!(table.slot_of("[\"quiet\"]").is_some());
-        assert!(table.slot_of("[99]").is_some() && table.slot_of("[98]").is_some());
+        assert!((97..100).all(|n| table.slot_of(&format!("[{n}]")).is_some()));
         assert_eq!(table.columns()[1].evictions, 0);
-        assert_eq!(table.columns()[0].evictions, 97);
+        assert_eq!(table.columns()[0].evictions, 96);
         let mut all_kept = table_of(1);
         for n in 0..3 {
             let key = format!("[k{n}]");

@@ -256,6 +256,35 @@ pub(crate) fn spike() -> Vec<Scenario> {
             every(1, 1000, 1029, "k", 3),
             vec![spiked(1036, "k", 9, 30)],
         ),
+        Scenario::on_the_clock(
+            "spike: a drop that emptied its window and then trickles is the same drop",
+            SPIKE_DOWN,
+            (vec![], 1000, 1070),
+            [every(1, 1000, 1029, "k", 3), vec![(1045, "k", 1)]].concat(),
+            vec![spiked(1036, "k", 9, 30)],
+        ),
+        Scenario::on_the_clock(
+            "spike: a window of exactly min_current events may be a drop",
+            r#"{"rule": "spike", "window_secs": 10, "ratio": 3, "direction": "down",
+                "min_current": 10}"#,
+            (vec![], 1000, 1060),
+            [every(1, 1000, 1029, "k", 3), every(1, 1030, 1039, "k", 1)].concat(),
+            vec![spiked(1039, "k", 10, 30)],
+        ),
+        Scenario::on_the_clock(
+            "spike: with a cooldown, a drop that holds fires again as its cooldown ends, \
+             though no window moves then",
+            r#"{"rule": "spike", "window_secs": 10, "ratio": 2, "direction": "down",
+                "cooldown_secs": 5}"#,
+            (vec![], 1000, 1045),
+            vec![
+                (1000, "k", 20),
+                (1010, "k", 25),
+                (1011, "k", 5),
+                (1020, "k", 4),
+            ],
+            vec![spiked(1020, "k", 9, 25), spiked(1025, "k", 4, 30)],
+        ),
     ]
 }
 
@@ -392,6 +421,14 @@ pub(crate) fn new_value() -> Vec<Scenario> {
             r#"{"rule": "new_value", "field": "country"}"#,
             vec![(1000, FR, 3), (1001, FR, 1), (1001, NZ, 1)],
             vec![fired(1000, FR, 3), fired(1001, NZ, 1)],
+        )
+        .created_at(1000),
+        Scenario::on_counts(
+            "new_value: a value last seen remember_secs ago is new again; one seen a \
+             second later is still known",
+            r#"{"rule": "new_value", "field": "country", "remember_secs": 100}"#,
+            vec![(1000, FR, 1), (1100, FR, 1), (1199, FR, 1)],
+            vec![fired(1000, FR, 1), fired(1100, FR, 1)],
         )
         .created_at(1000),
     ]

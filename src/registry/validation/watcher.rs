@@ -201,6 +201,11 @@ impl RuleKind {
 /// Keys a flatline watcher lists in `expect`, at most.
 pub const MAX_EXPECTED_KEYS: usize = 1_000;
 
+/// Keys the watchers of one event type list in `expect`, together, at most: they share the
+/// type's counter tables, where an expected key is never evicted, so their sum is what
+/// stays beside `watchers.max_keys` evictable keys.
+pub const MAX_EXPECTED_PER_TYPE: usize = 10_000;
+
 /// The largest `max_distinct` or `min_distinct`: a key keeps that many values' hashes.
 pub const MAX_DISTINCT_LIMIT: u64 = 10_000;
 
@@ -382,6 +387,16 @@ fn check_expected_keys(spec: &WatcherSpec) -> Result<(), String> {
             fields.len()
         )),
         None => Ok(()),
+    }
+}
+
+/// The aggregation key `key` of `expect` is: its values as a compact JSON array, the
+/// encoding of `watch::key` (a key within `watchers.max_key_bytes` is kept whole there,
+/// so an expected key of this length is the key the workers count that host's events by).
+pub fn expected_key_bytes(key: &Value) -> usize {
+    match key {
+        Value::Array(_) => key.to_string().len(),
+        scalar => Value::Array(vec![scalar.clone()]).to_string().len(),
     }
 }
 

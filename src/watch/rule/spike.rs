@@ -116,6 +116,13 @@ impl Spike {
             enough && current * ratio <= previous,
         )
     }
+
+    /// Whether a drop under way goes on: it still holds, or the current window fell below
+    /// `min_current`. A drop that went on to nothing has not recovered, so the trickle
+    /// after it is the same drop, not a second one.
+    fn drop_goes_on(&self, counted: Windows, down: bool) -> bool {
+        down || counted.current < self.min_current
+    }
 }
 
 impl Judge for Spike {
@@ -155,7 +162,7 @@ impl Judge for Spike {
             state.since = now;
         }
         let (up, down) = self.spiking(counted, state.since, now);
-        state.low &= down;
+        state.low &= self.drop_goes_on(counted, down);
         let was_up = state.high;
         state.high &= up;
         if !direction.up() || !up {
@@ -191,7 +198,7 @@ impl Judge for Spike {
         let state = counter.rule.get_or_insert_default();
         let (_, down) = self.spiking(counted, state.since, now);
         let was_down = state.low;
-        state.low &= down;
+        state.low &= self.drop_goes_on(counted, down);
         let wait = if now < grace_until {
             Some(grace_until)
         } else if !down {
