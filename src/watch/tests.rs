@@ -324,3 +324,50 @@ fn a_flatline_key_evicted_leaves_the_due_queue() {
     assert_eq!(watch.store().keys(ids[0]).len(), 100);
     assert_eq!(watch.tick(t0 + 300).len(), 100, "the keys held come up");
 }
+
+/// new_value's memory as `counters.json` holds it today (each (key, value) a counter of
+/// its own: `[user, country]`, its last-seen second in its one bucket), written by hand:
+/// restored, a learnt value does not fire, a new one does. Whatever layout new_value
+/// moves to, a file of this one must still load with what it learnt.
+#[test]
+fn new_value_s_learnt_values_in_today_s_counters_file_are_known_after_a_restore() {
+    let registry = registry_with(
+        r#"{"name": "travel", "rule": "new_value", "field": "country",
+            "aggregator": {"type": "fields", "fields": ["user"]}, "action": {"type": "null"}}"#,
+    );
+    let watcher = &registry.event("logins").unwrap().watchers[0];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("counters.json");
+    // Learnt a day and an hour ago (seconds of the wall clock, as the file keeps them).
+    let now = super::now();
+    let file = serde_json::json!({"watchers": {watcher.id.to_string(): {"keys": {
+        "[42,\"FR\"]": {"buckets": [[now - 86_400, 3]]},
+        "[42,\"DE\"]": {"buckets": [[now - 3_600, 1]]}}}}});
+    std::fs::write(&path, file.to_string()).unwrap();
+    let mut watch = Watch::new(Box::new(MemoryStore::load(&path, 100).unwrap()));
+    watch.sync(&registry);
+    let mut seen = |country: &str| {
+        let payload = serde_json::json!({"user": 42, "country": country});
+        let key = Key::of(
+            &watcher.spec.counted_by(),
+            payload.as_object().unwrap(),
+            1024,
+        );
+        let batch = CountBatch {
+            events: vec![("logins".to_string(), 1)],
+            sets: vec![SetCounts {
+                watchers: vec![watcher.id],
+                keys: vec![(key, 1)],
+            }],
+            values: Vec::new(),
+        };
+        watch.count(batch, now)
+    };
+    assert!(seen("FR").is_empty(), "learnt before the restore");
+    assert!(seen("DE").is_empty(), "learnt before the restore");
+    let new = seen("NZ");
+    assert_eq!(new.len(), 1, "a value the file does not hold is new");
+    let value = new[0].firing.figures.new_value.value.clone();
+    assert_eq!(value, Some(serde_json::json!({"country": "NZ"})));
+    assert_eq!(new[0].firing.key, serde_json::json!({"user": 42}));
+}
