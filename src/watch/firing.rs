@@ -1,7 +1,9 @@
 //! A firing as actions deliver it: the document (`Firing`) and its job (`Job`), the
-//! figures a command action gets (`rule_env`). Made by `rule/` from a rule's verdict in
-//! the rule's words (`Firing::new`, `figure_lines`); never decides whether anything
-//! fires, and says nothing of one rule: the rules do.
+//! figures a command action gets (`rule_env`). Made from a rule's verdict in the rule's
+//! words (`Firing::new`, `figure_lines`, through `rule::wording`); never decides whether
+//! anything fires, and says nothing of one rule: the rules do.
+
+use std::time::SystemTime;
 
 use log::warn;
 use serde::{Deserialize, Serialize};
@@ -9,7 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Key;
-use super::rule::RuleFigures;
+use super::rule::{Reported, RuleFigures, Said, Verdict, shown, wording};
 use crate::registry::{Action, Aggregator, RuleKind, WatcherSpec};
 
 /// A crossing: the document actions deliver (its `text` makes it a valid Slack or
@@ -141,26 +143,61 @@ impl Firing {
         env.extend(self.figures.env());
         env
     }
-
-    /// The lines a rule over a window ends with: the window, and whether the key
-    /// recovered.
-    pub(super) fn window_lines(&self, lines: &mut Vec<(&'static str, String)>) {
-        if let Some(window) = self.window_secs {
-            lines.push(("Window", format!("the last {window} s")));
-        }
-        if self.resolved {
-            lines.push(("Resolved", "yes: the key is heard from again".to_string()));
-        }
-    }
 }
 
-/// `field=value, field=value`.
-pub(super) fn shown(fields: &Value) -> String {
-    match fields {
-        Value::Object(fields) => {
-            let shown: Vec<String> = fields.iter().map(|(f, v)| format!("{f}={v}")).collect();
-            shown.join(", ")
+impl Firing {
+    /// The firing of `key` that `verdict` decided.
+    pub(in crate::watch) fn new(
+        event: &str,
+        spec: &WatcherSpec,
+        key: &Key,
+        verdict: Verdict,
+    ) -> Firing {
+        let (key, value) = split_key(spec, key);
+        let wording = wording(spec.rule);
+        let for_key = match &key {
+            Value::Object(_) => format!(" for {}", shown(&key)),
+            _ => String::new(),
+        };
+        let said = Said {
+            event,
+            spec,
+            for_key: &for_key,
+            value: value.as_ref(),
+            verdict,
+        };
+        Firing {
+            id: Uuid::new_v4(),
+            watcher: spec.name.to_string(),
+            event: event.to_string(),
+            text: wording.text(&said),
+            key,
+            rule: spec.rule,
+            count: verdict.count,
+            threshold: spec.threshold.unwrap_or(0),
+            window_secs: spec.window_secs,
+            fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            firings: 1,
+            node: None,
+            crossing: None,
+            degraded: false,
+            resolved: verdict.resolved,
+            figures: wording.figures(&said),
         }
-        _ => String::new(),
+    }
+
+    /// The rule and its figures as an e-mail body lists them (`Name: value`), in the
+    /// rule's words: what the webhook document and `rule_env` carry, for a reader.
+    pub fn figure_lines(&self) -> Vec<(&'static str, String)> {
+        let mut lines = vec![("Rule", self.rule.name().to_string())];
+        let reported = Reported {
+            count: self.count,
+            threshold: self.threshold,
+            window_secs: self.window_secs,
+            resolved: self.resolved,
+            figures: &self.figures,
+        };
+        lines.extend(wording(self.rule).figure_lines(&reported));
+        lines
     }
 }

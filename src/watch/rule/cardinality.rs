@@ -12,11 +12,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::super::Key;
-use super::super::firing::Firing;
 use super::super::rule_state::RuleState;
 use super::super::store::{CounterStore, KeyCounter, Second, WatcherKey};
 use super::judge::{Cooling, DueKey, Turn};
-use super::{FigureEnv, Judge, RuleFigures, Said, Verdict, Wording};
+use super::{FigureEnv, Judge, Reported, RuleFigures, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
 
 /// cardinality's figures, read from the definition (`of`): what `Rule::Cardinality`
@@ -236,7 +235,7 @@ impl Wording for Words {
         }
     }
 
-    fn figure_lines(&self, firing: &Firing) -> Vec<(&'static str, String)> {
+    fn figure_lines(&self, firing: &Reported<'_>) -> Vec<(&'static str, String)> {
         let figures = &firing.figures.cardinality;
         let distinct = figures.distinct.unwrap_or(firing.count);
         let limit = distinct_limit(distinct, figures.max_distinct, figures.min_distinct);

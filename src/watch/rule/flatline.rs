@@ -10,10 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::super::firing::Firing;
 use super::super::store::{KeyCounter, Second, WatcherKey};
 use super::judge::{Cooling, DueKey, Turn, earliest};
-use super::{Judge, NoFigures, Said, Verdict, Wording};
+use super::{Judge, NoFigures, Reported, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
 
 /// How long a flatline key silent after it fired is kept, by default: a day.
@@ -155,7 +154,7 @@ impl Wording for Words {
         }
     }
 
-    fn figure_lines(&self, firing: &Firing) -> Vec<(&'static str, String)> {
+    fn figure_lines(&self, firing: &Reported<'_>) -> Vec<(&'static str, String)> {
         let (count, threshold) = (firing.count, firing.threshold);
         let mut lines = vec![("Count", format!("{count} (expected at least {threshold})"))];
         firing.window_lines(&mut lines);

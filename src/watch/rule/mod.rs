@@ -5,8 +5,9 @@
 //! and its words (`Wording`: the firing's text and figures, the e-mail's lines, the live
 //! state's description). The files are listed once, in the registry's `every_rule`
 //! (with the fields each rule requires or refuses); this module makes `Rule`,
-//! `RuleFigures` and `wording` from that list,
-//! and a rule's firing in its words (`Firing::new`, `Firing::figure_lines`). What every
+//! `RuleFigures` and `wording` from that list. The rules never name the firing document
+//! (`firing::Firing`, which carries their figures): they word what they are given
+//! (`Said`, `Reported`), so the firing depends on the rules and not the other way. What every
 //! rule shares (the verdict, the cooldown and realert, once per episode, a key due on
 //! the clock) is `judge.rs`.
 //!
@@ -22,14 +23,11 @@
 
 mod judge;
 
-use std::time::SystemTime;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::Key;
-use super::firing::{Firing, shown, split_key};
 use super::store::{CounterStore, Second, WatcherKey};
 use crate::registry::validation::watcher::every_rule;
 use crate::registry::{RuleKind, WatcherSpec};
@@ -150,7 +148,7 @@ pub(super) trait Wording {
     }
 
     /// The e-mail's lines after `Rule`.
-    fn figure_lines(&self, firing: &Firing) -> Vec<(&'static str, String)>;
+    fn figure_lines(&self, firing: &Reported<'_>) -> Vec<(&'static str, String)>;
 
     /// The live state's `description`, before its window and its key's fields.
     fn description(&self, spec: &WatcherSpec) -> String;
@@ -285,6 +283,41 @@ impl RuleParams {
     }
 }
 
+/// A firing as its rule lists it in an e-mail (`Wording::figure_lines`): the figures
+/// every firing has, and the rules' own. A view, so that the rules never name `Firing`,
+/// which carries their figures.
+pub(super) struct Reported<'a> {
+    pub count: u64,
+    pub threshold: u64,
+    pub window_secs: Option<u64>,
+    pub resolved: bool,
+    pub figures: &'a RuleFigures,
+}
+
+impl Reported<'_> {
+    /// The lines a rule over a window ends with: the window, and whether the key
+    /// recovered.
+    pub(super) fn window_lines(&self, lines: &mut Vec<(&'static str, String)>) {
+        if let Some(window) = self.window_secs {
+            lines.push(("Window", format!("the last {window} s")));
+        }
+        if self.resolved {
+            lines.push(("Resolved", "yes: the key is heard from again".to_string()));
+        }
+    }
+}
+
+/// `field=value, field=value`.
+pub(super) fn shown(fields: &Value) -> String {
+    match fields {
+        Value::Object(fields) => {
+            let shown: Vec<String> = fields.iter().map(|(f, v)| format!("{f}={v}")).collect();
+            shown.join(", ")
+        }
+        _ => String::new(),
+    }
+}
+
 /// What a rule's `Wording::text` words a firing from.
 pub(super) struct Said<'a> {
     pub event: &'a str,
@@ -294,58 +327,6 @@ pub(super) struct Said<'a> {
     /// new_value: the value seen for the first time (`{field: value}`).
     pub value: Option<&'a Value>,
     pub verdict: Verdict,
-}
-
-impl Firing {
-    /// The firing of `key` that `verdict` decided.
-    pub(in crate::watch) fn new(
-        event: &str,
-        spec: &WatcherSpec,
-        key: &Key,
-        verdict: Verdict,
-    ) -> Firing {
-        let (key, value) = split_key(spec, key);
-        let wording = wording(spec.rule);
-        let for_key = match &key {
-            Value::Object(_) => format!(" for {}", shown(&key)),
-            _ => String::new(),
-        };
-        let said = Said {
-            event,
-            spec,
-            for_key: &for_key,
-            value: value.as_ref(),
-            verdict,
-        };
-        Firing {
-            id: Uuid::new_v4(),
-            watcher: spec.name.to_string(),
-            event: event.to_string(),
-            text: wording.text(&said),
-            key,
-            rule: spec.rule,
-            count: verdict.count,
-            threshold: spec.threshold.unwrap_or(0),
-            window_secs: spec.window_secs,
-            fired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            firings: 1,
-            node: None,
-            crossing: None,
-            degraded: false,
-            resolved: verdict.resolved,
-            figures: wording.figures(&said),
-        }
-    }
-}
-
-impl Firing {
-    /// The rule and its figures as an e-mail body lists them (`Name: value`), in the
-    /// rule's words: what the webhook document and `rule_env` carry, for a reader.
-    pub fn figure_lines(&self) -> Vec<(&'static str, String)> {
-        let mut lines = vec![("Rule", self.rule.name().to_string())];
-        lines.extend(wording(self.rule).figure_lines(self));
-        lines
-    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::super::Key;
-use super::super::firing::{Firing, shown};
 use super::super::store::{Second, WatcherKey};
 use super::super::table::Buckets;
 use super::judge::Cooling;
-use super::{FigureEnv, Judge, RuleFigures, Said, Verdict, Wording};
+use super::{FigureEnv, Judge, Reported, RuleFigures, Said, Verdict, Wording, shown};
 use crate::registry::WatcherSpec;
 
 /// How long new_value remembers a value, by default: 30 days.
@@ -103,7 +102,7 @@ impl Wording for Words {
         }
     }
 
-    fn figure_lines(&self, firing: &Firing) -> Vec<(&'static str, String)> {
+    fn figure_lines(&self, firing: &Reported<'_>) -> Vec<(&'static str, String)> {
         let value = firing.figures.new_value.value.as_ref();
         value
             .map(|v| ("New value", v.to_string()))

@@ -10,11 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::super::firing::Firing;
 use super::super::store::{Second, WatcherKey};
 use super::super::table::Buckets;
 use super::judge::{Cooling, DueKey, Turn, earliest};
-use super::{FigureEnv, Judge, RuleFigures, Said, Verdict, Wording};
+use super::{FigureEnv, Judge, Reported, RuleFigures, Said, Verdict, Wording};
 use crate::registry::{Direction, WatcherSpec};
 
 /// spike's figures, read from the definition (`of`), defaults filled in: what
@@ -248,7 +247,7 @@ impl Wording for Words {
         }
     }
 
-    fn figure_lines(&self, firing: &Firing) -> Vec<(&'static str, String)> {
+    fn figure_lines(&self, firing: &Reported<'_>) -> Vec<(&'static str, String)> {
         let figures = &firing.figures.spike;
         let current = figures.current.unwrap_or(firing.count);
         let previous = figures.previous.unwrap_or(0);

@@ -8,11 +8,10 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use super::super::firing::Firing;
 use super::super::store::{Second, WatcherKey};
 use super::super::table::Buckets;
 use super::judge::Cooling;
-use super::{Judge, NoFigures, Said, Verdict, Wording};
+use super::{Judge, NoFigures, Reported, Said, Verdict, Wording};
 use crate::registry::WatcherSpec;
 
 /// A threshold firing reports what every firing has: `count`, `threshold`.
@@ -73,7 +72,7 @@ impl Wording for Words {
         text + said.for_key
     }
 
-    fn figure_lines(&self, firing: &Firing) -> Vec<(&'static str, String)> {
+    fn figure_lines(&self, firing: &Reported<'_>) -> Vec<(&'static str, String)> {
         let (count, threshold) = (firing.count, firing.threshold);
         let window = firing.window_secs.map(|w| format!("the last {w} s"));
         let window = window.unwrap_or_else(|| "since the last firing".to_string());
