@@ -133,21 +133,38 @@ impl<'a> Event<'a> {
     /// top-level string without escapes, an integer, `true`, `false` or `null` is already
     /// in that form, and is copied as it came; anything else takes `get`'s way.
     pub fn write_json(&self, path: &str, out: &mut String) {
-        if !path.contains('.') {
-            match self.field(path) {
-                None => return out.push_str("null"),
-                Some(field) if field.canonical => return out.push_str(field.value),
-                Some(_) => {}
-            }
+        if path.contains('.') {
+            return self.write_value(path, out);
         }
+        self.write_field_json(self.position(path), path, out);
+    }
+
+    /// `write_json(key, out)` for the top-level field `key` found at `position` (what
+    /// `position(key)` answered): a caller that needs a field for several keys looks it
+    /// up once.
+    pub fn write_field_json(&self, position: Option<usize>, key: &str, out: &mut String) {
+        match position.and_then(|at| self.fields.get(at)) {
+            None => out.push_str("null"),
+            Some(field) if field.canonical => out.push_str(field.value),
+            Some(_) => self.write_value(key, out),
+        }
+    }
+
+    /// Where the top-level field `key` is among the event's fields: the last occurrence
+    /// wins, as when a JSON object is read into a map.
+    pub fn position(&self, key: &str) -> Option<usize> {
+        self.fields.iter().rposition(|field| field.key == key)
+    }
+
+    /// The value at `path` printed by serde_json: the way of values not in print form.
+    fn write_value(&self, path: &str, out: &mut String) {
         let value = self.get(path).unwrap_or(Value::Null);
         let _ = fmt::Write::write_fmt(out, format_args!("{value}"));
     }
 
-    /// The top-level field `key`: the last occurrence wins, as when a JSON object is read
-    /// into a map.
+    /// The top-level field `key` (see `position`).
     fn field(&self, key: &str) -> Option<&Field<'a>> {
-        self.fields.iter().rev().find(|field| field.key == key)
+        self.fields.get(self.position(key)?)
     }
 }
 

@@ -216,8 +216,9 @@ impl Api {
         // Counted only once acknowledged: the reply goes out right after.
         let collected = events.len() as u64;
         self.deltas.borrow_mut().record_collected(event, collected);
-        self.batcher
-            .add_keys(served.plans.of(event), &events, self.max_key_bytes);
+        if let Some(keys) = served.keys.of(event) {
+            self.batcher.add_keys(keys, &events, self.max_key_bytes);
+        }
         self.batcher.add_events(event, collected);
         match posted {
             Posted::One => json(StatusCode::OK, &Created { _id: ids[0] }),
