@@ -25,10 +25,10 @@ pub struct Field<'a> {
 /// Deeper values go to serde_json, which reads them without a limit.
 const MAX_DEPTH: usize = 64;
 
-/// The fields of `text`, pushed onto `fields` (cleared first), when it is one JSON object
-/// whose keys hold no escapes; `None` when serde_json must decide.
+/// The fields of `text`, pushed onto `fields` (after what it holds: a `_bulk`'s events
+/// share one vector), when it is one JSON object whose keys hold no escapes; `None` when
+/// serde_json must decide.
 pub fn scan<'a>(text: &'a str, fields: &mut Vec<Field<'a>>) -> Option<()> {
-    fields.clear();
     let bytes = text.as_bytes();
     let mut at = skip_blanks(bytes, 0);
     if bytes.get(at) != Some(&b'{') {

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use super::keys::{Found, SetKey, TypeKeys};
 use super::link::Link;
-use crate::event::Event;
+use crate::event::{Event, same_bytes};
 use crate::watch::plan::FieldSet;
 use crate::watch::{CountBatch, FnvBuildHasher, Key, SetCounts, SetValues};
 
@@ -40,13 +40,21 @@ const BATCH_SHIP_HASHES: usize = 8 * 1024;
 pub struct Batcher {
     link: Link,
     batch: RefCell<Batch>,
-    /// Where each event's key is written, reused: no allocation per watcher and event.
-    key: RefCell<String>,
-    /// Where a watched value is written to be hashed (cardinality), reused likewise.
-    value: RefCell<String>,
+    buffers: RefCell<Buffers>,
     /// Where a request's events' fields were found (`TypeKeys::find_fields`), reused.
     found: RefCell<Vec<Option<usize>>>,
     started: Notify,
+}
+
+/// Where the hot path writes, reused: no allocation per watcher and event.
+#[derive(Default)]
+struct Buffers {
+    /// Each event's key for a set...
+    key: String,
+    /// ...and the previous event's, to count a run of the same key without a lookup.
+    previous: String,
+    /// A watched value, to be hashed (cardinality).
+    value: String,
 }
 
 impl Batcher {
@@ -54,8 +62,7 @@ impl Batcher {
         Batcher {
             link,
             batch: RefCell::default(),
-            key: RefCell::default(),
-            value: RefCell::default(),
+            buffers: RefCell::default(),
             found: RefCell::default(),
             started: Notify::new(),
         }
@@ -71,8 +78,7 @@ impl Batcher {
             return;
         }
         let mut batch = self.batch.borrow_mut();
-        let mut key = self.key.borrow_mut();
-        let mut value = self.value.borrow_mut();
+        let mut buffers = self.buffers.borrow_mut();
         let mut found = self.found.borrow_mut();
         let found = keys.find_fields(events, &mut found);
         if batch.is_empty() {
@@ -81,9 +87,8 @@ impl Batcher {
         for set in keys.sets() {
             let mut done = 0;
             while done < events.len() {
-                let buffers = (&mut *key, &mut *value);
                 let (rest, found) = (&events[done..], found.skip(done));
-                done += batch.add_set_keys(set, (rest, found), max_key_bytes, buffers);
+                done += batch.add_set_keys(set, (rest, found), max_key_bytes, &mut buffers);
                 if batch.is_full() {
                     self.link.send_counts(batch.take());
                 }
@@ -164,40 +169,58 @@ impl Batch {
     }
 
     /// Counts each of `events` (with where their fields were `found`) under its key for
-    /// `set_key`'s set (written into the first buffer; a watched value into the second,
-    /// to be hashed), the set's counts found once; stops when the batch is full.
-    /// Returns the events counted.
+    /// `set_key`'s set, the set's counts found once; stops when the batch is full.
+    /// Returns the events counted. An event whose key is the previous event's is counted
+    /// on the counts found for that one: lines of one source often share a host, a
+    /// category, and a key made of them needs no lookup.
     fn add_set_keys(
         &mut self,
         set_key: &SetKey,
         (events, found): (&[Event<'_>], Found<'_>),
         max_key_bytes: usize,
-        (key, value): (&mut String, &mut String),
+        Buffers {
+            key,
+            previous,
+            value,
+        }: &mut Buffers,
     ) -> usize {
         let set = &set_key.set;
         let (_, keys) = self
             .sets
             .entry(Rc::as_ptr(set) as usize)
             .or_insert_with(|| (set.clone(), HashMap::default()));
+        // The counts of `previous`'s key; never for a set of watched values, whose
+        // every event brings its own value.
+        let mut run: Option<&mut (u64, Vec<u64>)> = None;
         for (index, event) in events.iter().enumerate() {
             set_key.write(event, found, index, max_key_bytes, key);
+            if let Some((count, _)) = run.as_deref_mut() {
+                if same_bytes(key.as_bytes(), previous.as_bytes()) {
+                    *count += 1;
+                    continue;
+                }
+            }
             let hash = set.hashed.as_deref().and_then(|field| {
                 value.clear();
                 event.write_json(field, value);
                 value_hash(value)
             });
             let grown = match keys.get_mut(key.as_str()) {
-                Some((count, hashes)) => {
-                    *count += 1;
-                    hash.is_some_and(|hash| add_hash(hashes, hash))
+                Some(counts) => {
+                    counts.0 += 1;
+                    let grown = hash.is_some_and(|hash| add_hash(&mut counts.1, hash));
+                    run = (set.hashed.is_none()).then_some(counts);
+                    grown
                 }
                 None => {
+                    run = None;
                     keys.insert(Key::from(key.as_str()), (1, hash.into_iter().collect()));
                     self.entries += set.watchers.len();
                     self.key_bytes += key.len();
                     true
                 }
             };
+            std::mem::swap(key, previous);
             self.hashes += usize::from(grown && hash.is_some());
             let entries = self.entries + self.events.len();
             if grown && beyond_limits(entries, self.key_bytes, self.hashes) {
@@ -297,7 +320,7 @@ mod tests {
             &keys.sets()[0],
             (&events, found),
             1 << 20,
-            (&mut String::new(), &mut String::new()),
+            &mut Buffers::default(),
         )
     }
 
@@ -338,6 +361,37 @@ mod tests {
             "each key once, with its set's watchers"
         );
         assert!(batch.is_empty());
+    }
+
+    /// A run of events with the same key counts as many as their lookups would, and a
+    /// set of watched values still takes each event's value in a run.
+    #[test]
+    fn runs_of_the_same_key_count_every_event_and_every_value() {
+        let mut batch = Batch::default();
+        let by_address = set(by_ip(), &[Uuid::new_v4()]);
+        count(
+            &mut batch,
+            &by_address,
+            &ips(&["a", "a", "a", "b", "a", "a"]),
+        );
+        count(&mut batch, &by_address, &ips(&["a", "b"]));
+        let logins = Rc::new(FieldSet {
+            aggregator: by_ip(),
+            watchers: vec![Uuid::new_v4()],
+            hashed: Some("user".into()),
+        });
+        let users: Vec<String> = (0..3)
+            .map(|n| format!(r#"{{"ip": "a", "user": "u{n}"}}"#))
+            .collect();
+        count(&mut batch, &logins, &users);
+        let taken = batch.take();
+        let mut keys = taken.sets[0].keys.clone();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [(Key::from(r#"["a"]"#), 6), (Key::from(r#"["b"]"#), 2)]
+        );
+        assert_eq!(taken.values[0].keys[0].1.len(), 3, "every user of the run");
     }
 
     /// Full by what the master will add up (a key once per watcher of its set) or by the

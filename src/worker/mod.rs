@@ -10,7 +10,7 @@ pub mod api;
 mod batcher;
 mod ids;
 mod io;
-mod keys;
+pub mod keys;
 pub(crate) mod link;
 mod oncall;
 mod reply;

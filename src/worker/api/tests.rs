@@ -4,10 +4,15 @@ use super::*;
 
 #[test]
 fn bulk_lines_are_all_objects_or_the_batch_is_refused() {
-    assert_eq!(parse_lines(b"{\"a\":1}\n\n{\"b\":2}\n").unwrap().len(), 2);
-    let message = parse_lines(b"{\"a\":1}\n[2]\n").unwrap_err();
+    assert_eq!(
+        parse_lines(b"{\"a\":1}\n\n{\"b\":2}\n", &mut Scratch::default())
+            .unwrap()
+            .len(),
+        2
+    );
+    let message = parse_lines(b"{\"a\":1}\n[2]\n", &mut Scratch::default()).unwrap_err();
     assert!(message.starts_with("Line 2:"), "{message}");
-    assert!(parse_lines(b"\n\n").is_err());
+    assert!(parse_lines(b"\n\n", &mut Scratch::default()).is_err());
 }
 
 #[test]
