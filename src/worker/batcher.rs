@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use super::keys::{Found, SetKey, TypeKeys};
 use super::link::Link;
-use crate::event::{Event, same_bytes};
+use crate::event::Event;
 use crate::watch::plan::FieldSet;
 use crate::watch::{CountBatch, FnvBuildHasher, Key, SetCounts, SetValues};
 
@@ -49,10 +49,8 @@ pub struct Batcher {
 /// Where the hot path writes, reused: no allocation per watcher and event.
 #[derive(Default)]
 struct Buffers {
-    /// Each event's key for a set...
+    /// Each event's key for a set.
     key: String,
-    /// ...and the previous event's, to count a run of the same key without a lookup.
-    previous: String,
     /// A watched value, to be hashed (cardinality).
     value: String,
 }
@@ -170,7 +168,10 @@ impl Batch {
 
     /// Counts each of `events` (with where their fields were `found`) under its key for
     /// `set_key`'s set, the set's counts found once; stops when the batch is full.
-    /// Returns the events counted. An event whose key is the previous event's is counted
+    /// Returns the events counted. An event whose values for the set are the previous
+    /// event's is counted, without writing its key, on the counts found for that one:
+    /// lines of one source often share a host, a category, and a key made of them needs
+    /// no lookup.
     /// on the counts found for that one: lines of one source often share a host, a
     /// category, and a key made of them needs no lookup.
     fn add_set_keys(
@@ -178,28 +179,24 @@ impl Batch {
         set_key: &SetKey,
         (events, found): (&[Event<'_>], Found<'_>),
         max_key_bytes: usize,
-        Buffers {
-            key,
-            previous,
-            value,
-        }: &mut Buffers,
+        Buffers { key, value }: &mut Buffers,
     ) -> usize {
         let set = &set_key.set;
         let (_, keys) = self
             .sets
             .entry(Rc::as_ptr(set) as usize)
             .or_insert_with(|| (set.clone(), HashMap::default()));
-        // The counts of `previous`'s key; never for a set of watched values, whose
-        // every event brings its own value.
+        // The counts of the previous event's key; never for a set of watched values,
+        // whose every event brings its own value.
         let mut run: Option<&mut (u64, Vec<u64>)> = None;
         for (index, event) in events.iter().enumerate() {
-            set_key.write(event, found, index, max_key_bytes, key);
             if let Some((count, _)) = run.as_deref_mut() {
-                if same_bytes(key.as_bytes(), previous.as_bytes()) {
+                if set_key.same_as_previous(events, found, index) {
                     *count += 1;
                     continue;
                 }
             }
+            set_key.write(event, found, index, max_key_bytes, key);
             let hash = set.hashed.as_deref().and_then(|field| {
                 value.clear();
                 event.write_json(field, value);
@@ -220,7 +217,6 @@ impl Batch {
                     true
                 }
             };
-            std::mem::swap(key, previous);
             self.hashes += usize::from(grown && hash.is_some());
             let entries = self.entries + self.events.len();
             if grown && beyond_limits(entries, self.key_bytes, self.hashes) {

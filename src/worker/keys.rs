@@ -138,6 +138,29 @@ impl<'f> Found<'f> {
 }
 
 impl SetKey {
+    /// Whether the `index`th event of `events` (those `found` was made for) has the
+    /// previous event's values for this set, so its key: the same texts. `false` when
+    /// unsure (a dot path), never `true` for keys that differ.
+    pub fn same_as_previous(&self, events: &[Event<'_>], found: Found<'_>, index: usize) -> bool {
+        let (Some(before), Some(event)) = (index.checked_sub(1), events.get(index)) else {
+            return false;
+        };
+        let Some(previous) = events.get(before) else {
+            return false;
+        };
+        let Some(parts) = &self.parts else {
+            return true;
+        };
+        let (row_before, row) = (found.row(before), found.row(index));
+        parts.iter().all(|part| match part {
+            Part::Top { slot, .. } => {
+                let at = |row: &[Option<usize>]| row.get(*slot).copied().flatten();
+                event.same_field(at(row), previous, at(row_before))
+            }
+            Part::Path(_) => false,
+        })
+    }
+
     /// `Key::of(aggregator, event, max_bytes)` written into `out` (cleared first), the
     /// `index`th event of those `found` was made for.
     pub fn write(

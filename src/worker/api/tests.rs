@@ -12,6 +12,11 @@ fn bulk_lines_are_all_objects_or_the_batch_is_refused() {
     );
     let message = parse_lines(b"{\"a\":1}\n[2]\n", &mut Scratch::default()).unwrap_err();
     assert!(message.starts_with("Line 2:"), "{message}");
+    let message = parse_lines(b"{}\n\n{\"a\":\"\xff\"}\n{}", &mut Scratch::default()).unwrap_err();
+    assert!(
+        message.starts_with("Line 3:") && message.contains("UTF-8"),
+        "{message}"
+    );
     assert!(parse_lines(b"\n\n", &mut Scratch::default()).is_err());
 }
 
