@@ -34,7 +34,7 @@ pub use super::routes::{ROUTES, route_template};
 use super::ui;
 use crate::appender::Appenders;
 use crate::config::Config;
-use crate::event::{Event, parse_lines};
+use crate::event::{Event, Scratch, parse_lines};
 use crate::protocol::worker::{Answer, Deltas, Question};
 use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry, Spec};
 
@@ -175,8 +175,9 @@ impl Api {
         let Some(entry) = served.registry.event(event) else {
             return refusal(registry::not_registered(event));
         };
+        let mut scratch = Scratch::default();
         let parsed = match posted {
-            Posted::Bulk { .. } => parse_lines(body),
+            Posted::Bulk { .. } => parse_lines(body, &mut scratch),
             Posted::One => Event::parse(body).map(|e| vec![e]),
         };
         let events = match parsed {
@@ -216,8 +217,9 @@ impl Api {
         // Counted only once acknowledged: the reply goes out right after.
         let collected = events.len() as u64;
         self.deltas.borrow_mut().record_collected(event, collected);
-        self.batcher
-            .add_keys(served.plans.of(event), &events, self.max_key_bytes);
+        if let Some(keys) = served.keys.of(event) {
+            self.batcher.add_keys(keys, &events, self.max_key_bytes);
+        }
         self.batcher.add_events(event, collected);
         match posted {
             Posted::One => json(StatusCode::OK, &Created { _id: ids[0] }),

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::access_log::AccessLog;
+use super::keys::Keyed;
 use crate::appender::Appenders;
 use crate::clock::Stamp;
 use crate::logging;
@@ -31,7 +32,6 @@ use crate::protocol::oncall::Reply;
 use crate::protocol::worker::{Answer, MasterMessage, Question, WorkerMessage};
 use crate::registry::{Refusal, Registry};
 use crate::watch::CountBatch;
-use crate::watch::plan::Plans;
 
 /// The worker's ends of its two socketpairs with the master.
 pub struct Channels {
@@ -86,16 +86,17 @@ pub struct Link {
     shared: Rc<Shared>,
 }
 
-/// The registry version a worker serves, with its watchers compiled for the hot path.
+/// The registry version a worker serves, with its watchers' keys compiled for the hot
+/// path.
 pub struct Served {
     pub registry: Registry,
-    pub plans: Plans,
+    pub keys: Keyed,
 }
 
 impl Served {
     fn new(registry: Registry) -> Rc<Served> {
-        let plans = Plans::compile(&registry);
-        Rc::new(Served { registry, plans })
+        let keys = Keyed::compile(&registry);
+        Rc::new(Served { registry, keys })
     }
 }
 

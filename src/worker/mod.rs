@@ -10,6 +10,7 @@ pub mod api;
 mod batcher;
 mod ids;
 mod io;
+pub mod keys;
 pub(crate) mod link;
 mod oncall;
 mod reply;

@@ -4,10 +4,20 @@ use super::*;
 
 #[test]
 fn bulk_lines_are_all_objects_or_the_batch_is_refused() {
-    assert_eq!(parse_lines(b"{\"a\":1}\n\n{\"b\":2}\n").unwrap().len(), 2);
-    let message = parse_lines(b"{\"a\":1}\n[2]\n").unwrap_err();
+    assert_eq!(
+        parse_lines(b"{\"a\":1}\n\n{\"b\":2}\n", &mut Scratch::default())
+            .unwrap()
+            .len(),
+        2
+    );
+    let message = parse_lines(b"{\"a\":1}\n[2]\n", &mut Scratch::default()).unwrap_err();
     assert!(message.starts_with("Line 2:"), "{message}");
-    assert!(parse_lines(b"\n\n").is_err());
+    let message = parse_lines(b"{}\n\n{\"a\":\"\xff\"}\n{}", &mut Scratch::default()).unwrap_err();
+    assert!(
+        message.starts_with("Line 3:") && message.contains("UTF-8"),
+        "{message}"
+    );
+    assert!(parse_lines(b"\n\n", &mut Scratch::default()).is_err());
 }
 
 #[test]
