@@ -12,7 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::event::{Event, Fields};
+use crate::event::Fields;
 use crate::registry::Aggregator;
 
 /// Encoded values longer than this are the first to be replaced by their digest.
@@ -75,34 +75,6 @@ impl Key {
         }
     }
 
-    /// `Key::of(aggregator, payload, max_bytes)`, written into `out` (cleared first)
-    /// without building a value per field: the hot path, where `out` is reused and the
-    /// batch looks the key up as it is. Keys past `max_bytes` take `Key::of`'s way.
-    pub fn encode_into(
-        aggregator: &Aggregator,
-        payload: &Event<'_>,
-        max_bytes: usize,
-        out: &mut String,
-    ) {
-        out.clear();
-        let Aggregator::Fields { fields } = aggregator else {
-            return;
-        };
-        out.push('[');
-        for (index, path) in fields.iter().enumerate() {
-            if index > 0 {
-                out.push(',');
-            }
-            payload.write_json(path, out);
-        }
-        out.push(']');
-        if out.len() > max_bytes {
-            let key = Key::of(aggregator, payload, max_bytes);
-            out.clear();
-            out.push_str(key.as_str());
-        }
-    }
-
     fn encode(values: &[Value]) -> Key {
         Key(Value::from(values).to_string())
     }
@@ -123,7 +95,7 @@ impl Key {
     }
 }
 
-/// Lets a map of keys be searched with the `&str` that `encode_into` wrote.
+/// Lets a map of keys be searched with a `&str` (a key the worker wrote, a slot's text).
 impl std::borrow::Borrow<str> for Key {
     fn borrow(&self) -> &str {
         &self.0
@@ -261,37 +233,6 @@ mod tests {
 
     /// The hot path's encoding is `Key::of`'s, byte for byte, whatever the payload spells:
     /// escapes, numbers of every kind, nested and missing fields, fat values.
-    #[test]
-    fn the_hot_path_writes_the_same_keys_as_the_canonical_encoding() {
-        let bodies = [
-            r#"{"a": "plain", "b": 7, "c": true}"#,
-            r#"{"a": "\u0041\n\"q\"", "b": -0, "c": null}"#,
-            r#"{"a": 1.50, "b": 1e3, "c": -12345678901234567890}"#,
-            r#"{"a": 123456789012345678, "b": -42, "c": 0}"#,
-            r#"{"a": {"x": [1, 2 ,3]}, "b": [ "s" ], "c": {"d": {"e": "deep"}}}"#,
-            r#"{"a": "ünïcödé ✓", "a": "last wins", "b": "/slash"}"#,
-            r#"{}"#,
-        ];
-        let long = format!(r#"{{"a": "{}", "b": "x", "c": 1}}"#, "y".repeat(3000));
-        let aggregators = [
-            fields(&["a", "b", "c"]),
-            fields(&["c.d.e", "a.x", "missing"]),
-            fields(&["b"]),
-            Aggregator::Single {},
-        ];
-        let mut out = String::new();
-        for body in bodies.iter().copied().chain([long.as_str()]) {
-            let event = Event::parse(body.as_bytes()).unwrap();
-            for aggregator in &aggregators {
-                for max_bytes in [1024, 3 * DIGEST_BYTES + 2] {
-                    Key::encode_into(aggregator, &event, max_bytes, &mut out);
-                    let canonical = Key::of(aggregator, &event, max_bytes);
-                    assert_eq!(out, canonical.as_str(), "{body} by {aggregator:?}");
-                }
-            }
-        }
-    }
-
     #[test]
     fn a_key_that_is_no_encoding_is_an_error_naming_it() {
         let error = Key("not json".into()).decode().unwrap_err();
