@@ -5,8 +5,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::rest::{register_watcher, webhook};
+use common::sinks::HttpSink;
 use common::{Daemon, SECOND, post_concurrently, wait_for};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const FOUR_WORKERS: &str = "[workers]\nmin = 4\nmax = 4\n";
 
@@ -243,6 +245,45 @@ fn a_million_distinct_keys_leave_the_master_bounded_by_max_keys() {
     let grown = resident_kib(master).saturating_sub(rss_before);
     eprintln!("master RSS grew by {grown} KiB for 1,000,000 distinct keys");
     assert!(grown < 64 * 1024, "master grew by {grown} KiB");
+}
+
+/// A `_bulk` whose events times the fields its type counts by are more than the worker
+/// looks up at once (65,536 positions: 5,000 events of two 16-field sets, 31 fields, are
+/// keyed in three windows) counts each event once: one key's 5,000 events cross a
+/// threshold of 4,999 together, and fire once with all of them.
+#[test]
+fn a_bulk_keyed_in_several_windows_counts_every_event_once() {
+    let sink = HttpSink::start(Duration::ZERO);
+    let daemon = Daemon::run("");
+    let fields = |first: &str, prefix: &str| -> Vec<String> {
+        std::iter::once(first.to_string())
+            .chain((1..16).map(|n| format!("{prefix}{n}")))
+            .collect()
+    };
+    for (name, prefix, threshold) in [("by-ip", "a", 4_999), ("by-ip-too", "b", 1_000_000)] {
+        register_watcher(
+            &daemon,
+            "logins",
+            &json!({"name": name, "threshold": threshold,
+                   "aggregator": {"type": "fields", "fields": fields("ip", prefix)},
+                   "action": webhook(&sink.url("/hooks"))}),
+        );
+    }
+    let body = format!("{}\n", json!({"ip": "10.0.0.1", "a3": 7})).repeat(5_000);
+    let response = daemon.post("/event/logins/_bulk", &body);
+    assert_eq!(response.status, 200, "{}", response.body);
+
+    wait_for("the threshold's firing", 20 * SECOND, || {
+        !sink.requests().is_empty()
+    });
+    wait_for("every event counted", 20 * SECOND, || {
+        daemon.metric("eventsd_events_counted_total{type=\"logins\"}") == Some(5_000)
+    });
+    let fired: Vec<Value> = (sink.requests().iter())
+        .map(|r| serde_json::from_str(&r.body).expect("a firing document"))
+        .collect();
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0]["count"], 5_000, "{}", fired[0]);
 }
 
 fn resident_kib(pid: nix::unistd::Pid) -> u64 {

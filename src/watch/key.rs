@@ -231,8 +231,6 @@ mod tests {
         );
     }
 
-    /// The hot path's encoding is `Key::of`'s, byte for byte, whatever the payload spells:
-    /// escapes, numbers of every kind, nested and missing fields, fat values.
     #[test]
     fn a_key_that_is_no_encoding_is_an_error_naming_it() {
         let error = Key("not json".into()).decode().unwrap_err();

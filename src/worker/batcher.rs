@@ -37,6 +37,11 @@ const BATCH_SHIP_BYTES: usize = 1024 * 1024;
 /// bench/rules, 1.88 × a threshold watcher's cost per event).
 const BATCH_SHIP_HASHES: usize = 8 * 1024;
 
+/// Field positions found at once (`TypeKeys::find_fields`: events x the type's top-level
+/// fields counted by): a `_bulk` is keyed a window of events at a time, so that what the
+/// worker holds for it stays under a megabyte however many events and field names it has.
+const POSITIONS_AT_ONCE: usize = 64 * 1024;
+
 pub struct Batcher {
     link: Link,
     batch: RefCell<Batch>,
@@ -78,17 +83,20 @@ impl Batcher {
         let mut batch = self.batch.borrow_mut();
         let mut buffers = self.buffers.borrow_mut();
         let mut found = self.found.borrow_mut();
-        let found = keys.find_fields(events, &mut found);
         if batch.is_empty() {
             self.started.notify_one();
         }
-        for set in keys.sets() {
-            let mut done = 0;
-            while done < events.len() {
-                let (rest, found) = (&events[done..], found.skip(done));
-                done += batch.add_set_keys(set, (rest, found), max_key_bytes, &mut buffers);
-                if batch.is_full() {
-                    self.link.send_counts(batch.take());
+        let window = (POSITIONS_AT_ONCE / keys.fields_found().max(1)).max(1);
+        for events in events.chunks(window) {
+            let found = keys.find_fields(events, &mut found);
+            for set in keys.sets() {
+                let mut done = 0;
+                while done < events.len() {
+                    let (rest, found) = (&events[done..], found.skip(done));
+                    done += batch.add_set_keys(set, (rest, found), max_key_bytes, &mut buffers);
+                    if batch.is_full() {
+                        self.link.send_counts(batch.take());
+                    }
                 }
             }
         }
@@ -125,9 +133,10 @@ impl Batcher {
 
 /// Events per key of one field set, and, for a set that watches a value
 /// (cardinality), the hashes of the values seen with it, sorted. Hashed by foldhash,
-/// seeded at random per process: a word at a time where FNV went byte by byte (a fifth
-/// of a `_bulk`'s worker time was this map), and keyed, so that keys made to collide
-/// cannot be computed by a client.
+/// seeded at random: a word at a time where FNV went byte by byte (a fifth of a
+/// `_bulk`'s worker time was this map). Only minimally resistant to keys made to
+/// collide: what such keys could cost is bounded by the batch shipping at
+/// `BATCH_SHIP_AT` entries, not by the hash.
 type KeyCounts = HashMap<Key, (u64, Vec<u64>), foldhash::fast::RandomState>;
 
 /// The 64-bit hash of a watched value as its event carries it (compact JSON), the same
@@ -172,8 +181,6 @@ impl Batch {
     /// event's is counted, without writing its key, on the counts found for that one:
     /// lines of one source often share a host, a category, and a key made of them needs
     /// no lookup.
-    /// on the counts found for that one: lines of one source often share a host, a
-    /// category, and a key made of them needs no lookup.
     fn add_set_keys(
         &mut self,
         set_key: &SetKey,

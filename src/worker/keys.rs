@@ -95,6 +95,11 @@ impl TypeKeys {
         &self.sets
     }
 
+    /// The top-level fields found in each event: a row of `find_fields`.
+    pub fn fields_found(&self) -> usize {
+        self.names.len()
+    }
+
     /// Finds, in each of `events`, every top-level field a set counts by: one row of
     /// positions an event in `found` (cleared first, reused by the caller).
     pub fn find_fields<'f>(
