@@ -96,6 +96,63 @@ fn a_batch_taken_in_pieces_loses_and_repeats_nothing() {
     assert_eq!(counted, whole);
 }
 
+/// Values are cut as counts are, an update per hash and watcher: a piece of a batch of
+/// 8192 hashes costs what a piece of counts does (a key too large for one piece alone is
+/// judged by a few of its watchers at a time). Nothing is lost or repeated, values come
+/// after counts and in the order they always came, the events with the last piece.
+#[test]
+fn values_are_cut_into_pieces_by_hashes_and_watchers_in_their_order() {
+    let values = |watchers: usize, hashes: &[usize]| SetValues {
+        watchers: (0..watchers).map(|_| Uuid::new_v4()).collect(),
+        keys: (hashes.iter().enumerate())
+            .map(|(k, &n)| (Key::from(k.to_string().as_str()), (0..n as u64).collect()))
+            .collect(),
+    };
+    let mut batch = CountBatch {
+        events: vec![("logins".to_string(), 7)],
+        sets: vec![SetCounts {
+            watchers: vec![Uuid::new_v4()],
+            keys: vec![(Key::from("a"), 1)],
+        }],
+        values: vec![
+            values(3, &[1, 0, 300, 2]),
+            values(4, &[5000, 10, 8192]),
+            values(1, &[8192]),
+            values(2, &[1000; 9]),
+        ],
+    };
+    let whole = batch.clone();
+    let mut pieces = Vec::new();
+    while !batch.is_empty() {
+        let piece = batch.take_piece(1024);
+        let judged: usize = piece
+            .values
+            .iter()
+            .map(|v| v.keys.len() * v.watchers.len())
+            .sum();
+        assert!(
+            piece.entries() <= 1024 || (judged == 1 && piece.sets.is_empty()),
+            "{} entries",
+            piece.entries()
+        );
+        pieces.push(piece);
+    }
+    assert!(pieces.len() > 20, "{} pieces", pieces.len());
+    let events: Vec<usize> = pieces.iter().map(|p| p.events.len()).collect();
+    assert_eq!(events.iter().sum::<usize>(), 1);
+    assert_eq!(events.last(), Some(&1), "the events come last");
+    assert_eq!(pieces[0].sets, whole.sets, "counts before values");
+    let judged = |batch: &CountBatch| -> Vec<(Uuid, Key, Vec<u64>)> {
+        (batch.values.iter().flat_map(SetValues::values))
+            .map(|(watcher, key, hashes)| (watcher, key.clone(), hashes.to_vec()))
+            .collect()
+    };
+    let in_pieces: Vec<_> = pieces.iter().flat_map(judged).collect();
+    assert_eq!(in_pieces, judged(&whole), "each once, in the same order");
+    let entries: usize = pieces.iter().map(CountBatch::entries).sum();
+    assert_eq!(entries, whole.entries(), "the backlog's account adds up");
+}
+
 fn sorted_entries(batch: &CountBatch) -> Vec<(Uuid, Key)> {
     let mut entries: Vec<(Uuid, Key)> = batch
         .sets
