@@ -47,6 +47,29 @@ pub struct SharedCount {
     pub values: Vec<u64>,
 }
 
+impl SharedCount {
+    /// More of the same (watcher, key), as a cluster link sums them until it flushes.
+    /// cardinality's hashes are kept once each and, past twice what the rule keeps, cut
+    /// to the highest it keeps: of one call's values, all seen at its second, the rule
+    /// keeps the highest hashes (`RuleState::see_all`), so the call judges the same
+    /// without the others, and a key's hashes in a call are bounded by its rule, not by
+    /// the traffic of a flush.
+    pub fn add(&mut self, more: SharedCount) {
+        self.events += more.events;
+        self.rule = more.rule;
+        self.values.extend(more.values);
+        let Some(keep) = self.rule.kept_values() else {
+            return;
+        };
+        if self.values.len() > keep.saturating_mul(2) {
+            self.values.sort_unstable();
+            self.values.dedup();
+            let over = self.values.len().saturating_sub(keep);
+            self.values.drain(..over);
+        }
+    }
+}
+
 /// A crossing Redis reported to this node alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Crossing {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::registry::{Change, Origin, Rules};
+use rule_state::RuleState;
 use serde_json::Value;
 use store::MemoryStore;
 
@@ -151,6 +152,38 @@ fn values_are_cut_into_pieces_by_hashes_and_watchers_in_their_order() {
     assert_eq!(in_pieces, judged(&whole), "each once, in the same order");
     let entries: usize = pieces.iter().map(CountBatch::entries).sum();
     assert_eq!(entries, whole.entries(), "the backlog's account adds up");
+}
+
+/// A cluster link sums a key's values until it flushes: once each, and, past twice what
+/// the rule keeps (max_distinct 3: 4), the highest 4, which are those a call of them all
+/// keeps; the events add up.
+#[test]
+fn a_link_s_sum_of_a_key_s_values_is_bounded_by_what_its_rule_keeps() {
+    let (registry, watch) = watching(
+        r#"{"name": "w1", "rule": "cardinality", "field": "user", "window_secs": 10, "max_distinct": 3, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
+    );
+    let id = registry.events["logins"].watchers[0].id;
+    let shipped = |hashes: &[u64]| {
+        let count = watch.shared_count(id, Key::default(), hashes.len() as u64);
+        SharedCount {
+            values: hashes.to_vec(),
+            ..count.unwrap()
+        }
+    };
+    let mut pending = shipped(&[5, 1, 5]);
+    pending.add(shipped(&[2, 9]));
+    assert_eq!(
+        pending.values,
+        [5, 1, 5, 2, 9],
+        "up to twice what it keeps, as shipped"
+    );
+    pending.add(shipped(&[7, 3, 9, 8]));
+    assert_eq!(pending.values, [5, 7, 8, 9]);
+    assert_eq!(pending.events, 9);
+    let mut at_once = RuleState::default();
+    at_once.see_all(&[5, 1, 5, 2, 9, 7, 3, 9, 8], 1000, 4);
+    let kept: Vec<u64> = at_once.distinct.iter().map(|&(hash, _)| hash).collect();
+    assert_eq!(kept, pending.values, "what a call of them all keeps");
 }
 
 fn sorted_entries(batch: &CountBatch) -> Vec<(Uuid, Key)> {

@@ -36,6 +36,11 @@ impl Cardinality {
             min_distinct: spec.min_distinct,
         }
     }
+
+    /// The values a key keeps (`kept`).
+    pub(super) fn kept(&self) -> usize {
+        kept(self.max_distinct, self.min_distinct)
+    }
 }
 
 /// A cardinality firing's figures (`RuleFigures::cardinality`): the distinct values
