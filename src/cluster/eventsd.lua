@@ -21,6 +21,19 @@
 -- A count idle this long without a window is forgotten (the memory store evicts instead).
 local IDLE_TTL = 7 * 24 * 3600
 
+-- Fields written or deleted per command, at most: `unpack` is bounded by Lua's C stack
+-- (8000), and a key keeps up to 10,001 values.
+local FIELDS_PER_COMMAND = 1000
+
+-- `command` (HSET, HDEL) of `key` with `args` (fields, or field/value pairs), in
+-- commands of at most FIELDS_PER_COMMAND arguments (`per` of them a field).
+local function hash_command(command, key, args, per)
+  local step = FIELDS_PER_COMMAND * per
+  for first = 1, #args, step do
+    redis.call(command, key, unpack(args, first, math.min(first + step - 1, #args)))
+  end
+end
+
 -- A figure of the encoded rule: nil when absent (JSON null).
 local function given(value)
   if value == cjson.null then
@@ -64,9 +77,7 @@ local function read_counter(key, window, now)
       state[name] = tonumber(value)
     end
   end
-  if #expired > 0 then
-    redis.call('HDEL', key, unpack(expired))
-  end
+  hash_command('HDEL', key, expired, 1)
   return state, total, epoch, live, values
 end
 

@@ -280,28 +280,48 @@ local function below_values(values, min, window)
   return #seen, 0
 end
 
--- `RuleState::see`: `hash` seen at `now`; a new value past `keep` replaces the least
--- recently seen (of equals, the lowest hash).
-local function see_value(key, values, hash, now, keep)
-  if values[hash] then
-    values[hash] = math.max(values[hash], now)
-    redis.call('HSET', key, 'v' .. hash, values[hash])
-    return
-  end
-  values[hash] = now
-  redis.call('HSET', key, 'v' .. hash, now)
-  local count, oldest = 0, nil
-  for other, at in pairs(values) do
-    count = count + 1
-    if other ~= hash and (not oldest or at < values[oldest] or
-        (at == values[oldest] and other < oldest)) then
-      oldest = other
+-- `RuleState::see_all`: a call's `hashes` seen at `now`. Past `keep` values, those not
+-- seen in this call go first, then the call's, each the least recently seen first (of
+-- equals, the lowest hash). One pass, one sort if the key is past `keep`, the fields
+-- written and deleted in a few commands: not a scan of the key per hash.
+local function see_values(key, values, hashes, now, keep)
+  local fresh, count = {}, 0
+  for _, hash in ipairs(hashes) do
+    if not fresh[hash] then
+      fresh[hash] = true
+      values[hash] = math.max(values[hash] or now, now)
     end
   end
-  if count > keep and oldest then
-    values[oldest] = nil
-    redis.call('HDEL', key, 'v' .. oldest)
+  local all = {}
+  for hash in pairs(values) do
+    all[#all + 1] = hash
   end
+  local dropped = {}
+  if #all > keep then
+    table.sort(all, function(a, b)
+      if (fresh[a] or false) ~= (fresh[b] or false) then
+        return not fresh[a]
+      end
+      if values[a] ~= values[b] then
+        return values[a] < values[b]
+      end
+      return a < b
+    end)
+    for i = 1, #all - keep do
+      values[all[i]] = nil
+      dropped[i] = 'v' .. all[i]
+    end
+  end
+  local written = {}
+  for hash in pairs(fresh) do
+    if values[hash] then
+      count = count + 1
+      written[2 * count - 1] = 'v' .. hash
+      written[2 * count] = values[hash]
+    end
+  end
+  hash_command('HDEL', key, dropped, 1)
+  hash_command('HSET', key, written, 2)
 end
 
 -- cardinality, when values arrive (`Cardinality::on_values`): too many fires once per
@@ -313,9 +333,7 @@ local function count_distinct(key, params, _, hashes, now, new_epoch, due, membe
     epoch = new_epoch
     redis.call('HSET', key, 'epoch', epoch)
   end
-  for _, hash in ipairs(hashes) do
-    see_value(key, values, hash, now, kept_values(rule))
-  end
+  see_values(key, values, hashes, now, kept_values(rule))
   local min, max = given(rule.min_distinct), given(rule.max_distinct)
   local distinct, below = below_values(values, min, rule.window_secs)
   local reply = {0, distinct, state['seq'] or 0, epoch, 0}

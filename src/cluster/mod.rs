@@ -17,9 +17,11 @@
 //! next link. It never decides a firing: the Redis Function does, atomically per key,
 //! and the master turns what it reports into firings.
 
+mod grouping;
 mod redis_link;
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
 
@@ -185,14 +187,12 @@ impl Link {
         match message {
             ToCluster::Count(counts) => {
                 for count in counts {
-                    self.pending
-                        .entry((count.watcher, count.key.clone()))
-                        .and_modify(|pending| {
-                            pending.events += count.events;
-                            pending.rule = count.rule;
-                            pending.values.extend_from_slice(&count.values);
-                        })
-                        .or_insert(count);
+                    match self.pending.entry((count.watcher, count.key.clone())) {
+                        Entry::Occupied(mut pending) => pending.get_mut().add(count),
+                        Entry::Vacant(pending) => {
+                            pending.insert(count);
+                        }
+                    }
                 }
             }
             ToCluster::Publish {

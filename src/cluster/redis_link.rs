@@ -19,6 +19,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::CountCall;
+use super::grouping::{by_hashes, slot};
 use crate::config::{Cluster, ClusterMode};
 use crate::oncall::silence::Silence;
 use crate::watch::rule::RuleParams;
@@ -269,7 +270,10 @@ impl Redis {
             };
             groups.entry(group).or_default().push(count);
         }
-        groups.into_values().map(CountCall::new).collect()
+        (groups.into_values())
+            .flat_map(by_hashes)
+            .map(CountCall::new)
+            .collect()
     }
 
     /// Sends every call at once; each one's crossings, or why it has no answer.
@@ -532,44 +536,4 @@ pub fn tick_crossings(
             previous,
         })
         .collect()
-}
-
-/// The Redis Cluster slot of `key` (CRC16-XMODEM of its hash tag, modulo 16384), so that
-/// one call carries only keys of one slot.
-fn slot(key: &[u8]) -> u16 {
-    let tagged = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let close = rest.iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &byte in tagged {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
-}
-
-#[cfg(test)]
-mod tests {
-    use super::slot;
-
-    #[test]
-    fn slots_are_redis_cluster_ones() {
-        // From the Redis Cluster specification's examples and `CLUSTER KEYSLOT`.
-        // CRC16-XMODEM("123456789") is 0x31C3, the specification's check value.
-        assert_eq!(slot(b"123456789"), 0x31C3);
-        assert_eq!(slot(b"foo"), 12182);
-        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
-    }
 }

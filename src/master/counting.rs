@@ -30,7 +30,8 @@ use crate::watch::{CountBatch, Watch};
 /// The longest the master counts before it looks at its descriptors again.
 pub(super) const SLICE: Duration = Duration::from_millis(10);
 /// A piece: whole keys, each for every watcher of its set, up to this many updates (a
-/// few tens of microseconds), so that a slice ends close to `SLICE`.
+/// few tens of microseconds), so that a slice ends close to `SLICE`; cardinality's
+/// values cost an update per hash and watcher (`CountBatch::take_piece`).
 pub(super) const PIECE_ENTRIES: usize = 1024;
 /// (watcher, key) updates of one worker waiting to be counted, beyond which it is not
 /// read: about a tenth of a second of counting.

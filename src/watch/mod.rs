@@ -6,6 +6,7 @@
 //! master's `CounterStore`. It does no I/O and never waits: a firing is handed back to
 //! the master, which passes it to the action runner.
 
+mod batch;
 mod column;
 mod counter;
 mod due;
@@ -26,134 +27,12 @@ use uuid::Uuid;
 
 use crate::exposition::{label_value, write_family};
 use crate::registry::{Aggregator, Registry, Watcher, WatcherSpec, expected_payload};
+pub use batch::{CountBatch, SetCounts, SetValues};
 pub use firing::{Firing, Job};
 pub use key::{DIGEST_BYTES, FnvBuildHasher, Key};
 use rule::{OnTheClock, RuleParams, Verdict};
 pub use state::{KeyCount, WatcherState, hidden};
 use store::{CounterStore, Second, WatcherKey};
-
-/// What a worker ships to the master at least every 10 ms.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CountBatch {
-    /// (event type, events collected): what the master counted, for metrics.
-    pub events: Vec<(String, u64)>,
-    /// The counts of each field set (`plan`): a key is named once for its set, however
-    /// many watchers count by it.
-    pub sets: Vec<SetCounts>,
-    /// The watched values' hashes of each field set whose watchers need them
-    /// (cardinality), instead of its counts.
-    #[serde(default)]
-    pub values: Vec<SetValues>,
-}
-
-impl CountBatch {
-    /// What counting it costs: one update per key and watcher of its set.
-    pub fn entries(&self) -> usize {
-        let counts: usize = self
-            .sets
-            .iter()
-            .map(|s| s.keys.len() * s.watchers.len())
-            .sum();
-        counts + self.values.iter().map(SetValues::entries).sum::<usize>()
-    }
-
-    /// Takes whole keys, each for every watcher of its set, up to `entries` updates (at
-    /// least one key) out of the batch, as a batch of their own: a key is found once in
-    /// its set's table however many watchers share it, and a piece costs a few
-    /// microseconds whatever its set. The events go with the last piece: once a batch's
-    /// events are counted, all of their keys are.
-    pub fn take_piece(&mut self, entries: usize) -> CountBatch {
-        let mut piece = CountBatch::default();
-        let mut taken = 0;
-        while taken < entries {
-            let Some(set) = self.sets.last_mut() else {
-                break;
-            };
-            let room = entries - taken;
-            if taken > 0 && !set.keys.is_empty() && set.watchers.len() > room {
-                break;
-            }
-            let part = set.take_keys(room);
-            if set.keys.is_empty() {
-                self.sets.pop();
-            }
-            taken += part.entries().max(1);
-            piece.sets.push(part);
-        }
-        if self.sets.is_empty() {
-            piece.events = std::mem::take(&mut self.events);
-            piece.values = std::mem::take(&mut self.values);
-        }
-        piece
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.sets.is_empty() && self.values.is_empty()
-    }
-}
-
-/// The watchers that count by one field set, and the events of each of its keys.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SetCounts {
-    pub watchers: Vec<Uuid>,
-    pub keys: Vec<(Key, u64)>,
-}
-
-impl SetCounts {
-    fn entries(&self) -> usize {
-        self.keys.len() * self.watchers.len()
-    }
-
-    /// Its last keys, as many as `room` updates hold for all of its watchers (at least
-    /// one key), taken out of it.
-    fn take_keys(&mut self, room: usize) -> SetCounts {
-        let fit = (room / self.watchers.len().max(1)).max(1);
-        if fit >= self.keys.len() {
-            return std::mem::take(self);
-        }
-        SetCounts {
-            watchers: self.watchers.clone(),
-            keys: self.keys.split_off(self.keys.len() - fit),
-        }
-    }
-
-    /// (watcher, key, events) for each key and watcher of the set.
-    pub fn counts(&self) -> impl Iterator<Item = (Uuid, &Key, u64)> {
-        self.keys.iter().flat_map(|(key, events)| {
-            self.watchers
-                .iter()
-                .map(move |&watcher| (watcher, key, *events))
-        })
-    }
-}
-
-/// The watchers of one field set that watch a value (cardinality), and the hashes of
-/// the values each key was seen with.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SetValues {
-    pub watchers: Vec<Uuid>,
-    pub keys: Vec<(Key, Vec<u64>)>,
-}
-
-impl SetValues {
-    fn entries(&self) -> usize {
-        let hashes: usize = self
-            .keys
-            .iter()
-            .map(|(_, hashes)| hashes.len().max(1))
-            .sum();
-        hashes * self.watchers.len()
-    }
-
-    /// (watcher, key, hashes) for each key and watcher of the set.
-    pub fn values(&self) -> impl Iterator<Item = (Uuid, &Key, &[u64])> {
-        self.keys.iter().flat_map(|(key, hashes)| {
-            self.watchers
-                .iter()
-                .map(move |&watcher| (watcher, key, hashes.as_slice()))
-        })
-    }
-}
 
 /// Events of one (watcher, key), with what Redis judges the key by.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +45,29 @@ pub struct SharedCount {
     /// bincode frames carry it, and bincode cannot skip a field.)
     #[serde(default)]
     pub values: Vec<u64>,
+}
+
+impl SharedCount {
+    /// More of the same (watcher, key), as a cluster link sums them until it flushes.
+    /// cardinality's hashes are kept once each and, past twice what the rule keeps, cut
+    /// to the highest it keeps: of one call's values, all seen at its second, the rule
+    /// keeps the highest hashes (`RuleState::see_all`), so the call judges the same
+    /// without the others, and a key's hashes in a call are bounded by its rule, not by
+    /// the traffic of a flush.
+    pub fn add(&mut self, more: SharedCount) {
+        self.events += more.events;
+        self.rule = more.rule;
+        self.values.extend(more.values);
+        let Some(keep) = self.rule.kept_values() else {
+            return;
+        };
+        if self.values.len() > keep.saturating_mul(2) {
+            self.values.sort_unstable();
+            self.values.dedup();
+            let over = self.values.len().saturating_sub(keep);
+            self.values.drain(..over);
+        }
+    }
 }
 
 /// A crossing Redis reported to this node alone.

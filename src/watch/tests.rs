@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::registry::{Change, Origin, Rules};
+use rule_state::RuleState;
 use serde_json::Value;
 use store::MemoryStore;
 
@@ -94,6 +95,95 @@ fn a_batch_taken_in_pieces_loses_and_repeats_nothing() {
     let mut counted: Vec<(Uuid, Key)> = pieces.iter().flat_map(sorted_entries).collect();
     counted.sort();
     assert_eq!(counted, whole);
+}
+
+/// Values are cut as counts are, an update per hash and watcher: a piece of a batch of
+/// 8192 hashes costs what a piece of counts does (a key too large for one piece alone is
+/// judged by a few of its watchers at a time). Nothing is lost or repeated, values come
+/// after counts and in the order they always came, the events with the last piece.
+#[test]
+fn values_are_cut_into_pieces_by_hashes_and_watchers_in_their_order() {
+    let values = |watchers: usize, hashes: &[usize]| SetValues {
+        watchers: (0..watchers).map(|_| Uuid::new_v4()).collect(),
+        keys: (hashes.iter().enumerate())
+            .map(|(k, &n)| (Key::from(k.to_string().as_str()), (0..n as u64).collect()))
+            .collect(),
+    };
+    let mut batch = CountBatch {
+        events: vec![("logins".to_string(), 7)],
+        sets: vec![SetCounts {
+            watchers: vec![Uuid::new_v4()],
+            keys: vec![(Key::from("a"), 1)],
+        }],
+        values: vec![
+            values(3, &[1, 0, 300, 2]),
+            values(4, &[5000, 10, 8192]),
+            values(1, &[8192]),
+            values(2, &[1000; 9]),
+        ],
+    };
+    let whole = batch.clone();
+    let mut pieces = Vec::new();
+    while !batch.is_empty() {
+        let piece = batch.take_piece(1024);
+        let judged: usize = piece
+            .values
+            .iter()
+            .map(|v| v.keys.len() * v.watchers.len())
+            .sum();
+        assert!(
+            piece.entries() <= 1024 || (judged == 1 && piece.sets.is_empty()),
+            "{} entries",
+            piece.entries()
+        );
+        pieces.push(piece);
+    }
+    assert!(pieces.len() > 20, "{} pieces", pieces.len());
+    let events: Vec<usize> = pieces.iter().map(|p| p.events.len()).collect();
+    assert_eq!(events.iter().sum::<usize>(), 1);
+    assert_eq!(events.last(), Some(&1), "the events come last");
+    assert_eq!(pieces[0].sets, whole.sets, "counts before values");
+    let judged = |batch: &CountBatch| -> Vec<(Uuid, Key, Vec<u64>)> {
+        (batch.values.iter().flat_map(SetValues::values))
+            .map(|(watcher, key, hashes)| (watcher, key.clone(), hashes.to_vec()))
+            .collect()
+    };
+    let in_pieces: Vec<_> = pieces.iter().flat_map(judged).collect();
+    assert_eq!(in_pieces, judged(&whole), "each once, in the same order");
+    let entries: usize = pieces.iter().map(CountBatch::entries).sum();
+    assert_eq!(entries, whole.entries(), "the backlog's account adds up");
+}
+
+/// A cluster link sums a key's values until it flushes: once each, and, past twice what
+/// the rule keeps (max_distinct 3: 4), the highest 4, which are those a call of them all
+/// keeps; the events add up.
+#[test]
+fn a_link_s_sum_of_a_key_s_values_is_bounded_by_what_its_rule_keeps() {
+    let (registry, watch) = watching(
+        r#"{"name": "w1", "rule": "cardinality", "field": "user", "window_secs": 10, "max_distinct": 3, "aggregator": {"type": "single"}, "action": {"type": "null"}}"#,
+    );
+    let id = registry.events["logins"].watchers[0].id;
+    let shipped = |hashes: &[u64]| {
+        let count = watch.shared_count(id, Key::default(), hashes.len() as u64);
+        SharedCount {
+            values: hashes.to_vec(),
+            ..count.unwrap()
+        }
+    };
+    let mut pending = shipped(&[5, 1, 5]);
+    pending.add(shipped(&[2, 9]));
+    assert_eq!(
+        pending.values,
+        [5, 1, 5, 2, 9],
+        "up to twice what it keeps, as shipped"
+    );
+    pending.add(shipped(&[7, 3, 9, 8]));
+    assert_eq!(pending.values, [5, 7, 8, 9]);
+    assert_eq!(pending.events, 9);
+    let mut at_once = RuleState::default();
+    at_once.see_all(&[5, 1, 5, 2, 9, 7, 3, 9, 8], 1000, 4);
+    let kept: Vec<u64> = at_once.distinct.iter().map(|&(hash, _)| hash).collect();
+    assert_eq!(kept, pending.values, "what a call of them all keeps");
 }
 
 fn sorted_entries(batch: &CountBatch) -> Vec<(Uuid, Key)> {

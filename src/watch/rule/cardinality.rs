@@ -35,6 +35,11 @@ impl Cardinality {
             min_distinct: spec.min_distinct,
         }
     }
+
+    /// The values a key keeps (`kept`).
+    pub(super) fn kept(&self) -> usize {
+        kept(self.max_distinct, self.min_distinct)
+    }
 }
 
 /// A cardinality firing's figures (`RuleFigures::cardinality`): the distinct values
@@ -120,9 +125,7 @@ impl Judge for Cardinality {
         let state = counter.rule.get_or_insert_default();
         state.expire(window_secs, now);
         let keep = kept(max_distinct, min_distinct);
-        for &hash in hashes {
-            state.see(hash, now, keep);
-        }
+        state.see_all(hashes, now, keep);
         let distinct = state.distinct.len() as u64;
         let below = min_distinct.map(|min| {
             state.low &= distinct < min;

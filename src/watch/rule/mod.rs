@@ -206,6 +206,15 @@ impl RuleParams {
         first_seen.saturating_add(self.window_secs().unwrap_or(0))
     }
 
+    /// cardinality: the values a key keeps (`RuleState::see_all`); None for the other
+    /// rules, which keep none.
+    pub fn kept_values(&self) -> Option<usize> {
+        match &self.rule {
+            Rule::Cardinality(rule) => Some(rule.kept().max(1)),
+            _ => None,
+        }
+    }
+
     /// Whether the rule is decided on the clock (`on_tick`), at least in part.
     pub fn on_the_clock(&self) -> bool {
         self.rule.judge().on_the_clock()
