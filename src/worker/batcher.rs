@@ -378,6 +378,15 @@ mod tests {
             &ips(&["a", "a", "a", "b", "a", "a"]),
         );
         count(&mut batch, &by_address, &ips(&["a", "b"]));
+        // The same value spelt otherwise, a missing field and its `null`: one key each,
+        // whether or not the run's shortcut takes them.
+        let spelt = [
+            r#"{"ip": "a"}"#,
+            r#"{"ip": "\u0061"}"#,
+            "{}",
+            r#"{"ip": null}"#,
+        ];
+        count(&mut batch, &by_address, &spelt.map(String::from));
         let logins = Rc::new(FieldSet {
             aggregator: by_ip(),
             watchers: vec![Uuid::new_v4()],
@@ -392,7 +401,11 @@ mod tests {
         keys.sort();
         assert_eq!(
             keys,
-            [(Key::from(r#"["a"]"#), 6), (Key::from(r#"["b"]"#), 2)]
+            [
+                (Key::from(r#"["a"]"#), 8),
+                (Key::from(r#"["b"]"#), 2),
+                (Key::from("[null]"), 2)
+            ]
         );
         assert_eq!(taken.values[0].keys[0].1.len(), 3, "every user of the run");
     }
