@@ -376,9 +376,13 @@ fn run(engine: &mut dyn Engine, scenario: &Scenario) -> Vec<Fired> {
             engine.first_sight(rule, watcher, &scenario.kept, second);
         }
         count_at(engine, second, &mut fired);
-        for (key, (count, previous, _)) in engine.tick(rule, watcher, second) {
-            fired.push((second, key_of(&key), count, previous, false));
-        }
+        // The keys of one tick come in no set order (the memory store files them by
+        // second, Redis by score and text): listed by key.
+        let mut ticked: Vec<Fired> = (engine.tick(rule, watcher, second).into_iter())
+            .map(|(key, (count, previous, _))| (second, key_of(&key), count, previous, false))
+            .collect();
+        ticked.sort_unstable_by_key(|fired| fired.1);
+        fired.extend(ticked);
     }
     fired
 }

@@ -2,7 +2,10 @@
 //! due: what a tick costs is the keys due then, never a scan of every key held.
 //!
 //! A key waits once, at its earliest due second; a key judged earlier than it waited
-//! for leaves a stale entry behind, skipped when it comes up. A key evicted or forgotten
+//! for leaves a stale entry behind, skipped when it comes up. Keys are filed under their
+//! second, never ordered among themselves: a heap of (second, key) compared the texts of
+//! the many keys due in one second at every step (measured: 2.5 µs a key due, with
+//! 1,000,000 keys, two thirds of it in the heap). A key evicted or forgotten
 //! leaves the queue (`forget`), and the stale entries are swept out once they outnumber
 //! the keys waiting: the queue is bounded by the keys its watcher holds
 //! (`watchers.max_keys`), whatever the traffic.
@@ -12,19 +15,26 @@
 //! never silently unwatched. Never saved: the keys of a restored table are queued and
 //! kept again when their watcher is first seen (`Watch::sync`).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+use std::hash::RandomState;
+
+use hashbrown::HashMap;
+use hashbrown::hash_map::{Entry, EntryRef};
 
 use super::Key;
 use crate::clock::Second;
 
-/// Stale entries the heap may hold beyond twice the keys waiting before it is swept.
+/// Stale entries the queue may hold beyond twice the keys waiting before it is swept.
 const STALE_SLACK: usize = 64;
 
 #[derive(Default)]
 pub struct DueQueue {
-    queue: BinaryHeap<Reverse<(Second, Key)>>,
-    waiting: HashMap<Key, Second>,
+    /// The keys filed under each second, in the order they were filed.
+    queue: BTreeMap<Second, Vec<Key>>,
+    /// Entries in `queue`, stale ones included.
+    queued: usize,
+    /// Keyed by a random SipHash (the keys are the clients'), found once per change.
+    waiting: HashMap<Key, Second, RandomState>,
     /// Never evicted: at most `MAX_EXPECTED_KEYS` (or `single`'s one key).
     kept: HashSet<Key>,
 }
@@ -32,11 +42,14 @@ pub struct DueQueue {
 impl DueQueue {
     /// Judges `key` at `due`, unless it waits already for that second or an earlier one.
     pub fn schedule(&mut self, key: &Key, due: Second) {
-        if self.waiting.get(key).is_some_and(|&waits| waits <= due) {
-            return;
+        match self.waiting.entry_ref(key) {
+            EntryRef::Occupied(waits) if *waits.get() <= due => return,
+            EntryRef::Occupied(mut waits) => *waits.get_mut() = due,
+            EntryRef::Vacant(vacant) => {
+                vacant.insert(due);
+            }
         }
-        self.waiting.insert(key.clone(), due);
-        self.queue.push(Reverse((due, key.clone())));
+        self.file(due, key.clone());
         self.sweep_if_stale();
     }
 
@@ -47,14 +60,23 @@ impl DueQueue {
         }
     }
 
-    /// The heap rebuilt from the keys waiting once its stale entries outnumber them:
+    fn file(&mut self, due: Second, key: Key) {
+        self.queue.entry(due).or_default().push(key);
+        self.queued += 1;
+    }
+
+    /// The queue rebuilt from the keys waiting once its stale entries outnumber them:
     /// each sweep follows as many changes as it costs.
     fn sweep_if_stale(&mut self) {
-        if self.queue.len() > 2 * self.waiting.len() + STALE_SLACK {
-            let waiting = self.waiting.iter();
-            self.queue = waiting
-                .map(|(key, &due)| Reverse((due, key.clone())))
+        if self.queued > 2 * self.waiting.len() + STALE_SLACK {
+            self.queue.clear();
+            self.queued = 0;
+            let waiting: Vec<(Second, Key)> = (self.waiting.iter())
+                .map(|(key, &due)| (due, key.clone()))
                 .collect();
+            for (due, key) in waiting {
+                self.file(due, key);
+            }
         }
     }
 
@@ -75,16 +97,23 @@ impl DueQueue {
         self.waiting.contains_key(key)
     }
 
-    /// The keys due at `now`, which wait no longer, earliest first.
+    /// The keys due at `now`, which wait no longer, by the second they were due (within
+    /// one second, in no order the callers may rely on).
     pub fn take_due(&mut self, now: Second) -> Vec<Key> {
         let mut due = Vec::new();
-        while self.queue.peek().is_some_and(|Reverse((at, _))| *at <= now) {
-            let Some(Reverse((at, key))) = self.queue.pop() else {
+        while let Some(entry) = self.queue.first_entry() {
+            if *entry.key() > now {
                 break;
-            };
-            if self.waiting.get(&key) == Some(&at) {
-                self.waiting.remove(&key);
-                due.push(key);
+            }
+            let (at, keys) = entry.remove_entry();
+            self.queued -= keys.len();
+            for key in keys {
+                match self.waiting.entry(key) {
+                    Entry::Occupied(waits) if *waits.get() == at => {
+                        due.push(waits.remove_entry().0)
+                    }
+                    _ => {}
+                }
             }
         }
         due
@@ -124,11 +153,7 @@ mod tests {
             }
         }
         assert_eq!(due.waiting.len(), 201);
-        assert!(
-            due.queue.len() <= 2 * 201 + STALE_SLACK,
-            "{}",
-            due.queue.len()
-        );
+        assert!(due.queued <= 2 * 201 + STALE_SLACK, "{}", due.queued);
         let came_up = due.take_due(1_000);
         assert_eq!(came_up.len(), 201);
         assert!(came_up.contains(&kept));
