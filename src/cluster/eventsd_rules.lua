@@ -54,7 +54,8 @@ end
 
 -- flatline, when events arrive (`Flatline::on_count`): the key is queued if it is not
 -- (at the second it would be below), and a silent key back at its threshold recovers,
--- replying 2 (resolved) with `send_resolved`.
+-- replying 2 (resolved) with `send_resolved`, and is queued for its next silence if
+-- that comes before the forget or realert it waited for.
 local function count_flatline(key, params, delta, _, now, new_epoch, due, member)
   local rule = params.rule.flatline
   local state, total, epoch, buckets = read_counter(key, rule.window_secs, now)
@@ -65,12 +66,13 @@ local function count_flatline(key, params, delta, _, now, new_epoch, due, member
     epoch = new_epoch
     redis.call('HSET', key, 'epoch', epoch)
   end
-  if not redis.call('ZSCORE', due, member) then
-    redis.call('ZADD', due, below_from(buckets, rule.threshold, rule.window_secs), member)
+  local recovers = state['silent'] == 1 and total >= rule.threshold
+  if recovers or not redis.call('ZSCORE', due, member) then
+    redis.call('ZADD', due, 'LT', below_from(buckets, rule.threshold, rule.window_secs), member)
   end
   local seq = state['seq'] or 0
   local reply = {0, total, seq, epoch, 0}
-  if state['silent'] == 1 and total >= rule.threshold then
+  if recovers then
     redis.call('HSET', key, 'silent', 0)
     if rule.send_resolved then
       seq = seq + 1
@@ -96,12 +98,13 @@ local function judge_silence(names, member, params, now, grace_until, new_epoch)
     reschedule(names.due, member, below)
     return nil
   end
+  local silent = state['silent'] == 1
+  -- Only a silent key is forgotten (see `Flatline::on_due`).
   local forget_at = nil
-  if not kept then
+  if not kept and silent then
     forget_at = (state['fired'] or 0) + rule.forget_after_secs
   end
-  local silent = state['silent'] == 1
-  if silent and forget_at and now >= forget_at then
+  if forget_at and now >= forget_at then
     redis.call('DEL', key)
     reschedule(names.due, member, nil)
     return nil

@@ -141,6 +141,23 @@ pub(crate) fn flatline() -> Vec<Scenario> {
             ],
         ),
         Scenario::on_the_clock(
+            "flatline: a key not always watched that recovers fires again at its next \
+             silence, not at its forget",
+            HEARTBEAT,
+            (vec![], 1000, 1040),
+            vec![(1000, "b", 1), (1015, "b", 1)],
+            vec![fired(1010, "b", 0), fired(1025, "b", 0)],
+        ),
+        Scenario::on_the_clock(
+            "flatline: a key that recovers and is silent again within a cooldown longer \
+             than its forget fires when the cooldown ends",
+            r#"{"rule": "flatline", "threshold": 1, "window_secs": 10,
+                "forget_after_secs": 20, "cooldown_secs": 100}"#,
+            (vec![], 1000, 1115),
+            vec![(1000, "b", 1), (1012, "b", 1)],
+            vec![fired(1010, "b", 0), fired(1110, "b", 0)],
+        ),
+        Scenario::on_the_clock(
             "flatline: an expected key that never sent fires, so does a key seen then silent",
             HEARTBEAT,
             (vec!["c"], 1000, 1030),

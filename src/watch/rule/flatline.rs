@@ -52,7 +52,9 @@ impl Judge for Flatline {
     }
 
     /// A key counted is queued for the second it would be below, if it is not; a silent
-    /// key back at its threshold recovers (and fires with `send_resolved`).
+    /// key back at its threshold recovers (and fires with `send_resolved`), and is
+    /// queued for its next silence: as a silent key it waited for its forget (a day by
+    /// default) or its realert, and would have missed a silence before.
     fn on_count(
         &self,
         _cooling: &Cooling,
@@ -61,14 +63,14 @@ impl Judge for Flatline {
         now: Second,
     ) -> Option<Verdict> {
         let count = at.add(events, now, Some(self.window_secs));
-        if !at.is_waiting() {
-            let due = below_from(at.counter(), self.threshold, self.window_secs);
-            at.schedule(due);
-        }
         let counter = at.counter();
         let recovered = counter.silent && count >= self.threshold;
         if recovered {
             counter.silent = false;
+        }
+        if recovered || !at.is_waiting() {
+            let due = below_from(at.counter(), self.threshold, self.window_secs);
+            at.schedule(due);
         }
         (recovered && self.send_resolved).then_some(Verdict {
             count,
@@ -90,11 +92,14 @@ impl Judge for Flatline {
             .drop_front_while(|second| second.saturating_add(window_secs) <= now);
         let below = below_from(counter, self.threshold, window_secs).max(grace_until);
         let last_fired = counter.last_fired.map_or(0, |second| second.get());
-        let forget_at = (!kept).then(|| last_fired.saturating_add(forget_after_secs));
         let silent = counter.silent;
+        // Only a silent key is forgotten: one that recovered and is below again within
+        // its cooldown waits for the cooldown's end, not for a forget already past (it
+        // was judged again every second until then).
+        let forget_at = (!kept && silent).then(|| last_fired.saturating_add(forget_after_secs));
         let wait_until = if below > now {
             Some(below)
-        } else if silent && forget_at.is_some_and(|at| now >= at) {
+        } else if forget_at.is_some_and(|at| now >= at) {
             due.forget();
             return None;
         } else {
