@@ -169,3 +169,55 @@ fn a_registry_change_redis_does_not_answer_in_time_is_answered_504_not_503() {
         },
     );
 }
+
+/// A duration Redis could not take as a TTL (an `EXPIRE` past its bound fails the call)
+/// made every node count alone as soon as one event reached the watcher: each duration
+/// is refused past 10 years, with a 400 naming it, the watcher not created, and the node
+/// keeps counting in Redis.
+#[test]
+fn a_duration_redis_could_not_expire_is_refused_and_the_node_keeps_sharing() {
+    let redis = RedisServer::start();
+    let daemon = node("a", "standalone", &[redis.url()]);
+    assert_eq!(daemon.post("/event/", r#"{"type": "logins"}"#).status, 201);
+    let too_long = 10_000_000_000_000_000u64;
+    for (field, watcher) in [
+        (
+            "window_secs",
+            json!({"threshold": 1, "window_secs": too_long}),
+        ),
+        (
+            "cooldown_secs",
+            json!({"threshold": 1, "cooldown_secs": too_long}),
+        ),
+        (
+            "remember_secs",
+            json!({"rule": "new_value", "field": "user", "remember_secs": too_long}),
+        ),
+        (
+            "forget_after_secs",
+            json!({"rule": "flatline", "threshold": 1, "window_secs": 10,
+            "forget_after_secs": too_long}),
+        ),
+    ] {
+        let mut body = watcher;
+        body["name"] = json!("long");
+        body["aggregator"] = json!({"type": "fields", "fields": ["ip"]});
+        body["action"] = json!({"type": "null"});
+        let response = daemon.post("/event/logins/watcher/", &body.to_string());
+        assert_eq!(response.status, 400, "{field}: {response:?}");
+        let message = response.json()["message"].as_str().unwrap().to_string();
+        assert!(message.contains(&format!("`{field}`")), "{message}");
+        assert_eq!(
+            daemon.get("/event/logins/watcher/long").unwrap().status,
+            404
+        );
+    }
+    let ten_years = json!({"name": "decade", "threshold": 1_000_000, "window_secs": 315_360_000,
+        "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}});
+    register_watcher(&daemon, "logins", &ten_years);
+    post_events(&daemon, "logins", &json!({"ip": "10.0.0.1"}), 3);
+    wait_for("the events counted in Redis", 10 * SECOND, || {
+        redis.counted() == 3
+    });
+    assert_eq!(degraded(&daemon), Some(0));
+}

@@ -212,6 +212,12 @@ pub const MAX_DISTINCT_LIMIT: u64 = 10_000;
 /// The most fields a new_value watcher's value is made of.
 pub const MAX_VALUE_FIELDS: usize = 8;
 
+/// The longest duration a watcher names (`window_secs`, cooldowns, `forget_after_secs`,
+/// `learn_secs`, `remember_secs`): 10 years. Beyond it no rule means anything more, and a
+/// sum of them must stay an exact Lua number and a TTL Redis accepts (a refused `EXPIRE`
+/// failed the call, and every node counted alone).
+pub const MAX_DURATION_SECS: u64 = 10 * 365 * 86_400;
+
 /// `ratio`: a finite number greater than 1.
 pub(super) fn spike_ratio<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     let ratio = f64::deserialize(d)?;
@@ -332,8 +338,30 @@ pub fn check(spec: &WatcherSpec) -> Result<(), String> {
             ));
         }
     }
+    check_durations(spec)?;
     check_expected_keys(spec)?;
     check_watched_values(spec)
+}
+
+/// Every duration within `MAX_DURATION_SECS`.
+fn check_durations(spec: &WatcherSpec) -> Result<(), String> {
+    let durations = [
+        ("window_secs", spec.window_secs),
+        ("cooldown_secs", spec.cooldown_secs),
+        ("cooldown_max_secs", spec.cooldown_max_secs),
+        ("forget_after_secs", spec.forget_after_secs),
+        ("learn_secs", spec.learn_secs),
+        ("remember_secs", spec.remember_secs),
+    ];
+    match durations
+        .iter()
+        .find(|(_, secs)| secs.is_some_and(|s| s > MAX_DURATION_SECS))
+    {
+        Some((field, _)) => Err(format!(
+            "Invalid `{field}`: must be at most {MAX_DURATION_SECS} (10 years)"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// cardinality names a limit; new_value names its value by `field` or `fields`, one of
