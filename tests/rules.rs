@@ -224,7 +224,7 @@ impl Engine for Memory {
             grace_until: self.grace_until,
             kept: &kept,
         };
-        rule.on_tick(&mut self.store, watcher, now, &clock)
+        rule.on_tick(&mut self.store, (watcher, now), &clock, &mut { usize::MAX })
             .into_iter()
             .map(|(key, v)| (key.as_str().to_string(), (v.count, v.previous, false)))
             .collect()

@@ -33,6 +33,10 @@ pub(super) const SLICE: Duration = Duration::from_millis(10);
 /// few tens of microseconds), so that a slice ends close to `SLICE`; cardinality's
 /// values cost an update per hash and watcher (`CountBatch::take_piece`).
 pub(super) const PIECE_ENTRIES: usize = 1024;
+/// Keys judged on the clock in one turn of the loop: about a microsecond each with a
+/// million held (bench/rules), so a slice of them takes about what a slice of counting
+/// does.
+pub(super) const CLOCK_KEYS_AT_ONCE: usize = 8 * 1024;
 /// (watcher, key) updates of one worker waiting to be counted, beyond which it is not
 /// read: about a tenth of a second of counting.
 const MAX_WAITING_ENTRIES: usize = 64 * 1024;
@@ -58,6 +62,9 @@ pub(super) struct Counting {
     /// Count batches read and not counted yet.
     pub backlog: Backlog,
     pub snapshots: Snapshots,
+    /// Keys decided on the clock may still be due: set by the tick, cleared by the turn
+    /// that judged the last of them (`route.rs::judge_on_the_clock`).
+    pub due_on_the_clock: bool,
     /// The longest turn of the loop spent counting so far: how long a question may have
     /// waited for counting (reliability.md: at most 100 ms).
     longest_slice: Duration,
@@ -70,8 +77,14 @@ impl Counting {
             route: Route::Local,
             backlog: Backlog::default(),
             snapshots: Snapshots::default(),
+            due_on_the_clock: false,
             longest_slice: Duration::ZERO,
         }
+    }
+
+    /// Work waits for the next turn of the loop: counts, or keys due on the clock.
+    pub(super) fn has_work(&self) -> bool {
+        !self.backlog.is_empty() || self.due_on_the_clock
     }
 
     /// A turn of the loop counted for `took`.

@@ -104,11 +104,11 @@ impl Master {
             sources.push(Source::Predecessor);
             fds.push(PollFd::new(fd, interest));
         }
-        // Counts waiting: look, do not sleep.
-        let timeout = if self.counting.backlog.is_empty() {
-            PollTimeout::NONE
-        } else {
+        // Counts or keys due waiting: look, do not sleep.
+        let timeout = if self.counting.has_work() {
             PollTimeout::ZERO
+        } else {
+            PollTimeout::NONE
         };
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}

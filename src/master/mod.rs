@@ -277,6 +277,7 @@ impl Master {
             if requested.tick {
                 self.on_tick();
             }
+            self.judge_on_the_clock();
             self.reconcile();
             self.release_held_answers();
             if self.may_exit() {
@@ -288,7 +289,8 @@ impl Master {
     /// The once-a-second tick: timeouts enforced on every child (`timeouts.rs`), then
     /// each component's turn. A component that acts on the clock adds its call here.
     fn on_tick(&mut self) {
-        self.judge_on_the_clock();
+        // Judged from this turn on, a slice a turn (`judge_on_the_clock`).
+        self.counting.due_on_the_clock = true;
         self.enforce_timeouts();
         // What a forked snapshot closes: it serves no HTTP either.
         let fork_fds = (!self.is_stopping()).then(|| {

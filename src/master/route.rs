@@ -14,7 +14,7 @@ use std::time::Instant;
 use nix::unistd::Pid;
 
 use super::Master;
-use super::counting::{PIECE_ENTRIES, Route, SLICE};
+use super::counting::{CLOCK_KEYS_AT_ONCE, PIECE_ENTRIES, Route, SLICE};
 use crate::protocol::runner::{DropReason, FromRunner};
 use crate::watch::store::Second;
 use crate::watch::{CountBatch, Job};
@@ -80,16 +80,23 @@ impl Master {
         self.dispatch_local(jobs);
     }
 
-    /// The rules decided on the clock (rules.md: flatline), on the 1 s tick, by this
-    /// master's store: not in a cluster, where Redis judges them for every node (the
-    /// link asks it every second; a node that lost Redis sees only its share of the
-    /// events, too few to call a silence), nor while taking over (the old master
+    /// The rules decided on the clock (rules.md: flatline), from the 1 s tick on, a
+    /// slice of `CLOCK_KEYS_AT_ONCE` keys due a turn of the loop until none is left, by
+    /// this master's store: not in a cluster, where Redis judges them for every node
+    /// (the link asks it every second; a node that lost Redis sees only its share of
+    /// the events, too few to call a silence), nor while taking over (the old master
     /// still judges).
     pub(super) fn judge_on_the_clock(&mut self) {
-        if self.counting.route != Route::Local {
+        if !self.counting.due_on_the_clock {
             return;
         }
-        let jobs = self.counting.watch.tick(crate::watch::now());
+        if self.counting.route != Route::Local {
+            self.counting.due_on_the_clock = false;
+            return;
+        }
+        let mut budget = CLOCK_KEYS_AT_ONCE;
+        let jobs = self.counting.watch.tick(crate::watch::now(), &mut budget);
+        self.counting.due_on_the_clock = budget == 0;
         self.dispatch_local(jobs);
     }
 

@@ -97,23 +97,34 @@ impl DueQueue {
         self.waiting.contains_key(key)
     }
 
-    /// The keys due at `now`, which wait no longer, by the second they were due (within
-    /// one second, in no order the callers may rely on).
-    pub fn take_due(&mut self, now: Second) -> Vec<Key> {
+    /// At most `at_most` of the keys due at `now`, which wait no longer, by the second
+    /// they were due (within one second, in no order the callers may rely on); the
+    /// others stay filed for the next call.
+    pub fn take_due(&mut self, now: Second, at_most: usize) -> Vec<Key> {
         let mut due = Vec::new();
-        while let Some(entry) = self.queue.first_entry() {
-            if *entry.key() > now {
+        while due.len() < at_most {
+            let Some(mut entry) = self.queue.first_entry() else {
+                break;
+            };
+            let at = *entry.key();
+            if at > now {
                 break;
             }
-            let (at, keys) = entry.remove_entry();
-            self.queued -= keys.len();
-            for key in keys {
+            let keys = entry.get_mut();
+            while due.len() < at_most {
+                let Some(key) = keys.pop() else {
+                    break;
+                };
+                self.queued -= 1;
                 match self.waiting.entry(key) {
                     Entry::Occupied(waits) if *waits.get() == at => {
                         due.push(waits.remove_entry().0)
                     }
                     _ => {}
                 }
+            }
+            if keys.is_empty() {
+                entry.remove();
             }
         }
         due
@@ -132,9 +143,12 @@ mod tests {
         due.schedule(&a, 30);
         due.schedule(&b, 15);
         due.schedule(&b, 10);
-        assert!(due.take_due(9).is_empty());
-        assert_eq!(due.take_due(20), vec![b.clone(), a.clone()]);
-        assert!(due.take_due(100).is_empty(), "stale entries are skipped");
+        assert!(due.take_due(9, usize::MAX).is_empty());
+        assert_eq!(due.take_due(20, usize::MAX), vec![b.clone(), a.clone()]);
+        assert!(
+            due.take_due(100, usize::MAX).is_empty(),
+            "stale entries are skipped"
+        );
         assert!(!due.is_waiting(&a));
     }
 
@@ -154,7 +168,7 @@ mod tests {
         }
         assert_eq!(due.waiting.len(), 201);
         assert!(due.queued <= 2 * 201 + STALE_SLACK, "{}", due.queued);
-        let came_up = due.take_due(1_000);
+        let came_up = due.take_due(1_000, usize::MAX);
         assert_eq!(came_up.len(), 201);
         assert!(came_up.contains(&kept));
     }

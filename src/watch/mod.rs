@@ -206,11 +206,14 @@ impl Watch {
         watched
     }
 
-    /// The firings of the rules decided on the clock, at `now` (the master's tick).
-    pub fn tick(&mut self, now: Second) -> Vec<Job> {
+    /// The firings of the rules decided on the clock at `now`, of at most `budget` keys
+    /// due (less the keys judged; none left: more may be due): the master judges a
+    /// second's keys a slice at a time, answering between two (a million keys due at
+    /// once, after a restart's grace, took a second).
+    pub fn tick(&mut self, now: Second, budget: &mut usize) -> Vec<Job> {
         let mut jobs = Vec::new();
         for (&id, watched) in &self.watchers {
-            if !watched.rule.on_the_clock() {
+            if !watched.rule.on_the_clock() || *budget == 0 {
                 continue;
             }
             let kept = |key: &Key| watched.kept.contains(key);
@@ -218,7 +221,8 @@ impl Watch {
                 grace_until: watched.grace_until,
                 kept: &kept,
             };
-            for (key, verdict) in watched.rule.on_tick(self.store.as_mut(), id, now, &clock) {
+            let store = self.store.as_mut();
+            for (key, verdict) in watched.rule.on_tick(store, (id, now), &clock, budget) {
                 self.changed = true;
                 record_firing(
                     &mut self.firings,

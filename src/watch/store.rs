@@ -62,8 +62,8 @@ pub trait CounterStore {
     fn is_waiting(&self, watcher: Uuid, key: &Key) -> bool;
     /// Watches `key` whatever it does (`single`'s, `expect`'s): never evicted.
     fn keep(&mut self, watcher: Uuid, key: &Key);
-    /// The keys of `watcher` due at `now`, which wait no longer.
-    fn take_due(&mut self, watcher: Uuid, now: Second) -> Vec<Key>;
+    /// At most `at_most` of the keys of `watcher` due at `now`, which wait no longer.
+    fn take_due(&mut self, watcher: Uuid, now: Second, at_most: usize) -> Vec<Key>;
     /// Drops every counter; the watchers stay where `arrange` put them.
     fn clear(&mut self);
     /// The most keys one field set may hold (`watchers.max_keys`, reloadable).
@@ -334,11 +334,11 @@ impl CounterStore for MemoryStore {
         self.sets[set].column_mut(column).due.keep(key);
     }
 
-    fn take_due(&mut self, watcher: Uuid, now: Second) -> Vec<Key> {
+    fn take_due(&mut self, watcher: Uuid, now: Second, at_most: usize) -> Vec<Key> {
         let Some(&(set, column)) = self.placed.get(&watcher) else {
             return Vec::new();
         };
-        self.sets[set].column_mut(column).due.take_due(now)
+        self.sets[set].column_mut(column).due.take_due(now, at_most)
     }
 
     fn clear(&mut self) {

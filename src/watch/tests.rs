@@ -364,12 +364,12 @@ fn the_watchers_of_one_field_set_keep_their_own_counts_windows_and_evictions() {
     );
     // gone: silent from t0 + 17, fires, and is forgotten 20 s later, for gone alone.
     let fired: Vec<Uuid> = watch
-        .tick(t0 + 17)
+        .tick(t0 + 17, &mut { usize::MAX })
         .iter()
         .map(|job| job.watcher_id)
         .collect();
     assert_eq!(fired, [gone]);
-    assert!(watch.tick(t0 + 37).is_empty());
+    assert!(watch.tick(t0 + 37, &mut { usize::MAX }).is_empty());
     let a = Key::from(r#"["a"]"#);
     assert!(!watch.store().keys(gone).contains(&a), "forgotten for gone");
     assert_eq!(
@@ -412,7 +412,39 @@ fn a_flatline_key_evicted_leaves_the_due_queue() {
         .count();
     assert_eq!(waiting, 100, "only the keys held wait");
     assert_eq!(watch.store().keys(ids[0]).len(), 100);
-    assert_eq!(watch.tick(t0 + 300).len(), 100, "the keys held come up");
+    assert_eq!(
+        watch.tick(t0 + 300, &mut { usize::MAX }).len(),
+        100,
+        "the keys held come up"
+    );
+}
+
+/// The keys of a second are judged a budget at a time (the master's slices): each once,
+/// over as many calls as the budget makes, the budget spent while keys are left.
+#[test]
+fn keys_due_at_once_are_judged_a_budget_at_a_time_each_once() {
+    let (ids, mut watch) = watching_one_set(
+        &[
+            r#"{"name": "hosts", "rule": "flatline", "threshold": 1, "window_secs": 300,
+              "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}"#,
+        ],
+        1000,
+    );
+    let t0 = now() + 10;
+    let ips: Vec<String> = (0..250).map(|n| n.to_string()).collect();
+    let batch: Vec<(&str, u64)> = ips.iter().map(|ip| (ip.as_str(), 1)).collect();
+    post_to_set(&mut watch, &ids, &batch, t0);
+    let mut fired = Vec::new();
+    for spent in [true, true, false] {
+        let mut budget = 100;
+        fired.extend(watch.tick(t0 + 300, &mut budget));
+        assert_eq!(budget == 0, spent, "{} fired", fired.len());
+    }
+    let mut keys: Vec<String> = fired.iter().map(|job| job.firing.key.to_string()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!((fired.len(), keys.len()), (250, 250));
+    assert!(watch.tick(t0 + 301, &mut { usize::MAX }).is_empty());
 }
 
 /// new_value's memory as `counters.json` holds it today (each (key, value) a counter of

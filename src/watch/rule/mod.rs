@@ -269,19 +269,21 @@ impl RuleParams {
         }
     }
 
-    /// The keys of `watcher` that fire on the clock at `now`: none for a rule decided
-    /// when counts arrive. Costs the keys due, not the keys held.
+    /// The keys of `watcher` that fire on the clock at `now`, of at most `budget` keys due
+    /// (less the keys judged): none for a rule decided when counts arrive. Costs the keys
+    /// due, not the keys held.
     pub fn on_tick(
         &self,
         store: &mut dyn CounterStore,
-        watcher: Uuid,
-        now: Second,
+        (watcher, now): (Uuid, Second),
         clock: &OnTheClock,
+        budget: &mut usize,
     ) -> Vec<(Key, Verdict)> {
         if !self.on_the_clock() {
             return Vec::new();
         }
-        let due = store.take_due(watcher, now);
+        let due = store.take_due(watcher, now, *budget);
+        *budget -= due.len();
         due.into_iter()
             .filter_map(|key| {
                 let mut due = DueKey::new(&mut *store, watcher, &key, now, clock);
