@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::redis::{RedisServer, node, shares};
@@ -272,4 +272,40 @@ fn every_rule_fires_once_across_three_nodes_and_not_again_after_a_kill_9_of_a_ma
         assert!(firing.get("degraded").is_none(), "{firing}");
         assert!(firing["crossing"].is_string(), "decided by Redis: {firing}");
     }
+}
+
+/// A flatline's keys come due by the thousand (one `_bulk` of new hosts, then silence)
+/// are all judged within a second or two on one node: a link asked Redis once a second
+/// for at most `KEYS_PER_TICK` (1,000) keys a watcher, so 5,000 keys fired over five
+/// seconds or more, and a million over a quarter of an hour.
+#[test]
+fn a_flatline_judges_thousands_of_keys_come_due_together_at_once() {
+    const HOSTS: usize = 5_000;
+    let redis = RedisServer::start();
+    let sink = HttpSink::start(Duration::ZERO);
+    let daemon = node("a", "standalone", &[redis.url()]);
+    let watcher = json!({"name": "silent", "rule": "flatline", "threshold": 1,
+        "window_secs": 2, "aggregator": {"type": "fields", "fields": ["host"]},
+        "action": webhook(&sink.url("/hooks"))});
+    register_watcher(&daemon, "heartbeat", &watcher);
+    let lines: String = (0..HOSTS)
+        .map(|host| format!("{}\n", json!({"host": format!("h{host}")})))
+        .collect();
+    let response = daemon.post("/event/heartbeat/_bulk", &lines);
+    assert_eq!(response.status, 200, "{response:?}");
+
+    let mut alerts = Vec::new();
+    wait_for("every host's silence fired", 60 * SECOND, || {
+        let listed = daemon.get(&format!("/alerts?limit={}", 2 * HOSTS));
+        alerts = listed.map_or(Vec::new(), |r| {
+            r.json().as_array().cloned().unwrap_or_default()
+        });
+        alerts.len() >= HOSTS
+    });
+    assert_eq!(alerts.len(), HOSTS, "each host once");
+    let seconds: BTreeSet<&str> = alerts
+        .iter()
+        .filter_map(|a| a["fired_at"].as_str())
+        .collect();
+    assert!(seconds.len() <= 2, "fired over {seconds:?}");
 }

@@ -308,6 +308,18 @@ impl Redis {
         Ok(tick_crossings(watcher.id, replies))
     }
 
+    /// Whether `watcher`'s due queue still holds keys due by this node's clock (Redis'
+    /// may differ by a second: at worst one more call that judges nothing, or keys left
+    /// for the next turn). A failed question is a no.
+    pub(super) async fn keys_due(&self, watcher: Uuid) -> bool {
+        let mut count = cmd("ZCOUNT");
+        count
+            .arg(due_key(&self.prefix, watcher))
+            .arg("-inf")
+            .arg(crate::clock::epoch_second());
+        self.call::<u64>(&count).await.is_ok_and(|due| due > 0)
+    }
+
     /// `FCALL function 1 KEY`: a registry Function on the registry's key; its
     /// arguments follow.
     fn registry_call(&self, function: &str) -> Cmd {
@@ -472,8 +484,15 @@ pub fn count_command(prefix: &str, call: &CountCall, now: Option<Second>) -> Cmd
 }
 
 /// Keys of one watcher judged on the clock by one `eventsd_tick` call, at most: bounds
-/// the time Redis spends in it; the rest are judged at the next tick.
+/// the time Redis spends in it; the rest are judged by the next call
+/// (`cluster::Link::judge_on_the_clock`).
 pub const KEYS_PER_TICK: usize = 1_000;
+
+/// The sorted set of `watcher`'s keys by the second they are due (`eventsd.lua`'s
+/// `flatline_names`).
+fn due_key(prefix: &str, watcher: Uuid) -> String {
+    format!("{prefix}:due:{{{watcher}}}")
+}
 
 /// An `eventsd_tick` call as Redis reads it: one JSON argument (`eventsd_calls.lua`'s `tick`).
 #[derive(Serialize)]
@@ -513,7 +532,7 @@ pub fn tick_command(
     command
         .arg("eventsd_tick")
         .arg(1)
-        .arg(format!("{prefix}:due:{{{watcher}}}"))
+        .arg(due_key(prefix, watcher))
         // A document of numbers and plain strings always serializes.
         .arg(serde_json::to_string(&document).unwrap_or_default());
     command
