@@ -150,6 +150,16 @@ local function flatline_names(prefix, watcher)
     prefix .. ':kept:' .. tag
 end
 
+-- A watcher's queue, `since` and `kept` outlive the last call that touched them by
+-- IDLE_TTL, as a counter outlives its last event: every node ticks a live watcher each
+-- second, so only a deleted watcher's expire (cluster.md: Redis memory follows the
+-- active keys), with what a count racing its deletion queued after its last tick.
+local function keep_queue(...)
+  for _, name in ipairs({...}) do
+    redis.call('EXPIRE', name, IDLE_TTL)
+  end
+end
+
 -- Judged again at `at`, or no longer queued (nil).
 local function reschedule(due, member, at)
   if at then

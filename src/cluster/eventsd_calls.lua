@@ -21,6 +21,7 @@ local function tick(keys, args)
     redis.call('SADD', kept, member)
     redis.call('ZADD', due, 'NX', grace_until, member)
   end
+  keep_queue(due, since, kept)
   local firings = {}
   local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, document.limit)
   for _, member in ipairs(members) do
@@ -53,12 +54,20 @@ local function count(keys, args)
   for _, valued in ipairs(given(document.values) or {}) do
     hashes_of[valued[1] + 1] = valued[2]
   end
+  local queues = {}
   for i, counted in ipairs(document.counts) do
     local params = document.rules[counted[2] + 1]
     local head, due = flatline_names(document.prefix, document.watchers[counted[2] + 1])
     local member = string.sub(keys[i], #head + 1)
-    replies[i] = rule_of(params).count(keys[i], params, counted[1], hashes_of[i] or {}, now, document.epoch,
+    local rule = rule_of(params)
+    replies[i] = rule.count(keys[i], params, counted[1], hashes_of[i] or {}, now, document.epoch,
       due, member)
+    if rule.judge then
+      queues[due] = true
+    end
+  end
+  for due in pairs(queues) do
+    keep_queue(due)
   end
   redis.call('SET', call, cjson.encode(replies), 'EX', document.ttl)
   return replies
