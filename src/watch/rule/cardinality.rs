@@ -121,18 +121,21 @@ impl Judge for Cardinality {
             max_distinct,
             min_distinct,
         } = *self;
+        // A key already waiting keeps its second (judged then, it waits again if need
+        // be): its values' seconds are sorted only for a key that waits for none.
+        let waiting = min_distinct.is_some() && store.is_waiting(watcher, key);
         let counter = store.counter(watcher, key);
         let state = counter.rule.get_or_insert_default();
         state.expire(window_secs, now);
         let keep = kept(max_distinct, min_distinct);
         state.see_all(hashes, now, keep);
         let distinct = state.distinct.len() as u64;
-        let below = min_distinct.map(|min| {
+        let below = min_distinct.and_then(|min| {
             state.low &= distinct < min;
-            below_from(state, min, window_secs)
+            (!waiting).then(|| below_from(state, min, window_secs))
         });
         let verdict = max_distinct.and_then(|max| too_many(cooling, counter, max, distinct, now));
-        if let Some(due) = below.filter(|_| !store.is_waiting(watcher, key)) {
+        if let Some(due) = below {
             store.schedule(watcher, key, due);
         }
         verdict
