@@ -221,3 +221,62 @@ fn a_duration_redis_could_not_expire_is_refused_and_the_node_keeps_sharing() {
     });
     assert_eq!(degraded(&daemon), Some(0));
 }
+
+/// Redis keeps a key for its window and cooldown after its last event (a week without a
+/// window), so what a client posting random values makes it hold is bounded by time, not
+/// by `watchers.max_keys`. A Redis at its `maxmemory` (the default `noeviction`) refuses
+/// the calls: the node counts alone, within `max_keys`, and still acknowledges and fires
+/// (degraded), rather than stall or lose what it was sent.
+#[test]
+fn a_redis_filled_by_random_keys_to_its_maxmemory_leaves_the_node_counting_alone_within_max_keys() {
+    let redis = RedisServer::start();
+    let sink = HttpSink::start(Duration::ZERO);
+    let daemon = Daemon::run(&format!(
+        "[cluster]\nmode = \"standalone\"\nurls = [\"{}\"]\nnode_name = \"a\"\n\
+         [watchers]\nmax_keys = 1000\n",
+        redis.url()
+    ));
+    wait_for("the node sharing", 10 * SECOND, || {
+        degraded(&daemon) == Some(0)
+    });
+    let watcher = json!({"name": "storm", "threshold": 2,
+        "aggregator": {"type": "fields", "fields": ["host"]},
+        "action": webhook(&sink.url("/hook"))});
+    register_watcher(&daemon, "logins", &watcher);
+    // A megabyte over what Redis holds: 100,000 keys are several.
+    let memory = redis.cli(&["INFO", "memory"]);
+    let used: u64 = (memory.lines())
+        .find_map(|line| line.strip_prefix("used_memory:")?.trim().parse().ok())
+        .expect("Redis' used_memory");
+    redis.cli(&[
+        "CONFIG",
+        "SET",
+        "maxmemory",
+        &(used + (1 << 20)).to_string(),
+    ]);
+
+    for batch in 0..20 {
+        let lines: String = (0..5_000)
+            .map(|n| format!("{}\n", json!({"host": format!("r{batch}-{n}")})))
+            .collect();
+        let response = daemon.post("/event/logins/_bulk", &lines);
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+    wait_for("Redis refusing the calls", 20 * SECOND, || {
+        degraded(&daemon) == Some(1)
+    });
+    post_events(&daemon, "logins", &json!({"host": "victim"}), 3);
+    wait_for("the victim's degraded firing", 20 * SECOND, || {
+        firings(&sink).iter().any(|f| f["key"]["host"] == "victim")
+    });
+    let fired = firings(&sink);
+    let victim = fired.iter().find(|f| f["key"]["host"] == "victim").unwrap();
+    assert_eq!(victim["degraded"], true, "{victim}");
+    let held = daemon.metric_sum("eventsd_watcher_keys{");
+    assert!(held <= 1000, "{held} keys held");
+    assert!(
+        redis
+            .cli(&["INFO", "memory"])
+            .contains("maxmemory_policy:noeviction")
+    );
+}
