@@ -151,21 +151,36 @@ local function flatline_names(prefix, watcher)
 end
 
 -- A watcher's queue, `since` and `kept` outlive the last call that touched them by
--- IDLE_TTL, as a counter outlives its last event: every node ticks a live watcher each
--- second, so only a deleted watcher's expire (cluster.md: Redis memory follows the
+-- `queue_ttl`, as a counter outlives its last event: every node ticks a live watcher
+-- each second, so only a deleted watcher's expire (cluster.md: Redis memory follows the
 -- active keys), with what a count racing its deletion queued after its last tick.
-local function keep_queue(...)
+local function keep_queue(ttl, ...)
   for _, name in ipairs({...}) do
-    redis.call('EXPIRE', name, IDLE_TTL)
+    redis.call('EXPIRE', name, ttl)
   end
 end
 
--- Judged again at `at`, or no longer queued (nil).
-local function reschedule(due, member, at)
+-- Longer than any counter of the watcher lives (a week and its durations, at most), so
+-- that a counter left when no node ticked for a week is still queued.
+local function queue_ttl(params)
+  local _, rule = next(params.rule)
+  local durations = {rule.window_secs, rule.window_secs, rule.forget_after_secs,
+    params.cooldown_secs, params.cooldown_max_secs}
+  local ttl = IDLE_TTL + 60
+  for i = 1, 5 do -- not ipairs: an absent duration is a hole
+    ttl = ttl + (given(durations[i]) or 0)
+  end
+  return ttl
+end
+
+-- Judged again at `at` (never within the second `names.now` it was judged in: a node
+-- asks again while keys are due, so a key waiting for that same second, a realert after
+-- a cooldown of 0, would fire again and again within it), or no longer queued (nil).
+local function reschedule(names, member, at)
   if at then
-    redis.call('ZADD', due, at, member)
+    redis.call('ZADD', names.due, math.max(at, names.now + 1), member)
   else
-    redis.call('ZREM', due, member)
+    redis.call('ZREM', names.due, member)
   end
 end
 

@@ -12,7 +12,7 @@ local function tick(keys, args)
   local now = given(document.now) or tonumber(redis.call('TIME')[1])
   local params = document.params
   local head, due, since, kept = flatline_names(document.prefix, document.watcher)
-  local names = {head = head, due = due, kept = kept}
+  local names = {head = head, due = due, kept = kept, now = now}
   local rule, figures = rule_of(params)
   local judge, window = rule.judge, rule.grace(figures)
   redis.call('SET', since, now, 'NX')
@@ -21,7 +21,7 @@ local function tick(keys, args)
     redis.call('SADD', kept, member)
     redis.call('ZADD', due, 'NX', grace_until, member)
   end
-  keep_queue(due, since, kept)
+  keep_queue(queue_ttl(params), due, since, kept)
   local firings = {}
   local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, document.limit)
   for _, member in ipairs(members) do
@@ -63,11 +63,11 @@ local function count(keys, args)
     replies[i] = rule.count(keys[i], params, counted[1], hashes_of[i] or {}, now, document.epoch,
       due, member)
     if rule.judge then
-      queues[due] = true
+      queues[due] = params
     end
   end
-  for due in pairs(queues) do
-    keep_queue(due)
+  for due, params in pairs(queues) do
+    keep_queue(queue_ttl(params), due)
   end
   redis.call('SET', call, cjson.encode(replies), 'EX', document.ttl)
   return replies

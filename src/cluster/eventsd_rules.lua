@@ -95,7 +95,7 @@ local function judge_silence(names, member, params, now, grace_until, new_epoch)
   local state, total, epoch, buckets = read_counter(key, rule.window_secs, now)
   local below = math.max(below_from(buckets, rule.threshold, rule.window_secs), grace_until)
   if below > now then
-    reschedule(names.due, member, below)
+    reschedule(names, member, below)
     return nil
   end
   local silent = state['silent'] == 1
@@ -106,17 +106,17 @@ local function judge_silence(names, member, params, now, grace_until, new_epoch)
   end
   if forget_at and now >= forget_at then
     redis.call('DEL', key)
-    reschedule(names.due, member, nil)
+    reschedule(names, member, nil)
     return nil
   end
   local cooldown = given(params.cooldown_secs)
   if silent and not cooldown then
-    reschedule(names.due, member, forget_at)
+    reschedule(names, member, forget_at)
     return nil
   end
   if state['fired'] and now < state['fired'] + (state['cool'] or 0) then
     redis.call('HSET', key, 'crossed', 1)
-    reschedule(names.due, member, earliest(state['fired'] + state['cool'], forget_at))
+    reschedule(names, member, earliest(state['fired'] + state['cool'], forget_at))
     return nil
   end
   local next_cool = next_cooldown(params, state)
@@ -133,7 +133,7 @@ local function judge_silence(names, member, params, now, grace_until, new_epoch)
   if not kept then
     forget = now + rule.forget_after_secs
   end
-  reschedule(names.due, member, earliest(realert_at, forget))
+  reschedule(names, member, earliest(realert_at, forget))
   return {member, 1, total, seq, epoch, 0}
 end
 
@@ -233,7 +233,7 @@ local function judge_drop(names, member, params, now, grace_until, new_epoch)
   local next_at = next_move(buckets, window, now)
   if not next_at then
     redis.call('DEL', key)
-    reschedule(names.due, member, nil)
+    reschedule(names, member, nil)
     return nil
   end
   local current, previous = spike_windows(buckets, window, now)
@@ -241,21 +241,21 @@ local function judge_drop(names, member, params, now, grace_until, new_epoch)
   local was_down = state['low'] == 1
   clear_flag(key, state, 'low', drop_goes_on(rule, current, down))
   if now < grace_until then
-    reschedule(names.due, member, grace_until)
+    reschedule(names, member, grace_until)
     return nil
   end
   if not down or (was_down and not given(params.cooldown_secs)) then
-    reschedule(names.due, member, next_at)
+    reschedule(names, member, next_at)
     return nil
   end
   local fired, seq, cooled_at = fire_in_place(key, params, state, epoch or new_epoch, now)
   if not fired then
-    reschedule(names.due, member, math.min(cooled_at, next_at))
+    reschedule(names, member, math.min(cooled_at, next_at))
     return nil
   end
   redis.call('HSET', key, 'low', 1)
   redis.call('EXPIRE', key, keep_for(params, state, 2 * window))
-  reschedule(names.due, member, next_at)
+  reschedule(names, member, next_at)
   return {member, 1, current, seq, epoch or new_epoch, previous}
 end
 
@@ -372,7 +372,7 @@ local function judge_few(names, member, params, now, grace_until, new_epoch)
   local key = names.head .. member
   local kept = redis.call('SISMEMBER', names.kept, member) == 1
   if redis.call('EXISTS', key) == 0 and not kept then
-    reschedule(names.due, member, nil)
+    reschedule(names, member, nil)
     return nil
   end
   local state, _, epoch, _, values = read_counter(key, rule.window_secs, now)
@@ -380,19 +380,19 @@ local function judge_few(names, member, params, now, grace_until, new_epoch)
   below = math.max(below, grace_until)
   local cooldown = given(params.cooldown_secs)
   if below > now then
-    reschedule(names.due, member, below)
+    reschedule(names, member, below)
     return nil
   end
   if state['low'] == 1 and not cooldown then
     if distinct == 0 and not kept then
       redis.call('DEL', key)
     end
-    reschedule(names.due, member, nil)
+    reschedule(names, member, nil)
     return nil
   end
   local fired, seq, cooled_at = fire_in_place(key, params, state, epoch or new_epoch, now)
   if not fired then
-    reschedule(names.due, member, cooled_at)
+    reschedule(names, member, cooled_at)
     return nil
   end
   redis.call('HSET', key, 'low', 1)
@@ -401,7 +401,7 @@ local function judge_few(names, member, params, now, grace_until, new_epoch)
   if cooldown then
     realert_at = now + state['cool']
   end
-  reschedule(names.due, member, realert_at)
+  reschedule(names, member, realert_at)
   return {member, 1, distinct, seq, epoch or new_epoch, 0}
 end
 

@@ -111,6 +111,7 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
         latency: Histogram::default(),
         errors: 0,
         clock: Vec::new(),
+        clock_turns: 0,
     };
     info!(
         "cluster link ready: node {}, {} mode, {}",
@@ -155,10 +156,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Times a stopping link sends its calls in doubt before it hands them to the master.
 const FINAL_ATTEMPTS: u32 = 3;
 
-/// `eventsd_tick` calls a turn of the link makes beyond one per watcher, at most: each
-/// judges `KEYS_PER_TICK` keys, so a node judges up to 32,000 keys a second more, and a
-/// turn stays short enough for the registry, silences and counts it also carries.
-const EXTRA_TICKS_PER_TURN: usize = 32;
+/// How long a turn of the link asks again for keys still due, beyond one
+/// `eventsd_tick` call per watcher: each judges `KEYS_PER_TICK` keys in Redis' one
+/// thread, so a node takes at most about a tenth of Redis' time for them (several nodes
+/// with a million keys due leave it most of its time for counts), and a turn stays short
+/// enough for the registry, silences and counts it also carries.
+const MORE_TICKS_FOR: Duration = Duration::from_millis(100);
 
 struct Link {
     redis: Redis,
@@ -184,6 +187,9 @@ struct Link {
     /// whether Redis watches its kept keys yet (told again after a failure: Redis may
     /// have restarted empty).
     clock: Vec<(ClockWatcher, bool)>,
+    /// The turns judged on the clock: each starts at the next watcher, so that the
+    /// time to ask again goes to each watcher's backlog in turn.
+    clock_turns: usize,
 }
 
 impl Link {
@@ -359,12 +365,17 @@ impl Link {
     /// Asks Redis for the firings of the keys due of every watcher decided on the clock
     /// (rules.md, "In a cluster"): each key due is handed to one node only. A watcher
     /// with more keys due than a call judges is asked again while Redis holds keys due
-    /// for it, up to `EXTRA_TICKS_PER_TURN` calls a turn for all: at one call a second,
-    /// a million flatline keys due at once took 1,000 s to judge on one node.
+    /// for it, for `MORE_TICKS_FOR` a turn: at one call a second, a million flatline
+    /// keys due at once took 1,000 s to judge on one node.
     async fn judge_on_the_clock(&mut self) -> anyhow::Result<()> {
+        let turn = Instant::now();
+        let watchers = self.clock.len();
+        let first = self.clock_turns % watchers.max(1);
+        self.clock_turns = self.clock_turns.wrapping_add(1);
+        // Redis' clock, asked once a turn, when a watcher may have keys left.
+        let mut redis_now = None;
         let mut crossings = Vec::new();
-        let mut extra_calls = EXTRA_TICKS_PER_TURN;
-        'watchers: for index in 0..self.clock.len() {
+        'watchers: for index in (first..watchers).chain(0..first) {
             loop {
                 let (watcher, seeded) = &self.clock[index];
                 let started = Instant::now();
@@ -374,11 +385,17 @@ impl Link {
                 };
                 self.clock[index].1 = true;
                 crossings.extend(fired);
-                let watcher = self.clock[index].0.id;
-                if extra_calls == 0 || !self.redis.keys_due(watcher).await {
+                if turn.elapsed() >= MORE_TICKS_FOR {
                     break;
                 }
-                extra_calls -= 1;
+                if redis_now.is_none() {
+                    redis_now = self.redis.now().await.ok();
+                }
+                let watcher = self.clock[index].0.id;
+                let Some(now) = redis_now else { break };
+                if !self.redis.keys_due(watcher, now).await {
+                    break;
+                }
             }
         }
         if crossings.is_empty() {

@@ -308,15 +308,21 @@ impl Redis {
         Ok(tick_crossings(watcher.id, replies))
     }
 
-    /// Whether `watcher`'s due queue still holds keys due by this node's clock (Redis'
-    /// may differ by a second: at worst one more call that judges nothing, or keys left
-    /// for the next turn). A failed question is a no.
-    pub(super) async fn keys_due(&self, watcher: Uuid) -> bool {
+    /// Redis' clock, in seconds: what `eventsd_tick` judges by (node clocks do not
+    /// matter, cluster.md).
+    pub(super) async fn now(&self) -> anyhow::Result<Second> {
+        let (seconds, _micros): (Second, u64) = self.call(&cmd("TIME")).await?;
+        Ok(seconds)
+    }
+
+    /// Whether `watcher`'s due queue still holds keys due at `now` (Redis' clock). A
+    /// failed question is a no: the next turn asks again.
+    pub(super) async fn keys_due(&self, watcher: Uuid, now: Second) -> bool {
         let mut count = cmd("ZCOUNT");
         count
             .arg(due_key(&self.prefix, watcher))
             .arg("-inf")
-            .arg(crate::clock::epoch_second());
+            .arg(now);
         self.call::<u64>(&count).await.is_ok_and(|due| due > 0)
     }
 

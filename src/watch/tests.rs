@@ -447,6 +447,31 @@ fn keys_due_at_once_are_judged_a_budget_at_a_time_each_once() {
     assert!(watch.tick(t0 + 301, &mut { usize::MAX }).is_empty());
 }
 
+/// A key that realerts with no cooldown (`cooldown_secs = 0`) fires once a second, not
+/// again at each of the master's slices within the second it fired in.
+#[test]
+fn a_key_without_cooldown_fires_once_a_second_however_many_slices_judge_it() {
+    let (ids, mut watch) = watching_one_set(
+        &[
+            r#"{"name": "hosts", "rule": "flatline", "threshold": 1, "window_secs": 300,
+              "cooldown_secs": 0, "aggregator": {"type": "fields", "fields": ["ip"]},
+              "action": {"type": "null"}}"#,
+        ],
+        1000,
+    );
+    let t0 = now() + 10;
+    let ips: Vec<String> = (0..250).map(|n| n.to_string()).collect();
+    let batch: Vec<(&str, u64)> = ips.iter().map(|ip| (ip.as_str(), 1)).collect();
+    post_to_set(&mut watch, &ids, &batch, t0);
+    for second in [t0 + 300, t0 + 301] {
+        let mut fired = 0;
+        for _ in 0..5 {
+            fired += watch.tick(second, &mut { 100 }).len();
+        }
+        assert_eq!(fired, 250, "at {second}");
+    }
+}
+
 /// new_value's memory as `counters.json` holds it today (each (key, value) a counter of
 /// its own: `[user, country]`, its last-seen second in its one bucket), written by hand:
 /// restored, a learnt value does not fire, a new one does. Whatever layout new_value

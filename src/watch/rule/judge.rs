@@ -75,10 +75,14 @@ impl<'a, 'c> DueKey<'a, 'c> {
         self.store.existing(self.watcher, self.key)
     }
 
-    /// Judged again at `at`, if any.
+    /// Judged again at `at`, if any, and never within the second it was judged in: the
+    /// master judges a second's keys a budget at a time, so a key waiting for that same
+    /// second (a realert after `cooldown_secs = 0`) would be judged, and fire, again
+    /// and again within it.
     pub(super) fn wait(&mut self, at: Option<Second>) {
         if let Some(at) = at {
-            self.store.schedule(self.watcher, self.key, at);
+            let next_second = self.now.saturating_add(1);
+            (self.store).schedule(self.watcher, self.key, at.max(next_second));
         }
     }
 
