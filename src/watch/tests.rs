@@ -419,21 +419,26 @@ fn a_flatline_key_evicted_leaves_the_due_queue() {
     );
 }
 
-/// The keys of a second are judged a budget at a time (the master's slices): each once,
-/// over as many calls as the budget makes, the budget spent while keys are left.
-#[test]
-fn keys_due_at_once_are_judged_a_budget_at_a_time_each_once() {
-    let (ids, mut watch) = watching_one_set(
-        &[
-            r#"{"name": "hosts", "rule": "flatline", "threshold": 1, "window_secs": 300,
-              "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}"#,
-        ],
-        1000,
+/// 250 hosts of a flatline watcher (window 300 s, and `extra` fields) each heard once
+/// at the second returned: all of them due 300 s later.
+fn silent_hosts(extra: &str) -> (Watch, Second) {
+    let watcher = format!(
+        r#"{{"name": "hosts", "rule": "flatline", "threshold": 1, "window_secs": 300, {extra}
+            "aggregator": {{"type": "fields", "fields": ["ip"]}}, "action": {{"type": "null"}}}}"#
     );
+    let (ids, mut watch) = watching_one_set(&[watcher.as_str()], 1000);
     let t0 = now() + 10;
     let ips: Vec<String> = (0..250).map(|n| n.to_string()).collect();
     let batch: Vec<(&str, u64)> = ips.iter().map(|ip| (ip.as_str(), 1)).collect();
     post_to_set(&mut watch, &ids, &batch, t0);
+    (watch, t0)
+}
+
+/// The keys of a second are judged a budget at a time (the master's slices): each once,
+/// over as many calls as the budget makes, the budget spent while keys are left.
+#[test]
+fn keys_due_at_once_are_judged_a_budget_at_a_time_each_once() {
+    let (mut watch, t0) = silent_hosts("");
     let mut fired = Vec::new();
     for spent in [true, true, false] {
         let mut budget = 100;
@@ -451,18 +456,7 @@ fn keys_due_at_once_are_judged_a_budget_at_a_time_each_once() {
 /// again at each of the master's slices within the second it fired in.
 #[test]
 fn a_key_without_cooldown_fires_once_a_second_however_many_slices_judge_it() {
-    let (ids, mut watch) = watching_one_set(
-        &[
-            r#"{"name": "hosts", "rule": "flatline", "threshold": 1, "window_secs": 300,
-              "cooldown_secs": 0, "aggregator": {"type": "fields", "fields": ["ip"]},
-              "action": {"type": "null"}}"#,
-        ],
-        1000,
-    );
-    let t0 = now() + 10;
-    let ips: Vec<String> = (0..250).map(|n| n.to_string()).collect();
-    let batch: Vec<(&str, u64)> = ips.iter().map(|ip| (ip.as_str(), 1)).collect();
-    post_to_set(&mut watch, &ids, &batch, t0);
+    let (mut watch, t0) = silent_hosts(r#""cooldown_secs": 0,"#);
     for second in [t0 + 300, t0 + 301] {
         let mut fired = 0;
         for _ in 0..5 {
