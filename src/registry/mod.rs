@@ -368,7 +368,8 @@ impl Registry {
 
     /// Drops every entry registered over HTTP that `rules` would refuse now: a `command`
     /// action, a file appender outside `file_dirs` or on eventsd's own files, a webhook
-    /// to where webhooks may not go or with a header that frames the request. For what
+    /// to where webhooks may not go or with a header that frames the request, a duration
+    /// past 10 years (saved before the bound: Redis could not expire its keys). For what
     /// was loaded from disk, which anyone able to write there could have planted. Returns
     /// what was dropped, as messages.
     pub fn drop_forbidden(&mut self, rules: &Rules) -> Vec<String> {
@@ -392,7 +393,7 @@ impl Registry {
             });
             entry
                 .watchers
-                .retain(|w| match forbidden_watcher(&w.spec.action, rules) {
+                .retain(|w| match forbidden_watcher(&w.spec, rules) {
                     Some(why) if !w.declared => {
                         dropped.push(format!("watcher `{}` of `{event}`: {why}", w.spec.name));
                         false
@@ -476,13 +477,15 @@ impl Registry {
 }
 
 /// Why a client's watcher with `action` would be refused now, if it would.
-fn forbidden_watcher(action: &Action, rules: &Rules) -> Option<String> {
+fn forbidden_watcher(spec: &WatcherSpec, rules: &Rules) -> Option<String> {
+    let action = &spec.action;
     if matches!(action, Action::Command { .. }) {
         return Some("a `command` action, which only the config file may declare".to_string());
     }
     action
         .check_headers()
         .and_then(|()| rules.destinations.check_action(action))
+        .and_then(|()| validation::watcher::check_durations(spec))
         .err()
 }
 

@@ -167,14 +167,16 @@ fn a_loaded_registry_loses_what_only_the_config_may_hold() {
     let mut registry = Registry::default();
     create_event(&mut registry, "logins").unwrap();
     let entry = registry.events.values_mut().next().unwrap();
-    for action in [
-        r#"{"type": "command", "argv": ["/bin/sh", "-c", "id"]}"#,
-        r#"{"type": "webhook", "url": "http://[::ffff:169.254.169.254]/"}"#,
-        r#"{"type": "webhook", "url": "http://x.io/", "headers": {"Content-Length": "2"}}"#,
+    // The last saved before durations were bounded: Redis could not expire its keys.
+    for planted in [
+        r#""action": {"type": "command", "argv": ["/bin/sh", "-c", "id"]}"#,
+        r#""action": {"type": "webhook", "url": "http://[::ffff:169.254.169.254]/"}"#,
+        r#""action": {"type": "webhook", "url": "http://x.io/", "headers": {"Content-Length": "2"}}"#,
+        r#""window_secs": 10000000000000000, "action": {"type": "null"}"#,
     ] {
         let watcher: WatcherSpec = serde_json::from_str(&format!(
             r#"{{"name": "planted", "threshold": 1, "aggregator": {{"type": "single"}},
-                "action": {action}}}"#
+                {planted}}}"#
         ))
         .unwrap();
         entry.watchers.push(Entry {
@@ -195,8 +197,13 @@ fn a_loaded_registry_loses_what_only_the_config_may_hold() {
         spec: collector,
     });
     let dropped = registry.drop_forbidden(&Rules::default());
-    assert_eq!(dropped.len(), 4, "{dropped:?}");
-    for reason in ["`command`", "actions.webhook_deny", "frames or routes"] {
+    assert_eq!(dropped.len(), 5, "{dropped:?}");
+    for reason in [
+        "`command`",
+        "actions.webhook_deny",
+        "frames or routes",
+        "10 years",
+    ] {
         assert!(dropped.iter().any(|d| d.contains(reason)), "{dropped:?}");
     }
     let entry = registry.event("logins").unwrap();

@@ -344,7 +344,7 @@ pub fn check(spec: &WatcherSpec) -> Result<(), String> {
 }
 
 /// Every duration within `MAX_DURATION_SECS`.
-fn check_durations(spec: &WatcherSpec) -> Result<(), String> {
+pub(crate) fn check_durations(spec: &WatcherSpec) -> Result<(), String> {
     let durations = [
         ("window_secs", spec.window_secs),
         ("cooldown_secs", spec.cooldown_secs),
