@@ -163,6 +163,15 @@ const FINAL_ATTEMPTS: u32 = 3;
 /// enough for the registry, silences and counts it also carries.
 const MORE_TICKS_FOR: Duration = Duration::from_millis(100);
 
+/// Whether Redis refused a call before running any of it: out of memory (`maxmemory`
+/// with `noeviction`), which Redis checks before a Function that writes starts. Such
+/// a call counted nothing; any other failure (a timeout, a connection lost) may have.
+fn refused_unrun(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<redis::RedisError>()
+        .is_some_and(|e| e.code() == Some("OOM"))
+}
+
 struct Link {
     redis: Redis,
     master: OwnedWriteHalf,
@@ -251,9 +260,10 @@ impl Link {
 
     /// Sends what was gathered, one call per hash slot, with the calls still in doubt.
     /// Counts never sent (Redis unreachable) go back to the master, which counts them
-    /// locally; a call sent without an answer stays in doubt, to be sent again with its
-    /// id, and is never counted locally: Redis may have counted it. The crossings of
-    /// the calls that were answered are reported whatever became of the others.
+    /// locally, and so do those of a first call Redis refused before running it (full);
+    /// a call sent without an answer stays in doubt, to be sent again with its id, and
+    /// is never counted locally: Redis may have counted it. The crossings of the calls
+    /// that were answered are reported whatever became of the others.
     async fn flush(&mut self) -> anyhow::Result<()> {
         if self.pending.is_empty() && self.in_doubt.is_empty() {
             return Ok(());
@@ -270,19 +280,27 @@ impl Link {
         let started = Instant::now();
         let outcomes = self.redis.count(&calls).await;
         let mut crossings = Vec::new();
+        let mut refused = Vec::new();
         let mut failure = None;
         for (mut call, outcome) in calls.into_iter().zip(outcomes) {
             match outcome {
                 Ok(crossed) => crossings.extend(crossed),
                 Err(e) => {
-                    call.sent_at.get_or_insert_with(crate::watch::now);
-                    self.in_doubt.push(call);
+                    if call.sent_at.is_none() && refused_unrun(&e) {
+                        refused.append(&mut call.counts);
+                    } else {
+                        call.sent_at.get_or_insert_with(crate::watch::now);
+                        self.in_doubt.push(call);
+                    }
                     failure.get_or_insert(e);
                 }
             }
         }
         let _ = self.judge(started, failure.map_or(Ok(()), Err));
         self.give_up_stale_doubts();
+        if !refused.is_empty() {
+            self.tell(&FromCluster::Unreached(refused)).await?;
+        }
         if crossings.is_empty() {
             return Ok(());
         }
