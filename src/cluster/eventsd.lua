@@ -164,13 +164,9 @@ end
 -- that a counter left when no node ticked for a week is still queued.
 local function queue_ttl(params)
   local _, rule = next(params.rule)
-  local durations = {rule.window_secs, rule.window_secs, rule.forget_after_secs,
-    params.cooldown_secs, params.cooldown_max_secs}
-  local ttl = IDLE_TTL + 60
-  for i = 1, 5 do -- not ipairs: an absent duration is a hole
-    ttl = ttl + (given(durations[i]) or 0)
-  end
-  return ttl
+  local window = given(rule.window_secs) or 0
+  return IDLE_TTL + 60 + 2 * window + (given(rule.forget_after_secs) or 0)
+    + (given(params.cooldown_secs) or 0) + (given(params.cooldown_max_secs) or 0)
 end
 
 -- Judged again at `at` (never within the second `names.now` it was judged in: a node

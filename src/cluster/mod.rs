@@ -38,7 +38,7 @@ use crate::protocol::cluster::{CountCall, FromCluster, Publication, ToCluster};
 use crate::protocol::frame;
 use crate::registry::Registry;
 use crate::watch::{ClockWatcher, Crossing, Key, SharedCount, clock_watchers};
-use redis_link::{Announcement, CALL_ID_TTL, NoReply, Redis};
+use redis_link::{Announcement, CALL_ID_TTL, NoReply, Redis, refused_unrun};
 pub use redis_link::{
     CountReply, FUNCTIONS, KEYS_PER_TICK, count_command, tick_command, tick_crossings,
 };
@@ -162,15 +162,6 @@ const FINAL_ATTEMPTS: u32 = 3;
 /// with a million keys due leave it most of its time for counts), and a turn stays short
 /// enough for the registry, silences and counts it also carries.
 const MORE_TICKS_FOR: Duration = Duration::from_millis(100);
-
-/// Whether Redis refused a call before running any of it: out of memory (`maxmemory`
-/// with `noeviction`), which Redis checks before a Function that writes starts. Such
-/// a call counted nothing; any other failure (a timeout, a connection lost) may have.
-fn refused_unrun(error: &anyhow::Error) -> bool {
-    error
-        .downcast_ref::<redis::RedisError>()
-        .is_some_and(|e| e.code() == Some("OOM"))
-}
 
 struct Link {
     redis: Redis,

@@ -84,6 +84,15 @@ fn in_doubt(error: &redis::RedisError) -> bool {
     ) && !error.is_connection_refusal()
 }
 
+/// Whether Redis refused a call before running any of it: out of memory (`maxmemory`
+/// with `noeviction`), which Redis checks before a Function that writes starts. Such a
+/// call counted nothing, unlike one `in_doubt` or one that failed while it ran.
+pub(super) fn refused_unrun(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<redis::RedisError>()
+        .is_some_and(|e| e.code() == Some("OOM"))
+}
+
 pub(super) struct Redis {
     mode: ClusterMode,
     urls: Vec<String>,

@@ -476,7 +476,7 @@ impl Registry {
     }
 }
 
-/// Why a client's watcher with `action` would be refused now, if it would.
+/// Why a client's watcher would be refused now (its action, its durations), if it would.
 fn forbidden_watcher(spec: &WatcherSpec, rules: &Rules) -> Option<String> {
     let action = &spec.action;
     if matches!(action, Action::Command { .. }) {
