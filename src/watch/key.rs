@@ -132,10 +132,9 @@ fn fnv1a_from(hash: u64, bytes: &[u8]) -> u64 {
     })
 }
 
-/// FNV-1a as the hasher of the worker's batch maps, where every event looks its keys
-/// up: several times faster than SipHash on short keys. Not keyed, so only for a map
-/// that cannot grow with client input without bound: a batch ships at 1024 entries,
-/// which bounds what keys made to collide could cost.
+/// FNV-1a, unkeyed: the hash of a watched value, the same in every worker and across
+/// restarts, and the hasher of maps whose keys no client chooses (the worker's batch
+/// finds its field sets by address).
 pub struct Fnv(u64);
 
 impl Default for Fnv {
