@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::rest::{register_watcher, webhook};
 use common::sinks::HttpSink;
-use common::{Daemon, SECOND, post_concurrently, wait_for};
+use common::{Daemon, SECOND, config_text, post_concurrently, wait_for};
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 const FOUR_WORKERS: &str = "[workers]\nmin = 4\nmax = 4\n";
@@ -245,6 +246,51 @@ fn a_million_distinct_keys_leave_the_master_bounded_by_max_keys() {
     let grown = resident_kib(master).saturating_sub(rss_before);
     eprintln!("master RSS grew by {grown} KiB for 1,000,000 distinct keys");
     assert!(grown < 64 * 1024, "master grew by {grown} KiB");
+}
+
+/// "At most `watchers.max_keys` keys" holds for the keys a watcher holds already: a
+/// reload that lowers it evicts the keys past it (least recently updated first, counted
+/// as evictions), and so does a start under a lower bound than the counters were saved
+/// with. The table kept its size until new keys came, one eviction each.
+#[test]
+fn lowering_max_keys_evicts_the_keys_past_it_on_reload_and_on_restart() {
+    let mut daemon = Daemon::run("[watchers]\nmax_keys = 1000\n");
+    watched(
+        &daemon,
+        json!({"name": "per-ip", "threshold": 1000000000,
+        "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}),
+    );
+    let body: String = (0..1000).map(|n| format!("{{\"ip\":\"{n}\"}}\n")).collect();
+    assert_eq!(daemon.post("/event/logins/_bulk", &body).status, 200);
+    wait_counted(&daemon, 1000);
+    let keys = |daemon: &Daemon| {
+        daemon.metric("eventsd_watcher_keys{event=\"logins\",watcher=\"per-ip\"}")
+    };
+    assert_eq!(keys(&daemon), Some(1000));
+
+    let port = daemon.port;
+    let bound = |max_keys: u32| config_text(port, &format!("[watchers]\nmax_keys = {max_keys}\n"));
+    std::fs::write(&daemon.config, bound(100)).unwrap();
+    daemon.signal(Signal::SIGHUP);
+    wait_for("the keys past the new bound evicted", 10 * SECOND, || {
+        keys(&daemon) == Some(100)
+    });
+    assert_eq!(
+        daemon.metric("eventsd_watcher_key_evictions_total{event=\"logins\",watcher=\"per-ip\"}"),
+        Some(900)
+    );
+
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait_exit(10 * SECOND).success());
+    std::fs::write(&daemon.config, bound(10)).unwrap();
+    daemon.spawn_foreground(&[]);
+    daemon.wait_ready();
+    wait_for(
+        "the restored keys past the bound evicted",
+        10 * SECOND,
+        || keys(&daemon) == Some(10),
+    );
+    assert_eq!(daemon.get("/health").unwrap().status, 200);
 }
 
 /// A `_bulk` whose events times the fields its type counts by are more than the worker

@@ -80,22 +80,27 @@ impl Master {
         self.dispatch_local(jobs);
     }
 
-    /// The rules decided on the clock (rules.md: flatline), from the 1 s tick on, a
-    /// slice of `CLOCK_KEYS_AT_ONCE` keys due a turn of the loop until none is left, by
-    /// this master's store: not in a cluster, where Redis judges them for every node
-    /// (the link asks it every second; a node that lost Redis sees only its share of
-    /// the events, too few to call a silence), nor while taking over (the old master
-    /// still judges).
+    /// The store's work on the clock, from the 1 s tick on, a slice of
+    /// `CLOCK_KEYS_AT_ONCE` keys a turn of the loop until none is left: keys past
+    /// `watchers.max_keys` evicted, then the rules decided on the clock (rules.md:
+    /// flatline) judged by this master's store: not in a cluster, where Redis judges
+    /// them for every node (the link asks it every second; a node that lost Redis sees
+    /// only its share of the events, too few to call a silence). Neither while taking
+    /// over: the old master still judges, and its counters are still to come.
     pub(super) fn judge_on_the_clock(&mut self) {
         if !self.counting.due_on_the_clock {
             return;
         }
-        if self.counting.route != Route::Local {
-            self.counting.due_on_the_clock = false;
-            return;
-        }
         let mut budget = CLOCK_KEYS_AT_ONCE;
-        let jobs = self.counting.watch.tick(crate::watch::now(), &mut budget);
+        let route = self.counting.route;
+        let watch = &mut self.counting.watch;
+        if route != Route::Deferred {
+            watch.evict_past_max_keys(&mut budget);
+        }
+        let jobs = match route {
+            Route::Local => watch.tick(crate::watch::now(), &mut budget),
+            Route::Deferred | Route::Shared => Vec::new(),
+        };
         self.counting.due_on_the_clock = budget == 0;
         self.dispatch_local(jobs);
     }

@@ -113,6 +113,17 @@ impl SetTable {
         slot
     }
 
+    /// Evicts keys, at most `at_most`, until the table holds `max_keys` besides the kept
+    /// ones; how many it evicted.
+    pub fn evict_past(&mut self, max_keys: usize, at_most: usize) -> usize {
+        let bound = max_keys.saturating_add(self.kept_keys());
+        let evicted = self.slots.len().saturating_sub(bound).min(at_most);
+        for _ in 0..evicted {
+            self.evict_one();
+        }
+        evicted
+    }
+
     /// A slot for `key` (hashed `hash`), new to the table.
     fn insert(&mut self, key: Box<str>, hash: u64, touched: u64) -> usize {
         let (slots, hasher) = (&self.slots, &self.hasher);
@@ -448,6 +459,32 @@ mod tests {
             all_kept.column_mut(0).hold(slot);
         }
         assert_eq!(all_kept.len(), 3, "kept keys stay past max_keys");
+        index_agrees(&table);
+    }
+
+    /// A table past a lowered bound shrinks a slice at a time, as a new key evicts (the
+    /// least recently updated of a sample), never a kept key; within the bound, nothing
+    /// goes.
+    #[test]
+    fn a_table_past_its_bound_shrinks_by_slices_and_keeps_its_kept_keys() {
+        let mut table = table_of(1);
+        table.column_mut(0).due.keep(&Key::from("[\"quiet\"]"));
+        let quiet = table.touch("[\"quiet\"]", 0, 100);
+        table.column_mut(0).hold(quiet);
+        for n in 1..=100 {
+            let slot = table.touch(&format!("[{n}]"), n, 100);
+            table.column_mut(0).hold(slot);
+        }
+        assert_eq!(table.evict_past(10, 50), 50, "a slice at most");
+        assert_eq!(table.evict_past(10, 50), 40, "down to the bound");
+        assert_eq!(table.evict_past(10, 50), 0);
+        assert_eq!(table.len(), 11, "the kept key and max_keys others");
+        assert!(table.slot_of("[\"quiet\"]").is_some());
+        let recent = (91..=100)
+            .filter(|n| table.slot_of(&format!("[{n}]")).is_some())
+            .count();
+        assert!(recent >= 8, "{recent} of the 10 most recent keys kept");
+        assert_eq!(table.columns()[0].evictions, 90);
         index_agrees(&table);
     }
 
