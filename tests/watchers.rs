@@ -249,8 +249,8 @@ fn a_million_distinct_keys_leave_the_master_bounded_by_max_keys() {
 }
 
 /// "At most `watchers.max_keys` keys" holds for the keys a watcher holds already: a
-/// reload that lowers it evicts the keys past it (least recently updated first, counted
-/// as evictions), and so does a start under a lower bound than the counters were saved
+/// reload that lowers it evicts the keys past it (as a new key evicts, counted as
+/// evictions), and so does a start under a lower bound than the counters were saved
 /// with. The table kept its size until new keys came, one eviction each.
 #[test]
 fn lowering_max_keys_evicts_the_keys_past_it_on_reload_and_on_restart() {

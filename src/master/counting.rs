@@ -33,9 +33,10 @@ pub(super) const SLICE: Duration = Duration::from_millis(10);
 /// few tens of microseconds), so that a slice ends close to `SLICE`; cardinality's
 /// values cost an update per hash and watcher (`CountBatch::take_piece`).
 pub(super) const PIECE_ENTRIES: usize = 1024;
-/// Keys judged on the clock in one turn of the loop: about a microsecond each with a
-/// million held (bench/rules), so a slice of them takes about what a slice of counting
-/// does.
+/// The store's work on the clock in one turn of the loop: keys judged (about a
+/// microsecond each with a million held, bench/rules) or keys evicted past `max_keys`,
+/// an update per watcher of the key's set each, so a slice of them takes about what a
+/// slice of counting does.
 pub(super) const CLOCK_KEYS_AT_ONCE: usize = 8 * 1024;
 /// (watcher, key) updates of one worker waiting to be counted, beyond which it is not
 /// read: about a tenth of a second of counting.
@@ -62,8 +63,8 @@ pub(super) struct Counting {
     /// Count batches read and not counted yet.
     pub backlog: Backlog,
     pub snapshots: Snapshots,
-    /// Keys decided on the clock may still be due: set by the tick, cleared by the turn
-    /// that judged the last of them (`route.rs::judge_on_the_clock`).
+    /// Keys decided on the clock may still be due, or keys past `max_keys` held: set by
+    /// the tick, cleared by the turn that found none left (`route.rs::judge_on_the_clock`).
     pub due_on_the_clock: bool,
     /// The longest turn of the loop spent counting so far: how long a question may have
     /// waited for counting (reliability.md: at most 100 ms).

@@ -253,14 +253,14 @@ impl Watch {
         self.store.set_max_keys(max_keys);
     }
 
-    /// Evicts keys past `watchers.max_keys`, at most `budget` (less the keys evicted):
-    /// a reload that lowered it, or a counters file saved under a higher one, leaves
-    /// tables larger than the bound, which shrink a slice at a time, as keys due are
-    /// judged (a million evictions at once would hold the master's loop).
+    /// Evicts keys past `watchers.max_keys`, for at most `budget` updates (less those
+    /// spent): a reload that lowered it, or a counters file saved under a higher one,
+    /// leaves tables larger than the bound, which shrink a slice at a time, as keys due
+    /// are judged (a million evictions at once would hold the master's loop).
     pub fn evict_past_max_keys(&mut self, budget: &mut usize) {
-        let evicted = self.store.evict_past_max_keys(*budget);
-        *budget -= evicted;
-        self.changed |= evicted > 0;
+        let spent = self.store.evict_past_max_keys(*budget);
+        *budget = budget.saturating_sub(spent);
+        self.changed |= spent > 0;
     }
 
     /// Records the events of a batch as counted, for metrics.

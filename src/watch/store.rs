@@ -68,9 +68,10 @@ pub trait CounterStore {
     fn clear(&mut self);
     /// The most keys one field set may hold (`watchers.max_keys`, reloadable).
     fn set_max_keys(&mut self, max_keys: usize);
-    /// Evicts at most `at_most` of the keys a table holds past `max_keys` (lowered by a
-    /// reload, or restored from a larger file), as a new key would; how many it evicted.
-    fn evict_past_max_keys(&mut self, at_most: usize) -> usize;
+    /// Evicts the keys a table holds past `max_keys` (lowered by a reload, or restored
+    /// from a larger file), as a new key would, for at most `budget` updates (a key
+    /// evicted costs one per watcher of its set); the updates it spent.
+    fn evict_past_max_keys(&mut self, budget: usize) -> usize;
     /// Every key's count at `now`, within its watcher's window (`windows`), taken out:
     /// the store is left empty (a cluster node sends a stopped node's counts to Redis).
     fn take_counts(
@@ -354,12 +355,15 @@ impl CounterStore for MemoryStore {
         self.max_keys = max_keys.max(1);
     }
 
-    fn evict_past_max_keys(&mut self, at_most: usize) -> usize {
-        let mut evicted = 0;
+    fn evict_past_max_keys(&mut self, budget: usize) -> usize {
+        let mut spent = 0;
         for table in &mut self.sets {
-            evicted += table.evict_past(self.max_keys, at_most - evicted);
+            if spent >= budget {
+                break;
+            }
+            spent += table.evict_past(self.max_keys, budget - spent);
         }
-        evicted
+        spent
     }
 
     fn take_counts(

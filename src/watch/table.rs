@@ -113,15 +113,17 @@ impl SetTable {
         slot
     }
 
-    /// Evicts keys, at most `at_most`, until the table holds `max_keys` besides the kept
-    /// ones; how many it evicted.
-    pub fn evict_past(&mut self, max_keys: usize, at_most: usize) -> usize {
+    /// Evicts keys until the table holds `max_keys` besides the kept ones, for at most
+    /// `budget` updates: a key evicted costs one per watcher of the set (each column
+    /// drops it), as counting it does; at least one key. The updates it spent.
+    pub fn evict_past(&mut self, max_keys: usize, budget: usize) -> usize {
         let bound = max_keys.saturating_add(self.kept_keys());
-        let evicted = self.slots.len().saturating_sub(bound).min(at_most);
+        let cost = self.columns.len().max(1);
+        let evicted = (self.slots.len().saturating_sub(bound)).min((budget / cost).max(1));
         for _ in 0..evicted {
             self.evict_one();
         }
-        evicted
+        evicted * cost
     }
 
     /// A slot for `key` (hashed `hash`), new to the table.
@@ -486,6 +488,14 @@ mod tests {
         assert!(recent >= 8, "{recent} of the 10 most recent keys kept");
         assert_eq!(table.columns()[0].evictions, 90);
         index_agrees(&table);
+        let mut shared = table_of(2);
+        for n in 0..100 {
+            let slot = shared.touch(&format!("[{n}]"), n, 100);
+            shared.column_mut(0).hold(slot);
+            shared.column_mut(1).hold(slot);
+        }
+        assert_eq!(shared.evict_past(10, 50), 50, "an update per watcher");
+        assert_eq!(shared.len(), 75);
     }
 
     /// A key one watcher lets go stays for the others; the last one drops it.

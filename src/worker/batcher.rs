@@ -26,11 +26,12 @@ use crate::watch::{CountBatch, FnvBuildHasher, Key, SetCounts, SetValues};
 /// Watcher counts reach the master at most this long after the event was acknowledged...
 const BATCH_DELAY: Duration = Duration::from_millis(10);
 /// ...or at once when the batch holds this many entries (a key of a set counts once per
-/// watcher: what the master will add up). The master cuts a batch into pieces of a few
-/// microseconds (`CountBatch::take_piece`), so this bounds the frame, not its loop: at
-/// 1,024 a new_value watcher, whose keys are (key, value) pairs, shipped a batch every
-/// thousand pairs and the master found each pair again in every batch (bench/rules:
-/// 2.37 × a threshold watcher's cost per event, 1.54 × at 8,192)...
+/// watcher: what the master will add up). The master counts a batch in pieces of a few
+/// microseconds (`CountBatch::take_piece`), so this mostly bounds the frame (decoded at
+/// once: about a millisecond at most): at 1,024 a new_value watcher, whose keys are
+/// (key, value) pairs, shipped a batch every thousand pairs and the master found each
+/// pair again in every batch (bench/rules: 2.37 × a threshold watcher's cost per event;
+/// 1.29–1.46 × at 8,192)...
 const BATCH_SHIP_AT: usize = 8 * 1024;
 /// ...or this many bytes of keys...
 const BATCH_SHIP_BYTES: usize = 1024 * 1024;
@@ -139,8 +140,9 @@ impl Batcher {
 /// (cardinality), the hashes of the values seen with it, sorted. Hashed by foldhash,
 /// seeded at random: a word at a time where FNV went byte by byte (a fifth of a
 /// `_bulk`'s worker time was this map). Only minimally resistant to keys made to
-/// collide: what such keys could cost is bounded by the batch shipping at
-/// `BATCH_SHIP_AT` entries, not by the hash.
+/// collide (its seed is the process's, unknown to clients): what such keys could cost
+/// is bounded by the batch shipping at `BATCH_SHIP_AT` entries, not by the hash, at
+/// worst a walk of the batch's keys per event.
 type KeyCounts = HashMap<Key, (u64, Vec<u64>), foldhash::fast::RandomState>;
 
 /// The 64-bit hash of a watched value as its event carries it (compact JSON), the same
@@ -259,10 +261,12 @@ impl Batch {
         };
         // A set's map is emptied, not dropped, so that the next batch does not grow it
         // again from nothing (a new_value watcher's thousands of (key, value) pairs: 2 %
-        // of the worker in rehashing); one that stayed empty a whole batch goes with its
-        // set, which a reload may have replaced.
+        // of the worker in rehashing), with the room this batch used: no more, so that a
+        // burst's room is not held for good. One that stayed empty a whole batch goes
+        // with its set, which a reload may have replaced.
         self.sets.retain(|_, (set, counts)| {
-            if counts.is_empty() {
+            let used = counts.len();
+            if used == 0 {
                 return false;
             }
             let watchers = set.watchers.clone();
@@ -279,6 +283,7 @@ impl Batch {
                     keys: keys.collect(),
                 });
             }
+            counts.shrink_to(used);
             true
         });
         batch
