@@ -63,6 +63,9 @@ pub(crate) struct Scenario {
     /// A rule decided on the clock: the seconds the watcher is first seen again (a
     /// restart of the master: `kept` watched again, before that second's events).
     restarts: Vec<u64>,
+    /// A rule decided on the clock: [from, to) when the master (in a cluster, every
+    /// node) was down: no events, no ticks; started again at `to`.
+    down: Option<(u64, u64)>,
     fired: Vec<Fired>,
 }
 
@@ -111,6 +114,16 @@ impl Scenario {
     /// The same row with the master restarted at `restarts`.
     pub(crate) fn restarted_at(self, restarts: Vec<u64>) -> Scenario {
         Scenario { restarts, ..self }
+    }
+
+    /// The same row with the master (every node) down from `from` to `to`, started
+    /// again then.
+    pub(crate) fn down_between(mut self, (from, to): (u64, u64)) -> Scenario {
+        self.restarts.push(to);
+        Scenario {
+            down: Some((from, to)),
+            ..self
+        }
     }
 
     /// The same row for a watcher created at `created` (new_value).
@@ -371,7 +384,12 @@ fn run(engine: &mut dyn Engine, scenario: &Scenario) -> Vec<Fired> {
         return fired;
     }
     engine.first_sight(rule, watcher, &scenario.kept, scenario.start);
-    for second in scenario.start..=scenario.until {
+    let down = |second: u64| {
+        scenario
+            .down
+            .is_some_and(|(from, to)| (from..to).contains(&second))
+    };
+    for second in (scenario.start..=scenario.until).filter(|&s| !down(s)) {
         if scenario.restarts.contains(&second) {
             engine.first_sight(rule, watcher, &scenario.kept, second);
         }

@@ -21,6 +21,12 @@
 -- A count idle this long without a window is forgotten (the memory store evicts instead).
 local IDLE_TTL = 7 * 24 * 3600
 
+-- A watcher decided on the clock that no node judged for longer than this (every node
+-- down, or none reaching Redis) gets a new grace: a live node judges each of them every
+-- second, and the events of such a gap were never counted here, which is not the
+-- clients' silence (rules.md: "after a start, no key fires before one full window").
+local TICK_GAP = 3
+
 -- Fields written or deleted per command, at most: `unpack` is bounded by Lua's C stack
 -- (8000), and a key keeps up to 10,001 values.
 local FIELDS_PER_COMMAND = 1000
@@ -141,13 +147,13 @@ local function keep_for(params, state, window)
 end
 
 -- flatline's keys of one watcher share its slot (`{watcher}`) with the watcher's queue of
--- due seconds (a sorted set: `watch/due.rs`'s), `since` (the second it was first judged:
--- the grace ends a window later) and `kept` (the keys never forgotten). Returns the
--- counters' common prefix and those three names.
+-- due seconds (a sorted set: `watch/due.rs`'s), `since` (the second its grace started:
+-- it ends a window later), `kept` (the keys never forgotten) and `ticked` (the second a
+-- node last judged it). Returns the counters' common prefix and those four names.
 local function flatline_names(prefix, watcher)
   local tag = '{' .. watcher .. '}'
   return prefix .. ':c:' .. tag .. ':', prefix .. ':due:' .. tag, prefix .. ':since:' .. tag,
-    prefix .. ':kept:' .. tag
+    prefix .. ':kept:' .. tag, prefix .. ':ticked:' .. tag
 end
 
 -- A watcher's queue, `since` and `kept` outlive the last call that touched them by

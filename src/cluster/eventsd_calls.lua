@@ -11,17 +11,23 @@ local function tick(keys, args)
   local document = cjson.decode(args[1])
   local now = given(document.now) or tonumber(redis.call('TIME')[1])
   local params = document.params
-  local head, due, since, kept = flatline_names(document.prefix, document.watcher)
+  local head, due, since, kept, ticked = flatline_names(document.prefix, document.watcher)
   local names = {head = head, due = due, kept = kept, now = now}
   local rule, figures = rule_of(params)
   local judge, window = rule.judge, rule.grace(figures)
-  redis.call('SET', since, now, 'NX')
+  local last = tonumber(redis.call('GET', ticked))
+  if last and now - last > TICK_GAP then
+    redis.call('SET', since, now)
+  else
+    redis.call('SET', since, now, 'NX')
+  end
+  redis.call('SET', ticked, now)
   local grace_until = tonumber(redis.call('GET', since)) + window
   for _, member in ipairs(given(document.kept) or {}) do
     redis.call('SADD', kept, member)
     redis.call('ZADD', due, 'NX', grace_until, member)
   end
-  keep_queue(queue_ttl(params), due, since, kept)
+  keep_queue(queue_ttl(params), due, since, kept, ticked)
   local firings = {}
   local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, document.limit)
   for _, member in ipairs(members) do

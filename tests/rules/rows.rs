@@ -115,6 +115,16 @@ pub(crate) fn flatline() -> Vec<Scenario> {
             vec![fired(1010, "", 0)],
         ),
         Scenario::on_the_clock(
+            "flatline: after a downtime (in a cluster: every node down, or none reaching \
+             Redis), no key fires before one full window: the events of that time were \
+             never counted",
+            HEARTBEAT,
+            (vec![""], 1000, 1040),
+            [1000, 1005, 1010, 1015].map(|s| (s, "", 1)).to_vec(),
+            vec![fired(1030, "", 0)],
+        )
+        .down_between((1016, 1020)),
+        Scenario::on_the_clock(
             "flatline: a key first heard during the grace, below its threshold, waits \
              for the grace's end",
             r#"{"rule": "flatline", "threshold": 3, "window_secs": 10}"#,
