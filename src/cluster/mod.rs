@@ -38,7 +38,7 @@ use crate::protocol::cluster::{CountCall, FromCluster, Publication, ToCluster};
 use crate::protocol::frame;
 use crate::registry::Registry;
 use crate::watch::{ClockWatcher, Crossing, Key, SharedCount, clock_watchers};
-use redis_link::{Announcement, CALL_ID_TTL, NoReply, Redis, refused_unrun};
+use redis_link::{Announcement, CALL_ID_TTL, NoReply, Redis, never_ran};
 pub use redis_link::{
     CountReply, FUNCTIONS, KEYS_PER_TICK, count_command, tick_command, tick_crossings,
 };
@@ -251,9 +251,10 @@ impl Link {
 
     /// Sends what was gathered, one call per hash slot, with the calls still in doubt.
     /// Counts never sent (Redis unreachable) go back to the master, which counts them
-    /// locally, and so do those of a first call Redis refused before running it (full);
-    /// a call sent without an answer stays in doubt, to be sent again with its id, and
-    /// is never counted locally: Redis may have counted it. The crossings of the calls
+    /// locally, and so do those of a first call that never ran (not sent after another
+    /// failed, or refused by a full Redis); a call sent without an answer stays in
+    /// doubt, to be sent again with its id, and is never counted locally: Redis may have
+    /// counted it. The crossings of the calls
     /// that were answered are reported whatever became of the others.
     async fn flush(&mut self) -> anyhow::Result<()> {
         if self.pending.is_empty() && self.in_doubt.is_empty() {
@@ -277,7 +278,7 @@ impl Link {
             match outcome {
                 Ok(crossed) => crossings.extend(crossed),
                 Err(e) => {
-                    if call.sent_at.is_none() && refused_unrun(&e) {
+                    if call.sent_at.is_none() && never_ran(&e) {
                         refused.append(&mut call.counts);
                     } else {
                         call.sent_at.get_or_insert_with(crate::watch::now);

@@ -80,6 +80,18 @@ impl std::fmt::Display for NoReply {
 
 impl std::error::Error for NoReply {}
 
+/// A call not sent: one before it in the same flush failed (`Redis::count`).
+#[derive(Debug)]
+struct NotSent;
+
+impl std::fmt::Display for NotSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not sent: a call before it failed")
+    }
+}
+
+impl std::error::Error for NotSent {}
+
 /// Whether a failed call may still have run: anything but an error Redis answered, or a
 /// connection it refused, leaves it in doubt.
 fn in_doubt(error: &redis::RedisError) -> bool {
@@ -90,13 +102,13 @@ fn in_doubt(error: &redis::RedisError) -> bool {
     ) && !error.is_connection_refusal()
 }
 
-/// Whether Redis refused a call before running any of it: out of memory (`maxmemory`
-/// with `noeviction`), which Redis checks before a Function that writes starts. Such a
-/// call counted nothing, unlike one `in_doubt` or one that failed while it ran.
-pub(super) fn refused_unrun(error: &anyhow::Error) -> bool {
-    error
-        .downcast_ref::<redis::RedisError>()
-        .is_some_and(|e| e.code() == Some("OOM"))
+/// Whether a call never ran: not sent (`NotSent`), or refused by Redis before running
+/// any of it, out of memory (`maxmemory` with `noeviction`), which Redis checks before a
+/// Function that writes starts. Such a call counted nothing, unlike one `in_doubt` or
+/// one that failed while it ran.
+pub(super) fn never_ran(error: &anyhow::Error) -> bool {
+    error.is::<NotSent>()
+        || (error.downcast_ref::<redis::RedisError>()).is_some_and(|e| e.code() == Some("OOM"))
 }
 
 pub(super) struct Redis {
@@ -293,7 +305,7 @@ impl Redis {
 
     /// Sends the calls `CALLS_AT_ONCE` at a time; each one's crossings, or why it has no
     /// answer. After a wave that failed, the others are not sent (Redis is unreachable,
-    /// or too slow to take more): they wait, in doubt, for the next attempt.
+    /// or too slow to take more): `NotSent`, they counted nothing.
     pub(super) async fn count(&self, calls: &[CountCall]) -> Vec<anyhow::Result<Vec<Crossing>>> {
         let mut outcomes = Vec::with_capacity(calls.len());
         let mut waves = calls.chunks(CALLS_AT_ONCE);
@@ -316,7 +328,7 @@ impl Redis {
             }
         }
         let unsent = waves.flatten();
-        outcomes.extend(unsent.map(|_| Err(anyhow::anyhow!("not sent: a call before it failed"))));
+        outcomes.extend(unsent.map(|_| Err(NotSent.into())));
         outcomes
     }
 
@@ -586,4 +598,17 @@ pub fn tick_crossings(
             previous,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call not sent counted nothing (its counts go back to the master); one sent
+    /// without an answer may have run (it stays in doubt).
+    #[test]
+    fn a_call_not_sent_never_ran_and_one_without_an_answer_may_have() {
+        assert!(never_ran(&NotSent.into()));
+        assert!(!never_ran(&NoReply("no reply within 100 ms".into()).into()));
+    }
 }
