@@ -232,7 +232,7 @@ impl Engine for Memory {
     }
 
     fn tick(&mut self, rule: RuleParams, watcher: Uuid, now: u64) -> Vec<(String, Outcome)> {
-        let kept = |key: &Key| self.kept.contains(key);
+        let kept = |key: &str| self.kept.contains(key);
         let clock = OnTheClock {
             grace_until: self.grace_until,
             kept: &kept,

@@ -22,7 +22,7 @@ pub struct Column {
     held_keys: usize,
     /// Keys it held that were evicted at `watchers.max_keys`, so far.
     pub evictions: u64,
-    /// Its keys decided on the clock (flatline), by due second.
+    /// Its keys decided on the clock (flatline), by due second: slots, moved with them.
     pub due: DueQueue,
 }
 
@@ -98,6 +98,7 @@ impl Column {
     /// The table's `swap_remove` of `slot`: its last slot moves there.
     pub fn swap_remove(&mut self, slot: usize) {
         let last = self.counters.len - 1;
+        self.due.swap_remove(slot, last);
         let moved = self.holds(last);
         self.release(slot);
         self.counters.swap_remove(slot);

@@ -1,14 +1,18 @@
 //! Keys waiting to be judged on the clock (rules.md: flatline), by the second they are
 //! due: what a tick costs is the keys due then, never a scan of every key held.
 //!
-//! A key waits once, at its earliest due second; a key judged earlier than it waited
-//! for leaves a stale entry behind, skipped when it comes up. Keys are filed under their
-//! second, never ordered among themselves: a heap of (second, key) compared the texts of
-//! the many keys due in one second at every step (measured: 2.5 µs a key due, with
-//! 1,000,000 keys, two thirds of it in the heap). A key evicted or forgotten
-//! leaves the queue (`forget`), and the stale entries are swept out once they outnumber
-//! the keys waiting: the queue is bounded by the keys its watcher holds
-//! (`watchers.max_keys`), whatever the traffic.
+//! One queue per watcher's column (`column::Column`), of the table's slot numbers: the
+//! second a slot waits for is kept beside it (`waits`, parallel to the table's slots),
+//! and the queue files slots under seconds, as hints. An entry counts only while its
+//! slot still waits for its second: a key judged, forgotten or moved (the table's
+//! `swap_remove`) leaves a stale entry behind, skipped when it comes up. Whichever key
+//! holds the slot then is the one due at that second, so a hint never judges a key at the
+//! wrong time. Keys were filed by text before, each found in a map of waits at every
+//! change: three keyed hashes of the key's text per key due (measured: 1.1 µs a key due,
+//! with 1,000,000 keys, mostly those lookups' cache misses). Stale entries are swept out
+//! once they outnumber the keys waiting and the slots of the table: the queue is bounded
+//! by the keys the table holds (`watchers.max_keys`), whatever the traffic, and a sweep,
+//! a pass over those slots, follows as many changes as it costs.
 //!
 //! It also knows the keys watched whatever they do (`single`'s, `expect`'s): its table
 //! never evicts them (`table::SetTable::evict_one`), so that a key an operator named is
@@ -16,66 +20,119 @@
 //! kept again when their watcher is first seen (`Watch::sync`).
 
 use std::collections::{BTreeMap, HashSet};
-use std::hash::RandomState;
-
-use hashbrown::HashMap;
-use hashbrown::hash_map::{Entry, EntryRef};
 
 use super::Key;
 use crate::clock::Second;
 
-/// Stale entries the queue may hold beyond twice the keys waiting before it is swept.
+/// Stale entries the queue may hold beyond twice the keys waiting and the slots before
+/// it is swept.
 const STALE_SLACK: usize = 64;
+
+/// The second of a slot that waits for none (seconds since the epoch are never 0).
+const NOT_WAITING: Second = 0;
 
 #[derive(Default)]
 pub struct DueQueue {
-    /// The keys filed under each second, in the order they were filed.
-    queue: BTreeMap<Second, Vec<Key>>,
+    /// The slots filed under each second, in the order they were filed.
+    queue: BTreeMap<Second, Vec<u32>>,
     /// Entries in `queue`, stale ones included.
     queued: usize,
-    /// Keyed by a random SipHash (the keys are the clients'), found once per change.
-    waiting: HashMap<Key, Second, RandomState>,
+    /// The second each slot waits for, by slot; slots past its end wait for none.
+    waits: Vec<Second>,
+    /// Slots that wait.
+    waiting: usize,
     /// Never evicted: at most `MAX_EXPECTED_KEYS` (or `single`'s one key).
     kept: HashSet<Key>,
 }
 
 impl DueQueue {
-    /// Judges `key` at `due`, unless it waits already for that second or an earlier one.
-    pub fn schedule(&mut self, key: &Key, due: Second) {
-        match self.waiting.entry_ref(key) {
-            EntryRef::Occupied(waits) if *waits.get() <= due => return,
-            EntryRef::Occupied(mut waits) => *waits.get_mut() = due,
-            EntryRef::Vacant(vacant) => {
-                vacant.insert(due);
-            }
+    /// Judges the key of `slot` at `due`, unless it waits already for that second or an
+    /// earlier one.
+    pub fn schedule(&mut self, slot: usize, due: Second) {
+        let waits = self.wait_of(slot);
+        if waits != NOT_WAITING && waits <= due {
+            return;
         }
-        self.file(due, key.clone());
+        if waits == NOT_WAITING {
+            self.waiting += 1;
+        }
+        if self.waits.len() <= slot {
+            self.waits.resize(slot + 1, NOT_WAITING);
+        }
+        self.waits[slot] = due;
+        self.file(due, slot);
         self.sweep_if_stale();
     }
 
-    /// `key` waits no more: it was evicted or forgotten.
-    pub fn forget(&mut self, key: &str) {
-        if !self.waiting.is_empty() && self.waiting.remove(key).is_some() {
+    /// The key of `slot` waits no more: it was evicted or forgotten.
+    pub fn forget(&mut self, slot: usize) {
+        if self.stop_waiting(slot) != NOT_WAITING {
             self.sweep_if_stale();
         }
     }
 
-    fn file(&mut self, due: Second, key: Key) {
-        self.queue.entry(due).or_default().push(key);
+    /// The table's `swap_remove` of `slot`: its key is gone, and the key of its last slot
+    /// (`last`) moves there, waiting as it did.
+    pub fn swap_remove(&mut self, slot: usize, last: usize) {
+        self.stop_waiting(slot);
+        if slot != last {
+            let moved = self.stop_waiting(last);
+            if moved != NOT_WAITING {
+                self.schedule(slot, moved);
+            }
+        }
+        self.waits.truncate(last);
+    }
+
+    /// The slots of another table renumbered (`here` of each of its slots, if held), as
+    /// a column joins this table with its keys.
+    pub fn renumbered(self, here: impl Fn(usize) -> Option<usize>) -> DueQueue {
+        let mut joined = DueQueue {
+            kept: self.kept,
+            ..DueQueue::default()
+        };
+        for (slot, &due) in self.waits.iter().enumerate() {
+            if let Some(here) = here(slot).filter(|_| due != NOT_WAITING) {
+                joined.schedule(here, due);
+            }
+        }
+        joined
+    }
+
+    fn wait_of(&self, slot: usize) -> Second {
+        self.waits.get(slot).copied().unwrap_or(NOT_WAITING)
+    }
+
+    /// What `slot` waited for, and it waits no more.
+    fn stop_waiting(&mut self, slot: usize) -> Second {
+        let Some(waits) = self.waits.get_mut(slot) else {
+            return NOT_WAITING;
+        };
+        let waited = std::mem::replace(waits, NOT_WAITING);
+        if waited != NOT_WAITING {
+            self.waiting -= 1;
+        }
+        waited
+    }
+
+    fn file(&mut self, due: Second, slot: usize) {
+        // A table's slots are numbered by u32 (`table::SetTable`'s index).
+        self.queue.entry(due).or_default().push(slot as u32);
         self.queued += 1;
     }
 
-    /// The queue rebuilt from the keys waiting once its stale entries outnumber them:
-    /// each sweep follows as many changes as it costs.
+    /// The queue rebuilt from the slots waiting once its stale entries outnumber them
+    /// and the slots (a pass over which a sweep is): each sweep follows as many changes
+    /// as it costs, also where few of many slots wait.
     fn sweep_if_stale(&mut self) {
-        if self.queued > 2 * self.waiting.len() + STALE_SLACK {
+        if self.queued > 2 * self.waiting + self.waits.len() + STALE_SLACK {
             self.queue.clear();
             self.queued = 0;
-            let waiting: Vec<(Second, Key)> = (self.waiting.iter())
-                .map(|(key, &due)| (due, key.clone()))
-                .collect();
-            for (due, key) in waiting {
-                self.file(due, key);
+            for slot in 0..self.waits.len() {
+                let due = self.waits[slot];
+                if due != NOT_WAITING {
+                    self.file(due, slot);
+                }
             }
         }
     }
@@ -93,41 +150,32 @@ impl DueQueue {
         self.kept.contains(key)
     }
 
-    pub fn is_waiting(&self, key: &Key) -> bool {
-        self.waiting.contains_key(key)
+    pub fn is_waiting(&self, slot: usize) -> bool {
+        self.wait_of(slot) != NOT_WAITING
     }
 
-    /// At most `at_most` of the keys due at `now`, which wait no longer, by the second
-    /// they were due (within one second, in no order the callers may rely on); the
-    /// others stay filed for the next call.
-    pub fn take_due(&mut self, now: Second, at_most: usize) -> Vec<Key> {
-        let mut due = Vec::new();
-        while due.len() < at_most {
-            let Some(mut entry) = self.queue.first_entry() else {
-                break;
-            };
+    /// The next slot due at `now`, which waits no longer: by the second it was due
+    /// (within one second, in no order the callers may rely on). One at a time: judging
+    /// a key may move another one's slot (`swap_remove`).
+    pub fn next_due(&mut self, now: Second) -> Option<usize> {
+        loop {
+            let mut entry = self.queue.first_entry()?;
             let at = *entry.key();
             if at > now {
-                break;
+                return None;
             }
-            let keys = entry.get_mut();
-            while due.len() < at_most {
-                let Some(key) = keys.pop() else {
-                    break;
-                };
-                self.queued -= 1;
-                match self.waiting.entry(key) {
-                    Entry::Occupied(waits) if *waits.get() == at => {
-                        due.push(waits.remove_entry().0)
-                    }
-                    _ => {}
-                }
-            }
-            if keys.is_empty() {
+            let slots = entry.get_mut();
+            let slot = slots.pop().map(|slot| slot as usize);
+            if slots.is_empty() {
                 entry.remove();
             }
+            let Some(slot) = slot else { continue };
+            self.queued -= 1;
+            if self.wait_of(slot) == at {
+                self.stop_waiting(slot);
+                return Some(slot);
+            }
         }
-        due
     }
 }
 
@@ -135,21 +183,45 @@ impl DueQueue {
 mod tests {
     use super::*;
 
+    fn all_due(due: &mut DueQueue, now: Second) -> Vec<usize> {
+        std::iter::from_fn(|| due.next_due(now)).collect()
+    }
+
     #[test]
     fn a_key_comes_up_once_at_its_earliest_due_second() {
         let mut due = DueQueue::default();
-        let (a, b) = (Key::from("a"), Key::from("b"));
-        due.schedule(&a, 20);
-        due.schedule(&a, 30);
-        due.schedule(&b, 15);
-        due.schedule(&b, 10);
-        assert!(due.take_due(9, usize::MAX).is_empty());
-        assert_eq!(due.take_due(20, usize::MAX), vec![b.clone(), a.clone()]);
+        let (a, b) = (0, 1);
+        due.schedule(a, 20);
+        due.schedule(a, 30);
+        due.schedule(b, 15);
+        due.schedule(b, 10);
+        assert!(all_due(&mut due, 9).is_empty());
+        assert_eq!(all_due(&mut due, 20), vec![b, a]);
         assert!(
-            due.take_due(100, usize::MAX).is_empty(),
+            all_due(&mut due, 100).is_empty(),
             "stale entries are skipped"
         );
-        assert!(!due.is_waiting(&a));
+        assert!(!due.is_waiting(a));
+    }
+
+    /// The table's `swap_remove`: the removed slot's key waits no more, the moved one
+    /// waits under its new slot for the same second, and its old slot's entry is stale.
+    #[test]
+    fn a_moved_slot_waits_under_its_new_number_and_a_removed_one_not_at_all() {
+        let mut due = DueQueue::default();
+        due.schedule(0, 10);
+        due.schedule(1, 20);
+        due.schedule(2, 30);
+        due.swap_remove(0, 2);
+        assert_eq!(due.waiting, 2);
+        assert!(all_due(&mut due, 15).is_empty(), "slot 0's key was removed");
+        assert_eq!(all_due(&mut due, 30), vec![1, 0], "slot 2's key moved to 0");
+        due.schedule(2, 40);
+        assert_eq!(
+            all_due(&mut due, 40),
+            vec![2],
+            "a new key of slot 2 is due alone"
+        );
     }
 
     /// 200,000 keys that came and went (evicted, forgotten) leave the queue no larger
@@ -157,19 +229,17 @@ mod tests {
     #[test]
     fn keys_forgotten_leave_the_queue_bounded_by_the_keys_waiting() {
         let mut due = DueQueue::default();
-        let kept = Key::from("kept");
-        due.schedule(&kept, 500);
-        for n in 0..200_000u64 {
-            let key = Key::from(n.to_string().as_str());
-            due.schedule(&key, 100 + n % 300);
-            if n % 1000 != 0 {
-                due.forget(key.as_str());
+        due.schedule(0, 500);
+        for slot in 1..200_001usize {
+            due.schedule(slot, 100 + slot as u64 % 300);
+            if slot % 1000 != 0 {
+                due.forget(slot);
             }
         }
-        assert_eq!(due.waiting.len(), 201);
-        assert!(due.queued <= 2 * 201 + STALE_SLACK, "{}", due.queued);
-        let came_up = due.take_due(1_000, usize::MAX);
+        assert_eq!(due.waiting, 201);
+        assert!(due.queued <= 2 * 201 + due.waits.len() + STALE_SLACK);
+        let came_up = all_due(&mut due, 1_000);
         assert_eq!(came_up.len(), 201);
-        assert!(came_up.contains(&kept));
+        assert!(came_up.contains(&0));
     }
 }

@@ -216,7 +216,7 @@ impl Watch {
             if !watched.rule.on_the_clock() || *budget == 0 {
                 continue;
             }
-            let kept = |key: &Key| watched.kept.contains(key);
+            let kept = |key: &str| watched.kept.contains(key);
             let clock = OnTheClock {
                 grace_until: watched.grace_until,
                 kept: &kept,

@@ -52,18 +52,27 @@ pub trait CounterStore {
     /// The counter of `key`, created if new, marked as updated.
     fn counter(&mut self, watcher: Uuid, key: &Key) -> &mut KeyCounter;
     /// The counter of `key` if the store holds it (not evicted, not forgotten).
+    #[cfg(test)]
     fn existing(&mut self, watcher: Uuid, key: &Key) -> Option<&mut KeyCounter>;
     /// Drops `key` for `watcher` alone (a flatline key silent past `forget_after_secs`).
     fn forget(&mut self, watcher: Uuid, key: &Key);
     /// Every key the watcher holds.
     fn keys(&self, watcher: Uuid) -> Vec<Key>;
-    /// Judges `key` on the clock at `due` (`due::DueQueue::schedule`).
+    /// Judges `key`, which the store holds, on the clock at `due`
+    /// (`due::DueQueue::schedule`).
     fn schedule(&mut self, watcher: Uuid, key: &Key, due: Second);
     fn is_waiting(&self, watcher: Uuid, key: &Key) -> bool;
     /// Watches `key` whatever it does (`single`'s, `expect`'s): never evicted.
     fn keep(&mut self, watcher: Uuid, key: &Key);
-    /// At most `at_most` of the keys of `watcher` due at `now`, which wait no longer.
-    fn take_due(&mut self, watcher: Uuid, now: Second, at_most: usize) -> Vec<Key>;
+    /// `judge` of each of at most `at_most` keys of `watcher` due at `now`, which wait no
+    /// longer, one after the other; the keys judged.
+    fn judge_due(
+        &mut self,
+        watcher: Uuid,
+        now: Second,
+        at_most: usize,
+        judge: &mut dyn FnMut(&mut DueAt<'_>),
+    ) -> usize;
     /// Drops every counter; the watchers stay where `arrange` put them.
     fn clear(&mut self);
     /// The most keys one field set may hold (`watchers.max_keys`, reloadable).
@@ -98,6 +107,7 @@ pub trait CounterStore {
 /// decides on when counts arrive (`rule::RuleParams::on_count`).
 pub struct WatcherKey<'a> {
     key: &'a Key,
+    slot: usize,
     counter: &'a mut KeyCounter,
     due: &'a mut DueQueue,
 }
@@ -127,11 +137,62 @@ impl WatcherKey<'_> {
 
     /// Judges the key on the clock at `due` (`due::DueQueue::schedule`).
     pub fn schedule(&mut self, due: Second) {
-        self.due.schedule(self.key, due);
+        self.due.schedule(self.slot, due);
     }
 
     pub fn is_waiting(&self) -> bool {
-        self.due.is_waiting(self.key)
+        self.due.is_waiting(self.slot)
+    }
+}
+
+/// One watcher's key come up on the clock, found by its slot (no lookup of its text):
+/// what its rule's `on_due` reads and changes (`rule::judge::DueKey`).
+pub struct DueAt<'a> {
+    table: &'a mut SetTable,
+    column: usize,
+    slot: usize,
+    /// Its key once forgotten: the slot may hold another key then.
+    forgotten: Option<Key>,
+}
+
+impl DueAt<'_> {
+    pub fn key(&self) -> Key {
+        match &self.forgotten {
+            Some(key) => key.clone(),
+            None => Key::from(self.table.key_at(self.slot)),
+        }
+    }
+
+    /// Whether the key is `kept`'s.
+    pub fn key_is(&self, kept: &dyn Fn(&str) -> bool) -> bool {
+        self.forgotten.is_none() && kept(self.table.key_at(self.slot))
+    }
+
+    /// Its counter, if the watcher holds it still (not evicted, not forgotten).
+    pub fn counter(&mut self) -> Option<&mut KeyCounter> {
+        if self.forgotten.is_some() {
+            return None;
+        }
+        self.table.column_mut(self.column).held(self.slot)
+    }
+
+    /// Judged again at `due` (`due::DueQueue::schedule`), unless forgotten.
+    pub fn wait(&mut self, due: Second) {
+        if self.forgotten.is_none() {
+            self.table
+                .column_mut(self.column)
+                .due
+                .schedule(self.slot, due);
+        }
+    }
+
+    /// Dropped for its watcher alone (a flatline key silent past `forget_after_secs`).
+    pub fn forget(&mut self) {
+        if self.forgotten.is_none() {
+            self.forgotten = Some(self.key());
+            self.table.column_mut(self.column).due.forget(self.slot);
+            self.table.release(self.column, self.slot);
+        }
     }
 }
 
@@ -223,11 +284,6 @@ impl MemoryStore {
         Some((set, column, self.sets[set].slot_of(key.as_str())?))
     }
 
-    fn column_of(&self, watcher: Uuid) -> Option<&super::column::Column> {
-        let &(set, column) = self.placed.get(&watcher)?;
-        Some(&self.sets[set].columns()[column])
-    }
-
     /// The table that holds the watchers of `wanted`: the largest of theirs, the others'
     /// columns moved in, those of any other watcher dropped, a column added for each
     /// watcher new to the store.
@@ -289,7 +345,13 @@ impl CounterStore for MemoryStore {
                 let slot = table.touch(key.as_str(), self.clock, self.max_keys);
                 for &(_, column, at) in group {
                     let (counter, due) = table.column_mut(column).block(slot);
-                    judge(at, WatcherKey { key, counter, due }, *events);
+                    let watcher_key = WatcherKey {
+                        key,
+                        slot,
+                        counter,
+                        due,
+                    };
+                    judge(at, watcher_key, *events);
                 }
             }
         }
@@ -303,6 +365,7 @@ impl CounterStore for MemoryStore {
         table.column_mut(column).hold(slot)
     }
 
+    #[cfg(test)]
     fn existing(&mut self, watcher: Uuid, key: &Key) -> Option<&mut KeyCounter> {
         let (set, column, slot) = self.find(watcher, key)?;
         self.sets[set].column_mut(column).held(slot)
@@ -310,7 +373,7 @@ impl CounterStore for MemoryStore {
 
     fn forget(&mut self, watcher: Uuid, key: &Key) {
         if let Some((set, column, slot)) = self.find(watcher, key) {
-            self.sets[set].column_mut(column).due.forget(key.as_str());
+            self.sets[set].column_mut(column).due.forget(slot);
             self.sets[set].release(column, slot);
         }
     }
@@ -324,13 +387,15 @@ impl CounterStore for MemoryStore {
     }
 
     fn schedule(&mut self, watcher: Uuid, key: &Key, due: Second) {
-        let (set, column) = self.place(watcher);
-        self.sets[set].column_mut(column).due.schedule(key, due);
+        if let Some((set, column, slot)) = self.find(watcher, key) {
+            self.sets[set].column_mut(column).due.schedule(slot, due);
+        }
     }
 
     fn is_waiting(&self, watcher: Uuid, key: &Key) -> bool {
-        self.column_of(watcher)
-            .is_some_and(|column| column.due.is_waiting(key))
+        self.find(watcher, key).is_some_and(|(set, column, slot)| {
+            self.sets[set].columns()[column].due.is_waiting(slot)
+        })
     }
 
     fn keep(&mut self, watcher: Uuid, key: &Key) {
@@ -338,11 +403,31 @@ impl CounterStore for MemoryStore {
         self.sets[set].column_mut(column).due.keep(key);
     }
 
-    fn take_due(&mut self, watcher: Uuid, now: Second, at_most: usize) -> Vec<Key> {
+    fn judge_due(
+        &mut self,
+        watcher: Uuid,
+        now: Second,
+        at_most: usize,
+        judge: &mut dyn FnMut(&mut DueAt<'_>),
+    ) -> usize {
         let Some(&(set, column)) = self.placed.get(&watcher) else {
-            return Vec::new();
+            return 0;
         };
-        self.sets[set].column_mut(column).due.take_due(now, at_most)
+        let table = &mut self.sets[set];
+        let mut judged = 0;
+        while judged < at_most {
+            let Some(slot) = table.column_mut(column).due.next_due(now) else {
+                break;
+            };
+            judged += 1;
+            judge(&mut DueAt {
+                table,
+                column,
+                slot,
+                forgotten: None,
+            });
+        }
+        judged
     }
 
     fn clear(&mut self) {

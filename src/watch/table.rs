@@ -84,6 +84,11 @@ impl SetTable {
         }
     }
 
+    /// The key of `slot`.
+    pub fn key_at(&self, slot: usize) -> &str {
+        &self.slots[slot].key
+    }
+
     /// The slot of `key`, if a watcher of the set holds it.
     pub fn slot_of(&self, key: &str) -> Option<usize> {
         self.slot_hashed(key, self.hasher.hash_one(key))
@@ -162,9 +167,8 @@ impl SetTable {
             entry.remove();
         }
         let last = self.slots.len() - 1;
-        let removed = self.slots.swap_remove(slot);
+        self.slots.swap_remove(slot);
         for column in &mut self.columns {
-            column.due.forget(&removed.key);
             column.swap_remove(slot);
         }
         if slot != last {
@@ -232,6 +236,7 @@ impl SetTable {
     pub fn absorb(&mut self, mut other: SetTable) {
         for mut moved in std::mem::take(&mut other.columns) {
             let column = self.add_column(moved.watcher);
+            let mut renumbered = vec![None; other.slots.len()];
             for (from, slot) in other.slots.iter().enumerate() {
                 if !moved.holds(from) {
                     continue;
@@ -244,10 +249,12 @@ impl SetTable {
                 let touched = &mut self.slots[here].touched;
                 *touched = (*touched).max(slot.touched);
                 self.columns[column].put(here, moved.release(from));
+                renumbered[from] = Some(here);
             }
             let joined = &mut self.columns[column];
             joined.evictions = moved.evictions;
-            joined.due = std::mem::take(&mut moved.due);
+            let due = std::mem::take(&mut moved.due);
+            joined.due = due.renumbered(|from| renumbered.get(from).copied().flatten());
         }
     }
 
@@ -565,6 +572,56 @@ mod tests {
         let held: Vec<usize> = first.columns().iter().map(Column::held_keys).collect();
         assert_eq!(held, [2, 2]);
         index_agrees(&first);
+    }
+
+    /// The keys due at `now` in `column`'s queue, by text.
+    fn due_keys(table: &mut SetTable, column: usize, now: Second) -> Vec<String> {
+        let mut due = Vec::new();
+        while let Some(slot) = table.column_mut(column).due.next_due(now) {
+            due.push(table.key_at(slot).to_string());
+        }
+        due.sort();
+        due
+    }
+
+    /// A key's wait is its slot's: it follows the key when another key's removal moves
+    /// it (`swap_remove`), and goes with a key evicted or released, so that no key is
+    /// judged for another's second.
+    #[test]
+    fn a_key_waits_for_its_own_second_whatever_moves_its_slot() {
+        let mut table = table_of(2);
+        for (n, due) in [(0, 100), (1, 200), (2, 300), (3, 400)] {
+            let slot = table.touch(&format!("[{n}]"), n, 4);
+            table.column_mut(0).hold(slot);
+            table.column_mut(0).due.schedule(slot, due);
+        }
+        // [0] released by its last watcher: [3] moves to its slot. [1], the least
+        // recently updated, evicted by a new key: [2] moves to its slot, [4] takes [2]'s.
+        table.release(0, table.slot_of("[0]").unwrap());
+        let slot = table.touch("[4]", 10, 3);
+        table.column_mut(1).hold(slot);
+        assert_eq!(table.slot_of("[1]"), None);
+        assert_eq!(due_keys(&mut table, 0, 399), ["[2]"]);
+        assert_eq!(due_keys(&mut table, 0, 400), ["[3]"]);
+        assert!(due_keys(&mut table, 1, 1000).is_empty(), "[4] never waited");
+        index_agrees(&table);
+    }
+
+    /// A column joining another table takes its keys' waits to their new slots.
+    #[test]
+    fn an_absorbed_column_s_keys_wait_under_their_new_slots() {
+        let mut first: SetTable =
+            serde_json::from_str(r#"{"keys": {"[1]": {}, "[2]": {}}}"#).unwrap();
+        let mut second: SetTable =
+            serde_json::from_str(r#"{"keys": {"[3]": {}, "[2]": {}}}"#).unwrap();
+        for (key, due) in [("[3]", 30), ("[2]", 20)] {
+            let slot = second.slot_of(key).unwrap();
+            second.column_mut(0).due.schedule(slot, due);
+        }
+        first.absorb(second);
+        assert_eq!(due_keys(&mut first, 1, 25), ["[2]"]);
+        assert_eq!(due_keys(&mut first, 1, 30), ["[3]"]);
+        assert!(due_keys(&mut first, 0, 30).is_empty());
     }
 
     /// The layout the per-key budget rests on (benchmark.md: at most 120 bytes a key).

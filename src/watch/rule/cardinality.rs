@@ -145,7 +145,7 @@ impl Judge for Cardinality {
     /// once per episode, again after its cooldown); otherwise it waits for the second
     /// it would have too few. A key without values that fired is forgotten, unless it
     /// is always watched (`single`'s): forgotten, it would fire again after a restart.
-    fn on_due(&self, cooling: &Cooling, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
+    fn on_due(&self, cooling: &Cooling, due: &mut DueKey<'_, '_, '_>) -> Option<Verdict> {
         let Cardinality {
             window_secs,
             min_distinct: Some(min),

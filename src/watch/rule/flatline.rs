@@ -83,7 +83,7 @@ impl Judge for Flatline {
     /// per silence, again only after its cooldown; silent `forget_after_secs` after it
     /// fired, it is dropped unless kept; otherwise it waits for the second it would be
     /// below.
-    fn on_due(&self, cooling: &Cooling, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
+    fn on_due(&self, cooling: &Cooling, due: &mut DueKey<'_, '_, '_>) -> Option<Verdict> {
         let (window_secs, forget_after_secs) = (self.window_secs, self.forget_after_secs);
         let (now, kept, grace_until) = (due.now, due.kept(), due.grace_until());
         let counter = due.counter()?;

@@ -7,10 +7,7 @@
 
 use std::num::NonZeroU64;
 
-use uuid::Uuid;
-
-use super::super::Key;
-use super::super::store::{Cooldown, CounterStore, KeyCounter, Second};
+use super::super::store::{Cooldown, DueAt, KeyCounter, Second};
 
 /// A key fired: the figures its firing reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,39 +37,29 @@ pub struct OnTheClock<'a> {
     /// not the clients' silence (one window after the watcher was first seen).
     pub grace_until: Second,
     /// Keys watched whatever they do (`single`'s, `expect`'s): never forgotten.
-    pub kept: &'a dyn Fn(&Key) -> bool,
+    pub kept: &'a dyn Fn(&str) -> bool,
 }
 
 /// A key of a watcher decided on the clock, come up at `now`: what its rule's `on_due`
 /// reads, and where it says when the key is judged next.
-pub(super) struct DueKey<'a, 'c> {
-    store: &'a mut dyn CounterStore,
-    watcher: Uuid,
-    key: &'a Key,
+pub(super) struct DueKey<'a, 'b, 'c> {
+    at: &'a mut DueAt<'b>,
     pub(super) now: Second,
     clock: &'c OnTheClock<'c>,
 }
 
-impl<'a, 'c> DueKey<'a, 'c> {
+impl<'a, 'b, 'c> DueKey<'a, 'b, 'c> {
     pub(super) fn new(
-        store: &'a mut dyn CounterStore,
-        watcher: Uuid,
-        key: &'a Key,
+        at: &'a mut DueAt<'b>,
         now: Second,
         clock: &'c OnTheClock<'c>,
-    ) -> DueKey<'a, 'c> {
-        DueKey {
-            store,
-            watcher,
-            key,
-            now,
-            clock,
-        }
+    ) -> DueKey<'a, 'b, 'c> {
+        DueKey { at, now, clock }
     }
 
     /// Its counter, if the store still holds it (not evicted, not forgotten).
     pub(super) fn counter(&mut self) -> Option<&mut KeyCounter> {
-        self.store.existing(self.watcher, self.key)
+        self.at.counter()
     }
 
     /// Judged again at `at`, if any, and never within the second it was judged in: the
@@ -82,13 +69,13 @@ impl<'a, 'c> DueKey<'a, 'c> {
     pub(super) fn wait(&mut self, at: Option<Second>) {
         if let Some(at) = at {
             let next_second = self.now.saturating_add(1);
-            (self.store).schedule(self.watcher, self.key, at.max(next_second));
+            self.at.wait(at.max(next_second));
         }
     }
 
     /// Dropped for its watcher: nothing is left to judge.
     pub(super) fn forget(&mut self) {
-        self.store.forget(self.watcher, self.key);
+        self.at.forget();
     }
 
     pub(super) fn grace_until(&self) -> Second {
@@ -97,7 +84,7 @@ impl<'a, 'c> DueKey<'a, 'c> {
 
     /// Watched whatever it does: never forgotten.
     pub(super) fn kept(&self) -> bool {
-        (self.clock.kept)(self.key)
+        self.at.key_is(self.clock.kept)
     }
 }
 

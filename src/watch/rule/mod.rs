@@ -131,7 +131,7 @@ trait Judge {
     }
 
     /// A key come up on the clock: whether it fires.
-    fn on_due(&self, _cooling: &Cooling, _due: &mut DueKey<'_, '_>) -> Option<Verdict> {
+    fn on_due(&self, _cooling: &Cooling, _due: &mut DueKey<'_, '_, '_>) -> Option<Verdict> {
         None
     }
 }
@@ -282,15 +282,14 @@ impl RuleParams {
         if !self.on_the_clock() {
             return Vec::new();
         }
-        let due = store.take_due(watcher, now, *budget);
-        *budget -= due.len();
-        due.into_iter()
-            .filter_map(|key| {
-                let mut due = DueKey::new(&mut *store, watcher, &key, now, clock);
-                let verdict = self.rule.judge().on_due(&self.cooling(), &mut due)?;
-                Some((key, verdict))
-            })
-            .collect()
+        let (judge, cooling) = (self.rule.judge(), self.cooling());
+        let mut fired = Vec::new();
+        *budget -= store.judge_due(watcher, now, *budget, &mut |at| {
+            if let Some(verdict) = judge.on_due(&cooling, &mut DueKey::new(at, now, clock)) {
+                fired.push((at.key(), verdict));
+            }
+        });
+        fired
     }
 }
 

@@ -181,7 +181,7 @@ impl Judge for Spike {
     /// Down, on the clock: a key whose count dropped fires (past the grace, once per
     /// drop, again after its cooldown); it is judged again when a bucket next moves; a
     /// key without buckets left is forgotten.
-    fn on_due(&self, cooling: &Cooling, due: &mut DueKey<'_, '_>) -> Option<Verdict> {
+    fn on_due(&self, cooling: &Cooling, due: &mut DueKey<'_, '_, '_>) -> Option<Verdict> {
         let window_secs = self.window_secs;
         let (now, grace_until) = (due.now, due.grace_until());
         let counter = due.counter()?;
