@@ -54,12 +54,10 @@ pub trait CounterStore {
     /// The counter of `key` if the store holds it (not evicted, not forgotten).
     #[cfg(test)]
     fn existing(&mut self, watcher: Uuid, key: &Key) -> Option<&mut KeyCounter>;
-    /// Drops `key` for `watcher` alone (a flatline key silent past `forget_after_secs`).
-    fn forget(&mut self, watcher: Uuid, key: &Key);
     /// Every key the watcher holds.
     fn keys(&self, watcher: Uuid) -> Vec<Key>;
-    /// Judges `key`, which the store holds, on the clock at `due`
-    /// (`due::DueQueue::schedule`).
+    /// Judges `key` on the clock at `due` (`due::DueQueue::schedule`); nothing for a key
+    /// the watcher's set does not hold (callers count it first).
     fn schedule(&mut self, watcher: Uuid, key: &Key, due: Second);
     fn is_waiting(&self, watcher: Uuid, key: &Key) -> bool;
     /// Watches `key` whatever it does (`single`'s, `expect`'s): never evicted.
@@ -369,13 +367,6 @@ impl CounterStore for MemoryStore {
     fn existing(&mut self, watcher: Uuid, key: &Key) -> Option<&mut KeyCounter> {
         let (set, column, slot) = self.find(watcher, key)?;
         self.sets[set].column_mut(column).held(slot)
-    }
-
-    fn forget(&mut self, watcher: Uuid, key: &Key) {
-        if let Some((set, column, slot)) = self.find(watcher, key) {
-            self.sets[set].column_mut(column).due.forget(slot);
-            self.sets[set].release(column, slot);
-        }
     }
 
     fn keys(&self, watcher: Uuid) -> Vec<Key> {

@@ -389,15 +389,22 @@ fn the_watchers_of_one_field_set_keep_their_own_counts_windows_and_evictions() {
 /// Hostile input to a watcher decided on the clock: keys past `max_keys` are evicted and
 /// leave its due queue with their counters, so the queue holds no more keys than the
 /// watcher; those it holds still come up when due.
+///
+/// At `threshold = 2`, a key seen once is below its threshold from its first event: it
+/// waits for the next tick (second 0, which must not read as "not waiting").
 #[test]
 fn a_flatline_key_evicted_leaves_the_due_queue() {
-    let (ids, mut watch) = watching_one_set(
-        &[
-            r#"{"name": "hosts", "rule": "flatline", "threshold": 1, "window_secs": 300,
-              "aggregator": {"type": "fields", "fields": ["ip"]}, "action": {"type": "null"}}"#,
-        ],
-        100,
+    for threshold in [1, 2] {
+        flatline_keys_past_max_keys(threshold);
+    }
+}
+
+fn flatline_keys_past_max_keys(threshold: u64) {
+    let definition = format!(
+        r#"{{"name": "hosts", "rule": "flatline", "threshold": {threshold}, "window_secs": 300,
+          "aggregator": {{"type": "fields", "fields": ["ip"]}}, "action": {{"type": "null"}}}}"#
     );
+    let (ids, mut watch) = watching_one_set(&[definition.as_str()], 100);
     let t0 = now() + 10;
     let ips: Vec<String> = (0..10_000).map(|n| n.to_string()).collect();
     for chunk in ips.chunks(1000) {
@@ -410,13 +417,17 @@ fn a_flatline_key_evicted_leaves_the_due_queue() {
             watch.store().is_waiting(ids[0], &key)
         })
         .count();
-    assert_eq!(waiting, 100, "only the keys held wait");
+    assert_eq!(
+        waiting, 100,
+        "only the keys held wait (threshold {threshold})"
+    );
     assert_eq!(watch.store().keys(ids[0]).len(), 100);
     assert_eq!(
         watch.tick(t0 + 300, &mut { usize::MAX }).len(),
         100,
-        "the keys held come up"
+        "the keys held come up once (threshold {threshold})"
     );
+    assert!(watch.tick(t0 + 301, &mut { usize::MAX }).is_empty());
 }
 
 /// 250 hosts of a flatline watcher (window 300 s, and `extra` fields) each heard once
