@@ -374,10 +374,15 @@ fn run(engine: &mut dyn Engine, scenario: &Scenario) -> Vec<Fired> {
         }
     };
     if !rule.on_the_clock() {
+        // The seconds as the row lists its events (a row may step the clock back), or
+        // in order when it lists values too.
         let mut seconds: Vec<u64> = scenario.events.iter().map(|e| e.0).collect();
-        seconds.extend(scenario.values.iter().map(|v| v.0));
-        seconds.sort_unstable();
-        seconds.dedup();
+        if !scenario.values.is_empty() {
+            seconds.extend(scenario.values.iter().map(|v| v.0));
+            seconds.sort_unstable();
+        }
+        let mut seen = HashSet::new();
+        seconds.retain(|&second| seen.insert(second));
         for second in seconds {
             count_at(engine, second, &mut fired);
         }

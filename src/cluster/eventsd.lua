@@ -50,8 +50,9 @@ end
 
 -- A counter's fields: its state (`fired`, `cool`, `crossed`, `seq`, `silent`, `high`,
 -- `low`, `seen`), its epoch, its count within `window` seconds of `now` (0: no window),
--- the older buckets and values deleted, its live buckets, {second, events} each, and
--- its live values (cardinality's `v<hash>` fields: hash -> the second last seen).
+-- the older buckets and values deleted, buckets of later seconds than `now` (the clock
+-- stepped back) merged into `now`'s, its live buckets, {second, events} each, and its
+-- live values (cardinality's `v<hash>` fields: hash -> the second last seen).
 local function read_counter(key, window, now)
   local fields = redis.call('HGETALL', key)
   local state = {}
@@ -60,6 +61,7 @@ local function read_counter(key, window, now)
   local live = {}
   local values = {}
   local epoch = nil
+  local later = 0
   for f = 1, #fields, 2 do
     local name, value = fields[f], fields[f + 1]
     if name == 'epoch' then
@@ -73,7 +75,11 @@ local function read_counter(key, window, now)
       end
     elseif string.sub(name, 1, 1) == 'b' then
       local second = tonumber(string.sub(name, 2))
-      if window > 0 and second + window <= now then
+      if window > 0 and second > now then
+        -- The clock stepped back (`Buckets::restamp_later_than`): events of now.
+        expired[#expired + 1] = name
+        later = later + tonumber(value)
+      elseif window > 0 and second + window <= now then
         expired[#expired + 1] = name
       else
         total = total + tonumber(value)
@@ -84,6 +90,11 @@ local function read_counter(key, window, now)
     end
   end
   hash_command('HDEL', key, expired, 1)
+  if later > 0 then
+    redis.call('HINCRBY', key, 'b' .. now, later)
+    total = total + later
+    live[#live + 1] = {now, later}
+  end
   return state, total, epoch, live, values
 end
 

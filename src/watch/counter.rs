@@ -54,8 +54,15 @@ pub enum Buckets {
 }
 
 impl Buckets {
+    /// The buckets within `window` seconds of `now`: the older ones dropped, those of
+    /// later seconds (the clock stepped back) restamped `now`.
+    pub fn keep_within(&mut self, window: u64, now: Second) {
+        self.restamp_later_than(now);
+        self.drop_front_while(|second| second.saturating_add(window) <= now);
+    }
+
     /// Drops the buckets `expired` says are past, oldest first.
-    pub fn drop_front_while(&mut self, expired: impl Fn(Second) -> bool) {
+    fn drop_front_while(&mut self, expired: impl Fn(Second) -> bool) {
         match self {
             Buckets::Empty => {}
             Buckets::One(second, _) => {
@@ -66,6 +73,30 @@ impl Buckets {
             Buckets::Many(buckets) => {
                 while buckets.front().is_some_and(|&(second, _)| expired(second)) {
                     buckets.pop_front();
+                }
+            }
+        }
+    }
+
+    /// After the wall clock stepped back: the buckets stamped later than `now`, merged
+    /// into one of `now`, so that their events leave the window `window` seconds from
+    /// now, not from a second the clock may not reach again for hours (a threshold
+    /// watcher counted every event of those hours as within its window).
+    fn restamp_later_than(&mut self, now: Second) {
+        match self {
+            Buckets::Empty => {}
+            Buckets::One(second, _) => *second = (*second).min(now),
+            Buckets::Many(buckets) => {
+                let mut later = 0;
+                while let Some(&(second, n)) = buckets.back() {
+                    if second <= now {
+                        break;
+                    }
+                    buckets.pop_back();
+                    later += n;
+                }
+                if later > 0 {
+                    self.add(now, later);
                 }
             }
         }

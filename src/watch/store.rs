@@ -125,7 +125,7 @@ impl WatcherKey<'_> {
         let buckets = &mut self.counter.buckets;
         match window {
             Some(window) => {
-                buckets.drop_front_while(|second| second.saturating_add(window) <= now);
+                buckets.keep_within(window, now);
                 buckets.add(now, n);
             }
             None => buckets.add_to_first(now, n),

@@ -36,6 +36,13 @@ pub(crate) fn threshold() -> Vec<Scenario> {
             vec![fired(109, "k", 3)],
         ),
         Scenario::on_counts(
+            "threshold: after the clock stepped back, the later seconds' events leave the \
+             window window_secs after the step, not when the clock reaches them again",
+            r#"{"threshold": 4, "window_secs": 10}"#,
+            vec![(1000, "k", 3), (900, "k", 1), (911, "k", 1), (912, "k", 1)],
+            vec![],
+        ),
+        Scenario::on_counts(
             "threshold: without a window the count runs until it fires",
             r#"{"threshold": 2}"#,
             vec![

@@ -87,9 +87,7 @@ impl Judge for Flatline {
         let (window_secs, forget_after_secs) = (self.window_secs, self.forget_after_secs);
         let (now, kept, grace_until) = (due.now, due.kept(), due.grace_until());
         let counter = due.counter()?;
-        counter
-            .buckets
-            .drop_front_while(|second| second.saturating_add(window_secs) <= now);
+        counter.buckets.keep_within(window_secs, now);
         let below = below_from(counter, self.threshold, window_secs).max(grace_until);
         let last_fired = counter.last_fired.map_or(0, |second| second.get());
         let silent = counter.silent;

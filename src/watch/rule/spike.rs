@@ -186,9 +186,7 @@ impl Judge for Spike {
         let (now, grace_until) = (due.now, due.grace_until());
         let counter = due.counter()?;
         let kept = window_secs.saturating_mul(2);
-        counter
-            .buckets
-            .drop_front_while(|second| second.saturating_add(kept) <= now);
+        counter.buckets.keep_within(kept, now);
         let Some(next) = next_move(&counter.buckets, window_secs, now) else {
             due.forget();
             return None;

@@ -78,6 +78,24 @@ fn a_window_forgets_events_older_than_it() {
     assert_eq!(add(&mut store, w, &key("k"), 1, 200, Some(10)), 1);
 }
 
+/// The wall clock stepped back 100 s (an NTP step, a VM restored): the events counted
+/// at the later seconds are as recent as the clock says now, and leave the window
+/// `window` seconds after it, not when the clock reaches their seconds again.
+#[test]
+fn a_clock_stepped_back_keeps_the_window_s_length() {
+    let mut store = MemoryStore::new(10);
+    let w = Uuid::new_v4();
+    add(&mut store, w, &key("k"), 3, 1_000, Some(10));
+    add(&mut store, w, &key("k"), 2, 1_004, Some(10));
+    assert_eq!(add(&mut store, w, &key("k"), 1, 900, Some(10)), 6);
+    assert_eq!(add(&mut store, w, &key("k"), 1, 905, Some(10)), 7);
+    assert_eq!(
+        add(&mut store, w, &key("k"), 1, 910, Some(10)),
+        2,
+        "the seconds past, as restamped at 900, left the window"
+    );
+}
+
 #[test]
 fn counts_are_taken_within_their_window_and_the_store_left_empty() {
     let mut store = MemoryStore::new(10);
