@@ -374,11 +374,11 @@ fn run(engine: &mut dyn Engine, scenario: &Scenario) -> Vec<Fired> {
         }
     };
     if !rule.on_the_clock() {
-        // The seconds as the row lists its events (a row may step the clock back), or
-        // in order when it lists values too.
-        let mut seconds: Vec<u64> = scenario.events.iter().map(|e| e.0).collect();
-        if !scenario.values.is_empty() {
-            seconds.extend(scenario.values.iter().map(|v| v.0));
+        // The seconds as the row lists its events or its values (a row may step the
+        // clock back), in order when it lists both.
+        let events = scenario.events.iter().map(|e| e.0);
+        let mut seconds: Vec<u64> = events.chain(scenario.values.iter().map(|v| v.0)).collect();
+        if !scenario.events.is_empty() && !scenario.values.is_empty() {
             seconds.sort_unstable();
         }
         let mut seen = HashSet::new();

@@ -50,9 +50,10 @@ end
 
 -- A counter's fields: its state (`fired`, `cool`, `crossed`, `seq`, `silent`, `high`,
 -- `low`, `seen`), its epoch, its count within `window` seconds of `now` (0: no window),
--- the older buckets and values deleted, buckets of later seconds than `now` (the clock
--- stepped back) merged into `now`'s, its live buckets, {second, events} each, and its
--- live values (cardinality's `v<hash>` fields: hash -> the second last seen).
+-- the older buckets and values deleted, buckets and values of later seconds than `now`
+-- (the clock stepped back) merged into `now`'s and seen `now`, its live buckets,
+-- {second, events} each, and its live values (cardinality's `v<hash>` fields: hash ->
+-- the second last seen).
 local function read_counter(key, window, now)
   local fields = redis.call('HGETALL', key)
   local state = {}
@@ -62,12 +63,19 @@ local function read_counter(key, window, now)
   local values = {}
   local epoch = nil
   local later = 0
+  local restamped = {}
   for f = 1, #fields, 2 do
     local name, value = fields[f], fields[f + 1]
     if name == 'epoch' then
       epoch = value
     elseif string.sub(name, 1, 1) == 'v' then
       local seen = tonumber(value)
+      if window > 0 and seen > now then
+        -- The clock stepped back (`RuleState::expire`): seen now.
+        seen = now
+        restamped[#restamped + 1] = name
+        restamped[#restamped + 1] = now
+      end
       if window > 0 and seen + window <= now then
         expired[#expired + 1] = name
       else
@@ -90,6 +98,7 @@ local function read_counter(key, window, now)
     end
   end
   hash_command('HDEL', key, expired, 1)
+  hash_command('HSET', key, restamped, 2)
   if later > 0 then
     redis.call('HINCRBY', key, 'b' .. now, later)
     total = total + later

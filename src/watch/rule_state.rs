@@ -62,10 +62,15 @@ fn is_zero(second: &Second) -> bool {
 }
 
 impl RuleState {
-    /// Drops the values last seen `window` seconds before `now` or earlier.
+    /// Drops the values last seen `window` seconds before `now` or earlier; those seen
+    /// later than `now` (the wall clock stepped back) are seen `now`, as a counter's
+    /// buckets are (`Buckets::keep_within`), so that they leave the window `window`
+    /// seconds after the step.
     pub fn expire(&mut self, window: u64, now: Second) {
-        self.distinct
-            .retain(|&(_, seen)| seen.saturating_add(window) > now);
+        self.distinct.retain_mut(|(_, seen)| {
+            *seen = (*seen).min(now);
+            seen.saturating_add(window) > now
+        });
     }
 
     /// `hashes` (one call's: any order, repeats allowed) seen at `now`. Past `keep`

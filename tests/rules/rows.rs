@@ -328,6 +328,21 @@ const CARDINALITY: &str =
 pub(crate) fn cardinality() -> Vec<Scenario> {
     vec![
         Scenario::on_counts(
+            "cardinality: after the clock stepped back, the values of later seconds leave \
+             the window window_secs after the step",
+            r#"{"rule": "cardinality", "field": "user", "max_distinct": 2, "window_secs": 10}"#,
+            vec![],
+            vec![],
+        )
+        .with_values(
+            [
+                seen(1000, "k", &["u1", "u2"]),
+                seen(900, "k", &["u1"]),
+                seen(911, "k", &["u3"]),
+            ]
+            .concat(),
+        ),
+        Scenario::on_counts(
             "cardinality: more than max_distinct values fire once, with their number",
             CARDINALITY,
             vec![],
