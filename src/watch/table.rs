@@ -400,6 +400,13 @@ mod tests {
         table
     }
 
+    /// `key` counted by `column` at `stamp` (`touch` under `max_keys`, then held): its slot.
+    fn hold(table: &mut SetTable, column: usize, key: &str, stamp: u64, max_keys: usize) -> usize {
+        let slot = table.touch(key, stamp, max_keys);
+        table.column_mut(column).hold(slot);
+        slot
+    }
+
     fn index_agrees(table: &SetTable) {
         assert_eq!(table.index.len(), table.slots.len());
         for (slot, entry) in table.slots.iter().enumerate() {
@@ -416,16 +423,14 @@ mod tests {
         let mut table = table_of(2);
         let keys: Vec<String> = (0..1000).map(|n| format!("[{n}]")).collect();
         for (stamp, key) in keys.iter().enumerate() {
-            let slot = table.touch(key, stamp as u64, 1000);
-            table.column_mut(0).hold(slot);
+            hold(&mut table, 0, key, stamp as u64, 1000);
         }
         // The first 900 keys are updated again: the last 100 are the least recent.
         for (stamp, key) in keys.iter().take(900).enumerate() {
             table.touch(key, 1000 + stamp as u64, 1000);
         }
         for n in 0..50 {
-            let slot = table.touch(&format!("[new{n}]"), 5000 + n, 1000);
-            table.column_mut(1).hold(slot);
+            hold(&mut table, 1, &format!("[new{n}]"), 5000 + n, 1000);
         }
         assert_eq!(table.len(), 1000);
         let evictions: Vec<u64> = table.columns().iter().map(|c| c.evictions).collect();
@@ -449,11 +454,9 @@ mod tests {
     fn a_kept_key_is_never_evicted() {
         let mut table = table_of(2);
         table.column_mut(1).due.keep(&Key::from("[\"quiet\"]"));
-        let quiet = table.touch("[\"quiet\"]", 0, 3);
-        table.column_mut(1).hold(quiet);
+        hold(&mut table, 1, "[\"quiet\"]", 0, 3);
         for n in 1..100 {
-            let slot = table.touch(&format!("[{n}]"), n, 3);
-            table.column_mut(0).hold(slot);
+            hold(&mut table, 0, &format!("[{n}]"), n, 3);
         }
         assert_eq!(table.len(), 4, "the kept key and max_keys others");
         assert!(table.slot_of("[\"quiet\"]").is_some());
@@ -464,8 +467,7 @@ mod tests {
         for n in 0..3 {
             let key = format!("[k{n}]");
             all_kept.column_mut(0).due.keep(&Key::from(key.as_str()));
-            let slot = all_kept.touch(&key, n, 2);
-            all_kept.column_mut(0).hold(slot);
+            hold(&mut all_kept, 0, &key, n, 2);
         }
         assert_eq!(all_kept.len(), 3, "kept keys stay past max_keys");
         index_agrees(&table);
@@ -478,11 +480,9 @@ mod tests {
     fn a_table_past_its_bound_shrinks_by_slices_and_keeps_its_kept_keys() {
         let mut table = table_of(1);
         table.column_mut(0).due.keep(&Key::from("[\"quiet\"]"));
-        let quiet = table.touch("[\"quiet\"]", 0, 100);
-        table.column_mut(0).hold(quiet);
+        hold(&mut table, 0, "[\"quiet\"]", 0, 100);
         for n in 1..=100 {
-            let slot = table.touch(&format!("[{n}]"), n, 100);
-            table.column_mut(0).hold(slot);
+            hold(&mut table, 0, &format!("[{n}]"), n, 100);
         }
         assert_eq!(table.evict_past(10, 50), 50, "a slice at most");
         assert_eq!(table.evict_past(10, 50), 40, "down to the bound");
@@ -512,8 +512,7 @@ mod tests {
         let slot = table.touch("[1]", 1, 10);
         table.column_mut(0).hold(slot).cooldown_secs = 7;
         table.column_mut(1).hold(slot).cooldown_secs = 9;
-        let other = table.touch("[2]", 2, 10);
-        table.column_mut(0).hold(other);
+        hold(&mut table, 0, "[2]", 2, 10);
         table.release(0, table.slot_of("[1]").unwrap());
         let slot = table
             .slot_of("[1]")
@@ -542,8 +541,7 @@ mod tests {
         assert_eq!(counter(&table, "[2]").buckets.total(), 2);
         assert_eq!(counter(&table, "[3]").buckets.total(), 3);
         index_agrees(&table);
-        let slot = table.touch("[4]", 99, 3);
-        table.column_mut(0).hold(slot);
+        hold(&mut table, 0, "[4]", 99, 3);
         assert_eq!((table.len(), table.columns()[0].evictions), (3, 1));
         let saved = serde_json::to_value(table.saved(0)).unwrap();
         assert_eq!(saved["keys"].as_object().unwrap().len(), 3);
@@ -591,15 +589,13 @@ mod tests {
     fn a_key_waits_for_its_own_second_whatever_moves_its_slot() {
         let mut table = table_of(2);
         for (n, due) in [(0, 100), (1, 200), (2, 300), (3, 400)] {
-            let slot = table.touch(&format!("[{n}]"), n, 4);
-            table.column_mut(0).hold(slot);
+            let slot = hold(&mut table, 0, &format!("[{n}]"), n, 4);
             table.column_mut(0).due.schedule(slot, due);
         }
         // [0] released by its last watcher: [3] moves to its slot. [1], the least
         // recently updated, evicted by a new key: [2] moves to its slot, [4] takes [2]'s.
         table.release(0, table.slot_of("[0]").unwrap());
-        let slot = table.touch("[4]", 10, 3);
-        table.column_mut(1).hold(slot);
+        hold(&mut table, 1, "[4]", 10, 3);
         assert_eq!(table.slot_of("[1]"), None);
         assert_eq!(due_keys(&mut table, 0, 399), ["[2]"]);
         assert_eq!(due_keys(&mut table, 0, 400), ["[3]"]);
