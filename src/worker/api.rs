@@ -133,11 +133,13 @@ impl Api {
             (Route::Health, &Method::GET | &Method::HEAD) => {
                 json(StatusCode::OK, &json!({"status": "ok", "worker": self.pid}))
             }
-            (Route::Metrics, &Method::GET) => self.metrics().await,
+            (Route::Metrics, &Method::GET) => Box::pin(self.metrics()).await,
             (Route::Status, &Method::GET) if !self.authorized(&parts.headers) => {
                 ui::with_page_headers(unauthorized("The status needs"))
             }
-            (Route::Status, &Method::GET) => ui::status(&self.link, self.reveals_keys(true)).await,
+            (Route::Status, &Method::GET) => {
+                Box::pin(ui::status(&self.link, self.reveals_keys(true))).await
+            }
             (Route::Ui, &Method::GET) => ui::page(),
             (Route::UiAsset(name), &Method::GET) => ui::asset(name),
             (Route::Events, &Method::GET) => json(StatusCode::OK, &list_events(registry)),
@@ -164,9 +166,11 @@ impl Api {
                 let reveal = self.api_token.is_some() && self.authorized(&parts.headers);
                 with_event(registry, event, |e| show(&e.watchers, event, name, reveal))
             }
-            (route, _) if oncall::serves(route) => self.oncall(route, parts, body, peer).await,
+            (route, _) if oncall::serves(route) => {
+                Box::pin(self.oncall(route, parts, body, peer)).await
+            }
             (route, method) => match route.change(method, body) {
-                Some(change) => self.change(change, &parts.headers, peer).await,
+                Some(change) => Box::pin(self.change(change, &parts.headers, peer)).await,
                 None => method_not_allowed(route.allow()),
             },
         }
@@ -376,7 +380,7 @@ async fn within<F: Future>(limit: Duration, future: F) -> Result<F::Output, Elap
     let at_once = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
     match at_once {
         Poll::Ready(output) => Ok(output),
-        Poll::Pending => tokio::time::timeout(limit, future).await,
+        Poll::Pending => Box::pin(tokio::time::timeout(limit, future)).await,
     }
 }
 

@@ -59,8 +59,14 @@ impl<'a> Route<'a> {
     pub fn parse(path: &'a str) -> Option<Route<'a>> {
         let path = path.strip_prefix('/')?;
         let path = path.strip_suffix('/').unwrap_or(path);
-        let segments: Vec<&str> = path.split('/').collect();
-        Some(match segments.as_slice() {
+        // No route has more than five segments: a longer path names none.
+        let mut segments = [""; 5];
+        let mut count = 0;
+        for segment in path.split('/') {
+            *segments.get_mut(count)? = segment;
+            count += 1;
+        }
+        Some(match &segments[..count] {
             ["health"] => Route::Health,
             ["metrics"] => Route::Metrics,
             ["event"] => Route::Events,
@@ -152,6 +158,7 @@ mod tests {
             Some(Route::Watcher("x", "w"))
         );
         assert_eq!(Route::parse("/event/x/y/z"), None);
+        assert_eq!(Route::parse("/event/x/watcher/w/state/more"), None);
         assert_eq!(Route::parse("/ui"), Some(Route::Ui));
         assert_eq!(Route::parse("/ui/app.js"), Some(Route::UiAsset("app.js")));
         assert_eq!(Route::parse("/silences/"), Some(Route::Silences));

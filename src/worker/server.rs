@@ -124,11 +124,40 @@ pub struct Connections {
     handshake_timeout: Duration,
     grace: Duration,
     write_timeout: Duration,
-    max_requests: u64,
+    requests: Rc<Requests>,
+}
+
+/// What every request reaches, shared by the connections: one `Rc` to clone a request
+/// (a `Link` clone alone is two atomic channel handles).
+struct Requests {
     api: Rc<Api>,
     stats: Rc<Stats>,
     link: Link,
     shutdown: Shutdown,
+    max_requests: u64,
+}
+
+impl Requests {
+    async fn serve(
+        self: Rc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, Infallible> {
+        let in_flight = self.stats.request_started();
+        let response = self.api.handle(request, peer).await;
+        drop(in_flight);
+        let max_requests = self.max_requests;
+        if max_requests > 0
+            && self.stats.requests() >= max_requests
+            && !self.shutdown.is_triggered()
+        {
+            self.link.send(WorkerMessage::Retiring {
+                reason: format!("served workers.max_requests ({max_requests}) requests"),
+            });
+            self.shutdown.trigger("max_requests reached");
+        }
+        Ok(response)
+    }
 }
 
 impl Connections {
@@ -151,11 +180,13 @@ impl Connections {
             handshake_timeout: config.read_timeout(),
             grace: FIRST_REQUEST_GRACE.min(config.read_timeout()),
             write_timeout: config.write_timeout(),
-            max_requests: config.workers.max_requests,
-            api: api.clone(),
-            stats: stats.clone(),
-            link: link.clone(),
-            shutdown: shutdown.clone(),
+            requests: Rc::new(Requests {
+                api: api.clone(),
+                stats: stats.clone(),
+                link: link.clone(),
+                shutdown: shutdown.clone(),
+                max_requests: config.workers.max_requests,
+            }),
         }
     }
 
@@ -163,13 +194,13 @@ impl Connections {
     fn spawn(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
         let drain = Drain {
-            shutdown: self.shutdown.clone(),
+            shutdown: self.requests.shutdown.clone(),
             request_seen: Rc::new(Notify::new()),
             grace: self.grace,
         };
         let service = self.service(peer, drain.request_seen.clone());
         let stream = ClientStream::new(stream, self.write_timeout);
-        let open = self.stats.connection_opened();
+        let open = self.requests.stats.connection_opened();
         let (http, tls, handshake_timeout) =
             (self.http.clone(), self.tls.clone(), self.handshake_timeout);
         tokio::task::spawn_local(async move {
@@ -198,30 +229,10 @@ impl Connections {
         request_seen: Rc<Notify>,
     ) -> impl Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + use<>
     {
-        let (api, stats, link, shutdown) = (
-            self.api.clone(),
-            self.stats.clone(),
-            self.link.clone(),
-            self.shutdown.clone(),
-        );
-        let max_requests = self.max_requests;
+        let requests = self.requests.clone();
         service_fn(move |request| {
-            let (api, stats, link, shutdown) =
-                (api.clone(), stats.clone(), link.clone(), shutdown.clone());
             request_seen.notify_one();
-            async move {
-                let in_flight = stats.request_started();
-                let response = api.handle(request, peer).await;
-                drop(in_flight);
-                if max_requests > 0 && stats.requests() >= max_requests && !shutdown.is_triggered()
-                {
-                    link.send(WorkerMessage::Retiring {
-                        reason: format!("served workers.max_requests ({max_requests}) requests"),
-                    });
-                    shutdown.trigger("max_requests reached");
-                }
-                Ok::<_, Infallible>(response)
-            }
+            requests.clone().serve(request, peer)
         })
     }
 }
@@ -297,9 +308,9 @@ impl Stats {
         self.requests.get()
     }
 
-    pub fn request_started(self: &Rc<Self>) -> InFlight {
+    pub fn request_started(&self) -> InFlight<'_> {
         self.in_flight.set(self.in_flight.get() + 1);
-        InFlight(self.clone())
+        InFlight(self)
     }
 
     /// Counts a connection as open until the guard drops, and tracks the time during
@@ -337,9 +348,9 @@ impl Stats {
     }
 }
 
-pub struct InFlight(Rc<Stats>);
+pub struct InFlight<'a>(&'a Stats);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let stats = &self.0;
         stats.requests.set(stats.requests.get() + 1);
