@@ -174,6 +174,33 @@ fn the_connection_cap_holds_new_clients_until_a_slot_frees() {
     assert_eq!(read_response(&mut waiting).unwrap().status, 200);
 }
 
+/// A request read to its end needs no lingering close (that is for a client still
+/// sending what no one reads): the connection's slot is free once the reply is sent,
+/// though the client keeps its socket open.
+#[test]
+fn a_connection_closed_after_its_request_was_read_frees_its_slot_at_once() {
+    let daemon = Daemon::run("[server]\nmax_connections = 1\n[workers]\nmin = 1\nmax = 1\n");
+    let body = r#"{"type": "logins"}"#;
+    let mut first = TcpStream::connect(daemon.address()).unwrap();
+    let head = format!(
+        "POST /event/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    first.write_all(format!("{head}{body}").as_bytes()).unwrap();
+    let reply = closed_by_server_within(&mut first, 10 * SECOND);
+    assert_eq!(parse_response(&reply).unwrap().status, 201);
+
+    // `first` stays open. Lingering, the worker would hold its one slot until `first`
+    // closed or 5 s passed, and `second` would wait in the backlog that long.
+    let mut second = TcpStream::connect(daemon.address()).unwrap();
+    second
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    second.set_read_timeout(Some(3 * SECOND)).unwrap();
+    assert_eq!(read_response(&mut second).unwrap().status, 200);
+    drop(first);
+}
+
 /// Connections waiting to be accepted on the loopback listener of `port`: the receive
 /// queue that `/proc/net/tcp` shows for a listening socket.
 fn accept_queue(port: u16) -> Option<u64> {

@@ -40,6 +40,13 @@ use crate::event::{Event, Scratch, parse_lines};
 use crate::protocol::worker::{Answer, Deltas, Question};
 use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry, Spec};
 
+/// A request's reply, and whether the request was read to its end: one refused before
+/// its body was read (411, 413, 408) may leave the client still sending.
+pub struct Handled {
+    pub response: Response<Body>,
+    pub read_to_end: bool,
+}
+
 pub struct Api {
     pid: u32,
     max_body_bytes: u64,
@@ -85,17 +92,20 @@ impl Api {
         self.deltas.take()
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Handled {
         let started = std::time::Instant::now();
         let (parts, body) = request.into_parts();
         let route = Route::parse(parts.uri.path());
-        let response = match self.read_body(&parts, body).await {
-            Err(refusal) => refusal,
+        let (response, read_to_end) = match self.read_body(&parts, body).await {
+            Err(refusal) => (refusal, false),
             Ok(body) => match route {
-                Some(route) => self.dispatch(route, &parts, body, peer).await,
-                None => error(
-                    StatusCode::NOT_FOUND,
-                    &format!("No route for {} {}", parts.method, parts.uri.path()),
+                Some(route) => (self.dispatch(route, &parts, body, peer).await, true),
+                None => (
+                    error(
+                        StatusCode::NOT_FOUND,
+                        &format!("No route for {} {}", parts.method, parts.uri.path()),
+                    ),
+                    true,
                 ),
             },
         };
@@ -117,7 +127,10 @@ impl Api {
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
             });
         }
-        response
+        Handled {
+            response,
+            read_to_end,
+        }
     }
 
     async fn dispatch(

@@ -27,8 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::api::Api;
-use super::io::ClientStream;
+use super::api::{Api, Handled};
+use super::io::{ClientStream, Unread};
 use super::link::{Link, Shutdown};
 use super::reply::Body;
 use crate::config::Config;
@@ -142,9 +142,16 @@ impl Requests {
         self: Rc<Self>,
         request: Request<Incoming>,
         peer: SocketAddr,
+        unread: Unread,
     ) -> Result<Response<Body>, Infallible> {
         let in_flight = self.stats.request_started();
-        let response = self.api.handle(request, peer).await;
+        let Handled {
+            response,
+            read_to_end,
+        } = self.api.handle(request, peer).await;
+        if read_to_end {
+            unread.request_read_to_end();
+        }
         drop(in_flight);
         let max_requests = self.max_requests;
         if max_requests > 0
@@ -192,14 +199,14 @@ impl Connections {
 
     /// Serves `stream` on its own task, which holds `slot` until the connection ends.
     fn spawn(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
-        let _ = stream.set_nodelay(true);
         let drain = Drain {
             shutdown: self.requests.shutdown.clone(),
             request_seen: Rc::new(Notify::new()),
             grace: self.grace,
         };
-        let service = self.service(peer, drain.request_seen.clone());
-        let stream = ClientStream::new(stream, self.write_timeout);
+        let unread = Unread::new();
+        let service = self.service(peer, drain.request_seen.clone(), unread.clone());
+        let stream = ClientStream::new(stream, self.write_timeout, unread);
         let open = self.requests.stats.connection_opened();
         let (http, tls, handshake_timeout) =
             (self.http.clone(), self.tls.clone(), self.handshake_timeout);
@@ -227,12 +234,13 @@ impl Connections {
         &self,
         peer: SocketAddr,
         request_seen: Rc<Notify>,
+        unread: Unread,
     ) -> impl Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + use<>
     {
         let requests = self.requests.clone();
         service_fn(move |request| {
             request_seen.notify_one();
-            requests.clone().serve(request, peer)
+            requests.clone().serve(request, peer, unread.clone())
         })
     }
 }
