@@ -11,7 +11,7 @@
 //!   then gets the early 413, where closing with unread data would have made the kernel
 //!   reset the connection. A connection whose every request was read to its end closes
 //!   at once, as nginx's does: lingering there cost a `shutdown`, a timer, a wake-up and
-//!   two reads per connection for nothing.
+//!   a read per connection for nothing.
 //!
 //! Never blocks: both are timers polled with the stream.
 
@@ -140,15 +140,16 @@ impl AsyncWrite for ClientStream {
         this.deadline(cx, flushed)
     }
 
-    /// FIN first; then, if the client may still be sending, the lingering close: what it
+    /// Done at once when every byte the client sent was read (the close that follows
+    /// sends the FIN); otherwise the lingering close: FIN first, then what the client
     /// sends is discarded until it closes, errs, or `LINGER` passes.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.lingering.is_none() {
-            ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
             if !this.unread.0.get() {
                 return Poll::Ready(Ok(()));
             }
+            ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
             this.lingering = Some(Box::pin(sleep(LINGER)));
         }
         let mut discard = [0u8; 16 * 1024];
