@@ -61,7 +61,9 @@ impl Master {
         let tls = crate::tls::load(new.server.tls_files())?;
         let listener =
             if new.server.listen != old.server.listen || new.server.backlog != old.server.backlog {
-                Some(setup::bind(&new)?)
+                let listener = setup::bind(&new)?;
+                setup::without_nagle(&listener);
+                Some(listener)
             } else {
                 None
             };

@@ -144,6 +144,15 @@ pub(super) fn activated_listener() -> anyhow::Result<Option<Socket>> {
     Ok(Some(socket))
 }
 
+/// Sets TCP_NODELAY on the listening socket, whichever way it came (bound, handed over
+/// by the service manager, inherited from the binary before an upgrade): accepted
+/// sockets inherit it (Linux), so no worker sets it per connection.
+pub(super) fn without_nagle(listener: &Socket) {
+    if let Err(e) = listener.set_tcp_nodelay(true) {
+        warn!("cannot set TCP_NODELAY on the listening socket: {e}; replies may be delayed");
+    }
+}
+
 /// Binds the listening socket that every worker inherits.
 pub(super) fn bind(config: &Config) -> anyhow::Result<Socket> {
     let address = config.server.listen;

@@ -41,7 +41,8 @@ use crate::protocol::worker::{Answer, Deltas, Question};
 use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry, Spec};
 
 /// A request's reply, and whether the request was read to its end: one refused before
-/// its body was read (411, 413, 408) may leave the client still sending.
+/// its body was read (411, 413, 408, 400 for a body that cannot be read) may leave the
+/// client still sending.
 pub struct Handled {
     pub response: Response<Body>,
     pub read_to_end: bool,

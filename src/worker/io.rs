@@ -4,14 +4,15 @@
 //! - A write deadline (`server.write_timeout_secs`, nginx's `send_timeout`): a write that
 //!   makes no progress for that long fails the connection, so a client that never reads
 //!   its reply cannot hold the worker's memory.
-//! - A lingering close: closing while the client may still be sending (a request refused
-//!   before its body was read, a head hyper refused), the worker shuts its side down,
-//!   then reads and discards what the client still sends, until it closes or `LINGER`
-//!   passes. A client that sends its whole body before reading (Python's http.client)
-//!   then gets the early 413, where closing with unread data would have made the kernel
-//!   reset the connection. A connection whose every request was read to its end closes
-//!   at once, as nginx's does: lingering there cost a `shutdown`, a timer, a wake-up and
-//!   a read per connection for nothing.
+//! - A lingering close: closing while the client may still be sending, the worker shuts
+//!   its side down, then reads and discards what the client still sends, until it closes
+//!   or `LINGER` passes. A client that sends its whole body before reading (Python's
+//!   http.client) then gets the early 413, and a keep-alive client whose next request
+//!   crosses the close (a drain, an idle timeout) gets an end of stream, where closing
+//!   with unread data would have made the kernel reset the connection. Only a connection
+//!   whose client said its request was the last (`Connection: close`, HTTP/1.0), that
+//!   request read to its end, closes at once: lingering there cost a `shutdown`, a
+//!   timer, a wake-up and a read per connection for nothing.
 //!
 //! Never blocks: both are timers polled with the stream.
 
@@ -30,9 +31,10 @@ use tokio::time::{Sleep, sleep};
 /// The longest a closing connection is read from for nothing.
 const LINGER: Duration = Duration::from_secs(5);
 
-/// Whether the client may have sent bytes that no request will read: set by every read
-/// that returns bytes, cleared once the service has read a request to its end. Shared by
-/// a connection's stream and its service.
+/// Whether the client may still send, or have sent, bytes that no request will read:
+/// set by every read that returns bytes, cleared once the service has read to its end a
+/// request that the client said was its last. Shared by a connection's stream and its
+/// service.
 #[derive(Clone)]
 pub struct Unread(Rc<Cell<bool>>);
 
@@ -42,7 +44,7 @@ impl Unread {
         Unread(Rc::new(Cell::new(true)))
     }
 
-    pub fn request_read_to_end(&self) {
+    pub fn last_request_read_to_end(&self) {
         self.0.set(false);
     }
 }
@@ -140,9 +142,9 @@ impl AsyncWrite for ClientStream {
         this.deadline(cx, flushed)
     }
 
-    /// Done at once when every byte the client sent was read (the close that follows
-    /// sends the FIN); otherwise the lingering close: FIN first, then what the client
-    /// sends is discarded until it closes, errs, or `LINGER` passes.
+    /// Done at once after the client's last request, read to its end (the close that
+    /// follows sends the FIN); otherwise the lingering close: FIN first, then what the
+    /// client sends is discarded until it closes, errs, or `LINGER` passes.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.lingering.is_none() {

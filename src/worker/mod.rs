@@ -27,7 +27,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context;
-use log::{info, warn};
+use log::info;
 
 use crate::appender::Appenders;
 use crate::clock::Stamp;
@@ -129,11 +129,6 @@ async fn serve_until_drained(
     listener
         .set_nonblocking(true)
         .context("cannot make the listening socket non-blocking")?;
-    // Accepted sockets inherit it (Linux): no `setsockopt` per connection. The listener
-    // may come from the master, the service manager or the binary before an upgrade.
-    if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
-        warn!("cannot set TCP_NODELAY on the listening socket: {e}; replies may be delayed");
-    }
     let listener = tokio::net::TcpListener::from_std(listener)
         .context("cannot register the listening socket")?;
     let shutdown = Shutdown::new();

@@ -145,12 +145,13 @@ impl Requests {
         unread: Unread,
     ) -> Result<Response<Body>, Infallible> {
         let in_flight = self.stats.request_started();
+        let last = asks_to_close(&request);
         let Handled {
             response,
             read_to_end,
         } = self.api.handle(request, peer).await;
-        if read_to_end {
-            unread.request_read_to_end();
+        if last && read_to_end {
+            unread.last_request_read_to_end();
         }
         drop(in_flight);
         let max_requests = self.max_requests;
@@ -242,6 +243,23 @@ impl Connections {
             request_seen.notify_one();
             requests.clone().serve(request, peer, unread.clone())
         })
+    }
+}
+
+/// Whether the client said that it sends nothing after this request (RFC 9112 9.6:
+/// `Connection: close`, or HTTP/1.0 without keep-alive).
+fn asks_to_close<B>(request: &Request<B>) -> bool {
+    let mut options = request
+        .headers()
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim);
+    if request.version() == hyper::Version::HTTP_10 {
+        !options.any(|option| option.eq_ignore_ascii_case("keep-alive"))
+    } else {
+        options.any(|option| option.eq_ignore_ascii_case("close"))
     }
 }
 
@@ -383,6 +401,24 @@ impl Drop for OpenConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_says_its_request_is_the_last_by_close_or_by_http_1_0() {
+        let asks = |version, connection: Option<&str>| {
+            let mut request = Request::builder().version(version);
+            if let Some(value) = connection {
+                request = request.header(hyper::header::CONNECTION, value);
+            }
+            asks_to_close(&request.body(()).unwrap())
+        };
+        use hyper::Version;
+        assert!(!asks(Version::HTTP_11, None));
+        assert!(asks(Version::HTTP_11, Some("close")));
+        assert!(asks(Version::HTTP_11, Some("Upgrade, Close")));
+        assert!(!asks(Version::HTTP_11, Some("keep-alive")));
+        assert!(asks(Version::HTTP_10, None));
+        assert!(!asks(Version::HTTP_10, Some("Keep-Alive")));
+    }
 
     #[test]
     fn busy_means_connections_open_most_of_the_interval() {
