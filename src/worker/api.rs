@@ -388,7 +388,7 @@ impl Api {
 
 /// `future`'s output, or `Elapsed` if it takes longer than `limit`. A future that is
 /// ready at once (a body that came with its head: the hot path) gets no timer: arming
-/// and cancelling one cost about a tenth of a posted event's CPU (bench/RESULTS.md).
+/// and cancelling one takes the timer driver's lock and wheel, every request.
 async fn within<F: Future>(limit: Duration, future: F) -> Result<F::Output, Elapsed> {
     let mut future = std::pin::pin!(future);
     let at_once = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
