@@ -196,9 +196,17 @@ fn open_syslog() {
     };
 }
 
+/// Whether a line comes from eventsd's own code: at `log_level = "debug"` an operator
+/// asks what eventsd does, and a dependency's debug lines (an HTTP client's every step
+/// of every webhook, a TLS handshake's) would bury them, a few lines for each of ours.
+fn is_eventsd_own(target: &str) -> bool {
+    target == "eventsd" || target.starts_with("eventsd::")
+}
+
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
         metadata.level() <= log::max_level()
+            && (metadata.level() <= Level::Info || is_eventsd_own(metadata.target()))
     }
 
     fn log(&self, record: &Record) {
@@ -249,5 +257,25 @@ fn syslog_priority(level: Level) -> libc::c_int {
         Level::Warn => libc::LOG_WARNING,
         Level::Info => libc::LOG_INFO,
         Level::Debug | Level::Trace => libc::LOG_DEBUG,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_debug_a_dependency_says_its_warnings_and_infos_only() {
+        log::set_max_level(LevelFilter::Debug);
+        let enabled = |level, target| {
+            LOGGER.enabled(&Metadata::builder().level(level).target(target).build())
+        };
+        assert!(enabled(Level::Debug, "eventsd::action::deliver"));
+        assert!(enabled(Level::Debug, "eventsd"));
+        assert!(!enabled(Level::Debug, "ureq::unversioned::transport"));
+        assert!(!enabled(Level::Debug, "eventsdx"));
+        assert!(enabled(Level::Info, "ureq"));
+        assert!(enabled(Level::Warn, "rustls::conn"));
+        assert!(!enabled(Level::Trace, "eventsd::master"));
     }
 }

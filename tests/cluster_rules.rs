@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::redis::{RedisServer, node, shares};
@@ -305,10 +305,15 @@ fn node_remembering(redis: &RedisServer, history: usize) -> Daemon {
 /// A flatline's keys come due by the thousand (one `_bulk` of new hosts, then silence)
 /// are judged faster than a call's 1,000 keys (`KEYS_PER_TICK`) a second: a link asked
 /// Redis once a second a watcher, so 20,000 keys fired over twenty seconds or more, and
-/// a million over a quarter of an hour. (Seconds, not a time: the firings' `fired_at`.)
+/// a million over a quarter of an hour. How many seconds the firings span depends on how
+/// fast this machine is at the time (a turn asks again for 100 ms), so the test reads
+/// the busiest second (the firings' `fired_at`): one call a second never fires more than
+/// 1,000 keys in one, or 2,000 when the master takes two calls' answers in the same
+/// second.
 #[test]
 fn a_flatline_judges_thousands_of_keys_come_due_together_at_once() {
     const HOSTS: usize = 20_000;
+    const KEYS_PER_CALL: usize = 1_000;
     let redis = RedisServer::start();
     let sink = HttpSink::start(Duration::ZERO);
     let daemon = node_remembering(&redis, HOSTS);
@@ -324,11 +329,17 @@ fn a_flatline_judges_thousands_of_keys_come_due_together_at_once() {
 
     let alerts = alerts_once_listed(&daemon, HOSTS);
     assert_eq!(alerts.len(), HOSTS, "each host once");
-    let seconds: BTreeSet<&str> = alerts
-        .iter()
-        .filter_map(|a| a["fired_at"].as_str())
-        .collect();
-    assert!(seconds.len() <= HOSTS / 2_000, "fired over {seconds:?}");
+    let mut per_second: BTreeMap<&str, usize> = BTreeMap::new();
+    for alert in &alerts {
+        *per_second
+            .entry(alert["fired_at"].as_str().unwrap_or(""))
+            .or_default() += 1;
+    }
+    let busiest = per_second.values().max().copied().unwrap_or(0);
+    assert!(
+        busiest > 2 * KEYS_PER_CALL,
+        "firings a second: {per_second:?}"
+    );
 }
 
 /// A silent key that realerts with no cooldown (`cooldown_secs = 0`) fires once a

@@ -106,6 +106,7 @@ pub struct Daemon {
 impl Daemon {
     /// A temp folder with a config, nothing started.
     pub fn new(extra: &str) -> Daemon {
+        remember_failures();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("eventsd.toml");
@@ -406,8 +407,27 @@ impl Drop for Daemon {
         }
         if std::thread::panicking() {
             eprintln!("---- eventsd log ----\n{}", self.log());
+            let failure = FAILURE.take().unwrap_or_default();
+            eprintln!("---- end of the eventsd log; the test failed: {failure}");
         }
     }
+}
+
+thread_local! {
+    /// The panic of this test's thread, said again after the daemon's log (which can
+    /// run to thousands of lines) so that a CI summary showing the output's end shows it.
+    static FAILURE: std::cell::Cell<Option<String>> = const { std::cell::Cell::new(None) };
+}
+
+fn remember_failures() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |panic| {
+            FAILURE.set(Some(panic.to_string()));
+            report(panic);
+        }));
+    });
 }
 
 /// The child of `parent` whose process name is `name` (`eventsd-action`, `eventsd`).
