@@ -350,3 +350,25 @@ fn a_socket_handed_over_by_systemd_socket_activate_is_served() {
     );
     assert!(daemon.log().contains("serving on the socket handed over"));
 }
+
+/// A Unix-domain socket handed over (`ListenStream=/run/eventsd.sock`) is refused at
+/// start with the reason, not taken by a master whose workers cannot accept on it and
+/// retire one after the other.
+#[test]
+fn a_unix_socket_handed_over_by_systemd_is_refused_at_start() {
+    let mut daemon = Daemon::new("");
+    let held = daemon.path("held.sock");
+    let held = held.to_str().unwrap();
+    daemon.spawn_foreground_under(&["systemd-socket-activate", "-l", held, "--"], &[]);
+    // systemd-socket-activate starts eventsd on the first connection.
+    wait_for("the held socket", 10 * SECOND, || {
+        std::os::unix::net::UnixStream::connect(held).is_ok()
+    });
+    let status = daemon.wait_exit(10 * SECOND);
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        daemon.log().contains("is not a TCP socket"),
+        "{}",
+        daemon.log()
+    );
+}

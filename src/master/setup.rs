@@ -132,14 +132,20 @@ pub(super) fn activated_listener() -> anyhow::Result<Option<Socket>> {
     if !listening || socket.r#type().ok() != Some(Type::STREAM) {
         bail!("the socket handed over (LISTEN_FDS) is not a listening stream socket");
     }
+    // A Unix-domain socket would be taken here and refused by every worker (tokio accepts
+    // TCP on it only), each retiring in turn: a crash loop instead of an error.
+    let Some(address) = socket.local_addr().ok().and_then(|a| a.as_socket()) else {
+        bail!(
+            "the socket handed over (LISTEN_FDS) is not a TCP socket: eventsd serves HTTP \
+             on TCP only (ListenStream= a port or an IP address and port)"
+        );
+    };
     socket
         .set_nonblocking(true)
         .context("cannot make the socket handed over non-blocking")?;
-    let address = socket.local_addr().ok().and_then(|a| a.as_socket());
     log::info!(
-        "serving on the socket handed over by the service manager ({}); server.listen is \
-         not bound",
-        address.map_or_else(|| "unknown address".to_string(), |a| a.to_string())
+        "serving on the socket handed over by the service manager ({address}); \
+         server.listen is not bound"
     );
     Ok(Some(socket))
 }
