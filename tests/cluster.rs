@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::proxy::DelayProxy;
-use common::redis::{RedisCluster, RedisServer, node, node_with_timeout};
+use common::redis::{RedisCluster, RedisServer, node, node_with_timeout, shares};
 use common::rest::register_watcher;
 use common::sinks::HttpSink;
 use common::{Daemon, HalfSent, Load, SECOND, post_event, wait_for};
@@ -411,6 +411,55 @@ fn counts_redis_did_not_take_before_a_stop_reach_it_at_the_next_start() {
     wait_for("the 40 events of the outage in Redis", 10 * SECOND, || {
         shared_total(&[&redis]) == 40
     });
+}
+
+/// A counter key of another type in Redis (written by something else than eventsd) fails
+/// that counter only: the call's other keys count once each. Redis keeps what a Function
+/// wrote before an error, and the whole call used to fail and be sent again with every
+/// flush, the keys before the broken one counted again each time.
+#[test]
+fn a_counter_key_of_another_type_in_redis_fails_alone_and_the_rest_count_once() {
+    let redis = RedisServer::start();
+    let daemon = node("a", "standalone", &[redis.url()]);
+    let watcher = json!({"name": "per-host", "threshold": 1000000,
+        "aggregator": {"type": "fields", "fields": ["host"]}, "action": {"type": "null"}});
+    let id = register_watcher(&daemon, "deploys", &watcher);
+    post_spread(&[&daemon], "deploys", &[json!({"host": "broken"})], 1);
+    wait_for("the first counter in Redis", 10 * SECOND, || {
+        redis.counted_by(&id) == 1
+    });
+    let pattern = format!("eventsd:c:{{{id}/*");
+    let broken = redis
+        .cli(&["--scan", "--pattern", &pattern])
+        .trim()
+        .to_string();
+    assert!(broken.contains("broken"), "{broken:?}");
+    redis.cli(&["DEL", &broken]);
+    redis.cli(&["SET", &broken, "not a hash"]);
+
+    let lines: String = (0..20)
+        .map(|host| json!({"host": format!("h{host}")}))
+        .chain([json!({"host": "broken"})])
+        .map(|event| format!("{event}\n"))
+        .collect();
+    let response = daemon.post("/event/deploys/_bulk", &lines);
+    assert_eq!(response.status, 200, "{response:?}");
+    wait_for("20 events in Redis", 10 * SECOND, || {
+        redis.counted_by(&id) >= 20
+    });
+    // A later flush, which a call sent again would go with.
+    post_spread(&[&daemon], "deploys", &[json!({"host": "h0"})], 1);
+    wait_for("21 events in Redis", 10 * SECOND, || {
+        redis.counted_by(&id) >= 21
+    });
+    assert_eq!(redis.counted_by(&id), 21);
+    assert!(shares(&daemon), "the node counts alone");
+    assert!(
+        daemon.log().contains("Redis failed on key"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(redis.cli(&["GET", &broken]).trim(), "not a hash");
 }
 
 /// Round two, "ids unique across Redis restarts": the sequence of a key starts again in

@@ -39,6 +39,20 @@ local function tick(keys, args)
   return firings
 end
 
+-- A counter's reply when its rule failed on it (a key of another type, written by
+-- something else than eventsd): {0, 0, 0, FAILED .. the error, 0}, never a crossing, so
+-- that a node of an older version reads it as none. Redis keeps a Function's writes made
+-- before an error, so a call failing as a whole would have its first counters counted
+-- again each time it is sent; failing one counter, the call ends, remembered by its id.
+local FAILED = 'failed: '
+
+local function error_text(e)
+  if type(e) == 'table' then
+    return tostring(e.err)
+  end
+  return tostring(e)
+end
+
 -- count(KEYS, ARGV): KEYS are the counters, then the call's own key (its id); ARGV[1]
 -- is the call, JSON-encoded (`cluster::count_command`): `counts`, one [delta, index in
 -- `rules`] per counter; `rules`, the `RuleParams` of its watchers; `epoch`, the epoch of
@@ -46,7 +60,8 @@ end
 -- the scenario table: Redis' own `TIME` (node clocks do not matter). Replies one
 -- {crossed, count, seq, epoch} per counter; exactly one caller sees each crossing. A
 -- call whose id Redis remembers was counted already (its sender did not get the reply):
--- it adds nothing and gets the replies of the first time.
+-- it adds nothing and gets the replies of the first time. A counter its rule fails on
+-- gets a FAILED reply, the others count.
 local function count(keys, args)
   local call = keys[#keys]
   local done = redis.call('GET', call)
@@ -66,10 +81,15 @@ local function count(keys, args)
     local head, due = flatline_names(document.prefix, document.watchers[counted[2] + 1])
     local member = string.sub(keys[i], #head + 1)
     local rule = rule_of(params)
-    replies[i] = rule.count(keys[i], params, counted[1], hashes_of[i] or {}, now, document.epoch,
-      due, member)
-    if rule.judge then
-      queues[due] = params
+    local ran, reply = pcall(rule.count, keys[i], params, counted[1], hashes_of[i] or {}, now,
+      document.epoch, due, member)
+    if ran then
+      replies[i] = reply
+      if rule.judge then
+        queues[due] = params
+      end
+    else
+      replies[i] = {0, 0, 0, FAILED .. error_text(reply), 0}
     end
   end
   for due, params in pairs(queues) do

@@ -57,13 +57,22 @@ impl CountCall {
     }
 
     /// The crossings among Redis' replies, one reply per counter: 1 fired, 2 resolved.
+    /// A counter Redis failed on (`eventsd_calls.lua`'s `FAILED`) is logged: it counted
+    /// nothing, and sent again it would fail again.
     pub fn crossings(&self, replies: Vec<CountReply>) -> Vec<Crossing> {
-        self.counts
-            .iter()
-            .zip(replies)
-            .filter(|(_, (crossed, ..))| *crossed > 0)
-            .map(
-                |(count, (crossed, total, sequence, epoch, previous))| Crossing {
+        let mut crossings = Vec::new();
+        for (count, (crossed, total, sequence, epoch, previous)) in self.counts.iter().zip(replies)
+        {
+            if let Some(error) = epoch.strip_prefix(FAILED) {
+                warn!(
+                    "Redis failed on key `{}` of watcher {}: {error}; its {} events may be \
+                     uncounted (the call's other keys counted)",
+                    count.key.as_str(),
+                    count.watcher,
+                    count.events
+                );
+            } else if crossed > 0 {
+                crossings.push(Crossing {
                     watcher: count.watcher,
                     key: count.key.clone(),
                     count: total,
@@ -71,11 +80,15 @@ impl CountCall {
                     sequence,
                     resolved: crossed == 2,
                     previous,
-                },
-            )
-            .collect()
+                });
+            }
+        }
+        crossings
     }
 }
+
+/// How a reply says a counter failed (`eventsd_calls.lua`'s `FAILED`), in its epoch.
+const FAILED: &str = "failed: ";
 
 /// Latency bounds of Redis calls: a healthy one takes under a millisecond on a LAN.
 pub const CALL_BOUNDS: [f64; 9] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5];
