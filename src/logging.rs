@@ -198,15 +198,19 @@ fn open_syslog() {
 
 /// Whether a line comes from eventsd's own code: at `log_level = "debug"` an operator
 /// asks what eventsd does, and a dependency's debug lines (an HTTP client's every step
-/// of every webhook, a TLS handshake's) would bury them, a few lines for each of ours.
+/// of every webhook, a TLS handshake's) would bury them, a few lines for each of ours;
+/// `trace` says everything, the dependencies' too.
 fn is_eventsd_own(target: &str) -> bool {
     target == "eventsd" || target.starts_with("eventsd::")
 }
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
-            && (metadata.level() <= Level::Info || is_eventsd_own(metadata.target()))
+        let level = metadata.level();
+        level <= log::max_level()
+            && (level <= Level::Info
+                || is_eventsd_own(metadata.target())
+                || log::max_level() == LevelFilter::Trace)
     }
 
     fn log(&self, record: &Record) {
@@ -265,7 +269,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn at_debug_a_dependency_says_its_warnings_and_infos_only() {
+    fn at_debug_a_dependency_says_its_warnings_and_infos_only_at_trace_everything() {
         log::set_max_level(LevelFilter::Debug);
         let enabled = |level, target| {
             LOGGER.enabled(&Metadata::builder().level(level).target(target).build())
@@ -277,5 +281,8 @@ mod tests {
         assert!(enabled(Level::Info, "ureq"));
         assert!(enabled(Level::Warn, "rustls::conn"));
         assert!(!enabled(Level::Trace, "eventsd::master"));
+        log::set_max_level(LevelFilter::Trace);
+        assert!(enabled(Level::Debug, "ureq::unversioned::transport"));
+        assert!(enabled(Level::Trace, "rustls::conn"));
     }
 }

@@ -334,6 +334,39 @@ fn a_flatline_fires_once_each_of_thousands_of_keys_come_due_together() {
     );
 }
 
+/// A key due whose counter is of another type in Redis (written by something else)
+/// fails alone, judged again a minute later: the key due with it fires, and the node
+/// keeps counting shared. The whole `eventsd_tick` failed before, every second: the node
+/// taken for cut off from Redis, and no key of the watcher judged again.
+#[test]
+fn a_due_key_of_another_type_in_redis_fails_alone_and_the_others_fire() {
+    let redis = RedisServer::start();
+    let daemon = node_remembering(&redis, 100);
+    let watcher = json!({"name": "silent", "rule": "flatline", "threshold": 1,
+        "window_secs": 2, "aggregator": {"type": "fields", "fields": ["host"]},
+        "action": {"type": "null"}});
+    let id = register_watcher(&daemon, "heartbeat", &watcher);
+    // One second for both: due together, the broken one judged first (Redis orders a
+    // second's keys by name).
+    let lines = format!("{}\n{}\n", json!({"host": "h0"}), json!({"host": "h1"}));
+    assert_eq!(daemon.post("/event/heartbeat/_bulk", &lines).status, 200);
+    // A watcher judged on the clock keeps its counters in its queue's slot: `{id}:key`.
+    let pattern = format!("eventsd:c:{{{id}}}:*");
+    let mut counters = String::new();
+    wait_for("both counters in Redis", 10 * SECOND, || {
+        counters = redis.cli(&["--scan", "--pattern", &pattern]);
+        counters.lines().count() == 2
+    });
+    let broken = counters.lines().find(|key| key.contains("h0")).unwrap();
+    redis.cli(&["DEL", broken]);
+    redis.cli(&["SET", broken, "not a hash"]);
+
+    let alerts = alerts_once_listed(&daemon, 1);
+    assert_eq!(alerts[0]["key"]["host"], "h1", "{alerts:?}");
+    assert!(shares(&daemon), "the node counts alone");
+    assert_eq!(redis.cli(&["GET", broken]).trim(), "not a hash");
+}
+
 /// A silent key that realerts with no cooldown (`cooldown_secs = 0`) fires once a
 /// second: the link asks again while keys are due, and a key put back for the second
 /// it fired in was due again at once (33 firings a second before).

@@ -300,7 +300,7 @@ impl Engine for Redis {
         let replies: Vec<CountReply> = count_command(PREFIX, &call, Some(now))
             .query(&mut self.connection)
             .expect("eventsd_count answers");
-        let crossing = call.crossings(replies).pop()?;
+        let crossing = call.answered(replies).crossings.pop()?;
         Some((crossing.count, crossing.previous, crossing.resolved))
     }
 

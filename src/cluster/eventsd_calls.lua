@@ -2,6 +2,22 @@
 -- calls nodes make, each rule's judgement dispatched by the name its figures come under
 -- (eventsd_rules.lua's `RULES`), and their registration.
 
+-- A key its rule fails on (of another type, written by something else than eventsd)
+-- fails alone: Redis keeps a Function's writes made before an error, so a call failing
+-- as a whole would have its first keys counted (or fired) again each time it is sent,
+-- and fail again. A counter gets the reply {0, 0, 0, FAILED .. the error, 0}, never a
+-- crossing, so that a node of an older version reads it as none; a key due is judged
+-- again a minute later (`RETRY_FAILED_SECS`), logged in Redis' log.
+local FAILED = 'failed: '
+local RETRY_FAILED_SECS = 60
+
+local function error_text(e)
+  if type(e) == 'table' then
+    return tostring(e.err)
+  end
+  return tostring(e)
+end
+
 -- tick(KEYS[1]: the watcher's due queue, ARGV[1]: JSON {prefix, watcher, params (its
 -- `RuleParams`), kept (keys to watch from now on, never forgotten; absent: none new),
 -- limit (keys judged at most), epoch, now (absent: Redis' `TIME`)}): judges the keys due,
@@ -31,26 +47,29 @@ local function tick(keys, args)
   local firings = {}
   local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, document.limit)
   for _, member in ipairs(members) do
-    local fired = judge(names, member, params, now, grace_until, document.epoch)
-    if fired then
+    local judged, fired = pcall(judge, names, member, params, now, grace_until, document.epoch)
+    if not judged then
+      redis.log(redis.LOG_WARNING, 'eventsd: key ' .. member .. ' of ' .. due .. ': ' ..
+        error_text(fired) .. '; judged again in ' .. RETRY_FAILED_SECS .. ' s')
+      redis.call('ZADD', due, now + RETRY_FAILED_SECS, member)
+    elseif fired then
       firings[#firings + 1] = fired
     end
   end
   return firings
 end
 
--- A counter's reply when its rule failed on it (a key of another type, written by
--- something else than eventsd): {0, 0, 0, FAILED .. the error, 0}, never a crossing, so
--- that a node of an older version reads it as none. Redis keeps a Function's writes made
--- before an error, so a call failing as a whole would have its first counters counted
--- again each time it is sent; failing one counter, the call ends, remembered by its id.
-local FAILED = 'failed: '
-
-local function error_text(e)
-  if type(e) == 'table' then
-    return tostring(e.err)
+-- One counter of a count call, by its rule; a rule judged on the clock has its queue
+-- kept (`queues`).
+local function count_one(document, key, counted, params, hashes, now, queues)
+  local head, due = flatline_names(document.prefix, document.watchers[counted[2] + 1])
+  local rule = rule_of(params)
+  local reply = rule.count(key, params, counted[1], hashes or {}, now, document.epoch, due,
+    string.sub(key, #head + 1))
+  if rule.judge then
+    queues[due] = params
   end
-  return tostring(e)
+  return reply
 end
 
 -- count(KEYS, ARGV): KEYS are the counters, then the call's own key (its id); ARGV[1]
@@ -78,16 +97,10 @@ local function count(keys, args)
   local queues = {}
   for i, counted in ipairs(document.counts) do
     local params = document.rules[counted[2] + 1]
-    local head, due = flatline_names(document.prefix, document.watchers[counted[2] + 1])
-    local member = string.sub(keys[i], #head + 1)
-    local rule = rule_of(params)
-    local ran, reply = pcall(rule.count, keys[i], params, counted[1], hashes_of[i] or {}, now,
-      document.epoch, due, member)
+    local ran, reply = pcall(count_one, document, keys[i], counted, params, hashes_of[i], now,
+      queues)
     if ran then
       replies[i] = reply
-      if rule.judge then
-        queues[due] = params
-      end
     else
       replies[i] = {0, 0, 0, FAILED .. error_text(reply), 0}
     end

@@ -56,23 +56,22 @@ impl CountCall {
         self.counts.iter().map(|count| count.events).sum()
     }
 
-    /// The crossings among Redis' replies, one reply per counter: 1 fired, 2 resolved.
-    /// A counter Redis failed on (`eventsd_calls.lua`'s `FAILED`) is logged: it counted
-    /// nothing, and sent again it would fail again.
-    pub fn crossings(&self, replies: Vec<CountReply>) -> Vec<Crossing> {
-        let mut crossings = Vec::new();
+    /// Redis' replies, one per counter: its crossings (1 fired, 2 resolved), and the
+    /// counters Redis failed on (`eventsd_calls.lua`'s `FAILED`): those counted nothing
+    /// (or not all of their rule's state), and sent again they would fail again.
+    pub fn answered(&self, replies: Vec<CountReply>) -> Answer {
+        let mut answer = Answer::default();
         for (count, (crossed, total, sequence, epoch, previous)) in self.counts.iter().zip(replies)
         {
             if let Some(error) = epoch.strip_prefix(FAILED) {
-                warn!(
-                    "Redis failed on key `{}` of watcher {}: {error}; its {} events may be \
-                     uncounted (the call's other keys counted)",
+                answer.failures.push(format!(
+                    "key `{}` of watcher {} ({} events): {error}",
                     count.key.as_str(),
                     count.watcher,
                     count.events
-                );
+                ));
             } else if crossed > 0 {
-                crossings.push(Crossing {
+                answer.crossings.push(Crossing {
                     watcher: count.watcher,
                     key: count.key.clone(),
                     count: total,
@@ -83,7 +82,47 @@ impl CountCall {
                 });
             }
         }
-        crossings
+        answer
+    }
+}
+
+/// What Redis answered a count call.
+#[derive(Default)]
+pub struct Answer {
+    pub crossings: Vec<Crossing>,
+    /// The counters Redis failed on, each said with its key, watcher, events and error.
+    pub failures: Vec<String>,
+}
+
+/// Counters Redis failed on, logged at most once every `FAILURES_LOGGED_EVERY`: a key of
+/// another type fails with every flush its events come in, up to 100 a second.
+#[derive(Default)]
+struct Failures {
+    unlogged: usize,
+    logged_at: Option<Instant>,
+}
+
+const FAILURES_LOGGED_EVERY: Duration = Duration::from_secs(10);
+
+impl Failures {
+    fn note(&mut self, failures: &[String]) {
+        let Some(last) = failures.last() else {
+            return;
+        };
+        self.unlogged += failures.len();
+        if self
+            .logged_at
+            .is_some_and(|at| at.elapsed() < FAILURES_LOGGED_EVERY)
+        {
+            return;
+        }
+        warn!(
+            "Redis failed on counters: {} since the last such line, their events uncounted \
+             (the other counters of their calls counted); the last: {last}",
+            self.unlogged
+        );
+        self.unlogged = 0;
+        self.logged_at = Some(Instant::now());
     }
 }
 
@@ -123,6 +162,7 @@ async fn run(cluster: Cluster, channel: StdUnixStream) -> anyhow::Result<()> {
         backoff: MIN_BACKOFF,
         latency: Histogram::default(),
         errors: 0,
+        failures: Failures::default(),
         clock: Vec::new(),
         clock_turns: 0,
     };
@@ -196,6 +236,7 @@ struct Link {
     backoff: Duration,
     latency: Histogram,
     errors: u64,
+    failures: Failures,
     /// The watchers decided on the clock, read from the shared registry, each with
     /// whether Redis watches its kept keys yet (told again after a failure: Redis may
     /// have restarted empty).
@@ -285,11 +326,15 @@ impl Link {
         let started = Instant::now();
         let outcomes = self.redis.count(&calls).await;
         let mut crossings = Vec::new();
+        let mut failures = Vec::new();
         let mut refused = Vec::new();
         let mut failure = None;
         for (mut call, outcome) in calls.into_iter().zip(outcomes) {
             match outcome {
-                Ok(crossed) => crossings.extend(crossed),
+                Ok(answer) => {
+                    crossings.extend(answer.crossings);
+                    failures.extend(answer.failures);
+                }
                 Err(e) => {
                     if call.sent_at.is_none() && never_ran(&e) {
                         refused.append(&mut call.counts);
@@ -302,6 +347,8 @@ impl Link {
             }
         }
         let _ = self.judge(started, failure.map_or(Ok(()), Err));
+        self.errors += failures.len() as u64;
+        self.failures.note(&failures);
         self.give_up_stale_doubts();
         if !refused.is_empty() {
             self.tell(&FromCluster::Unreached(refused)).await?;

@@ -18,8 +18,8 @@ use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, cmd};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::CountCall;
 use super::grouping::{by_hashes, slot};
+use super::{Answer, CountCall};
 use crate::config::{Cluster, ClusterMode};
 use crate::oncall::silence::Silence;
 use crate::watch::rule::RuleParams;
@@ -306,7 +306,7 @@ impl Redis {
     /// Sends the calls `CALLS_AT_ONCE` at a time; each one's crossings, or why it has no
     /// answer. After a wave that failed, the others are not sent (Redis is unreachable,
     /// or too slow to take more): `NotSent`, they counted nothing.
-    pub(super) async fn count(&self, calls: &[CountCall]) -> Vec<anyhow::Result<Vec<Crossing>>> {
+    pub(super) async fn count(&self, calls: &[CountCall]) -> Vec<anyhow::Result<Answer>> {
         let mut outcomes = Vec::with_capacity(calls.len());
         let mut waves = calls.chunks(CALLS_AT_ONCE);
         for wave in waves.by_ref() {
@@ -322,7 +322,7 @@ impl Redis {
             .await;
             let failed = replies.iter().any(Result::is_err);
             let answers = wave.iter().zip(replies);
-            outcomes.extend(answers.map(|(call, reply)| Ok(call.crossings(reply?))));
+            outcomes.extend(answers.map(|(call, reply)| Ok(call.answered(reply?))));
             if failed {
                 break;
             }

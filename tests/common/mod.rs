@@ -407,7 +407,10 @@ impl Drop for Daemon {
         }
         if std::thread::panicking() {
             eprintln!("---- eventsd log ----\n{}", self.log());
-            let failure = FAILURE.take().unwrap_or_default();
+            // Read, not taken: every daemon of the test says it after its log.
+            let failure = FAILURE.take();
+            FAILURE.set(failure.clone());
+            let failure = failure.unwrap_or_default();
             eprintln!("---- end of the eventsd log; the test failed: {failure}");
         }
     }
