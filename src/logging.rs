@@ -196,21 +196,18 @@ fn open_syslog() {
     };
 }
 
-/// Whether a line comes from eventsd's own code: at `log_level = "debug"` an operator
-/// asks what eventsd does, and a dependency's debug lines (an HTTP client's every step
-/// of every webhook, a TLS handshake's) would bury them, a few lines for each of ours;
-/// `trace` says everything, the dependencies' too.
+/// Whether a line comes from eventsd's own code: at `log_level = "debug"` or `"trace"`
+/// an operator asks what eventsd does, and a dependency's detail would bury it (an HTTP
+/// client's every step of every webhook, a TLS handshake's) or leak what the log must
+/// not hold (ureq's trace dumps a webhook's headers, its `Authorization` too).
 fn is_eventsd_own(target: &str) -> bool {
     target == "eventsd" || target.starts_with("eventsd::")
 }
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        let level = metadata.level();
-        level <= log::max_level()
-            && (level <= Level::Info
-                || is_eventsd_own(metadata.target())
-                || log::max_level() == LevelFilter::Trace)
+        metadata.level() <= log::max_level()
+            && (metadata.level() <= Level::Info || is_eventsd_own(metadata.target()))
     }
 
     fn log(&self, record: &Record) {
@@ -269,7 +266,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn at_debug_a_dependency_says_its_warnings_and_infos_only_at_trace_everything() {
+    fn below_info_only_eventsd_s_own_lines_are_said() {
         log::set_max_level(LevelFilter::Debug);
         let enabled = |level, target| {
             LOGGER.enabled(&Metadata::builder().level(level).target(target).build())
@@ -282,7 +279,8 @@ mod tests {
         assert!(enabled(Level::Warn, "rustls::conn"));
         assert!(!enabled(Level::Trace, "eventsd::master"));
         log::set_max_level(LevelFilter::Trace);
-        assert!(enabled(Level::Debug, "ureq::unversioned::transport"));
-        assert!(enabled(Level::Trace, "rustls::conn"));
+        assert!(enabled(Level::Trace, "eventsd::master"));
+        assert!(!enabled(Level::Trace, "ureq_proto::client"));
+        assert!(!enabled(Level::Debug, "ureq::unversioned::transport"));
     }
 }

@@ -99,23 +99,33 @@ pub struct Answer {
 #[derive(Default)]
 struct Failures {
     unlogged: usize,
+    last: Option<String>,
     logged_at: Option<Instant>,
 }
 
 const FAILURES_LOGGED_EVERY: Duration = Duration::from_secs(10);
 
 impl Failures {
-    fn note(&mut self, failures: &[String]) {
-        let Some(last) = failures.last() else {
-            return;
-        };
+    fn note(&mut self, failures: Vec<String>) {
         self.unlogged += failures.len();
+        if let Some(last) = failures.into_iter().last() {
+            self.last = Some(last);
+            self.log_due();
+        }
+    }
+
+    /// Logs what is unlogged, unless a line went out less than `FAILURES_LOGGED_EVERY`
+    /// ago: also called every second, so that the last failures are said too.
+    fn log_due(&mut self) {
         if self
             .logged_at
             .is_some_and(|at| at.elapsed() < FAILURES_LOGGED_EVERY)
         {
             return;
         }
+        let Some(last) = self.last.take() else {
+            return;
+        };
         warn!(
             "Redis failed on counters: {} since the last such line, their events uncounted \
              (the other counters of their calls counted); the last: {last}",
@@ -348,7 +358,7 @@ impl Link {
         }
         let _ = self.judge(started, failure.map_or(Ok(()), Err));
         self.errors += failures.len() as u64;
-        self.failures.note(&failures);
+        self.failures.note(failures);
         self.give_up_stale_doubts();
         if !refused.is_empty() {
             self.tell(&FromCluster::Unreached(refused)).await?;
@@ -409,6 +419,7 @@ impl Link {
     }
 
     async fn every_second(&mut self) -> anyhow::Result<()> {
+        self.failures.log_due();
         if self.reachable != Some(true) && Instant::now() >= self.retry_at {
             let started = Instant::now();
             let outcome = self.redis.connect().await;
