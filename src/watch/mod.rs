@@ -161,6 +161,10 @@ pub struct Watch {
     firings: BTreeMap<(String, String), u64>,
     /// The counters changed since the last snapshot was taken.
     changed: bool,
+    /// Where the next slice on the clock starts among the watchers decided on it: after
+    /// the one that spent the last slice's budget, so that a watcher with a backlog of
+    /// keys due takes turns with the others instead of holding them up.
+    clock_turn: usize,
 }
 
 impl Watch {
@@ -171,6 +175,7 @@ impl Watch {
             counted: BTreeMap::new(),
             firings: BTreeMap::new(),
             changed: false,
+            clock_turn: 0,
         }
     }
 
@@ -211,11 +216,19 @@ impl Watch {
     /// second's keys a slice at a time, answering between two (a million keys due at
     /// once, after a restart's grace, took a second).
     pub fn tick(&mut self, now: Second, budget: &mut usize) -> Vec<Job> {
+        let mut on_the_clock: Vec<Uuid> = (self.watchers.iter())
+            .filter(|(_, watched)| watched.rule.on_the_clock())
+            .map(|(&id, _)| id)
+            .collect();
+        on_the_clock.sort_unstable();
+        let count = on_the_clock.len();
         let mut jobs = Vec::new();
-        for (&id, watched) in &self.watchers {
-            if !watched.rule.on_the_clock() || *budget == 0 {
-                continue;
+        for turn in self.clock_turn..self.clock_turn + count {
+            if *budget == 0 {
+                break;
             }
+            let id = on_the_clock[turn % count];
+            let watched = &self.watchers[&id];
             let kept = |key: &str| watched.kept.contains(key);
             let clock = OnTheClock {
                 grace_until: watched.grace_until,
@@ -234,6 +247,9 @@ impl Watch {
                     action: watched.spec.action.clone(),
                     watcher_id: id,
                 });
+            }
+            if *budget == 0 {
+                self.clock_turn = (turn + 1) % count;
             }
         }
         jobs

@@ -433,11 +433,23 @@ fn flatline_keys_past_max_keys(threshold: u64) {
 /// 250 hosts of a flatline watcher (window 300 s, and `extra` fields) each heard once
 /// at the second returned: all of them due 300 s later.
 fn silent_hosts(extra: &str) -> (Watch, Second) {
-    let watcher = format!(
-        r#"{{"name": "hosts", "rule": "flatline", "threshold": 1, "window_secs": 300, {extra}
-            "aggregator": {{"type": "fields", "fields": ["ip"]}}, "action": {{"type": "null"}}}}"#
-    );
-    let (ids, mut watch) = watching_one_set(&[watcher.as_str()], 1000);
+    silent_hosts_of(&[("hosts", extra)])
+}
+
+/// 250 hosts, each sending one event at `t0` then none, to flatline watchers (a name and
+/// `extra` fields each) of a 5-minute window on one field set.
+fn silent_hosts_of(watchers: &[(&str, &str)]) -> (Watch, Second) {
+    let watchers: Vec<String> = (watchers.iter())
+        .map(|(name, extra)| {
+            format!(
+                r#"{{"name": "{name}", "rule": "flatline", "threshold": 1, "window_secs": 300,
+                {extra} "aggregator": {{"type": "fields", "fields": ["ip"]}},
+                "action": {{"type": "null"}}}}"#
+            )
+        })
+        .collect();
+    let watchers: Vec<&str> = watchers.iter().map(String::as_str).collect();
+    let (ids, mut watch) = watching_one_set(&watchers, 1000);
     let t0 = now() + 10;
     let ips: Vec<String> = (0..250).map(|n| n.to_string()).collect();
     let batch: Vec<(&str, u64)> = ips.iter().map(|ip| (ip.as_str(), 1)).collect();
@@ -461,6 +473,30 @@ fn keys_due_at_once_are_judged_a_budget_at_a_time_each_once() {
     keys.dedup();
     assert_eq!((fired.len(), keys.len()), (250, 250));
     assert!(watch.tick(t0 + 301, &mut { usize::MAX }).is_empty());
+}
+
+/// Watchers with keys due take turns at the slices: one with a backlog does not hold up
+/// the others' keys until all of its own are judged (each slice started again at the
+/// same watcher, before).
+#[test]
+fn watchers_with_keys_due_take_turns_at_the_slices() {
+    let (mut watch, t0) = silent_hosts_of(&[("first", ""), ("second", "")]);
+    let mut firing = std::collections::BTreeSet::new();
+    for _ in 0..2 {
+        let mut budget = 100;
+        firing.extend(
+            watch
+                .tick(t0 + 300, &mut budget)
+                .iter()
+                .map(|job| job.watcher_id),
+        );
+        assert_eq!(budget, 0);
+    }
+    assert_eq!(
+        firing.len(),
+        2,
+        "two slices of 100 keys, each watcher 250 keys due"
+    );
 }
 
 /// A key that realerts with no cooldown (`cooldown_secs = 0`) fires once a second, not
