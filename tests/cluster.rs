@@ -455,7 +455,7 @@ fn a_counter_key_of_another_type_in_redis_fails_alone_and_the_rest_count_once() 
     assert_eq!(redis.counted_by(&id), 21);
     assert!(shares(&daemon), "the node counts alone");
     assert!(
-        daemon.log().contains("Redis failed on counters"),
+        daemon.log().contains("Redis failed on keys"),
         "{}",
         daemon.log()
     );

@@ -364,6 +364,11 @@ fn a_due_key_of_another_type_in_redis_fails_alone_and_the_others_fire() {
     let alerts = alerts_once_listed(&daemon, 1);
     assert_eq!(alerts[0]["key"]["host"], "h1", "{alerts:?}");
     assert!(shares(&daemon), "the node counts alone");
+    assert!(
+        daemon.log().contains("Redis failed on keys"),
+        "{}",
+        daemon.log()
+    );
     assert_eq!(redis.cli(&["GET", broken]).trim(), "not a hash");
 }
 

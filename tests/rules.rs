@@ -18,7 +18,9 @@ use common::redis::RedisServer;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 
-use eventsd::cluster::{CountReply, FUNCTIONS, count_command, tick_command, tick_crossings};
+use eventsd::cluster::{
+    CountReply, FUNCTIONS, TickReply, count_command, tick_answer, tick_command,
+};
 use eventsd::protocol::cluster::CountCall;
 use eventsd::registry::WatcherSpec;
 use eventsd::watch::rule::{OnTheClock, RuleParams};
@@ -310,10 +312,12 @@ impl Engine for Redis {
 
     fn tick(&mut self, rule: RuleParams, watcher: Uuid, now: u64) -> Vec<(String, Outcome)> {
         let kept = self.kept.take();
-        let replies = tick_command(PREFIX, watcher, &rule, kept.as_deref(), Some(now))
-            .query(&mut self.connection)
-            .expect("eventsd_tick answers");
-        tick_crossings(watcher, replies)
+        let replies: Vec<TickReply> =
+            tick_command(PREFIX, watcher, &rule, kept.as_deref(), Some(now))
+                .query(&mut self.connection)
+                .expect("eventsd_tick answers");
+        tick_answer(watcher, replies)
+            .crossings
             .into_iter()
             .map(|c| (c.key.as_str().to_string(), (c.count, c.previous, false)))
             .collect()

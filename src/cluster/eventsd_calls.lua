@@ -7,7 +7,10 @@
 -- as a whole would have its first keys counted (or fired) again each time it is sent,
 -- and fail again. A counter gets the reply {0, 0, 0, FAILED .. the error, 0}, never a
 -- crossing, so that a node of an older version reads it as none; a key due is judged
--- again a minute later (`RETRY_FAILED_SECS`), logged in Redis' log.
+-- again a minute later (`RETRY_FAILED_SECS`), its entry in the tick's reply
+-- {key, FAILED, 0, 0, the error, 0}: text where a firing has 1, so that a node of an
+-- older version cannot read it as a firing (that reply fails to read there, as the whole
+-- call failed before).
 local FAILED = 'failed: '
 local RETRY_FAILED_SECS = 60
 
@@ -22,7 +25,8 @@ end
 -- `RuleParams`), kept (keys to watch from now on, never forgotten; absent: none new),
 -- limit (keys judged at most), epoch, now (absent: Redis' `TIME`)}): judges the keys due,
 -- atomically, so that each is handed to one node only (`cluster::tick_command`). Replies
--- {member, 1, count, seq, epoch} per key that fired.
+-- {member, 1, count, seq, epoch, previous} per key that fired, and one per key it failed
+-- on (FAILED, above).
 local function tick(keys, args)
   local document = cjson.decode(args[1])
   local now = given(document.now) or tonumber(redis.call('TIME')[1])
@@ -49,9 +53,8 @@ local function tick(keys, args)
   for _, member in ipairs(members) do
     local judged, fired = pcall(judge, names, member, params, now, grace_until, document.epoch)
     if not judged then
-      redis.log(redis.LOG_WARNING, 'eventsd: key ' .. member .. ' of ' .. due .. ': ' ..
-        error_text(fired) .. '; judged again in ' .. RETRY_FAILED_SECS .. ' s')
       redis.call('ZADD', due, now + RETRY_FAILED_SECS, member)
+      firings[#firings + 1] = {member, FAILED, 0, 0, error_text(fired), 0}
     elseif fired then
       firings[#firings + 1] = fired
     end

@@ -40,7 +40,7 @@ use crate::registry::Registry;
 use crate::watch::{ClockWatcher, Crossing, Key, SharedCount, clock_watchers};
 use redis_link::{Announcement, CALL_ID_TTL, NoReply, Redis, never_ran};
 pub use redis_link::{
-    CountReply, FUNCTIONS, KEYS_PER_TICK, count_command, tick_command, tick_crossings,
+    CountReply, FUNCTIONS, KEYS_PER_TICK, TickReply, count_command, tick_answer, tick_command,
 };
 
 impl CountCall {
@@ -65,7 +65,7 @@ impl CountCall {
         {
             if let Some(error) = epoch.strip_prefix(FAILED) {
                 answer.failures.push(format!(
-                    "key `{}` of watcher {} ({} events): {error}",
+                    "key `{}` of watcher {}: {error}; its {} events uncounted",
                     count.key.as_str(),
                     count.watcher,
                     count.events
@@ -90,12 +90,13 @@ impl CountCall {
 #[derive(Default)]
 pub struct Answer {
     pub crossings: Vec<Crossing>,
-    /// The counters Redis failed on, each said with its key, watcher, events and error.
+    /// The keys Redis failed on, each said with its watcher, error and what became of it.
     pub failures: Vec<String>,
 }
 
-/// Counters Redis failed on, logged at most once every `FAILURES_LOGGED_EVERY`: a key of
-/// another type fails with every flush its events come in, up to 100 a second.
+/// Keys Redis failed on, logged at most once every `FAILURES_LOGGED_EVERY`: a key of
+/// another type fails with every flush its events come in (up to 100 a second), and
+/// with a tick every minute while it is due.
 #[derive(Default)]
 struct Failures {
     unlogged: usize,
@@ -127,8 +128,8 @@ impl Failures {
             return;
         };
         warn!(
-            "Redis failed on counters: {} since the last such line, their events uncounted \
-             (the other counters of their calls counted); the last: {last}",
+            "Redis failed on keys: {} since the last such line (the other keys of their \
+             calls went on); the last: {last}",
             self.unlogged
         );
         self.unlogged = 0;
@@ -456,16 +457,18 @@ impl Link {
         // Redis' clock, asked once a turn, when a watcher may have keys left.
         let mut redis_now = None;
         let mut crossings = Vec::new();
+        let mut failures = Vec::new();
         'watchers: for index in (first..watchers).chain(0..first) {
             loop {
                 let (watcher, seeded) = &self.clock[index];
                 let started = Instant::now();
                 let outcome = self.redis.tick(watcher, !seeded).await;
-                let Ok(fired) = self.judge(started, outcome) else {
+                let Ok(answer) = self.judge(started, outcome) else {
                     break 'watchers;
                 };
                 self.clock[index].1 = true;
-                crossings.extend(fired);
+                crossings.extend(answer.crossings);
+                failures.extend(answer.failures);
                 if turn.elapsed() >= MORE_TICKS_FOR {
                     break;
                 }
@@ -479,6 +482,8 @@ impl Link {
                 }
             }
         }
+        self.errors += failures.len() as u64;
+        self.failures.note(failures);
         if crossings.is_empty() {
             return Ok(());
         }

@@ -334,15 +334,11 @@ impl Redis {
 
     /// The firings of `watcher`'s keys due now, judged by Redis for this node alone;
     /// with `seed`, its kept keys are watched from now on (a link's first tick of it).
-    pub(super) async fn tick(
-        &self,
-        watcher: &ClockWatcher,
-        seed: bool,
-    ) -> anyhow::Result<Vec<Crossing>> {
+    pub(super) async fn tick(&self, watcher: &ClockWatcher, seed: bool) -> anyhow::Result<Answer> {
         let kept = seed.then_some(watcher.kept.as_slice());
         let command = tick_command(&self.prefix, watcher.id, &watcher.rule, kept, None);
         let replies = self.call(&command).await?;
-        Ok(tick_crossings(watcher.id, replies))
+        Ok(tick_answer(watcher.id, replies))
     }
 
     /// Redis' clock, in seconds: what `eventsd_tick` judges by (node clocks do not
@@ -581,23 +577,32 @@ pub fn tick_command(
     command
 }
 
-/// The firings of an `eventsd_tick` reply: {key, 1, count, sequence, epoch} each.
-pub fn tick_crossings(
-    watcher: Uuid,
-    replies: Vec<(String, u64, u64, u64, String, u64)>,
-) -> Vec<Crossing> {
-    replies
-        .into_iter()
-        .map(|(key, _, count, sequence, epoch, previous)| Crossing {
-            watcher,
-            key: Key::from(key.as_str()),
-            count,
-            epoch,
-            sequence,
-            resolved: false,
-            previous,
-        })
-        .collect()
+/// An entry of an `eventsd_tick` reply: {key, 1, count, sequence, epoch, previous} for a
+/// key that fired, {key, "failed: ", 0, 0, error, 0} for a key Redis failed on (judged
+/// again a minute later).
+pub type TickReply = (String, redis::Value, u64, u64, String, u64);
+
+/// The firings of an `eventsd_tick` reply, and the keys Redis failed on.
+pub fn tick_answer(watcher: Uuid, replies: Vec<TickReply>) -> Answer {
+    let mut answer = Answer::default();
+    for (key, fired, count, sequence, epoch, previous) in replies {
+        if fired == redis::Value::Int(1) {
+            answer.crossings.push(Crossing {
+                watcher,
+                key: Key::from(key.as_str()),
+                count,
+                epoch,
+                sequence,
+                resolved: false,
+                previous,
+            });
+        } else {
+            answer.failures.push(format!(
+                "key `{key}` of watcher {watcher}, due: {epoch}; judged again in a minute"
+            ));
+        }
+    }
+    answer
 }
 
 #[cfg(test)]
