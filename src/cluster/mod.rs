@@ -94,6 +94,13 @@ pub struct Answer {
     pub failures: Vec<String>,
 }
 
+impl Answer {
+    fn add(&mut self, other: Answer) {
+        self.crossings.extend(other.crossings);
+        self.failures.extend(other.failures);
+    }
+}
+
 /// Keys Redis failed on, logged at most once every `FAILURES_LOGGED_EVERY`: a key of
 /// another type fails with every flush its events come in (up to 100 a second), and
 /// with a tick every minute while it is due.
@@ -336,16 +343,12 @@ impl Link {
         calls.extend(self.redis.count_calls(counts));
         let started = Instant::now();
         let outcomes = self.redis.count(&calls).await;
-        let mut crossings = Vec::new();
-        let mut failures = Vec::new();
+        let mut answered = Answer::default();
         let mut refused = Vec::new();
         let mut failure = None;
         for (mut call, outcome) in calls.into_iter().zip(outcomes) {
             match outcome {
-                Ok(answer) => {
-                    crossings.extend(answer.crossings);
-                    failures.extend(answer.failures);
-                }
+                Ok(answer) => answered.add(answer),
                 Err(e) => {
                     if call.sent_at.is_none() && never_ran(&e) {
                         refused.append(&mut call.counts);
@@ -358,16 +361,11 @@ impl Link {
             }
         }
         let _ = self.judge(started, failure.map_or(Ok(()), Err));
-        self.errors += failures.len() as u64;
-        self.failures.note(failures);
         self.give_up_stale_doubts();
         if !refused.is_empty() {
             self.tell(&FromCluster::Unreached(refused)).await?;
         }
-        if crossings.is_empty() {
-            return Ok(());
-        }
-        self.tell(&FromCluster::Crossed(crossings)).await
+        self.report(answered).await
     }
 
     /// Whether a call may go out now: not during a backoff, and only over a connection
@@ -456,8 +454,7 @@ impl Link {
         self.clock_turns = self.clock_turns.wrapping_add(1);
         // Redis' clock, asked once a turn, when a watcher may have keys left.
         let mut redis_now = None;
-        let mut crossings = Vec::new();
-        let mut failures = Vec::new();
+        let mut answered = Answer::default();
         'watchers: for index in (first..watchers).chain(0..first) {
             loop {
                 let (watcher, seeded) = &self.clock[index];
@@ -467,8 +464,7 @@ impl Link {
                     break 'watchers;
                 };
                 self.clock[index].1 = true;
-                crossings.extend(answer.crossings);
-                failures.extend(answer.failures);
+                answered.add(answer);
                 if turn.elapsed() >= MORE_TICKS_FOR {
                     break;
                 }
@@ -482,12 +478,18 @@ impl Link {
                 }
             }
         }
-        self.errors += failures.len() as u64;
-        self.failures.note(failures);
-        if crossings.is_empty() {
+        self.report(answered).await
+    }
+
+    /// What Redis answered: the keys it failed on counted as errors and logged, the
+    /// crossings told to the master.
+    async fn report(&mut self, answer: Answer) -> anyhow::Result<()> {
+        self.errors += answer.failures.len() as u64;
+        self.failures.note(answer.failures);
+        if answer.crossings.is_empty() {
             return Ok(());
         }
-        self.tell(&FromCluster::Crossed(crossings)).await
+        self.tell(&FromCluster::Crossed(answer.crossings)).await
     }
 
     /// The watchers decided on the clock of a registry `document`; those already
