@@ -7,6 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::rest::register;
 use common::{
     Daemon, SECOND, exhaust_descriptors, parse_response, read_response, request, set_fd_limit,
     wait_for,
@@ -144,6 +145,51 @@ fn an_idle_keep_alive_connection_is_closed_after_the_read_timeout() {
         started.elapsed() >= Duration::from_millis(900),
         "closed too early"
     );
+}
+
+#[test]
+fn a_client_reading_a_long_reply_slowly_keeps_its_connection_past_the_read_timeout() {
+    // The header deadline counts a wait for the next request, not a reply going out
+    // slowly: the client below reads nothing for longer than the read timeout while a
+    // reply larger than both sockets' buffers waits, then reads it all and asks again.
+    let daemon = Daemon::run("[server]\nread_timeout_secs = 1\n");
+    register(&daemon, "logins");
+    let events = "{}\n".repeat(200_000);
+    let bulk = format!(
+        "POST /event/logins/_bulk?ids=true HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{events}",
+        events.len()
+    );
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // A small receive window (no autotuning): the reply cannot hide in the client's kernel.
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.connect(&daemon.address().into()).unwrap();
+    let mut stream = TcpStream::from(socket);
+    stream.write_all(bulk.as_bytes()).unwrap();
+    stream.set_read_timeout(Some(10 * SECOND)).unwrap();
+    let mut first = [0u8; 1024];
+    let n = stream.read(&mut first).unwrap();
+    let head = String::from_utf8_lossy(&first[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("a content-length");
+    assert!(
+        length > 4 * 1024 * 1024,
+        "the reply must outgrow the server's send buffer"
+    );
+    let body_start = head.find("\r\n\r\n").unwrap() + 4;
+    // Reading nothing for more than twice the read timeout is what is tested here.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut rest = vec![0u8; length - (n - body_start)];
+    stream
+        .read_exact(&mut rest)
+        .expect("the whole reply, not cut by the header deadline");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut stream).unwrap().status, 200);
 }
 
 #[test]

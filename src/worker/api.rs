@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -30,7 +30,9 @@ use super::batcher::Batcher;
 use super::ids::EventIds;
 use super::link::{Link, Served};
 use super::oncall;
-use super::reply::{Body, MASTER_TIMEOUT, error, json, master_unavailable, method_not_allowed};
+use super::reply::{
+    Body, MASTER_TIMEOUT, error, id_reply, json, master_unavailable, method_not_allowed,
+};
 use super::routes::Route;
 pub use super::routes::{ROUTES, route_template};
 use super::ui;
@@ -46,6 +48,8 @@ use crate::registry::{self, Appender, Change, Entry, EventType, Origin, Registry
 pub struct Handled {
     pub response: Response<Body>,
     pub read_to_end: bool,
+    /// When the reply was made.
+    pub finished: Instant,
 }
 
 pub struct Api {
@@ -94,7 +98,7 @@ impl Api {
     }
 
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Handled {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let (parts, body) = request.into_parts();
         let route = Route::parse(parts.uri.path());
         let (response, read_to_end) = match self.read_body(&parts, body).await {
@@ -111,7 +115,8 @@ impl Api {
             },
         };
         let template = route.map_or("(unknown)", Route::template);
-        let (status, elapsed) = (response.status().as_u16(), started.elapsed());
+        let finished = Instant::now();
+        let (status, elapsed) = (response.status().as_u16(), finished - started);
         self.deltas
             .borrow_mut()
             .record_request(template, status, elapsed.as_secs_f64());
@@ -131,6 +136,7 @@ impl Api {
         Handled {
             response,
             read_to_end,
+            finished,
         }
     }
 
@@ -197,8 +203,8 @@ impl Api {
         };
         let mut scratch = Scratch::default();
         let parsed = match posted {
-            Posted::Bulk { .. } => parse_lines(body, &mut scratch),
-            Posted::One => Event::parse(body).map(|e| vec![e]),
+            Posted::Bulk { .. } => parse_lines(body, &mut scratch).map(OneOrMany::Many),
+            Posted::One => Event::parse(body).map(|event| OneOrMany::One([event])),
         };
         let events = match parsed {
             Ok(events) => events,
@@ -211,16 +217,16 @@ impl Api {
             .iter()
             .any(|c| c.spec.appender != Appender::Null {});
         let replied = !matches!(posted, Posted::Bulk { with_ids: false });
-        let ids: Vec<Uuid> = if writes || replied {
+        let ids: OneOrMany<Uuid> = if writes || replied {
             events.iter().map(|_| self.ids.next()).collect()
         } else {
-            Vec::new()
+            OneOrMany::Many(Vec::new())
         };
         if writes {
             let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
             let lines: String = events
                 .iter()
-                .zip(&ids)
+                .zip(ids.iter())
                 .map(|(e, id)| e.line(id, event, &received_at))
                 .collect();
             for collector in &entry.collectors {
@@ -242,10 +248,10 @@ impl Api {
         }
         self.batcher.add_events(event, collected);
         match posted {
-            Posted::One => json(StatusCode::OK, &Created { _id: ids[0] }),
+            Posted::One => id_reply(StatusCode::OK, &ids[0]),
             Posted::Bulk { with_ids: true } => json(
                 StatusCode::OK,
-                &json!({"collected": collected, "_ids": ids}),
+                &json!({"collected": collected, "_ids": &*ids}),
             ),
             Posted::Bulk { with_ids: false } => {
                 json(StatusCode::OK, &json!({"collected": collected}))
@@ -274,7 +280,7 @@ impl Api {
             Some(Answer::Change(Ok(_))) if deletion => {
                 json(StatusCode::OK, &json!({"acknowledged": true}))
             }
-            Some(Answer::Change(Ok(id))) => json(StatusCode::CREATED, &json!({"_id": id})),
+            Some(Answer::Change(Ok(id))) => id_reply(StatusCode::CREATED, &id),
             Some(Answer::Change(Err(refused))) => refusal(refused),
             _ => master_unavailable(),
         }
@@ -450,10 +456,34 @@ fn wants_ids(query: Option<&str>) -> bool {
     })
 }
 
-/// `{"_id": UUID}`, the reply to a creation or a collected event.
-#[derive(Serialize)]
-struct Created {
-    _id: Uuid,
+/// One item held without a vector, or many: one event and its id are the hot path, and
+/// a vector each was two allocations a request.
+enum OneOrMany<T> {
+    One([T; 1]),
+    Many(Vec<T>),
+}
+
+impl<T> std::ops::Deref for OneOrMany<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            OneOrMany::One(one) => one,
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+impl<T> FromIterator<T> for OneOrMany<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(items: I) -> OneOrMany<T> {
+        let mut items = items.into_iter().fuse();
+        match (items.next(), items.next()) {
+            (Some(only), None) => OneOrMany::One([only]),
+            (first, second) => {
+                OneOrMany::Many(first.into_iter().chain(second).chain(items).collect())
+            }
+        }
+    }
 }
 
 /// `[{"_id","name"}, ...]`

@@ -161,7 +161,7 @@ fn value_hash(value: &str) -> Option<u64> {
 /// for a key new to the batch. A key is shipped once for its set, with the set's watchers.
 #[derive(Debug, Default)]
 struct Batch {
-    events: HashMap<String, u64>,
+    events: HashMap<String, u64, foldhash::fast::RandomState>,
     /// By the set's address (the batch holds it alive): the set, its keys and counts.
     sets: HashMap<usize, (Rc<FieldSet>, KeyCounts), FnvBuildHasher>,
     /// What the master will add up, one entry per key and watcher, the bytes of the

@@ -14,6 +14,11 @@
 //!   request read to its end, closes at once: lingering there cost a `shutdown`, a
 //!   timer, a wake-up and a read per connection for nothing.
 //!
+//!
+//! It also tells the server (`Exchange`) when a reply read slowly is out at last: the
+//! header deadline, which the server keeps, counts a wait for the next request from
+//! then, never a reply going out.
+//!
 //! Never blocks: both are timers polled with the stream.
 
 use std::cell::Cell;
@@ -22,36 +27,85 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::{Sleep, sleep};
 
 /// The longest a closing connection is read from for nothing.
 const LINGER: Duration = Duration::from_secs(5);
 
-/// Whether the client may still send, or have sent, bytes that no request will read:
-/// set by every read that returns bytes, cleared once the service has read to its end a
-/// request that the client said was its last. Shared by a connection's stream and its
-/// service.
+/// What a connection's stream, its service and the task serving it share (one thread).
 #[derive(Clone)]
-pub struct Unread(Rc<Cell<bool>>);
+pub struct Exchange(Rc<ExchangeState>);
 
-impl Unread {
-    /// Nothing read yet: a connection closed before its first request lingers.
-    pub fn new() -> Unread {
-        Unread(Rc::new(Cell::new(true)))
+struct ExchangeState {
+    /// Whether the client may still send, or have sent, bytes that no request will read:
+    /// set by every read that returns bytes, cleared once the service has read to its
+    /// end a request that the client said was its last.
+    unread: Cell<bool>,
+    /// Since when the connection waits for a request's head (`None` while a request is
+    /// served, or once the connection is closing): what the header deadline counts from.
+    waiting_since: Cell<Option<Instant>>,
+    /// Whether a write waits for the client to read: the reply is still going out.
+    write_stalled: Cell<bool>,
+    /// Told once, when the first request's head arrives (a drain gives a silent new
+    /// connection a grace to send it).
+    first_request: Notify,
+    request_seen: Cell<bool>,
+}
+
+impl Exchange {
+    /// A connection just accepted: nothing read yet (closed now, it lingers), and
+    /// waiting for its first request.
+    pub fn new(accepted_at: Instant) -> Exchange {
+        Exchange(Rc::new(ExchangeState {
+            unread: Cell::new(true),
+            waiting_since: Cell::new(Some(accepted_at)),
+            write_stalled: Cell::new(false),
+            first_request: Notify::new(),
+            request_seen: Cell::new(false),
+        }))
     }
 
     pub fn last_request_read_to_end(&self) {
-        self.0.set(false);
+        self.0.unread.set(false);
+    }
+
+    /// A request's head has arrived: no deadline runs until its reply is made.
+    pub fn request_started(&self) {
+        self.0.waiting_since.set(None);
+        if !self.0.request_seen.replace(true) {
+            self.0.first_request.notify_one();
+        }
+    }
+
+    /// Resolves once the connection's first request has arrived (at once if it has).
+    pub async fn first_request(&self) {
+        self.0.first_request.notified().await;
+    }
+
+    /// The reply was made at `at`: a connection kept alive waits for the next head from
+    /// then (or from when its reply is written out, if the client reads it slowly).
+    pub fn reply_made(&self, at: Instant, keep_alive: bool) {
+        self.0.waiting_since.set(keep_alive.then_some(at));
+    }
+
+    /// When the connection's wait for a head passes `timeout`, if it waits for one and
+    /// no reply is still going out; `None` if it does not wait.
+    pub fn head_deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.0.write_stalled.get() {
+            return None;
+        }
+        Some(self.0.waiting_since.get()? + timeout)
     }
 }
 
 pub struct ClientStream {
     stream: TcpStream,
-    unread: Unread,
+    exchange: Exchange,
     write_timeout: Duration,
     /// Armed while a write waits for the client to read.
     write_stalled: Option<Pin<Box<Sleep>>>,
@@ -60,10 +114,10 @@ pub struct ClientStream {
 }
 
 impl ClientStream {
-    pub fn new(stream: TcpStream, write_timeout: Duration, unread: Unread) -> ClientStream {
+    pub fn new(stream: TcpStream, write_timeout: Duration, exchange: Exchange) -> ClientStream {
         ClientStream {
             stream,
-            unread,
+            exchange,
             write_timeout,
             write_stalled: None,
             lingering: None,
@@ -78,9 +132,17 @@ impl ClientStream {
         written: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if written.is_ready() {
-            self.write_stalled = None;
+            if self.write_stalled.take().is_some() {
+                // The wait for the next head starts once a reply read slowly is out.
+                let state = &self.exchange.0;
+                state.write_stalled.set(false);
+                if state.waiting_since.get().is_some() {
+                    state.waiting_since.set(Some(Instant::now()));
+                }
+            }
             return written;
         }
+        self.exchange.0.write_stalled.set(true);
         let timeout = self.write_timeout;
         let stalled = self
             .write_stalled
@@ -105,7 +167,7 @@ impl AsyncRead for ClientStream {
         let before = buf.filled().len();
         let read = Pin::new(&mut this.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.unread.0.set(true);
+            this.exchange.0.unread.set(true);
         }
         read
     }
@@ -148,7 +210,7 @@ impl AsyncWrite for ClientStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.lingering.is_none() {
-            if !this.unread.0.get() {
+            if !this.exchange.0.unread.get() {
                 return Poll::Ready(Ok(()));
             }
             ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;

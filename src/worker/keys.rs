@@ -18,7 +18,7 @@ use crate::watch::plan::{FieldSet, Plans};
 /// The keys of every event type of one registry version.
 #[derive(Debug, Default)]
 pub struct Keyed {
-    by_type: HashMap<String, TypeKeys>,
+    by_type: HashMap<String, TypeKeys, foldhash::fast::RandomState>,
 }
 
 impl Keyed {

@@ -1,4 +1,4 @@
-//! The worker's side of its IPC channels, and the one shutdown signal of a worker.
+//! The worker's side of its IPC channels.
 //!
 //! Owns the worker's ends of its two socketpairs and its copy of the registry: a writer
 //! task sends queued messages in order, a reader task obeys the master, installs the
@@ -19,11 +19,12 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::access_log::AccessLog;
 use super::keys::Keyed;
+use super::shutdown::Shutdown;
 use crate::appender::Appenders;
 use crate::clock::Stamp;
 use crate::logging;
@@ -46,35 +47,6 @@ pub struct Channels {
 /// it applied a change, and it says so as soon as it reads the question: applied, or
 /// dropped (503). Past this, the client is told the truth: nobody here knows (504).
 const WORD_GRACE: Duration = Duration::from_secs(25);
-
-/// Every reason a worker stops (the master's `Stop`, the master gone, SIGTERM,
-/// `max_requests`) goes through this one signal, mini-redis style.
-#[derive(Clone)]
-pub struct Shutdown(Rc<watch::Sender<bool>>);
-
-impl Shutdown {
-    pub fn new() -> Shutdown {
-        Shutdown(Rc::new(watch::Sender::new(false)))
-    }
-
-    pub fn trigger(&self, why: &str) {
-        if !self.is_triggered() {
-            info!("draining: {why}");
-            self.0.send_replace(true);
-        }
-    }
-
-    pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Resolves once the shutdown has been triggered.
-    pub async fn wait(&self) {
-        let mut receiver = self.0.subscribe();
-        // The sender lives in `self`, so the channel cannot close under us.
-        let _ = receiver.wait_for(|&triggered| triggered).await;
-    }
-}
 
 /// Talks to the master; cheap to clone.
 #[derive(Clone)]

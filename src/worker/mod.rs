@@ -16,6 +16,7 @@ mod oncall;
 mod reply;
 mod routes;
 mod server;
+mod shutdown;
 mod ui;
 
 use std::fs::File;
@@ -39,8 +40,9 @@ use crate::tls::Tls;
 use access_log::AccessLog;
 use api::Api;
 use batcher::Batcher;
-use link::{Channels, Link, Shutdown};
+use link::{Channels, Link};
 use server::Stats;
+use shutdown::Shutdown;
 
 /// A worker reports at least this often; the master's `heartbeat_timeout_secs` is ≥ 2 s.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);

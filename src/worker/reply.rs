@@ -10,6 +10,8 @@ use hyper::body::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
+use uuid::Uuid;
+use uuid::fmt::Hyphenated;
 
 pub type Body = Full<Bytes>;
 
@@ -20,6 +22,29 @@ pub const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     // Serializing our own reply types cannot fail; an empty object is a safe fallback.
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    json_text(status, body)
+}
+
+/// `{"_id": UUID}`, the reply to a collected event (the hot path's) or to a creation:
+/// written out rather than serialized, the same bytes as serde_json's, in one allocation
+/// of their exact size.
+pub fn id_reply(status: StatusCode, id: &Uuid) -> Response<Body> {
+    json_text(status, id_text(id))
+}
+
+fn id_text(id: &Uuid) -> Vec<u8> {
+    const OPEN: &[u8] = br#"{"_id":""#;
+    const CLOSE: &[u8] = br#""}"#;
+    let mut text = Vec::with_capacity(OPEN.len() + Hyphenated::LENGTH + CLOSE.len());
+    text.extend_from_slice(OPEN);
+    let mut buffer = Uuid::encode_buffer();
+    text.extend_from_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
+    text.extend_from_slice(CLOSE);
+    text
+}
+
+/// A reply of `body`, JSON text.
+fn json_text(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -53,4 +78,20 @@ pub fn master_unavailable() -> Response<Body> {
         "The master did not answer in time; nothing was changed (eventsd may be busy or \
          shutting down)",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_reply_is_what_serde_json_writes_and_fills_its_allocation() {
+        let id = Uuid::new_v4();
+        let text = id_text(&id);
+        assert_eq!(
+            text,
+            serde_json::to_vec(&serde_json::json!({"_id": id})).unwrap()
+        );
+        assert_eq!(text.len(), text.capacity());
+    }
 }

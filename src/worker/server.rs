@@ -1,8 +1,9 @@
 //! The worker's HTTP/1.1 server: the accept loop on the inherited socket and the limits
 //! a worker enforces by itself.
 //!
-//! Owns connections: the per-worker connection cap, the header deadline (which hyper
-//! also applies while a keep-alive connection waits for its next request), the header
+//! Owns connections: the per-worker connection cap, the header deadline (kept here, one
+//! lazy timer a connection, also while a keep-alive connection waits for its next
+//! request: hyper's armed a timer every request), the header
 //! size (`max_header_bytes`: hyper answers 431 beyond its read buffer), accept errors
 //! survived, draining without refusing (process-model.md: a connection accepted before
 //! the drain gets its first request served, with `Connection: close`), TLS when the
@@ -20,17 +21,18 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::{HttpService, Service, service_fn};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use log::{debug, warn};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::api::{Api, Handled};
-use super::io::{ClientStream, Unread};
-use super::link::{Link, Shutdown};
+use super::io::{ClientStream, Exchange};
+use super::link::Link;
 use super::reply::Body;
+use super::shutdown::Shutdown;
 use crate::config::Config;
 use crate::protocol::worker::{Heartbeat, WorkerMessage};
 use crate::tls::Tls;
@@ -120,8 +122,8 @@ async fn survive_accept_error(
 pub struct Connections {
     http: Rc<http1::Builder>,
     tls: Option<TlsAcceptor>,
-    /// How long a TLS handshake may take (the header deadline).
-    handshake_timeout: Duration,
+    /// How long a TLS handshake, and a wait for a request's head, may take.
+    read_timeout: Duration,
     grace: Duration,
     write_timeout: Duration,
     requests: Rc<Requests>,
@@ -142,17 +144,20 @@ impl Requests {
         self: Rc<Self>,
         request: Request<Incoming>,
         peer: SocketAddr,
-        unread: Unread,
+        exchange: Exchange,
     ) -> Result<Response<Body>, Infallible> {
+        exchange.request_started();
         let in_flight = self.stats.request_started();
         let last = asks_to_close(&request);
         let Handled {
             response,
             read_to_end,
+            finished,
         } = self.api.handle(request, peer).await;
         if last && read_to_end {
-            unread.last_request_read_to_end();
+            exchange.last_request_read_to_end();
         }
+        exchange.reply_made(finished, !last && !closes(&response));
         drop(in_flight);
         let max_requests = self.max_requests;
         if max_requests > 0
@@ -177,15 +182,16 @@ impl Connections {
         link: &Link,
         shutdown: &Shutdown,
     ) -> Connections {
+        // No timer for hyper: its header deadline armed, registered and dropped a timer
+        // each request; `Drain::serve` keeps the same deadline with one per connection.
         let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(config.read_timeout())
+        http.header_read_timeout(None)
             .max_buf_size(config.server.max_header_bytes)
             .keep_alive(true);
         Connections {
             http: Rc::new(http),
             tls: tls.map(TlsAcceptor::from),
-            handshake_timeout: config.read_timeout(),
+            read_timeout: config.read_timeout(),
             grace: FIRST_REQUEST_GRACE.min(config.read_timeout()),
             write_timeout: config.write_timeout(),
             requests: Rc::new(Requests {
@@ -200,27 +206,25 @@ impl Connections {
 
     /// Serves `stream` on its own task, which holds `slot` until the connection ends.
     fn spawn(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
+        let exchange = Exchange::new(Instant::now());
         let drain = Drain {
             shutdown: self.requests.shutdown.clone(),
-            request_seen: Rc::new(Notify::new()),
+            exchange: exchange.clone(),
             grace: self.grace,
+            read_timeout: self.read_timeout,
         };
-        let unread = Unread::new();
-        let service = self.service(peer, drain.request_seen.clone(), unread.clone());
-        let stream = ClientStream::new(stream, self.write_timeout, unread);
+        let service = self.service(peer, exchange.clone());
+        let stream = ClientStream::new(stream, self.write_timeout, exchange);
         let open = self.requests.stats.connection_opened();
-        let (http, tls, handshake_timeout) =
-            (self.http.clone(), self.tls.clone(), self.handshake_timeout);
+        let (http, tls, read_timeout) = (self.http.clone(), self.tls.clone(), self.read_timeout);
         tokio::task::spawn_local(async move {
             let served = match tls {
-                None => serve(&http, stream, service, &drain).await,
-                Some(tls) => {
-                    match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => serve(&http, stream, service, &drain).await,
-                        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
-                        Err(_) => Err("no TLS handshake within the read timeout".to_string()),
-                    }
-                }
+                None => drain.serve(&http, stream, service).await,
+                Some(tls) => match tokio::time::timeout(read_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => drain.serve(&http, stream, service).await,
+                    Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                    Err(_) => Err("no TLS handshake within the read timeout".to_string()),
+                },
             };
             if let Err(e) = served {
                 debug!("connection from {peer}: {e}");
@@ -234,15 +238,11 @@ impl Connections {
     fn service(
         &self,
         peer: SocketAddr,
-        request_seen: Rc<Notify>,
-        unread: Unread,
+        exchange: Exchange,
     ) -> impl Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + use<>
     {
         let requests = self.requests.clone();
-        service_fn(move |request| {
-            request_seen.notify_one();
-            requests.clone().serve(request, peer, unread.clone())
-        })
+        service_fn(move |request| requests.clone().serve(request, peer, exchange.clone()))
     }
 }
 
@@ -263,59 +263,92 @@ fn asks_to_close<B>(request: &Request<B>) -> bool {
     }
 }
 
-/// How a connection ends when the worker drains.
+/// Whether `response` closes its connection (`Connection: close`: a refusal whose body
+/// was not read).
+fn closes(response: &Response<Body>) -> bool {
+    response
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"))
+}
+
+/// How a connection ends: when it waits for a request's head longer than the read
+/// timeout, and when the worker drains.
 struct Drain {
     shutdown: Shutdown,
-    /// Keeps a permit once the connection's first request was seen.
-    request_seen: Rc<Notify>,
+    exchange: Exchange,
     grace: Duration,
+    read_timeout: Duration,
 }
 
-/// Serves HTTP/1.1 on `io` (plain, or TLS once the handshake is done) until the
-/// connection ends or the worker drains.
-async fn serve<I, S>(http: &http1::Builder, io: I, service: S, drain: &Drain) -> Result<(), String>
-where
-    I: AsyncRead + AsyncWrite + Unpin + 'static,
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
-{
-    let connection = std::pin::pin!(http.serve_connection(TokioIo::new(io), service));
-    serve_until_drained(connection, drain)
-        .await
-        .map_err(|e| e.to_string())
-}
+impl Drain {
+    /// Serves HTTP/1.1 on `io` (plain, or TLS once the handshake is done) until the
+    /// connection ends, waits too long for a head, or the worker drains.
+    async fn serve<I, S>(&self, http: &http1::Builder, io: I, service: S) -> Result<(), String>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + 'static,
+        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
+    {
+        let connection = std::pin::pin!(http.serve_connection(TokioIo::new(io), service));
+        tokio::select! {
+            biased;
+            outcome = self.serve_until_drained(connection) => outcome.map_err(|e| e.to_string()),
+            () = self.head_overdue() => Err(format!(
+                "no request head within the read timeout ({}s)",
+                self.read_timeout.as_secs()
+            )),
+        }
+    }
 
-/// Serves `connection` until it ends or the worker drains. Draining, it closes at once
-/// only a connection with nothing in progress; one whose first request has not been
-/// seen gets the grace to send it, and is answered with `Connection: close`.
-async fn serve_until_drained<I, S>(
-    mut connection: std::pin::Pin<&mut http1::Connection<TokioIo<I>, S>>,
-    drain: &Drain,
-) -> hyper::Result<()>
-where
-    I: AsyncRead + AsyncWrite + Unpin + 'static,
-    S: HttpService<Incoming>,
-    S::ResBody: 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let Drain {
-        shutdown,
-        request_seen,
-        grace,
-    } = drain;
-    tokio::select! {
-        outcome = connection.as_mut() => return outcome,
-        () = shutdown.wait() => {}
+    /// Serves `connection` until it ends or the worker drains. Draining, it closes at
+    /// once only a connection with nothing in progress; one whose first request has not
+    /// been seen gets the grace to send it, and is answered with `Connection: close`.
+    async fn serve_until_drained<I, S>(
+        &self,
+        mut connection: std::pin::Pin<&mut http1::Connection<TokioIo<I>, S>>,
+    ) -> hyper::Result<()>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + 'static,
+        S: HttpService<Incoming>,
+        S::ResBody: 'static,
+        <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        tokio::select! {
+            biased;
+            outcome = connection.as_mut() => return outcome,
+            () = self.shutdown.wait() => {}
+        }
+        // A connection whose first request was seen does not wait at all.
+        let first_request = async {
+            let _ = tokio::time::timeout(self.grace, self.exchange.first_request()).await;
+        };
+        tokio::select! {
+            biased;
+            outcome = connection.as_mut() => return outcome,
+            () = first_request => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        connection.await
     }
-    // `request_seen` keeps a permit once a request was seen: then no wait at all.
-    let first_request = async {
-        let _ = tokio::time::timeout(*grace, request_seen.notified()).await;
-    };
-    tokio::select! {
-        outcome = connection.as_mut() => return outcome,
-        () = first_request => {}
+
+    /// Resolves once the connection has waited for a request's head (since it was
+    /// accepted, or since its previous reply) longer than the read timeout: slowloris
+    /// clients and idle keep-alive connections. One timer a connection, moved only when
+    /// it fires (nginx's lazy timers): a request costs no timer.
+    async fn head_overdue(&self) {
+        let timeout = self.read_timeout;
+        let timer = tokio::time::sleep(timeout);
+        tokio::pin!(timer);
+        loop {
+            timer.as_mut().await;
+            let now = Instant::now();
+            match self.exchange.head_deadline(timeout) {
+                Some(deadline) if deadline <= now => return,
+                Some(deadline) => timer.as_mut().reset(deadline.into()),
+                None => timer.as_mut().reset((now + timeout).into()),
+            }
+        }
     }
-    connection.as_mut().graceful_shutdown();
-    connection.await
 }
 
 /// The worker's figures, shared by its connections on one thread.
