@@ -218,13 +218,21 @@ impl Connections {
         let open = self.requests.stats.connection_opened();
         let (http, tls, read_timeout) = (self.http.clone(), self.tls.clone(), self.read_timeout);
         tokio::task::spawn_local(async move {
+            // The TLS path is boxed: inline, its handshake and TLS stream made every
+            // connection's task the size of a TLS one, allocated and copied at each
+            // accept.
             let served = match tls {
                 None => drain.serve(&http, stream, service).await,
-                Some(tls) => match tokio::time::timeout(read_timeout, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => drain.serve(&http, stream, service).await,
-                    Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
-                    Err(_) => Err("no TLS handshake within the read timeout".to_string()),
-                },
+                Some(tls) => {
+                    Box::pin(async {
+                        match tokio::time::timeout(read_timeout, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => drain.serve(&http, stream, service).await,
+                            Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                            Err(_) => Err("no TLS handshake within the read timeout".to_string()),
+                        }
+                    })
+                    .await
+                }
             };
             if let Err(e) = served {
                 debug!("connection from {peer}: {e}");
