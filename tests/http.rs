@@ -128,6 +128,33 @@ fn headers_that_never_end_are_cut_after_the_read_timeout() {
 }
 
 #[test]
+fn a_client_still_sending_after_its_head_was_refused_gets_the_431_and_no_reset() {
+    // hyper refuses a head over max_header_bytes and closes, lingering: it reads and
+    // discards what the client still sends. The header deadline must not cut that linger,
+    // or the client, still sending when it fires, gets a reset instead of its reply.
+    let daemon = Daemon::run("[server]\nread_timeout_secs = 1\n");
+    let mut stream = TcpStream::connect(daemon.address()).unwrap();
+    let head = format!(
+        "POST /health HTTP/1.1\r\nHost: t\r\nX-Padding: {}",
+        "a".repeat(20 * 1024)
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    // Sending for longer than the read timeout before reading is what is tested here.
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_millis(100));
+        stream
+            .write_all(&[b'a'; 512])
+            .expect("the worker still reads what it discards");
+    }
+    stream.set_read_timeout(Some(10 * SECOND)).unwrap();
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .expect("the reply and an end of stream, not a reset");
+    assert_eq!(parse_response(&reply).unwrap().status, 431);
+}
+
+#[test]
 fn an_idle_keep_alive_connection_is_closed_after_the_read_timeout() {
     let daemon = Daemon::run("[server]\nread_timeout_secs = 1\n");
     let mut stream = TcpStream::connect(daemon.address()).unwrap();

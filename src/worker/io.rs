@@ -209,6 +209,10 @@ impl AsyncWrite for ClientStream {
     /// client sends is discarded until it closes, errs, or `LINGER` passes.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // Closing, the connection waits for no head: the linger has its own bound, and
+        // the header deadline firing in it would drop the connection with unread bytes,
+        // the reset the linger is there to prevent.
+        this.exchange.0.waiting_since.set(None);
         if this.lingering.is_none() {
             if !this.exchange.0.unread.get() {
                 return Poll::Ready(Ok(()));

@@ -79,10 +79,19 @@ impl Future for Wait<'_> {
         }
         let mut waiting = self.signal.waiting.borrow_mut();
         match self.slot {
-            Some(slot) => match &mut waiting.slots[slot] {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                other => *other = Some(cx.waker().clone()),
-            },
+            Some(slot) => {
+                let kept = &mut waiting.slots[slot];
+                if !kept
+                    .as_ref()
+                    .is_some_and(|waker| waker.will_wake(cx.waker()))
+                {
+                    // The old waker is dropped after the borrow ends: dropping it could
+                    // drop a future holding another `Wait`, whose `drop` borrows.
+                    let old = kept.replace(cx.waker().clone());
+                    drop(waiting);
+                    drop(old);
+                }
+            }
             None => {
                 let waker = Some(cx.waker().clone());
                 let slot = match waiting.free.pop() {
