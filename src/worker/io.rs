@@ -14,10 +14,9 @@
 //!   request read to its end, closes at once: lingering there cost a `shutdown`, a
 //!   timer, a wake-up and a read per connection for nothing.
 //!
-//!
-//! It also tells the server (`Exchange`) when a reply read slowly is out at last: the
-//! header deadline, which the server keeps, counts a wait for the next request from
-//! then, never a reply going out.
+//! It also tells the server (`Exchange`) when a reply read slowly is out at last, and
+//! when the connection closes: the header deadline, which the server keeps, counts a
+//! wait for the next request from then, never a reply going out nor a lingering close.
 //!
 //! Never blocks: both are timers polled with the stream.
 
