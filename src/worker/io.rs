@@ -86,10 +86,25 @@ impl Exchange {
         self.0.first_request.notified().await;
     }
 
-    /// The reply was made at `at`: a connection kept alive waits for the next head from
-    /// then (or from when its reply is written out, if the client reads it slowly).
-    pub fn reply_made(&self, at: Instant, keep_alive: bool) {
-        self.0.waiting_since.set(keep_alive.then_some(at));
+    /// The reply was made at `at`: the connection waits for the next head from then (or
+    /// from when its reply is written out, if the client reads it slowly), until it
+    /// closes (`poll_shutdown`).
+    pub fn reply_made(&self, at: Instant) {
+        self.0.waiting_since.set(Some(at));
+    }
+
+    /// A write waits for the client to read: no head is awaited while the reply goes out.
+    fn write_stalled(&self) {
+        self.0.write_stalled.set(true);
+    }
+
+    /// A stalled write went out: the wait for the next head, if any, starts now.
+    fn write_went_out(&self) {
+        let state = &self.0;
+        state.write_stalled.set(false);
+        if state.waiting_since.get().is_some() {
+            state.waiting_since.set(Some(Instant::now()));
+        }
     }
 
     /// When the connection's wait for a head passes `timeout`, if it waits for one and
@@ -132,16 +147,11 @@ impl ClientStream {
     ) -> Poll<io::Result<T>> {
         if written.is_ready() {
             if self.write_stalled.take().is_some() {
-                // The wait for the next head starts once a reply read slowly is out.
-                let state = &self.exchange.0;
-                state.write_stalled.set(false);
-                if state.waiting_since.get().is_some() {
-                    state.waiting_since.set(Some(Instant::now()));
-                }
+                self.exchange.write_went_out();
             }
             return written;
         }
-        self.exchange.0.write_stalled.set(true);
+        self.exchange.write_stalled();
         let timeout = self.write_timeout;
         let stalled = self
             .write_stalled

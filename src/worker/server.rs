@@ -157,7 +157,7 @@ impl Requests {
         if last && read_to_end {
             exchange.last_request_read_to_end();
         }
-        exchange.reply_made(finished, !last && !closes(&response));
+        exchange.reply_made(finished);
         drop(in_flight);
         let max_requests = self.max_requests;
         if max_requests > 0
@@ -269,15 +269,6 @@ fn asks_to_close<B>(request: &Request<B>) -> bool {
     } else {
         options.any(|option| option.eq_ignore_ascii_case("close"))
     }
-}
-
-/// Whether `response` closes its connection (`Connection: close`: a refusal whose body
-/// was not read).
-fn closes(response: &Response<Body>) -> bool {
-    response
-        .headers()
-        .get(hyper::header::CONNECTION)
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// How a connection ends: when it waits for a request's head longer than the read
