@@ -445,3 +445,157 @@ fn a_unix_socket_handed_over_by_systemd_is_refused_at_start() {
         daemon.log()
     );
 }
+
+/// Reads one reply from a connection that stays open: its head, then as many body bytes
+/// as its `content-length` says.
+fn read_one_reply(stream: &mut TcpStream) -> Vec<u8> {
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "closed mid-head: {reply:?}"
+        );
+        reply.push(byte[0]);
+    }
+    let head = parse_response(&reply).unwrap();
+    let length: usize = head.header("content-length").unwrap().parse().unwrap();
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).unwrap();
+    reply.extend(body);
+    reply
+}
+
+/// A reply with what differs from one request to the next (the date, an event's id)
+/// blanked out.
+fn without_date_and_id(reply: &[u8]) -> String {
+    let text = String::from_utf8_lossy(reply);
+    let lines = text.split("\r\n").map(|line| match line.split_once(": ") {
+        Some(("date", _)) => "date: (now)".to_string(),
+        _ => line.to_string(),
+    });
+    let text = lines.collect::<Vec<_>>().join("\r\n");
+    match text.split_once(r#"{"_id":""#) {
+        Some((head, _)) => format!("{head}{{\"_id\":\"(an id)\"}}"),
+        None => text,
+    }
+}
+
+/// Whether the server closed `stream` after its reply, or serves another request on it.
+fn closed_after_reply(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(5 * SECOND)).unwrap();
+    if stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .is_err()
+    {
+        return true;
+    }
+    let mut first = [0u8; 1];
+    match stream.read(&mut first) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
+        Err(e) => panic!("neither a reply nor a close: {e}"),
+    }
+}
+
+#[test]
+fn the_hot_route_answers_byte_for_byte_as_hyper_does() {
+    // A post of one event as the first request of a connection is served without hyper;
+    // after another request on the same connection, by hyper. Both must read alike: the
+    // same status line, headers in the same order, body, and the same keep-alive.
+    let daemon = Daemon::run("");
+    register(&daemon, "hot");
+    let cases = [
+        ("HTTP/1.1", "", r#"{"a":1}"#, "hot"),
+        ("HTTP/1.1", "Connection: close\r\n", r#"{"a":1}"#, "hot"),
+        (
+            "HTTP/1.1",
+            "Connection: keep-alive\r\n",
+            r#"{"a":1}"#,
+            "hot",
+        ),
+        (
+            "HTTP/1.0",
+            "Connection: keep-alive\r\n",
+            r#"{"a":1}"#,
+            "hot",
+        ),
+        ("HTTP/1.0", "", r#"{"a":1}"#, "hot"),
+        ("HTTP/1.1", "", r#"{"a":"#, "hot"),
+        ("HTTP/1.1", "", r#"[1]"#, "hot"),
+        ("HTTP/1.1", "", r#"{"a":1}"#, "not-registered"),
+        ("HTTP/1.0", "Connection: keep-alive\r\n", r#"{"a""#, "hot"),
+    ];
+    for (version, connection, body, event) in cases {
+        let post = format!(
+            "POST /event/{event}/?q=1 {version}\r\nHost: t\r\n{connection}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut hot = TcpStream::connect(daemon.address()).unwrap();
+        hot.write_all(post.as_bytes()).unwrap();
+        let hot_reply = read_one_reply(&mut hot);
+
+        let mut by_hyper = TcpStream::connect(daemon.address()).unwrap();
+        by_hyper
+            .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        read_one_reply(&mut by_hyper);
+        by_hyper.write_all(post.as_bytes()).unwrap();
+        let hyper_reply = read_one_reply(&mut by_hyper);
+
+        let case = format!("{version} {connection:?} {body} to {event}");
+        assert_eq!(
+            without_date_and_id(&hot_reply),
+            without_date_and_id(&hyper_reply),
+            "{case}"
+        );
+        assert_eq!(
+            closed_after_reply(&mut hot),
+            closed_after_reply(&mut by_hyper),
+            "{case}: one closed, not the other"
+        );
+    }
+}
+
+#[test]
+fn posts_pipelined_split_or_followed_by_other_requests_are_all_answered_in_order() {
+    let daemon = Daemon::run("");
+    register(&daemon, "hot");
+    let post = |body: &str| {
+        format!(
+            "POST /event/hot/ HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut stream = TcpStream::connect(daemon.address()).unwrap();
+    stream.set_read_timeout(Some(10 * SECOND)).unwrap();
+    // Two posts in one write, then a third whose body comes later, then a request of
+    // another route, then a post again.
+    let third = post(r#"{"n":3}"#);
+    let (third_head, third_body) = third.split_at(third.len() - 3);
+    let first_write = format!("{}{}{third_head}", post(r#"{"n":1}"#), post(r#"{"n":2}"#));
+    stream.write_all(first_write.as_bytes()).unwrap();
+    for _ in 0..2 {
+        let reply = parse_response(&read_one_reply(&mut stream)).unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    stream.write_all(third_body.as_bytes()).unwrap();
+    let rest = format!(
+        "GET /health HTTP/1.1\r\nHost: t\r\n\r\n{}",
+        post(r#"{"n":4}"#)
+    );
+    stream.write_all(rest.as_bytes()).unwrap();
+    let statuses: Vec<(u16, bool)> = (0..3)
+        .map(|_| {
+            let reply = parse_response(&read_one_reply(&mut stream)).unwrap();
+            (reply.status, reply.body.contains("_id"))
+        })
+        .collect();
+    assert_eq!(statuses, [(200, true), (200, false), (200, true)]);
+    wait_for("the four events counted", 10 * SECOND, || {
+        daemon.metric_sum("eventsd_events_collected_total") == 4
+    });
+}

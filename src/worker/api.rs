@@ -114,7 +114,38 @@ impl Api {
                 ),
             },
         };
-        let template = route.map_or("(unknown)", Route::template);
+        let asked = Asked {
+            route,
+            method: &parts.method,
+            path: parts.uri.path(),
+            peer,
+        };
+        self.handled(started, asked, response, read_to_end)
+    }
+
+    /// One event posted to `event` (`POST path`), its body read with its head: the hot
+    /// route, as `hot` reads it without hyper; the same reply as `handle` gives.
+    pub fn handle_posted(&self, event: &str, path: &str, body: &[u8], peer: SocketAddr) -> Handled {
+        let started = Instant::now();
+        let response = self.collect(&self.link.registry(), event, body, Posted::One);
+        let asked = Asked {
+            route: Some(Route::Event(event)),
+            method: &Method::POST,
+            path,
+            peer,
+        };
+        self.handled(started, asked, response, true)
+    }
+
+    /// A request answered: its figures and its access log line.
+    fn handled(
+        &self,
+        started: Instant,
+        asked: Asked<'_>,
+        response: Response<Body>,
+        read_to_end: bool,
+    ) -> Handled {
+        let template = asked.route.map_or("(unknown)", Route::template);
         let finished = Instant::now();
         let (status, elapsed) = (response.status().as_u16(), finished - started);
         self.deltas
@@ -122,10 +153,10 @@ impl Api {
             .record_request(template, status, elapsed.as_secs_f64());
         if let Some(access_log) = &self.access_log {
             access_log.record(&access_log::Request {
-                client: peer.ip(),
-                method: parts.method.as_str(),
+                client: asked.peer.ip(),
+                method: asked.method.as_str(),
                 route: template,
-                path: parts.uri.path(),
+                path: asked.path,
                 status,
                 bytes: hyper::body::Body::size_hint(response.body())
                     .exact()
@@ -435,6 +466,14 @@ fn closing(mut response: Response<Body>) -> Response<Body> {
 fn refusal(refused: registry::Refusal) -> Response<Body> {
     let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST);
     error(status, &refused.message)
+}
+
+/// What a request asked, as its figures and access log name it.
+struct Asked<'a> {
+    route: Option<Route<'a>>,
+    method: &'a Method,
+    path: &'a str,
+    peer: SocketAddr,
 }
 
 /// What a collecting request posted, and so what its reply holds.

@@ -1,5 +1,5 @@
-//! A client connection's byte stream, as hyper sees it: the TCP stream with the two
-//! things hyper does not do itself (process-model.md).
+//! A client connection's byte stream, as `hot` and hyper read it: the TCP stream with
+//! the two things hyper does not do itself (process-model.md).
 //!
 //! - A write deadline (`server.write_timeout_secs`, nginx's `send_timeout`): a write that
 //!   makes no progress for that long fails the connection, so a client that never reads

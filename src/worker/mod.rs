@@ -8,6 +8,7 @@
 mod access_log;
 pub mod api;
 mod batcher;
+mod hot;
 mod ids;
 mod io;
 pub mod keys;

@@ -8,7 +8,9 @@
 //! survived, draining without refusing (process-model.md: a connection accepted before
 //! the drain gets its first request served, with `Connection: close`), TLS when the
 //! master read a certificate (the handshake under the header deadline), and the figures
-//! the heartbeat reports. What a request means is `api`'s business.
+//! the heartbeat reports. Each connection's requests are read by `hot` while they are
+//! plain posts of one event, then by hyper from the first other one on (`Drain::serve`).
+//! What a request means is `api`'s business.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -29,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::api::{Api, Handled};
+use super::hot::{self, HotRequest, Rewind, Served};
 use super::io::{ClientStream, Exchange};
 use super::link::Link;
 use super::reply::Body;
@@ -126,6 +129,7 @@ pub struct Connections {
     read_timeout: Duration,
     grace: Duration,
     write_timeout: Duration,
+    hot_limits: hot::Limits,
     requests: Rc<Requests>,
 }
 
@@ -140,20 +144,51 @@ struct Requests {
 }
 
 impl Requests {
+    /// A request hyper read.
     async fn serve(
         self: Rc<Self>,
         request: Request<Incoming>,
         peer: SocketAddr,
         exchange: Exchange,
     ) -> Result<Response<Body>, Infallible> {
-        exchange.request_started();
-        let in_flight = self.stats.request_started();
+        let in_flight = self.started(&exchange);
         let last = asks_to_close(&request);
+        let handled = self.api.handle(request, peer).await;
+        Ok(self.finished(&exchange, in_flight, last, handled))
+    }
+
+    /// A request of the hot route, read by `hot`.
+    fn serve_hot(
+        &self,
+        request: &HotRequest<'_>,
+        peer: SocketAddr,
+        exchange: &Exchange,
+    ) -> Response<Body> {
+        let in_flight = self.started(exchange);
+        let handled = (self.api).handle_posted(request.event, request.path, request.body, peer);
+        self.finished(exchange, in_flight, !request.keep_alive, handled)
+    }
+
+    /// A request's head has arrived, by whichever reader.
+    fn started(&self, exchange: &Exchange) -> InFlight<'_> {
+        exchange.request_started();
+        self.stats.request_started()
+    }
+
+    /// Its reply is made: the connection waits for the next head from then, and the
+    /// worker retires once it has served `workers.max_requests`.
+    fn finished(
+        &self,
+        exchange: &Exchange,
+        in_flight: InFlight<'_>,
+        last: bool,
+        handled: Handled,
+    ) -> Response<Body> {
         let Handled {
             response,
             read_to_end,
             finished,
-        } = self.api.handle(request, peer).await;
+        } = handled;
         if last && read_to_end {
             exchange.last_request_read_to_end();
         }
@@ -169,7 +204,7 @@ impl Requests {
             });
             self.shutdown.trigger("max_requests reached");
         }
-        Ok(response)
+        response
     }
 }
 
@@ -194,6 +229,10 @@ impl Connections {
             read_timeout: config.read_timeout(),
             grace: FIRST_REQUEST_GRACE.min(config.read_timeout()),
             write_timeout: config.write_timeout(),
+            hot_limits: hot::Limits {
+                max_head: config.server.max_header_bytes,
+                max_body: config.server.max_body_bytes,
+            },
             requests: Rc::new(Requests {
                 api: api.clone(),
                 stats: stats.clone(),
@@ -212,7 +251,11 @@ impl Connections {
             exchange: exchange.clone(),
             grace: self.grace,
             read_timeout: self.read_timeout,
+            hot_limits: self.hot_limits,
         };
+        let (requests, hot_exchange) = (self.requests.clone(), exchange.clone());
+        let answer =
+            move |request: &HotRequest<'_>| requests.serve_hot(request, peer, &hot_exchange);
         let service = self.service(peer, exchange.clone());
         let stream = ClientStream::new(stream, self.write_timeout, exchange);
         let open = self.requests.stats.connection_opened();
@@ -222,11 +265,11 @@ impl Connections {
             // connection's task the size of a TLS one, allocated and copied at each
             // accept.
             let served = match tls {
-                None => drain.serve(&http, stream, service).await,
+                None => drain.serve(&http, stream, answer, service).await,
                 Some(tls) => {
                     Box::pin(async {
                         match tokio::time::timeout(read_timeout, tls.accept(stream)).await {
-                            Ok(Ok(stream)) => drain.serve(&http, stream, service).await,
+                            Ok(Ok(stream)) => drain.serve(&http, stream, answer, service).await,
                             Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
                             Err(_) => Err("no TLS handshake within the read timeout".to_string()),
                         }
@@ -278,20 +321,40 @@ struct Drain {
     exchange: Exchange,
     grace: Duration,
     read_timeout: Duration,
+    hot_limits: hot::Limits,
 }
 
 impl Drain {
     /// Serves HTTP/1.1 on `io` (plain, or TLS once the handshake is done) until the
-    /// connection ends, waits too long for a head, or the worker drains.
-    async fn serve<I, S>(&self, http: &http1::Builder, io: I, service: S) -> Result<(), String>
+    /// connection ends, waits too long for a head, or the worker drains: the hot route's
+    /// requests by `hot` (`answer`) while they come, then whatever follows by hyper
+    /// (`service`), which keeps the connection from its first other request on.
+    async fn serve<I, A, S>(
+        &self,
+        http: &http1::Builder,
+        io: I,
+        answer: A,
+        service: S,
+    ) -> Result<(), String>
     where
         I: AsyncRead + AsyncWrite + Unpin + 'static,
+        A: FnMut(&HotRequest<'_>) -> Response<Body>,
         S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
     {
-        let connection = std::pin::pin!(http.serve_connection(TokioIo::new(io), service));
+        let served = async {
+            let io = match hot::serve(io, self.hot_limits, &self.shutdown, answer).await {
+                Ok(Served::Closed) => return Ok(()),
+                Ok(Served::HandedOver(io)) => io,
+                Err(e) => return Err(e.to_string()),
+            };
+            let connection = std::pin::pin!(http.serve_connection(TokioIo::new(io), service));
+            self.serve_until_drained(connection)
+                .await
+                .map_err(|e| e.to_string())
+        };
         tokio::select! {
             biased;
-            outcome = self.serve_until_drained(connection) => outcome.map_err(|e| e.to_string()),
+            outcome = served => outcome,
             () = self.head_overdue() => Err(format!(
                 "no request head within the read timeout ({}s)",
                 self.read_timeout.as_secs()
@@ -304,7 +367,7 @@ impl Drain {
     /// been seen gets the grace to send it, and is answered with `Connection: close`.
     async fn serve_until_drained<I, S>(
         &self,
-        mut connection: std::pin::Pin<&mut http1::Connection<TokioIo<I>, S>>,
+        mut connection: std::pin::Pin<&mut http1::Connection<TokioIo<Rewind<I>>, S>>,
     ) -> hyper::Result<()>
     where
         I: AsyncRead + AsyncWrite + Unpin + 'static,

@@ -1,0 +1,478 @@
+//! The hot route served without hyper: `POST /event/{type}/` of one event, which nearly
+//! all traffic is, read with httparse (the parser hyper uses) and answered by hand.
+//! hyper's own work was more than all of eventsd's a request (bench/RESULTS.md,
+//! 2026-12-02: 9,000 instructions a keep-alive request, against eventsd's 6,900).
+//!
+//! Owns one decision: whether the bytes read so far begin with a request that is plainly
+//! the hot route's, whole (head and body), in the form clients send it: HTTP/1.0 or 1.1,
+//! one plain `Content-Length` within `max_body_bytes`, no `Transfer-Encoding`, `Expect`
+//! or `Upgrade`, `Connection` saying at most `close` or `keep-alive`, a head within
+//! `max_header_bytes`. Anything else (another route, a body still on its way, bad
+//! syntax, the drain) goes to hyper with the connection and every byte read, and hyper
+//! serves that connection from then on: every refusal, limit and rule of HTTP stays
+//! hyper's and `api`'s. It never refuses a request, never answers one it has not read
+//! whole, and writes the reply as hyper would (status line, the reply's headers,
+//! `content-length`, `date`, and `connection` as hyper adds it).
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use hyper::Response;
+use hyper::body::Body as _;
+use hyper::body::Bytes;
+use hyper::header::{self, HeaderValue};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::reply::Body;
+use super::routes::Route;
+use super::shutdown::Shutdown;
+
+/// What a read asks for at least: hyper's first read buffer.
+const READ_AT_LEAST: usize = 8 * 1024;
+/// Headers a hot request may have; one with more goes to hyper, which allows 100.
+const MAX_HEADERS: usize = 32;
+/// hyper's limit on a request target (`MAX_URI_LEN`); a longer one is hyper's 414.
+const MAX_TARGET: usize = (u16::MAX - 1) as usize;
+
+/// How the hot route's loop ended.
+pub enum Served<I> {
+    /// The connection ended: the client closed it, or the last reply went out.
+    Closed,
+    /// hyper serves the rest, from the bytes read so far.
+    HandedOver(Rewind<I>),
+}
+
+/// The limits a hot request stays within; a request beyond them goes to hyper, which
+/// refuses it.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    pub max_head: usize,
+    pub max_body: u64,
+}
+
+/// A request of the hot route, read whole from the front of the buffer.
+pub struct HotRequest<'a> {
+    /// The type the event is posted to, as the path names it.
+    pub event: &'a str,
+    /// The path, for the access log.
+    pub path: &'a str,
+    pub body: &'a [u8],
+    /// Whether the connection stays open after the reply, by the client's word.
+    pub keep_alive: bool,
+    http_1_0: bool,
+    /// Head and body.
+    length: usize,
+}
+
+/// Serves the hot route's requests on `io` while they come whole; hands the connection
+/// over at the first byte that is anything else, or when the worker drains. `answer`
+/// makes a request's reply.
+pub async fn serve<I, F>(
+    mut io: I,
+    limits: Limits,
+    shutdown: &Shutdown,
+    mut answer: F,
+) -> io::Result<Served<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(&HotRequest<'_>) -> Response<Body>,
+{
+    let mut read = BytesMut::new();
+    let mut out = Vec::new();
+    loop {
+        if read.is_empty() {
+            read.reserve(READ_AT_LEAST);
+            // Draining, hyper decides what an idle connection gets (the first request's
+            // grace, then the close).
+            let got = tokio::select! {
+                biased;
+                () = shutdown.wait() => return Ok(Served::HandedOver(Rewind::new(read, io))),
+                got = io.read_buf(&mut read) => got?,
+            };
+            if got == 0 {
+                return Ok(Served::Closed);
+            }
+        }
+        let request = match HotRequest::read(&read, limits) {
+            Some(request) if !shutdown.is_triggered() => request,
+            _ => return Ok(Served::HandedOver(Rewind::new(read, io))),
+        };
+        let response = answer(&request);
+        let keep_alive = write_reply(&mut out, &request, response);
+        let length = request.length;
+        read.advance(length);
+        io.write_all(&out).await?;
+        if !keep_alive {
+            io.shutdown().await?;
+            return Ok(Served::Closed);
+        }
+    }
+}
+
+impl<'a> HotRequest<'a> {
+    /// The hot request at the front of `read`, if it is one and all of it is there.
+    fn read(read: &'a [u8], limits: Limits) -> Option<HotRequest<'a>> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        let httparse::Status::Complete(head) = request.parse(read).ok()? else {
+            return None;
+        };
+        let target = request.path?;
+        if head > limits.max_head || request.method? != "POST" || !plain_target(target) {
+            return None;
+        }
+        // Origin form only; the query is not the route's.
+        let path = target.split('?').next().filter(|p| p.starts_with('/'))?;
+        let Route::Event(event) = Route::parse(path)? else {
+            return None;
+        };
+        let http_1_0 = match request.version? {
+            0 => true,
+            1 => false,
+            _ => return None,
+        };
+        let (length, connection) = plain_headers(request.headers)?;
+        let length = length.filter(|&length| length <= limits.max_body)?;
+        let end = head.checked_add(usize::try_from(length).ok()?)?;
+        let body = read.get(head..end)?;
+        let keep_alive = match connection {
+            Connection::Close => false,
+            Connection::KeepAlive => true,
+            Connection::Unsaid => !http_1_0,
+        };
+        Some(HotRequest {
+            event,
+            path,
+            body,
+            keep_alive,
+            http_1_0,
+            length: end,
+        })
+    }
+}
+
+/// Whether `target` holds only what URIs are made of (RFC 3986's unreserved characters,
+/// sub-delimiters, `%`, `/`, `:`, `@`, `?`), within hyper's length: httparse takes more
+/// than hyper's URI parser does, and what hyper would refuse must reach it.
+fn plain_target(target: &str) -> bool {
+    target.len() <= MAX_TARGET
+        && target
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%/:@?".contains(&b))
+}
+
+/// What a request's `Connection` headers say, of what the hot route takes.
+#[derive(PartialEq)]
+enum Connection {
+    Unsaid,
+    KeepAlive,
+    Close,
+}
+
+/// The body's length and the `Connection` a hot request's headers give, when they hold
+/// nothing that hyper must judge: one `Content-Length` of digits alone, no
+/// `Transfer-Encoding`, `Expect` or `Upgrade`, `Connection` options among `close` and
+/// `keep-alive`.
+fn plain_headers(headers: &[httparse::Header<'_>]) -> Option<(Option<u64>, Connection)> {
+    let (mut length, mut connection) = (None, Connection::Unsaid);
+    for header in headers {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let digits = header.value;
+            let plain = !digits.is_empty() && digits.len() <= 18;
+            if length.is_some() || !plain || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            length = std::str::from_utf8(digits).ok()?.parse().ok();
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in std::str::from_utf8(header.value).ok()?.split(',') {
+                match option.trim() {
+                    o if o.eq_ignore_ascii_case("close") => connection = Connection::Close,
+                    o if o.eq_ignore_ascii_case("keep-alive") => {
+                        if connection != Connection::Close {
+                            connection = Connection::KeepAlive;
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+        } else if ["transfer-encoding", "expect", "upgrade"]
+            .iter()
+            .any(|other| name.eq_ignore_ascii_case(other))
+        {
+            return None;
+        }
+    }
+    Some((length, connection))
+}
+
+/// Writes `response` to `request` into `out` as hyper does, and says whether the
+/// connection stays open: HTTP/1.0 answered in 1.0 with `connection: keep-alive` when
+/// kept, HTTP/1.1 with `connection: close` when not; `content-length` unless the reply
+/// has one; `date` last.
+fn write_reply(out: &mut Vec<u8>, request: &HotRequest<'_>, response: Response<Body>) -> bool {
+    let (parts, body) = response.into_parts();
+    let mut headers = parts.headers;
+    let closes = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+    let keep_alive = request.keep_alive && !closes;
+    if request.http_1_0 && keep_alive {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    } else if !request.http_1_0 && !keep_alive && !closes {
+        headers.append(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    out.clear();
+    out.extend_from_slice(if request.http_1_0 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    let reason = parts.status.canonical_reason().unwrap_or("<none>");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let body = body_bytes(body);
+    if !headers.contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    DATE.with(|date| out.extend_from_slice(date.borrow_mut().now()));
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&body);
+    keep_alive
+}
+
+/// A reply's body, whole: `Full` holds it, ready at once.
+fn body_bytes(mut body: Body) -> Bytes {
+    let mut context = Context::from_waker(Waker::noop());
+    match Pin::new(&mut body).poll_frame(&mut context) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
+
+thread_local! {
+    static DATE: RefCell<CachedDate> = RefCell::new(CachedDate::default());
+}
+
+/// The `date` header's value, formatted once a second, as hyper does.
+#[derive(Default)]
+struct CachedDate {
+    text: String,
+    next: Option<SystemTime>,
+}
+
+impl CachedDate {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        if self.next.is_none_or(|next| now >= next) {
+            self.text = httpdate::fmt_http_date(now);
+            let into_second = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(Duration::ZERO, |since| {
+                    Duration::from_nanos(u64::from(since.subsec_nanos()))
+                });
+            self.next = Some(now - into_second + Duration::from_secs(1));
+        }
+        self.text.as_bytes()
+    }
+}
+
+/// A stream handed to hyper: the bytes the hot route read and did not serve come first.
+pub struct Rewind<I> {
+    read: BytesMut,
+    io: I,
+}
+
+impl<I> Rewind<I> {
+    fn new(read: BytesMut, io: I) -> Rewind<I> {
+        Rewind { read, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.read.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let given = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read[..given]);
+        this.read.advance(given);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_head: 1024,
+        max_body: 100,
+    };
+
+    fn read(text: &str) -> Option<(String, String, bool, usize)> {
+        let request = HotRequest::read(text.as_bytes(), LIMITS)?;
+        let body = String::from_utf8(request.body.to_vec()).unwrap();
+        Some((
+            request.event.to_string(),
+            body,
+            request.keep_alive,
+            request.length,
+        ))
+    }
+
+    fn post(version: &str, headers: &str, body: &str) -> String {
+        format!("POST /event/logins/ {version}\r\nHost: t\r\n{headers}\r\n{body}")
+    }
+
+    #[test]
+    fn a_plain_post_of_one_event_whole_in_the_buffer_is_hot() {
+        let text = post("HTTP/1.1", "Content-Length: 7\r\n", r#"{"a":1}"#);
+        let next = "GET /health HTTP/1.1\r\n\r\n";
+        let read = read(&format!("{text}{next}")).unwrap();
+        assert_eq!(
+            read,
+            ("logins".into(), r#"{"a":1}"#.into(), true, text.len())
+        );
+        let query = "POST /event/logins?x=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(self::read(query).unwrap().0, "logins");
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_close_wins() {
+        let keeps = |version, connection: &str| {
+            let headers = format!("Content-Length: 2\r\n{connection}");
+            read(&post(version, &headers, "{}")).unwrap().2
+        };
+        assert!(keeps("HTTP/1.1", ""));
+        assert!(!keeps("HTTP/1.1", "Connection: close\r\n"));
+        assert!(!keeps("HTTP/1.1", "Connection: keep-alive, Close\r\n"));
+        assert!(!keeps(
+            "HTTP/1.1",
+            "Connection: close\r\nConnection: keep-alive\r\n"
+        ));
+        assert!(!keeps("HTTP/1.0", ""));
+        assert!(keeps("HTTP/1.0", "Connection: Keep-Alive\r\n"));
+    }
+
+    #[test]
+    fn anything_but_the_plainest_post_goes_to_hyper() {
+        let cases = [
+            post("HTTP/1.1", "Content-Length: 7\r\n", r#"{"a":"#),
+            post("HTTP/1.1", "", "{}"),
+            post(
+                "HTTP/1.1",
+                "Content-Length: 2\r\nContent-Length: 2\r\n",
+                "{}",
+            ),
+            post("HTTP/1.1", "Content-Length: +2\r\n", "{}"),
+            post("HTTP/1.1", "Content-Length: 101\r\n", &"x".repeat(101)),
+            post(
+                "HTTP/1.1",
+                "Transfer-Encoding: chunked\r\n",
+                "2\r\n{}\r\n0\r\n\r\n",
+            ),
+            post(
+                "HTTP/1.1",
+                "Content-Length: 2\r\nExpect: 100-continue\r\n",
+                "{}",
+            ),
+            post("HTTP/1.1", "Content-Length: 2\r\nUpgrade: h2c\r\n", "{}"),
+            post(
+                "HTTP/1.1",
+                "Content-Length: 2\r\nConnection: upgrade\r\n",
+                "{}",
+            ),
+            post(
+                "HTTP/1.1",
+                &format!("Content-Length: 2\r\nX: {}\r\n", "y".repeat(1024)),
+                "{}",
+            ),
+            post(
+                "HTTP/1.1",
+                &format!("Content-Length: 2\r\n{}", "X: y\r\n".repeat(MAX_HEADERS)),
+                "{}",
+            ),
+            post("HTTP/1.1", "Content-Length: 2\r\nBad header: y\r\n", "{}"),
+            post("HTTP/2.0", "Content-Length: 2\r\n", "{}"),
+            "PUT /event/logins/ HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+            "post /event/logins/ HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+            "POST /event/logins/_bulk HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+            "POST /event/ HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+            "POST /event/a<b/ HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+            "POST /event/a\"b/ HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+            "POST http://t/event/logins/ HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+            "POST /event/logins/ HTTP/1.1\r\nContent-Length: 2\r\n".to_string(),
+        ];
+        for case in cases {
+            assert!(read(&case).is_none(), "{case:?} was taken");
+        }
+    }
+
+    #[test]
+    fn a_handed_over_stream_gives_what_was_read_first() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (mut client, server) = tokio::io::duplex(64);
+            let mut rewind = Rewind::new(BytesMut::from(&b"read before"[..]), server);
+            client.write_all(b", then sent").await.unwrap();
+            drop(client);
+            let mut all = String::new();
+            rewind.read_to_string(&mut all).await.unwrap();
+            assert_eq!(all, "read before, then sent");
+        });
+    }
+}
