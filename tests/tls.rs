@@ -104,11 +104,20 @@ fn certificate(dir: &Path, name: &str, ca: &str, usage: &str) {
 
 /// `curl --cacert CA https://127.0.0.1:PORT/health`, with `extra` arguments.
 fn curl(daemon: &Daemon, ca: &Path, extra: &[&str]) -> Output {
+    curl_paths(daemon, ca, extra, &["/health"])
+}
+
+/// `curl --cacert CA` of each of `paths` in turn (on one connection), with `extra`.
+fn curl_paths(daemon: &Daemon, ca: &Path, extra: &[&str], paths: &[&str]) -> Output {
     Command::new("curl")
         .args(["--silent", "--show-error", "--max-time", "5", "--cacert"])
         .arg(ca)
         .args(extra)
-        .arg(format!("https://127.0.0.1:{}/health", daemon.port))
+        .args(
+            paths
+                .iter()
+                .map(|path| format!("https://127.0.0.1:{}{path}", daemon.port)),
+        )
         .output()
         .expect("curl (Debian package curl) is installed")
 }
@@ -160,6 +169,20 @@ fn https_is_served_to_a_client_that_trusts_the_certificate_and_plain_http_is_ref
         String::from_utf8_lossy(&reply)
     );
     assert!(curl(&daemon, &dir.join("ca.pem"), &[]).status.success());
+
+    // Posts of one event over TLS (read without hyper), two on one connection.
+    let ca = dir.join("ca.pem");
+    let created = curl_paths(&daemon, &ca, &["-d", r#"{"type":"tls"}"#], &["/event/"]);
+    assert!(stdout(&created).contains("_id"), "{}", stdout(&created));
+    let posts = ["/event/tls/", "/event/tls/"];
+    let posted = curl_paths(&daemon, &ca, &["-d", r#"{"a":1}"#], &posts);
+    assert!(posted.status.success(), "{}", stderr(&posted));
+    assert_eq!(
+        stdout(&posted).matches(r#"{"_id":""#).count(),
+        2,
+        "{}",
+        stdout(&posted)
+    );
 }
 
 #[test]

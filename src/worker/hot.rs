@@ -21,10 +21,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BytesMut};
-use hyper::Response;
 use hyper::body::Body as _;
 use hyper::body::Bytes;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::reply::Body;
@@ -94,6 +94,8 @@ where
                 got = io.read_buf(&mut read) => got?,
             };
             if got == 0 {
+                // As hyper closes: over TLS, this says close_notify.
+                io.shutdown().await?;
                 return Ok(Served::Closed);
             }
         }
@@ -105,7 +107,10 @@ where
         let keep_alive = write_reply(&mut out, &request, response);
         let length = request.length;
         read.advance(length);
+        // Flushed as hyper does: TLS takes a reply into its buffer even when the socket
+        // is full, and only a flush sends it (under the write timeout).
         io.write_all(&out).await?;
+        io.flush().await?;
         if !keep_alive {
             io.shutdown().await?;
             return Ok(Served::Closed);
@@ -210,21 +215,32 @@ fn plain_headers(headers: &[httparse::Header<'_>]) -> Option<(Option<u64>, Conne
     Some((length, connection))
 }
 
-/// Writes `response` to `request` into `out` as hyper does, and says whether the
-/// connection stays open: HTTP/1.0 answered in 1.0 with `connection: keep-alive` when
-/// kept, HTTP/1.1 with `connection: close` when not; `content-length` unless the reply
-/// has one; `date` last.
+/// Writes `response` to `request` into `out` as hyper does (`Server::encode`,
+/// `Conn::enforce_version`), and says whether the connection stays open: HTTP/1.0
+/// answered in 1.0, with `keep-alive` added to `connection` when kept; HTTP/1.1 with
+/// `close` added when not; one `connection` line, values joined; `content-length`
+/// unless the reply has one; `date` last unless the reply has one. Only for the replies
+/// `api` makes to a post: none is 1xx, 204 or 304, which hyper writes otherwise.
 fn write_reply(out: &mut Vec<u8>, request: &HotRequest<'_>, response: Response<Body>) -> bool {
     let (parts, body) = response.into_parts();
+    debug_assert!(
+        !parts.status.is_informational()
+            && parts.status != StatusCode::NO_CONTENT
+            && parts.status != StatusCode::NOT_MODIFIED,
+        "a reply hyper writes otherwise: {}",
+        parts.status
+    );
     let mut headers = parts.headers;
-    let closes = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
-    let keep_alive = request.keep_alive && !closes;
-    if request.http_1_0 && keep_alive {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-    } else if !request.http_1_0 && !keep_alive && !closes {
+    let says = |headers: &HeaderMap, option: &str| {
+        (headers.get_all(header::CONNECTION).iter())
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(option))
+    };
+    let keep_alive = request.keep_alive && !says(&headers, "close");
+    if request.http_1_0 && keep_alive && !says(&headers, "keep-alive") {
+        headers.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    } else if !request.http_1_0 && !keep_alive && !says(&headers, "close") {
         headers.append(header::CONNECTION, HeaderValue::from_static("close"));
     }
     out.clear();
@@ -238,23 +254,42 @@ fn write_reply(out: &mut Vec<u8>, request: &HotRequest<'_>, response: Response<B
     let reason = parts.status.canonical_reason().unwrap_or("<none>");
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    for name in headers.keys() {
+        let values = headers.get_all(name).iter().map(HeaderValue::as_bytes);
+        if name == header::CONNECTION {
+            header_line(out, name, values);
+        } else {
+            values.for_each(|value| header_line(out, name, std::iter::once(value)));
+        }
     }
     let body = body_bytes(body);
     if !headers.contains_key(header::CONTENT_LENGTH) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let length = body.len().to_string();
+        header_line(
+            out,
+            &header::CONTENT_LENGTH,
+            std::iter::once(length.as_bytes()),
+        );
     }
-    out.extend_from_slice(b"date: ");
-    DATE.with(|date| out.extend_from_slice(date.borrow_mut().now()));
-    out.extend_from_slice(b"\r\n\r\n");
+    if !headers.contains_key(header::DATE) {
+        DATE.with(|date| header_line(out, &header::DATE, std::iter::once(date.borrow_mut().now())));
+    }
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
     keep_alive
+}
+
+/// `name: ` and `values` joined by `, `, one line.
+fn header_line<'v>(out: &mut Vec<u8>, name: &HeaderName, values: impl Iterator<Item = &'v [u8]>) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    for (index, value) in values.enumerate() {
+        if index > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(value);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A reply's body, whole: `Full` holds it, ready at once.
@@ -301,6 +336,12 @@ pub struct Rewind<I> {
 
 impl<I> Rewind<I> {
     fn new(read: BytesMut, io: I) -> Rewind<I> {
+        // An empty buffer still holds its room for a read: it goes at once.
+        let read = if read.is_empty() {
+            BytesMut::new()
+        } else {
+            read
+        };
         Rewind { read, io }
     }
 }
@@ -318,6 +359,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
         let given = this.read.len().min(buf.remaining());
         buf.put_slice(&this.read[..given]);
         this.read.advance(given);
+        if this.read.is_empty() {
+            // hyper reads into its own buffer from now on: ours goes.
+            this.read = BytesMut::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -458,6 +503,60 @@ mod tests {
         for case in cases {
             assert!(read(&case).is_none(), "{case:?} was taken");
         }
+    }
+
+    #[test]
+    fn the_loop_answers_posts_as_they_come_and_hands_over_at_the_first_other_request() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (mut client, server) = tokio::io::duplex(4096);
+            let shutdown = Shutdown::new();
+            let mut answered = Vec::new();
+            let answer = |request: &HotRequest<'_>| {
+                answered.push(String::from_utf8(request.body.to_vec()).unwrap());
+                Response::new(Body::new(Bytes::from_static(b"{}")))
+            };
+            let serving = serve(server, LIMITS, &shutdown, answer);
+            let talking = async {
+                let mut replies = Vec::new();
+                for body in ["1", "22"] {
+                    let post = post(
+                        "HTTP/1.1",
+                        &format!("Content-Length: {}\r\n", body.len()),
+                        body,
+                    );
+                    client.write_all(post.as_bytes()).await.unwrap();
+                    let mut reply = vec![0; 4096];
+                    let read = client.read(&mut reply).await.unwrap();
+                    replies.push(String::from_utf8_lossy(&reply[..read]).into_owned());
+                }
+                client
+                    .write_all(b"GET /health HTTP/1.1\r\n\r\n")
+                    .await
+                    .unwrap();
+                (client, replies)
+            };
+            // A loop that served nothing would leave the client waiting: bounded.
+            let both = async { tokio::join!(serving, talking) };
+            let (served, (client, replies)) = tokio::time::timeout(Duration::from_secs(10), both)
+                .await
+                .expect("the posts were not answered");
+            for reply in &replies {
+                assert!(reply.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ndate: "));
+                assert!(reply.ends_with("GMT\r\n\r\n{}"), "{reply:?}");
+            }
+            let Ok(Served::HandedOver(mut rewind)) = served else {
+                panic!("not handed over");
+            };
+            drop(client);
+            let mut rest = String::new();
+            rewind.read_to_string(&mut rest).await.unwrap();
+            assert_eq!(rest, "GET /health HTTP/1.1\r\n\r\n");
+            assert_eq!(answered, ["1", "22"]);
+        });
     }
 
     #[test]
