@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Buf, BytesMut};
 use hyper::body::Body as _;
 use hyper::body::Bytes;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -131,7 +131,13 @@ impl<'a> HotRequest<'a> {
             return None;
         }
         // Origin form only; the query is not the route's.
-        let path = target.split('?').next().filter(|p| p.starts_with('/'))?;
+        let path = match memchr::memchr(b'?', target.as_bytes()) {
+            Some(query) => &target[..query],
+            None => target,
+        };
+        if !path.starts_with('/') {
+            return None;
+        }
         let Route::Event(event) = Route::parse(path)? else {
             return None;
         };
@@ -164,11 +170,26 @@ impl<'a> HotRequest<'a> {
 /// sub-delimiters, `%`, `/`, `:`, `@`, `?`), within hyper's length: httparse takes more
 /// than hyper's URI parser does, and what hyper would refuse must reach it.
 fn plain_target(target: &str) -> bool {
-    target.len() <= MAX_TARGET
-        && target
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%/:@?".contains(&b))
+    target.len() <= MAX_TARGET && target.bytes().all(|b| IN_A_PLAIN_TARGET[usize::from(b)])
 }
+
+/// The bytes `plain_target` takes: a table, one load a byte.
+const IN_A_PLAIN_TARGET: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric();
+        byte += 1;
+    }
+    let others = b"-._~!$&'()*+,;=%/:@?";
+    let mut at = 0;
+    while at < others.len() {
+        table[others[at] as usize] = true;
+        at += 1;
+    }
+    table
+};
 
 /// What a request's `Connection` headers say, of what the hot route takes.
 #[derive(PartialEq)]
@@ -194,10 +215,10 @@ fn plain_headers(headers: &[httparse::Header<'_>]) -> Option<(Option<u64>, Conne
             }
             length = std::str::from_utf8(digits).ok()?.parse().ok();
         } else if name.eq_ignore_ascii_case("connection") {
-            for option in std::str::from_utf8(header.value).ok()?.split(',') {
-                match option.trim() {
-                    o if o.eq_ignore_ascii_case("close") => connection = Connection::Close,
-                    o if o.eq_ignore_ascii_case("keep-alive") => {
+            for option in header.value.split(|&b| b == b',') {
+                match option.trim_ascii() {
+                    o if o.eq_ignore_ascii_case(b"close") => connection = Connection::Close,
+                    o if o.eq_ignore_ascii_case(b"keep-alive") => {
                         if connection != Connection::Close {
                             connection = Connection::KeepAlive;
                         }
@@ -230,19 +251,22 @@ fn write_reply(out: &mut Vec<u8>, request: &HotRequest<'_>, response: Response<B
         "a reply hyper writes otherwise: {}",
         parts.status
     );
-    let mut headers = parts.headers;
-    let says = |headers: &HeaderMap, option: &str| {
-        (headers.get_all(header::CONNECTION).iter())
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(option))
-    };
-    let keep_alive = request.keep_alive && !says(&headers, "close");
-    if request.http_1_0 && keep_alive && !says(&headers, "keep-alive") {
-        headers.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-    } else if !request.http_1_0 && !keep_alive && !says(&headers, "close") {
-        headers.append(header::CONNECTION, HeaderValue::from_static("close"));
+    let headers = parts.headers;
+    let (mut closes, mut says_keep_alive) = (false, false);
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            closes |= token.trim_ascii().eq_ignore_ascii_case(b"close");
+            says_keep_alive |= token.trim_ascii().eq_ignore_ascii_case(b"keep-alive");
+        }
     }
+    let keep_alive = request.keep_alive && !closes;
+    // What hyper adds to `connection` (at its end, or as a header of its own after the
+    // reply's).
+    let added: &[u8] = match (request.http_1_0, keep_alive) {
+        (true, true) if !says_keep_alive => b"keep-alive",
+        (false, false) if !closes => b"close",
+        _ => b"",
+    };
     out.clear();
     out.extend_from_slice(if request.http_1_0 {
         b"HTTP/1.0 "
@@ -254,16 +278,27 @@ fn write_reply(out: &mut Vec<u8>, request: &HotRequest<'_>, response: Response<B
     let reason = parts.status.canonical_reason().unwrap_or("<none>");
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
+    let (mut has_length, mut has_date, mut has_connection) = (false, false, false);
     for name in headers.keys() {
         let values = headers.get_all(name).iter().map(HeaderValue::as_bytes);
         if name == header::CONNECTION {
-            header_line(out, name, values);
+            has_connection = true;
+            header_line(
+                out,
+                name,
+                values.chain((!added.is_empty()).then_some(added)),
+            );
         } else {
+            has_length |= name == header::CONTENT_LENGTH;
+            has_date |= name == header::DATE;
             values.for_each(|value| header_line(out, name, std::iter::once(value)));
         }
     }
+    if !has_connection && !added.is_empty() {
+        header_line(out, &header::CONNECTION, std::iter::once(added));
+    }
     let body = body_bytes(body);
-    if !headers.contains_key(header::CONTENT_LENGTH) {
+    if !has_length {
         let length = body.len().to_string();
         header_line(
             out,
@@ -271,7 +306,7 @@ fn write_reply(out: &mut Vec<u8>, request: &HotRequest<'_>, response: Response<B
             std::iter::once(length.as_bytes()),
         );
     }
-    if !headers.contains_key(header::DATE) {
+    if !has_date {
         DATE.with(|date| header_line(out, &header::DATE, std::iter::once(date.borrow_mut().now())));
     }
     out.extend_from_slice(b"\r\n");
