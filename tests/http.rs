@@ -599,3 +599,60 @@ fn posts_pipelined_split_or_followed_by_other_requests_are_all_answered_in_order
         daemon.metric_sum("eventsd_events_collected_total") == 4
     });
 }
+
+/// The segments a client's connection has received that carried no data (its SYN-ACK,
+/// pure ACKs, a FIN sent alone), from the kernel's own count (`TCP_INFO`).
+fn segments_without_data_received(stream: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero tcp_info is a valid value of a plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `length` bytes into `info`, which has them.
+    let got = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut length,
+        )
+    };
+    assert_eq!(got, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_segs_in - info.tcpi_data_segs_in
+}
+
+#[test]
+fn the_last_reply_of_a_connection_arrives_with_its_fin() {
+    // A client that said its request was its last gets the reply and the end of the
+    // stream in one segment: one packet fewer each way on every short connection.
+    let daemon = Daemon::run("");
+    register(&daemon, "hot");
+    let body = r#"{"a":1}"#;
+    let post = |version: &str, connection: &str| {
+        format!(
+            "POST /event/hot/ {version}\r\nHost: t\r\n{connection}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let cases = [
+        ("the hot route, HTTP/1.0", post("HTTP/1.0", "")),
+        (
+            "the hot route, close",
+            post("HTTP/1.1", "Connection: close\r\n"),
+        ),
+        (
+            "hyper",
+            "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_string(),
+        ),
+    ];
+    for (case, request) in cases {
+        let mut stream = TcpStream::connect(daemon.address()).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let reply = closed_by_server_within(&mut stream, 10 * SECOND);
+        let reply = parse_response(&reply).unwrap();
+        assert_eq!(reply.status, 200, "{case}: {reply:?}");
+        // The SYN-ACK and, at most, the ACK of the request: no FIN of its own.
+        let alone = segments_without_data_received(&stream);
+        assert!(alone <= 2, "{case}: {alone} segments without data");
+    }
+}

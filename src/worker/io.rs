@@ -12,7 +12,9 @@
 //!   with unread data would have made the kernel reset the connection. Only a connection
 //!   whose client said its request was the last (`Connection: close`, HTTP/1.0), that
 //!   request read to its end, closes at once: lingering there cost a `shutdown`, a
-//!   timer, a wake-up and a read per connection for nothing.
+//!   timer, a wake-up and a read per connection for nothing. Its reply is sent held
+//!   back (`MSG_MORE`), and the close sends it with the FIN, in one segment: on short
+//!   connections, 8 segments a request where there were 10.
 //!
 //! It also tells the server (`Exchange`) when a reply read slowly is out at last, and
 //! when the connection closes: the header deadline, which the server keeps, counts a
@@ -28,13 +30,17 @@ use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Sleep, sleep};
 
 /// The longest a closing connection is read from for nothing.
 const LINGER: Duration = Duration::from_secs(5);
+/// How a connection's last reply is sent: held back for the FIN of the close that
+/// follows, and without SIGPIPE should the client be gone.
+const LAST_REPLY: libc::c_int = libc::MSG_MORE | libc::MSG_NOSIGNAL;
 
 /// What a connection's stream, its service and the task serving it share (one thread).
 #[derive(Clone)]
@@ -71,6 +77,11 @@ impl Exchange {
 
     pub fn last_request_read_to_end(&self) {
         self.0.unread.set(false);
+    }
+
+    /// Whether the connection closes at once after the reply being written (no linger).
+    fn closes_after_reply(&self) -> bool {
+        !self.0.unread.get()
     }
 
     /// A request's head has arrived: no deadline runs until its reply is made.
@@ -138,6 +149,25 @@ impl ClientStream {
         }
     }
 
+    /// Writes the last reply of a connection that closes at once after it, held back
+    /// (`MSG_MORE`) for the close to send with its FIN: one segment where there were two.
+    fn poll_send_last(
+        &self,
+        cx: &mut Context<'_>,
+        send: impl Fn(SockRef<'_>) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            let sent = self
+                .stream
+                .try_io(Interest::WRITABLE, || send(SockRef::from(&self.stream)));
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                sent => return Poll::Ready(sent),
+            }
+        }
+    }
+
     /// After a write: progress disarms the deadline, a wait arms it (once) and fails the
     /// write when it passes.
     fn deadline<T>(
@@ -189,7 +219,11 @@ impl AsyncWrite for ClientStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        let written = if this.exchange.closes_after_reply() {
+            this.poll_send_last(cx, |socket| socket.send_with_flags(buf, LAST_REPLY))
+        } else {
+            Pin::new(&mut this.stream).poll_write(cx, buf)
+        };
         this.deadline(cx, written)
     }
 
@@ -199,7 +233,13 @@ impl AsyncWrite for ClientStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        let written = if this.exchange.closes_after_reply() {
+            this.poll_send_last(cx, |socket| {
+                socket.send_vectored_with_flags(bufs, LAST_REPLY)
+            })
+        } else {
+            Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        };
         this.deadline(cx, written)
     }
 
