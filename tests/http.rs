@@ -274,18 +274,66 @@ fn a_connection_closed_after_its_request_was_read_frees_its_slot_at_once() {
     drop(first);
 }
 
+/// The rows of `/proc/net/tcp`, split into fields: local address, remote address, state
+/// (`01` established, `03` SYN_RECV, `0A` listening), `tx_queue:rx_queue`...
+fn tcp_table() -> Vec<Vec<String>> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let rows = table.lines().skip(1);
+    rows.map(|line| {
+        line.split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    })
+    .collect()
+}
+
+fn loopback(port: u16) -> String {
+    format!("0100007F:{port:04X}")
+}
+
 /// Connections waiting to be accepted on the loopback listener of `port`: the receive
 /// queue that `/proc/net/tcp` shows for a listening socket.
 fn accept_queue(port: u16) -> Option<u64> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let local = format!("0100007F:{port:04X}");
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // local address, remote, state (0A: LISTEN), tx_queue:rx_queue
-        let listening = fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A");
-        let queue = fields.get(4)?.split_once(':')?.1;
-        listening.then(|| u64::from_str_radix(queue, 16).ok())?
-    })
+    let row = tcp_table().into_iter().find(|row| {
+        row.first() == Some(&loopback(port)) && row.get(2).is_some_and(|s| s == "0A")
+    })?;
+    let queue = row.get(3)?.split_once(':')?.1;
+    u64::from_str_radix(queue, 16).ok()
+}
+
+/// The state of the server's side of `client`'s connection to the loopback `port`.
+fn server_side_state(port: u16, client: &TcpStream) -> Option<String> {
+    let peer = loopback(client.local_addr().ok()?.port());
+    let row = tcp_table()
+        .into_iter()
+        .find(|row| row.first() == Some(&loopback(port)) && row.get(1) == Some(&peer))?;
+    row.get(2).cloned()
+}
+
+#[test]
+fn a_client_that_connects_and_says_nothing_holds_no_slot_until_it_speaks() {
+    // The kernel offers a connection to the workers once its first bytes arrive
+    // (TCP_DEFER_ACCEPT): until then it is not accepted, takes none of a worker's
+    // `max_connections`, and the worker is not woken for it.
+    let daemon = Daemon::run(
+        "[server]\nmax_connections = 1\nread_timeout_secs = 30\n[workers]\nmin = 1\nmax = 1\n",
+    );
+    let mut silent = TcpStream::connect(daemon.address()).unwrap();
+    let mut speaking = TcpStream::connect(daemon.address()).unwrap();
+    let health = b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    speaking.write_all(health).unwrap();
+    speaking.set_read_timeout(Some(3 * SECOND)).unwrap();
+    assert_eq!(read_response(&mut speaking).unwrap().status, 200);
+    assert_eq!(
+        server_side_state(daemon.port, &silent).as_deref(),
+        Some("03"),
+        "the silent connection was accepted (not SYN_RECV on the server's side)"
+    );
+
+    silent.write_all(health).unwrap();
+    silent.set_read_timeout(Some(3 * SECOND)).unwrap();
+    assert_eq!(read_response(&mut silent).unwrap().status, 200);
 }
 
 #[test]

@@ -62,7 +62,7 @@ impl Master {
         let listener =
             if new.server.listen != old.server.listen || new.server.backlog != old.server.backlog {
                 let listener = setup::bind(&new)?;
-                setup::without_nagle(&listener);
+                setup::tune_listener(&listener);
                 Some(listener)
             } else {
                 None

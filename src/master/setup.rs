@@ -150,12 +150,44 @@ pub(super) fn activated_listener() -> anyhow::Result<Option<Socket>> {
     Ok(Some(socket))
 }
 
-/// Sets TCP_NODELAY on the listening socket, whichever way it came (bound, handed over
-/// by the service manager, inherited from the binary before an upgrade): accepted
-/// sockets inherit it (Linux), so no worker sets it per connection.
-pub(super) fn without_nagle(listener: &Socket) {
+/// Sets the listening socket's options, whichever way it came (bound, handed over by the
+/// service manager, inherited from the binary before an upgrade).
+///
+/// - TCP_NODELAY: accepted sockets inherit it (Linux), so no worker sets it per
+///   connection.
+/// - TCP_DEFER_ACCEPT (nginx's `listen ... deferred`): a connection is offered to the
+///   workers once its first bytes have arrived, so a worker accepts and reads in one
+///   wake-up instead of being woken twice (the handshake, then the request); a client
+///   that connects and stays silent is offered after `DEFER_ACCEPT_SECS` all the same,
+///   and its read timeout runs from then.
+pub(super) fn tune_listener(listener: &Socket) {
     if let Err(e) = listener.set_tcp_nodelay(true) {
         warn!("cannot set TCP_NODELAY on the listening socket: {e}; replies may be delayed");
+    }
+    if let Err(e) = defer_accept(listener, DEFER_ACCEPT_SECS) {
+        warn!("cannot set TCP_DEFER_ACCEPT on the listening socket: {e}");
+    }
+}
+
+/// How long the kernel holds a silent new connection before offering it to a worker.
+const DEFER_ACCEPT_SECS: libc::c_int = 1;
+
+fn defer_accept(listener: &Socket, seconds: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt reads one c_int from a live local, on a descriptor we own.
+    let set = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const seconds).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
