@@ -30,6 +30,7 @@ impl Default for Server {
             tls_key: None,
             tls_client_ca: None,
             expose_keys_without_token: true,
+            deferred_accept: true,
         }
     }
 }

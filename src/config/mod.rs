@@ -156,6 +156,9 @@ pub struct Server {
     /// Key values in a watcher's live state without the token (alerts.md): off where
     /// they are personal data.
     pub expose_keys_without_token: bool,
+    /// A new connection is offered to the workers once its first bytes arrive
+    /// (TCP_DEFER_ACCEPT, nginx's `deferred`), or after 1 s of silence.
+    pub deferred_accept: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -56,7 +56,7 @@ impl Ground {
             Some(socket) => socket,
             None => setup::activated_listener()?.map_or_else(|| setup::bind(&config), Ok)?,
         };
-        setup::tune_listener(&listener);
+        setup::tune_listener(&listener, &config.server);
         let control = match pidfile {
             None => None,
             Some(_) => Some(ControlSocket::bind(&config.daemon.control_socket)?),

@@ -62,7 +62,7 @@ impl Master {
         let listener =
             if new.server.listen != old.server.listen || new.server.backlog != old.server.backlog {
                 let listener = setup::bind(&new)?;
-                setup::tune_listener(&listener);
+                setup::tune_listener(&listener, &new.server);
                 Some(listener)
             } else {
                 None
@@ -85,10 +85,15 @@ impl Master {
         }
         self.counting.watch.set_max_keys(new.watchers.max_keys);
         self.oncall.reconfigure(&new);
-        if let Some(listener) = listener {
-            info!("now listening on {}", new.server.listen);
-            // Old workers keep their copy of the previous socket until they have drained.
-            self.ground.listener = listener;
+        match listener {
+            Some(listener) => {
+                info!("now listening on {}", new.server.listen);
+                // Old workers keep their copy of the previous socket until they have
+                // drained.
+                self.ground.listener = listener;
+            }
+            // The same socket: `server.deferred_accept` may have changed.
+            None => setup::tune_listener(&self.ground.listener, &new.server),
         }
         self.pool.clamp_target(new.workers.min, new.workers.max);
         self.ground.tls = tls;

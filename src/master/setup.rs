@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use log::{error, warn};
 use socket2::{Domain, Socket, Type};
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::registry::Registry;
 
 pub(super) fn counters_path(config: &Config) -> PathBuf {
@@ -155,16 +155,23 @@ pub(super) fn activated_listener() -> anyhow::Result<Option<Socket>> {
 ///
 /// - TCP_NODELAY: accepted sockets inherit it (Linux), so no worker sets it per
 ///   connection.
-/// - TCP_DEFER_ACCEPT (nginx's `listen ... deferred`): a connection is offered to the
-///   workers once its first bytes have arrived, so a worker accepts and reads in one
-///   wake-up instead of being woken twice (the handshake, then the request); a client
-///   that connects and stays silent is offered after `DEFER_ACCEPT_SECS` all the same,
-///   and its read timeout runs from then.
-pub(super) fn tune_listener(listener: &Socket) {
+/// - TCP_DEFER_ACCEPT (`server.deferred_accept`, nginx's `listen ... deferred`): a
+///   connection is offered to the workers once its first bytes have arrived, so a
+///   worker accepts and reads in one wake-up instead of being woken twice (the
+///   handshake, then the request); a client that connects and stays silent is offered
+///   after `DEFER_ACCEPT_SECS` all the same, and its read timeout runs from then. Set
+///   either way, so that a reload turning it off, or a socket handed over with it,
+///   serves as configured.
+pub(super) fn tune_listener(listener: &Socket, server: &config::Server) {
     if let Err(e) = listener.set_tcp_nodelay(true) {
         warn!("cannot set TCP_NODELAY on the listening socket: {e}; replies may be delayed");
     }
-    if let Err(e) = defer_accept(listener, DEFER_ACCEPT_SECS) {
+    let seconds = if server.deferred_accept {
+        DEFER_ACCEPT_SECS
+    } else {
+        0
+    };
+    if let Err(e) = defer_accept(listener, seconds) {
         warn!("cannot set TCP_DEFER_ACCEPT on the listening socket: {e}");
     }
 }

@@ -13,8 +13,8 @@
 //!   whose client said its request was the last (`Connection: close`, HTTP/1.0), that
 //!   request read to its end, closes at once: lingering there cost a `shutdown`, a
 //!   timer, a wake-up and a read per connection for nothing. Its reply is sent held
-//!   back (`MSG_MORE`), and the close sends it with the FIN, in one segment: on short
-//!   connections, 8 segments a request where there were 10.
+//!   back (`MSG_MORE`), and the shutdown that follows sends it with the FIN, in one
+//!   segment: on short connections, 8 segments a request where there were 10.
 //!
 //! It also tells the server (`Exchange`) when a reply read slowly is out at last, and
 //! when the connection closes: the header deadline, which the server keeps, counts a
@@ -264,7 +264,10 @@ impl AsyncWrite for ClientStream {
         this.exchange.0.waiting_since.set(None);
         if this.lingering.is_none() {
             if !this.exchange.0.unread.get() {
-                return Poll::Ready(Ok(()));
+                // The reply held back leaves with the FIN now, not at the close: a byte
+                // the client sent late would make the close a reset, which would
+                // discard a reply still in the send queue.
+                return Pin::new(&mut this.stream).poll_shutdown(cx);
             }
             ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
             this.lingering = Some(Box::pin(sleep(LINGER)));
