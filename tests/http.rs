@@ -358,10 +358,17 @@ fn a_client_that_connects_and_says_nothing_holds_no_slot_until_it_speaks() {
         .unwrap();
     silent.set_read_timeout(Some(3 * SECOND)).unwrap();
     assert_eq!(read_response(&mut silent).unwrap().status, 200);
-    drop(daemon);
+    drop(silent);
 
-    // Turned off, a silent client is accepted at once and holds the one slot.
-    let daemon = Daemon::run(&config(false));
+    // Turned off by a reload, which keeps the socket: a silent client is accepted at once
+    // and holds the one slot, as before the deferred accept.
+    let off = common::config_text(daemon.port, &config(false));
+    std::fs::write(&daemon.config, off).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the new generation alone", 20 * SECOND, || {
+        let reloaded = daemon.status().is_some_and(|s| s["generation"] == 2);
+        reloaded && daemon.workers().len() == 1 && daemon.serving_workers().len() == 1
+    });
     let (served, state, _) = served_beside_a_silent_client(&daemon);
     assert!(!served, "served while a silent client held the only slot");
     assert_eq!(
