@@ -191,11 +191,9 @@ fn defer_accept(listener: &Socket, seconds: libc::c_int) -> std::io::Result<()> 
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if set == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    nix::errno::Errno::result(set)
+        .map(drop)
+        .map_err(std::io::Error::from)
 }
 
 /// Binds the listening socket that every worker inherits.

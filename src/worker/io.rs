@@ -263,7 +263,7 @@ impl AsyncWrite for ClientStream {
         // the reset the linger is there to prevent.
         this.exchange.0.waiting_since.set(None);
         if this.lingering.is_none() {
-            if !this.exchange.0.unread.get() {
+            if this.exchange.closes_after_reply() {
                 // The reply held back leaves with the FIN now, not at the close: a byte
                 // the client sent late would make the close a reset, which would
                 // discard a reply still in the send queue.
