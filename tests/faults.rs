@@ -346,25 +346,15 @@ fn a_client_that_never_reads_its_reply_is_cut_at_the_write_timeout() {
     let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n[server]\nwrite_timeout_secs = 1\n");
     register(&daemon, "logins");
     let bulk = "{}\n".repeat(300_000);
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&daemon.address().into()).unwrap();
-    let mut stream: TcpStream = socket.into();
+    let mut stream = common::unread_client(daemon.address());
+    stream.set_write_timeout(None).unwrap();
     let head = format!(
         "POST /event/logins/_bulk?ids=true HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
         bulk.len()
     );
-    let cut = format!("connection from {}: ", stream.local_addr().unwrap());
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(bulk.as_bytes()).unwrap();
-    // The worker's own word that it ended this connection (it logs why), however long
-    // 300,000 events take a debug build on a loaded machine; then it holds nothing.
-    wait_for("the worker to cut the connection", 120 * SECOND, || {
-        daemon.log().contains(&cut)
-    });
-    wait_for("the worker to hold no connection", 30 * SECOND, || {
-        daemon.status().unwrap()["workers"][0]["connections"] == 0
-    });
+    common::wait_cut_for_reading_nothing(&daemon, stream.local_addr().unwrap());
     let mut received = Vec::new();
     stream.set_read_timeout(Some(5 * SECOND)).unwrap();
     let _ = stream.read_to_end(&mut received);
@@ -384,6 +374,20 @@ fn a_client_that_never_reads_its_reply_is_cut_at_the_write_timeout() {
         "the whole reply was sent: {} of {declared}",
         received.len() - body_start
     );
+    assert_eq!(daemon.get("/health").unwrap().status, 200);
+}
+
+/// A client that pipelines posts and never reads a reply holds its worker no longer than
+/// `write_timeout_secs`: its replies fill the connection, the worker's write stalls and
+/// it stops reading, then cuts the connection when the deadline passes.
+#[test]
+fn a_client_that_pipelines_posts_and_never_reads_is_cut_at_the_write_timeout() {
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n[server]\nwrite_timeout_secs = 1\n");
+    register(&daemon, "logins");
+    let mut stream = common::unread_client(daemon.address());
+    let posted = common::pipeline_posts_unread(&mut stream, "logins");
+    eprintln!("{posted} posts written before the worker stopped reading");
+    common::wait_cut_for_reading_nothing(&daemon, stream.local_addr().unwrap());
     assert_eq!(daemon.get("/health").unwrap().status, 200);
 }
 

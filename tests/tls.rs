@@ -7,9 +7,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 use common::{Daemon, SECOND, stderr, stdout, wait_for};
 use nix::sys::signal::Signal;
+use rustls::crypto::ring;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let output = Command::new("openssl")
@@ -137,6 +142,22 @@ fn daemon_with_tls(extra: &str) -> (Daemon, PathBuf) {
     (daemon, dir)
 }
 
+/// A TLS client on `stream` that trusts the authority in `ca`.
+fn tls_client(stream: TcpStream, ca: &Path) -> StreamOwned<ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server = ServerName::try_from("127.0.0.1").unwrap();
+    let connection = ClientConnection::new(Arc::new(config), server).unwrap();
+    StreamOwned::new(connection, stream)
+}
+
 fn run(mut daemon: Daemon) -> Daemon {
     daemon.spawn_foreground(&[]);
     daemon.wait_ready();
@@ -183,6 +204,26 @@ fn https_is_served_to_a_client_that_trusts_the_certificate_and_plain_http_is_ref
         "{}",
         stdout(&posted)
     );
+}
+
+/// A client that pipelines posts over TLS and never reads a reply is cut at
+/// `write_timeout_secs`, as over plain TCP (faults.rs): TLS takes the replies into its
+/// own buffer, and only the flush, under the write deadline, sends them.
+#[test]
+fn a_client_that_pipelines_posts_over_tls_and_never_reads_is_cut_at_the_write_timeout() {
+    let (daemon, dir) = daemon_with_tls("write_timeout_secs = 1\n[workers]\nmin = 1\nmax = 1\n");
+    let daemon = run(daemon);
+    let ca = dir.join("ca.pem");
+    let created = curl_paths(&daemon, &ca, &["-d", r#"{"type":"tls"}"#], &["/event/"]);
+    assert!(stdout(&created).contains("_id"), "{}", stdout(&created));
+
+    let stream = common::unread_client(daemon.address());
+    let client = stream.local_addr().unwrap();
+    let mut tls = tls_client(stream, &ca);
+    let posted = common::pipeline_posts_unread(&mut tls, "tls");
+    eprintln!("{posted} posts written before the worker stopped reading");
+    common::wait_cut_for_reading_nothing(&daemon, client);
+    assert!(curl(&daemon, &ca, &[]).status.success());
 }
 
 #[test]

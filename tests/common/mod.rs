@@ -501,6 +501,56 @@ pub fn exchange(address: SocketAddr, raw: &str) -> (Vec<u8>, std::io::Result<()>
     (reply, outcome)
 }
 
+/// A client that reads nothing: a small receive window, and writes that give up after
+/// 2 s without progress (the server stopped reading). A TLS client reads what it must,
+/// also when a write blocks: such a read gives up after 2 s too.
+pub fn unread_client(address: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&address.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_write_timeout(Some(2 * SECOND)).unwrap();
+    stream.set_read_timeout(Some(2 * SECOND)).unwrap();
+    stream
+}
+
+/// Writes keep-alive posts of one event to `/event/{event}/` on `stream`, a hundred at
+/// a time, and reads no reply, until a write fails (the server stopped reading, or cut
+/// the connection) or a minute has passed. How many posts went out whole.
+pub fn pipeline_posts_unread(stream: &mut impl Write, event: &str) -> usize {
+    const BATCH: usize = 100;
+    let body = r#"{"user":"pipelined"}"#;
+    let post = format!(
+        "POST /event/{event}/ HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let batch = post.repeat(BATCH);
+    let started = Instant::now();
+    let mut posted = 0;
+    while started.elapsed() < 60 * SECOND && stream.write_all(batch.as_bytes()).is_ok() {
+        posted += BATCH;
+    }
+    posted
+}
+
+/// Waits for the worker's word that it cut the connection from `client` because the
+/// client read nothing for `write_timeout_secs` (it logs why), then for the worker to
+/// hold no connection.
+pub fn wait_cut_for_reading_nothing(daemon: &Daemon, client: SocketAddr) {
+    let cut = format!("connection from {client}: ");
+    // However long a debug build takes, on a loaded machine, to get through what the
+    // client sent before its replies filled the connection.
+    wait_for("the worker to cut the connection", 120 * SECOND, || {
+        daemon
+            .log()
+            .lines()
+            .any(|line| line.contains(&cut) && line.contains("read nothing"))
+    });
+    wait_for("the worker to hold no connection", 30 * SECOND, || {
+        daemon.status().unwrap()["workers"][0]["connections"] == 0
+    });
+}
+
 pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply)?;
