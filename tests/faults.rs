@@ -339,6 +339,29 @@ fn a_client_that_sends_its_whole_body_before_reading_gets_the_413() {
     assert_eq!(reply.json()["status_code"], 413);
 }
 
+/// `max_header_bytes` bounds each request's head, not only what one read takes: a head
+/// between one and two limits long, read with a short request before it, gets 431 too.
+#[test]
+fn a_head_beyond_max_header_bytes_behind_a_short_request_gets_431_too() {
+    let daemon = Daemon::run("[workers]\nmin = 1\nmax = 1\n[server]\nmax_header_bytes = 8192\n");
+    register(&daemon, "logins");
+    let body = r#"{"user":"oversized"}"#;
+    let requests = format!(
+        "GET /health HTTP/1.1\r\nHost: t\r\n\r\n\
+         POST /event/logins/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Length: {}\r\nX-Padding: {}\r\n\r\n{body}",
+        body.len(),
+        "a".repeat(16_000)
+    );
+    let (replies, _) = common::exchange(daemon.address(), &requests);
+    let replies = String::from_utf8_lossy(&replies);
+    // Replies follow each other with no line between them.
+    let statuses: Vec<&str> = (replies.match_indices("HTTP/1.1 "))
+        .filter_map(|(at, line)| replies.get(at + line.len()..at + line.len() + 3))
+        .collect();
+    assert_eq!(statuses, ["200", "431"], "{replies}");
+}
+
 /// A client that never reads its reply is cut at `write_timeout_secs`: the reply it finds
 /// later is shorter than its Content-Length, and the worker holds nothing for it.
 #[test]

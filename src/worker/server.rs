@@ -219,9 +219,13 @@ impl Connections {
     ) -> Connections {
         // No timer for hyper: its header deadline armed, registered and dropped a timer
         // each request; `Drain::serve` keeps the same deadline with one per connection.
+        // Both limits: the buffer's bounds what one read takes, the head's each request's
+        // head (with the buffer's alone, a head behind a short request read with it
+        // could be nearly twice the limit).
         let mut http = http1::Builder::new();
         http.header_read_timeout(None)
             .max_buf_size(config.server.max_header_bytes)
+            .max_header_size(config.server.max_header_bytes)
             .keep_alive(true);
         Connections {
             http: Rc::new(http),
