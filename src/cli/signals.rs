@@ -27,7 +27,8 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args)]
 pub struct Wait {
-    /// Seconds to wait for the daemon (default: enough for the configured timeouts).
+    /// Seconds to wait for the daemon (default: 30 to start; to stop, reload or upgrade,
+    /// workers.graceful_timeout_secs and 5, 30 or 60 more).
     #[arg(long)]
     pub timeout: Option<u64>,
 }
