@@ -244,9 +244,18 @@ fn reload_returns_once_the_new_generation_serves() {
 #[test]
 fn status_uses_the_lsb_exit_codes() {
     let daemon = Daemon::new("");
+    // Each says where it looked: a daemon started with another pidfile is not found.
+    let not_running = format!(
+        "eventsd is not running (pidfile {})",
+        daemon.pidfile().display()
+    );
     let output = daemon.cli(&["status"]);
     assert_eq!(output.status.code(), Some(3), "not running");
-    assert!(stderr(&output).contains("not running"));
+    assert!(
+        stderr(&output).contains(&not_running),
+        "{}",
+        stderr(&output)
+    );
     for command in ["reload", "upgrade", "reopen"] {
         let output = daemon.ctl(&[command]);
         assert_eq!(
@@ -254,8 +263,15 @@ fn status_uses_the_lsb_exit_codes() {
             Some(7),
             "LSB: {command} when not running"
         );
-        assert!(stderr(&output).contains("not running"), "{command}");
+        assert!(stderr(&output).contains(&not_running), "{command}");
     }
+    let output = daemon.ctl(&["stop"]);
+    assert_eq!(output.status.code(), Some(0), "LSB: stop when not running");
+    assert!(
+        stdout(&output).contains(&not_running),
+        "{}",
+        stdout(&output)
+    );
 
     let mut daemon = daemon;
     assert!(daemon.start().status.success());

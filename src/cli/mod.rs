@@ -161,6 +161,16 @@ fn completions(shell: clap_complete::Shell, mut program: clap::Command) -> anyho
     Ok(0)
 }
 
+/// What a command says when no master holds the pidfile: which pidfile it looked at,
+/// since a daemon started with another `daemon.pidfile` (or `state_dir`) is not found
+/// there, and the operator must see where the command looked.
+fn not_running(config: &Config) -> String {
+    format!(
+        "eventsd is not running (pidfile {})",
+        config.daemon.pidfile.display()
+    )
+}
+
 fn exit_code(
     options: &Options,
     command: impl FnOnce(&config::Source) -> anyhow::Result<i32>,

@@ -37,7 +37,7 @@ pub struct Wait {
 pub fn stop(config: &Config, signal: Signal, wait: &Wait) -> anyhow::Result<i32> {
     let path = &config.daemon.pidfile;
     let Some(master) = running_master(config)? else {
-        println!("eventsd is not running");
+        println!("{}", super::not_running(config));
         return Ok(0);
     };
     let pid = master.pid;
@@ -108,7 +108,7 @@ struct Confirmed {
 /// The configuration was validated by `execute` before this runs: a bad one is never sent.
 pub fn reload(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
     let Some(Confirmed { pid, status }) = running_master(config)? else {
-        eprintln!("eventsd: not running, nothing to reload");
+        eprintln!("{}: nothing to reload", super::not_running(config));
         return Ok(NOT_RUNNING);
     };
     let socket = &config.daemon.control_socket;
@@ -154,7 +154,7 @@ pub fn reload(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
 /// refuse a bad one anyway, but the operator hears why at once.
 pub fn upgrade(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
     let Some(Confirmed { pid: old, status }) = running_master(config)? else {
-        eprintln!("eventsd: not running, nothing to upgrade");
+        eprintln!("{}: nothing to upgrade", super::not_running(config));
         return Ok(NOT_RUNNING);
     };
     let failed_before = status.upgrades_failed;
@@ -191,7 +191,7 @@ pub fn upgrade(config: &Config, wait: &Wait) -> anyhow::Result<i32> {
 /// SIGUSR1: the master, its workers and the action runner reopen their log files.
 pub fn reopen(config: &Config) -> anyhow::Result<i32> {
     let Some(Confirmed { pid, .. }) = running_master(config)? else {
-        eprintln!("eventsd: not running, no log to reopen");
+        eprintln!("{}: no log to reopen", super::not_running(config));
         return Ok(NOT_RUNNING);
     };
     kill(pid, Signal::SIGUSR1)

@@ -43,7 +43,7 @@ pub fn status(source: &config::Source, report: Report) -> anyhow::Result<i32> {
     };
     match probe {
         Probe::NotRunning => {
-            eprintln!("eventsd is not running");
+            eprintln!("{}", super::not_running(&config));
             Ok(STATUS_NOT_RUNNING)
         }
         Probe::Stale(pid) => {
