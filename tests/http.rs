@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::rest::register;
 use common::{
-    Daemon, SECOND, exhaust_descriptors, parse_response, read_response, request, set_fd_limit,
-    wait_for,
+    Daemon, Response, SECOND, exhaust_descriptors, parse_response, read_response, request,
+    set_fd_limit, wait_for,
 };
 
 /// Reads until the server closes the connection; fails if it stays open `limit`.
@@ -266,12 +266,16 @@ fn a_connection_closed_after_its_request_was_read_frees_its_slot_at_once() {
     // `first` stays open. Lingering, the worker would hold its one slot until `first`
     // closed or 5 s passed, and `second` would wait in the backlog that long.
     let mut second = TcpStream::connect(daemon.address()).unwrap();
-    second
-        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    second.set_read_timeout(Some(3 * SECOND)).unwrap();
-    assert_eq!(read_response(&mut second).unwrap().status, 200);
+    assert_eq!(last_health_check(&mut second).unwrap().status, 200);
     drop(first);
+}
+
+/// Asks `/health` on `stream` as its last request (`Connection: close`): the reply,
+/// waited for at most 3 s.
+fn last_health_check(stream: &mut TcpStream) -> std::io::Result<Response> {
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    stream.set_read_timeout(Some(3 * SECOND))?;
+    read_response(stream)
 }
 
 /// The rows of `/proc/net/tcp`, split into fields: local address, remote address, state
@@ -322,11 +326,7 @@ fn served_beside_a_silent_client(daemon: &Daemon) -> (bool, Option<String>, Dura
     let silent = TcpStream::connect(daemon.address()).unwrap();
     let connected = Instant::now();
     let mut speaking = TcpStream::connect(daemon.address()).unwrap();
-    speaking
-        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    speaking.set_read_timeout(Some(3 * SECOND)).unwrap();
-    let served = read_response(&mut speaking).is_ok_and(|reply| reply.status == 200);
+    let served = last_health_check(&mut speaking).is_ok_and(|reply| reply.status == 200);
     let state = server_side_state(daemon.port, &silent);
     (served, state, connected.elapsed())
 }
@@ -353,11 +353,7 @@ fn a_client_that_connects_and_says_nothing_holds_no_slot_until_it_speaks() {
         "(served at once, the silent client's server side SYN_RECV)"
     );
     let mut silent = TcpStream::connect(daemon.address()).unwrap();
-    silent
-        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    silent.set_read_timeout(Some(3 * SECOND)).unwrap();
-    assert_eq!(read_response(&mut silent).unwrap().status, 200);
+    assert_eq!(last_health_check(&mut silent).unwrap().status, 200);
     drop(silent);
 
     // Turned off by a reload, which keeps the socket: a silent client is accepted at once

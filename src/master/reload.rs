@@ -61,9 +61,7 @@ impl Master {
         let tls = crate::tls::load(new.server.tls_files())?;
         let listener =
             if new.server.listen != old.server.listen || new.server.backlog != old.server.backlog {
-                let listener = setup::bind(&new)?;
-                setup::tune_listener(&listener, &new.server);
-                Some(listener)
+                Some(setup::bind(&new)?)
             } else {
                 None
             };
@@ -85,16 +83,13 @@ impl Master {
         }
         self.counting.watch.set_max_keys(new.watchers.max_keys);
         self.oncall.reconfigure(&new);
-        match listener {
-            Some(listener) => {
-                info!("now listening on {}", new.server.listen);
-                // Old workers keep their copy of the previous socket until they have
-                // drained.
-                self.ground.listener = listener;
-            }
-            // The same socket: `server.deferred_accept` may have changed.
-            None => setup::tune_listener(&self.ground.listener, &new.server),
+        if let Some(listener) = listener {
+            info!("now listening on {}", new.server.listen);
+            // Old workers keep their copy of the previous socket until they have drained.
+            self.ground.listener = listener;
         }
+        // A new socket, or the same one whose `server.deferred_accept` may have changed.
+        setup::tune_listener(&self.ground.listener, &new.server);
         self.pool.clamp_target(new.workers.min, new.workers.max);
         self.ground.tls = tls;
         self.ground.config = new;

@@ -318,16 +318,6 @@ fn asks_to_close<B>(request: &Request<B>) -> bool {
     }
 }
 
-/// An error and what caused it, on one line: hyper's words name the step ("error writing
-/// a body to connection"), its source the reason (the write deadline, a reset), which the
-/// log must give.
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
-    std::iter::successors(Some(error), |e| e.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
-}
-
 /// How a connection ends: when it waits for a request's head longer than the read
 /// timeout, and when the worker drains.
 struct Drain {
@@ -364,7 +354,9 @@ impl Drain {
             let connection = std::pin::pin!(http.serve_connection(TokioIo::new(io), service));
             self.serve_until_drained(connection)
                 .await
-                .map_err(|e| with_causes(&e))
+                // With its causes: hyper's words name the step ("error writing a body
+                // to connection"), its source the reason (the write deadline, a reset).
+                .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
         };
         tokio::select! {
             biased;
